@@ -1,0 +1,199 @@
+"""Seeded, reproducible synthetic e-commerce traffic with labelled fraud scenarios.
+
+Normal shoppers log in, order, pay, add cards, redeem promos and ask refunds; mixed in are four fraud
+scenarios, each event labelled with its scenario:
+
+- ``card_testing``: one account on one device fires a burst of small payments / card additions;
+- ``account_takeover``: an established account logs in from a new device and IP, adds a card and
+  places large orders;
+- ``promo_ring``: one device creates many fresh accounts that each redeem a promo (a fraud ring);
+- ``fresh_account_big_order``: a brand-new account places a high-value order within minutes.
+
+Event time is simulated (``sim_rate`` events per simulated second from ``start_ts``); emission order is
+event-time order with small, bounded disorder (``max_disorder_ms``), as real producers deliver.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+SCENARIOS = ("card_testing", "account_takeover", "promo_ring", "fresh_account_big_order")
+NORMAL = "normal"
+MALFORMED = "malformed"
+DEFAULT_START_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP")
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One record to send: the value bytes' source (a dict, or raw bytes for malformed records)."""
+
+    key: str
+    event: dict | None
+    raw: bytes | None
+    label: dict
+
+
+class _Ids:
+    def __init__(self, rng: random.Random, seed: int):
+        self.rng = rng
+        self.seed = seed
+        self.n = {"u": 0, "d": 0, "e": 0}
+
+    def new(self, kind: str) -> str:
+        self.n[kind] += 1
+        return f"{kind}{self.seed}-{self.n[kind]:07d}"
+
+    def ip(self) -> str:
+        r = self.rng
+        return f"{r.randint(11, 223)}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
+
+
+class TrafficGenerator:
+    def __init__(self, seed: int = 7, start_ts: int = DEFAULT_START_TS, sim_rate: float = 5.0,
+                 fraud_share: float = 0.12, bad_share: float = 0.0, max_disorder_ms: int = 3_000):
+        if not 0 <= fraud_share < 1 or not 0 <= bad_share < 1:
+            raise ValueError("fraud_share and bad_share must be in [0, 1)")
+        self.seed, self.start_ts, self.sim_rate = seed, start_ts, sim_rate
+        self.fraud_share, self.bad_share, self.max_disorder_ms = fraud_share, bad_share, max_disorder_ms
+
+    # -- scenario builders: each returns [(offset_ms, event_type, user, device, ip, amount)] ----------
+    def _normal(self, r: random.Random, ids: _Ids, users: list) -> list:
+        if not users or r.random() < 0.08:  # a new shopper signs up
+            u = {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
+            users.append(u)
+            steps = [("signup", 0.0)]
+            if r.random() < 0.5:
+                amt = round(r.lognormvariate(3.3, 0.6), 2)
+                steps += [("place_order", amt), ("payment", amt)]
+            return self._sessionize(r, u, u["devices"][0], u["ip"], steps, 20_000, 240_000)
+        u = r.choice(users)
+        device = r.choice(u["devices"])
+        if r.random() < 0.04:  # a shopper on a new phone
+            device = ids.new("d")
+            u["devices"].append(device)
+        ip = u["ip"] if r.random() < 0.85 else ids.ip()
+        kind = r.random()
+        amt = round(r.lognormvariate(3.8, 0.8), 2)
+        if kind < 0.45:
+            steps = [("login", 0.0), ("place_order", amt), ("payment", amt)]
+        elif kind < 0.62:
+            steps = [("login", 0.0)]
+        elif kind < 0.72:
+            steps = [("login", 0.0), ("add_payment_method", 0.0), ("place_order", amt), ("payment", amt)]
+        elif kind < 0.80:
+            steps = [("login", 0.0), ("refund", round(amt * r.uniform(0.2, 1.0), 2))]
+        elif kind < 0.92:
+            small = round(amt * 0.6, 2)
+            steps = [("login", 0.0), ("promo_redeem", 0.0), ("place_order", small), ("payment", small)]
+        else:
+            steps = [("login", 0.0), ("place_order", amt), ("payment", amt), ("place_order", amt / 2),
+                     ("payment", amt / 2)]
+        return self._sessionize(r, u, device, ip, steps, 10_000, 180_000)
+
+    @staticmethod
+    def _sessionize(r, u, device, ip, steps, lo, hi) -> list:
+        out, t = [], 0
+        for i, (et, amt) in enumerate(steps):
+            if i:
+                t += r.randint(lo, hi)
+            out.append((t, et, u["id"], device, ip, round(amt, 2), u["cur"]))
+        return out
+
+    def _fraud(self, scenario: str, r: random.Random, ids: _Ids, users: list) -> list:
+        if scenario == "card_testing":
+            if users and r.random() < 0.5:
+                u = r.choice(users)
+            else:
+                u = {"id": ids.new("u"), "devices": [], "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
+            device, ip = ids.new("d"), ids.ip()
+            steps = [("add_payment_method" if r.random() < 0.35 else "payment", round(r.uniform(0.5, 5), 2))
+                     for _ in range(r.randint(10, 24))]
+            if not u["devices"]:
+                steps.insert(0, ("signup", 0.0))
+            return self._sessionize(r, u, device, ip, steps, 1_500, 9_000)
+        if scenario == "account_takeover":
+            old = [u for u in users if len(u["devices"]) >= 1]
+            u = r.choice(old) if old else {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(),
+                                           "cur": "EUR"}
+            device, ip = ids.new("d"), ids.ip()
+            big = round(r.uniform(400, 3000), 2)
+            steps = [("login", 0.0), ("add_payment_method", 0.0), ("place_order", big), ("payment", big)]
+            if r.random() < 0.6:
+                big2 = round(r.uniform(300, 2500), 2)
+                steps += [("place_order", big2), ("payment", big2)]
+            return self._sessionize(r, u, device, ip, steps, 4_000, 45_000)
+        if scenario == "promo_ring":
+            device, ip = ids.new("d"), ids.ip()
+            out, t = [], 0
+            for _ in range(r.randint(5, 12)):
+                u = {"id": ids.new("u"), "devices": [device], "ip": ip, "cur": r.choice(CURRENCIES)}
+                amt = round(r.uniform(15, 70), 2)
+                sess = self._sessionize(r, u, device, ip, [("signup", 0.0), ("promo_redeem", 0.0),
+                                                           ("place_order", amt), ("payment", amt)], 5_000, 30_000)
+                out += [(t + o, *rest) for o, *rest in sess]
+                t += sess[-1][0] + r.randint(20_000, 150_000)
+            return out
+        if scenario == "fresh_account_big_order":
+            u = {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
+            big = round(r.uniform(800, 4000), 2)
+            steps = [("signup", 0.0), ("place_order", big), ("payment", big)]
+            return self._sessionize(r, u, u["devices"][0], u["ip"], steps, 15_000, 240_000)
+        raise ValueError(f"unknown scenario {scenario!r}")
+
+    def _malformed(self, r: random.Random, ev: dict) -> tuple[bytes, str]:
+        import orjson
+
+        kind = r.randrange(6)
+        if kind == 0:
+            return orjson.dumps(ev)[:-7], "invalid_json"
+        if kind == 1:
+            return b"\xff\xfe" + orjson.dumps(ev)[2:], "invalid_utf8"
+        if kind == 2:
+            return orjson.dumps({**ev, "amount": "12.50"}), "wrong_type"
+        if kind == 3:
+            return orjson.dumps({k: v for k, v in ev.items() if k != "user_id"}), "missing_field"
+        if kind == 4:
+            return orjson.dumps({**ev, "amount": -5.0}), "invalid_amount"
+        return orjson.dumps({**ev, "event_type": "teleport"}), "unknown_event_type"
+
+    def generate(self, n: int) -> Iterator[Labelled]:
+        """Yield exactly ``n`` records in emission order (a fixed function of the seed and parameters)."""
+        r = random.Random(self.seed)
+        ids = _Ids(r, self.seed)
+        users: list[dict] = []
+        span = max(1, int(n / self.sim_rate * 1000))
+        heap: list = []
+        produced, seq = 0, 0
+        # schedule sessions until enough events exist; sessions start uniformly over the simulated span
+        while produced < n:
+            start = self.start_ts + int(r.random() * span)
+            if r.random() < self.fraud_share / 4.0:  # fraud sessions hold ~4x the events of normal ones
+                scenario = r.choice(SCENARIOS)
+                steps = self._fraud(scenario, r, ids, users)
+            else:
+                scenario = NORMAL
+                steps = self._normal(r, ids, users)
+            for off, et, uid, dev, ip, amt, cur in steps:
+                seq += 1
+                ts = start + off
+                emit_at = ts + r.randint(0, self.max_disorder_ms)  # delivery delay -> bounded disorder
+                ev = {"event_id": ids.new("e"), "event_type": et, "user_id": uid, "device_id": dev, "ip": ip,
+                      "amount": amt, "currency": cur, "ts": ts}
+                heapq.heappush(heap, (emit_at, seq, ev, scenario))
+                produced += 1
+        out = 0
+        while heap and out < n:
+            _, _, ev, scenario = heapq.heappop(heap)
+            label = {"event_id": ev["event_id"], "scenario": scenario, "fraud": scenario != NORMAL,
+                     "user_id": ev["user_id"], "device_id": ev["device_id"], "ts": ev["ts"]}
+            if self.bad_share and r.random() < self.bad_share:
+                raw, reason = self._malformed(r, ev)
+                label = {**label, "scenario": MALFORMED, "fraud": False, "expected_reason": reason}
+                yield Labelled(ev["user_id"], None, raw, label)
+            else:
+                yield Labelled(ev["user_id"], ev, None, label)
+            out += 1

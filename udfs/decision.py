@@ -1,0 +1,39 @@
+"""The decision record written to the decisions topic (contract documented in the README)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from .events import Event
+from .features import FEATURE_NAMES
+
+
+def decision_id(event_id: str, model_version: str, policy_version: str) -> str:
+    """Deterministic: the same event under the same model and policy always gets the same id."""
+    return hashlib.sha256(f"{event_id}\x1f{model_version}\x1f{policy_version}".encode()).hexdigest()[:32]
+
+
+def decision_record(ev: Event, decision: str, score: float, reasons: list[str], features: list[float],
+                    model_version: str, policy_version: str, decided_at_ms: int, late: bool) -> dict:
+    return {
+        "decision_id": decision_id(ev.event_id, model_version, policy_version),
+        "event_id": ev.event_id,
+        "event_type": ev.event_type,
+        "user_id": ev.user_id,
+        "device_id": ev.device_id,
+        "decision": decision,
+        "score": round(score, 6),
+        "model_version": model_version,
+        "policy_version": policy_version,
+        "reasons": reasons,
+        "features": dict(zip(FEATURE_NAMES, features)),
+        "late": late,
+        "event_ts": ev.ts,
+        "decided_at": decided_at_ms,
+    }
+
+
+def encode(record: dict) -> bytes:
+    return orjson.dumps(record)

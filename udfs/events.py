@@ -1,0 +1,169 @@
+"""The event contract and its validating parser.
+
+A bad record is data, not an exception: :func:`parse_event` returns either an :class:`Event` or a
+:class:`Rejection` with a machine-readable reason code, and the job routes rejections, with the original
+bytes, to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+EVENT_TYPES: tuple[str, ...] = (
+    "login",
+    "signup",
+    "add_payment_method",
+    "place_order",
+    "payment",
+    "refund",
+    "promo_redeem",
+)
+EVENT_TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
+
+REQUIRED_FIELDS = ("event_id", "event_type", "user_id", "device_id", "ip", "amount", "currency", "ts")
+OPTIONAL_FIELDS = ("extras",)
+KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_ID_LEN = 128
+# event time must lie in [2000-01-01, 2100-01-01): anything else is a producer bug (seconds vs ms, ...)
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
+MAX_AMOUNT = 1e9
+
+
+class Event(NamedTuple):
+    """A validated event. ``amount`` is a non-negative finite float; ``ts`` is event time in epoch ms."""
+
+    event_id: str
+    event_type: str
+    user_id: str
+    device_id: str
+    ip: str
+    amount: float
+    currency: str
+    ts: int
+    extras: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self._asdict()
+        if d["extras"] is None:
+            del d["extras"]
+        return d
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a record was refused. ``reason`` is a stable code; ``detail`` is for humans."""
+
+    reason: str
+    detail: str
+
+
+# Reason codes (stable: downstream tooling matches on them)
+OVERSIZED = "oversized"
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+UNKNOWN_FIELD = "unknown_field"
+WRONG_TYPE = "wrong_type"
+NULL_KEY = "null_key"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+INVALID_AMOUNT = "invalid_amount"
+INVALID_CURRENCY = "invalid_currency"
+INVALID_TS = "invalid_ts"
+
+REASON_CODES = (OVERSIZED, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, UNKNOWN_FIELD,
+                WRONG_TYPE, NULL_KEY, UNKNOWN_EVENT_TYPE, INVALID_AMOUNT, INVALID_CURRENCY, INVALID_TS)
+
+
+def _id(obj: dict, name: str) -> str | Rejection:
+    v = obj[name]
+    if v is None:
+        return Rejection(NULL_KEY, f"{name} is null")
+    if not isinstance(v, str):
+        return Rejection(WRONG_TYPE, f"{name} must be a string, got {type(v).__name__}")
+    if not v.strip():
+        return Rejection(NULL_KEY, f"{name} is empty")
+    if len(v) > MAX_ID_LEN:
+        return Rejection(WRONG_TYPE, f"{name} longer than {MAX_ID_LEN} characters")
+    return v
+
+
+def parse_event(raw: bytes) -> Event | Rejection:
+    """Validate one record's bytes. Never raises for any input."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection(OVERSIZED, f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejection(INVALID_UTF8, str(e)[:200])
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return Rejection(INVALID_JSON, str(e)[:200])
+    if not isinstance(obj, dict):
+        return Rejection(NOT_AN_OBJECT, f"top level is {type(obj).__name__}, not an object")
+    for name in REQUIRED_FIELDS:
+        if name not in obj:
+            return Rejection(MISSING_FIELD, name)
+    extra = sorted(k for k in obj if k not in KNOWN_FIELDS)
+    if extra:
+        return Rejection(UNKNOWN_FIELD, ",".join(extra)[:200] + " (put free-form data under 'extras')")
+    ids = {}
+    for name in ("event_id", "user_id", "device_id"):
+        v = _id(obj, name)
+        if isinstance(v, Rejection):
+            return v
+        ids[name] = v
+    et = obj["event_type"]
+    if not isinstance(et, str):
+        return Rejection(WRONG_TYPE, f"event_type must be a string, got {type(et).__name__}")
+    if et not in EVENT_TYPE_INDEX:
+        return Rejection(UNKNOWN_EVENT_TYPE, et[:64])
+    ip = obj["ip"]
+    if not isinstance(ip, str) or len(ip) > 64:
+        return Rejection(WRONG_TYPE, "ip must be a string of at most 64 characters")
+    amount = obj["amount"]
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        return Rejection(WRONG_TYPE, f"amount must be a number, got {type(amount).__name__}")
+    amount = float(amount)
+    if not math.isfinite(amount) or amount < 0 or amount > MAX_AMOUNT:
+        return Rejection(INVALID_AMOUNT, f"amount {amount!r} not in [0, {MAX_AMOUNT:g}]")
+    cur = obj["currency"]
+    if not isinstance(cur, str):
+        return Rejection(WRONG_TYPE, f"currency must be a string, got {type(cur).__name__}")
+    if len(cur) != 3 or not cur.isascii() or not cur.isalpha() or not cur.isupper():
+        return Rejection(INVALID_CURRENCY, f"currency {cur[:16]!r} is not an ISO 4217 code")
+    ts = obj["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        return Rejection(WRONG_TYPE, f"ts must be an integer (epoch ms), got {type(ts).__name__}")
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        return Rejection(INVALID_TS, f"ts {ts} outside [{MIN_TS_MS}, {MAX_TS_MS}) epoch ms")
+    extras = obj.get("extras")
+    if extras is not None and not isinstance(extras, dict):
+        return Rejection(WRONG_TYPE, "extras must be an object")
+    return Event(ids["event_id"], et, ids["user_id"], ids["device_id"], ip, amount, cur, ts, extras)
+
+
+def dead_letter_record(raw: bytes, rejection: Rejection, job: str, dead_at_ms: int) -> bytes:
+    """The dead-letter payload: reason, detail and the original bytes (base64, exact)."""
+    rec = {
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+        "original_b64": base64.b64encode(raw).decode("ascii"),
+        "original_size": len(raw),
+        "job": job,
+        "dead_at": dead_at_ms,
+    }
+    return orjson.dumps(rec)
+
+
+def encode_event(ev: Event | dict) -> bytes:
+    return orjson.dumps(ev.to_dict() if isinstance(ev, Event) else ev)

@@ -1,0 +1,136 @@
+"""The declarative feature spec: one definition read by the streaming job, the offline replay and training.
+
+Each :class:`Feature` names its entity key, input field, aggregate, horizon and event-type filter. The
+model's feature vector is :data:`FEATURES` in order; :func:`spec_fingerprint` identifies that order and
+meaning, and the scorer refuses a model trained against a different fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import orjson
+
+from .events import EVENT_TYPES
+
+SECOND = 1_000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+# horizon -> bucket (slice) width. A window is a whole number of buckets: memory per key is bounded by
+# horizon / bucket, whatever the event rate, and a feature's edge is exact to one bucket (see README).
+BUCKET_MS = {
+    1 * MINUTE: 5 * SECOND,
+    10 * MINUTE: 30 * SECOND,
+    1 * HOUR: 2 * MINUTE,
+    24 * HOUR: 30 * MINUTE,
+}
+
+ENTITY_KEYS = {"user": "user_id", "device": "device_id", "event": None}
+WINDOW_AGGS = ("count", "sum", "mean", "max", "min", "distinct")
+KEY_AGGS = ("since_prev", "age")
+EVENT_AGGS = ("value", "type_index")
+
+PAYMENTS = ("payment", "add_payment_method")
+SPEND = ("place_order", "payment")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    entity: str  # "user" | "device" | "event"
+    agg: str
+    field: str | None = None  # input field of the event
+    horizon_ms: int | None = None
+    event_types: tuple[str, ...] | None = None  # filter; None = every type
+
+    def __post_init__(self) -> None:
+        if self.entity not in ENTITY_KEYS:
+            raise ValueError(f"{self.name}: unknown entity {self.entity!r}")
+        if self.agg in WINDOW_AGGS:
+            if self.horizon_ms not in BUCKET_MS:
+                raise ValueError(f"{self.name}: horizon {self.horizon_ms} not one of {sorted(BUCKET_MS)}")
+            if self.agg != "count" and not self.field:
+                raise ValueError(f"{self.name}: {self.agg} needs an input field")
+        elif self.agg in KEY_AGGS + EVENT_AGGS:
+            if self.horizon_ms is not None:
+                raise ValueError(f"{self.name}: {self.agg} takes no horizon")
+        else:
+            raise ValueError(f"{self.name}: unknown aggregate {self.agg!r}")
+        for t in self.event_types or ():
+            if t not in EVENT_TYPES:
+                raise ValueError(f"{self.name}: unknown event type {t!r} in filter")
+
+    @property
+    def bucket_ms(self) -> int | None:
+        return BUCKET_MS.get(self.horizon_ms) if self.horizon_ms else None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["entity_key"] = ENTITY_KEYS[self.entity]
+        d["event_types"] = list(self.event_types) if self.event_types else None
+        return d
+
+
+def _f(name, entity, agg, field=None, horizon=None, types=None) -> Feature:
+    return Feature(name, entity, agg, field, horizon, tuple(types) if types else None)
+
+
+FEATURES: tuple[Feature, ...] = (
+    # the event itself
+    _f("amount", "event", "value", "amount"),
+    _f("event_type", "event", "type_index", "event_type"),
+    # per user
+    _f("user_events_1m", "user", "count", horizon=MINUTE),
+    _f("user_events_10m", "user", "count", horizon=10 * MINUTE),
+    _f("user_events_1h", "user", "count", horizon=HOUR),
+    _f("user_events_24h", "user", "count", horizon=DAY),
+    _f("user_payments_10m", "user", "count", horizon=10 * MINUTE, types=PAYMENTS),
+    _f("user_payment_methods_24h", "user", "count", horizon=DAY, types=("add_payment_method",)),
+    _f("user_spend_sum_1h", "user", "sum", "amount", HOUR, SPEND),
+    _f("user_spend_sum_24h", "user", "sum", "amount", DAY, SPEND),
+    _f("user_spend_mean_24h", "user", "mean", "amount", DAY, SPEND),
+    _f("user_spend_max_24h", "user", "max", "amount", DAY, SPEND),
+    _f("user_spend_min_10m", "user", "min", "amount", 10 * MINUTE, SPEND),
+    _f("user_distinct_devices_24h", "user", "distinct", "device_id", DAY),
+    _f("user_distinct_ips_1h", "user", "distinct", "ip", HOUR),
+    _f("user_since_prev_ms", "user", "since_prev"),
+    _f("user_age_ms", "user", "age"),
+    # per device
+    _f("device_events_1m", "device", "count", horizon=MINUTE),
+    _f("device_events_1h", "device", "count", horizon=HOUR),
+    _f("device_distinct_users_1h", "device", "distinct", "user_id", HOUR),
+    _f("device_distinct_users_24h", "device", "distinct", "user_id", DAY),
+    _f("device_promos_24h", "device", "count", horizon=DAY, types=("promo_redeem",)),
+    _f("device_signups_24h", "device", "count", horizon=DAY, types=("signup",)),
+    _f("device_spend_sum_1h", "device", "sum", "amount", HOUR, SPEND),
+    _f("device_age_ms", "device", "age"),
+)
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+if len(set(FEATURE_NAMES)) != len(FEATURE_NAMES):
+    raise ValueError("duplicate feature names in FEATURES")
+# The job assembles the vector as event values + user values + device values: keep FEATURES in that order.
+_ENTITY_ORDER = ("event", "user", "device")
+if [f.entity for f in FEATURES] != sorted((f.entity for f in FEATURES), key=_ENTITY_ORDER.index):
+    raise ValueError("FEATURES must list event, then user, then device features")
+MISSING = -1.0  # value of since_prev / mean / max / min when there is nothing to aggregate
+
+
+def features_for(entity: str) -> tuple[Feature, ...]:
+    return tuple(f for f in FEATURES if f.entity == entity)
+
+
+def spec_json(features: tuple[Feature, ...] = FEATURES) -> list[dict]:
+    return [f.to_json() for f in features]
+
+
+def spec_fingerprint(features: tuple[Feature, ...] = FEATURES) -> str:
+    """Hash of names, order and meaning of every feature: a model is valid only for this fingerprint."""
+    return hashlib.sha256(orjson.dumps(spec_json(features), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def max_horizon_ms(entity: str) -> int:
+    return max((f.horizon_ms or 0) for f in features_for(entity)) or 0

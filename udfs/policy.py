@@ -1,0 +1,89 @@
+"""Decision policy: score thresholds plus rules on features -> allow / review / block with reason codes.
+
+The policy is versioned: its version is part of every ``decision_id``, so a policy change yields new ids
+(downstream sees a new decision) while a replay under the same policy yields the same ids (idempotent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .features import FEATURE_NAMES
+
+ALLOW, REVIEW, BLOCK = "allow", "review", "block"
+DECISIONS = (ALLOW, REVIEW, BLOCK)
+_RANK = {ALLOW: 0, REVIEW: 1, BLOCK: 2}
+_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b, "==": lambda a, b: a == b}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``feature op value`` (all conditions must hold, optionally only for some event types) -> decision."""
+
+    code: str
+    decision: str
+    conditions: tuple[tuple[str, str, float], ...]
+    event_types: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.decision not in DECISIONS:
+            raise ValueError(f"rule {self.code}: decision must be one of {DECISIONS}")
+        for name, op, _ in self.conditions:
+            if name not in FEATURE_NAMES:
+                raise ValueError(f"rule {self.code}: unknown feature {name!r}")
+            if op not in _OPS:
+                raise ValueError(f"rule {self.code}: unknown operator {op!r}")
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("card_testing_velocity", BLOCK, (("user_payments_10m", ">=", 8),), ("payment", "add_payment_method")),
+    Rule("device_ring_promo", REVIEW, (("device_distinct_users_24h", ">=", 4), ("device_promos_24h", ">=", 4)),
+         ("promo_redeem", "signup")),
+    Rule("new_account_big_order", REVIEW, (("user_age_ms", "<", 3_600_000), ("amount", ">=", 800.0)),
+         ("place_order", "payment")),
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: str = "p1"
+    review_threshold: float = 0.5
+    block_threshold: float = 0.9
+    rules: tuple[Rule, ...] = field(default=DEFAULT_RULES)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.review_threshold <= self.block_threshold <= 1.0:
+            raise ValueError("thresholds must satisfy 0 <= review_threshold <= block_threshold <= 1")
+
+    def decide(self, score: float, features: list[float], event_type: str, late: bool = False
+               ) -> tuple[str, list[str]]:
+        """Return (decision, reason codes). The strongest of score band and rules wins."""
+        decision = ALLOW
+        reasons: list[str] = []
+        if score >= self.block_threshold:
+            decision = BLOCK
+            reasons.append("score_block")
+        elif score >= self.review_threshold:
+            decision = REVIEW
+            reasons.append("score_review")
+        idx = _index()
+        for rule in self.rules:
+            if rule.event_types and event_type not in rule.event_types:
+                continue
+            if all(_OPS[op](features[idx[name]], value) for name, op, value in rule.conditions):
+                reasons.append(f"rule:{rule.code}")
+                if _RANK[rule.decision] > _RANK[decision]:
+                    decision = rule.decision
+        if late:
+            reasons.append("late_event")
+        return decision, reasons
+
+
+_IDX: dict[str, int] = {}
+
+
+def _index() -> dict[str, int]:
+    if not _IDX:
+        _IDX.update({n: i for i, n in enumerate(FEATURE_NAMES)})
+    return _IDX

@@ -1,0 +1,92 @@
+"""ONNX scoring. The model is loaded once per task; a model that does not match the job's features is
+refused at start with a message that says what to fix (retrain, or point at the matching model).
+
+A model ships as ``<name>.onnx`` plus ``<name>.json`` (its feature spec: names, order, fingerprint,
+version). Single-row ``run`` costs a few µs of onnxruntime plus Python overhead; :meth:`score_batch` is
+the cheap path per row when rows can be batched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from .features import FEATURE_NAMES, spec_fingerprint
+
+
+class ModelError(RuntimeError):
+    """The model file or its spec is missing, unreadable or does not match the job's features."""
+
+
+def load_model_spec(model_path: Path) -> dict:
+    spec_path = Path(model_path).with_suffix(".json")
+    if not Path(model_path).is_file():
+        raise ModelError(f"model file {model_path} does not exist: pass --model with an .onnx file, "
+                         "or train one with `python -m models.train`")
+    if not spec_path.is_file():
+        raise ModelError(f"model spec {spec_path} is missing: every model ships with a .json spec written "
+                         "by `python -m models.train` next to its .onnx file")
+    try:
+        spec = orjson.loads(spec_path.read_bytes())
+    except orjson.JSONDecodeError as e:
+        raise ModelError(f"model spec {spec_path} is not valid JSON ({e}); re-export the model") from e
+    for key in ("model_version", "feature_names", "feature_fingerprint"):
+        if key not in spec:
+            raise ModelError(f"model spec {spec_path} lacks {key!r}; re-export the model with models/train.py")
+    return spec
+
+
+def check_spec(spec: dict, model_path: Path) -> None:
+    names = tuple(spec["feature_names"])
+    if names != FEATURE_NAMES:
+        missing = [n for n in FEATURE_NAMES if n not in names]
+        extra = [n for n in names if n not in FEATURE_NAMES]
+        hint = f"missing {missing}, unknown {extra}" if missing or extra else "same names in another order"
+        raise ModelError(
+            f"model {model_path} was trained on other features than this job computes ({hint}); "
+            "retrain it with `python -m models.train` or run the riskstream version it was built for")
+    if spec["feature_fingerprint"] != spec_fingerprint():
+        raise ModelError(
+            f"model {model_path} has feature fingerprint {spec['feature_fingerprint']} but the job's feature "
+            f"spec is {spec_fingerprint()} (same names, different horizons/filters/aggregates); "
+            "retrain it with `python -m models.train`")
+
+
+class Scorer:
+    """Fraud probability from the feature vector in ``FEATURE_NAMES`` order."""
+
+    def __init__(self, model_path: str | Path):
+        import onnxruntime as ort
+
+        self.path = Path(model_path)
+        self.spec = load_model_spec(self.path)
+        check_spec(self.spec, self.path)
+        self.version = str(self.spec["model_version"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"onnxruntime cannot load {self.path}: {e}; re-export the model") from e
+        inputs = self.session.get_inputs()
+        width = inputs[0].shape[-1] if inputs else None
+        if len(inputs) != 1 or (isinstance(width, int) and width != len(FEATURE_NAMES)):
+            raise ModelError(f"model {self.path} expects input {[(i.name, i.shape) for i in inputs]}, "
+                             f"not one [N, {len(FEATURE_NAMES)}] float tensor")
+        self._input = inputs[0].name
+        outs = [o.name for o in self.session.get_outputs()]
+        self._output = "probabilities" if "probabilities" in outs else outs[-1]
+        self._buf = np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32)
+
+    def score(self, row: list[float]) -> float:
+        self._buf[0, :] = row
+        probs = self.session.run([self._output], {self._input: self._buf})[0]
+        return float(probs[0, 1])
+
+    def score_batch(self, rows: np.ndarray) -> np.ndarray:
+        probs = self.session.run([self._output], {self._input: np.asarray(rows, dtype=np.float32)})[0]
+        return probs[:, 1]

@@ -1,0 +1,204 @@
+"""Sliding-window features per entity key: pure Python, explicit timestamps, one dict per key.
+
+Semantics (also in the README). Event time is sliced into buckets whose width depends on the horizon
+(``features.BUCKET_MS``). An event at time ``t`` is scored on arrival with, for a horizon ``H`` of
+bucket width ``g``, every event of the key that has *arrived so far* (itself included) whose time falls
+in the ``H / g`` buckets ending with ``t``'s bucket, i.e. in ``[floor(t/g)*g + g - H, floor(t/g)*g + g)``.
+Out-of-order events land in their own bucket and count for every later-arriving event whose window covers
+it. An event more than ``allowed_lateness_ms`` older than the newest event of its key is *late*: it is
+scored (over the buckets still held, plus itself) but not stored, and reported as late.
+
+State per key is bounded by horizons and bucket widths, not by event rate: a bucket is dropped once no
+on-time event can reach it, and the whole key can be dropped (see :meth:`EntityWindows.expires_at`) once
+the watermark passes its newest event by the longest horizon plus the lateness. Distinct counts keep
+exact sets per bucket, so they cost memory per distinct value (bounded by the horizon's traffic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .events import EVENT_TYPE_INDEX, EVENT_TYPES, Event
+from .features import ENTITY_KEYS, MISSING, Feature, features_for
+
+CNT, NUM, SET = 0, 1, 2
+DEFAULT_LATENESS_MS = 60_000
+
+
+def _new_acc(kind: int) -> Any:
+    if kind == CNT:
+        return 0
+    if kind == NUM:
+        return [0, 0.0, float("-inf"), float("inf")]
+    return set()
+
+
+class EntityWindows:
+    """Window logic for one entity (``"user"`` or ``"device"``); the caller owns and stores the state dict.
+
+    State layout (picklable, small): ``{"first": ts, "last": ts, "b": {width: {bucket_start: [acc, ...]}}}``
+    where each acc is a count, a ``[count, sum, max, min]`` list or a set, one per distinct
+    (kind, field, event-type filter) slot of that bucket width.
+    """
+
+    def __init__(self, entity: str, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+                 features: tuple[Feature, ...] | None = None):
+        if entity not in ("user", "device"):
+            raise ValueError(f"windowed entity must be user or device, not {entity!r}")
+        self.entity = entity
+        self.key_field = ENTITY_KEYS[entity]
+        self.features = features if features is not None else features_for(entity)
+        self.names = tuple(f.name for f in self.features)
+        self.lateness = int(allowed_lateness_ms)
+        # slots per bucket width
+        self.slots: dict[int, list[tuple[int, str | None, frozenset | None]]] = {}
+        self._plan: list[tuple] = []  # per feature: how to read its value
+        horizons: dict[int, int] = {}
+        for f in self.features:
+            if f.agg in ("since_prev", "age"):
+                self._plan.append((f.agg,))
+                continue
+            g, h = f.bucket_ms, f.horizon_ms
+            kind = CNT if f.agg == "count" else SET if f.agg == "distinct" else NUM
+            slot = (kind, None if kind == CNT else f.field, frozenset(f.event_types) if f.event_types else None)
+            slots = self.slots.setdefault(g, [])
+            if slot not in slots:
+                slots.append(slot)
+            horizons[g] = max(horizons.get(g, 0), h)
+            self._plan.append((f.agg, g, h, slots.index(slot)))
+        self.max_horizon = dict(horizons)  # width -> longest horizon using it
+        self.retention_ms = max(horizons.values(), default=0) + self.lateness
+        # per width and event type: the slots that event type feeds
+        self._feeds: dict[int, dict[str, list[tuple[int, int, str | None]]]] = {
+            g: {t: [(i, k, fld) for i, (k, fld, types) in enumerate(sl) if types is None or t in types]
+                for t in EVENT_TYPES}
+            for g, sl in self.slots.items()
+        }
+        self._ranges = sorted({(p[1], p[2]) for p in self._plan if len(p) == 4})
+
+    # -- state -------------------------------------------------------------------------------------
+    def _add(self, state: dict, ev: Event) -> None:
+        ts = ev.ts
+        for g, byt in self._feeds.items():
+            feeds = byt[ev.event_type]
+            if not feeds:
+                continue
+            buckets = state["b"].setdefault(g, {})
+            start = ts - ts % g
+            accs = buckets.get(start)
+            if accs is None:
+                accs = buckets[start] = [_new_acc(k) for k, _, _ in self.slots[g]]
+            for i, kind, fld in feeds:
+                if kind == CNT:
+                    accs[i] += 1
+                elif kind == NUM:
+                    v = getattr(ev, fld)
+                    a = accs[i]
+                    a[0] += 1
+                    a[1] += v
+                    if v > a[2]:
+                        a[2] = v
+                    if v < a[3]:
+                        a[3] = v
+                else:
+                    accs[i].add(getattr(ev, fld))
+
+    def _evict(self, state: dict) -> None:
+        last = state["last"]
+        for g, buckets in state["b"].items():
+            cutoff = last - self.lateness - self.max_horizon[g]
+            stale = [s for s in buckets if s + g <= cutoff]
+            for s in stale:
+                del buckets[s]
+
+    def update(self, state: dict | None, ev: Event) -> tuple[dict, list[float], bool]:
+        """Fold ``ev`` into ``state`` (a new dict if None) and return (state, feature values, late)."""
+        if state is None:
+            state = {"first": ev.ts, "last": None, "b": {}}
+        prev_last = state["last"]
+        late = prev_last is not None and ev.ts < prev_last - self.lateness
+        if not late:
+            self._add(state, ev)
+            state["last"] = ev.ts if prev_last is None else max(prev_last, ev.ts)
+            if ev.ts < state["first"]:
+                state["first"] = ev.ts
+            if prev_last is not None and ev.ts > prev_last:
+                self._evict(state)
+        return state, self._values(state, ev, prev_last, fold_self=late), late
+
+    def _values(self, state: dict, ev: Event, prev_last: int | None, fold_self: bool) -> list[float]:
+        ts = ev.ts
+        agg: dict[tuple[int, int], list] = {}
+        for g, h in self._ranges:
+            hi = ts - ts % g
+            lo = hi + g - h
+            slots = self.slots[g]
+            accs = [_new_acc(k) for k, _, _ in slots]
+            for start, b in state["b"].get(g, {}).items():
+                if lo <= start <= hi:
+                    for i, (kind, _, _) in enumerate(slots):
+                        v = b[i]
+                        if kind == CNT:
+                            accs[i] += v
+                        elif kind == NUM:
+                            a = accs[i]
+                            a[0] += v[0]
+                            a[1] += v[1]
+                            if v[2] > a[2]:
+                                a[2] = v[2]
+                            if v[3] < a[3]:
+                                a[3] = v[3]
+                        else:
+                            accs[i] |= v
+            if fold_self:
+                for i, kind, fld in self._feeds[g][ev.event_type]:
+                    if kind == CNT:
+                        accs[i] += 1
+                    elif kind == NUM:
+                        v = getattr(ev, fld)
+                        a = accs[i]
+                        a[0] += 1
+                        a[1] += v
+                        a[2] = max(a[2], v)
+                        a[3] = min(a[3], v)
+                    else:
+                        accs[i] = accs[i] | {getattr(ev, fld)}
+            agg[(g, h)] = accs
+        out: list[float] = []
+        for p in self._plan:
+            kind = p[0]
+            if kind == "since_prev":
+                out.append(float(max(ts - prev_last, 0)) if prev_last is not None else MISSING)
+                continue
+            if kind == "age":
+                out.append(float(ts - min(state["first"], ts)))
+                continue
+            acc = agg[(p[1], p[2])][p[3]]
+            if kind == "count":
+                out.append(float(acc))
+            elif kind == "distinct":
+                out.append(float(len(acc)))
+            elif acc[0] == 0:
+                out.append(MISSING)
+            elif kind == "sum":
+                out.append(float(acc[1]))
+            elif kind == "mean":
+                out.append(acc[1] / acc[0])
+            elif kind == "max":
+                out.append(float(acc[2]))
+            else:
+                out.append(float(acc[3]))
+        return out
+
+    def expires_at(self, state: dict) -> int:
+        """Event time after which the key's state can be dropped: no on-time event can read it any more."""
+        return int(state["last"]) + self.retention_ms
+
+
+_EVENT_FEATURES = features_for("event")
+
+
+def event_values(ev: Event) -> list[float]:
+    """Values of the 'event' entity features (the event's own fields), in spec order."""
+    return [float(EVENT_TYPE_INDEX[ev.event_type]) if f.agg == "type_index" else float(getattr(ev, f.field))
+            for f in _EVENT_FEATURES]
