@@ -116,7 +116,7 @@ if len(set(FEATURE_NAMES)) != len(FEATURE_NAMES):
 _ENTITY_ORDER = ("event", "user", "device")
 if [f.entity for f in FEATURES] != sorted((f.entity for f in FEATURES), key=_ENTITY_ORDER.index):
     raise ValueError("FEATURES must list event, then user, then device features")
-MISSING = -1.0  # value of since_prev / mean / max / min when there is nothing to aggregate
+MISSING = -1.0  # since_prev of a key's first event; mean / max / min of an empty window (sum and count: 0)
 
 
 def features_for(entity: str) -> tuple[Feature, ...]:

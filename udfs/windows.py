@@ -178,10 +178,10 @@ class EntityWindows:
                 out.append(float(acc))
             elif kind == "distinct":
                 out.append(float(len(acc)))
+            elif kind == "sum":
+                out.append(float(acc[1]))  # 0.0 over an empty window
             elif acc[0] == 0:
                 out.append(MISSING)
-            elif kind == "sum":
-                out.append(float(acc[1]))
             elif kind == "mean":
                 out.append(acc[1] / acc[0])
             elif kind == "max":

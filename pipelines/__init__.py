@@ -1,0 +1,1 @@
+"""PyFlink jobs: wiring only; the logic lives in ``udfs``."""

@@ -1,0 +1,153 @@
+"""The decision job: Kafka events -> parse/validate -> user windows -> device windows + ONNX + policy
+-> Kafka decisions (exactly once), with rejected records to the dead-letter topic (exactly once).
+
+Exactly-once pitfalls: the sinks' transactions commit on checkpoint completion, so decisions become
+visible to ``read_committed`` readers one checkpoint interval (plus checkpoint time) after they are made;
+``transaction.timeout.ms`` must stay below the broker's ``transaction.max.timeout.ms`` and well above the
+checkpoint interval plus restart time; each sink needs its own stable transactional-id prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+from pyflink.common.serialization import ByteArraySchema
+from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaRecordSerializationSchema,
+    KafkaSink,
+    KafkaSource,
+)
+
+from riskstream.config import JobConfig
+from riskstream.jars import flink_jar_urls
+from udfs.flink import (
+    BYTES,
+    DEAD_LETTER_TAG,
+    EVENT_ROW,
+    USER_STAGE_ROW,
+    DeviceWindowsScoreDecide,
+    EventTime,
+    ParseValidate,
+    UserWindows,
+)
+from udfs.policy import Policy
+
+
+def python_conf(cfg: JobConfig) -> dict[str, str]:
+    """Python settings for a local run: the workers use *this* interpreter and see its packages.
+
+    Without ``python.executable`` Flink starts the ``python`` on PATH (not the virtual environment) and
+    fails with "No module named 'pyflink'"; in thread mode the embedded interpreter sees only
+    ``python.pythonpath``, so it gets this process's import path (project root and site-packages).
+    """
+    pythonpath = os.pathsep.join(dict.fromkeys(p for p in sys.path if p and os.path.isdir(p)))
+    return {
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "python.execution-mode": cfg.python_execution_mode,
+        "python.pythonpath": pythonpath,
+    }
+
+
+def make_env(cfg: JobConfig, extra: dict[str, str] | None = None) -> StreamExecutionEnvironment:
+    conf = Configuration()
+    conf.set_string("pipeline.jars", ";".join(flink_jar_urls(cfg.jars_dir)))
+    for k, v in python_conf(cfg).items():
+        conf.set_string(k, v)
+    conf.set_string("pipeline.name", cfg.job_name)
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    for k, v in (extra or {}).items():
+        conf.set_string(k, v)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(cfg.parallelism)
+    env.enable_checkpointing(cfg.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    return env
+
+
+def _offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
+    if cfg.starting_offsets == "earliest":
+        return KafkaOffsetsInitializer.earliest()
+    if cfg.starting_offsets == "latest":
+        return KafkaOffsetsInitializer.latest()
+    return KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+
+
+def _sink(cfg: JobConfig, topic: str, suffix: str) -> KafkaSink:
+    b = (KafkaSink.builder()
+         .set_bootstrap_servers(cfg.bootstrap_servers)
+         .set_record_serializer(KafkaRecordSerializationSchema.builder()
+                                .set_topic(topic)
+                                .set_value_serialization_schema(ByteArraySchema())
+                                .build())
+         .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+         .set_transactional_id_prefix(f"{cfg.transactional_id_prefix}-{suffix}")
+         .set_property("transaction.timeout.ms", str(cfg.transaction_timeout_ms)))
+    for k, v in cfg.kafka_client_properties().items():
+        b = b.set_property(k, v)
+    return b.build()
+
+
+def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
+    """Add the decision job's operators to ``env`` (no broker needed to build the graph)."""
+    src = (KafkaSource.builder()
+           .set_bootstrap_servers(cfg.bootstrap_servers)
+           .set_topics(cfg.events_topic)
+           .set_group_id(cfg.group_id)
+           .set_starting_offsets(_offsets(cfg))
+           .set_value_only_deserializer(ByteArraySchema())
+           .set_property("isolation.level", "read_committed")
+           .set_property("commit.offsets.on.checkpoint", "true"))
+    for k, v in cfg.kafka_client_properties().items():
+        src = src.set_property(k, v)
+    if cfg.bounded:
+        src = src.set_bounded(KafkaOffsetsInitializer.latest())
+    raw = env.from_source(src.build(), WatermarkStrategy.no_watermarks(), "kafka-events",
+                          type_info=BYTES).uid("kafka-events-source")
+
+    parsed = (raw.process(ParseValidate(cfg.job_name), output_type=EVENT_ROW)
+              .name("parse-validate").uid("parse-validate"))
+    dead = parsed.get_side_output(DEAD_LETTER_TAG)
+
+    watermarks = (WatermarkStrategy
+                  .for_bounded_out_of_orderness(Duration.of_millis(cfg.out_of_orderness_ms))
+                  .with_idleness(Duration.of_millis(cfg.idleness_ms))
+                  .with_timestamp_assigner(EventTime()))
+    timed = parsed.assign_timestamps_and_watermarks(watermarks).name("event-time").uid("event-time")
+
+    policy = Policy(version=cfg.policy_version, review_threshold=cfg.review_threshold,
+                    block_threshold=cfg.block_threshold)
+    user = (timed.key_by(lambda r: r[2], key_type=Types.STRING())
+            .process(UserWindows(cfg.allowed_lateness_ms), output_type=USER_STAGE_ROW)
+            .name("user-windows").uid("user-windows"))
+    decisions = (user.key_by(lambda r: r[3], key_type=Types.STRING())
+                 .process(DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy),
+                          output_type=BYTES)
+                 .name("device-windows-score-decide").uid("device-windows-score-decide"))
+
+    decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions")).name("decisions-sink").uid("decisions-sink")
+    dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter")).name("dead-letter-sink").uid("dead-letter-sink")
+
+
+def preflight(cfg: JobConfig) -> None:
+    """Fail fast, before any Flink work, on a bad model or missing jars (messages say what to fix)."""
+    from udfs.scoring import Scorer
+
+    Scorer(cfg.resolved_model_path())
+    flink_jar_urls(cfg.jars_dir)
+
+
+def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None):
+    preflight(cfg)
+    env = make_env(cfg, extra_conf)
+    build(env, cfg)
+    if wait:
+        return env.execute(cfg.job_name)
+    return env.execute_async(cfg.job_name)

@@ -1,0 +1,240 @@
+"""The ``riskstream`` command. Every job option is a flag with an environment-variable fallback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import orjson
+from pydantic import ValidationError
+
+from . import paths
+
+
+def _env(name: str, default):
+    return os.environ.get(f"RISKSTREAM_{name.upper()}", default)
+
+
+def _add_job_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    from .config import JobConfig
+
+    g = p.add_argument_group("job configuration (flag, else environment variable, else default)")
+    for name, field in JobConfig.model_fields.items():
+        if name in skip:
+            continue
+        env = f"RISKSTREAM_{name.upper()}"
+        default = field.get_default(call_default_factory=True)
+        shown = "***" if name == "sasl_password" else default
+        helptext = f"{field.description} [env {env}; default {shown}]"
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            g.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=helptext)
+
+
+def job_config(args: argparse.Namespace, **overrides):
+    """Flags beat environment variables beat defaults; invalid values exit with what to fix."""
+    from .config import JobConfig
+
+    values = {}
+    for name in JobConfig.model_fields:
+        v = getattr(args, name, None)
+        if v is None:
+            v = os.environ.get(f"RISKSTREAM_{name.upper()}")
+        if v is not None:
+            values[name] = v
+    values.update(overrides)
+    try:
+        return JobConfig(**values)
+    except ValidationError as e:
+        msgs = "\n".join(f"  --{'-'.join(str(x) for x in err['loc']).replace('_', '-') or 'config'}: {err['msg']}"
+                         for err in e.errors())
+        raise SystemExit(f"riskstream: invalid configuration:\n{msgs}")
+
+
+def cmd_jars(a) -> int:
+    from .jars import resolve
+
+    resolve(force=a.force)
+    return 0
+
+
+def cmd_stack(a) -> int:
+    from . import stack, topics
+
+    if a.action == "up":
+        lay = stack.up(port=a.port, partitions=a.partitions)
+        made = topics.ensure_topics(lay.bootstrap, topics.topic_specs(a.events_topic, a.decisions_topic,
+                                                                      a.dead_letter_topic, a.partitions))
+        print(f"[stack] topics created: {made or 'none (all exist)'}")
+        print(f"[stack] bootstrap servers: {lay.bootstrap}")
+    elif a.action == "down":
+        stack.down()
+    else:
+        st = stack.status()
+        print(orjson.dumps(st).decode() if a.json else "\n".join(f"{k}: {v}" for k, v in st.items()))
+        return 0 if st["ready"] else 1
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from .generator import TrafficGenerator
+    from .kafka_io import produce, progress_printer
+
+    gen = TrafficGenerator(seed=a.seed, bad_share=a.bad_share, fraud_share=a.fraud_share)
+    labels_path = Path(a.labels)
+    labels_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def records():
+        with open(labels_path, "wb") as lf:
+            for r in gen.generate(a.count):
+                lf.write(orjson.dumps(r.label) + b"\n")
+                yield r
+
+    if a.output:
+        n = 0
+        with open(a.output, "wb") as f:
+            for r in records():
+                f.write((r.raw if r.raw is not None else orjson.dumps(r.event)) + b"\n")
+                n += 1
+        print(f"[generate] wrote {n} events to {a.output}, labels to {labels_path}")
+        return 0
+    n = produce(a.bootstrap_servers, a.topic, records(), a.rate or None, a.count,
+                progress_printer(a.count, "generate"))
+    print(f"[generate] sent {n} events to {a.topic} on {a.bootstrap_servers}; labels in {labels_path}")
+    return 0
+
+
+def cmd_run(a) -> int:
+    from pipelines import decision_job
+    from udfs.scoring import ModelError
+
+    cfg = job_config(a)
+    print(f"[run] {cfg.job_name}: {cfg.events_topic} -> {cfg.decisions_topic} / {cfg.dead_letter_topic} "
+          f"on {cfg.bootstrap_servers}, parallelism {cfg.parallelism}", file=sys.stderr)
+    try:
+        decision_job.preflight(cfg)
+        _check_broker(cfg)
+        decision_job.run(cfg, wait=True)
+    except (ModelError, FileNotFoundError) as e:
+        raise SystemExit(f"riskstream run: {e}")
+    return 0
+
+
+def _check_broker(cfg) -> None:
+    from .stack import broker_ready
+
+    if not broker_ready(cfg.bootstrap_servers, timeout_s=5):
+        raise SystemExit(f"riskstream: no Kafka broker answers at {cfg.bootstrap_servers}; start the local one "
+                         "with `riskstream stack up` or pass --bootstrap-servers")
+
+
+def cmd_consume(a) -> int:
+    from .consume import consume
+
+    return consume(a.bootstrap_servers, a.topic, follow=a.follow, decision=a.decision, limit=a.limit,
+                   group_id=a.group_id, idle_ms=a.idle_ms)
+
+
+def cmd_demo(a) -> int:
+    from . import demo
+
+    cfg = job_config(a, starting_offsets="earliest")
+    summary = demo.run_demo(cfg, events=a.events, rate=a.rate, seed=a.seed, bad_share=a.bad_share,
+                            port=a.port, keep_broker=a.keep_broker, deadline_s=a.deadline)
+    print(demo.render(summary))
+    if a.json:
+        print(orjson.dumps(summary).decode())
+    return 0 if summary["missing"] == 0 and summary["duplicates"] == 0 else 1
+
+
+def cmd_features(a) -> int:
+    from udfs.features import FEATURES, spec_fingerprint, spec_json
+
+    if a.json:
+        print(orjson.dumps(spec_json()).decode())
+        return 0
+    print(f"feature spec {spec_fingerprint()} ({len(FEATURES)} features, model input order)")
+    for f in FEATURES:
+        h = f"{f.horizon_ms // 1000}s/{f.bucket_ms // 1000}s" if f.horizon_ms else "-"
+        print(f"  {f.name:<28} {f.entity:<7} {f.agg:<11} {f.field or '-':<10} {h:<14} "
+              f"{','.join(f.event_types) if f.event_types else 'all'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="riskstream", description="Real-time risk decisions on Flink.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("jars", help="fetch the jars in pom-deps.txt through Maven (idempotent)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=cmd_jars)
+
+    port = int(_env("kafka_port", 9092))
+    p = sub.add_parser("stack", help="the local single-node Kafka broker (KRaft)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--port", type=int, default=port, help=f"broker port on 127.0.0.1 [env RISKSTREAM_KAFKA_PORT; "
+                                                          f"default {port}]")
+    p.add_argument("--partitions", type=int, default=2)
+    p.add_argument("--events-topic", default=_env("events_topic", "riskstream.events"))
+    p.add_argument("--decisions-topic", default=_env("decisions_topic", "riskstream.decisions"))
+    p.add_argument("--dead-letter-topic", default=_env("dead_letter_topic", "riskstream.dead-letter"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_stack)
+
+    bs = _env("bootstrap_servers", f"127.0.0.1:{port}")
+    p = sub.add_parser("generate", help="write seeded synthetic labelled traffic to Kafka (or a file)")
+    p.add_argument("--count", type=int, default=20_000)
+    p.add_argument("--rate", type=float, default=0, help="events per second (0: as fast as possible)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--fraud-share", type=float, default=0.12)
+    p.add_argument("--bad-share", type=float, default=0.0, help="share of malformed records")
+    p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
+    p.add_argument("--topic", default=_env("events_topic", "riskstream.events"))
+    p.add_argument("--labels", default=str(paths.home() / "labels.jsonl"),
+                   help="where ground-truth labels go (JSON lines: event_id, scenario, fraud)")
+    p.add_argument("--output", help="write events to this JSON-lines file instead of Kafka")
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("run", help="run the decision job (local MiniCluster)")
+    _add_job_flags(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("consume", help="read decisions with isolation_level=read_committed")
+    p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
+    p.add_argument("--topic", default=_env("decisions_topic", "riskstream.decisions"))
+    p.add_argument("--follow", "-f", action="store_true", help="keep tailing")
+    p.add_argument("--decision", choices=["allow", "review", "block"], help="only this kind")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--group-id", default=None, help="commit offsets under this consumer group")
+    p.add_argument("--idle-ms", type=int, default=5000, help="without --follow, stop after this long idle")
+    p.set_defaults(fn=cmd_consume)
+
+    p = sub.add_parser("demo", help="end to end on the embedded defaults, then print a summary")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON on the last line")
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--rate", type=float, default=2_000.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--bad-share", type=float, default=0.005)
+    p.add_argument("--port", type=int, default=port, help="[env RISKSTREAM_KAFKA_PORT]")
+    p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
+    p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
+    _add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("features", help="print the feature spec")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_features)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

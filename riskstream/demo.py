@@ -1,0 +1,178 @@
+"""`riskstream demo`: broker up, labelled traffic in, the job on a MiniCluster, every event decided, summary.
+
+Latency is measured from the event's arrival at the broker (the events topic stamps records with log
+append time) to ``decided_at`` in the decision (``latency_ms``), and to the moment a ``read_committed``
+consumer received it (``visible_latency_ms``, which adds the wait for the checkpoint that commits it).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+
+import orjson
+
+from . import stack, topics
+from .config import JobConfig
+from .generator import MALFORMED, NORMAL, SCENARIOS, TrafficGenerator
+from .kafka_io import produce, progress_printer
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
+
+
+def reset_topics(bootstrap: str, cfg: JobConfig, partitions: int, deadline_s: float = 60) -> None:
+    from kafka import KafkaAdminClient
+
+    names = [cfg.events_topic, cfg.decisions_topic, cfg.dead_letter_topic]
+    topics.delete_topics(bootstrap, names)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        t0 = time.monotonic()
+        while set(names) & set(admin.list_topics()):
+            if time.monotonic() - t0 > deadline_s:
+                raise TimeoutError(f"topics {names} still exist {deadline_s}s after deletion")
+            time.sleep(0.2)  # polling interval
+    finally:
+        admin.close()
+    t0 = time.monotonic()
+    while True:
+        try:
+            topics.ensure_topics(bootstrap, topics.topic_specs(*names, partitions=partitions))
+            return
+        except Exception as e:  # deletion may still be settling in the controller
+            if time.monotonic() - t0 > deadline_s:
+                raise TimeoutError(f"could not recreate topics {names}: {e}") from e
+            time.sleep(0.5)
+
+
+def summarize(labels: dict[str, dict], decisions: dict[str, dict], dead: list[dict], sent: int,
+              append_ts: dict[str, int], seen_at: dict[str, float], dup: int) -> dict:
+    by_kind = Counter(d["decision"] for d in decisions.values())
+    scen: dict[str, dict] = {}
+    for name in (*SCENARIOS, NORMAL):
+        ids = [e for e, lab in labels.items() if lab["scenario"] == name]
+        dec = [decisions[e]["decision"] for e in ids if e in decisions]
+        entry = {"events": len(ids), "caught": sum(1 for d in dec if d != "allow")}
+        entry["blocked"] = sum(1 for d in dec if d == "block")
+        entry["allowed"] = sum(1 for d in dec if d == "allow")
+        entry["catch_rate" if name != NORMAL else "flag_rate"] = round(entry["caught"] / max(1, len(ids)), 4)
+        scen[name] = entry
+    lat = [d["decided_at"] - append_ts[e] for e, d in decisions.items() if e in append_ts]
+    vis = [seen_at[e] * 1000 - append_ts[e] for e in decisions if e in append_ts and e in seen_at]
+    valid = sum(1 for lab in labels.values() if lab["scenario"] != MALFORMED)
+    return {
+        "events": sent,
+        "valid_events": valid,
+        "decisions": {k: by_kind.get(k, 0) for k in ("allow", "review", "block")},
+        "dead_letter": len(dead),
+        "dead_letter_reasons": dict(Counter(d["reason"] for d in dead)),
+        "missing": sum(1 for e, lab in labels.items() if lab["scenario"] != MALFORMED and e not in decisions),
+        "duplicates": dup,
+        "scenarios": scen,
+        "latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": _pct(lat, 1.0)},
+        "visible_latency_ms": {"p50": _pct(vis, 0.5), "p99": _pct(vis, 0.99)},
+    }
+
+
+def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: float, port: int,
+             partitions: int = 2, deadline_s: float = 600, keep_broker: bool = False, log=sys.stderr) -> dict:
+    from kafka import KafkaConsumer
+
+    from pipelines import decision_job
+
+    t_start = time.monotonic()
+    was_running = stack.status()["running"]
+    lay = stack.up(port=port, out=log)
+    cfg = cfg.model_copy(update={"bootstrap_servers": lay.bootstrap})
+    job = None
+    try:
+        reset_topics(lay.bootstrap, cfg, partitions)
+        print(f"[demo] topics ready: {cfg.events_topic} -> {cfg.decisions_topic}, {cfg.dead_letter_topic}",
+              file=log)
+        decision_job.preflight(cfg)
+        job = decision_job.run(cfg, wait=False)
+        print(f"[demo] job {job.get_job_id()} submitted to the local MiniCluster "
+              f"(parallelism {cfg.parallelism}, {cfg.python_execution_mode} mode)", file=log, flush=True)
+        records = list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(events))
+        labels = {r.label["event_id"]: r.label for r in records}
+        expected_dead = sum(1 for r in records if r.raw is not None)
+        consumer = KafkaConsumer(cfg.events_topic, cfg.decisions_topic, cfg.dead_letter_topic,
+                                 bootstrap_servers=lay.bootstrap, isolation_level="read_committed",
+                                 auto_offset_reset="earliest", enable_auto_commit=False,
+                                 group_id=None, fetch_max_wait_ms=50)
+        sent_box: dict[str, int] = {}
+        producer = threading.Thread(
+            target=lambda: sent_box.setdefault("n", produce(lay.bootstrap, cfg.events_topic, records, rate,
+                                                            progress=progress_printer(events, "generate", log))),
+            daemon=True)
+        producer.start()
+        decisions: dict[str, dict] = {}
+        dead: list[dict] = []
+        append_ts: dict[str, int] = {}
+        seen_at: dict[str, float] = {}
+        dup = 0
+        show = progress_printer(events, "decided", log)
+        t_deadline = time.monotonic() + deadline_s
+        while len(decisions) + len(dead) < len(records):
+            if time.monotonic() > t_deadline:
+                raise TimeoutError(f"only {len(decisions)} decisions and {len(dead)} dead letters for "
+                                   f"{len(records)} events after {deadline_s}s")
+            batch = consumer.poll(timeout_ms=200)
+            now = time.time()
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if tp.topic == cfg.events_topic:
+                        try:
+                            append_ts[orjson.loads(m.value)["event_id"]] = m.timestamp
+                        except Exception:  # malformed records have no usable id: they are counted as dead
+                            pass
+                    elif tp.topic == cfg.decisions_topic:
+                        d = orjson.loads(m.value)
+                        if d["event_id"] in decisions:
+                            dup += 1
+                        decisions[d["event_id"]] = d
+                        seen_at.setdefault(d["event_id"], now)
+                    else:
+                        dead.append(orjson.loads(m.value))
+            show(len(decisions) + len(dead))
+        producer.join()
+        consumer.close()
+        summary = summarize(labels, decisions, dead, sent_box.get("n", len(records)), append_ts, seen_at, dup)
+        summary["expected_dead_letter"] = expected_dead
+        summary["seconds"] = round(time.monotonic() - t_start, 1)
+        summary["model_version"] = next(iter(decisions.values()))["model_version"] if decisions else None
+        return summary
+    finally:
+        if job is not None:
+            try:
+                job.cancel().result()
+            except Exception as e:  # the job may already have failed; the summary or error says why
+                print(f"[demo] cancel: {e}", file=log)
+        if not was_running and not keep_broker:
+            stack.down(out=log)
+
+
+def render(summary: dict) -> str:
+    lines = [
+        f"events in:        {summary['events']} ({summary['valid_events']} valid)",
+        "decisions:        " + ", ".join(f"{k} {v}" for k, v in summary["decisions"].items()),
+        f"dead letters:     {summary['dead_letter']} {summary['dead_letter_reasons']}",
+        f"missing / dups:   {summary['missing']} / {summary['duplicates']}",
+        "scenario                  events  caught  blocked  rate",
+    ]
+    for name, s in summary["scenarios"].items():
+        rate = s.get("catch_rate", s.get("flag_rate"))
+        lines.append(f"  {name:<24}{s['events']:>6}  {s['caught']:>6}  {s['blocked']:>7}  {rate:>5.1%}"
+                     + ("  (normal traffic flagged)" if name == NORMAL else ""))
+    lat, vis = summary["latency_ms"], summary["visible_latency_ms"]
+    lines.append(f"latency ms:       p50 {lat['p50']}  p99 {lat['p99']} (arrival -> decided)")
+    lines.append(f"visible ms:       p50 {vis['p50']}  p99 {vis['p99']} (arrival -> read_committed consumer)")
+    lines.append(f"took {summary['seconds']} s")
+    return "\n".join(lines)

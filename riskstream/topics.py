@@ -1,0 +1,57 @@
+"""Topic design and creation.
+
+One decisions topic carries every decision kind in a ``decision`` field, rather than one topic per kind:
+each event gets exactly one record in one place (the audit "every event decided exactly once" reads one
+topic), one transaction per checkpoint spans fewer partitions, and consumers that act on one kind
+(order hold, review queue) filter on the field, which costs them little at these volumes. Dead letters
+have their own topic: they are not decisions and are read by other people (the producers' owners).
+The events topic uses broker append time as record timestamp, so latency is measured from arrival.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict
+
+
+def topic_specs(events: str, decisions: str, dead_letter: str, partitions: int = 2) -> list[TopicSpec]:
+    return [
+        TopicSpec(events, partitions, {"message.timestamp.type": "LogAppendTime"}),
+        TopicSpec(decisions, partitions, {}),
+        TopicSpec(dead_letter, 1, {}),
+    ]
+
+
+def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist; return the names created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in specs if s.name not in existing]
+        if new:
+            admin.create_topics(new)
+        return [t.name for t in new]
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        doomed = [n for n in names if n in existing]
+        if doomed:
+            admin.delete_topics(doomed)
+    finally:
+        admin.close()
