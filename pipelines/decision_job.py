@@ -14,7 +14,7 @@ import sys
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema
-from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
@@ -52,6 +52,8 @@ def python_conf(cfg: JobConfig) -> dict[str, str]:
         "python.client.executable": sys.executable,
         "python.execution-mode": cfg.python_execution_mode,
         "python.pythonpath": pythonpath,
+        "python.fn-execution.bundle.time": str(cfg.bundle_time_ms),
+        "python.fn-execution.bundle.size": str(cfg.bundle_size),
     }
 
 
@@ -95,23 +97,9 @@ def _sink(cfg: JobConfig, topic: str, suffix: str) -> KafkaSink:
     return b.build()
 
 
-def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
-    """Add the decision job's operators to ``env`` (no broker needed to build the graph)."""
-    src = (KafkaSource.builder()
-           .set_bootstrap_servers(cfg.bootstrap_servers)
-           .set_topics(cfg.events_topic)
-           .set_group_id(cfg.group_id)
-           .set_starting_offsets(_offsets(cfg))
-           .set_value_only_deserializer(ByteArraySchema())
-           .set_property("isolation.level", "read_committed")
-           .set_property("commit.offsets.on.checkpoint", "true"))
-    for k, v in cfg.kafka_client_properties().items():
-        src = src.set_property(k, v)
-    if cfg.bounded:
-        src = src.set_bounded(KafkaOffsetsInitializer.latest())
-    raw = env.from_source(src.build(), WatermarkStrategy.no_watermarks(), "kafka-events",
-                          type_info=BYTES).uid("kafka-events-source")
-
+def build_core(raw: DataStream, cfg: JobConfig) -> tuple[DataStream, DataStream]:
+    """raw event bytes -> (decision record bytes, dead-letter record bytes). Source- and sink-agnostic,
+    so tests feed it from a collection and collect its output."""
     parsed = (raw.process(ParseValidate(cfg.job_name), output_type=EVENT_ROW)
               .name("parse-validate").uid("parse-validate"))
     dead = parsed.get_side_output(DEAD_LETTER_TAG)
@@ -131,9 +119,57 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                  .process(DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy),
                           output_type=BYTES)
                  .name("device-windows-score-decide").uid("device-windows-score-decide"))
+    return decisions, dead
 
+
+def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
+    """Add the decision job's operators to ``env`` (no broker needed to build the graph)."""
+    src = (KafkaSource.builder()
+           .set_bootstrap_servers(cfg.bootstrap_servers)
+           .set_topics(cfg.events_topic)
+           .set_group_id(cfg.group_id)
+           .set_starting_offsets(_offsets(cfg))
+           .set_value_only_deserializer(ByteArraySchema())
+           .set_property("isolation.level", "read_committed")
+           .set_property("commit.offsets.on.checkpoint", "true"))
+    for k, v in cfg.kafka_client_properties().items():
+        src = src.set_property(k, v)
+    if cfg.bounded:
+        src = src.set_bounded(KafkaOffsetsInitializer.latest())
+    raw = env.from_source(src.build(), WatermarkStrategy.no_watermarks(), "kafka-events",
+                          type_info=BYTES).uid("kafka-events-source")
+    decisions, dead = build_core(raw, cfg)
     decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions")).name("decisions-sink").uid("decisions-sink")
     dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter")).name("dead-letter-sink").uid("dead-letter-sink")
+
+
+def wait_until_running(rest_url: str, job_id: str, deadline_s: float = 120.0) -> float:
+    """Poll the Flink REST API until every task runs and a first checkpoint completed (so the sources are
+    reading and the sinks' transactions work); return the seconds it took."""
+    import json
+    import time
+    import urllib.request
+
+    t0 = time.monotonic()
+    last = "no answer"
+    while time.monotonic() - t0 < deadline_s:
+        try:
+            with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}", timeout=2) as r:
+                job = json.load(r)
+            if job.get("state") in ("FAILED", "CANCELED", "FINISHED"):
+                raise RuntimeError(f"job {job_id} is {job['state']} before it ran; see the Flink log")
+            states = {v["status"] for v in job.get("vertices", [])}
+            last = f"job {job.get('state')}, tasks {sorted(states)}"
+            if states == {"RUNNING"}:
+                with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}/checkpoints", timeout=2) as r:
+                    cps = json.load(r)
+                if cps.get("counts", {}).get("completed", 0) >= 1:
+                    return time.monotonic() - t0
+                last = "tasks running, no checkpoint completed yet"
+        except OSError:
+            pass
+        time.sleep(0.1)  # polling interval
+    raise TimeoutError(f"job {job_id} not running within {deadline_s:.0f}s ({last})")
 
 
 def preflight(cfg: JobConfig) -> None:

@@ -97,9 +97,15 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
         print(f"[demo] topics ready: {cfg.events_topic} -> {cfg.decisions_topic}, {cfg.dead_letter_topic}",
               file=log)
         decision_job.preflight(cfg)
-        job = decision_job.run(cfg, wait=False)
-        print(f"[demo] job {job.get_job_id()} submitted to the local MiniCluster "
+        rest_port = stack._free_port()
+        job = decision_job.run(cfg, wait=False, extra_conf={"rest.port": str(rest_port),
+                                                            "rest.bind-port": str(rest_port),
+                                                            "rest.address": "127.0.0.1"})
+        job_id = str(job.get_job_id())
+        print(f"[demo] job {job_id} submitted to the local MiniCluster "
               f"(parallelism {cfg.parallelism}, {cfg.python_execution_mode} mode)", file=log, flush=True)
+        took = decision_job.wait_until_running(f"http://127.0.0.1:{rest_port}", job_id)
+        print(f"[demo] job running, first checkpoint done after {took:.1f}s; sending traffic", file=log, flush=True)
         records = list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(events))
         labels = {r.label["event_id"]: r.label for r in records}
         expected_dead = sum(1 for r in records if r.raw is not None)

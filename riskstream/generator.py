@@ -164,7 +164,12 @@ class TrafficGenerator:
         """Yield exactly ``n`` records in emission order (a fixed function of the seed and parameters)."""
         r = random.Random(self.seed)
         ids = _Ids(r, self.seed)
-        users: list[dict] = []
+        # an established customer base: ~1 customer per 4 events, so a shopper has a session or two
+        users: list[dict] = [
+            {"id": ids.new("u"), "devices": [ids.new("d") for _ in range(1 + (r.random() < 0.3))],
+             "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
+            for _ in range(max(50, n // 4))
+        ]
         span = max(1, int(n / self.sim_rate * 1000))
         heap: list = []
         produced, seq = 0, 0

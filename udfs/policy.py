@@ -37,7 +37,8 @@ class Rule:
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (
-    Rule("card_testing_velocity", BLOCK, (("user_payments_10m", ">=", 8),), ("payment", "add_payment_method")),
+    Rule("card_testing_velocity", BLOCK, (("user_payments_10m", ">=", 8), ("amount", "<=", 20.0)),
+         ("payment", "add_payment_method")),
     Rule("device_ring_promo", REVIEW, (("device_distinct_users_24h", ">=", 4), ("device_promos_24h", ">=", 4)),
          ("promo_redeem", "signup")),
     Rule("new_account_big_order", REVIEW, (("user_age_ms", "<", 3_600_000), ("amount", ">=", 800.0)),
