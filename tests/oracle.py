@@ -1,0 +1,60 @@
+"""Brute-force feature oracle: recomputes every windowed feature from the raw list of arrived events,
+straight from the semantics documented in udfs/windows.py and the README (no buckets kept, no state)."""
+
+from __future__ import annotations
+
+import math
+
+from udfs.features import MISSING, features_for
+
+
+def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[list[float], bool]]:
+    """``arrived``: events of ONE key in arrival order. Returns (values, late) per event."""
+    feats = features_for(entity)
+    max_h: dict[int, int] = {}
+    for f in feats:
+        if f.horizon_ms:
+            max_h[f.bucket_ms] = max(max_h.get(f.bucket_ms, 0), f.horizon_ms)
+    kept: list = []  # events stored (non-late)
+    out = []
+    for ev in arrived:
+        last_prev = max((e.ts for e in kept), default=None)
+        late = last_prev is not None and ev.ts < last_prev - lateness
+        last_now = last_prev if late else (ev.ts if last_prev is None else max(last_prev, ev.ts))
+        pool = kept + [ev]
+        vals = []
+        for f in feats:
+            if f.agg == "since_prev":
+                vals.append(float(max(ev.ts - last_prev, 0)) if last_prev is not None else MISSING)
+                continue
+            if f.agg == "age":
+                vals.append(float(ev.ts - min(e.ts for e in (kept if not late else kept) + [ev])))
+                continue
+            g, h = f.bucket_ms, f.horizon_ms
+            hi = (ev.ts // g) * g
+            lo = hi + g - h
+            cutoff = last_now - lateness - max_h[g]
+            sel = [e for e in pool
+                   if lo <= (e.ts // g) * g <= hi
+                   and (e is ev or (e.ts // g) * g + g > cutoff)
+                   and (f.event_types is None or e.event_type in f.event_types)]
+            if f.agg == "count":
+                vals.append(float(len(sel)))
+            elif f.agg == "distinct":
+                vals.append(float(len({getattr(e, f.field) for e in sel})))
+            elif f.agg == "sum":
+                vals.append(math.fsum(getattr(e, f.field) for e in sel))
+            elif not sel:
+                vals.append(MISSING)
+            elif f.agg == "mean":
+                vals.append(math.fsum(getattr(e, f.field) for e in sel) / len(sel))
+            elif f.agg == "max":
+                vals.append(float(max(getattr(e, f.field) for e in sel)))
+            elif f.agg == "min":
+                vals.append(float(min(getattr(e, f.field) for e in sel)))
+            else:
+                raise AssertionError(f.agg)
+        if not late:
+            kept.append(ev)
+        out.append((vals, late))
+    return out
