@@ -1,0 +1,27 @@
+"""Shared fixtures. The broker is real (Kafka from Maven jars, KRaft, loopback), started once per test
+session on a free port under a temporary folder, with a readiness deadline; it is stopped at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory):
+    from riskstream import stack
+
+    root = tmp_path_factory.mktemp("kafka")
+    lay = stack.up(port=stack._free_port(), root=root, deadline_s=120)
+    try:
+        yield lay.bootstrap
+    finally:
+        stack.down(root=root)
+        assert stack.read_pid(lay) is None, "the broker process outlived `down`"
+
+
+@pytest.fixture(scope="session")
+def labelled_stream():
+    """A small labelled stream with malformed records mixed in (seeded, reproducible)."""
+    from riskstream.generator import TrafficGenerator
+
+    return list(TrafficGenerator(seed=11, bad_share=0.03, sim_rate=2.0).generate(1500))
