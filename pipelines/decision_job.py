@@ -63,6 +63,9 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None) -> StreamExecu
     for k, v in python_conf(cfg).items():
         conf.set_string(k, v)
     conf.set_string("pipeline.name", cfg.job_name)
+    # filesystem checkpoint storage: the default (JobManager heap) refuses state above 5 MB
+    conf.set_string("execution.checkpointing.storage", "filesystem")
+    conf.set_string("execution.checkpointing.dir", cfg.checkpoint_dir)
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")

@@ -37,6 +37,10 @@ class JobConfig(BaseModel):
     checkpoint_interval_ms: int = Field(
         1000, ge=100, description="checkpoint interval; decisions become visible to read_committed "
                                   "readers only when the checkpoint that covers them completes")
+    checkpoint_dir: str = Field(
+        default_factory=lambda: paths.home().joinpath("checkpoints").as_uri(),
+        description="checkpoint storage URI (file://, s3://, ...); never the JobManager heap, whose 5 MB cap "
+                    "fails checkpoints once window state grows")
     transaction_timeout_ms: int = Field(
         600_000, ge=60_000, description="Kafka transaction timeout of the exactly-once sinks; must exceed "
                                         "checkpoint + restart time and not exceed the broker's maximum")
@@ -71,6 +75,16 @@ class JobConfig(BaseModel):
     def _topic(cls, v: str) -> str:
         if not _TOPIC.match(v) or v in (".", ".."):
             raise ValueError(f"{v!r} is not a valid Kafka topic name (1-249 of letters, digits, '.', '_', '-')")
+        return v
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _ckdir(cls, v: str) -> str:
+        if "://" not in v:
+            p = Path(v).expanduser()
+            if not p.is_absolute():
+                p = Path.cwd() / p
+            return p.resolve().as_uri()
         return v
 
     @field_validator("bootstrap_servers")

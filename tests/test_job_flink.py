@@ -33,6 +33,9 @@ def test_plan_builds_without_broker_with_stable_uids():
     env = decision_job.make_env(cfg)
     decision_job.build(env, cfg)
     uids = dict(_stream_nodes(env))
+    j_conf = env._j_stream_execution_environment.getConfiguration()
+    assert j_conf.toMap().get("execution.checkpointing.storage") == "filesystem"
+    assert j_conf.toMap().get("execution.checkpointing.dir", "").startswith("file:")
     for name, uid in [("Source: kafka-events", "kafka-events-source"), ("parse-validate", "parse-validate"),
                       ("event-time", "event-time"), ("user-windows", "user-windows"),
                       ("device-windows-score-decide", "device-windows-score-decide"),
