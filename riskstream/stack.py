@@ -142,6 +142,16 @@ def broker_ready(bootstrap: str, timeout_s: float = 2.0) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    # kafka-python's admin client blocks ~30 s when nothing listens: probe TCP first (fails in ms)
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                break
+        except (OSError, ValueError):
+            continue
+    else:
+        return False
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     except (KafkaError, OSError, ValueError):

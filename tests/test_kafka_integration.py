@@ -92,3 +92,22 @@ def test_demo_command_end_to_end(tmp_path):
     assert summary["latency_ms"]["p50"] is not None and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"]
     # the broker the demo started is gone
     assert stack.read_pid(stack.layout(root=tmp_path / "home" / "kafka")) is None
+
+
+def test_stack_refuses_a_taken_port(tmp_path):
+    import socket
+
+    from riskstream import stack
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(RuntimeError, match="is taken by another process"):
+            stack.up(port=s.getsockname()[1], root=tmp_path)
+
+
+def test_run_refuses_an_unreachable_broker():
+    from riskstream.cli import main
+
+    with pytest.raises(SystemExit, match="no Kafka broker answers at 127.0.0.1:1"):
+        main(["run", "--bootstrap-servers", "127.0.0.1:1"])
