@@ -151,6 +151,15 @@ def cmd_demo(a) -> int:
     return 0 if summary["missing"] == 0 and summary["duplicates"] == 0 else 1
 
 
+def cmd_replay(a) -> int:
+    from udfs.replay import replay_file
+
+    stats = replay_file(a.input, a.output, a.allowed_lateness_ms)
+    print(f"[replay] {stats['events']} events -> {a.output}; late {stats['late']}; "
+          f"rejected {stats['rejected'] or 0}", file=sys.stderr)
+    return 0
+
+
 def cmd_features(a) -> int:
     from udfs.features import FEATURES, spec_fingerprint, spec_json
 
@@ -225,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
     _add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("replay", help="offline: the job's features for a file of events, in file order")
+    p.add_argument("--input", required=True, help="events as JSON lines, or .parquet")
+    p.add_argument("--output", required=True, help="JSON lines: event_id, late and every feature")
+    p.add_argument("--allowed-lateness-ms", type=int, default=int(_env("allowed_lateness_ms", 60_000)))
+    p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("features", help="print the feature spec")
     p.add_argument("--json", action="store_true")

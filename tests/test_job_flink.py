@@ -10,7 +10,6 @@ from pyflink.common import Types
 from riskstream.config import JobConfig
 from udfs.events import Event, parse_event
 from udfs.features import FEATURE_NAMES, features_for
-from udfs.replay import replay
 from udfs.scoring import Scorer
 
 pytestmark = pytest.mark.flink
@@ -94,7 +93,16 @@ def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
 
     assert sorted(base64.b64decode(x["original_b64"]) for x in dead) == sorted(bad)
 
-    expected = {ev.event_id: (vec, late) for ev, vec, late in replay(valid)}
+    # the offline replay command's library function, over the same records as a JSON-lines file
+    from udfs.replay import replay_file
+
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(records) + b"\n")
+    replay_file(tmp_path / "events.jsonl", tmp_path / "features.jsonl")
+    expected = {}
+    for line in (tmp_path / "features.jsonl").read_bytes().splitlines():
+        row = orjson.loads(line)
+        expected[row["event_id"]] = ([row[n] for n in FEATURE_NAMES], row["late"])
+    assert set(expected) == {e.event_id for e in valid}
     by_id = {d["event_id"]: d for d in decisions}
     user_names = [f.name for f in features_for("user")]
     device_names = [f.name for f in features_for("device")]
