@@ -126,3 +126,37 @@ def test_state_is_bounded_by_horizon_not_rate():
         s, _, _ = w.update(s, Event(f"e{i}", "login", "u", f"d{i % 7}", "ip", 0.0, "EUR", T0 + i * 1000))
     for g, buckets in s["b"].items():
         assert len(buckets) <= (w.max_horizon[g] + w.lateness) // g + 2, (g, len(buckets))
+
+
+def test_distinct_switches_to_hll_within_its_error_bound_and_stays_bounded():
+    import math
+    import pickle
+
+    from udfs import hll
+    from udfs.windows import HLL_THRESHOLD
+
+    w = EntityWindows("device", allowed_lateness_ms=60_000)
+    i24 = w.names.index("device_distinct_users_24h")
+    i1h = w.names.index("device_distinct_users_1h")
+    s, seen = None, []
+    worst = 0.0
+    for i in range(40_000):  # a device shared by thousands of accounts (a botnet / ring)
+        ts = T0 + i * 2_000
+        user = f"user-{(i * 7919) % 12_000}"
+        seen.append((ts, user))
+        s, v, _ = w.update(s, Event(f"e{i}", "login", user, "dev", "ip", 0.0, "EUR", ts))
+        if i % 997 == 0:
+            lo24 = (ts // 1_800_000) * 1_800_000 + 1_800_000 - 86_400_000
+            exact = len({u for t, u in seen if t >= lo24})
+            est = v[i24]
+            if exact <= HLL_THRESHOLD:
+                assert est == exact
+            else:
+                worst = max(worst, abs(est - exact) / exact)
+            lo1h = (ts // 120_000) * 120_000 + 120_000 - 3_600_000
+            exact1h = len({u for t, u in seen if t >= lo1h})
+            assert v[i1h] == exact1h or abs(v[i1h] - exact1h) / exact1h <= 4 * hll.STD_ERROR
+    assert 0 < worst <= 4 * hll.STD_ERROR, worst  # 4 standard errors: 9.2 %
+    # memory: sketches are 2 KiB per bucket whatever the number of users
+    assert len(pickle.dumps(s)) < 50 * (hll.M + 64) + 100_000
+    assert not math.isnan(v[i24])

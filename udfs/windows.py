@@ -10,19 +10,23 @@ scored (over the buckets still held, plus itself) but not stored, and reported a
 
 State per key is bounded by horizons and bucket widths, not by event rate: a bucket is dropped once no
 on-time event can reach it, and the whole key can be dropped (see :meth:`EntityWindows.expires_at`) once
-the watermark passes its newest event by the longest horizon plus the lateness. Distinct counts keep
-exact sets per bucket, so they cost memory per distinct value (bounded by the horizon's traffic).
+the watermark passes its newest event by the longest horizon plus the lateness. Distinct counts keep an
+exact set per bucket up to ``HLL_THRESHOLD`` values, then a HyperLogLog sketch (``udfs.hll``): a window's
+distinct count is exact while all its buckets are exact, else an estimate with ~2.3 % standard error.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import hll
 from .events import EVENT_TYPE_INDEX, EVENT_TYPES, Event
 from .features import ENTITY_KEYS, MISSING, Feature, features_for
 
 CNT, NUM, SET = 0, 1, 2
 DEFAULT_LATENESS_MS = 60_000
+# a bucket's distinct set turns into a HyperLogLog sketch (2 KiB, ~2.3 % standard error) past this size
+HLL_THRESHOLD = 256
 
 
 def _new_acc(kind: int) -> Any:
@@ -31,6 +35,22 @@ def _new_acc(kind: int) -> Any:
     if kind == NUM:
         return [0, 0.0, float("-inf"), float("inf")]
     return set()
+
+
+def _union(acc, v):
+    """Union of a window accumulator (exact set or sketch) with a bucket's set or sketch; never mutates v.
+    The result stays exact while every bucket is exact."""
+    if type(acc) is set and type(v) is set:
+        acc |= v
+        return acc
+    if type(acc) is set:
+        acc = hll.from_values(acc)
+    if type(v) is set:
+        for x in v:
+            hll.add(acc, x)
+    else:
+        hll.merge_into(acc, v)
+    return acc
 
 
 class EntityWindows:
@@ -101,7 +121,13 @@ class EntityWindows:
                     if v < a[3]:
                         a[3] = v
                 else:
-                    accs[i].add(getattr(ev, fld))
+                    acc = accs[i]
+                    if type(acc) is set:
+                        acc.add(getattr(ev, fld))
+                        if len(acc) > HLL_THRESHOLD:
+                            accs[i] = hll.from_values(acc)
+                    else:
+                        hll.add(acc, getattr(ev, fld))
 
     def _evict(self, state: dict) -> None:
         last = state["last"]
@@ -149,7 +175,7 @@ class EntityWindows:
                             if v[3] < a[3]:
                                 a[3] = v[3]
                         else:
-                            accs[i] |= v
+                            accs[i] = _union(accs[i], v)
             if fold_self:
                 for i, kind, fld in self._feeds[g][ev.event_type]:
                     if kind == CNT:
@@ -162,7 +188,7 @@ class EntityWindows:
                         a[2] = max(a[2], v)
                         a[3] = min(a[3], v)
                     else:
-                        accs[i] = accs[i] | {getattr(ev, fld)}
+                        accs[i] = _union(accs[i], {getattr(ev, fld)})
             agg[(g, h)] = accs
         out: list[float] = []
         for p in self._plan:
@@ -177,7 +203,7 @@ class EntityWindows:
             if kind == "count":
                 out.append(float(acc))
             elif kind == "distinct":
-                out.append(float(len(acc)))
+                out.append(float(len(acc)) if type(acc) is set else float(round(hll.estimate(acc))))
             elif kind == "sum":
                 out.append(float(acc[1]))  # 0.0 over an empty window
             elif acc[0] == 0:
