@@ -1,4 +1,4 @@
-"""The decision job: Kafka events -> parse/validate -> user windows -> device windows + ONNX + policy
+"""The decision job: Kafka events -> parse/validate -> user windows -> ip windows -> device windows + ONNX + policy
 -> Kafka decisions (exactly once), with rejected records to the dead-letter topic (exactly once).
 
 Exactly-once pitfalls: the sinks' transactions commit on checkpoint completion, so decisions become
@@ -33,6 +33,7 @@ from udfs.flink import (
     USER_STAGE_ROW,
     DeviceWindowsScoreDecide,
     EventTime,
+    IpWindows,
     ParseValidate,
     UserWindows,
 )
@@ -118,7 +119,10 @@ def build_core(raw: DataStream, cfg: JobConfig) -> tuple[DataStream, DataStream]
     user = (timed.key_by(lambda r: r[2], key_type=Types.STRING())
             .process(UserWindows(cfg.allowed_lateness_ms), output_type=USER_STAGE_ROW)
             .name("user-windows").uid("user-windows"))
-    decisions = (user.key_by(lambda r: r[3], key_type=Types.STRING())
+    ip = (user.key_by(lambda r: r[4], key_type=Types.STRING())
+          .process(IpWindows(cfg.allowed_lateness_ms), output_type=USER_STAGE_ROW)
+          .name("ip-windows").uid("ip-windows"))
+    decisions = (ip.key_by(lambda r: r[3], key_type=Types.STRING())
                  .process(DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy),
                           output_type=BYTES)
                  .name("device-windows-score-decide").uid("device-windows-score-decide"))

@@ -36,7 +36,7 @@ def test_plan_builds_without_broker_with_stable_uids():
     assert j_conf.toMap().get("execution.checkpointing.storage") == "filesystem"
     assert j_conf.toMap().get("execution.checkpointing.dir", "").startswith("file:")
     for name, uid in [("Source: kafka-events", "kafka-events-source"), ("parse-validate", "parse-validate"),
-                      ("event-time", "event-time"), ("user-windows", "user-windows"),
+                      ("event-time", "event-time"), ("user-windows", "user-windows"), ("ip-windows", "ip-windows"),
                       ("device-windows-score-decide", "device-windows-score-decide"),
                       ("decisions-sink: Writer", "decisions-sink"), ("dead-letter-sink: Writer", "dead-letter-sink")]:
         assert uids.get(name) == uid, (name, uids)
@@ -104,20 +104,24 @@ def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
         expected[row["event_id"]] = ([row[n] for n in FEATURE_NAMES], row["late"])
     assert set(expected) == {e.event_id for e in valid}
     by_id = {d["event_id"]: d for d in decisions}
-    user_names = [f.name for f in features_for("user")]
-    device_names = [f.name for f in features_for("device")]
-    users_of_device: dict[str, set] = {}
+    names = {e: [f.name for f in features_for(e)] for e in ("user", "ip", "device")}
+    # Arrival order at a keyed stage is deterministic when its upstream is one subtask (p=1), or when all
+    # the key's events travel one path: an ip fed by one user; a device fed by one user on one ip.
+    users_of_ip: dict[str, set] = {}
+    paths_of_device: dict[str, set] = {}
     for ev in valid:
-        users_of_device.setdefault(ev.device_id, set()).add(ev.user_id)
+        users_of_ip.setdefault(ev.ip, set()).add(ev.user_id)
+        paths_of_device.setdefault(ev.device_id, set()).add((ev.user_id, ev.ip))
     scorer = Scorer("models/risk_gbdt_v1.onnx")
     exact_device = 0
     for ev in valid:
         got = by_id[ev.event_id]["features"]
         want = dict(zip(FEATURE_NAMES, expected[ev.event_id][0]))
-        assert [got[n] for n in user_names] == [want[n] for n in user_names], ev
-        # a device's arrival order is deterministic when one upstream (p=1) or one user feeds it
-        if parallelism == 1 or len(users_of_device[ev.device_id]) == 1:
-            assert [got[n] for n in device_names] == [want[n] for n in device_names], ev
+        assert [got[n] for n in names["user"]] == [want[n] for n in names["user"]], ev
+        if parallelism == 1 or len(users_of_ip[ev.ip]) == 1:
+            assert [got[n] for n in names["ip"]] == [want[n] for n in names["ip"]], ev
+        if parallelism == 1 or (len(paths_of_device[ev.device_id]) == 1 and len(users_of_ip[ev.ip]) == 1):
+            assert [got[n] for n in names["device"]] == [want[n] for n in names["device"]], ev
             assert by_id[ev.event_id]["score"] == pytest.approx(scorer.score(expected[ev.event_id][0]), abs=2e-6)
             exact_device += 1
     assert exact_device >= len(valid) // 2

@@ -30,7 +30,7 @@ def run_engine(entity: str, events: list[Event], lateness: int) -> dict[str, lis
 
 def check_against_oracle(entity: str, events: list[Event], lateness: int) -> int:
     got = run_engine(entity, events, lateness)
-    key = "user_id" if entity == "user" else "device_id"
+    key = EntityWindows(entity, lateness).key_field
     names = [f.name for f in EntityWindows(entity, lateness).features]
     checked = 0
     for k, results in got.items():
@@ -83,6 +83,12 @@ def test_device_windows_match_oracle(events, lateness):
     assert check_against_oracle("device", events, lateness) == len(events)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.sampled_from([0, 60_000]))
+def test_ip_windows_match_oracle(events, lateness):
+    assert check_against_oracle("ip", events, lateness) == len(events)
+
+
 def test_many_keys_long_random_stream():
     r = random.Random(5)
     evs = []
@@ -92,6 +98,7 @@ def test_many_keys_long_random_stream():
                          f"ip{r.randrange(10)}", r.randrange(4000) / 4, "EUR", ts))
     assert check_against_oracle("user", evs, 60_000) == 3000
     assert check_against_oracle("device", evs, 60_000) == 3000
+    assert check_against_oracle("ip", evs, 60_000) == 3000
 
 
 def test_window_edge_and_late_policy_by_hand():

@@ -28,7 +28,7 @@ BUCKET_MS = {
     24 * HOUR: 30 * MINUTE,
 }
 
-ENTITY_KEYS = {"user": "user_id", "device": "device_id", "event": None}
+ENTITY_KEYS = {"user": "user_id", "ip": "ip", "device": "device_id", "event": None}
 WINDOW_AGGS = ("count", "sum", "mean", "max", "min", "distinct")
 KEY_AGGS = ("since_prev", "age")
 EVENT_AGGS = ("value", "type_index")
@@ -98,6 +98,11 @@ FEATURES: tuple[Feature, ...] = (
     _f("user_distinct_ips_1h", "user", "distinct", "ip", HOUR),
     _f("user_since_prev_ms", "user", "since_prev"),
     _f("user_age_ms", "user", "age"),
+    # per ip (cross-entity linkage: many accounts behind one address)
+    _f("ip_events_1h", "ip", "count", horizon=HOUR),
+    _f("ip_distinct_users_1h", "ip", "distinct", "user_id", HOUR),
+    _f("ip_distinct_users_24h", "ip", "distinct", "user_id", DAY),
+    _f("ip_signups_24h", "ip", "count", horizon=DAY, types=("signup",)),
     # per device
     _f("device_events_1m", "device", "count", horizon=MINUTE),
     _f("device_events_1h", "device", "count", horizon=HOUR),
@@ -112,10 +117,10 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 if len(set(FEATURE_NAMES)) != len(FEATURE_NAMES):
     raise ValueError("duplicate feature names in FEATURES")
-# The job assembles the vector as event values + user values + device values: keep FEATURES in that order.
-_ENTITY_ORDER = ("event", "user", "device")
+# The job assembles the vector as event + user + ip + device values: keep FEATURES in that order.
+_ENTITY_ORDER = ("event", "user", "ip", "device")
 if [f.entity for f in FEATURES] != sorted((f.entity for f in FEATURES), key=_ENTITY_ORDER.index):
-    raise ValueError("FEATURES must list event, then user, then device features")
+    raise ValueError("FEATURES must list event, then user, then ip, then device features")
 MISSING = -1.0  # since_prev of a key's first event; mean / max / min of an empty window (sum and count: 0)
 
 

@@ -30,8 +30,8 @@ EVENT_FIELDS = ["event_id", "event_type", "user_id", "device_id", "ip", "amount"
 EVENT_TYPES_INFO = [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(),
                     Types.DOUBLE(), Types.STRING(), Types.LONG(), Types.STRING()]
 EVENT_ROW = Types.ROW_NAMED(EVENT_FIELDS, EVENT_TYPES_INFO)
-# event + user-window feature values + late flag, handed from the user stage to the device stage
-USER_STAGE_ROW = Types.ROW_NAMED(EVENT_FIELDS + ["user_features", "late"], EVENT_TYPES_INFO + [DOUBLES, Types.BOOLEAN()])
+# event + window feature values so far + late flag, handed from one keyed stage to the next
+USER_STAGE_ROW = Types.ROW_NAMED(EVENT_FIELDS + ["window_features", "late"], EVENT_TYPES_INFO + [DOUBLES, Types.BOOLEAN()])
 
 DEAD_LETTER_TAG = OutputTag("dead-letter", BYTES)
 
@@ -130,6 +130,17 @@ class UserWindows(_Windowed):
         ev = _to_event(value)
         vals, late = self._update(ev, ctx)
         yield Row(*value[:9], vals, late)
+
+
+class IpWindows(_Windowed):
+    """Keyed by ip: appends the address's window features (accounts behind one address)."""
+
+    entity = "ip"
+
+    def process_element(self, value, ctx):
+        ev = _to_event(value)
+        vals, late = self._update(ev, ctx)
+        yield Row(*value[:9], list(value[9]) + vals, bool(value[10]) or late)
 
 
 class DeviceWindowsScoreDecide(_Windowed):

@@ -10,23 +10,25 @@ from typing import Iterable, Iterator
 
 from .events import Event
 from .features import FEATURE_NAMES
-from .windows import DEFAULT_LATENESS_MS, EntityWindows, event_values
+from .windows import DEFAULT_LATENESS_MS, WINDOWED_ENTITIES, EntityWindows, event_values
 
 
 class FeatureReplay:
     def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS):
-        self.user = EntityWindows("user", allowed_lateness_ms)
-        self.device = EntityWindows("device", allowed_lateness_ms)
-        self.user_store: dict[str, dict] = {}
-        self.device_store: dict[str, dict] = {}
+        # one engine and one keyed store per windowed entity, in the job's stage order
+        self.stages = [(EntityWindows(e, allowed_lateness_ms), {}) for e in WINDOWED_ENTITIES]
 
     def step(self, ev: Event) -> tuple[list[float], bool]:
         """Feature vector (``FEATURE_NAMES`` order) of one event, and whether it was late for a key."""
-        st, uvals, ulate = self.user.update(self.user_store.get(ev.user_id), ev)
-        self.user_store[ev.user_id] = st
-        st, dvals, dlate = self.device.update(self.device_store.get(ev.device_id), ev)
-        self.device_store[ev.device_id] = st
-        return event_values(ev) + uvals + dvals, ulate or dlate
+        vec = event_values(ev)
+        late = False
+        for engine, store in self.stages:
+            key = getattr(ev, engine.key_field)
+            st, vals, lt = engine.update(store.get(key), ev)
+            store[key] = st
+            vec += vals
+            late = late or lt
+        return vec, late
 
 
 def replay(events: Iterable[Event], allowed_lateness_ms: int = DEFAULT_LATENESS_MS

@@ -27,6 +27,7 @@ CNT, NUM, SET = 0, 1, 2
 DEFAULT_LATENESS_MS = 60_000
 # a bucket's distinct set turns into a HyperLogLog sketch (2 KiB, ~2.3 % standard error) past this size
 HLL_THRESHOLD = 256
+WINDOWED_ENTITIES = ("user", "ip", "device")  # the order of the job's keyed stages and of the vector
 
 
 def _new_acc(kind: int) -> Any:
@@ -54,7 +55,7 @@ def _union(acc, v):
 
 
 class EntityWindows:
-    """Window logic for one entity (``"user"`` or ``"device"``); the caller owns and stores the state dict.
+    """Window logic for one entity (user, ip or device); the caller owns and stores the state dict.
 
     State layout (picklable, small): ``{"first": ts, "last": ts, "b": {width: {bucket_start: [acc, ...]}}}``
     where each acc is a count, a ``[count, sum, max, min]`` list or a set, one per distinct
@@ -63,8 +64,8 @@ class EntityWindows:
 
     def __init__(self, entity: str, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                  features: tuple[Feature, ...] | None = None):
-        if entity not in ("user", "device"):
-            raise ValueError(f"windowed entity must be user or device, not {entity!r}")
+        if entity not in WINDOWED_ENTITIES:
+            raise ValueError(f"windowed entity must be one of {WINDOWED_ENTITIES}, not {entity!r}")
         self.entity = entity
         self.key_field = ENTITY_KEYS[entity]
         self.features = features if features is not None else features_for(entity)
