@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     events = [Event(**r.event) for r in TrafficGenerator(seed=3).generate(a.events)]
     result: dict = {"events": len(events), "repeats": a.repeats}
-    for entity in ("user", "device"):
+    for entity in ("user", "ip", "device"):
         runs = [time_entity(entity, events) for _ in range(a.repeats)]
         result[entity] = {"us_per_event_median": round(statistics.median(r[0] for r in runs), 2),
                           "us_per_event_runs": [round(r[0], 2) for r in runs],
