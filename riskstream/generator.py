@@ -20,6 +20,8 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
+import orjson
+
 SCENARIOS = ("card_testing", "account_takeover", "promo_ring", "fresh_account_big_order")
 NORMAL = "normal"
 MALFORMED = "malformed"
@@ -145,8 +147,6 @@ class TrafficGenerator:
         raise ValueError(f"unknown scenario {scenario!r}")
 
     def _malformed(self, r: random.Random, ev: dict) -> tuple[bytes, str]:
-        import orjson
-
         kind = r.randrange(6)
         if kind == 0:
             return orjson.dumps(ev)[:-7], "invalid_json"

@@ -178,7 +178,8 @@ def up(port: int = 9092, partitions: int = 2, deadline_s: float = 90.0, root: Pa
         if broker_ready(lay.bootstrap):
             print(f"[stack] broker already running (pid {pid}) on {lay.bootstrap}", file=out)
             return lay
-    jars_dir = resolve(["kafka"], out=out)["kafka"][0].parent
+    resolve(["kafka"], out=out)
+    jars_dir = paths.kafka_jars_dir()
     lay.root.mkdir(parents=True, exist_ok=True)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):

@@ -28,7 +28,7 @@ def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[lis
                 vals.append(float(max(ev.ts - last_prev, 0)) if last_prev is not None else MISSING)
                 continue
             if f.agg == "age":
-                vals.append(float(ev.ts - min(e.ts for e in (kept if not late else kept) + [ev])))
+                vals.append(float(ev.ts - min(e.ts for e in kept + [ev])))
                 continue
             g, h = f.bucket_ms, f.horizon_ms
             hi = (ev.ts // g) * g

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from pyflink.common import Row, Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
@@ -37,15 +38,11 @@ DEAD_LETTER_TAG = OutputTag("dead-letter", BYTES)
 
 
 def _to_event(row) -> Event:
-    import orjson
-
     extras = orjson.loads(row[8]) if row[8] else None
     return Event(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], extras)
 
 
 def _event_fields(ev: Event) -> list:
-    import orjson
-
     return [ev.event_id, ev.event_type, ev.user_id, ev.device_id, ev.ip, ev.amount, ev.currency, ev.ts,
             orjson.dumps(ev.extras).decode() if ev.extras else None]
 

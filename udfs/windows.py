@@ -38,6 +38,31 @@ def _new_acc(kind: int) -> Any:
     return set()
 
 
+def _fold(accs: list, feeds: list, ev: Event, sketch_past_threshold: bool) -> None:
+    """Add one event to the accumulators its type feeds (a bucket's, or a window's while scoring).
+    A bucket's set becomes a sketch past HLL_THRESHOLD; a window accumulator stays exact."""
+    for i, kind, fld in feeds:
+        if kind == CNT:
+            accs[i] += 1
+        elif kind == NUM:
+            v = getattr(ev, fld)
+            a = accs[i]
+            a[0] += 1
+            a[1] += v
+            if v > a[2]:
+                a[2] = v
+            if v < a[3]:
+                a[3] = v
+        else:
+            acc = accs[i]
+            if type(acc) is set:
+                acc.add(getattr(ev, fld))
+                if sketch_past_threshold and len(acc) > HLL_THRESHOLD:
+                    accs[i] = hll.from_values(acc)
+            else:
+                hll.add(acc, getattr(ev, fld))
+
+
 def _union(acc, v):
     """Union of a window accumulator (exact set or sketch) with a bucket's set or sketch; never mutates v.
     The result stays exact while every bucket is exact."""
@@ -109,26 +134,7 @@ class EntityWindows:
             accs = buckets.get(start)
             if accs is None:
                 accs = buckets[start] = [_new_acc(k) for k, _, _ in self.slots[g]]
-            for i, kind, fld in feeds:
-                if kind == CNT:
-                    accs[i] += 1
-                elif kind == NUM:
-                    v = getattr(ev, fld)
-                    a = accs[i]
-                    a[0] += 1
-                    a[1] += v
-                    if v > a[2]:
-                        a[2] = v
-                    if v < a[3]:
-                        a[3] = v
-                else:
-                    acc = accs[i]
-                    if type(acc) is set:
-                        acc.add(getattr(ev, fld))
-                        if len(acc) > HLL_THRESHOLD:
-                            accs[i] = hll.from_values(acc)
-                    else:
-                        hll.add(acc, getattr(ev, fld))
+            _fold(accs, feeds, ev, sketch_past_threshold=True)
 
     def _evict(self, state: dict) -> None:
         last = state["last"]
@@ -177,19 +183,8 @@ class EntityWindows:
                                 a[3] = v[3]
                         else:
                             accs[i] = _union(accs[i], v)
-            if fold_self:
-                for i, kind, fld in self._feeds[g][ev.event_type]:
-                    if kind == CNT:
-                        accs[i] += 1
-                    elif kind == NUM:
-                        v = getattr(ev, fld)
-                        a = accs[i]
-                        a[0] += 1
-                        a[1] += v
-                        a[2] = max(a[2], v)
-                        a[3] = min(a[3], v)
-                    else:
-                        accs[i] = _union(accs[i], {getattr(ev, fld)})
+            if fold_self:  # a late event counts itself without being stored
+                _fold(accs, self._feeds[g][ev.event_type], ev, sketch_past_threshold=False)
             agg[(g, h)] = accs
         out: list[float] = []
         for p in self._plan:
