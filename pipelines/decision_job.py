@@ -29,6 +29,7 @@ from riskstream.jars import flink_jar_urls
 from udfs.flink import (
     BYTES,
     DEAD_LETTER_TAG,
+    EVENT_FIELDS,
     EVENT_ROW,
     USER_STAGE_ROW,
     DeviceWindowsScoreDecide,
@@ -38,6 +39,8 @@ from udfs.flink import (
     UserWindows,
 )
 from udfs.policy import Policy
+
+USER_ID, DEVICE_ID, IP = (EVENT_FIELDS.index(f) for f in ("user_id", "device_id", "ip"))
 
 
 def python_conf(cfg: JobConfig) -> dict[str, str]:
@@ -116,13 +119,13 @@ def build_core(raw: DataStream, cfg: JobConfig) -> tuple[DataStream, DataStream]
 
     policy = Policy(version=cfg.policy_version, review_threshold=cfg.review_threshold,
                     block_threshold=cfg.block_threshold)
-    user = (timed.key_by(lambda r: r[2], key_type=Types.STRING())
+    user = (timed.key_by(lambda r: r[USER_ID], key_type=Types.STRING())
             .process(UserWindows(cfg.allowed_lateness_ms), output_type=USER_STAGE_ROW)
             .name("user-windows").uid("user-windows"))
-    ip = (user.key_by(lambda r: r[4], key_type=Types.STRING())
+    ip = (user.key_by(lambda r: r[IP], key_type=Types.STRING())
           .process(IpWindows(cfg.allowed_lateness_ms), output_type=USER_STAGE_ROW)
           .name("ip-windows").uid("ip-windows"))
-    decisions = (ip.key_by(lambda r: r[3], key_type=Types.STRING())
+    decisions = (ip.key_by(lambda r: r[DEVICE_ID], key_type=Types.STRING())
                  .process(DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy),
                           output_type=BYTES)
                  .name("device-windows-score-decide").uid("device-windows-score-decide"))

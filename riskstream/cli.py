@@ -116,9 +116,8 @@ def cmd_run(a) -> int:
     print(f"[run] {cfg.job_name}: {cfg.events_topic} -> {cfg.decisions_topic} / {cfg.dead_letter_topic} "
           f"on {cfg.bootstrap_servers}, parallelism {cfg.parallelism}", file=sys.stderr)
     try:
-        decision_job.preflight(cfg)
         _check_broker(cfg)
-        decision_job.run(cfg, wait=True)
+        decision_job.run(cfg, wait=True)  # preflight (model, jars) runs first inside
     except (ModelError, FileNotFoundError) as e:
         raise SystemExit(f"riskstream run: {e}")
     return 0

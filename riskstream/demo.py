@@ -96,7 +96,6 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
         reset_topics(lay.bootstrap, cfg, partitions)
         print(f"[demo] topics ready: {cfg.events_topic} -> {cfg.decisions_topic}, {cfg.dead_letter_topic}",
               file=log)
-        decision_job.preflight(cfg)
         rest_port = stack._free_port()
         job = decision_job.run(cfg, wait=False, extra_conf={"rest.port": str(rest_port),
                                                             "rest.bind-port": str(rest_port),
