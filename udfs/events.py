@@ -78,9 +78,13 @@ UNKNOWN_EVENT_TYPE = "unknown_event_type"
 INVALID_AMOUNT = "invalid_amount"
 INVALID_CURRENCY = "invalid_currency"
 INVALID_TS = "invalid_ts"
+# set by the job, not by parse_event
+DUPLICATE_EVENT_ID = "duplicate_event_id"  # the user's stage saw this event_id within the dedup horizon
+PROCESSING_ERROR = "processing_error"  # a function raised on this record (a bug): kept, not retried
 
-REASON_CODES = (OVERSIZED, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, UNKNOWN_FIELD,
-                WRONG_TYPE, NULL_KEY, UNKNOWN_EVENT_TYPE, INVALID_AMOUNT, INVALID_CURRENCY, INVALID_TS)
+PARSE_REASON_CODES = (OVERSIZED, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, UNKNOWN_FIELD,
+                      WRONG_TYPE, NULL_KEY, UNKNOWN_EVENT_TYPE, INVALID_AMOUNT, INVALID_CURRENCY, INVALID_TS)
+REASON_CODES = PARSE_REASON_CODES + (DUPLICATE_EVENT_ID, PROCESSING_ERROR)
 
 
 def _id(obj: dict, name: str) -> str | Rejection:

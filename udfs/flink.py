@@ -19,7 +19,7 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction,
 from pyflink.datastream.state import ValueStateDescriptor
 
 from .decision import decision_record, encode
-from .events import Event, dead_letter_record, parse_event
+from .events import PROCESSING_ERROR, Event, Rejection, dead_letter_record, parse_event
 from .policy import DECISIONS, Policy
 from .windows import EntityWindows, event_values
 
@@ -62,9 +62,7 @@ class ParseValidate(ProcessFunction):
         try:
             res = parse_event(raw)
         except Exception as e:  # parse_event must not raise; if it ever does, the record is still kept
-            from .events import Rejection
-
-            res = Rejection("parser_error", f"{type(e).__name__}: {e}"[:200])
+            res = Rejection(PROCESSING_ERROR, f"parse_event: {type(e).__name__}: {e}"[:200])
         if isinstance(res, Event):
             self.valid.inc()
             yield Row(*_event_fields(res))
