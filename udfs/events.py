@@ -131,9 +131,11 @@ def parse_event(raw: bytes) -> Event | Rejection:
         return Rejection(WRONG_TYPE, f"event_type must be a string, got {type(et).__name__}")
     if et not in EVENT_TYPE_INDEX:
         return Rejection(UNKNOWN_EVENT_TYPE, et[:64])
-    ip = obj["ip"]
-    if not isinstance(ip, str) or len(ip) > 64:
-        return Rejection(WRONG_TYPE, "ip must be a string of at most 64 characters")
+    ip = _id(obj, "ip")  # ip keys the ip-window stage: null/blank is null_key, like the other ids
+    if isinstance(ip, Rejection):
+        return ip
+    if len(ip) > 64:
+        return Rejection(WRONG_TYPE, "ip longer than 64 characters")
     amount = obj["amount"]
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         return Rejection(WRONG_TYPE, f"amount must be a number, got {type(amount).__name__}")
@@ -153,11 +155,20 @@ def parse_event(raw: bytes) -> Event | Rejection:
     extras = obj.get("extras")
     if extras is not None and not isinstance(extras, dict):
         return Rejection(WRONG_TYPE, "extras must be an object")
+    # orjson parses 1024 levels but serialises only 254: a deeper extras would be accepted here and then
+    # raise when the job re-encodes it. Depth > 200 needs > 200 brackets, so the exact check is rare.
+    if extras and raw.count(b"[") + raw.count(b"{") > 200:
+        try:
+            orjson.dumps(obj)
+        except orjson.JSONEncodeError:
+            return Rejection(INVALID_JSON, "extras nested too deeply (orjson re-encodes at most 254 levels)")
     return Event(ids["event_id"], et, ids["user_id"], ids["device_id"], ip, amount, cur, ts, extras)
 
 
-def dead_letter_record(raw: bytes, rejection: Rejection, job: str, dead_at_ms: int) -> bytes:
-    """The dead-letter payload: reason, detail and the original bytes (base64, exact)."""
+def dead_letter_record(raw: bytes, rejection: Rejection, job: str, dead_at_ms: int,
+                       reencoded: bool = False) -> bytes:
+    """The dead-letter payload: reason, detail and the original bytes (base64, exact). Records refused
+    after parsing (duplicates, processing errors) carry the event re-encoded and ``original_reencoded``."""
     rec = {
         "reason": rejection.reason,
         "detail": rejection.detail,
@@ -166,6 +177,8 @@ def dead_letter_record(raw: bytes, rejection: Rejection, job: str, dead_at_ms: i
         "job": job,
         "dead_at": dead_at_ms,
     }
+    if reencoded:
+        rec["original_reencoded"] = True
     return orjson.dumps(rec)
 
 
