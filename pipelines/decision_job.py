@@ -70,6 +70,17 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None) -> StreamExecu
     # filesystem checkpoint storage: the default (JobManager heap) refuses state above 5 MB
     conf.set_string("execution.checkpointing.storage", "filesystem")
     conf.set_string("execution.checkpointing.dir", cfg.checkpoint_dir)
+    # keep the newest checkpoint when the job is cancelled or its process dies: `restore_from=latest`
+    # (and `riskstream chaos`) restart from it
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    restore = resolve_restore_path(cfg)
+    if restore:
+        conf.set_string("execution.state-recovery.path", restore)
+    if cfg.rest_port:
+        for k in ("rest.port", "rest.bind-port"):
+            conf.set_string(k, str(cfg.rest_port))
+        for k in ("rest.address", "rest.bind-address"):
+            conf.set_string(k, "127.0.0.1")
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
@@ -79,6 +90,37 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None) -> StreamExecu
     env.set_parallelism(cfg.parallelism)
     env.enable_checkpointing(cfg.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return env
+
+
+def latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest complete retained checkpoint (a ``chk-N`` folder with ``_metadata``) under a file://
+    checkpoint dir, across job ids (each run of the job gets a new id), or None."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    u = urlparse(checkpoint_dir)
+    if u.scheme != "file":
+        raise ValueError(f"restore_from=latest needs a file:// checkpoint_dir, not {checkpoint_dir!r}; "
+                         "pass the checkpoint's path instead")
+    best = None
+    for meta in Path(u.path).glob("*/chk-*/_metadata"):
+        key = (meta.stat().st_mtime, int(meta.parent.name[4:]))
+        if best is None or key > best[0]:
+            best = (key, meta.parent)
+    return best[1].as_uri() if best else None
+
+
+def resolve_restore_path(cfg: JobConfig) -> str | None:
+    if not cfg.restore_from:
+        return None
+    if cfg.restore_from == "latest":
+        return latest_checkpoint(cfg.checkpoint_dir)
+    from pathlib import Path
+
+    p = cfg.restore_from
+    if "://" not in p and not (Path(p) / "_metadata").is_file():
+        raise FileNotFoundError(f"restore_from {p!r} is not a savepoint or checkpoint folder (no _metadata in it)")
+    return p if "://" in p else Path(p).resolve().as_uri()
 
 
 def _offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
@@ -109,7 +151,6 @@ def build_core(raw: DataStream, cfg: JobConfig) -> tuple[DataStream, DataStream]
     so tests feed it from a collection and collect its output."""
     parsed = (raw.process(ParseValidate(cfg.job_name), output_type=EVENT_ROW)
               .name("parse-validate").uid("parse-validate"))
-    dead = parsed.get_side_output(DEAD_LETTER_TAG)
 
     watermarks = (WatermarkStrategy
                   .for_bounded_out_of_orderness(Duration.of_millis(cfg.out_of_orderness_ms))
@@ -120,15 +161,20 @@ def build_core(raw: DataStream, cfg: JobConfig) -> tuple[DataStream, DataStream]
     policy = Policy(version=cfg.policy_version, review_threshold=cfg.review_threshold,
                     block_threshold=cfg.block_threshold)
     user = (timed.key_by(lambda r: r[USER_ID], key_type=Types.STRING())
-            .process(UserWindows(cfg.allowed_lateness_ms), output_type=USER_STAGE_ROW)
+            .process(UserWindows(cfg.allowed_lateness_ms, cfg.job_name, cfg.dedup_horizon_ms),
+                     output_type=USER_STAGE_ROW)
             .name("user-windows").uid("user-windows"))
     ip = (user.key_by(lambda r: r[IP], key_type=Types.STRING())
-          .process(IpWindows(cfg.allowed_lateness_ms), output_type=USER_STAGE_ROW)
+          .process(IpWindows(cfg.allowed_lateness_ms, cfg.job_name), output_type=USER_STAGE_ROW)
           .name("ip-windows").uid("ip-windows"))
     decisions = (ip.key_by(lambda r: r[DEVICE_ID], key_type=Types.STRING())
-                 .process(DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy),
-                          output_type=BYTES)
+                 .process(DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy,
+                                                   cfg.job_name), output_type=BYTES)
                  .name("device-windows-score-decide").uid("device-windows-score-decide"))
+    # bad input from the parser; duplicates and processing errors from the user and ip stages (the device
+    # stage turns its errors into review decisions: a side output there hung task start-up in thread mode)
+    dead = parsed.get_side_output(DEAD_LETTER_TAG).union(
+        *(s.get_side_output(DEAD_LETTER_TAG) for s in (user, ip)))
     return decisions, dead
 
 

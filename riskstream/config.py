@@ -47,6 +47,9 @@ class JobConfig(BaseModel):
     out_of_orderness_ms: int = Field(5_000, ge=0, description="watermark bound on event-time disorder")
     idleness_ms: int = Field(5_000, ge=0, description="a source split silent this long stops holding watermarks")
     allowed_lateness_ms: int = Field(60_000, ge=0, description="older than the key's newest event by more: late")
+    dedup_horizon_ms: int = Field(
+        600_000, ge=0, description="a record whose event_id its user sent within this much event time is "
+                                   "dead-lettered as duplicate_event_id, not scored (0: off)")
     model_path: Path = Field(Path(DEFAULT_MODEL), description="ONNX model (its .json spec sits beside it)")
     review_threshold: float = Field(0.5, ge=0, le=1, description="score at or above which to review")
     block_threshold: float = Field(0.9, ge=0, le=1, description="score at or above which to block")
@@ -67,6 +70,12 @@ class JobConfig(BaseModel):
     restart_attempts: int = Field(
         10, ge=0, description="restarts (2 s apart) before the job fails for good; a job that keeps failing "
                               "must surface, not loop forever")
+    rest_port: int | None = Field(
+        None, ge=1, le=65535, description="local MiniCluster REST/web port on 127.0.0.1 (metrics, savepoints, "
+                                          "`riskstream verify`); unset: none")
+    restore_from: str | None = Field(
+        None, description="start from this savepoint or retained checkpoint (path or URI), or 'latest' for "
+                          "the newest retained checkpoint under checkpoint_dir (none yet: a fresh start)")
     sasl_username: str | None = Field(None, description="SASL/PLAIN user, if the brokers need one")
     sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password (masked in logs)")
 

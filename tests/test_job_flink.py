@@ -80,24 +80,39 @@ def _run_core(records: list[bytes], parallelism: int, out_dir) -> tuple[list[dic
 
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
-    records = [r.raw if r.raw is not None else orjson.dumps(r.event) for r in labelled_stream]
-    valid = [e for e in (parse_event(b) for b in records) if isinstance(e, Event)]
-    bad = [b for b in records if not isinstance(parse_event(b), Event)]
-    assert bad and len(valid) + len(bad) == len(records)
+    base = [r.raw if r.raw is not None else orjson.dumps(r.event) for r in labelled_stream]
+    # producer retries: every 40th valid record arrives again two records later (same user: same order)
+    records, dup_ids = [], []
+    for i, b in enumerate(base):
+        records.append(b)
+        ev = parse_event(b)
+        if isinstance(ev, Event) and i % 40 == 0 and i + 2 < len(base):
+            dup_ids.append(ev.event_id)
+    for pos, eid in reversed([(i, e.event_id) for i, e in enumerate(map(parse_event, base))
+                              if isinstance(e, Event) and e.event_id in set(dup_ids)]):
+        records.insert(pos + 3, base[pos])
+    valid = [e for e in (parse_event(b) for b in base) if isinstance(e, Event)]
+    bad = [b for b in base if not isinstance(parse_event(b), Event)]
+    assert bad and dup_ids and len(valid) + len(bad) + len(dup_ids) == len(records)
 
     decisions, dead = _run_core(records, parallelism, tmp_path / "out")
 
-    # every input accounted for, exactly once
+    # every input accounted for, exactly once: a decision per event id, a dead letter per bad record and
+    # per repeated event id
     assert sorted(d["event_id"] for d in decisions) == sorted(e.event_id for e in valid)
     import base64
 
-    assert sorted(base64.b64decode(x["original_b64"]) for x in dead) == sorted(bad)
+    dups = [x for x in dead if x["reason"] == "duplicate_event_id"]
+    assert sorted(orjson.loads(base64.b64decode(x["original_b64"]))["event_id"] for x in dups) == sorted(dup_ids)
+    assert all(x["original_reencoded"] for x in dups)
+    assert sorted(base64.b64decode(x["original_b64"]) for x in dead if x not in dups) == sorted(bad)
 
     # the offline replay command's library function, over the same records as a JSON-lines file
     from udfs.replay import replay_file
 
     (tmp_path / "events.jsonl").write_bytes(b"\n".join(records) + b"\n")
-    replay_file(tmp_path / "events.jsonl", tmp_path / "features.jsonl")
+    stats = replay_file(tmp_path / "events.jsonl", tmp_path / "features.jsonl")
+    assert stats["rejected"]["duplicate_event_id"] == len(dup_ids)
     expected = {}
     for line in (tmp_path / "features.jsonl").read_bytes().splitlines():
         row = orjson.loads(line)

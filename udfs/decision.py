@@ -37,3 +37,25 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
 
 def encode(record: dict) -> bytes:
     return orjson.dumps(record)
+
+
+def error_decision_record(event_id: str, event_type: str, user_id: str, device_id: str, detail: str,
+                          model_version: str | None, policy_version: str, decided_at_ms: int) -> dict:
+    """A valid event the job failed to score: sent to review, never silently allowed."""
+    return {
+        "decision_id": decision_id(event_id, model_version or "none", policy_version),
+        "event_id": event_id,
+        "event_type": event_type,
+        "user_id": user_id,
+        "device_id": device_id,
+        "decision": "review",
+        "score": None,
+        "model_version": model_version,
+        "policy_version": policy_version,
+        "reasons": ["processing_error"],
+        "error": detail[:200],
+        "features": {},
+        "late": False,
+        "event_ts": None,
+        "decided_at": decided_at_ms,
+    }

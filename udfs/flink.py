@@ -10,6 +10,7 @@ Pitfalls handled here:
 
 from __future__ import annotations
 
+import os
 import time
 
 import orjson
@@ -18,9 +19,21 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from .decision import decision_record, encode
-from .events import PROCESSING_ERROR, Event, Rejection, dead_letter_record, parse_event
+from . import dedup
+from .decision import decision_record, encode, error_decision_record
+from .events import (
+    DUPLICATE_EVENT_ID,
+    PROCESSING_ERROR,
+    Event,
+    Rejection,
+    dead_letter_record,
+    encode_event,
+    parse_event,
+)
 from .policy import DECISIONS, Policy
+# imported with the module, not in open(): a first import of onnxruntime inside open() deadlocked on the
+# interpreter lock in thread mode when another Python operator shared the task
+from .scoring import Scorer
 from .windows import EntityWindows, event_values
 
 TIMER_GRID_MS = 60_000
@@ -47,6 +60,14 @@ def _event_fields(ev: Event) -> list:
             orjson.dumps(ev.extras).decode() if ev.extras else None]
 
 
+CHAOS_ENV = "RISKSTREAM_CHAOS_DIR"
+CHAOS_TASK_FAILURE = "fail-task"
+
+
+class InjectedFailure(RuntimeError):
+    pass
+
+
 class ParseValidate(ProcessFunction):
     """bytes -> EVENT_ROW, or the dead-letter side output with reason and original bytes."""
 
@@ -56,16 +77,36 @@ class ParseValidate(ProcessFunction):
     def open(self, runtime_context: RuntimeContext):
         self.dead = runtime_context.get_metrics_group().counter("dead_letters")
         self.valid = runtime_context.get_metrics_group().counter("events_valid")
+        self.chaos_dir = os.environ.get(CHAOS_ENV) or None
+        self.chaos_next = 0.0
+
+    def _maybe_fail(self) -> None:
+        """Fault injection for ``riskstream chaos`` (only when ``RISKSTREAM_CHAOS_DIR`` is set): the first
+        subtask to claim the trigger file fails, as a crashed Python worker would, and Flink restarts
+        the job's tasks from the last checkpoint. Checked at most every 100 ms."""
+        now = time.monotonic()
+        if now < self.chaos_next:
+            return
+        self.chaos_next = now + 0.1
+        try:
+            os.remove(os.path.join(self.chaos_dir, CHAOS_TASK_FAILURE))
+        except FileNotFoundError:
+            return
+        raise InjectedFailure("riskstream chaos: injected task failure")
 
     def process_element(self, value, ctx):
+        if self.chaos_dir is not None:
+            self._maybe_fail()
         raw = bytes(value) if value is not None else b""
         try:
             res = parse_event(raw)
+            if isinstance(res, Event):
+                row = Row(*_event_fields(res))
         except Exception as e:  # parse_event must not raise; if it ever does, the record is still kept
-            res = Rejection(PROCESSING_ERROR, f"parse_event: {type(e).__name__}: {e}"[:200])
+            res = Rejection(PROCESSING_ERROR, f"parse: {type(e).__name__}: {e}"[:200])
         if isinstance(res, Event):
             self.valid.inc()
-            yield Row(*_event_fields(res))
+            yield row
         else:
             self.dead.inc()
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
@@ -77,29 +118,50 @@ class EventTime(TimestampAssigner):
 
 
 class _Windowed(KeyedProcessFunction):
+    """One keyed window stage. A record that makes the stage raise (a bug, not bad input: parsing already
+    validated it) goes to the dead-letter side output with reason ``processing_error``; the job keeps
+    running instead of restarting into the same record forever."""
+
     entity = ""
 
-    def __init__(self, allowed_lateness_ms: int):
+    def __init__(self, allowed_lateness_ms: int, job_name: str = "riskstream"):
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.job_name = job_name
 
     def open(self, runtime_context: RuntimeContext):
         self.windows = EntityWindows(self.entity, self.allowed_lateness_ms)
         self.state = runtime_context.get_state(
             ValueStateDescriptor(f"{self.entity}_windows", Types.PICKLED_BYTE_ARRAY()))
-        self.late_counter = runtime_context.get_metrics_group().counter("late_events")
+        group = runtime_context.get_metrics_group()
+        self.late_counter = group.counter("late_events")
+        self.error_counter = group.counter("processing_errors")
 
-    def _update(self, ev: Event, ctx) -> tuple[list[float], bool]:
-        st, vals, late = self.windows.update(self.state.value(), ev)
+    def _update(self, ev: Event, ctx, st: dict | None) -> tuple[list[float], bool, dict]:
+        """Fold ``ev`` into the key's state ``st`` (None for a new key); the caller writes it back."""
+        st, vals, late = self.windows.update(st, ev)
         expiry = self.windows.expires_at(st)
         timer = st.get("timer")
         if timer is None or expiry > timer + TIMER_GRID_MS:
             timer = expiry - expiry % TIMER_GRID_MS + TIMER_GRID_MS
             ctx.timer_service().register_event_time_timer(timer)
             st["timer"] = timer
-        self.state.update(st)
         if late:
             self.late_counter.inc()
-        return vals, late
+        return vals, late, st
+
+    def _dead(self, value, reason: str, detail: str):
+        """A dead letter for a parsed record: the original bytes are gone by now, so the payload is the
+        event re-encoded (``original_reencoded``)."""
+        try:
+            raw = encode_event(_to_event(value))
+        except Exception:  # the row itself is unusable: keep what can be kept
+            raw = repr(tuple(value)).encode()
+        return DEAD_LETTER_TAG, dead_letter_record(raw, Rejection(reason, detail[:200]), self.job_name,
+                                                   int(time.time() * 1000), reencoded=True)
+
+    def _error(self, value, e: Exception):
+        self.error_counter.inc()
+        return self._dead(value, PROCESSING_ERROR, f"{self.entity} stage: {type(e).__name__}: {e}")
 
     def on_timer(self, timestamp: int, ctx):
         st = self.state.value()
@@ -117,13 +179,38 @@ class _Windowed(KeyedProcessFunction):
 
 
 class UserWindows(_Windowed):
-    """Keyed by user_id: appends the user's window features to the event."""
+    """Keyed by user_id: drops duplicate event ids (``udfs.dedup``), appends the user's window features.
+
+    The dedup ids live in the same state dict as the windows, so the policy costs no extra state access.
+    """
 
     entity = "user"
 
+    def __init__(self, allowed_lateness_ms: int, job_name: str = "riskstream", dedup_horizon_ms: int = 600_000):
+        super().__init__(allowed_lateness_ms, job_name)
+        self.dedup_horizon_ms = dedup_horizon_ms
+
+    def open(self, runtime_context: RuntimeContext):
+        super().open(runtime_context)
+        self.dup_counter = runtime_context.get_metrics_group().counter("duplicate_events")
+
     def process_element(self, value, ctx):
-        ev = _to_event(value)
-        vals, late = self._update(ev, ctx)
+        try:
+            ev = _to_event(value)
+            st = self.state.value()
+            if self.dedup_horizon_ms and st is not None and dedup.seen(
+                    st, ev.event_id, max(st["last"], ev.ts), self.dedup_horizon_ms):
+                self.dup_counter.inc()
+                yield self._dead(value, DUPLICATE_EVENT_ID,
+                                 f"event_id seen for this user within {self.dedup_horizon_ms} ms")
+                return
+            vals, late, st = self._update(ev, ctx, st)
+            if self.dedup_horizon_ms:
+                dedup.remember(st, ev.event_id, ev.ts, st["last"], self.dedup_horizon_ms)
+            self.state.update(st)
+        except Exception as e:
+            yield self._error(value, e)
+            return
         yield Row(*value[:9], vals, late)
 
 
@@ -133,13 +220,20 @@ class IpWindows(_Windowed):
     entity = "ip"
 
     def process_element(self, value, ctx):
-        ev = _to_event(value)
-        vals, late = self._update(ev, ctx)
+        try:
+            vals, late, st = self._update(_to_event(value), ctx, self.state.value())
+            self.state.update(st)
+        except Exception as e:
+            yield self._error(value, e)
+            return
         yield Row(*value[:9], list(value[9]) + vals, bool(value[10]) or late)
 
 
 class DeviceWindowsScoreDecide(_Windowed):
     """Keyed by device_id: device window features, ONNX score, policy -> decision record bytes.
+
+    If anything raises for a record, it still gets a decision: ``review`` with reason ``processing_error``
+    (fail safe, and every valid event stays decided exactly once).
 
     The model is loaded once per task in ``open``; the CLI loads it once before submitting as well, so a
     bad model fails the start, not the running job.
@@ -147,27 +241,34 @@ class DeviceWindowsScoreDecide(_Windowed):
 
     entity = "device"
 
-    def __init__(self, allowed_lateness_ms: int, model_path: str, policy: Policy):
-        super().__init__(allowed_lateness_ms)
+    def __init__(self, allowed_lateness_ms: int, model_path: str, policy: Policy, job_name: str = "riskstream"):
+        super().__init__(allowed_lateness_ms, job_name)
         self.model_path = model_path
         self.policy = policy
 
     def open(self, runtime_context: RuntimeContext):
         super().open(runtime_context)
-        from .scoring import Scorer
-
         self.scorer = Scorer(self.model_path)
         group = runtime_context.get_metrics_group()
         self.by_kind = {d: group.counter(f"decisions_{d}") for d in DECISIONS}
 
     def process_element(self, value, ctx):
-        ev = _to_event(value)
-        dvals, dlate = self._update(ev, ctx)
-        late = bool(value[10]) or dlate
-        feats = event_values(ev) + list(value[9]) + dvals
-        score = self.scorer.score(feats)
-        decision, reasons = self.policy.decide(score, feats, ev.event_type, late)
+        try:
+            ev = _to_event(value)
+            dvals, dlate, st = self._update(ev, ctx, self.state.value())
+            self.state.update(st)
+            late = bool(value[10]) or dlate
+            feats = event_values(ev) + list(value[9]) + dvals
+            score = self.scorer.score(feats)
+            decision, reasons = self.policy.decide(score, feats, ev.event_type, late)
+            rec = decision_record(ev, decision, score, reasons, feats, self.scorer.version,
+                                  self.policy.version, int(time.time() * 1000), late)
+            out = encode(rec)
+        except Exception as e:  # fail safe: a valid event is never silently allowed or dropped
+            self.error_counter.inc()
+            decision = "review"
+            out = encode(error_decision_record(value[0], value[1], value[2], value[3], f"{type(e).__name__}: {e}",
+                                               getattr(self, "scorer", None) and self.scorer.version,
+                                               self.policy.version, int(time.time() * 1000)))
         self.by_kind[decision].inc()
-        rec = decision_record(ev, decision, score, reasons, feats, self.scorer.version, self.policy.version,
-                              int(time.time() * 1000), late)
-        yield encode(rec)
+        yield out

@@ -8,18 +8,30 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from .events import Event
+from . import dedup
+from .events import DUPLICATE_EVENT_ID, Event
 from .features import FEATURE_NAMES
 from .windows import DEFAULT_LATENESS_MS, WINDOWED_ENTITIES, EntityWindows, event_values
 
+DEFAULT_DEDUP_HORIZON_MS = 600_000
+
 
 class FeatureReplay:
-    def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS):
-        # one engine and one keyed store per windowed entity, in the job's stage order
+    def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS):
+        # one engine and one keyed store per windowed entity, in the job's stage order (user first)
         self.stages = [(EntityWindows(e, allowed_lateness_ms), {}) for e in WINDOWED_ENTITIES]
+        self.dedup_horizon_ms = dedup_horizon_ms
 
-    def step(self, ev: Event) -> tuple[list[float], bool]:
-        """Feature vector (``FEATURE_NAMES`` order) of one event, and whether it was late for a key."""
+    def step(self, ev: Event) -> tuple[list[float], bool] | None:
+        """Feature vector (``FEATURE_NAMES`` order) of one event and whether it was late for a key, or
+        None for a duplicate event id, which the job dead-letters (``udfs.dedup``)."""
+        users = self.stages[0][1]
+        if self.dedup_horizon_ms:
+            st = users.get(ev.user_id)
+            newest = ev.ts if st is None else max(st["last"], ev.ts)
+            if dedup.seen(st, ev.event_id, newest, self.dedup_horizon_ms):
+                return None
         vec = event_values(ev)
         late = False
         for engine, store in self.stages:
@@ -28,15 +40,20 @@ class FeatureReplay:
             store[key] = st
             vec += vals
             late = late or lt
+        if self.dedup_horizon_ms:
+            st = users[ev.user_id]
+            dedup.remember(st, ev.event_id, ev.ts, st["last"], self.dedup_horizon_ms)
         return vec, late
 
 
-def replay(events: Iterable[Event], allowed_lateness_ms: int = DEFAULT_LATENESS_MS
-           ) -> Iterator[tuple[Event, list[float], bool]]:
-    r = FeatureReplay(allowed_lateness_ms)
+def replay(events: Iterable[Event], allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+           dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS) -> Iterator[tuple[Event, list[float], bool]]:
+    """(event, features, late) per event the job would score; duplicate event ids are skipped."""
+    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms)
     for ev in events:
-        vec, late = r.step(ev)
-        yield ev, vec, late
+        res = r.step(ev)
+        if res is not None:
+            yield ev, res[0], res[1]
 
 
 def read_events(path) -> Iterator[tuple[int, bytes | dict]]:
@@ -60,14 +77,15 @@ def read_events(path) -> Iterator[tuple[int, bytes | dict]]:
                 yield n, line
 
 
-def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> dict:
+def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+                dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS) -> dict:
     """Write one JSON line per valid event: ``event_id``, ``late`` and every feature by name. Records the
     job would dead-letter are skipped and counted by reason, as the job would route them."""
     import orjson
 
     from .events import Rejection, parse_event
 
-    r = FeatureReplay(allowed_lateness_ms)
+    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms)
     stats = {"events": 0, "rejected": {}, "late": 0}
     with open(output_path, "wb") as out:
         for _, rec in read_events(input_path):
@@ -75,7 +93,11 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
             if isinstance(ev, Rejection):
                 stats["rejected"][ev.reason] = stats["rejected"].get(ev.reason, 0) + 1
                 continue
-            vec, late = r.step(ev)
+            res = r.step(ev)
+            if res is None:
+                stats["rejected"][DUPLICATE_EVENT_ID] = stats["rejected"].get(DUPLICATE_EVENT_ID, 0) + 1
+                continue
+            vec, late = res
             stats["events"] += 1
             stats["late"] += late
             out.write(orjson.dumps({"event_id": ev.event_id, "late": late, **dict(zip(FEATURE_NAMES, vec))}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import orjson
 
 from .features import FEATURE_NAMES, spec_fingerprint
@@ -58,8 +59,6 @@ class Scorer:
     """Fraud probability from the feature vector in ``FEATURE_NAMES`` order."""
 
     def __init__(self, model_path: str | Path):
-        import onnxruntime as ort
-
         self.path = Path(model_path)
         self.spec = load_model_spec(self.path)
         check_spec(self.spec, self.path)
