@@ -243,3 +243,24 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
     if wait:
         return env.execute(cfg.job_name)
     return env.execute_async(cfg.job_name)
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Cluster entry point: ``flink run -py pipelines/decision_job.py [--job-flag value ...]`` (flags, else
+    ``RISKSTREAM_*`` environment variables, else defaults, as ``riskstream run --help`` lists them).
+    Submits the job without waiting for it to end and prints its id."""
+    import argparse
+
+    from riskstream.cli import _add_job_flags, job_config
+
+    ap = argparse.ArgumentParser(prog="decision_job", description="Submit the riskstream decision job.")
+    _add_job_flags(ap)
+    cfg = job_config(ap.parse_args(argv))
+    client = run(cfg, wait=False)
+    job_id = str(client.get_job_id())
+    print(f"riskstream job id: {job_id}", flush=True)
+    return job_id
+
+
+if __name__ == "__main__":
+    main()
