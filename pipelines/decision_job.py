@@ -116,11 +116,16 @@ def resolve_restore_path(cfg: JobConfig) -> str | None:
     if cfg.restore_from == "latest":
         return latest_checkpoint(cfg.checkpoint_dir)
     from pathlib import Path
+    from urllib.parse import urlparse
 
-    p = cfg.restore_from
-    if "://" not in p and not (Path(p) / "_metadata").is_file():
-        raise FileNotFoundError(f"restore_from {p!r} is not a savepoint or checkpoint folder (no _metadata in it)")
-    return p if "://" in p else Path(p).resolve().as_uri()
+    u = urlparse(cfg.restore_from)
+    if u.scheme not in ("", "file"):  # s3://, hdfs://, ...: Flink checks it
+        return cfg.restore_from
+    p = Path(u.path if u.scheme == "file" else cfg.restore_from).expanduser().resolve()
+    if not (p / "_metadata").is_file():
+        raise FileNotFoundError(f"restore_from {cfg.restore_from!r} is not a savepoint or checkpoint folder "
+                                "(no _metadata in it)")
+    return p.as_uri()
 
 
 def _offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:

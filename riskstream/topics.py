@@ -5,7 +5,10 @@ each event gets exactly one record in one place (the audit "every event decided 
 topic), one transaction per checkpoint spans fewer partitions, and consumers that act on one kind
 (order hold, review queue) filter on the field, which costs them little at these volumes. Dead letters
 have their own topic: they are not decisions and are read by other people (the producers' owners).
-The events topic uses broker append time as record timestamp, so latency is measured from arrival.
+All three topics use broker append time as record timestamp. For the events topic, latency is then
+measured from arrival. For the outputs it is a correctness matter: the Flink Kafka sink stamps each
+record with its *event* time, and with ``CreateTime`` the broker's time-based retention deletes
+decisions about old events (a replay, a backfill) within minutes of writing them.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ class TopicSpec:
     config: dict
 
 
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+
 def topic_specs(events: str, decisions: str, dead_letter: str, partitions: int = 2) -> list[TopicSpec]:
     return [
-        TopicSpec(events, partitions, {"message.timestamp.type": "LogAppendTime"}),
-        TopicSpec(decisions, partitions, {}),
-        TopicSpec(dead_letter, 1, {}),
+        TopicSpec(events, partitions, APPEND_TIME),
+        TopicSpec(decisions, partitions, APPEND_TIME),
+        TopicSpec(dead_letter, 1, APPEND_TIME),
     ]
 
 

@@ -24,7 +24,7 @@ class ModelError(RuntimeError):
 def load_model_spec(model_path: Path) -> dict:
     spec_path = Path(model_path).with_suffix(".json")
     if not Path(model_path).is_file():
-        raise ModelError(f"model file {model_path} does not exist: pass --model with an .onnx file, "
+        raise ModelError(f"model file {model_path} does not exist: pass --model-path with an .onnx file, "
                          "or train one with `python -m models.train`")
     if not spec_path.is_file():
         raise ModelError(f"model spec {spec_path} is missing: every model ships with a .json spec written "
