@@ -150,6 +150,40 @@ def cmd_demo(a) -> int:
     return 0 if summary["missing"] == 0 and summary["duplicates"] == 0 else 1
 
 
+def cmd_verify(a) -> int:
+    from .audit import parse_time, render, verify
+    from .stack import broker_ready
+
+    try:
+        from_ms, to_ms = parse_time(a.from_time), parse_time(a.to_time)
+    except ValueError as e:
+        raise SystemExit(f"riskstream verify: {e}")
+    if not broker_ready(a.bootstrap_servers, timeout_s=5):
+        raise SystemExit(f"riskstream verify: no Kafka broker answers at {a.bootstrap_servers}")
+    rep = verify(a.bootstrap_servers, a.events_topic, a.decisions_topic, a.dead_letter_topic, from_ms, to_ms,
+                 wait_s=a.wait, progress=lambda m: print(f"[verify] {m}", file=sys.stderr, flush=True))
+    print(render(rep))
+    if a.json:
+        print(orjson.dumps(rep).decode())
+    return 0 if rep["missing"] == rep["duplicates"] == rep["unexpected"] == 0 else 1
+
+
+def cmd_chaos(a) -> int:
+    from . import chaos
+
+    kinds = tuple(a.kinds.split(",")) if a.kinds else chaos.KINDS
+    unknown = set(kinds) - set(chaos.KINDS)
+    if unknown:
+        raise SystemExit(f"riskstream chaos: unknown failure kinds {sorted(unknown)}; choose from {chaos.KINDS}")
+    res = chaos.run_chaos(a.events, a.failures, rate=a.rate, seed=a.seed, parallelism=a.parallelism,
+                          checkpoint_interval_ms=a.checkpoint_interval_ms, kinds=kinds, port=a.port,
+                          deadline_s=a.deadline)
+    print(chaos.render(res))
+    if a.json:
+        print(orjson.dumps(res).decode())
+    return 0 if res["missing"] == res["duplicates"] == res["unexpected"] == 0 else 1
+
+
 def cmd_replay(a) -> int:
     from udfs.replay import replay_file
 
@@ -170,6 +204,80 @@ def cmd_features(a) -> int:
         h = f"{f.horizon_ms // 1000}s/{f.bucket_ms // 1000}s" if f.horizon_ms else "-"
         print(f"  {f.name:<28} {f.entity:<7} {f.agg:<11} {f.field or '-':<10} {h:<14} "
               f"{','.join(f.event_types) if f.event_types else 'all'}")
+    return 0
+
+
+def cmd_cluster(a) -> int:
+    from . import cluster
+
+    if a.action == "up":
+        try:
+            lay = cluster.up(rest_port=a.rest_port, slots=a.slots, deadline_s=a.deadline)
+        except (RuntimeError, TimeoutError) as e:
+            raise SystemExit(f"riskstream cluster up: {e}")
+        print(f"[cluster] REST and web UI: {lay.rest_url} (submit with `riskstream submit`)", file=sys.stderr)
+        print(lay.rest_url)
+    elif a.action == "down":
+        cluster.down()
+    else:
+        st = cluster.status()
+        if a.json:
+            print(orjson.dumps(st).decode())
+        else:
+            for k, v in st.items():
+                if k != "jobs":
+                    print(f"{k}: {v}")
+            for j in st["jobs"]:
+                print(f"job {j['id']} {j['state']:<10} {j['name']}")
+        return 0 if st["ready"] else 1
+    return 0
+
+
+def cmd_submit(a) -> int:
+    from . import submit
+
+    job_config(a)  # fail fast on invalid flags or RISKSTREAM_* values, before any Flink work
+    try:
+        res = submit.submit(submit.settings_from_args(a), jobmanager=a.jobmanager, from_savepoint=a.from_savepoint,
+                            allow_non_restored_state=a.allow_non_restored_state)
+        print(f"[submit] job {res.job_id} submitted to {res.rest_url} in {res.seconds:.1f}s"
+              + (f" from {a.from_savepoint}" if a.from_savepoint else ""), file=sys.stderr)
+        print(res.job_id, flush=True)
+        if a.wait_running:
+            secs = submit.wait_running(res.rest_url, res.job_id, deadline_s=a.deadline)
+            print(f"[submit] job {res.job_id} running, first checkpoint completed, {secs:.1f}s after submission",
+                  file=sys.stderr)
+    except submit.SubmitError as e:
+        raise SystemExit(f"riskstream submit: {e}")
+    return 0
+
+
+def cmd_savepoint(a) -> int:
+    from . import submit
+
+    try:
+        res = submit.savepoint(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
+    except submit.SubmitError as e:
+        raise SystemExit(f"riskstream savepoint: {e}")
+    print(f"[savepoint] job {a.job_id}: savepoint in {res.seconds:.1f}s; the job keeps running", file=sys.stderr)
+    print(res.location)
+    return 0
+
+
+def cmd_cancel(a) -> int:
+    from . import submit
+
+    try:
+        if a.no_savepoint:
+            state = submit.cancel(a.job_id, jobmanager=a.jobmanager, deadline_s=a.deadline)
+            print(f"[cancel] job {a.job_id} {state} (no savepoint)", file=sys.stderr)
+            return 0
+        res = submit.stop(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
+    except submit.SubmitError as e:
+        raise SystemExit(f"riskstream cancel: {e}")
+    print(f"[cancel] job {a.job_id} stopped with a savepoint in {res.seconds:.1f}s (job {res.final_state}); "
+          f"resume with `riskstream submit --from-savepoint {res.location}`", file=sys.stderr)
+    print(res.location)
     return 0
 
 
@@ -234,6 +342,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
     _add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("verify", help="audit: every event has exactly one decision or dead letter (read_committed)")
+    p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
+    p.add_argument("--events-topic", default=_env("events_topic", "riskstream.events"))
+    p.add_argument("--decisions-topic", default=_env("decisions_topic", "riskstream.decisions"))
+    p.add_argument("--dead-letter-topic", default=_env("dead_letter_topic", "riskstream.dead-letter"))
+    p.add_argument("--from-time", help="only events the broker received at or after this time (epoch ms or "
+                                       "ISO-8601); outputs are read from this time on")
+    p.add_argument("--to-time", help="only events received before this time")
+    p.add_argument("--wait", type=float, default=0.0,
+                   help="keep reading outputs up to this many seconds while some are missing (a running job "
+                        "commits once per checkpoint)")
+    p.add_argument("--json", action="store_true", help="also print the report as JSON on the last line")
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("chaos", help="fault injection: failures while the job runs, then the exactly-once audit")
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--failures", type=int, default=4)
+    p.add_argument("--kinds", default="", help="comma-separated subset of task-failure, kill-process, "
+                                               "broker-restart, savepoint-resume (default: all, in turn)")
+    p.add_argument("--rate", type=float, default=1000.0, help="events per second fed")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--parallelism", type=int, default=1)
+    p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
+    p.add_argument("--port", type=int, default=None, help="broker port (default: a free one; the harness "
+                                                           "starts and restarts its own broker)")
+    p.add_argument("--deadline", type=float, default=3600, help="give up after this many seconds")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON on the last line")
+    p.set_defaults(fn=cmd_chaos)
+
+    jm_help = "JobManager REST address host:port [default: the local cluster's, see `riskstream cluster status`]"
+    p = sub.add_parser("cluster", help="a local standalone Flink cluster (JobManager + TaskManager)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--rest-port", type=int, default=None, help="REST/web port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--slots", type=int, default=2, help="task slots of the TaskManager")
+    p.add_argument("--deadline", type=float, default=120, help="seconds `up` waits for the cluster to be ready")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(fn=cmd_cluster)
+
+    p = sub.add_parser("submit", help="submit the decision job to a Flink cluster (flink run -d); prints its id")
+    p.add_argument("--jobmanager", default=None, help=jm_help)
+    p.add_argument("--from-savepoint", default=None, metavar="PATH",
+                   help="restore from this savepoint or retained checkpoint (flink run -s)")
+    p.add_argument("--allow-non-restored-state", action="store_true",
+                   help="with --from-savepoint: skip savepoint state of removed operators")
+    p.add_argument("--wait-running", action="store_true",
+                   help="then wait until every task runs and a first checkpoint completed; print the time")
+    p.add_argument("--deadline", type=float, default=180, help="seconds --wait-running waits")
+    _add_job_flags(p, skip=("rest_port",))
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("savepoint", help="take a savepoint of a running job (it keeps running); prints its path")
+    p.add_argument("job_id")
+    p.add_argument("--jobmanager", default=None, help=jm_help)
+    p.add_argument("--dir", default=None, help="target directory [default: the cluster's savepoint dir]")
+    p.add_argument("--deadline", type=float, default=300)
+    p.set_defaults(fn=cmd_savepoint)
+
+    p = sub.add_parser("cancel", help="stop a job with a savepoint (the upgrade path); prints the savepoint path")
+    p.add_argument("job_id")
+    p.add_argument("--jobmanager", default=None, help=jm_help)
+    p.add_argument("--dir", default=None, help="savepoint directory [default: the cluster's savepoint dir]")
+    p.add_argument("--no-savepoint", action="store_true", help="cancel without a savepoint")
+    p.add_argument("--deadline", type=float, default=300)
+    p.set_defaults(fn=cmd_cancel)
 
     p = sub.add_parser("replay", help="offline: the job's features for a file of events, in file order")
     p.add_argument("--input", required=True, help="events as JSON lines, or .parquet")
