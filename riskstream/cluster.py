@@ -1,0 +1,561 @@
+"""A real local standalone Flink cluster (one JobManager, one TaskManager), run from the PyFlink install.
+
+``up`` builds a private Flink home under ``<home>/flink-cluster/`` (or ``root``):
+
+- ``bin/``: copies of the distribution's scripts (a pip install may lack execute bits; and ``bin/flink``
+  there derives its home, hence this cluster's ``conf/``, from its own location: no variable needed);
+- ``lib/``, ``opt/``, ``plugins/``: links to the distribution's jars (the venv is never modified), plus
+  ``opt/flink-python`` linked into ``lib/`` for PyFlink's thread mode (see :func:`cluster_config`);
+- ``conf/``: the distribution's files with ``config.yaml`` rewritten on every start;
+- ``log/``, ``run/`` (pid files, the REST port), ``tmp/`` (Flink's scratch space, removed by ``down``),
+  ``checkpoints/`` and ``savepoints/`` (the cluster defaults; a job may set its own).
+
+Both daemons run in the foreground (``start-foreground``), each in its own process group; ``down`` stops
+both groups (TERM, then KILL after a grace period), so Python workers go too and no process is left.
+Readiness is REST ``/overview`` reporting a TaskManager with a free slot, polled under a deadline.
+
+Submitting a PyFlink job (verified with the decision job): ``bin/flink run -m 127.0.0.1:<port> -d -py
+entry.py`` with ``env=flink_env(lay)``, which puts the project root on ``PYTHONPATH`` (the client and the
+thread-mode workers then import ``pipelines``/``udfs``/``riskstream`` from the checkout on this machine).
+The Kafka connector travels with each job through ``pipeline.jars`` (set by the job), so ``lib/`` stays
+the distribution's. Do not pass ``-pyfs <checkout>``: the client zips the whole folder, ``.venv`` included.
+:mod:`riskstream.submit` (``riskstream submit / savepoint / cancel``) does this for the decision job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+
+HOST = "127.0.0.1"
+JOBMANAGER_MEMORY = "1600m"
+TASKMANAGER_MEMORY = "2560m"
+TERMINAL_JOB_STATES = frozenset({"FINISHED", "FAILED", "CANCELED", "SUSPENDED"})
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    root: Path
+    rest_port: int
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.root / "conf"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.root / "lib"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def savepoints_dir(self) -> Path:
+        return self.root / "savepoints"
+
+    @property
+    def checkpoints_uri(self) -> str:
+        return self.checkpoints_dir.resolve().as_uri()
+
+    @property
+    def savepoints_uri(self) -> str:
+        return self.savepoints_dir.resolve().as_uri()
+
+    @property
+    def jobmanager_pid_file(self) -> Path:
+        return self.run_dir / "jobmanager.pid"
+
+    @property
+    def taskmanager_pid_file(self) -> Path:
+        return self.run_dir / "taskmanager.pid"
+
+    @property
+    def port_file(self) -> Path:
+        return self.run_dir / "rest.port"
+
+    @property
+    def flink_bin(self) -> Path:
+        return self.bin_dir / "flink"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{HOST}:{self.rest_port}"
+
+    @property
+    def address(self) -> str:
+        """What ``flink run -m`` takes."""
+        return f"{HOST}:{self.rest_port}"
+
+
+def default_root() -> Path:
+    return paths.home() / "flink-cluster"
+
+
+def _root(root: Path | str | None) -> Path:
+    return Path(root).resolve() if root else default_root()
+
+
+def layout(rest_port: int | None = None, root: Path | str | None = None) -> ClusterLayout:
+    """The layout under ``root``; without a port, the one recorded by the last ``up`` (else 8081)."""
+    r = _root(root)
+    if rest_port is None:
+        try:
+            rest_port = int((r / "run" / "rest.port").read_text().strip())
+        except (OSError, ValueError):
+            rest_port = 8081
+    return ClusterLayout(root=r, rest_port=rest_port)
+
+
+def rest_url(root: Path | str | None = None) -> str:
+    return layout(root=root).rest_url
+
+
+def distribution() -> Path:
+    """The Flink distribution inside the installed ``pyflink`` package (bin/, conf/, lib/, opt/)."""
+    import pyflink
+
+    d = Path(pyflink.__file__).resolve().parent
+    for part in ("bin/config.sh", "bin/flink", "conf/config.yaml", "lib", "opt"):
+        if not (d / part).exists():
+            raise RuntimeError(f"the pyflink package at {d} has no {part}: it is not a full Flink distribution")
+    return d
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie counts as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any live (non-zombie) process in process group ``pgid`` (Linux /proc; else the leader only)."""
+    if _pid_alive(pgid):
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return False
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp, ...
+            return True
+    return False
+
+
+def _recorded_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pids(root: Path | str | None = None) -> dict[str, int | None]:
+    """The live daemon pids (each also its process group id); None for a daemon not running."""
+    lay = layout(root=root)
+    out = {}
+    for name, f in (("jobmanager", lay.jobmanager_pid_file), ("taskmanager", lay.taskmanager_pid_file)):
+        pid = _recorded_pid(f)
+        out[name] = pid if pid and _pid_alive(pid) else None
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _yaml_scalar(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_yaml_scalar(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid double-quoted YAML scalar
+
+
+def _site_packages() -> str:
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    return os.pathsep.join(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
+
+
+def cluster_config(lay: ClusterLayout, slots: int, rpc_port: int) -> dict[str, object]:
+    """The settings written over the distribution's config.yaml (flattened keys, which Flink 2 accepts)."""
+    return {
+        "jobmanager.rpc.address": HOST,
+        "jobmanager.rpc.port": rpc_port,
+        "jobmanager.bind-host": HOST,
+        "jobmanager.memory.process.size": JOBMANAGER_MEMORY,
+        "taskmanager.bind-host": HOST,
+        "taskmanager.host": HOST,
+        "taskmanager.numberOfTaskSlots": slots,
+        "taskmanager.memory.process.size": TASKMANAGER_MEMORY,
+        "rest.address": HOST,
+        "rest.bind-address": HOST,
+        "rest.port": lay.rest_port,
+        "parallelism.default": 1,
+        # both daemons start together and the TaskManager's first registration usually precedes the
+        # ResourceManager; the default 10 s retry delay would then add 10 s to every start
+        "cluster.registration.error-delay": 1000,
+        # REST metric queries answer from a cache the JobManager refreshes this often (default 10 s)
+        "metrics.fetcher.update-interval": 2000,
+        "state.backend.type": "hashmap",
+        "execution.checkpointing.storage": "filesystem",
+        "execution.checkpointing.dir": lay.checkpoints_uri,
+        "execution.checkpointing.savepoint-dir": lay.savepoints_uri,
+        "env.log.dir": str(lay.log_dir),
+        "env.pid.dir": str(lay.run_dir),
+        "env.stdout-err.redirect-to-file": True,
+        # scratch space (blobs, python-dist-*, -pyfs copies, web uploads) inside the cluster folder, removed
+        # by `down`, instead of piling up in /tmp; the CLI's own temp files (zipped -pyfs folders) too
+        "io.tmp.dirs": str(lay.tmp_dir),
+        "blob.storage.directory": str(lay.tmp_dir / "blobs"),
+        "web.tmpdir": str(lay.tmp_dir / "web"),
+        "env.java.opts.client": f"-Djava.io.tmpdir={lay.tmp_dir / 'client'}",
+        # flink-python is in lib/ (see _sync_home): pemja's native library must be loaded once per JVM by
+        # the parent class loader, not once per job from the job's own copy of flink-python; otherwise the
+        # second thread-mode job on a TaskManager fails with "NoSuchFieldException: loadedLibraryNames"
+        "classloader.parent-first-patterns.additional": "pemja.",
+        # the Python workers (process mode) and the client of `flink run -py` must be this interpreter, or
+        # Flink starts the `python` on PATH, which has no pyflink; the embedded (thread-mode) interpreter
+        # sees only python.pythonpath (a job may set its own)
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "python.pythonpath": _site_packages(),
+    }
+
+
+def _sync_home(lay: ClusterLayout, dist: Path) -> None:
+    """(Re)build bin/, lib/, opt/ and plugins/ from the distribution: scripts copied, jars linked."""
+    for sub in ("bin", "lib", "opt"):
+        d = lay.root / sub
+        if d.is_symlink() or d.is_file():
+            d.unlink()
+        elif d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    for f in (dist / "bin").iterdir():
+        if f.suffix == ".jar":
+            (lay.bin_dir / f.name).symlink_to(f)
+        elif f.is_file():
+            shutil.copyfile(f, lay.bin_dir / f.name)
+            (lay.bin_dir / f.name).chmod(0o755)
+    for sub in ("lib", "opt"):
+        for jar in (dist / sub).glob("*.jar"):
+            (lay.root / sub / jar.name).symlink_to(jar)
+    for jar in (dist / "opt").glob("flink-python*.jar"):
+        (lay.lib_dir / jar.name).symlink_to(jar)
+    plugins = lay.root / "plugins"
+    if plugins.is_symlink() or plugins.is_file():
+        plugins.unlink()
+    elif plugins.exists():
+        shutil.rmtree(plugins)
+    if (dist / "plugins").is_dir():
+        plugins.symlink_to(dist / "plugins", target_is_directory=True)
+    else:
+        plugins.mkdir()
+
+
+def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None = None) -> Path:
+    """Copy the distribution's conf files into ``lay.conf_dir`` and write config.yaml there."""
+    import yaml  # PyYAML: a dependency of apache-beam, which apache-flink requires
+
+    dist = dist or distribution()
+    lay.conf_dir.mkdir(parents=True, exist_ok=True)
+    for f in (dist / "conf").iterdir():
+        if f.is_file() and f.name != "config.yaml":
+            shutil.copyfile(f, lay.conf_dir / f.name)
+    (lay.conf_dir / "masters").write_text(f"{HOST}:{lay.rest_port}\n")
+    (lay.conf_dir / "workers").write_text(f"{HOST}\n")
+    settings = _flatten(yaml.safe_load((dist / "conf" / "config.yaml").read_text()) or {})
+    settings.update(cluster_config(lay, slots, rpc_port))
+    path = lay.conf_dir / "config.yaml"
+    path.write_text("# written by riskstream.cluster.up on every start; edits here are lost\n"
+                    + "".join(f"{k}: {_yaml_scalar(v)}\n" for k, v in settings.items()))
+    return path
+
+
+def flink_env(lay: ClusterLayout, project_on_pythonpath: bool = True) -> dict[str, str]:
+    """Environment for the daemons and for ``bin/flink`` of this cluster.
+
+    With ``project_on_pythonpath`` the project root leads ``PYTHONPATH``: the ``flink run -py`` client then
+    imports the project's packages from the checkout, and a job that copies its ``sys.path`` into
+    ``python.pythonpath`` (as the decision job does) lets the thread-mode workers do the same."""
+    env = dict(os.environ)
+    for k in ("FLINK_HOME", "FLINK_LIB_DIR", "FLINK_OPT_DIR", "FLINK_PLUGINS_DIR", "FLINK_BIN_DIR",
+              "FLINK_ENV_JAVA_OPTS", "_FLINK_HOME_DETERMINED"):
+        env.pop(k, None)
+    env.update({"FLINK_CONF_DIR": str(lay.conf_dir), "FLINK_LOG_DIR": str(lay.log_dir),
+                "FLINK_PID_DIR": str(lay.run_dir), "FLINK_IDENT_STRING": "riskstream",
+                "STD_REDIRECT_TO_FILE": "true"})
+    if project_on_pythonpath:
+        parts = [str(paths.PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    return env
+
+
+def flink_command(lay: ClusterLayout, *args: str) -> list[str]:
+    """``bash <root>/bin/flink <args>``; run it with ``env=flink_env(lay)``. E.g. ``flink_command(lay, "run",
+    "-m", lay.address, "-d", "-py", "entry.py")``, ``("stop", "-m", lay.address, "--savepointPath",
+    lay.savepoints_uri, job_id)``, ``("run", "-m", lay.address, "-s", savepoint, "-d", "-py", "entry.py")``."""
+    return ["bash", str(lay.flink_bin), *args]
+
+
+def rest_get(lay: ClusterLayout, path: str, timeout_s: float = 2.0) -> dict:
+    with urllib.request.urlopen(f"{lay.rest_url}{path}", timeout=timeout_s) as r:
+        return json.load(r)
+
+
+def _overview(lay: ClusterLayout) -> dict | None:
+    try:
+        return rest_get(lay, "/overview", timeout_s=1.0)
+    except (OSError, ValueError):
+        return None
+
+
+def log_tail(root: Path | str | None = None, lines: int = 25) -> str:
+    lay = layout(root=root)
+    parts = []
+    for f in sorted(lay.log_dir.glob("*")) if lay.log_dir.is_dir() else []:
+        if f.suffix in (".log", ".out", ".err", ".console") and f.stat().st_size:
+            tail = f.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {f.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(parts) or "(no log output)"
+
+
+def _start(lay: ClusterLayout, script: str, name: str) -> subprocess.Popen:
+    with open(lay.log_dir / f"{name}.console", "ab") as sink:
+        proc = subprocess.Popen(["bash", str(lay.bin_dir / script), "start-foreground"],
+                                env=flink_env(lay, project_on_pythonpath=False), cwd=lay.root, stdout=sink,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    (lay.run_dir / f"{name}.pid").write_text(str(proc.pid))
+    return proc
+
+
+def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = None, deadline_s: float = 120.0,
+       out=sys.stderr) -> ClusterLayout:
+    """Start the JobManager and one TaskManager; return once the TaskManager offers a free slot.
+
+    Already running and healthy (on ``rest_port`` if given): returns its layout. Running but unhealthy, or
+    half running: refuses (run ``down`` first). A given ``rest_port`` that is taken: refuses."""
+    r = _root(root)
+    current = layout(root=r)
+    live = {k: v for k, v in pids(r).items() if v}
+    if live:
+        ov = _overview(current)
+        healthy = len(live) == 2 and bool(ov) and ov.get("taskmanagers", 0) >= 1
+        if healthy and rest_port in (None, current.rest_port):
+            print(f"[cluster] already running on {current.rest_url} (pids {live})", file=out)
+            return current
+        why = (f"on port {current.rest_port}, not {rest_port}" if healthy
+               else f"but not healthy (REST /overview: {ov})")
+        raise RuntimeError(f"a Flink cluster under {r} is running (pids {live}) {why}; stop it with `down` first")
+    if rest_port is not None and port_in_use(rest_port):
+        raise RuntimeError(f"REST port {rest_port} on {HOST} is taken by another process; pick another port "
+                           "or leave it unset to use a free one")
+    java_home = os.environ.get("JAVA_HOME")
+    if shutil.which("java") is None and not (java_home and (Path(java_home) / "bin" / "java").exists()):
+        raise RuntimeError("java is not on PATH (Flink 2 needs Java 11+, 17 tested); install a JDK or set JAVA_HOME")
+    dist = distribution()
+    lay = ClusterLayout(root=r, rest_port=rest_port or _free_port())
+    for d in (lay.root, lay.log_dir, lay.run_dir, lay.tmp_dir, lay.tmp_dir / "client", lay.checkpoints_dir,
+              lay.savepoints_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    for f in lay.run_dir.glob("*.pid"):
+        f.unlink()
+    _sync_home(lay, dist)
+    write_conf(lay, slots, _free_port(), dist)
+    lay.port_file.write_text(str(lay.rest_port))
+    t0 = time.monotonic()
+    procs = {"jobmanager": _start(lay, "jobmanager.sh", "jobmanager"),
+             "taskmanager": _start(lay, "taskmanager.sh", "taskmanager")}
+    last = None
+    while True:
+        for name, p in procs.items():
+            if p.poll() is not None:
+                tail = log_tail(r)
+                down(root=r, out=out)
+                raise RuntimeError(f"the Flink {name} exited with code {p.returncode} during start-up "
+                                   f"(logs in {lay.log_dir}):\n{tail}")
+        last = _overview(lay)
+        if last and last.get("taskmanagers", 0) >= 1 and last.get("slots-available", 0) >= 1:
+            break
+        if time.monotonic() - t0 > deadline_s:
+            tail = log_tail(r)
+            down(root=r, out=out)
+            raise TimeoutError(f"the Flink cluster was not ready within {deadline_s:.0f}s (last REST /overview: "
+                               f"{last}; logs in {lay.log_dir}):\n{tail}")
+        time.sleep(0.2)  # polling interval of the readiness loop, not synchronisation
+    print(f"[cluster] up on {lay.rest_url} in {time.monotonic() - t0:.1f}s (JobManager pid "
+          f"{procs['jobmanager'].pid}, TaskManager pid {procs['taskmanager'].pid}, {last['slots-total']} slots)",
+          file=out)
+    return lay
+
+
+def down(root: Path | str | None = None, out=sys.stderr, grace_s: float = 30.0) -> bool:
+    """Stop both daemons' process groups (TERM, then KILL after ``grace_s``), wait until no process of
+    theirs is left, remove the pid files and scratch space; True if something was running."""
+    lay = layout(root=root)
+    groups = {}
+    for name, f in (("taskmanager", lay.taskmanager_pid_file), ("jobmanager", lay.jobmanager_pid_file)):
+        pid = _recorded_pid(f)
+        if pid and _group_alive(pid):
+            groups[name] = pid
+    for pgid in groups.values():
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    t0 = time.monotonic()
+    while any(_group_alive(g) for g in groups.values()) and time.monotonic() - t0 < grace_s:
+        time.sleep(0.1)  # polling interval while the daemons shut down
+    for name, pgid in groups.items():
+        if _group_alive(pgid):
+            print(f"[cluster] {name} (pid {pgid}) ignored SIGTERM for {grace_s:.0f}s; killing it", file=out)
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    t1 = time.monotonic()
+    while any(_group_alive(g) for g in groups.values()):
+        if time.monotonic() - t1 > 15:
+            left = [n for n, g in groups.items() if _group_alive(g)]
+            raise RuntimeError(f"Flink {left} still alive after SIGKILL; pids {groups}")
+        time.sleep(0.05)
+    for pid in groups.values():  # reap them if this process started them (no zombie left)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    for f in lay.run_dir.glob("*.pid") if lay.run_dir.is_dir() else []:
+        f.unlink(missing_ok=True)
+    if lay.tmp_dir.exists():
+        shutil.rmtree(lay.tmp_dir, ignore_errors=True)
+    if groups:
+        print(f"[cluster] stopped ({', '.join(f'{n} pid {p}' for n, p in groups.items())}) in "
+              f"{time.monotonic() - t0:.1f}s", file=out)
+    else:
+        print("[cluster] no Flink cluster running", file=out)
+    return bool(groups)
+
+
+def status(root: Path | str | None = None) -> dict:
+    """running (both daemons alive), ready (a TaskManager registered), rest_url, taskmanagers, slots, jobs."""
+    lay = layout(root=root)
+    p = pids(root)
+    st: dict = {"running": bool(p["jobmanager"] and p["taskmanager"]), "ready": False, "rest_url": lay.rest_url,
+                "pids": p, "taskmanagers": 0, "slots_total": 0, "slots_available": 0, "jobs_running": 0,
+                "jobs": [], "conf_dir": str(lay.conf_dir), "log_dir": str(lay.log_dir)}
+    ov = _overview(lay) if any(p.values()) else None
+    if ov:
+        st.update(taskmanagers=ov.get("taskmanagers", 0), slots_total=ov.get("slots-total", 0),
+                  slots_available=ov.get("slots-available", 0), jobs_running=ov.get("jobs-running", 0),
+                  flink_version=ov.get("flink-version"))
+        st["ready"] = st["running"] and st["taskmanagers"] >= 1
+        try:
+            st["jobs"] = [{"id": j["jid"], "name": j["name"], "state": j["state"]}
+                          for j in rest_get(lay, "/jobs/overview").get("jobs", [])]
+        except (OSError, ValueError):
+            pass
+    return st
+
+
+def job_error(lay: ClusterLayout, job_id: str) -> str:
+    """The innermost ``Caused by`` lines of a job's latest failure (from REST ``/jobs/<id>/exceptions``)."""
+    return job_error_at(lay.rest_url, job_id)
+
+
+def job_error_at(rest_url: str, job_id: str) -> str:
+    """:func:`job_error` for any JobManager's REST URL."""
+    try:
+        with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}/exceptions", timeout=5) as r:
+            entries = json.load(r).get("exceptionHistory", {}).get("entries", [])
+    except (OSError, ValueError) as e:
+        return f"(no exception history: {e})"
+    if not entries:
+        return "(no exception recorded)"
+    trace = entries[0].get("stacktrace", "").strip()
+    causes = [line.strip() for line in trace.splitlines() if line.startswith("Caused by")]
+    if causes:
+        return "\n".join(causes[-3:])
+    return trace.splitlines()[0] if trace else "(empty stack trace)"
+
+
+def wait_for_job(job_id: str, states: tuple[str, ...] = ("FINISHED",), root: Path | str | None = None,
+                 deadline_s: float = 60.0) -> str:
+    """Poll REST until the job is in one of ``states``; fail at once on another terminal state, with the
+    job's root cause, and at the deadline with the last state seen."""
+    lay = layout(root=root)
+    t0 = time.monotonic()
+    state = "unknown (no answer)"
+    while time.monotonic() - t0 < deadline_s:
+        try:
+            state = rest_get(lay, f"/jobs/{job_id}/status").get("status", state)
+        except (OSError, ValueError):
+            pass
+        if state in states:
+            return state
+        if state in TERMINAL_JOB_STATES:
+            raise RuntimeError(f"job {job_id} is {state}, expected {'/'.join(states)}:\n{job_error(lay, job_id)}")
+        time.sleep(0.2)  # polling interval
+    raise TimeoutError(f"job {job_id} not {'/'.join(states)} within {deadline_s:.0f}s (last state {state})")

@@ -1,0 +1,486 @@
+"""Run the decision job on a Flink cluster: submit, savepoint, stop with a savepoint, cancel.
+
+The job goes in with ``flink run -d -py pipelines/decision_job.py [job flags]``: the local cluster's own
+``bin/flink`` (see :mod:`riskstream.cluster`) by default, or, for another JobManager, the ``bin/flink`` of
+the PyFlink distribution with ``-m host:port``. Only the job flags the user set go on that command line;
+``RISKSTREAM_*`` environment variables reach the job's client through the environment (a SASL password is
+moved there too, so it never shows in a process list).
+
+Savepoints and stops use the JobManager's REST API (``urllib``): a trigger returns a request id, then
+``GET /jobs/<id>/savepoints/<request-id>`` is polled under a deadline until the operation completes.
+
+Upgrade path: ``stop`` (stop-with-savepoint, no drain: event-time timers are not fired) commits the sinks'
+last transactions and ends the job FINISHED; ``submit(from_savepoint=<location>)`` restores the operator
+state by uid (``flink run -s``) and the Kafka source continues from the offsets in the savepoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote, unquote, urlparse
+
+from . import cluster, paths
+
+JOB_ENTRY = paths.PROJECT_ROOT / "pipelines" / "decision_job.py"
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID_LINE = re.compile(r"riskstream job id: ([0-9a-f]{32})")
+_SUBMITTED_LINE = re.compile(r"Job has been submitted with JobID ([0-9a-f]{32})")
+# settings that must not travel as command-line flags (visible to `ps`): passed by environment instead
+SECRET_FIELDS = ("sasl_password",)
+# settings of a local MiniCluster only; on a cluster the job's own REST settings could redirect its client
+CLUSTER_SKIP_FIELDS = ("rest_port",)
+POLL_S = 0.2  # interval of the REST polling loops below (each loop has its own deadline)
+
+
+class SubmitError(RuntimeError):
+    """A failure the CLI reports as one message (what went wrong and what to do)."""
+
+
+class ClusterNotRunning(SubmitError):
+    pass
+
+
+class JobNotFound(SubmitError):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a job goes: the JobManager's REST URL, the ``flink`` command that talks to it and its env."""
+
+    rest_url: str
+    address: str  # host:port for `flink run -m`
+    flink: tuple[str, ...]
+    env: dict[str, str] = field(repr=False, hash=False, compare=False)
+    local: bool = True
+
+    def flink_command(self, *args: str) -> list[str]:
+        return [*self.flink, *args]
+
+
+# -- REST ---------------------------------------------------------------------------------------------
+
+
+def _rest(rest_url: str, method: str, path: str, body: dict | None = None, timeout_s: float = 5.0) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{rest_url}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        raw = r.read()
+    return json.loads(raw) if raw.strip() else {}
+
+
+def _http_errors(e: urllib.error.HTTPError) -> str:
+    try:
+        errs = json.loads(e.read() or b"{}").get("errors", [])
+    except ValueError:
+        errs = []
+    first = next((x.strip().splitlines()[0] for x in errs if x and x.strip()), "")
+    return f"HTTP {e.code}{': ' + first[:300] if first else ''}"
+
+
+def rest_get(rest_url: str, path: str, timeout_s: float = 5.0) -> dict:
+    return _rest(rest_url, "GET", path, timeout_s=timeout_s)
+
+
+def reachable(rest_url: str) -> bool:
+    try:
+        rest_get(rest_url, "/overview", timeout_s=2.0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def check_job_id(job_id: str) -> str:
+    job_id = job_id.strip().lower()
+    if not JOB_ID.match(job_id):
+        raise SubmitError(f"{job_id!r} is not a Flink job id (32 hex digits; `riskstream cluster status` lists them)")
+    return job_id
+
+
+def job_details(rest_url: str, job_id: str) -> dict:
+    """``GET /jobs/<id>``; a job the cluster does not know raises :class:`JobNotFound`."""
+    job_id = check_job_id(job_id)
+    try:
+        return rest_get(rest_url, f"/jobs/{job_id}")
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise JobNotFound(f"job {job_id} is not known to the Flink cluster at {rest_url} "
+                              "(`riskstream cluster status` lists its jobs)") from None
+        raise SubmitError(f"GET /jobs/{job_id} at {rest_url} failed: {_http_errors(e)}") from None
+    except (OSError, ValueError) as e:
+        raise ClusterNotRunning(f"no Flink JobManager answers at {rest_url} ({e})") from None
+
+
+def job_state(rest_url: str, job_id: str) -> str:
+    return job_details(rest_url, job_id)["state"]
+
+
+# -- where the job goes --------------------------------------------------------------------------------
+
+
+def _client_env(base: dict[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env.pop("RISKSTREAM_REST_PORT", None)  # see CLUSTER_SKIP_FIELDS
+    return env
+
+
+def target(jobmanager: str | None = None, root: Path | str | None = None) -> Target:
+    """The local cluster (under ``root``, default ``<home>/flink-cluster``), or the JobManager at
+    ``jobmanager`` (host:port of its REST endpoint). Fails with what to do when nothing answers."""
+    lay = cluster.layout(root=root)
+    if jobmanager:
+        jm = jobmanager.strip().removeprefix("http://").rstrip("/")
+        if not re.match(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", jm):
+            raise SubmitError(f"--jobmanager {jobmanager!r} is not host:port (the JobManager's REST address)")
+        rest_url = f"http://{jm}"
+        if not reachable(rest_url):
+            raise ClusterNotRunning(f"no Flink JobManager answers at {rest_url}; check --jobmanager, or start the "
+                                    "local cluster with `riskstream cluster up` and leave --jobmanager out")
+        if jm == lay.address and cluster.status(root)["running"]:
+            return Target(lay.rest_url, lay.address, tuple(cluster.flink_command(lay)),
+                          _client_env(cluster.flink_env(lay)), local=True)
+        # another cluster: the distribution's bin/flink with its own conf; this interpreter runs the job's
+        # client (the distribution's conf names none, and the `python` on PATH has no pyflink); client logs
+        # go to <home>/flink-client-log rather than into the installed package
+        dist = cluster.distribution()
+        log_dir = paths.home() / "flink-client-log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env = cluster.flink_env(lay)
+        for k in ("FLINK_CONF_DIR", "FLINK_PID_DIR"):
+            env.pop(k, None)
+        env["FLINK_LOG_DIR"] = str(log_dir)
+        return Target(rest_url, jm, ("bash", str(dist / "bin" / "flink")), _client_env(env), local=False)
+    st = cluster.status(root)
+    if not st["running"]:
+        raise ClusterNotRunning(f"no Flink cluster is running under {lay.root}; start one with `riskstream cluster "
+                                "up` (or pass --jobmanager host:port)")
+    if not st["ready"]:
+        raise ClusterNotRunning(f"the Flink cluster under {lay.root} runs but is not ready (no TaskManager "
+                                f"registered at {lay.rest_url}); see `riskstream cluster status`, or restart it "
+                                "with `riskstream cluster down` and `riskstream cluster up`")
+    return Target(lay.rest_url, lay.address, tuple(cluster.flink_command(lay)), _client_env(cluster.flink_env(lay)),
+                  local=True)
+
+
+# -- submit --------------------------------------------------------------------------------------------
+
+
+def settings_from_args(args) -> dict[str, object]:
+    """The job settings given as flags on an argparse namespace (see ``cli._add_job_flags``); the ones not
+    given are left out, so ``RISKSTREAM_*`` variables and defaults apply in the job."""
+    from .config import JobConfig
+
+    return {n: getattr(args, n) for n in JobConfig.model_fields if getattr(args, n, None) is not None}
+
+
+def job_flags(values: dict[str, object]) -> tuple[list[str], dict[str, str]]:
+    """Job settings the user set (name -> value, None = not set) -> (decision_job.py flags, extra env).
+    Booleans become ``--x`` / ``--no-x``; secrets go to the environment as ``RISKSTREAM_<NAME>``."""
+    from .config import JobConfig
+
+    argv: list[str] = []
+    env: dict[str, str] = {}
+    for name, v in values.items():
+        if v is None:
+            continue
+        if name not in JobConfig.model_fields:
+            raise SubmitError(f"unknown job setting {name!r}")
+        if name in CLUSTER_SKIP_FIELDS:
+            raise SubmitError(f"--{name.replace('_', '-')} is for a local MiniCluster run; a cluster job uses "
+                              "the cluster's REST endpoint")
+        flag = "--" + name.replace("_", "-")
+        if name in SECRET_FIELDS:
+            env[f"RISKSTREAM_{name.upper()}"] = str(v)
+        elif isinstance(v, bool):
+            argv.append(flag if v else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(v)]
+    return argv, env
+
+
+def local_path(p: str) -> Path | None:
+    """The local path behind ``p`` (a path, ``file:/x`` as Flink reports savepoints, or ``file:///x``);
+    None for a remote file system (s3://, hdfs://, ...)."""
+    u = urlparse(p)
+    if u.scheme == "file":
+        return Path(unquote(u.path)).resolve()
+    if u.scheme and "://" in p:
+        return None
+    return Path(p).expanduser().resolve()
+
+
+def _savepoint_path(p: str) -> str:
+    """A savepoint to restore, as flink run -s takes it: local ones checked and absolute (the JobManager
+    would resolve a relative path against its own working directory)."""
+    local = local_path(p)
+    if local is None:
+        return p
+    if not (local / "_metadata").is_file():
+        raise SubmitError(f"--from-savepoint {p!r} is not a savepoint or retained checkpoint (no _metadata in it)")
+    return local.as_uri()
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    rest_url: str
+    seconds: float  # the `flink run` client, start to exit
+    output: str = field(repr=False, default="")
+
+
+def submit(settings: dict[str, object] | None = None, jobmanager: str | None = None,
+           from_savepoint: str | None = None, root: Path | str | None = None, timeout_s: float = 300.0,
+           allow_non_restored_state: bool = False) -> Submitted:
+    """``flink run -d -py pipelines/decision_job.py`` with the job flags in ``settings``; return the job id."""
+    settings = dict(settings or {})
+    if from_savepoint and settings.get("restore_from"):
+        raise SubmitError("give either --from-savepoint or --restore-from, not both (on a cluster prefer "
+                          "--from-savepoint)")
+    argv, extra_env = job_flags(settings)
+    t = target(jobmanager, root)
+    run_args = ["run", "-m", t.address, "-d"]
+    if from_savepoint:
+        run_args += ["-s", _savepoint_path(from_savepoint)]
+        if allow_non_restored_state:
+            run_args.append("-n")
+    if not t.local:
+        run_args += ["-pyclientexec", sys.executable]
+    cmd = t.flink_command(*run_args, "-py", str(JOB_ENTRY), *argv)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, env={**t.env, **extra_env}, capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+        raise SubmitError(f"`flink run` did not return within {timeout_s:.0f}s; its last output:\n{_tail(out)}")
+    secs = time.monotonic() - t0
+    out = f"{proc.stdout}\n{proc.stderr}"
+    m = _JOB_ID_LINE.search(proc.stdout) or _SUBMITTED_LINE.search(proc.stdout)
+    if proc.returncode != 0 or not m:
+        hint = ""
+        if "Connection refused" in out or "Could not connect" in out:
+            hint = f"\n(no JobManager answered at {t.address}: is the cluster up? `riskstream cluster status`)"
+        raise SubmitError(f"`flink run` failed (exit {proc.returncode}) submitting {JOB_ENTRY.name} to "
+                          f"{t.address}:\n{_error_lines(out)}{hint}")
+    return Submitted(m.group(1), t.rest_url, secs, out)
+
+
+def _tail(text: str, n: int = 30) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+def _error_lines(out: str) -> str:
+    """The lines of a failed `flink run` that say why (Java 'Caused by'/exceptions, Python errors)."""
+    lines = out.strip().splitlines()
+    keep = [ln for ln in lines if re.search(r"Caused by|Exception|Error|error:|riskstream", ln)
+            and not ln.lstrip().startswith("at ")]
+    return "\n".join(keep[-12:] if keep else lines[-20:])
+
+
+def wait_running(rest_url: str, job_id: str, deadline_s: float = 180.0,
+                 checkpoint: bool = True) -> float:
+    """Poll REST until every task of the job runs and (with ``checkpoint``) a checkpoint completed after
+    that start, so the sources read and the sinks' transactions commit; return the seconds it took. A job
+    that ends, or the deadline, raises with the job's last root cause."""
+    t0 = time.monotonic()
+    last = "no answer"
+    while True:
+        try:
+            job = job_details(rest_url, job_id)
+        except ClusterNotRunning:
+            job = None
+        if job:
+            state = job.get("state")
+            if state in cluster.TERMINAL_JOB_STATES:
+                raise SubmitError(f"job {job_id} is {state}, not running:\n{job_error(rest_url, job_id)}")
+            tasks = sorted({v["status"] for v in job.get("vertices", [])})
+            last = f"job {state}, tasks {tasks}"
+            if state == "RUNNING" and tasks == ["RUNNING"]:
+                if not checkpoint:
+                    return time.monotonic() - t0
+                try:
+                    counts = rest_get(rest_url, f"/jobs/{job_id}/checkpoints").get("counts", {})
+                except (OSError, ValueError):
+                    counts = {}
+                if counts.get("completed", 0) >= 1:
+                    return time.monotonic() - t0
+                last = f"tasks running, no checkpoint completed yet (checkpoint counts {counts})"
+        if time.monotonic() - t0 > deadline_s:
+            raise SubmitError(f"job {job_id} not running within {deadline_s:.0f}s ({last}); last failure:\n"
+                              f"{job_error(rest_url, job_id)}")
+        time.sleep(POLL_S)
+
+
+def job_error(rest_url: str, job_id: str) -> str:
+    return cluster.job_error_at(rest_url, job_id)
+
+
+# -- savepoints, stop, cancel --------------------------------------------------------------------------
+
+
+def _target_dir(d: str | None) -> str | None:
+    if d is None:
+        return None
+    local = local_path(d)
+    return d if local is None else local.as_uri()
+
+
+def _await_savepoint(rest_url: str, job_id: str, request_id: str, what: str, deadline_s: float) -> str:
+    t0 = time.monotonic()
+    status = "no answer"
+    while True:
+        try:
+            r = rest_get(rest_url, f"/jobs/{job_id}/savepoints/{request_id}")
+            status = r.get("status", {}).get("id", status)
+            if status == "COMPLETED":
+                op = r.get("operation") or {}
+                if op.get("location"):
+                    return op["location"]
+                cause = op.get("failure-cause") or {}
+                trace = cause.get("stack-trace") or cause.get("class") or str(cause)
+                causes = [ln.strip() for ln in trace.splitlines() if ln.startswith("Caused by")]
+                first = trace.strip().splitlines()[0] if trace.strip() else "(no cause given)"
+                raise SubmitError(f"{what} of job {job_id} failed: {first}"
+                                  + ("\n" + "\n".join(causes[-3:]) if causes else ""))
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                raise JobNotFound(f"job {job_id} (or its {what} request {request_id}) is not known to the "
+                                  f"cluster at {rest_url}") from None
+            status = _http_errors(e)
+        except (OSError, ValueError) as e:
+            status = f"no answer ({e})"
+        if time.monotonic() - t0 > deadline_s:
+            raise SubmitError(f"{what} of job {job_id} not completed within {deadline_s:.0f}s (last status "
+                              f"{status}); the job may still be working on it, see the Flink UI at {rest_url}")
+        time.sleep(POLL_S)
+
+
+def _trigger(rest_url: str, job_id: str, path: str, body: dict, what: str) -> str:
+    job = job_details(rest_url, job_id)  # JobNotFound / ClusterNotRunning with a clear message
+    if job.get("state") != "RUNNING":
+        raise SubmitError(f"job {job_id} is {job.get('state')}: a {what} needs a RUNNING job")
+    try:
+        return _rest(rest_url, "POST", path, body)["request-id"]
+    except urllib.error.HTTPError as e:
+        raise SubmitError(f"{what} of job {job_id} refused: {_http_errors(e)}") from None
+
+
+@dataclass
+class SavepointResult:
+    location: str
+    seconds: float
+    final_state: str | None = None
+
+
+def _rest_url(jobmanager: str | None, root: Path | str | None) -> str:
+    """The REST URL of the JobManager to talk to (savepoint, stop, cancel need only REST, not a free slot)."""
+    if jobmanager:
+        return target(jobmanager, root).rest_url
+    lay = cluster.layout(root=root)
+    if not reachable(lay.rest_url):
+        raise ClusterNotRunning(f"no Flink cluster is running under {lay.root} (nothing answers at {lay.rest_url}); "
+                                "start one with `riskstream cluster up` (or pass --jobmanager host:port)")
+    return lay.rest_url
+
+
+def savepoint(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
+              root: Path | str | None = None, deadline_s: float = 300.0) -> SavepointResult:
+    """Trigger a savepoint; the job keeps running. Without ``target_dir`` the cluster's
+    ``execution.checkpointing.savepoint-dir`` is used (the local cluster sets ``<root>/savepoints``)."""
+    job_id = check_job_id(job_id)
+    rest_url = _rest_url(jobmanager, root)
+    t0 = time.monotonic()
+    body: dict = {"cancel-job": False}
+    if target_dir:
+        body["target-directory"] = _target_dir(target_dir)
+    rid = _trigger(rest_url, job_id, f"/jobs/{job_id}/savepoints", body, "savepoint")
+    loc = _await_savepoint(rest_url, job_id, rid, "savepoint", deadline_s)
+    return SavepointResult(loc, time.monotonic() - t0)
+
+
+def stop(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
+         root: Path | str | None = None, deadline_s: float = 300.0, drain: bool = False) -> SavepointResult:
+    """Stop with a savepoint (the upgrade path): the sinks commit their last transactions, the job ends
+    FINISHED; return the savepoint's location once the job has ended."""
+    job_id = check_job_id(job_id)
+    rest_url = _rest_url(jobmanager, root)
+    t0 = time.monotonic()
+    body: dict = {"drain": drain}
+    if target_dir:
+        body["targetDirectory"] = _target_dir(target_dir)
+    rid = _trigger(rest_url, job_id, f"/jobs/{job_id}/stop", body, "stop-with-savepoint")
+    loc = _await_savepoint(rest_url, job_id, rid, "stop-with-savepoint", deadline_s)
+    state = _await_terminal(rest_url, job_id, max(10.0, deadline_s - (time.monotonic() - t0)))
+    return SavepointResult(loc, time.monotonic() - t0, state)
+
+
+def cancel(job_id: str, jobmanager: str | None = None, root: Path | str | None = None,
+           deadline_s: float = 120.0) -> str:
+    """Cancel without a savepoint (state kept only in retained checkpoints); return the final state."""
+    job_id = check_job_id(job_id)
+    rest_url = _rest_url(jobmanager, root)
+    job = job_details(rest_url, job_id)
+    if job.get("state") in cluster.TERMINAL_JOB_STATES:
+        return job["state"]
+    try:
+        _rest(rest_url, "PATCH", f"/jobs/{job_id}?mode=cancel")
+    except urllib.error.HTTPError as e:
+        raise SubmitError(f"cancel of job {job_id} refused: {_http_errors(e)}") from None
+    return _await_terminal(rest_url, job_id, deadline_s)
+
+
+def _await_terminal(rest_url: str, job_id: str, deadline_s: float) -> str:
+    t0 = time.monotonic()
+    state = "unknown"
+    while True:
+        try:
+            state = job_state(rest_url, job_id)
+        except ClusterNotRunning:
+            pass
+        if state in cluster.TERMINAL_JOB_STATES:
+            return state
+        if time.monotonic() - t0 > deadline_s:
+            raise SubmitError(f"job {job_id} still {state} {deadline_s:.0f}s after it was told to stop")
+        time.sleep(POLL_S)
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+
+def vertex_metrics(rest_url: str, job_id: str, match: Callable[[str], bool] | None = None) -> dict[str, dict]:
+    """Per job vertex name: {metric id: value summed over its subtasks} for the metrics whose id passes
+    ``match`` (ids as Flink lists them, e.g. ``device-windows-score-decide.decisions_allow``)."""
+    job = job_details(rest_url, job_id)
+    out: dict[str, dict] = {}
+    for v in job.get("vertices", []):
+        base = f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics"
+        ids = [m["id"] for m in rest_get(rest_url, base)]
+        ids = [i for i in ids if match is None or match(i)]
+        vals: dict[str, float] = {}
+        for k in range(0, len(ids), 20):
+            q = ",".join(ids[k:k + 20])
+            for m in rest_get(rest_url, f"{base}?get={quote(q, safe=',')}&agg=sum"):
+                vals[m["id"]] = m.get("sum")
+        out[v["name"]] = vals
+    return out
+
+
+def user_counters(rest_url: str, job_id: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The job's custom counters ``names`` (e.g. ``decisions_allow``), summed over vertices and subtasks;
+    a counter not (yet) reported is absent."""
+    found: dict[str, float] = {}
+    for vals in vertex_metrics(rest_url, job_id, lambda i: i.rsplit(".", 1)[-1] in names).values():
+        for mid, v in vals.items():
+            n = mid.rsplit(".", 1)[-1]
+            found[n] = found.get(n, 0) + (v or 0)
+    return found

@@ -1,0 +1,138 @@
+"""The local standalone Flink cluster: up (one TaskManager with the configured slots), a PyFlink job
+submitted with ``flink run -d -py`` runs to FINISHED on it, down leaves no process and frees the port."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+
+import pytest
+
+from riskstream import cluster
+
+JOB = """
+from pyflink.common import Types
+from pyflink.datastream import StreamExecutionEnvironment
+
+env = StreamExecutionEnvironment.get_execution_environment()
+env.set_parallelism(2)
+(env.from_collection(list(range(100)), type_info=Types.INT())
+    .map(lambda x: x * 2, output_type=Types.INT())
+    .print())
+client = env.execute_async("riskstream-cluster-smoke")
+print("EXECUTE_ASYNC_JOB_ID", client.get_job_id())
+"""
+
+
+def test_up_refuses_a_taken_rest_port(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"port {port} .* taken"):
+            cluster.up(rest_port=port, root=tmp_path / "flink")
+    assert cluster.pids(tmp_path / "flink") == {"jobmanager": None, "taskmanager": None}
+
+
+@pytest.mark.flink
+def test_cluster_up_submit_down(tmp_path):
+    root = tmp_path / "flink"
+    job_file = tmp_path / "smoke_job.py"
+    job_file.write_text(JOB)
+    lay = cluster.up(slots=2, root=root, deadline_s=90)
+    try:
+        st = cluster.status(root)
+        assert st["running"] and st["ready"], st
+        assert (st["taskmanagers"], st["slots_total"], st["slots_available"]) == (1, 2, 2), st
+        daemon_pids = [p for p in st["pids"].values() if p]
+        assert len(daemon_pids) == 2
+        assert cluster.up(root=root) == lay  # idempotent while healthy
+        assert (lay.conf_dir / "config.yaml").read_text().count(f"rest.port: {lay.rest_port}") == 1
+
+        proc = subprocess.run(cluster.flink_command(lay, "run", "-m", lay.address, "-d", "-py", str(job_file)),
+                              env=cluster.flink_env(lay), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{cluster.log_tail(root)}"
+        submitted = re.search(r"Job has been submitted with JobID ([0-9a-f]{32})", proc.stdout)
+        assert submitted, proc.stdout
+        job_id = submitted.group(1)
+        assert f"EXECUTE_ASYNC_JOB_ID {job_id}" in proc.stdout  # execute_async returns the cluster's job id
+
+        assert cluster.wait_for_job(job_id, ("FINISHED",), root=root, deadline_s=60) == "FINISHED"
+        assert {"id": job_id, "name": "riskstream-cluster-smoke", "state": "FINISHED"} in cluster.status(root)["jobs"]
+        # print() output of the TaskManager goes to its .out file: "<subtask>> <value>" lines
+        out = "".join(f.read_text() for f in lay.log_dir.glob("*taskexecutor*.out"))
+        values = [int(line.split("> ", 1)[1]) for line in out.splitlines() if "> " in line]
+        assert sorted(values) == [2 * i for i in range(100)]
+    finally:
+        stopped = cluster.down(root=root)
+    assert stopped
+    assert not any(cluster._group_alive(p) for p in daemon_pids), "a Flink process outlived `down`"
+    assert cluster.pids(root) == {"jobmanager": None, "taskmanager": None}
+    assert not list(lay.run_dir.glob("*.pid"))
+    assert not cluster.port_in_use(lay.rest_port)
+    assert cluster.status(root)["running"] is False
+
+
+# -- riskstream.submit without a cluster: flags, paths, clear errors ----------------------------------------
+
+
+def test_job_flags_pass_only_what_was_set():
+    from riskstream import submit
+
+    argv, env = submit.job_flags({"events_topic": "a.events", "parallelism": "2", "group_id": None, "bounded": False,
+                                  "sasl_username": "u", "sasl_password": "s3cret"})
+    assert argv == ["--events-topic", "a.events", "--parallelism", "2", "--no-bounded", "--sasl-username", "u"]
+    assert env == {"RISKSTREAM_SASL_PASSWORD": "s3cret"}  # never on the command line
+    assert submit.job_flags({"bounded": True}) == (["--bounded"], {})
+    with pytest.raises(submit.SubmitError, match="MiniCluster"):
+        submit.job_flags({"rest_port": "8082"})
+
+
+def test_submit_parser_hands_the_job_flags_through():
+    from riskstream.cli import build_parser
+    from riskstream.submit import settings_from_args
+
+    a = build_parser().parse_args(["submit", "--jobmanager", "h:1", "--from-savepoint", "x", "--events-topic", "t1",
+                                   "--checkpoint-interval-ms", "500", "--no-bounded"])
+    assert (a.jobmanager, a.from_savepoint, a.wait_running) == ("h:1", "x", False)
+    assert settings_from_args(a) == {"events_topic": "t1", "checkpoint_interval_ms": "500", "bounded": False}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["submit", "--rest-port", "8082"])  # a MiniCluster setting only
+
+
+def test_savepoint_paths(tmp_path):
+    from riskstream import submit
+
+    sp = tmp_path / "savepoint-abc"
+    sp.mkdir()
+    with pytest.raises(submit.SubmitError, match="no _metadata"):
+        submit._savepoint_path(str(sp))
+    (sp / "_metadata").write_bytes(b"x")
+    # a plain path, Flink's own `file:/...` form and a file:/// URI all name the same local savepoint
+    assert submit._savepoint_path(str(sp)) == submit._savepoint_path(f"file:{sp}") == sp.as_uri()
+    assert submit._savepoint_path(sp.as_uri()) == sp.as_uri()
+    assert submit._savepoint_path("s3://bucket/sp-1") == "s3://bucket/sp-1"  # Flink checks remote ones
+    assert submit._target_dir("s3://bucket/sps") == "s3://bucket/sps"
+
+
+def test_commands_without_a_cluster_say_how_to_start_one(tmp_path, monkeypatch):
+    from riskstream import submit
+    from riskstream.cli import main
+
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path / "home"))
+    with pytest.raises(SystemExit, match="no Flink cluster is running .* `riskstream cluster up`"):
+        main(["submit", "--events-topic", "t1"])
+    with pytest.raises(SystemExit, match="`riskstream cluster up`"):
+        main(["savepoint", "0123456789abcdef0123456789abcdef"])
+    with pytest.raises(SystemExit, match="not a Flink job id"):
+        main(["cancel", "not-a-job"])
+    port = cluster._free_port()  # nothing listens there
+    with pytest.raises(SystemExit, match=f"no Flink JobManager answers at http://127.0.0.1:{port}"):
+        main(["submit", "--jobmanager", f"127.0.0.1:{port}"])
+    with pytest.raises(SystemExit, match="either --from-savepoint or --restore-from"):
+        submit_args = ["submit", "--from-savepoint", str(tmp_path), "--restore-from", "latest"]
+        main(submit_args)
+    with pytest.raises(SystemExit, match="invalid configuration"):
+        main(["submit", "--parallelism", "0"])
+    assert main(["cluster", "status"]) == 1

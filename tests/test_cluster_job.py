@@ -1,0 +1,190 @@
+"""The decision job on a real local standalone Flink cluster, driven through the CLI: `riskstream cluster up`,
+`submit --wait-running`, `savepoint`, `cancel` (stop-with-savepoint), `submit --from-savepoint`.
+
+One user sends N events, then the job is upgraded through a savepoint, then the user sends M more (all
+within one minute of event time): the user's one-minute count continues N+1..N+M after the restore (keyed
+state survived), every event has exactly one decision (read_committed), and the job's custom counters are
+visible through the REST API. Prints the measured times."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from riskstream import cluster, paths, submit, topics
+from riskstream.generator import Labelled
+from riskstream.kafka_io import produce
+from tests.test_kafka_integration import read_all
+
+pytestmark = [pytest.mark.flink, pytest.mark.kafka]  # ~60 s here (under 90 s): not `long`
+
+N, M = 20, 12
+DECISION_COUNTERS = ("decisions_allow", "decisions_review", "decisions_block")
+COUNTERS = DECISION_COUNTERS + ("events_valid", "dead_letters", "late_events", "duplicate_events",
+                                "processing_errors")
+
+
+def _cli(env: dict, *args: str, timeout: float = 400, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "riskstream.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=paths.PROJECT_ROOT, stdin=subprocess.DEVNULL)
+    if check:
+        assert proc.returncode == 0, \
+            f"riskstream {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _events(user: str, run: str, start_ts: int, first: int, count: int) -> list[Labelled]:
+    """``count`` valid login events of one user and device, 500 ms apart from ``start_ts``."""
+    out = []
+    for i in range(first, first + count):
+        ev = {"event_id": f"{run}-e{i:03d}", "event_type": "login", "user_id": user, "device_id": f"{run}-d1",
+              "ip": "10.20.30.40", "amount": 0.0, "currency": "EUR", "ts": start_ts + 500 * i}
+        out.append(Labelled(user, ev, None, {"event_id": ev["event_id"], "scenario": "normal", "fraud": False,
+                                             "user_id": user, "device_id": ev["device_id"], "ts": ev["ts"]}))
+    return out
+
+
+def _decisions_until(bootstrap: str, topic: str, n: int, deadline_s: float, t_start: float | None = None
+                     ) -> tuple[list[dict], float | None]:
+    """Committed decisions, read until at least ``n`` are visible; also when the first one was seen."""
+    t0 = time.monotonic()
+    first_at = None
+    while True:
+        got = [orjson.loads(m.value) for m in read_all(bootstrap, topic)]
+        if got and first_at is None:
+            first_at = time.monotonic() - (t_start if t_start is not None else t0)
+        if len(got) >= n:
+            return got, first_at
+        assert time.monotonic() - t0 < deadline_s, f"only {len(got)} of {n} decisions within {deadline_s:.0f}s"
+        time.sleep(0.3)  # polling interval
+
+
+def _counters_until(rest_url: str, job_id: str, n: int, deadline_s: float = 90) -> dict[str, float]:
+    """The job's custom counters from REST, polled until ``events_valid`` and the decision counters both
+    reach ``n`` (metrics lag the records: operators report them, the JobManager caches them)."""
+    t0 = time.monotonic()
+    while True:
+        got = submit.user_counters(rest_url, job_id, COUNTERS)
+        if got.get("events_valid") == n and sum(got.get(k, 0) for k in DECISION_COUNTERS) == n:
+            return got
+        assert time.monotonic() - t0 < deadline_s, f"counters {got} do not show {n} events within {deadline_s:.0f}s"
+        time.sleep(0.5)  # polling interval
+
+
+def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
+    home = tmp_path / "home"
+    root = home / "flink-cluster"
+    env = {**os.environ, "RISKSTREAM_HOME": str(home), "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
+    run = f"cj{uuid.uuid4().hex[:8]}"
+    names = (f"{run}.events", f"{run}.decisions", f"{run}.dead")
+    user = f"{run}-u1"
+    # event time: the start of the previous wall-clock minute, so all N+M events (500 ms apart) fall in
+    # one minute. Not an old fixed date: the sink stamps decision records with the event time, and the
+    # broker's 7-day time retention deletes older records at its next retention check (30 s after start)
+    start_ts = (int(time.time() * 1000) // 60_000 - 1) * 60_000
+    job_flags = ["--bootstrap-servers", kafka_bootstrap, "--events-topic", names[0], "--decisions-topic", names[1],
+                 "--dead-letter-topic", names[2], "--group-id", f"{run}-group", "--job-name", f"{run}-job",
+                 "--transactional-id-prefix", f"{run}-tx", "--parallelism", "1", "--checkpoint-interval-ms", "500",
+                 "--checkpoint-dir", str(tmp_path / "checkpoints"), "--starting-offsets", "earliest"]
+    times: dict[str, float] = {}
+    daemon_pids: list[int] = []
+    lay = None
+    try:
+        t0 = time.monotonic()
+        up = _cli(env, "cluster", "up", "--deadline", "180")
+        times["cluster up"] = time.monotonic() - t0
+        lay = cluster.layout(root=root)
+        assert up.stdout.strip() == lay.rest_url
+        st = orjson.loads(_cli(env, "cluster", "status", "--json").stdout)
+        assert st["ready"] and st["taskmanagers"] == 1, st
+        daemon_pids = [p for p in st["pids"].values() if p]
+        assert len(daemon_pids) == 2
+        topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names, partitions=2))
+
+        # -- first job ---------------------------------------------------------------------------------
+        t_submit = time.monotonic()
+        sub1 = _cli(env, "submit", "--wait-running", "--deadline", "240", *job_flags)
+        times["submit -> running"] = time.monotonic() - t_submit
+        job1 = sub1.stdout.strip().splitlines()[-1]
+        assert submit.JOB_ID.match(job1), sub1.stdout
+        assert "first checkpoint completed" in sub1.stderr
+        assert produce(kafka_bootstrap, names[0], _events(user, run, start_ts, 1, N)) == N
+        first, times["submit -> first decision"] = _decisions_until(kafka_bootstrap, names[1], N, 180, t_submit)
+        assert sorted(d["features"]["user_events_1m"] for d in first) == list(range(1, N + 1))
+        by_ts = sorted(first, key=lambda d: d["event_ts"])
+        assert [d["features"]["user_events_1m"] for d in by_ts] == list(range(1, N + 1))
+        assert all(d["user_id"] == user and d["decision"] in ("allow", "review", "block") for d in first)
+
+        t0 = time.monotonic()
+        c1 = _counters_until(lay.rest_url, job1, N)
+        times["metrics visible (job 1)"] = time.monotonic() - t0
+        assert {k: c1.get(k) for k in ("dead_letters", "late_events", "duplicate_events", "processing_errors")} \
+            == dict.fromkeys(("dead_letters", "late_events", "duplicate_events", "processing_errors"), 0), c1
+
+        # -- a savepoint while the job runs, then stop with a savepoint (the upgrade path) ----------------
+        t0 = time.monotonic()
+        sp = _cli(env, "savepoint", job1).stdout.strip()
+        times["savepoint (job keeps running)"] = time.monotonic() - t0
+        sp_path = submit.local_path(sp)
+        assert (sp_path / "_metadata").is_file() and sp_path.parent == lay.savepoints_dir.resolve(), sp
+        assert submit.job_state(lay.rest_url, job1) == "RUNNING"
+
+        t0 = time.monotonic()
+        stopped = _cli(env, "cancel", job1, "--dir", str(tmp_path / "upgrade")).stdout.strip()
+        times["stop with savepoint"] = time.monotonic() - t0
+        assert (submit.local_path(stopped) / "_metadata").is_file(), stopped
+        assert submit.job_state(lay.rest_url, job1) == "FINISHED"
+
+        # -- the upgraded job, restored from the savepoint -----------------------------------------------
+        t0 = time.monotonic()
+        sub2 = _cli(env, "submit", "--wait-running", "--deadline", "240", "--from-savepoint", stopped, *job_flags)
+        times["restore (resubmit -> running)"] = time.monotonic() - t0
+        job2 = sub2.stdout.strip().splitlines()[-1]
+        assert submit.JOB_ID.match(job2) and job2 != job1, sub2.stdout
+        detail = submit.rest_get(lay.rest_url, f"/jobs/{job2}/checkpoints")
+        restored = (detail.get("latest") or {}).get("restored") or {}
+        assert restored.get("is_savepoint") and Path(submit.local_path(restored["external_path"])) == \
+            submit.local_path(stopped), detail.get("latest")
+
+        assert produce(kafka_bootstrap, names[0], _events(user, run, start_ts, N + 1, M)) == M
+        t0 = time.monotonic()
+        every, _ = _decisions_until(kafka_bootstrap, names[1], N + M, 180)
+        times["second batch -> all decided"] = time.monotonic() - t0
+        ids = [d["event_id"] for d in every]
+        expected = [f"{run}-e{i:03d}" for i in range(1, N + M + 1)]
+        assert sorted(ids) == expected, "every event exactly one decision: no duplicate, nothing missing"
+        second = sorted((d for d in every if d["event_id"] not in {x["event_id"] for x in first}),
+                        key=lambda d: d["event_ts"])
+        assert [d["features"]["user_events_1m"] for d in second] == list(range(N + 1, N + M + 1)), \
+            "the user's window state did not survive the savepoint"
+        assert read_all(kafka_bootstrap, names[2]) == []
+
+        c2 = _counters_until(lay.rest_url, job2, M)
+        # counters are per job run (not state): the two runs together counted every decision once
+        assert sum(c1[k] + c2[k] for k in DECISION_COUNTERS) == N + M
+        assert c1["events_valid"] + c2["events_valid"] == N + M
+
+        # -- clear errors ---------------------------------------------------------------------------------
+        unknown = _cli(env, "savepoint", "0123456789abcdef0123456789abcdef", check=False)
+        assert unknown.returncode != 0 and "is not known to the Flink cluster" in unknown.stderr, unknown.stderr
+        assert cluster.status(root)["jobs_running"] == 1
+    except BaseException:
+        print(cluster.log_tail(root, lines=40), file=sys.stderr)
+        raise
+    finally:
+        _cli(env, "cluster", "down", check=False)
+        cluster.down(root=root)  # idempotent; stops the daemons if the CLI could not
+        for k, v in times.items():
+            print(f"[cluster-job] {k}: {v:.1f}s", file=sys.stderr)
+    assert daemon_pids and not any(cluster._group_alive(p) for p in daemon_pids), "a Flink process outlived `down`"
+    assert cluster.pids(root) == {"jobmanager": None, "taskmanager": None}
+    assert lay is not None and not cluster.port_in_use(lay.rest_port)
+    no_cluster = _cli(env, "submit", *job_flags, check=False)
+    assert no_cluster.returncode != 0 and "riskstream cluster up" in no_cluster.stderr, no_cluster.stderr
