@@ -26,6 +26,7 @@ from pyflink.datastream.connectors.kafka import (
 
 from riskstream.config import JobConfig
 from riskstream.jars import flink_jar_urls
+from riskstream.topics import DEAD_LETTER_MAX_BYTES
 from udfs.flink import (
     BYTES,
     DEAD_LETTER_TAG,
@@ -136,7 +137,7 @@ def _offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
     return KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
 
 
-def _sink(cfg: JobConfig, topic: str, suffix: str) -> KafkaSink:
+def _sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None = None) -> KafkaSink:
     b = (KafkaSink.builder()
          .set_bootstrap_servers(cfg.bootstrap_servers)
          .set_record_serializer(KafkaRecordSerializationSchema.builder()
@@ -146,6 +147,8 @@ def _sink(cfg: JobConfig, topic: str, suffix: str) -> KafkaSink:
          .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
          .set_transactional_id_prefix(f"{cfg.transactional_id_prefix}-{suffix}")
          .set_property("transaction.timeout.ms", str(cfg.transaction_timeout_ms)))
+    if max_request_bytes:
+        b = b.set_property("max.request.size", str(max_request_bytes))
     for k, v in cfg.kafka_client_properties().items():
         b = b.set_property(k, v)
     return b.build()
@@ -201,7 +204,7 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                           type_info=BYTES).uid("kafka-events-source")
     decisions, dead = build_core(raw, cfg)
     decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions")).name("decisions-sink").uid("decisions-sink")
-    dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter")).name("dead-letter-sink").uid("dead-letter-sink")
+    dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES)).name("dead-letter-sink").uid("dead-letter-sink")
 
 
 def wait_until_running(rest_url: str, job_id: str, deadline_s: float = 120.0) -> float:
@@ -234,11 +237,16 @@ def wait_until_running(rest_url: str, job_id: str, deadline_s: float = 120.0) ->
 
 
 def preflight(cfg: JobConfig) -> None:
-    """Fail fast, before any Flink work, on a bad model or missing jars (messages say what to fix)."""
+    """Fail fast, before any Flink work, with a message that says what to fix: a missing or mismatched
+    model, missing jars, a restore path that is no checkpoint, then the Kafka side (broker, topics,
+    transaction timeout, dead-letter record size)."""
+    from riskstream.preflight import check_kafka
     from udfs.scoring import Scorer
 
     Scorer(cfg.resolved_model_path())
     flink_jar_urls(cfg.jars_dir)
+    resolve_restore_path(cfg)
+    check_kafka(cfg)
 
 
 def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None):
@@ -261,7 +269,13 @@ def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(prog="decision_job", description="Submit the riskstream decision job.")
     _add_job_flags(ap)
     cfg = job_config(ap.parse_args(argv))
-    client = run(cfg, wait=False)
+    from riskstream.preflight import StartupError
+    from udfs.scoring import ModelError
+
+    try:
+        client = run(cfg, wait=False)
+    except (ModelError, FileNotFoundError, StartupError, ValueError) as e:
+        raise SystemExit(f"riskstream decision job: {e}")
     job_id = str(client.get_job_id())
     print(f"riskstream job id: {job_id}", flush=True)
     return job_id

@@ -112,23 +112,16 @@ def cmd_run(a) -> int:
     from pipelines import decision_job
     from udfs.scoring import ModelError
 
+    from .preflight import StartupError
+
     cfg = job_config(a)
     print(f"[run] {cfg.job_name}: {cfg.events_topic} -> {cfg.decisions_topic} / {cfg.dead_letter_topic} "
           f"on {cfg.bootstrap_servers}, parallelism {cfg.parallelism}", file=sys.stderr)
     try:
-        _check_broker(cfg)
-        decision_job.run(cfg, wait=True)  # preflight (model, jars) runs first inside
-    except (ModelError, FileNotFoundError) as e:
+        decision_job.run(cfg, wait=True)  # preflight (model, jars, restore path, Kafka) runs first inside
+    except (ModelError, FileNotFoundError, StartupError, ValueError) as e:
         raise SystemExit(f"riskstream run: {e}")
     return 0
-
-
-def _check_broker(cfg) -> None:
-    from .stack import broker_ready
-
-    if not broker_ready(cfg.bootstrap_servers, timeout_s=5):
-        raise SystemExit(f"riskstream: no Kafka broker answers at {cfg.bootstrap_servers}; start the local one "
-                         "with `riskstream stack up` or pass --bootstrap-servers")
 
 
 def cmd_consume(a) -> int:

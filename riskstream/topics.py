@@ -24,13 +24,17 @@ class TopicSpec:
 
 
 APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+# A dead letter carries the original bytes in base64 (4/3 of their size) plus a few hundred bytes, so the
+# dead-letter topic must take records larger than the events topic's (Kafka's default: 1 MiB), or the
+# one record that most needs keeping fails the sink instead. The sink's max.request.size matches.
+DEAD_LETTER_MAX_BYTES = 2 * 1024 * 1024
 
 
 def topic_specs(events: str, decisions: str, dead_letter: str, partitions: int = 2) -> list[TopicSpec]:
     return [
         TopicSpec(events, partitions, APPEND_TIME),
         TopicSpec(decisions, partitions, APPEND_TIME),
-        TopicSpec(dead_letter, 1, APPEND_TIME),
+        TopicSpec(dead_letter, 1, {**APPEND_TIME, "max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}),
     ]
 
 

@@ -111,3 +111,47 @@ def test_run_refuses_an_unreachable_broker():
 
     with pytest.raises(SystemExit, match="no Kafka broker answers at 127.0.0.1:1"):
         main(["run", "--bootstrap-servers", "127.0.0.1:1"])
+
+
+def test_every_bad_record_goes_to_the_dead_letter_topic_and_nothing_restarts_the_job(kafka_bootstrap):
+    """The whole bad-input corpus (incl. a 900 KB record) and producer-retry duplicates through the broker,
+    with restarts disabled: any exception would fail the job and this test."""
+    from kafka import KafkaProducer
+
+    from pipelines import decision_job
+    from riskstream.generator import TrafficGenerator
+    from tests.bad_corpus import CORPUS
+
+    names = ("bad.events", "bad.decisions", "bad.dead")
+    topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names, partitions=2))
+    good = [orjson.dumps(r.event) for r in TrafficGenerator(seed=5, bad_share=0.0).generate(300)]
+    retried = good[::50]  # sent twice: the second copy must be refused as a duplicate event id
+    sent = good + retried + [raw for _, raw, _ in CORPUS]
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=2 * 1024 * 1024)
+    try:
+        for raw in good + retried:  # keyed by user: a retry lands after its original, in the same partition
+            p.send(names[0], key=orjson.loads(raw)["user_id"].encode(), value=raw)
+        for _, raw, _ in CORPUS:
+            p.send(names[0], value=raw)
+        p.flush(timeout=60)
+    finally:
+        p.close()
+
+    cfg = JobConfig(bootstrap_servers=kafka_bootstrap, events_topic=names[0], decisions_topic=names[1],
+                    dead_letter_topic=names[2], bounded=True, parallelism=2, starting_offsets="earliest",
+                    transactional_id_prefix="it-bad", checkpoint_interval_ms=500, restart_attempts=0)
+    decision_job.run(cfg, wait=True)
+
+    decisions = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, names[1])]
+    assert sorted(d["event_id"] for d in decisions) == sorted(orjson.loads(r)["event_id"] for r in good)
+    dead = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, names[2])]
+    assert len(dead) + len(decisions) == len(sent)
+    by_bytes = {base64.b64decode(d["original_b64"]): d for d in dead if not d.get("original_reencoded")}
+    for name, raw, reason in CORPUS:
+        assert raw in by_bytes, name
+        assert by_bytes[raw]["reason"] == reason, (name, by_bytes[raw]["reason"])
+        assert by_bytes[raw]["original_size"] == len(raw)
+    dups = [d for d in dead if d.get("original_reencoded")]
+    assert {d["reason"] for d in dups} == {"duplicate_event_id"}
+    assert sorted(orjson.loads(base64.b64decode(d["original_b64"]))["event_id"] for d in dups) == \
+        sorted(orjson.loads(r)["event_id"] for r in retried)

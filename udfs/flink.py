@@ -31,9 +31,7 @@ from .events import (
     parse_event,
 )
 from .policy import DECISIONS, Policy
-# imported with the module, not in open(): a first import of onnxruntime inside open() deadlocked on the
-# interpreter lock in thread mode when another Python operator shared the task
-from .scoring import Scorer
+from .scoring import Scorer  # imports onnxruntime safely for thread mode (see udfs.scoring)
 from .windows import EntityWindows, event_values
 
 TIMER_GRID_MS = 60_000

@@ -11,10 +11,44 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 
 from .features import FEATURE_NAMES, spec_fingerprint
+
+
+def _import_onnxruntime():
+    """Import onnxruntime on a thread that Python itself started.
+
+    Pitfall (PyFlink thread mode): operators run on JVM threads whose Python thread state is created by
+    PEMJA, and sometimes it is not the state CPython's GILState API has registered for that OS thread.
+    onnxruntime's extension module calls ``PyGILState_Ensure`` while it initialises. On such a thread that
+    call waits for the interpreter lock its own thread already holds, and the task hangs in INITIALIZING
+    forever (seen in gdb: ``PyInit_onnxruntime_pybind11_state -> PyGILState_Ensure -> take_gil``). A
+    thread started by ``threading`` always has a registered state, so the import is done there.
+    """
+    import importlib
+    import sys
+    import threading
+
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    box: dict = {}
+
+    def load() -> None:
+        try:
+            box["module"] = importlib.import_module("onnxruntime")
+        except BaseException as e:  # re-raised on the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=load, name="onnxruntime-import", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["module"]
+
+
+ort = _import_onnxruntime()
 
 
 class ModelError(RuntimeError):

@@ -1,0 +1,64 @@
+"""Start-up checks against the Kafka cluster: fail in seconds with what to fix, not minutes later in a
+restart loop. Model and jar checks live in ``pipelines.decision_job.preflight``."""
+
+from __future__ import annotations
+
+from .config import JobConfig
+
+
+class StartupError(Exception):
+    pass
+
+
+def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
+    """Broker reachable, the three topics exist, the sink's transaction timeout is allowed by every
+    broker, and the dead-letter topic takes the largest dead letter (see ``topics.DEAD_LETTER_MAX_BYTES``)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from .stack import broker_ready
+    from .topics import DEAD_LETTER_MAX_BYTES
+
+    if not broker_ready(cfg.bootstrap_servers, timeout_s=timeout_s):
+        raise StartupError(f"no Kafka broker answers at {cfg.bootstrap_servers}; start the local one with "
+                           "`riskstream stack up` or pass --bootstrap-servers")
+    admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
+                             **_client_props(cfg))
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in (cfg.events_topic, cfg.decisions_topic, cfg.dead_letter_topic) if t not in existing]
+        if missing:
+            raise StartupError(
+                f"topic(s) {', '.join(missing)} do not exist on {cfg.bootstrap_servers}: create them "
+                "(`riskstream stack up` creates the default ones with the right settings) or pass "
+                "--events-topic/--decisions-topic/--dead-letter-topic")
+        brokers = [str(b["broker_id"]) for b in admin.describe_cluster()["brokers"]]
+        conf = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, b, configs={"transaction.max.timeout.ms": None})
+             for b in brokers]
+            + [ConfigResource(ConfigResourceType.TOPIC, cfg.dead_letter_topic, configs={"max.message.bytes": None})],
+            config_filter="all")
+    finally:
+        admin.close()
+    for b, c in conf.get("broker", {}).items():
+        limit = int(c["transaction.max.timeout.ms"]["value"])
+        if cfg.transaction_timeout_ms > limit:
+            raise StartupError(
+                f"transaction_timeout_ms {cfg.transaction_timeout_ms} exceeds broker {b}'s "
+                f"transaction.max.timeout.ms {limit}: the exactly-once sinks could not start; lower "
+                "--transaction-timeout-ms or raise the broker setting")
+    dl = conf.get("topic", {}).get(cfg.dead_letter_topic, {}).get("max.message.bytes")
+    if dl and int(dl["value"]) < DEAD_LETTER_MAX_BYTES:
+        raise StartupError(
+            f"dead-letter topic {cfg.dead_letter_topic} takes records up to {dl['value']} bytes, but a dead letter "
+            f"for a maximal event needs up to {DEAD_LETTER_MAX_BYTES}: set its max.message.bytes to at least "
+            f"{DEAD_LETTER_MAX_BYTES} (kafka-configs.sh --alter --entity-type topics --entity-name "
+            f"{cfg.dead_letter_topic} --add-config max.message.bytes={DEAD_LETTER_MAX_BYTES})")
+
+
+def _client_props(cfg: JobConfig) -> dict:
+    if not cfg.sasl_username:
+        return {}
+    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": cfg.sasl_username,
+            "sasl_plain_password": cfg.sasl_password.get_secret_value() if cfg.sasl_password else ""}
