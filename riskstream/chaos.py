@@ -26,6 +26,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -329,7 +330,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
         "checkpoint_interval_ms": checkpoint_interval_ms,
         "failures_injected": len(injected),
         "failures": injected,
-        "recovery_s": {k: {"n": len(v), "median": sorted(v)[len(v) // 2], "max": max(v)}
+        "recovery_s": {k: {"n": len(v), "median": round(statistics.median(v), 1), "max": max(v)}
                        for k, v in sorted(by_kind.items())},
         "missing": rep["missing"],
         "duplicates": rep["duplicates"],

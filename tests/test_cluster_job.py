@@ -125,6 +125,12 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         t0 = time.monotonic()
         c1 = _counters_until(lay.rest_url, job1, N)
         times["metrics visible (job 1)"] = time.monotonic() - t0
+        # the scoring-latency histogram, labelled with the model version: one bucket per decision
+        hist = {i: v for vals in submit.vertex_metrics(lay.rest_url, job1, lambda i: "scoring_latency_us" in i)
+                .values() for i, v in vals.items()}
+        assert hist and all(".model_version.risk_gbdt_v1.scoring_latency_us.le_" in i for i in hist), hist
+        assert sum(hist.values()) == N, hist
+
         assert {k: c1.get(k) for k in ("dead_letters", "late_events", "duplicate_events", "processing_errors")} \
             == dict.fromkeys(("dead_letters", "late_events", "duplicate_events", "processing_errors"), 0), c1
 

@@ -10,6 +10,7 @@ Pitfalls handled here:
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 
@@ -35,6 +36,7 @@ from .scoring import Scorer  # imports onnxruntime safely for thread mode (see u
 from .windows import EntityWindows, event_values
 
 TIMER_GRID_MS = 60_000
+LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # upper bounds of the scoring histogram
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 DOUBLES = Types.LIST(Types.DOUBLE())  # a Python list maps to java.util.List in both Python modes
@@ -249,8 +251,13 @@ class DeviceWindowsScoreDecide(_Windowed):
         self.scorer = Scorer(self.model_path)
         group = runtime_context.get_metrics_group()
         self.by_kind = {d: group.counter(f"decisions_{d}") for d in DECISIONS}
+        # model version as a metric group key (a Prometheus label), with a histogram of the time from the
+        # device stage's input to the encoded decision, as one counter per bucket (not cumulative)
+        hist = group.add_group("model_version", self.scorer.version).add_group("scoring_latency_us")
+        self.latency_buckets = [hist.counter(f"le_{b}") for b in LATENCY_BUCKETS_US] + [hist.counter("le_inf")]
 
     def process_element(self, value, ctx):
+        t0 = time.perf_counter()
         try:
             ev = _to_event(value)
             dvals, dlate, st = self._update(ev, ctx, self.state.value())
@@ -269,4 +276,5 @@ class DeviceWindowsScoreDecide(_Windowed):
                                                getattr(self, "scorer", None) and self.scorer.version,
                                                self.policy.version, int(time.time() * 1000)))
         self.by_kind[decision].inc()
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, (time.perf_counter() - t0) * 1e6)].inc()
         yield out
