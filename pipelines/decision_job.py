@@ -26,6 +26,7 @@ from pyflink.datastream.connectors.kafka import (
 
 from riskstream.config import JobConfig
 from riskstream.jars import flink_jar_urls
+from riskstream.paths import PROJECT_ROOT
 from riskstream.topics import DEAD_LETTER_MAX_BYTES
 from udfs.flink import (
     BYTES,
@@ -33,7 +34,9 @@ from udfs.flink import (
     EVENT_FIELDS,
     EVENT_ROW,
     USER_STAGE_ROW,
+    CONTROL_STATE,
     DeviceWindowsScoreDecide,
+    DeviceWindowsScoreDecideControlled,
     EventTime,
     IpWindows,
     ParseValidate,
@@ -154,9 +157,10 @@ def _sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None
     return b.build()
 
 
-def build_core(raw: DataStream, cfg: JobConfig) -> tuple[DataStream, DataStream]:
+def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = None) -> tuple[DataStream, DataStream]:
     """raw event bytes -> (decision record bytes, dead-letter record bytes). Source- and sink-agnostic,
-    so tests feed it from a collection and collect its output."""
+    so tests feed it from a collection and collect its output. ``control`` (bytes of control messages,
+    ``udfs.control``) is broadcast to the device stage; without it the model and rules are fixed."""
     parsed = (raw.process(ParseValidate(cfg.job_name), output_type=EVENT_ROW)
               .name("parse-validate").uid("parse-validate"))
 
@@ -175,14 +179,21 @@ def build_core(raw: DataStream, cfg: JobConfig) -> tuple[DataStream, DataStream]
     ip = (user.key_by(lambda r: r[IP], key_type=Types.STRING())
           .process(IpWindows(cfg.allowed_lateness_ms, cfg.job_name), output_type=USER_STAGE_ROW)
           .name("ip-windows").uid("ip-windows"))
-    decisions = (ip.key_by(lambda r: r[DEVICE_ID], key_type=Types.STRING())
-                 .process(DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy,
-                                                   cfg.job_name), output_type=BYTES)
-                 .name("device-windows-score-decide").uid("device-windows-score-decide"))
-    # bad input from the parser; duplicates and processing errors from the user and ip stages (the device
-    # stage turns its errors into review decisions: a side output there hung task start-up in thread mode)
+    root = str(PROJECT_ROOT)
+    by_device = ip.key_by(lambda r: r[DEVICE_ID], key_type=Types.STRING())
+    if control is None:
+        decisions = by_device.process(
+            DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy, cfg.job_name,
+                                     root), output_type=BYTES)
+    else:
+        decisions = by_device.connect(control.broadcast(CONTROL_STATE)).process(
+            DeviceWindowsScoreDecideControlled(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy,
+                                               cfg.job_name, root), output_type=BYTES)
+    decisions = decisions.name("device-windows-score-decide").uid("device-windows-score-decide")
+    # bad input from the parser; duplicates and processing errors from the user and ip stages; refused
+    # control messages from the device stage (which turns its own errors into review decisions)
     dead = parsed.get_side_output(DEAD_LETTER_TAG).union(
-        *(s.get_side_output(DEAD_LETTER_TAG) for s in (user, ip)))
+        *(s.get_side_output(DEAD_LETTER_TAG) for s in ((user, ip, decisions) if control is not None else (user, ip))))
     return decisions, dead
 
 
@@ -202,7 +213,26 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
         src = src.set_bounded(KafkaOffsetsInitializer.latest())
     raw = env.from_source(src.build(), WatermarkStrategy.no_watermarks(), "kafka-events",
                           type_info=BYTES).uid("kafka-events-source")
-    decisions, dead = build_core(raw, cfg)
+    control = None
+    if cfg.control_topic:
+        csrc = (KafkaSource.builder()
+                .set_bootstrap_servers(cfg.bootstrap_servers)
+                .set_topics(cfg.control_topic)
+                .set_group_id(f"{cfg.group_id}-control")
+                .set_starting_offsets(KafkaOffsetsInitializer.earliest())  # the whole history, newest wins
+                .set_value_only_deserializer(ByteArraySchema())
+                .set_property("isolation.level", "read_committed"))
+        for k, v in cfg.kafka_client_properties().items():
+            csrc = csrc.set_property(k, v)
+        if cfg.bounded:
+            csrc = csrc.set_bounded(KafkaOffsetsInitializer.latest())
+        # the device stage's cleanup timers follow the smaller of its inputs' watermarks: a control source
+        # without watermarks would hold them back forever, so it goes idle (ignored) when it has nothing
+        control_wm = (WatermarkStrategy.for_monotonous_timestamps()
+                      .with_idleness(Duration.of_millis(cfg.idleness_ms)))
+        control = (env.from_source(csrc.build(), control_wm, "kafka-control", type_info=BYTES)
+                   .set_parallelism(1).uid("kafka-control-source"))
+    decisions, dead = build_core(raw, cfg, control)
     decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions")).name("decisions-sink").uid("decisions-sink")
     dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES)).name("dead-letter-sink").uid("dead-letter-sink")
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 import orjson
 
-from udfs.events import DUPLICATE_EVENT_ID, PROCESSING_ERROR, Event, parse_event
+from udfs.events import CONTROL_REJECTED, PROCESSING_ERROR, Event, parse_event
 
 KINDS = ("allow", "review", "block")
 
@@ -107,6 +107,8 @@ class Audit:
             return
         self.dead_total += 1
         self.dead_reasons[reason] += 1
+        if reason == CONTROL_REJECTED:  # a refused control message, not an event
+            return
         if d.get("original_reencoded"):
             ev = parse_event(raw)
             if isinstance(ev, Event):

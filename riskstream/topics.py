@@ -38,6 +38,12 @@ def topic_specs(events: str, decisions: str, dead_letter: str, partitions: int =
     ]
 
 
+def control_topic_spec(name: str) -> TopicSpec:
+    """One partition (one order for all instances), kept forever: a restarted job without a checkpoint
+    replays it from the start and ends with the newest model and rules."""
+    return TopicSpec(name, 1, {**APPEND_TIME, "retention.ms": "-1"})
+
+
 def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
     """Create the topics that do not exist; return the names created."""
     from kafka import KafkaAdminClient

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.flink
 
 
 def _stream_nodes(env):
-    sg = env._j_stream_execution_environment.getStreamGraph(False)
+    sg = env._generate_stream_graph(clear_transformations=False)  # PyFlink's translation, as execute() does
     it = sg.getStreamNodes().iterator()
     out = []
     while it.hasNext():
@@ -38,6 +38,7 @@ def test_plan_builds_without_broker_with_stable_uids():
     for name, uid in [("Source: kafka-events", "kafka-events-source"), ("parse-validate", "parse-validate"),
                       ("event-time", "event-time"), ("user-windows", "user-windows"), ("ip-windows", "ip-windows"),
                       ("device-windows-score-decide", "device-windows-score-decide"),
+                      ("Source: kafka-control", "kafka-control-source"),
                       ("decisions-sink: Writer", "decisions-sink"), ("dead-letter-sink: Writer", "dead-letter-sink")]:
         assert uids.get(name) == uid, (name, uids)
 

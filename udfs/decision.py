@@ -16,8 +16,10 @@ def decision_id(event_id: str, model_version: str, policy_version: str) -> str:
 
 
 def decision_record(ev: Event, decision: str, score: float, reasons: list[str], features: list[float],
-                    model_version: str, policy_version: str, decided_at_ms: int, late: bool) -> dict:
-    return {
+                    model_version: str, policy_version: str, decided_at_ms: int, late: bool,
+                    rules_version: str | None = None, shadow: dict | None = None) -> dict:
+    """``shadow`` is the challenger's score and the decision it would have made (never acted on)."""
+    rec = {
         "decision_id": decision_id(ev.event_id, model_version, policy_version),
         "event_id": ev.event_id,
         "event_type": ev.event_type,
@@ -33,6 +35,11 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
         "event_ts": ev.ts,
         "decided_at": decided_at_ms,
     }
+    if rules_version is not None:
+        rec["rules_version"] = rules_version
+    if shadow is not None:
+        rec["shadow"] = shadow
+    return rec
 
 
 def encode(record: dict) -> bytes:

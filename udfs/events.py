@@ -81,10 +81,11 @@ INVALID_TS = "invalid_ts"
 # set by the job, not by parse_event
 DUPLICATE_EVENT_ID = "duplicate_event_id"  # the user's stage saw this event_id within the dedup horizon
 PROCESSING_ERROR = "processing_error"  # a function raised on this record (a bug): kept, not retried
+CONTROL_REJECTED = "control_rejected"  # a control message (model, rules) that failed validation
 
 PARSE_REASON_CODES = (OVERSIZED, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, UNKNOWN_FIELD,
                       WRONG_TYPE, NULL_KEY, UNKNOWN_EVENT_TYPE, INVALID_AMOUNT, INVALID_CURRENCY, INVALID_TS)
-REASON_CODES = PARSE_REASON_CODES + (DUPLICATE_EVENT_ID, PROCESSING_ERROR)
+REASON_CODES = PARSE_REASON_CODES + (DUPLICATE_EVENT_ID, PROCESSING_ERROR, CONTROL_REJECTED)
 
 
 def _id(obj: dict, name: str) -> str | Rejection:

@@ -18,11 +18,14 @@ import orjson
 from pyflink.common import Row, Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.functions import KeyedBroadcastProcessFunction
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from . import dedup
+from .control import Control, ControlError, parse_control, state_key
 from .decision import decision_record, encode, error_decision_record
 from .events import (
+    CONTROL_REJECTED,
     DUPLICATE_EVENT_ID,
     PROCESSING_ERROR,
     Event,
@@ -110,6 +113,15 @@ class ParseValidate(ProcessFunction):
         else:
             self.dead.inc()
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
+
+
+def _subtask_index(runtime_context) -> int:
+    """PyFlink 2.2's ``get_index_of_this_subtask`` calls a Java method Flink 2 moved to ``TaskInfo``
+    (AttributeError in thread mode); ask ``TaskInfo`` when the wrapper fails."""
+    try:
+        return runtime_context.get_index_of_this_subtask()
+    except AttributeError:
+        return runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask()
 
 
 class EventTime(TimestampAssigner):
@@ -229,52 +241,122 @@ class IpWindows(_Windowed):
         yield Row(*value[:9], list(value[9]) + vals, bool(value[10]) or late)
 
 
-class DeviceWindowsScoreDecide(_Windowed):
+class _DeviceLogic(_Windowed):
     """Keyed by device_id: device window features, ONNX score, policy -> decision record bytes.
 
     If anything raises for a record, it still gets a decision: ``review`` with reason ``processing_error``
     (fail safe, and every valid event stays decided exactly once).
 
     The model is loaded once per task in ``open``; the CLI loads it once before submitting as well, so a
-    bad model fails the start, not the running job.
+    bad model fails the start, not the running job. Live changes (model, challenger, rules) come through
+    broadcast state in :class:`DeviceWindowsScoreDecideControlled` (see ``udfs.control``).
     """
 
     entity = "device"
 
-    def __init__(self, allowed_lateness_ms: int, model_path: str, policy: Policy, job_name: str = "riskstream"):
+    def __init__(self, allowed_lateness_ms: int, model_path: str, policy: Policy, job_name: str = "riskstream",
+                 project_root: str | None = None):
         super().__init__(allowed_lateness_ms, job_name)
         self.model_path = model_path
         self.policy = policy
+        self.project_root = project_root
 
     def open(self, runtime_context: RuntimeContext):
         super().open(runtime_context)
-        self.scorer = Scorer(self.model_path)
-        group = runtime_context.get_metrics_group()
-        self.by_kind = {d: group.counter(f"decisions_{d}") for d in DECISIONS}
-        # model version as a metric group key (a Prometheus label), with a histogram of the time from the
-        # device stage's input to the encoded decision, as one counter per bucket (not cumulative)
-        hist = group.add_group("model_version", self.scorer.version).add_group("scoring_latency_us")
-        self.latency_buckets = [hist.counter(f"le_{b}") for b in LATENCY_BUCKETS_US] + [hist.counter("le_inf")]
+        from pathlib import Path
 
-    def process_element(self, value, ctx):
+        self.control = Control.initial(Scorer(self.model_path), self.policy,
+                                       Path(self.project_root) if self.project_root else None)
+        self.group = runtime_context.get_metrics_group()
+        self.by_kind = {d: self.group.counter(f"decisions_{d}") for d in DECISIONS}
+        self.subtask = _subtask_index(runtime_context)
+        self.hists: dict[str, list] = {}
+        self.synced = False  # broadcast state read once after (re)start, then kept in step locally
+
+    def _latency_buckets(self, version: str) -> list:
+        """A histogram of the time from the device stage's input to the encoded decision, one counter per
+        bucket (not cumulative), under a ``model_version`` group key (a Prometheus label)."""
+        h = self.hists.get(version)
+        if h is None:
+            g = self.group.add_group("model_version", version).add_group("scoring_latency_us")
+            h = self.hists[version] = [g.counter(f"le_{b}") for b in LATENCY_BUCKETS_US] + [g.counter("le_inf")]
+        return h
+
+    def _decide(self, value, ctx):
         t0 = time.perf_counter()
+        c = self.control
         try:
             ev = _to_event(value)
             dvals, dlate, st = self._update(ev, ctx, self.state.value())
             self.state.update(st)
             late = bool(value[10]) or dlate
             feats = event_values(ev) + list(value[9]) + dvals
-            score = self.scorer.score(feats)
-            decision, reasons = self.policy.decide(score, feats, ev.event_type, late)
-            rec = decision_record(ev, decision, score, reasons, feats, self.scorer.version,
-                                  self.policy.version, int(time.time() * 1000), late)
+            score = c.champion.score(feats)
+            decision, reasons = c.policy.decide(score, feats, ev.event_type, late)
+            shadow = None
+            if c.challenger is not None:
+                s2 = c.challenger.score(feats)
+                shadow = {"model_version": c.challenger.version, "score": round(s2, 6),
+                          "decision": c.policy.decide(s2, feats, ev.event_type, late)[0]}
+            rec = decision_record(ev, decision, score, reasons, feats, c.champion.version, c.policy.version,
+                                  int(time.time() * 1000), late, rules_version=c.rules_version, shadow=shadow)
             out = encode(rec)
         except Exception as e:  # fail safe: a valid event is never silently allowed or dropped
             self.error_counter.inc()
             decision = "review"
             out = encode(error_decision_record(value[0], value[1], value[2], value[3], f"{type(e).__name__}: {e}",
-                                               getattr(self, "scorer", None) and self.scorer.version,
-                                               self.policy.version, int(time.time() * 1000)))
+                                               c.champion.version, c.policy.version, int(time.time() * 1000)))
         self.by_kind[decision].inc()
-        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, (time.perf_counter() - t0) * 1e6)].inc()
-        yield out
+        self._latency_buckets(c.champion.version)[
+            bisect.bisect_left(LATENCY_BUCKETS_US, (time.perf_counter() - t0) * 1e6)].inc()
+        return out
+
+
+class DeviceWindowsScoreDecide(_DeviceLogic, KeyedProcessFunction):
+    """The device stage with the model and rules fixed at start (tests, benchmarks)."""
+
+    def process_element(self, value, ctx):
+        yield self._decide(value, ctx)
+
+
+CONTROL_STATE = MapStateDescriptor("control", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+
+
+class DeviceWindowsScoreDecideControlled(_DeviceLogic, KeyedBroadcastProcessFunction):
+    """The device stage connected to the broadcast control stream (the job).
+
+    Every instance applies every control message; broadcast state keeps the newest valid message per
+    kind/role (raw bytes), so a restored job decides as it did at the checkpoint. Only subtask 0 reports a
+    refused message, so it is dead-lettered once, not once per instance.
+    """
+
+    def open(self, runtime_context: RuntimeContext):
+        super().open(runtime_context)
+        group = runtime_context.get_metrics_group()
+        self.control_applied = group.counter("control_applied")
+        self.control_rejected = group.counter("control_rejected")
+
+    def process_element(self, value, ctx):
+        if not self.synced:
+            state = ctx.get_broadcast_state(CONTROL_STATE)
+            for key in ("champion", "challenger", "rules"):
+                raw = state.get(key)
+                if raw is not None:
+                    self.control.apply(parse_control(raw))  # stored only after it was applied once
+            self.synced = True
+        yield self._decide(value, ctx)
+
+    def process_broadcast_element(self, value, ctx):
+        raw = bytes(value)
+        try:
+            msg = parse_control(raw)
+            what = self.control.apply(msg)
+        except ControlError as e:
+            self.control_rejected.inc()
+            if self.subtask == 0:
+                yield DEAD_LETTER_TAG, dead_letter_record(raw, Rejection(CONTROL_REJECTED, str(e)[:200]),
+                                                          self.job_name, int(time.time() * 1000))
+            return
+        ctx.get_broadcast_state(CONTROL_STATE).put(state_key(msg), raw)
+        self.control_applied.inc()
+        print(f"[riskstream] device stage {self.subtask}: control applied: {what}", flush=True)

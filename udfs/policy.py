@@ -13,6 +13,7 @@ from .features import FEATURE_NAMES
 ALLOW, REVIEW, BLOCK = "allow", "review", "block"
 DECISIONS = (ALLOW, REVIEW, BLOCK)
 _RANK = {ALLOW: 0, REVIEW: 1, BLOCK: 2}
+SCORE = "score"  # a rule condition on the model's score rather than a feature
 _OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
         "<": lambda a, b: a < b, "==": lambda a, b: a == b}
 
@@ -30,8 +31,8 @@ class Rule:
         if self.decision not in DECISIONS:
             raise ValueError(f"rule {self.code}: decision must be one of {DECISIONS}")
         for name, op, _ in self.conditions:
-            if name not in FEATURE_NAMES:
-                raise ValueError(f"rule {self.code}: unknown feature {name!r}")
+            if name not in FEATURE_NAMES and name != SCORE:
+                raise ValueError(f"rule {self.code}: unknown feature {name!r} (a feature name or 'score')")
             if op not in _OPS:
                 raise ValueError(f"rule {self.code}: unknown operator {op!r}")
 
@@ -72,7 +73,8 @@ class Policy:
         for rule in self.rules:
             if rule.event_types and event_type not in rule.event_types:
                 continue
-            if all(_OPS[op](features[idx[name]], value) for name, op, value in rule.conditions):
+            if all(_OPS[op](score if name == SCORE else features[idx[name]], value)
+                   for name, op, value in rule.conditions):
                 reasons.append(f"rule:{rule.code}")
                 if _RANK[rule.decision] > _RANK[decision]:
                     decision = rule.decision

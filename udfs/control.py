@@ -1,0 +1,157 @@
+"""Live operations without a restart: the control messages the device stage accepts (pure logic).
+
+Messages arrive as JSON on the control topic and reach every parallel instance of the device stage
+through Flink broadcast state, so they are checkpointed with the windows. After a restore, the job
+scores and decides with the model and rules that were in force at the checkpoint.
+
+- ``{"kind": "model", "role": "champion", "path": "models/risk_gbdt_v2.onnx"}`` switches the model that
+  decides. The path must exist on every TaskManager (the image, or a shared volume); a relative path is
+  taken from the project root. The new model's feature spec must match the job's, or the message is
+  refused and the old model keeps scoring.
+- ``{"kind": "model", "role": "challenger", "path": "..."}`` adds a shadow model. Its score, and the
+  decision it would have made under the same rules, go into each decision record as ``shadow`` and never
+  act. ``"path": null`` removes it.
+- ``{"kind": "rules", "version": "r2", "rules": [...]}`` replaces the rule set from the next event. A rule is
+  ``{"code": "...", "decision": "review"|"block", "when": [[name, op, value], ...],
+  "event_types": [...]}`` where name is a feature or ``score``, op one of ``>= > <= < ==`` and value a
+  finite number. All conditions must hold.
+
+A message that fails validation raises :class:`ControlError` with the reason. The job sends it, with the
+original bytes, to the dead-letter topic as ``control_rejected``. Nothing changes, and the job goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import orjson
+
+from .events import EVENT_TYPE_INDEX
+from .policy import DEFAULT_RULES, Policy, Rule
+
+MAX_RULES = 200
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+BUILTIN_RULES_VERSION = "builtin"
+
+
+class ControlError(ValueError):
+    pass
+
+
+def parse_rules(obj: dict) -> tuple[str, tuple[Rule, ...]]:
+    version = obj.get("version")
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise ControlError("rules need a 'version' of 1-32 letters, digits, '.', '_', '-'")
+    rules = obj.get("rules")
+    if not isinstance(rules, list) or len(rules) > MAX_RULES:
+        raise ControlError(f"'rules' must be a list of at most {MAX_RULES} rules")
+    out, codes = [], set()
+    for i, r in enumerate(rules):
+        where = f"rule {i}"
+        if not isinstance(r, dict) or set(r) - {"code", "decision", "when", "event_types"}:
+            raise ControlError(f"{where}: an object with code, decision, when and optional event_types")
+        code = r.get("code")
+        if not isinstance(code, str) or not _CODE.match(code):
+            raise ControlError(f"{where}: 'code' must be lower-case letters, digits and '_'")
+        if code in codes:
+            raise ControlError(f"{where}: duplicate code {code!r}")
+        codes.add(code)
+        if r.get("decision") not in ("review", "block"):
+            raise ControlError(f"rule {code}: 'decision' must be review or block")
+        when = r.get("when")
+        if not isinstance(when, list) or not when:
+            raise ControlError(f"rule {code}: 'when' must be a non-empty list of [name, op, value]")
+        conds = []
+        for c in when:
+            if not (isinstance(c, list) and len(c) == 3 and isinstance(c[0], str) and isinstance(c[1], str)):
+                raise ControlError(f"rule {code}: condition {c!r} is not [name, op, value]")
+            v = c[2]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ControlError(f"rule {code}: value {v!r} is not a finite number")
+            conds.append((c[0], c[1], float(v)))
+        types = r.get("event_types")
+        if types is not None:
+            if not isinstance(types, list) or not types or any(t not in EVENT_TYPE_INDEX for t in types):
+                raise ControlError(f"rule {code}: event_types must be a non-empty list of {sorted(EVENT_TYPE_INDEX)}")
+            types = tuple(types)
+        try:
+            out.append(Rule(code, r["decision"], tuple(conds), types))
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+    return version, tuple(out)
+
+
+def parse_control(raw: bytes) -> dict:
+    """Validate a control message's shape (not the model file: see :meth:`Control.apply`)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ControlError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ControlError("a control message is a JSON object")
+    kind = obj.get("kind")
+    if kind == "model":
+        if set(obj) - {"kind", "role", "path"} or obj.get("role") not in ("champion", "challenger"):
+            raise ControlError("a model message is {kind: model, role: champion|challenger, path}")
+        path = obj.get("path")
+        if path is None and obj["role"] == "challenger":
+            return {"kind": "model", "role": "challenger", "path": None}
+        if not isinstance(path, str) or not path.endswith(".onnx"):
+            raise ControlError("'path' must name an .onnx file (null only removes the challenger)")
+        return {"kind": "model", "role": obj["role"], "path": path}
+    if kind == "rules":
+        version, rules = parse_rules(obj)
+        return {"kind": "rules", "version": version, "rules": rules}
+    raise ControlError(f"unknown kind {kind!r} (model or rules)")
+
+
+def state_key(msg: dict) -> str:
+    """Where a message lives in broadcast state: the newest of each kind/role wins."""
+    return msg["role"] if msg["kind"] == "model" else "rules"
+
+
+@dataclass
+class Control:
+    """What the device stage decides with: champion, optional challenger, policy (thresholds + rules)."""
+
+    champion: object  # a udfs.scoring.Scorer
+    policy: Policy
+    challenger: object | None = None
+    rules_version: str = BUILTIN_RULES_VERSION
+    project_root: Path | None = None
+
+    @classmethod
+    def initial(cls, scorer, policy: Policy, project_root: Path | None = None) -> "Control":
+        return cls(scorer, policy, None, BUILTIN_RULES_VERSION if policy.rules == DEFAULT_RULES else "config",
+                   project_root=project_root)
+
+    def _load(self, path: str):
+        from .scoring import ModelError, Scorer
+
+        p = Path(path)
+        if not p.is_absolute() and self.project_root is not None:
+            p = self.project_root / p
+        try:
+            return Scorer(p)
+        except (ModelError, OSError) as e:
+            raise ControlError(f"model refused, the current one keeps scoring: {e}") from None
+
+    def apply(self, msg: dict) -> str:
+        """Apply a parsed message (all or nothing); return what changed, for logs."""
+        if msg["kind"] == "rules":
+            self.policy = replace(self.policy, rules=msg["rules"])
+            self.rules_version = msg["version"]
+            return f"rules {msg['version']} ({len(msg['rules'])} rules)"
+        if msg["path"] is None:
+            self.challenger = None
+            return "challenger removed"
+        scorer = self._load(msg["path"])
+        if msg["role"] == "champion":
+            self.champion = scorer
+        else:
+            self.challenger = scorer
+        return f"{msg['role']} {scorer.version}"
