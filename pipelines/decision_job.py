@@ -39,6 +39,7 @@ from udfs.flink import (
     DeviceWindowsScoreDecideControlled,
     EventTime,
     IpWindows,
+    ParseLabel,
     ParseValidate,
     UserWindows,
 )
@@ -157,10 +158,12 @@ def _sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None
     return b.build()
 
 
-def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = None) -> tuple[DataStream, DataStream]:
+def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = None,
+               labels: DataStream | None = None) -> tuple[DataStream, DataStream]:
     """raw event bytes -> (decision record bytes, dead-letter record bytes). Source- and sink-agnostic,
     so tests feed it from a collection and collect its output. ``control`` (bytes of control messages,
-    ``udfs.control``) is broadcast to the device stage; without it the model and rules are fixed."""
+    ``udfs.control``) is broadcast to the device stage; without it the model and rules are fixed.
+    ``labels`` (bytes of labels, ``udfs.labels``) join the device stage's input as marked rows."""
     parsed = (raw.process(ParseValidate(cfg.job_name), output_type=EVENT_ROW)
               .name("parse-validate").uid("parse-validate"))
 
@@ -176,24 +179,29 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
             .process(UserWindows(cfg.allowed_lateness_ms, cfg.job_name, cfg.dedup_horizon_ms),
                      output_type=USER_STAGE_ROW)
             .name("user-windows").uid("user-windows"))
-    ip = (user.key_by(lambda r: r[IP], key_type=Types.STRING())
-          .process(IpWindows(cfg.allowed_lateness_ms, cfg.job_name), output_type=USER_STAGE_ROW)
-          .name("ip-windows").uid("ip-windows"))
+    ip = ip_stage = (user.key_by(lambda r: r[IP], key_type=Types.STRING())
+                     .process(IpWindows(cfg.allowed_lateness_ms, cfg.job_name), output_type=USER_STAGE_ROW)
+                     .name("ip-windows").uid("ip-windows"))
     root = str(PROJECT_ROOT)
+    label_rows = None
+    if labels is not None:
+        label_rows = (labels.process(ParseLabel(cfg.job_name), output_type=USER_STAGE_ROW)
+                      .name("parse-labels").uid("parse-labels"))
+        ip = ip.union(label_rows)
     by_device = ip.key_by(lambda r: r[DEVICE_ID], key_type=Types.STRING())
     if control is None:
         decisions = by_device.process(
             DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy, cfg.job_name,
-                                     root), output_type=BYTES)
+                                     root, labels is not None), output_type=BYTES)
     else:
         decisions = by_device.connect(control.broadcast(CONTROL_STATE)).process(
             DeviceWindowsScoreDecideControlled(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy,
-                                               cfg.job_name, root), output_type=BYTES)
+                                               cfg.job_name, root, labels is not None), output_type=BYTES)
     decisions = decisions.name("device-windows-score-decide").uid("device-windows-score-decide")
     # bad input from the parser; duplicates and processing errors from the user and ip stages; refused
     # control messages from the device stage (which turns its own errors into review decisions)
-    dead = parsed.get_side_output(DEAD_LETTER_TAG).union(
-        *(s.get_side_output(DEAD_LETTER_TAG) for s in ((user, ip, decisions) if control is not None else (user, ip))))
+    sources = [user, ip_stage] + ([decisions] if control is not None else []) + ([label_rows] if label_rows is not None else [])
+    dead = parsed.get_side_output(DEAD_LETTER_TAG).union(*(s.get_side_output(DEAD_LETTER_TAG) for s in sources))
     return decisions, dead
 
 
@@ -232,7 +240,22 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                       .with_idleness(Duration.of_millis(cfg.idleness_ms)))
         control = (env.from_source(csrc.build(), control_wm, "kafka-control", type_info=BYTES)
                    .set_parallelism(1).uid("kafka-control-source"))
-    decisions, dead = build_core(raw, cfg, control)
+    labels = None
+    if cfg.labels_topic:
+        lsrc = (KafkaSource.builder()
+                .set_bootstrap_servers(cfg.bootstrap_servers)
+                .set_topics(cfg.labels_topic)
+                .set_group_id(f"{cfg.group_id}-labels")
+                .set_starting_offsets(_offsets(cfg))
+                .set_value_only_deserializer(ByteArraySchema())
+                .set_property("isolation.level", "read_committed"))
+        for k, v in cfg.kafka_client_properties().items():
+            lsrc = lsrc.set_property(k, v)
+        if cfg.bounded:
+            lsrc = lsrc.set_bounded(KafkaOffsetsInitializer.latest())
+        labels_wm = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_millis(cfg.idleness_ms))
+        labels = env.from_source(lsrc.build(), labels_wm, "kafka-labels", type_info=BYTES).uid("kafka-labels-source")
+    decisions, dead = build_core(raw, cfg, control, labels)
     decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions")).name("decisions-sink").uid("decisions-sink")
     dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES)).name("dead-letter-sink").uid("dead-letter-sink")
 

@@ -26,6 +26,7 @@ from typing import Callable
 import orjson
 
 from udfs.events import CONTROL_REJECTED, PROCESSING_ERROR, Event, parse_event
+from udfs.labels import INVALID_LABEL
 
 KINDS = ("allow", "review", "block")
 
@@ -107,7 +108,7 @@ class Audit:
             return
         self.dead_total += 1
         self.dead_reasons[reason] += 1
-        if reason == CONTROL_REJECTED:  # a refused control message, not an event
+        if reason in (CONTROL_REJECTED, INVALID_LABEL):  # from the control or labels topic, not an event
             return
         if d.get("original_reencoded"):
             ev = parse_event(raw)

@@ -31,6 +31,9 @@ class JobConfig(BaseModel):
     control_topic: str = Field(
         "riskstream.control", description="topic of live control messages (model switch, challenger, rules); "
                                           "created by the job if missing; empty: no live control")
+    labels_topic: str = Field(
+        "riskstream.labels", description="topic of fraud/legit labels (chargebacks, analyst verdicts) that feed "
+                                         "the known-fraud device signal; created by the job if missing; empty: none")
     group_id: str = Field("riskstream-decisions", description="consumer group of the Kafka source")
     job_name: str = Field("riskstream-decisions", description="Flink job name")
     transactional_id_prefix: str = Field(
@@ -82,10 +85,10 @@ class JobConfig(BaseModel):
     sasl_username: str | None = Field(None, description="SASL/PLAIN user, if the brokers need one")
     sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password (masked in logs)")
 
-    @field_validator("events_topic", "decisions_topic", "dead_letter_topic", "control_topic")
+    @field_validator("events_topic", "decisions_topic", "dead_letter_topic", "control_topic", "labels_topic")
     @classmethod
     def _topic(cls, v: str, info) -> str:
-        if info.field_name == "control_topic" and v == "":
+        if info.field_name in ("control_topic", "labels_topic") and v == "":
             return v
         if not _TOPIC.match(v) or v in (".", ".."):
             raise ValueError(f"{v!r} is not a valid Kafka topic name (1-249 of letters, digits, '.', '_', '-')")
@@ -119,9 +122,9 @@ class JobConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "JobConfig":
         named = [self.events_topic, self.decisions_topic, self.dead_letter_topic] + \
-            ([self.control_topic] if self.control_topic else [])
+            [t for t in (self.control_topic, self.labels_topic) if t]
         if len(set(named)) != len(named):
-            raise ValueError("events, decisions, dead-letter and control topics must all be different topics")
+            raise ValueError("events, decisions, dead-letter, control and labels topics must all be different topics")
         if self.review_threshold > self.block_threshold:
             raise ValueError("review_threshold must not exceed block_threshold")
         if self.transaction_timeout_ms > BROKER_MAX_TRANSACTION_TIMEOUT_MS:

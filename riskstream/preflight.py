@@ -26,18 +26,19 @@ def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
                              **_client_props(cfg))
     try:
         existing = set(admin.list_topics())
-        if cfg.control_topic and cfg.control_topic not in existing:
-            from kafka.admin import NewTopic
+        from kafka.admin import NewTopic
 
-            from .topics import control_topic_spec
+        from .topics import control_topic_spec, labels_topic_spec
 
-            spec = control_topic_spec(cfg.control_topic)
-            try:
-                admin.create_topics([NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config)])
-            except Exception as e:
-                if "TopicAlreadyExists" not in type(e).__name__:
-                    raise StartupError(f"control topic {cfg.control_topic} does not exist and could not be created "
-                                       f"({e}); create it with 1 partition, or pass --control-topic ''") from None
+        for name, spec_of in ((cfg.control_topic, control_topic_spec), (cfg.labels_topic, labels_topic_spec)):
+            if name and name not in existing:  # the job's own input topics: created when missing
+                spec = spec_of(name)
+                try:
+                    admin.create_topics([NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config)])
+                except Exception as e:
+                    if "TopicAlreadyExists" not in type(e).__name__:
+                        raise StartupError(f"topic {name} does not exist and could not be created ({e}); create it "
+                                           "or disable it with an empty topic name") from None
         missing = [t for t in (cfg.events_topic, cfg.decisions_topic, cfg.dead_letter_topic) if t not in existing]
         if missing:
             raise StartupError(

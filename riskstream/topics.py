@@ -44,6 +44,11 @@ def control_topic_spec(name: str) -> TopicSpec:
     return TopicSpec(name, 1, {**APPEND_TIME, "retention.ms": "-1"})
 
 
+def labels_topic_spec(name: str, partitions: int = 2) -> TopicSpec:
+    """Labels arrive days after their events; keep them long enough to rebuild the 7-day signal."""
+    return TopicSpec(name, partitions, {**APPEND_TIME, "retention.ms": str(30 * 24 * 3600 * 1000)})
+
+
 def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
     """Create the topics that do not exist; return the names created."""
     from kafka import KafkaAdminClient

@@ -35,6 +35,19 @@ def _send(bootstrap: str, topic: str, msg) -> None:
     p.close()
 
 
+def _labels_until(rest: str, job_id: str, fraud: int, legit: int, deadline_s: float = 90) -> None:
+    """Poll the device stage's label counters over REST until the labels were applied."""
+    from riskstream import submit
+
+    t0 = time.monotonic()
+    while True:
+        got = submit.user_counters(rest, job_id, ("labels_fraud", "labels_legit"))
+        if got.get("labels_fraud") == fraud and got.get("labels_legit") == legit:
+            return
+        assert time.monotonic() - t0 < deadline_s, f"label counters {got} within {deadline_s:.0f}s"
+        time.sleep(0.3)  # polling interval
+
+
 def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, tmp_path):
     from kafka import KafkaProducer
 
@@ -49,12 +62,12 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
     shutil.copy("models/risk_gbdt_v1.onnx", tmp_path / "bad.onnx")
     (tmp_path / "bad.json").write_text(json.dumps(bad))
 
-    names = ("live.events", "live.decisions", "live.dead", "live.control")
+    names = ("live.events", "live.decisions", "live.dead", "live.control", "live.labels")
     topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names[:3], partitions=2)
-                         + [topics.control_topic_spec(names[3])])
+                         + [topics.control_topic_spec(names[3]), topics.labels_topic_spec(names[4])])
     port = stack._free_port()
     cfg = JobConfig(bootstrap_servers=kafka_bootstrap, events_topic=names[0], decisions_topic=names[1],
-                    dead_letter_topic=names[2], control_topic=names[3], parallelism=1,
+                    dead_letter_topic=names[2], control_topic=names[3], labels_topic=names[4], parallelism=1,
                     starting_offsets="earliest", transactional_id_prefix="it-live", checkpoint_interval_ms=500,
                     rest_port=port, checkpoint_dir=(tmp_path / "ck").as_uri())
     rest = f"http://127.0.0.1:{port}"
@@ -63,6 +76,18 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
     try:
         decision_job.wait_until_running(rest, job_id, deadline_s=180)
         records = list(TrafficGenerator(seed=21, bad_share=0.0).generate(3000))
+
+        # label feedback: three users of one device confirmed as fraud, one of them cleared again, one
+        # malformed label; then a new user on that device is reviewed for the fraud-ring signal
+        t_ring = records[0].event["ts"]
+        for user, verdict in (("ring-u1", "fraud"), ("ring-u2", "fraud"), ("ring-u3", "fraud"), ("ring-u3", "legit")):
+            _send(kafka_bootstrap, names[4], {"event_id": f"{user}-e", "user_id": user, "device_id": "ring-d",
+                                              "event_ts": t_ring, "label": verdict})
+        _send(kafka_bootstrap, names[4], b'{"event_id": "x", "label": "maybe"}')
+        _labels_until(rest, job_id, fraud=3, legit=1)
+        probe = {"event_id": "ring-probe", "event_type": "login", "user_id": "ring-u9", "device_id": "ring-d",
+                 "ip": "10.9.9.9", "amount": 0, "currency": "EUR", "ts": t_ring + 3_600_000}
+        _send(kafka_bootstrap, names[0], probe)
         sent = {"n": 0}
 
         def feed():
@@ -93,7 +118,7 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
 
         rep = verify(kafka_bootstrap, *names[:3], wait_s=180)
         assert (rep["missing"], rep["duplicates"], rep["unexpected"]) == (0, 0, 0), rep
-        assert rep["decided"] == len(records)
+        assert rep["decided"] == len(records) + 1
 
         # no restart: the same job, no exception in its history
         with urllib.request.urlopen(f"{rest}/jobs/{job_id}/exceptions") as r:
@@ -108,6 +133,11 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
 
     decisions = sorted((orjson.loads(m.value) for m in read_all(kafka_bootstrap, names[1])),
                        key=lambda d: d["decided_at"])
+    ring = [d for d in decisions if d["event_id"] == "ring-probe"]
+    assert len(ring) == 1 and ring[0]["signals"] == {"device_known_fraud_users_7d": 2.0}, ring
+    assert "rule:known_fraud_device" in ring[0]["reasons"] and ring[0]["decision"] != "allow"
+    decisions = [d for d in decisions if d["event_id"] != "ring-probe"]
+    assert all(d["signals"] == {"device_known_fraud_users_7d": 0.0} for d in decisions)
     # each switch happens once, at one point in decision order (one device subtask): no flapping
     def switches(field):
         seq = [d.get(field) for d in decisions]
@@ -129,6 +159,8 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
 
     # the two refused messages are dead letters with their reason and bytes; nothing else is
     dead = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, names[2])]
+    assert [d["reason"] for d in dead if d["reason"] == "invalid_label"] == ["invalid_label"]
+    dead = [d for d in dead if d["reason"] != "invalid_label"]
     assert [d["reason"] for d in dead] == ["control_rejected", "control_rejected"]
     assert "the current one keeps scoring" in dead[0]["detail"] and "trained on other features" in dead[0]["detail"]
     assert orjson.loads(base64.b64decode(dead[0]["original_b64"]))["path"].endswith("bad.onnx")

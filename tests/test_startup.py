@@ -21,7 +21,7 @@ def run(*args: str) -> str:
 @pytest.mark.parametrize("args, says", [
     (["--parallelism", "0"], "--parallelism: Input should be greater than or equal to 1"),
     (["--events-topic", "bad topic!"], "is not a valid Kafka topic name"),
-    (["--events-topic", "a", "--decisions-topic", "a"], "must be three different topics"),
+    (["--events-topic", "a", "--decisions-topic", "a"], "must all be different topics"),
     (["--bootstrap-servers", "localhost"], "is not host:port"),
     (["--review-threshold", "0.95"], "review_threshold must not exceed block_threshold"),
     (["--transaction-timeout-ms", "2000000"], "exceeds the broker's transaction.max.timeout.ms"),

@@ -17,7 +17,8 @@ def decision_id(event_id: str, model_version: str, policy_version: str) -> str:
 
 def decision_record(ev: Event, decision: str, score: float, reasons: list[str], features: list[float],
                     model_version: str, policy_version: str, decided_at_ms: int, late: bool,
-                    rules_version: str | None = None, shadow: dict | None = None) -> dict:
+                    rules_version: str | None = None, shadow: dict | None = None,
+                    signals: dict | None = None) -> dict:
     """``shadow`` is the challenger's score and the decision it would have made (never acted on)."""
     rec = {
         "decision_id": decision_id(ev.event_id, model_version, policy_version),
@@ -39,6 +40,8 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
         rec["rules_version"] = rules_version
     if shadow is not None:
         rec["shadow"] = shadow
+    if signals is not None:
+        rec["signals"] = signals
     return rec
 
 

@@ -19,10 +19,12 @@ from pyflink.common import Row, Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.functions import KeyedBroadcastProcessFunction
+from pyflink.datastream.time_domain import TimeDomain
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from . import dedup
 from .control import Control, ControlError, parse_control, state_key
+from .labels import FRAUD, LEGIT, apply_label, known_fraud_users, parse_label
 from .decision import decision_record, encode, error_decision_record
 from .events import (
     CONTROL_REJECTED,
@@ -40,6 +42,7 @@ from .windows import EntityWindows, event_values
 
 TIMER_GRID_MS = 60_000
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # upper bounds of the scoring histogram
+LABEL_TTL_MS = 8 * 24 * 3600 * 1000  # a device's labels are dropped this long (wall clock) after its last one
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 DOUBLES = Types.LIST(Types.DOUBLE())  # a Python list maps to java.util.List in both Python modes
@@ -113,6 +116,25 @@ class ParseValidate(ProcessFunction):
         else:
             self.dead.inc()
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
+
+
+LABEL_MARK = "\x00label"  # event_type of a label row in the device stage's input (never a valid type)
+
+
+class ParseLabel(ProcessFunction):
+    """Label bytes -> a USER_STAGE_ROW marked ``LABEL_MARK`` for the device stage, or a dead letter."""
+
+    def __init__(self, job_name: str):
+        self.job_name = job_name
+
+    def process_element(self, value, ctx):
+        raw = bytes(value) if value is not None else b""
+        res = parse_label(raw)
+        if isinstance(res, Rejection):
+            yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
+            return
+        event_id, user_id, device_id, event_ts, label = res
+        yield Row(event_id, LABEL_MARK, user_id, device_id, label, 0.0, "", event_ts, None, [], False)
 
 
 def _subtask_index(runtime_context) -> int:
@@ -255,11 +277,12 @@ class _DeviceLogic(_Windowed):
     entity = "device"
 
     def __init__(self, allowed_lateness_ms: int, model_path: str, policy: Policy, job_name: str = "riskstream",
-                 project_root: str | None = None):
+                 project_root: str | None = None, labels: bool = False):
         super().__init__(allowed_lateness_ms, job_name)
         self.model_path = model_path
         self.policy = policy
         self.project_root = project_root
+        self.labels = labels  # label rows come in with the events (udfs.labels)
 
     def open(self, runtime_context: RuntimeContext):
         super().open(runtime_context)
@@ -272,6 +295,33 @@ class _DeviceLogic(_Windowed):
         self.subtask = _subtask_index(runtime_context)
         self.hists: dict[str, list] = {}
         self.synced = False  # broadcast state read once after (re)start, then kept in step locally
+        if self.labels:
+            self.known = runtime_context.get_state(ValueStateDescriptor("device_labels", Types.PICKLED_BYTE_ARRAY()))
+            self.label_counters = {k: self.group.counter(f"labels_{k}") for k in (FRAUD, LEGIT)}
+
+    def _label(self, value, ctx) -> None:
+        """Fold a label into the device's known-fraud users (``{"users": {...}, "at": wall ms}``).
+
+        Cleanup runs on a processing-time timer, LABEL_TTL_MS after the device's last label: labels come
+        in with wall-clock timestamps, so event-time timers would judge them against the events' clock.
+        """
+        st = self.known.value() or {"users": {}, "at": 0}
+        users = apply_label(st["users"], value[2], value[7], value[4])
+        self.label_counters[value[4]].inc()
+        if not users:
+            self.known.clear()
+            return
+        now = int(time.time() * 1000)
+        self.known.update({"users": users, "at": now})
+        ctx.timer_service().register_processing_time_timer(now + LABEL_TTL_MS)
+
+    def on_timer(self, timestamp: int, ctx):
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:  # only label cleanup uses processing time
+            st = self.known.value() if self.labels else None
+            if st is not None and st["at"] + LABEL_TTL_MS <= timestamp:
+                self.known.clear()
+            return iter(())
+        return super().on_timer(timestamp, ctx)
 
     def _latency_buckets(self, version: str) -> list:
         """A histogram of the time from the device stage's input to the encoded decision, one counter per
@@ -283,6 +333,10 @@ class _DeviceLogic(_Windowed):
         return h
 
     def _decide(self, value, ctx):
+        """The decision record bytes for an event row, or None for a label row (folded into state)."""
+        if value[1] == LABEL_MARK:
+            self._label(value, ctx)
+            return None
         t0 = time.perf_counter()
         c = self.control
         try:
@@ -291,15 +345,20 @@ class _DeviceLogic(_Windowed):
             self.state.update(st)
             late = bool(value[10]) or dlate
             feats = event_values(ev) + list(value[9]) + dvals
+            signals = None
+            if self.labels:
+                st_l = self.known.value()
+                signals = {"device_known_fraud_users_7d": known_fraud_users(st_l["users"] if st_l else None, ev.ts)}
             score = c.champion.score(feats)
-            decision, reasons = c.policy.decide(score, feats, ev.event_type, late)
+            decision, reasons = c.policy.decide(score, feats, ev.event_type, late, signals)
             shadow = None
             if c.challenger is not None:
                 s2 = c.challenger.score(feats)
                 shadow = {"model_version": c.challenger.version, "score": round(s2, 6),
-                          "decision": c.policy.decide(s2, feats, ev.event_type, late)[0]}
+                          "decision": c.policy.decide(s2, feats, ev.event_type, late, signals)[0]}
             rec = decision_record(ev, decision, score, reasons, feats, c.champion.version, c.policy.version,
-                                  int(time.time() * 1000), late, rules_version=c.rules_version, shadow=shadow)
+                                  int(time.time() * 1000), late, rules_version=c.rules_version, shadow=shadow,
+                                  signals=signals)
             out = encode(rec)
         except Exception as e:  # fail safe: a valid event is never silently allowed or dropped
             self.error_counter.inc()
@@ -316,7 +375,9 @@ class DeviceWindowsScoreDecide(_DeviceLogic, KeyedProcessFunction):
     """The device stage with the model and rules fixed at start (tests, benchmarks)."""
 
     def process_element(self, value, ctx):
-        yield self._decide(value, ctx)
+        out = self._decide(value, ctx)
+        if out is not None:
+            yield out
 
 
 CONTROL_STATE = MapStateDescriptor("control", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
@@ -344,7 +405,9 @@ class DeviceWindowsScoreDecideControlled(_DeviceLogic, KeyedBroadcastProcessFunc
                 if raw is not None:
                     self.control.apply(parse_control(raw))  # stored only after it was applied once
             self.synced = True
-        yield self._decide(value, ctx)
+        out = self._decide(value, ctx)
+        if out is not None:
+            yield out
 
     def process_broadcast_element(self, value, ctx):
         raw = bytes(value)

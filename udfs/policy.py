@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .features import FEATURE_NAMES
+from .labels import SIGNALS
 
 ALLOW, REVIEW, BLOCK = "allow", "review", "block"
 DECISIONS = (ALLOW, REVIEW, BLOCK)
@@ -31,8 +32,9 @@ class Rule:
         if self.decision not in DECISIONS:
             raise ValueError(f"rule {self.code}: decision must be one of {DECISIONS}")
         for name, op, _ in self.conditions:
-            if name not in FEATURE_NAMES and name != SCORE:
-                raise ValueError(f"rule {self.code}: unknown feature {name!r} (a feature name or 'score')")
+            if name not in FEATURE_NAMES and name != SCORE and name not in SIGNALS:
+                raise ValueError(f"rule {self.code}: unknown feature {name!r} (a feature name, a signal "
+                                 f"{SIGNALS} or 'score')")
             if op not in _OPS:
                 raise ValueError(f"rule {self.code}: unknown operator {op!r}")
 
@@ -44,6 +46,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          ("promo_redeem", "signup")),
     Rule("new_account_big_order", REVIEW, (("user_age_ms", "<", 3_600_000), ("amount", ">=", 800.0)),
          ("place_order", "payment")),
+    # label feedback: users confirmed as fraud used this device in the last 7 days (a fraud ring)
+    Rule("known_fraud_device", REVIEW, (("device_known_fraud_users_7d", ">=", 1),)),
 )
 
 
@@ -58,8 +62,8 @@ class Policy:
         if not 0.0 <= self.review_threshold <= self.block_threshold <= 1.0:
             raise ValueError("thresholds must satisfy 0 <= review_threshold <= block_threshold <= 1")
 
-    def decide(self, score: float, features: list[float], event_type: str, late: bool = False
-               ) -> tuple[str, list[str]]:
+    def decide(self, score: float, features: list[float], event_type: str, late: bool = False,
+               signals: dict[str, float] | None = None) -> tuple[str, list[str]]:
         """Return (decision, reason codes). The strongest of score band and rules wins."""
         decision = ALLOW
         reasons: list[str] = []
@@ -73,7 +77,8 @@ class Policy:
         for rule in self.rules:
             if rule.event_types and event_type not in rule.event_types:
                 continue
-            if all(_OPS[op](score if name == SCORE else features[idx[name]], value)
+            if all(_OPS[op](score if name == SCORE else features[idx[name]] if name in idx
+                            else (signals or {}).get(name, 0.0), value)
                    for name, op, value in rule.conditions):
                 reasons.append(f"rule:{rule.code}")
                 if _RANK[rule.decision] > _RANK[decision]:
