@@ -1,81 +1,636 @@
-"""Train the shipped gradient-boosted risk model on generated labelled traffic and export it to ONNX.
+"""Train the gradient-boosted risk model on labelled history and export it to ONNX.
 
-Features come from ``udfs.replay`` (the job's own window code). The split is by time: the first 80 % of
-event time trains, the rest evaluates. Writes ``<out>.onnx`` and ``<out>.json`` (feature names, order,
-fingerprint, version, metrics). Needs the ``train`` extra (scikit-learn, skl2onnx); note that installing
+Input is labelled events, either generated (``riskstream.generator``, per seed) or read from a file
+(events as JSON lines or Parquet, labels as JSON lines keyed by ``event_id`` with a ``fraud`` bool).
+Features come from ``udfs.replay``, the job's own window code, run over the events in arrival order;
+records the job would dead-letter (invalid, duplicate ids) are skipped as the job skips them. The split is
+by event time, never random: the earliest 80 % of the labelled rows by ``ts`` train, the latest 20 % are
+held out. Metrics on the held-out part: ROC AUC, average precision, and recall / precision at a review
+budget (the share of events a team can review, taken from the top of the score).
+
+Writes ``<name>.onnx``, ``<name>.json`` (feature names, order, fingerprint, version, metrics, data, split)
+and ``<name>.md`` (model card). Needs the ``train`` extra (scikit-learn, skl2onnx); note that installing
 ONNX converters can upgrade protobuf/cloudpickle past what apache-beam (PyFlink) accepts, which is why
 pyproject.toml pins both.
 
-    python -m models.train --events 200000 --out models/risk_gbdt_v1
+    riskstream train --generate 200000 --seed 101,102,103,104 --version my_model   # the command
+    python -m models.train --events 200000 --out models/risk_gbdt_v1                # the original v1 entry
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
+import os
+import re
 import sys
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import orjson
 
 from riskstream.generator import TrafficGenerator
-from udfs.events import Event
+from udfs.events import Event, Rejection, parse_event
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
-from udfs.replay import replay
+from udfs.replay import FeatureReplay, read_events
 
 HERE = Path(__file__).resolve().parent
 
+TRAIN_SHARE = 0.8
+DEFAULT_SEEDS = (101, 102, 103, 104)
+DEFAULT_REVIEW_BUDGET = 0.01
+# the shipped v1 hyper-parameters (HistGradientBoostingClassifier)
+DEFAULT_HYPER = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "random_state": 0}
+# extra operating points reported beside the chosen budget, and the policy's score thresholds (udfs/policy.py)
+CURVE_BUDGETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2)
+POLICY_THRESHOLDS = (0.5, 0.9)
+MAX_EXPORT_DRIFT = 1e-4
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class TrainError(RuntimeError):
+    """Bad input or arguments: the message says what to fix."""
+
+
+# --------------------------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class Dataset:
+    """Labelled rows in arrival order: features (``FEATURE_NAMES`` order), label, event time, scenario."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ts: np.ndarray
+    scenario: list[str]
+    event_ids: list[str]
+    trained_on: dict = field(default_factory=dict)
+
+
+class _Rows:
+    def __init__(self) -> None:
+        self.x: list[list[float]] = []
+        self.y: list[int] = []
+        self.ts: list[int] = []
+        self.scen: list[str] = []
+        self.ids: list[str] = []
+        self.stats = {"records": 0, "rejected": {}, "duplicates": 0, "unlabelled": 0}
+
+    def feed(self, events: Iterable[Event | Rejection], labels: Callable[[str], dict | None]) -> None:
+        """Run one arrival-ordered stream through a fresh replay (the job's per-key state)."""
+        r = FeatureReplay()
+        st = self.stats
+        for ev in events:
+            st["records"] += 1
+            if isinstance(ev, Rejection):
+                st["rejected"][ev.reason] = st["rejected"].get(ev.reason, 0) + 1
+                continue
+            res = r.step(ev)
+            if res is None:  # duplicate event id: dead-lettered by the job, so not a training row
+                st["duplicates"] += 1
+                continue
+            lab = labels(ev.event_id)
+            if lab is None:  # still shaped the features of later events (above); not a row itself
+                st["unlabelled"] += 1
+                continue
+            self.x.append(res[0])
+            self.y.append(1 if lab["fraud"] else 0)
+            self.ts.append(ev.ts)
+            self.scen.append(str(lab.get("scenario") or ("fraud" if lab["fraud"] else "normal")))
+            self.ids.append(ev.event_id)
+
+    def done(self, trained_on: dict) -> Dataset:
+        if not self.y:
+            raise TrainError("no labelled events to train on (are the labels keyed by the events' event_id?)")
+        if len(set(self.y)) < 2:
+            raise TrainError("the labels hold only one class; training needs fraud and non-fraud events")
+        trained_on = {**trained_on, **self.stats, "rows": len(self.y)}
+        return Dataset(np.asarray(self.x, dtype=np.float32), np.asarray(self.y, dtype=np.int64),
+                       np.asarray(self.ts, dtype=np.int64), self.scen, self.ids, trained_on)
+
+
+def generated_dataset(n_events: int, seeds: Iterable[int], fraud_share: float | None = None) -> Dataset:
+    """``n_events`` generated records split evenly over ``seeds``; each seed is its own stream (own replay)."""
+    seeds = [int(s) for s in seeds]
+    if n_events <= 0 or not seeds:
+        raise TrainError("--generate needs a positive number of events and at least one seed")
+    per_seed = n_events // len(seeds)
+    if per_seed < 1:
+        raise TrainError(f"{n_events} events cannot be split over {len(seeds)} seeds")
+    rows = _Rows()
+    kw = {} if fraud_share is None else {"fraud_share": fraud_share}
+    for seed in seeds:
+        recs = [r for r in TrafficGenerator(seed=seed, **kw).generate(per_seed) if r.event is not None]
+        labels = {r.event["event_id"]: r.label for r in recs}
+        rows.feed((Event(**r.event) for r in recs), labels.get)
+    trained_on = {"source": "generator", "generator_seeds": seeds, "events": n_events}
+    if fraud_share is not None:
+        trained_on["generator_fraud_share"] = fraud_share
+    return rows.done(trained_on)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_labels(path: Path) -> dict[str, dict]:
+    """Labels file: JSON lines, each an object with ``event_id`` and a boolean ``fraud``."""
+    labels: dict[str, dict] = {}
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                raise TrainError(f"{path.name} line {n}: not JSON ({e})") from e
+            if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), str) \
+                    or not isinstance(obj.get("fraud"), bool):
+                raise TrainError(f"{path.name} line {n}: a label needs a string event_id and a boolean fraud")
+            labels[obj["event_id"]] = obj
+    return labels
+
+
+def file_dataset(events_path: Path, labels_path: Path) -> Dataset:
+    """Events file (JSON lines or Parquet, arrival order = file order) plus labels keyed by event id.
+    Records are validated by the job's parser; the ones it would dead-letter are counted, not trained on."""
+    events_path, labels_path = Path(events_path), Path(labels_path)
+    for p in (events_path, labels_path):
+        if not p.is_file():
+            raise TrainError(f"{p} does not exist")
+    if events_path.suffix not in (".jsonl", ".json", ".parquet"):
+        raise TrainError(f"{events_path.name}: events must be JSON lines (.jsonl/.json) or .parquet")
+    labels = read_labels(labels_path)
+    if not labels:
+        raise TrainError(f"{labels_path.name} holds no labels")
+
+    def events() -> Iterator[Event | Rejection]:
+        for _, rec in read_events(events_path):
+            yield parse_event(rec if isinstance(rec, bytes) else orjson.dumps(rec))
+
+    rows = _Rows()
+    rows.feed(events(), labels.get)
+    return rows.done({"source": "file", "events_file": events_path.name, "events_sha256": _sha256(events_path),
+                      "labels_file": labels_path.name, "labels_sha256": _sha256(labels_path)})
+
 
 def build_dataset(n_events: int, seeds: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    xs, ys, ts, scen = [], [], [], []
-    per_seed = n_events // len(seeds)
-    for seed in seeds:
-        recs = [r for r in TrafficGenerator(seed=seed).generate(per_seed) if r.event is not None]
-        labels = {r.event["event_id"]: r.label for r in recs}
-        for ev, vec, _late in replay(Event(**r.event) for r in recs):
-            lab = labels[ev.event_id]
-            xs.append(vec)
-            ys.append(1 if lab["fraud"] else 0)
-            ts.append(ev.ts)
-            scen.append(lab["scenario"])
-    return np.asarray(xs, dtype=np.float32), np.asarray(ys), np.asarray(ts), scen
+    """(features, labels, event times, scenarios) of generated traffic (the original v1 helper)."""
+    d = generated_dataset(n_events, seeds)
+    return d.x, d.y, d.ts, d.scenario
+
+
+# --------------------------------------------------------------------------------------------- split
+
+
+def time_split(ts: np.ndarray, train_share: float = TRAIN_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test): the earliest ``train_share`` of rows by event time train, the rest test.
+    Ties keep arrival order, so every train row's ts is <= every test row's ts."""
+    order = np.argsort(ts, kind="stable")
+    cut = int(len(order) * train_share)
+    if cut < 1 or cut >= len(order):
+        raise TrainError(f"{len(order)} labelled rows are too few for an {train_share:.0%} time split")
+    return order[:cut], order[cut:]
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def at_budget(y: np.ndarray, p: np.ndarray, budget: float) -> dict:
+    """Review the top ``budget`` share of rows by score: the share of all fraud they hold (recall) and the
+    share of them that is fraud (precision). ``k = floor(budget * n)`` rows (at least 1). Rows tied with
+    the k-th score are counted at their average fraud rate (the expectation over any order among ties),
+    so the figure does not depend on how a sort happens to break ties."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    n = len(y)
+    k = min(n, max(1, int(math.floor(budget * n + 1e-9))))
+    thr = float(np.sort(p)[::-1][k - 1])
+    above, tied = p > thr, p == thr
+    n_above, n_tied = int(above.sum()), int(tied.sum())
+    tp = float(y[above].sum()) + (k - n_above) * float(y[tied].sum()) / n_tied
+    pos = float(y.sum())
+    return {"budget": budget, "rows": k, "score_threshold": round(thr, 6), "tied_at_threshold": n_tied,
+            "recall": round(tp / pos, 4) if pos else None, "precision": round(tp / k, 4),
+            "max_recall": round(min(1.0, k / pos), 4) if pos else None}
+
+
+def at_threshold(y: np.ndarray, p: np.ndarray, thr: float) -> dict:
+    """Rows with score >= thr (the policy's review / block cut-offs)."""
+    y = np.asarray(y)
+    flagged = np.asarray(p) >= thr
+    nf, pos = int(flagged.sum()), int(y.sum())
+    tp = int(y[flagged].sum())
+    return {"threshold": thr, "flagged_share": round(nf / len(y), 4),
+            "recall": round(tp / pos, 4) if pos else None, "precision": round(tp / nf, 4) if nf else None}
+
+
+def evaluate(y: np.ndarray, p: np.ndarray, review_budget: float, scenario: list[str] | None = None) -> dict:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.asarray(y)
+    if len(set(y.tolist())) < 2:
+        raise TrainError("the held-out (latest 20 %) part holds only one class; use more or longer history")
+    b = at_budget(y, p, review_budget)
+    m = {"roc_auc": round(float(roc_auc_score(y, p)), 4),
+         "average_precision": round(float(average_precision_score(y, p)), 4),
+         "review_budget": review_budget, "recall_at_budget": b["recall"], "precision_at_budget": b["precision"],
+         "budget_rows": b["rows"], "score_at_budget": b["score_threshold"], "max_recall_at_budget": b["max_recall"],
+         "test_rows": int(len(y)), "test_fraud_share": round(float(y.mean()), 4),
+         "at_budgets": [at_budget(y, p, x) for x in CURVE_BUDGETS],
+         "at_policy_thresholds": [at_threshold(y, p, t) for t in POLICY_THRESHOLDS]}
+    if scenario is not None:
+        flagged = np.asarray(p) >= POLICY_THRESHOLDS[0]
+        sc = np.asarray(scenario)
+        m["recall_by_scenario_at_0.5"] = {
+            s: round(float(flagged[sc == s].mean()), 4) for s in sorted(set(scenario)) if s != "normal"}
+    return m
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def _fit(x: np.ndarray, y: np.ndarray, hyper: dict):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(**hyper)
+    model.fit(x, y)
+    return model
+
+
+def _export(model, x_sample: np.ndarray) -> bytes:
+    from skl2onnx import to_onnx
+
+    onx = to_onnx(model, x_sample[:1], options={id(model): {"zipmap": False}},
+                  target_opset={"": 17, "ai.onnx.ml": 3})
+    return onx.SerializeToString()
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import skl2onnx
+    import sklearn
+
+    return {"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def _paths(out_dir: Path, version: str) -> dict[str, Path]:
+    return {s: Path(out_dir) / f"{version}.{s}" for s in ("onnx", "json", "md")}
+
+
+def _check_target(out_dir: Path, version: str, review_budget: float, force: bool) -> None:
+    if not _NAME.fullmatch(version):
+        raise TrainError(f"version {version!r}: use letters, digits, '.', '_', '-' (it names the files)")
+    if not 0 < review_budget < 1:
+        raise TrainError(f"review budget {review_budget} must be a share in (0, 1), e.g. 0.01 for 1 %")
+    if not force:
+        taken = [p.name for p in _paths(out_dir, version).values() if p.exists()]
+        if taken:
+            raise TrainError(f"model {version} already exists in {out_dir} ({', '.join(taken)}); choose another "
+                             "--version or pass --force to overwrite it")
+
+
+@dataclass
+class TrainResult:
+    summary: dict  # JSON-able: version, files, metrics, split, trained_on, comparison, seconds
+    spec: dict
+    data: Dataset
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    test_scores: np.ndarray  # the exported ONNX model's scores on the held-out rows (test_idx order)
+
+
+def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: float = DEFAULT_REVIEW_BUDGET,
+                hyper: dict | None = None, compare: Iterable[Path] = (), force: bool = False,
+                write_card: bool = True, log: Callable[[str], None] = lambda m: None,
+                t0: float | None = None) -> TrainResult:
+    """Fit on the earliest 80 % of ``data`` by event time, evaluate the exported ONNX model on the rest,
+    score the same held-out rows with every ``compare`` model, and write ``<version>.onnx/.json/.md``."""
+    from udfs.scoring import ModelError, Scorer
+
+    t0 = time.time() if t0 is None else t0
+    _check_target(out_dir, version, review_budget, force)
+    paths = _paths(out_dir, version)
+    compare_scorers = []
+    for c in compare:
+        try:
+            compare_scorers.append(Scorer(c))
+        except ModelError as e:
+            raise TrainError(f"cannot compare with {c}: {e}") from e
+    hyper = {**DEFAULT_HYPER, **(hyper or {})}
+
+    tr, te = time_split(data.ts)
+    log(f"split by event time: train {len(tr)} rows up to {_iso(int(data.ts[tr].max()))}, "
+        f"test {len(te)} rows from {_iso(int(data.ts[te].min()))}")
+    model = _fit(data.x[tr], data.y[tr], hyper)
+    p_sk = model.predict_proba(data.x[te])[:, 1]
+    onnx_bytes = _export(model, data.x)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = {s: out_dir / f".{version}.tmp{os.getpid()}.{s}" for s in ("onnx", "json")}
+    split = {"method": "event_time", "train_share": TRAIN_SHARE, "train_rows": int(len(tr)),
+             "test_rows": int(len(te)), "train_ts_min": int(data.ts[tr].min()), "train_ts_max": int(data.ts[tr].max()),
+             "test_ts_min": int(data.ts[te].min()), "test_ts_max": int(data.ts[te].max())}
+    spec = {"model_version": version, "feature_names": list(FEATURE_NAMES),
+            "feature_fingerprint": spec_fingerprint(), "features": spec_json(), "metrics": {},
+            "trained_on": data.trained_on, "split": split, "algorithm": "sklearn HGB -> ONNX",
+            "hyper_parameters": hyper, "libraries": _versions()}
+    try:
+        tmp["onnx"].write_bytes(onnx_bytes)
+        tmp["json"].write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
+        # the job's own loader: spec checks (names, order, fingerprint) and the ONNX session
+        try:
+            scorer = Scorer(tmp["onnx"])
+        except ModelError as e:
+            raise TrainError(f"the exported model fails the job's checks: {e}") from e
+        p = scorer.score_batch(data.x[te]).astype(np.float64)
+        drift = float(np.max(np.abs(p - p_sk)))
+        if drift > MAX_EXPORT_DRIFT:
+            raise TrainError(f"ONNX export differs from the trained model by {drift}")
+        metrics = evaluate(data.y[te], p, review_budget, [data.scenario[i] for i in te])
+        metrics = {"roc_auc": metrics.pop("roc_auc"), "average_precision": metrics.pop("average_precision"),
+                   "train_rows": int(len(tr)), "test_rows": metrics.pop("test_rows"),
+                   "fraud_share": round(float(data.y.mean()), 4), **metrics}
+        comparison = [{"model_version": version, "role": "trained", **_headline(metrics)}]
+        for s in compare_scorers:
+            cm = evaluate(data.y[te], s.score_batch(data.x[te]).astype(np.float64), review_budget,
+                          [data.scenario[i] for i in te])
+            comparison.append({"model_version": s.version, "role": "compared", "model_file": s.path.name,
+                               **_headline(cm)})
+        spec["metrics"] = metrics
+        if compare_scorers:
+            spec["comparison"] = {"held_out": "this model's held-out rows (latest 20 % by event time)",
+                                  "models": comparison}
+        tmp["json"].write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
+        if not force and any(paths[s].exists() for s in ("onnx", "json")):
+            raise TrainError(f"model {version} appeared in {out_dir} while training; pass --force to overwrite")
+        os.replace(tmp["onnx"], paths["onnx"])
+        os.replace(tmp["json"], paths["json"])
+    finally:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+    if write_card:
+        paths["md"].write_text(model_card(spec, comparison if compare_scorers else None), encoding="utf-8")
+    files = {s: str(p) for s, p in paths.items() if write_card or s != "md"}
+    summary = {"model_version": version, "files": files, "metrics": metrics, "split": split,
+               "trained_on": data.trained_on, "hyper_parameters": hyper, "feature_fingerprint": spec_fingerprint(),
+               "comparison": comparison, "seconds": round(time.time() - t0, 1)}
+    return TrainResult(summary, spec, data, tr, te, p)
+
+
+def _headline(m: dict) -> dict:
+    keep = ("roc_auc", "average_precision", "recall_at_budget", "precision_at_budget", "score_at_budget")
+    out = {k: m[k] for k in keep}
+    out["at_budgets"] = {f"{b['budget']:g}": {"recall": b["recall"], "precision": b["precision"]}
+                         for b in m["at_budgets"]}
+    out["at_policy_thresholds"] = {f"{t['threshold']:g}": {k: t[k] for k in ("flagged_share", "recall", "precision")}
+                                   for t in m["at_policy_thresholds"]}
+    out["recall_by_scenario_at_0.5"] = m.get("recall_by_scenario_at_0.5", {})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def _data_line(t: dict) -> str:
+    if t.get("source") == "generator":
+        seeds = ", ".join(str(s) for s in t["generator_seeds"])
+        src = f"{t['events']} events generated by `riskstream.generator` (seeds {seeds}; one stream per seed)"
+    else:
+        src = (f"{t['records']} records from `{t['events_file']}` (sha256 {t['events_sha256'][:16]}…), labels "
+               f"from `{t['labels_file']}` (sha256 {t['labels_sha256'][:16]}…)")
+    rej = sum(t["rejected"].values())
+    return (f"{src}. {t['rows']} labelled rows; {rej} records rejected by the job's parser, {t['duplicates']} "
+            f"duplicate event ids and {t['unlabelled']} unlabelled events were not training rows.")
+
+
+def comparison_table(rows: list[dict], budget: float) -> str:
+    b = f"{100 * budget:g} %"
+    lines = [f"| model | ROC AUC | average precision | recall @ {b} | precision @ {b} | recall @ 15 % "
+             "| score ≥ 0.5: flagged / recall / precision | score ≥ 0.9: flagged / recall / precision |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t5, t9 = r["at_policy_thresholds"]["0.5"], r["at_policy_thresholds"]["0.9"]
+        lines.append(f"| {r['model_version']} | {r['roc_auc']:.4f} | {r['average_precision']:.4f} | "
+                     f"{_pct(r['recall_at_budget'])} | {_pct(r['precision_at_budget'])} | "
+                     f"{_pct(r['at_budgets']['0.15']['recall'])} | "
+                     + " | ".join(" / ".join(_pct(t[k]) for k in ("flagged_share", "recall", "precision"))
+                                  for t in (t5, t9)) + " |")
+    scen = sorted({k for r in rows for k in r.get("recall_by_scenario_at_0.5", {})})
+    if scen:
+        lines += ["", "Share of each fraud scenario's held-out events that score ≥ 0.5:", "",
+                  "| model | " + " | ".join(scen) + " |", "|---|" + "---|" * len(scen)]
+        lines += [f"| {r['model_version']} | " + " | ".join(_pct(r["recall_by_scenario_at_0.5"].get(k)) for k in scen)
+                  + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _reflow(md: str, width: int = 100) -> str:
+    """Re-wrap the prose paragraphs and bullets of a Markdown text; headings and tables stay as they are."""
+    import textwrap
+
+    out = []
+    for block in md.strip("\n").split("\n\n"):
+        lines = block.split("\n")
+        if lines[0].startswith(("#", "|")):
+            out.append(block)
+            continue
+        items: list[list[str]] = []
+        for ln in lines:
+            if ln.startswith("- ") or not items:
+                items.append([ln])
+            else:
+                items[-1].append(ln.strip())
+        out.append("\n".join(
+            textwrap.fill(" ".join(it), width, subsequent_indent="  " if it[0].startswith("- ") else "",
+                          break_on_hyphens=False, break_long_words=False) for it in items))
+    return "\n\n".join(out) + "\n"
+
+
+def model_card(spec: dict, comparison: list[dict] | None = None) -> str:
+    m, s, t, h = spec["metrics"], spec["split"], spec["trained_on"], spec["hyper_parameters"]
+    budget = m["review_budget"]
+    curve = "\n".join(f"| {100 * b['budget']:g} % | {b['rows']} | {b['score_threshold']:.6f} | {_pct(b['recall'])} "
+                      f"| {_pct(b['precision'])} | {_pct(b['max_recall'])} |" for b in m["at_budgets"])
+    thr = "\n".join(f"| ≥ {x['threshold']:g} | {_pct(x['flagged_share'])} | {_pct(x['recall'])} | "
+                    f"{_pct(x['precision'])} |" for x in m["at_policy_thresholds"])
+    scen = ", ".join(f"{k} {_pct(v)}" for k, v in m.get("recall_by_scenario_at_0.5", {}).items())
+    hp = ", ".join(f"{k}={v}" for k, v in h.items())
+    out = f"""# Model card: {spec['model_version']}
+
+Gradient-boosted fraud score for the riskstream decision job: scikit-learn
+`HistGradientBoostingClassifier` ({hp}), exported to ONNX (`{spec['model_version']}.onnx`, opset 17, no
+zipmap). Its spec `{spec['model_version']}.json` holds the feature names and order, the metrics, the data
+and the split. Produced by `riskstream train`.
+
+## Features
+
+{len(spec['feature_names'])} features, fingerprint `{spec['feature_fingerprint']}` (`riskstream features`
+lists them). They were computed by `udfs.replay`, the streaming job's own window code, over the events in
+arrival order. The job refuses this model if its feature spec has another fingerprint.
+
+## Data
+
+{_data_line(t)} Fraud share of the rows: {_pct(m['fraud_share'])}.
+
+## Split
+
+By event time, not at random: the earliest {100 * s['train_share']:g} % of the rows by `ts` train
+({s['train_rows']} rows, {_iso(s['train_ts_min'])} to {_iso(s['train_ts_max'])}), the latest
+{100 - 100 * s['train_share']:g} % are held out ({s['test_rows']} rows, {_iso(s['test_ts_min'])} to
+{_iso(s['test_ts_max'])}). Every training row is at or before every held-out row. Held-out rows still
+carry window state built from earlier events, as they would in the job, and a fraud session that spans
+the cut has events on both sides.
+
+## Metrics on the held-out part
+
+- ROC AUC {m['roc_auc']:.4f}, average precision {m['average_precision']:.4f}; fraud share
+  {_pct(m['test_fraud_share'])} of {m['test_rows']} rows.
+- Review budget {100 * budget:g} % (the top {m['budget_rows']} rows by score, score ≥
+  {m['score_at_budget']:.6f}): recall {_pct(m['recall_at_budget'])}, precision
+  {_pct(m['precision_at_budget'])}. With this fraud share, no model can find more than
+  {_pct(m['max_recall_at_budget'])} of the fraud in {100 * budget:g} % of the events.
+
+| review budget | rows | score ≥ | recall | precision | best possible recall |
+|---|---|---|---|---|---|
+{curve}
+
+Rows tied with the last reviewed score count at their average fraud rate.
+
+At the policy's thresholds (`udfs/policy.py`: review at 0.5, block at 0.9; rules not included):
+
+| score | flagged | recall | precision |
+|---|---|---|---|
+{thr}
+
+Share of each fraud scenario's held-out events that score ≥ 0.5: {scen or '-'}.
+"""
+    if comparison:
+        out += f"""
+## Comparison on the same held-out rows
+
+Every model below scored this model's held-out rows.
+
+{comparison_table(comparison, budget)}
+"""
+    out += """
+## Intended use
+
+A score per event in the riskstream decision job (`--model-path`), combined with the policy's
+thresholds and rules, and a champion/challenger comparison against other models trained on the same
+feature spec.
+
+## Limits
+
+- Trained and evaluated on synthetic traffic from `riskstream.generator` (four scripted fraud scenarios
+  and a simple model of normal shoppers), unless the data above says otherwise. The figures show that
+  the pipeline works end to end; they do not predict performance on real fraud, where fraud is rarer,
+  adapts, and labels arrive late and incompletely.
+- The metrics use event-level labels. A fraud session is many events, and catching its first event
+  matters more than catching the later ones; the event-level figures do not reflect that.
+- Probabilities reflect the training data's fraud share; a change of base rate moves them, and with it
+  the policy thresholds' meaning.
+- Valid only for feature fingerprint `{fp}`; the job refuses it under any other feature spec.
+""".replace("{fp}", spec["feature_fingerprint"])
+    if h.get("class_weight"):
+        out += (f"- Trained with class_weight={h['class_weight']}: fraud rows weigh more than their share, so "
+                "scores overstate the probability of fraud and more events pass the policy's thresholds; compare "
+                "models by ranking (ROC AUC, average precision, budget) and at the thresholds, not by score.\n")
+    if abs(m["test_fraud_share"] - m["fraud_share"]) >= 0.02:
+        out += (f"- The held-out part's fraud share ({_pct(m['test_fraud_share'])}) differs from the whole "
+                f"data's ({_pct(m['fraud_share'])}): the latest events of a finite history are the tails of "
+                "the longest sessions, and the generator's fraud sessions are longer than normal ones.\n")
+    return _reflow(out)
+
+
+def render(summary: dict) -> str:
+    m, s, t = summary["metrics"], summary["split"], summary["trained_on"]
+    b = m["review_budget"]
+    lines = [f"[train] {summary['model_version']}: {_data_line(t)}",
+             f"[train] split by event time: train {s['train_rows']} rows up to {_iso(s['train_ts_max'])}, "
+             f"test {s['test_rows']} rows from {_iso(s['test_ts_min'])} (fraud {_pct(m['test_fraud_share'])})",
+             f"{'model':<24} {'ROC AUC':>8} {'avg prec':>9} {f'recall@{100 * b:g}%':>12} "
+             f"{f'prec@{100 * b:g}%':>10} {'recall@15%':>11} {'recall@0.5':>11} {'prec@0.5':>9}"]
+    for r in summary["comparison"]:
+        t5 = r["at_policy_thresholds"]["0.5"]
+        lines.append(f"{r['model_version']:<24} {r['roc_auc']:>8.4f} {r['average_precision']:>9.4f} "
+                     f"{_pct(r['recall_at_budget']):>12} {_pct(r['precision_at_budget']):>10} "
+                     f"{_pct(r['at_budgets']['0.15']['recall']):>11} {_pct(t5['recall']):>11} "
+                     f"{_pct(t5['precision']):>9}")
+    lines.append(f"[train] at most {_pct(m['max_recall_at_budget'])} of the held-out fraud fits in a "
+                 f"{100 * b:g} % review budget at this fraud share")
+    lines.append(f"[train] wrote {', '.join(summary['files'].values())} in {summary['seconds']}s")
+    return "\n".join(lines)
+
+
+def run(*, events: Path | None = None, labels: Path | None = None, generate: int | None = None,
+        seeds: Iterable[int] = DEFAULT_SEEDS, version: str, out_dir: Path = Path("models"),
+        review_budget: float = DEFAULT_REVIEW_BUDGET, hyper: dict | None = None, compare: Iterable[Path] = (),
+        force: bool = False, log: Callable[[str], None] = lambda m: None) -> TrainResult:
+    """The ``riskstream train`` command without its argument parsing and printing."""
+    t0 = time.time()
+    compare = list(compare)
+    if (events is None) == (generate is None):
+        raise TrainError("give either --events FILE --labels FILE or --generate N")
+    if events is not None and labels is None:
+        raise TrainError("--events needs --labels (JSON lines with event_id and a boolean fraud)")
+    _check_target(out_dir, version, review_budget, force)  # fail before the (long) feature replay
+    for c in compare:
+        if not Path(c).is_file():
+            raise TrainError(f"--compare {c}: no such model file")
+    log("computing features with the job's replay (udfs.replay) ...")
+    data = file_dataset(events, labels) if events is not None else generated_dataset(generate, seeds)
+    return train_model(data, out_dir, version, review_budget=review_budget, hyper=hyper, compare=compare,
+                       force=force, log=log, t0=t0)
+
+
+# --------------------------------------------------------------------------------------------- legacy entry
 
 
 def train(n_events: int, out: Path, version: str, seeds: list[int], max_iter: int = 100) -> dict:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.metrics import average_precision_score, roc_auc_score
-    from skl2onnx import to_onnx
-
+    """The original entry point: generated traffic, writes ``<out>.onnx`` and ``<out>.json`` (overwriting),
+    returns the held-out metrics plus ``seconds``. Same data, split and model as before."""
     t0 = time.time()
-    x, y, ts, scen = build_dataset(n_events, seeds)
-    order = np.argsort(ts, kind="stable")
-    cut = int(len(order) * 0.8)
-    tr, te = order[:cut], order[cut:]
-    model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=15,
-                                           random_state=0)
-    model.fit(x[tr], y[tr])
-    p = model.predict_proba(x[te])[:, 1]
-    metrics = {"roc_auc": round(float(roc_auc_score(y[te], p)), 4),
-               "average_precision": round(float(average_precision_score(y[te], p)), 4),
-               "train_rows": int(len(tr)), "test_rows": int(len(te)), "fraud_share": round(float(y.mean()), 4)}
-    onx = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".onnx").write_bytes(onx.SerializeToString())
-    spec = {"model_version": version, "feature_names": list(FEATURE_NAMES),
-            "feature_fingerprint": spec_fingerprint(), "features": spec_json(), "metrics": metrics,
-            "trained_on": {"generator_seeds": seeds, "events": n_events}, "algorithm": "sklearn HGB -> ONNX"}
-    out.with_suffix(".json").write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
-    # check the exported model against the sklearn one
-    import onnxruntime as ort
+    out = Path(out)
+    data = generated_dataset(n_events, seeds)
+    res = train_model(data, out.parent, out.name, hyper={"max_iter": max_iter}, force=True, write_card=False,
+                      t0=t0) if out.name == version else _train_renamed(data, out, version, max_iter, t0)
+    return {**res.summary["metrics"], "seconds": res.summary["seconds"]}
 
-    sess = ort.InferenceSession(str(out.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
-    po = sess.run(["probabilities"], {sess.get_inputs()[0].name: x[te][:2000]})[0][:, 1]
-    drift = float(np.max(np.abs(po - p[:2000])))
-    if drift > 1e-4:
-        raise SystemExit(f"ONNX export differs from the trained model by {drift}")
-    metrics["seconds"] = round(time.time() - t0, 1)
-    return metrics
+
+def _train_renamed(data: Dataset, out: Path, version: str, max_iter: int, t0: float) -> TrainResult:
+    """``--out`` stem differs from ``--version``: train under the version name in a scratch folder, then
+    move the two files to the requested stem."""
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as td:
+        res = train_model(data, Path(td), version, hyper={"max_iter": max_iter}, force=True, write_card=False, t0=t0)
+        for s in ("onnx", "json"):
+            os.replace(Path(td) / f"{version}.{s}", out.with_suffix(f".{s}"))
+    res.summary["files"] = {s: str(out.with_suffix(f".{s}")) for s in ("onnx", "json")}
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", default="risk_gbdt_v1")
     ap.add_argument("--max-iter", type=int, default=100)
     a = ap.parse_args(argv)
-    metrics = train(a.events, a.out, a.version, [int(s) for s in a.seeds.split(",")], a.max_iter)
+    try:
+        metrics = train(a.events, a.out, a.version, [int(s) for s in a.seeds.split(",")], a.max_iter)
+    except TrainError as e:
+        raise SystemExit(f"models.train: {e}")
     print(orjson.dumps(metrics).decode())
     return 0
 

@@ -135,8 +135,10 @@ def cmd_demo(a) -> int:
     from . import demo
 
     cfg = job_config(a, starting_offsets="earliest")
+    report_path = a.report or None
     summary = demo.run_demo(cfg, events=a.events, rate=a.rate, seed=a.seed, bad_share=a.bad_share,
-                            port=a.port, keep_broker=a.keep_broker, deadline_s=a.deadline)
+                            port=a.port, keep_broker=a.keep_broker, deadline_s=a.deadline,
+                            challenger=a.challenger or None, report_path=report_path)
     print(demo.render(summary))
     if a.json:
         print(orjson.dumps(summary).decode())
@@ -183,6 +185,47 @@ def cmd_replay(a) -> int:
     stats = replay_file(a.input, a.output, a.allowed_lateness_ms)
     print(f"[replay] {stats['events']} events -> {a.output}; late {stats['late']}; "
           f"rejected {stats['rejected'] or 0}", file=sys.stderr)
+    return 0
+
+
+def cmd_control(a) -> int:
+    """Validate a control message here (shape; the model file too, if it is on this machine), then send it."""
+    from kafka import KafkaProducer
+
+    from udfs.control import ControlError, parse_control
+    from udfs.scoring import ModelError, Scorer
+
+    if a.what == "rules":
+        raw = Path(a.file).read_bytes() if a.file else b""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise SystemExit(f"riskstream control: {a.file} is not JSON: {e}")
+        msg = {"kind": "rules", **({"version": a.version} if a.version else {}),
+               **(body if isinstance(body, dict) else {"rules": body})}
+    else:
+        msg = {"kind": "model", "role": a.what, "path": None if a.remove else a.path}
+    raw = orjson.dumps(msg)
+    try:
+        parsed = parse_control(raw)
+        if parsed["kind"] == "model" and parsed["path"]:
+            if Path(parsed["path"]).exists():
+                Scorer(parsed["path"])  # the job would refuse it: say so now
+            else:
+                print(f"[control] {parsed['path']} is not on this machine: sending it unchecked (the job checks "
+                      "it and keeps the old model if it is refused)", file=sys.stderr)
+    except (ControlError, ModelError) as e:
+        raise SystemExit(f"riskstream control: refused: {e}")
+    from .stack import broker_ready
+
+    if not broker_ready(a.bootstrap_servers, timeout_s=5):
+        raise SystemExit(f"riskstream control: no Kafka broker answers at {a.bootstrap_servers}")
+    p = KafkaProducer(bootstrap_servers=a.bootstrap_servers, acks="all")
+    try:
+        md = p.send(a.topic, raw).get(timeout=30)
+    finally:
+        p.close()
+    print(f"[control] sent to {a.topic} at offset {md.offset}: {raw.decode()[:200]}", file=sys.stderr)
     return 0
 
 
@@ -274,6 +317,65 @@ def cmd_cancel(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    import time
+
+    from . import report
+
+    if not 0 <= a.review_budget <= 1:
+        raise SystemExit(f"riskstream report: --review-budget is a share in [0, 1], got {a.review_budget}")
+    if a.decisions:
+        decisions, bad = report.read_jsonl(a.decisions)
+        source = a.decisions
+    else:
+        from .stack import broker_ready
+
+        if not broker_ready(a.bootstrap_servers, timeout_s=5):
+            raise SystemExit(f"riskstream report: no Kafka broker answers at {a.bootstrap_servers} "
+                             "(or pass --decisions FILE)")
+        decisions, bad = report.read_decisions_topic(a.bootstrap_servers, a.decisions_topic)
+        source = f"{a.decisions_topic} on {a.bootstrap_servers} (read_committed)"
+    labels = report.read_labels(a.labels) if a.labels else {}
+    fig = report.build_report(decisions, labels, a.review_budget, time_field=a.time_axis)
+    fig["headline"]["unreadable_records"] += bad
+    fig["source"] = source
+    fig["generated_at"] = int(time.time() * 1000)
+    out = Path(a.out) if a.out else report.default_out_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.render_html(fig), encoding="utf-8")
+    print(report.render_text(fig))
+    print(f"report: {out}")
+    if a.json:
+        print(orjson.dumps({**fig["headline"], "report": str(out)}).decode())
+    return 0
+
+
+def cmd_train(a) -> int:
+    try:
+        from models import train as tr
+    except ImportError as e:  # scikit-learn / skl2onnx live in the `train` extra
+        raise SystemExit(f"riskstream train: {e}; install the train extra (pip install -e '.[train]')")
+
+    hyper = {k: v for k, v in (("max_iter", a.max_iter), ("learning_rate", a.learning_rate),
+                               ("max_leaf_nodes", a.max_leaf_nodes), ("class_weight", a.class_weight))
+             if v is not None}
+    try:
+        seeds = [int(s) for s in a.seed.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"riskstream train: --seed {a.seed!r}: give an integer or a comma-separated list")
+    try:
+        res = tr.run(events=Path(a.events) if a.events else None, labels=Path(a.labels) if a.labels else None,
+                     generate=a.generate, seeds=seeds, version=a.version, out_dir=Path(a.out_dir),
+                     review_budget=a.review_budget, hyper=hyper, compare=[Path(c) for c in a.compare],
+                     force=a.force, log=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True))
+    except tr.TrainError as e:
+        raise SystemExit(f"riskstream train: {e}")
+    print(tr.render(res.summary))
+    if a.json:
+        print(orjson.dumps(res.summary).decode())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="riskstream", description="Real-time risk decisions on Flink.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -333,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=port, help="[env RISKSTREAM_KAFKA_PORT]")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
     p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
+    p.add_argument("--challenger", default="models/risk_gbdt_v2.onnx",
+                   help="shadow model sent on the control topic ('' for none)")
+    p.add_argument("--report", default=str(paths.home() / "reports" / "demo.html"),
+                   help="write the effectiveness report here ('' for none)")
     _add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))
     p.set_defaults(fn=cmd_demo)
 
@@ -401,11 +507,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, default=300)
     p.set_defaults(fn=cmd_cancel)
 
+    p = sub.add_parser("report", help="the analyst's report: one self-contained HTML file about decisions vs labels")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--decisions", metavar="FILE", help="decisions as JSON lines (default: read the topic)")
+    src.add_argument("--decisions-topic", default=_env("decisions_topic", "riskstream.decisions"),
+                     help="read this topic with read_committed up to its current end offsets")
+    p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
+    p.add_argument("--labels", metavar="FILE", help="ground-truth labels as JSON lines (riskstream generate --labels)")
+    p.add_argument("--review-budget", type=float, default=0.01, help="share of events the review team can look at")
+    p.add_argument("--time-axis", choices=["event_ts", "decided_at"], default="event_ts",
+                   help="timestamp of the decision-rate buckets")
+    p.add_argument("--out", help="HTML file to write [default: <riskstream home>/reports/report-<time>.html]")
+    p.add_argument("--json", action="store_true", help="also print the headline figures as JSON on the last line")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("train", help="train a model on labelled history (time split), export ONNX + spec + card")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--events", metavar="FILE", help="labelled history: events as JSON lines or .parquet, in "
+                                                       "arrival order (needs --labels)")
+    src.add_argument("--generate", type=int, metavar="N", help="train on N generated events instead")
+    p.add_argument("--labels", metavar="FILE", help="JSON lines keyed by event_id with a boolean fraud "
+                                                   "(as `riskstream generate` writes)")
+    p.add_argument("--seed", default="101,102,103,104",
+                   help="with --generate: generator seed, or a comma-separated list (one stream per seed; N is "
+                        "split evenly) [default 101,102,103,104]")
+    p.add_argument("--version", required=True, help="model name: files <out-dir>/<version>.onnx/.json/.md and "
+                                                    "the model_version in every decision")
+    p.add_argument("--out-dir", default="models")
+    p.add_argument("--review-budget", type=float, default=0.01,
+                   help="share of events the team can review (top by score) for recall/precision [default 0.01]")
+    p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
+                   help="also score the held-out rows with this model (champion/challenger); repeatable")
+    p.add_argument("--max-iter", type=int, default=None, help="boosting rounds [default 100]")
+    p.add_argument("--learning-rate", type=float, default=None, help="[default 0.1]")
+    p.add_argument("--max-leaf-nodes", type=int, default=None, help="[default 15]")
+    p.add_argument("--class-weight", choices=["balanced"], default=None,
+                   help="weigh classes by inverse frequency (more recall at a fixed score threshold) [default none]")
+    p.add_argument("--force", action="store_true", help="overwrite an existing model of this version")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON on the last line")
+    p.set_defaults(fn=cmd_train)
+
     p = sub.add_parser("replay", help="offline: the job's features for a file of events, in file order")
     p.add_argument("--input", required=True, help="events as JSON lines, or .parquet")
     p.add_argument("--output", required=True, help="JSON lines: event_id, late and every feature")
     p.add_argument("--allowed-lateness-ms", type=int, default=int(_env("allowed_lateness_ms", 60_000)))
     p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("control", help="live change under a running job: champion or challenger model, or rules")
+    p.add_argument("what", choices=["champion", "challenger", "rules"])
+    p.add_argument("--path", help="model .onnx (its .json spec beside it) as the TaskManagers see it")
+    p.add_argument("--remove", action="store_true", help="challenger only: stop shadow scoring")
+    p.add_argument("--file", help="rules: JSON file with {version, rules: [...]} or a list of rules")
+    p.add_argument("--version", help="rules: version name (else the file's)")
+    p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
+    p.add_argument("--topic", default=_env("control_topic", "riskstream.control"), help="[env RISKSTREAM_CONTROL_TOPIC]")
+    p.set_defaults(fn=cmd_control)
 
     p = sub.add_parser("features", help="print the feature spec")
     p.add_argument("--json", action="store_true")

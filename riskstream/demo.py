@@ -31,11 +31,12 @@ def reset_topics(bootstrap: str, cfg: JobConfig, partitions: int, deadline_s: fl
     from kafka import KafkaAdminClient
 
     names = [cfg.events_topic, cfg.decisions_topic, cfg.dead_letter_topic]
-    topics.delete_topics(bootstrap, names)
+    extra = [t for t in (cfg.control_topic, cfg.labels_topic) if t]  # old control messages would replay
+    topics.delete_topics(bootstrap, names + extra)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         t0 = time.monotonic()
-        while set(names) & set(admin.list_topics()):
+        while set(names + extra) & set(admin.list_topics()):
             if time.monotonic() - t0 > deadline_s:
                 raise TimeoutError(f"topics {names} still exist {deadline_s}s after deletion")
             time.sleep(0.2)  # polling interval
@@ -44,7 +45,9 @@ def reset_topics(bootstrap: str, cfg: JobConfig, partitions: int, deadline_s: fl
     t0 = time.monotonic()
     while True:
         try:
-            topics.ensure_topics(bootstrap, topics.topic_specs(*names, partitions=partitions))
+            topics.ensure_topics(bootstrap, topics.topic_specs(*names, partitions=partitions)
+                                 + ([topics.control_topic_spec(cfg.control_topic)] if cfg.control_topic else [])
+                                 + ([topics.labels_topic_spec(cfg.labels_topic)] if cfg.labels_topic else []))
             return
         except Exception as e:  # deletion may still be settling in the controller
             if time.monotonic() - t0 > deadline_s:
@@ -82,7 +85,10 @@ def summarize(labels: dict[str, dict], decisions: dict[str, dict], dead: list[di
 
 
 def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: float, port: int,
-             partitions: int = 2, deadline_s: float = 600, keep_broker: bool = False, log=sys.stderr) -> dict:
+             partitions: int = 2, deadline_s: float = 600, keep_broker: bool = False, log=sys.stderr,
+             challenger: str | None = None, report_path: str | None = None) -> dict:
+    """With ``challenger`` (an .onnx path), a shadow model scores alongside (sent on the control topic);
+    with ``report_path``, the effectiveness report is written there from the decisions and labels."""
     from kafka import KafkaConsumer
 
     from pipelines import decision_job
@@ -105,6 +111,14 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
               f"(parallelism {cfg.parallelism}, {cfg.python_execution_mode} mode)", file=log, flush=True)
         took = decision_job.wait_until_running(f"http://127.0.0.1:{rest_port}", job_id)
         print(f"[demo] job running, first checkpoint done after {took:.1f}s; sending traffic", file=log, flush=True)
+        if challenger:
+            from kafka import KafkaProducer
+
+            p = KafkaProducer(bootstrap_servers=lay.bootstrap, acks="all")
+            p.send(cfg.control_topic, orjson.dumps({"kind": "model", "role": "challenger", "path": challenger})
+                   ).get(timeout=30)
+            p.close()
+            print(f"[demo] challenger {challenger} sent on {cfg.control_topic}", file=log, flush=True)
         records = list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(events))
         labels = {r.label["event_id"]: r.label for r in records}
         expected_dead = sum(1 for r in records if r.raw is not None)
@@ -145,7 +159,12 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
                         decisions[d["event_id"]] = d
                         seen_at.setdefault(d["event_id"], now)
                     else:
-                        dead.append(orjson.loads(m.value))
+                        rec = orjson.loads(m.value)
+                        if rec["reason"] in ("control_rejected", "invalid_label"):  # not from the events
+                            print(f"[demo] dead letter from another input: {rec['reason']}: {rec['detail']}",
+                                  file=log, flush=True)
+                        else:
+                            dead.append(rec)
             show(len(decisions) + len(dead))
         producer.join()
         consumer.close()
@@ -153,6 +172,26 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
         summary["expected_dead_letter"] = expected_dead
         summary["seconds"] = round(time.monotonic() - t_start, 1)
         summary["model_version"] = next(iter(decisions.values()))["model_version"] if decisions else None
+        if report_path:
+            from . import report
+
+            fig = report.build_report(list(decisions.values()), labels)
+            fig["source"] = f"riskstream demo, {cfg.decisions_topic} (read_committed)"
+            fig["generated_at"] = int(time.time() * 1000)
+            from pathlib import Path
+
+            Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(report_path).write_text(report.render_html(fig), encoding="utf-8")
+            keys = ("roc_auc", "average_precision", "precision_at_budget", "recall_at_budget", "catch_rate",
+                    "false_positive_rate")
+            summary["report"] = {"path": str(report_path), "text": report.render_text(fig),
+                                 "headline": {k: v for k, v in fig["headline"].items() if not isinstance(v, dict)}}
+            cc = fig.get("champion_challenger")
+            if cc:
+                summary["report"]["champion_vs_challenger"] = {
+                    "agreement_rate": cc["agreement_rate"],
+                    **{role: {"model": next(iter(cc[role].get("model_versions") or {"?": 0})),
+                              **{k: cc[role].get(k) for k in keys}} for role in ("champion", "challenger")}}
         return summary
     finally:
         if job is not None:
@@ -180,4 +219,7 @@ def render(summary: dict) -> str:
     lines.append(f"latency ms:       p50 {lat['p50']}  p99 {lat['p99']} (arrival -> decided)")
     lines.append(f"visible ms:       p50 {vis['p50']}  p99 {vis['p99']} (arrival -> read_committed consumer)")
     lines.append(f"took {summary['seconds']} s")
+    if summary.get("report"):
+        lines.append("effectiveness report (" + summary["report"]["path"] + "):")
+        lines.extend("  " + ln for ln in summary["report"]["text"].splitlines())
     return "\n".join(lines)

@@ -1,0 +1,904 @@
+"""`riskstream report`: what a risk analyst opens on Monday morning.
+
+One self-contained HTML file (inline CSS and SVG, no external resources) about a set of decision records,
+judged against the generator's ground-truth labels:
+
+- headline figures: events decided, labelled fraud share, block / review / allow rates, catch rate
+  (fraud reviewed or blocked / fraud), false-positive rate (legitimate events reviewed or blocked /
+  legitimate events), ROC AUC, average precision, and precision and recall at the review budget by score;
+- per scenario: events, caught, blocked, catch rate;
+- score distributions by label, decision rates over time, latency;
+- champion vs challenger when records carry ``shadow`` (the challenger's score and the decision it would
+  have made, never acted on);
+- rules (``rule:<code>`` reasons, ``rules_version``) and the model versions seen (a hot reload shows two).
+
+The module is pure apart from the readers at the end: :func:`build_report` computes every figure (numpy),
+:func:`render_html` draws them.
+
+The definitions of the figures are in ``DEFINITIONS`` below (the report prints them; the tests pin each
+one against a brute-force computation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import orjson
+
+from .audit import _pct
+from .generator import MALFORMED, NORMAL, SCENARIOS
+
+DEFINITIONS = (
+    "A record is labelled when its event_id has a label with a fraud field. Unlabelled events count in the "
+    "decision rates but in no label metric, and are reported as unlabelled.",
+    "Several records for one event_id: the first one read counts, the rest are duplicate decisions.",
+    "Catch rate: fraud events reviewed or blocked / fraud events. False-positive rate: legitimate events reviewed "
+    "or blocked / legitimate events.",
+    "Score metrics use labelled events with a numeric score (the job's processing_error records have a null score "
+    "and are reported as unscored).",
+    "ROC AUC is the Mann-Whitney statistic: the probability that a random fraud event scores above a random "
+    "legitimate one, ties counting one half.",
+    "Average precision is the mean, over fraud events, of the precision at that event's score taken as the "
+    "threshold (tied scores form one threshold): scikit-learn's step-wise definition.",
+    "At the review budget b, the k = floor(b x n) (at least 1) highest-scored of the n labelled scored events "
+    "are reviewed. "
+    "Events tied with the k-th score are taken at random, so true positives are their expected number: fraud "
+    "above the k-th score + (k - events above) x fraud share among the tied. Precision = true positives / k, "
+    "recall = true positives / fraud.",
+    "Champion vs challenger compares both models' scores on the same events: those labelled, with both scores. "
+    "Decision figures (catch rate, agreement) use every record with a shadow decision.",
+)
+KINDS = ("allow", "review", "block")
+FLAGGED = ("review", "block")
+NONE = "(none)"
+SCORE_BINS = 20
+TIMELINE_MAX_BUCKETS = 60
+_NICE_WIDTHS_MS = (1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000,
+                   1_800_000, 3_600_000, 7_200_000, 10_800_000, 21_600_000, 43_200_000, 86_400_000,
+                   172_800_000, 604_800_000, 1_209_600_000, 2_592_000_000)
+LATENCY_NOTE_EVENT_TIME = ("decided_at minus the event's own time (event_ts): includes delivery delay, and for "
+                           "a replay or backfill the age of the replayed events")
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def _arrays(scores, y) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(y, dtype=bool).reshape(-1)
+
+
+def roc_auc(scores, y) -> float | None:
+    """Mann-Whitney ROC AUC with ties counted one half; None without both classes."""
+    s, y = _arrays(scores, y)
+    pos = int(y.sum())
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ss = s[order]
+    ends = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])  # last index of each tie group (0-based)
+    starts = np.r_[0, ends[:-1] + 1]
+    ranks = np.empty(len(s), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 2) / 2.0, ends - starts + 1)  # average 1-based ranks
+    u = ranks[y].sum() - pos * (pos + 1) / 2.0  # exact: sums of half-integers
+    return float(u / (pos * neg))
+
+
+def average_precision(scores, y) -> float | None:
+    """Sum over distinct thresholds (descending) of recall increment x precision; None without fraud."""
+    s, y = _arrays(scores, y)
+    pos = int(y.sum())
+    if pos == 0:
+        return None
+    order = np.argsort(-s, kind="mergesort")
+    ss, yy = s[order], y[order]
+    last = np.r_[ss[1:] != ss[:-1], True]
+    tp = np.cumsum(yy)[last].astype(np.float64)
+    n = (np.flatnonzero(last) + 1).astype(np.float64)
+    gained = np.diff(np.r_[0.0, tp])
+    return float(np.sum(gained * (tp / n)) / pos)
+
+
+def budget_k(budget: float, n: int) -> int:
+    """How many of ``n`` events a review budget (a share) allows: the floor, robust to float error, and at
+    least one (as ``models.train`` counts it, so a model card and this report agree)."""
+    if n <= 0 or budget <= 0:
+        return 0
+    return max(1, min(n, math.floor(budget * n + 1e-9)))
+
+
+def at_budget(scores, y, budget: float) -> dict:
+    """Precision and recall when the top ``budget`` share by score is reviewed (ties: expected value)."""
+    s, y = _arrays(scores, y)
+    n, pos = len(s), int(y.sum())
+    k = budget_k(budget, n)
+    if k == 0:
+        return {"k": 0, "n": n, "threshold": None, "true_positives": 0.0, "precision": None,
+                "recall": 0.0 if pos else None, "recall_ceiling": 0.0 if pos else None}
+    t = float(np.sort(s)[::-1][k - 1])
+    above, tied = s > t, s == t
+    need = k - int(above.sum())
+    tp = float(y[above].sum()) + need * float(y[tied].sum()) / float(tied.sum())
+    return {"k": k, "n": n, "threshold": t, "true_positives": tp, "precision": tp / k,
+            "recall": tp / pos if pos else None, "recall_ceiling": min(k, pos) / pos if pos else None}
+
+
+def roc_curve(scores, y, max_points: int = 300) -> list[tuple[float, float]]:
+    """(false-positive rate, true-positive rate) at each distinct threshold, from (0, 0) to (1, 1)."""
+    s, y = _arrays(scores, y)
+    pos, neg = int(y.sum()), len(y) - int(y.sum())
+    if pos == 0 or neg == 0:
+        return []
+    order = np.argsort(-s, kind="mergesort")
+    ss, yy = s[order], y[order]
+    last = np.r_[ss[1:] != ss[:-1], True]
+    tp = np.cumsum(yy)[last]
+    fp = (np.flatnonzero(last) + 1) - tp
+    pts = np.c_[np.r_[0.0, fp / neg], np.r_[0.0, tp / pos]]
+    if len(pts) > max_points:
+        pts = pts[np.unique(np.linspace(0, len(pts) - 1, max_points).round().astype(int))]
+    return [(float(a), float(b)) for a, b in pts]
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _score(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _int(v) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _fraud_of(label: dict | None) -> bool | None:
+    if not label or "fraud" not in label or label["fraud"] is None:
+        return None
+    return bool(label["fraud"])
+
+
+def _scenario_order(names: Iterable[str]) -> list[str]:
+    known = [*SCENARIOS, NORMAL, MALFORMED]
+    names = set(names)
+    return [n for n in known if n in names] + sorted(names - set(known))
+
+
+def _score_metrics(scores: list[float], y: list[bool], budget: float) -> dict:
+    ab = at_budget(scores, y, budget)
+    return {"events": len(scores), "fraud": int(sum(y)), "roc_auc": roc_auc(scores, y),
+            "average_precision": average_precision(scores, y), "at_budget": ab,
+            "precision_at_budget": ab["precision"], "recall_at_budget": ab["recall"],
+            "roc": roc_curve(scores, y)}
+
+
+def _timeline(decisions: list[dict], field: str) -> dict:
+    pts = [(t, d.get("decision")) for d in decisions if (t := _int(d.get(field))) is not None]
+    out = {"field": field, "bucket_ms": None, "buckets": [], "without_time": len(decisions) - len(pts)}
+    if not pts:
+        return out
+    lo, hi = min(t for t, _ in pts), max(t for t, _ in pts)
+    span = hi - lo + 1
+    width = next((w for w in _NICE_WIDTHS_MS if span / w <= TIMELINE_MAX_BUCKETS), None)
+    if width is None:
+        width = math.ceil(span / TIMELINE_MAX_BUCKETS / 86_400_000) * 86_400_000
+    first = lo // width * width
+    nb = (hi - first) // width + 1
+    counts = [Counter() for _ in range(nb)]
+    for t, kind in pts:
+        counts[(t - first) // width][kind] += 1
+    out["bucket_ms"] = width
+    out["buckets"] = [{"start": first + i * width, **{k: c.get(k, 0) for k in KINDS},
+                       "other": sum(v for k, v in c.items() if k not in KINDS)} for i, c in enumerate(counts)]
+    return out
+
+
+def _latency(decisions: list[dict]) -> dict:
+    field = [v for d in decisions if (v := _score(d.get("latency_ms"))) is not None]
+    if field:
+        xs, source, note = field, "latency_ms", "the records' own latency_ms field"
+    else:
+        xs = [float(d["decided_at"] - d["event_ts"]) for d in decisions
+              if _int(d.get("decided_at")) is not None and _int(d.get("event_ts")) is not None]
+        source, note = "decided_at-event_ts", LATENCY_NOTE_EVENT_TIME
+    out = {"source": source, "note": note, "n": len(xs), "p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99),
+           "max": _pct(xs, 1.0), "negative": sum(1 for x in xs if x < 0), "hist": None}
+    pos = [x for x in xs if x >= 0]
+    if pos:
+        # log-like bins with readable edges (1, 1.5, 2, 3, 5, 7 x 10^d ms) spanning just the data
+        ladder = [m * 10 ** d / 10 for d in range(16) for m in (10, 15, 20, 30, 50, 70)]
+        lo, hi = min(pos), max(pos)
+        edges = [e for e in ladder if e <= hi]
+        edges = [e for e in edges if e >= max((e2 for e2 in edges if e2 <= lo), default=0.0)]
+        if lo < 1.0:
+            edges = [0.0, *edges]
+        edges.append(next(e for e in ladder if e > hi))
+        counts, _ = np.histogram(np.asarray(pos), bins=np.asarray(edges))
+        out["hist"] = {"edges": edges, "counts": [int(c) for c in counts]}
+    return out
+
+
+def build_report(decisions: list[dict], labels: dict[str, dict], budget: float = 0.01,
+                 time_field: str = "event_ts") -> dict:
+    """Every figure of the report, from decision records and labels by event id (pure)."""
+    if not 0 <= budget <= 1:
+        raise ValueError(f"review budget must be a share in [0, 1], got {budget}")
+    seen: dict[str, dict] = {}
+    dup = 0
+    malformed_records = 0
+    for d in decisions:
+        if not isinstance(d, dict) or not isinstance(d.get("event_id"), str):
+            malformed_records += 1
+            continue
+        if d["event_id"] in seen:
+            dup += 1
+            continue
+        seen[d["event_id"]] = d
+    recs = list(seen.values())
+    n = len(recs)
+    kinds = Counter(d.get("decision") for d in recs)
+    lab = {e: _fraud_of(labels.get(e)) for e in seen}
+    labelled = [d for d in recs if lab[d["event_id"]] is not None]
+    fraud = [d for d in labelled if lab[d["event_id"]]]
+    legit = [d for d in labelled if not lab[d["event_id"]]]
+    caught = sum(1 for d in fraud if d.get("decision") in FLAGGED)
+    false_pos = sum(1 for d in legit if d.get("decision") in FLAGGED)
+
+    scored = [(s, lab[d["event_id"]]) for d in labelled if (s := _score(d.get("score"))) is not None]
+    champ = _score_metrics([s for s, _ in scored], [y for _, y in scored], budget)
+    unscored = sum(1 for d in recs if _score(d.get("score")) is None)
+
+    # per scenario (labelled events with a decision); labels without a decision are counted apart
+    by_scen: dict[str, list[dict]] = defaultdict(list)
+    for d in labelled:
+        by_scen[labels[d["event_id"]].get("scenario") or "(unknown)"].append(d)
+    undecided = Counter(lb.get("scenario") or "(unknown)" for e, lb in labels.items()
+                        if e not in seen and lb.get("scenario") != MALFORMED)
+    scenarios = []
+    for name in _scenario_order([*by_scen, *undecided]):
+        ds = by_scen.get(name, [])
+        is_fraud = any(lab[d["event_id"]] for d in ds) if ds else name not in (NORMAL,)
+        c = sum(1 for d in ds if d.get("decision") in FLAGGED)
+        scenarios.append({"scenario": name, "fraud": is_fraud, "events": len(ds), "caught": c,
+                          "blocked": sum(1 for d in ds if d.get("decision") == "block"),
+                          "reviewed": sum(1 for d in ds if d.get("decision") == "review"),
+                          "catch_rate": _ratio(c, len(ds)), "no_decision": undecided.get(name, 0)})
+
+    # score histogram by label
+    # bins [i/20, (i+1)/20), the last one closed; scores carry 6 decimals, so a score on an edge (0.95)
+    # falls in the bin it names rather than where the edge's float error would put it
+    hist = {"edges": [i / SCORE_BINS for i in range(SCORE_BINS + 1)]}
+    for key, want in (("fraud", True), ("legit", False)):
+        xs = np.clip(np.asarray([s for s, y in scored if y is want], dtype=np.float64), 0.0, 1.0)
+        idx = np.minimum(np.floor(np.round(xs * SCORE_BINS, 6)).astype(int), SCORE_BINS - 1)
+        hist[key] = [int(c) for c in np.bincount(idx, minlength=SCORE_BINS)]
+
+    # rules, rules versions, other reasons
+    rule_rows: dict[str, dict] = {}
+    reasons = Counter()
+    rules_versions = Counter()
+    escalated = 0
+    band_of = {"score_block": "block", "score_review": "review"}
+    rank = {k: i for i, k in enumerate(KINDS)}
+    for d in recs:
+        rs = d.get("reasons") if isinstance(d.get("reasons"), list) else []
+        rv = d.get("rules_version") or NONE
+        rules_versions[rv] += 1
+        band = next((band_of[r] for r in rs if r in band_of), "allow")
+        if any(isinstance(r, str) and r.startswith("rule:") for r in rs) and \
+                rank.get(d.get("decision"), 0) > rank[band]:
+            escalated += 1
+        for r in rs:
+            if not isinstance(r, str):
+                continue
+            if r.startswith("rule:"):
+                row = rule_rows.setdefault(r[5:], {"rule": r[5:], "count": 0, "fraud": 0, "legit": 0,
+                                                    "unlabelled": 0, "by_rules_version": Counter(),
+                                                    "by_decision": Counter()})
+                row["count"] += 1
+                y = lab[d["event_id"]]
+                row["fraud" if y else "legit" if y is False else "unlabelled"] += 1
+                row["by_rules_version"][rv] += 1
+                row["by_decision"][d.get("decision")] += 1
+            else:
+                reasons[r] += 1
+    rules = []
+    for row in sorted(rule_rows.values(), key=lambda r: (-r["count"], r["rule"])):
+        row["precision"] = _ratio(row["fraud"], row["fraud"] + row["legit"])
+        row["by_rules_version"] = dict(sorted(row["by_rules_version"].items()))
+        row["by_decision"] = {k: row["by_decision"].get(k, 0) for k in KINDS}
+        rules.append(row)
+
+    # model and policy versions
+    mv: dict[str, dict] = {}
+    for d in recs:
+        v = d.get("model_version") or NONE
+        row = mv.setdefault(v, {"model_version": v, "count": 0, "first_decided_at": None,
+                                "last_decided_at": None})
+        row["count"] += 1
+        t = _int(d.get("decided_at"))
+        if t is not None:
+            row["first_decided_at"] = t if row["first_decided_at"] is None else min(row["first_decided_at"], t)
+            row["last_decided_at"] = t if row["last_decided_at"] is None else max(row["last_decided_at"], t)
+    models = sorted(mv.values(), key=lambda r: (r["first_decided_at"] is None, r["first_decided_at"] or 0,
+                                                r["model_version"]))
+    policies = Counter(d.get("policy_version") or NONE for d in recs)
+
+    cc = _champion_challenger(recs, labels, lab, budget)
+    headline = {
+        "events_decided": n,
+        "decision_records": n + dup,
+        "duplicate_decisions": dup,
+        "unreadable_records": malformed_records,
+        "labelled": len(labelled),
+        "unlabelled": n - len(labelled),
+        "fraud": len(fraud),
+        "legit": len(legit),
+        "fraud_share": _ratio(len(fraud), len(labelled)),
+        **{f"{k}_rate": _ratio(kinds.get(k, 0), n) for k in ("block", "review", "allow")},
+        "decisions": {k: kinds.get(k, 0) for k in KINDS},
+        "caught": caught,
+        "catch_rate": _ratio(caught, len(fraud)),
+        "false_positives": false_pos,
+        "false_positive_rate": _ratio(false_pos, len(legit)),
+        "review_budget": budget,
+        "budget_k": champ["at_budget"]["k"],
+        "budget_threshold": champ["at_budget"]["threshold"],
+        "precision_at_budget": champ["precision_at_budget"],
+        "recall_at_budget": champ["recall_at_budget"],
+        "roc_auc": champ["roc_auc"],
+        "average_precision": champ["average_precision"],
+        "unscored": unscored,
+        "late": sum(1 for d in recs if d.get("late") is True),
+        "model_versions": {r["model_version"]: r["count"] for r in models},
+        "challenger": cc["model_versions"] if cc else None,
+    }
+    lat = _latency(recs)
+    headline["latency_ms"] = {"source": lat["source"], "p50": lat["p50"], "p99": lat["p99"]}
+    return {
+        "budget": budget,
+        "headline": headline,
+        "labels": {"total": len(labels), "malformed": sum(1 for lb in labels.values()
+                                                         if lb.get("scenario") == MALFORMED),
+                   "without_decision": sum(undecided.values())},
+        "champion": champ,
+        "scenarios": scenarios,
+        "score_hist": hist,
+        "timeline": _timeline(recs, time_field),
+        "latency": lat,
+        "champion_challenger": cc,
+        "rules": {"by_rule": rules, "rules_versions": dict(sorted(rules_versions.items())),
+                  "escalated_by_rules": escalated, "other_reasons": dict(sorted(reasons.items()))},
+        "models": models,
+        "policy_versions": dict(sorted(policies.items())),
+    }
+
+
+def _champion_challenger(recs: list[dict], labels: dict, lab: dict, budget: float) -> dict | None:
+    shadowed = [d for d in recs if isinstance(d.get("shadow"), dict)]
+    if not shadowed:
+        return None
+    matrix = {c: {s: 0 for s in KINDS} for c in KINDS}
+    other = 0
+    for d in shadowed:
+        c, s = d.get("decision"), d["shadow"].get("decision")
+        if c in matrix and s in KINDS:
+            matrix[c][s] += 1
+        else:
+            other += 1
+    both = [(cs, ss, lab[d["event_id"]]) for d in shadowed if lab[d["event_id"]] is not None
+            and (cs := _score(d.get("score"))) is not None and (ss := _score(d["shadow"].get("score"))) is not None]
+    y = [t for _, _, t in both]
+    models = {}
+    dec_lab = [d for d in shadowed if lab[d["event_id"]] is not None and d["shadow"].get("decision") in KINDS]
+    fraud_n = sum(1 for d in dec_lab if lab[d["event_id"]])
+    legit_n = len(dec_lab) - fraud_n
+    for role, idx, get_dec, versions in (
+            ("champion", 0, lambda d: d.get("decision"), Counter(d.get("model_version") or NONE for d in shadowed)),
+            ("challenger", 1, lambda d: d["shadow"].get("decision"),
+             Counter(d["shadow"].get("model_version") or NONE for d in shadowed))):
+        m = _score_metrics([b[idx] for b in both], y, budget)
+        flagged_f = sum(1 for d in dec_lab if lab[d["event_id"]] and get_dec(d) in FLAGGED)
+        flagged_l = sum(1 for d in dec_lab if not lab[d["event_id"]] and get_dec(d) in FLAGGED)
+        m.update({"model_versions": dict(versions.most_common()),
+                  "catch_rate": _ratio(flagged_f, fraud_n), "false_positive_rate": _ratio(flagged_l, legit_n),
+                  "decisions": {k: sum(1 for d in shadowed if get_dec(d) == k) for k in KINDS}})
+        models[role] = m
+    # per scenario: which decisions catch more (fraud) or flag less (legitimate traffic)
+    by_scen: dict[str, list[dict]] = defaultdict(list)
+    for d in dec_lab:
+        by_scen[labels[d["event_id"]].get("scenario") or "(unknown)"].append(d)
+    scen = []
+    for name in _scenario_order(by_scen):
+        ds = by_scen[name]
+        is_fraud = any(lab[d["event_id"]] for d in ds)
+        c = sum(1 for d in ds if d.get("decision") in FLAGGED)
+        s = sum(1 for d in ds if d["shadow"].get("decision") in FLAGGED)
+        if c == s:
+            better = "same"
+        else:
+            better = "champion" if (c > s) == is_fraud else "challenger"
+        scen.append({"scenario": name, "fraud": is_fraud, "events": len(ds), "champion_flagged": c,
+                     "challenger_flagged": s, "champion_rate": _ratio(c, len(ds)),
+                     "challenger_rate": _ratio(s, len(ds)), "better": better})
+    total = sum(sum(r.values()) for r in matrix.values())
+    return {"records": len(shadowed), "compared_events": len(both), "compared_fraud": int(sum(y)),
+            "model_versions": dict(Counter(d["shadow"].get("model_version") or NONE for d in shadowed)),
+            "champion": models["champion"], "challenger": models["challenger"],
+            "agreement": matrix, "agreement_rate": _ratio(sum(matrix[k][k] for k in KINDS), total),
+            "agreement_other": other, "scenarios": scen}
+
+
+# --------------------------------------------------------------------------------------------- HTML
+COLORS = {"allow": "#5b9b4a", "review": "#e0a526", "block": "#c8423b", "fraud": "#c8423b",
+          "legit": "#3b73b9", "champion": "#3b73b9", "challenger": "#d9822b", "other": "#999999"}
+CSS = """
+body{font:14px/1.45 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;margin:0;background:#f6f7f9}
+main{max-width:1060px;margin:0 auto;padding:20px 28px 48px}
+h1{font-size:22px;margin:8px 0 2px}h2{font-size:17px;margin:0 0 10px;border-bottom:1px solid #e2e4e8;padding-bottom:4px}
+section{background:#fff;border:1px solid #e2e4e8;border-radius:6px;padding:14px 18px;margin:16px 0}
+.sub{color:#666;margin:0 0 8px}.note{color:#666;font-size:12.5px;margin:6px 0}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:10px}
+.card{border:1px solid #e2e4e8;border-radius:5px;padding:8px 10px}.card .v{font-size:20px;font-weight:600}
+.card .k{color:#555;font-size:12px}
+table{border-collapse:collapse;margin:6px 0 4px;font-variant-numeric:tabular-nums}
+th,td{padding:4px 10px;border-bottom:1px solid #eceef1;text-align:right}th{background:#fafbfc;font-weight:600}
+td:first-child,th:first-child{text-align:left}
+.better{font-weight:600}.empty{color:#888;font-style:italic}
+svg{display:block;margin:6px 0;max-width:100%;height:auto}svg text{font:11px sans-serif;fill:#444}
+.legend span{display:inline-block;margin-right:14px}.sw{display:inline-block;width:10px;height:10px;margin-right:4px}
+"""
+
+
+def _pc(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and not x.is_integer():
+        return f"{x:,.2f}"
+    return f"{int(x):,}"
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ts(ms: int | None, width_ms: int | None = None) -> str:
+    if ms is None:
+        return "n/a"
+    fmt = "%Y-%m-%d %H:%M" if width_ms and width_ms >= 60_000 else "%Y-%m-%d %H:%M:%S"
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime(fmt) + " UTC"
+
+
+def _dur(ms: float) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= size:
+            v = ms / size
+            return f"{v:.0f} {unit}" if v >= 10 or v.is_integer() else f"{v:.1f} {unit}"
+    return f"{ms:g} ms"
+
+
+def _table(head: list[str], rows: list[list[str]], classes: list[str | None] | None = None) -> str:
+    out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    for i, r in enumerate(rows):
+        cls = classes[i] if classes else None
+        out.append(f'<tr class="{cls}">' if cls else "<tr>")
+        out.extend(f"<td>{escape(str(c))}</td>" for c in r)
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _legend(items: list[tuple[str, str]]) -> str:
+    return '<p class="legend">' + "".join(
+        f'<span><span class="sw" style="background:{c}"></span>{escape(n)}</span>' for n, c in items) + "</p>"
+
+
+def _svg(w: int, h: int, label: str, body: list[str]) -> str:
+    return (f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{escape(label)}">'
+            + "".join(body) + "</svg>")
+
+
+def _log_axis(body: list[str], x0: float, y0: float, ph: float, pw: float, top: int) -> None:
+    """Axis and decade grid for counts on a log(1 + c) scale, top = the largest count."""
+    scale = math.log10(1 + top)
+    dec = 1
+    while dec <= top:
+        y = y0 - ph * math.log10(1 + dec) / scale
+        body.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + pw}" y2="{y:.1f}" stroke="#eceef1"/>')
+        body.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end">{dec:,}</text>')
+        dec *= 10
+    body.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + pw}" y2="{y0}" stroke="#888"/>')
+    body.append(f'<line x1="{x0}" y1="{y0 - ph}" x2="{x0}" y2="{y0}" stroke="#888"/>')
+
+
+def svg_histogram(labels: list[str], series: list[tuple[str, str, list[int]]], title: str,
+                  xlabel: str, w: int = 900, h: int = 280, label_every: int = 1) -> str | None:
+    """Grouped bars per bin, counts on a log(1 + c) scale; None when every count is 0."""
+    top = max((max(c) for _, _, c in series if c), default=0)
+    if top <= 0:
+        return None
+    x0, y0, pw, ph = 56, h - 46, w - 70, h - 66
+    body: list[str] = []
+    _log_axis(body, x0, y0, ph, pw, top)
+    scale = math.log10(1 + top)
+    nb = len(labels)
+    bw = pw / nb
+    inner = (bw * 0.84) / len(series)
+    for i, lab in enumerate(labels):
+        for j, (name, color, counts) in enumerate(series):
+            c = counts[i]
+            if c <= 0:
+                continue
+            bh = ph * math.log10(1 + c) / scale
+            x = x0 + i * bw + bw * 0.08 + j * inner
+            body.append(f'<rect x="{x:.1f}" y="{y0 - bh:.1f}" width="{inner:.1f}" height="{bh:.1f}" fill="{color}">'
+                        f"<title>{escape(name)} {escape(lab)}: {c:,}</title></rect>")
+        if i % label_every == 0:
+            body.append(f'<text x="{x0 + i * bw + bw / 2:.1f}" y="{y0 + 14}" text-anchor="middle">{escape(lab)}</text>')
+    body.append(f'<text x="{x0 + pw / 2}" y="{h - 8}" text-anchor="middle">{escape(xlabel)}</text>')
+    body.append(f'<text x="12" y="{y0 - ph / 2}" transform="rotate(-90 12 {y0 - ph / 2})" '
+                f'text-anchor="middle">events (log scale)</text>')
+    return _svg(w, h, title, body)
+
+
+def svg_timeline(tl: dict, w: int = 900, h: int = 260) -> str | None:
+    buckets = [b for b in tl["buckets"]]
+    if not buckets or not any(sum(b[k] for k in KINDS) for b in buckets):
+        return None
+    x0, y0, pw, ph = 48, h - 42, w - 100, h - 60
+    body: list[str] = []
+    for pct in (0, 25, 50, 75, 100):
+        y = y0 - ph * pct / 100
+        body.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + pw}" y2="{y:.1f}" stroke="#eceef1"/>')
+        body.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end">{pct}%</text>')
+    bw = pw / len(buckets)
+    for i, b in enumerate(buckets):
+        tot = sum(b[k] for k in KINDS)
+        if not tot:
+            continue
+        y = y0
+        tip = f"{_ts(b['start'], tl['bucket_ms'])}: " + ", ".join(f"{k} {b[k]:,}" for k in KINDS)
+        for k in ("block", "review", "allow"):  # block at the bottom, where small shares stay readable
+            hh = ph * b[k] / tot
+            if hh <= 0:
+                continue
+            y -= hh
+            body.append(f'<rect x="{x0 + i * bw + 0.5:.1f}" y="{y:.2f}" width="{max(bw - 1, 0.5):.1f}" '
+                        f'height="{hh:.2f}" fill="{COLORS[k]}"><title>{escape(tip)}</title></rect>')
+    # events per bucket: a line on the right-hand axis, so a 100 % bar of three events reads as such
+    vol = [sum(b[k] for k in KINDS) for b in buckets]
+    top = max(vol)
+    pts = " ".join(f"{x0 + (i + 0.5) * bw:.1f},{y0 - ph * v / top:.1f}" for i, v in enumerate(vol))
+    body.append(f'<polyline points="{pts}" fill="none" stroke="#222" stroke-width="1.5">'
+                f"<title>events per bucket (right axis, max {top:,})</title></polyline>")
+    body.append(f'<text x="{x0 + pw + 4}" y="{y0 - ph + 4:.1f}" text-anchor="start">{top:,}</text>')
+    body.append(f'<text x="{x0 + pw + 4}" y="{y0 + 4:.1f}" text-anchor="start">0</text>')
+    step = max(1, len(buckets) // 6)
+    for i in range(0, len(buckets), step):
+        body.append(f'<text x="{x0 + i * bw:.1f}" y="{y0 + 14}" text-anchor="start">'
+                    f'{escape(_ts(buckets[i]["start"], tl["bucket_ms"]).replace(" UTC", ""))}</text>')
+    body.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + pw}" y2="{y0}" stroke="#888"/>')
+    body.append(f'<text x="{x0 + pw / 2}" y="{h - 6}" text-anchor="middle">{escape(tl["field"])} (UTC), '
+                f'{escape(_dur(tl["bucket_ms"]))} buckets</text>')
+    return _svg(w, h, "decision rates over time", body)
+
+
+def svg_roc(curves: list[tuple[str, str, list[tuple[float, float]]]], w: int = 380, h: int = 340) -> str | None:
+    curves = [c for c in curves if c[2]]
+    if not curves:
+        return None
+    x0, y0, pw, ph = 46, h - 40, w - 60, h - 56
+    body = [f'<rect x="{x0}" y="{y0 - ph}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>',
+            f'<line x1="{x0}" y1="{y0}" x2="{x0 + pw}" y2="{y0 - ph}" stroke="#ccc" stroke-dasharray="4 3"/>']
+    for v in (0, 0.5, 1):
+        body.append(f'<text x="{x0 + pw * v:.1f}" y="{y0 + 14}" text-anchor="middle">{v:g}</text>')
+        body.append(f'<text x="{x0 - 4}" y="{y0 - ph * v + 4:.1f}" text-anchor="end">{v:g}</text>')
+    for name, color, pts in curves:
+        p = " ".join(f"{x0 + fx * pw:.1f},{y0 - ty * ph:.1f}" for fx, ty in pts)
+        body.append(f'<polyline points="{p}" fill="none" stroke="{color}" stroke-width="2">'
+                    f"<title>{escape(name)}</title></polyline>")
+    body.append(f'<text x="{x0 + pw / 2}" y="{h - 6}" text-anchor="middle">false-positive rate</text>')
+    body.append(f'<text x="12" y="{y0 - ph / 2}" transform="rotate(-90 12 {y0 - ph / 2})" '
+                f'text-anchor="middle">true-positive rate</text>')
+    return _svg(w, h, "ROC curves", body)
+
+
+def _chart(svg: str | None, empty: str) -> str:
+    return svg if svg else f'<p class="empty">{escape(empty)}</p>'
+
+
+def _card(k: str, v: str, tip: str = "") -> str:
+    t = f' title="{escape(tip)}"' if tip else ""
+    return f'<div class="card"{t}><div class="v">{escape(v)}</div><div class="k">{escape(k)}</div></div>'
+
+
+def render_html(fig: dict) -> str:
+    """The report as one self-contained HTML document (inline CSS and SVG; no external resource)."""
+    h = fig["headline"]
+    b = fig["budget"]
+    src = fig.get("source")
+    gen = fig.get("generated_at")
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>riskstream report</title>", f"<style>{CSS}</style></head><body><main>",
+             "<h1>riskstream decision report</h1>",
+             '<p class="sub">' + escape(" · ".join(x for x in (
+                 f"source: {src}" if src else "", f"generated {_ts(gen)}" if gen else "",
+                 f"review budget {_pc(b, 2)} of events") if x)) + "</p>"]
+
+    # headline
+    cards = [
+        _card("events decided", _num(h["events_decided"]),
+              f"{h['decision_records']:,} records, {h['duplicate_decisions']:,} duplicates"),
+        _card("labelled fraud share", _pc(h["fraud_share"], 2), f"{h['fraud']:,} fraud of {h['labelled']:,} labelled"),
+        _card("block rate", _pc(h["block_rate"], 2)), _card("review rate", _pc(h["review_rate"], 2)),
+        _card("allow rate", _pc(h["allow_rate"], 2)),
+        _card("catch rate", _pc(h["catch_rate"]), "fraud events reviewed or blocked / fraud events"),
+        _card("false-positive rate", _pc(h["false_positive_rate"], 2),
+              "legitimate events reviewed or blocked / legitimate events"),
+        _card(f"precision @ {_pc(b, 2)} budget", _pc(h["precision_at_budget"])),
+        _card(f"recall @ {_pc(b, 2)} budget", _pc(h["recall_at_budget"])),
+        _card("ROC AUC", _f(h["roc_auc"])), _card("average precision", _f(h["average_precision"])),
+    ]
+    notes = [f"{h['labelled']:,} labelled ({h['fraud']:,} fraud, {h['legit']:,} legitimate); "
+             f"{h['unlabelled']:,} unlabelled events count in the decision rates but in no label metric."]
+    if h["budget_k"]:
+        notes.append(f"Review budget: the {h['budget_k']:,} highest-scored of {fig['champion']['events']:,} "
+                     f"labelled scored events (score ≥ {_f(h['budget_threshold'], 6)}); "
+                     "events tied at the cut are counted by their expected share. With "
+                     f"{fig['champion']['fraud']:,} fraud events among them, recall at this budget is at most "
+                     f"{_pc(fig['champion']['at_budget']['recall_ceiling'])}.")
+    else:
+        notes.append("Review budget: no event to review (a zero budget or no labelled scored event); "
+                     "precision is undefined.")
+    if h["unscored"]:
+        notes.append(f"{h['unscored']:,} events have no score (processing errors, sent to review); they count in "
+                     "decision rates and catch rate but not in score metrics.")
+    if h["duplicate_decisions"] or h["unreadable_records"]:
+        notes.append(f"{h['duplicate_decisions']:,} repeated decisions for an event id were ignored (first one "
+                     f"kept); {h['unreadable_records']:,} records without an event id were skipped.")
+    lb = fig["labels"]
+    if lb["total"]:
+        notes.append(f"Labels: {lb['total']:,} ({lb['malformed']:,} malformed records, which get dead letters, "
+                     f"not decisions); {lb['without_decision']:,} other labelled events have no decision here.")
+    parts.append('<section id="headline"><h2>Headline</h2><div class="cards">' + "".join(cards) + "</div>"
+                 + "".join(f'<p class="note">{escape(n)}</p>' for n in notes) + "</section>")
+
+    # per scenario
+    rows, cls = [], []
+    for s in fig["scenarios"]:
+        rows.append([s["scenario"] + ("" if s["fraud"] else " (legitimate)"), _num(s["events"]), _num(s["caught"]),
+                     _num(s["blocked"]), _num(s["reviewed"]), _pc(s["catch_rate"]), _num(s["no_decision"])])
+        cls.append(None)
+    parts.append('<section id="scenarios"><h2>Per scenario</h2>'
+                 + (_table(["scenario", "events", "caught", "blocked", "reviewed", "catch rate", "no decision"],
+                           rows, cls) if rows else '<p class="empty">no labelled events</p>')
+                 + '<p class="note">caught = reviewed or blocked. For legitimate traffic the rate is the share '
+                   "flagged (false positives). Events counts decided events; labelled events without a decision "
+                   "in this input are in the last column.</p></section>")
+
+    # score distributions
+    hs = fig["score_hist"]
+    edges = hs["edges"]
+    bins = [f"{edges[i]:.2f}" for i in range(len(edges) - 1)]
+    svg = svg_histogram(bins, [("fraud", COLORS["fraud"], hs["fraud"]), ("legitimate", COLORS["legit"], hs["legit"])],
+                        "score distribution by label", "score (bin lower edge)", label_every=2)
+    parts.append('<section id="scores"><h2>Score distributions by label</h2>'
+                 + _legend([("fraud", COLORS["fraud"]), ("legitimate", COLORS["legit"])])
+                 + _chart(svg, "no labelled scored events") + "</section>")
+
+    # timeline
+    tl = fig["timeline"]
+    note = ""
+    if tl["without_time"]:
+        note = f'<p class="note">{tl["without_time"]:,} events without {escape(tl["field"])} are not shown.</p>'
+    parts.append('<section id="timeline"><h2>Decision rates over time</h2>'
+                 + _legend([*((k, COLORS[k]) for k in KINDS), ("events per bucket (right axis)", "#222")])
+                 + _chart(svg_timeline(tl), "no timestamps") + note
+                 + "</section>")
+
+    # latency
+    lat = fig["latency"]
+    lsvg = None
+    if lat["hist"]:
+        le = lat["hist"]["edges"]
+        lsvg = svg_histogram([_dur(le[i]) for i in range(len(le) - 1)],
+                             [("latency", "#6a5acd", lat["hist"]["counts"])], "latency histogram",
+                             "latency (bin lower edge)", label_every=max(1, (len(le) - 1) // 12))
+    what = ("from the records' <code>latency_ms</code> field" if lat["source"] == "latency_ms" else
+            "<strong>decided_at minus event time</strong> (no <code>latency_ms</code> field in these records): "
+            "it includes delivery delay and, for a replay or backfill, the age of the replayed events")
+    def dur(x):
+        return escape(_dur(x)) if x is not None else "n/a"
+
+    parts.append('<section id="latency"><h2>Latency</h2>'
+                 f'<p class="sub">{_num(lat["n"])} events; p50 {dur(lat["p50"])}, p99 {dur(lat["p99"])}, '
+                 f'max {dur(lat["max"])} — {what}.'
+                 + (f' {lat["negative"]:,} negative values (clock skew) are left out of the histogram.'
+                    if lat["negative"] else "") + "</p>"
+                 + _chart(lsvg, "no latency data") + "</section>")
+
+    # champion vs challenger
+    parts.append(_render_cc(fig["champion_challenger"], fig["champion"], b))
+
+    # rules
+    r = fig["rules"]
+    versions = sorted({v for row in r["by_rule"] for v in row["by_rules_version"]})
+    rows = [[row["rule"], _num(row["count"]), *(_num(row["by_decision"][k]) for k in KINDS), _num(row["fraud"]),
+             _num(row["legit"]), _num(row["unlabelled"]), _pc(row["precision"]),
+             *(_num(row["by_rules_version"].get(v, 0)) for v in versions)] for row in r["by_rule"]]
+    rules_html = (_table(["rule", "fired", "allow", "review", "block", "fraud", "legitimate", "unlabelled",
+                          "precision", *(f"rules {v}" for v in versions)], rows)
+                  if rows else '<p class="empty">no rule fired</p>')
+    parts.append('<section id="rules"><h2>Rules</h2>' + rules_html
+                 + f'<p class="note">{r["escalated_by_rules"]:,} decisions were raised above their score band by a '
+                   "rule. Precision = fraud / labelled events the rule fired on.</p>"
+                 + "<h3>Decisions per rules version</h3>"
+                 + _table(["rules_version", "decisions"], [[k, _num(v)] for k, v in r["rules_versions"].items()])
+                 + "<h3>Other reasons</h3>"
+                 + (_table(["reason", "decisions"], [[k, _num(v)] for k, v in r["other_reasons"].items()])
+                    if r["other_reasons"] else '<p class="empty">none</p>') + "</section>")
+
+    # models
+    rows = [[m["model_version"], _num(m["count"]), _ts(m["first_decided_at"]), _ts(m["last_decided_at"])]
+            for m in fig["models"]]
+    parts.append('<section id="models"><h2>Model and policy versions</h2>'
+                 + (_table(["model_version", "decisions", "first decided", "last decided"], rows)
+                    if rows else '<p class="empty">no decisions</p>')
+                 + ('<p class="note">More than one model version: a hot reload or an upgrade happened in this '
+                    "window.</p>" if len(rows) > 1 else "")
+                 + _table(["policy_version", "decisions"], [[k, _num(v)] for k, v in fig["policy_versions"].items()])
+                 + "</section>")
+
+    parts.append('<section id="definitions"><h2>Definitions</h2><ul class="note">'
+                 + "".join(f"<li>{escape(d)}</li>" for d in DEFINITIONS) + "</ul></section>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _render_cc(cc: dict | None, champ: dict, budget: float) -> str:
+    head = '<section id="champion-challenger"><h2>Champion vs challenger</h2>'
+    if not cc:
+        return head + ('<p class="empty">No shadow model in these decisions (records carry no '
+                       "<code>shadow</code> field).</p></section>")
+    c, s = cc["champion"], cc["challenger"]
+
+    def vers(m):
+        return ", ".join(f"{k} ({v:,})" for k, v in m["model_versions"].items())
+
+    rows = [["model", vers(c), vers(s)],
+            ["ROC AUC", _f(c["roc_auc"]), _f(s["roc_auc"])],
+            ["average precision", _f(c["average_precision"]), _f(s["average_precision"])],
+            [f"precision @ {_pc(budget, 2)} budget", _pc(c["precision_at_budget"]), _pc(s["precision_at_budget"])],
+            [f"recall @ {_pc(budget, 2)} budget", _pc(c["recall_at_budget"]), _pc(s["recall_at_budget"])],
+            ["score at the budget cut", _f(c["at_budget"]["threshold"], 6), _f(s["at_budget"]["threshold"], 6)],
+            ["catch rate (decisions)", _pc(c["catch_rate"]), _pc(s["catch_rate"])],
+            ["false-positive rate (decisions)", _pc(c["false_positive_rate"], 2), _pc(s["false_positive_rate"], 2)],
+            *([f"{k} decisions", _num(c["decisions"][k]), _num(s["decisions"][k])] for k in KINDS)]
+    out = [head, f'<p class="sub">{cc["records"]:,} records carry a shadow score; the score metrics compare both '
+                 f'models on the same {cc["compared_events"]:,} labelled events ({cc["compared_fraud"]:,} fraud). '
+                 "The challenger's decisions were never acted on.</p>",
+           _table(["", "champion", "challenger"], rows),
+           _legend([("champion", COLORS["champion"]), ("challenger", COLORS["challenger"])]),
+           _chart(svg_roc([("champion", COLORS["champion"], c["roc"]),
+                           ("challenger", COLORS["challenger"], s["roc"])]), "ROC needs both classes"),
+           "<h3>Agreement of decisions (rows: champion, columns: challenger)</h3>",
+           _table(["champion \\ challenger", *KINDS],
+                  [[k, *(_num(cc["agreement"][k][j]) for j in KINDS)] for k in KINDS]),
+           f'<p class="note">agreement {_pc(cc["agreement_rate"])}'
+           + (f'; {cc["agreement_other"]:,} records with another or no shadow decision' if cc["agreement_other"]
+              else "") + "</p>",
+           "<h3>Per scenario (caught = reviewed or blocked)</h3>"]
+    rows = [[x["scenario"] + ("" if x["fraud"] else " (legitimate)"), _num(x["events"]),
+             f'{_num(x["champion_flagged"])} ({_pc(x["champion_rate"])})',
+             f'{_num(x["challenger_flagged"])} ({_pc(x["challenger_rate"])})', x["better"]] for x in cc["scenarios"]]
+    out.append(_table(["scenario", "events", "champion caught", "challenger caught", "better"], rows)
+               if rows else '<p class="empty">no labelled events with a shadow decision</p>')
+    out.append('<p class="note">Better: more caught for fraud scenarios, fewer flagged for legitimate traffic.</p>'
+               "</section>")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------- readers
+def read_jsonl(path) -> tuple[list[dict], int]:
+    """JSON objects of a JSON-lines file, and how many non-empty lines were not JSON objects."""
+    out, bad = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                v = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(v, dict):
+                out.append(v)
+            else:
+                bad += 1
+    return out, bad
+
+
+def read_labels(path) -> dict[str, dict]:
+    recs, _ = read_jsonl(path)
+    return {r["event_id"]: r for r in recs if isinstance(r.get("event_id"), str)}
+
+
+def read_decisions_topic(bootstrap: str, topic: str, deadline_s: float = 120,
+                         client_props: dict | None = None) -> tuple[list[dict], int]:
+    """Every committed record up to the topic's end offsets as of now (read_committed; a bounded read)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
+                      group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024, **(client_props or {}))
+    try:
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            raise SystemExit(f"riskstream report: topic {topic!r} does not exist on {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)  # for read_committed: the last stable offset
+        out, bad = [], 0
+        deadline = time.monotonic() + deadline_s
+        while any(c.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"riskstream report: could not read {topic!r} to its end offsets in {deadline_s}s")
+            for tp, msgs in c.poll(timeout_ms=500, max_records=10_000).items():
+                for m in msgs:
+                    if m.offset >= end[tp]:
+                        continue
+                    try:
+                        v = orjson.loads(m.value)
+                    except (orjson.JSONDecodeError, TypeError):
+                        bad += 1
+                        continue
+                    if isinstance(v, dict):
+                        out.append(v)
+                    else:
+                        bad += 1
+        return out, bad
+    finally:
+        c.close()
+
+
+def default_out_path() -> Path:
+    from . import paths
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return paths.home() / "reports" / f"report-{stamp}.html"
+
+
+def render_text(fig: dict) -> str:
+    h = fig["headline"]
+    lines = [
+        f"events decided:   {h['events_decided']:,} ({h['labelled']:,} labelled, {h['unlabelled']:,} unlabelled)",
+        f"fraud share:      {_pc(h['fraud_share'], 2)} of labelled",
+        f"decision rates:   block {_pc(h['block_rate'], 2)}, review {_pc(h['review_rate'], 2)}, "
+        f"allow {_pc(h['allow_rate'], 2)}",
+        f"catch rate:       {_pc(h['catch_rate'])}   false-positive rate {_pc(h['false_positive_rate'], 2)}",
+        f"at {_pc(fig['budget'], 2)} budget:   precision {_pc(h['precision_at_budget'])}, recall "
+        f"{_pc(h['recall_at_budget'])} (top {h['budget_k']:,} by score)",
+        f"ROC AUC / AP:     {_f(h['roc_auc'])} / {_f(h['average_precision'])}",
+        "models:           " + ", ".join(f"{k} {v:,}" for k, v in h["model_versions"].items()),
+    ]
+    cc = fig["champion_challenger"]
+    if cc:
+        c, s = cc["champion"], cc["challenger"]
+        lines.append(f"challenger:       {', '.join(cc['model_versions'])}: AUC {_f(s['roc_auc'])} vs "
+                     f"{_f(c['roc_auc'])}, AP {_f(s['average_precision'])} vs {_f(c['average_precision'])}, "
+                     f"agreement {_pc(cc['agreement_rate'])}")
+    return "\n".join(lines)

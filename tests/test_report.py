@@ -1,0 +1,447 @@
+"""`riskstream report` (pure, no JVM, no broker): every figure against a hand computation or a brute-force
+definition, the HTML well formed and self-contained, optional fields (shadow, labels) handled."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+from html.parser import HTMLParser
+
+import numpy as np
+import orjson
+import pytest
+
+from riskstream import report
+from riskstream.report import at_budget, average_precision, build_report, render_html, roc_auc
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+# ------------------------------------------------------------------ brute-force definitions (Fractions)
+def brute_auc(s, y) -> Fraction:
+    pos = [a for a, t in zip(s, y) if t]
+    neg = [a for a, t in zip(s, y) if not t]
+    wins = sum(Fraction(1) if p > n else Fraction(1, 2) if p == n else Fraction(0) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def brute_ap(s, y) -> Fraction:
+    """Mean over fraud events of the precision when everything scored at least as high is flagged."""
+    P = sum(y)
+    return sum(Fraction(sum(1 for b, u in zip(s, y) if b >= a and u), sum(1 for b in s if b >= a))
+               for a, t in zip(s, y) if t) / P
+
+
+def brute_at_budget(s, y, k) -> Fraction:
+    """Expected true positives in the top k over every order of the tied scores (all permutations)."""
+    total, count = Fraction(0), 0
+    for perm in itertools.permutations(range(len(s))):
+        top = sorted(range(len(s)), key=lambda i: (-s[i], perm[i]))[:k]
+        total += sum(1 for i in top if y[i])
+        count += 1
+    return total / count
+
+
+# ------------------------------------------------------------------ metrics
+def test_hand_case_auc_ap_budget():
+    s, y = [0.9, 0.8, 0.7, 0.6], [True, False, True, False]
+    assert roc_auc(s, y) == 0.75  # 3 of 4 (fraud, legit) pairs ordered right
+    assert average_precision(s, y) == pytest.approx(5 / 6, abs=1e-15)  # (1/1 + 2/3) / 2
+    ab = at_budget(s, y, 0.5)  # k = 2: 0.9 (fraud), 0.8 (legit)
+    assert (ab["k"], ab["threshold"], ab["true_positives"], ab["precision"], ab["recall"]) == (2, 0.8, 1.0, 0.5, 0.5)
+
+
+def test_ties_count_one_half_and_form_one_threshold():
+    s, y = [0.5, 0.5, 0.5, 0.1], [True, False, False, False]
+    assert roc_auc(s, y) == float(brute_auc(s, y)) == 2 / 3  # (0.5 + 0.5 + 1) / 3
+    assert average_precision(s, y) == pytest.approx(1 / 3, abs=1e-15)  # one threshold: precision 1/3
+    ab = at_budget(s, y, 0.25)  # k = 1 among three tied at 0.5, one of them fraud: expected 1/3
+    assert ab["true_positives"] == pytest.approx(1 / 3, abs=1e-15)
+    assert at_budget(s, y, 0.0)["k"] == 0 and at_budget(s, y, 0.0)["precision"] is None
+    assert roc_auc([0.1, 0.2], [True, True]) is None and average_precision([0.1], [False]) is None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_metrics_equal_brute_force_on_random_small_cases(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 8))
+    s = [float(x) for x in rng.integers(0, 5, n) / 4]  # few distinct values: many ties
+    y = [bool(x) for x in rng.random(n) < 0.4]
+    if 0 < sum(y) < n:
+        assert roc_auc(s, y) == float(brute_auc(s, y))  # the rank formula is exact
+    if sum(y):
+        assert average_precision(s, y) == pytest.approx(float(brute_ap(s, y)), abs=1e-12)
+    for budget in (0.2, 0.5, 1.0):
+        ab = at_budget(s, y, budget)
+        k = max(1, math.floor(budget * n + 1e-9))  # at least one event, as models.train counts it
+        assert ab["k"] == k
+        if k:
+            want = brute_at_budget(s, y, k)
+            assert ab["true_positives"] == pytest.approx(float(want), abs=1e-12)
+            assert ab["precision"] == pytest.approx(float(want / k), abs=1e-12)
+            if sum(y):
+                assert ab["recall"] == pytest.approx(float(want / sum(y)), abs=1e-12)
+
+
+def test_budget_without_ties_is_the_top_k_by_sorting():
+    rng = np.random.default_rng(3)
+    s = rng.random(500)
+    y = rng.random(500) < 0.1 + 0.5 * s
+    for budget in (0.01, 0.05, 0.1, 0.33):
+        k = math.floor(budget * 500 + 1e-9)
+        top = np.argsort(-s)[:k]
+        ab = at_budget(s, y, budget)
+        assert ab["k"] == k and ab["true_positives"] == y[top].sum()
+        assert ab["precision"] == y[top].sum() / k and ab["recall"] == y[top].sum() / y.sum()
+        assert ab["threshold"] == s[top].min()
+        assert ab["recall_ceiling"] == min(k, y.sum()) / y.sum()
+    assert report.budget_k(0.29, 100) == 29  # 0.29 * 100 is 28.999999999999996 in floating point
+    assert report.budget_k(0.01, 50) == 1 and report.budget_k(0.0, 50) == 0 and report.budget_k(0.5, 0) == 0
+
+
+def test_metrics_agree_with_scikit_learn_when_installed():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(5)
+    s = np.round(rng.random(3000), 2)
+    y = rng.random(3000) < 0.05 + 0.3 * s
+    assert roc_auc(s, y) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
+    assert average_precision(s, y) == pytest.approx(metrics.average_precision_score(y, s), abs=1e-12)
+
+
+# ------------------------------------------------------------------ build_report on a hand case
+def rec(eid, decision, score, reasons=(), mv="risk_gbdt_v1", t=0, **extra):
+    return {"decision_id": "x" + eid, "event_id": eid, "event_type": "payment", "user_id": "u", "device_id": "d",
+            "decision": decision, "score": score, "model_version": mv, "policy_version": "p1",
+            "reasons": list(reasons), "features": {}, "late": False, "event_ts": T0 + t,
+            "decided_at": T0 + t + 250, **extra}
+
+
+def lab(eid, scenario):
+    return {"event_id": eid, "scenario": scenario, "fraud": scenario not in ("normal", "malformed"),
+            "user_id": "u", "device_id": "d", "ts": T0}
+
+
+def hand_case():
+    decisions = [
+        rec("e1", "block", 0.95, ["score_block"], t=0, rules_version="r2"),
+        rec("e2", "review", 0.6, ["score_review"], t=1_000, rules_version="r2"),
+        rec("e3", "allow", 0.2, t=2_000),
+        rec("e4", "review", 0.4, ["rule:device_ring_promo"], t=3_000, rules_version="r2"),
+        rec("e5", "allow", 0.1, t=4_000),
+        rec("e6", "allow", 0.05, mv="risk_gbdt_v2", t=5_000),
+        rec("e7", "block", 0.92, ["score_block", "late_event"], mv="risk_gbdt_v2", t=6_000),
+        rec("e8", "allow", 0.3, mv="risk_gbdt_v2", t=7_000),
+        rec("e9", "review", 0.5, ["score_review"], mv="risk_gbdt_v2", t=8_000),  # unlabelled
+        {**rec("e10", "review", None, ["processing_error"], mv="risk_gbdt_v2", t=9_000), "event_ts": None},
+        rec("e1", "allow", 0.01, t=0),  # a repeat of e1: ignored, counted
+    ]
+    labels = {e: lab(e, s) for e, s in [("e1", "card_testing"), ("e2", "card_testing"), ("e3", "card_testing"),
+                                        ("e4", "promo_ring"), ("e5", "normal"), ("e6", "normal"), ("e7", "normal"),
+                                        ("e8", "normal"), ("e10", "normal"), ("e11", "normal"),
+                                        ("e12", "malformed")]}
+    return decisions, labels
+
+
+def test_headline_of_the_hand_case():
+    decisions, labels = hand_case()
+    h = build_report(decisions, labels, budget=0.25)["headline"]
+    assert (h["events_decided"], h["decision_records"], h["duplicate_decisions"]) == (10, 11, 1)
+    assert (h["labelled"], h["unlabelled"], h["fraud"], h["legit"], h["unscored"]) == (9, 1, 4, 5, 1)
+    assert h["fraud_share"] == 4 / 9
+    assert h["decisions"] == {"allow": 4, "review": 4, "block": 2}
+    assert (h["allow_rate"], h["review_rate"], h["block_rate"]) == (0.4, 0.4, 0.2)
+    assert h["catch_rate"] == 3 / 4  # e1 block, e2 review, e4 review; e3 allowed
+    assert h["false_positive_rate"] == 2 / 5  # e7 blocked, e10 reviewed (no score) of 5 legitimate
+    # scored labelled: fraud .95 .6 .2 .4, legit .92 .3 .1 .05
+    assert h["roc_auc"] == 12 / 16
+    assert h["average_precision"] == pytest.approx((1 + 2 / 3 + 3 / 4 + 4 / 6) / 4, abs=1e-15)
+    assert (h["budget_k"], h["budget_threshold"]) == (2, 0.92)  # floor(0.25 * 8): .95 fraud, .92 legit
+    assert (h["precision_at_budget"], h["recall_at_budget"]) == (0.5, 0.25)
+    assert h["model_versions"] == {"risk_gbdt_v1": 5, "risk_gbdt_v2": 5} and h["challenger"] is None
+    assert h["late"] == 0 and h["latency_ms"] == {"source": "decided_at-event_ts", "p50": 250.0, "p99": 250.0}
+
+
+def test_scenarios_rules_models_and_timeline_of_the_hand_case():
+    decisions, labels = hand_case()
+    fig = build_report(decisions, labels, budget=0.25)
+    sc = {s["scenario"]: s for s in fig["scenarios"]}
+    assert [s["scenario"] for s in fig["scenarios"]] == ["card_testing", "promo_ring", "normal"]
+    assert {k: sc["card_testing"][k] for k in ("events", "caught", "blocked", "reviewed", "no_decision")} == \
+        {"events": 3, "caught": 2, "blocked": 1, "reviewed": 1, "no_decision": 0}
+    assert sc["card_testing"]["catch_rate"] == 2 / 3 and sc["promo_ring"]["catch_rate"] == 1.0
+    assert (sc["normal"]["events"], sc["normal"]["caught"], sc["normal"]["blocked"]) == (5, 2, 1)
+    assert sc["normal"]["no_decision"] == 1 and not sc["normal"]["fraud"]  # e11; the malformed e12 is apart
+    assert fig["labels"] == {"total": 11, "malformed": 1, "without_decision": 1}
+
+    r = fig["rules"]
+    assert [(x["rule"], x["count"], x["fraud"], x["legit"], x["unlabelled"], x["precision"]) for x in r["by_rule"]] \
+        == [("device_ring_promo", 1, 1, 0, 0, 1.0)]
+    assert r["by_rule"][0]["by_rules_version"] == {"r2": 1}
+    assert r["by_rule"][0]["by_decision"] == {"allow": 0, "review": 1, "block": 0}
+    assert r["escalated_by_rules"] == 1  # e4: score band allow, the rule made it review
+    assert r["rules_versions"] == {"(none)": 7, "r2": 3}
+    assert r["other_reasons"] == {"late_event": 1, "processing_error": 1, "score_block": 2, "score_review": 2}
+
+    assert [(m["model_version"], m["count"], m["first_decided_at"], m["last_decided_at"]) for m in fig["models"]] == \
+        [("risk_gbdt_v1", 5, T0 + 250, T0 + 4_250), ("risk_gbdt_v2", 5, T0 + 5_250, T0 + 9_250)]
+    assert fig["policy_versions"] == {"p1": 10}
+
+    tl = fig["timeline"]  # event_ts over 8 s: 1-s buckets, e10 has no event time
+    assert (tl["field"], tl["bucket_ms"], tl["without_time"], len(tl["buckets"])) == ("event_ts", 1_000, 1, 9)
+    assert [(b["allow"], b["review"], b["block"]) for b in tl["buckets"]][:3] == [(0, 0, 1), (0, 1, 0), (1, 0, 0)]
+    assert sum(b[k] for b in tl["buckets"] for k in ("allow", "review", "block")) == 9
+    tl2 = build_report(decisions, labels, time_field="decided_at")["timeline"]
+    assert tl2["without_time"] == 0 and sum(b["review"] for b in tl2["buckets"]) == 4
+
+    hist = fig["score_hist"]
+    assert sum(hist["fraud"]) == 4 and sum(hist["legit"]) == 4
+    assert hist["fraud"][19] == 1 and hist["legit"][18] == 1 and hist["legit"][1] == 1  # .95; .92; .05
+
+
+def test_unlabelled_events_are_excluded_from_label_metrics_and_counted():
+    decisions, labels = hand_case()
+    full = build_report(decisions, labels, budget=0.25)["headline"]
+    fewer = {e: v for e, v in labels.items() if e not in ("e1", "e7")}
+    h = build_report(decisions, fewer, budget=0.25)["headline"]
+    assert (h["labelled"], h["unlabelled"], h["fraud"], h["legit"]) == (7, 3, 3, 4)
+    assert h["catch_rate"] == 2 / 3 and h["false_positive_rate"] == 1 / 4
+    assert h["decisions"] == full["decisions"]  # decision rates still count every event
+    # a label without a fraud field is no label
+    h = build_report(decisions, {**labels, "e9": {"event_id": "e9", "scenario": "?"}})["headline"]
+    assert h["unlabelled"] == 1
+    none = build_report(decisions, {})
+    assert none["headline"]["labelled"] == 0 and none["headline"]["catch_rate"] is None
+    assert none["headline"]["roc_auc"] is None and none["scenarios"] == []
+    assert none["headline"]["precision_at_budget"] is None
+
+
+# ------------------------------------------------------------------ champion vs challenger
+def shadow_case():
+    def sh(eid, c_dec, c_score, s_dec, s_score):
+        return rec(eid, c_dec, c_score, shadow={"model_version": "risk_gbdt_v2", "score": s_score,
+                                                 "decision": s_dec})
+
+    decisions = [sh("a", "block", 0.9, "block", 0.95), sh("b", "allow", 0.3, "review", 0.7),
+                 sh("c", "review", 0.6, "allow", 0.2), sh("d", "review", 0.8, "allow", 0.1),
+                 sh("e", "allow", 0.2, "allow", 0.4), sh("f", "allow", 0.1, "review", 0.6),
+                 sh("g", "review", 0.5, "review", 0.5),  # unlabelled
+                 rec("h", "allow", 0.05)]  # no shadow (before the challenger was loaded)
+    labels = {e: lab(e, s) for e, s in [("a", "card_testing"), ("b", "card_testing"), ("c", "account_takeover"),
+                                        ("d", "normal"), ("e", "normal"), ("f", "normal"), ("h", "normal")]}
+    return decisions, labels
+
+
+def test_champion_vs_challenger_by_hand():
+    decisions, labels = shadow_case()
+    fig = build_report(decisions, labels, budget=0.34)
+    cc = fig["champion_challenger"]
+    c, s = cc["champion"], cc["challenger"]
+    assert (cc["records"], cc["compared_events"], cc["compared_fraud"]) == (7, 6, 3)
+    assert cc["model_versions"] == {"risk_gbdt_v2": 7} and fig["headline"]["challenger"] == {"risk_gbdt_v2": 7}
+    assert c["model_versions"] == {"risk_gbdt_v1": 7}
+    assert c["roc_auc"] == s["roc_auc"] == 7 / 9
+    assert c["average_precision"] == pytest.approx(29 / 36, abs=1e-15)  # (1 + 2/3 + 3/4) / 3
+    assert s["average_precision"] == pytest.approx(13 / 15, abs=1e-15)  # (1 + 1 + 3/5) / 3
+    assert c["at_budget"]["k"] == s["at_budget"]["k"] == 2  # floor(0.34 * 6)
+    assert (c["precision_at_budget"], c["recall_at_budget"]) == (0.5, 1 / 3)
+    assert (s["precision_at_budget"], s["recall_at_budget"]) == (1.0, 2 / 3)
+    assert (c["catch_rate"], s["catch_rate"], c["false_positive_rate"], s["false_positive_rate"]) == \
+        (2 / 3, 2 / 3, 1 / 3, 1 / 3)
+    assert cc["agreement"] == {"allow": {"allow": 1, "review": 2, "block": 0},
+                               "review": {"allow": 2, "review": 1, "block": 0},
+                               "block": {"allow": 0, "review": 0, "block": 1}}
+    assert cc["agreement_rate"] == 3 / 7
+    assert c["decisions"] == {"allow": 3, "review": 3, "block": 1}
+    assert s["decisions"] == {"allow": 3, "review": 3, "block": 1}
+    assert [(x["scenario"], x["events"], x["champion_flagged"], x["challenger_flagged"], x["better"])
+            for x in cc["scenarios"]] == [("card_testing", 2, 1, 2, "challenger"),
+                                          ("account_takeover", 1, 1, 0, "champion"),
+                                          ("normal", 3, 1, 1, "same")]
+    # a scenario of legitimate traffic: fewer flags is better
+    lab2 = {**labels, "f": lab("f", "normal")}
+    dec2 = [d if d["event_id"] != "f" else {**d, "shadow": {**d["shadow"], "decision": "allow"}} for d in decisions]
+    normal = build_report(dec2, lab2)["champion_challenger"]["scenarios"][-1]
+    assert (normal["champion_flagged"], normal["challenger_flagged"], normal["better"]) == (1, 0, "challenger")
+
+
+def test_champion_vs_challenger_metrics_equal_brute_force():
+    rng = np.random.default_rng(11)
+    decisions, labels = [], {}
+    for i in range(7):
+        y = bool(rng.random() < 0.4) or i == 0
+        cs, ss = float(rng.integers(0, 4) / 3), float(rng.integers(0, 4) / 3)
+        decisions.append(rec(f"x{i}", "allow", round(cs, 6), shadow={"model_version": "v2", "score": round(ss, 6),
+                                                                    "decision": "allow"}))
+        labels[f"x{i}"] = lab(f"x{i}", "card_testing" if y else "normal")
+    labels["x1"] = lab("x1", "normal")
+    cc = build_report(decisions, labels, budget=0.5)["champion_challenger"]
+    y = [labels[d["event_id"]]["fraud"] for d in decisions]
+    for role, get in (("champion", lambda d: d["score"]), ("challenger", lambda d: d["shadow"]["score"])):
+        s = [get(d) for d in decisions]
+        assert cc[role]["roc_auc"] == float(brute_auc(s, y))
+        assert cc[role]["average_precision"] == pytest.approx(float(brute_ap(s, y)), abs=1e-12)
+        assert cc[role]["at_budget"]["true_positives"] == pytest.approx(float(brute_at_budget(s, y, 3)), abs=1e-12)
+
+
+def test_records_from_the_job_s_own_record_builder():
+    from udfs.decision import decision_record, error_decision_record
+    from udfs.events import Event
+
+    ev = Event("e1", "payment", "u1", "d1", "1.2.3.4", 3.0, "EUR", T0)
+    good = decision_record(ev, "block", 0.97, ["score_block", "rule:card_testing_velocity"], [0.0] * 3,
+                           "risk_gbdt_v1", "p1", T0 + 120, False)
+    err = error_decision_record("e2", "login", "u1", "d1", "boom", None, "p1", T0 + 130)
+    fig = build_report([good, err], {"e1": lab("e1", "card_testing"), "e2": lab("e2", "normal")})
+    h = fig["headline"]
+    assert h["catch_rate"] == 1.0 and h["false_positive_rate"] == 1.0 and h["unscored"] == 1
+    assert h["model_versions"] == {"risk_gbdt_v1": 1, "(none)": 1}
+    assert fig["rules"]["by_rule"][0]["rule"] == "card_testing_velocity"
+    assert fig["latency"]["n"] == 1 and fig["champion_challenger"] is None
+    render_html(fig)
+
+
+# ------------------------------------------------------------------ latency
+def test_latency_prefers_a_latency_ms_field():
+    decisions, labels = hand_case()
+    lat = build_report(decisions, labels)["latency"]
+    assert lat["source"] == "decided_at-event_ts" and lat["n"] == 9 and "replay" in lat["note"]
+    with_field = [{**d, "latency_ms": 10.0 * i} for i, d in enumerate(decisions[:10])]
+    lat = build_report(with_field, labels)["latency"]
+    assert lat["source"] == "latency_ms" and lat["n"] == 10 and lat["max"] == 90.0
+    assert sum(lat["hist"]["counts"]) == 10 and lat["hist"]["edges"][:5] == [0.0, 1.0, 1.5, 2.0, 3.0]
+    edges = lat["hist"]["edges"]
+    assert edges[-1] > 90.0 >= edges[-2] and edges[-1] == 100.0
+    # bins span just the data: 250 ms latencies (the hand case without a field) fall in [200, 300)
+    lat = build_report(decisions, labels)["latency"]
+    assert lat["hist"] == {"edges": [200.0, 300.0], "counts": [9]}
+
+
+# ------------------------------------------------------------------ HTML
+VOID = {"meta", "br", "hr", "img", "input", "link", "col", "area", "base", "wbr", "source", "track", "embed"}
+SVG_SHAPES = {"rect", "line", "polyline", "path", "circle", "polygon"}
+
+
+class Checker(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.sections: list[str] = []
+        self.svgs: list[dict] = []
+        self.tags: set[str] = set()
+        self.attrs: list[tuple[str, str | None]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attrs += attrs
+        if tag == "section":
+            self.sections.append(dict(attrs).get("id"))
+        if tag == "svg":
+            self.svgs.append({"shapes": 0, "texts": 0, "section": self.sections[-1] if self.sections else None})
+        elif self.svgs and "svg" in self.stack:
+            self.svgs[-1]["shapes" if tag in SVG_SHAPES else "texts"] += 1
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attrs += attrs
+        if self.svgs and "svg" in self.stack:
+            self.svgs[-1]["shapes" if tag in SVG_SHAPES else "texts"] += 1
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def check_html(doc: str) -> Checker:
+    assert doc.startswith("<!DOCTYPE html>")
+    c = Checker()
+    c.feed(doc)
+    c.close()
+    assert not c.errors and not c.stack, (c.errors, c.stack)
+    # self-contained: no fetched resource of any kind
+    assert not [a for a in c.attrs if a[0] in ("src", "href", "srcset", "xlink:href")]
+    assert "script" not in c.tags and "link" not in c.tags and "iframe" not in c.tags
+    assert "url(" not in doc and "@import" not in doc and "http" not in doc
+    for svg in c.svgs:
+        assert svg["shapes"] > 0, "an SVG without any shape"
+    return c
+
+
+SECTIONS = ["headline", "scenarios", "scores", "timeline", "latency", "champion-challenger", "rules", "models",
+            "definitions"]
+
+
+def test_html_is_well_formed_with_every_section_and_chart():
+    decisions, labels = hand_case()
+    decisions = decisions + shadow_case()[0]
+    labels = {**labels, **shadow_case()[1]}
+    decisions[3]["reasons"].append("rule:x<script>alert(1)</script>")  # text is escaped
+    fig = build_report(decisions, labels, budget=0.25)
+    fig["source"] = "decisions.jsonl"
+    fig["generated_at"] = T0
+    doc = render_html(fig)
+    c = check_html(doc)
+    assert c.sections == SECTIONS
+    assert [svg["section"] for svg in c.svgs] == ["scores", "timeline", "latency", "champion-challenger"]
+    text = " ".join(c.text)
+    assert "risk_gbdt_v2" in text and "agreement" in text and "decided_at minus event time" in text
+    assert "x<script>alert(1)</script>" in text
+
+
+def test_html_without_shadow_labels_or_decisions():
+    decisions, labels = hand_case()
+    doc = render_html(build_report(decisions, {}))
+    c = check_html(doc)
+    assert c.sections == SECTIONS
+    text = " ".join(c.text)
+    assert "No shadow model" in text and "no labelled events" in text
+    c = check_html(render_html(build_report([], {})))
+    assert c.sections == SECTIONS and not c.svgs
+    one = check_html(render_html(build_report(decisions[:1], labels)))
+    assert one.sections == SECTIONS
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_report_from_files(tmp_path, capsys):
+    from riskstream.cli import main
+
+    decisions, labels = shadow_case()
+    dpath, lpath, out = tmp_path / "dec.jsonl", tmp_path / "lab.jsonl", tmp_path / "r" / "report.html"
+    dpath.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in decisions) + b"not json\n\n")
+    lpath.write_bytes(b"".join(orjson.dumps(v) + b"\n" for v in labels.values()))
+    assert main(["report", "--decisions", str(dpath), "--labels", str(lpath), "--out", str(out),
+                 "--review-budget", "0.34", "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    h = orjson.loads(last)
+    want = build_report(decisions, labels, 0.34)["headline"]
+    assert h["report"] == str(out)
+    assert h["unreadable_records"] == 1
+    for k in ("events_decided", "catch_rate", "false_positive_rate", "roc_auc", "precision_at_budget",
+              "recall_at_budget", "block_rate", "review_rate", "allow_rate", "fraud_share"):
+        assert h[k] == want[k], k
+    c = check_html(out.read_text(encoding="utf-8"))
+    assert c.sections == SECTIONS
+    with pytest.raises(SystemExit):
+        main(["report", "--decisions", str(dpath), "--review-budget", "2", "--out", str(out)])
+
+
+def test_odd_records_do_not_break_the_report():
+    odd = [{"event_id": "o1"}, {"event_id": "o2", "decision": "block", "score": "high", "reasons": "rule:x",
+                                "shadow": {"score": None}, "event_ts": "soon", "decided_at": None},
+           {"no_id": 1}, rec("o3", "allow", float("nan"))]
+    fig = build_report(odd, {"o2": lab("o2", "card_testing")})
+    h = fig["headline"]
+    assert (h["events_decided"], h["unreadable_records"], h["unscored"], h["labelled"]) == (3, 1, 3, 1)
+    assert h["catch_rate"] == 1.0 and fig["rules"]["by_rule"] == []
+    cc = fig["champion_challenger"]
+    assert cc["records"] == 1 and cc["compared_events"] == 0 and cc["agreement_other"] == 1
+    check_html(render_html(fig))
