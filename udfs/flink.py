@@ -402,8 +402,14 @@ class DeviceWindowsScoreDecideControlled(_DeviceLogic, KeyedBroadcastProcessFunc
             state = ctx.get_broadcast_state(CONTROL_STATE)
             for key in ("champion", "challenger", "rules"):
                 raw = state.get(key)
-                if raw is not None:
-                    self.control.apply(parse_control(raw))  # stored only after it was applied once
+                if raw is None:
+                    continue
+                try:  # stored only after it was applied once, but a model file can vanish from a new host
+                    self.control.apply(parse_control(raw))
+                except ControlError as e:
+                    self.control_rejected.inc()
+                    print(f"[riskstream] device stage {self.subtask}: restored {key} refused, keeping the "
+                          f"start-up one: {e}", flush=True)
             self.synced = True
         out = self._decide(value, ctx)
         if out is not None:
