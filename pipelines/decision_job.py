@@ -1,5 +1,7 @@
 """The decision job: Kafka events -> parse/validate -> user windows -> ip windows -> device windows + ONNX + policy
--> Kafka decisions (exactly once), with rejected records to the dead-letter topic (exactly once).
+-> Kafka decisions (exactly once), with rejected records to the dead-letter topic (exactly once). Two more
+inputs reach the device stage: the control topic (model switch, challenger, rules; broadcast state) and
+the labels topic (known-fraud users per device).
 
 Exactly-once pitfalls: the sinks' transactions commit on checkpoint completion, so decisions become
 visible to ``read_committed`` readers one checkpoint interval (plus checkpoint time) after they are made;
@@ -200,7 +202,8 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
     decisions = decisions.name("device-windows-score-decide").uid("device-windows-score-decide")
     # bad input from the parser; duplicates and processing errors from the user and ip stages; refused
     # control messages from the device stage (which turns its own errors into review decisions)
-    sources = [user, ip_stage] + ([decisions] if control is not None else []) + ([label_rows] if label_rows is not None else [])
+    sources = [user, ip_stage] + ([decisions] if control is not None else []) \
+        + ([label_rows] if label_rows is not None else [])
     dead = parsed.get_side_output(DEAD_LETTER_TAG).union(*(s.get_side_output(DEAD_LETTER_TAG) for s in sources))
     return decisions, dead
 

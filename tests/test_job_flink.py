@@ -39,6 +39,7 @@ def test_plan_builds_without_broker_with_stable_uids():
                       ("event-time", "event-time"), ("user-windows", "user-windows"), ("ip-windows", "ip-windows"),
                       ("device-windows-score-decide", "device-windows-score-decide"),
                       ("Source: kafka-control", "kafka-control-source"),
+                      ("Source: kafka-labels", "kafka-labels-source"), ("parse-labels", "parse-labels"),
                       ("decisions-sink: Writer", "decisions-sink"), ("dead-letter-sink: Writer", "dead-letter-sink")]:
         assert uids.get(name) == uid, (name, uids)
 
