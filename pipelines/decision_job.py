@@ -189,7 +189,14 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
     if labels is not None:
         label_rows = (labels.process(ParseLabel(cfg.job_name), output_type=USER_STAGE_ROW)
                       .name("parse-labels").uid("parse-labels"))
-        ip = ip.union(label_rows)
+        # Labels carry the labelled event's time. Their watermark trails the newest labelled event, so
+        # late labels hold the device stage's cleanup timers back by their lag (bounded), never jump them
+        # ahead, and the input goes idle when no labels come.
+        label_wm = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(cfg.out_of_orderness_ms))
+                    .with_idleness(Duration.of_millis(cfg.idleness_ms))
+                    .with_timestamp_assigner(EventTime()))
+        timed_labels = label_rows.assign_timestamps_and_watermarks(label_wm).name("label-time").uid("label-time")
+        ip = ip.union(timed_labels)
     by_device = ip.key_by(lambda r: r[DEVICE_ID], key_type=Types.STRING())
     if control is None:
         decisions = by_device.process(
@@ -237,9 +244,11 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
             csrc = csrc.set_property(k, v)
         if cfg.bounded:
             csrc = csrc.set_bounded(KafkaOffsetsInitializer.latest())
-        # the device stage's cleanup timers follow the smaller of its inputs' watermarks: a control source
-        # without watermarks would hold them back forever, so it goes idle (ignored) when it has nothing
-        control_wm = (WatermarkStrategy.for_monotonous_timestamps()
+        # The device stage's cleanup timers follow the smallest watermark of its inputs. A control source
+        # without watermarks would hold them back forever; one stamped with wall-clock time would jump
+        # them ahead of event time. So it trails far behind while a message is in flight and goes idle
+        # (ignored) when quiet.
+        control_wm = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_days(36500))
                       .with_idleness(Duration.of_millis(cfg.idleness_ms)))
         control = (env.from_source(csrc.build(), control_wm, "kafka-control", type_info=BYTES)
                    .set_parallelism(1).uid("kafka-control-source"))
@@ -256,8 +265,9 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
             lsrc = lsrc.set_property(k, v)
         if cfg.bounded:
             lsrc = lsrc.set_bounded(KafkaOffsetsInitializer.latest())
-        labels_wm = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_millis(cfg.idleness_ms))
-        labels = env.from_source(lsrc.build(), labels_wm, "kafka-labels", type_info=BYTES).uid("kafka-labels-source")
+        # event time for labels comes from the labelled event's ts (parse-labels), not from the broker
+        labels = env.from_source(lsrc.build(), WatermarkStrategy.no_watermarks(), "kafka-labels",
+                                 type_info=BYTES).uid("kafka-labels-source")
     decisions, dead = build_core(raw, cfg, control, labels)
     decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions")).name("decisions-sink").uid("decisions-sink")
     dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES)).name("dead-letter-sink").uid("dead-letter-sink")
