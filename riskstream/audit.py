@@ -68,7 +68,8 @@ class Audit:
         self.decision_count: Counter = Counter()
         self.first_decision: dict[str, dict] = {}
         self.seen_at: dict[str, float] = {}
-        self.refused_ids: Counter = Counter()  # dead letters for parsed events (duplicates, errors)
+        self.refused_ids: Counter = Counter()  # duplicate_event_id dead letters, by event id
+        self.error_ids: Counter = Counter()  # processing_error dead letters for parsed events, by event id
         self.dead_bytes: Counter = Counter()
         self.dead_reasons: Counter = Counter()
         self.dead_total = 0
@@ -113,7 +114,7 @@ class Audit:
         if d.get("original_reencoded"):
             ev = parse_event(raw)
             if isinstance(ev, Event):
-                self.refused_ids[ev.event_id] += 1
+                (self.error_ids if reason == PROCESSING_ERROR else self.refused_ids)[ev.event_id] += 1
             else:
                 self.unreadable_outputs += 1
             return
@@ -126,16 +127,18 @@ class Audit:
         missing = duplicates = unexpected = decided = 0
         for eid, k in self.valid.items():
             d, x = self.decision_count.get(eid, 0), self.refused_ids.get(eid, 0)
+            e = self.error_ids.get(eid, 0)
             decided += d > 0
-            # k records need d + x == k outputs, at least one of them a decision
-            missing += max(k - d - x, 1 if d == 0 else 0)
-            duplicates += max(0, d + x - k)
+            # k records need k outputs; at least one is a decision unless the job reported an error for it
+            missing += max(k - d - x - e, 1 if d == 0 and e == 0 else 0)
+            duplicates += max(0, d + x + e - k)
         for raw, c in self.bad.items():
             got = self.dead_bytes.get(raw, 0)
             missing += max(0, c - got)
             duplicates += max(0, got - c)
         stray = (sum(c for e, c in self.decision_count.items() if e not in self.valid)
                  + sum(c for e, c in self.refused_ids.items() if e not in self.valid)
+                 + sum(c for e, c in self.error_ids.items() if e not in self.valid)
                  + sum(c for r, c in self.dead_bytes.items() if r not in self.bad))
         unexpected = stray if self.whole_input else 0
         kinds = Counter(d["decision"] for e, d in self.first_decision.items() if e in self.valid)
@@ -155,6 +158,7 @@ class Audit:
             "duplicates": duplicates,
             "unexpected": unexpected,
             "outside_range": 0 if self.whole_input else stray,
+            "processing_errors": sum(self.error_ids.values()),
             "wrong_reason": self.wrong_reason,
             "unreadable_outputs": self.unreadable_outputs,
             "latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "p999": _pct(lat, 0.999),
@@ -198,8 +202,10 @@ def verify(bootstrap: str, events_topic: str, decisions_topic: str, dead_letter_
         all_tps = ev_tps + out_tps
         consumer.assign(all_tps)
         begin = consumer.beginning_offsets(all_tps)
-        ev_end = _offsets_at(consumer, ev_tps, to_ms, consumer.end_offsets(ev_tps))
-        start = _offsets_at(consumer, all_tps, from_ms, begin)
+        end_now = consumer.end_offsets(all_tps)
+        ev_end = _offsets_at(consumer, ev_tps, to_ms, {tp: end_now[tp] for tp in ev_tps})
+        # no record at or after from_ms in a partition: nothing of it is in range (start at its end)
+        start = _offsets_at(consumer, all_tps, from_ms, end_now) if from_ms is not None else dict(begin)
         for tp in all_tps:
             consumer.seek(tp, start[tp])
         audit = Audit(whole_input=from_ms is None and to_ms is None)
@@ -208,8 +214,15 @@ def verify(bootstrap: str, events_topic: str, decisions_topic: str, dead_letter_
         while True:
             out_end = consumer.end_offsets(out_tps)  # the last stable offsets (read_committed)
             targets = {**{tp: ev_end[tp] for tp in ev_tps}, **out_end}
+            stalled_since = time.monotonic()
             while any(consumer.position(tp) < targets[tp] for tp in all_tps):
-                for tp, msgs in consumer.poll(timeout_ms=200, max_records=5000).items():
+                batch = consumer.poll(timeout_ms=200, max_records=5000)
+                if batch:
+                    stalled_since = time.monotonic()
+                elif time.monotonic() - stalled_since > 60:
+                    raise TimeoutError(f"no records from {bootstrap} for 60 s before the end offsets were "
+                                       "reached: is the broker up?")
+                for tp, msgs in batch.items():
                     now = time.time()
                     for m in msgs:
                         if tp.topic == events_topic:

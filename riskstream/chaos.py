@@ -132,7 +132,13 @@ class JobProcess:
         trig = _http(f"{self.rest}/jobs/{self.job_id}/stop", {"targetDirectory": target_uri, "drain": False})
         deadline = time.monotonic() + deadline_s
         while True:
-            st = _http(f"{self.rest}/jobs/{self.job_id}/savepoints/{trig['request-id']}", timeout=2)
+            try:
+                st = _http(f"{self.rest}/jobs/{self.job_id}/savepoints/{trig['request-id']}", timeout=2)
+            except OSError:  # the job finished and its process (and REST server) went away
+                if self.proc.poll() is None:
+                    time.sleep(0.2)  # polling interval
+                    continue
+                return self._newest_savepoint(target_uri)
             if st["status"]["id"] == "COMPLETED":
                 if "failure-cause" in st.get("operation", {}):
                     raise RuntimeError(f"stop-with-savepoint failed: {st['operation']['failure-cause']}")
@@ -143,6 +149,15 @@ class JobProcess:
             time.sleep(0.2)  # polling interval
         self.proc.wait(timeout=deadline_s)  # the job finishes, so `riskstream run` returns
         return location
+
+    @staticmethod
+    def _newest_savepoint(target_uri: str) -> str:
+        from urllib.parse import urlparse
+
+        metas = sorted(Path(urlparse(target_uri).path).glob("savepoint-*/_metadata"), key=lambda m: m.stat().st_mtime)
+        if not metas:
+            raise RuntimeError(f"the job stopped but no savepoint is in {target_uri}")
+        return metas[-1].parent.as_uri()
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -285,7 +300,9 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
                             from kafka import KafkaProducer
 
                             poker = KafkaProducer(bootstrap_servers=lay.bootstrap, acks="all")
-                        rec = next(pokes)
+                        rec = next(pokes, None)
+                        if rec is None:
+                            raise RuntimeError("the failure trigger was not claimed after 1,000 extra events")
                         poker.send(names[0], key=rec.key.encode(), value=orjson.dumps(rec.event)).get(timeout=30)
                         poked += 1
                     time.sleep(0.05)

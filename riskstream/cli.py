@@ -155,8 +155,13 @@ def cmd_verify(a) -> int:
         raise SystemExit(f"riskstream verify: {e}")
     if not broker_ready(a.bootstrap_servers, timeout_s=5):
         raise SystemExit(f"riskstream verify: no Kafka broker answers at {a.bootstrap_servers}")
-    rep = verify(a.bootstrap_servers, a.events_topic, a.decisions_topic, a.dead_letter_topic, from_ms, to_ms,
-                 wait_s=a.wait, progress=lambda m: print(f"[verify] {m}", file=sys.stderr, flush=True))
+    if from_ms is not None and to_ms is not None and from_ms >= to_ms:
+        raise SystemExit("riskstream verify: --from-time must be before --to-time")
+    try:
+        rep = verify(a.bootstrap_servers, a.events_topic, a.decisions_topic, a.dead_letter_topic, from_ms, to_ms,
+                     wait_s=a.wait, progress=lambda m: print(f"[verify] {m}", file=sys.stderr, flush=True))
+    except TimeoutError as e:
+        raise SystemExit(f"riskstream verify: {e}")
     print(render(rep))
     if a.json:
         print(orjson.dumps(rep).decode())

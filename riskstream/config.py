@@ -125,6 +125,9 @@ class JobConfig(BaseModel):
             [t for t in (self.control_topic, self.labels_topic) if t]
         if len(set(named)) != len(named):
             raise ValueError("events, decisions, dead-letter, control and labels topics must all be different topics")
+        if self.dedup_horizon_ms > 24 * 3600 * 1000:
+            raise ValueError("dedup_horizon_ms must be at most 24 h: the user stage drops an idle user's state "
+                             "(and its remembered ids) after its longest window")
         if self.review_threshold > self.block_threshold:
             raise ValueError("review_threshold must not exceed block_threshold")
         if self.transaction_timeout_ms > BROKER_MAX_TRANSACTION_TIMEOUT_MS:

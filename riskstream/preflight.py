@@ -13,22 +13,34 @@ class StartupError(Exception):
 def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
     """Broker reachable, the three topics exist, the sink's transaction timeout is allowed by every
     broker, and the dead-letter topic takes the largest dead letter (see ``topics.DEAD_LETTER_MAX_BYTES``)."""
+    from kafka.errors import KafkaError
+
+    from .stack import broker_ready
+
+    if not broker_ready(cfg.bootstrap_servers, timeout_s=timeout_s, client_props=_client_props(cfg)):
+        raise StartupError(f"no Kafka broker answers at {cfg.bootstrap_servers}; start the local one with "
+                           "`riskstream stack up` or pass --bootstrap-servers")
+    try:
+        conf = _inspect(cfg, timeout_s)
+    except KafkaError as e:
+        raise StartupError(f"the Kafka cluster at {cfg.bootstrap_servers} refused the start-up checks "
+                           f"({type(e).__name__}: {e}); check the credentials and ACLs (DESCRIBE, "
+                           "DESCRIBE_CONFIGS, CREATE for the control and labels topics)") from None
+    _check_limits(cfg, conf)
+
+
+def _inspect(cfg: JobConfig, timeout_s: float) -> dict:
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from .stack import broker_ready
-    from .topics import DEAD_LETTER_MAX_BYTES
+    from kafka.admin import NewTopic
 
-    if not broker_ready(cfg.bootstrap_servers, timeout_s=timeout_s):
-        raise StartupError(f"no Kafka broker answers at {cfg.bootstrap_servers}; start the local one with "
-                           "`riskstream stack up` or pass --bootstrap-servers")
+    from .topics import control_topic_spec, labels_topic_spec
+
     admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
                              **_client_props(cfg))
     try:
         existing = set(admin.list_topics())
-        from kafka.admin import NewTopic
-
-        from .topics import control_topic_spec, labels_topic_spec
 
         for name, spec_of in ((cfg.control_topic, control_topic_spec), (cfg.labels_topic, labels_topic_spec)):
             if name and name not in existing:  # the job's own input topics: created when missing
@@ -53,6 +65,12 @@ def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
             config_filter="all")
     finally:
         admin.close()
+    return conf
+
+
+def _check_limits(cfg: JobConfig, conf: dict) -> None:
+    from .topics import DEAD_LETTER_MAX_BYTES
+
     for b, c in conf.get("broker", {}).items():
         limit = int(c["transaction.max.timeout.ms"]["value"])
         if cfg.transaction_timeout_ms > limit:

@@ -137,7 +137,7 @@ def read_pid(lay: StackLayout) -> int | None:
     return pid if _pid_alive(pid) else None
 
 
-def broker_ready(bootstrap: str, timeout_s: float = 2.0) -> bool:
+def broker_ready(bootstrap: str, timeout_s: float = 2.0, client_props: dict | None = None) -> bool:
     """True once the broker answers a metadata request (not merely accepts TCP)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
@@ -153,7 +153,8 @@ def broker_ready(bootstrap: str, timeout_s: float = 2.0) -> bool:
     else:
         return False
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                 **(client_props or {}))
     except (KafkaError, OSError, ValueError):
         return False
     try:

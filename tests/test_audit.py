@@ -109,3 +109,13 @@ def test_parse_time():
     assert parse_time("2026-01-01T01:00:00+01:00") == 1_767_225_600_000
     with pytest.raises(ValueError, match="neither epoch milliseconds nor an ISO-8601"):
         parse_time("yesterday")
+
+
+def test_a_processing_error_accounts_for_its_event_and_is_reported():
+    a = Audit()
+    a.add_event(ev(1))
+    a.add_dead(dead(ev(1), reencoded=True, reason="processing_error"))
+    r = a.report()
+    assert (r["missing"], r["duplicates"], r["processing_errors"]) == (0, 0, 1)
+    a.add_decision(decision(1))  # an error notice and a decision for one record: one too many
+    assert a.report()["duplicates"] == 1

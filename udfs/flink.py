@@ -146,9 +146,15 @@ def _subtask_index(runtime_context) -> int:
         return runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask()
 
 
+MAX_FUTURE_SKEW_MS = 60_000
+
+
 class EventTime(TimestampAssigner):
+    """Event time from the record's ``ts``, clamped to the wall clock plus one minute: one event (or label)
+    stamped in the future would otherwise push the watermark ahead and fire every key's cleanup timer."""
+
     def extract_timestamp(self, value, record_timestamp: int) -> int:
-        return value[7]
+        return min(value[7], int(time.time() * 1000) + MAX_FUTURE_SKEW_MS)
 
 
 class _Windowed(KeyedProcessFunction):
@@ -200,7 +206,7 @@ class _Windowed(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx):
         st = self.state.value()
         if st is None:
-            return
+            return iter(())
         expiry = self.windows.expires_at(st)
         if expiry <= timestamp:
             self.state.clear()  # idle past the longest horizon + lateness: no event can read it again
@@ -313,7 +319,8 @@ class _DeviceLogic(_Windowed):
             return
         now = int(time.time() * 1000)
         self.known.update({"users": users, "at": now})
-        ctx.timer_service().register_processing_time_timer(now + LABEL_TTL_MS)
+        due = now + LABEL_TTL_MS
+        ctx.timer_service().register_processing_time_timer(due - due % TIMER_GRID_MS + TIMER_GRID_MS)
 
     def on_timer(self, timestamp: int, ctx):
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:  # only label cleanup uses processing time
@@ -335,7 +342,12 @@ class _DeviceLogic(_Windowed):
     def _decide(self, value, ctx):
         """The decision record bytes for an event row, or None for a label row (folded into state)."""
         if value[1] == LABEL_MARK:
-            self._label(value, ctx)
+            try:
+                self._label(value, ctx)
+            except Exception as e:  # a label must never fail the job
+                self.error_counter.inc()
+                print(f"[riskstream] device stage: label for {value[0]} not applied: {type(e).__name__}: {e}",
+                      flush=True)
             return None
         t0 = time.perf_counter()
         c = self.control
@@ -406,7 +418,7 @@ class DeviceWindowsScoreDecideControlled(_DeviceLogic, KeyedBroadcastProcessFunc
                     continue
                 try:  # stored only after it was applied once, but a model file can vanish from a new host
                     self.control.apply(parse_control(raw))
-                except ControlError as e:
+                except Exception as e:
                     self.control_rejected.inc()
                     print(f"[riskstream] device stage {self.subtask}: restored {key} refused, keeping the "
                           f"start-up one: {e}", flush=True)
@@ -420,9 +432,13 @@ class DeviceWindowsScoreDecideControlled(_DeviceLogic, KeyedBroadcastProcessFunc
         try:
             msg = parse_control(raw)
             what = self.control.apply(msg)
-        except ControlError as e:
+        except Exception as e:  # any failure refuses the message; nothing here may fail the job
+            if not isinstance(e, ControlError):
+                e = ControlError(f"refused, the current settings keep deciding: {type(e).__name__}: {e}")
             self.control_rejected.inc()
-            if self.subtask == 0:
+            if self.subtask != 0:
+                print(f"[riskstream] device stage {self.subtask}: control refused: {e}", flush=True)
+            else:
                 yield DEAD_LETTER_TAG, dead_letter_record(raw, Rejection(CONTROL_REJECTED, str(e)[:200]),
                                                           self.job_name, int(time.time() * 1000))
             return
