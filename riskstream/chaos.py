@@ -238,7 +238,10 @@ def with_retries(records: list[Labelled], share: float, rng: random.Random) -> l
 def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, parallelism: int = 1,
               checkpoint_interval_ms: int = 1000, kinds: tuple[str, ...] = KINDS, bad_share: float = 0.005,
               dup_share: float = 0.002, port: int | None = None, deadline_s: float = 3600,
-              log=sys.stderr) -> dict:
+              log=sys.stderr, keep: bool = False) -> dict:
+    """Run, inject, audit. The run's folder (``<home>/chaos/<run>``) keeps the job logs; its broker data,
+    checkpoints and savepoints (about 200 MB for 200k events) are removed after a clean audit unless
+    ``keep``."""
     from .audit import verify
 
     t_start = time.monotonic()
@@ -337,6 +340,11 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
             feeder.resume()
         job.close()
         stack.down(root=kafka_root, out=log)
+    if not keep and rep["missing"] == rep["duplicates"] == rep["unexpected"] == 0:
+        import shutil
+
+        for sub in (kafka_root / "data", run_dir / "checkpoints", run_dir / "savepoints"):
+            shutil.rmtree(sub, ignore_errors=True)
     by_kind: dict[str, list[float]] = {}
     for f in injected:
         by_kind.setdefault(f["kind"], []).append(f["recovery_s"])

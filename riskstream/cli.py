@@ -177,7 +177,7 @@ def cmd_chaos(a) -> int:
         raise SystemExit(f"riskstream chaos: unknown failure kinds {sorted(unknown)}; choose from {chaos.KINDS}")
     res = chaos.run_chaos(a.events, a.failures, rate=a.rate, seed=a.seed, parallelism=a.parallelism,
                           checkpoint_interval_ms=a.checkpoint_interval_ms, kinds=kinds, port=a.port,
-                          deadline_s=a.deadline)
+                          deadline_s=a.deadline, keep=a.keep)
     print(chaos.render(res))
     if a.json:
         print(orjson.dumps(res).decode())
@@ -473,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one; the harness "
                                                            "starts and restarts its own broker)")
     p.add_argument("--deadline", type=float, default=3600, help="give up after this many seconds")
+    p.add_argument("--keep", action="store_true", help="keep the broker data, checkpoints and savepoints of a "
+                                                       "clean run (by default only logs are kept)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON on the last line")
     p.set_defaults(fn=cmd_chaos)
 

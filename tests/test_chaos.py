@@ -34,6 +34,9 @@ def test_every_failure_kind_once(tmp_path, monkeypatch):
     res = chaos.run_chaos(events=2500, failures=4, rate=250, seed=3, dup_share=0.01)
     _check(res, 2500, 4)
     assert {f["kind"] for f in res["failures"]} == set(chaos.KINDS)
+    # a clean run keeps its job logs, not its broker data, checkpoints or savepoints
+    (run,) = (tmp_path / "chaos").iterdir()
+    assert list(run.glob("job-*.log")) and not (run / "checkpoints").exists() and not (run / "kafka" / "data").exists()
 
 
 @pytest.mark.long
