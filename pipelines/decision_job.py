@@ -215,62 +215,49 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
     return decisions, dead
 
 
+def _source(cfg: JobConfig, topic: str, group_id: str, offsets: KafkaOffsetsInitializer) -> KafkaSource:
+    """A read_committed byte source (bounded at the end offsets found at start when ``cfg.bounded``)."""
+    b = (KafkaSource.builder()
+         .set_bootstrap_servers(cfg.bootstrap_servers)
+         .set_topics(topic)
+         .set_group_id(group_id)
+         .set_starting_offsets(offsets)
+         .set_value_only_deserializer(ByteArraySchema())
+         .set_property("isolation.level", "read_committed")
+         .set_property("commit.offsets.on.checkpoint", "true"))
+    for k, v in cfg.kafka_client_properties().items():
+        b = b.set_property(k, v)
+    if cfg.bounded:
+        b = b.set_bounded(KafkaOffsetsInitializer.latest())
+    return b.build()
+
+
 def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     """Add the decision job's operators to ``env`` (no broker needed to build the graph)."""
-    src = (KafkaSource.builder()
-           .set_bootstrap_servers(cfg.bootstrap_servers)
-           .set_topics(cfg.events_topic)
-           .set_group_id(cfg.group_id)
-           .set_starting_offsets(_offsets(cfg))
-           .set_value_only_deserializer(ByteArraySchema())
-           .set_property("isolation.level", "read_committed")
-           .set_property("commit.offsets.on.checkpoint", "true"))
-    for k, v in cfg.kafka_client_properties().items():
-        src = src.set_property(k, v)
-    if cfg.bounded:
-        src = src.set_bounded(KafkaOffsetsInitializer.latest())
-    raw = env.from_source(src.build(), WatermarkStrategy.no_watermarks(), "kafka-events",
-                          type_info=BYTES).uid("kafka-events-source")
+    raw = env.from_source(_source(cfg, cfg.events_topic, cfg.group_id, _offsets(cfg)),
+                          WatermarkStrategy.no_watermarks(), "kafka-events", type_info=BYTES).uid("kafka-events-source")
     control = None
     if cfg.control_topic:
-        csrc = (KafkaSource.builder()
-                .set_bootstrap_servers(cfg.bootstrap_servers)
-                .set_topics(cfg.control_topic)
-                .set_group_id(f"{cfg.group_id}-control")
-                .set_starting_offsets(KafkaOffsetsInitializer.earliest())  # the whole history, newest wins
-                .set_value_only_deserializer(ByteArraySchema())
-                .set_property("isolation.level", "read_committed"))
-        for k, v in cfg.kafka_client_properties().items():
-            csrc = csrc.set_property(k, v)
-        if cfg.bounded:
-            csrc = csrc.set_bounded(KafkaOffsetsInitializer.latest())
         # The device stage's cleanup timers follow the smallest watermark of its inputs. A control source
         # without watermarks would hold them back forever; one stamped with wall-clock time would jump
         # them ahead of event time. So it trails far behind while a message is in flight and goes idle
         # (ignored) when quiet.
         control_wm = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_days(36500))
                       .with_idleness(Duration.of_millis(cfg.idleness_ms)))
-        control = (env.from_source(csrc.build(), control_wm, "kafka-control", type_info=BYTES)
+        # the whole history from the start (newest message of each kind wins), then from checkpoints
+        csrc = _source(cfg, cfg.control_topic, f"{cfg.group_id}-control", KafkaOffsetsInitializer.earliest())
+        control = (env.from_source(csrc, control_wm, "kafka-control", type_info=BYTES)
                    .set_parallelism(1).uid("kafka-control-source"))
     labels = None
     if cfg.labels_topic:
-        lsrc = (KafkaSource.builder()
-                .set_bootstrap_servers(cfg.bootstrap_servers)
-                .set_topics(cfg.labels_topic)
-                .set_group_id(f"{cfg.group_id}-labels")
-                .set_starting_offsets(_offsets(cfg))
-                .set_value_only_deserializer(ByteArraySchema())
-                .set_property("isolation.level", "read_committed"))
-        for k, v in cfg.kafka_client_properties().items():
-            lsrc = lsrc.set_property(k, v)
-        if cfg.bounded:
-            lsrc = lsrc.set_bounded(KafkaOffsetsInitializer.latest())
         # event time for labels comes from the labelled event's ts (parse-labels), not from the broker
-        labels = env.from_source(lsrc.build(), WatermarkStrategy.no_watermarks(), "kafka-labels",
+        lsrc = _source(cfg, cfg.labels_topic, f"{cfg.group_id}-labels", _offsets(cfg))
+        labels = env.from_source(lsrc, WatermarkStrategy.no_watermarks(), "kafka-labels",
                                  type_info=BYTES).uid("kafka-labels-source")
     decisions, dead = build_core(raw, cfg, control, labels)
     decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions")).name("decisions-sink").uid("decisions-sink")
-    dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES)).name("dead-letter-sink").uid("dead-letter-sink")
+    (dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES))
+     .name("dead-letter-sink").uid("dead-letter-sink"))
 
 
 def wait_until_running(rest_url: str, job_id: str, deadline_s: float = 120.0) -> float:

@@ -820,16 +820,21 @@ def read_jsonl(path) -> tuple[list[dict], int]:
             line = line.strip()
             if not line:
                 continue
-            try:
-                v = orjson.loads(line)
-            except orjson.JSONDecodeError:
+            v = _json_object(line)
+            if v is None:
                 bad += 1
-                continue
-            if isinstance(v, dict):
-                out.append(v)
             else:
-                bad += 1
+                out.append(v)
     return out, bad
+
+
+def _json_object(raw) -> dict | None:
+    """A JSON object, or None for anything else (not JSON, not an object)."""
+    try:
+        v = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    return v if isinstance(v, dict) else None
 
 
 def read_labels(path) -> dict[str, dict]:
@@ -861,15 +866,11 @@ def read_decisions_topic(bootstrap: str, topic: str, deadline_s: float = 120,
                 for m in msgs:
                     if m.offset >= end[tp]:
                         continue
-                    try:
-                        v = orjson.loads(m.value)
-                    except (orjson.JSONDecodeError, TypeError):
+                    v = _json_object(m.value)
+                    if v is None:
                         bad += 1
-                        continue
-                    if isinstance(v, dict):
-                        out.append(v)
                     else:
-                        bad += 1
+                        out.append(v)
         return out, bad
     finally:
         c.close()
