@@ -145,6 +145,22 @@ def cmd_demo(a) -> int:
     return 0 if summary["missing"] == 0 and summary["duplicates"] == 0 else 1
 
 
+def cmd_bench(a) -> int:
+    from benchmarks import bench
+
+    names = tuple(n for n in a.contenders.split(",") if n)
+    unknown = set(names) - set(bench.CONTENDERS)
+    if unknown:
+        raise SystemExit(f"riskstream bench: unknown contenders {sorted(unknown)}; choose from {bench.CONTENDERS}")
+    res = bench.run_bench(events=a.events, parallelism=a.parallelism, latency_seconds=a.latency_seconds,
+                          seed=a.seed, contenders=names, checkpoint_interval_ms=a.checkpoint_interval_ms,
+                          keep=a.keep)
+    print(bench.render(res))
+    if a.json:
+        print(orjson.dumps(res).decode())
+    return 0
+
+
 def cmd_verify(a) -> int:
     from .audit import parse_time, render, verify
     from .stack import broker_ready
@@ -573,6 +589,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="print the feature spec")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_features)
+
+    p = sub.add_parser("bench", help="the job end to end against a plain Python loop, Quix Streams and Flink SQL "
+                                     "on one private broker; throughput, latency, pure-core costs")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
+    p.add_argument("--events", type=int, default=200_000, help="events in the preloaded backlog")
+    p.add_argument("--parallelism", type=int, default=2)
+    p.add_argument("--latency-seconds", type=float, default=60.0, help="length of the half-rate latency run")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--contenders", default="python,quix,java",
+                   help="baselines to run, comma-separated (python, quix, java; '' for none)")
+    p.add_argument("--checkpoint-interval-ms", type=int, default=None, help="default: the job's")
+    p.add_argument("--keep", action="store_true", help="keep the broker data and checkpoints")
+    p.set_defaults(fn=cmd_bench)
     return ap
 
 

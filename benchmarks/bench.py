@@ -1,0 +1,450 @@
+"""``riskstream bench``: the whole job against what users would otherwise run, on one broker, in one run.
+
+Phases (each prints progress):
+
+1. A private broker; ``--events`` generated events (no malformed ones) preloaded on a ``bench.events``
+   topic with ``--parallelism`` partitions.
+2. **throughput**: the real job (``riskstream run --bounded``, its default settings, exactly once, the
+   control and labels inputs on) drains that backlog; ``throughput_eps`` is its committed output rate,
+   timed by the broker's append times (``benchmarks._common``), so start-up is not counted.
+3. **latency**: the job again, unbounded, fed at half that rate for ``--latency-seconds``.
+   ``latency_ms`` runs from the event's append time at the broker to ``decided_at`` in the decision;
+   ``visible_latency_ms`` to the moment a ``read_committed`` consumer here received it, which adds the
+   wait for the checkpoint that commits the transaction (the exactly-once price).
+4. **baselines** on the same backlog, each writing its own output topic, timed the same way:
+   ``baseline_python_eps`` (``benchmarks.python_baseline``), ``baseline_quix_eps``
+   (``benchmarks.quix_baseline``, needs the ``bench`` extra) and ``limit_java_eps``
+   (``benchmarks.java_limit``, Flink SQL without Python).
+5. **micro**: onnxruntime and window-update µs per event, state bytes per key, from the pure core.
+
+Writes ``benchmarks/results/bench-<time>.json`` and ``latency-<time>.png`` (the folder is ignored) and
+prints the JSON object on the last line with ``--json``. Every contender's output is read back in full:
+a contender that loses or duplicates events is reported, not silently timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from riskstream import paths, stack
+from riskstream.config import JobConfig
+from riskstream.generator import TrafficGenerator
+
+from ._common import OutputSpan, make_topic, read_output
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONTENDERS = ("python", "quix", "java")
+TARGETS = {"throughput_eps": 50_000, "vs_java": 0.6, "vs_quix": 2.0, "latency_p99_ms": 20.0,
+           "latency_p999_ms": 100.0, "visible_p99_over_checkpoint_ms": 200.0}
+
+
+def _log(msg: str, log) -> None:
+    print(f"[bench] {msg}", file=log, flush=True)
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2)
+
+
+def _events(n: int, seed: int) -> list[bytes]:
+    return [orjson.dumps(r.event) for r in TrafficGenerator(seed=seed, bad_share=0.0).generate(n)]
+
+
+def _preload(bootstrap: str, topic: str, values: list[bytes], log) -> None:
+    from kafka import KafkaProducer
+
+    from riskstream.kafka_io import progress_printer
+
+    show = progress_printer(len(values), f"preload {topic}", stream=log)
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024,
+                      enable_idempotence=True)
+    try:
+        for i, v in enumerate(values, 1):
+            uid = v[v.index(b'"user_id":"') + 11:]
+            p.send(topic, key=uid[:uid.index(b'"')], value=v)
+            if i % 5000 == 0:
+                show(i)
+        p.flush(timeout=120)
+    finally:
+        p.close(timeout=10)
+    show(len(values))
+
+
+def _job_flags(bootstrap: str, events_topic: str, tag: str, work: Path, parallelism: int,
+               checkpoint_interval_ms: int | None) -> dict[str, str]:
+    flags = {
+        "bootstrap_servers": bootstrap, "events_topic": events_topic,
+        "decisions_topic": f"bench.{tag}.decisions", "dead_letter_topic": f"bench.{tag}.dead-letter",
+        "control_topic": f"bench.{tag}.control", "labels_topic": f"bench.{tag}.labels",
+        "group_id": f"bench-{tag}-{uuid.uuid4().hex[:6]}", "transactional_id_prefix": f"bench-{tag}-{uuid.uuid4().hex[:6]}",
+        "starting_offsets": "earliest", "parallelism": str(parallelism),
+        "checkpoint_dir": (work / f"checkpoints-{tag}").as_uri(),
+    }
+    if checkpoint_interval_ms:
+        flags["checkpoint_interval_ms"] = str(checkpoint_interval_ms)
+    return flags
+
+
+def _job_topics(bootstrap: str, flags: dict[str, str], parallelism: int) -> None:
+    from riskstream.topics import ensure_topics, topic_specs
+
+    ensure_topics(bootstrap, topic_specs(flags["events_topic"], flags["decisions_topic"], flags["dead_letter_topic"],
+                                         parallelism))
+
+
+def _job_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)  # the flags above beat any RISKSTREAM_* job setting in it
+
+
+def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Path, parallelism: int,
+                     checkpoint_interval_ms: int | None, log, deadline_s: float) -> dict:
+    """The job drains the preloaded backlog (``--bounded``) and exits; its committed output is timed."""
+    import subprocess
+
+    flags = _job_flags(bootstrap, events_topic, "flink", work, parallelism, checkpoint_interval_ms)
+    _job_topics(bootstrap, flags, parallelism)
+    args = [sys.executable, "-m", "riskstream.cli", "run", "--bounded"]
+    for k, v in flags.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    t0 = time.monotonic()
+    with open(work / "job-throughput.log", "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=_job_env(),
+                                cwd=paths.PROJECT_ROOT, start_new_session=True)
+    watcher = threading.Thread(target=lambda: _watch_count(bootstrap, flags["decisions_topic"], expected, proc,
+                                                           log, "flink job"), daemon=True)
+    watcher.start()
+    try:
+        rc = proc.wait(timeout=deadline_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise TimeoutError(f"the job did not drain {expected} events within {deadline_s:.0f}s; "
+                           f"see {work / 'job-throughput.log'}")
+    if rc != 0:
+        raise RuntimeError(f"the job exited with {rc}; see {work / 'job-throughput.log'}")
+    span = read_output(bootstrap, flags["decisions_topic"], expected, deadline_s=30, log=log)
+    return {"span": span, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def _watch_count(bootstrap: str, topic: str, expected: int, proc, log, what: str) -> None:
+    """Progress: committed outputs so far, every few seconds, until the contender is done."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    try:
+        c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        while (proc is None or proc.poll() is None):
+            time.sleep(3)  # progress display interval, not synchronisation
+            ends = c.end_offsets(tps)  # read_committed: up to the last stable offset
+            n = sum(ends.values())
+            _log(f"{what}: ~{n:,} of {expected:,} decisions committed (offsets include transaction markers)", log)
+            if n >= expected:
+                return
+        c.close()
+    except Exception:
+        return
+
+
+def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, parallelism: int,
+                  checkpoint_interval_ms: int | None, seed: int, log) -> dict:
+    """The job fed live at ``rate``: per-event latency to ``decided_at`` and to read_committed visibility."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from riskstream.chaos import Feeder, JobProcess
+    from riskstream.generator import Labelled
+
+    topic = "bench.live.events"
+    make_topic(bootstrap, topic, parallelism)
+    flags = _job_flags(bootstrap, topic, "live", work, parallelism, checkpoint_interval_ms)
+    _job_topics(bootstrap, flags, parallelism)
+    n = max(1000, int(rate * seconds))
+    records = [Labelled(key=r.key, event=r.event, raw=None, label=r.label)
+               for r in TrafficGenerator(seed=seed, bad_share=0.0).generate(n)]
+    job = JobProcess(flags, work, _job_env(), log=log)
+    seen: dict[bytes, tuple[float, int]] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                          auto_offset_reset="earliest", enable_auto_commit=False)
+        c.assign([TopicPartition(flags["decisions_topic"], p)
+                  for p in sorted(c.partitions_for_topic(flags["decisions_topic"]))])
+        while not stop.is_set():
+            for recs in c.poll(timeout_ms=50).values():
+                now = time.time()
+                for r in recs:
+                    d = orjson.loads(r.value)
+                    seen[d["event_id"].encode()] = (now, d["decided_at"])
+        c.close()
+
+    try:
+        started = job.start(restore_from=None)
+        _log(f"live job running (first checkpoint done) after {started:.1f}s; feeding {n:,} events at "
+             f"{rate:,.0f}/s", log)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        feeder = Feeder(bootstrap, topic, records, rate)
+        feeder.start()
+        t0 = time.monotonic()
+        while feeder.is_alive() or len(seen) < n:
+            time.sleep(2)  # progress display interval
+            _log(f"live: sent {feeder.sent:,}, visible decisions {len(seen):,} of {n:,}", log)
+            if not feeder.is_alive() and time.monotonic() - t0 > seconds + 120:
+                break
+        if feeder.error:
+            raise feeder.error
+    finally:
+        stop.set()
+        job.close()
+    append = _append_times(bootstrap, topic, n)
+    lat = [dec - append[e] for e, (_, dec) in seen.items() if e in append]
+    vis = [seen_at * 1000 - append[e] for e, (seen_at, _) in seen.items() if e in append]
+    return {"rate": round(rate, 1), "events": n, "decided": len(seen), "latency": lat, "visible": vis,
+            "startup_s": round(started, 1)}
+
+
+def _append_times(bootstrap: str, topic: str, expected: int) -> dict[bytes, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                      consumer_timeout_ms=3000)
+    c.assign([TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))])
+    out: dict[bytes, int] = {}
+    key = b'"event_id":"'
+    for r in c:
+        v = r.value
+        j = v.index(key) + len(key)
+        out[v[j:v.index(b'"', j)]] = r.timestamp
+        if len(out) >= expected:
+            break
+    c.close()
+    return out
+
+
+def micro(seed: int, n: int = 50_000) -> dict:
+    """Pure-core costs: window update per event (user + ip + device), onnxruntime per event (one row, and
+    in batches of 1,000), and pickled state bytes per key (median over the keys of ``n`` events)."""
+    import numpy as np
+
+    from benchmarks.windows import time_entity
+    from udfs.events import Event
+    from udfs.features import FEATURE_NAMES
+    from udfs.scoring import Scorer
+
+    events = [Event(**r.event) for r in TrafficGenerator(seed=seed, bad_share=0.0).generate(n)]
+    windows, state = {}, {}
+    for entity in ("user", "ip", "device"):
+        runs = [time_entity(entity, events) for _ in range(3)]
+        windows[entity] = round(statistics.median(r[0] for r in runs), 2)
+        state[entity] = runs[0][1]["median"]
+    scorer = Scorer(JobConfig().resolved_model_path())
+    rows = np.random.default_rng(seed).random((10_000, len(FEATURE_NAMES)), dtype=np.float32) * 100
+    one = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for r in rows[:3000]:
+            scorer.score(r)
+        one.append((time.perf_counter() - t0) / 3000 * 1e6)
+    batch = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), 1000):
+            scorer.score_batch(rows[i:i + 1000])
+        batch.append((time.perf_counter() - t0) / len(rows) * 1e6)
+    return {"window_us_per_event": round(sum(windows.values()), 2), "window_us_by_entity": windows,
+            "onnx_us_per_event": round(statistics.median(one), 2),
+            "onnx_us_per_event_batched": round(statistics.median(batch), 2),
+            "state_bytes_per_key": state}
+
+
+def baseline(name: str, bootstrap: str, events_topic: str, expected: int, work: Path, parallelism: int,
+             log) -> dict:
+    out_topic = f"bench.{name}.decisions"
+    make_topic(bootstrap, out_topic, parallelism)
+    t0 = time.monotonic()
+    if name == "python":
+        from benchmarks import python_baseline as mod
+        info = mod.run(bootstrap, events_topic, out_topic, expected, work, log=log)
+    elif name == "quix":
+        try:
+            from benchmarks import quix_baseline as mod
+        except ImportError as e:
+            return {"skipped": f"{e}: install the bench extra (make bench)"}
+        info = mod.run(bootstrap, events_topic, out_topic, expected, work, log=log)
+    else:
+        from benchmarks import java_limit as mod
+        info = mod.run(bootstrap, events_topic, out_topic, expected, work, parallelism=parallelism, log=log)
+    span = read_output(bootstrap, out_topic, expected, deadline_s=30, log=log)
+    return {**info, "span": span, "wall_s": round(time.monotonic() - t0, 1)}
+
+
+def _span_json(span: OutputSpan, expected: int) -> dict:
+    return {"eps": round(span.eps, 1) if span.eps else None, "records": span.records,
+            "distinct_events": span.distinct_ids, "expected": expected,
+            "exact": span.records == expected == span.distinct_ids}
+
+
+def write_png(path: Path, latency: list[float], visible: list[float], checkpoint_ms: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, xs, title in ((axes[0], latency, "arrival → decision produced"),
+                          (axes[1], visible, "arrival → visible to read_committed")):
+        if xs:
+            ax.hist(xs, bins=80, color="#3b6ea5")
+            for q, style in ((0.5, "-"), (0.99, "--"), (0.999, ":")):
+                v = _pct(xs, q)
+                ax.axvline(v, color="#c0392b", linestyle=style, label=f"p{q * 100:g} {v:.1f} ms")
+            ax.legend()
+        ax.set_title(title)
+        ax.set_xlabel("ms")
+        ax.set_ylabel("events")
+    axes[1].axvline(checkpoint_ms, color="#555", linewidth=0.8)
+    fig.suptitle("riskstream bench: latency at half the maximum rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: float = 60.0, seed: int = 11,
+              contenders: tuple[str, ...] = CONTENDERS, checkpoint_interval_ms: int | None = None,
+              port: int | None = None, keep: bool = False, log=sys.stderr, deadline_s: float = 900) -> dict:
+    t_start = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = paths.home() / "bench" / stamp
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = JobConfig(**({"checkpoint_interval_ms": checkpoint_interval_ms} if checkpoint_interval_ms else {}))
+    port = port or stack._free_port()
+    lay = stack.up(port=port, partitions=parallelism, root=work / "broker", out=log)
+    bs = lay.bootstrap
+    res: dict = {"events": events, "parallelism": parallelism, "checkpoint_interval_ms": cfg.checkpoint_interval_ms,
+                 "python_execution_mode": cfg.python_execution_mode, "started": stamp}
+    try:
+        _log(f"generating {events:,} events (seed {seed})", log)
+        values = _events(events, seed)
+        make_topic(bs, "bench.events", parallelism)
+        _preload(bs, "bench.events", values, log)
+        del values
+
+        _log("micro-benchmarks of the pure core", log)
+        res.update(micro(seed))
+
+        _log(f"throughput: the job drains {events:,} events at parallelism {parallelism}", log)
+        thr = flink_throughput(bs, "bench.events", events, work, parallelism, checkpoint_interval_ms, log,
+                               deadline_s)
+        res["throughput"] = _span_json(thr["span"], events)
+        res["throughput_eps"] = res["throughput"]["eps"]
+        _log(f"throughput: {res['throughput_eps']} events/s", log)
+
+        for name in contenders:
+            _log(f"baseline {name}", log)
+            try:
+                b = baseline(name, bs, "bench.events", events, work, parallelism, log)
+            except Exception as e:  # one contender failing must not lose the others' figures
+                b = {"error": f"{type(e).__name__}: {e}"}
+            if "span" in b:
+                b.update(_span_json(b.pop("span"), events))
+            res[f"baseline_{name}" if name != "java" else "limit_java"] = b
+            _log(f"{name}: {b.get('eps')} events/s", log)
+        res["baseline_python_eps"] = res.get("baseline_python", {}).get("eps")
+        res["baseline_quix_eps"] = res.get("baseline_quix", {}).get("eps")
+        res["limit_java_eps"] = res.get("limit_java", {}).get("eps")
+
+        rate = (res["throughput_eps"] or 0) / 2
+        if rate > 0:
+            _log(f"latency: the job fed at {rate:,.0f}/s (half its maximum) for {latency_seconds:.0f}s", log)
+            lat = flink_latency(bs, rate, latency_seconds, work, parallelism, checkpoint_interval_ms, seed + 1, log)
+            res["latency_ms"] = {q: _pct(lat["latency"], v) for q, v in (("p50", .5), ("p99", .99), ("p999", .999))}
+            res["visible_latency_ms"] = {q: _pct(lat["visible"], v) for q, v in (("p50", .5), ("p99", .99))}
+            res["latency_run"] = {k: lat[k] for k in ("rate", "events", "decided", "startup_s")}
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            png = RESULTS / f"latency-{stamp}.png"
+            write_png(png, lat["latency"], lat["visible"], cfg.checkpoint_interval_ms)
+            res["latency_png"] = str(png.relative_to(paths.PROJECT_ROOT))
+        res["ratios"] = _ratios(res)
+        res["targets"] = _targets(res)
+    finally:
+        stack.down(root=lay.root, out=log)
+        if not keep:
+            import shutil
+
+            shutil.rmtree(work / "broker", ignore_errors=True)
+            for p in work.glob("checkpoints-*"):
+                shutil.rmtree(p, ignore_errors=True)
+    res["bench_seconds"] = round(time.monotonic() - t_start, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench-{stamp}.json"
+    out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
+    res["json"] = str(out.relative_to(paths.PROJECT_ROOT))
+    return res
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def _ratios(r: dict) -> dict:
+    t = r.get("throughput_eps")
+    return {"vs_java_limit": _ratio(t, r.get("limit_java_eps")), "vs_quix": _ratio(t, r.get("baseline_quix_eps")),
+            "vs_python": _ratio(t, r.get("baseline_python_eps"))}
+
+
+def _targets(r: dict) -> dict:
+    lat, vis, ra = r.get("latency_ms") or {}, r.get("visible_latency_ms") or {}, r["ratios"]
+
+    def check(value, target, higher_better=True):
+        if value is None:
+            return {"value": None, "target": target, "met": False}
+        return {"value": value, "target": target, "met": value >= target if higher_better else value <= target}
+
+    return {
+        "throughput_eps": check(r.get("throughput_eps"), TARGETS["throughput_eps"]),
+        "vs_java_limit": check(ra["vs_java_limit"], TARGETS["vs_java"]),
+        "vs_quix": check(ra["vs_quix"], TARGETS["vs_quix"]),
+        "latency_p99_ms": check(lat.get("p99"), TARGETS["latency_p99_ms"], False),
+        "latency_p999_ms": check(lat.get("p999"), TARGETS["latency_p999_ms"], False),
+        "visible_p99_ms": check(vis.get("p99"), r["checkpoint_interval_ms"] + TARGETS["visible_p99_over_checkpoint_ms"],
+                                False),
+    }
+
+
+def render(r: dict) -> str:
+    def f(v, unit=""):
+        return "n/a" if v is None else (f"{v:,.1f}{unit}" if isinstance(v, float) else f"{v:,}{unit}")
+
+    lines = [f"riskstream bench: {r['events']:,} events, parallelism {r['parallelism']}, checkpoint every "
+             f"{r['checkpoint_interval_ms']} ms, {r['bench_seconds']:.0f}s", ""]
+    lines.append(f"{'contender':34} {'events/s':>10}  exact")
+    rows = [("riskstream job (PyFlink)", r.get("throughput", {}))]
+    rows += [(label, r.get(key, {})) for label, key in (("plain Python loop (kafka-python)", "baseline_python"),
+                                                         ("Quix Streams", "baseline_quix"),
+                                                         ("Flink SQL, no Python (limit)", "limit_java"))]
+    for label, d in rows:
+        note = d.get("error") or d.get("skipped") or ("yes" if d.get("exact") else
+                                                       f"{d.get('records')} records / {d.get('distinct_events')} ids")
+        lines.append(f"{label:34} {f(d.get('eps')):>10}  {note}")
+    lat, vis = r.get("latency_ms") or {}, r.get("visible_latency_ms") or {}
+    lines += ["", f"latency at {f((r.get('latency_run') or {}).get('rate'))}/s: p50 {f(lat.get('p50'))} ms, "
+                  f"p99 {f(lat.get('p99'))} ms, p999 {f(lat.get('p999'))} ms; visible p50 {f(vis.get('p50'))} ms, "
+                  f"p99 {f(vis.get('p99'))} ms",
+              f"pure core: windows {f(r.get('window_us_per_event'))} µs/event, onnx {f(r.get('onnx_us_per_event'))} "
+              f"µs/event ({f(r.get('onnx_us_per_event_batched'))} batched), state bytes/key "
+              f"{r.get('state_bytes_per_key')}", "", "targets:"]
+    for k, t in (r.get("targets") or {}).items():
+        lines.append(f"  {k:18} {f(t['value']):>12}  target {t['target']:>8}  {'met' if t['met'] else 'MISSED'}")
+    lines.append(f"\nwrote {r.get('json')}" + (f" and {r['latency_png']}" if r.get("latency_png") else ""))
+    return "\n".join(lines)
