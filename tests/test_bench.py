@@ -1,0 +1,60 @@
+"""`riskstream bench` pieces: the output timing, the target checks, and the plain-Python baseline, which must
+decide every event exactly once with the job's own features (else its speed would compare unlike work)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from benchmarks._common import OutputSpan
+from benchmarks.bench import _ratios, _targets
+
+
+def test_output_span_rate_counts_intervals_between_first_and_last_append():
+    assert OutputSpan(11, 11, 1_000, 3_000).eps == pytest.approx(5.0)  # 10 intervals over 2 s
+    assert OutputSpan(1, 1, 1_000, 1_000).eps is None
+    assert OutputSpan(5, 5, 2_000, 2_000).eps is None  # all in one millisecond: no rate can be told
+
+
+def test_targets_and_ratios_compare_to_the_issue_figures():
+    r = {"throughput_eps": 30_000.0, "limit_java_eps": 60_000.0, "baseline_quix_eps": 10_000.0,
+         "baseline_python_eps": None, "checkpoint_interval_ms": 1000,
+         "latency_ms": {"p50": 5.0, "p99": 21.0, "p999": 99.0}, "visible_latency_ms": {"p50": 700.0, "p99": 1200.0}}
+    r["ratios"] = _ratios(r)
+    assert r["ratios"] == {"vs_java_limit": 0.5, "vs_quix": 3.0, "vs_python": None}
+    t = _targets(r)
+    assert [k for k, v in t.items() if v["met"]] == ["vs_quix", "latency_p999_ms", "visible_p99_ms"]
+    assert t["visible_p99_ms"]["target"] == 1200.0
+
+
+@pytest.mark.kafka
+def test_python_baseline_decides_each_event_once_with_the_jobs_features(kafka_bootstrap, tmp_path):
+    from benchmarks import python_baseline
+    from benchmarks._common import make_topic, read_output
+    from riskstream.generator import TrafficGenerator
+    from riskstream.kafka_io import produce
+    from udfs.events import Event
+    from udfs.features import FEATURE_NAMES
+    from udfs.replay import replay
+
+    recs = list(TrafficGenerator(seed=23, bad_share=0.0).generate(3000))
+    # one partition, so arrival order is the file order the replay uses
+    make_topic(kafka_bootstrap, "bench.t.events", 1)
+    make_topic(kafka_bootstrap, "bench.t.out", 1)
+    assert produce(kafka_bootstrap, "bench.t.events", recs) == len(recs)
+    info = python_baseline.run(kafka_bootstrap, "bench.t.events", "bench.t.out", len(recs), tmp_path)
+    assert info["outputs"] == len(recs)
+    span = read_output(kafka_bootstrap, "bench.t.out", len(recs), deadline_s=20)
+    assert span.records == span.distinct_ids == len(recs)
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=kafka_bootstrap, isolation_level="read_committed",
+                      auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    c.assign([TopicPartition("bench.t.out", 0)])
+    got = {d["event_id"]: d for d in (orjson.loads(r.value) for r in c)}
+    c.close()
+    expected = {ev.event_id: feats for ev, feats, _ in replay(Event(**r.event) for r in recs)}
+    assert got.keys() == expected.keys()
+    for eid, feats in expected.items():
+        assert [got[eid]["features"][n] for n in FEATURE_NAMES] == feats
