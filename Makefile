@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
+# Two commands do all the set-up on a fresh clone: `make demo` and `make test` (`make bench` measures).
 # Both create .venv (reused when present), install riskstream with pinned dependencies and fetch the jars
 # in pom-deps.txt through Maven (idempotent). The tests and the demo start the Kafka broker themselves.
 PYTHON ?= python3
@@ -6,12 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.riskstream-installed
 
-.PHONY: setup jars demo test test-all stack-up stack-down clean
+.PHONY: setup jars demo test test-all bench stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,test]'
+	$(BIN)/python -m pip install -q -e '.[train,test,bench]'
 	@touch $(STAMP)
 
 setup: $(STAMP) jars
@@ -24,6 +24,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(TEST_ARGS)
+
+bench: setup
+	$(BIN)/riskstream bench --json $(BENCH_ARGS)
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m '' $(TEST_ARGS)

@@ -230,7 +230,9 @@ def _kraft_cluster_id(seed: str) -> str:
     """A KRaft cluster id: 16 bytes, URL-safe base64 without padding (what StorageTool random-uuid prints)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.UUID(hex=(seed + "0" * 32)[:32]).bytes).decode().rstrip("=")
+    raw = bytearray(uuid.UUID(hex=(seed + "0" * 32)[:32]).bytes)
+    raw[0] &= 0x7F  # a leading '-' (1 id in 64) would read as an option to StorageTool's -t
+    return base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
 
 
 def down(root: Path | None = None, out=sys.stdout, grace_s: float = 20.0) -> bool:
