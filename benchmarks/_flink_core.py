@@ -8,7 +8,7 @@ import orjson
 
 
 def run_core(n: int, trivial: bool) -> float:
-    from pyflink.common import Row, Types
+    from pyflink.common import Types
     from pyflink.datastream import KeyedProcessFunction
     from pyflink.datastream.connectors import Sink
     from pyflink.datastream.state import ValueStateDescriptor
@@ -34,7 +34,7 @@ def run_core(n: int, trivial: bool) -> float:
                 st = self.s.value() or {"n": 0}
                 st["n"] += 1
                 self.s.update(st)
-                yield Row(*v[:9], [1.0] * 15, False)
+                yield (*v[:9], [1.0] * 15, False)
 
         class Device(KeyedProcessFunction):
             def process_element(self, v, ctx):
@@ -42,12 +42,12 @@ def run_core(n: int, trivial: bool) -> float:
 
         from pyflink.common import Duration, WatermarkStrategy
 
-        parsed = raw.process(F.ParseValidate("bench"), output_type=F.EVENT_ROW)
+        parsed = raw.process(F.ParseValidate("bench"), output_type=F.STAGE_VALUE)
         timed = parsed.assign_timestamps_and_watermarks(
             WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
             .with_timestamp_assigner(F.EventTime()))
-        user = timed.key_by(lambda r: r[2], key_type=Types.STRING()).process(User(), output_type=F.USER_STAGE_ROW)
-        ip = user.key_by(lambda r: r[4], key_type=Types.STRING()).process(User(), output_type=F.USER_STAGE_ROW)
+        user = timed.key_by(lambda r: r[2], key_type=Types.STRING()).process(User(), output_type=F.STAGE_VALUE)
+        ip = user.key_by(lambda r: r[4], key_type=Types.STRING()).process(User(), output_type=F.STAGE_VALUE)
         decisions = ip.key_by(lambda r: r[3], key_type=Types.STRING()).process(Device(), output_type=F.BYTES)
     decisions.sink_to(Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()))
     t0 = time.perf_counter()

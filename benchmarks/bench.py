@@ -434,8 +434,8 @@ def render(r: dict) -> str:
                                                          ("Quix Streams", "baseline_quix"),
                                                          ("Flink SQL, no Python (limit)", "limit_java"))]
     for label, d in rows:
-        note = d.get("error") or d.get("skipped") or ("yes" if d.get("exact") else
-                                                       f"{d.get('records')} records / {d.get('distinct_events')} ids")
+        note = ("not run" if not d else d.get("error") or d.get("skipped") or
+                ("yes" if d.get("exact") else f"{d.get('records')} records / {d.get('distinct_events')} ids"))
         lines.append(f"{label:34} {f(d.get('eps')):>10}  {note}")
     lat, vis = r.get("latency_ms") or {}, r.get("visible_latency_ms") or {}
     lines += ["", f"latency at {f((r.get('latency_run') or {}).get('rate'))}/s: p50 {f(lat.get('p50'))} ms, "

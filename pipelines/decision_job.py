@@ -34,8 +34,7 @@ from udfs.flink import (
     BYTES,
     DEAD_LETTER_TAG,
     EVENT_FIELDS,
-    EVENT_ROW,
-    USER_STAGE_ROW,
+    STAGE_VALUE,
     CONTROL_STATE,
     DeviceWindowsScoreDecide,
     DeviceWindowsScoreDecideControlled,
@@ -95,6 +94,7 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None) -> StreamExecu
         conf.set_string(k, v)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.parallelism)
+    env.set_buffer_timeout(cfg.buffer_timeout_ms)
     env.enable_checkpointing(cfg.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return env
 
@@ -166,7 +166,7 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
     so tests feed it from a collection and collect its output. ``control`` (bytes of control messages,
     ``udfs.control``) is broadcast to the device stage; without it the model and rules are fixed.
     ``labels`` (bytes of labels, ``udfs.labels``) join the device stage's input as marked rows."""
-    parsed = (raw.process(ParseValidate(cfg.job_name), output_type=EVENT_ROW)
+    parsed = (raw.process(ParseValidate(cfg.job_name), output_type=STAGE_VALUE)
               .name("parse-validate").uid("parse-validate"))
 
     watermarks = (WatermarkStrategy
@@ -179,15 +179,15 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
                     block_threshold=cfg.block_threshold)
     user = (timed.key_by(lambda r: r[USER_ID], key_type=Types.STRING())
             .process(UserWindows(cfg.allowed_lateness_ms, cfg.job_name, cfg.dedup_horizon_ms),
-                     output_type=USER_STAGE_ROW)
+                     output_type=STAGE_VALUE)
             .name("user-windows").uid("user-windows"))
     ip = ip_stage = (user.key_by(lambda r: r[IP], key_type=Types.STRING())
-                     .process(IpWindows(cfg.allowed_lateness_ms, cfg.job_name), output_type=USER_STAGE_ROW)
+                     .process(IpWindows(cfg.allowed_lateness_ms, cfg.job_name), output_type=STAGE_VALUE)
                      .name("ip-windows").uid("ip-windows"))
     root = str(PROJECT_ROOT)
     label_rows = None
     if labels is not None:
-        label_rows = (labels.process(ParseLabel(cfg.job_name), output_type=USER_STAGE_ROW)
+        label_rows = (labels.process(ParseLabel(cfg.job_name), output_type=STAGE_VALUE)
                       .name("parse-labels").uid("parse-labels"))
         # Labels carry the labelled event's time. Their watermark trails the newest labelled event, so
         # late labels hold the device stage's cleanup timers back by their lag (bounded), never jump them
