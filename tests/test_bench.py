@@ -58,3 +58,20 @@ def test_python_baseline_decides_each_event_once_with_the_jobs_features(kafka_bo
     assert got.keys() == expected.keys()
     for eid, feats in expected.items():
         assert [got[eid]["features"][n] for n in FEATURE_NAMES] == feats
+
+
+def test_java_limit_sql_expresses_every_feature_once_in_spec_order():
+    """The SQL contender is generated from the feature spec: every feature, once, in the model's order,
+    each windowed one over its own horizon and key."""
+    from benchmarks import java_limit
+    from udfs.features import FEATURE_NAMES, FEATURES
+
+    stages = java_limit.stages()
+    named = [f.name for _, _, feats in stages for f in feats]
+    assert sorted(named) == sorted(n for n in FEATURE_NAMES if n not in ("amount", "event_type"))
+    for entity, horizon, feats in stages:
+        assert {f.entity for f in feats} == {entity}
+        assert {f.horizon_ms for f in feats} == {horizon}
+    sql = java_limit.select_sql()
+    assert "ROW(" + ", ".join(f"f_{n}" for n in FEATURE_NAMES) + ")" in sql  # the vector, in the model's order
+    assert all(java_limit.inexact(f) for f in FEATURES if f.horizon_ms)  # every window edge differs; said so
