@@ -30,8 +30,9 @@ Pitfalls (Flink 2.2):
 - an OVER window stores every input row of its horizon (not bucket aggregates, as the job does): the three
   24 h stages hold every event of the day, ~200 MB of heap state after 200k events. Checkpoints must go to
   the filesystem, are full snapshots (5-15 s each, back to back at a 1 s interval) and cost more the
-  longer the run; RocksDB with incremental checkpoints was over 10x slower, the changelog backend no faster.
-- a transactional-id prefix unique per run: a reused prefix makes the sink probe and abort the old ids.
+  longer the run; RocksDB with incremental checkpoints was over 10x slower, the changelog backend not
+  faster in one try.
+- a transactional-id prefix unique per run, so two runs (p1 then p2 in one process) never share ids.
 
 Inexact against the job's bucketed windows (see :data:`INEXACT`): every windowed feature's edge (the SQL
 window is the exact sliding ``[t - H, t]`` over all events of the key up to ``t``; the job sums the
@@ -46,7 +47,6 @@ scratch broker and compares the features with the offline replay (``udfs.replay`
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import sys
 import time
@@ -73,7 +73,9 @@ INEXACT_WHY = {
 
 
 def _ms(ms: int) -> str:
-    return f"{ms // 3_600_000} h" if ms % 3_600_000 == 0 else f"{ms // 60_000} min" if ms % 60_000 == 0 else f"{ms / 1000:g} s"
+    if ms % 3_600_000 == 0:
+        return f"{ms // 3_600_000} h"
+    return f"{ms // 60_000} min" if ms % 60_000 == 0 else f"{ms / 1000:g} s"
 
 
 def inexact(f: Feature) -> str | None:
