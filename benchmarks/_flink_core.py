@@ -26,7 +26,15 @@ def run_core(n: int, trivial: bool) -> float:
     if not trivial:
         decisions, _ = decision_job.build_core(raw, cfg)
     else:
-        class User(KeyedProcessFunction):
+        from pyflink.common import Duration, WatermarkStrategy
+
+        from udfs.chain import extend
+        from udfs.features import ENTITIES, features_for
+
+        class Stage(KeyedProcessFunction):  # the entity stage's shape: one ValueState read and write
+            def __init__(self, n_values: int):
+                self.n_values = n_values
+
             def open(self, ctx):
                 self.s = ctx.get_state(ValueStateDescriptor("s", Types.PICKLED_BYTE_ARRAY()))
 
@@ -34,21 +42,16 @@ def run_core(n: int, trivial: bool) -> float:
                 st = self.s.value() or {"n": 0}
                 st["n"] += 1
                 self.s.update(st)
-                yield (*v[:9], [1.0] * 15, False)
-
-        class Device(KeyedProcessFunction):
-            def process_element(self, v, ctx):
-                yield b"x" * 800
-
-        from pyflink.common import Duration, WatermarkStrategy
+                yield extend(v, [1.0] * self.n_values, False, None)
 
         parsed = raw.process(F.ParseValidate("bench"), output_type=F.STAGE_VALUE)
-        timed = parsed.assign_timestamps_and_watermarks(
+        stream = parsed.assign_timestamps_and_watermarks(
             WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
             .with_timestamp_assigner(F.EventTime()))
-        user = timed.key_by(lambda r: r[2], key_type=Types.STRING()).process(User(), output_type=F.STAGE_VALUE)
-        ip = user.key_by(lambda r: r[4], key_type=Types.STRING()).process(User(), output_type=F.STAGE_VALUE)
-        decisions = ip.key_by(lambda r: r[3], key_type=Types.STRING()).process(Device(), output_type=F.BYTES)
+        for e in ENTITIES:
+            stream = stream.key_by(F.EntityKey(e), key_type=Types.STRING()).process(
+                Stage(len(features_for(e.name))), output_type=F.STAGE_VALUE)
+        decisions = stream.map(lambda v: b"x" * 800, output_type=F.BYTES)
     decisions.sink_to(Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()))
     t0 = time.perf_counter()
     env.execute("riskstream-bench-core")

@@ -233,18 +233,19 @@ def _append_times(bootstrap: str, topic: str, expected: int) -> dict[bytes, int]
 
 
 def micro(seed: int, n: int = 50_000) -> dict:
-    """Pure-core costs: window update per event (user + ip + device), onnxruntime per event (one row, and
+    """Pure-core costs: window update per event (every entity of the spec), onnxruntime per event (one row, and
     in batches of 1,000), and pickled state bytes per key (median over the keys of ``n`` events)."""
     import numpy as np
 
     from benchmarks.windows import time_entity
     from udfs.events import Event
+    from udfs.features import ENTITIES
     from udfs.features import FEATURE_NAMES
     from udfs.scoring import Scorer
 
     events = [Event(**r.event) for r in TrafficGenerator(seed=seed, bad_share=0.0).generate(n)]
     windows, state = {}, {}
-    for entity in ("user", "ip", "device"):
+    for entity in (e.name for e in ENTITIES):
         runs = [time_entity(entity, events) for _ in range(3)]
         windows[entity] = round(statistics.median(r[0] for r in runs), 2)
         state[entity] = runs[0][1]["median"]

@@ -52,7 +52,7 @@ import sys
 import time
 
 from udfs.events import EVENT_TYPES
-from udfs.features import ENTITY_KEYS, FEATURE_NAMES, FEATURES, MISSING, Feature
+from udfs.features import ENTITIES, ENTITY_KEYS, ENTITY_ORDER, FEATURE_NAMES, FEATURES, MISSING, Feature
 
 WATERMARK_DELAY_MS = 3_001  # the generator's max disorder (3 s, inclusive) + 1 ms
 MODEL_VERSION = "sql-logit-v0"
@@ -60,7 +60,11 @@ MODEL_BIAS = -3.0
 MODEL_WEIGHTS = {"amount": 0.0012, "user_payments_10m": 0.35, "user_payment_methods_24h": 0.3,
                  "user_distinct_devices_24h": 0.25, "ip_distinct_users_1h": 0.4, "device_distinct_users_24h": 0.45}
 BLOCK_AT, REVIEW_AT = 0.9, 0.5
-_STAGE_ORDER = ("user", "ip", "device")
+# the events table's columns: every event field the features or the keys read (strings unless numeric)
+_NUMERIC = {"amount": "DOUBLE", "ts": "BIGINT"}
+_COLUMNS = tuple(dict.fromkeys(["event_id", "event_type", "user_id", "device_id", "amount", "currency", "ts"]
+                               + [e.key_field for e in ENTITIES]
+                               + [f.field for f in FEATURES if f.field and f.agg != "type_index"]))
 
 _EDGE = ("RANGE [t-{h}, t] over every event of the key up to t in event time; the job sums the buckets of "
          "{g} ending with t's bucket over the events arrived so far (edge off by up to one bucket)")
@@ -136,15 +140,15 @@ def stages() -> list[tuple[str, int | None, list[Feature]]]:
     for f in FEATURES:
         if f.entity != "event":
             groups.setdefault((f.entity, f.horizon_ms), []).append(f)
-    order = sorted(groups, key=lambda k: (k[1] is None, -(k[1] or 0), _STAGE_ORDER.index(k[0])))
+    order = sorted(groups, key=lambda k: (k[1] is None, -(k[1] or 0), ENTITY_ORDER.index(k[0])))
     return [(e, h, groups[(e, h)]) for e, h in order]
 
 
 def select_sql() -> str:
     """The chain of OVER subqueries, then score and decision; feature columns are ``f_<name>``."""
-    q = ("SELECT event_id, event_type, user_id, device_id, ip, amount, ts, rt FROM events "
-         "WHERE event_id IS NOT NULL AND ts IS NOT NULL AND event_type IS NOT NULL AND user_id IS NOT NULL "
-         "AND device_id IS NOT NULL AND ip IS NOT NULL AND amount IS NOT NULL")
+    required = [c for c in _COLUMNS if c not in {e.key_field for e in ENTITIES if e.optional}]
+    q = (f"SELECT {', '.join(_COLUMNS)}, rt FROM events WHERE "
+         + " AND ".join(f"{c} IS NOT NULL" for c in required))
     for entity, horizon, feats in stages():
         frame = f" RANGE BETWEEN {_interval(horizon)} PRECEDING AND CURRENT ROW" if horizon else ""
         cols = ", ".join(f"{feature_sql(f)} AS f_{f.name}" for f in feats)
@@ -164,8 +168,7 @@ def select_sql() -> str:
 def ddl(bootstrap: str, events_topic: str, out_topic: str, txn_prefix: str) -> tuple[str, str]:
     delay = f"{WATERMARK_DELAY_MS / 1000:.3f}"
     source = f"""CREATE TEMPORARY TABLE events (
-        event_id STRING, event_type STRING, user_id STRING, device_id STRING, ip STRING, amount DOUBLE,
-        currency STRING, ts BIGINT, rt AS TO_TIMESTAMP_LTZ(ts, 3), WATERMARK FOR rt AS rt - INTERVAL '{delay}' SECOND
+        {", ".join(f"{c} {_NUMERIC.get(c, 'STRING')}" for c in _COLUMNS)}, rt AS TO_TIMESTAMP_LTZ(ts, 3), WATERMARK FOR rt AS rt - INTERVAL '{delay}' SECOND
     ) WITH ('connector' = 'kafka', 'topic' = {_quote(events_topic)},
         'properties.bootstrap.servers' = {_quote(bootstrap)}, 'properties.group.id' = {_quote(txn_prefix)},
         'properties.isolation.level' = 'read_committed', 'scan.startup.mode' = 'earliest-offset',

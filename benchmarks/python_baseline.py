@@ -1,8 +1,8 @@
 """``baseline_python_eps``: what a user writes without a stream processor.
 
-One process: a kafka-python consumer (``read_committed``, no auto-commit), the job's own feature code
-(``udfs.replay.FeatureReplay``: dedup, user / ip / device windows in dicts), onnxruntime on each poll's
-batch, the policy, and a transactional producer that commits the outputs together with the consumed
+One process: a kafka-python consumer (``read_committed``, no auto-commit), the job's own stage chain
+(``udfs.chain``: dedup and every entity's windows in dicts, then the decide stage with onnxruntime on each
+poll's batch and the policy), and a transactional producer that commits the outputs together with the consumed
 offsets (``send_offsets_to_transaction``), one transaction per poll: exactly once for the outputs.
 
 What it lacks, and why it is only a baseline: its window state lives in process memory, so a crash loses
@@ -26,16 +26,16 @@ def run(bootstrap: str, events_topic: str, out_topic: str, expected: int, workdi
     from kafka.structs import OffsetAndMetadata
 
     from riskstream.config import JobConfig
-    from udfs.decision import decision_record, encode
+    from udfs.chain import Chain, Decider
+    from udfs.control import Control
     from udfs.events import Event, parse_event
     from udfs.policy import Policy
-    from udfs.replay import FeatureReplay
     from udfs.scoring import Scorer
 
     cfg = JobConfig()
-    scorer = Scorer(model_path or cfg.resolved_model_path())
-    policy = Policy()
-    replay = FeatureReplay(cfg.allowed_lateness_ms, cfg.dedup_horizon_ms)
+    decider = Decider(Control.initial(Scorer(model_path or cfg.resolved_model_path()),
+                                      Policy(cfg.policy_version, cfg.review_threshold, cfg.block_threshold)))
+    chain = Chain(cfg.allowed_lateness_ms, cfg.dedup_horizon_ms, cfg.out_of_orderness_ms)
     group = f"bench-python-{uuid.uuid4().hex[:8]}"
     consumer = KafkaConsumer(events_topic, bootstrap_servers=bootstrap, group_id=group,
                              isolation_level="read_committed", enable_auto_commit=False,
@@ -54,33 +54,28 @@ def run(bootstrap: str, events_topic: str, out_topic: str, expected: int, workdi
                     raise TimeoutError(f"python baseline: {out} of {expected} outputs, no input for {idle_s}s")
                 continue
             last_progress = time.monotonic()
-            events: list[Event] = []
-            rows: list[list[float]] = []
-            lates: list[bool] = []
+            staged: list[tuple[Event, list[float], bool, dict | None]] = []
             for recs in batch.values():
                 for r in recs:
                     ev = parse_event(r.value)
                     if not isinstance(ev, Event):
                         continue
-                    res = replay.step(ev)
+                    res = chain.process(ev)
                     if res is None:  # a duplicate event id
                         continue
-                    events.append(ev)
-                    rows.append(res[0])
-                    lates.append(res[1])
+                    staged.append((ev, *res))
             producer.begin_transaction()
-            if rows:
-                scores = scorer.score_batch(np.asarray(rows, dtype=np.float32))
+            if staged:
+                rows = np.asarray([decider.vector(ev, vals) for ev, vals, _, _ in staged], dtype=np.float32)
+                scores = decider.control.champion.score_batch(rows).tolist()
                 now = int(time.time() * 1000)
-                for ev, feats, late, score in zip(events, rows, lates, scores.tolist()):
-                    decision, reasons = policy.decide(score, feats, ev.event_type, late)
-                    rec = decision_record(ev, decision, score, reasons, feats, scorer.version, policy.version,
-                                          now, late)
-                    producer.send(out_topic, key=ev.user_id.encode(), value=encode(rec))
+                for (ev, vals, late, signals), score in zip(staged, scores):
+                    _, rec, _ = decider.decide(ev, vals, late, signals, now, score=score)
+                    producer.send(out_topic, key=ev.user_id.encode(), value=rec)
             offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "", -1) for tp, recs in batch.items()}
             producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
             producer.commit_transaction()
-            out += len(rows)
+            out += len(staged)
     finally:
         consumer.close()
         producer.close(timeout=10)

@@ -1,19 +1,19 @@
 """``baseline_quix_eps``: the same job in Quix Streams, the Python stream processor peer.
 
-The job's pure core (``udfs``) is used unchanged, so features, model and policy match the job exactly.
-It runs in one Quix ``Application`` with ``processing_guarantee="exactly-once"``. Parsing, dedup and the
-user windows run in a stateful ``apply``. The input is keyed by user id, which is the bench contract, so
-this stage needs no repartition. The ip windows and then the device windows, the ONNX score, the policy
-and the decision record follow, each behind a repartition. Each stage keeps one pickled window dict per
-key in Quix's RocksDB store, with changelog topics, the way the Flink job keeps one ValueState per key.
+The job's stage chain (``udfs.chain``) is used unchanged, so features, model and policy match the job
+exactly. It runs in one Quix ``Application`` with ``processing_guarantee="exactly-once"``: one stateful
+``apply`` per entity of the spec, in chain order. The input is keyed by user id, which is the bench
+contract, so the first (user) stage also parses and needs no repartition; every later entity stage sits
+behind a repartition by its key, and the last one also scores and decides (Quix has no cheaper place for
+a stage without state). Each stage keeps one pickled window dict per key in Quix's RocksDB store, with
+changelog topics, the way the Flink job keeps one ValueState per key.
 
 Pitfalls:
-- Quix forbids a ``group_by`` after a ``group_by`` (``GroupByNestingLimit``). The two repartitions are
-  therefore explicit topics ``<group>.by-ip`` and ``<group>.by-device``, which this app writes
-  (``to_topic(key=...)``) and reads back. That is what ``group_by`` does inside: the records are
-  produced in the checkpoint's transaction and read ``read_committed`` (librdkafka's default). A
-  decision therefore waits for three commits. Also, ``group_by`` on a one-partition input skips Kafka,
-  and explicit hops do not.
+- Quix forbids a ``group_by`` after a ``group_by`` (``GroupByNestingLimit``). The repartitions are
+  therefore explicit topics ``<group>.by-<entity>``, which this app writes (``to_topic(key=...)``) and
+  reads back. That is what ``group_by`` does inside: the records are produced in the checkpoint's
+  transaction and read ``read_committed`` (librdkafka's default). A decision therefore waits for one
+  commit per entity. Also, ``group_by`` on a one-partition input skips Kafka, and explicit hops do not.
 - ``commit_interval`` defaults to 5 s in Quix. It is set here to 1 s, the Flink job's checkpoint interval.
 - Quix serialises state values as JSON by default. The window dicts have int keys and sets, so the
   store is given ``pickle`` (``RocksDBOptions(dumps=..., loads=...)``).
@@ -21,7 +21,7 @@ Pitfalls:
   record (here the events' append time), and it creates its topics as ``CreateTime``. The output topic
   must exist with ``LogAppendTime`` (``_common.make_topic``) before the run. Otherwise Quix creates it,
   and ``read_output`` would time the preload instead of this job.
-- Stopping: the device stage counts its outputs and calls ``app.stop()`` at ``expected``. On stop, Quix
+- Stopping: the last stage counts its outputs and calls ``app.stop()`` at ``expected``. On stop, Quix
   commits the checkpoint (transaction and offsets), so every output is committed when ``app.run``
   returns. ``app.run(count=...)`` would count records reaching the end of *every* dataframe, hops
   included. ``app.run(timeout=idle_s)`` ends a run that consumes nothing for ``idle_s``, after a 60 s
@@ -56,61 +56,49 @@ def run(bootstrap: str, events_topic: str, out_topic: str, expected: int, workdi
     from quixstreams.state.rocksdb import RocksDBOptions
 
     from riskstream.config import JobConfig
-    from udfs import dedup
+    from udfs.chain import Decider, EntityStep, extend, key_index, pack, unpack
     from udfs.control import Control
-    from udfs.decision import decision_record, encode, error_decision_record
     from udfs.events import Event, parse_event
+    from udfs.features import ENTITIES
     from udfs.policy import Policy
     from udfs.scoring import Scorer
-    from udfs.windows import EntityWindows, event_values
 
     cfg = JobConfig()
-    control = Control.initial(Scorer(cfg.resolved_model_path()),
-                              Policy(cfg.policy_version, cfg.review_threshold, cfg.block_threshold))
-    users, ips, devices = (EntityWindows(e, cfg.allowed_lateness_ms) for e in ("user", "ip", "device"))
-    horizon = cfg.dedup_horizon_ms
+    decider = Decider(Control.initial(Scorer(cfg.resolved_model_path()),
+                                      Policy(cfg.policy_version, cfg.review_threshold, cfg.block_threshold)))
+    steps = [EntityStep(e, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms) for e in ENTITIES]
     group = f"bench-quix-{uuid.uuid4().hex[:8]}"
     state_dir = Path(workdir) / f"quix-state-{group}"
     outputs = 0
 
-    def user_stage(raw: bytes, state):
-        ev = parse_event(raw)
-        if not isinstance(ev, Event):
-            return None  # the bench sends valid events only; the job would dead-letter this
-        st = state.get("w")
-        if horizon and st is not None and dedup.seen(st, ev.event_id, max(st["last"], ev.ts), horizon):
-            return None  # a duplicate event id (the job dead-letters it)
-        st, vals, late = users.update(st, ev)
-        if horizon:
-            dedup.remember(st, ev.event_id, ev.ts, st["last"], horizon)
-        state.set("w", st)
-        return [*ev, vals, late]  # the Event's 9 fields, window values so far, late
-
-    def ip_stage(v: list, state):
-        st, vals, late = ips.update(state.get("w"), Event(*v[:9]))
-        state.set("w", st)
-        return [*v[:9], v[9] + vals, v[10] or late]
-
-    def device_stage(v: list, state) -> bytes:
-        c = control
-        try:
-            ev = Event(*v[:9])
-            st, vals, dlate = devices.update(state.get("w"), ev)
+    def entity_stage(step: EntityStep):
+        def apply(rec, state):
+            if rec is None:
+                return None
+            ev = unpack(rec)[0]
+            if step.key(ev) is None:
+                return extend(rec, step.empty_values(), False, None)
+            st = state.get("w")
+            if step.duplicate(st, ev):
+                return None  # a duplicate event id (the job dead-letters it)
+            st, vals, late, _ = step.step(st, ev)  # no timers: state lives as long as the run
             state.set("w", st)
-            late = v[10] or dlate
-            feats = event_values(ev) + v[9] + vals
-            score = c.champion.score(feats)
-            decision, reasons = c.policy.decide(score, feats, ev.event_type, late)
-            return encode(decision_record(ev, decision, score, reasons, feats, c.champion.version,
-                                          c.policy.version, int(time.time() * 1000), late,
-                                          rules_version=c.rules_version))
-        except Exception as e:  # fail safe, as the job: a valid event is still decided (review)
-            return encode(error_decision_record(v[0], v[1], v[2], v[3], f"{type(e).__name__}: {e}",
-                                                c.champion.version, c.policy.version, int(time.time() * 1000)))
+            return extend(rec, vals, late, None)
+        return apply
 
-    def device_and_stop(v: list, state) -> bytes:
+    def parse(raw: bytes):
+        ev = parse_event(raw)
+        return pack(ev) if isinstance(ev, Event) else None  # the bench sends valid events only
+
+    last_stage = entity_stage(steps[-1])
+
+    def decide_and_stop(rec, state) -> bytes:
         nonlocal outputs
-        out = device_stage(v, state)
+        rec = last_stage(rec, state)
+        if rec is None:
+            return None
+        ev, vals, late, signals = unpack(rec)
+        _, out, _ = decider.decide(ev, vals, late, signals, int(time.time() * 1000))
         outputs += 1
         if outputs >= expected:
             app.stop()  # ends the poll loop after this record; Quix then commits the checkpoint
@@ -125,13 +113,17 @@ def run(bootstrap: str, events_topic: str, out_topic: str, expected: int, workdi
     try:  # topics are created while the dataframes are defined, so clean-up covers this part too
         src = app.topic(events_topic, key_deserializer="bytes", value_deserializer="bytes")
         hop = TopicConfig(src.broker_config.num_partitions, src.broker_config.replication_factor)
-        by_ip, by_device = (app.topic(f"{group}.by-{k}", key_serializer="str", key_deserializer="str",
-                                      config=hop) for k in ("ip", "device"))
         dst = app.topic(out_topic, key_serializer="str", value_serializer="bytes")
-        (app.dataframe(src).apply(user_stage, stateful=True).filter(lambda v: v is not None)
-         .to_topic(by_ip, key=lambda v: v[4]))
-        app.dataframe(by_ip).apply(ip_stage, stateful=True).to_topic(by_device, key=lambda v: v[3])
-        app.dataframe(by_device).apply(device_and_stop, stateful=True).to_topic(dst)
+        sdf = app.dataframe(src).apply(parse)
+        for i, step in enumerate(steps):
+            fn = decide_and_stop if i == len(steps) - 1 else entity_stage(step)
+            if i:  # repartition by this entity's key through an explicit hop topic
+                by = app.topic(f"{group}.by-{step.name}", key_serializer="str", key_deserializer="str",
+                               config=hop)
+                sdf.to_topic(by, key=lambda v, k=key_index(step.entity): v[k] or "")
+                sdf = app.dataframe(by)
+            sdf = sdf.apply(fn, stateful=True).filter(lambda v: v is not None)
+        sdf.to_topic(dst)
         print(f"[bench] quix {quixstreams.__version__}: group {group}, commit every {commit_interval}s",
               file=log, flush=True)
         app.run(timeout=idle_s, collect=False)

@@ -1,7 +1,8 @@
-"""The decision job: Kafka events -> parse/validate -> user windows -> ip windows -> device windows + ONNX + policy
--> Kafka decisions (exactly once), with rejected records to the dead-letter topic (exactly once). Two more
-inputs reach the device stage: the control topic (model switch, challenger, rules; broadcast state) and
-the labels topic (known-fraud users per device).
+"""The decision job: Kafka events -> parse/validate -> one keyed window stage per entity of the spec (user,
+ip, device, ... in ``udfs.features.ENTITIES`` order) -> score + policy -> Kafka decisions (exactly once),
+with rejected records to the dead-letter topic (exactly once). Two more inputs: the control topic (model
+switch, challenger, rules; broadcast to the decide stage) and the labels topic (known-fraud users, folded
+by the entity stages that declare ``label_signals``).
 
 Exactly-once pitfalls: the sinks' transactions commit on checkpoint completion, so decisions become
 visible to ``read_committed`` readers one checkpoint interval (plus checkpoint time) after they are made;
@@ -30,23 +31,21 @@ from riskstream.config import JobConfig
 from riskstream.jars import flink_jar_urls
 from riskstream.paths import PROJECT_ROOT
 from riskstream.topics import DEAD_LETTER_MAX_BYTES
+from udfs.features import ENTITIES
 from udfs.flink import (
     BYTES,
-    DEAD_LETTER_TAG,
-    EVENT_FIELDS,
-    STAGE_VALUE,
     CONTROL_STATE,
-    DeviceWindowsScoreDecide,
-    DeviceWindowsScoreDecideControlled,
+    DEAD_LETTER_TAG,
+    STAGE_VALUE,
+    EntityKey,
+    EntityStage,
     EventTime,
-    IpWindows,
     ParseLabel,
     ParseValidate,
-    UserWindows,
+    ScoreDecide,
+    ScoreDecideControlled,
 )
 from udfs.policy import Policy
-
-USER_ID, DEVICE_ID, IP = (EVENT_FIELDS.index(f) for f in ("user_id", "device_id", "ip"))
 
 
 def python_conf(cfg: JobConfig) -> dict[str, str]:
@@ -163,9 +162,10 @@ def _sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None
 def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = None,
                labels: DataStream | None = None) -> tuple[DataStream, DataStream]:
     """raw event bytes -> (decision record bytes, dead-letter record bytes). Source- and sink-agnostic,
-    so tests feed it from a collection and collect its output. ``control`` (bytes of control messages,
-    ``udfs.control``) is broadcast to the device stage; without it the model and rules are fixed.
-    ``labels`` (bytes of labels, ``udfs.labels``) join the device stage's input as marked rows."""
+    so tests feed it from a collection and collect its output. One keyed stage per entity of the spec, in
+    chain order (uid ``<entity>-windows``), then the decide stage. ``control`` (bytes of control messages,
+    ``udfs.control``) is broadcast to the decide stage; without it the model and rules are fixed.
+    ``labels`` (bytes of labels, ``udfs.labels``) join the input of every entity stage with label signals."""
     parsed = (raw.process(ParseValidate(cfg.job_name), output_type=STAGE_VALUE)
               .name("parse-validate").uid("parse-validate"))
 
@@ -173,44 +173,41 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
                   .for_bounded_out_of_orderness(Duration.of_millis(cfg.out_of_orderness_ms))
                   .with_idleness(Duration.of_millis(cfg.idleness_ms))
                   .with_timestamp_assigner(EventTime()))
-    timed = parsed.assign_timestamps_and_watermarks(watermarks).name("event-time").uid("event-time")
+    stream = parsed.assign_timestamps_and_watermarks(watermarks).name("event-time").uid("event-time")
 
-    policy = Policy(version=cfg.policy_version, review_threshold=cfg.review_threshold,
-                    block_threshold=cfg.block_threshold)
-    user = (timed.key_by(lambda r: r[USER_ID], key_type=Types.STRING())
-            .process(UserWindows(cfg.allowed_lateness_ms, cfg.job_name, cfg.dedup_horizon_ms),
-                     output_type=STAGE_VALUE)
-            .name("user-windows").uid("user-windows"))
-    ip = ip_stage = (user.key_by(lambda r: r[IP], key_type=Types.STRING())
-                     .process(IpWindows(cfg.allowed_lateness_ms, cfg.job_name), output_type=STAGE_VALUE)
-                     .name("ip-windows").uid("ip-windows"))
-    root = str(PROJECT_ROOT)
-    label_rows = None
+    label_rows = timed_labels = None
     if labels is not None:
         label_rows = (labels.process(ParseLabel(cfg.job_name), output_type=STAGE_VALUE)
                       .name("parse-labels").uid("parse-labels"))
         # Labels carry the labelled event's time. Their watermark trails the newest labelled event, so
-        # late labels hold the device stage's cleanup timers back by their lag (bounded), never jump them
+        # late labels hold the label stages' cleanup timers back by their lag (bounded), never jump them
         # ahead, and the input goes idle when no labels come.
         label_wm = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(cfg.out_of_orderness_ms))
                     .with_idleness(Duration.of_millis(cfg.idleness_ms))
                     .with_timestamp_assigner(EventTime()))
         timed_labels = label_rows.assign_timestamps_and_watermarks(label_wm).name("label-time").uid("label-time")
-        ip = ip.union(timed_labels)
-    by_device = ip.key_by(lambda r: r[DEVICE_ID], key_type=Types.STRING())
+
+    stages = []
+    for entity in ENTITIES:
+        inp = stream.union(timed_labels) if timed_labels is not None and entity.label_signals else stream
+        stream = (inp.key_by(EntityKey(entity), key_type=Types.STRING())
+                  .process(EntityStage(entity.name, cfg.allowed_lateness_ms, cfg.job_name, cfg.dedup_horizon_ms,
+                                       labels is not None), output_type=STAGE_VALUE)
+                  .name(f"{entity.name}-windows").uid(f"{entity.name}-windows"))
+        stages.append(stream)
+
+    policy = Policy(version=cfg.policy_version, review_threshold=cfg.review_threshold,
+                    block_threshold=cfg.block_threshold)
+    model, root = str(cfg.resolved_model_path()), str(PROJECT_ROOT)
     if control is None:
-        decisions = by_device.process(
-            DeviceWindowsScoreDecide(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy, cfg.job_name,
-                                     root, labels is not None), output_type=BYTES)
+        decisions = stream.process(ScoreDecide(model, policy, cfg.job_name, root), output_type=BYTES)
     else:
-        decisions = by_device.connect(control.broadcast(CONTROL_STATE)).process(
-            DeviceWindowsScoreDecideControlled(cfg.allowed_lateness_ms, str(cfg.resolved_model_path()), policy,
-                                               cfg.job_name, root, labels is not None), output_type=BYTES)
-    decisions = decisions.name("device-windows-score-decide").uid("device-windows-score-decide")
-    # bad input from the parser; duplicates and processing errors from the user and ip stages; refused
-    # control messages from the device stage (which turns its own errors into review decisions)
-    sources = [user, ip_stage] + ([decisions] if control is not None else []) \
-        + ([label_rows] if label_rows is not None else [])
+        decisions = stream.connect(control.broadcast(CONTROL_STATE)).process(
+            ScoreDecideControlled(model, policy, cfg.job_name, root), output_type=BYTES)
+    decisions = decisions.name("score-decide").uid("score-decide")
+    # bad input from the parser; duplicates and processing errors from the entity stages; refused control
+    # messages from the decide stage (which turns its own errors into review decisions); bad labels
+    sources = stages + ([decisions] if control is not None else []) + ([label_rows] if label_rows is not None else [])
     dead = parsed.get_side_output(DEAD_LETTER_TAG).union(*(s.get_side_output(DEAD_LETTER_TAG) for s in sources))
     return decisions, dead
 

@@ -9,15 +9,19 @@ from udfs.features import MISSING, features_for
 
 
 def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[list[float], bool]]:
-    """``arrived``: events of ONE key in arrival order. Returns (values, late) per event."""
+    """``arrived``: events of ONE key in arrival order. Returns (values, late) per event. An event at or
+    after the key's expiry (its newest stored event + longest horizon + lateness) finds the key fresh."""
     feats = features_for(entity)
     max_h: dict[int, int] = {}
     for f in feats:
         if f.horizon_ms:
             max_h[f.bucket_ms] = max(max_h.get(f.bucket_ms, 0), f.horizon_ms)
+    retention = max(max_h.values()) + lateness
     kept: list = []  # events stored (non-late)
     out = []
     for ev in arrived:
+        if kept and ev.ts >= max(e.ts for e in kept) + retention:
+            kept = []  # the key expired: everything before is forgotten
         last_prev = max((e.ts for e in kept), default=None)
         late = last_prev is not None and ev.ts < last_prev - lateness
         last_now = last_prev if late else (ev.ts if last_prev is None else max(last_prev, ev.ts))
@@ -33,10 +37,11 @@ def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[lis
             g, h = f.bucket_ms, f.horizon_ms
             hi = (ev.ts // g) * g
             lo = hi + g - h
-            cutoff = last_now - lateness - max_h[g]
+            # buckets held: those the oldest on-time event (at last_now - lateness) can still read
+            keep_from = ((last_now - lateness) // g) * g + g - max_h[g]
             sel = [e for e in pool
                    if lo <= (e.ts // g) * g <= hi
-                   and (e is ev or (e.ts // g) * g + g > cutoff)
+                   and (e is ev or (e.ts // g) * g >= keep_from)
                    and (f.event_types is None or e.event_type in f.event_types)]
             if f.agg == "count":
                 vals.append(float(len(sel)))

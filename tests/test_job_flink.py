@@ -37,11 +37,16 @@ def test_plan_builds_without_broker_with_stable_uids():
     assert j_conf.toMap().get("execution.checkpointing.dir", "").startswith("file:")
     for name, uid in [("Source: kafka-events", "kafka-events-source"), ("parse-validate", "parse-validate"),
                       ("event-time", "event-time"), ("user-windows", "user-windows"), ("ip-windows", "ip-windows"),
-                      ("device-windows-score-decide", "device-windows-score-decide"),
+                      ("device-windows", "device-windows"), ("score-decide", "score-decide"),
                       ("Source: kafka-control", "kafka-control-source"),
                       ("Source: kafka-labels", "kafka-labels-source"), ("parse-labels", "parse-labels"),
                       ("decisions-sink: Writer", "decisions-sink"), ("dead-letter-sink: Writer", "dead-letter-sink")]:
         assert uids.get(name) == uid, (name, uids)
+    # one keyed stage per entity of the spec, in chain order, before the decide stage
+    from udfs.features import ENTITIES
+
+    order = [n for n, _ in _stream_nodes(env) if n.endswith("-windows") or n == "score-decide"]
+    assert order == [f"{e.name}-windows" for e in ENTITIES] + ["score-decide"], order
 
 
 def _user_of(raw: bytes) -> str:
@@ -80,9 +85,17 @@ def _run_core(records: list[bytes], parallelism: int, out_dir) -> tuple[list[dic
     return out_d, out_x
 
 
+RETURN_AFTER_MS = 26 * 3600 * 1000  # past every entity's expiry (24 h horizon + 1 min lateness)
+
+
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
     base = [r.raw if r.raw is not None else orjson.dumps(r.event) for r in labelled_stream]
+    # keys come back after their state expired: the first 400 valid events again, 26 h later, new ids. The
+    # job's cleanup timers drop the old state as the watermark passes; replay drops it by the same rule.
+    first = [r.event for r in labelled_stream if r.raw is None][:400]
+    base += [orjson.dumps({**e, "event_id": "again-" + e["event_id"], "ts": e["ts"] + RETURN_AFTER_MS})
+             for e in first]
     # producer retries: every 40th valid record arrives again two records later (same user: same order)
     records, dup_ids = [], []
     for i, b in enumerate(base):
@@ -121,7 +134,9 @@ def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
         expected[row["event_id"]] = ([row[n] for n in FEATURE_NAMES], row["late"])
     assert set(expected) == {e.event_id for e in valid}
     by_id = {d["event_id"]: d for d in decisions}
-    names = {e: [f.name for f in features_for(e)] for e in ("user", "ip", "device")}
+    from udfs.features import ENTITIES
+
+    names = {e.name: [f.name for f in features_for(e.name)] for e in ENTITIES}
     # Arrival order at a keyed stage is deterministic when its upstream is one subtask (p=1), or when all
     # the key's events travel one path: an ip fed by one user; a device fed by one user on one ip.
     users_of_ip: dict[str, set] = {}
@@ -142,3 +157,6 @@ def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
             assert by_id[ev.event_id]["score"] == pytest.approx(scorer.score(expected[ev.event_id][0]), abs=2e-6)
             exact_device += 1
     assert exact_device >= len(valid) // 2
+    # the returning keys really started afresh (no age carried over the expiry)
+    again = [by_id[e.event_id]["features"] for e in valid if e.event_id.startswith("again-")]
+    assert len(again) == 400 and min(a["user_age_ms"] for a in again) == 0.0

@@ -1,6 +1,6 @@
-"""Live operations without a restart: the control messages the device stage accepts (pure logic).
+"""Live operations without a restart: the control messages the decide stage accepts (pure logic).
 
-Messages arrive as JSON on the control topic and reach every parallel instance of the device stage
+Messages arrive as JSON on the control topic and reach every parallel instance of the decide stage
 through Flink broadcast state, so they are checkpointed with the windows. After a restore, the job
 scores and decides with the model and rules that were in force at the checkpoint.
 
@@ -116,7 +116,7 @@ def state_key(msg: dict) -> str:
 
 @dataclass
 class Control:
-    """What the device stage decides with: champion, optional challenger, policy (thresholds + rules)."""
+    """What the decide stage decides with: champion, optional challenger, policy (thresholds + rules)."""
 
     champion: object  # a udfs.scoring.Scorer
     policy: Policy

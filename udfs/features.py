@@ -1,8 +1,15 @@
-"""The declarative feature spec: one definition read by the streaming job, the offline replay and training.
+"""The declarative spec: entities and features, one definition read by the streaming job, the offline
+replay, training and the benchmarks.
 
-Each :class:`Feature` names its entity key, input field, aggregate, horizon and event-type filter. The
-model's feature vector is :data:`FEATURES` in order; :func:`spec_fingerprint` identifies that order and
-meaning, and the scorer refuses a model trained against a different fingerprint.
+An :class:`Entity` is a thing the job keeps keyed window state for (a user, an address, a device, a payment
+instrument): its name, the event field holding its key, and its place in the stage chain (the order of
+:data:`ENTITIES`). Each :class:`Feature` names its entity, input field, aggregate, horizon and event-type
+filter. The model's feature vector is :data:`FEATURES` in order: the event's own fields, then each
+entity's features in chain order. :func:`spec_fingerprint` identifies that order and meaning, and the
+scorer refuses a model trained against a different fingerprint.
+
+Adding an entity or a feature is a change here (plus retraining): the job's wiring, the replay and the
+benchmarks build one keyed stage per entity from this module (see docs/extending.md).
 """
 
 from __future__ import annotations
@@ -28,7 +35,36 @@ BUCKET_MS = {
     24 * HOUR: 30 * MINUTE,
 }
 
-ENTITY_KEYS = {"user": "user_id", "ip": "ip", "device": "device_id", "event": None}
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A keyed stage of the chain. Pitfalls: ``key_field`` must be an :class:`udfs.events.Event` field; an
+    ``optional`` entity's events may lack a key (None): they read empty windows and store nothing. Only
+    the first entity of the chain may ``dedup`` (it sees every event first). ``label_signals``: the stage
+    also folds labels into a per-key set of known-fraud users (``udfs.labels``), read as the signal
+    ``<name>_known_fraud_users_7d`` by the rules."""
+
+    name: str
+    key_field: str
+    optional: bool = False
+    dedup: bool = False
+    label_signals: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# The stage chain, in order. The user stage comes first: it drops duplicate event ids before any window
+# counts them.
+ENTITIES: tuple[Entity, ...] = (
+    Entity("user", "user_id", dedup=True),
+    Entity("ip", "ip"),
+    Entity("device", "device_id", label_signals=True),
+)
+ENTITY_BY_NAME = {e.name: e for e in ENTITIES}
+EVENT_ENTITY = "event"  # the pseudo-entity of the event's own fields (no key, no state)
+ENTITY_KEYS = {**{e.name: e.key_field for e in ENTITIES}, EVENT_ENTITY: None}
 WINDOW_AGGS = ("count", "sum", "mean", "max", "min", "distinct")
 KEY_AGGS = ("since_prev", "age")
 EVENT_AGGS = ("value", "type_index")
@@ -40,7 +76,7 @@ SPEND = ("place_order", "payment")
 @dataclass(frozen=True)
 class Feature:
     name: str
-    entity: str  # "user" | "device" | "event"
+    entity: str  # an Entity's name, or "event" for the event's own fields
     agg: str
     field: str | None = None  # input field of the event
     horizon_ms: int | None = None
@@ -117,10 +153,14 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 if len(set(FEATURE_NAMES)) != len(FEATURE_NAMES):
     raise ValueError("duplicate feature names in FEATURES")
-# The job assembles the vector as event + user + ip + device values: keep FEATURES in that order.
-_ENTITY_ORDER = ("event", "user", "ip", "device")
-if [f.entity for f in FEATURES] != sorted((f.entity for f in FEATURES), key=_ENTITY_ORDER.index):
-    raise ValueError("FEATURES must list event, then user, then ip, then device features")
+# The chain assembles the vector as the event's values, then each entity's in chain order: keep FEATURES so.
+ENTITY_ORDER = (EVENT_ENTITY,) + tuple(e.name for e in ENTITIES)
+if [f.entity for f in FEATURES] != sorted((f.entity for f in FEATURES), key=ENTITY_ORDER.index):
+    raise ValueError(f"FEATURES must list their entities in this order: {ENTITY_ORDER}")
+for _e in ENTITIES[1:]:
+    if _e.dedup:
+        raise ValueError(f"entity {_e.name}: only the first entity of the chain may dedup")
+SIGNALS: tuple[str, ...] = tuple(f"{e.name}_known_fraud_users_7d" for e in ENTITIES if e.label_signals)
 MISSING = -1.0  # since_prev of a key's first event; mean / max / min of an empty window (sum and count: 0)
 
 
@@ -139,3 +179,24 @@ def spec_fingerprint(features: tuple[Feature, ...] = FEATURES) -> str:
 
 def max_horizon_ms(entity: str) -> int:
     return max((f.horizon_ms or 0) for f in features_for(entity)) or 0
+
+
+def spec_document(allowed_lateness_ms: int) -> dict:
+    """Everything another runtime needs to rebuild the windows exactly (``riskstream features --json``):
+    entities in chain order with their key field and retention, bucket widths, features in vector order,
+    the lateness, the empty value and the distinct-count sketch settings."""
+    from . import windows
+
+    return {
+        "fingerprint": spec_fingerprint(),
+        "allowed_lateness_ms": allowed_lateness_ms,
+        "missing": MISSING,
+        "bucket_ms": {str(h): g for h, g in sorted(BUCKET_MS.items())},
+        "event_types": list(EVENT_TYPES),
+        "distinct": {"exact_up_to": windows.HLL_THRESHOLD, **windows.hll.params()},
+        "entities": [{**e.to_json(), "order": i,
+                      "retention_ms": windows.retention_ms(e.name, allowed_lateness_ms),
+                      "features": [f.name for f in features_for(e.name)]}
+                     for i, e in enumerate(ENTITIES)],
+        "features": spec_json(),
+    }

@@ -51,3 +51,9 @@ def estimate(reg: bytearray) -> float:
     if e <= 2.5 * M and zeros:
         return M * math.log(M / zeros)
     return e
+
+
+def params() -> dict:
+    """The sketch's definition, for another runtime to compute identical registers."""
+    return {"hll_p": P, "hll_hash": "blake2b digest_size=8 of the UTF-8 value, big-endian; register = top P "
+            "bits, rank = leading zeros of the remaining 64-P bits + 1", "hll_std_error": round(STD_ERROR, 4)}

@@ -1,8 +1,8 @@
 """Label feedback (pure): chargebacks and analyst verdicts, hours or days after the event.
 
 A label on the labels topic is ``{"event_id", "user_id", "device_id", "event_ts", "label": "fraud"|"legit"}``
-(``event_ts``: the labelled event's time, epoch ms). The device stage keeps, per device, the users
-labelled fraud with their event time, for ``KNOWN_FRAUD_HORIZON_MS`` (7 days) and at most
+(``event_ts``: the labelled event's time, epoch ms). Each entity stage with ``label_signals`` in the spec
+(the device) keeps, per key, the users labelled fraud with their event time, for ``KNOWN_FRAUD_HORIZON_MS`` (7 days) and at most
 ``MAX_USERS_PER_DEVICE`` of them. A later ``legit`` label for the same user removes them. From that it
 computes a *signal*, not a model feature: ``device_known_fraud_users_7d``, the number of known-fraud
 users seen on this device in the 7 days before the event being scored. That is the fraud-ring signal.

@@ -1,55 +1,42 @@
 """Offline replay: the job's feature computation over a list of events, in the given (arrival) order.
 
-This is the *same* code path the streaming job runs per key (``EntityWindows.update``), with plain dicts
-as the keyed store; training sets and audits come from here, so there is no second implementation.
+This is the *same* stage chain the streaming job runs per key (``udfs.chain``), with plain dicts as the
+keyed stores and the job's key-expiry rule; training sets and audits come from here, so there is no
+second implementation.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from . import dedup
+from .chain import DEFAULT_DEDUP_HORIZON_MS, DEFAULT_OUT_OF_ORDERNESS_MS, Chain
 from .events import DUPLICATE_EVENT_ID, Event
 from .features import FEATURE_NAMES
-from .windows import DEFAULT_LATENESS_MS, WINDOWED_ENTITIES, EntityWindows, event_values
-
-DEFAULT_DEDUP_HORIZON_MS = 600_000
+from .windows import DEFAULT_LATENESS_MS, event_values
 
 
 class FeatureReplay:
+    """The job's entity stages (``udfs.chain.Chain``) over in-memory stores, returning whole vectors."""
+
     def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
-                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS):
-        # one engine and one keyed store per windowed entity, in the job's stage order (user first)
-        self.stages = [(EntityWindows(e, allowed_lateness_ms), {}) for e in WINDOWED_ENTITIES]
-        self.dedup_horizon_ms = dedup_horizon_ms
+                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
+                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS):
+        self.chain = Chain(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
 
     def step(self, ev: Event) -> tuple[list[float], bool] | None:
         """Feature vector (``FEATURE_NAMES`` order) of one event and whether it was late for a key, or
         None for a duplicate event id, which the job dead-letters (``udfs.dedup``)."""
-        users = self.stages[0][1]
-        if self.dedup_horizon_ms:
-            st = users.get(ev.user_id)
-            newest = ev.ts if st is None else max(st["last"], ev.ts)
-            if dedup.seen(st, ev.event_id, newest, self.dedup_horizon_ms):
-                return None
-        vec = event_values(ev)
-        late = False
-        for engine, store in self.stages:
-            key = getattr(ev, engine.key_field)
-            st, vals, lt = engine.update(store.get(key), ev)
-            store[key] = st
-            vec += vals
-            late = late or lt
-        if self.dedup_horizon_ms:
-            st = users[ev.user_id]
-            dedup.remember(st, ev.event_id, ev.ts, st["last"], self.dedup_horizon_ms)
-        return vec, late
+        res = self.chain.process(ev)
+        if res is None:
+            return None
+        return event_values(ev) + res[0], res[1]
 
 
 def replay(events: Iterable[Event], allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
-           dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS) -> Iterator[tuple[Event, list[float], bool]]:
+           dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
+           out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS) -> Iterator[tuple[Event, list[float], bool]]:
     """(event, features, late) per event the job would score; duplicate event ids are skipped."""
-    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms)
+    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
     for ev in events:
         res = r.step(ev)
         if res is not None:
@@ -78,14 +65,15 @@ def read_events(path) -> Iterator[tuple[int, bytes | dict]]:
 
 
 def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
-                dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS) -> dict:
+                dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
+                out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS) -> dict:
     """Write one JSON line per valid event: ``event_id``, ``late`` and every feature by name. Records the
     job would dead-letter are skipped and counted by reason, as the job would route them."""
     import orjson
 
     from .events import Rejection, parse_event
 
-    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms)
+    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
     stats = {"events": 0, "rejected": {}, "late": 0}
     with open(output_path, "wb") as out:
         for _, rec in read_events(input_path):

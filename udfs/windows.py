@@ -8,9 +8,15 @@ Out-of-order events land in their own bucket and count for every later-arriving 
 it. An event more than ``allowed_lateness_ms`` older than the newest event of its key is *late*: it is
 scored (over the buckets still held, plus itself) but not stored, and reported as late.
 
-State per key is bounded by horizons and bucket widths, not by event rate: a bucket is dropped once no
-on-time event can reach it, and the whole key can be dropped (see :meth:`EntityWindows.expires_at`) once
-the watermark passes its newest event by the longest horizon plus the lateness. Distinct counts keep an
+State per key is bounded by horizons and bucket widths, not by event rate: a bucket is dropped as soon as
+no on-time event can reach it (when the key's newest time is ``last``, the oldest on-time event is at
+``last - lateness`` and reads back to ``floor((last - lateness)/g)*g + g - H``; older buckets go). A late
+event therefore reads only the buckets an on-time event could still read, plus itself.
+
+A key *expires* at ``last + longest horizon + lateness`` (:meth:`EntityWindows.expires_at`): an event at or
+after that time finds the key fresh (no age, no previous event, empty windows, no remembered ids), the
+same whether or not the runner has dropped the state yet. Runners drop it when their watermark passes the
+expiry (:func:`cleanup`), which only frees memory. Distinct counts keep an
 exact set per bucket up to ``HLL_THRESHOLD`` values, then a HyperLogLog sketch (``udfs.hll``): a window's
 distinct count is exact while all its buckets are exact, else an estimate with ~2.3 % standard error.
 """
@@ -21,13 +27,24 @@ from typing import Any
 
 from . import hll
 from .events import EVENT_TYPE_INDEX, EVENT_TYPES, Event
-from .features import ENTITY_KEYS, MISSING, Feature, features_for
+from .features import ENTITY_BY_NAME, MISSING, Feature, features_for
 
 CNT, NUM, SET = 0, 1, 2
 DEFAULT_LATENESS_MS = 60_000
 # a bucket's distinct set turns into a HyperLogLog sketch (2 KiB, ~2.3 % standard error) past this size
 HLL_THRESHOLD = 256
-WINDOWED_ENTITIES = ("user", "ip", "device")  # the order of the job's keyed stages and of the vector
+# cleanup timers are rounded up to this grid, so a busy key re-registers a timer a few times, not per event
+TIMER_GRID_MS = 60_000
+
+
+def retention_ms(entity: str, allowed_lateness_ms: int) -> int:
+    """How long after a key's newest event its state can still be read: longest horizon + lateness."""
+    return max((f.horizon_ms or 0) for f in features_for(entity)) + int(allowed_lateness_ms)
+
+
+def timer_for(expiry: int) -> int:
+    """The cleanup timer for a key expiring at ``expiry`` (event time): the next grid point after it."""
+    return expiry - expiry % TIMER_GRID_MS + TIMER_GRID_MS
 
 
 def _new_acc(kind: int) -> Any:
@@ -46,6 +63,8 @@ def _fold(accs: list, feeds: list, ev: Event, sketch_past_threshold: bool) -> No
             accs[i] += 1
         elif kind == NUM:
             v = getattr(ev, fld)
+            if v is None:  # an optional field the event lacks is no value
+                continue
             a = accs[i]
             a[0] += 1
             a[1] += v
@@ -55,12 +74,15 @@ def _fold(accs: list, feeds: list, ev: Event, sketch_past_threshold: bool) -> No
                 a[3] = v
         else:
             acc = accs[i]
+            v = getattr(ev, fld)
+            if v is None:  # an optional field the event lacks is no value
+                continue
             if type(acc) is set:
-                acc.add(getattr(ev, fld))
+                acc.add(v)
                 if sketch_past_threshold and len(acc) > HLL_THRESHOLD:
                     accs[i] = hll.from_values(acc)
             else:
-                hll.add(acc, getattr(ev, fld))
+                hll.add(acc, v)
 
 
 def _union(acc, v):
@@ -80,7 +102,7 @@ def _union(acc, v):
 
 
 class EntityWindows:
-    """Window logic for one entity (user, ip or device); the caller owns and stores the state dict.
+    """Window logic for one entity of the spec; the caller owns and stores the state dict.
 
     State layout (picklable, small): ``{"first": ts, "last": ts, "b": {width: {bucket_start: [acc, ...]}}}``
     where each acc is a count, a ``[count, sum, max, min]`` list or a set, one per distinct
@@ -89,10 +111,10 @@ class EntityWindows:
 
     def __init__(self, entity: str, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                  features: tuple[Feature, ...] | None = None):
-        if entity not in WINDOWED_ENTITIES:
-            raise ValueError(f"windowed entity must be one of {WINDOWED_ENTITIES}, not {entity!r}")
+        if entity not in ENTITY_BY_NAME:
+            raise ValueError(f"windowed entity must be one of {sorted(ENTITY_BY_NAME)}, not {entity!r}")
         self.entity = entity
-        self.key_field = ENTITY_KEYS[entity]
+        self.key_field = ENTITY_BY_NAME[entity].key_field
         self.features = features if features is not None else features_for(entity)
         self.names = tuple(f.name for f in self.features)
         self.lateness = int(allowed_lateness_ms)
@@ -121,6 +143,7 @@ class EntityWindows:
             for g, sl in self.slots.items()
         }
         self._ranges = sorted({(p[1], p[2]) for p in self._plan if len(p) == 4})
+        self._empty = self._values({"first": None, "last": None, "b": {}}, None, None, fold_self=False)
 
     # -- state -------------------------------------------------------------------------------------
     def _add(self, state: dict, ev: Event) -> None:
@@ -137,16 +160,22 @@ class EntityWindows:
             _fold(accs, feeds, ev, sketch_past_threshold=True)
 
     def _evict(self, state: dict) -> None:
-        last = state["last"]
+        oldest_on_time = state["last"] - self.lateness
         for g, buckets in state["b"].items():
-            cutoff = last - self.lateness - self.max_horizon[g]
-            stale = [s for s in buckets if s + g <= cutoff]
+            # the oldest on-time event reads buckets from floor(t/g)*g + g - H on
+            keep_from = oldest_on_time - oldest_on_time % g + g - self.max_horizon[g]
+            stale = [s for s in buckets if s < keep_from]
             for s in stale:
                 del buckets[s]
 
+    def empty_values(self) -> list[float]:
+        """The values for an event without a key (an optional entity): empty windows, no history."""
+        return list(self._empty)
+
     def update(self, state: dict | None, ev: Event) -> tuple[dict, list[float], bool]:
-        """Fold ``ev`` into ``state`` (a new dict if None) and return (state, feature values, late)."""
-        if state is None:
+        """Fold ``ev`` into ``state`` (a new dict if None, or if the key expired before ``ev.ts``) and
+        return (state, feature values, late)."""
+        if state is None or ev.ts >= self.expires_at(state):
             state = {"first": ev.ts, "last": None, "b": {}}
         prev_last = state["last"]
         late = prev_last is not None and ev.ts < prev_last - self.lateness
@@ -159,8 +188,9 @@ class EntityWindows:
                 self._evict(state)
         return state, self._values(state, ev, prev_last, fold_self=late), late
 
-    def _values(self, state: dict, ev: Event, prev_last: int | None, fold_self: bool) -> list[float]:
-        ts = ev.ts
+    def _values(self, state: dict, ev: Event | None, prev_last: int | None, fold_self: bool) -> list[float]:
+        """Feature values for ``ev``; ``ev`` None gives the values of no event over empty state."""
+        ts = ev.ts if ev is not None else 0
         agg: dict[tuple[int, int], list] = {}
         for g, h in self._ranges:
             hi = ts - ts % g
@@ -193,7 +223,7 @@ class EntityWindows:
                 out.append(float(max(ts - prev_last, 0)) if prev_last is not None else MISSING)
                 continue
             if kind == "age":
-                out.append(float(ts - min(state["first"], ts)))
+                out.append(float(ts - min(state["first"], ts)) if ev is not None else MISSING)
                 continue
             acc = agg[(p[1], p[2])][p[3]]
             if kind == "count":
@@ -213,8 +243,34 @@ class EntityWindows:
         return out
 
     def expires_at(self, state: dict) -> int:
-        """Event time after which the key's state can be dropped: no on-time event can read it any more."""
+        """Event time from which the key is fresh again: no event at or after it can read this state."""
         return int(state["last"]) + self.retention_ms
+
+
+def cleanup(windows: EntityWindows, state: dict | None, timestamp: int) -> tuple[str, int | None]:
+    """What a runner does when its watermark reaches the cleanup timer at ``timestamp`` for a key with
+    ``state``: ``("clear", None)`` drop the key, ``("rearm", t)`` register timer ``t`` and store it in
+    ``state["timer"]`` (the key's expiry moved on), or ``("keep", None)`` (a stale timer; nothing to do).
+    The Flink stage and the replay both call this, so they drop keys by the same rule."""
+    if state is None:
+        return "keep", None
+    expiry = windows.expires_at(state)
+    if expiry <= timestamp:
+        return "clear", None
+    if state.get("timer") == timestamp:
+        return "rearm", timer_for(expiry)
+    return "keep", None
+
+
+def arm(windows: EntityWindows, state: dict) -> int | None:
+    """After an update: the cleanup timer to register for the key (also stored in ``state["timer"]``), or
+    None when the one already registered is close enough (at most one grid step early)."""
+    expiry = windows.expires_at(state)
+    timer = state.get("timer")
+    if timer is None or expiry > timer + TIMER_GRID_MS:
+        timer = state["timer"] = timer_for(expiry)
+        return timer
+    return None
 
 
 _EVENT_FEATURES = features_for("event")

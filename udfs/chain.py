@@ -1,0 +1,247 @@
+"""The stage chain, once: what every runner (the Flink job, the replay, the baselines) does per stage.
+
+The chain is one keyed *entity stage* per :data:`udfs.features.ENTITIES` entry, in that order, then one
+*decide stage*:
+
+- entity stage (:class:`EntityStep`): dedup (first entity only) -> window update -> remember the id; an
+  event without a key for an optional entity reads empty windows and touches no state. Entities with
+  ``label_signals`` also fold labels into a per-key known-fraud set and emit a signal.
+- decide stage (:class:`Decider`): score -> policy -> decision record bytes, with the challenger's shadow
+  score; anything that raises becomes a fail-safe ``review`` record.
+
+Between stages a :data:`Record` travels: the event's fields, the window values so far, the late flag and
+the signals so far. :func:`pack` / :func:`unpack` are its only constructors and readers.
+
+:class:`Chain` runs the entity stages over plain dicts for the replay and the Python baselines, with the
+job's cleanup rule driven by the job's watermark rule (``udfs.windows.cleanup``).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from . import dedup
+from .decision import decision_record, encode, error_decision_record
+from .events import Event
+from .features import ENTITIES, Entity
+from .labels import FRAUD, apply_label, known_fraud_users
+from .windows import DEFAULT_LATENESS_MS, EntityWindows, arm, cleanup, event_values
+
+DEFAULT_DEDUP_HORIZON_MS = 600_000
+DEFAULT_OUT_OF_ORDERNESS_MS = 5_000
+
+# -- the record between stages -------------------------------------------------------------------------
+EVENT_FIELDS: tuple[str, ...] = Event._fields
+N_EVENT = len(EVENT_FIELDS)
+VALUES, LATE, SIGNALS = N_EVENT, N_EVENT + 1, N_EVENT + 2  # positions after the event's fields
+Record = tuple  # (*event fields, window values so far, late so far, signals so far or None)
+LABEL_MARK = "\x00label"  # event_type of a label travelling as a record (never a valid event type)
+
+
+def pack(ev: Event, values: list[float] | None = None, late: bool = False, signals: dict | None = None) -> Record:
+    return (*ev, values if values is not None else [], late, signals)
+
+
+def unpack(rec: Record) -> tuple[Event, list[float], bool, dict | None]:
+    return Event(*rec[:N_EVENT]), rec[VALUES], rec[LATE], rec[SIGNALS]
+
+
+def extend(rec: Record, values: list[float], late: bool, signals: dict | None) -> Record:
+    """The record after one more entity stage: its values appended, late and signals merged."""
+    sig = rec[SIGNALS]
+    if signals:
+        sig = {**sig, **signals} if sig else signals
+    return (*rec[:N_EVENT], rec[VALUES] + values, rec[LATE] or late, sig)
+
+
+def key_index(entity: Entity) -> int:
+    """Position of the entity's key field in a record (for key selectors)."""
+    return EVENT_FIELDS.index(entity.key_field)
+
+
+def label_record(event_id: str, user_id: str, device_id: str, event_ts: int, label: str) -> Record:
+    """A label from the labels topic as a record, so it can be keyed like an event of its entity."""
+    return pack(Event(event_id, LABEL_MARK, user_id, device_id, "", 0.0, "", event_ts, {"label": label}))
+
+
+def is_label(rec: Record) -> bool:
+    return rec[1] == LABEL_MARK
+
+
+# -- entity stage --------------------------------------------------------------------------------------
+class EntityStep:
+    """One entity's stage on one key: the caller loads the key's state, calls :meth:`step`, stores the
+    state it returns and registers the timer it returns. Pitfall: check :meth:`duplicate` *before*
+    :meth:`step`; a duplicate must not touch the windows."""
+
+    def __init__(self, entity: Entity, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS):
+        self.entity = entity
+        self.name = entity.name
+        self.windows = EntityWindows(entity.name, allowed_lateness_ms)
+        self.dedup_horizon_ms = int(dedup_horizon_ms) if entity.dedup else 0
+        self.signal_name = f"{entity.name}_known_fraud_users_7d" if entity.label_signals else None
+
+    def key(self, ev: Event) -> str | None:
+        return getattr(ev, self.entity.key_field)
+
+    def empty_values(self) -> list[float]:
+        return self.windows.empty_values()
+
+    def live(self, state: dict | None, ev: Event) -> dict | None:
+        """The key's state as ``ev`` sees it: None once the key expired before ``ev.ts``."""
+        if state is not None and ev.ts >= self.windows.expires_at(state):
+            return None
+        return state
+
+    def duplicate(self, state: dict | None, ev: Event) -> bool:
+        if not self.dedup_horizon_ms:
+            return False
+        state = self.live(state, ev)
+        return state is not None and dedup.seen(state, ev.event_id, max(state["last"], ev.ts),
+                                                self.dedup_horizon_ms)
+
+    def step(self, state: dict | None, ev: Event) -> tuple[dict, list[float], bool, int | None]:
+        """(new state, window values, late, cleanup timer to register or None)."""
+        state, vals, late = self.windows.update(state, ev)
+        if self.dedup_horizon_ms:
+            dedup.remember(state, ev.event_id, ev.ts, state["last"], self.dedup_horizon_ms)
+        return state, vals, late, arm(self.windows, state)
+
+    def on_timer(self, state: dict | None, timestamp: int) -> tuple[str, int | None]:
+        return cleanup(self.windows, state, timestamp)
+
+    # labels (entities with label_signals): {user_id: newest fraud event ts}, see udfs.labels
+    def fold_label(self, known: dict | None, label_rec: Record) -> dict:
+        ev = Event(*label_rec[:N_EVENT])
+        return apply_label(known, ev.user_id, ev.ts, ev.extras["label"])
+
+    def signals(self, known: dict | None, ev: Event) -> dict | None:
+        if self.signal_name is None:
+            return None
+        return {self.signal_name: known_fraud_users(known, ev.ts)}
+
+
+# -- decide stage --------------------------------------------------------------------------------------
+class Decider:
+    """Score -> policy -> decision record bytes, with the control in force (``udfs.control.Control``:
+    champion, optional challenger, policy). Never raises: a failure gives a ``review`` record."""
+
+    def __init__(self, control):
+        self.control = control
+
+    def decide(self, ev: Event, values: list[float], late: bool, signals: dict | None,
+               now_ms: int, score: float | None = None) -> tuple[str, bytes, bool]:
+        """(decision, record bytes, failed). ``values``: the entity stages' values in chain order. ``score``: the
+        champion's score when the caller scored a batch already."""
+        c = self.control
+        try:
+            feats = event_values(ev) + list(values)
+            if score is None:
+                score = c.champion.score(feats)
+            decision, reasons = c.policy.decide(score, feats, ev.event_type, late, signals)
+            shadow = None
+            if c.challenger is not None:
+                s2 = c.challenger.score(feats)
+                shadow = {"model_version": c.challenger.version, "score": round(s2, 6),
+                          "decision": c.policy.decide(s2, feats, ev.event_type, late, signals)[0]}
+            return decision, encode(decision_record(
+                ev, decision, score, reasons, feats, c.champion.version, c.policy.version, now_ms, late,
+                rules_version=c.rules_version, shadow=shadow, signals=signals)), False
+        except Exception as e:  # fail safe: a valid event is never silently allowed or dropped
+            return "review", encode(error_decision_record(
+                ev.event_id, ev.event_type, ev.user_id, ev.device_id, f"{type(e).__name__}: {e}",
+                c.champion.version, c.policy.version, now_ms)), True
+
+    def vector(self, ev: Event, values: list[float]) -> list[float]:
+        return event_values(ev) + list(values)
+
+
+# -- the whole chain over plain dicts (replay, baselines) ----------------------------------------------
+class Chain:
+    """The entity stages over in-memory keyed stores, one event at a time in arrival order.
+
+    Keys are dropped as the job drops them: a cleanup timer per key (``udfs.windows.arm``) fires once the
+    watermark reaches it, the watermark being the job's rule (newest event time so far minus the
+    out-of-orderness bound, minus 1 ms) as it stood *before* the event being processed. Since an expired
+    key reads as fresh anyway (``EntityStep.live``), this only frees memory, except for an event that
+    arrives more than the out-of-orderness bound behind the stream (the job's watermark is periodic, so
+    there the two may differ)."""
+
+    def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
+                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS,
+                 entities: tuple[Entity, ...] = ENTITIES, label_signals: bool = False):
+        self.label_signals = label_signals  # as the job with a labels topic: records carry the signals
+        self.steps = [EntityStep(e, allowed_lateness_ms, dedup_horizon_ms) for e in entities]
+        self.stores: list[dict[str, dict]] = [{} for _ in self.steps]
+        self.known: list[dict[str, dict]] = [{} for _ in self.steps]  # label state (label_signals only)
+        self.out_of_orderness_ms = int(out_of_orderness_ms)
+        self._timers: list[tuple[int, int, str]] = []  # (timestamp, stage index, key)
+        self._max_ts: int | None = None
+
+    def watermark(self) -> int | None:
+        return None if self._max_ts is None else self._max_ts - self.out_of_orderness_ms - 1
+
+    def _fire_timers(self) -> None:
+        wm = self.watermark()
+        while self._timers and wm is not None and self._timers[0][0] <= wm:
+            ts, i, key = heapq.heappop(self._timers)
+            store = self.stores[i]
+            what, timer = self.steps[i].on_timer(store.get(key), ts)
+            if what == "clear":
+                del store[key]
+            elif what == "rearm":
+                store[key]["timer"] = timer
+                heapq.heappush(self._timers, (timer, i, key))
+
+    def label(self, event_id: str, user_id: str, device_id: str, event_ts: int, label: str) -> None:
+        """Fold a label into every label-signal entity (in the job it arrives on the labels topic)."""
+        rec = label_record(event_id, user_id, device_id, event_ts, label)
+        ev = unpack(rec)[0]
+        for i, step in enumerate(self.steps):
+            if step.signal_name is not None:
+                key = step.key(ev)
+                known = step.fold_label(self.known[i].get(key), rec)
+                if known:
+                    self.known[i][key] = known
+                else:
+                    self.known[i].pop(key, None)
+
+    def process(self, ev: Event) -> tuple[list[float], bool, dict | None] | None:
+        """(window values in chain order, late, signals) of one event, or None for a duplicate event id
+        (the job dead-letters it)."""
+        self._fire_timers()
+        values: list[float] = []
+        late = False
+        signals: dict[str, Any] | None = None
+        for i, step in enumerate(self.steps):
+            key = step.key(ev)
+            if key is None:
+                values += step.empty_values()
+                continue
+            store = self.stores[i]
+            st = store.get(key)
+            if step.duplicate(st, ev):
+                return None  # the first stage: nothing stored anywhere yet
+            st, vals, lt, timer = step.step(st, ev)
+            store[key] = st
+            if timer is not None:
+                heapq.heappush(self._timers, (timer, i, key))
+            values += vals
+            late = late or lt
+            sig = step.signals(self.known[i].get(key), ev) if self.label_signals else None
+            if sig:
+                signals = {**(signals or {}), **sig}
+        if self._max_ts is None or ev.ts > self._max_ts:
+            self._max_ts = ev.ts
+        return values, late, signals
+
+    def state_keys(self) -> dict[str, int]:
+        """Keys held per entity (for memory checks)."""
+        return {s.name: len(store) for s, store in zip(self.steps, self.stores)}
+
+
+__all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "extend", "is_label",
+           "key_index", "label_record", "pack", "unpack"]
