@@ -46,7 +46,7 @@ def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[lis
             if f.agg == "count":
                 vals.append(float(len(sel)))
             elif f.agg == "distinct":
-                vals.append(float(len({getattr(e, f.field) for e in sel})))
+                vals.append(float(len({getattr(e, f.field) for e in sel} - {None})))
             elif f.agg == "sum":
                 vals.append(math.fsum(getattr(e, f.field) for e in sel))
             elif not sel:

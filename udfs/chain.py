@@ -213,6 +213,13 @@ class Chain:
         """(window values in chain order, late, signals) of one event, or None for a duplicate event id
         (the job dead-letters it)."""
         self._fire_timers()
+        try:
+            return self._process(ev)
+        finally:  # every parsed event moves the watermark in the job, duplicates included
+            if self._max_ts is None or ev.ts > self._max_ts:
+                self._max_ts = ev.ts
+
+    def _process(self, ev: Event) -> tuple[list[float], bool, dict | None] | None:
         values: list[float] = []
         late = False
         signals: dict[str, Any] | None = None
@@ -234,8 +241,6 @@ class Chain:
             sig = step.signals(self.known[i].get(key), ev) if self.label_signals else None
             if sig:
                 signals = {**(signals or {}), **sig}
-        if self._max_ts is None or ev.ts > self._max_ts:
-            self._max_ts = ev.ts
         return values, late, signals
 
     def state_keys(self) -> dict[str, int]:

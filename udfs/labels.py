@@ -21,7 +21,6 @@ from .events import MAX_ID_LEN, MIN_TS_MS, MAX_TS_MS, Rejection
 
 KNOWN_FRAUD_HORIZON_MS = 7 * 24 * 3600 * 1000
 MAX_USERS_PER_DEVICE = 1000
-SIGNALS = ("device_known_fraud_users_7d",)
 INVALID_LABEL = "invalid_label"
 FRAUD, LEGIT = "fraud", "legit"
 

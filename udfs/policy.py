@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .features import FEATURE_NAMES
-from .labels import SIGNALS
+from .features import FEATURE_NAMES, SIGNALS
 
 ALLOW, REVIEW, BLOCK = "allow", "review", "block"
 DECISIONS = (ALLOW, REVIEW, BLOCK)

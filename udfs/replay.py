@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from .chain import DEFAULT_DEDUP_HORIZON_MS, DEFAULT_OUT_OF_ORDERNESS_MS, Chain
-from .events import DUPLICATE_EVENT_ID, Event
+from .events import DUPLICATE_EVENT_ID, OPTIONAL_FIELDS, Event
 from .features import FEATURE_NAMES
 from .windows import DEFAULT_LATENESS_MS, event_values
 
@@ -44,7 +44,8 @@ def replay(events: Iterable[Event], allowed_lateness_ms: int = DEFAULT_LATENESS_
 
 
 def read_events(path) -> Iterator[tuple[int, bytes | dict]]:
-    """Records of a JSON-lines (``.jsonl``/``.json``) or Parquet (``.parquet``) file, in file order."""
+    """Records of a JSON-lines (``.jsonl``/``.json``) or Parquet (``.parquet``) file, in file order. A null
+    optional column (extras, payment_ref) in Parquet means the field is absent."""
     from pathlib import Path
 
     p = Path(path)
@@ -55,7 +56,7 @@ def read_events(path) -> Iterator[tuple[int, bytes | dict]]:
         for batch in pq.ParquetFile(p).iter_batches(batch_size=10_000):
             for row in batch.to_pylist():
                 n += 1
-                yield n, {k: v for k, v in row.items() if v is not None or k != "extras"}
+                yield n, {k: v for k, v in row.items() if v is not None or k not in OPTIONAL_FIELDS}
         return
     with open(p, "rb") as f:
         for n, line in enumerate(f, 1):
