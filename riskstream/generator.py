@@ -3,11 +3,16 @@
 Normal shoppers log in, order, pay, add cards, redeem promos and ask refunds; mixed in are four fraud
 scenarios, each event labelled with its scenario:
 
-- ``card_testing``: one account on one device fires a burst of small payments / card additions;
+- ``card_testing``: one account on one device fires a burst of small payments / card additions, each
+  with another card (a list of stolen cards being tried);
 - ``account_takeover``: an established account logs in from a new device and IP, adds a card and
   places large orders;
-- ``promo_ring``: one device creates many fresh accounts that each redeem a promo (a fraud ring);
+- ``promo_ring``: one device creates many fresh accounts that each redeem a promo and pay with the
+  ring's one card (a fraud ring);
 - ``fresh_account_big_order``: a brand-new account places a high-value order within minutes.
+
+Events that carry a payment instrument (``udfs.events.PAYMENT_REF_TYPES``) name it in ``payment_ref``:
+a shopper pays with their newest card; adding a payment method adds a card.
 
 Event time is simulated (``sim_rate`` events per simulated second from ``start_ts``); emission order is
 event-time order with small, bounded disorder (``max_disorder_ms``), as real producers deliver.
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import orjson
+
+from udfs.events import PAYMENT_REF_TYPES
 
 SCENARIOS = ("card_testing", "account_takeover", "promo_ring", "fresh_account_big_order")
 NORMAL = "normal"
@@ -43,7 +50,7 @@ class _Ids:
     def __init__(self, rng: random.Random, seed: int):
         self.rng = rng
         self.seed = seed
-        self.n = {"u": 0, "d": 0, "e": 0}
+        self.n = {"u": 0, "d": 0, "e": 0, "c": 0}
 
     def new(self, kind: str) -> str:
         self.n[kind] += 1
@@ -65,7 +72,8 @@ class TrafficGenerator:
     # -- scenario builders: each returns [(offset_ms, event_type, user, device, ip, amount)] ----------
     def _normal(self, r: random.Random, ids: _Ids, users: list) -> list:
         if not users or r.random() < 0.08:  # a new shopper signs up
-            u = {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
+            u = {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(), "cur": r.choice(CURRENCIES),
+                 "cards": [ids.new("c")]}
             users.append(u)
             steps = [("signup", 0.0)]
             if r.random() < 0.5:
@@ -85,6 +93,7 @@ class TrafficGenerator:
         elif kind < 0.62:
             steps = [("login", 0.0)]
         elif kind < 0.72:
+            u["cards"].append(ids.new("c"))
             steps = [("login", 0.0), ("add_payment_method", 0.0), ("place_order", amt), ("payment", amt)]
         elif kind < 0.80:
             steps = [("login", 0.0), ("refund", round(amt * r.uniform(0.2, 1.0), 2))]
@@ -98,11 +107,14 @@ class TrafficGenerator:
 
     @staticmethod
     def _sessionize(r, u, device, ip, steps, lo, hi) -> list:
+        """Steps are (event type, amount) or (event type, amount, card); the default card is the user's
+        newest."""
         out, t = [], 0
-        for i, (et, amt) in enumerate(steps):
+        cards = u.get("cards") or [None]
+        for i, (et, amt, *card) in enumerate(steps):
             if i:
                 t += r.randint(lo, hi)
-            out.append((t, et, u["id"], device, ip, round(amt, 2), u["cur"]))
+            out.append((t, et, u["id"], device, ip, round(amt, 2), u["cur"], card[0] if card else cards[-1]))
         return out
 
     def _fraud(self, scenario: str, r: random.Random, ids: _Ids, users: list) -> list:
@@ -112,8 +124,8 @@ class TrafficGenerator:
             else:
                 u = {"id": ids.new("u"), "devices": [], "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
             device, ip = ids.new("d"), ids.ip()
-            steps = [("add_payment_method" if r.random() < 0.35 else "payment", round(r.uniform(0.5, 5), 2))
-                     for _ in range(r.randint(10, 24))]
+            steps = [("add_payment_method" if r.random() < 0.35 else "payment", round(r.uniform(0.5, 5), 2),
+                      ids.new("c")) for _ in range(r.randint(10, 24))]
             if not u["devices"]:
                 steps.insert(0, ("signup", 0.0))
             return self._sessionize(r, u, device, ip, steps, 1_500, 9_000)
@@ -121,18 +133,19 @@ class TrafficGenerator:
             old = [u for u in users if len(u["devices"]) >= 1]
             u = r.choice(old) if old else {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(),
                                            "cur": "EUR"}
-            device, ip = ids.new("d"), ids.ip()
+            device, ip, card = ids.new("d"), ids.ip(), ids.new("c")  # the fraudster's own card
             big = round(r.uniform(400, 3000), 2)
-            steps = [("login", 0.0), ("add_payment_method", 0.0), ("place_order", big), ("payment", big)]
+            steps = [("login", 0.0), ("add_payment_method", 0.0, card), ("place_order", big, card),
+                     ("payment", big, card)]
             if r.random() < 0.6:
                 big2 = round(r.uniform(300, 2500), 2)
-                steps += [("place_order", big2), ("payment", big2)]
+                steps += [("place_order", big2, card), ("payment", big2, card)]
             return self._sessionize(r, u, device, ip, steps, 4_000, 45_000)
         if scenario == "promo_ring":
-            device, ip = ids.new("d"), ids.ip()
+            device, ip, card = ids.new("d"), ids.ip(), ids.new("c")
             out, t = [], 0
             for _ in range(r.randint(5, 12)):
-                u = {"id": ids.new("u"), "devices": [device], "ip": ip, "cur": r.choice(CURRENCIES)}
+                u = {"id": ids.new("u"), "devices": [device], "ip": ip, "cur": r.choice(CURRENCIES), "cards": [card]}
                 amt = round(r.uniform(15, 70), 2)
                 sess = self._sessionize(r, u, device, ip, [("signup", 0.0), ("promo_redeem", 0.0),
                                                            ("place_order", amt), ("payment", amt)], 5_000, 30_000)
@@ -140,7 +153,8 @@ class TrafficGenerator:
                 t += sess[-1][0] + r.randint(20_000, 150_000)
             return out
         if scenario == "fresh_account_big_order":
-            u = {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
+            u = {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(), "cur": r.choice(CURRENCIES),
+                 "cards": [ids.new("c")]}
             big = round(r.uniform(800, 4000), 2)
             steps = [("signup", 0.0), ("place_order", big), ("payment", big)]
             return self._sessionize(r, u, u["devices"][0], u["ip"], steps, 15_000, 240_000)
@@ -167,7 +181,7 @@ class TrafficGenerator:
         # an established customer base: ~1 customer per 4 events, so a shopper has a session or two
         users: list[dict] = [
             {"id": ids.new("u"), "devices": [ids.new("d") for _ in range(1 + (r.random() < 0.3))],
-             "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
+             "ip": ids.ip(), "cur": r.choice(CURRENCIES), "cards": [ids.new("c")]}
             for _ in range(max(50, n // 4))
         ]
         span = max(1, int(n / self.sim_rate * 1000))
@@ -182,12 +196,14 @@ class TrafficGenerator:
             else:
                 scenario = NORMAL
                 steps = self._normal(r, ids, users)
-            for off, et, uid, dev, ip, amt, cur in steps:
+            for off, et, uid, dev, ip, amt, cur, card in steps:
                 seq += 1
                 ts = start + off
                 emit_at = ts + r.randint(0, self.max_disorder_ms)  # delivery delay -> bounded disorder
                 ev = {"event_id": ids.new("e"), "event_type": et, "user_id": uid, "device_id": dev, "ip": ip,
                       "amount": amt, "currency": cur, "ts": ts}
+                if card is not None and et in PAYMENT_REF_TYPES:
+                    ev["payment_ref"] = card
                 heapq.heappush(heap, (emit_at, seq, ev, scenario))
                 produced += 1
         out = 0

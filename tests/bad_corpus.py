@@ -14,6 +14,9 @@ rest are whole-record faults: empty, wrong top level, not UTF-8, too deep). Poli
 * UTF-16 with a BOM is ``invalid_utf8``; UTF-16-LE without a BOM is (NUL-laden) valid UTF-8: ``invalid_json``.
 * ``null`` in a key field (event_id, user_id, device_id, ip) or a blank key is ``null_key``; ``null`` in any
   other required field is ``wrong_type``; ``extras: null`` means "no extras" (accepted).
+* ``payment_ref`` is optional (absent or ``null``: no instrument). Anything else that is not a non-blank
+  string of at most 128 characters, or a payment_ref on an event type that carries no instrument
+  (login, signup, promo_redeem), is ``invalid_payment_ref``.
 """
 
 from __future__ import annotations
@@ -163,6 +166,14 @@ _cases: list[tuple[str, bytes, str]] = [
     ("extras_string", dumps(extras="card_bin=411111"), "wrong_type"),
     ("extras_number", dumps(extras=1), "wrong_type"),
     ("extras_false", dumps(extras=False), "wrong_type"),
+    # --- payment_ref: optional (absent or null = no instrument); only on payment-carrying event types
+    ("payment_ref_number", dumps(payment_ref=4111), "invalid_payment_ref"),
+    ("payment_ref_object", dumps(payment_ref={"bin": "411111"}), "invalid_payment_ref"),
+    ("payment_ref_empty", dumps(payment_ref=""), "invalid_payment_ref"),
+    ("payment_ref_whitespace", dumps(payment_ref=" \t"), "invalid_payment_ref"),
+    ("payment_ref_too_long", dumps(payment_ref="c" * (MAX_ID_LEN + 1)), "invalid_payment_ref"),
+    ("payment_ref_on_login", dumps(event_type="login", payment_ref="card-1"), "invalid_payment_ref"),
+    ("payment_ref_on_promo", dumps(event_type="promo_redeem", payment_ref="card-1"), "invalid_payment_ref"),
     # --- key fields null / blank
     *[(f"{f}_null", dumps(**{f: None}), "null_key") for f in KEY_FIELDS],
     *[(f"{f}_empty", dumps(**{f: ""}), "null_key") for f in KEY_FIELDS],

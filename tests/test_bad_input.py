@@ -33,7 +33,8 @@ TS_LO = int(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000) 
 TS_HI = int(dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)  # exclusive
 AMOUNT_MAX = 1e9
 FIELDS = tuple(GOOD)  # the required fields
-KNOWN = frozenset(FIELDS) | {"extras"}
+KNOWN = frozenset(FIELDS) | {"extras", "payment_ref"}
+PAYMENT_REF_TYPES = ("add_payment_method", "place_order", "payment", "refund")  # may carry a payment_ref
 I64_MIN, U64_MAX = -(2**63), 2**64 - 1  # orjson reads JSON integers in this range as int, others as float
 # bytes that can never start a valid UTF-8 sequence at the place they are inserted: continuation bytes
 # (one more than the lead bytes account for), C0/C1 (overlong leads) and F5..FF (beyond U+10FFFF / unused)
@@ -45,10 +46,22 @@ def test_contract_constants_match_the_module():
     assert (events.MIN_TS_MS, events.MAX_TS_MS, events.MAX_AMOUNT) == (TS_LO, TS_HI, AMOUNT_MAX)
     assert (events.MAX_EVENT_BYTES, events.MAX_ID_LEN) == (MAX_EVENT_BYTES, MAX_ID_LEN)
     assert set(events.REQUIRED_FIELDS) == set(FIELDS) and events.KNOWN_FIELDS == KNOWN
+    assert events.PAYMENT_REF_TYPES == PAYMENT_REF_TYPES
 
 
-def expected_for(field: str, v) -> str | None:
-    """The reason a single bad value of ``field`` (as parsed from JSON) must produce; None if it is fine."""
+def expected_for(field: str, v, base: dict | None = None) -> str | None:
+    """The reason a single bad value of ``field`` (as parsed from JSON) must produce in the otherwise valid
+    event ``base``; None if it is fine."""
+    base = base if base is not None else GOOD
+    if field == "payment_ref":
+        if v is None:
+            return None
+        if not isinstance(v, str) or v == "" or v.isspace() or len(v) > MAX_ID_LEN:
+            return "invalid_payment_ref"
+        return None if base["event_type"] in PAYMENT_REF_TYPES else "invalid_payment_ref"
+    if field == "event_type" and isinstance(v, str) and v in SPEC_EVENT_TYPES:
+        carries = base.get("payment_ref") is not None
+        return "invalid_payment_ref" if carries and v not in PAYMENT_REF_TYPES else None
     if field in KEY_FIELDS:
         if v is None:
             return "null_key"
@@ -81,8 +94,9 @@ def expected_for(field: str, v) -> str | None:
 def as_event_dict(d: dict) -> dict:
     """What ``Event.to_dict()`` must give for an accepted dict: amount as float, a null extras dropped."""
     out = {**d, "amount": float(d["amount"])}
-    if out.get("extras", 0) is None:
-        del out["extras"]
+    for name in ("extras", "payment_ref"):
+        if out.get(name, 0) is None:
+            del out[name]
     return out
 
 
@@ -188,6 +202,8 @@ def valid_events(draw) -> dict:
          "ts": draw(timestamps)}
     if draw(st.booleans()):
         d["extras"] = draw(extras_values)
+    if d["event_type"] in PAYMENT_REF_TYPES and draw(st.booleans()):
+        d["payment_ref"] = draw(ids)
     return d
 
 
@@ -212,6 +228,7 @@ near_values = {
     "ts": st.one_of(timestamps, st.integers(TS_LO - 3, TS_LO + 3), st.integers(TS_HI - 3, TS_HI + 3),
                     st.integers(0, 2 * 10**9), st.sampled_from([1.7e12, "1767225600000", False])),
     "extras": st.one_of(extras_values, st.none(), json_values),
+    "payment_ref": st.one_of(ids, st.sampled_from([None, "", " ", "\u3000", "x" * (MAX_ID_LEN + 1), 7, []])),
 }
 any_field = st.sampled_from(sorted(KNOWN))
 # numbers written as raw JSON literals (so NaN/Infinity and integers beyond 64 bits can be sent)
@@ -231,7 +248,7 @@ def mutated(draw, family: str) -> tuple[bytes, tuple[str, object]]:
     if family == "drop":
         field = draw(st.sampled_from(sorted(base)))
         d = {k: v for k, v in base.items() if k != field}
-        return orjson.dumps(d), (("event", d) if field == "extras" else ("reject", "missing_field"))
+        return orjson.dumps(d), (("event", d) if field in ("extras", "payment_ref") else ("reject", "missing_field"))
     if family == "add":
         name = draw(st.text(max_size=12).filter(lambda k: k not in KNOWN))
         return orjson.dumps({**base, name: draw(json_values)}), ("reject", "unknown_field")
@@ -242,7 +259,7 @@ def mutated(draw, family: str) -> tuple[bytes, tuple[str, object]]:
             raw = orjson.dumps({**base, field: v})
         else:  # the bad-or-good value comes last; orjson keeps the last one
             raw = raw[:-1] + b"," + orjson.dumps(field) + b":" + orjson.dumps(v) + b"}"
-        reason = expected_for(field, v)
+        reason = expected_for(field, v, base)
         return raw, (("reject", reason) if reason else ("event", {**base, field: v}))
     if family in ("amount_literal", "ts_literal"):
         field = family.split("_")[0]

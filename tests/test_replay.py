@@ -17,7 +17,8 @@ def test_jsonl_and_parquet_replay_equal_the_window_code(tmp_path):
     (tmp_path / "ev.jsonl").write_bytes(
         b"\n".join(r.raw if r.raw is not None else orjson.dumps(r.event) for r in recs) + b"\n")
     good = [r.event for r in recs if r.raw is None]
-    pq.write_table(pa.Table.from_pylist(good), tmp_path / "ev.parquet")
+    # from_pylist takes its columns from the first row: give every row the optional field
+    pq.write_table(pa.Table.from_pylist([{"payment_ref": None, **e} for e in good]), tmp_path / "ev.parquet")
 
     s1 = replay_file(tmp_path / "ev.jsonl", tmp_path / "a.jsonl")
     s2 = replay_file(tmp_path / "ev.parquet", tmp_path / "b.jsonl")

@@ -231,7 +231,8 @@ def test_trains_from_files_like_from_the_generator(tmp_path):
     lines.insert(10, lines[3])  # a redelivered event: the job dead-letters the duplicate
     lines.insert(20, b'{"event_id": "broken"')  # malformed: dead-lettered, not a row
     (tmp_path / "events.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    pq.write_table(pa.Table.from_pylist(events), tmp_path / "events.parquet")
+    # from_pylist takes its columns from the first row: give every row the optional field
+    pq.write_table(pa.Table.from_pylist([{"payment_ref": None, **e} for e in events]), tmp_path / "events.parquet")
 
     runs = {}
     for name, src in (("gen", ["--generate", "3000", "--seed", "5"]),

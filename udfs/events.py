@@ -26,7 +26,14 @@ EVENT_TYPES: tuple[str, ...] = (
 EVENT_TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 REQUIRED_FIELDS = ("event_id", "event_type", "user_id", "device_id", "ip", "amount", "currency", "ts")
-OPTIONAL_FIELDS = ("extras",)
+# payment_ref: the payment instrument (a card or wallet fingerprint, never a card number) an event used or
+# added. Only these event types carry one; absent or null means none.
+PAYMENT_REF_TYPES = ("add_payment_method", "place_order", "payment", "refund")
+# Optional key fields (each keys an optional entity of the spec): name -> the event types that may carry
+# it (None: any). Absent or null means none; anything but a non-blank string of at most MAX_ID_LEN
+# characters on such a type is refused as ``invalid_<name>``. Each is also a field of Event (default None).
+OPTIONAL_KEYS: dict[str, tuple[str, ...] | None] = {"payment_ref": PAYMENT_REF_TYPES}
+OPTIONAL_FIELDS = ("extras", *OPTIONAL_KEYS)
 KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -38,7 +45,8 @@ MAX_AMOUNT = 1e9
 
 
 class Event(NamedTuple):
-    """A validated event. ``amount`` is a non-negative finite float; ``ts`` is event time in epoch ms."""
+    """A validated event. ``amount`` is a non-negative finite float; ``ts`` is event time in epoch ms;
+    ``payment_ref`` is None when the event carries no payment instrument."""
 
     event_id: str
     event_type: str
@@ -49,11 +57,13 @@ class Event(NamedTuple):
     currency: str
     ts: int
     extras: dict | None = None
+    payment_ref: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = self._asdict()
-        if d["extras"] is None:
-            del d["extras"]
+        for name in OPTIONAL_FIELDS:
+            if d[name] is None:
+                del d[name]
         return d
 
 
@@ -78,13 +88,15 @@ UNKNOWN_EVENT_TYPE = "unknown_event_type"
 INVALID_AMOUNT = "invalid_amount"
 INVALID_CURRENCY = "invalid_currency"
 INVALID_TS = "invalid_ts"
+INVALID_OPTIONAL_KEY = {name: f"invalid_{name}" for name in OPTIONAL_KEYS}
 # set by the job, not by parse_event
 DUPLICATE_EVENT_ID = "duplicate_event_id"  # the user's stage saw this event_id within the dedup horizon
 PROCESSING_ERROR = "processing_error"  # a function raised on this record (a bug): kept, not retried
 CONTROL_REJECTED = "control_rejected"  # a control message (model, rules) that failed validation
 
 PARSE_REASON_CODES = (OVERSIZED, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, UNKNOWN_FIELD,
-                      WRONG_TYPE, NULL_KEY, UNKNOWN_EVENT_TYPE, INVALID_AMOUNT, INVALID_CURRENCY, INVALID_TS)
+                      WRONG_TYPE, NULL_KEY, UNKNOWN_EVENT_TYPE, INVALID_AMOUNT, INVALID_CURRENCY, INVALID_TS,
+                      *INVALID_OPTIONAL_KEY.values())
 REASON_CODES = PARSE_REASON_CODES + (DUPLICATE_EVENT_ID, PROCESSING_ERROR, CONTROL_REJECTED)
 
 
@@ -156,6 +168,18 @@ def parse_event(raw: bytes) -> Event | Rejection:
     extras = obj.get("extras")
     if extras is not None and not isinstance(extras, dict):
         return Rejection(WRONG_TYPE, "extras must be an object")
+    optional = {}
+    for name, types in OPTIONAL_KEYS.items():
+        v = obj.get(name)
+        if v is None:
+            continue
+        if not isinstance(v, str) or not v.strip() or len(v) > MAX_ID_LEN:
+            return Rejection(INVALID_OPTIONAL_KEY[name], f"{name} must be a non-blank string of at most "
+                                                         f"{MAX_ID_LEN} characters, or null")
+        if types is not None and et not in types:
+            return Rejection(INVALID_OPTIONAL_KEY[name], f"a {et} event carries no {name} (only "
+                                                         f"{', '.join(types)} do)")
+        optional[name] = v
     # orjson parses 1024 levels but serialises only 254: a deeper extras would be accepted here and then
     # raise when the job re-encodes it. Depth > 200 needs > 200 brackets, so the exact check is rare.
     if extras and raw.count(b"[") + raw.count(b"{") > 200:
@@ -163,7 +187,7 @@ def parse_event(raw: bytes) -> Event | Rejection:
             orjson.dumps(obj)
         except orjson.JSONEncodeError:
             return Rejection(INVALID_JSON, "extras nested too deeply (orjson re-encodes at most 254 levels)")
-    return Event(ids["event_id"], et, ids["user_id"], ids["device_id"], ip, amount, cur, ts, extras)
+    return Event(ids["event_id"], et, ids["user_id"], ids["device_id"], ip, amount, cur, ts, extras, **optional)
 
 
 def dead_letter_record(raw: bytes, rejection: Rejection, job: str, dead_at_ms: int,

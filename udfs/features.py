@@ -61,6 +61,8 @@ ENTITIES: tuple[Entity, ...] = (
     Entity("user", "user_id", dedup=True),
     Entity("ip", "ip"),
     Entity("device", "device_id", label_signals=True),
+    # the payment instrument (udfs.events.PAYMENT_REF_TYPES carry one): card testing, BIN attacks, shared cards
+    Entity("payment", "payment_ref", optional=True),
 )
 ENTITY_BY_NAME = {e.name: e for e in ENTITIES}
 EVENT_ENTITY = "event"  # the pseudo-entity of the event's own fields (no key, no state)
@@ -132,6 +134,7 @@ FEATURES: tuple[Feature, ...] = (
     _f("user_spend_min_10m", "user", "min", "amount", 10 * MINUTE, SPEND),
     _f("user_distinct_devices_24h", "user", "distinct", "device_id", DAY),
     _f("user_distinct_ips_1h", "user", "distinct", "ip", HOUR),
+    _f("user_distinct_payment_refs_1h", "user", "distinct", "payment_ref", HOUR),
     _f("user_since_prev_ms", "user", "since_prev"),
     _f("user_age_ms", "user", "age"),
     # per ip (cross-entity linkage: many accounts behind one address)
@@ -148,6 +151,15 @@ FEATURES: tuple[Feature, ...] = (
     _f("device_signups_24h", "device", "count", horizon=DAY, types=("signup",)),
     _f("device_spend_sum_1h", "device", "sum", "amount", HOUR, SPEND),
     _f("device_age_ms", "device", "age"),
+    _f("device_distinct_payment_refs_1h", "device", "distinct", "payment_ref", HOUR),
+    # per payment instrument (events without one read empty windows: 0 counts, -1 age)
+    _f("payment_events_1h", "payment", "count", horizon=HOUR),
+    _f("payment_events_24h", "payment", "count", horizon=DAY),
+    _f("payment_attempts_1h", "payment", "count", horizon=HOUR, types=("payment",)),
+    _f("payment_distinct_users_24h", "payment", "distinct", "user_id", DAY),
+    _f("payment_distinct_devices_24h", "payment", "distinct", "device_id", DAY),
+    _f("payment_spend_sum_24h", "payment", "sum", "amount", DAY, SPEND),
+    _f("payment_age_ms", "payment", "age"),
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

@@ -45,6 +45,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          ("promo_redeem", "signup")),
     Rule("new_account_big_order", REVIEW, (("user_age_ms", "<", 3_600_000), ("amount", ">=", 800.0)),
          ("place_order", "payment")),
+    # one card paying for several accounts within a day: shared or stolen instrument (rings, BIN attacks)
+    Rule("shared_payment_instrument", REVIEW, (("payment_distinct_users_24h", ">=", 3),),
+         ("add_payment_method", "place_order", "payment")),
     # label feedback: users confirmed as fraud used this device in the last 7 days (a fraud ring)
     Rule("known_fraud_device", REVIEW, (("device_known_fraud_users_7d", ">=", 1),)),
 )
