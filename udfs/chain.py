@@ -39,6 +39,16 @@ Record = tuple  # (*event fields, window values so far, late so far, signals so 
 LABEL_MARK = "\x00label"  # event_type of a label travelling as a record (never a valid event type)
 
 
+# The same record as a typed Row, for stages that run in the JVM (udfs/jvm): (name, type) in order. Event
+# fields keep their names (extras as JSON text, optional keys nullable), then "values" (DOUBLE[]), "late"
+# (BOOLEAN) and "signals" (DOUBLE[] in features.SIGNALS order, null when the job reads no labels).
+_ROW_TYPES = {"str": "STRING", "float": "DOUBLE", "int": "BIGINT", "dict": "JSON"}
+ROW_FIELDS: tuple[tuple[str, str], ...] = (
+    *((name, _ROW_TYPES[Event.__annotations__[name].split(" | ")[0]]) for name in EVENT_FIELDS),
+    ("values", "DOUBLE[]"), ("late", "BOOLEAN"), ("signals", "DOUBLE[]"),
+)
+
+
 def pack(ev: Event, values: list[float] | None = None, late: bool = False, signals: dict | None = None) -> Record:
     return (*ev, values if values is not None else [], late, signals)
 
