@@ -43,8 +43,15 @@ LABEL_MARK = "\x00label"  # event_type of a label travelling as a record (never 
 # fields keep their names (extras as JSON text, optional keys nullable), then "values" (DOUBLE[]), "late"
 # (BOOLEAN) and "signals" (DOUBLE[] in features.SIGNALS order, null when the job reads no labels).
 _ROW_TYPES = {"str": "STRING", "float": "DOUBLE", "int": "BIGINT", "dict": "JSON"}
+
+
+def _row_type(name: str) -> str:
+    ann = Event.__annotations__[name]  # a ForwardRef (postponed annotations): its text, e.g. "str | None"
+    return _ROW_TYPES[getattr(ann, "__forward_arg__", str(ann)).split(" | ")[0]]
+
+
 ROW_FIELDS: tuple[tuple[str, str], ...] = (
-    *((name, _ROW_TYPES[Event.__annotations__[name].split(" | ")[0]]) for name in EVENT_FIELDS),
+    *((name, _row_type(name)) for name in EVENT_FIELDS),
     ("values", "DOUBLE[]"), ("late", "BOOLEAN"), ("signals", "DOUBLE[]"),
 )
 
