@@ -317,10 +317,10 @@ def main(argv: list[str] | None = None) -> str:
     Submits the job without waiting for it to end and prints its id."""
     import argparse
 
-    from riskstream.cli import _add_job_flags, job_config
+    from riskstream.jobflags import add_job_flags, job_config
 
     ap = argparse.ArgumentParser(prog="decision_job", description="Submit the riskstream decision job.")
-    _add_job_flags(ap)
+    add_job_flags(ap)
     cfg = job_config(ap.parse_args(argv))
     from riskstream.preflight import StartupError
     from udfs.scoring import ModelError

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-
-BROKER_MAX_TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
+from .topics import BROKER_MAX_TRANSACTION_TIMEOUT_MS
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ def target(jobmanager: str | None = None, root: Path | str | None = None) -> Tar
 
 
 def settings_from_args(args) -> dict[str, object]:
-    """The job settings given as flags on an argparse namespace (see ``cli._add_job_flags``); the ones not
+    """The job settings given as flags on an argparse namespace (see ``jobflags.add_job_flags``); the ones not
     given are left out, so ``RISKSTREAM_*`` variables and defaults apply in the job."""
     from .config import JobConfig
 
