@@ -33,7 +33,9 @@ from pathlib import Path
 
 import orjson
 
-from riskstream import paths, stack
+from riskstream import paths
+from riskstream.ops import broker
+from riskstream.ops.procs import free_port
 from riskstream.config import JobConfig
 from riskstream.generator import TrafficGenerator
 
@@ -328,8 +330,8 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
     work = paths.home() / "bench" / stamp
     work.mkdir(parents=True, exist_ok=True)
     cfg = JobConfig(**({"checkpoint_interval_ms": checkpoint_interval_ms} if checkpoint_interval_ms else {}))
-    port = port or stack._free_port()
-    lay = stack.up(port=port, partitions=parallelism, root=work / "broker", out=log)
+    port = port or free_port()
+    lay = broker.up(port=port, partitions=parallelism, root=work / "broker", out=log)
     bs = lay.bootstrap
     res: dict = {"events": events, "parallelism": parallelism, "checkpoint_interval_ms": cfg.checkpoint_interval_ms,
                  "python_execution_mode": cfg.python_execution_mode, "started": stamp}
@@ -378,7 +380,7 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
         res["ratios"] = _ratios(res)
         res["targets"] = _targets(res)
     finally:
-        stack.down(root=lay.root, out=log)
+        broker.down(root=lay.root, out=log)
         if not keep:
             import shutil
 

@@ -27,7 +27,7 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from riskstream.config import JobConfig
-from riskstream.jars import flink_jar_urls
+from riskstream.ops.jars import flink_jar_urls
 from riskstream.paths import PROJECT_ROOT
 from riskstream.topics import DEAD_LETTER_MAX_BYTES
 from udfs.flink import (
@@ -293,7 +293,7 @@ def preflight(cfg: JobConfig) -> None:
     """Fail fast, before any Flink work, with a message that says what to fix: a missing or mismatched
     model, missing jars, a restore path that is no checkpoint, then the Kafka side (broker, topics,
     transaction timeout, dead-letter record size)."""
-    from riskstream.preflight import check_kafka
+    from riskstream.ops.preflight import check_kafka
     from udfs.scoring import Scorer
 
     Scorer(cfg.resolved_model_path())
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(prog="decision_job", description="Submit the riskstream decision job.")
     add_job_flags(ap)
     cfg = job_config(ap.parse_args(argv))
-    from riskstream.preflight import StartupError
+    from riskstream.ops.preflight import StartupError
     from udfs.scoring import ModelError
 
     try:

@@ -36,7 +36,9 @@ from pathlib import Path
 
 import orjson
 
-from . import paths, stack, topics
+from . import paths, topics
+from .ops import broker
+from .ops.procs import free_port
 from .generator import Labelled, TrafficGenerator
 
 KINDS = ("task-failure", "kill-process", "broker-restart", "savepoint-resume")
@@ -63,7 +65,7 @@ class JobProcess:
     def start(self, restore_from: str | None, deadline_s: float = 180) -> float:
         """Start the job process; return seconds until it runs and completed a first checkpoint."""
         t0 = time.monotonic()
-        port = stack._free_port()
+        port = free_port()
         self.rest = f"http://127.0.0.1:{port}"
         args = [sys.executable, "-m", "riskstream.cli", "run", "--rest-port", str(port)]
         for k, v in self.flags.items():
@@ -250,7 +252,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
     run_dir = paths.home() / "chaos" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     kafka_root = run_dir / "kafka"
-    lay = stack.up(port=port or stack._free_port(), root=kafka_root, out=log)
+    lay = broker.up(port=port or free_port(), root=kafka_root, out=log)
     names = (f"chaos.{run_id}.events", f"chaos.{run_id}.decisions", f"chaos.{run_id}.dead-letter")
     topics.ensure_topics(lay.bootstrap, topics.topic_specs(*names, partitions=2))
     chaos_dir = run_dir / "trigger"
@@ -315,8 +317,8 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
                 job.kill()
                 job.start(restore_from="latest")
             elif kind == "broker-restart":
-                stack.down(root=kafka_root, out=log)
-                stack.up(port=lay.port, root=kafka_root, out=log)
+                broker.down(root=kafka_root, out=log)
+                broker.up(port=lay.port, root=kafka_root, out=log)
                 feeder.resume()
                 job.wait_checkpoint_after(int(time.time() * 1000))
             else:
@@ -339,7 +341,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
         if feeder is not None and feeder.is_alive():
             feeder.resume()
         job.close()
-        stack.down(root=kafka_root, out=log)
+        broker.down(root=kafka_root, out=log)
     if not keep and rep["missing"] == rep["duplicates"] == rep["unexpected"] == 0:
         import shutil
 

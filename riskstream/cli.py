@@ -14,25 +14,26 @@ from .jobflags import add_job_flags, add_setting, env_or, job_config
 
 
 def cmd_jars(a) -> int:
-    from .jars import resolve
+    from .ops.jars import resolve
 
     resolve(force=a.force)
     return 0
 
 
 def cmd_stack(a) -> int:
-    from . import stack, topics
+    from . import topics
+    from .ops import broker
 
     if a.action == "up":
-        lay = stack.up(port=a.port, partitions=a.partitions)
+        lay = broker.up(port=a.port, partitions=a.partitions)
         made = topics.ensure_topics(lay.bootstrap, topics.topic_specs(a.events_topic, a.decisions_topic,
                                                                       a.dead_letter_topic, a.partitions))
         print(f"[stack] topics created: {made or 'none (all exist)'}")
         print(f"[stack] bootstrap servers: {lay.bootstrap}")
     elif a.action == "down":
-        stack.down()
+        broker.down()
     else:
-        st = stack.status()
+        st = broker.status()
         print(orjson.dumps(st).decode() if a.json else "\n".join(f"{k}: {v}" for k, v in st.items()))
         return 0 if st["ready"] else 1
     return 0
@@ -70,7 +71,7 @@ def cmd_run(a) -> int:
     from pipelines import decision_job
     from udfs.scoring import ModelError
 
-    from .preflight import StartupError
+    from .ops.preflight import StartupError
 
     cfg = job_config(a)
     print(f"[run] {cfg.job_name}: {cfg.events_topic} -> {cfg.decisions_topic} / {cfg.dead_letter_topic} "
@@ -121,7 +122,7 @@ def cmd_bench(a) -> int:
 
 def cmd_verify(a) -> int:
     from .audit import parse_time, render, verify
-    from .stack import broker_ready
+    from .ops.broker import broker_ready
 
     try:
         from_ms, to_ms = parse_time(a.from_time), parse_time(a.to_time)
@@ -196,7 +197,7 @@ def cmd_control(a) -> int:
                       "it and keeps the old model if it is refused)", file=sys.stderr)
     except (ControlError, ModelError) as e:
         raise SystemExit(f"riskstream control: refused: {e}")
-    from .stack import broker_ready
+    from .ops.broker import broker_ready
 
     if not broker_ready(a.bootstrap_servers, timeout_s=5):
         raise SystemExit(f"riskstream control: no Kafka broker answers at {a.bootstrap_servers}")
@@ -224,7 +225,7 @@ def cmd_features(a) -> int:
 
 
 def cmd_cluster(a) -> int:
-    from . import cluster
+    from .ops import cluster
 
     if a.action == "up":
         try:
@@ -250,7 +251,7 @@ def cmd_cluster(a) -> int:
 
 
 def cmd_submit(a) -> int:
-    from . import submit
+    from .ops import submit
 
     job_config(a)  # fail fast on invalid flags or RISKSTREAM_* values, before any Flink work
     try:
@@ -269,7 +270,7 @@ def cmd_submit(a) -> int:
 
 
 def cmd_savepoint(a) -> int:
-    from . import submit
+    from .ops import submit
 
     try:
         res = submit.savepoint(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
@@ -281,7 +282,7 @@ def cmd_savepoint(a) -> int:
 
 
 def cmd_cancel(a) -> int:
-    from . import submit
+    from .ops import submit
 
     try:
         if a.no_savepoint:
@@ -308,7 +309,7 @@ def cmd_report(a) -> int:
         decisions, bad = report.read_jsonl(a.decisions)
         source = a.decisions
     else:
-        from .stack import broker_ready
+        from .ops.broker import broker_ready
 
         if not broker_ready(a.bootstrap_servers, timeout_s=5):
             raise SystemExit(f"riskstream report: no Kafka broker answers at {a.bootstrap_servers} "

@@ -14,7 +14,9 @@ from collections import Counter
 
 import orjson
 
-from . import stack, topics
+from . import topics
+from .ops import broker
+from .ops.procs import free_port
 from .config import JobConfig
 from .generator import MALFORMED, NORMAL, SCENARIOS, TrafficGenerator
 from .kafka_io import produce, progress_printer
@@ -94,15 +96,15 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
     from pipelines import decision_job
 
     t_start = time.monotonic()
-    was_running = stack.status()["running"]
-    lay = stack.up(port=port, out=log)
+    was_running = broker.status()["running"]
+    lay = broker.up(port=port, out=log)
     cfg = cfg.model_copy(update={"bootstrap_servers": lay.bootstrap})
     job = None
     try:
         reset_topics(lay.bootstrap, cfg, partitions)
         print(f"[demo] topics ready: {cfg.events_topic} -> {cfg.decisions_topic}, {cfg.dead_letter_topic}",
               file=log)
-        rest_port = stack._free_port()
+        rest_port = free_port()
         job = decision_job.run(cfg, wait=False, extra_conf={"rest.port": str(rest_port),
                                                             "rest.bind-port": str(rest_port),
                                                             "rest.address": "127.0.0.1"})
@@ -200,7 +202,7 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
             except Exception as e:  # the job may already have failed; the summary or error says why
                 print(f"[demo] cancel: {e}", file=log)
         if not was_running and not keep_broker:
-            stack.down(out=log)
+            broker.down(out=log)
 
 
 def render(summary: dict) -> str:

@@ -18,7 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from riskstream import cluster, paths, submit, topics
+from riskstream import paths, topics
+from riskstream.ops import cluster, procs, submit
 from riskstream.generator import Labelled
 from riskstream.kafka_io import produce
 from tests.test_kafka_integration import read_all
@@ -189,8 +190,8 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         cluster.down(root=root)  # idempotent; stops the daemons if the CLI could not
         for k, v in times.items():
             print(f"[cluster-job] {k}: {v:.1f}s", file=sys.stderr)
-    assert daemon_pids and not any(cluster._group_alive(p) for p in daemon_pids), "a Flink process outlived `down`"
+    assert daemon_pids and not any(procs.group_alive(p) for p in daemon_pids), "a Flink process outlived `down`"
     assert cluster.pids(root) == {"jobmanager": None, "taskmanager": None}
-    assert lay is not None and not cluster.port_in_use(lay.rest_port)
+    assert lay is not None and not procs.port_in_use(lay.rest_port)
     no_cluster = _cli(env, "submit", *job_flags, check=False)
     assert no_cluster.returncode != 0 and "riskstream cluster up" in no_cluster.stderr, no_cluster.stderr

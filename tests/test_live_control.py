@@ -14,7 +14,8 @@ import urllib.request
 import orjson
 import pytest
 
-from riskstream import stack, topics
+from riskstream import topics
+from riskstream.ops.procs import free_port
 from riskstream.audit import verify
 from riskstream.config import JobConfig
 from riskstream.generator import TrafficGenerator
@@ -37,7 +38,7 @@ def _send(bootstrap: str, topic: str, msg) -> None:
 
 def _labels_until(rest: str, job_id: str, fraud: int, legit: int, deadline_s: float = 90) -> None:
     """Poll the device stage's label counters over REST until the labels were applied."""
-    from riskstream import submit
+    from riskstream.ops import submit
 
     t0 = time.monotonic()
     while True:
@@ -66,7 +67,7 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
     # one events partition: arrival order is send order, so every feature (user, ip, device) is exact
     topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names[:3], partitions=1)
                          + [topics.control_topic_spec(names[3]), topics.labels_topic_spec(names[4])])
-    port = stack._free_port()
+    port = free_port()
     cfg = JobConfig(bootstrap_servers=kafka_bootstrap, events_topic=names[0], decisions_topic=names[1],
                     dead_letter_topic=names[2], control_topic=names[3], labels_topic=names[4], parallelism=1,
                     starting_offsets="earliest", transactional_id_prefix="it-live", checkpoint_interval_ms=500,

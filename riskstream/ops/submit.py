@@ -1,7 +1,7 @@
 """Run the decision job on a Flink cluster: submit, savepoint, stop with a savepoint, cancel.
 
 The job goes in with ``flink run -d -py pipelines/decision_job.py [job flags]``: the local cluster's own
-``bin/flink`` (see :mod:`riskstream.cluster`) by default, or, for another JobManager, the ``bin/flink`` of
+``bin/flink`` (see :mod:`riskstream.ops.cluster`) by default, or, for another JobManager, the ``bin/flink`` of
 the PyFlink distribution with ``-m host:port``. Only the job flags the user set go on that command line;
 ``RISKSTREAM_*`` environment variables reach the job's client through the environment (a SASL password is
 moved there too, so it never shows in a process list).
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote, unquote, urlparse
 
-from . import cluster, paths
+from .. import paths
+from . import cluster
 
 JOB_ENTRY = paths.PROJECT_ROOT / "pipelines" / "decision_job.py"
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -178,7 +179,7 @@ def target(jobmanager: str | None = None, root: Path | str | None = None) -> Tar
 def settings_from_args(args) -> dict[str, object]:
     """The job settings given as flags on an argparse namespace (see ``jobflags.add_job_flags``); the ones not
     given are left out, so ``RISKSTREAM_*`` variables and defaults apply in the job."""
-    from .config import JobConfig
+    from ..config import JobConfig
 
     return {n: getattr(args, n) for n in JobConfig.model_fields if getattr(args, n, None) is not None}
 
@@ -186,7 +187,7 @@ def settings_from_args(args) -> dict[str, object]:
 def job_flags(values: dict[str, object]) -> tuple[list[str], dict[str, str]]:
     """Job settings the user set (name -> value, None = not set) -> (decision_job.py flags, extra env).
     Booleans become ``--x`` / ``--no-x``; secrets go to the environment as ``RISKSTREAM_<NAME>``."""
-    from .config import JobConfig
+    from ..config import JobConfig
 
     argv: list[str] = []
     env: dict[str, str] = {}

@@ -19,7 +19,7 @@ entry.py`` with ``env=flink_env(lay)``, which puts the project root on ``PYTHONP
 thread-mode workers then import ``pipelines``/``udfs``/``riskstream`` from the checkout on this machine).
 The Kafka connector travels with each job through ``pipeline.jars`` (set by the job), so ``lib/`` stays
 the distribution's. Do not pass ``-pyfs <checkout>``: the client zips the whole folder, ``.venv`` included.
-:mod:`riskstream.submit` (``riskstream submit / savepoint / cancel``) does this for the decision job.
+:mod:`riskstream.ops.submit` (``riskstream submit / savepoint / cancel``) does this for the decision job.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -37,7 +36,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from .. import paths
+from .procs import free_port, group_alive, pid_alive, port_in_use
 
 HOST = "127.0.0.1"
 JOBMANAGER_MEMORY = "1600m"
@@ -150,53 +150,6 @@ def distribution() -> Path:
     return d
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any live (non-zombie) process in process group ``pgid`` (Linux /proc; else the leader only)."""
-    if _pid_alive(pgid):
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return False
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp, ...
-            return True
-    return False
-
-
 def _recorded_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -210,7 +163,7 @@ def pids(root: Path | str | None = None) -> dict[str, int | None]:
     out = {}
     for name, f in (("jobmanager", lay.jobmanager_pid_file), ("taskmanager", lay.taskmanager_pid_file)):
         pid = _recorded_pid(f)
-        out[name] = pid if pid and _pid_alive(pid) else None
+        out[name] = pid if pid and pid_alive(pid) else None
     return out
 
 
@@ -330,7 +283,7 @@ def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None 
     settings = _flatten(yaml.safe_load((dist / "conf" / "config.yaml").read_text()) or {})
     settings.update(cluster_config(lay, slots, rpc_port))
     path = lay.conf_dir / "config.yaml"
-    path.write_text("# written by riskstream.cluster.up on every start; edits here are lost\n"
+    path.write_text("# written by riskstream.ops.cluster.up on every start; edits here are lost\n"
                     + "".join(f"{k}: {_yaml_scalar(v)}\n" for k, v in settings.items()))
     return path
 
@@ -417,14 +370,14 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
     if shutil.which("java") is None and not (java_home and (Path(java_home) / "bin" / "java").exists()):
         raise RuntimeError("java is not on PATH (Flink 2 needs Java 11+, 17 tested); install a JDK or set JAVA_HOME")
     dist = distribution()
-    lay = ClusterLayout(root=r, rest_port=rest_port or _free_port())
+    lay = ClusterLayout(root=r, rest_port=rest_port or free_port())
     for d in (lay.root, lay.log_dir, lay.run_dir, lay.tmp_dir, lay.tmp_dir / "client", lay.checkpoints_dir,
               lay.savepoints_dir):
         d.mkdir(parents=True, exist_ok=True)
     for f in lay.run_dir.glob("*.pid"):
         f.unlink()
     _sync_home(lay, dist)
-    write_conf(lay, slots, _free_port(), dist)
+    write_conf(lay, slots, free_port(), dist)
     lay.port_file.write_text(str(lay.rest_port))
     t0 = time.monotonic()
     procs = {"jobmanager": _start(lay, "jobmanager.sh", "jobmanager"),
@@ -459,7 +412,7 @@ def down(root: Path | str | None = None, out=sys.stderr, grace_s: float = 30.0) 
     groups = {}
     for name, f in (("taskmanager", lay.taskmanager_pid_file), ("jobmanager", lay.jobmanager_pid_file)):
         pid = _recorded_pid(f)
-        if pid and _group_alive(pid):
+        if pid and group_alive(pid):
             groups[name] = pid
     for pgid in groups.values():
         try:
@@ -467,19 +420,19 @@ def down(root: Path | str | None = None, out=sys.stderr, grace_s: float = 30.0) 
         except (ProcessLookupError, PermissionError):
             pass
     t0 = time.monotonic()
-    while any(_group_alive(g) for g in groups.values()) and time.monotonic() - t0 < grace_s:
+    while any(group_alive(g) for g in groups.values()) and time.monotonic() - t0 < grace_s:
         time.sleep(0.1)  # polling interval while the daemons shut down
     for name, pgid in groups.items():
-        if _group_alive(pgid):
+        if group_alive(pgid):
             print(f"[cluster] {name} (pid {pgid}) ignored SIGTERM for {grace_s:.0f}s; killing it", file=out)
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
     t1 = time.monotonic()
-    while any(_group_alive(g) for g in groups.values()):
+    while any(group_alive(g) for g in groups.values()):
         if time.monotonic() - t1 > 15:
-            left = [n for n, g in groups.items() if _group_alive(g)]
+            left = [n for n, g in groups.items() if group_alive(g)]
             raise RuntimeError(f"Flink {left} still alive after SIGKILL; pids {groups}")
         time.sleep(0.05)
     for pid in groups.values():  # reap them if this process started them (no zombie left)
