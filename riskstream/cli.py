@@ -251,7 +251,7 @@ def cmd_cluster(a) -> int:
 
 
 def cmd_submit(a) -> int:
-    from .ops import submit
+    from .ops import flink_rest, submit
 
     job_config(a)  # fail fast on invalid flags or RISKSTREAM_* values, before any Flink work
     try:
@@ -261,20 +261,20 @@ def cmd_submit(a) -> int:
               + (f" from {a.from_savepoint}" if a.from_savepoint else ""), file=sys.stderr)
         print(res.job_id, flush=True)
         if a.wait_running:
-            secs = submit.wait_running(res.rest_url, res.job_id, deadline_s=a.deadline)
+            secs = flink_rest.wait_running(res.rest_url, res.job_id, deadline_s=a.deadline)
             print(f"[submit] job {res.job_id} running, first checkpoint completed, {secs:.1f}s after submission",
                   file=sys.stderr)
-    except submit.SubmitError as e:
+    except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream submit: {e}")
     return 0
 
 
 def cmd_savepoint(a) -> int:
-    from .ops import submit
+    from .ops import flink_rest, submit
 
     try:
         res = submit.savepoint(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
-    except submit.SubmitError as e:
+    except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream savepoint: {e}")
     print(f"[savepoint] job {a.job_id}: savepoint in {res.seconds:.1f}s; the job keeps running", file=sys.stderr)
     print(res.location)
@@ -282,7 +282,7 @@ def cmd_savepoint(a) -> int:
 
 
 def cmd_cancel(a) -> int:
-    from .ops import submit
+    from .ops import flink_rest, submit
 
     try:
         if a.no_savepoint:
@@ -290,7 +290,7 @@ def cmd_cancel(a) -> int:
             print(f"[cancel] job {a.job_id} {state} (no savepoint)", file=sys.stderr)
             return 0
         res = submit.stop(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
-    except submit.SubmitError as e:
+    except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream cancel: {e}")
     print(f"[cancel] job {a.job_id} stopped with a savepoint in {res.seconds:.1f}s (job {res.final_state}); "
           f"resume with `riskstream submit --from-savepoint {res.location}`", file=sys.stderr)

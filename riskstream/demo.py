@@ -15,7 +15,7 @@ from collections import Counter
 import orjson
 
 from . import topics
-from .ops import broker
+from .ops import broker, flink_rest
 from .ops.procs import free_port
 from .config import JobConfig
 from .generator import MALFORMED, NORMAL, SCENARIOS, TrafficGenerator
@@ -111,7 +111,7 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
         job_id = str(job.get_job_id())
         print(f"[demo] job {job_id} submitted to the local MiniCluster "
               f"(parallelism {cfg.parallelism}, {cfg.python_execution_mode} mode)", file=log, flush=True)
-        took = decision_job.wait_until_running(f"http://127.0.0.1:{rest_port}", job_id)
+        took = flink_rest.wait_running(f"http://127.0.0.1:{rest_port}", job_id, deadline_s=120)
         print(f"[demo] job running, first checkpoint done after {took:.1f}s; sending traffic", file=log, flush=True)
         if challenger:
             from kafka import KafkaProducer

@@ -32,17 +32,16 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
+from . import flink_rest
 from .procs import free_port, group_alive, pid_alive, port_in_use
 
 HOST = "127.0.0.1"
 JOBMANAGER_MEMORY = "1600m"
 TASKMANAGER_MEMORY = "2560m"
-TERMINAL_JOB_STATES = frozenset({"FINISHED", "FAILED", "CANCELED", "SUSPENDED"})
 
 
 @dataclass(frozen=True)
@@ -314,18 +313,6 @@ def flink_command(lay: ClusterLayout, *args: str) -> list[str]:
     return ["bash", str(lay.flink_bin), *args]
 
 
-def rest_get(lay: ClusterLayout, path: str, timeout_s: float = 2.0) -> dict:
-    with urllib.request.urlopen(f"{lay.rest_url}{path}", timeout=timeout_s) as r:
-        return json.load(r)
-
-
-def _overview(lay: ClusterLayout) -> dict | None:
-    try:
-        return rest_get(lay, "/overview", timeout_s=1.0)
-    except (OSError, ValueError):
-        return None
-
-
 def log_tail(root: Path | str | None = None, lines: int = 25) -> str:
     lay = layout(root=root)
     parts = []
@@ -355,7 +342,7 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
     current = layout(root=r)
     live = {k: v for k, v in pids(r).items() if v}
     if live:
-        ov = _overview(current)
+        ov = flink_rest.overview(current.rest_url)
         healthy = len(live) == 2 and bool(ov) and ov.get("taskmanagers", 0) >= 1
         if healthy and rest_port in (None, current.rest_port):
             print(f"[cluster] already running on {current.rest_url} (pids {live})", file=out)
@@ -390,7 +377,7 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
                 down(root=r, out=out)
                 raise RuntimeError(f"the Flink {name} exited with code {p.returncode} during start-up "
                                    f"(logs in {lay.log_dir}):\n{tail}")
-        last = _overview(lay)
+        last = flink_rest.overview(lay.rest_url)
         if last and last.get("taskmanagers", 0) >= 1 and last.get("slots-available", 0) >= 1:
             break
         if time.monotonic() - t0 > deadline_s:
@@ -459,7 +446,7 @@ def status(root: Path | str | None = None) -> dict:
     st: dict = {"running": bool(p["jobmanager"] and p["taskmanager"]), "ready": False, "rest_url": lay.rest_url,
                 "pids": p, "taskmanagers": 0, "slots_total": 0, "slots_available": 0, "jobs_running": 0,
                 "jobs": [], "conf_dir": str(lay.conf_dir), "log_dir": str(lay.log_dir)}
-    ov = _overview(lay) if any(p.values()) else None
+    ov = flink_rest.overview(lay.rest_url) if any(p.values()) else None
     if ov:
         st.update(taskmanagers=ov.get("taskmanagers", 0), slots_total=ov.get("slots-total", 0),
                   slots_available=ov.get("slots-available", 0), jobs_running=ov.get("jobs-running", 0),
@@ -467,48 +454,14 @@ def status(root: Path | str | None = None) -> dict:
         st["ready"] = st["running"] and st["taskmanagers"] >= 1
         try:
             st["jobs"] = [{"id": j["jid"], "name": j["name"], "state": j["state"]}
-                          for j in rest_get(lay, "/jobs/overview").get("jobs", [])]
+                          for j in flink_rest.jobs_overview(lay.rest_url, retry_s=0)]
         except (OSError, ValueError):
             pass
     return st
-
-
-def job_error(lay: ClusterLayout, job_id: str) -> str:
-    """The innermost ``Caused by`` lines of a job's latest failure (from REST ``/jobs/<id>/exceptions``)."""
-    return job_error_at(lay.rest_url, job_id)
-
-
-def job_error_at(rest_url: str, job_id: str) -> str:
-    """:func:`job_error` for any JobManager's REST URL."""
-    try:
-        with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}/exceptions", timeout=5) as r:
-            entries = json.load(r).get("exceptionHistory", {}).get("entries", [])
-    except (OSError, ValueError) as e:
-        return f"(no exception history: {e})"
-    if not entries:
-        return "(no exception recorded)"
-    trace = entries[0].get("stacktrace", "").strip()
-    causes = [line.strip() for line in trace.splitlines() if line.startswith("Caused by")]
-    if causes:
-        return "\n".join(causes[-3:])
-    return trace.splitlines()[0] if trace else "(empty stack trace)"
 
 
 def wait_for_job(job_id: str, states: tuple[str, ...] = ("FINISHED",), root: Path | str | None = None,
                  deadline_s: float = 60.0) -> str:
     """Poll REST until the job is in one of ``states``; fail at once on another terminal state, with the
     job's root cause, and at the deadline with the last state seen."""
-    lay = layout(root=root)
-    t0 = time.monotonic()
-    state = "unknown (no answer)"
-    while time.monotonic() - t0 < deadline_s:
-        try:
-            state = rest_get(lay, f"/jobs/{job_id}/status").get("status", state)
-        except (OSError, ValueError):
-            pass
-        if state in states:
-            return state
-        if state in TERMINAL_JOB_STATES:
-            raise RuntimeError(f"job {job_id} is {state}, expected {'/'.join(states)}:\n{job_error(lay, job_id)}")
-        time.sleep(0.2)  # polling interval
-    raise TimeoutError(f"job {job_id} not {'/'.join(states)} within {deadline_s:.0f}s (last state {state})")
+    return flink_rest.wait_for_state(layout(root=root).rest_url, job_id, states, deadline_s)

@@ -1,5 +1,6 @@
-"""Start-up checks against the Kafka cluster: fail in seconds with what to fix, not minutes later in a
-restart loop. Model and jar checks live in ``pipelines.decision_job.preflight``."""
+"""Start-up checks: fail in seconds with what to fix, not minutes later in a restart loop. :func:`preflight`
+runs them all before the job is built (``pipelines.decision_job.run``); :func:`check_kafka` is the Kafka
+side."""
 
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ from ..config import JobConfig
 
 class StartupError(Exception):
     pass
+
+
+def preflight(cfg: JobConfig) -> None:
+    """Fail fast, before any Flink work, with a message that says what to fix: a missing or mismatched
+    model, missing jars, a restore path that is no checkpoint, then the Kafka side (broker, topics,
+    transaction timeout, dead-letter record size)."""
+    from udfs.scoring import Scorer
+
+    from .jars import flink_jar_urls
+    from .restore import resolve_restore_path
+
+    Scorer(cfg.resolved_model_path())
+    flink_jar_urls(cfg.jars_dir)
+    resolve_restore_path(cfg)
+    check_kafka(cfg)
 
 
 def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
