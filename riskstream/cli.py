@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -84,14 +83,14 @@ def cmd_run(a) -> int:
 
 
 def cmd_consume(a) -> int:
-    from .consume import consume
+    from .tools.consume import consume
 
     return consume(a.bootstrap_servers, a.topic, follow=a.follow, decision=a.decision, limit=a.limit,
                    group_id=a.group_id, idle_ms=a.idle_ms)
 
 
 def cmd_demo(a) -> int:
-    from . import demo
+    from .tools import demo
 
     cfg = job_config(a, starting_offsets="earliest")
     report_path = a.report or None
@@ -121,7 +120,7 @@ def cmd_bench(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from .audit import parse_time, render, verify
+    from .tools.audit import parse_time, render, verify
     from .ops.broker import broker_ready
 
     try:
@@ -144,7 +143,7 @@ def cmd_verify(a) -> int:
 
 
 def cmd_chaos(a) -> int:
-    from . import chaos
+    from .tools import chaos
 
     kinds = tuple(a.kinds.split(",")) if a.kinds else chaos.KINDS
     unknown = set(kinds) - set(chaos.KINDS)
@@ -301,7 +300,7 @@ def cmd_cancel(a) -> int:
 def cmd_report(a) -> int:
     import time
 
-    from . import report
+    from .tools import report
 
     if not 0 <= a.review_budget <= 1:
         raise SystemExit(f"riskstream report: --review-budget is a share in [0, 1], got {a.review_budget}")

@@ -117,7 +117,6 @@ def test_savepoint_paths(tmp_path):
 
 
 def test_commands_without_a_cluster_say_how_to_start_one(tmp_path, monkeypatch):
-    from riskstream.ops import submit
     from riskstream.cli import main
 
     monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path / "home"))

@@ -14,11 +14,11 @@ import orjson
 import pytest
 
 from riskstream import topics
-from riskstream.audit import verify
 from riskstream.config import JobConfig
 from riskstream.generator import TrafficGenerator
 from riskstream.ops import flink_rest
 from riskstream.ops.procs import free_port
+from riskstream.tools.audit import verify
 from udfs.features import FEATURE_NAMES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]

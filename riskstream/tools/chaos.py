@@ -34,10 +34,10 @@ from pathlib import Path
 
 import orjson
 
-from . import paths, topics
-from .ops import broker, flink_rest
-from .ops.procs import free_port
-from .generator import Labelled, TrafficGenerator
+from .. import paths, topics
+from ..generator import Labelled, TrafficGenerator
+from ..ops import broker, flink_rest
+from ..ops.procs import free_port
 
 KINDS = ("task-failure", "kill-process", "broker-restart", "savepoint-resume")
 

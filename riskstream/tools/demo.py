@@ -14,19 +14,13 @@ from collections import Counter
 
 import orjson
 
-from . import topics
-from .ops import broker, flink_rest
-from .ops.procs import free_port
-from .config import JobConfig
-from .generator import MALFORMED, NORMAL, SCENARIOS, TrafficGenerator
-from .kafka_io import produce, progress_printer
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
+from .. import topics
+from ..config import JobConfig
+from ..generator import MALFORMED, NORMAL, SCENARIOS, TrafficGenerator
+from ..kafka_io import produce, progress_printer
+from ..metrics import percentile
+from ..ops import broker, flink_rest
+from ..ops.procs import free_port
 
 
 def reset_topics(bootstrap: str, cfg: JobConfig, partitions: int, deadline_s: float = 60) -> None:
@@ -81,8 +75,8 @@ def summarize(labels: dict[str, dict], decisions: dict[str, dict], dead: list[di
         "missing": sum(1 for e, lab in labels.items() if lab["scenario"] != MALFORMED and e not in decisions),
         "duplicates": dup,
         "scenarios": scen,
-        "latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": _pct(lat, 1.0)},
-        "visible_latency_ms": {"p50": _pct(vis, 0.5), "p99": _pct(vis, 0.99)},
+        "latency_ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99), "max": percentile(lat, 1.0)},
+        "visible_latency_ms": {"p50": percentile(vis, 0.5), "p99": percentile(vis, 0.99)},
     }
 
 
