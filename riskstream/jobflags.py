@@ -61,7 +61,7 @@ def add_job_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), only: 
             g.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=helptext)
 
 
-def job_config(args: argparse.Namespace, prog: str = "riskstream", **overrides) -> JobConfig:
+def job_config(args: argparse.Namespace, **overrides) -> JobConfig:
     """Flags beat environment variables beat defaults; invalid values exit with what to fix."""
     values = {}
     for name in JobConfig.model_fields:
@@ -76,4 +76,4 @@ def job_config(args: argparse.Namespace, prog: str = "riskstream", **overrides) 
     except ValidationError as e:
         msgs = "\n".join(f"  --{'-'.join(str(x) for x in err['loc']).replace('_', '-') or 'config'}: {err['msg']}"
                          for err in e.errors())
-        raise SystemExit(f"{prog}: invalid configuration:\n{msgs}")
+        raise SystemExit(f"riskstream: invalid configuration:\n{msgs}")
