@@ -151,3 +151,12 @@ def test_savepoint_status_reports_the_location_or_the_failure(jm):
         "stack-trace": "java.util.concurrent.CompletionException: x\nCaused by: y: checkpoint declined"}}})]
     with pytest.raises(flink_rest.FlinkError, match="(?s)savepoint of job .* failed: .*Caused by: y: checkpoint"):
         flink_rest.savepoint_status(jm.url, JOB, "r1")
+
+
+def test_wait_for_state_reads_the_jobs_details(jm):
+    jm.script[("GET", f"/jobs/{JOB}")] = [(200, {"state": "RUNNING"}), (503, LEADER_ELECTION),
+                                          (200, {"state": "FINISHED"})]
+    assert flink_rest.wait_for_state(jm.url, JOB, ("FINISHED",), deadline_s=30) == "FINISHED"
+    jm.script[("GET", f"/jobs/{JOB}")] = [(200, {"state": "FAILED"})]
+    with pytest.raises(flink_rest.FlinkError, match="is FAILED, expected FINISHED"):
+        flink_rest.wait_for_state(jm.url, JOB, ("FINISHED",), deadline_s=30)

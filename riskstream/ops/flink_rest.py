@@ -163,11 +163,6 @@ def job_state(rest_url: str, job_id: str, retry_s: float = RETRY_S) -> str:
     return job_details(rest_url, job_id, retry_s)["state"]
 
 
-def job_status(rest_url: str, job_id: str, timeout_s: float = 2.0, retry_s: float = RETRY_S) -> str:
-    """``GET /jobs/<id>/status`` (lighter than the details)."""
-    return get(rest_url, f"/jobs/{job_id}/status", timeout_s=timeout_s, retry_s=retry_s)["status"]
-
-
 def checkpoints(rest_url: str, job_id: str, timeout_s: float = 2.0, retry_s: float = RETRY_S) -> dict:
     """``GET /jobs/<id>/checkpoints``: ``counts``, ``latest`` (completed, savepoint, restored, failed), ..."""
     return get(rest_url, f"/jobs/{job_id}/checkpoints", timeout_s=timeout_s, retry_s=retry_s)
@@ -225,13 +220,16 @@ def wait_running(rest_url: str, job_id: str, deadline_s: float = 180.0, checkpoi
 def wait_for_state(rest_url: str, job_id: str, states: tuple[str, ...] | frozenset[str] = TERMINAL_JOB_STATES,
                    deadline_s: float = 60.0) -> str:
     """Poll until the job is in one of ``states``; another terminal state raises at once with the job's root
-    cause, the deadline with the last state seen."""
+    cause, the deadline with the last state seen.
+
+    The state is read from the job's details (``GET /jobs/<id>``), which the JobManager serves from a cache
+    that can lag ``/jobs/<id>/status`` by a few seconds: once this returns, later reads of the job agree."""
     t0 = time.monotonic()
     state = "unknown (no answer)"
     while True:
         try:
-            state = job_status(rest_url, job_id, retry_s=0)
-        except (OSError, ValueError, KeyError):
+            state = job_details(rest_url, job_id, retry_s=0).get("state", state)
+        except ClusterNotRunning:
             pass
         if state in states:
             return state
