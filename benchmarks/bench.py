@@ -33,9 +33,12 @@ from pathlib import Path
 
 import orjson
 
-from riskstream import paths, stack
+from riskstream import paths
+from riskstream.ops import broker
+from riskstream.ops.procs import free_port
 from riskstream.config import JobConfig
 from riskstream.generator import TrafficGenerator
+from riskstream.metrics import percentile
 
 from ._common import OutputSpan, make_topic, read_output
 
@@ -47,13 +50,6 @@ TARGETS = {"throughput_eps": 50_000, "vs_java": 0.6, "vs_quix": 2.0, "latency_p9
 
 def _log(msg: str, log) -> None:
     print(f"[bench] {msg}", file=log, flush=True)
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2)
 
 
 def _events(n: int, seed: int) -> list[bytes]:
@@ -161,7 +157,7 @@ def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, paral
     """The job fed live at ``rate``: per-event latency to ``decided_at`` and to read_committed visibility."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from riskstream.chaos import Feeder, JobProcess
+    from riskstream.tools.chaos import Feeder, JobProcess
     from riskstream.generator import Labelled
 
     topic = "bench.live.events"
@@ -308,7 +304,7 @@ def write_png(path: Path, latency: list[float], visible: list[float], checkpoint
         if xs:
             ax.hist(xs, bins=80, color="#3b6ea5")
             for q, style in ((0.5, "-"), (0.99, "--"), (0.999, ":")):
-                v = _pct(xs, q)
+                v = percentile(xs, q, 2)
                 ax.axvline(v, color="#c0392b", linestyle=style, label=f"p{q * 100:g} {v:.1f} ms")
             ax.legend()
         ax.set_title(title)
@@ -329,8 +325,8 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
     work = paths.home() / "bench" / stamp
     work.mkdir(parents=True, exist_ok=True)
     cfg = JobConfig(**({"checkpoint_interval_ms": checkpoint_interval_ms} if checkpoint_interval_ms else {}))
-    port = port or stack._free_port()
-    lay = stack.up(port=port, partitions=parallelism, root=work / "broker", out=log)
+    port = port or free_port()
+    lay = broker.up(port=port, partitions=parallelism, root=work / "broker", out=log)
     bs = lay.bootstrap
     res: dict = {"events": events, "parallelism": parallelism, "checkpoint_interval_ms": cfg.checkpoint_interval_ms,
                  "python_execution_mode": cfg.python_execution_mode, "started": stamp}
@@ -369,8 +365,9 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
         if rate > 0:
             _log(f"latency: the job fed at {rate:,.0f}/s (half its maximum) for {latency_seconds:.0f}s", log)
             lat = flink_latency(bs, rate, latency_seconds, work, parallelism, checkpoint_interval_ms, seed + 1, log)
-            res["latency_ms"] = {q: _pct(lat["latency"], v) for q, v in (("p50", .5), ("p99", .99), ("p999", .999))}
-            res["visible_latency_ms"] = {q: _pct(lat["visible"], v) for q, v in (("p50", .5), ("p99", .99))}
+            res["latency_ms"] = {q: percentile(lat["latency"], v, 2)
+                                 for q, v in (("p50", .5), ("p99", .99), ("p999", .999))}
+            res["visible_latency_ms"] = {q: percentile(lat["visible"], v, 2) for q, v in (("p50", .5), ("p99", .99))}
             res["latency_run"] = {k: lat[k] for k in ("rate", "events", "decided", "startup_s")}
             RESULTS.mkdir(parents=True, exist_ok=True)
             png = RESULTS / f"latency-{stamp}.png"
@@ -379,7 +376,7 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
         res["ratios"] = _ratios(res)
         res["targets"] = _targets(res)
     finally:
-        stack.down(root=lay.root, out=log)
+        broker.down(root=lay.root, out=log)
         if not keep:
             import shutil
 

@@ -191,7 +191,7 @@ def run(bootstrap: str, events_topic: str, out_topic: str, expected: int, workdi
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
     from riskstream.config import JobConfig
-    from riskstream.jars import flink_jar_urls
+    from riskstream.ops.jars import flink_jar_urls
 
     workdir = pathlib.Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from benchmarks._common import make_topic, read_output
-    from riskstream import stack
+    from riskstream.ops import broker
     from riskstream.generator import TrafficGenerator
     from riskstream.kafka_io import produce
 
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=19492)
     p.add_argument("--root", type=pathlib.Path, default=pathlib.Path("/tmp/javaprobe"))
     a = p.parse_args(argv)
-    lay = stack.up(port=a.port, root=a.root / "broker", out=sys.stderr)
+    lay = broker.up(port=a.port, root=a.root / "broker", out=sys.stderr)
     try:
         recs = list(TrafficGenerator(seed=5).generate(a.events))
         topic = f"limit-java-events-{time.time_ns()}"
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(res, indent=1))
         print(json.dumps({"inexact": INEXACT}, indent=1))
     finally:
-        stack.down(root=a.root / "broker", out=sys.stderr)
+        broker.down(root=a.root / "broker", out=sys.stderr)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import re
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 import orjson
 
 from riskstream.generator import TrafficGenerator
+from riskstream.metrics import at_budget
 from udfs.events import Event, Rejection, parse_event
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
 from udfs.replay import FeatureReplay, read_events
@@ -206,23 +206,16 @@ def time_split(ts: np.ndarray, train_share: float = TRAIN_SHARE) -> tuple[np.nda
 # --------------------------------------------------------------------------------------------- metrics
 
 
-def at_budget(y: np.ndarray, p: np.ndarray, budget: float) -> dict:
-    """Review the top ``budget`` share of rows by score: the share of all fraud they hold (recall) and the
-    share of them that is fraud (precision). ``k = floor(budget * n)`` rows (at least 1). Rows tied with
-    the k-th score are counted at their average fraud rate (the expectation over any order among ties),
-    so the figure does not depend on how a sort happens to break ties."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    n = len(y)
-    k = min(n, max(1, int(math.floor(budget * n + 1e-9))))
-    thr = float(np.sort(p)[::-1][k - 1])
-    above, tied = p > thr, p == thr
-    n_above, n_tied = int(above.sum()), int(tied.sum())
-    tp = float(y[above].sum()) + (k - n_above) * float(y[tied].sum()) / n_tied
-    pos = float(y.sum())
-    return {"budget": budget, "rows": k, "score_threshold": round(thr, 6), "tied_at_threshold": n_tied,
-            "recall": round(tp / pos, 4) if pos else None, "precision": round(tp / k, 4),
-            "max_recall": round(min(1.0, k / pos), 4) if pos else None}
+def budget_row(y: np.ndarray, p: np.ndarray, budget: float) -> dict:
+    """The model card's row for a review budget: the top ``budget`` share of rows by score reviewed, the
+    share of all fraud they hold (recall) and the share of them that is fraud (precision), rounded. The
+    figures are :func:`riskstream.metrics.at_budget` (note its argument order: scores first), as the report
+    computes them, ties at the cut included at their expected value."""
+    b = at_budget(p, y, budget)
+    return {"budget": budget, "rows": b["k"], "score_threshold": round(b["threshold"], 6),
+            "tied_at_threshold": b["tied"], "recall": None if b["recall"] is None else round(b["recall"], 4),
+            "precision": round(b["precision"], 4),
+            "max_recall": None if b["recall_ceiling"] is None else round(b["recall_ceiling"], 4)}
 
 
 def at_threshold(y: np.ndarray, p: np.ndarray, thr: float) -> dict:
@@ -241,13 +234,13 @@ def evaluate(y: np.ndarray, p: np.ndarray, review_budget: float, scenario: list[
     y = np.asarray(y)
     if len(set(y.tolist())) < 2:
         raise TrainError("the held-out (latest 20 %) part holds only one class; use more or longer history")
-    b = at_budget(y, p, review_budget)
+    b = budget_row(y, p, review_budget)
     m = {"roc_auc": round(float(roc_auc_score(y, p)), 4),
          "average_precision": round(float(average_precision_score(y, p)), 4),
          "review_budget": review_budget, "recall_at_budget": b["recall"], "precision_at_budget": b["precision"],
          "budget_rows": b["rows"], "score_at_budget": b["score_threshold"], "max_recall_at_budget": b["max_recall"],
          "test_rows": int(len(y)), "test_fraud_share": round(float(y.mean()), 4),
-         "at_budgets": [at_budget(y, p, x) for x in CURVE_BUDGETS],
+         "at_budgets": [budget_row(y, p, x) for x in CURVE_BUDGETS],
          "at_policy_thresholds": [at_threshold(y, p, t) for t in POLICY_THRESHOLDS]}
     if scenario is not None:
         flagged = np.asarray(p) >= POLICY_THRESHOLDS[0]

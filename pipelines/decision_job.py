@@ -28,7 +28,9 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from riskstream.config import JobConfig
-from riskstream.jars import flink_jar_urls
+from riskstream.ops.jars import flink_jar_urls
+from riskstream.ops.preflight import preflight
+from riskstream.ops.restore import resolve_restore_path
 from riskstream.paths import PROJECT_ROOT
 from riskstream.topics import DEAD_LETTER_MAX_BYTES
 from udfs.features import ENTITIES
@@ -96,42 +98,6 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None) -> StreamExecu
     env.set_buffer_timeout(cfg.buffer_timeout_ms)
     env.enable_checkpointing(cfg.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return env
-
-
-def latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """The newest complete retained checkpoint (a ``chk-N`` folder with ``_metadata``) under a file://
-    checkpoint dir, across job ids (each run of the job gets a new id), or None."""
-    from pathlib import Path
-    from urllib.parse import urlparse
-
-    u = urlparse(checkpoint_dir)
-    if u.scheme != "file":
-        raise ValueError(f"restore_from=latest needs a file:// checkpoint_dir, not {checkpoint_dir!r}; "
-                         "pass the checkpoint's path instead")
-    best = None
-    for meta in Path(u.path).glob("*/chk-*/_metadata"):
-        key = (meta.stat().st_mtime, int(meta.parent.name[4:]))
-        if best is None or key > best[0]:
-            best = (key, meta.parent)
-    return best[1].as_uri() if best else None
-
-
-def resolve_restore_path(cfg: JobConfig) -> str | None:
-    if not cfg.restore_from:
-        return None
-    if cfg.restore_from == "latest":
-        return latest_checkpoint(cfg.checkpoint_dir)
-    from pathlib import Path
-    from urllib.parse import urlparse
-
-    u = urlparse(cfg.restore_from)
-    if u.scheme not in ("", "file"):  # s3://, hdfs://, ...: Flink checks it
-        return cfg.restore_from
-    p = Path(u.path if u.scheme == "file" else cfg.restore_from).expanduser().resolve()
-    if not (p / "_metadata").is_file():
-        raise FileNotFoundError(f"restore_from {cfg.restore_from!r} is not a savepoint or checkpoint folder "
-                                "(no _metadata in it)")
-    return p.as_uri()
 
 
 def _offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
@@ -257,48 +223,6 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
      .name("dead-letter-sink").uid("dead-letter-sink"))
 
 
-def wait_until_running(rest_url: str, job_id: str, deadline_s: float = 120.0) -> float:
-    """Poll the Flink REST API until every task runs and a first checkpoint completed (so the sources are
-    reading and the sinks' transactions work); return the seconds it took."""
-    import json
-    import time
-    import urllib.request
-
-    t0 = time.monotonic()
-    last = "no answer"
-    while time.monotonic() - t0 < deadline_s:
-        try:
-            with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}", timeout=2) as r:
-                job = json.load(r)
-            if job.get("state") in ("FAILED", "CANCELED", "FINISHED"):
-                raise RuntimeError(f"job {job_id} is {job['state']} before it ran; see the Flink log")
-            states = {v["status"] for v in job.get("vertices", [])}
-            last = f"job {job.get('state')}, tasks {sorted(states)}"
-            if states == {"RUNNING"}:
-                with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}/checkpoints", timeout=2) as r:
-                    cps = json.load(r)
-                if cps.get("counts", {}).get("completed", 0) >= 1:
-                    return time.monotonic() - t0
-                last = "tasks running, no checkpoint completed yet"
-        except OSError:
-            pass
-        time.sleep(0.1)  # polling interval
-    raise TimeoutError(f"job {job_id} not running within {deadline_s:.0f}s ({last})")
-
-
-def preflight(cfg: JobConfig) -> None:
-    """Fail fast, before any Flink work, with a message that says what to fix: a missing or mismatched
-    model, missing jars, a restore path that is no checkpoint, then the Kafka side (broker, topics,
-    transaction timeout, dead-letter record size)."""
-    from riskstream.preflight import check_kafka
-    from udfs.scoring import Scorer
-
-    Scorer(cfg.resolved_model_path())
-    flink_jar_urls(cfg.jars_dir)
-    resolve_restore_path(cfg)
-    check_kafka(cfg)
-
-
 def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None):
     preflight(cfg)
     env = make_env(cfg, extra_conf)
@@ -314,12 +238,12 @@ def main(argv: list[str] | None = None) -> str:
     Submits the job without waiting for it to end and prints its id."""
     import argparse
 
-    from riskstream.cli import _add_job_flags, job_config
+    from riskstream.jobflags import add_job_flags, job_config
 
     ap = argparse.ArgumentParser(prog="decision_job", description="Submit the riskstream decision job.")
-    _add_job_flags(ap)
+    add_job_flags(ap)
     cfg = job_config(ap.parse_args(argv))
-    from riskstream.preflight import StartupError
+    from riskstream.ops.preflight import StartupError
     from udfs.scoring import ModelError
 
     try:

@@ -3,78 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import orjson
-from pydantic import ValidationError
 
 from . import paths
-
-
-def _env(name: str, default):
-    return os.environ.get(f"RISKSTREAM_{name.upper()}", default)
-
-
-def _add_job_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    from .config import JobConfig
-
-    g = p.add_argument_group("job configuration (flag, else environment variable, else default)")
-    for name, field in JobConfig.model_fields.items():
-        if name in skip:
-            continue
-        env = f"RISKSTREAM_{name.upper()}"
-        default = field.get_default(call_default_factory=True)
-        shown = "***" if name == "sasl_password" else default
-        helptext = f"{field.description} [env {env}; default {shown}]"
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        else:
-            g.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=helptext)
-
-
-def job_config(args: argparse.Namespace, **overrides):
-    """Flags beat environment variables beat defaults; invalid values exit with what to fix."""
-    from .config import JobConfig
-
-    values = {}
-    for name in JobConfig.model_fields:
-        v = getattr(args, name, None)
-        if v is None:
-            v = os.environ.get(f"RISKSTREAM_{name.upper()}")
-        if v is not None:
-            values[name] = v
-    values.update(overrides)
-    try:
-        return JobConfig(**values)
-    except ValidationError as e:
-        msgs = "\n".join(f"  --{'-'.join(str(x) for x in err['loc']).replace('_', '-') or 'config'}: {err['msg']}"
-                         for err in e.errors())
-        raise SystemExit(f"riskstream: invalid configuration:\n{msgs}")
+from .jobflags import add_job_flags, add_setting, env_or, job_config
 
 
 def cmd_jars(a) -> int:
-    from .jars import resolve
+    from .ops.jars import resolve
 
     resolve(force=a.force)
     return 0
 
 
 def cmd_stack(a) -> int:
-    from . import stack, topics
+    from . import topics
+    from .ops import broker
 
     if a.action == "up":
-        lay = stack.up(port=a.port, partitions=a.partitions)
+        lay = broker.up(port=a.port, partitions=a.partitions)
         made = topics.ensure_topics(lay.bootstrap, topics.topic_specs(a.events_topic, a.decisions_topic,
                                                                       a.dead_letter_topic, a.partitions))
         print(f"[stack] topics created: {made or 'none (all exist)'}")
         print(f"[stack] bootstrap servers: {lay.bootstrap}")
     elif a.action == "down":
-        stack.down()
+        broker.down()
     else:
-        st = stack.status()
+        st = broker.status()
         print(orjson.dumps(st).decode() if a.json else "\n".join(f"{k}: {v}" for k, v in st.items()))
         return 0 if st["ready"] else 1
     return 0
@@ -112,7 +70,7 @@ def cmd_run(a) -> int:
     from pipelines import decision_job
     from udfs.scoring import ModelError
 
-    from .preflight import StartupError
+    from .ops.preflight import StartupError
 
     cfg = job_config(a)
     print(f"[run] {cfg.job_name}: {cfg.events_topic} -> {cfg.decisions_topic} / {cfg.dead_letter_topic} "
@@ -125,14 +83,14 @@ def cmd_run(a) -> int:
 
 
 def cmd_consume(a) -> int:
-    from .consume import consume
+    from .tools.consume import consume
 
     return consume(a.bootstrap_servers, a.topic, follow=a.follow, decision=a.decision, limit=a.limit,
                    group_id=a.group_id, idle_ms=a.idle_ms)
 
 
 def cmd_demo(a) -> int:
-    from . import demo
+    from .tools import demo
 
     cfg = job_config(a, starting_offsets="earliest")
     report_path = a.report or None
@@ -162,8 +120,8 @@ def cmd_bench(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from .audit import parse_time, render, verify
-    from .stack import broker_ready
+    from .tools.audit import parse_time, render, verify
+    from .ops.broker import broker_ready
 
     try:
         from_ms, to_ms = parse_time(a.from_time), parse_time(a.to_time)
@@ -185,7 +143,7 @@ def cmd_verify(a) -> int:
 
 
 def cmd_chaos(a) -> int:
-    from . import chaos
+    from .tools import chaos
 
     kinds = tuple(a.kinds.split(",")) if a.kinds else chaos.KINDS
     unknown = set(kinds) - set(chaos.KINDS)
@@ -203,7 +161,8 @@ def cmd_chaos(a) -> int:
 def cmd_replay(a) -> int:
     from udfs.replay import replay_file
 
-    stats = replay_file(a.input, a.output, a.allowed_lateness_ms)
+    cfg = job_config(a)  # the job's own settings, so the replay computes what the job would
+    stats = replay_file(a.input, a.output, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms)
     print(f"[replay] {stats['events']} events -> {a.output}; late {stats['late']}; "
           f"rejected {stats['rejected'] or 0}", file=sys.stderr)
     return 0
@@ -237,7 +196,7 @@ def cmd_control(a) -> int:
                       "it and keeps the old model if it is refused)", file=sys.stderr)
     except (ControlError, ModelError) as e:
         raise SystemExit(f"riskstream control: refused: {e}")
-    from .stack import broker_ready
+    from .ops.broker import broker_ready
 
     if not broker_ready(a.bootstrap_servers, timeout_s=5):
         raise SystemExit(f"riskstream control: no Kafka broker answers at {a.bootstrap_servers}")
@@ -251,10 +210,13 @@ def cmd_control(a) -> int:
 
 
 def cmd_features(a) -> int:
-    from udfs.features import FEATURES, spec_fingerprint, spec_json
+    from udfs.features import FEATURES, spec_fingerprint
+    from udfs.windows import spec_document
+
+    from .jobflags import job_config
 
     if a.json:
-        print(orjson.dumps(spec_json()).decode())
+        print(orjson.dumps(spec_document(job_config(a).allowed_lateness_ms)).decode())
         return 0
     print(f"feature spec {spec_fingerprint()} ({len(FEATURES)} features, model input order)")
     for f in FEATURES:
@@ -265,7 +227,7 @@ def cmd_features(a) -> int:
 
 
 def cmd_cluster(a) -> int:
-    from . import cluster
+    from .ops import cluster
 
     if a.action == "up":
         try:
@@ -291,7 +253,7 @@ def cmd_cluster(a) -> int:
 
 
 def cmd_submit(a) -> int:
-    from . import submit
+    from .ops import flink_rest, submit
 
     job_config(a)  # fail fast on invalid flags or RISKSTREAM_* values, before any Flink work
     try:
@@ -301,20 +263,20 @@ def cmd_submit(a) -> int:
               + (f" from {a.from_savepoint}" if a.from_savepoint else ""), file=sys.stderr)
         print(res.job_id, flush=True)
         if a.wait_running:
-            secs = submit.wait_running(res.rest_url, res.job_id, deadline_s=a.deadline)
+            secs = flink_rest.wait_running(res.rest_url, res.job_id, deadline_s=a.deadline)
             print(f"[submit] job {res.job_id} running, first checkpoint completed, {secs:.1f}s after submission",
                   file=sys.stderr)
-    except submit.SubmitError as e:
+    except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream submit: {e}")
     return 0
 
 
 def cmd_savepoint(a) -> int:
-    from . import submit
+    from .ops import flink_rest, submit
 
     try:
         res = submit.savepoint(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
-    except submit.SubmitError as e:
+    except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream savepoint: {e}")
     print(f"[savepoint] job {a.job_id}: savepoint in {res.seconds:.1f}s; the job keeps running", file=sys.stderr)
     print(res.location)
@@ -322,7 +284,7 @@ def cmd_savepoint(a) -> int:
 
 
 def cmd_cancel(a) -> int:
-    from . import submit
+    from .ops import flink_rest, submit
 
     try:
         if a.no_savepoint:
@@ -330,7 +292,7 @@ def cmd_cancel(a) -> int:
             print(f"[cancel] job {a.job_id} {state} (no savepoint)", file=sys.stderr)
             return 0
         res = submit.stop(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
-    except submit.SubmitError as e:
+    except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream cancel: {e}")
     print(f"[cancel] job {a.job_id} stopped with a savepoint in {res.seconds:.1f}s (job {res.final_state}); "
           f"resume with `riskstream submit --from-savepoint {res.location}`", file=sys.stderr)
@@ -341,7 +303,7 @@ def cmd_cancel(a) -> int:
 def cmd_report(a) -> int:
     import time
 
-    from . import report
+    from .tools import report
 
     if not 0 <= a.review_budget <= 1:
         raise SystemExit(f"riskstream report: --review-budget is a share in [0, 1], got {a.review_budget}")
@@ -349,7 +311,7 @@ def cmd_report(a) -> int:
         decisions, bad = report.read_jsonl(a.decisions)
         source = a.decisions
     else:
-        from .stack import broker_ready
+        from .ops.broker import broker_ready
 
         if not broker_ready(a.bootstrap_servers, timeout_s=5):
             raise SystemExit(f"riskstream report: no Kafka broker answers at {a.bootstrap_servers} "
@@ -405,19 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=cmd_jars)
 
-    port = int(_env("kafka_port", 9092))
+    port = int(env_or("kafka_port", 9092))
     p = sub.add_parser("stack", help="the local single-node Kafka broker (KRaft)")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--port", type=int, default=port, help=f"broker port on 127.0.0.1 [env RISKSTREAM_KAFKA_PORT; "
                                                           f"default {port}]")
     p.add_argument("--partitions", type=int, default=2)
-    p.add_argument("--events-topic", default=_env("events_topic", "riskstream.events"))
-    p.add_argument("--decisions-topic", default=_env("decisions_topic", "riskstream.decisions"))
-    p.add_argument("--dead-letter-topic", default=_env("dead_letter_topic", "riskstream.dead-letter"))
+    add_setting(p, "events_topic")
+    add_setting(p, "decisions_topic")
+    add_setting(p, "dead_letter_topic")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_stack)
 
-    bs = _env("bootstrap_servers", f"127.0.0.1:{port}")
+    bs = env_or("bootstrap_servers", f"127.0.0.1:{port}")
     p = sub.add_parser("generate", help="write seeded synthetic labelled traffic to Kafka (or a file)")
     p.add_argument("--count", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=0, help="events per second (0: as fast as possible)")
@@ -425,19 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraud-share", type=float, default=0.12)
     p.add_argument("--bad-share", type=float, default=0.0, help="share of malformed records")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
-    p.add_argument("--topic", default=_env("events_topic", "riskstream.events"))
+    add_setting(p, "events_topic", "--topic", help="topic the events go to (the job's events topic)")
     p.add_argument("--labels", default=str(paths.home() / "labels.jsonl"),
                    help="where ground-truth labels go (JSON lines: event_id, scenario, fraud)")
     p.add_argument("--output", help="write events to this JSON-lines file instead of Kafka")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("run", help="run the decision job (local MiniCluster)")
-    _add_job_flags(p)
+    add_job_flags(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("consume", help="read decisions with isolation_level=read_committed")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
-    p.add_argument("--topic", default=_env("decisions_topic", "riskstream.decisions"))
+    add_setting(p, "decisions_topic", "--topic", help="topic to read (the job's decisions topic)")
     p.add_argument("--follow", "-f", action="store_true", help="keep tailing")
     p.add_argument("--decision", choices=["allow", "review", "block"], help="only this kind")
     p.add_argument("--limit", type=int, default=0)
@@ -460,14 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shadow model sent on the control topic ('' for none)")
     p.add_argument("--report", default=str(paths.home() / "reports" / "demo.html"),
                    help="write the effectiveness report here ('' for none)")
-    _add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))
+    add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("verify", help="audit: every event has exactly one decision or dead letter (read_committed)")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
-    p.add_argument("--events-topic", default=_env("events_topic", "riskstream.events"))
-    p.add_argument("--decisions-topic", default=_env("decisions_topic", "riskstream.decisions"))
-    p.add_argument("--dead-letter-topic", default=_env("dead_letter_topic", "riskstream.dead-letter"))
+    add_setting(p, "events_topic")
+    add_setting(p, "decisions_topic")
+    add_setting(p, "dead_letter_topic")
     p.add_argument("--from-time", help="only events the broker received at or after this time (epoch ms or "
                                        "ISO-8601); outputs are read from this time on")
     p.add_argument("--to-time", help="only events received before this time")
@@ -512,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-running", action="store_true",
                    help="then wait until every task runs and a first checkpoint completed; print the time")
     p.add_argument("--deadline", type=float, default=180, help="seconds --wait-running waits")
-    _add_job_flags(p, skip=("rest_port",))
+    add_job_flags(p, skip=("rest_port",))
     p.set_defaults(fn=cmd_submit)
 
     p = sub.add_parser("savepoint", help="take a savepoint of a running job (it keeps running); prints its path")
@@ -533,8 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the analyst's report: one self-contained HTML file about decisions vs labels")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--decisions", metavar="FILE", help="decisions as JSON lines (default: read the topic)")
-    src.add_argument("--decisions-topic", default=_env("decisions_topic", "riskstream.decisions"),
-                     help="read this topic with read_committed up to its current end offsets")
+    add_setting(src, "decisions_topic", help="read this topic with read_committed up to its current end offsets")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
     p.add_argument("--labels", metavar="FILE", help="ground-truth labels as JSON lines (riskstream generate --labels)")
     p.add_argument("--review-budget", type=float, default=0.01, help="share of events the review team can look at")
@@ -573,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="offline: the job's features for a file of events, in file order")
     p.add_argument("--input", required=True, help="events as JSON lines, or .parquet")
     p.add_argument("--output", required=True, help="JSON lines: event_id, late and every feature")
-    p.add_argument("--allowed-lateness-ms", type=int, default=int(_env("allowed_lateness_ms", 60_000)))
+    add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
+                  title="the job's settings that shape features (flag, else environment variable, else default)")
     p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("control", help="live change under a running job: champion or challenger model, or rules")
@@ -583,11 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="rules: JSON file with {version, rules: [...]} or a list of rules")
     p.add_argument("--version", help="rules: version name (else the file's)")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
-    p.add_argument("--topic", default=_env("control_topic", "riskstream.control"), help="[env RISKSTREAM_CONTROL_TOPIC]")
+    add_setting(p, "control_topic", "--topic")
     p.set_defaults(fn=cmd_control)
 
     p = sub.add_parser("features", help="print the feature spec")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="the whole spec for another runtime: entities, buckets, features, lateness, sketch")
+    add_setting(p, "allowed_lateness_ms")
     p.set_defaults(fn=cmd_features)
 
     p = sub.add_parser("bench", help="the job end to end against a plain Python loop, Quix Streams and Flink SQL "

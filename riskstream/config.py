@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from . import paths
-from .stack import BROKER_MAX_TRANSACTION_TIMEOUT_MS
+from . import paths, topics
+from .topics import BROKER_MAX_TRANSACTION_TIMEOUT_MS
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -25,14 +25,14 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
-    events_topic: str = Field("riskstream.events", description="input topic of JSON events")
-    decisions_topic: str = Field("riskstream.decisions", description="output topic of decision records")
-    dead_letter_topic: str = Field("riskstream.dead-letter", description="output topic of rejected records")
+    events_topic: str = Field(topics.EVENTS, description="input topic of JSON events")
+    decisions_topic: str = Field(topics.DECISIONS, description="output topic of decision records")
+    dead_letter_topic: str = Field(topics.DEAD_LETTER, description="output topic of rejected records")
     control_topic: str = Field(
-        "riskstream.control", description="topic of live control messages (model switch, challenger, rules); "
+        topics.CONTROL, description="topic of live control messages (model switch, challenger, rules); "
                                           "created by the job if missing; empty: no live control")
     labels_topic: str = Field(
-        "riskstream.labels", description="topic of fraud/legit labels (chargebacks, analyst verdicts) that feed "
+        topics.LABELS, description="topic of fraud/legit labels (chargebacks, analyst verdicts) that feed "
                                          "the known-fraud device signal; created by the job if missing; empty: none")
     group_id: str = Field("riskstream-decisions", description="consumer group of the Kafka source")
     job_name: str = Field("riskstream-decisions", description="Flink job name")

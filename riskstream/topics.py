@@ -1,4 +1,4 @@
-"""Topic design and creation.
+"""Topic design and creation: the default topic names, their settings, and the broker limits the job obeys.
 
 One decisions topic carries every decision kind in a ``decision`` field, rather than one topic per kind:
 each event gets exactly one record in one place (the audit "every event decided exactly once" reads one
@@ -23,11 +23,21 @@ class TopicSpec:
     config: dict
 
 
+# The default topic names: the job's settings (``JobConfig``) and every command's defaults come from here.
+EVENTS = "riskstream.events"
+DECISIONS = "riskstream.decisions"
+DEAD_LETTER = "riskstream.dead-letter"
+CONTROL = "riskstream.control"
+LABELS = "riskstream.labels"
+
 APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 # A dead letter carries the original bytes in base64 (4/3 of their size) plus a few hundred bytes, so the
 # dead-letter topic must take records larger than the events topic's (Kafka's default: 1 MiB), or the
 # one record that most needs keeping fails the sink instead. The sink's max.request.size matches.
 DEAD_LETTER_MAX_BYTES = 2 * 1024 * 1024
+# The local broker's transaction.max.timeout.ms (15 min, Kafka's default); the exactly-once sinks' transaction
+# timeout must not exceed it (``JobConfig`` checks, and the start-up checks ask the real brokers).
+BROKER_MAX_TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
 
 
 def topic_specs(events: str, decisions: str, dead_letter: str, partitions: int = 2) -> list[TopicSpec]:

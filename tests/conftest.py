@@ -8,15 +8,16 @@ import pytest
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory):
-    from riskstream import stack
+    from riskstream.ops import broker
+    from riskstream.ops.procs import free_port
 
     root = tmp_path_factory.mktemp("kafka")
-    lay = stack.up(port=stack._free_port(), root=root, deadline_s=120)
+    lay = broker.up(port=free_port(), root=root, deadline_s=120)
     try:
         yield lay.bootstrap
     finally:
-        stack.down(root=root)
-        assert stack.read_pid(lay) is None, "the broker process outlived `down`"
+        broker.down(root=root)
+        assert broker.read_pid(lay) is None, "the broker process outlived `down`"
 
 
 @pytest.fixture(scope="session")

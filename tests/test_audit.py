@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from riskstream.audit import Audit, parse_time
+from riskstream.tools.audit import Audit, parse_time
 from udfs.events import DUPLICATE_EVENT_ID, Event, Rejection, dead_letter_record, parse_event
 
 GOOD = {"event_type": "payment", "user_id": "u1", "device_id": "d1", "ip": "1.2.3.4", "amount": 12.5,

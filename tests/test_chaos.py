@@ -11,7 +11,8 @@ import sys
 import orjson
 import pytest
 
-from riskstream import chaos, paths
+from riskstream import paths
+from riskstream.tools import chaos
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 

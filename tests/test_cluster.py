@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from riskstream import cluster
+from riskstream.ops import cluster, procs
 
 JOB = """
 from pyflink.common import Types
@@ -67,18 +67,18 @@ def test_cluster_up_submit_down(tmp_path):
     finally:
         stopped = cluster.down(root=root)
     assert stopped
-    assert not any(cluster._group_alive(p) for p in daemon_pids), "a Flink process outlived `down`"
+    assert not any(procs.group_alive(p) for p in daemon_pids), "a Flink process outlived `down`"
     assert cluster.pids(root) == {"jobmanager": None, "taskmanager": None}
     assert not list(lay.run_dir.glob("*.pid"))
-    assert not cluster.port_in_use(lay.rest_port)
+    assert not procs.port_in_use(lay.rest_port)
     assert cluster.status(root)["running"] is False
 
 
-# -- riskstream.submit without a cluster: flags, paths, clear errors ----------------------------------------
+# -- riskstream.ops.submit without a cluster: flags, paths, clear errors ----------------------------------------
 
 
 def test_job_flags_pass_only_what_was_set():
-    from riskstream import submit
+    from riskstream.ops import submit
 
     argv, env = submit.job_flags({"events_topic": "a.events", "parallelism": "2", "group_id": None, "bounded": False,
                                   "sasl_username": "u", "sasl_password": "s3cret"})
@@ -91,7 +91,7 @@ def test_job_flags_pass_only_what_was_set():
 
 def test_submit_parser_hands_the_job_flags_through():
     from riskstream.cli import build_parser
-    from riskstream.submit import settings_from_args
+    from riskstream.ops.submit import settings_from_args
 
     a = build_parser().parse_args(["submit", "--jobmanager", "h:1", "--from-savepoint", "x", "--events-topic", "t1",
                                    "--checkpoint-interval-ms", "500", "--no-bounded"])
@@ -102,7 +102,7 @@ def test_submit_parser_hands_the_job_flags_through():
 
 
 def test_savepoint_paths(tmp_path):
-    from riskstream import submit
+    from riskstream.ops import submit
 
     sp = tmp_path / "savepoint-abc"
     sp.mkdir()
@@ -117,7 +117,6 @@ def test_savepoint_paths(tmp_path):
 
 
 def test_commands_without_a_cluster_say_how_to_start_one(tmp_path, monkeypatch):
-    from riskstream import submit
     from riskstream.cli import main
 
     monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path / "home"))
@@ -127,7 +126,7 @@ def test_commands_without_a_cluster_say_how_to_start_one(tmp_path, monkeypatch):
         main(["savepoint", "0123456789abcdef0123456789abcdef"])
     with pytest.raises(SystemExit, match="not a Flink job id"):
         main(["cancel", "not-a-job"])
-    port = cluster._free_port()  # nothing listens there
+    port = procs.free_port()  # nothing listens there
     with pytest.raises(SystemExit, match=f"no Flink JobManager answers at http://127.0.0.1:{port}"):
         main(["submit", "--jobmanager", f"127.0.0.1:{port}"])
     with pytest.raises(SystemExit, match="either --from-savepoint or --restore-from"):

@@ -18,7 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from riskstream import cluster, paths, submit, topics
+from riskstream import paths, topics
+from riskstream.ops import cluster, flink_rest, procs, submit
 from riskstream.generator import Labelled
 from riskstream.kafka_io import produce
 from tests.test_kafka_integration import read_all
@@ -71,7 +72,7 @@ def _counters_until(rest_url: str, job_id: str, n: int, deadline_s: float = 90) 
     reach ``n`` (metrics lag the records: operators report them, the JobManager caches them)."""
     t0 = time.monotonic()
     while True:
-        got = submit.user_counters(rest_url, job_id, COUNTERS)
+        got = flink_rest.user_counters(rest_url, job_id, COUNTERS)
         if got.get("events_valid") == n and sum(got.get(k, 0) for k in DECISION_COUNTERS) == n:
             return got
         assert time.monotonic() - t0 < deadline_s, f"counters {got} do not show {n} events within {deadline_s:.0f}s"
@@ -113,7 +114,7 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         sub1 = _cli(env, "submit", "--wait-running", "--deadline", "240", *job_flags)
         times["submit -> running"] = time.monotonic() - t_submit
         job1 = sub1.stdout.strip().splitlines()[-1]
-        assert submit.JOB_ID.match(job1), sub1.stdout
+        assert flink_rest.JOB_ID.match(job1), sub1.stdout
         assert "first checkpoint completed" in sub1.stderr
         assert produce(kafka_bootstrap, names[0], _events(user, run, start_ts, 1, N)) == N
         first, times["submit -> first decision"] = _decisions_until(kafka_bootstrap, names[1], N, 180, t_submit)
@@ -126,7 +127,7 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         c1 = _counters_until(lay.rest_url, job1, N)
         times["metrics visible (job 1)"] = time.monotonic() - t0
         # the scoring-latency histogram, labelled with the model version: one bucket per decision
-        hist = {i: v for vals in submit.vertex_metrics(lay.rest_url, job1, lambda i: "scoring_latency_us" in i)
+        hist = {i: v for vals in flink_rest.vertex_metrics(lay.rest_url, job1, lambda i: "scoring_latency_us" in i)
                 .values() for i, v in vals.items()}
         assert hist and all(".model_version.risk_gbdt_v1.scoring_latency_us.le_" in i for i in hist), hist
         assert sum(hist.values()) == N, hist
@@ -140,21 +141,21 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         times["savepoint (job keeps running)"] = time.monotonic() - t0
         sp_path = submit.local_path(sp)
         assert (sp_path / "_metadata").is_file() and sp_path.parent == lay.savepoints_dir.resolve(), sp
-        assert submit.job_state(lay.rest_url, job1) == "RUNNING"
+        assert flink_rest.job_state(lay.rest_url, job1) == "RUNNING"
 
         t0 = time.monotonic()
         stopped = _cli(env, "cancel", job1, "--dir", str(tmp_path / "upgrade")).stdout.strip()
         times["stop with savepoint"] = time.monotonic() - t0
         assert (submit.local_path(stopped) / "_metadata").is_file(), stopped
-        assert submit.job_state(lay.rest_url, job1) == "FINISHED"
+        assert flink_rest.job_state(lay.rest_url, job1) == "FINISHED"
 
         # -- the upgraded job, restored from the savepoint -----------------------------------------------
         t0 = time.monotonic()
         sub2 = _cli(env, "submit", "--wait-running", "--deadline", "240", "--from-savepoint", stopped, *job_flags)
         times["restore (resubmit -> running)"] = time.monotonic() - t0
         job2 = sub2.stdout.strip().splitlines()[-1]
-        assert submit.JOB_ID.match(job2) and job2 != job1, sub2.stdout
-        detail = submit.rest_get(lay.rest_url, f"/jobs/{job2}/checkpoints")
+        assert flink_rest.JOB_ID.match(job2) and job2 != job1, sub2.stdout
+        detail = flink_rest.get(lay.rest_url, f"/jobs/{job2}/checkpoints")
         restored = (detail.get("latest") or {}).get("restored") or {}
         assert restored.get("is_savepoint") and Path(submit.local_path(restored["external_path"])) == \
             submit.local_path(stopped), detail.get("latest")
@@ -189,8 +190,8 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         cluster.down(root=root)  # idempotent; stops the daemons if the CLI could not
         for k, v in times.items():
             print(f"[cluster-job] {k}: {v:.1f}s", file=sys.stderr)
-    assert daemon_pids and not any(cluster._group_alive(p) for p in daemon_pids), "a Flink process outlived `down`"
+    assert daemon_pids and not any(procs.group_alive(p) for p in daemon_pids), "a Flink process outlived `down`"
     assert cluster.pids(root) == {"jobmanager": None, "taskmanager": None}
-    assert lay is not None and not cluster.port_in_use(lay.rest_port)
+    assert lay is not None and not procs.port_in_use(lay.rest_port)
     no_cluster = _cli(env, "submit", *job_flags, check=False)
     assert no_cluster.returncode != 0 and "riskstream cluster up" in no_cluster.stderr, no_cluster.stderr

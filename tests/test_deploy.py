@@ -28,7 +28,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from riskstream.config import JobConfig
-from riskstream.jars import parse_pom_deps
+from riskstream.ops.jars import parse_pom_deps
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

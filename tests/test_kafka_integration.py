@@ -72,11 +72,12 @@ def test_bounded_job_decides_every_event_exactly_once(kafka_bootstrap, labelled_
 
 def test_demo_command_end_to_end(tmp_path):
     """`riskstream demo --json` on a fresh home: starts its own broker, decides every event, stops it."""
-    from riskstream import stack
+    from riskstream.ops import broker
+    from riskstream.ops.procs import free_port
 
     env = {**os.environ, "RISKSTREAM_HOME": str(tmp_path / "home"),
            "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
-    port = stack._free_port()
+    port = free_port()
     proc = subprocess.run([sys.executable, "-m", "riskstream.cli", "demo", "--json", "--events", "3000",
                            "--rate", "600", "--port", str(port), "--deadline", "300"],
                           env=env, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
@@ -91,19 +92,19 @@ def test_demo_command_end_to_end(tmp_path):
     assert summary["scenarios"]["normal"]["allowed"] > 0.97 * summary["scenarios"]["normal"]["events"]
     assert summary["latency_ms"]["p50"] is not None and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"]
     # the broker the demo started is gone
-    assert stack.read_pid(stack.layout(root=tmp_path / "home" / "kafka")) is None
+    assert broker.read_pid(broker.layout(root=tmp_path / "home" / "kafka")) is None
 
 
 def test_stack_refuses_a_taken_port(tmp_path):
     import socket
 
-    from riskstream import stack
+    from riskstream.ops import broker
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         with pytest.raises(RuntimeError, match="is taken by another process"):
-            stack.up(port=s.getsockname()[1], root=tmp_path)
+            broker.up(port=s.getsockname()[1], root=tmp_path)
 
 
 def test_run_refuses_an_unreachable_broker():

@@ -9,15 +9,16 @@ import json
 import shutil
 import threading
 import time
-import urllib.request
 
 import orjson
 import pytest
 
-from riskstream import stack, topics
-from riskstream.audit import verify
+from riskstream import topics
 from riskstream.config import JobConfig
 from riskstream.generator import TrafficGenerator
+from riskstream.ops import flink_rest
+from riskstream.ops.procs import free_port
+from riskstream.tools.audit import verify
 from udfs.features import FEATURE_NAMES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
@@ -37,11 +38,9 @@ def _send(bootstrap: str, topic: str, msg) -> None:
 
 def _labels_until(rest: str, job_id: str, fraud: int, legit: int, deadline_s: float = 90) -> None:
     """Poll the device stage's label counters over REST until the labels were applied."""
-    from riskstream import submit
-
     t0 = time.monotonic()
     while True:
-        got = submit.user_counters(rest, job_id, ("labels_fraud", "labels_legit"))
+        got = flink_rest.user_counters(rest, job_id, ("labels_fraud", "labels_legit"))
         if got.get("labels_fraud") == fraud and got.get("labels_legit") == legit:
             return
         assert time.monotonic() - t0 < deadline_s, f"label counters {got} within {deadline_s:.0f}s"
@@ -66,7 +65,7 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
     # one events partition: arrival order is send order, so every feature (user, ip, device) is exact
     topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names[:3], partitions=1)
                          + [topics.control_topic_spec(names[3]), topics.labels_topic_spec(names[4])])
-    port = stack._free_port()
+    port = free_port()
     cfg = JobConfig(bootstrap_servers=kafka_bootstrap, events_topic=names[0], decisions_topic=names[1],
                     dead_letter_topic=names[2], control_topic=names[3], labels_topic=names[4], parallelism=1,
                     starting_offsets="earliest", transactional_id_prefix="it-live", checkpoint_interval_ms=500,
@@ -75,7 +74,7 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
     client = decision_job.run(cfg, wait=False)
     job_id = str(client.get_job_id())
     try:
-        decision_job.wait_until_running(rest, job_id, deadline_s=180)
+        flink_rest.wait_running(rest, job_id, deadline_s=180)
         records = list(TrafficGenerator(seed=21, bad_share=0.0).generate(3000))
 
         # label feedback: three users of one device confirmed as fraud, one of them cleared again, one
@@ -122,11 +121,9 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
         assert rep["decided"] == len(records) + 1
 
         # no restart: the same job, no exception in its history
-        with urllib.request.urlopen(f"{rest}/jobs/{job_id}/exceptions") as r:
-            exc = json.load(r)
+        exc = flink_rest.get(rest, f"/jobs/{job_id}/exceptions")
         assert not exc.get("exceptionHistory", {}).get("entries"), exc
-        with urllib.request.urlopen(f"{rest}/jobs/{job_id}") as r:
-            assert json.load(r)["state"] == "RUNNING"
+        assert flink_rest.job_state(rest, job_id) == "RUNNING"
     finally:
         client.cancel().result()
 

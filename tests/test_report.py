@@ -12,8 +12,9 @@ import numpy as np
 import orjson
 import pytest
 
-from riskstream import report
-from riskstream.report import at_budget, average_precision, build_report, render_html, roc_auc
+from riskstream import metrics
+from riskstream.metrics import at_budget, average_precision, roc_auc
+from riskstream.tools.report import build_report, render_html
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -96,8 +97,8 @@ def test_budget_without_ties_is_the_top_k_by_sorting():
         assert ab["precision"] == y[top].sum() / k and ab["recall"] == y[top].sum() / y.sum()
         assert ab["threshold"] == s[top].min()
         assert ab["recall_ceiling"] == min(k, y.sum()) / y.sum()
-    assert report.budget_k(0.29, 100) == 29  # 0.29 * 100 is 28.999999999999996 in floating point
-    assert report.budget_k(0.01, 50) == 1 and report.budget_k(0.0, 50) == 0 and report.budget_k(0.5, 0) == 0
+    assert metrics.budget_k(0.29, 100) == 29  # 0.29 * 100 is 28.999999999999996 in floating point
+    assert metrics.budget_k(0.01, 50) == 1 and metrics.budget_k(0.0, 50) == 0 and metrics.budget_k(0.5, 0) == 0
 
 
 def test_metrics_agree_with_scikit_learn_when_installed():

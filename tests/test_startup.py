@@ -74,7 +74,7 @@ def test_a_transaction_timeout_above_the_brokers_maximum_is_refused(kafka_bootst
     """The config model knows the local broker's default maximum; a broker configured lower is caught by
     asking it (here: a config built without validation stands in for a broker with a lower maximum)."""
     from riskstream.config import JobConfig
-    from riskstream.preflight import StartupError, check_kafka
+    from riskstream.ops.preflight import StartupError, check_kafka
 
     names = ["tx.events", "tx.decisions", "tx.dead"]
     topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names))

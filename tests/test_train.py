@@ -193,7 +193,7 @@ def test_budget_ties_are_counted_at_their_expected_value():
     rng = random.Random(3)
     y = [int(rng.random() < 0.3) for _ in range(200)]
     scores = [round(rng.random() * 4) / 4 + 0.2 * t * rng.random() for t in y]  # coarse grid: big tie groups
-    got = tr.at_budget(np.array(y), np.array(scores), 0.1)
+    got = tr.budget_row(np.array(y), np.array(scores), 0.1)
     assert got["tied_at_threshold"] > 1
     draws = []
     for _ in range(4000):

@@ -192,23 +192,3 @@ def spec_fingerprint(features: tuple[Feature, ...] = FEATURES) -> str:
 def max_horizon_ms(entity: str) -> int:
     return max((f.horizon_ms or 0) for f in features_for(entity)) or 0
 
-
-def spec_document(allowed_lateness_ms: int) -> dict:
-    """Everything another runtime needs to rebuild the windows exactly (``riskstream features --json``):
-    entities in chain order with their key field and retention, bucket widths, features in vector order,
-    the lateness, the empty value and the distinct-count sketch settings."""
-    from . import windows
-
-    return {
-        "fingerprint": spec_fingerprint(),
-        "allowed_lateness_ms": allowed_lateness_ms,
-        "missing": MISSING,
-        "bucket_ms": {str(h): g for h, g in sorted(BUCKET_MS.items())},
-        "event_types": list(EVENT_TYPES),
-        "distinct": {"exact_up_to": windows.HLL_THRESHOLD, **windows.hll.params()},
-        "entities": [{**e.to_json(), "order": i,
-                      "retention_ms": windows.retention_ms(e.name, allowed_lateness_ms),
-                      "features": [f.name for f in features_for(e.name)]}
-                     for i, e in enumerate(ENTITIES)],
-        "features": spec_json(),
-    }

@@ -1,13 +1,29 @@
-"""Start-up checks against the Kafka cluster: fail in seconds with what to fix, not minutes later in a
-restart loop. Model and jar checks live in ``pipelines.decision_job.preflight``."""
+"""Start-up checks: fail in seconds with what to fix, not minutes later in a restart loop. :func:`preflight`
+runs them all before the job is built (``pipelines.decision_job.run``); :func:`check_kafka` is the Kafka
+side."""
 
 from __future__ import annotations
 
-from .config import JobConfig
+from ..config import JobConfig
 
 
 class StartupError(Exception):
     pass
+
+
+def preflight(cfg: JobConfig) -> None:
+    """Fail fast, before any Flink work, with a message that says what to fix: a missing or mismatched
+    model, missing jars, a restore path that is no checkpoint, then the Kafka side (broker, topics,
+    transaction timeout, dead-letter record size)."""
+    from udfs.scoring import Scorer
+
+    from .jars import flink_jar_urls
+    from .restore import resolve_restore_path
+
+    Scorer(cfg.resolved_model_path())
+    flink_jar_urls(cfg.jars_dir)
+    resolve_restore_path(cfg)
+    check_kafka(cfg)
 
 
 def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
@@ -15,7 +31,7 @@ def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
     broker, and the dead-letter topic takes the largest dead letter (see ``topics.DEAD_LETTER_MAX_BYTES``)."""
     from kafka.errors import KafkaError
 
-    from .stack import broker_ready
+    from .broker import broker_ready
 
     if not broker_ready(cfg.bootstrap_servers, timeout_s=timeout_s, client_props=_client_props(cfg)):
         raise StartupError(f"no Kafka broker answers at {cfg.bootstrap_servers}; start the local one with "
@@ -35,7 +51,7 @@ def _inspect(cfg: JobConfig, timeout_s: float) -> dict:
 
     from kafka.admin import NewTopic
 
-    from .topics import control_topic_spec, labels_topic_spec
+    from ..topics import control_topic_spec, labels_topic_spec
 
     admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
                              **_client_props(cfg))
@@ -69,7 +85,7 @@ def _inspect(cfg: JobConfig, timeout_s: float) -> dict:
 
 
 def _check_limits(cfg: JobConfig, conf: dict) -> None:
-    from .topics import DEAD_LETTER_MAX_BYTES
+    from ..topics import DEAD_LETTER_MAX_BYTES
 
     for b, c in conf.get("broker", {}).items():
         limit = int(c["transaction.max.timeout.ms"]["value"])

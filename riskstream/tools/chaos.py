@@ -22,7 +22,6 @@ Kafka transactions commit again.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -31,23 +30,16 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 
-from . import paths, stack, topics
-from .generator import Labelled, TrafficGenerator
+from .. import paths, topics
+from ..generator import Labelled, TrafficGenerator
+from ..ops import broker, flink_rest
+from ..ops.procs import free_port
 
 KINDS = ("task-failure", "kill-process", "broker-restart", "savepoint-resume")
-
-
-def _http(url: str, body: dict | None = None, timeout: float = 5) -> dict:
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"},
-                                 method="GET" if body is None else "POST")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.load(r)
 
 
 class JobProcess:
@@ -63,7 +55,7 @@ class JobProcess:
     def start(self, restore_from: str | None, deadline_s: float = 180) -> float:
         """Start the job process; return seconds until it runs and completed a first checkpoint."""
         t0 = time.monotonic()
-        port = stack._free_port()
+        port = free_port()
         self.rest = f"http://127.0.0.1:{port}"
         args = [sys.executable, "-m", "riskstream.cli", "run", "--rest-port", str(port)]
         for k, v in self.flags.items():
@@ -82,15 +74,13 @@ class JobProcess:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job process gave no job id within {deadline_s}s; see {out.name}")
             try:
-                jobs = _http(f"{self.rest}/jobs/overview", timeout=2)["jobs"]
+                jobs = flink_rest.jobs_overview(self.rest, retry_s=0)
                 running = [j["jid"] for j in jobs if j["state"] in ("CREATED", "INITIALIZING", "RUNNING")]
                 self.job_id = running[0] if running else None
-            except OSError:
+            except (OSError, ValueError):
                 pass
             time.sleep(0.2)  # polling interval
-        from pipelines.decision_job import wait_until_running
-
-        wait_until_running(self.rest, self.job_id, deadline_s=max(10.0, deadline - time.monotonic()))
+        flink_rest.wait_running(self.rest, self.job_id, deadline_s=max(10.0, deadline - time.monotonic()))
         return time.monotonic() - t0
 
     def _check_alive(self) -> None:
@@ -99,11 +89,11 @@ class JobProcess:
                                f"{self.run_dir / f'job-{self.starts}.log'}")
 
     def checkpoints_completed_after(self, epoch_ms: int) -> bool:
-        cps = _http(f"{self.rest}/jobs/{self.job_id}/checkpoints", timeout=2)
+        cps = flink_rest.checkpoints(self.rest, self.job_id, retry_s=0)
         done = (cps.get("latest") or {}).get("completed") or {}
         if done.get("trigger_timestamp", 0) <= epoch_ms:
             return False
-        job = _http(f"{self.rest}/jobs/{self.job_id}", timeout=2)
+        job = flink_rest.get(self.rest, f"/jobs/{self.job_id}", timeout_s=2, retry_s=0)
         return {v["status"] for v in job.get("vertices", [])} == {"RUNNING"}
 
     def wait_checkpoint_after(self, epoch_ms: int, deadline_s: float = 180) -> None:
@@ -129,20 +119,18 @@ class JobProcess:
         self.proc.wait(timeout=60)
 
     def stop_with_savepoint(self, target_uri: str, deadline_s: float = 120) -> str:
-        trig = _http(f"{self.rest}/jobs/{self.job_id}/stop", {"targetDirectory": target_uri, "drain": False})
+        rid = flink_rest.trigger_savepoint(self.rest, self.job_id, target_uri, stop=True, drain=False)
         deadline = time.monotonic() + deadline_s
         while True:
             try:
-                st = _http(f"{self.rest}/jobs/{self.job_id}/savepoints/{trig['request-id']}", timeout=2)
-            except OSError:  # the job finished and its process (and REST server) went away
+                location = flink_rest.savepoint_status(self.rest, self.job_id, rid, "stop-with-savepoint",
+                                                       retry_s=0)
+            except (OSError, flink_rest.JobNotFound):  # the job finished, its process (and REST server) went away
                 if self.proc.poll() is None:
                     time.sleep(0.2)  # polling interval
                     continue
                 return self._newest_savepoint(target_uri)
-            if st["status"]["id"] == "COMPLETED":
-                if "failure-cause" in st.get("operation", {}):
-                    raise RuntimeError(f"stop-with-savepoint failed: {st['operation']['failure-cause']}")
-                location = st["operation"]["location"]
+            if location:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError("stop-with-savepoint did not complete")
@@ -162,9 +150,7 @@ class JobProcess:
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
-                _http(f"{self.rest}/jobs/{self.job_id}", timeout=2)
-                urllib.request.urlopen(urllib.request.Request(f"{self.rest}/jobs/{self.job_id}?mode=cancel",
-                                                              method="PATCH"), timeout=5)
+                flink_rest.cancel_job(self.rest, self.job_id, retry_s=0)
                 self.proc.wait(timeout=30)
             except Exception:
                 pass
@@ -250,7 +236,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
     run_dir = paths.home() / "chaos" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     kafka_root = run_dir / "kafka"
-    lay = stack.up(port=port or stack._free_port(), root=kafka_root, out=log)
+    lay = broker.up(port=port or free_port(), root=kafka_root, out=log)
     names = (f"chaos.{run_id}.events", f"chaos.{run_id}.decisions", f"chaos.{run_id}.dead-letter")
     topics.ensure_topics(lay.bootstrap, topics.topic_specs(*names, partitions=2))
     chaos_dir = run_dir / "trigger"
@@ -315,8 +301,8 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
                 job.kill()
                 job.start(restore_from="latest")
             elif kind == "broker-restart":
-                stack.down(root=kafka_root, out=log)
-                stack.up(port=lay.port, root=kafka_root, out=log)
+                broker.down(root=kafka_root, out=log)
+                broker.up(port=lay.port, root=kafka_root, out=log)
                 feeder.resume()
                 job.wait_checkpoint_after(int(time.time() * 1000))
             else:
@@ -339,7 +325,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
         if feeder is not None and feeder.is_alive():
             feeder.resume()
         job.close()
-        stack.down(root=kafka_root, out=log)
+        broker.down(root=kafka_root, out=log)
     if not keep and rep["missing"] == rep["duplicates"] == rep["unexpected"] == 0:
         import shutil
 

@@ -28,14 +28,9 @@ import orjson
 from udfs.events import CONTROL_REJECTED, PROCESSING_ERROR, Event, parse_event
 from udfs.labels import INVALID_LABEL
 
+from ..metrics import percentile
+
 KINDS = ("allow", "review", "block")
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
 
 
 def parse_time(text: str | None) -> int | None:
@@ -161,9 +156,9 @@ class Audit:
             "processing_errors": sum(self.error_ids.values()),
             "wrong_reason": self.wrong_reason,
             "unreadable_outputs": self.unreadable_outputs,
-            "latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "p999": _pct(lat, 0.999),
-                           "max": _pct(lat, 1.0)},
-            "visible_latency_ms": {"p50": _pct(vis, 0.5), "p99": _pct(vis, 0.99), "max": _pct(vis, 1.0)},
+            "latency_ms": {q: percentile(lat, v) for q, v in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999),
+                                                              ("max", 1.0))},
+            "visible_latency_ms": {q: percentile(vis, v) for q, v in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
         }
 
 

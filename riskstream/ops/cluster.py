@@ -19,7 +19,7 @@ entry.py`` with ``env=flink_env(lay)``, which puts the project root on ``PYTHONP
 thread-mode workers then import ``pipelines``/``udfs``/``riskstream`` from the checkout on this machine).
 The Kafka connector travels with each job through ``pipeline.jars`` (set by the job), so ``lib/`` stays
 the distribution's. Do not pass ``-pyfs <checkout>``: the client zips the whole folder, ``.venv`` included.
-:mod:`riskstream.submit` (``riskstream submit / savepoint / cancel``) does this for the decision job.
+:mod:`riskstream.ops.submit` (``riskstream submit / savepoint / cancel``) does this for the decision job.
 """
 
 from __future__ import annotations
@@ -28,21 +28,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from .. import paths
+from . import flink_rest
+from .procs import free_port, group_alive, pid_alive, port_in_use
 
 HOST = "127.0.0.1"
 JOBMANAGER_MEMORY = "1600m"
 TASKMANAGER_MEMORY = "2560m"
-TERMINAL_JOB_STATES = frozenset({"FINISHED", "FAILED", "CANCELED", "SUSPENDED"})
 
 
 @dataclass(frozen=True)
@@ -150,53 +149,6 @@ def distribution() -> Path:
     return d
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any live (non-zombie) process in process group ``pgid`` (Linux /proc; else the leader only)."""
-    if _pid_alive(pgid):
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return False
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp, ...
-            return True
-    return False
-
-
 def _recorded_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -210,7 +162,7 @@ def pids(root: Path | str | None = None) -> dict[str, int | None]:
     out = {}
     for name, f in (("jobmanager", lay.jobmanager_pid_file), ("taskmanager", lay.taskmanager_pid_file)):
         pid = _recorded_pid(f)
-        out[name] = pid if pid and _pid_alive(pid) else None
+        out[name] = pid if pid and pid_alive(pid) else None
     return out
 
 
@@ -330,7 +282,7 @@ def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None 
     settings = _flatten(yaml.safe_load((dist / "conf" / "config.yaml").read_text()) or {})
     settings.update(cluster_config(lay, slots, rpc_port))
     path = lay.conf_dir / "config.yaml"
-    path.write_text("# written by riskstream.cluster.up on every start; edits here are lost\n"
+    path.write_text("# written by riskstream.ops.cluster.up on every start; edits here are lost\n"
                     + "".join(f"{k}: {_yaml_scalar(v)}\n" for k, v in settings.items()))
     return path
 
@@ -359,18 +311,6 @@ def flink_command(lay: ClusterLayout, *args: str) -> list[str]:
     "-m", lay.address, "-d", "-py", "entry.py")``, ``("stop", "-m", lay.address, "--savepointPath",
     lay.savepoints_uri, job_id)``, ``("run", "-m", lay.address, "-s", savepoint, "-d", "-py", "entry.py")``."""
     return ["bash", str(lay.flink_bin), *args]
-
-
-def rest_get(lay: ClusterLayout, path: str, timeout_s: float = 2.0) -> dict:
-    with urllib.request.urlopen(f"{lay.rest_url}{path}", timeout=timeout_s) as r:
-        return json.load(r)
-
-
-def _overview(lay: ClusterLayout) -> dict | None:
-    try:
-        return rest_get(lay, "/overview", timeout_s=1.0)
-    except (OSError, ValueError):
-        return None
 
 
 def log_tail(root: Path | str | None = None, lines: int = 25) -> str:
@@ -402,7 +342,7 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
     current = layout(root=r)
     live = {k: v for k, v in pids(r).items() if v}
     if live:
-        ov = _overview(current)
+        ov = flink_rest.overview(current.rest_url)
         healthy = len(live) == 2 and bool(ov) and ov.get("taskmanagers", 0) >= 1
         if healthy and rest_port in (None, current.rest_port):
             print(f"[cluster] already running on {current.rest_url} (pids {live})", file=out)
@@ -417,14 +357,14 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
     if shutil.which("java") is None and not (java_home and (Path(java_home) / "bin" / "java").exists()):
         raise RuntimeError("java is not on PATH (Flink 2 needs Java 11+, 17 tested); install a JDK or set JAVA_HOME")
     dist = distribution()
-    lay = ClusterLayout(root=r, rest_port=rest_port or _free_port())
+    lay = ClusterLayout(root=r, rest_port=rest_port or free_port())
     for d in (lay.root, lay.log_dir, lay.run_dir, lay.tmp_dir, lay.tmp_dir / "client", lay.checkpoints_dir,
               lay.savepoints_dir):
         d.mkdir(parents=True, exist_ok=True)
     for f in lay.run_dir.glob("*.pid"):
         f.unlink()
     _sync_home(lay, dist)
-    write_conf(lay, slots, _free_port(), dist)
+    write_conf(lay, slots, free_port(), dist)
     lay.port_file.write_text(str(lay.rest_port))
     t0 = time.monotonic()
     procs = {"jobmanager": _start(lay, "jobmanager.sh", "jobmanager"),
@@ -437,7 +377,7 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
                 down(root=r, out=out)
                 raise RuntimeError(f"the Flink {name} exited with code {p.returncode} during start-up "
                                    f"(logs in {lay.log_dir}):\n{tail}")
-        last = _overview(lay)
+        last = flink_rest.overview(lay.rest_url)
         if last and last.get("taskmanagers", 0) >= 1 and last.get("slots-available", 0) >= 1:
             break
         if time.monotonic() - t0 > deadline_s:
@@ -459,7 +399,7 @@ def down(root: Path | str | None = None, out=sys.stderr, grace_s: float = 30.0) 
     groups = {}
     for name, f in (("taskmanager", lay.taskmanager_pid_file), ("jobmanager", lay.jobmanager_pid_file)):
         pid = _recorded_pid(f)
-        if pid and _group_alive(pid):
+        if pid and group_alive(pid):
             groups[name] = pid
     for pgid in groups.values():
         try:
@@ -467,19 +407,19 @@ def down(root: Path | str | None = None, out=sys.stderr, grace_s: float = 30.0) 
         except (ProcessLookupError, PermissionError):
             pass
     t0 = time.monotonic()
-    while any(_group_alive(g) for g in groups.values()) and time.monotonic() - t0 < grace_s:
+    while any(group_alive(g) for g in groups.values()) and time.monotonic() - t0 < grace_s:
         time.sleep(0.1)  # polling interval while the daemons shut down
     for name, pgid in groups.items():
-        if _group_alive(pgid):
+        if group_alive(pgid):
             print(f"[cluster] {name} (pid {pgid}) ignored SIGTERM for {grace_s:.0f}s; killing it", file=out)
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
     t1 = time.monotonic()
-    while any(_group_alive(g) for g in groups.values()):
+    while any(group_alive(g) for g in groups.values()):
         if time.monotonic() - t1 > 15:
-            left = [n for n, g in groups.items() if _group_alive(g)]
+            left = [n for n, g in groups.items() if group_alive(g)]
             raise RuntimeError(f"Flink {left} still alive after SIGKILL; pids {groups}")
         time.sleep(0.05)
     for pid in groups.values():  # reap them if this process started them (no zombie left)
@@ -506,7 +446,7 @@ def status(root: Path | str | None = None) -> dict:
     st: dict = {"running": bool(p["jobmanager"] and p["taskmanager"]), "ready": False, "rest_url": lay.rest_url,
                 "pids": p, "taskmanagers": 0, "slots_total": 0, "slots_available": 0, "jobs_running": 0,
                 "jobs": [], "conf_dir": str(lay.conf_dir), "log_dir": str(lay.log_dir)}
-    ov = _overview(lay) if any(p.values()) else None
+    ov = flink_rest.overview(lay.rest_url) if any(p.values()) else None
     if ov:
         st.update(taskmanagers=ov.get("taskmanagers", 0), slots_total=ov.get("slots-total", 0),
                   slots_available=ov.get("slots-available", 0), jobs_running=ov.get("jobs-running", 0),
@@ -514,48 +454,14 @@ def status(root: Path | str | None = None) -> dict:
         st["ready"] = st["running"] and st["taskmanagers"] >= 1
         try:
             st["jobs"] = [{"id": j["jid"], "name": j["name"], "state": j["state"]}
-                          for j in rest_get(lay, "/jobs/overview").get("jobs", [])]
+                          for j in flink_rest.jobs_overview(lay.rest_url, retry_s=0)]
         except (OSError, ValueError):
             pass
     return st
-
-
-def job_error(lay: ClusterLayout, job_id: str) -> str:
-    """The innermost ``Caused by`` lines of a job's latest failure (from REST ``/jobs/<id>/exceptions``)."""
-    return job_error_at(lay.rest_url, job_id)
-
-
-def job_error_at(rest_url: str, job_id: str) -> str:
-    """:func:`job_error` for any JobManager's REST URL."""
-    try:
-        with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}/exceptions", timeout=5) as r:
-            entries = json.load(r).get("exceptionHistory", {}).get("entries", [])
-    except (OSError, ValueError) as e:
-        return f"(no exception history: {e})"
-    if not entries:
-        return "(no exception recorded)"
-    trace = entries[0].get("stacktrace", "").strip()
-    causes = [line.strip() for line in trace.splitlines() if line.startswith("Caused by")]
-    if causes:
-        return "\n".join(causes[-3:])
-    return trace.splitlines()[0] if trace else "(empty stack trace)"
 
 
 def wait_for_job(job_id: str, states: tuple[str, ...] = ("FINISHED",), root: Path | str | None = None,
                  deadline_s: float = 60.0) -> str:
     """Poll REST until the job is in one of ``states``; fail at once on another terminal state, with the
     job's root cause, and at the deadline with the last state seen."""
-    lay = layout(root=root)
-    t0 = time.monotonic()
-    state = "unknown (no answer)"
-    while time.monotonic() - t0 < deadline_s:
-        try:
-            state = rest_get(lay, f"/jobs/{job_id}/status").get("status", state)
-        except (OSError, ValueError):
-            pass
-        if state in states:
-            return state
-        if state in TERMINAL_JOB_STATES:
-            raise RuntimeError(f"job {job_id} is {state}, expected {'/'.join(states)}:\n{job_error(lay, job_id)}")
-        time.sleep(0.2)  # polling interval
-    raise TimeoutError(f"job {job_id} not {'/'.join(states)} within {deadline_s:.0f}s (last state {state})")
+    return flink_rest.wait_for_state(layout(root=root).rest_url, job_id, states, deadline_s)

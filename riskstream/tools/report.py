@@ -32,8 +32,8 @@ from typing import Iterable
 import numpy as np
 import orjson
 
-from .audit import _pct
-from .generator import MALFORMED, NORMAL, SCENARIOS
+from ..generator import MALFORMED, NORMAL, SCENARIOS
+from ..metrics import at_budget, average_precision, percentile, roc_auc, roc_curve
 
 DEFINITIONS = (
     "A record is labelled when its event_id has a label with a fraud field. Unlabelled events count in the "
@@ -65,84 +65,6 @@ _NICE_WIDTHS_MS = (1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000,
                    172_800_000, 604_800_000, 1_209_600_000, 2_592_000_000)
 LATENCY_NOTE_EVENT_TIME = ("decided_at minus the event's own time (event_ts): includes delivery delay, and for "
                            "a replay or backfill the age of the replayed events")
-
-
-# --------------------------------------------------------------------------------------------- metrics
-def _arrays(scores, y) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(y, dtype=bool).reshape(-1)
-
-
-def roc_auc(scores, y) -> float | None:
-    """Mann-Whitney ROC AUC with ties counted one half; None without both classes."""
-    s, y = _arrays(scores, y)
-    pos = int(y.sum())
-    neg = len(y) - pos
-    if pos == 0 or neg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    ss = s[order]
-    ends = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])  # last index of each tie group (0-based)
-    starts = np.r_[0, ends[:-1] + 1]
-    ranks = np.empty(len(s), dtype=np.float64)
-    ranks[order] = np.repeat((starts + ends + 2) / 2.0, ends - starts + 1)  # average 1-based ranks
-    u = ranks[y].sum() - pos * (pos + 1) / 2.0  # exact: sums of half-integers
-    return float(u / (pos * neg))
-
-
-def average_precision(scores, y) -> float | None:
-    """Sum over distinct thresholds (descending) of recall increment x precision; None without fraud."""
-    s, y = _arrays(scores, y)
-    pos = int(y.sum())
-    if pos == 0:
-        return None
-    order = np.argsort(-s, kind="mergesort")
-    ss, yy = s[order], y[order]
-    last = np.r_[ss[1:] != ss[:-1], True]
-    tp = np.cumsum(yy)[last].astype(np.float64)
-    n = (np.flatnonzero(last) + 1).astype(np.float64)
-    gained = np.diff(np.r_[0.0, tp])
-    return float(np.sum(gained * (tp / n)) / pos)
-
-
-def budget_k(budget: float, n: int) -> int:
-    """How many of ``n`` events a review budget (a share) allows: the floor, robust to float error, and at
-    least one (as ``models.train`` counts it, so a model card and this report agree)."""
-    if n <= 0 or budget <= 0:
-        return 0
-    return max(1, min(n, math.floor(budget * n + 1e-9)))
-
-
-def at_budget(scores, y, budget: float) -> dict:
-    """Precision and recall when the top ``budget`` share by score is reviewed (ties: expected value)."""
-    s, y = _arrays(scores, y)
-    n, pos = len(s), int(y.sum())
-    k = budget_k(budget, n)
-    if k == 0:
-        return {"k": 0, "n": n, "threshold": None, "true_positives": 0.0, "precision": None,
-                "recall": 0.0 if pos else None, "recall_ceiling": 0.0 if pos else None}
-    t = float(np.sort(s)[::-1][k - 1])
-    above, tied = s > t, s == t
-    need = k - int(above.sum())
-    tp = float(y[above].sum()) + need * float(y[tied].sum()) / float(tied.sum())
-    return {"k": k, "n": n, "threshold": t, "true_positives": tp, "precision": tp / k,
-            "recall": tp / pos if pos else None, "recall_ceiling": min(k, pos) / pos if pos else None}
-
-
-def roc_curve(scores, y, max_points: int = 300) -> list[tuple[float, float]]:
-    """(false-positive rate, true-positive rate) at each distinct threshold, from (0, 0) to (1, 1)."""
-    s, y = _arrays(scores, y)
-    pos, neg = int(y.sum()), len(y) - int(y.sum())
-    if pos == 0 or neg == 0:
-        return []
-    order = np.argsort(-s, kind="mergesort")
-    ss, yy = s[order], y[order]
-    last = np.r_[ss[1:] != ss[:-1], True]
-    tp = np.cumsum(yy)[last]
-    fp = (np.flatnonzero(last) + 1) - tp
-    pts = np.c_[np.r_[0.0, fp / neg], np.r_[0.0, tp / pos]]
-    if len(pts) > max_points:
-        pts = pts[np.unique(np.linspace(0, len(pts) - 1, max_points).round().astype(int))]
-    return [(float(a), float(b)) for a, b in pts]
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -209,8 +131,8 @@ def _latency(decisions: list[dict]) -> dict:
         xs = [float(d["decided_at"] - d["event_ts"]) for d in decisions
               if _int(d.get("decided_at")) is not None and _int(d.get("event_ts")) is not None]
         source, note = "decided_at-event_ts", LATENCY_NOTE_EVENT_TIME
-    out = {"source": source, "note": note, "n": len(xs), "p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99),
-           "max": _pct(xs, 1.0), "negative": sum(1 for x in xs if x < 0), "hist": None}
+    out = {"source": source, "note": note, "n": len(xs), "p50": percentile(xs, 0.5), "p99": percentile(xs, 0.99),
+           "max": percentile(xs, 1.0), "negative": sum(1 for x in xs if x < 0), "hist": None}
     pos = [x for x in xs if x >= 0]
     if pos:
         # log-like bins with readable edges (1, 1.5, 2, 3, 5, 7 x 10^d ms) spanning just the data
@@ -877,7 +799,7 @@ def read_decisions_topic(bootstrap: str, topic: str, deadline_s: float = 120,
 
 
 def default_out_path() -> Path:
-    from . import paths
+    from .. import paths
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return paths.home() / "reports" / f"report-{stamp}.html"

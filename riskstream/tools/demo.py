@@ -14,17 +14,13 @@ from collections import Counter
 
 import orjson
 
-from . import stack, topics
-from .config import JobConfig
-from .generator import MALFORMED, NORMAL, SCENARIOS, TrafficGenerator
-from .kafka_io import produce, progress_printer
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
+from .. import topics
+from ..config import JobConfig
+from ..generator import MALFORMED, NORMAL, SCENARIOS, TrafficGenerator
+from ..kafka_io import produce, progress_printer
+from ..metrics import percentile
+from ..ops import broker, flink_rest
+from ..ops.procs import free_port
 
 
 def reset_topics(bootstrap: str, cfg: JobConfig, partitions: int, deadline_s: float = 60) -> None:
@@ -79,8 +75,8 @@ def summarize(labels: dict[str, dict], decisions: dict[str, dict], dead: list[di
         "missing": sum(1 for e, lab in labels.items() if lab["scenario"] != MALFORMED and e not in decisions),
         "duplicates": dup,
         "scenarios": scen,
-        "latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": _pct(lat, 1.0)},
-        "visible_latency_ms": {"p50": _pct(vis, 0.5), "p99": _pct(vis, 0.99)},
+        "latency_ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99), "max": percentile(lat, 1.0)},
+        "visible_latency_ms": {"p50": percentile(vis, 0.5), "p99": percentile(vis, 0.99)},
     }
 
 
@@ -94,22 +90,22 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
     from pipelines import decision_job
 
     t_start = time.monotonic()
-    was_running = stack.status()["running"]
-    lay = stack.up(port=port, out=log)
+    was_running = broker.status()["running"]
+    lay = broker.up(port=port, out=log)
     cfg = cfg.model_copy(update={"bootstrap_servers": lay.bootstrap})
     job = None
     try:
         reset_topics(lay.bootstrap, cfg, partitions)
         print(f"[demo] topics ready: {cfg.events_topic} -> {cfg.decisions_topic}, {cfg.dead_letter_topic}",
               file=log)
-        rest_port = stack._free_port()
+        rest_port = free_port()
         job = decision_job.run(cfg, wait=False, extra_conf={"rest.port": str(rest_port),
                                                             "rest.bind-port": str(rest_port),
                                                             "rest.address": "127.0.0.1"})
         job_id = str(job.get_job_id())
         print(f"[demo] job {job_id} submitted to the local MiniCluster "
               f"(parallelism {cfg.parallelism}, {cfg.python_execution_mode} mode)", file=log, flush=True)
-        took = decision_job.wait_until_running(f"http://127.0.0.1:{rest_port}", job_id)
+        took = flink_rest.wait_running(f"http://127.0.0.1:{rest_port}", job_id, deadline_s=120)
         print(f"[demo] job running, first checkpoint done after {took:.1f}s; sending traffic", file=log, flush=True)
         if challenger:
             from kafka import KafkaProducer
@@ -200,7 +196,7 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
             except Exception as e:  # the job may already have failed; the summary or error says why
                 print(f"[demo] cancel: {e}", file=log)
         if not was_running and not keep_broker:
-            stack.down(out=log)
+            broker.down(out=log)
 
 
 def render(summary: dict) -> str:

@@ -1,13 +1,14 @@
 """Run the decision job on a Flink cluster: submit, savepoint, stop with a savepoint, cancel.
 
 The job goes in with ``flink run -d -py pipelines/decision_job.py [job flags]``: the local cluster's own
-``bin/flink`` (see :mod:`riskstream.cluster`) by default, or, for another JobManager, the ``bin/flink`` of
+``bin/flink`` (see :mod:`riskstream.ops.cluster`) by default, or, for another JobManager, the ``bin/flink`` of
 the PyFlink distribution with ``-m host:port``. Only the job flags the user set go on that command line;
 ``RISKSTREAM_*`` environment variables reach the job's client through the environment (a SASL password is
 moved there too, so it never shows in a process list).
 
-Savepoints and stops use the JobManager's REST API (``urllib``): a trigger returns a request id, then
-``GET /jobs/<id>/savepoints/<request-id>`` is polled under a deadline until the operation completes.
+Savepoints, stops and cancels use the JobManager's REST API (:mod:`riskstream.ops.flink_rest`): a trigger
+returns a request id, then ``GET /jobs/<id>/savepoints/<request-id>`` is polled under a deadline until the
+operation completes.
 
 Upgrade path: ``stop`` (stop-with-savepoint, no drain: event-time timers are not fired) commits the sinks'
 last transactions and ends the job FINISHED; ``submit(from_savepoint=<location>)`` restores the operator
@@ -16,41 +17,29 @@ state by uid (``flink run -s``) and the Kafka source continues from the offsets 
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
-from . import cluster, paths
+from .. import paths
+from . import cluster, flink_rest
+from .flink_rest import ClusterNotRunning, FlinkError, check_job_id, job_details, reachable
 
 JOB_ENTRY = paths.PROJECT_ROOT / "pipelines" / "decision_job.py"
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _JOB_ID_LINE = re.compile(r"riskstream job id: ([0-9a-f]{32})")
 _SUBMITTED_LINE = re.compile(r"Job has been submitted with JobID ([0-9a-f]{32})")
 # settings that must not travel as command-line flags (visible to `ps`): passed by environment instead
 SECRET_FIELDS = ("sasl_password",)
 # settings of a local MiniCluster only; on a cluster the job's own REST settings could redirect its client
 CLUSTER_SKIP_FIELDS = ("rest_port",)
-POLL_S = 0.2  # interval of the REST polling loops below (each loop has its own deadline)
 
 
-class SubmitError(RuntimeError):
+class SubmitError(FlinkError):
     """A failure the CLI reports as one message (what went wrong and what to do)."""
-
-
-class ClusterNotRunning(SubmitError):
-    pass
-
-
-class JobNotFound(SubmitError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -65,64 +54,6 @@ class Target:
 
     def flink_command(self, *args: str) -> list[str]:
         return [*self.flink, *args]
-
-
-# -- REST ---------------------------------------------------------------------------------------------
-
-
-def _rest(rest_url: str, method: str, path: str, body: dict | None = None, timeout_s: float = 5.0) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{rest_url}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data is not None else {})
-    with urllib.request.urlopen(req, timeout=timeout_s) as r:
-        raw = r.read()
-    return json.loads(raw) if raw.strip() else {}
-
-
-def _http_errors(e: urllib.error.HTTPError) -> str:
-    try:
-        errs = json.loads(e.read() or b"{}").get("errors", [])
-    except ValueError:
-        errs = []
-    first = next((x.strip().splitlines()[0] for x in errs if x and x.strip()), "")
-    return f"HTTP {e.code}{': ' + first[:300] if first else ''}"
-
-
-def rest_get(rest_url: str, path: str, timeout_s: float = 5.0) -> dict:
-    return _rest(rest_url, "GET", path, timeout_s=timeout_s)
-
-
-def reachable(rest_url: str) -> bool:
-    try:
-        rest_get(rest_url, "/overview", timeout_s=2.0)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def check_job_id(job_id: str) -> str:
-    job_id = job_id.strip().lower()
-    if not JOB_ID.match(job_id):
-        raise SubmitError(f"{job_id!r} is not a Flink job id (32 hex digits; `riskstream cluster status` lists them)")
-    return job_id
-
-
-def job_details(rest_url: str, job_id: str) -> dict:
-    """``GET /jobs/<id>``; a job the cluster does not know raises :class:`JobNotFound`."""
-    job_id = check_job_id(job_id)
-    try:
-        return rest_get(rest_url, f"/jobs/{job_id}")
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            raise JobNotFound(f"job {job_id} is not known to the Flink cluster at {rest_url} "
-                              "(`riskstream cluster status` lists its jobs)") from None
-        raise SubmitError(f"GET /jobs/{job_id} at {rest_url} failed: {_http_errors(e)}") from None
-    except (OSError, ValueError) as e:
-        raise ClusterNotRunning(f"no Flink JobManager answers at {rest_url} ({e})") from None
-
-
-def job_state(rest_url: str, job_id: str) -> str:
-    return job_details(rest_url, job_id)["state"]
 
 
 # -- where the job goes --------------------------------------------------------------------------------
@@ -176,9 +107,9 @@ def target(jobmanager: str | None = None, root: Path | str | None = None) -> Tar
 
 
 def settings_from_args(args) -> dict[str, object]:
-    """The job settings given as flags on an argparse namespace (see ``cli._add_job_flags``); the ones not
+    """The job settings given as flags on an argparse namespace (see ``jobflags.add_job_flags``); the ones not
     given are left out, so ``RISKSTREAM_*`` variables and defaults apply in the job."""
-    from .config import JobConfig
+    from ..config import JobConfig
 
     return {n: getattr(args, n) for n in JobConfig.model_fields if getattr(args, n, None) is not None}
 
@@ -186,7 +117,7 @@ def settings_from_args(args) -> dict[str, object]:
 def job_flags(values: dict[str, object]) -> tuple[list[str], dict[str, str]]:
     """Job settings the user set (name -> value, None = not set) -> (decision_job.py flags, extra env).
     Booleans become ``--x`` / ``--no-x``; secrets go to the environment as ``RISKSTREAM_<NAME>``."""
-    from .config import JobConfig
+    from ..config import JobConfig
 
     argv: list[str] = []
     env: dict[str, str] = {}
@@ -287,44 +218,6 @@ def _error_lines(out: str) -> str:
     return "\n".join(keep[-12:] if keep else lines[-20:])
 
 
-def wait_running(rest_url: str, job_id: str, deadline_s: float = 180.0,
-                 checkpoint: bool = True) -> float:
-    """Poll REST until every task of the job runs and (with ``checkpoint``) a checkpoint completed after
-    that start, so the sources read and the sinks' transactions commit; return the seconds it took. A job
-    that ends, or the deadline, raises with the job's last root cause."""
-    t0 = time.monotonic()
-    last = "no answer"
-    while True:
-        try:
-            job = job_details(rest_url, job_id)
-        except ClusterNotRunning:
-            job = None
-        if job:
-            state = job.get("state")
-            if state in cluster.TERMINAL_JOB_STATES:
-                raise SubmitError(f"job {job_id} is {state}, not running:\n{job_error(rest_url, job_id)}")
-            tasks = sorted({v["status"] for v in job.get("vertices", [])})
-            last = f"job {state}, tasks {tasks}"
-            if state == "RUNNING" and tasks == ["RUNNING"]:
-                if not checkpoint:
-                    return time.monotonic() - t0
-                try:
-                    counts = rest_get(rest_url, f"/jobs/{job_id}/checkpoints").get("counts", {})
-                except (OSError, ValueError):
-                    counts = {}
-                if counts.get("completed", 0) >= 1:
-                    return time.monotonic() - t0
-                last = f"tasks running, no checkpoint completed yet (checkpoint counts {counts})"
-        if time.monotonic() - t0 > deadline_s:
-            raise SubmitError(f"job {job_id} not running within {deadline_s:.0f}s ({last}); last failure:\n"
-                              f"{job_error(rest_url, job_id)}")
-        time.sleep(POLL_S)
-
-
-def job_error(rest_url: str, job_id: str) -> str:
-    return cluster.job_error_at(rest_url, job_id)
-
-
 # -- savepoints, stop, cancel --------------------------------------------------------------------------
 
 
@@ -333,46 +226,6 @@ def _target_dir(d: str | None) -> str | None:
         return None
     local = local_path(d)
     return d if local is None else local.as_uri()
-
-
-def _await_savepoint(rest_url: str, job_id: str, request_id: str, what: str, deadline_s: float) -> str:
-    t0 = time.monotonic()
-    status = "no answer"
-    while True:
-        try:
-            r = rest_get(rest_url, f"/jobs/{job_id}/savepoints/{request_id}")
-            status = r.get("status", {}).get("id", status)
-            if status == "COMPLETED":
-                op = r.get("operation") or {}
-                if op.get("location"):
-                    return op["location"]
-                cause = op.get("failure-cause") or {}
-                trace = cause.get("stack-trace") or cause.get("class") or str(cause)
-                causes = [ln.strip() for ln in trace.splitlines() if ln.startswith("Caused by")]
-                first = trace.strip().splitlines()[0] if trace.strip() else "(no cause given)"
-                raise SubmitError(f"{what} of job {job_id} failed: {first}"
-                                  + ("\n" + "\n".join(causes[-3:]) if causes else ""))
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                raise JobNotFound(f"job {job_id} (or its {what} request {request_id}) is not known to the "
-                                  f"cluster at {rest_url}") from None
-            status = _http_errors(e)
-        except (OSError, ValueError) as e:
-            status = f"no answer ({e})"
-        if time.monotonic() - t0 > deadline_s:
-            raise SubmitError(f"{what} of job {job_id} not completed within {deadline_s:.0f}s (last status "
-                              f"{status}); the job may still be working on it, see the Flink UI at {rest_url}")
-        time.sleep(POLL_S)
-
-
-def _trigger(rest_url: str, job_id: str, path: str, body: dict, what: str) -> str:
-    job = job_details(rest_url, job_id)  # JobNotFound / ClusterNotRunning with a clear message
-    if job.get("state") != "RUNNING":
-        raise SubmitError(f"job {job_id} is {job.get('state')}: a {what} needs a RUNNING job")
-    try:
-        return _rest(rest_url, "POST", path, body)["request-id"]
-    except urllib.error.HTTPError as e:
-        raise SubmitError(f"{what} of job {job_id} refused: {_http_errors(e)}") from None
 
 
 @dataclass
@@ -393,6 +246,12 @@ def _rest_url(jobmanager: str | None, root: Path | str | None) -> str:
     return lay.rest_url
 
 
+def _running(rest_url: str, job_id: str, what: str) -> None:
+    job = job_details(rest_url, job_id)  # JobNotFound / ClusterNotRunning with a clear message
+    if job.get("state") != "RUNNING":
+        raise SubmitError(f"job {job_id} is {job.get('state')}: a {what} needs a RUNNING job")
+
+
 def savepoint(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
               root: Path | str | None = None, deadline_s: float = 300.0) -> SavepointResult:
     """Trigger a savepoint; the job keeps running. Without ``target_dir`` the cluster's
@@ -400,11 +259,9 @@ def savepoint(job_id: str, jobmanager: str | None = None, target_dir: str | None
     job_id = check_job_id(job_id)
     rest_url = _rest_url(jobmanager, root)
     t0 = time.monotonic()
-    body: dict = {"cancel-job": False}
-    if target_dir:
-        body["target-directory"] = _target_dir(target_dir)
-    rid = _trigger(rest_url, job_id, f"/jobs/{job_id}/savepoints", body, "savepoint")
-    loc = _await_savepoint(rest_url, job_id, rid, "savepoint", deadline_s)
+    _running(rest_url, job_id, "savepoint")
+    rid = flink_rest.trigger_savepoint(rest_url, job_id, _target_dir(target_dir))
+    loc = flink_rest.await_savepoint(rest_url, job_id, rid, "savepoint", deadline_s)
     return SavepointResult(loc, time.monotonic() - t0)
 
 
@@ -415,12 +272,11 @@ def stop(job_id: str, jobmanager: str | None = None, target_dir: str | None = No
     job_id = check_job_id(job_id)
     rest_url = _rest_url(jobmanager, root)
     t0 = time.monotonic()
-    body: dict = {"drain": drain}
-    if target_dir:
-        body["targetDirectory"] = _target_dir(target_dir)
-    rid = _trigger(rest_url, job_id, f"/jobs/{job_id}/stop", body, "stop-with-savepoint")
-    loc = _await_savepoint(rest_url, job_id, rid, "stop-with-savepoint", deadline_s)
-    state = _await_terminal(rest_url, job_id, max(10.0, deadline_s - (time.monotonic() - t0)))
+    _running(rest_url, job_id, "stop-with-savepoint")
+    rid = flink_rest.trigger_savepoint(rest_url, job_id, _target_dir(target_dir), stop=True, drain=drain)
+    loc = flink_rest.await_savepoint(rest_url, job_id, rid, "stop-with-savepoint", deadline_s)
+    state = flink_rest.wait_for_state(rest_url, job_id, flink_rest.TERMINAL_JOB_STATES,
+                                      max(10.0, deadline_s - (time.monotonic() - t0)))
     return SavepointResult(loc, time.monotonic() - t0, state)
 
 
@@ -430,57 +286,7 @@ def cancel(job_id: str, jobmanager: str | None = None, root: Path | str | None =
     job_id = check_job_id(job_id)
     rest_url = _rest_url(jobmanager, root)
     job = job_details(rest_url, job_id)
-    if job.get("state") in cluster.TERMINAL_JOB_STATES:
+    if job.get("state") in flink_rest.TERMINAL_JOB_STATES:
         return job["state"]
-    try:
-        _rest(rest_url, "PATCH", f"/jobs/{job_id}?mode=cancel")
-    except urllib.error.HTTPError as e:
-        raise SubmitError(f"cancel of job {job_id} refused: {_http_errors(e)}") from None
-    return _await_terminal(rest_url, job_id, deadline_s)
-
-
-def _await_terminal(rest_url: str, job_id: str, deadline_s: float) -> str:
-    t0 = time.monotonic()
-    state = "unknown"
-    while True:
-        try:
-            state = job_state(rest_url, job_id)
-        except ClusterNotRunning:
-            pass
-        if state in cluster.TERMINAL_JOB_STATES:
-            return state
-        if time.monotonic() - t0 > deadline_s:
-            raise SubmitError(f"job {job_id} still {state} {deadline_s:.0f}s after it was told to stop")
-        time.sleep(POLL_S)
-
-
-# -- metrics -------------------------------------------------------------------------------------------
-
-
-def vertex_metrics(rest_url: str, job_id: str, match: Callable[[str], bool] | None = None) -> dict[str, dict]:
-    """Per job vertex name: {metric id: value summed over its subtasks} for the metrics whose id passes
-    ``match`` (ids as Flink lists them, e.g. ``device-windows-score-decide.decisions_allow``)."""
-    job = job_details(rest_url, job_id)
-    out: dict[str, dict] = {}
-    for v in job.get("vertices", []):
-        base = f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics"
-        ids = [m["id"] for m in rest_get(rest_url, base)]
-        ids = [i for i in ids if match is None or match(i)]
-        vals: dict[str, float] = {}
-        for k in range(0, len(ids), 20):
-            q = ",".join(ids[k:k + 20])
-            for m in rest_get(rest_url, f"{base}?get={quote(q, safe=',')}&agg=sum"):
-                vals[m["id"]] = m.get("sum")
-        out[v["name"]] = vals
-    return out
-
-
-def user_counters(rest_url: str, job_id: str, names: tuple[str, ...]) -> dict[str, float]:
-    """The job's custom counters ``names`` (e.g. ``decisions_allow``), summed over vertices and subtasks;
-    a counter not (yet) reported is absent."""
-    found: dict[str, float] = {}
-    for vals in vertex_metrics(rest_url, job_id, lambda i: i.rsplit(".", 1)[-1] in names).values():
-        for mid, v in vals.items():
-            n = mid.rsplit(".", 1)[-1]
-            found[n] = found.get(n, 0) + (v or 0)
-    return found
+    flink_rest.cancel_job(rest_url, job_id)
+    return flink_rest.wait_for_state(rest_url, job_id, flink_rest.TERMINAL_JOB_STATES, deadline_s)

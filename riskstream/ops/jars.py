@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from . import paths
+from .. import paths
 
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
 

@@ -1,4 +1,4 @@
-"""The local stack: one Apache Kafka broker in KRaft mode on 127.0.0.1, run from Maven jars.
+"""The local broker (``riskstream stack``): one Apache Kafka broker in KRaft mode on 127.0.0.1, run from Maven jars.
 
 Configured for transactions on a single node (replication factor and min ISR of the transaction state
 log are 1, otherwise transactional producers hang in ``initTransactions``), with
@@ -19,9 +19,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
-
-BROKER_MAX_TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
+from .. import paths
+from ..topics import BROKER_MAX_TRANSACTION_TIMEOUT_MS
+from .procs import free_port, pid_alive, port_in_use
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,6 @@ def _java() -> str:
     return java
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_properties(lay: StackLayout, controller_port: int, partitions: int) -> str:
     return f"""# written by riskstream stack up
 process.roles=broker,controller
@@ -114,27 +108,12 @@ logger.kafka.level = INFO
 """
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
-
-
 def read_pid(lay: StackLayout) -> int | None:
     try:
         pid = int(lay.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def broker_ready(bootstrap: str, timeout_s: float = 2.0, client_props: dict | None = None) -> bool:
@@ -182,13 +161,10 @@ def up(port: int = 9092, partitions: int = 2, deadline_s: float = 90.0, root: Pa
     resolve(["kafka"], out=out)
     jars_dir = paths.kafka_jars_dir()
     lay.root.mkdir(parents=True, exist_ok=True)
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            raise RuntimeError(f"port {port} on 127.0.0.1 is taken by another process; "
-                               "pass --port (or set RISKSTREAM_KAFKA_PORT) to use another one")
-    except OSError:
-        pass
-    controller_port = _free_port()
+    if port_in_use(port):
+        raise RuntimeError(f"port {port} on 127.0.0.1 is taken by another process; "
+                           "pass --port (or set RISKSTREAM_KAFKA_PORT) to use another one")
+    controller_port = free_port()
     lay.props.write_text(server_properties(lay, controller_port, partitions))
     log4j = lay.root / "log4j2.properties"
     log4j.write_text(LOG4J2.format(log=lay.log_file))
@@ -248,14 +224,14 @@ def down(root: Path | None = None, out=sys.stdout, grace_s: float = 20.0) -> boo
     except ProcessLookupError:
         pass
     t0 = time.monotonic()
-    while _pid_alive(pid) and time.monotonic() - t0 < grace_s:
+    while pid_alive(pid) and time.monotonic() - t0 < grace_s:
         time.sleep(0.1)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        while _pid_alive(pid):
+        while pid_alive(pid):
             time.sleep(0.05)
     lay.pid_file.unlink(missing_ok=True)
     print(f"[stack] broker (pid {pid}) stopped", file=out)
