@@ -43,9 +43,34 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as s:
+    """A TCP port nothing is bound to right now, below the OS's ephemeral range.
+
+    Pitfall: a port the OS picks (bind to 0) is an *ephemeral* one, which the kernel may hand to any other
+    socket (a Flink blob server, a client connection) before our server binds it; a REST poll then talks
+    to that server instead (seen: an HTTP client reading Flink's blob protocol). Ports below the ephemeral
+    range are only taken by explicit binds."""
+    import random
+
+    hi = max(_ephemeral_start(), 20_001)
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20_000, hi)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded machine: fall back to the OS's pick
         s.bind((host, 0))
         return s.getsockname()[1]
 
