@@ -13,9 +13,10 @@ from .jobflags import add_job_flags, add_setting, env_or, job_config
 
 
 def cmd_jars(a) -> int:
-    from .ops.jars import resolve
+    from .ops.jars import build_jvm_module, resolve
 
     resolve(force=a.force)
+    build_jvm_module(force=a.force)
     return 0
 
 

@@ -107,6 +107,47 @@ def resolve(sections: list[str] | None = None, force: bool = False, out=sys.stdo
     return result
 
 
+JVM_MODULE_JAR = "riskstream-jvm.jar"
+
+
+def jvm_module_dir() -> Path:
+    return paths.PROJECT_ROOT / "udfs" / "jvm"
+
+
+def _module_digest(module: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted([module / "pom.xml", *(module / "src").rglob("*")]):
+        if f.is_file():
+            h.update(str(f.relative_to(module)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def build_jvm_module(force: bool = False, out=sys.stdout) -> Path:
+    """Build riskstream's JVM operators (``udfs/jvm``, Maven) into the Flink jars folder, so jobs receive
+    them with the connector through the one ``jars_dir`` setting. Rebuilt only when its sources changed
+    (a digest beside the jar); Maven's own output stays in ``udfs/jvm/target`` (ignored)."""
+    module = jvm_module_dir()
+    target_dir = paths.flink_jars_dir()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    jar, stamp = target_dir / JVM_MODULE_JAR, target_dir / ".riskstream-jvm.sha256"
+    digest = _module_digest(module)
+    if not force and jar.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        print(f"[jars] jvm: up to date ({jar})", file=out)
+        return jar
+    if shutil.which("mvn") is None:
+        raise RuntimeError("Maven (mvn) is not on PATH; it is needed to build the JVM operators in udfs/jvm")
+    cmd = ["mvn", "-B", "-q", "-f", str(module / "pom.xml"), "package", "-DskipTests"]
+    print("[jars] jvm: building udfs/jvm with Maven ...", file=out, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    built = module / "target" / JVM_MODULE_JAR
+    if proc.returncode != 0 or not built.is_file():
+        raise RuntimeError(f"Maven failed to build udfs/jvm:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    shutil.copyfile(built, jar)
+    stamp.write_text(digest)
+    print(f"[jars] jvm: built {jar}", file=out)
+    return jar
+
+
 def flink_jar_urls(jars_dir: Path | None = None) -> list[str]:
     """``file://`` URLs of the connector jars for ``pipeline.jars``; fails with what to run if absent."""
     d = Path(jars_dir) if jars_dir else paths.flink_jars_dir()
