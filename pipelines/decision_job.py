@@ -108,14 +108,21 @@ def _offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
     return KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
 
 
-def _sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None = None) -> KafkaSink:
-    b = (KafkaSink.builder()
-         .set_bootstrap_servers(cfg.bootstrap_servers)
-         .set_record_serializer(KafkaRecordSerializationSchema.builder()
-                                .set_topic(topic)
-                                .set_value_serialization_schema(ByteArraySchema())
-                                .build())
-         .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+def _sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None = None,
+          keyed_by_user: bool = False) -> KafkaSink:
+    """An exactly-once byte sink. ``keyed_by_user``: records are decision records, keyed by their user_id
+    (``io.riskstream.flink.DecisionRecords`` in udfs/jvm), so one user's decisions share a partition."""
+    b = KafkaSink.builder().set_bootstrap_servers(cfg.bootstrap_servers)
+    if keyed_by_user:
+        from pyflink.java_gateway import get_gateway
+
+        b._j_builder.setRecordSerializer(get_gateway().jvm.io.riskstream.flink.DecisionRecords(topic))
+    else:
+        b = b.set_record_serializer(KafkaRecordSerializationSchema.builder()
+                                    .set_topic(topic)
+                                    .set_value_serialization_schema(ByteArraySchema())
+                                    .build())
+    b = (b.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
          .set_transactional_id_prefix(f"{cfg.transactional_id_prefix}-{suffix}")
          .set_property("transaction.timeout.ms", str(cfg.transaction_timeout_ms)))
     if max_request_bytes:
@@ -218,7 +225,8 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
         labels = env.from_source(lsrc, WatermarkStrategy.no_watermarks(), "kafka-labels",
                                  type_info=BYTES).uid("kafka-labels-source")
     decisions, dead = build_core(raw, cfg, control, labels)
-    decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions")).name("decisions-sink").uid("decisions-sink")
+    (decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions", keyed_by_user=True))
+     .name("decisions-sink").uid("decisions-sink"))
     (dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES))
      .name("dead-letter-sink").uid("dead-letter-sink"))
 

@@ -58,7 +58,14 @@ def test_bounded_job_decides_every_event_exactly_once(kafka_bootstrap, labelled_
     bad = sorted(r.raw for r in labelled_stream if r.raw is not None)
     assert valid and bad
 
-    decisions = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, names[1])]
+    msgs = read_all(kafka_bootstrap, names[1])
+    decisions = [orjson.loads(m.value) for m in msgs]
+    # keyed by user: one user's decisions share a partition
+    assert all(m.key == d["user_id"].encode() for m, d in zip(msgs, decisions))
+    parts: dict[str, set] = {}
+    for m, d in zip(msgs, decisions):
+        parts.setdefault(d["user_id"], set()).add(m.partition)
+    assert max(len(p) for p in parts.values()) == 1 and len({m.partition for m in msgs}) == 2
     counts = Counter(d["event_id"] for d in decisions)
     assert set(counts) == valid and max(counts.values()) == 1
     assert {d["decision"] for d in decisions} <= {"allow", "review", "block"}

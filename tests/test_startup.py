@@ -46,6 +46,16 @@ def test_mismatched_model_is_refused(tmp_path):
     assert "trained on other features than this job computes" in msg and "device_events_7d" in msg, msg
 
 
+def test_a_jars_folder_without_the_jvm_operators_is_refused(tmp_path):
+    from riskstream.ops.jars import flink_jar_urls
+
+    for jar in flink_jar_urls():  # the connector only, not riskstream-jvm.jar
+        if "riskstream-jvm" not in jar:
+            shutil.copy(jar.removeprefix("file://"), tmp_path)
+    msg = run("--jars-dir", str(tmp_path), "--bootstrap-servers", "127.0.0.1:1")
+    assert "riskstream-jvm.jar" in msg and "run `riskstream jars`" in msg, msg
+
+
 def test_restore_path_without_a_checkpoint_is_refused(tmp_path):
     msg = run("--restore-from", str(tmp_path), "--bootstrap-servers", "127.0.0.1:1")
     assert "is not a savepoint or checkpoint folder" in msg, msg

@@ -157,4 +157,9 @@ def flink_jar_urls(jars_dir: Path | None = None) -> list[str]:
             f"no connector jars in {d}: run `riskstream jars` (or `make jars`) to fetch them from Maven, "
             "or point RISKSTREAM_JARS_DIR at a folder that holds them"
         )
+    if not (d / JVM_MODULE_JAR).is_file():
+        raise FileNotFoundError(
+            f"riskstream's JVM operators ({JVM_MODULE_JAR}) are not in {d}: run `riskstream jars` (or `make "
+            "jars`), which builds udfs/jvm with Maven, or put the jar into RISKSTREAM_JARS_DIR"
+        )
     return [j.resolve().as_uri() for j in jars]
