@@ -149,9 +149,10 @@ class Decider:
         self.control = control
 
     def decide(self, ev: Event, values: list[float], late: bool, signals: dict | None,
-               now_ms: int, score: float | None = None) -> tuple[str, bytes, bool]:
-        """(decision, record bytes, failed). ``values``: the entity stages' values in chain order. ``score``: the
-        champion's score when the caller scored a batch already."""
+               now_ms: int, score: float | None = None,
+               shadow_score: float | None = None) -> tuple[str, bytes, bool]:
+        """(decision, record bytes, failed). ``values``: the entity stages' values in chain order. ``score``
+        and ``shadow_score``: the champion's and challenger's scores when the caller scored a batch."""
         c = self.control
         try:
             feats = event_values(ev) + list(values)
@@ -160,7 +161,7 @@ class Decider:
             decision, reasons = c.policy.decide(score, feats, ev.event_type, late, signals)
             shadow = None
             if c.challenger is not None:
-                s2 = c.challenger.score(feats)
+                s2 = c.challenger.score(feats) if shadow_score is None else shadow_score
                 shadow = {"model_version": c.challenger.version, "score": round(s2, 6),
                           "decision": c.policy.decide(s2, feats, ev.event_type, late, signals)[0]}
             return decision, encode(decision_record(
