@@ -89,7 +89,8 @@ class DecideBatch:
         n = len(cols["event_id"])
         t0 = time.perf_counter()
         get = {k: (cols[k].tolist() if hasattr(cols[k], "tolist") else list(cols[k])) for k in _NEEDED}
-        values = [list(v) for v in cols["values"]]
+        # Arrow hands arrays over as numpy: tolist() gives Python floats (orjson refuses numpy scalars)
+        values = [v.tolist() if hasattr(v, "tolist") else list(v) for v in cols["values"]]
         lates = [bool(x) for x in cols["late"]]
         sigs = cols.get("signals")
         versions = cols.get("control_version")

@@ -1,0 +1,59 @@
+"""Adapters for the decide stage of the JVM chain: the record Row type, the live control carried by
+``io.riskstream.flink.ControlAttach`` (udfs/jvm), and the batched decide UDF (``udfs.decide_batch``) run
+through the Table API, which is where PyFlink batches Python calls over Arrow.
+
+Pitfall: Java operators are inserted through the gateway (``_j_data_stream``) and wrapped back into
+``pyflink.datastream.DataStream``; their output types must be Java TypeInformation built from the same
+Python type, or ``union`` and the Table conversion see two different types.
+"""
+
+from __future__ import annotations
+
+from pyflink.common import Types
+from pyflink.datastream import DataStream
+from pyflink.java_gateway import get_gateway
+
+from .chain import ROW_FIELDS
+from .policy import Policy
+
+_TYPES = {"STRING": Types.STRING, "JSON": Types.STRING, "DOUBLE": Types.DOUBLE, "BIGINT": Types.LONG,
+          "BOOLEAN": Types.BOOLEAN, "DOUBLE[]": lambda: Types.PRIMITIVE_ARRAY(Types.DOUBLE())}
+CONTROL_FIELDS = (("control_version", "BIGINT"), ("control", "STRING"))
+CONTROL_MESSAGE = Types.ROW_NAMED(["key", "raw"], [Types.STRING(), Types.STRING()])
+
+
+def row_type(fields: tuple[tuple[str, str], ...] = ROW_FIELDS):
+    """The named Row type of ``fields`` ((name, type) pairs as in ``udfs.chain.ROW_FIELDS``)."""
+    return Types.ROW_NAMED([n for n, _ in fields], [_TYPES[t]() for _, t in fields])
+
+
+def attach_control(records: DataStream, control: DataStream) -> DataStream:
+    """Records + (control_version, control) from the validated control messages (Row(key, raw))."""
+    jvm = get_gateway().jvm
+    out = row_type(ROW_FIELDS + CONTROL_FIELDS)
+    j = (records._j_data_stream
+         .connect(control._j_data_stream.broadcast(jvm.io.riskstream.flink.ControlAttach.STATE))
+         .process(jvm.io.riskstream.flink.ControlAttach(), out.get_java_type_info()))
+    return DataStream(j.name("control-attach").uid("control-attach"))
+
+
+def decide(records: DataStream, model_path: str, policy: Policy, project_root: str | None,
+           with_control: bool) -> DataStream:
+    """Decision record bytes for every record, scored in batches by the vectorized UDF."""
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+    from pyflink.table.expressions import col
+
+    from .decide_batch import decide_udf
+
+    fields = ROW_FIELDS + (CONTROL_FIELDS if with_control else ())
+    names = tuple(n for n, _ in fields)
+    env = StreamExecutionEnvironment(records._j_data_stream.getExecutionEnvironment())
+    t_env = StreamTableEnvironment.create(env)
+    table = t_env.from_data_stream(records)
+    fn = decide_udf(model_path, policy, project_root, names)
+    result = t_env.to_data_stream(table.select(fn(*(col(n) for n in names)).alias("decision")))
+    jvm = get_gateway().jvm
+    j = result._j_data_stream.map(jvm.io.riskstream.flink.RowField(0),
+                                  Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info())
+    return DataStream(j.name("score-decide").uid("score-decide"))
