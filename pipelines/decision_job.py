@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
+import orjson
+
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema
 from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
@@ -46,6 +48,7 @@ from udfs.flink import (
     ParseValidate,
     ScoreDecide,
     ScoreDecideControlled,
+    ValidateControl,
 )
 from udfs.policy import Policy
 
@@ -138,7 +141,10 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
     so tests feed it from a collection and collect its output. One keyed stage per entity of the spec, in
     chain order (uid ``<entity>-windows``), then the decide stage. ``control`` (bytes of control messages,
     ``udfs.control``) is broadcast to the decide stage; without it the model and rules are fixed.
-    ``labels`` (bytes of labels, ``udfs.labels``) join the input of every entity stage with label signals."""
+    ``labels`` (bytes of labels, ``udfs.labels``) join the input of every entity stage with label signals.
+    ``cfg.stage_runtime`` picks the JVM stages (the fast path) or the Python reference stages."""
+    if cfg.stage_runtime == "jvm":
+        return _build_core_jvm(raw, cfg, control, labels)
     parsed = (raw.process(ParseValidate(cfg.job_name), output_type=STAGE_VALUE)
               .name("parse-validate").uid("parse-validate"))
 
@@ -150,15 +156,7 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
 
     label_rows = timed_labels = None
     if labels is not None:
-        label_rows = (labels.process(ParseLabel(cfg.job_name), output_type=STAGE_VALUE)
-                      .name("parse-labels").uid("parse-labels"))
-        # Labels carry the labelled event's time. Their watermark trails the newest labelled event, so
-        # late labels hold the label stages' cleanup timers back by their lag (bounded), never jump them
-        # ahead, and the input goes idle when no labels come.
-        label_wm = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(cfg.out_of_orderness_ms))
-                    .with_idleness(Duration.of_millis(cfg.idleness_ms))
-                    .with_timestamp_assigner(EventTime()))
-        timed_labels = label_rows.assign_timestamps_and_watermarks(label_wm).name("label-time").uid("label-time")
+        label_rows, timed_labels = _label_stream(labels, cfg, STAGE_VALUE)
 
     stages = []
     for entity in ENTITIES:
@@ -181,6 +179,53 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
     # bad input from the parser; duplicates and processing errors from the entity stages; refused control
     # messages from the decide stage (which turns its own errors into review decisions); bad labels
     sources = stages + ([decisions] if control is not None else []) + ([label_rows] if label_rows is not None else [])
+    dead = parsed.get_side_output(DEAD_LETTER_TAG).union(*(s.get_side_output(DEAD_LETTER_TAG) for s in sources))
+    return decisions, dead
+
+
+def _label_stream(labels: DataStream, cfg: JobConfig, output_type) -> tuple[DataStream, DataStream]:
+    """(parsed label records, the same with event-time watermarks). Labels carry the labelled event's
+    time: their watermark trails the newest labelled event, so late labels hold the label stages' cleanup
+    timers back by their lag (bounded), never jump them ahead, and the input goes idle when none come."""
+    rows = (labels.process(ParseLabel(cfg.job_name, rows=output_type is not STAGE_VALUE), output_type=output_type)
+            .name("parse-labels").uid("parse-labels"))
+    wm = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(cfg.out_of_orderness_ms))
+          .with_idleness(Duration.of_millis(cfg.idleness_ms))
+          .with_timestamp_assigner(EventTime()))
+    return rows, rows.assign_timestamps_and_watermarks(wm).name("label-time").uid("label-time")
+
+
+def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
+                    labels: DataStream | None) -> tuple[DataStream, DataStream]:
+    """The fast path: parse and the entity stages in the JVM (udfs/jvm, interpreting the spec), decide in
+    Python in batches; the same operator names and uids as the Python path."""
+    from udfs import jvm, jvm_decide, jvm_parse
+    from udfs.windows import spec_document
+
+    record = jvm_decide.row_type()
+    parsed = jvm_parse.parse_stage(raw, cfg.job_name)
+    stream = jvm.event_time(parsed, cfg.out_of_orderness_ms, cfg.idleness_ms)
+    label_rows = timed_labels = None
+    if labels is not None:
+        label_rows, timed_labels = _label_stream(labels, cfg, record)
+    spec = orjson.dumps(spec_document(cfg.allowed_lateness_ms)).decode()
+    stages = []
+    for entity in ENTITIES:
+        inp = stream.union(timed_labels) if timed_labels is not None and entity.label_signals else stream
+        stream = jvm.entity_stage(inp, entity, spec, cfg.dedup_horizon_ms, labels is not None, cfg.job_name)
+        stages.append(stream)
+    policy = Policy(version=cfg.policy_version, review_threshold=cfg.review_threshold,
+                    block_threshold=cfg.block_threshold)
+    model, root = str(cfg.resolved_model_path()), str(PROJECT_ROOT)
+    validated = None
+    if control is not None:
+        validated = (control.process(ValidateControl(model, policy, cfg.job_name, root),
+                                     output_type=jvm_decide.CONTROL_MESSAGE)
+                     .set_parallelism(1).name("validate-control").uid("validate-control"))
+        stream = jvm_decide.attach_control(stream, validated)
+    decisions = jvm_decide.decide(stream, model, policy, root, with_control=control is not None)
+    sources = stages + ([validated] if validated is not None else []) \
+        + ([label_rows] if label_rows is not None else [])
     dead = parsed.get_side_output(DEAD_LETTER_TAG).union(*(s.get_side_output(DEAD_LETTER_TAG) for s in sources))
     return decisions, dead
 

@@ -137,26 +137,33 @@ def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
     from udfs.features import ENTITIES
 
     names = {e.name: [f.name for f in features_for(e.name)] for e in ENTITIES}
-    # Arrival order at a keyed stage is deterministic when its upstream is one subtask (p=1), or when all
-    # the key's events travel one path: an ip fed by one user; a device fed by one user on one ip.
-    users_of_ip: dict[str, set] = {}
-    paths_of_device: dict[str, set] = {}
+    # Arrival order at an entity's stage is deterministic when its upstream is one subtask (p=1), or when
+    # all the key's events travel one path: the same key at every earlier stage (so one user partition,
+    # in order, and the same subtasks). Keyless events of an optional entity read empty values anyway.
+    paths: list[dict[str, set]] = [{} for _ in ENTITIES]
     for ev in valid:
-        users_of_ip.setdefault(ev.ip, set()).add(ev.user_id)
-        paths_of_device.setdefault(ev.device_id, set()).add((ev.user_id, ev.ip))
+        for k, e in enumerate(ENTITIES):
+            key = getattr(ev, e.key_field)
+            if key is not None:
+                paths[k].setdefault(key, set()).add(tuple(getattr(ev, x.key_field) for x in ENTITIES[:k]))
+
+    def deterministic(ev, k: int) -> bool:
+        key = getattr(ev, ENTITIES[k].key_field)
+        return parallelism == 1 or key is None or len(paths[k][key]) == 1
+
     scorer = Scorer("models/risk_gbdt_v1.onnx")
-    exact_device = 0
+    exact_all = 0
     for ev in valid:
         got = by_id[ev.event_id]["features"]
         want = dict(zip(FEATURE_NAMES, expected[ev.event_id][0]))
-        assert [got[n] for n in names["user"]] == [want[n] for n in names["user"]], ev
-        if parallelism == 1 or len(users_of_ip[ev.ip]) == 1:
-            assert [got[n] for n in names["ip"]] == [want[n] for n in names["ip"]], ev
-        if parallelism == 1 or (len(paths_of_device[ev.device_id]) == 1 and len(users_of_ip[ev.ip]) == 1):
-            assert [got[n] for n in names["device"]] == [want[n] for n in names["device"]], ev
+        flags = [deterministic(ev, k) for k in range(len(ENTITIES))]
+        for e, ok in zip(ENTITIES, flags):
+            if ok:
+                assert [got[n] for n in names[e.name]] == [want[n] for n in names[e.name]], (e.name, ev)
+        if all(flags):
             assert by_id[ev.event_id]["score"] == pytest.approx(scorer.score(expected[ev.event_id][0]), abs=2e-6)
-            exact_device += 1
-    assert exact_device >= len(valid) // 2
+            exact_all += 1
+    assert exact_all >= len(valid) // 2, (exact_all, len(valid))
     # the returning keys really started afresh (no age carried over the expiry)
     again = [by_id[e.event_id]["features"] for e in valid if e.event_id.startswith("again-")]
     assert len(again) == 400 and min(a["user_age_ms"] for a in again) == 0.0

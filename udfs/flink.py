@@ -15,6 +15,7 @@ import bisect
 import os
 import time
 
+import orjson
 from pyflink.common import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
@@ -49,6 +50,7 @@ BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # every Python/JVM crossing, which measured ~20 % of the three keyed stages' cost (docs/benchmarks.md).
 STAGE_VALUE = Types.PICKLED_BYTE_ARRAY()
 TS = EVENT_FIELDS.index("ts")  # position of the event time in a record
+EXTRAS = EVENT_FIELDS.index("extras")
 
 DEAD_LETTER_TAG = OutputTag("dead-letter", BYTES)
 
@@ -106,12 +108,22 @@ class ParseValidate(ProcessFunction):
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
 
 
+def record_row(rec):
+    """A chain record as the Row the JVM stages take (extras as JSON text)."""
+    from pyflink.common import Row
+
+    ev = rec[:EXTRAS]
+    extras = rec[EXTRAS]
+    return Row(*ev, orjson.dumps(extras).decode() if extras else None, *rec[EXTRAS + 1:])
+
+
 class ParseLabel(ProcessFunction):
     """Label bytes -> a label record (``udfs.chain.label_record``) for the label-signal stages, or a dead
     letter."""
 
-    def __init__(self, job_name: str):
+    def __init__(self, job_name: str, rows: bool = False):
         self.job_name = job_name
+        self.rows = rows  # for the JVM stages: the record as a Row (udfs.jvm_decide.row_type)
 
     def process_element(self, value, ctx):
         raw = bytes(value) if value is not None else b""
@@ -119,7 +131,8 @@ class ParseLabel(ProcessFunction):
         if isinstance(res, Rejection):
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
             return
-        yield label_record(*res)
+        rec = label_record(*res)
+        yield record_row(rec) if self.rows else rec
 
 
 def _subtask_index(runtime_context) -> int:
@@ -329,6 +342,46 @@ class ScoreDecide(_DecideLogic, ProcessFunction):
 
 
 CONTROL_STATE = MapStateDescriptor("control", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+
+
+class ValidateControl(ProcessFunction):
+    """Control bytes -> Row(key, raw JSON text) for ``io.riskstream.flink.ControlAttach`` (the JVM chain),
+    or a ``control_rejected`` dead letter. Run at parallelism 1: a refused message is dead-lettered once.
+    Validation applies the message to a scratch control (the model file must load here)."""
+
+    def __init__(self, model_path: str, policy: Policy, job_name: str, project_root: str | None = None):
+        self.model_path = model_path
+        self.policy = policy
+        self.job_name = job_name
+        self.project_root = project_root
+
+    def open(self, runtime_context: RuntimeContext):
+        from pathlib import Path
+
+        from pyflink.common import Row
+
+        self.row = Row
+        self.scratch = Control.initial(Scorer(self.model_path), self.policy,
+                                       Path(self.project_root) if self.project_root else None)
+        group = runtime_context.get_metrics_group()
+        self.control_applied = group.counter("control_applied")
+        self.control_rejected = group.counter("control_rejected")
+
+    def process_element(self, value, ctx):
+        raw = bytes(value)
+        try:
+            msg = parse_control(raw)
+            what = self.scratch.apply(msg)
+        except Exception as e:  # any failure refuses the message; nothing here may fail the job
+            if not isinstance(e, ControlError):
+                e = ControlError(f"refused, the current settings keep deciding: {type(e).__name__}: {e}")
+            self.control_rejected.inc()
+            yield DEAD_LETTER_TAG, dead_letter_record(raw, Rejection(CONTROL_REJECTED, str(e)[:200]),
+                                                      self.job_name, int(time.time() * 1000))
+            return
+        self.control_applied.inc()
+        print(f"[riskstream] control accepted: {what}", flush=True)
+        yield self.row(state_key(msg), raw.decode("utf-8"))
 
 
 class ScoreDecideControlled(_DecideLogic, BroadcastProcessFunction):
