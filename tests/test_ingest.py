@@ -320,3 +320,41 @@ def test_recall_at_budget_per_scenario_by_brute_force():
             idx = [i for i in range(n) if y[i] and scen[i] == name]
             want[name] = sum(p[i] for i in idx) / len(idx)
         assert {g: v["recall"] for g, v in got.items()} == pytest.approx(want)
+
+
+# ----------------------------------------------------------------------------------------- train's input
+
+
+def test_train_takes_01_labels_refuses_bad_input_and_writes_under_the_home(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from riskstream.generator import TrafficGenerator
+
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path / "home"))
+    recs = [r for r in TrafficGenerator(seed=3).generate(1500) if r.event is not None]
+    (tmp_path / "ev.jsonl").write_bytes(b"".join(orjson.dumps(r.event) + b"\n" for r in recs))
+    (tmp_path / "lab.jsonl").write_bytes(b"".join(
+        orjson.dumps({"event_id": r.event["event_id"], "fraud": int(r.label["fraud"])}) + b"\n" for r in recs))
+    small = ["--max-iter", "2", "--max-leaf-nodes", "3"]
+    assert main(["train", "--events", str(tmp_path / "ev.jsonl"), "--labels", str(tmp_path / "lab.jsonl"),
+                 "--version", "v01", *small]) == 0
+    d = tmp_path / "home" / "models" / "v01"
+    assert sorted(p.name for p in d.iterdir()) == ["v01.json", "v01.md", "v01.onnx", "v01.test_scores.csv"]
+    assert not (Path(__file__).resolve().parent.parent / "models" / "v01.onnx").exists()
+    spec = orjson.loads((d / "v01.json").read_bytes())
+    assert spec["metrics"]["train_rows"] + spec["metrics"]["test_rows"] == len(recs)
+    # a test period that starts inside the gap is refused
+    with pytest.raises(SystemExit, match="before the training period's end"):
+        main(["train", "--events", str(tmp_path / "ev.jsonl"), "--labels", str(tmp_path / "lab.jsonl"),
+              "--version", "v02", "--train-until", "2026-01-01T00:03", "--test-from", "2026-01-01T00:04",
+              "--gap", "2m", *small])
+    # 3 % of the records rejected: refused, with the rejects file named
+    lines = (tmp_path / "ev.jsonl").read_bytes().splitlines()
+    for i in range(0, 45):
+        lines[i * 30] = b"{not json"
+    (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(SystemExit, match=r"45 of 1500 records \(3.00 %\) were rejected.*v03.rejects.jsonl"):
+        main(["train", "--events", str(tmp_path / "bad.jsonl"), "--labels", str(tmp_path / "lab.jsonl"),
+              "--version", "v03", *small])
+    rej = [orjson.loads(x) for x in (tmp_path / "home" / "models" / "v03" / "v03.rejects.jsonl").read_bytes().splitlines()]
+    assert [r["line"] for r in rej] == [i * 30 + 1 for i in range(45)] and {r["reason"] for r in rej} == {"invalid_json"}
