@@ -33,17 +33,20 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import orjson
 
+from riskstream import paths
 from riskstream.generator import TrafficGenerator
-from riskstream.metrics import at_budget
-from udfs.events import Event, Rejection, parse_event
+from riskstream.metrics import DAY_MS, at_budget, entity_precision_at_k, recall_at_budget_by_group
+from udfs.events import Event, Rejection
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
-from udfs.replay import FeatureReplay, read_events
+from udfs.ingest import (DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, load_input, parse_label)
+from udfs.replay import FeatureReplay, replay_input
 
 HERE = Path(__file__).resolve().parent
 
 TRAIN_SHARE = 0.8
 DEFAULT_SEEDS = (101, 102, 103, 104)
 DEFAULT_REVIEW_BUDGET = 0.01
+DEFAULT_TOP_K = 100  # entities reviewed per day (card precision top-k, as the Fraud Detection Handbook)
 # the shipped v1 hyper-parameters (HistGradientBoostingClassifier)
 DEFAULT_HYPER = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "random_state": 0}
 # extra operating points reported beside the chosen budget, and the policy's score thresholds (udfs/policy.py)
@@ -62,7 +65,8 @@ class TrainError(RuntimeError):
 
 @dataclass
 class Dataset:
-    """Labelled rows in arrival order: features (``FEATURE_NAMES`` order), label, event time, scenario."""
+    """Labelled rows in arrival order: features (``FEATURE_NAMES`` order), label, event time, scenario,
+    and per row the keys and flags the evaluation and the per-row scores need."""
 
     x: np.ndarray
     y: np.ndarray
@@ -70,6 +74,11 @@ class Dataset:
     scenario: list[str]
     event_ids: list[str]
     trained_on: dict = field(default_factory=dict)
+    users: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    payment_refs: list[str | None] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)
+    late: list[bool] = field(default_factory=list)
 
 
 class _Rows:
@@ -79,7 +88,27 @@ class _Rows:
         self.ts: list[int] = []
         self.scen: list[str] = []
         self.ids: list[str] = []
+        self.users: list[str] = []
+        self.devices: list[str] = []
+        self.refs: list[str | None] = []
+        self.types: list[str] = []
+        self.late: list[bool] = []
         self.stats = {"records": 0, "rejected": {}, "duplicates": 0, "unlabelled": 0}
+
+    def add(self, ev: Event, vec: list[float], late: bool, fraud: bool | None, scenario: str | None) -> None:
+        if fraud is None:  # still shaped the features of later events; not a row itself
+            self.stats["unlabelled"] += 1
+            return
+        self.x.append(vec)
+        self.y.append(1 if fraud else 0)
+        self.ts.append(ev.ts)
+        self.scen.append(str(scenario or ("fraud" if fraud else "normal")))
+        self.ids.append(ev.event_id)
+        self.users.append(ev.user_id)
+        self.devices.append(ev.device_id)
+        self.refs.append(ev.payment_ref)
+        self.types.append(ev.event_type)
+        self.late.append(bool(late))
 
     def feed(self, events: Iterable[Event | Rejection], labels: Callable[[str], dict | None]) -> None:
         """Run one arrival-ordered stream through a fresh replay (the job's per-key state)."""
@@ -95,14 +124,8 @@ class _Rows:
                 st["duplicates"] += 1
                 continue
             lab = labels(ev.event_id)
-            if lab is None:  # still shaped the features of later events (above); not a row itself
-                st["unlabelled"] += 1
-                continue
-            self.x.append(res[0])
-            self.y.append(1 if lab["fraud"] else 0)
-            self.ts.append(ev.ts)
-            self.scen.append(str(lab.get("scenario") or ("fraud" if lab["fraud"] else "normal")))
-            self.ids.append(ev.event_id)
+            self.add(ev, res[0], res[1], None if lab is None else bool(lab["fraud"]),
+                     None if lab is None else lab.get("scenario"))
 
     def done(self, trained_on: dict) -> Dataset:
         if not self.y:
@@ -111,7 +134,8 @@ class _Rows:
             raise TrainError("the labels hold only one class; training needs fraud and non-fraud events")
         trained_on = {**trained_on, **self.stats, "rows": len(self.y)}
         return Dataset(np.asarray(self.x, dtype=np.float32), np.asarray(self.y, dtype=np.int64),
-                       np.asarray(self.ts, dtype=np.int64), self.scen, self.ids, trained_on)
+                       np.asarray(self.ts, dtype=np.int64), self.scen, self.ids, trained_on, self.users,
+                       self.devices, self.refs, self.types, self.late)
 
 
 def generated_dataset(n_events: int, seeds: Iterable[int], fraud_share: float | None = None) -> Dataset:
@@ -143,7 +167,8 @@ def _sha256(path: Path) -> str:
 
 
 def read_labels(path: Path) -> dict[str, dict]:
-    """Labels file: JSON lines, each an object with ``event_id`` and a boolean ``fraud``."""
+    """Labels file: JSON lines, each an object with ``event_id`` and ``fraud`` (true/false, 0/1 or yes/no),
+    optionally ``scenario``."""
     labels: dict[str, dict] = {}
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
@@ -154,34 +179,76 @@ def read_labels(path: Path) -> dict[str, dict]:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as e:
                 raise TrainError(f"{path.name} line {n}: not JSON ({e})") from e
-            if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), str) \
-                    or not isinstance(obj.get("fraud"), bool):
-                raise TrainError(f"{path.name} line {n}: a label needs a string event_id and a boolean fraud")
-            labels[obj["event_id"]] = obj
+            if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), (str, int)) \
+                    or isinstance(obj.get("event_id"), bool):
+                raise TrainError(f"{path.name} line {n}: a label needs an event_id and a fraud value")
+            try:
+                fraud = parse_label(obj.get("fraud"))
+            except ValueError as e:
+                raise TrainError(f"{path.name} line {n}: {e}") from None
+            if fraud is None:
+                raise TrainError(f"{path.name} line {n}: fraud is missing or empty (true/false, 0/1, yes/no)")
+            labels[str(obj["event_id"])] = {**obj, "fraud": fraud}
     return labels
 
 
-def file_dataset(events_path: Path, labels_path: Path) -> Dataset:
-    """Events file (JSON lines or Parquet, arrival order = file order) plus labels keyed by event id.
-    Records are validated by the job's parser; the ones it would dead-letter are counted, not trained on."""
-    events_path, labels_path = Path(events_path), Path(labels_path)
-    for p in (events_path, labels_path):
-        if not p.is_file():
-            raise TrainError(f"{p} does not exist")
-    if events_path.suffix not in (".jsonl", ".json", ".parquet"):
-        raise TrainError(f"{events_path.name}: events must be JSON lines (.jsonl/.json) or .parquet")
-    labels = read_labels(labels_path)
-    if not labels:
-        raise TrainError(f"{labels_path.name} holds no labels")
-
-    def events() -> Iterator[Event | Rejection]:
-        for _, rec in read_events(events_path):
-            yield parse_event(rec if isinstance(rec, bytes) else orjson.dumps(rec))
-
+def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping: Mapping | None = None,
+                 order: str = "file", max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
+                 rejects_path: Path | None = None, log: Callable[[str], None] = lambda m: None) -> Dataset:
+    """Events file (JSON lines, CSV or Parquet, read through ``mapping``; replayed in file order, or by
+    event time with ``order="sort"``) plus labels: a labels file keyed by event id, or the mapping's label
+    column. Records are validated by the job's parser; the ones it would dead-letter are counted (and
+    written to ``rejects_path`` with their row and line), not trained on. Too many rejects is an error."""
+    events_path = Path(events_path)
+    if not events_path.is_file():
+        raise TrainError(f"{events_path} does not exist")
+    if labels_path is not None and not Path(labels_path).is_file():
+        raise TrainError(f"{labels_path} does not exist")
+    labels = None
+    if labels_path is not None:
+        labels = read_labels(Path(labels_path))
+        if not labels:
+            raise TrainError(f"{Path(labels_path).name} holds no labels")
+    try:
+        inp = load_input(events_path, mapping, order)
+    except IngestError as e:
+        raise TrainError(str(e)) from None
+    if labels is None and not inp.labelled:
+        raise TrainError("no labels: give --labels FILE (JSON lines with event_id and fraud) or a label column in "
+                         "the mapping (--label-column)")
     rows = _Rows()
-    rows.feed(events(), labels.get)
-    return rows.done({"source": "file", "events_file": events_path.name, "events_sha256": _sha256(events_path),
-                      "labels_file": labels_path.name, "labels_sha256": _sha256(labels_path)})
+    late = 0
+    for item, vec, lt in replay_input(inp):
+        late += lt
+        if labels is not None:
+            lab = labels.get(item.event.event_id)
+            rows.add(item.event, vec, lt, None if lab is None else lab["fraud"],
+                     None if lab is None else lab.get("scenario"))
+        else:
+            rows.add(item.event, vec, lt, item.fraud, item.scenario)
+    rej = inp.rejected()
+    rows.stats.update(records=inp.records, duplicates=rej.pop("duplicate_event_id", 0), rejected=rej)
+    if rejects_path is not None and inp.rejects:
+        Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
+        inp.write_rejects(rejects_path)
+    verdict = inp.verdict(max_reject_share)
+    if verdict:
+        where = f"; rows, reasons and details in {rejects_path}" if rejects_path is not None else ""
+        raise TrainError(verdict + where)
+    if inp.out_of_order and order == "file":
+        log(f"warning: {inp.out_of_order} events are behind an earlier event's time in file order; {late} came out "
+            "late for a key (not stored in the windows). The file order is taken as the arrival order; if it is "
+            "not, pass --order sort")
+    on = {"source": "file", "events_file": events_path.name, "events_sha256": _sha256(events_path),
+          "format": inp.format, "order": order, "out_of_order": inp.out_of_order, "late": late}
+    if labels_path is not None:
+        on.update(labels_file=Path(labels_path).name, labels_sha256=_sha256(Path(labels_path)))
+    else:
+        on.update(labels_file=None, label_column=mapping.label_column)
+    if mapping is not None and mapping.declared:
+        on["mapping"] = {"fields": mapping.fields, "ts_unit": mapping.ts_unit, "timezone": mapping.timezone,
+                         "event_types": mapping.event_types, "label_column": mapping.label_column}
+    return rows.done(on)
 
 
 def build_dataset(n_events: int, seeds: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -201,6 +268,64 @@ def time_split(ts: np.ndarray, train_share: float = TRAIN_SHARE) -> tuple[np.nda
     if cut < 1 or cut >= len(order):
         raise TrainError(f"{len(order)} labelled rows are too few for an {train_share:.0%} time split")
     return order[:cut], order[cut:]
+
+
+@dataclass(frozen=True)
+class Periods:
+    """A time split by dates: train on ``[train_from, train_until)``, test on ``[test_from, test_until)``,
+    ``gap_ms`` at least between the two (rows in the gap are neither). None bounds are open; without
+    ``train_until`` and ``test_from`` the split is by share (the earliest ``TRAIN_SHARE`` of the rows
+    train), with the gap after the last training row."""
+
+    train_from: int | None = None
+    train_until: int | None = None
+    test_from: int | None = None
+    test_until: int | None = None
+    gap_ms: int = 0
+
+    def by_dates(self) -> bool:
+        return self.train_until is not None or self.test_from is not None
+
+
+def split_rows(ts: np.ndarray, periods: Periods | None = None,
+               train_share: float = TRAIN_SHARE) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Row indices (train, test) and the split's description (for the model card)."""
+    pr = periods or Periods()
+    ts = np.asarray(ts)
+    if pr.gap_ms < 0:
+        raise TrainError(f"the gap must not be negative ({pr.gap_ms} ms)")
+    if not pr.by_dates():
+        if pr.train_from is not None or pr.test_until is not None:
+            raise TrainError("a split by dates needs --train-until (or --test-from)")
+        tr, rest = time_split(ts, train_share)
+        cut = int(ts[tr].max())
+        te = rest[ts[rest] >= cut + pr.gap_ms] if pr.gap_ms else rest
+        info = {"method": "event_time", "train_share": train_share, "gap_ms": pr.gap_ms,
+                "gap_rows": int(len(rest) - len(te)), "outside_rows": 0}
+    else:
+        train_until = pr.train_until if pr.train_until is not None else pr.test_from - pr.gap_ms
+        test_from = pr.test_from if pr.test_from is not None else train_until + pr.gap_ms
+        if test_from < train_until + pr.gap_ms:
+            raise TrainError(f"the test period starts {_iso(test_from)}, before the training period's end "
+                             f"{_iso(train_until)} plus the gap ({pr.gap_ms / DAY_MS:g} days)")
+        if pr.train_from is not None and pr.train_from >= train_until:
+            raise TrainError("the training period is empty (--train-from is not before --train-until)")
+        if pr.test_until is not None and pr.test_until <= test_from:
+            raise TrainError("the test period is empty (--test-until is not after its start)")
+        lo = np.iinfo(np.int64).min if pr.train_from is None else pr.train_from
+        hi = np.iinfo(np.int64).max if pr.test_until is None else pr.test_until
+        order = np.argsort(ts, kind="stable")
+        tso = ts[order]
+        tr = order[(tso >= lo) & (tso < train_until)]
+        te = order[(tso >= test_from) & (tso < hi)]
+        gap = int(((tso >= train_until) & (tso < test_from)).sum())
+        info = {"method": "periods", "train_share": None, "gap_ms": pr.gap_ms, "train_from": pr.train_from,
+                "train_until": train_until, "test_from": test_from, "test_until": pr.test_until,
+                "gap_rows": gap, "outside_rows": int(len(ts) - len(tr) - len(te) - gap)}
+    if len(tr) == 0 or len(te) == 0:
+        raise TrainError(f"the split leaves {len(tr)} training and {len(te)} test rows; the labelled rows run from "
+                         f"{_iso(int(ts.min()))} to {_iso(int(ts.max()))}")
+    return tr, te, info
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -228,12 +353,26 @@ def at_threshold(y: np.ndarray, p: np.ndarray, thr: float) -> dict:
             "recall": round(tp / pos, 4) if pos else None, "precision": round(tp / nf, 4) if nf else None}
 
 
-def evaluate(y: np.ndarray, p: np.ndarray, review_budget: float, scenario: list[str] | None = None) -> dict:
+def entity_keys(users: list[str], refs: list[str | None]) -> dict[str, list[str]]:
+    """The entities precision top-k ranks: users always; payment instruments when the rows carry any (a
+    row without one counts as its user, ``user:<id>``)."""
+    out = {"user": list(users)}
+    if any(r is not None for r in refs):
+        out["payment_ref"] = [r if r is not None else f"user:{u}" for u, r in zip(users, refs)]
+    return out
+
+
+def evaluate(y: np.ndarray, p: np.ndarray, review_budget: float, scenario: list[str] | None = None,
+             ts: np.ndarray | None = None, entities: dict[str, list[str]] | None = None,
+             top_k: int = DEFAULT_TOP_K) -> dict:
+    """Held-out metrics. With ``ts`` and ``entities``: entity precision top-k per day
+    (:func:`riskstream.metrics.entity_precision_at_k`) per entity kind; with ``scenario``: recall at the
+    review budget per fraud scenario."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     y = np.asarray(y)
     if len(set(y.tolist())) < 2:
-        raise TrainError("the held-out (latest 20 %) part holds only one class; use more or longer history")
+        raise TrainError("the held-out part holds only one class; use more or longer history, or other periods")
     b = budget_row(y, p, review_budget)
     m = {"roc_auc": round(float(roc_auc_score(y, p)), 4),
          "average_precision": round(float(average_precision_score(y, p)), 4),
@@ -247,6 +386,20 @@ def evaluate(y: np.ndarray, p: np.ndarray, review_budget: float, scenario: list[
         sc = np.asarray(scenario)
         m["recall_by_scenario_at_0.5"] = {
             s: round(float(flagged[sc == s].mean()), 4) for s in sorted(set(scenario)) if s != "normal"}
+        m["recall_at_budget_by_scenario"] = {
+            s: {"fraud_events": r["fraud_events"], "recall": round(r["recall"], 4)}
+            for s, r in recall_at_budget_by_group(p, y, scenario, review_budget).items()}
+    if ts is not None and entities:
+        m["top_k"] = top_k
+        m["precision_at_k_per_day"] = {}
+        for kind, keys in entities.items():
+            e = entity_precision_at_k(p, y, keys, ts, top_k)
+            m["precision_at_k_per_day"][kind] = {
+                "k": top_k, "mean": None if e["mean"] is None else round(e["mean"], 4), "days": len(e["days"]),
+                "remove_detected": e["remove_detected"],
+                "per_day": [{"day": _iso(d["day"])[:10], "entities": d["entities"],
+                             "fraud_entities": d["fraud_entities"], "precision": round(d["precision"], 4)}
+                            for d in e["days"]]}
     return m
 
 
@@ -287,6 +440,38 @@ def _paths(out_dir: Path, version: str) -> dict[str, Path]:
     return {s: Path(out_dir) / f"{version}.{s}" for s in ("onnx", "json", "md")}
 
 
+def default_out_dir(version: str) -> Path:
+    """Where a trained model goes unless ``--out-dir`` says otherwise: ``<riskstream home>/models/<version>``,
+    never beside the shipped models."""
+    return paths.home() / "models" / version
+
+
+def scores_path(out_dir: Path, version: str) -> Path:
+    return Path(out_dir) / f"{version}.test_scores.csv"
+
+
+SCORE_COLUMNS = ("event_id", "ts", "time", "user_id", "device_id", "payment_ref", "event_type", "label", "scenario",
+                 "score", "decision", "reasons")
+
+
+def write_test_scores(path: Path, data: Dataset, te: np.ndarray, p: np.ndarray) -> None:
+    """The test rows, one per line in event-time order: ids, time, label, the model's score and the
+    policy's decision and reasons (``udfs.policy.Policy()``, no label-feedback signals)."""
+    import csv
+
+    from udfs.policy import Policy
+
+    pol = Policy()
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(SCORE_COLUMNS)
+        for i, s in zip(te.tolist(), p.tolist()):
+            decision, reasons = pol.decide(s, data.x[i].tolist(), data.event_types[i], data.late[i])
+            w.writerow([data.event_ids[i], int(data.ts[i]), _iso(int(data.ts[i])), data.users[i], data.devices[i],
+                        data.payment_refs[i] or "", data.event_types[i], int(data.y[i]), data.scenario[i],
+                        round(s, 6), decision, "|".join(reasons)])
+
+
 def _check_target(out_dir: Path, version: str, review_budget: float, force: bool) -> None:
     if not _NAME.fullmatch(version):
         raise TrainError(f"version {version!r}: use letters, digits, '.', '_', '-' (it names the files)")
@@ -312,9 +497,10 @@ class TrainResult:
 def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: float = DEFAULT_REVIEW_BUDGET,
                 hyper: dict | None = None, compare: Iterable[Path] = (), force: bool = False,
                 write_card: bool = True, log: Callable[[str], None] = lambda m: None,
-                t0: float | None = None) -> TrainResult:
-    """Fit on the earliest 80 % of ``data`` by event time, evaluate the exported ONNX model on the rest,
-    score the same held-out rows with every ``compare`` model, and write ``<version>.onnx/.json/.md``."""
+                t0: float | None = None, periods: Periods | None = None, top_k: int = DEFAULT_TOP_K) -> TrainResult:
+    """Fit on the training rows of ``data`` (the earliest 80 % by event time, or ``periods``), evaluate the
+    exported ONNX model on the test rows, score the same rows with every ``compare`` model, and write
+    ``<version>.onnx/.json/.md`` and (with the card) the test rows' scores ``<version>.test_scores.csv``."""
     from udfs.scoring import ModelError, Scorer
 
     t0 = time.time() if t0 is None else t0
@@ -328,9 +514,12 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
             raise TrainError(f"cannot compare with {c}: {e}") from e
     hyper = {**DEFAULT_HYPER, **(hyper or {})}
 
-    tr, te = time_split(data.ts)
+    if top_k < 1:
+        raise TrainError(f"--top-k must be at least 1, got {top_k}")
+    tr, te, how = split_rows(data.ts, periods)
     log(f"split by event time: train {len(tr)} rows up to {_iso(int(data.ts[tr].max()))}, "
-        f"test {len(te)} rows from {_iso(int(data.ts[te].min()))}")
+        f"test {len(te)} rows from {_iso(int(data.ts[te].min()))}"
+        + (f" ({how['gap_rows']} rows in the {how['gap_ms'] / DAY_MS:g}-day gap)" if how["gap_ms"] else ""))
     model = _fit(data.x[tr], data.y[tr], hyper)
     p_sk = model.predict_proba(data.x[te])[:, 1]
     onnx_bytes = _export(model, data.x)
@@ -338,9 +527,11 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = {s: out_dir / f".{version}.tmp{os.getpid()}.{s}" for s in ("onnx", "json")}
-    split = {"method": "event_time", "train_share": TRAIN_SHARE, "train_rows": int(len(tr)),
+    split = {**how, "train_rows": int(len(tr)),
              "test_rows": int(len(te)), "train_ts_min": int(data.ts[tr].min()), "train_ts_max": int(data.ts[tr].max()),
              "test_ts_min": int(data.ts[te].min()), "test_ts_max": int(data.ts[te].max())}
+    ents = entity_keys([data.users[i] for i in te], [data.payment_refs[i] for i in te]) if data.users else None
+    scen_te = [data.scenario[i] for i in te]
     spec = {"model_version": version, "feature_names": list(FEATURE_NAMES),
             "feature_fingerprint": spec_fingerprint(), "features": spec_json(), "metrics": {},
             "trained_on": data.trained_on, "split": split, "algorithm": "sklearn HGB -> ONNX",
@@ -357,19 +548,19 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
         drift = float(np.max(np.abs(p - p_sk)))
         if drift > MAX_EXPORT_DRIFT:
             raise TrainError(f"ONNX export differs from the trained model by {drift}")
-        metrics = evaluate(data.y[te], p, review_budget, [data.scenario[i] for i in te])
+        metrics = evaluate(data.y[te], p, review_budget, scen_te, data.ts[te], ents, top_k)
         metrics = {"roc_auc": metrics.pop("roc_auc"), "average_precision": metrics.pop("average_precision"),
                    "train_rows": int(len(tr)), "test_rows": metrics.pop("test_rows"),
                    "fraud_share": round(float(data.y.mean()), 4), **metrics}
         comparison = [{"model_version": version, "role": "trained", **_headline(metrics)}]
         for s in compare_scorers:
-            cm = evaluate(data.y[te], s.score_batch(data.x[te]).astype(np.float64), review_budget,
-                          [data.scenario[i] for i in te])
+            cm = evaluate(data.y[te], s.score_batch(data.x[te]).astype(np.float64), review_budget, scen_te,
+                          data.ts[te], ents, top_k)
             comparison.append({"model_version": s.version, "role": "compared", "model_file": s.path.name,
                                **_headline(cm)})
         spec["metrics"] = metrics
         if compare_scorers:
-            spec["comparison"] = {"held_out": "this model's held-out rows (latest 20 % by event time)",
+            spec["comparison"] = {"held_out": "this model's held-out (test) rows",
                                   "models": comparison}
         tmp["json"].write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
         if not force and any(paths[s].exists() for s in ("onnx", "json")):
@@ -381,7 +572,11 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
             t.unlink(missing_ok=True)
     if write_card:
         paths["md"].write_text(model_card(spec, comparison if compare_scorers else None), encoding="utf-8")
+        if data.users:
+            write_test_scores(scores_path(out_dir, version), data, te, p)
     files = {s: str(p) for s, p in paths.items() if write_card or s != "md"}
+    if write_card and data.users:
+        files["test_scores"] = str(scores_path(out_dir, version))
     summary = {"model_version": version, "files": files, "metrics": metrics, "split": split,
                "trained_on": data.trained_on, "hyper_parameters": hyper, "feature_fingerprint": spec_fingerprint(),
                "comparison": comparison, "seconds": round(time.time() - t0, 1)}
@@ -396,6 +591,8 @@ def _headline(m: dict) -> dict:
     out["at_policy_thresholds"] = {f"{t['threshold']:g}": {k: t[k] for k in ("flagged_share", "recall", "precision")}
                                    for t in m["at_policy_thresholds"]}
     out["recall_by_scenario_at_0.5"] = m.get("recall_by_scenario_at_0.5", {})
+    out["precision_at_k_per_day"] = {k: v["mean"] for k, v in m.get("precision_at_k_per_day", {}).items()}
+    out["recall_at_budget_by_scenario"] = {k: v["recall"] for k, v in m.get("recall_at_budget_by_scenario", {}).items()}
     return out
 
 
@@ -411,8 +608,16 @@ def _data_line(t: dict) -> str:
         seeds = ", ".join(str(s) for s in t["generator_seeds"])
         src = f"{t['events']} events generated by `riskstream.generator` (seeds {seeds}; one stream per seed)"
     else:
-        src = (f"{t['records']} records from `{t['events_file']}` (sha256 {t['events_sha256'][:16]}…), labels "
-               f"from `{t['labels_file']}` (sha256 {t['labels_sha256'][:16]}…)")
+        lab = (f"labels from `{t['labels_file']}` (sha256 {t['labels_sha256'][:16]}…)" if t.get("labels_file")
+               else f"labels from its column `{t.get('label_column')}`")
+        src = f"{t['records']} records from `{t['events_file']}` (sha256 {t['events_sha256'][:16]}…), {lab}"
+        if t.get("mapping"):
+            src += " read through a mapping"
+        if t.get("order") == "sort":
+            src += f", replayed in event-time order ({t.get('out_of_order', 0)} rows were out of order in the file)"
+        elif t.get("out_of_order"):
+            src += (f", replayed in file order ({t['out_of_order']} rows behind an earlier row's time, "
+                    f"{t.get('late', 0)} late for a key)")
     rej = sum(t["rejected"].values())
     return (f"{src}. {t['rows']} labelled rows; {rej} records rejected by the job's parser, {t['duplicates']} "
             f"duplicate event ids and {t['unlabelled']} unlabelled events were not training rows.")
@@ -489,12 +694,9 @@ arrival order. The job refuses this model if its feature spec has another finger
 
 ## Split
 
-By event time, not at random: the earliest {100 * s['train_share']:g} % of the rows by `ts` train
-({s['train_rows']} rows, {_iso(s['train_ts_min'])} to {_iso(s['train_ts_max'])}), the latest
-{100 - 100 * s['train_share']:g} % are held out ({s['test_rows']} rows, {_iso(s['test_ts_min'])} to
-{_iso(s['test_ts_max'])}). Every training row is at or before every held-out row. Held-out rows still
-carry window state built from earlier events, as they would in the job, and a fraud session that spans
-the cut has events on both sides.
+{_split_text(s)} Every training row is before every held-out row. Held-out rows still carry window state
+built from earlier events, as they would in the job, and a fraud session that spans the cut has events
+on both sides.
 
 ## Metrics on the held-out part
 
@@ -518,7 +720,7 @@ At the policy's thresholds (`udfs/policy.py`: review at 0.5, block at 0.9; rules
 {thr}
 
 Share of each fraud scenario's held-out events that score ≥ 0.5: {scen or '-'}.
-"""
+{_fraud_team_text(m)}"""
     if comparison:
         out += f"""
 ## Comparison on the same held-out rows
@@ -557,6 +759,72 @@ feature spec.
     return _reflow(out)
 
 
+def _split_text(s: dict) -> str:
+    gap = s.get("gap_ms") or 0
+    g = f"{gap / DAY_MS:g} days" if gap % 3_600_000 == 0 else f"{gap} ms"
+    if s.get("method") == "periods":
+        lo = "the start" if s.get("train_from") is None else _iso(s["train_from"])
+        hi = "the end" if s.get("test_until") is None else _iso(s["test_until"])
+        txt = (f"By dates: training period {lo} to {_iso(s['train_until'])} ({s['train_rows']} rows, "
+               f"{_iso(s['train_ts_min'])} to {_iso(s['train_ts_max'])}), a gap of {g} ({s['gap_rows']} rows, "
+               f"neither trained on nor evaluated), test period {_iso(s['test_from'])} to {hi} "
+               f"({s['test_rows']} rows, {_iso(s['test_ts_min'])} to {_iso(s['test_ts_max'])}).")
+        if s.get("outside_rows"):
+            txt += f" {s['outside_rows']} rows fall outside the periods."
+        return txt
+    share = s["train_share"]
+    txt = (f"By event time, not at random: the earliest {100 * share:g} % of the rows by `ts` train "
+           f"({s['train_rows']} rows, {_iso(s['train_ts_min'])} to {_iso(s['train_ts_max'])}), the rest are "
+           f"held out ({s['test_rows']} rows, {_iso(s['test_ts_min'])} to {_iso(s['test_ts_max'])}).")
+    if gap:
+        txt += (f" A gap of {g} after the last training row: {s['gap_rows']} rows in it are neither trained on "
+                "nor evaluated.")
+    return txt
+
+
+def _fraud_team_text(m: dict) -> str:
+    """The card's section on what fraud teams measure: entity precision top-k per day, recall at the
+    review budget per scenario."""
+    out = ""
+    pk = m.get("precision_at_k_per_day") or {}
+    if pk:
+        k = m["top_k"]
+        out += f"""
+## Precision top-{k} per day
+
+Per UTC day of the held-out part, each entity gets its highest score of the day; the {k} highest-scored
+entities are reviewed and the day's precision is the share of them that had fraud that day (divided by
+{k} even on a day with fewer entities). Entities found in an earlier day's top {k} are left out of later
+days. This is the Fraud Detection Handbook's "card precision top-k" (Le Borgne et al.).
+
+| entity | days | mean precision top-{k} |
+|---|---|---|
+""" + "\n".join(f"| {kind} | {v['days']} | {_pct(v['mean'])} |" for kind, v in pk.items()) + "\n"
+        first = next(iter(pk.values()))
+        if first["per_day"] and len(first["per_day"]) <= 62:
+            kinds = list(pk)
+            out += ("\n| day | " + " | ".join(f"{kd}: entities / with fraud / precision" for kd in kinds) + " |\n"
+                    + "|---|" + "---|" * len(kinds) + "\n")
+            for i, d in enumerate(first["per_day"]):
+                cells = []
+                for kd in kinds:
+                    x = pk[kd]["per_day"][i]
+                    cells.append(f"{x['entities']} / {x['fraud_entities']} / {_pct(x['precision'])}")
+                out += f"| {d['day']} | " + " | ".join(cells) + " |\n"
+    rb = m.get("recall_at_budget_by_scenario") or {}
+    if rb:
+        out += (f"""
+## Recall at the review budget per fraud scenario
+
+The share of each scenario's held-out fraud events among the top {100 * m['review_budget']:g} % of all
+held-out events by score (ties at their expected value).
+
+| scenario | fraud events | recall @ {100 * m['review_budget']:g} % |
+|---|---|---|
+""" + "\n".join(f"| {k} | {v['fraud_events']} | {_pct(v['recall'])} |" for k, v in rb.items()) + "\n")
+    return out
+
+
 def render(summary: dict) -> str:
     m, s, t = summary["metrics"], summary["split"], summary["trained_on"]
     b = m["review_budget"]
@@ -573,29 +841,45 @@ def render(summary: dict) -> str:
                      f"{_pct(t5['precision']):>9}")
     lines.append(f"[train] at most {_pct(m['max_recall_at_budget'])} of the held-out fraud fits in a "
                  f"{100 * b:g} % review budget at this fraud share")
+    for kind, v in (m.get("precision_at_k_per_day") or {}).items():
+        lines.append(f"[train] {kind} precision top-{v['k']} per day: {_pct(v['mean'])} (mean of {v['days']} days)")
+    rb = m.get("recall_at_budget_by_scenario") or {}
+    if rb:
+        lines.append(f"[train] recall @ {100 * b:g}% per scenario: "
+                     + ", ".join(f"{k} {_pct(v['recall'])}" for k, v in rb.items()))
     lines.append(f"[train] wrote {', '.join(summary['files'].values())} in {summary['seconds']}s")
     return "\n".join(lines)
 
 
 def run(*, events: Path | None = None, labels: Path | None = None, generate: int | None = None,
-        seeds: Iterable[int] = DEFAULT_SEEDS, version: str, out_dir: Path = Path("models"),
+        seeds: Iterable[int] = DEFAULT_SEEDS, version: str, out_dir: Path | None = None,
         review_budget: float = DEFAULT_REVIEW_BUDGET, hyper: dict | None = None, compare: Iterable[Path] = (),
-        force: bool = False, log: Callable[[str], None] = lambda m: None) -> TrainResult:
-    """The ``riskstream train`` command without its argument parsing and printing."""
+        force: bool = False, log: Callable[[str], None] = lambda m: None, mapping: Mapping | None = None,
+        order: str = "file", max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, rejects_path: Path | None = None,
+        periods: Periods | None = None, top_k: int = DEFAULT_TOP_K) -> TrainResult:
+    """The ``riskstream train`` command without its argument parsing and printing. ``out_dir`` defaults to
+    :func:`default_out_dir` (under the riskstream home, never beside the shipped models)."""
     t0 = time.time()
     compare = list(compare)
     if (events is None) == (generate is None):
-        raise TrainError("give either --events FILE --labels FILE or --generate N")
-    if events is not None and labels is None:
-        raise TrainError("--events needs --labels (JSON lines with event_id and a boolean fraud)")
+        raise TrainError("give either --events FILE (with --labels FILE or a label column) or --generate N")
+    if events is not None and labels is None and (mapping is None or not mapping.label_column):
+        raise TrainError("--events needs labels: --labels FILE (JSON lines with event_id and fraud) or a label "
+                         "column in the mapping (--label-column)")
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(version)
     _check_target(out_dir, version, review_budget, force)  # fail before the (long) feature replay
     for c in compare:
         if not Path(c).is_file():
             raise TrainError(f"--compare {c}: no such model file")
     log("computing features with the job's replay (udfs.replay) ...")
-    data = file_dataset(events, labels) if events is not None else generated_dataset(generate, seeds)
+    if events is not None:
+        data = file_dataset(events, labels, mapping=mapping, order=order, max_reject_share=max_reject_share,
+                            rejects_path=rejects_path if rejects_path is not None
+                            else out_dir / f"{version}.rejects.jsonl", log=log)
+    else:
+        data = generated_dataset(generate, seeds)
     return train_model(data, out_dir, version, review_budget=review_budget, hyper=hyper, compare=compare,
-                       force=force, log=log, t0=t0)
+                       force=force, log=log, t0=t0, periods=periods, top_k=top_k)
 
 
 # --------------------------------------------------------------------------------------------- legacy entry

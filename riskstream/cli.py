@@ -159,14 +159,122 @@ def cmd_chaos(a) -> int:
     return 0 if res["missing"] == res["duplicates"] == res["unexpected"] == 0 else 1
 
 
+def input_mapping(a):
+    """The mapping of ``--mapping FILE`` with the mapping flags on top (None: no mapping declared)."""
+    from udfs.ingest import Mapping
+
+    over: dict = {}
+    for kv in a.map or []:
+        name, sep, col = kv.partition("=")
+        if not sep or not name or not col:
+            raise SystemExit(f"riskstream {a.cmd}: --map {kv!r}: give FIELD=COLUMN, e.g. user_id=customer_id")
+        if name == "ts":
+            over.setdefault("ts", {})["column"] = col
+        else:
+            over.setdefault("fields", {})[name] = col
+    for kv in a.event_type or []:
+        theirs, sep, ours = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"riskstream {a.cmd}: --event-type {kv!r}: give THEIRS=OURS, e.g. TX=payment")
+        over.setdefault("event_types", {})[theirs] = ours
+    if a.ts_unit:
+        over.setdefault("ts", {})["unit"] = a.ts_unit
+    if a.timezone:
+        over.setdefault("ts", {})["timezone"] = a.timezone
+    if a.label_column:
+        over.setdefault("label", {})["column"] = a.label_column
+    if a.extras:
+        over["extras"] = a.extras
+    return Mapping.load(a.mapping, over)
+
+
+def _input_report(cmd: str, stats: dict, rejects: str | None) -> int:
+    """Print what the input held (rejects, order) and return the exit code: 1 when the input is unusable."""
+    rej = stats["rejected"]
+    if rej:
+        print(f"[{cmd}] rejected {sum(rej.values())} of {stats['records']} records: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(rej.items(), key=lambda kv: -kv[1]))
+              + (f"; each with its row, line, reason and detail in {rejects}" if rejects else ""), file=sys.stderr)
+    if stats["out_of_order"] and stats["order"] == "file":
+        print(f"[{cmd}] warning: {stats['out_of_order']} events are behind an earlier event's time in file order; "
+              f"{stats['late']} of them came out late for a key (beyond the allowed lateness: not stored in the "
+              "windows, as the job would treat them). The file order is taken as the arrival order; if it is "
+              "not, pass --order sort (by event time) or --order refuse.", file=sys.stderr)
+    elif stats["out_of_order"]:
+        print(f"[{cmd}] sorted by event time: {stats['out_of_order']} events were behind an earlier event's time "
+              "in file order", file=sys.stderr)
+    if stats["verdict"]:
+        print(f"riskstream {cmd}: {stats['verdict']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rejects_path(a, output: str) -> str:
+    return a.rejects or f"{output}.rejects.jsonl"
+
+
 def cmd_replay(a) -> int:
+    from udfs.ingest import IngestError
     from udfs.replay import replay_file
 
     cfg = job_config(a)  # the job's own settings, so the replay computes what the job would
-    stats = replay_file(a.input, a.output, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms)
+    rejects = _rejects_path(a, a.output)
+    try:
+        stats = replay_file(a.input, a.output, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
+                            mapping=input_mapping(a), order=a.order, rejects_path=rejects,
+                            max_reject_share=a.max_reject_share)
+    except IngestError as e:
+        raise SystemExit(f"riskstream replay: {e}")
     print(f"[replay] {stats['events']} events -> {a.output}; late {stats['late']}; "
           f"rejected {stats['rejected'] or 0}", file=sys.stderr)
-    return 0
+    return _input_report("replay", stats, stats["rejects_file"])
+
+
+def cmd_score(a) -> int:
+    from udfs.ingest import IngestError
+    from udfs.replay import score_file
+    from udfs.scoring import ModelError
+
+    cfg = job_config(a)
+    rejects = _rejects_path(a, a.output)
+    try:
+        stats = score_file(a.input, a.output, a.model, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
+                           mapping=input_mapping(a), order=a.order, rejects_path=rejects,
+                           max_reject_share=a.max_reject_share)
+    except (IngestError, ModelError) as e:
+        raise SystemExit(f"riskstream score: {e}")
+    d = stats["decisions"]
+    print(f"[score] {stats['events']} events scored by {stats['model_version']} -> {a.output}; allow {d['allow']}, "
+          f"review {d['review']}, block {d['block']}; late {stats['late']}", file=sys.stderr)
+    return _input_report("score", stats, stats["rejects_file"])
+
+
+def add_input_flags(p: argparse.ArgumentParser, rejects_default: str = "<output>.rejects.jsonl") -> None:
+    """Reading a user's file: the mapping, the event-time order, the rejects file and threshold."""
+    from udfs.ingest import DEFAULT_MAX_REJECT_SHARE, EXTRAS_POLICIES, ORDERS, TS_UNITS
+
+    g = p.add_argument_group("input: JSON lines, CSV or Parquet, through a mapping (docs/models.md)")
+    g.add_argument("--mapping", metavar="FILE", help="mapping of the file's columns to the event contract "
+                                                     "(.toml or .json); the flags below override it")
+    g.add_argument("--map", action="append", metavar="FIELD=COLUMN",
+                   help="contract field from a column (repeatable), e.g. --map user_id=customer_id")
+    g.add_argument("--ts-unit", choices=list(TS_UNITS), help="unit of the ts column [default ms]")
+    g.add_argument("--timezone", help="timezone of datetimes without an offset [default UTC]")
+    g.add_argument("--event-type", action="append", metavar="THEIRS=OURS",
+                   help="map an event-type value to a contract event type (repeatable); unlisted values are "
+                        "rejected")
+    g.add_argument("--label-column", metavar="COLUMN", help="fraud label column: 0/1, true/false or yes/no")
+    g.add_argument("--extras", choices=list(EXTRAS_POLICIES),
+                   help="other columns: ignore (default with a mapping), keep all under extras, or reject")
+    g.add_argument("--order", choices=list(ORDERS), default="file",
+                   help="file: replay in file order (the arrival order) and warn with the count of events out of "
+                        "event-time order; sort: by event time (ties keep file order); refuse: fail if any "
+                        "event is out of order [default file]")
+    g.add_argument("--max-reject-share", type=float, default=DEFAULT_MAX_REJECT_SHARE,
+                   help="exit non-zero when more than this share of the records is rejected; a file with every "
+                        f"record rejected always fails [default {DEFAULT_MAX_REJECT_SHARE}]")
+    g.add_argument("--rejects", metavar="FILE",
+                   help=f"rejected records as JSON lines: row, line, reason, detail, record [default {rejects_default}]")
 
 
 def cmd_control(a) -> int:
@@ -320,7 +428,9 @@ def cmd_report(a) -> int:
         decisions, bad = report.read_decisions_topic(a.bootstrap_servers, a.decisions_topic)
         source = f"{a.decisions_topic} on {a.bootstrap_servers} (read_committed)"
     labels = report.read_labels(a.labels) if a.labels else {}
-    fig = report.build_report(decisions, labels, a.review_budget, time_field=a.time_axis)
+    if a.top_k < 1:
+        raise SystemExit(f"riskstream report: --top-k must be at least 1, got {a.top_k}")
+    fig = report.build_report(decisions, labels, a.review_budget, time_field=a.time_axis, top_k=a.top_k)
     fig["headline"]["unreadable_records"] += bad
     fig["source"] = source
     fig["generated_at"] = int(time.time() * 1000)
@@ -347,12 +457,21 @@ def cmd_train(a) -> int:
         seeds = [int(s) for s in a.seed.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"riskstream train: --seed {a.seed!r}: give an integer or a comma-separated list")
+    from udfs.ingest import IngestError, parse_duration, parse_when
+
     try:
+        when = {k: None if getattr(a, k) is None else parse_when(getattr(a, k), "--" + k.replace("_", "-"))
+                for k in ("train_from", "train_until", "test_from", "test_until")}
+        periods = tr.Periods(**when, gap_ms=parse_duration(a.gap, "--gap"))
+        mapping = input_mapping(a) if a.events else None
         res = tr.run(events=Path(a.events) if a.events else None, labels=Path(a.labels) if a.labels else None,
-                     generate=a.generate, seeds=seeds, version=a.version, out_dir=Path(a.out_dir),
+                     generate=a.generate, seeds=seeds, version=a.version,
+                     out_dir=Path(a.out_dir) if a.out_dir else None,
                      review_budget=a.review_budget, hyper=hyper, compare=[Path(c) for c in a.compare],
-                     force=a.force, log=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True))
-    except tr.TrainError as e:
+                     force=a.force, log=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True),
+                     mapping=mapping, order=a.order, max_reject_share=a.max_reject_share,
+                     rejects_path=Path(a.rejects) if a.rejects else None, periods=periods, top_k=a.top_k)
+    except (tr.TrainError, IngestError) as e:
         raise SystemExit(f"riskstream train: {e}")
     print(tr.render(res.summary))
     if a.json:
@@ -498,8 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--decisions", metavar="FILE", help="decisions as JSON lines (default: read the topic)")
     add_setting(src, "decisions_topic", help="read this topic with read_committed up to its current end offsets")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
-    p.add_argument("--labels", metavar="FILE", help="ground-truth labels as JSON lines (riskstream generate --labels)")
+    p.add_argument("--labels", metavar="FILE", help="ground-truth labels as JSON lines (riskstream generate --labels); "
+                                                   "without it, labels the records carry (riskstream score)")
     p.add_argument("--review-budget", type=float, default=0.01, help="share of events the review team can look at")
+    p.add_argument("--top-k", type=int, default=100,
+                   help="entities reviewed per day for precision top-k per day (card precision) [default 100]")
     p.add_argument("--time-axis", choices=["event_ts", "decided_at"], default="event_ts",
                    help="timestamp of the decision-rate buckets")
     p.add_argument("--out", help="HTML file to write [default: <riskstream home>/reports/report-<time>.html]")
@@ -508,19 +630,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on labelled history (time split), export ONNX + spec + card")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--events", metavar="FILE", help="labelled history: events as JSON lines or .parquet, in "
-                                                       "arrival order (needs --labels)")
+    src.add_argument("--events", metavar="FILE", help="labelled history: events as JSON lines, .csv or .parquet "
+                                                       "(needs --labels or a label column in the mapping)")
     src.add_argument("--generate", type=int, metavar="N", help="train on N generated events instead")
-    p.add_argument("--labels", metavar="FILE", help="JSON lines keyed by event_id with a boolean fraud "
-                                                   "(as `riskstream generate` writes)")
+    p.add_argument("--labels", metavar="FILE", help="JSON lines keyed by event_id with fraud true/false, 0/1 or "
+                                                   "yes/no (as `riskstream generate` writes)")
     p.add_argument("--seed", default="101,102,103,104",
                    help="with --generate: generator seed, or a comma-separated list (one stream per seed; N is "
                         "split evenly) [default 101,102,103,104]")
     p.add_argument("--version", required=True, help="model name: files <out-dir>/<version>.onnx/.json/.md and "
                                                     "the model_version in every decision")
-    p.add_argument("--out-dir", default="models")
+    p.add_argument("--out-dir", default=None, help="folder of the model's files [default <riskstream home>/models/"
+                                                   "<version>, never beside the shipped models]")
     p.add_argument("--review-budget", type=float, default=0.01,
                    help="share of events the team can review (top by score) for recall/precision [default 0.01]")
+    g = p.add_argument_group("split by dates (UTC dates or ISO-8601 times; -until is exclusive); without them the "
+                             "earliest 80 %% of the rows by event time train")
+    g.add_argument("--train-from", metavar="DATE", help="first day of the training period [default: the start]")
+    g.add_argument("--train-until", metavar="DATE", help="end of the training period (exclusive)")
+    g.add_argument("--test-from", metavar="DATE", help="start of the test period [default: --train-until + --gap]")
+    g.add_argument("--test-until", metavar="DATE", help="end of the test period (exclusive) [default: the end]")
+    g.add_argument("--gap", default="0d", help="time between training and test, e.g. 7d (the label delay): rows "
+                                               "in it are neither trained on nor evaluated [default 0d]")
+    p.add_argument("--top-k", type=int, default=100,
+                   help="entities reviewed per day for precision top-k per day (card precision) [default 100]")
     p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
                    help="also score the held-out rows with this model (champion/challenger); repeatable")
     p.add_argument("--max-iter", type=int, default=None, help="boosting rounds [default 100]")
@@ -530,14 +663,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weigh classes by inverse frequency (more recall at a fixed score threshold) [default none]")
     p.add_argument("--force", action="store_true", help="overwrite an existing model of this version")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON on the last line")
+    add_input_flags(p, rejects_default="<out-dir>/<version>.rejects.jsonl")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("replay", help="offline: the job's features for a file of events, in file order")
-    p.add_argument("--input", required=True, help="events as JSON lines, or .parquet")
-    p.add_argument("--output", required=True, help="JSON lines: event_id, late and every feature")
+    p = sub.add_parser("replay", help="offline: the job's features for a file of events (JSON lines, CSV, Parquet)")
+    p.add_argument("--input", required=True, help="events as JSON lines (.jsonl), .csv or .parquet")
+    p.add_argument("--output", required=True, help="JSON lines: event_id, ts, user_id, device_id, late, every "
+                                                    "feature (and label, scenario with a label column)")
+    add_input_flags(p)
     add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
                   title="the job's settings that shape features (flag, else environment variable, else default)")
     p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("score", help="offline: per-event scores and decisions of a model over a file of events")
+    p.add_argument("--input", required=True, help="events as JSON lines (.jsonl), .csv or .parquet")
+    p.add_argument("--output", required=True, help="JSON lines, or CSV if it ends in .csv: event_id, ts, user_id, "
+                                                    "device_id, payment_ref, event_type, score, decision, reasons, "
+                                                    "late, model_version (and label, scenario)")
+    p.add_argument("--model", default=str(paths.models_dir() / "risk_gbdt_v1.onnx"),
+                   help="model .onnx with its .json spec beside it [default the shipped risk_gbdt_v1]")
+    add_input_flags(p)
+    add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
+                  title="the job's settings that shape features (flag, else environment variable, else default)")
+    p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("control", help="live change under a running job: champion or challenger model, or rules")
     p.add_argument("what", choices=["champion", "challenger", "rules"])

@@ -97,3 +97,78 @@ def roc_curve(scores, y, max_points: int = 300) -> list[tuple[float, float]]:
     if len(pts) > max_points:
         pts = pts[np.unique(np.linspace(0, len(pts) - 1, max_points).round().astype(int))]
     return [(float(a), float(b)) for a, b in pts]
+
+
+DAY_MS = 86_400_000
+
+
+def entity_precision_at_k(scores, y, entity, ts, k: int = 100, remove_detected: bool = True) -> dict:
+    """Card (entity) precision top-k per day, as the Fraud Detection Handbook (Le Borgne et al.) defines it:
+    for each UTC day in turn, each entity (a card, a user) gets the highest score of its events that day
+    and is fraudulent that day if any of those events is; the k highest-scored entities are reviewed, and
+    the day's precision is the fraudulent ones among them / k (k, even on a day with fewer entities).
+    ``mean`` averages the days. With ``remove_detected`` (the Handbook's default), an entity found
+    fraudulent in an earlier day's top k is left out of the later days (it is blocked already).
+
+    Entities tied with the k-th score are taken at random: the day's fraudulent count is its expectation
+    (as :func:`at_budget`). An entity counts as found (and is removed later) only if it is in the top k
+    whatever the order among ties."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    yy = np.asarray(y, dtype=bool).reshape(-1)
+    ent = np.asarray(entity, dtype=object).reshape(-1)
+    day = np.asarray(ts, dtype=np.int64).reshape(-1) // DAY_MS
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    found: set = set()
+    days = []
+    for d in np.unique(day):
+        idx = np.flatnonzero(day == d)
+        best: dict = {}
+        bad: dict = {}
+        for i in idx:
+            e = ent[i]
+            if e in found:
+                continue
+            if e not in best or s[i] > best[e]:
+                best[e] = s[i]
+            bad[e] = bad.get(e, False) or bool(yy[i])
+        row = {"day": int(d) * DAY_MS, "entities": len(best), "fraud_entities": sum(bad.values()),
+               "precision": 0.0, "found": 0.0}
+        if best:
+            names = list(best)
+            es = np.asarray([best[e] for e in names])
+            eb = np.asarray([bad[e] for e in names])
+            kk = min(k, len(names))
+            t = float(np.sort(es)[::-1][kk - 1])
+            above, tied = es > t, es == t
+            need = kk - int(above.sum())
+            tp = float(eb[above].sum()) + need * float(eb[tied].sum()) / float(tied.sum())
+            row["found"] = tp
+            row["precision"] = tp / k
+            sure = above | (tied if need == int(tied.sum()) else np.zeros_like(tied))
+            if remove_detected:
+                found.update(e for e, b, u in zip(names, eb, sure) if b and u)
+        days.append(row)
+    mean = float(np.mean([r["precision"] for r in days])) if days else None
+    return {"k": k, "remove_detected": remove_detected, "days": days, "mean": mean}
+
+
+def recall_at_budget_by_group(scores, y, group, budget: float) -> dict[str, dict]:
+    """Per group (a fraud scenario): the share of its fraud events among the top ``budget`` share of *all*
+    events by score (the review budget of :func:`at_budget`, same k and threshold, ties at their expected
+    value). Only groups that hold fraud events are listed."""
+    s, yy = _arrays(scores, y)
+    g = np.asarray([str(x) for x in np.asarray(group, dtype=object).reshape(-1)], dtype=object)
+    b = at_budget(s, yy, budget)
+    out: dict[str, dict] = {}
+    if b["k"] == 0:
+        return out
+    t = b["threshold"]
+    above, tied = s > t, s == t
+    frac = (b["k"] - int(above.sum())) / float(tied.sum())
+    for name in sorted({str(x) for x in g[yy]}):
+        m = yy & (g == name)
+        n = int(m.sum())
+        hit = float(m[above].sum()) + frac * float(m[tied].sum())
+        out[name] = {"fraud_events": n, "caught": round(hit, 6), "recall": hit / n}
+    return out

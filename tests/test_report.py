@@ -377,8 +377,8 @@ def check_html(doc: str) -> Checker:
     return c
 
 
-SECTIONS = ["headline", "scenarios", "scores", "timeline", "latency", "champion-challenger", "rules", "models",
-            "definitions"]
+SECTIONS = ["headline", "scenarios", "fraud-team", "scores", "timeline", "latency", "champion-challenger", "rules",
+            "models", "definitions"]
 
 
 def test_html_is_well_formed_with_every_section_and_chart():

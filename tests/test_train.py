@@ -114,7 +114,7 @@ def test_small_training_run_exports_a_loadable_model(tmp_path):
 
 def test_command_writes_onnx_spec_and_card(trained):
     out, summary, stdout = trained
-    assert sorted(p.name for p in out.iterdir()) == ["t_v1.json", "t_v1.md", "t_v1.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["t_v1.json", "t_v1.md", "t_v1.onnx", "t_v1.test_scores.csv"]
     spec = orjson.loads((out / "t_v1.json").read_bytes())
     assert spec["model_version"] == "t_v1"
     for key in ("feature_names", "feature_fingerprint", "features", "metrics", "trained_on", "split", "algorithm"):

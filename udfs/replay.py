@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+import numpy as np
+
 from .chain import DEFAULT_DEDUP_HORIZON_MS, DEFAULT_OUT_OF_ORDERNESS_MS, Chain
 from .events import DUPLICATE_EVENT_ID, OPTIONAL_FIELDS, Event
 from .features import FEATURE_NAMES
+from .ingest import DEFAULT_MAX_REJECT_SHARE, Input, Loaded, Mapping, load_input
 from .windows import DEFAULT_LATENESS_MS, event_values
 
 
@@ -65,30 +68,127 @@ def read_events(path) -> Iterator[tuple[int, bytes | dict]]:
                 yield n, line
 
 
+def replay_input(inp: Input, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
+                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS) -> Iterator[tuple[Loaded, list[float], bool]]:
+    """(loaded event, features, late) per valid event of an input (``udfs.ingest.load_input``), in its
+    order. A duplicate event id is added to the input's rejects (the job dead-letters it) and skipped."""
+    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
+    for item in inp.events:
+        res = r.step(item.event)
+        if res is None:
+            inp.reject(item, DUPLICATE_EVENT_ID, f"event_id {item.event.event_id!r} seen within the dedup horizon "
+                                                 "(the job dead-letters it)")
+            continue
+        yield item, res[0], res[1]
+
+
+def event_fields(item: Loaded) -> dict:
+    """The leading fields of an offline output row: event_id, ts, user_id, device_id, payment_ref if any."""
+    ev = item.event
+    d = {"event_id": ev.event_id, "ts": ev.ts, "user_id": ev.user_id, "device_id": ev.device_id}
+    if ev.payment_ref is not None:
+        d["payment_ref"] = ev.payment_ref
+    return d
+
+
 def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
-                out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS) -> dict:
-    """Write one JSON line per valid event: ``event_id``, ``late`` and every feature by name. Records the
-    job would dead-letter are skipped and counted by reason, as the job would route them."""
+                out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
+                order: str = "file", rejects_path=None,
+                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> dict:
+    """Write one JSON line per valid event: ``event_id``, ``ts``, ``user_id``, ``device_id``
+    (``payment_ref``), ``late``, every feature by name, and ``label`` / ``scenario`` when the mapping
+    declares a label column. Records the job would dead-letter are skipped, counted by reason (as the job
+    would route them) and, with ``rejects_path``, written there with their row and line numbers.
+    ``verdict`` in the result is why the input is unusable (too many rejects), or None."""
     import orjson
 
-    from .events import Rejection, parse_event
-
-    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
-    stats = {"events": 0, "rejected": {}, "late": 0}
+    inp = load_input(input_path, mapping, order)
+    stats = {"events": 0, "late": 0}
     with open(output_path, "wb") as out:
-        for _, rec in read_events(input_path):
-            ev = parse_event(rec if isinstance(rec, bytes) else orjson.dumps(rec))
-            if isinstance(ev, Rejection):
-                stats["rejected"][ev.reason] = stats["rejected"].get(ev.reason, 0) + 1
-                continue
-            res = r.step(ev)
-            if res is None:
-                stats["rejected"][DUPLICATE_EVENT_ID] = stats["rejected"].get(DUPLICATE_EVENT_ID, 0) + 1
-                continue
-            vec, late = res
+        for item, vec, late in replay_input(inp, allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms):
             stats["events"] += 1
             stats["late"] += late
-            out.write(orjson.dumps({"event_id": ev.event_id, "late": late, **dict(zip(FEATURE_NAMES, vec))}))
+            row = {**event_fields(item), "late": late, **dict(zip(FEATURE_NAMES, vec))}
+            if inp.labelled:
+                row["label"] = None if item.fraud is None else int(item.fraud)
+                row["scenario"] = item.scenario
+            out.write(orjson.dumps(row))
             out.write(b"\n")
-    return stats
+    if rejects_path is not None and inp.rejects:
+        inp.write_rejects(rejects_path)
+    return {**stats, "records": inp.records, "rejected": inp.rejected(), "refused": inp.refused(),
+            "out_of_order": inp.out_of_order, "order": order, "verdict": inp.verdict(max_reject_share),
+            "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None}
+
+
+SCORE_COLUMNS = ("event_id", "ts", "user_id", "device_id", "payment_ref", "event_type", "score", "decision",
+                 "reasons", "late", "model_version")
+
+
+def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+               dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
+               out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
+               order: str = "file", rejects_path=None, max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
+               policy=None, batch: int = 4096) -> dict:
+    """Per-event scores and decisions offline: the job's features (this replay), the model's score (the
+    job's ``Scorer``) and the policy's decision and reasons (default ``udfs.policy.Policy()``: thresholds
+    and rules; label-feedback signals are not replayed, so rules on them never fire). Writes JSON lines, or
+    CSV when ``output_path`` ends in ``.csv`` (reasons joined by ``|``). Columns: ``SCORE_COLUMNS``, then
+    ``label`` and ``scenario`` when the mapping declares a label column."""
+    import csv
+
+    import orjson
+
+    from .policy import Policy
+    from .scoring import Scorer
+
+    scorer = Scorer(model_path)
+    policy = policy or Policy()
+    inp = load_input(input_path, mapping, order)
+    as_csv = str(output_path).lower().endswith(".csv")
+    cols = list(SCORE_COLUMNS) + (["label", "scenario"] if inp.labelled else [])
+    stats = {"events": 0, "late": 0, "decisions": {"allow": 0, "review": 0, "block": 0}}
+    with open(output_path, "w", encoding="utf-8", newline="") as out:
+        w = csv.writer(out) if as_csv else None
+        if w:
+            w.writerow(cols)
+        pending: list[tuple[Loaded, list[float], bool]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            scores = scorer.score_batch(np.asarray([v for _, v, _ in pending], dtype=np.float32))
+            for (item, vec, late), s in zip(pending, scores.tolist()):
+                ev = item.event
+                decision, reasons = policy.decide(s, vec, ev.event_type, late)
+                stats["decisions"][decision] += 1
+                row = {"event_id": ev.event_id, "ts": ev.ts, "user_id": ev.user_id, "device_id": ev.device_id,
+                       "payment_ref": ev.payment_ref, "event_type": ev.event_type, "score": round(s, 6),
+                       "decision": decision, "reasons": reasons, "late": late, "model_version": scorer.version}
+                if inp.labelled:
+                    row["label"] = None if item.fraud is None else int(item.fraud)
+                    row["scenario"] = item.scenario
+                if w:
+                    w.writerow(["" if row[c] is None else "|".join(row[c]) if c == "reasons"
+                                else int(row[c]) if c == "late" else row[c] for c in cols])
+                else:
+                    if row["payment_ref"] is None:
+                        del row["payment_ref"]
+                    out.write(orjson.dumps(row).decode() + "\n")
+            pending.clear()
+
+        for item, vec, late in replay_input(inp, allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms):
+            stats["events"] += 1
+            stats["late"] += late
+            pending.append((item, vec, late))
+            if len(pending) >= batch:
+                flush()
+        flush()
+    if rejects_path is not None and inp.rejects:
+        inp.write_rejects(rejects_path)
+    return {**stats, "records": inp.records, "rejected": inp.rejected(), "refused": inp.refused(),
+            "out_of_order": inp.out_of_order, "order": order, "verdict": inp.verdict(max_reject_share),
+            "model_version": scorer.version,
+            "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None}

@@ -32,8 +32,11 @@ from typing import Iterable
 import numpy as np
 import orjson
 
+from udfs.ingest import parse_label
+
 from ..generator import MALFORMED, NORMAL, SCENARIOS
-from ..metrics import at_budget, average_precision, percentile, roc_auc, roc_curve
+from ..metrics import (at_budget, average_precision, entity_precision_at_k, percentile, recall_at_budget_by_group,
+                       roc_auc, roc_curve)
 
 DEFINITIONS = (
     "A record is labelled when its event_id has a label with a fraud field. Unlabelled events count in the "
@@ -54,6 +57,15 @@ DEFINITIONS = (
     "recall = true positives / fraud.",
     "Champion vs challenger compares both models' scores on the same events: those labelled, with both scores. "
     "Decision figures (catch rate, agreement) use every record with a shadow decision.",
+    "Precision top-k per day (the Fraud Detection Handbook's card precision top-k): per UTC day of the event time, "
+    "each entity (user; payment instrument when the records carry payment_ref, a record without one counting as "
+    "its user) gets its highest score of the day; the k highest-scored entities are reviewed, and the day's "
+    "precision is those with a fraud event that day / k. Entities found in an earlier day's top k are left out "
+    "of later days. The figure is the mean over days; ties at the k-th score count at their expected value.",
+    "Recall at the review budget per scenario: the share of a fraud scenario's events among the budget's top k "
+    "events by score (the same k and cut as above).",
+    "Without a labels file, records that carry their own label (as `riskstream score` writes with a label column) "
+    "are judged by it.",
 )
 KINDS = ("allow", "review", "block")
 FLAGGED = ("review", "block")
@@ -83,9 +95,45 @@ def _int(v) -> int | None:
 
 
 def _fraud_of(label: dict | None) -> bool | None:
-    if not label or "fraud" not in label or label["fraud"] is None:
+    """The label's fraud value: true/false, 0/1 or yes/no; None when absent or unreadable."""
+    if not label or "fraud" not in label:
         return None
-    return bool(label["fraud"])
+    try:
+        return parse_label(label["fraud"])
+    except ValueError:
+        return None
+
+
+def labels_from_records(decisions: list[dict]) -> dict[str, dict]:
+    """Labels carried by the records themselves (``label``, ``scenario``: `riskstream score` with a label
+    column), for a report without a labels file."""
+    out = {}
+    for d in decisions:
+        if isinstance(d, dict) and isinstance(d.get("event_id"), str) and d.get("label") is not None:
+            out.setdefault(d["event_id"], {"event_id": d["event_id"], "fraud": d["label"],
+                                           "scenario": d.get("scenario")})
+    return out
+
+
+def _fraud_team(labelled: list[dict], lab: dict, labels: dict, budget: float, top_k: int) -> dict:
+    """Precision top-k per day per entity kind, and recall at the review budget per fraud scenario."""
+    rows = [(d, s) for d in labelled if (s := _score(d.get("score"))) is not None]
+    out = {"top_k": top_k, "precision_at_k_per_day": {}, "recall_at_budget_by_scenario": {}}
+    timed = [(d, s, t) for d, s in rows if (t := _int(d.get("event_ts", d.get("ts")))) is not None]
+    if timed:
+        kinds = {"user": [str(d.get("user_id")) for d, _, _ in timed]}
+        if any(d.get("payment_ref") for d, _, _ in timed):
+            kinds["payment_ref"] = [d["payment_ref"] if d.get("payment_ref") else f"user:{d.get('user_id')}"
+                                    for d, _, _ in timed]
+        for kind, keys in kinds.items():
+            out["precision_at_k_per_day"][kind] = entity_precision_at_k(
+                [s for _, s, _ in timed], [lab[d["event_id"]] for d, _, _ in timed], keys,
+                [t for _, _, t in timed], top_k)
+    if rows:
+        scen = [labels[d["event_id"]].get("scenario") or ("fraud" if lab[d["event_id"]] else NORMAL) for d, _ in rows]
+        out["recall_at_budget_by_scenario"] = recall_at_budget_by_group(
+            [s for _, s in rows], [lab[d["event_id"]] for d, _ in rows], scen, budget)
+    return out
 
 
 def _scenario_order(names: Iterable[str]) -> list[str]:
@@ -149,10 +197,13 @@ def _latency(decisions: list[dict]) -> dict:
 
 
 def build_report(decisions: list[dict], labels: dict[str, dict], budget: float = 0.01,
-                 time_field: str = "event_ts") -> dict:
-    """Every figure of the report, from decision records and labels by event id (pure)."""
+                 time_field: str = "event_ts", top_k: int = 100) -> dict:
+    """Every figure of the report, from decision records and labels by event id (pure). Without labels,
+    the records' own ``label`` fields (if any) are used."""
     if not 0 <= budget <= 1:
         raise ValueError(f"review budget must be a share in [0, 1], got {budget}")
+    if not labels:
+        labels = labels_from_records(decisions)
     seen: dict[str, dict] = {}
     dup = 0
     malformed_records = 0
@@ -285,6 +336,9 @@ def build_report(decisions: list[dict], labels: dict[str, dict], budget: float =
     }
     lat = _latency(recs)
     headline["latency_ms"] = {"source": lat["source"], "p50": lat["p50"], "p99": lat["p99"]}
+    team = _fraud_team(labelled, lab, labels, budget, top_k)
+    headline["top_k"] = top_k
+    headline["precision_at_k_per_day"] = {k: v["mean"] for k, v in team["precision_at_k_per_day"].items()}
     return {
         "budget": budget,
         "headline": headline,
@@ -297,6 +351,7 @@ def build_report(decisions: list[dict], labels: dict[str, dict], budget: float =
         "timeline": _timeline(recs, time_field),
         "latency": lat,
         "champion_challenger": cc,
+        "fraud_team": team,
         "rules": {"by_rule": rules, "rules_versions": dict(sorted(rules_versions.items())),
                   "escalated_by_rules": escalated, "other_reasons": dict(sorted(reasons.items()))},
         "models": models,
@@ -611,6 +666,8 @@ def render_html(fig: dict) -> str:
                    "flagged (false positives). Events counts decided events; labelled events without a decision "
                    "in this input are in the last column.</p></section>")
 
+    parts.append(_render_fraud_team(fig.get("fraud_team"), b))
+
     # score distributions
     hs = fig["score_hist"]
     edges = hs["edges"]
@@ -688,6 +745,37 @@ def render_html(fig: dict) -> str:
                  + "".join(f"<li>{escape(d)}</li>" for d in DEFINITIONS) + "</ul></section>")
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _render_fraud_team(team: dict | None, budget: float) -> str:
+    head = '<section id="fraud-team"><h2>Precision top-k per day and recall per scenario</h2>'
+    if not team or (not team["precision_at_k_per_day"] and not team["recall_at_budget_by_scenario"]):
+        return head + '<p class="empty">no labelled scored events</p></section>'
+    k = team["top_k"]
+    out = [head]
+    pk = team["precision_at_k_per_day"]
+    if pk:
+        out.append(_table(["entity", "days", f"mean precision top-{k} per day"],
+                          [[kind, _num(len(v["days"])), _pc(v["mean"])] for kind, v in pk.items()]))
+        kinds = list(pk)
+        days = next(iter(pk.values()))["days"]
+        first = max(0, len(days) - 62)
+        rows = []
+        for i in range(first, len(days)):
+            cells = [pk[kd]["days"][i] for kd in kinds]
+            rows.append([_ts(days[i]["day"], 86_400_000)[:10],
+                         *(f'{c["entities"]:,} / {c["fraud_entities"]:,} / {_pc(c["precision"])}' for c in cells)])
+        out.append(_table(["day (UTC)", *(f"{kd}: entities / with fraud / precision" for kd in kinds)], rows))
+        if len(days) > 62:
+            out.append(f'<p class="note">the first {len(days) - 62} days are left out of the table (not of the mean).</p>')
+    rb = team["recall_at_budget_by_scenario"]
+    if rb:
+        out.append(f"<h3>Recall at the {_pc(budget, 2)} review budget per fraud scenario</h3>")
+        out.append(_table(["scenario", "fraud events", "caught (expected)", "recall"],
+                          [[n, _num(r["fraud_events"]), _num(r["caught"]), _pc(r["recall"])] for n, r in rb.items()]))
+    out.append('<p class="note">Definitions below. Entities found in an earlier day\'s top k are left out of later '
+               "days, as the Fraud Detection Handbook does.</p></section>")
+    return "".join(out)
 
 
 def _render_cc(cc: dict | None, champ: dict, budget: float) -> str:
@@ -816,6 +904,8 @@ def render_text(fig: dict) -> str:
         f"at {_pc(fig['budget'], 2)} budget:   precision {_pc(h['precision_at_budget'])}, recall "
         f"{_pc(h['recall_at_budget'])} (top {h['budget_k']:,} by score)",
         f"ROC AUC / AP:     {_f(h['roc_auc'])} / {_f(h['average_precision'])}",
+        f"precision top-{h['top_k']}/day: " + (", ".join(f"{k} {_pc(v)}" for k, v in h["precision_at_k_per_day"].items())
+                                              or "n/a"),
         "models:           " + ", ".join(f"{k} {v:,}" for k, v in h["model_versions"].items()),
     ]
     cc = fig["champion_challenger"]
