@@ -130,8 +130,20 @@ def read_downstream(cfg: JobConfig, timeout_s: float = 15.0) -> Downstream:
     props = cfg.kafka_python_properties()
     admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
                              **props)
+    import time
+
+    from kafka.errors import KafkaError
+
+    t_end = time.monotonic() + timeout_s
     try:
-        got = admin.list_consumer_group_offsets(cfg.group_id)
+        while True:  # a new broker creates its offsets topic on the first group lookup: retriable meanwhile
+            try:
+                got = admin.list_group_offsets({cfg.group_id: None}).get(cfg.group_id) or {}
+                break
+            except KafkaError as e:
+                if not getattr(e, "retriable", False) or time.monotonic() > t_end:
+                    raise
+                time.sleep(0.2)  # back-off before the retry
     finally:
         admin.close()
     group = {tp.partition: om.offset for tp, om in got.items() if tp.topic == cfg.events_topic and om.offset >= 0}
