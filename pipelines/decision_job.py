@@ -230,6 +230,9 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
      .name("dead-letter-sink").uid("dead-letter-sink"))
 
 
+FROM_SAVEPOINT_ENV = "RISKSTREAM_FROM_SAVEPOINT"  # set by riskstream.ops.submit for `flink run -s`
+
+
 def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None):
     """Preflight, resolve the restore and check it against the committed output (refusing a start that
     would go back in time), apply the job's snapshot retention, record the run in the job's lineage, then
@@ -240,7 +243,10 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
     from riskstream.ops.restore import plan_start
 
     preflight(cfg)
-    plan = plan_start(cfg)
+    # `riskstream submit --from-savepoint` restores through `flink run -s`; it names the snapshot here too, so
+    # the start is checked and recorded like --restore-from (Flink itself restores it from -s)
+    by_flink = os.environ.get(FROM_SAVEPOINT_ENV) if not cfg.restore_from else None
+    plan = plan_start(cfg.model_copy(update={"restore_from": by_flink}) if by_flink else cfg)
     job_id = uuid.uuid4().hex
     conf = dict(extra_conf or {})
     local_ck = lineage.local_path(cfg.checkpoint_dir) is not None
@@ -254,11 +260,11 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
             print(f"[restore] {cfg.job_name}: retention ({cfg.retain_snapshots} newest kept) removed "
                   f"{len(removed)} snapshot folder(s)", file=sys.stderr, flush=True)
     restore = None
-    if plan.snapshot is not None:
+    if plan.snapshot is not None and not by_flink:
         restore = plan.snapshot.uri if plan.snapshot.checkpoint_id >= 0 else str(plan.snapshot.path)
     env = make_env(cfg, conf, restore=restore or "", job_id=job_id)
     build(env, cfg)
-    lineage.record_run(cfg.job_name, job_id, cfg.checkpoint_dir, plan.snapshot if restore else None, extra={
+    lineage.record_run(cfg.job_name, job_id, cfg.checkpoint_dir, plan.snapshot if restore or by_flink else None, extra={
         "transactional_id_prefix": cfg.transactional_id_prefix, "group_id": cfg.group_id,
         "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
         "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0})

@@ -182,6 +182,8 @@ def submit(settings: dict[str, object] | None = None, jobmanager: str | None = N
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
         run_args += ["-s", _savepoint_path(from_savepoint)]
+        # the job's client checks the start against the committed output and records it in the lineage
+        extra_env["RISKSTREAM_FROM_SAVEPOINT"] = _savepoint_path(from_savepoint)
         if allow_non_restored_state:
             run_args.append("-n")
     if not t.local:
