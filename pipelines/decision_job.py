@@ -71,7 +71,11 @@ def python_conf(cfg: JobConfig) -> dict[str, str]:
     }
 
 
-def make_env(cfg: JobConfig, extra: dict[str, str] | None = None) -> StreamExecutionEnvironment:
+def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str | None = None,
+             job_id: str | None = None) -> StreamExecutionEnvironment:
+    """The environment: jars, Python, checkpointing into ``cfg.checkpoint_dir``, restarts. ``restore`` is the
+    snapshot URI to restore (default: ``cfg.restore_from`` resolved); ``job_id`` fixes the Flink job id (32
+    hex digits), so the run is in the job's lineage before it is submitted."""
     conf = Configuration()
     conf.set_string("pipeline.jars", ";".join(flink_jar_urls(cfg.jars_dir)))
     for k, v in python_conf(cfg).items():
@@ -83,7 +87,10 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None) -> StreamExecu
     # keep the newest checkpoint when the job is cancelled or its process dies: `restore_from=latest`
     # (and `riskstream chaos`) restart from it
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-    restore = resolve_restore_path(cfg)
+    if restore is None:
+        restore = resolve_restore_path(cfg)
+    if job_id:
+        conf.set_string("$internal.pipeline.job-id", job_id)  # PipelineOptionsInternal.PIPELINE_FIXED_JOB_ID
     if restore:
         conf.set_string("execution.state-recovery.path", restore)
     if cfg.rest_port:
@@ -276,12 +283,51 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
      .name("dead-letter-sink").uid("dead-letter-sink"))
 
 
+FROM_SAVEPOINT_ENV = "RISKSTREAM_FROM_SAVEPOINT"  # set by riskstream.ops.submit for `flink run -s`
+
+
 def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None):
+    """Preflight, resolve the restore and check it against the committed output (refusing a start that
+    would go back in time), apply the job's snapshot retention, record the run in the job's lineage, then
+    run the job (``wait``: on a local MiniCluster until it ends) or submit it."""
+    import uuid
+
+    from riskstream.ops import lineage
+    from riskstream.ops.restore import plan_start
+
     preflight(cfg)
-    env = make_env(cfg, extra_conf)
+    # `riskstream submit --from-savepoint` restores through `flink run -s`; it names the snapshot here too, so
+    # the start is checked and recorded like --restore-from (Flink itself restores it from -s)
+    by_flink = os.environ.get(FROM_SAVEPOINT_ENV) if not cfg.restore_from else None
+    plan = plan_start(cfg.model_copy(update={"restore_from": by_flink}) if by_flink else cfg)
+    job_id = uuid.uuid4().hex
+    conf = dict(extra_conf or {})
+    local_ck = lineage.local_path(cfg.checkpoint_dir) is not None
+    if wait and local_ck:  # a MiniCluster has no savepoint folder of its own: the job's
+        conf.setdefault("execution.checkpointing.savepoint-dir",
+                        lineage.savepoints_dir(cfg.job_name).resolve().as_uri())
+    if local_ck:
+        protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
+        removed = lineage.prune(cfg.job_name, cfg.retain_snapshots, protect)
+        if removed:
+            print(f"[restore] {cfg.job_name}: retention ({cfg.retain_snapshots} newest kept) removed "
+                  f"{len(removed)} snapshot folder(s)", file=sys.stderr, flush=True)
+    restore = None
+    if plan.snapshot is not None and not by_flink:
+        restore = plan.snapshot.uri if plan.snapshot.checkpoint_id >= 0 else str(plan.snapshot.path)
+    env = make_env(cfg, conf, restore=restore or "", job_id=job_id)
     build(env, cfg)
+    lineage.record_run(cfg.job_name, job_id, cfg.checkpoint_dir, plan.snapshot if restore or by_flink else None, extra={
+        "transactional_id_prefix": cfg.transactional_id_prefix, "group_id": cfg.group_id,
+        "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
+        "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0})
     if wait:
-        return env.execute(cfg.job_name)
+        print(f"[run] {cfg.job_name}: job id {job_id}", file=sys.stderr, flush=True)
+        try:
+            return env.execute(cfg.job_name)
+        finally:  # a stop-with-savepoint ends this process before the caller can ask where it went
+            for sp in sorted(lineage.savepoints_dir(cfg.job_name).glob(f"savepoint-{job_id[:6]}-*")):
+                lineage.record_savepoint(cfg.job_name, job_id, sp.as_uri(), stopped=True)
     return env.execute_async(cfg.job_name)
 
 

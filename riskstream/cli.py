@@ -387,7 +387,9 @@ def cmd_savepoint(a) -> int:
         res = submit.savepoint(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
     except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream savepoint: {e}")
-    print(f"[savepoint] job {a.job_id}: savepoint in {res.seconds:.1f}s; the job keeps running", file=sys.stderr)
+    print(f"[savepoint] job {a.job_id}: savepoint in {res.seconds:.1f}s; the job keeps running; "
+          + (f"recorded in job {res.job_name}'s lineage" if res.job_name else
+             "not a job riskstream started here, so no lineage recorded it"), file=sys.stderr)
     print(res.location)
     return 0
 
@@ -404,7 +406,10 @@ def cmd_cancel(a) -> int:
     except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream cancel: {e}")
     print(f"[cancel] job {a.job_id} stopped with a savepoint in {res.seconds:.1f}s (job {res.final_state}); "
-          f"resume with `riskstream submit --from-savepoint {res.location}`", file=sys.stderr)
+          + (f"recorded in job {res.job_name}'s lineage, so `--restore-from latest` resumes from it; "
+             if res.job_name else "")
+          + f"resume with `riskstream submit --from-savepoint {res.location}` or "
+            f"`riskstream run --restore-from {res.location}`", file=sys.stderr)
     print(res.location)
     return 0
 

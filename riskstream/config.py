@@ -44,9 +44,9 @@ class JobConfig(BaseModel):
         1000, ge=100, description="checkpoint interval; decisions become visible to read_committed "
                                   "readers only when the checkpoint that covers them completes")
     checkpoint_dir: str = Field(
-        default_factory=lambda: paths.home().joinpath("checkpoints").as_uri(),
-        description="checkpoint storage URI (file://, s3://, ...); never the JobManager heap, whose 5 MB cap "
-                    "fails checkpoints once window state grows")
+        "", description="checkpoint storage URI (file://, s3://, ...); never the JobManager heap, whose 5 MB cap "
+                        "fails checkpoints once window state grows; default: the job's own folder, "
+                        "<home>/jobs/<job_name>/checkpoints")
     transaction_timeout_ms: int = Field(
         600_000, ge=60_000, description="Kafka transaction timeout of the exactly-once sinks; must exceed "
                                         "checkpoint + restart time and not exceed the broker's maximum")
@@ -87,7 +87,15 @@ class JobConfig(BaseModel):
                                           "`riskstream verify`); unset: none")
     restore_from: str | None = Field(
         None, description="start from this savepoint or retained checkpoint (path or URI), or 'latest' for "
-                          "the newest retained checkpoint under checkpoint_dir (none yet: a fresh start)")
+                          "the job's newest completed checkpoint or savepoint, from its lineage "
+                          "(<home>/jobs/<job_name>/lineage.jsonl); refused when the job ran but nothing can be named")
+    allow_reprocess: bool = Field(
+        False, description="start even if the start would decide again events whose decisions are already "
+                           "committed (an older snapshot, or no state on a topic with decisions); the repeats "
+                           "carry the same decision_ids")
+    retain_snapshots: int = Field(
+        3, ge=1, le=1000, description="completed checkpoints and savepoints kept per job (newest first) when a "
+                                      "run starts; half-written checkpoints of dead runs are removed then too")
     sasl_username: str | None = Field(None, description="SASL/PLAIN user, if the brokers need one")
     sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password (masked in logs)")
 
@@ -100,9 +108,22 @@ class JobConfig(BaseModel):
             raise ValueError(f"{v!r} is not a valid Kafka topic name (1-249 of letters, digits, '.', '_', '-')")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _job_folder(cls, data):
+        """Without a checkpoint_dir the job checkpoints into its own folder, so runs of different jobs never
+        share one (``restore_from=latest`` reads the job's lineage, not file times)."""
+        if isinstance(data, dict) and not data.get("checkpoint_dir"):
+            name = data.get("job_name") or cls.model_fields["job_name"].default
+            if isinstance(name, str) and re.match(r"^[A-Za-z0-9._-]{1,200}$", name):
+                data = {**data, "checkpoint_dir": paths.home().joinpath("jobs", name, "checkpoints").as_uri()}
+        return data
+
     @field_validator("checkpoint_dir")
     @classmethod
     def _ckdir(cls, v: str) -> str:
+        if not v:
+            raise ValueError("checkpoint_dir must not be empty")
         if "://" not in v:
             p = Path(v).expanduser()
             if not p.is_absolute():
@@ -156,3 +177,11 @@ class JobConfig(BaseModel):
         return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
                 "sasl.jaas.config": "org.apache.kafka.common.security.plain.PlainLoginModule required "
                                     f'username="{self.sasl_username}" password="{pw}";'}
+
+    def kafka_python_properties(self) -> dict:
+        """The same settings for kafka-python clients (admin, consumers in start-up checks)."""
+        if not self.sasl_username:
+            return {}
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else ""}

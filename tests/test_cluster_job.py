@@ -140,7 +140,11 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         sp = _cli(env, "savepoint", job1).stdout.strip()
         times["savepoint (job keeps running)"] = time.monotonic() - t0
         sp_path = submit.local_path(sp)
-        assert (sp_path / "_metadata").is_file() and sp_path.parent == lay.savepoints_dir.resolve(), sp
+        # a job riskstream submitted saves into its own folder, and its lineage records the savepoint
+        job_sp = home / "jobs" / f"{run}-job" / "savepoints"
+        assert (sp_path / "_metadata").is_file() and sp_path.parent == job_sp.resolve(), sp
+        lineage_text = (home / "jobs" / f"{run}-job" / "lineage.jsonl").read_text()
+        assert job1 in lineage_text and sp_path.name in lineage_text
         assert flink_rest.job_state(lay.rest_url, job1) == "RUNNING"
 
         t0 = time.monotonic()

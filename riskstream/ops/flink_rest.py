@@ -295,8 +295,12 @@ def savepoint_status(rest_url: str, job_id: str, request_id: str, what: str = "s
     raise FlinkError(f"{what} of job {job_id} failed: {first}" + ("\n" + "\n".join(causes[-3:]) if causes else ""))
 
 
-def await_savepoint(rest_url: str, job_id: str, request_id: str, what: str, deadline_s: float) -> str:
-    """Poll :func:`savepoint_status` until the savepoint's location is known."""
+def await_savepoint(rest_url: str, job_id: str, request_id: str, what: str, deadline_s: float,
+                    found: Callable[[], str | None] | None = None) -> str:
+    """Poll :func:`savepoint_status` until the savepoint's location is known. While the JobManager does not
+    answer or no longer knows the job (a MiniCluster exits with its job once a stop-with-savepoint finished
+    it; a JobManager being elected answers 503), ``found()`` is asked for the location another way (the
+    savepoint folder)."""
     t0 = time.monotonic()
     status = "no answer"
     while True:
@@ -305,10 +309,11 @@ def await_savepoint(rest_url: str, job_id: str, request_id: str, what: str, dead
             if location:
                 return location
             status = "IN_PROGRESS"
-        except HttpError as e:
-            status = e.short()
-        except (OSError, ValueError) as e:
-            status = f"no answer ({e})"
+        except (HttpError, JobNotFound, OSError, ValueError) as e:
+            status = e.short() if isinstance(e, HttpError) else f"no answer ({e})"
+            location = found() if found is not None else None
+            if location:
+                return location
         if time.monotonic() - t0 > deadline_s:
             raise FlinkError(f"{what} of job {job_id} not completed within {deadline_s:.0f}s (last status "
                              f"{status}); the job may still be working on it, see the Flink UI at {rest_url}")

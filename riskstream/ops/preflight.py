@@ -5,10 +5,9 @@ side."""
 from __future__ import annotations
 
 from ..config import JobConfig
+from .errors import StartupError
 
-
-class StartupError(Exception):
-    pass
+__all__ = ["StartupError", "check_kafka", "preflight"]
 
 
 def preflight(cfg: JobConfig) -> None:
@@ -104,8 +103,4 @@ def _check_limits(cfg: JobConfig, conf: dict) -> None:
 
 
 def _client_props(cfg: JobConfig) -> dict:
-    if not cfg.sasl_username:
-        return {}
-    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": cfg.sasl_username,
-            "sasl_plain_password": cfg.sasl_password.get_secret_value() if cfg.sasl_password else ""}
+    return cfg.kafka_python_properties()

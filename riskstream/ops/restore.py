@@ -1,44 +1,266 @@
-"""Where a job starts from: a savepoint or retained checkpoint named by ``restore_from``, or the newest
-retained checkpoint under the job's checkpoint dir (``restore_from=latest``)."""
+"""Where a job starts from, and the check that it never goes back in time.
+
+:func:`resolve_restore` turns ``restore_from`` into a snapshot: a savepoint or retained checkpoint folder
+named by path, or ``latest``, the newest completed snapshot in the job's lineage (:mod:`.lineage`).
+
+:func:`check_start` compares the start with what the job already committed downstream, and refuses a
+start that would decide committed events again (unless ``allow_reprocess``):
+
+- ``G(p)``: the consumer group's committed offset of events partition ``p``. The Kafka source commits it
+  only when a checkpoint (or savepoint) completes, and it is that snapshot's reading position. A snapshot
+  completes only after both exactly-once sinks pre-committed the transactions holding the outputs of every
+  event before that position, and those transactions are committed in the same completion notification
+  (or, after a crash, by the job restoring that snapshot). So every event below ``G(p)`` has its decision
+  (or dead letter) committed.
+- ``S(p)``: where the start would read ``p`` from: the Kafka source's split state in the snapshot's files
+  (the ``startingOffset`` of each ``KafkaPartitionSplit``), or without a snapshot, ``starting_offsets``
+  (earliest: the log start; committed: ``G(p)``, else the log start; latest: the end).
+- **Rule:** the start decides again ``sum over p of max(0, G(p) - S(p))`` offsets of the events topic whose
+  outputs are committed; if that is above zero the start is refused. Offsets count records (plus any
+  transaction markers, when the events were produced transactionally), hence "about".
+- A start without state when the group has no committed offsets but the decisions topic already holds
+  committed records (``read_committed`` end offset above the start) is refused too, unless it starts at the
+  end (``starting_offsets=latest``): the job's decisions exist, and the offsets that would say which events
+  they cover are gone.
+
+The rule can only under-count, never refuse a safe start: the offset commit is asynchronous and may fail
+(broker down), so ``G`` can trail the newest completed snapshot, never run ahead of it.
+"""
 
 from __future__ import annotations
 
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
 from ..config import JobConfig
+from . import lineage
+from .lineage import ManualRestoreRequired, Snapshot
+from .errors import StartupError
+
+# KafkaPartitionSplit markers for a starting offset that is not a position yet
+EARLIEST, LATEST, COMMITTED = -2, -1, -3
 
 
-def latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """The newest complete retained checkpoint (a ``chk-N`` folder with ``_metadata``) under a file://
-    checkpoint dir, across job ids (each run of the job gets a new id), or None."""
-    from pathlib import Path
-    from urllib.parse import urlparse
+class GoingBackInTime(StartupError):
+    """The start would decide again events whose decisions are already committed."""
 
-    u = urlparse(checkpoint_dir)
-    if u.scheme != "file":
-        raise ValueError(f"restore_from=latest needs a file:// checkpoint_dir, not {checkpoint_dir!r}; "
-                         "pass the checkpoint's path instead")
-    best = None
-    for meta in Path(u.path).glob("*/chk-*/_metadata"):
-        key = (meta.stat().st_mtime, int(meta.parent.name[4:]))
-        if best is None or key > best[0]:
-            best = (key, meta.parent)
-    return best[1].as_uri() if best else None
+
+def resolve_restore(cfg: JobConfig, log=None) -> tuple[Snapshot | None, str]:
+    """(the snapshot to restore, why) -- (None, why) for a start without state. A local path without a
+    complete ``_metadata`` raises FileNotFoundError; ``latest`` with nothing to name while the job ran
+    raises :class:`ManualRestoreRequired`."""
+    if not cfg.restore_from:
+        return None, "no --restore-from: a start without state"
+    if cfg.restore_from == "latest":
+        res = lineage.resolve_latest(cfg.job_name)
+        if res is None:
+            return None, f"--restore-from latest: job {cfg.job_name} has no lineage and no snapshot (a first start)"
+        return res.snapshot, f"--restore-from latest: {res.how}"
+    local = lineage.local_path(cfg.restore_from)
+    if local is None:  # s3://, hdfs://, ...: Flink checks it
+        return Snapshot(Path(cfg.restore_from), -1, True, 0.0), "--restore-from (remote, unchecked)"
+    snap = lineage.read_snapshot(local.expanduser().resolve())
+    if snap is None:
+        raise FileNotFoundError(f"restore_from {cfg.restore_from!r} is not a savepoint or checkpoint folder "
+                                "(no completed _metadata with Flink's checkpoint header in it)")
+    return snap, "--restore-from PATH"
 
 
 def resolve_restore_path(cfg: JobConfig) -> str | None:
-    """The savepoint or checkpoint the job restores from, as a URI; None for a fresh start. A local path
-    without ``_metadata`` raises FileNotFoundError; a remote one (s3://, ...) is left to Flink to check."""
-    if not cfg.restore_from:
+    """The snapshot the job restores from, as a URI; None for a start without state."""
+    snap, _ = resolve_restore(cfg)
+    if snap is None:
         return None
-    if cfg.restore_from == "latest":
-        return latest_checkpoint(cfg.checkpoint_dir)
-    from pathlib import Path
-    from urllib.parse import urlparse
+    return str(snap.path) if snap.checkpoint_id < 0 else snap.uri
 
-    u = urlparse(cfg.restore_from)
-    if u.scheme not in ("", "file"):  # s3://, hdfs://, ...: Flink checks it
-        return cfg.restore_from
-    p = Path(u.path if u.scheme == "file" else cfg.restore_from).expanduser().resolve()
-    if not (p / "_metadata").is_file():
-        raise FileNotFoundError(f"restore_from {cfg.restore_from!r} is not a savepoint or checkpoint folder "
-                                "(no _metadata in it)")
-    return p.as_uri()
+
+# -- the snapshot's reading position ------------------------------------------------------------------
+
+
+def split_offsets(data: bytes, topic: str) -> dict[int, int]:
+    """The Kafka source readers' split state for ``topic`` in a snapshot file: partition -> starting offset.
+
+    A reader's split is stored as one element of its list state: the element's length (int), then
+    ``SimpleVersionedSerialization``'s version (int) and length (int), then ``KafkaPartitionSplitSerializer``'s
+    topic (``writeUTF``), partition (int), starting offset and stopping offset (longs). The enumerator's
+    record of assigned splits carries the same split bytes after other framing and keeps the *initial*
+    offsets; the length check below (element = 8 + split) tells them apart."""
+    t = topic.encode()
+    needle = struct.pack(">H", len(t)) + t
+    out: dict[int, int] = {}
+    i = data.find(needle)
+    while i >= 0:
+        if i >= 12:
+            outer, _version, inner = struct.unpack(">iii", data[i - 12:i])
+            if inner >= len(needle) + 20 and outer == inner + 8 and i + len(needle) + 12 <= len(data):
+                part, start = struct.unpack(">iq", data[i + len(needle):i + len(needle) + 12])
+                if 0 <= part < 100_000:
+                    out[part] = start if part not in out else max(out[part], start)
+        i = data.find(needle, i + 1)
+    return out
+
+
+def snapshot_offsets(snap: Snapshot, topic: str) -> dict[int, int]:
+    """Partition -> starting offset of ``topic``'s source in the snapshot (small state is inlined in
+    ``_metadata``; larger operator state sits in files beside it)."""
+    found = split_offsets((snap.path / "_metadata").read_bytes(), topic)
+    if not found:
+        for f in sorted(snap.path.iterdir()):
+            if f.is_file() and f.name != "_metadata" and f.stat().st_size < 4 * 1024 * 1024:
+                found.update(split_offsets(f.read_bytes(), topic))
+    return found
+
+
+# -- what is committed downstream ------------------------------------------------------------------------
+
+
+@dataclass
+class Downstream:
+    group: dict[int, int]  # committed offsets of the events topic in the job's group
+    begin: dict[int, int]
+    end: dict[int, int]
+    decisions: int  # offsets below the decisions topic's last stable offset (committed records, about)
+
+
+def read_downstream(cfg: JobConfig, timeout_s: float = 15.0) -> Downstream:
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    props = cfg.kafka_python_properties()
+    admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
+                             **props)
+    import time
+
+    from kafka.errors import KafkaError
+
+    t_end = time.monotonic() + timeout_s
+    try:
+        while True:  # a new broker creates its offsets topic on the first group lookup: retriable meanwhile
+            try:
+                got = admin.list_group_offsets({cfg.group_id: None}).get(cfg.group_id) or {}
+                break
+            except KafkaError as e:
+                if not getattr(e, "retriable", False) or time.monotonic() > t_end:
+                    raise
+                time.sleep(0.2)  # back-off before the retry
+    finally:
+        admin.close()
+    group = {tp.partition: om.offset for tp, om in got.items() if tp.topic == cfg.events_topic and om.offset >= 0}
+    c = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, isolation_level="read_committed",
+                      enable_auto_commit=False, group_id=None, request_timeout_ms=int(timeout_s * 1000) + 1000,
+                      **props)
+    try:
+        ev = [TopicPartition(cfg.events_topic, p) for p in sorted(c.partitions_for_topic(cfg.events_topic) or ())]
+        de = [TopicPartition(cfg.decisions_topic, p) for p in sorted(c.partitions_for_topic(cfg.decisions_topic) or ())]
+        begin = {tp.partition: o for tp, o in c.beginning_offsets(ev).items()}
+        end = {tp.partition: o for tp, o in c.end_offsets(ev).items()}
+        db, dend = c.beginning_offsets(de), c.end_offsets(de)
+        decisions = sum(max(0, dend[tp] - db[tp]) for tp in de)
+    finally:
+        c.close()
+    return Downstream(group, begin, end, decisions)
+
+
+@dataclass
+class StartCheck:
+    reprocess: int  # events whose committed outputs the start would decide again (about)
+    per_partition: dict[int, int] = field(default_factory=dict)
+    start: dict[int, int] = field(default_factory=dict)
+    committed: dict[int, int] = field(default_factory=dict)
+    decisions: int = 0
+    refused: str | None = None  # the message, when the start is refused
+    note: str = ""
+
+
+def start_positions(cfg: JobConfig, snap: Snapshot | None, down: Downstream) -> dict[int, int]:
+    """Where the source would start reading each events partition."""
+    fresh = {}
+    for p, b in down.begin.items():
+        if cfg.starting_offsets == "earliest":
+            fresh[p] = b
+        elif cfg.starting_offsets == "latest":
+            fresh[p] = down.end.get(p, b)
+        else:
+            fresh[p] = down.group.get(p, b)
+    if snap is None:
+        return fresh
+    pos = snapshot_offsets(snap, cfg.events_topic)
+    out = {}
+    for p, b in down.begin.items():
+        o = pos.get(p)
+        if o is None:  # a partition the snapshot never saw: the source treats it as new (starting_offsets)
+            out[p] = fresh[p]
+        elif o == EARLIEST:
+            out[p] = b
+        elif o == LATEST:
+            out[p] = down.end.get(p, b)
+        elif o == COMMITTED:
+            out[p] = down.group.get(p, b)
+        else:
+            out[p] = max(o, b)  # below the log start the records are gone: nothing to re-decide there
+    return out
+
+
+def evaluate(cfg: JobConfig, snap: Snapshot | None, down: Downstream, what: str) -> StartCheck:
+    """The rule of the module's doc, on figures already read (pure, for tests)."""
+    start = start_positions(cfg, snap, down)
+    per = {p: max(0, down.group[p] - s) for p, s in start.items() if p in down.group}
+    total = sum(per.values())
+    chk = StartCheck(total, per, start, dict(down.group), down.decisions)
+    how = ("Restore the newest snapshot instead (`--restore-from latest`), or, to decide those events again on "
+           "purpose, add --allow-reprocess: decision ids are a hash of event id, model and policy version, so "
+           "the repeated decisions carry the same decision_id and an idempotent consumer ignores them")
+    if total > 0:
+        parts = ", ".join(f"partition {p}: from {start[p]}, committed {down.group[p]}" for p in sorted(per) if per[p])
+        chk.refused = (f"refusing to go back in time: starting from {what} would decide again about {total} events "
+                       f"of {cfg.events_topic} whose decisions job {cfg.job_name} already committed (consumer group "
+                       f"{cfg.group_id} committed offsets are ahead of the start: {parts}). {how}")
+    elif snap is None and not down.group and down.decisions > 0 and cfg.starting_offsets != "latest":
+        would = sum(max(0, down.end.get(p, 0) - s) for p, s in start.items())
+        chk.reprocess = would
+        chk.refused = (f"refusing to start without state: {cfg.decisions_topic} already holds about "
+                       f"{down.decisions} committed decision records, but consumer group {cfg.group_id} has no "
+                       f"committed offsets on {cfg.events_topic}, so a start from {cfg.starting_offsets} offsets "
+                       f"would decide again up to about {would} events. Restore the job's snapshot "
+                       f"(`--restore-from latest` or PATH), start from the end with --starting-offsets latest, or "
+                       f"add --allow-reprocess to decide them again (same decision_ids)")
+    return chk
+
+
+def check_start(cfg: JobConfig, snap: Snapshot | None, what: str) -> StartCheck:
+    """Read the committed offsets and output, apply :func:`evaluate`; raise :class:`GoingBackInTime` with its
+    message unless ``cfg.allow_reprocess``."""
+    chk = evaluate(cfg, snap, read_downstream(cfg), what)
+    if chk.refused and not cfg.allow_reprocess:
+        raise GoingBackInTime(chk.refused)
+    if chk.refused:
+        chk.note = f"--allow-reprocess: deciding again about {chk.reprocess} events (same decision_ids)"
+    return chk
+
+
+@dataclass
+class StartPlan:
+    snapshot: Snapshot | None
+    why: str
+    check: StartCheck | None
+
+
+def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
+    """Resolve the restore, check it against the committed output, and say what the start does."""
+    snap, why = resolve_restore(cfg)
+    what = snap.describe() if snap is not None and snap.checkpoint_id >= 0 else (
+        cfg.restore_from if snap is not None else f"{cfg.starting_offsets} offsets without state")
+    chk = check_start(cfg, snap if snap is None or snap.checkpoint_id >= 0 else None, what) \
+        if snap is None or snap.checkpoint_id >= 0 else None
+    if log is not None:
+        print(f"[restore] {cfg.job_name}: restoring {what} ({why})" if snap is not None
+              else f"[restore] {cfg.job_name}: starting without state from {cfg.starting_offsets} offsets ({why})",
+              file=log, flush=True)
+        if chk is not None and chk.note:
+            print(f"[restore] {chk.note}", file=log, flush=True)
+    return StartPlan(snap, why, chk)
+
+
+__all__ = ["GoingBackInTime", "ManualRestoreRequired", "StartPlan", "check_start", "evaluate", "plan_start",
+           "resolve_restore", "resolve_restore_path", "snapshot_offsets", "split_offsets"]

@@ -182,6 +182,8 @@ def submit(settings: dict[str, object] | None = None, jobmanager: str | None = N
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
         run_args += ["-s", _savepoint_path(from_savepoint)]
+        # the job's client checks the start against the committed output and records it in the lineage
+        extra_env["RISKSTREAM_FROM_SAVEPOINT"] = _savepoint_path(from_savepoint)
         if allow_non_restored_state:
             run_args.append("-n")
     if not t.local:
@@ -233,6 +235,7 @@ class SavepointResult:
     location: str
     seconds: float
     final_state: str | None = None
+    job_name: str | None = None  # the riskstream job whose lineage recorded it (None: not a known job)
 
 
 def _rest_url(jobmanager: str | None, root: Path | str | None) -> str:
@@ -252,32 +255,102 @@ def _running(rest_url: str, job_id: str, what: str) -> None:
         raise SubmitError(f"job {job_id} is {job.get('state')}: a {what} needs a RUNNING job")
 
 
+def _savepoint_target(job_id: str, target_dir: str | None) -> tuple[str | None, str | None]:
+    """(target directory URI or None for the cluster's default, the job's name if its lineage knows the run).
+    A job riskstream started here (``run`` or ``submit``) saves into its own ``jobs/<name>/savepoints``."""
+    from . import lineage
+
+    name = lineage.find_job(job_id)
+    if target_dir is None and name is not None:
+        run = next(r for r in lineage.read(name) if r["kind"] == "run" and r.get("job_id") == job_id)
+        if lineage.local_path(run.get("checkpoint_dir", "")) is not None:
+            target_dir = str(lineage.savepoints_dir(name).resolve())
+    return _target_dir(target_dir), name
+
+
+def _found_in(job_id: str, target_uri: str | None, since: float):
+    """Where a savepoint of ``job_id`` completed in a local ``target_uri`` after ``since`` (epoch s): Flink
+    names it ``savepoint-<job id[:6]>-<random>``; None while there is none with a complete ``_metadata``."""
+    from . import lineage
+
+    base = lineage.local_path(target_uri) if target_uri else None
+
+    def found() -> str | None:
+        if base is None:
+            return None
+        snaps = [s for d in base.glob(f"savepoint-{job_id[:6]}-*")
+                 if (s := lineage.read_snapshot(d, savepoint=True)) and s.written_at >= since - 1]
+        return max(snaps, key=lambda s: s.checkpoint_id).uri if snaps else None
+
+    return found
+
+
+def _record(name: str | None, job_id: str, location: str, stopped: bool) -> None:
+    if name is not None:
+        from . import lineage
+
+        lineage.record_savepoint(name, job_id, location, stopped)
+
+
 def savepoint(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
               root: Path | str | None = None, deadline_s: float = 300.0) -> SavepointResult:
-    """Trigger a savepoint; the job keeps running. Without ``target_dir`` the cluster's
-    ``execution.checkpointing.savepoint-dir`` is used (the local cluster sets ``<root>/savepoints``)."""
+    """Trigger a savepoint; the job keeps running. Without ``target_dir`` a job riskstream started saves into
+    its own folder (``jobs/<name>/savepoints``, recorded in its lineage), another job into the cluster's
+    ``execution.checkpointing.savepoint-dir`` (the local cluster sets ``<root>/savepoints``)."""
     job_id = check_job_id(job_id)
     rest_url = _rest_url(jobmanager, root)
-    t0 = time.monotonic()
+    t0, since = time.monotonic(), time.time()
     _running(rest_url, job_id, "savepoint")
-    rid = flink_rest.trigger_savepoint(rest_url, job_id, _target_dir(target_dir))
-    loc = flink_rest.await_savepoint(rest_url, job_id, rid, "savepoint", deadline_s)
-    return SavepointResult(loc, time.monotonic() - t0)
+    target, name = _savepoint_target(job_id, target_dir)
+    rid = flink_rest.trigger_savepoint(rest_url, job_id, target)
+    loc = flink_rest.await_savepoint(rest_url, job_id, rid, "savepoint", deadline_s, _found_in(job_id, target, since))
+    _record(name, job_id, loc, stopped=False)
+    return SavepointResult(loc, time.monotonic() - t0, job_name=name)
 
 
 def stop(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
          root: Path | str | None = None, deadline_s: float = 300.0, drain: bool = False) -> SavepointResult:
     """Stop with a savepoint (the upgrade path): the sinks commit their last transactions, the job ends
-    FINISHED; return the savepoint's location once the job has ended."""
+    FINISHED; return the savepoint's location once the job has ended.
+
+    A ``riskstream run`` job's MiniCluster exits with the job, taking its REST API along, possibly before
+    the savepoint's status could be read: the savepoint is then found in its target folder, and the job
+    counts as FINISHED once the endpoint is gone."""
     job_id = check_job_id(job_id)
     rest_url = _rest_url(jobmanager, root)
-    t0 = time.monotonic()
+    t0, since = time.monotonic(), time.time()
     _running(rest_url, job_id, "stop-with-savepoint")
-    rid = flink_rest.trigger_savepoint(rest_url, job_id, _target_dir(target_dir), stop=True, drain=drain)
-    loc = flink_rest.await_savepoint(rest_url, job_id, rid, "stop-with-savepoint", deadline_s)
-    state = flink_rest.wait_for_state(rest_url, job_id, flink_rest.TERMINAL_JOB_STATES,
-                                      max(10.0, deadline_s - (time.monotonic() - t0)))
-    return SavepointResult(loc, time.monotonic() - t0, state)
+    target, name = _savepoint_target(job_id, target_dir)
+    rid = flink_rest.trigger_savepoint(rest_url, job_id, target, stop=True, drain=drain)
+    loc = flink_rest.await_savepoint(rest_url, job_id, rid, "stop-with-savepoint", deadline_s,
+                                     _found_in(job_id, target, since))
+    _record(name, job_id, loc, stopped=True)
+    left = max(10.0, deadline_s - (time.monotonic() - t0))
+    state = _final_state(rest_url, job_id, left)
+    return SavepointResult(loc, time.monotonic() - t0, state, job_name=name)
+
+
+def _final_state(rest_url: str, job_id: str, deadline_s: float) -> str:
+    """The job's terminal state; "FINISHED (its MiniCluster exited)" once nothing answers any more after a
+    completed stop-with-savepoint (only a finished job takes a MiniCluster down)."""
+    t_end = time.monotonic() + deadline_s
+    gone_since = None
+    while True:
+        try:
+            state = job_details(rest_url, job_id, retry_s=0).get("state")
+            gone_since = None
+            if state in flink_rest.TERMINAL_JOB_STATES:
+                return state
+        except flink_rest.JobNotFound:
+            return "FINISHED (no longer listed)"
+        except ClusterNotRunning:
+            if not reachable(rest_url):
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > 2.0:
+                    return "FINISHED (its MiniCluster exited)"
+        if time.monotonic() > t_end:
+            raise SubmitError(f"job {job_id} not ended within {deadline_s:.0f}s of its stop-with-savepoint")
+        time.sleep(flink_rest.POLL_S)
 
 
 def cancel(job_id: str, jobmanager: str | None = None, root: Path | str | None = None,
@@ -289,4 +362,4 @@ def cancel(job_id: str, jobmanager: str | None = None, root: Path | str | None =
     if job.get("state") in flink_rest.TERMINAL_JOB_STATES:
         return job["state"]
     flink_rest.cancel_job(rest_url, job_id)
-    return flink_rest.wait_for_state(rest_url, job_id, flink_rest.TERMINAL_JOB_STATES, deadline_s)
+    return _final_state(rest_url, job_id, deadline_s)

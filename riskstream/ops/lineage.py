@@ -1,0 +1,364 @@
+"""A job's restore lineage: which runs it had, what each restored from, which savepoints riskstream took.
+
+Each job (by ``job_name``) has its own folder ``<home>/jobs/<job_name>/``:
+
+- ``checkpoints/<flink job id>/chk-N/`` the default ``checkpoint_dir`` (one sub-folder per run: Flink
+  names it by the run's job id);
+- ``savepoints/savepoint-<job id[:6]>-<random>/`` the savepoints of its runs (``riskstream savepoint``,
+  ``riskstream cancel``, and stop-with-savepoint of a ``riskstream run`` job);
+- ``lineage.jsonl`` the record, one JSON object a line, rewritten atomically (temporary file, fsync,
+  rename) on every append: ``{"kind": "run", ...}`` when a run starts (its job id is fixed before it is
+  submitted, so the record exists even when the process dies before its first checkpoint) and
+  ``{"kind": "savepoint", ...}`` when a savepoint completes.
+
+A snapshot (checkpoint or savepoint) counts as completed only when its ``_metadata`` starts with Flink's
+metadata header: the magic int ``0x4960672D``, the serializer version (an int; 6 in Flink 2.2) and the
+checkpoint id (a long) -- ``Checkpoints.storeCheckpointMetadata`` writes these first and
+``MetadataV2V3SerializerBase.serializeMetadata`` begins with the id, for versions 2 to 6. A ``chk-N`` without
+such a ``_metadata`` (or whose id is not ``N``) is half-written and never a candidate.
+
+:func:`resolve_latest` is ``--restore-from latest``: the newest run's completed snapshot with the highest
+checkpoint id (its retained ``chk-N`` or a savepoint it produced), else -- the newest run completed nothing,
+e.g. it was killed before its first checkpoint -- what that run restored from, recursively. Nothing to
+name while the job has run before raises :class:`ManualRestoreRequired`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from .. import paths
+from .errors import StartupError
+
+METADATA_MAGIC = 0x4960672D
+METADATA_VERSIONS = range(2, 7)  # versions whose body starts with the checkpoint id (Flink 2.2 writes 6)
+LINEAGE_FILE = "lineage.jsonl"
+
+
+class ManualRestoreRequired(StartupError):
+    """``--restore-from latest`` found nothing it can prove is this job's newest state."""
+
+
+# -- folders -------------------------------------------------------------------------------------------
+
+
+def job_dir(job_name: str, home: Path | None = None) -> Path:
+    return (home or paths.home()) / "jobs" / job_name
+
+
+def default_checkpoint_dir(job_name: str) -> str:
+    return (job_dir(job_name) / "checkpoints").as_uri()
+
+
+def savepoints_dir(job_name: str, home: Path | None = None) -> Path:
+    return job_dir(job_name, home) / "savepoints"
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path of ``uri`` (a path, ``file:/x`` as Flink reports savepoints, or ``file:///x``); None for
+    a remote file system."""
+    u = urlparse(uri)
+    if u.scheme == "file":
+        return Path(unquote(u.path))
+    if u.scheme and "://" in uri:
+        return None
+    return Path(uri).expanduser()
+
+
+# -- snapshots -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path  # the folder holding _metadata
+    checkpoint_id: int
+    savepoint: bool
+    written_at: float  # _metadata's modification time (epoch s)
+
+    @property
+    def uri(self) -> str:
+        return self.path.resolve().as_uri()
+
+    def age_s(self, now: float | None = None) -> float:
+        return (now or time.time()) - self.written_at
+
+    def describe(self, now: float | None = None) -> str:
+        what = "savepoint" if self.savepoint else "checkpoint"
+        return f"{what} {self.checkpoint_id} at {self.uri} (written {human_age(self.age_s(now))} ago)"
+
+
+def human_age(s: float) -> str:
+    s = max(0, int(s))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min {s % 60} s"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def metadata_checkpoint_id(folder: Path) -> int | None:
+    """The checkpoint id in ``folder/_metadata``'s header, or None when there is no complete header."""
+    try:
+        with open(folder / "_metadata", "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if len(head) < 16:
+        return None
+    magic, version, cid = struct.unpack(">iiq", head)
+    if magic != METADATA_MAGIC or version not in METADATA_VERSIONS or cid < 0:
+        return None
+    return cid
+
+
+def read_snapshot(folder: Path | str, savepoint: bool | None = None) -> Snapshot | None:
+    """The completed snapshot in ``folder`` (a path or file URI), or None (missing, half-written, a ``chk-N``
+    whose header names another id)."""
+    p = local_path(str(folder)) if isinstance(folder, str) else folder
+    if p is None:
+        return None
+    cid = metadata_checkpoint_id(p)
+    if cid is None:
+        return None
+    if p.name.startswith("chk-") and p.name[4:] != str(cid):
+        return None
+    if savepoint is None:
+        savepoint = not p.name.startswith("chk-")
+    return Snapshot(p, cid, savepoint, (p / "_metadata").stat().st_mtime)
+
+
+def run_checkpoints(checkpoint_dir: str, job_id: str) -> tuple[list[Snapshot], list[Path]]:
+    """(completed retained checkpoints, half-written ``chk-N`` folders) of one run."""
+    base = local_path(checkpoint_dir)
+    if base is None:
+        return [], []
+    done, half = [], []
+    for chk in sorted((base / job_id).glob("chk-*")):
+        s = read_snapshot(chk, savepoint=False)
+        (done.append(s) if s else half.append(chk))
+    return done, half
+
+
+# -- the record ----------------------------------------------------------------------------------------
+
+
+def lineage_path(job_name: str, home: Path | None = None) -> Path:
+    return job_dir(job_name, home) / LINEAGE_FILE
+
+
+def read(job_name: str, home: Path | None = None) -> list[dict]:
+    """The lineage records, oldest first ([] when there is no lineage). An unreadable line is skipped:
+    every write replaces the whole file atomically, so one only appears if someone edited it."""
+    p = lineage_path(job_name, home)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("kind") in ("run", "savepoint"):
+            out.append(rec)
+    return out
+
+
+def append(job_name: str, record: dict, home: Path | None = None) -> None:
+    """Add ``record``: the file is rewritten to a temporary file, fsynced and renamed over the old one, so a
+    reader (or a crash) sees the old lineage or the new one, never a torn line."""
+    p = lineage_path(job_name, home)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    old = p.read_bytes() if p.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    fd, tmp = tempfile.mkstemp(prefix=".lineage-", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(old + json.dumps(record, sort_keys=True).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # the rename itself durable
+        dfd = os.open(p.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def record_run(job_name: str, job_id: str, checkpoint_dir: str, restored_from: Snapshot | None,
+               extra: dict | None = None, home: Path | None = None) -> dict:
+    rec = {"kind": "run", "job_id": job_id, "started_at": int(time.time() * 1000),
+           "checkpoint_dir": checkpoint_dir,
+           "restored_from": restored_from.uri if restored_from else None,
+           "restored_checkpoint_id": restored_from.checkpoint_id if restored_from else None,
+           **(extra or {})}
+    append(job_name, rec, home)
+    return rec
+
+
+def record_savepoint(job_name: str, job_id: str, location: str, stopped: bool, home: Path | None = None) -> dict | None:
+    """Record a completed savepoint of one of the job's runs (once per location); None if it is not one."""
+    snap = read_snapshot(location, savepoint=True)
+    if snap is None:
+        return None
+    if any(r["kind"] == "savepoint" and r.get("path") == snap.uri for r in read(job_name, home)):
+        return None
+    rec = {"kind": "savepoint", "job_id": job_id, "path": snap.uri, "checkpoint_id": snap.checkpoint_id,
+           "taken_at": int(snap.written_at * 1000), "stopped": stopped}
+    append(job_name, rec, home)
+    return rec
+
+
+def find_job(job_id: str, home: Path | None = None) -> str | None:
+    """The job name whose lineage has a run with ``job_id``, if any."""
+    root = (home or paths.home()) / "jobs"
+    for lf in sorted(root.glob(f"*/{LINEAGE_FILE}")):
+        if any(r["kind"] == "run" and r.get("job_id") == job_id for r in read(lf.parent.name, home)):
+            return lf.parent.name
+    return None
+
+
+# -- resolution ----------------------------------------------------------------------------------------
+
+
+def run_savepoints(job_name: str, run: dict, records: list[dict], home: Path | None = None) -> list[Snapshot]:
+    """Completed savepoints of one run: the recorded ones, and any ``savepoint-<job id[:6]>-*`` folder in the
+    job's savepoints folder written after the run started (stop-with-savepoint of a MiniCluster run ends
+    its process before anyone can ask its REST API where the savepoint went)."""
+    job_id = run["job_id"]
+    found: dict[Path, Snapshot] = {}
+    for r in records:
+        if r["kind"] == "savepoint" and r.get("job_id") == job_id:
+            s = read_snapshot(r["path"], savepoint=True)
+            if s:
+                found[s.path.resolve()] = s
+    started = run.get("started_at", 0) / 1000
+    for d in savepoints_dir(job_name, home).glob(f"savepoint-{job_id[:6]}-*"):
+        s = read_snapshot(d, savepoint=True)
+        if s and s.written_at >= started - 1:
+            found.setdefault(s.path.resolve(), s)
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class Resolution:
+    snapshot: Snapshot
+    how: str  # why this one, for the operator
+
+
+def resolve_latest(job_name: str, home: Path | None = None) -> Resolution | None:
+    """The newest completed snapshot of the job (see the module's doc); None when the job never ran (no
+    lineage and nothing in its folder). Raises :class:`ManualRestoreRequired` when the job ran but nothing
+    can be named."""
+    records = read(job_name, home)
+    runs = [r for r in records if r["kind"] == "run"]
+    jd = job_dir(job_name, home)
+    if not runs:
+        traces = [p for p in (jd / "checkpoints", jd / "savepoints") if p.is_dir() and any(p.iterdir())]
+        if traces:
+            raise ManualRestoreRequired(
+                f"job {job_name} has run before ({', '.join(str(t) for t in traces)} not empty) but its lineage "
+                f"({lineage_path(job_name, home)}) is gone: manual restore required. Name the snapshot with "
+                "--restore-from PATH, or start without --restore-from (the start is checked against the "
+                "committed output)")
+        return None
+    run = runs[-1]
+    done, _ = run_checkpoints(run["checkpoint_dir"], run["job_id"])
+    cands = done + run_savepoints(job_name, run, records, home)
+    if cands:
+        best = max(cands, key=lambda s: (s.checkpoint_id, s.savepoint))
+        return Resolution(best, f"the newest completed snapshot of the newest run, {run['job_id']}")
+    src = run.get("restored_from")
+    if not src:
+        raise ManualRestoreRequired(
+            f"the newest run of job {job_name} ({run['job_id']}) started without state and completed no "
+            "checkpoint or savepoint, so there is no state to restore: manual restore required. Start "
+            "without --restore-from (the start position is checked against the committed output) or name "
+            "a snapshot with --restore-from PATH")
+    snap = read_snapshot(src)
+    if snap is None:
+        raise ManualRestoreRequired(
+            f"run {run['job_id']} of job {job_name} completed no snapshot and the one it restored from "
+            f"({src}) is gone or incomplete: manual restore required (--restore-from PATH)")
+    # The newest run committed nothing (its transactions commit only on a completed checkpoint), so the
+    # state its predecessors' committed output continues from is the one it restored: the same rule again
+    # one run back, which already chose this snapshot.
+    return Resolution(snap, f"the newest run, {run['job_id']}, completed no snapshot; it had restored from this one")
+
+
+# -- retention -----------------------------------------------------------------------------------------
+
+
+def all_snapshots(job_name: str, home: Path | None = None) -> tuple[list[Snapshot], list[Path]]:
+    """(every completed snapshot of the job's runs and savepoints folder, half-written ``chk-N`` folders)."""
+    records = read(job_name, home)
+    done: dict[Path, Snapshot] = {}
+    half: list[Path] = []
+    ck_dirs = {r["checkpoint_dir"] for r in records if r["kind"] == "run"}
+    for ck in ck_dirs:
+        base = local_path(ck)
+        if base is None or not base.is_dir():
+            continue
+        for run_dir in base.iterdir():
+            if run_dir.is_dir():
+                d, h = run_checkpoints(ck, run_dir.name)
+                done.update((s.path.resolve(), s) for s in d)
+                half += h
+    for sp in savepoints_dir(job_name, home).glob("savepoint-*"):
+        s = read_snapshot(sp, savepoint=True)
+        if s:
+            done.setdefault(s.path.resolve(), s)
+    for r in records:
+        if r["kind"] == "savepoint":
+            s = read_snapshot(r["path"], savepoint=True)
+            if s:
+                done.setdefault(s.path.resolve(), s)
+    return list(done.values()), half
+
+
+def prune(job_name: str, keep: int, protect: tuple[Path, ...] = (), home: Path | None = None) -> list[Path]:
+    """Keep the newest ``keep`` completed snapshots of the job (by ``_metadata`` time; and whatever is in
+    ``protect``, e.g. the one being restored); remove the others and every half-written ``chk-N`` (call it
+    only when no run of the job is alive: a live run's next checkpoint is half-written while it is taken).
+    Savepoints outside the job's folder are never removed. Returns what was removed."""
+    done, half = all_snapshots(job_name, home)
+    protect_r = {p.resolve() for p in protect}
+    ordered = sorted(done, key=lambda s: s.written_at, reverse=True)
+    keep_set = {s.path.resolve() for s in ordered[:keep]} | protect_r
+    own = job_dir(job_name, home).resolve()
+    removed: list[Path] = []
+    for s in ordered[keep:]:
+        p = s.path.resolve()
+        if p in keep_set:
+            continue
+        if s.savepoint and own not in p.parents:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    for h in half:
+        if h.resolve() not in protect_r:
+            shutil.rmtree(h, ignore_errors=True)
+            removed.append(h)
+    # a run folder left with no chk-N holds only shared/ and taskowned/: nothing restorable references it
+    for r in {p.parent for p in removed if p.name.startswith("chk-")}:
+        if r.is_dir() and not any(r.glob("chk-*")):
+            shutil.rmtree(r, ignore_errors=True)
+    return removed

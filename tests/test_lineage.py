@@ -1,0 +1,231 @@
+"""The restore lineage and the go-back-in-time rule on fabricated folders and figures (no broker, no Flink).
+
+Snapshots are written as Flink 2.2 writes them: ``_metadata`` starts with the magic int 0x4960672D, the
+serializer version (6) and the checkpoint id (a long); the Kafka source's split state follows the layout
+seen in real ``_metadata`` files (reader elements framed as element length, version, split length; the
+enumerator's copy framed otherwise, with the initial offset -2)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import pytest
+
+from riskstream.config import JobConfig
+from riskstream.ops import lineage, restore
+from riskstream.ops.lineage import ManualRestoreRequired
+
+JOB = "job-a"
+TOPIC = "t.events"
+
+
+def split(topic: str, partition: int, offset: int, reader: bool = True) -> bytes:
+    t = topic.encode()
+    body = struct.pack(">H", len(t)) + t + struct.pack(">iqq", partition, offset, -(2 ** 63))
+    head = struct.pack(">iii", len(body) + 8, 0, len(body)) if reader else struct.pack(">iii", 2, 0, len(body))
+    return head + body
+
+
+def write_snapshot(folder, cid: int, offsets: dict[int, int] | None = None, mtime: float | None = None,
+                   version: int = 6) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    body = b"".join(split(TOPIC, p, -2, reader=False) for p in (offsets or {}))  # the enumerator's copy
+    body += b"".join(split(TOPIC, p, o) for p, o in (offsets or {}).items())
+    (folder / "_metadata").write_bytes(struct.pack(">iiq", 0x4960672D, version, cid) + b"\0" * 40 + body)
+    if mtime is not None:
+        os.utime(folder / "_metadata", (mtime, mtime))
+
+
+def run(home, job_id: str, restored_from=None, started_at: float | None = None) -> str:
+    ck = (lineage.job_dir(JOB, home) / "checkpoints").as_uri()
+    snap = lineage.read_snapshot(restored_from) if restored_from else None
+    rec = lineage.record_run(JOB, job_id, ck, snap, home=home)
+    if started_at is not None:  # rewrite the start time (fabricated history)
+        recs = lineage.read(JOB, home)
+        lineage.lineage_path(JOB, home).unlink()
+        for r in recs:
+            if r is not None and r.get("job_id") == job_id and r["kind"] == "run":
+                r["started_at"] = int(started_at * 1000)
+            lineage.append(JOB, r, home)
+    return rec["job_id"]
+
+
+def chk(home, job_id: str, n: int):
+    return lineage.job_dir(JOB, home) / "checkpoints" / job_id / f"chk-{n}"
+
+
+def sp(home, job_id: str, tag: str = "abcdef012345"):
+    return lineage.savepoints_dir(JOB, home) / f"savepoint-{job_id[:6]}-{tag}"
+
+
+A, B, C = "a" * 32, "b" * 32, "c" * 32
+
+
+def test_header_and_half_written(tmp_path):
+    write_snapshot(tmp_path / "chk-7", 7)
+    assert lineage.read_snapshot(tmp_path / "chk-7").checkpoint_id == 7
+    (tmp_path / "chk-8").mkdir()  # no _metadata: half-written
+    assert lineage.read_snapshot(tmp_path / "chk-8") is None
+    write_snapshot(tmp_path / "chk-9", 3)  # a header naming another checkpoint
+    assert lineage.read_snapshot(tmp_path / "chk-9") is None
+    (tmp_path / "chk-10").mkdir()
+    (tmp_path / "chk-10" / "_metadata").write_bytes(struct.pack(">ii", 0x4960672D, 6))  # torn header
+    assert lineage.read_snapshot(tmp_path / "chk-10") is None
+    write_snapshot(tmp_path / "sp", 5, version=99)
+    assert lineage.read_snapshot(tmp_path / "sp") is None
+
+
+def test_never_ran_is_a_first_start(tmp_path):
+    assert lineage.resolve_latest(JOB, tmp_path) is None
+
+
+def test_newest_runs_highest_completed_checkpoint(tmp_path):
+    run(tmp_path, A)
+    write_snapshot(chk(tmp_path, A, 40), 40)
+    run(tmp_path, B, restored_from=chk(tmp_path, A, 40))
+    write_snapshot(chk(tmp_path, B, 44), 44)
+    write_snapshot(chk(tmp_path, B, 45), 45)
+    chk(tmp_path, B, 46).mkdir()  # being written when the process died
+    res = lineage.resolve_latest(JOB, tmp_path)
+    assert (res.snapshot.checkpoint_id, res.snapshot.savepoint) == (45, False)
+    # an older run's checkpoint written later (file times) does not win: the newest run does
+    write_snapshot(chk(tmp_path, A, 41), 41, mtime=time.time() + 60)
+    assert lineage.resolve_latest(JOB, tmp_path).snapshot.checkpoint_id == 45
+
+
+def test_savepoint_with_a_higher_id_wins(tmp_path):
+    run(tmp_path, A)
+    write_snapshot(chk(tmp_path, A, 12), 12)
+    write_snapshot(sp(tmp_path, A), 13)
+    lineage.record_savepoint(JOB, A, sp(tmp_path, A).as_uri(), stopped=True, home=tmp_path)
+    res = lineage.resolve_latest(JOB, tmp_path)
+    assert (res.snapshot.checkpoint_id, res.snapshot.savepoint) == (13, True)
+    # recorded once, however often it is reported
+    assert lineage.record_savepoint(JOB, A, sp(tmp_path, A).as_uri(), stopped=True, home=tmp_path) is None
+    assert sum(r["kind"] == "savepoint" for r in lineage.read(JOB, tmp_path)) == 1
+
+
+def test_unrecorded_savepoint_of_the_run_counts(tmp_path):
+    """A MiniCluster run stopped with a savepoint exits before anyone records it: its folder name names the run."""
+    run(tmp_path, A, started_at=time.time() - 10)
+    write_snapshot(chk(tmp_path, A, 5), 5)
+    write_snapshot(sp(tmp_path, A), 6)
+    write_snapshot(sp(tmp_path, B, "x"), 99)  # another run's
+    assert lineage.resolve_latest(JOB, tmp_path).snapshot.checkpoint_id == 6
+
+
+def test_issue_sequence_killed_before_first_checkpoint(tmp_path):
+    """run A, stop-with-savepoint (Flink deletes A's checkpoints), resume B from the savepoint, B killed
+    before its first checkpoint: latest is the savepoint, not an older retained checkpoint."""
+    run(tmp_path, A)
+    write_snapshot(chk(tmp_path, A, 30), 30, mtime=time.time() - 300)  # an older run's retained checkpoint
+    run(tmp_path, B, restored_from=chk(tmp_path, A, 30))
+    write_snapshot(sp(tmp_path, B), 52)
+    lineage.record_savepoint(JOB, B, sp(tmp_path, B).as_uri(), stopped=True, home=tmp_path)
+    run(tmp_path, C, restored_from=sp(tmp_path, B))
+    chk(tmp_path, C, 53).mkdir(parents=True)  # half-written, then SIGKILL
+    res = lineage.resolve_latest(JOB, tmp_path)
+    assert res.snapshot.path == sp(tmp_path, B) and res.snapshot.checkpoint_id == 52
+    assert "completed no snapshot" in res.how
+    # and once more: D restored from the savepoint and died too
+    run(tmp_path, "d" * 32, restored_from=sp(tmp_path, B))
+    assert lineage.resolve_latest(JOB, tmp_path).snapshot.path == sp(tmp_path, B)
+
+
+def test_refusals(tmp_path):
+    run(tmp_path, A)  # started without state, killed before its first checkpoint
+    with pytest.raises(ManualRestoreRequired, match="started without state and completed no"):
+        lineage.resolve_latest(JOB, tmp_path)
+    write_snapshot(sp(tmp_path, A), 9)
+    lineage.record_savepoint(JOB, A, sp(tmp_path, A).as_uri(), stopped=True, home=tmp_path)
+    run(tmp_path, B, restored_from=sp(tmp_path, A))
+    import shutil
+
+    shutil.rmtree(sp(tmp_path, A))  # the savepoint B restored from is gone, B completed nothing
+    with pytest.raises(ManualRestoreRequired, match="is gone or incomplete: manual restore required"):
+        lineage.resolve_latest(JOB, tmp_path)
+    write_snapshot(chk(tmp_path, B, 3), 3)
+    lineage.lineage_path(JOB, tmp_path).unlink()  # lineage gone, the job's folder is not empty
+    with pytest.raises(ManualRestoreRequired, match="lineage .* is gone: manual restore required"):
+        lineage.resolve_latest(JOB, tmp_path)
+
+
+def test_lineage_survives_an_unreadable_line_and_finds_jobs(tmp_path):
+    run(tmp_path, A)
+    p = lineage.lineage_path(JOB, tmp_path)
+    p.write_text(p.read_text() + "{torn")
+    run(tmp_path, B)
+    assert [r["job_id"] for r in lineage.read(JOB, tmp_path)] == [A, B]
+    assert lineage.find_job(B, tmp_path) == JOB and lineage.find_job(C, tmp_path) is None
+    assert not list(p.parent.glob(".lineage-*"))  # no temporary file left
+
+
+def test_split_offsets_reads_the_readers_state_not_the_enumerators(tmp_path):
+    write_snapshot(tmp_path / "chk-4", 4, {0: 120, 1: 95})
+    snap = lineage.read_snapshot(tmp_path / "chk-4")
+    assert restore.snapshot_offsets(snap, TOPIC) == {0: 120, 1: 95}
+    assert restore.snapshot_offsets(snap, "other.events") == {}
+
+
+def cfg(**kw) -> JobConfig:
+    return JobConfig(job_name=JOB, events_topic=TOPIC, **kw)
+
+
+def down(group, begin=None, end=None, decisions=0):
+    begin = begin or {0: 0, 1: 0}
+    return restore.Downstream(group, begin, end or {0: 500, 1: 500}, decisions)
+
+
+def test_going_back_in_time_is_refused_with_the_count(tmp_path):
+    write_snapshot(tmp_path / "old", 7, {0: 100, 1: 80})
+    write_snapshot(tmp_path / "new", 9, {0: 150, 1: 130})
+    old, new = lineage.read_snapshot(tmp_path / "old"), lineage.read_snapshot(tmp_path / "new")
+    committed = down({0: 150, 1: 130}, decisions=280)
+    chk_old = restore.evaluate(cfg(), old, committed, "the old savepoint")
+    assert chk_old.reprocess == 100 and chk_old.per_partition == {0: 50, 1: 50}
+    assert "would decide again about 100 events" in chk_old.refused and "--allow-reprocess" in chk_old.refused
+    assert restore.evaluate(cfg(), new, committed, "x").refused is None
+    # the group's commit trails the newest snapshot (a failed async commit): never a refusal
+    assert restore.evaluate(cfg(), new, down({0: 140, 1: 130}), "x").refused is None
+
+
+def test_start_without_state(tmp_path):
+    committed = down({0: 150, 1: 130}, decisions=280)
+    assert restore.evaluate(cfg(starting_offsets="committed"), None, committed, "x").refused is None
+    assert restore.evaluate(cfg(starting_offsets="latest"), None, committed, "x").refused is None
+    early = restore.evaluate(cfg(starting_offsets="earliest"), None, committed, "x")
+    assert early.reprocess == 280 and "would decide again" in early.refused
+    # decisions exist but the group has no offsets: refused unless from the end
+    orphan = down({}, decisions=280)
+    for start in ("committed", "earliest"):
+        c = restore.evaluate(cfg(starting_offsets=start), None, orphan, "x")
+        assert c.refused and "refusing to start without state" in c.refused and c.reprocess == 1000
+    assert restore.evaluate(cfg(starting_offsets="latest"), None, orphan, "x").refused is None
+    # a first start on empty topics
+    assert restore.evaluate(cfg(starting_offsets="earliest"), None, down({}), "x").refused is None
+
+
+def test_retention_keeps_newest_and_removes_half_written(tmp_path):
+    now = time.time()
+    run(tmp_path, A)
+    write_snapshot(chk(tmp_path, A, 3), 3, mtime=now - 500)
+    chk(tmp_path, A, 4).mkdir()
+    (lineage.job_dir(JOB, tmp_path) / "checkpoints" / A / "shared").mkdir()
+    for i, tag in enumerate(("111111111111", "222222222222", "333333333333")):
+        write_snapshot(sp(tmp_path, B, tag), 10 + i, mtime=now - 400 + 100 * i)
+    run(tmp_path, B, restored_from=sp(tmp_path, B, "111111111111"))
+    write_snapshot(chk(tmp_path, B, 20), 20, mtime=now)
+    removed = lineage.prune(JOB, 2, protect=(sp(tmp_path, B, "111111111111"),), home=tmp_path)
+    done, half = lineage.all_snapshots(JOB, tmp_path)
+    assert {s.checkpoint_id for s in done} == {20, 12, 10} and half == []
+    assert chk(tmp_path, A, 4) in removed and not (lineage.job_dir(JOB, tmp_path) / "checkpoints" / A).exists()
+    assert not sp(tmp_path, B, "222222222222").exists()
+
+
+def test_default_checkpoint_dir_is_the_jobs_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path))
+    assert JobConfig(job_name="x").checkpoint_dir == (tmp_path / "jobs" / "x" / "checkpoints").as_uri()
+    assert JobConfig(job_name="y").checkpoint_dir != JobConfig(job_name="x").checkpoint_dir
+    assert JobConfig(checkpoint_dir="/elsewhere").checkpoint_dir == "file:///elsewhere"
