@@ -92,6 +92,8 @@ public final class EventParser implements Serializable {
     private final long minTs;
     private final long maxTs;
     private final double maxAmount;
+    private final String[] keyStrings; // the known fields, shared by every parse
+    private final byte[][] keyBytes;
     private final String[] rowNames;
     private final String[] rowTypes;
     // where each Row position takes its value from: the index into the validated values (see parse), or
@@ -127,6 +129,8 @@ public final class EventParser implements Serializable {
         Collections.addAll(known, required);
         known.add("extras");
         Collections.addAll(known, optionalNames);
+        keyStrings = known.toArray(new String[0]);
+        keyBytes = StrictJson.keyBytes(keyStrings);
         maxEventBytes = ((Number) c.get("max_event_bytes")).intValue();
         maxIdLen = ((Number) c.get("max_id_len")).intValue();
         maxIpLen = ((Number) c.get("max_ip_len")).intValue();
@@ -234,7 +238,7 @@ public final class EventParser implements Serializable {
         }
         Object top;
         try {
-            top = StrictJson.parse(raw);
+            top = StrictJson.parse(raw, keyBytes, keyStrings);
         } catch (StrictJson.Fail e) {
             return reject(INVALID_JSON, e.getMessage());
         }

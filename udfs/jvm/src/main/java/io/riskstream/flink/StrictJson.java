@@ -3,6 +3,7 @@ package io.riskstream.flink;
 import java.math.BigInteger;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -43,19 +44,41 @@ final class StrictJson {
         }
     }
 
+    private static final byte[][] NO_KEYS = new byte[0][];
+    private static final String[] NO_KEY_STRINGS = new String[0];
+
     private final byte[] b;
     private final int end;
+    private final byte[][] keyBytes;
+    private final String[] keyStrings;
     private int pos;
     private int depth;
 
-    private StrictJson(byte[] b) {
+    private StrictJson(byte[] b, byte[][] keyBytes, String[] keyStrings) {
         this.b = b;
         this.end = b.length;
+        this.keyBytes = keyBytes;
+        this.keyStrings = keyStrings;
+    }
+
+    /** The ASCII keys {@link #parse(byte[], byte[][], String[])} hands out as shared String instances. */
+    static byte[][] keyBytes(String[] keys) {
+        byte[][] out = new byte[keys.length][];
+        for (int i = 0; i < keys.length; i++) {
+            out[i] = keys[i].getBytes(StandardCharsets.UTF_8);
+        }
+        return out;
     }
 
     /** The document's value; throws {@link Fail} on anything orjson refuses. */
     static Object parse(byte[] b) throws Fail {
-        StrictJson r = new StrictJson(b);
+        return parse(b, NO_KEYS, NO_KEY_STRINGS);
+    }
+
+    /** As {@link #parse(byte[])}; object keys spelled (unescaped) like one of {@code keyStrings} come back as
+     * that instance (no copy, its hash already known): the contract's field names. */
+    static Object parse(byte[] b, byte[][] keyBytes, String[] keyStrings) throws Fail {
+        StrictJson r = new StrictJson(b, keyBytes, keyStrings);
         r.skipWs();
         Object v = r.value();
         r.skipWs();
@@ -145,7 +168,10 @@ final class StrictJson {
             if (b[pos] != '"') {
                 throw new Fail("expected a string key", pos);
             }
-            String key = string();
+            String key = knownKey();
+            if (key == null) {
+                key = string();
+            }
             skipWs();
             if (pos >= end || b[pos] != ':') {
                 throw new Fail("expected ':'", pos);
@@ -195,6 +221,20 @@ final class StrictJson {
             }
             skipWs();
         }
+    }
+
+    /** A key equal to one of keyStrings (pos at its opening quote), or null (pos unchanged). */
+    private String knownKey() {
+        int start = pos + 1;
+        for (int k = 0; k < keyBytes.length; k++) {
+            byte[] kb = keyBytes[k];
+            int close = start + kb.length;
+            if (close < end && b[close] == '"' && Arrays.equals(b, start, close, kb, 0, kb.length)) {
+                pos = close + 1;
+                return keyStrings[k];
+            }
+        }
+        return null;
     }
 
     private String string() throws Fail {
