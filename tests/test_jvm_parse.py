@@ -236,7 +236,7 @@ def test_stage_on_minicluster_emits_rows_and_exact_dead_letters(jp):
     from pipelines import decision_job
     from riskstream.config import JobConfig
     from udfs.flink import BYTES, DEAD_LETTER_TAG
-    from udfs.jvm_parse import parse_stage, use_jar
+    from udfs.jvm_parse import dead_letters, parse_stage, use_jar
 
     good = [orjson.dumps({**GOOD, "event_id": f"e{i}", "extras": {"i": i}} if i % 2 else {**GOOD, "event_id": f"e{i}"})
             for i in range(20)]
@@ -250,8 +250,9 @@ def test_stage_on_minicluster_emits_rows_and_exact_dead_letters(jp):
     events = parsed.map(lambda row: orjson.dumps({"event_id": row[0], "extras": row[8], "n": len(row),
                                                   "values": list(row[len(row) - 3]), "late": row[len(row) - 2]}),
                         output_type=BYTES)
-    dead = parsed.get_side_output(DEAD_LETTER_TAG)
-    out = [bytes(b) for b in events.union(dead).map(lambda b: b, output_type=BYTES).execute_and_collect()]
+    dead = parsed.get_side_output(DEAD_LETTER_TAG)  # PyFlink's way (through a Python map) ...
+    dead_jvm = dead_letters(parsed)  # ... and straight from the JVM: the same dead letters
+    out = [bytes(b) for b in events.union(dead, dead_jvm).map(lambda b: b, output_type=BYTES).execute_and_collect()]
     recs = [orjson.loads(b) for b in out]
     got_events = sorted((r for r in recs if "event_id" in r), key=lambda r: int(r["event_id"][1:]))
     assert [r["event_id"] for r in got_events] == [f"e{i}" for i in range(20)]
@@ -260,11 +261,31 @@ def test_stage_on_minicluster_emits_rows_and_exact_dead_letters(jp):
         [{"i": i} if i % 2 else None for i in range(20)]
     dls = [r for r in recs if "reason" in r]
     originals = sorted(base64.b64decode(r["original_b64"]) for r in dls)
-    assert originals == sorted(bad)  # exact bytes, each once
+    assert originals == sorted(bad + bad)  # exact bytes, once per side-output reader
     want = {raw: reason for _, raw, reason in CORPUS}
     assert all(r["reason"] == want[base64.b64decode(r["original_b64"])] and r["job"] == "jvm-parse-test"
                and r["original_size"] == len(base64.b64decode(r["original_b64"])) for r in dls)
     assert {"reason", "detail", "original_b64", "original_size", "job", "dead_at"} == set(dls[0])
+
+
+def test_chaos_trigger_fails_the_task_once(jp, tmp_path):
+    """The chaos hook: the trigger file is claimed (deleted) by a task, which fails; the restarted job
+    finishes."""
+    from pipelines import decision_job
+    from riskstream.config import JobConfig
+    from udfs.flink import BYTES, CHAOS_TASK_FAILURE
+    from udfs.jvm_parse import parse_stage, use_jar
+
+    trigger = tmp_path / CHAOS_TASK_FAILURE
+    trigger.write_text("")
+    env = decision_job.make_env(JobConfig(parallelism=1, restart_attempts=3))
+    use_jar(build_jar(), env)
+    raw = env.from_collection([orjson.dumps({**GOOD, "event_id": f"e{i}"}) for i in range(50)]).map(
+        lambda b: b, output_type=BYTES)
+    rows = parse_stage(raw, "chaos-test", chaos_dir=str(tmp_path))
+    out = list(rows.map(lambda row: row[0]).execute_and_collect())
+    assert not trigger.exists()
+    assert {f"e{i}" for i in range(50)} <= set(out)
 
 
 # ---- speed ----------------------------------------------------------------------------------------------

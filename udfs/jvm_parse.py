@@ -57,14 +57,25 @@ def parse_function(job_name: str):
     return _jvm_package().ParseEventFunction(contract_json(), job_name, layout_json())
 
 
-def parse_stage(raw, job_name: str):
+def parse_stage(raw, job_name: str, chaos_dir: str | None = None):
     """``raw`` (a DataStream of record bytes) -> the parsed stage records (typed Rows), dead letters on the
-    side output ``udfs.flink.DEAD_LETTER_TAG``. Named and uid'd "parse-validate", like the Python stage."""
+    side output ``udfs.flink.DEAD_LETTER_TAG`` (:func:`dead_letters`). Named and uid'd "parse-validate", like
+    the Python stage. ``chaos_dir`` replaces the environment's RISKSTREAM_CHAOS_DIR (tests)."""
     from pyflink.datastream import DataStream
 
     fn = parse_function(job_name)
+    if chaos_dir is not None:
+        fn = fn.withChaosDir(str(chaos_dir))
     j_stream = raw._j_data_stream.process(fn, fn.getProducedType())
     return DataStream(j_stream).name(STAGE_NAME).uid(STAGE_NAME)
+
+
+def dead_letters(parsed):
+    """The stage's dead letters (byte[] JSON) straight from the JVM side output. (PyFlink's
+    ``get_side_output`` adds a Python identity map to re-type the stream; this one stays in the JVM.)"""
+    from pyflink.datastream import DataStream
+
+    return DataStream(parsed._j_data_stream.getSideOutput(_jvm_package().ParseEventFunction.deadLetterTag()))
 
 
 # -- the pure parser, called directly (tests, benchmarks) ---------------------------------------------

@@ -546,6 +546,11 @@ public final class EventParser implements Serializable {
         return out;
     }
 
+    /** Framed records as a list (a JVM-side collection source for benchmarks: {@code env.fromData}). */
+    public static List<byte[]> framedRecords(byte[] framed) {
+        return unframe(framed);
+    }
+
     /** Parse framed records; a JSON array with per record {"row": [...]} or {"reason": .., "detail": ..}
      * (ASCII: every non-ASCII character escaped). */
     public String parseFramedToJson(byte[] framed) {

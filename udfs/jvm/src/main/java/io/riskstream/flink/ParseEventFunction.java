@@ -33,6 +33,8 @@ public class ParseEventFunction extends ProcessFunction<byte[], Row> implements 
     private final String jobName;
     private final String layoutJson;
 
+    private String chaosDir; // null: RISKSTREAM_CHAOS_DIR when the task opens
+
     private transient EventParser parser;
     private transient Counter dead;
     private transient Counter valid;
@@ -66,6 +68,12 @@ public class ParseEventFunction extends ProcessFunction<byte[], Row> implements 
         return new EventParser(contractJson, layoutJson).rowTypeInfo();
     }
 
+    /** The chaos folder in place of the environment's RISKSTREAM_CHAOS_DIR (tests). */
+    public ParseEventFunction withChaosDir(String dir) {
+        this.chaosDir = dir;
+        return this;
+    }
+
     public static OutputTag<byte[]> deadLetterTag() {
         return DEAD_LETTER;
     }
@@ -75,7 +83,7 @@ public class ParseEventFunction extends ProcessFunction<byte[], Row> implements 
         parser = new EventParser(contractJson, layoutJson);
         dead = getRuntimeContext().getMetricGroup().counter("dead_letters");
         valid = getRuntimeContext().getMetricGroup().counter("events_valid");
-        String dir = System.getenv(CHAOS_ENV);
+        String dir = chaosDir != null ? chaosDir : System.getenv(CHAOS_ENV);
         chaosTrigger = dir == null || dir.isEmpty() ? null : Paths.get(dir, CHAOS_TASK_FAILURE);
         chaosNext = System.nanoTime();
     }
