@@ -3,7 +3,8 @@
 
 The source is a JVM collection of the records' bytes and the sink discards, so a run with no stage in
 between (the baseline) takes out the job's fixed costs and the source's; each stage's figure is
-(its run - the baseline) / records. Parallelism 1, the job's Python settings (``decision_job.make_env``).
+(its run - the baseline) / records. Parallelism 1, the job's Python settings (``decision_job.make_env``;
+``--mode process`` for PyFlink's process mode).
 
 ``python -m benchmarks.parse_stage --events 100000`` (builds the JVM module with Maven first).
 """
@@ -26,7 +27,7 @@ def build_jar() -> Path:
     return ROOT / "udfs" / "jvm" / "target" / "riskstream-jvm.jar"
 
 
-def _run(jar: Path, framed: bytes, stage: str) -> float:
+def _run(jar: Path, framed: bytes, stage: str, mode: str) -> float:
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
 
@@ -35,7 +36,7 @@ def _run(jar: Path, framed: bytes, stage: str) -> float:
     from udfs import flink as F
     from udfs.jvm_parse import parse_stage, use_jar
 
-    env = decision_job.make_env(JobConfig(parallelism=1))
+    env = decision_job.make_env(JobConfig(parallelism=1, python_execution_mode=mode))
     use_jar(jar, env)
     jvm = get_gateway().jvm
     j_env = env._j_stream_execution_environment
@@ -58,24 +59,26 @@ def main(argv: list[str] | None = None) -> None:
     import orjson
 
     from riskstream.generator import TrafficGenerator
-    from udfs.jvm_parse import _frame
+    from udfs.jvm_parse import frame_records
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--mode", choices=("thread", "process"), default="thread", help="PyFlink's Python mode")
     args = ap.parse_args(argv)
     raws = [r.raw if r.raw is not None else orjson.dumps(r.event)
             for r in TrafficGenerator(seed=3, bad_share=0.02).generate(args.events)]
-    framed = _frame(raws)
+    framed = frame_records(raws)
     jar = build_jar()
     best = {}
     for _ in range(args.repeat):
         for stage in ("none", "jvm", "python"):
-            s = _run(jar, framed, stage)
+            s = _run(jar, framed, stage, args.mode)
             best[stage] = min(best.get(stage, s), s)
             print(f"{stage:>6}: {s:.2f} s", flush=True)
     for stage in ("jvm", "python"):
-        print(f"{stage} parse stage: {(best[stage] - best['none']) / len(raws) * 1e6:.1f} µs/record "
+        us = (best[stage] - best["none"]) / len(raws) * 1e6
+        print(f"{stage} parse stage ({args.mode} mode): {us:.1f} µs/record "
               f"(run {best[stage]:.2f} s, baseline {best['none']:.2f} s, {len(raws)} records)")
 
 

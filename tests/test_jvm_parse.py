@@ -46,6 +46,17 @@ def assert_agree(jp, raws: list[bytes]) -> int:
     return sum(isinstance(parse_event(r), Event) for r in raws)
 
 
+def test_contract_json_is_the_module_constants():
+    from udfs import events
+
+    c = orjson.loads(events.contract_json())
+    assert c == {"event_types": list(events.EVENT_TYPES), "required_fields": list(events.REQUIRED_FIELDS),
+                 "optional_keys": {k: None if v is None else list(v) for k, v in events.OPTIONAL_KEYS.items()},
+                 "max_event_bytes": events.MAX_EVENT_BYTES, "max_id_len": events.MAX_ID_LEN,
+                 "max_ip_len": events.MAX_IP_LEN, "min_ts_ms": events.MIN_TS_MS, "max_ts_ms": events.MAX_TS_MS,
+                 "max_amount": events.MAX_AMOUNT}
+
+
 # ---- corpus ---------------------------------------------------------------------------------------------
 def test_corpus_reason_codes_match(jp):
     raws = [raw for _, raw, _ in CORPUS]
@@ -58,10 +69,11 @@ def test_corpus_reason_codes_match(jp):
 
 NEAR_MISSES = [
     with_literal("amount", b"-0.0"), with_literal("amount", b"-0"), with_literal("amount", b"0"),
-    with_literal("amount", b"1e9"), with_literal("amount", b"1e-400"), with_literal("amount", b"18446744073709551615"),
-    with_literal("ts", b"946684800000"), with_literal("ts", b"4102444799999"), with_literal("extras", b"null"),
-    with_literal("extras", b"{}"), with_literal("extras", b'{"a":{"b":[1,2.5,-0.0,1e300,18446744073709551615,'
-                                                         b'1e30,-9223372036854775808,true,null,"\\u00e9\\ud83d\\ude00"]}}'),
+    with_literal("amount", b"1e9"), with_literal("amount", b"1e-400"),
+    with_literal("amount", b"18446744073709551615"), with_literal("ts", b"946684800000"),
+    with_literal("ts", b"4102444799999"), with_literal("extras", b"null"), with_literal("extras", b"{}"),
+    with_literal("extras", b'{"a":{"b":[1,2.5,-0.0,1e300,18446744073709551615,1e30,-9223372036854775808,true,'
+                           b'null,"\\u00e9\\ud83d\\ude00"]}}'),
     with_literal("extras", b'{"a":1,"b":2,"a":3}'), with_literal("user_id", b'"\\u0000x"'),
     orjson.dumps({**GOOD, "ip": "2001:db8::ff00:42:8329"}), orjson.dumps({**GOOD, "ip": "1" * 64}),
     orjson.dumps({**GOOD, "user_id": "u" * 128}), orjson.dumps({**GOOD, "user_id": "\U0001F600" * 128}),
@@ -232,13 +244,17 @@ def test_dead_letter_record_has_python_fields_and_exact_bytes(jp):
         assert (dl["reason"], dl["original_size"], dl["job"], dl["dead_at"]) == (reason, len(raw), "job", 1)
 
 
-def test_stage_on_minicluster_emits_rows_and_exact_dead_letters(jp):
+def test_stage_on_minicluster_emits_rows_and_exact_dead_letters(jp, tmp_path):
+    from pyflink.common import Types
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import FileSink
+
     from pipelines import decision_job
     from riskstream.config import JobConfig
     from udfs.flink import BYTES, DEAD_LETTER_TAG
     from udfs.jvm_parse import dead_letters, parse_stage, use_jar
 
-    good = [orjson.dumps({**GOOD, "event_id": f"e{i}", "extras": {"i": i}} if i % 2 else {**GOOD, "event_id": f"e{i}"})
+    good = [orjson.dumps({**GOOD, "event_id": f"e{i}", **({"extras": {"i": i}} if i % 2 else {})})
             for i in range(20)]
     bad = [raw for _, raw, _ in CORPUS]
     records = good + bad
@@ -247,12 +263,20 @@ def test_stage_on_minicluster_emits_rows_and_exact_dead_letters(jp):
     raw = env.from_collection(records).map(lambda b: b, output_type=BYTES)  # pickled bytes -> byte[]
     parsed = parse_stage(raw, "jvm-parse-test")
     # the Rows cross into Python (a PyFlink map reads the typed Row), dead letters through the side output
-    events = parsed.map(lambda row: orjson.dumps({"event_id": row[0], "extras": row[8], "n": len(row),
-                                                  "values": list(row[len(row) - 3]), "late": row[len(row) - 2]}),
-                        output_type=BYTES)
+    names = [name for name, _ in ROW_FIELDS]
+    i_id, i_extras, i_values, i_late = (names.index(n) for n in ("event_id", "extras", "values", "late"))
+    events = parsed.map(lambda row: orjson.dumps({"event_id": row[i_id], "extras": row[i_extras], "n": len(row),
+                                                  "values": list(row[i_values]), "late": row[i_late]}).decode(),
+                        output_type=Types.STRING())
     dead = parsed.get_side_output(DEAD_LETTER_TAG)  # PyFlink's way (through a Python map) ...
     dead_jvm = dead_letters(parsed)  # ... and straight from the JVM: the same dead letters
-    out = [bytes(b) for b in events.union(dead, dead_jvm).map(lambda b: b, output_type=BYTES).execute_and_collect()]
+    text = dead.union(dead_jvm).map(lambda b: bytes(b).decode("ascii"), output_type=Types.STRING())
+    # collect through a file sink (execute_and_collect makes a JVM round trip per record)
+    out_dir = tmp_path / "out"
+    events.union(text).sink_to(FileSink.for_row_format(str(out_dir), Encoder.simple_string_encoder()).build())
+    env.execute("jvm-parse-stage-test")
+    out = [line for f in sorted(out_dir.rglob("*")) if f.is_file() and not f.name.startswith(".")
+           for line in f.read_bytes().splitlines()]
     recs = [orjson.loads(b) for b in out]
     got_events = sorted((r for r in recs if "event_id" in r), key=lambda r: int(r["event_id"][1:]))
     assert [r["event_id"] for r in got_events] == [f"e{i}" for i in range(20)]

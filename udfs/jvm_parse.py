@@ -79,7 +79,8 @@ def dead_letters(parsed):
 
 
 # -- the pure parser, called directly (tests, benchmarks) ---------------------------------------------
-def _frame(raws: Iterable[bytes]) -> bytes:
+def frame_records(raws: Iterable[bytes]) -> bytes:
+    """Records as one byte string for one gateway call: per record a 4-byte big-endian length, its bytes."""
     return b"".join(struct.pack(">I", len(r)) + r for r in raws)
 
 
@@ -100,10 +101,10 @@ class JavaParser:
             batch.append(r)
             size += len(r) + 4
             if size >= batch_bytes:
-                out += json.loads(self._j.parseFramedToJson(_frame(batch)))
+                out += json.loads(self._j.parseFramedToJson(frame_records(batch)))
                 batch, size = [], 0
         if batch:
-            out += json.loads(self._j.parseFramedToJson(_frame(batch)))
+            out += json.loads(self._j.parseFramedToJson(frame_records(batch)))
         return out
 
     def rows(self, raws: list[bytes]) -> list[list | Rejection]:
@@ -127,7 +128,7 @@ class JavaParser:
 
     def benchmark(self, raws: list[bytes], rounds: int = 3) -> tuple[float, int]:
         """(µs per record, events among them) for the Java parser alone, timed in the JVM."""
-        ns, events = map(int, str(self._j.benchmark(_frame(raws), rounds)).split(","))
+        ns, events = map(int, str(self._j.benchmark(frame_records(raws), rounds)).split(","))
         return ns / 1000 / (rounds * len(raws)), events
 
     @staticmethod
