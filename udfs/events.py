@@ -38,6 +38,7 @@ KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_LEN = 128
+MAX_IP_LEN = 64
 # event time must lie in [2000-01-01, 2100-01-01): anything else is a producer bug (seconds vs ms, ...)
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
@@ -147,8 +148,8 @@ def parse_event(raw: bytes) -> Event | Rejection:
     ip = _id(obj, "ip")  # ip keys the ip-window stage: null/blank is null_key, like the other ids
     if isinstance(ip, Rejection):
         return ip
-    if len(ip) > 64:
-        return Rejection(WRONG_TYPE, "ip longer than 64 characters")
+    if len(ip) > MAX_IP_LEN:
+        return Rejection(WRONG_TYPE, f"ip longer than {MAX_IP_LEN} characters")
     amount = obj["amount"]
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         return Rejection(WRONG_TYPE, f"amount must be a number, got {type(amount).__name__}")
@@ -188,6 +189,22 @@ def parse_event(raw: bytes) -> Event | Rejection:
         except orjson.JSONEncodeError:
             return Rejection(INVALID_JSON, "extras nested too deeply (orjson re-encodes at most 254 levels)")
     return Event(ids["event_id"], et, ids["user_id"], ids["device_id"], ip, amount, cur, ts, extras, **optional)
+
+
+def contract_json() -> str:
+    """The contract's constants as JSON, for parsers outside Python (udfs/jvm's EventParser) so that
+    there is one definition. The order of the checks and the reason codes are parse_event's."""
+    return orjson.dumps({
+        "event_types": list(EVENT_TYPES),
+        "required_fields": list(REQUIRED_FIELDS),
+        "optional_keys": {name: None if types is None else list(types) for name, types in OPTIONAL_KEYS.items()},
+        "max_event_bytes": MAX_EVENT_BYTES,
+        "max_id_len": MAX_ID_LEN,
+        "max_ip_len": MAX_IP_LEN,
+        "min_ts_ms": MIN_TS_MS,
+        "max_ts_ms": MAX_TS_MS,
+        "max_amount": MAX_AMOUNT,
+    }).decode()
 
 
 def dead_letter_record(raw: bytes, rejection: Rejection, job: str, dead_at_ms: int,
