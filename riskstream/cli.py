@@ -104,6 +104,64 @@ def cmd_demo(a) -> int:
     return 0 if summary["missing"] == 0 and summary["duplicates"] == 0 else 1
 
 
+def review_settings(a):
+    from .tools.review.ingest import IngestSettings
+    from .tools.review.service import ServiceSettings
+    from .tools.review.store import env_metrics_token
+    from .tools.review.web import WebSettings
+
+    ing = IngestSettings(bootstrap_servers=a.bootstrap_servers, decisions_topic=a.decisions_topic,
+                         events_topic=a.events_topic, control_topic=a.control_topic, start=a.start,
+                         history_days=a.history_days)
+    web = WebSettings(secure_cookies=a.secure_cookies, metrics_token=env_metrics_token())
+    return ServiceSettings(db=a.db, ingest=ing, labels_topic=a.labels_topic, host=a.host, port=a.port, web=web)
+
+
+def cmd_review(a) -> int:
+    import getpass
+
+    from .tools.review.store import Store, StoreError, random_password
+
+    try:
+        if a.action == "add-user":
+            if not a.username:
+                raise SystemExit("riskstream review add-user: give the user name")
+            store = Store(a.db)
+            if a.password_stdin:
+                pw = sys.stdin.readline().rstrip("\n")
+            elif sys.stdin.isatty():
+                pw = getpass.getpass(f"password for {a.username} (empty: generate one): ")
+            else:
+                pw = ""
+            generated = not pw
+            pw = pw or random_password()
+            store.add_user(a.username, pw, by=f"cli:{getpass.getuser()}")
+            print(f"[review] user {a.username} added" + (f"; password (shown once): {pw}" if generated else ""))
+            return 0
+        s = review_settings(a)
+        if a.action == "ingest":
+            from .tools.review.ingest import Ingest
+
+            ing = Ingest(Store(s.db), s.ingest)
+            print(f"[review] ingesting {s.ingest.decisions_topic} (read_committed) into {a.db}", file=sys.stderr,
+                  flush=True)
+            try:
+                ing.run()
+            except KeyboardInterrupt:
+                pass
+            return 0
+        from .tools.review.service import ReviewService
+
+        svc = ReviewService(s).start()
+        print(f"[review] serving {svc.url} (reading {s.ingest.decisions_topic} on {s.ingest.bootstrap_servers}; "
+              f"labels to {s.labels_topic}); add analysts with `riskstream review add-user NAME`", file=sys.stderr,
+              flush=True)
+        svc.wait()
+        return 0
+    except (ValueError, StoreError) as e:
+        raise SystemExit(f"riskstream review: {e}")
+
+
 def cmd_bench(a) -> int:
     from benchmarks import bench
 
@@ -554,6 +612,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the whole spec for another runtime: entities, buckets, features, lateness, sketch")
     add_setting(p, "allowed_lateness_ms")
     p.set_defaults(fn=cmd_features)
+
+    p = sub.add_parser("review", help="the review queue: a web service where analysts work the review decisions "
+                                      "and their verdicts go to the labels topic")
+    p.add_argument("action", choices=["serve", "ingest", "add-user"],
+                   help="serve: the pages and the consumer; ingest: the consumer only; add-user: an analyst")
+    p.add_argument("username", nargs="?", help="add-user: the analyst's user name")
+    p.add_argument("--password-stdin", action="store_true", help="add-user: read the password from stdin "
+                                                                   "(else prompt; empty: generate one)")
+    default_db = env_or("review_db", "sqlite:///" + str(paths.home() / "review" / "review.db"))
+    p.add_argument("--db", default=default_db, help="database URL, sqlite:///path.db [env RISKSTREAM_REVIEW_DB; "
+                                                    "default under the riskstream home]")
+    p.add_argument("--host", default="127.0.0.1", help="address the pages listen on")
+    p.add_argument("--port", type=int, default=int(env_or("review_port", 8765)), help="[env RISKSTREAM_REVIEW_PORT]")
+    p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
+    add_setting(p, "decisions_topic")
+    add_setting(p, "events_topic", help="events topic, for the event fields on case pages ('' for none)")
+    add_setting(p, "control_topic", help="control topic, for the conditions of live rule sets ('' for none)")
+    add_setting(p, "labels_topic", help="where verdicts go as labels")
+    p.add_argument("--start", choices=["earliest", "latest"], default="earliest",
+                   help="where a partition with no stored offset starts")
+    p.add_argument("--history-days", type=float, default=7.0, help="keep decision history this long")
+    p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (behind TLS)")
+    p.set_defaults(fn=cmd_review)
 
     p = sub.add_parser("bench", help="the job end to end against a plain Python loop, Quix Streams and Flink SQL "
                                      "on one private broker; throughput, latency, pure-core costs")
