@@ -93,15 +93,28 @@ def cmd_consume(a) -> int:
 def cmd_demo(a) -> int:
     from .tools import demo
 
+    from .ops import broker
+
     cfg = job_config(a, starting_offsets="earliest")
     report_path = a.report or None
+    broker_was_running = broker.status()["running"]
     summary = demo.run_demo(cfg, events=a.events, rate=a.rate, seed=a.seed, bad_share=a.bad_share,
-                            port=a.port, keep_broker=a.keep_broker, deadline_s=a.deadline,
+                            port=a.port, keep_broker=a.keep_broker or a.review, deadline_s=a.deadline,
                             challenger=a.challenger or None, report_path=report_path)
     print(demo.render(summary))
     if a.json:
         print(orjson.dumps(summary).decode())
-    return 0 if summary["missing"] == 0 and summary["duplicates"] == 0 else 1
+    ok = summary["missing"] == 0 and summary["duplicates"] == 0
+    if a.review:
+        from .tools.review.service import serve_demo
+
+        try:
+            serve_demo(f"127.0.0.1:{a.port}", cfg, summary["decisions"]["review"] + summary["decisions"]["block"],
+                       port=a.review_port)
+        finally:
+            if not broker_was_running and not a.keep_broker:
+                broker.down()
+    return 0 if ok else 1
 
 
 def review_settings(a):
@@ -476,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bad-share", type=float, default=0.005)
     p.add_argument("--port", type=int, default=port, help="[env RISKSTREAM_KAFKA_PORT]")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
+    p.add_argument("--review", action="store_true",
+                   help="then leave the review service running on the demo's cases (prints its URL and a "
+                        "one-time login; Ctrl-C stops it and the broker)")
+    p.add_argument("--review-port", type=int, default=int(env_or("review_port", 8765)),
+                   help="port of the review pages with --review [env RISKSTREAM_REVIEW_PORT]")
     p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
     p.add_argument("--challenger", default="models/risk_gbdt_v2.onnx",
                    help="shadow model sent on the control topic ('' for none)")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .ingest import Ingest, IngestSettings
 from .labels import LabelSender
@@ -88,3 +90,28 @@ class ReviewService:
             pass
         finally:
             self.stop()
+
+
+def serve_demo(bootstrap: str, cfg, cases: int, port: int = 8765, log=sys.stderr, deadline_s: float = 120) -> None:
+    """The review service on the demo's topics with a fresh database and a one-time analyst login; blocks
+    until interrupted. ``cfg`` is the demo's ``JobConfig`` (topic names); ``cases``: review + block decisions."""
+    from ... import paths
+    from .store import random_password
+
+    db = paths.home() / "review" / "demo.db"
+    for suffix in ("", "-wal", "-shm"):  # the demo reset its topics: the database starts over with them
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    svc = ReviewService(ServiceSettings(
+        db=f"sqlite:///{db}", labels_topic=cfg.labels_topic, port=port,
+        ingest=IngestSettings(bootstrap, cfg.decisions_topic, events_topic=cfg.events_topic,
+                              control_topic=cfg.control_topic)), log=log)
+    user, password = "demo-" + secrets.token_hex(3), random_password()
+    svc.store.add_user(user, password, by="riskstream demo")
+    svc.start()
+    t0 = time.monotonic()
+    while svc.store.one("SELECT count(*) FROM cases")[0] < cases and time.monotonic() - t0 < deadline_s:
+        time.sleep(0.2)  # the demo's cases are read into the queue
+    print(f"\nreview queue:     {svc.url}/  ({cases} cases: review and block)", flush=True)
+    print(f"one-time login:   user {user}  password {password}  (this run only; Ctrl-C stops the service)",
+          flush=True)
+    svc.wait()
