@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.riskstream-installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,test,bench]'
+	$(BIN)/python -m pip install -q -e '.[train,test,bench,review]'
 	@touch $(STAMP)
 
 setup: $(STAMP) jars

@@ -93,15 +93,86 @@ def cmd_consume(a) -> int:
 def cmd_demo(a) -> int:
     from .tools import demo
 
+    from .ops import broker
+
     cfg = job_config(a, starting_offsets="earliest")
     report_path = a.report or None
+    broker_was_running = broker.status()["running"]
     summary = demo.run_demo(cfg, events=a.events, rate=a.rate, seed=a.seed, bad_share=a.bad_share,
-                            port=a.port, keep_broker=a.keep_broker, deadline_s=a.deadline,
+                            port=a.port, keep_broker=a.keep_broker or a.review, deadline_s=a.deadline,
                             challenger=a.challenger or None, report_path=report_path)
     print(demo.render(summary))
     if a.json:
         print(orjson.dumps(summary).decode())
-    return 0 if summary["missing"] == 0 and summary["duplicates"] == 0 else 1
+    ok = summary["missing"] == 0 and summary["duplicates"] == 0
+    if a.review:
+        from .tools.review.service import serve_demo
+
+        try:
+            serve_demo(f"127.0.0.1:{a.port}", cfg, summary["decisions"]["review"] + summary["decisions"]["block"],
+                       port=a.review_port)
+        finally:
+            if not broker_was_running and not a.keep_broker:
+                broker.down()
+    return 0 if ok else 1
+
+
+def review_settings(a):
+    from .tools.review.ingest import IngestSettings
+    from .tools.review.service import ServiceSettings
+    from .tools.review.store import env_metrics_token
+    from .tools.review.web import WebSettings
+
+    ing = IngestSettings(bootstrap_servers=a.bootstrap_servers, decisions_topic=a.decisions_topic,
+                         events_topic=a.events_topic, control_topic=a.control_topic, start=a.start,
+                         history_days=a.history_days)
+    web = WebSettings(secure_cookies=a.secure_cookies, metrics_token=env_metrics_token())
+    return ServiceSettings(db=a.db, ingest=ing, labels_topic=a.labels_topic, host=a.host, port=a.port, web=web)
+
+
+def cmd_review(a) -> int:
+    import getpass
+
+    from .tools.review.store import Store, StoreError, random_password
+
+    try:
+        if a.action == "add-user":
+            if not a.username:
+                raise SystemExit("riskstream review add-user: give the user name")
+            store = Store(a.db)
+            if a.password_stdin:
+                pw = sys.stdin.readline().rstrip("\n")
+            elif sys.stdin.isatty():
+                pw = getpass.getpass(f"password for {a.username} (empty: generate one): ")
+            else:
+                pw = ""
+            generated = not pw
+            pw = pw or random_password()
+            store.add_user(a.username, pw, by=f"cli:{getpass.getuser()}")
+            print(f"[review] user {a.username} added" + (f"; password (shown once): {pw}" if generated else ""))
+            return 0
+        s = review_settings(a)
+        if a.action == "ingest":
+            from .tools.review.ingest import Ingest
+
+            ing = Ingest(Store(s.db), s.ingest)
+            print(f"[review] ingesting {s.ingest.decisions_topic} (read_committed) into {a.db}", file=sys.stderr,
+                  flush=True)
+            try:
+                ing.run()
+            except KeyboardInterrupt:
+                pass
+            return 0
+        from .tools.review.service import ReviewService
+
+        svc = ReviewService(s).start()
+        print(f"[review] serving {svc.url} (reading {s.ingest.decisions_topic} on {s.ingest.bootstrap_servers}; "
+              f"labels to {s.labels_topic}); add analysts with `riskstream review add-user NAME`", file=sys.stderr,
+              flush=True)
+        svc.wait()
+        return 0
+    except (ValueError, StoreError) as e:
+        raise SystemExit(f"riskstream review: {e}")
 
 
 def cmd_bench(a) -> int:
@@ -542,6 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bad-share", type=float, default=0.005)
     p.add_argument("--port", type=int, default=port, help="[env RISKSTREAM_KAFKA_PORT]")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
+    p.add_argument("--review", action="store_true",
+                   help="then leave the review service running on the demo's cases (prints its URL and a "
+                        "one-time login; Ctrl-C stops it and the broker)")
+    p.add_argument("--review-port", type=int, default=int(env_or("review_port", 8765)),
+                   help="port of the review pages with --review [env RISKSTREAM_REVIEW_PORT]")
     p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
     p.add_argument("--challenger", default="models/risk_gbdt_v2.onnx",
                    help="shadow model sent on the control topic ('' for none)")
@@ -707,6 +783,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the whole spec for another runtime: entities, buckets, features, lateness, sketch")
     add_setting(p, "allowed_lateness_ms")
     p.set_defaults(fn=cmd_features)
+
+    p = sub.add_parser("review", help="the review queue: a web service where analysts work the review decisions "
+                                      "and their verdicts go to the labels topic")
+    p.add_argument("action", choices=["serve", "ingest", "add-user"],
+                   help="serve: the pages and the consumer; ingest: the consumer only; add-user: an analyst")
+    p.add_argument("username", nargs="?", help="add-user: the analyst's user name")
+    p.add_argument("--password-stdin", action="store_true", help="add-user: read the password from stdin "
+                                                                   "(else prompt; empty: generate one)")
+    default_db = env_or("review_db", "sqlite:///" + str(paths.home() / "review" / "review.db"))
+    p.add_argument("--db", default=default_db, help="database URL, sqlite:///path.db [env RISKSTREAM_REVIEW_DB; "
+                                                    "default under the riskstream home]")
+    p.add_argument("--host", default="127.0.0.1", help="address the pages listen on")
+    p.add_argument("--port", type=int, default=int(env_or("review_port", 8765)), help="[env RISKSTREAM_REVIEW_PORT]")
+    p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
+    add_setting(p, "decisions_topic")
+    add_setting(p, "events_topic", help="events topic, for the event fields on case pages ('' for none)")
+    add_setting(p, "control_topic", help="control topic, for the conditions of live rule sets ('' for none)")
+    add_setting(p, "labels_topic", help="where verdicts go as labels")
+    p.add_argument("--start", choices=["earliest", "latest"], default="earliest",
+                   help="where a partition with no stored offset starts")
+    p.add_argument("--history-days", type=float, default=7.0, help="keep decision history this long")
+    p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (behind TLS)")
+    p.set_defaults(fn=cmd_review)
 
     p = sub.add_parser("bench", help="the job end to end against a plain Python loop, Quix Streams and Flink SQL "
                                      "on one private broker; throughput, latency, pure-core costs")
