@@ -3,7 +3,15 @@ session on a free port under a temporary folder, with a readiness deadline; it i
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# PyFlink runs a pandas UDF's Python worker inside the client process on a MiniCluster ("loopback"), and
+# that worker copies the job's settings into os.environ, PYFLINK_GATEWAY_DISABLED among them: every later
+# subprocess of the test session (the demo, the CLI) would then refuse to start a gateway. Tests run the
+# worker as its own process, as a cluster does.
+os.environ.setdefault("_python_worker_execution_mode", "process")
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,10 @@ def test_batched_decide_stage_equals_the_per_row_decider(tmp_path):
     (out.map(lambda b: bytes(b).decode("utf-8"), output_type=Types.STRING())
      .sink_to(FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build()))
     env.execute("decide-batch-test")
+    import os
+
+    # the Python worker ran in its own process (tests/conftest.py): this process's environment is clean
+    assert "PYFLINK_GATEWAY_DISABLED" not in os.environ
     got = {}
     for f in (tmp_path / "out").rglob("*"):
         if f.is_file() and not f.name.startswith("."):
