@@ -76,6 +76,10 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
     """The environment: jars, Python, checkpointing into ``cfg.checkpoint_dir``, restarts. ``restore`` is the
     snapshot URI to restore (default: ``cfg.restore_from`` resolved); ``job_id`` fixes the Flink job id (32
     hex digits), so the run is in the job's lineage before it is submitted."""
+    # A pandas UDF's Python worker would otherwise run inside this process on a MiniCluster ("loopback")
+    # and copy the job's settings into os.environ (PYFLINK_GATEWAY_DISABLED among them), breaking any
+    # later PyFlink client among this process's children. Its own process, as on a cluster.
+    os.environ.setdefault("_python_worker_execution_mode", "process")
     conf = Configuration()
     conf.set_string("pipeline.jars", ";".join(flink_jar_urls(cfg.jars_dir)))
     for k, v in python_conf(cfg).items():
