@@ -41,7 +41,11 @@ def to_row(rec: Record) -> Row:
         fields[_EXTRAS] = orjson.dumps(fields[_EXTRAS]).decode()
     sig = rec[SIGNALS]
     signals = None if sig is None else [float(sig.get(n, math.nan)) for n in SIGNAL_NAMES]
-    return Row(*fields, [float(v) for v in rec[VALUES]], bool(rec[LATE]), signals)
+    # No values yet travel as null: in thread mode PyFlink 2.2 hands a Python operator's DOUBLE[] field to the
+    # JVM as Object[] (a ClassCastException in the Row serializer), so a Row a Python operator emits must not
+    # carry one. The JVM stages read null as "none yet".
+    values = [float(v) for v in rec[VALUES]] or None
+    return Row(*fields, values, bool(rec[LATE]), signals)
 
 
 def from_row(row) -> Record:
