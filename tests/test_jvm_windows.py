@@ -183,8 +183,16 @@ def test_jvm_stages_match_python_chain(jvm, tmp_path, parallelism, backend):
     records[100:100] = [("label", (events[50].event_id, events[50].user_id, events[50].device_id, events[50].ts,
                                    "fraud"))]
     want, dups = _expected([r for r in records if r[0] == "event"], label_signals=False)
+    # a record that makes a stage raise (an event type the spec does not know): a processing_error dead
+    # letter, and the job goes on
+    bad = events[300]._replace(event_id="bad-type", event_type="teleport")
+    records[300:300] = [("event", bad)]
     got, dead = _run(jar, records, parallelism, tmp_path, extra={"state.backend.type": backend})
 
+    errors = [d for d in dead if d["reason"] == "processing_error"]
+    assert len(errors) == 1 and errors[0]["detail"].startswith("user stage: IllegalArgumentException")
+    assert base64.b64decode(errors[0]["original_b64"]) == encode_event(bad)
+    dead = [d for d in dead if d["reason"] != "processing_error"]
     assert len(dups) > 20 and set(want) == set(got)
     assert sorted(d["original_reencoded"] and d["reason"] for d in dead) == ["duplicate_event_id"] * len(dups)
     first = {}
