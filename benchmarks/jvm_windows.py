@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import time
 from pathlib import Path
@@ -38,9 +39,17 @@ def _discard(stream) -> None:
     stream.sink_to(Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()))
 
 
+CPU: list[float] = []  # CPU seconds of the JVM process per run (the MiniCluster and, in thread mode, Python)
+
+
 def _time(env, n: int) -> float:
+    from pyflink.java_gateway import get_gateway
+
+    os_bean = get_gateway().jvm.java.lang.management.ManagementFactory.getOperatingSystemMXBean()
+    c0 = os_bean.getProcessCpuTime()
     t0 = time.perf_counter()
     env.execute("riskstream-bench-jvm-windows")
+    CPU.append((os_bean.getProcessCpuTime() - c0) / 1e9)
     return time.perf_counter() - t0
 
 
@@ -102,6 +111,38 @@ def state_bytes(events, jar: Path) -> dict:
     return out
 
 
+def logic_cpu(events, jar: Path) -> dict:
+    """CPU µs per event of one entity's step alone, no Flink: the Java logic with its state coding
+    (LocalRunner, median of 3 after a warm-up) and the Python EntityStep over a dict (thread CPU time)."""
+    from pyflink.java_gateway import get_gateway
+
+    from udfs.chain import EntityStep
+    from udfs.features import ENTITIES, spec_document
+
+    J = get_gateway().jvm.io.riskstream.flink
+    spec = orjson.dumps(spec_document(60_000)).decode()
+    jsonl = "\n".join(orjson.dumps(e._asdict()).decode() for e in events)
+    out = {}
+    for e in ENTITIES:
+        runs = sorted([json.loads(J.LocalRunner.run(spec, e.name, 600_000, jsonl))["cpu_ns"] for _ in range(4)][1:])
+        step = EntityStep(e)
+        store: dict = {}
+        c0 = time.thread_time()
+        for ev in events:
+            k = step.key(ev)
+            if k is None:
+                step.empty_values()
+                continue
+            st = store.get(k)
+            if step.duplicate(st, ev):
+                continue
+            st, _, _, _ = step.step(st, ev)
+            store[k] = st
+        py = (time.thread_time() - c0) / len(events) * 1e6
+        out[e.name] = {"jvm": round(runs[1] / len(events) / 1e3, 2), "python": round(py, 2)}
+    return out
+
+
 def _dist(sizes: list[int]) -> dict:
     sizes = sorted(sizes)
     return {"keys": len(sizes), "median": sizes[len(sizes) // 2], "p99": sizes[int(len(sizes) * 0.99)],
@@ -122,23 +163,32 @@ def main(argv=None) -> int:
     res: dict = {"events": n, "parallelism": 1}
     run_jvm(events[:2000], jar, stages=True)  # warm-up: MiniCluster, class loading, Python workers
     run_python(events[:2000], stages=True)
+    res["load_average_1m"] = os.getloadavg()[0]  # the machine is shared: wall-clock figures vary with it
+    CPU.clear()
     t_src_j = run_jvm(events, jar, stages=False)
     t_jvm = run_jvm(events, jar, stages=True)
     t_src_p = run_python(events, stages=False)
     t_py = run_python(events, stages=True)
-    res["jvm"] = {"seconds": round(t_jvm, 2), "events_per_s": round(n / t_jvm),
-                  "source_only_seconds": round(t_src_j, 2),
-                  "stages_us_per_event": round((t_jvm - t_src_j) / n * 1e6, 1)}
-    res["python"] = {"seconds": round(t_py, 2), "events_per_s": round(n / t_py),
-                     "source_only_seconds": round(t_src_p, 2),
-                     "stages_us_per_event": round((t_py - t_src_p) / n * 1e6, 1)}
+    c_src_j, c_jvm, c_src_p, c_py = CPU
+    for name, t, t_src, c, c_src in (("jvm", t_jvm, t_src_j, c_jvm, c_src_j), ("python", t_py, t_src_p, c_py, c_src_p)):
+        res[name] = {"seconds": round(t, 2), "events_per_s": round(n / t), "source_only_seconds": round(t_src, 2),
+                     "stages_us_per_event": round((t - t_src) / n * 1e6, 1),
+                     "cpu_seconds": round(c, 2), "source_only_cpu_seconds": round(c_src, 2),
+                     "stages_cpu_us_per_event": round((c - c_src) / n * 1e6, 1)}
     res["speedup_stages"] = round((t_py - t_src_p) / max(t_jvm - t_src_j, 1e-9), 1)
+    res["speedup_stages_cpu"] = round((c_py - c_src_p) / max(c_jvm - c_src_j, 1e-9), 1)
+    res["load_average_1m_after"] = os.getloadavg()[0]
     res["state_bytes_per_key"] = state_bytes(events, jar)
+    res["logic_cpu_us_per_event"] = logic_cpu(events, jar)
     for k in ("jvm", "python"):
         r = res[k]
         print(f"{k:6} four entity stages: {r['events_per_s']:>8} events/s end to end ({r['seconds']} s for {n}; "
-              f"source only {r['source_only_seconds']} s) -> {r['stages_us_per_event']} µs/event in the stages")
-    print(f"stages speed-up JVM vs Python: {res['speedup_stages']}x")
+              f"source only {r['source_only_seconds']} s) -> {r['stages_us_per_event']} µs/event in the stages; "
+              f"CPU {r['stages_cpu_us_per_event']} µs/event")
+    print(f"stages speed-up JVM vs Python: {res['speedup_stages']}x wall clock, {res['speedup_stages_cpu']}x CPU "
+          f"(load average {res['load_average_1m']:.1f} -> {res['load_average_1m_after']:.1f})")
+    for ent, s in res["logic_cpu_us_per_event"].items():
+        print(f"{ent:8} window logic alone (no Flink): JVM {s['jvm']} µs/event CPU, Python {s['python']}")
     for ent, s in res["state_bytes_per_key"].items():
         print(f"{ent:8} state bytes per key: JVM median {s['jvm']['median']} p99 {s['jvm']['p99']} max "
               f"{s['jvm']['max']} | Python pickled median {s['python_pickled_windows_only']['median']} p99 "

@@ -191,6 +191,12 @@ public final class EntityWindows {
                         continue;
                     }
                     Object acc = b.set[s];
+                    if (acc instanceof String[]) { // decoded read-only: writable from now on
+                        String[] a = (String[]) acc;
+                        HashSet<String> set = new HashSet<>(Math.max(8, a.length * 2));
+                        java.util.Collections.addAll(set, a);
+                        acc = b.set[s] = set;
+                    }
                     if (acc instanceof HashSet) {
                         @SuppressWarnings("unchecked")
                         HashSet<String> set = (HashSet<String>) acc;
@@ -310,17 +316,31 @@ public final class EntityWindows {
                 default: {
                     String v = self ? (String) ev.getField(field) : null;
                     boolean exact = true;
+                    int inRange = 0;
+                    Object only = null;
                     for (KeyState.Bucket b : bs) {
-                        if (lo <= b.start && b.start <= hi && !(b.set[s] instanceof HashSet)) {
-                            exact = false;
-                            break;
+                        if (lo <= b.start && b.start <= hi) {
+                            inRange++;
+                            only = b.set[s];
+                            if (only instanceof byte[]) {
+                                exact = false;
+                                break;
+                            }
                         }
                     }
-                    if (exact) {
-                        HashSet<Object> u = new HashSet<>();
+                    if (exact && inRange <= 1) { // one bucket: its size (plus the late event if new to it)
+                        int n = only == null ? 0 : KeyState.size(only);
+                        if (v != null && (only == null || !KeyState.contains(only, v))) {
+                            n++;
+                        }
+                        out[p] = (double) n;
+                    } else if (exact) {
+                        HashSet<String> u = new HashSet<>();
                         for (KeyState.Bucket b : bs) {
                             if (lo <= b.start && b.start <= hi) {
-                                u.addAll((HashSet<?>) b.set[s]);
+                                for (String x : KeyState.values(b.set[s])) {
+                                    u.add(x);
+                                }
                             }
                         }
                         if (v != null) {
@@ -331,9 +351,9 @@ public final class EntityWindows {
                         byte[] reg = new byte[Hll.M];
                         for (KeyState.Bucket b : bs) {
                             if (lo <= b.start && b.start <= hi) {
-                                if (b.set[s] instanceof HashSet) {
-                                    for (Object x : (HashSet<?>) b.set[s]) {
-                                        Hll.add(reg, (String) x);
+                                if (!(b.set[s] instanceof byte[])) {
+                                    for (String x : KeyState.values(b.set[s])) {
+                                        Hll.add(reg, x);
                                     }
                                 } else {
                                     Hll.mergeInto(reg, (byte[]) b.set[s]);

@@ -29,7 +29,9 @@ final class KeyState {
         final long start;
         final long[] n;
         final double[] sum, max, min;
-        final Object[] set; // HashSet<String> (exact) or byte[] (HyperLogLog registers)
+        // an exact set: HashSet<String>, or String[] as decoded (read-only until the bucket is written);
+        // a sketch: byte[] (HyperLogLog registers)
+        final Object[] set;
 
         Bucket(long start, int[] kinds) {
             this.start = start;
@@ -70,10 +72,10 @@ final class KeyState {
         for (int w = 0; w < buckets.length; w++) {
             for (Bucket b : buckets[w]) {
                 for (Object x : b.set) {
-                    if (x instanceof HashSet) {
-                        for (Object v : (HashSet<?>) x) {
-                            if (table.putIfAbsent((String) v, strings.size()) == null) {
-                                strings.add((String) v);
+                    if (x != null && !(x instanceof byte[])) {
+                        for (String v : values(x)) {
+                            if (table.putIfAbsent(v, strings.size()) == null) {
+                                strings.add(v);
                             }
                         }
                     }
@@ -101,10 +103,10 @@ final class KeyState {
                             o.d(b.max[s]);
                             o.d(b.min[s]);
                         }
-                    } else if (b.set[s] instanceof HashSet) {
-                        HashSet<?> set = (HashSet<?>) b.set[s];
-                        o.v(2L * set.size());
-                        for (Object v : set) {
+                    } else if (!(b.set[s] instanceof byte[])) {
+                        Iterable<String> set = values(b.set[s]);
+                        o.v(2L * size(b.set[s]));
+                        for (String v : set) {
                             o.v(table.get(v));
                         }
                     } else {
@@ -185,9 +187,9 @@ final class KeyState {
                         long tag = in.v();
                         if ((tag & 1) == 0) {
                             int n = (int) (tag >>> 1);
-                            HashSet<String> set = new HashSet<>(Math.max(4, n * 2));
+                            String[] set = new String[n];
                             for (int i = 0; i < n; i++) {
-                                set.add(strings[(int) in.v()]);
+                                set[i] = strings[(int) in.v()];
                             }
                             b.set[s] = set;
                         } else {
@@ -217,6 +219,28 @@ final class KeyState {
             }
         }
         return st;
+    }
+
+    /** The values of an exact set (HashSet or decoded String[]). */
+    @SuppressWarnings("unchecked")
+    static Iterable<String> values(Object set) {
+        return set instanceof String[] ? java.util.Arrays.asList((String[]) set) : (HashSet<String>) set;
+    }
+
+    static int size(Object set) {
+        return set instanceof String[] ? ((String[]) set).length : ((HashSet<?>) set).size();
+    }
+
+    static boolean contains(Object set, String v) {
+        if (set instanceof String[]) {
+            for (String x : (String[]) set) {
+                if (x.equals(v)) {
+                    return true;
+                }
+            }
+            return false;
+        }
+        return ((HashSet<?>) set).contains(v);
     }
 
     static long zz(long v) {

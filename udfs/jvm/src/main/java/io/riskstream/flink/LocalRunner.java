@@ -33,11 +33,15 @@ public final class LocalRunner {
         ObjectNode res = JSON.createObjectNode();
         ArrayNode values = res.putArray("values");
         ArrayNode lates = res.putArray("late");
+        List<Row> rows = new ArrayList<>();
         for (String line : eventsJsonl.split("\n")) {
-            if (line.isEmpty()) {
-                continue;
+            if (!line.isEmpty()) {
+                rows.add(toRow(JSON.readTree(line)));
             }
-            Row row = toRow(JSON.readTree(line));
+        }
+        java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
+        long cpu0 = mx.getCurrentThreadCpuTime();
+        for (Row row : rows) {
             String key = (String) row.getField(spec.keyIndex);
             if (key == null) {
                 ArrayNode a = values.addArray();
@@ -62,6 +66,7 @@ public final class LocalRunner {
             }
             lates.add(r.late);
         }
+        res.put("cpu_ns", mx.getCurrentThreadCpuTime() - cpu0); // the window logic, state coding, result JSON
         List<Integer> sizes = new ArrayList<>();
         for (byte[] b : store.values()) {
             sizes.add(b.length);
