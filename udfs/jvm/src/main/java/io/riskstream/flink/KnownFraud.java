@@ -1,7 +1,5 @@
 package io.riskstream.flink;
 
-import java.nio.charset.StandardCharsets;
-import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.Map;
 
