@@ -1,0 +1,94 @@
+"""PyFlink adapter for the entity stages that run in the JVM (udfs/jvm, ``io.riskstream.flink``).
+
+The Java ``EntityWindowsFunction`` interprets the spec document (``udfs.features.spec_document``) with the
+Python semantics of ``udfs.chain.EntityStep`` (which stays the reference: replay and training run it).
+Between JVM stages the record is a typed Row (``udfs.chain.ROW_FIELDS``): extras as JSON text, values and
+signals as DOUBLE[] (signals in ``features.SIGNALS`` order, NaN for a signal no stage set, null when the
+job reads no labels). :func:`to_row` / :func:`from_row` convert a ``udfs.chain`` record to that Row and back.
+
+The jar must be on the job's ``pipeline.jars``; :func:`entity_stage` also loads it into the client's class
+loader from there when the classes are not visible yet.
+"""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+from pyflink.common import Row, Types
+from pyflink.datastream import DataStream
+
+from .chain import EVENT_FIELDS, LATE, N_EVENT, ROW_FIELDS, SIGNALS, VALUES, Record, key_index
+from .features import SIGNALS as SIGNAL_NAMES
+from .features import Entity
+
+_EXTRAS = EVENT_FIELDS.index("extras")
+_TYPES = {
+    "STRING": Types.STRING, "JSON": Types.STRING, "DOUBLE": Types.DOUBLE, "BIGINT": Types.LONG,
+    "BOOLEAN": Types.BOOLEAN, "DOUBLE[]": lambda: Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
+}
+
+
+def record_type_info():
+    """The chain record as a named Row type (``udfs.chain.ROW_FIELDS``)."""
+    return Types.ROW_NAMED([n for n, _ in ROW_FIELDS], [_TYPES[t]() for _, t in ROW_FIELDS])
+
+
+def to_row(rec: Record) -> Row:
+    """A ``udfs.chain`` record (``pack``) as the stage Row."""
+    fields = list(rec[:N_EVENT])
+    if fields[_EXTRAS] is not None:
+        fields[_EXTRAS] = orjson.dumps(fields[_EXTRAS]).decode()
+    sig = rec[SIGNALS]
+    signals = None if sig is None else [float(sig.get(n, math.nan)) for n in SIGNAL_NAMES]
+    # No values yet travel as null: in thread mode PyFlink 2.2 hands a Python operator's DOUBLE[] field to the
+    # JVM as Object[] (a ClassCastException in the Row serializer), so a Row a Python operator emits must not
+    # carry one. The JVM stages read null as "none yet".
+    values = [float(v) for v in rec[VALUES]] or None
+    return Row(*fields, values, bool(rec[LATE]), signals)
+
+
+def from_row(row) -> Record:
+    """The stage Row back as a ``udfs.chain`` record (NaN signals are absent ones)."""
+    fields = list(row)
+    ev = fields[:N_EVENT]
+    if ev[_EXTRAS] is not None:
+        ev[_EXTRAS] = orjson.loads(ev[_EXTRAS])
+    sig = fields[N_EVENT + 2]
+    signals = None
+    if sig is not None:
+        signals = {n: float(v) for n, v in zip(SIGNAL_NAMES, sig) if not math.isnan(v)}
+    return (*ev, [float(v) for v in (fields[N_EVENT] or [])], bool(fields[N_EVENT + 1]), signals)
+
+
+def _jvm_package(stream: DataStream):
+    """``io.riskstream.flink`` through the gateway, loading the env's ``pipeline.jars`` when needed."""
+    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import add_jars_to_context_class_loader
+
+    pkg = get_gateway().jvm.io.riskstream.flink
+    try:
+        pkg.RecordKey(0)
+    except TypeError:  # py4j hands a JavaPackage for a class it cannot load
+        conf = stream._j_data_stream.getExecutionEnvironment().getConfiguration().toMap()
+        jars = [j for j in (conf.get("pipeline.jars") or "").split(";") if j]
+        add_jars_to_context_class_loader(jars)
+        pkg = get_gateway().jvm.io.riskstream.flink
+    return pkg
+
+
+def entity_stage(stream: DataStream, entity: Entity, spec_json: str, dedup_horizon_ms: int, labels: bool,
+                 job_name: str) -> DataStream:
+    """The entity's keyed stage in the JVM: ``stream`` (Rows of :func:`record_type_info`) keyed by the
+    entity's key field (``""`` for keyless events), the Java ``EntityWindowsFunction`` appending the
+    entity's values. Its dead letters come out of ``get_side_output(udfs.flink.DEAD_LETTER_TAG)``."""
+    pkg = _jvm_package(stream)
+    j_key = pkg.RecordKey(key_index(entity))
+    j_fn = pkg.EntityWindowsFunction(spec_json, entity.name, int(dedup_horizon_ms), bool(labels), job_name)
+    j_out = (stream._j_data_stream
+             .keyBy(j_key, Types.STRING().get_java_type_info())
+             .process(j_fn, record_type_info().get_java_type_info()))
+    return DataStream(j_out).name(f"{entity.name}-windows").uid(f"{entity.name}-windows")
+
+
+__all__ = ["entity_stage", "from_row", "record_type_info", "to_row"]

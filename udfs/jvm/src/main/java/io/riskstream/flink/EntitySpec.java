@@ -1,0 +1,236 @@
+package io.riskstream.flink;
+
+import java.io.Serializable;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeSet;
+
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
+
+/**
+ * One entity's window layout compiled from the spec document ({@code udfs.features.spec_document}), as
+ * {@code udfs.windows.EntityWindows} builds it: bucket widths, slots per width (one per distinct kind,
+ * field and event-type filter, in feature order), which slots each event type feeds, and per feature how
+ * to read its value. Nothing here names a feature.
+ */
+public final class EntitySpec implements Serializable {
+    private static final long serialVersionUID = 1L;
+
+    /** The chain record as a Row ({@code udfs.chain.ROW_FIELDS}): names in position order. */
+    public static final String[] ROW_FIELDS = {"event_id", "event_type", "user_id", "device_id", "ip", "amount",
+        "currency", "ts", "extras", "payment_ref", "values", "late", "signals"};
+    public static final int EVENT_ID = 0, EVENT_TYPE = 1, TS = 7, EXTRAS = 8, N_EVENT = 10, VALUES = 10, LATE = 11,
+        SIGNALS = 12, ARITY = 13;
+
+    public static final int CNT = 0, NUM = 1, SET = 2;
+    // plan kinds
+    public static final int P_SINCE_PREV = 0, P_AGE = 1, P_COUNT = 2, P_DISTINCT = 3, P_SUM = 4, P_MEAN = 5,
+        P_MAX = 6, P_MIN = 7;
+
+    public final String entity;
+    public final int keyIndex;
+    public final boolean optional, dedup, labelSignals;
+    public final long lateness, retention;
+    public final double missing;
+    public final int hllThreshold;
+    public final String[] eventTypes;
+    public final Map<String, Integer> typeIndex = new HashMap<>();
+    public final String[] featureNames;
+    /** widths in order of first use by a feature; per width its longest horizon. */
+    public final long[] widths, maxHorizon;
+    /** per width: slot kinds and the record position of their input field (-1 for counts). */
+    public final int[][] slotKind, slotField;
+    /** per width, per event type: the slots that type feeds. */
+    public final int[][][] feeds;
+    /** per feature: kind, width index, horizon, slot. */
+    public final int[] planKind, planWidth, planSlot;
+    public final long[] planHorizon;
+    /** signals: the entity's position in features.SIGNALS order (entities with label_signals), and how many. */
+    public final int signalIndex, nSignals;
+    public final String signalName;
+
+    public static int rowIndex(String field) {
+        for (int i = 0; i < ROW_FIELDS.length; i++) {
+            if (ROW_FIELDS[i].equals(field)) {
+                return i;
+            }
+        }
+        throw new IllegalArgumentException("not a record field: " + field);
+    }
+
+    public static EntitySpec parse(String specJson, String entity) {
+        try {
+            return new EntitySpec(new ObjectMapper().readTree(specJson), entity);
+        } catch (java.io.IOException e) {
+            throw new IllegalArgumentException("spec JSON: " + e.getMessage(), e);
+        }
+    }
+
+    private EntitySpec(JsonNode spec, String entity) {
+        this.entity = entity;
+        lateness = spec.get("allowed_lateness_ms").asLong();
+        missing = spec.get("missing").asDouble();
+        hllThreshold = spec.get("distinct").get("exact_up_to").asInt();
+        if (spec.get("distinct").get("hll_p").asInt() != Hll.P) {
+            throw new IllegalArgumentException("spec HLL P differs from " + Hll.P);
+        }
+        JsonNode types = spec.get("event_types");
+        eventTypes = new String[types.size()];
+        for (int i = 0; i < eventTypes.length; i++) {
+            eventTypes[i] = types.get(i).asText();
+            typeIndex.put(eventTypes[i], i);
+        }
+        Map<Long, Long> bucketMs = new HashMap<>();
+        spec.get("bucket_ms").fields().forEachRemaining(e -> bucketMs.put(Long.parseLong(e.getKey()), e.getValue().asLong()));
+        JsonNode ent = null;
+        int sigIdx = -1, nSig = 0;
+        for (JsonNode e : spec.get("entities")) {
+            if (e.get("name").asText().equals(entity)) {
+                ent = e;
+                if (e.get("label_signals").asBoolean()) {
+                    sigIdx = nSig;
+                }
+            }
+            if (e.get("label_signals").asBoolean()) {
+                nSig++;
+            }
+        }
+        if (ent == null) {
+            throw new IllegalArgumentException("no entity " + entity + " in the spec");
+        }
+        signalIndex = sigIdx;
+        nSignals = nSig;
+        signalName = entity + "_known_fraud_users_7d";
+        keyIndex = rowIndex(ent.get("key_field").asText());
+        optional = ent.get("optional").asBoolean();
+        dedup = ent.get("dedup").asBoolean();
+        labelSignals = ent.get("label_signals").asBoolean();
+
+        List<Long> ws = new ArrayList<>();
+        List<Long> mh = new ArrayList<>();
+        List<List<String>> slotKeys = new ArrayList<>();
+        List<List<int[]>> slots = new ArrayList<>(); // {kind, field}
+        List<List<Integer>> slotTypeMasks = new ArrayList<>();
+        List<String> names = new ArrayList<>();
+        List<int[]> plan = new ArrayList<>();
+        List<Long> planH = new ArrayList<>();
+        long longest = 0;
+        for (JsonNode f : spec.get("features")) {
+            if (!f.get("entity").asText().equals(entity)) {
+                continue;
+            }
+            names.add(f.get("name").asText());
+            String agg = f.get("agg").asText();
+            if (agg.equals("since_prev") || agg.equals("age")) {
+                plan.add(new int[] {agg.equals("age") ? P_AGE : P_SINCE_PREV, -1, -1});
+                planH.add(0L);
+                continue;
+            }
+            long h = f.get("horizon_ms").asLong();
+            Long g = bucketMs.get(h);
+            if (g == null) {
+                throw new IllegalArgumentException(f.get("name").asText() + ": horizon without bucket width");
+            }
+            longest = Math.max(longest, h);
+            int kind = agg.equals("count") ? CNT : agg.equals("distinct") ? SET : NUM;
+            int field = kind == CNT ? -1 : rowIndex(f.get("field").asText());
+            int mask = -1;
+            String typesKey = "*";
+            JsonNode et = f.get("event_types");
+            if (et != null && !et.isNull()) {
+                mask = 0;
+                TreeSet<String> sorted = new TreeSet<>();
+                for (JsonNode t : et) {
+                    Integer ti = typeIndex.get(t.asText());
+                    if (ti == null) {
+                        throw new IllegalArgumentException("unknown event type " + t.asText());
+                    }
+                    mask |= 1 << ti;
+                    sorted.add(t.asText());
+                }
+                typesKey = String.join(",", sorted);
+            }
+            int w = ws.indexOf(g);
+            if (w < 0) {
+                w = ws.size();
+                ws.add(g);
+                mh.add(0L);
+                slotKeys.add(new ArrayList<>());
+                slots.add(new ArrayList<>());
+                slotTypeMasks.add(new ArrayList<>());
+            }
+            mh.set(w, Math.max(mh.get(w), h));
+            String key = kind + "|" + field + "|" + typesKey;
+            int s = slotKeys.get(w).indexOf(key);
+            if (s < 0) {
+                s = slotKeys.get(w).size();
+                slotKeys.get(w).add(key);
+                slots.get(w).add(new int[] {kind, field});
+                slotTypeMasks.get(w).add(mask);
+            }
+            int pk;
+            switch (agg) {
+                case "count": pk = P_COUNT; break;
+                case "distinct": pk = P_DISTINCT; break;
+                case "sum": pk = P_SUM; break;
+                case "mean": pk = P_MEAN; break;
+                case "max": pk = P_MAX; break;
+                case "min": pk = P_MIN; break;
+                default: throw new IllegalArgumentException("unknown aggregate " + agg);
+            }
+            plan.add(new int[] {pk, w, s});
+            planH.add(h);
+        }
+        retention = longest + lateness;
+        JsonNode specRetention = ent.get("retention_ms");
+        if (specRetention != null && specRetention.asLong() != retention) {
+            throw new IllegalArgumentException("spec retention " + specRetention + " != " + retention);
+        }
+        featureNames = names.toArray(new String[0]);
+        int nw = ws.size();
+        widths = new long[nw];
+        maxHorizon = new long[nw];
+        slotKind = new int[nw][];
+        slotField = new int[nw][];
+        feeds = new int[nw][eventTypes.length][];
+        for (int w = 0; w < nw; w++) {
+            widths[w] = ws.get(w);
+            maxHorizon[w] = mh.get(w);
+            int ns = slots.get(w).size();
+            slotKind[w] = new int[ns];
+            slotField[w] = new int[ns];
+            for (int s = 0; s < ns; s++) {
+                slotKind[w][s] = slots.get(w).get(s)[0];
+                slotField[w][s] = slots.get(w).get(s)[1];
+            }
+            for (int t = 0; t < eventTypes.length; t++) {
+                int[] fed = new int[ns];
+                int k = 0;
+                for (int s = 0; s < ns; s++) {
+                    if ((slotTypeMasks.get(w).get(s) & (1 << t)) != 0) {
+                        fed[k++] = s;
+                    }
+                }
+                feeds[w][t] = Arrays.copyOf(fed, k);
+            }
+        }
+        planKind = new int[plan.size()];
+        planWidth = new int[plan.size()];
+        planSlot = new int[plan.size()];
+        planHorizon = new long[plan.size()];
+        for (int i = 0; i < plan.size(); i++) {
+            planKind[i] = plan.get(i)[0];
+            planWidth[i] = plan.get(i)[1];
+            planSlot[i] = plan.get(i)[2];
+            planHorizon[i] = planH.get(i);
+        }
+    }
+
+    public int nFeatures() {
+        return planKind.length;
+    }
+}

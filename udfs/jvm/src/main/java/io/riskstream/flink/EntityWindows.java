@@ -1,0 +1,373 @@
+package io.riskstream.flink;
+
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.Iterator;
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+import org.apache.flink.types.Row;
+
+/**
+ * The window logic of one entity (udfs/windows.py EntityWindows, udfs/dedup.py, udfs.windows arm/cleanup)
+ * over a {@link KeyState}, with the same arithmetic in the same order, so values are bit-identical.
+ */
+public final class EntityWindows {
+    public static final long TIMER_GRID_MS = 60_000L;
+    public static final int MAX_IDS_PER_KEY = 4096;
+
+    final EntitySpec spec;
+    private final double[] empty;
+
+    public EntityWindows(EntitySpec spec) {
+        this.spec = spec;
+        this.empty = values(new KeyState(spec.widths.length), null, 0L, -1, false, 0L, false);
+    }
+
+    public double[] emptyValues() {
+        return empty.clone();
+    }
+
+    public long expiresAt(KeyState st) {
+        return st.last + spec.retention;
+    }
+
+    /** The key's state as an event at {@code ts} sees it: null once expired. */
+    public KeyState live(KeyState st, long ts) {
+        return st != null && ts >= expiresAt(st) ? null : st;
+    }
+
+    public boolean duplicate(KeyState st, String eventId, long ts, long horizonMs) {
+        if (horizonMs == 0) {
+            return false;
+        }
+        st = live(st, ts);
+        if (st == null || st.ids == null) {
+            return false;
+        }
+        Long seen = st.ids.get(eventId);
+        return seen != null && seen >= Math.max(st.last, ts) - horizonMs;
+    }
+
+    /** The result of one event: the (new) state, its values, whether late, and a timer to register. */
+    public static final class Step {
+        public KeyState state;
+        public double[] values;
+        public boolean late;
+        public boolean hasTimer;
+        public long timer;
+    }
+
+    public int typeIndex(String eventType) {
+        Integer t = spec.typeIndex.get(eventType);
+        if (t == null) {
+            throw new IllegalArgumentException("unknown event type " + eventType);
+        }
+        return t;
+    }
+
+    public Step step(KeyState st, Row ev, long horizonMs) {
+        long ts = (Long) ev.getField(EntitySpec.TS);
+        int type = typeIndex((String) ev.getField(EntitySpec.EVENT_TYPE));
+        boolean hasPrev;
+        long prevLast = 0;
+        if (st == null || ts >= expiresAt(st)) {
+            st = new KeyState(spec.widths.length);
+            st.first = ts;
+            hasPrev = false;
+        } else {
+            hasPrev = true;
+            prevLast = st.last;
+        }
+        boolean late = hasPrev && ts < prevLast - spec.lateness;
+        if (!late) {
+            add(st, ev, ts, type);
+            st.last = hasPrev ? Math.max(prevLast, ts) : ts;
+            if (ts < st.first) {
+                st.first = ts;
+            }
+            if (hasPrev && ts > prevLast) {
+                evict(st);
+            }
+        }
+        Step r = new Step();
+        r.values = values(st, ev, ts, type, hasPrev, prevLast, late);
+        r.late = late;
+        if (horizonMs != 0) {
+            remember(st, (String) ev.getField(EntitySpec.EVENT_ID), ts, horizonMs);
+        }
+        // arm: register a timer when none is, or the expiry moved past it by more than one grid step
+        long expiry = expiresAt(st);
+        if (!st.hasTimer || expiry > st.timer + TIMER_GRID_MS) {
+            st.hasTimer = true;
+            st.timer = timerFor(expiry);
+            r.hasTimer = true;
+            r.timer = st.timer;
+        }
+        r.state = st;
+        return r;
+    }
+
+    public static long timerFor(long expiry) {
+        return expiry - Math.floorMod(expiry, TIMER_GRID_MS) + TIMER_GRID_MS;
+    }
+
+    /** udfs.windows.cleanup: 0 keep, 1 clear, 2 rearm (st.timer updated; register it). */
+    public int cleanup(KeyState st, long timestamp) {
+        if (st == null) {
+            return 0;
+        }
+        long expiry = expiresAt(st);
+        if (expiry <= timestamp) {
+            return 1;
+        }
+        if (st.hasTimer && st.timer == timestamp) {
+            st.timer = timerFor(expiry);
+            return 2;
+        }
+        return 0;
+    }
+
+    private void remember(KeyState st, String id, long ts, long horizonMs) {
+        if (st.ids == null) {
+            st.ids = new LinkedHashMap<>();
+        }
+        st.ids.put(id, ts); // an existing id keeps its place, as in a Python dict
+        long cutoff = st.last - horizonMs;
+        Iterator<Map.Entry<String, Long>> it = st.ids.entrySet().iterator();
+        while (it.hasNext()) {
+            Map.Entry<String, Long> oldest = it.next();
+            if (oldest.getValue() >= cutoff && st.ids.size() <= MAX_IDS_PER_KEY) {
+                break;
+            }
+            it.remove();
+        }
+    }
+
+    private static Double num(Row ev, int field) {
+        Object v = ev.getField(field);
+        return v == null ? null : ((Number) v).doubleValue();
+    }
+
+    private void add(KeyState st, Row ev, long ts, int type) {
+        for (int w = 0; w < spec.widths.length; w++) {
+            int[] fed = spec.feeds[w][type];
+            if (fed.length == 0) {
+                continue;
+            }
+            long g = spec.widths[w];
+            long start = ts - Math.floorMod(ts, g);
+            KeyState.Bucket b = null;
+            for (KeyState.Bucket x : st.buckets[w]) {
+                if (x.start == start) {
+                    b = x;
+                    break;
+                }
+            }
+            if (b == null) {
+                b = new KeyState.Bucket(start, spec.slotKind[w]);
+                st.buckets[w].add(b);
+            }
+            for (int s : fed) {
+                int kind = spec.slotKind[w][s];
+                if (kind == EntitySpec.CNT) {
+                    b.n[s]++;
+                } else if (kind == EntitySpec.NUM) {
+                    Double v = num(ev, spec.slotField[w][s]);
+                    if (v == null) {
+                        continue;
+                    }
+                    b.n[s]++;
+                    b.sum[s] += v;
+                    if (v > b.max[s]) {
+                        b.max[s] = v;
+                    }
+                    if (v < b.min[s]) {
+                        b.min[s] = v;
+                    }
+                } else {
+                    String v = (String) ev.getField(spec.slotField[w][s]);
+                    if (v == null) {
+                        continue;
+                    }
+                    Object acc = b.set[s];
+                    if (acc instanceof String[]) { // decoded read-only: writable from now on
+                        String[] a = (String[]) acc;
+                        HashSet<String> set = new HashSet<>(Math.max(8, a.length * 2));
+                        java.util.Collections.addAll(set, a);
+                        acc = b.set[s] = set;
+                    }
+                    if (acc instanceof HashSet) {
+                        @SuppressWarnings("unchecked")
+                        HashSet<String> set = (HashSet<String>) acc;
+                        set.add(v);
+                        if (set.size() > spec.hllThreshold) {
+                            byte[] reg = new byte[Hll.M];
+                            for (String x : set) {
+                                Hll.add(reg, x);
+                            }
+                            b.set[s] = reg;
+                        }
+                    } else {
+                        Hll.add((byte[]) acc, v);
+                    }
+                }
+            }
+        }
+    }
+
+    private void evict(KeyState st) {
+        long oldestOnTime = st.last - spec.lateness;
+        for (int w = 0; w < spec.widths.length; w++) {
+            long g = spec.widths[w];
+            long keepFrom = oldestOnTime - Math.floorMod(oldestOnTime, g) + g - spec.maxHorizon[w];
+            st.buckets[w].removeIf(b -> b.start < keepFrom);
+        }
+    }
+
+    private static boolean contains(int[] a, int x) {
+        for (int v : a) {
+            if (v == x) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Feature values; {@code ev} null gives the values of no event over empty state. */
+    private double[] values(KeyState st, Row ev, long ts, int type, boolean hasPrev, long prevLast, boolean foldSelf) {
+        int nf = spec.nFeatures();
+        double[] out = new double[nf];
+        for (int p = 0; p < nf; p++) {
+            int kind = spec.planKind[p];
+            if (kind == EntitySpec.P_SINCE_PREV) {
+                out[p] = hasPrev ? (double) Math.max(ts - prevLast, 0) : spec.missing;
+                continue;
+            }
+            if (kind == EntitySpec.P_AGE) {
+                out[p] = ev != null ? (double) (ts - Math.min(st.first, ts)) : spec.missing;
+                continue;
+            }
+            int w = spec.planWidth[p];
+            int s = spec.planSlot[p];
+            long g = spec.widths[w];
+            long hi = ts - Math.floorMod(ts, g);
+            long lo = hi + g - spec.planHorizon[p];
+            ArrayList<KeyState.Bucket> bs = st.buckets[w];
+            boolean self = foldSelf && contains(spec.feeds[w][type], s);
+            int field = spec.slotField[w][s];
+            switch (spec.slotKind[w][s]) {
+                case EntitySpec.CNT: {
+                    long c = 0;
+                    for (KeyState.Bucket b : bs) {
+                        if (lo <= b.start && b.start <= hi) {
+                            c += b.n[s];
+                        }
+                    }
+                    if (self) {
+                        c++;
+                    }
+                    out[p] = (double) c;
+                    break;
+                }
+                case EntitySpec.NUM: {
+                    long c = 0;
+                    double sum = 0.0, mx = Double.NEGATIVE_INFINITY, mn = Double.POSITIVE_INFINITY;
+                    for (KeyState.Bucket b : bs) {
+                        if (lo <= b.start && b.start <= hi) {
+                            c += b.n[s];
+                            sum += b.sum[s];
+                            if (b.max[s] > mx) {
+                                mx = b.max[s];
+                            }
+                            if (b.min[s] < mn) {
+                                mn = b.min[s];
+                            }
+                        }
+                    }
+                    if (self) {
+                        Double v = num(ev, field);
+                        if (v != null) {
+                            c++;
+                            sum += v;
+                            if (v > mx) {
+                                mx = v;
+                            }
+                            if (v < mn) {
+                                mn = v;
+                            }
+                        }
+                    }
+                    if (kind == EntitySpec.P_SUM) {
+                        out[p] = sum;
+                    } else if (c == 0) {
+                        out[p] = spec.missing;
+                    } else if (kind == EntitySpec.P_MEAN) {
+                        out[p] = sum / c;
+                    } else if (kind == EntitySpec.P_MAX) {
+                        out[p] = mx;
+                    } else if (kind == EntitySpec.P_MIN) {
+                        out[p] = mn;
+                    } else {
+                        out[p] = (double) c;
+                    }
+                    break;
+                }
+                default: {
+                    String v = self ? (String) ev.getField(field) : null;
+                    boolean exact = true;
+                    int inRange = 0;
+                    Object only = null;
+                    for (KeyState.Bucket b : bs) {
+                        if (lo <= b.start && b.start <= hi) {
+                            inRange++;
+                            only = b.set[s];
+                            if (only instanceof byte[]) {
+                                exact = false;
+                                break;
+                            }
+                        }
+                    }
+                    if (exact && inRange <= 1) { // one bucket: its size (plus the late event if new to it)
+                        int n = only == null ? 0 : KeyState.size(only);
+                        if (v != null && (only == null || !KeyState.contains(only, v))) {
+                            n++;
+                        }
+                        out[p] = (double) n;
+                    } else if (exact) {
+                        HashSet<String> u = new HashSet<>();
+                        for (KeyState.Bucket b : bs) {
+                            if (lo <= b.start && b.start <= hi) {
+                                for (String x : KeyState.values(b.set[s])) {
+                                    u.add(x);
+                                }
+                            }
+                        }
+                        if (v != null) {
+                            u.add(v);
+                        }
+                        out[p] = (double) u.size();
+                    } else {
+                        byte[] reg = new byte[Hll.M];
+                        for (KeyState.Bucket b : bs) {
+                            if (lo <= b.start && b.start <= hi) {
+                                if (!(b.set[s] instanceof byte[])) {
+                                    for (String x : KeyState.values(b.set[s])) {
+                                        Hll.add(reg, x);
+                                    }
+                                } else {
+                                    Hll.mergeInto(reg, (byte[]) b.set[s]);
+                                }
+                            }
+                        }
+                        if (v != null) {
+                            Hll.add(reg, v);
+                        }
+                        out[p] = Hll.roundHalfEven(Hll.estimate(reg));
+                    }
+                }
+            }
+        }
+        return out;
+    }
+}

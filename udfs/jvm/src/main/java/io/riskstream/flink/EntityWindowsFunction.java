@@ -1,0 +1,284 @@
+package io.riskstream.flink;
+
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
+import java.util.Base64;
+
+import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.api.common.state.ValueState;
+import org.apache.flink.api.common.state.ValueStateDescriptor;
+import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.MetricGroup;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonGenerator;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
+import org.apache.flink.streaming.api.TimeDomain;
+import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
+import org.apache.flink.types.Row;
+import org.apache.flink.util.Collector;
+import org.apache.flink.util.OutputTag;
+
+/**
+ * One entity's keyed stage in the JVM, interpreting the spec as udfs/flink.py EntityStage does with the
+ * Python reference (udfs/chain.py EntityStep): dedup (entity.dedup) -> window update -> remember, the
+ * entity's values appended to the record; an optional entity's keyless events get the empty values.
+ * Duplicates and processing errors go to the side output "dead-letter" (byte[]), as udfs/flink.py's.
+ * State: one ValueState&lt;byte[]&gt; per key ({@link KeyState}); labels a second one ({@link KnownFraud}).
+ */
+public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row> {
+    private static final long serialVersionUID = 1L;
+
+    public static final OutputTag<byte[]> DEAD_LETTER =
+        new OutputTag<>("dead-letter", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
+    public static final String LABEL_MARK = "\u0000label";
+    public static final long LABEL_TTL_MS = 8L * 24 * 3600 * 1000;
+    private static final ObjectMapper JSON = new ObjectMapper();
+    private static final JsonFactory JSON_FACTORY = new JsonFactory();
+
+    private final String specJson;
+    private final String entity;
+    private final long dedupHorizonMs;
+    private final boolean labels;
+    private final String jobName;
+
+    private transient EntitySpec spec;
+    private transient EntityWindows windows;
+    private transient long horizon;
+    private transient boolean labelsOn;
+    private transient ValueState<byte[]> state;
+    private transient ValueState<byte[]> known;
+    private transient Counter lateCounter, errorCounter, dupCounter, fraudCounter, legitCounter;
+
+    public EntityWindowsFunction(String specJson, String entity, long dedupHorizonMs, boolean labels, String jobName) {
+        this.specJson = specJson;
+        this.entity = entity;
+        this.dedupHorizonMs = dedupHorizonMs;
+        this.labels = labels;
+        this.jobName = jobName;
+        EntitySpec.parse(specJson, entity); // refuse a bad spec when the job is built, not when it runs
+    }
+
+    @Override
+    public void open(OpenContext openContext) {
+        spec = EntitySpec.parse(specJson, entity);
+        windows = new EntityWindows(spec);
+        horizon = spec.dedup ? dedupHorizonMs : 0;
+        labelsOn = labels && spec.labelSignals;
+        state = getRuntimeContext().getState(
+            new ValueStateDescriptor<>(entity + "_windows", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
+        MetricGroup g = getRuntimeContext().getMetricGroup();
+        lateCounter = g.counter("late_events");
+        errorCounter = g.counter("processing_errors");
+        dupCounter = horizon != 0 ? g.counter("duplicate_events") : null;
+        if (labelsOn) {
+            known = getRuntimeContext().getState(
+                new ValueStateDescriptor<>(entity + "_labels", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
+            fraudCounter = g.counter("labels_fraud");
+            legitCounter = g.counter("labels_legit");
+        }
+    }
+
+    @Override
+    public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
+        if (LABEL_MARK.equals(row.getField(EntitySpec.EVENT_TYPE))) {
+            if (labelsOn) {
+                label(row, ctx);
+            }
+            return;
+        }
+        Row result;
+        boolean late;
+        try {
+            if (row.getField(spec.keyIndex) == null) {
+                out.collect(extend(row, windows.emptyValues(), false, Double.NaN));
+                return;
+            }
+            KeyState st = KeyState.decode(state.value(), spec);
+            long ts = (Long) row.getField(EntitySpec.TS);
+            if (horizon != 0 && windows.duplicate(st, (String) row.getField(EntitySpec.EVENT_ID), ts, horizon)) {
+                dupCounter.inc();
+                ctx.output(DEAD_LETTER, deadLetter(row, "duplicate_event_id",
+                    "event_id seen for this " + entity + " within " + horizon + " ms", jobName));
+                return;
+            }
+            EntityWindows.Step r = windows.step(st, row, horizon);
+            if (r.hasTimer) {
+                ctx.timerService().registerEventTimeTimer(r.timer);
+            }
+            state.update(r.state.encode(spec));
+            double signal = Double.NaN;
+            if (labelsOn) {
+                signal = KnownFraud.count(KnownFraud.decode(known.value()), ts);
+            }
+            late = r.late;
+            result = extend(row, r.values, late, signal);
+        } catch (Exception e) {
+            errorCounter.inc();
+            ctx.output(DEAD_LETTER, deadLetter(row, "processing_error",
+                entity + " stage: " + e.getClass().getSimpleName() + ": " + e.getMessage(), jobName));
+            return;
+        }
+        if (late) {
+            lateCounter.inc();
+        }
+        out.collect(result);
+    }
+
+    /** The record after this stage: values appended, late merged, this entity's signal set (NaN: none). */
+    private Row extend(Row row, double[] values, boolean late, double signal) {
+        Row r = Row.withPositions(EntitySpec.ARITY);
+        for (int i = 0; i < EntitySpec.N_EVENT; i++) {
+            r.setField(i, row.getField(i));
+        }
+        double[] prev = (double[]) row.getField(EntitySpec.VALUES);
+        if (prev == null || prev.length == 0) {
+            r.setField(EntitySpec.VALUES, values);
+        } else {
+            double[] all = Arrays.copyOf(prev, prev.length + values.length);
+            System.arraycopy(values, 0, all, prev.length, values.length);
+            r.setField(EntitySpec.VALUES, all);
+        }
+        Boolean prevLate = (Boolean) row.getField(EntitySpec.LATE);
+        r.setField(EntitySpec.LATE, late || (prevLate != null && prevLate));
+        double[] sig = (double[]) row.getField(EntitySpec.SIGNALS);
+        if (!Double.isNaN(signal)) {
+            if (sig == null) {
+                sig = new double[spec.nSignals];
+                Arrays.fill(sig, Double.NaN); // NaN: a signal no stage set (absent from the Python dict)
+            } else {
+                sig = sig.clone();
+            }
+            sig[spec.signalIndex] = signal;
+        }
+        r.setField(EntitySpec.SIGNALS, sig);
+        return r;
+    }
+
+    private void label(Row row, Context ctx) {
+        try {
+            JsonNode extras = JSON.readTree((String) row.getField(EntitySpec.EXTRAS));
+            String label = extras.get("label").asText();
+            if (!label.equals("fraud") && !label.equals("legit")) {
+                throw new IllegalArgumentException("label " + label);
+            }
+            KnownFraud k = KnownFraud.decode(known.value());
+            if (k == null) {
+                k = new KnownFraud();
+            }
+            k.apply((String) row.getField(2), (Long) row.getField(EntitySpec.TS), label.equals("fraud"));
+            (label.equals("fraud") ? fraudCounter : legitCounter).inc();
+            if (k.users.isEmpty()) {
+                known.clear();
+                return;
+            }
+            long now = System.currentTimeMillis();
+            k.at = now;
+            known.update(k.encode());
+            long due = now + LABEL_TTL_MS;
+            ctx.timerService().registerProcessingTimeTimer(due - Math.floorMod(due, EntityWindows.TIMER_GRID_MS)
+                + EntityWindows.TIMER_GRID_MS);
+        } catch (Exception e) { // a label must never fail the job
+            errorCounter.inc();
+            System.out.println("[riskstream] " + entity + " stage: label for " + row.getField(0) + " not applied: "
+                + e.getClass().getSimpleName() + ": " + e.getMessage());
+        }
+    }
+
+    @Override
+    public void onTimer(long timestamp, OnTimerContext ctx, Collector<Row> out) throws Exception {
+        if (ctx.timeDomain() == TimeDomain.PROCESSING_TIME) { // only label cleanup uses processing time
+            if (labelsOn) {
+                KnownFraud k = KnownFraud.decode(known.value());
+                if (k != null && k.at + LABEL_TTL_MS <= timestamp) {
+                    known.clear();
+                }
+            }
+            return;
+        }
+        KeyState st = KeyState.decode(state.value(), spec);
+        int what = windows.cleanup(st, timestamp);
+        if (what == 1) {
+            state.clear(); // idle past the longest horizon + lateness: no event can read it again
+        } else if (what == 2) {
+            ctx.timerService().registerEventTimeTimer(st.timer);
+            state.update(st.encode(spec));
+        }
+    }
+
+    // -- dead letters (udfs.events.dead_letter_record(encode_event(ev), ..., reencoded=True)) ----------
+    static byte[] deadLetter(Row row, String reason, String detail, String job) {
+        byte[] raw;
+        try {
+            raw = encodeEvent(row);
+        } catch (Exception e) {
+            raw = String.valueOf(row).getBytes(StandardCharsets.UTF_8);
+        }
+        try {
+            ByteArrayOutputStream buf = new ByteArrayOutputStream();
+            try (JsonGenerator g = JSON_FACTORY.createGenerator(buf)) {
+                g.writeStartObject();
+                g.writeStringField("reason", reason);
+                g.writeStringField("detail", detail.length() > 200 ? detail.substring(0, 200) : detail);
+                g.writeStringField("original_b64", Base64.getEncoder().encodeToString(raw));
+                g.writeNumberField("original_size", raw.length);
+                g.writeStringField("job", job);
+                g.writeNumberField("dead_at", System.currentTimeMillis());
+                g.writeBooleanField("original_reencoded", true);
+                g.writeEndObject();
+            }
+            return buf.toByteArray();
+        } catch (IOException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    /** The event as udfs.events.encode_event writes it: its fields in order, extras/payment_ref when set. */
+    static byte[] encodeEvent(Row row) throws IOException {
+        ByteArrayOutputStream buf = new ByteArrayOutputStream();
+        try (JsonGenerator g = JSON_FACTORY.createGenerator(buf)) {
+            g.writeStartObject();
+            for (int i = 0; i < EntitySpec.N_EVENT; i++) {
+                String name = EntitySpec.ROW_FIELDS[i];
+                Object v = row.getField(i);
+                if (v == null && (name.equals("extras") || name.equals("payment_ref"))) {
+                    continue;
+                }
+                g.writeFieldName(name);
+                if (v == null) {
+                    g.writeNull();
+                } else if (name.equals("extras")) {
+                    g.writeRawValue((String) v); // already JSON text (orjson's)
+                } else if (v instanceof Double) {
+                    g.writeNumber(formatDouble((Double) v));
+                } else if (v instanceof Long) {
+                    g.writeNumber((Long) v);
+                } else {
+                    g.writeString(String.valueOf(v));
+                }
+            }
+            g.writeEndObject();
+        }
+        return buf.toByteArray();
+    }
+
+    /** A float as orjson writes it for the usual amounts: 12.0, 12.5 (not Java's 1.0E9 forms). */
+    static String formatDouble(double v) {
+        if (v == Math.rint(v) && Math.abs(v) < 1e16) {
+            return (long) v + ".0";
+        }
+        String s = Double.toString(v);
+        int e = s.indexOf('E');
+        if (e < 0) {
+            return s;
+        }
+        String mant = s.substring(0, e);
+        if (mant.endsWith(".0")) {
+            mant = mant.substring(0, mant.length() - 2);
+        }
+        return mant + "e" + s.substring(e + 1);
+    }
+}

@@ -1,0 +1,87 @@
+package io.riskstream.flink;
+
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+/**
+ * A key's known-fraud users (udfs/labels.py): {user_id: newest fraud event ts} in insertion order, and the
+ * wall-clock time of its last label. Encoded as: at | n | n x (utf8 length, bytes, ts) (varints).
+ */
+final class KnownFraud {
+    static final long HORIZON_MS = 7L * 24 * 3600 * 1000;
+    static final int MAX_USERS = 1000;
+
+    long at;
+    final LinkedHashMap<String, Long> users = new LinkedHashMap<>();
+
+    /** udfs.labels.apply_label. */
+    void apply(String user, long eventTs, boolean fraud) {
+        if (!fraud) {
+            users.remove(user);
+            return;
+        }
+        Long cur = users.get(user);
+        if (cur == null || eventTs > cur) {
+            users.remove(user); // re-insert at the end
+            users.put(user, eventTs);
+        }
+        long newest = Long.MIN_VALUE;
+        for (long t : users.values()) {
+            newest = Math.max(newest, t);
+        }
+        long floor = newest - HORIZON_MS;
+        users.values().removeIf(t -> t < floor);
+        while (users.size() > MAX_USERS) {
+            String oldest = null;
+            long min = Long.MAX_VALUE;
+            for (Map.Entry<String, Long> e : users.entrySet()) {
+                if (e.getValue() < min) { // the first of equal minima, like Python's min()
+                    min = e.getValue();
+                    oldest = e.getKey();
+                }
+            }
+            users.remove(oldest);
+        }
+    }
+
+    /** udfs.labels.known_fraud_users. */
+    static double count(KnownFraud k, long ts) {
+        if (k == null || k.users.isEmpty()) {
+            return 0.0;
+        }
+        long lo = ts - HORIZON_MS;
+        long n = 0;
+        for (long t : k.users.values()) {
+            if (lo <= t && t <= ts) {
+                n++;
+            }
+        }
+        return (double) n;
+    }
+
+    byte[] encode() {
+        KeyState.Out o = new KeyState.Out();
+        o.v(at);
+        o.v(users.size());
+        for (Map.Entry<String, Long> e : users.entrySet()) {
+            o.str(e.getKey());
+            o.v(KeyState.zz(e.getValue()));
+        }
+        return o.toArray();
+    }
+
+    static KnownFraud decode(byte[] data) {
+        if (data == null) {
+            return null;
+        }
+        KeyState.In in = new KeyState.In(data);
+        KnownFraud k = new KnownFraud();
+        k.at = in.v();
+        int n = (int) in.v();
+        for (int i = 0; i < n; i++) {
+            String u = in.str();
+            k.users.put(u, KeyState.unzz(in.v()));
+        }
+        return k;
+    }
+}

@@ -1,0 +1,133 @@
+package io.riskstream.flink;
+
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ArrayNode;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ObjectNode;
+import org.apache.flink.types.Row;
+
+/**
+ * One entity's window logic over an in-memory map of encoded key states, without Flink: for parity tests
+ * and state-size measurements called from Python (one call per stream). Timers are not run (an expired
+ * key reads as fresh anyway).
+ */
+public final class LocalRunner {
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    private LocalRunner() {}
+
+    /**
+     * {@code eventsJsonl}: one event per line (udfs.events.Event fields). Returns JSON
+     * {"values": [[...] or null for a duplicate], "late": [...], "state_bytes": [per key, sorted]}.
+     */
+    public static String run(String specJson, String entity, long dedupHorizonMs, String eventsJsonl) throws Exception {
+        EntitySpec spec = EntitySpec.parse(specJson, entity);
+        EntityWindows w = new EntityWindows(spec);
+        long horizon = spec.dedup ? dedupHorizonMs : 0;
+        Map<String, byte[]> store = new HashMap<>();
+        ObjectNode res = JSON.createObjectNode();
+        ArrayNode values = res.putArray("values");
+        ArrayNode lates = res.putArray("late");
+        List<Row> rows = new ArrayList<>();
+        for (String line : eventsJsonl.split("\n")) {
+            if (!line.isEmpty()) {
+                rows.add(toRow(JSON.readTree(line)));
+            }
+        }
+        java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
+        long cpu0 = mx.getCurrentThreadCpuTime();
+        for (Row row : rows) {
+            String key = (String) row.getField(spec.keyIndex);
+            if (key == null) {
+                ArrayNode a = values.addArray();
+                for (double d : w.emptyValues()) {
+                    a.add(d);
+                }
+                lates.add(false);
+                continue;
+            }
+            KeyState st = KeyState.decode(store.get(key), spec);
+            long ts = (Long) row.getField(EntitySpec.TS);
+            if (horizon != 0 && w.duplicate(st, (String) row.getField(EntitySpec.EVENT_ID), ts, horizon)) {
+                values.addNull();
+                lates.add(false);
+                continue;
+            }
+            EntityWindows.Step r = w.step(st, row, horizon);
+            store.put(key, r.state.encode(spec));
+            ArrayNode a = values.addArray();
+            for (double d : r.values) {
+                a.add(d);
+            }
+            lates.add(r.late);
+        }
+        res.put("cpu_ns", mx.getCurrentThreadCpuTime() - cpu0); // the window logic, state coding, result JSON
+        List<Integer> sizes = new ArrayList<>();
+        for (byte[] b : store.values()) {
+            sizes.add(b.length);
+        }
+        sizes.sort(null);
+        ArrayNode sb = res.putArray("state_bytes");
+        sizes.forEach(sb::add);
+        return JSON.writeValueAsString(res);
+    }
+
+    static Row toRow(JsonNode o) {
+        Row r = Row.withPositions(EntitySpec.ARITY);
+        for (int i = 0; i < EntitySpec.N_EVENT; i++) {
+            String name = EntitySpec.ROW_FIELDS[i];
+            JsonNode v = o.get(name);
+            if (v == null || v.isNull()) {
+                continue;
+            }
+            if (name.equals("ts")) {
+                r.setField(i, v.asLong());
+            } else if (name.equals("amount")) {
+                r.setField(i, v.asDouble());
+            } else if (name.equals("extras")) {
+                r.setField(i, v.toString());
+            } else {
+                r.setField(i, v.asText());
+            }
+        }
+        r.setField(EntitySpec.VALUES, new double[0]);
+        r.setField(EntitySpec.LATE, false);
+        return r;
+    }
+
+    /** For parity tests: the HLL estimate of registers given as bytes, and BLAKE2b-64 of strings. */
+    public static double hllEstimate(byte[] reg) {
+        return Hll.estimate(reg);
+    }
+
+    public static String blakeMany(String jsonArrayOfStrings) throws Exception {
+        ArrayNode out = JSON.createArrayNode();
+        for (JsonNode s : JSON.readTree(jsonArrayOfStrings)) {
+            out.add(Long.toUnsignedString(Blake2b64.hash(s.asText())));
+        }
+        return JSON.writeValueAsString(out);
+    }
+
+    /** Registers after adding the given strings (JSON array), for HLL parity with udfs/hll.py. */
+    public static byte[] hllRegisters(String jsonArrayOfStrings) throws Exception {
+        byte[] reg = new byte[Hll.M];
+        for (JsonNode s : JSON.readTree(jsonArrayOfStrings)) {
+            Hll.add(reg, s.asText());
+        }
+        return reg;
+    }
+
+    public static String logs() {
+        // M * log(M / zeros) for every zeros count: the linear-counting branch of the estimate
+        ArrayNode out = JSON.createArrayNode();
+        for (int z = 1; z <= Hll.M; z++) {
+            out.add(Hll.M * Math.log((double) Hll.M / z));
+        }
+        return out.toString();
+    }
+}
