@@ -209,16 +209,16 @@ def _label_stream(labels: DataStream, cfg: JobConfig, output_type) -> tuple[Data
 def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
                     labels: DataStream | None) -> tuple[DataStream, DataStream]:
     """The fast path: parse and the entity stages in the JVM (udfs/jvm, interpreting the spec), decide in
-    Python in batches; the same operator names and uids as the Python path."""
+    Python in batches; the same operator names and uids as the Python path, plus ``validate-control`` and
+    ``control-attach`` for the live control."""
     from udfs import jvm, jvm_decide, jvm_parse
     from udfs.windows import spec_document
 
-    record = jvm_decide.row_type()
     parsed = jvm_parse.parse_stage(raw, cfg.job_name)
     stream = jvm.event_time(parsed, cfg.out_of_orderness_ms, cfg.idleness_ms)
     label_rows = timed_labels = None
     if labels is not None:
-        label_rows, timed_labels = _label_stream(labels, cfg, record)
+        label_rows, timed_labels = _label_stream(labels, cfg, jvm.record_type_info())
     spec = orjson.dumps(spec_document(cfg.allowed_lateness_ms)).decode()
     stages = []
     for entity in ENTITIES:
@@ -228,16 +228,19 @@ def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
     policy = Policy(version=cfg.policy_version, review_threshold=cfg.review_threshold,
                     block_threshold=cfg.block_threshold)
     model, root = str(cfg.resolved_model_path()), str(PROJECT_ROOT)
-    validated = None
+    python_dead = [label_rows] if label_rows is not None else []
     if control is not None:
         validated = (control.process(ValidateControl(model, policy, cfg.job_name, root),
                                      output_type=jvm_decide.CONTROL_MESSAGE)
                      .set_parallelism(1).name("validate-control").uid("validate-control"))
+        python_dead.append(validated)
         stream = jvm_decide.attach_control(stream, validated)
     decisions = jvm_decide.decide(stream, model, policy, root, with_control=control is not None)
-    sources = stages + ([validated] if validated is not None else []) \
-        + ([label_rows] if label_rows is not None else [])
-    dead = parsed.get_side_output(DEAD_LETTER_TAG).union(*(s.get_side_output(DEAD_LETTER_TAG) for s in sources))
+    # dead letters: the JVM operators' side outputs stay in the JVM; the Python ones (bad labels, refused
+    # control messages) come through PyFlink's side-output map
+    dead = jvm.side_output(parsed, DEAD_LETTER_TAG).union(
+        *(jvm.side_output(s, DEAD_LETTER_TAG) for s in stages),
+        *(s.get_side_output(DEAD_LETTER_TAG) for s in python_dead))
     return decisions, dead
 
 

@@ -56,11 +56,11 @@ def _user_of(raw: bytes) -> str:
         return ""
 
 
-def _run_core(records: list[bytes], parallelism: int, out_dir) -> tuple[list[dict], list[dict]]:
+def _run_core(records: list[bytes], parallelism: int, out_dir, runtime: str = "python") -> tuple[list[dict], list[dict]]:
     from pipelines import decision_job
     from udfs.flink import BYTES
 
-    cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500)
+    cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500, stage_runtime=runtime)
     env = decision_job.make_env(cfg)
     # Test source adapter. from_collection cannot ship byte[]: ship pickled bytes and re-type them. It is
     # non-parallel, so partition by user as the Kafka topic does (producers key by user_id): one user's
@@ -89,7 +89,8 @@ RETURN_AFTER_MS = 26 * 3600 * 1000  # past every entity's expiry (24 h horizon +
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
-def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
+@pytest.mark.parametrize("runtime", ["python", "jvm"])
+def test_core_matches_offline_replay(labelled_stream, parallelism, runtime, tmp_path):
     base = [r.raw if r.raw is not None else orjson.dumps(r.event) for r in labelled_stream]
     # keys come back after their state expired: the first 400 valid events again, 26 h later, new ids. The
     # job's cleanup timers drop the old state as the watermark passes; replay drops it by the same rule.
@@ -110,7 +111,7 @@ def test_core_matches_offline_replay(labelled_stream, parallelism, tmp_path):
     bad = [b for b in base if not isinstance(parse_event(b), Event)]
     assert bad and dup_ids and len(valid) + len(bad) + len(dup_ids) == len(records)
 
-    decisions, dead = _run_core(records, parallelism, tmp_path / "out")
+    decisions, dead = _run_core(records, parallelism, tmp_path / "out", runtime)
 
     # every input accounted for, exactly once: a decision per event id, a dead letter per bad record and
     # per repeated event id

@@ -15,7 +15,6 @@ import bisect
 import os
 import time
 
-import orjson
 from pyflink.common import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
@@ -50,7 +49,6 @@ BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # every Python/JVM crossing, which measured ~20 % of the three keyed stages' cost (docs/benchmarks.md).
 STAGE_VALUE = Types.PICKLED_BYTE_ARRAY()
 TS = EVENT_FIELDS.index("ts")  # position of the event time in a record
-EXTRAS = EVENT_FIELDS.index("extras")
 
 DEAD_LETTER_TAG = OutputTag("dead-letter", BYTES)
 
@@ -108,22 +106,13 @@ class ParseValidate(ProcessFunction):
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
 
 
-def record_row(rec):
-    """A chain record as the Row the JVM stages take (extras as JSON text)."""
-    from pyflink.common import Row
-
-    ev = rec[:EXTRAS]
-    extras = rec[EXTRAS]
-    return Row(*ev, orjson.dumps(extras).decode() if extras else None, *rec[EXTRAS + 1:])
-
-
 class ParseLabel(ProcessFunction):
     """Label bytes -> a label record (``udfs.chain.label_record``) for the label-signal stages, or a dead
     letter."""
 
     def __init__(self, job_name: str, rows: bool = False):
         self.job_name = job_name
-        self.rows = rows  # for the JVM stages: the record as a Row (udfs.jvm_decide.row_type)
+        self.rows = rows  # for the JVM stages: the record as a Row (udfs.jvm.to_row)
 
     def process_element(self, value, ctx):
         raw = bytes(value) if value is not None else b""
@@ -132,7 +121,11 @@ class ParseLabel(ProcessFunction):
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
             return
         rec = label_record(*res)
-        yield record_row(rec) if self.rows else rec
+        if self.rows:
+            from .jvm import to_row
+
+            rec = to_row(rec)
+        yield rec
 
 
 def _subtask_index(runtime_context) -> int:

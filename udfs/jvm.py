@@ -29,9 +29,14 @@ _TYPES = {
 }
 
 
+def row_type(fields: tuple[tuple[str, str], ...] = ROW_FIELDS):
+    """The named Row type of ``fields`` ((name, type) pairs as in ``udfs.chain.ROW_FIELDS``)."""
+    return Types.ROW_NAMED([n for n, _ in fields], [_TYPES[t]() for _, t in fields])
+
+
 def record_type_info():
     """The chain record as a named Row type (``udfs.chain.ROW_FIELDS``)."""
-    return Types.ROW_NAMED([n for n, _ in ROW_FIELDS], [_TYPES[t]() for _, t in ROW_FIELDS])
+    return row_type(ROW_FIELDS)
 
 
 def to_row(rec: Record) -> Row:
@@ -91,4 +96,27 @@ def entity_stage(stream: DataStream, entity: Entity, spec_json: str, dedup_horiz
     return DataStream(j_out).name(f"{entity.name}-windows").uid(f"{entity.name}-windows")
 
 
-__all__ = ["entity_stage", "from_row", "record_type_info", "to_row"]
+def event_time(stream: DataStream, out_of_orderness_ms: int, idleness_ms: int,
+               max_future_skew_ms: int = 60_000) -> DataStream:
+    """Event-time timestamps and bounded-out-of-orderness watermarks on record Rows, in the JVM
+    (``io.riskstream.flink.RecordTimestamps``: ``ts`` clamped to the wall clock plus ``max_future_skew_ms``,
+    as ``udfs.flink.EventTime``), named and uid'd "event-time" like the Python path."""
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    pkg = _jvm_package(stream)
+    duration = jvm.java.time.Duration
+    strategy = (jvm.org.apache.flink.api.common.eventtime.WatermarkStrategy
+                .forBoundedOutOfOrderness(duration.ofMillis(out_of_orderness_ms))
+                .withTimestampAssigner(pkg.RecordTimestamps(EVENT_FIELDS.index("ts"), max_future_skew_ms))
+                .withIdleness(duration.ofMillis(idleness_ms)))
+    return DataStream(stream._j_data_stream.assignTimestampsAndWatermarks(strategy)).name("event-time").uid("event-time")
+
+
+def side_output(stream: DataStream, tag) -> DataStream:
+    """A JVM operator's side output as a DataStream without PyFlink's Python re-typing map (``tag``: a
+    pyflink OutputTag whose Java tag equals the operator's: same id and type)."""
+    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
+
+
+__all__ = ["entity_stage", "event_time", "from_row", "record_type_info", "row_type", "side_output", "to_row"]

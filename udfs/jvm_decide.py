@@ -14,25 +14,22 @@ from pyflink.datastream import DataStream
 from pyflink.java_gateway import get_gateway
 
 from .chain import ROW_FIELDS
+from .jvm import row_type
 from .policy import Policy
 
-_TYPES = {"STRING": Types.STRING, "JSON": Types.STRING, "DOUBLE": Types.DOUBLE, "BIGINT": Types.LONG,
-          "BOOLEAN": Types.BOOLEAN, "DOUBLE[]": lambda: Types.PRIMITIVE_ARRAY(Types.DOUBLE())}
 CONTROL_FIELDS = (("control_version", "BIGINT"), ("control", "STRING"))
 CONTROL_MESSAGE = Types.ROW_NAMED(["key", "raw"], [Types.STRING(), Types.STRING()])
 
 
-def row_type(fields: tuple[tuple[str, str], ...] = ROW_FIELDS):
-    """The named Row type of ``fields`` ((name, type) pairs as in ``udfs.chain.ROW_FIELDS``)."""
-    return Types.ROW_NAMED([n for n, _ in fields], [_TYPES[t]() for _, t in fields])
-
-
 def attach_control(records: DataStream, control: DataStream) -> DataStream:
     """Records + (control_version, control) from the validated control messages (Row(key, raw))."""
-    jvm = get_gateway().jvm
+    gw = get_gateway()
+    jvm = gw.jvm
     out = row_type(ROW_FIELDS + CONTROL_FIELDS)
+    descriptors = gw.new_array(jvm.org.apache.flink.api.common.state.MapStateDescriptor, 1)  # varargs
+    descriptors[0] = jvm.io.riskstream.flink.ControlAttach.STATE
     j = (records._j_data_stream
-         .connect(control._j_data_stream.broadcast(jvm.io.riskstream.flink.ControlAttach.STATE))
+         .connect(control._j_data_stream.broadcast(descriptors))
          .process(jvm.io.riskstream.flink.ControlAttach(), out.get_java_type_info()))
     return DataStream(j.name("control-attach").uid("control-attach"))
 
