@@ -25,7 +25,7 @@ OUT = Path(__file__).resolve().parent / "results"
 def _env(jar: Path | None):
     from pipelines import decision_job
     from riskstream.config import JobConfig
-    from riskstream.jars import flink_jar_urls
+    from riskstream.ops.jars import flink_jar_urls
 
     cfg = JobConfig(parallelism=1)
     extra = {"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()])} if jar else None
@@ -62,7 +62,8 @@ def _cpu_seconds(pid: int) -> float:
 def run_jvm(events, jar: Path, stages: bool) -> float:
     from udfs import jvm
     from udfs.chain import pack
-    from udfs.features import ENTITIES, spec_document
+    from udfs.features import ENTITIES
+    from udfs.windows import spec_document
 
     env, cfg = _env(jar)
     stream = env.from_collection([jvm.to_row(pack(e)) for e in events], type_info=jvm.record_type_info())
@@ -98,7 +99,8 @@ def state_bytes(events, jar: Path) -> dict:
 
     from benchmarks.windows import time_entity
     from udfs.chain import Chain
-    from udfs.features import ENTITIES, spec_document
+    from udfs.features import ENTITIES
+    from udfs.windows import spec_document
 
     add_jars_to_context_class_loader([jar.as_uri()])
     J = get_gateway().jvm.io.riskstream.flink
@@ -123,7 +125,8 @@ def logic_cpu(events, jar: Path) -> dict:
     from pyflink.java_gateway import get_gateway
 
     from udfs.chain import EntityStep
-    from udfs.features import ENTITIES, spec_document
+    from udfs.features import ENTITIES
+    from udfs.windows import spec_document
 
     J = get_gateway().jvm.io.riskstream.flink
     spec = orjson.dumps(spec_document(60_000)).decode()

@@ -15,7 +15,8 @@ import pytest
 
 from udfs.chain import Chain, label_record, pack
 from udfs.events import Event, encode_event
-from udfs.features import ENTITIES, ENTITY_BY_NAME, features_for, spec_document
+from udfs.features import ENTITIES, ENTITY_BY_NAME, features_for
+from udfs.windows import spec_document
 
 pytestmark = pytest.mark.flink
 
@@ -132,7 +133,7 @@ def _run(jar, records: list, parallelism: int, tmp_path, entities=ENTITIES, labe
 
     from pipelines import decision_job
     from riskstream.config import JobConfig
-    from riskstream.jars import flink_jar_urls
+    from riskstream.ops.jars import flink_jar_urls
     from udfs import jvm
     from udfs.flink import DEAD_LETTER_TAG, EventTime
 
