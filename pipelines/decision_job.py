@@ -327,6 +327,7 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
     lineage.record_run(cfg.job_name, job_id, cfg.checkpoint_dir, plan.snapshot if restore or by_flink else None, extra={
         "transactional_id_prefix": cfg.transactional_id_prefix, "group_id": cfg.group_id,
         "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
+        "stage_runtime": cfg.stage_runtime,
         "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0})
     if wait:
         print(f"[run] {cfg.job_name}: job id {job_id}", file=sys.stderr, flush=True)

@@ -229,3 +229,27 @@ def test_default_checkpoint_dir_is_the_jobs_own(tmp_path, monkeypatch):
     assert JobConfig(job_name="x").checkpoint_dir == (tmp_path / "jobs" / "x" / "checkpoints").as_uri()
     assert JobConfig(job_name="y").checkpoint_dir != JobConfig(job_name="x").checkpoint_dir
     assert JobConfig(checkpoint_dir="/elsewhere").checkpoint_dir == "file:///elsewhere"
+
+
+def test_a_snapshot_written_by_the_other_stage_runtime_is_refused(tmp_path, monkeypatch):
+    """Window state of the Python stages (pickled dicts) must never reach the JVM stages, and back."""
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path))
+    py_run, jvm_run = "a" * 32, "b" * 32
+    ck = (lineage.job_dir(JOB) / "checkpoints").as_uri()
+    lineage.record_run(JOB, py_run, ck, None, extra={"stage_runtime": "python"})
+    write_snapshot(chk(None, py_run, 3), 3)
+    snap = lineage.read_snapshot(chk(None, py_run, 3).as_uri())
+    assert restore.snapshot_runtime(JOB, snap) == "python"
+    with pytest.raises(restore.RuntimeMismatch, match="window state of the python stages"):
+        restore.check_runtime(JobConfig(job_name=JOB, stage_runtime="jvm"), snap)
+    restore.check_runtime(JobConfig(job_name=JOB, stage_runtime="python"), snap)  # same runtime: fine
+    lineage.record_run(JOB, jvm_run, ck, snap, extra={"stage_runtime": "jvm"})
+    write_snapshot(chk(None, jvm_run, 4), 4)
+    snap2 = lineage.read_snapshot(chk(None, jvm_run, 4).as_uri())
+    with pytest.raises(restore.RuntimeMismatch, match="window state of the jvm stages"):
+        restore.check_runtime(JobConfig(job_name=JOB, stage_runtime="python"), snap2)
+    # a run recorded before the JVM stages existed ran the Python stages
+    old = "c" * 32
+    lineage.record_run(JOB, old, ck, None)
+    write_snapshot(chk(None, old, 9), 9)
+    assert restore.snapshot_runtime(JOB, lineage.read_snapshot(chk(None, old, 9).as_uri())) == "python"

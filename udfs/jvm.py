@@ -93,7 +93,9 @@ def entity_stage(stream: DataStream, entity: Entity, spec_json: str, dedup_horiz
     j_out = (stream._j_data_stream
              .keyBy(j_key, Types.STRING().get_java_type_info())
              .process(j_fn, record_type_info().get_java_type_info()))
-    return DataStream(j_out).name(f"{entity.name}-windows").uid(f"{entity.name}-windows")
+    # another uid than the Python stage's: its state (a pickled dict under the same state name and type)
+    # must never be restored into this operator; Flink refuses a savepoint whose state maps to no uid
+    return DataStream(j_out).name(f"{entity.name}-windows").uid(f"{entity.name}-windows-jvm")
 
 
 def event_time(stream: DataStream, out_of_orderness_ms: int, idleness_ms: int,

@@ -246,9 +246,46 @@ class StartPlan:
     check: StartCheck | None
 
 
+class RuntimeMismatch(StartupError):
+    """The snapshot's window state was written by the other stage runtime (udfs/flink.py vs udfs/jvm)."""
+
+
+def snapshot_runtime(job_name: str, snap: Snapshot) -> str | None:
+    """The ``stage_runtime`` of the run that wrote ``snap``, from the job's lineage (None: unknown). Runs
+    recorded before the JVM stages existed ran the Python stages."""
+    uri = snap.uri
+    job_id = None
+    for rec in lineage.read(job_name):
+        if rec.get("kind") == "savepoint" and rec.get("path") == uri:
+            job_id = rec.get("job_id")
+    if job_id is None and not snap.savepoint:
+        job_id = snap.path.parent.name  # checkpoints/<flink job id>/chk-N
+    for rec in lineage.read(job_name):
+        if rec.get("kind") == "run" and rec.get("job_id") == job_id:
+            return rec.get("stage_runtime", "python")
+    return None
+
+
+def check_runtime(cfg: JobConfig, snap: Snapshot | None) -> None:
+    """Refuse to restore window state written by the other stage runtime: the Python stages keep pickled
+    dicts, the JVM stages their own byte encoding, under other operator uids."""
+    if snap is None or snap.checkpoint_id < 0:
+        return
+    written = snapshot_runtime(cfg.job_name, snap)
+    if written is not None and written != cfg.stage_runtime:
+        raise RuntimeMismatch(
+            f"{snap.describe()} holds window state of the {written} stages; this job runs the "
+            f"{cfg.stage_runtime} stages, which cannot read it. Either restore it with --stage-runtime "
+            f"{written}, or cut over: stop the {written} job with a savepoint (its decisions are committed), "
+            f"then start this one without state from the committed offsets (--starting-offsets committed; "
+            f"windows refill over the longest horizon) or from the earliest offsets of a topic that holds the "
+            f"last 24 h with --allow-reprocess (same decision ids); see docs/operations.md")
+
+
 def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
     """Resolve the restore, check it against the committed output, and say what the start does."""
     snap, why = resolve_restore(cfg)
+    check_runtime(cfg, snap)
     what = snap.describe() if snap is not None and snap.checkpoint_id >= 0 else (
         cfg.restore_from if snap is not None else f"{cfg.starting_offsets} offsets without state")
     chk = check_start(cfg, snap if snap is None or snap.checkpoint_id >= 0 else None, what) \
@@ -262,5 +299,5 @@ def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
     return StartPlan(snap, why, chk)
 
 
-__all__ = ["GoingBackInTime", "ManualRestoreRequired", "StartPlan", "check_start", "evaluate", "plan_start",
+__all__ = ["GoingBackInTime", "ManualRestoreRequired", "RuntimeMismatch", "StartPlan", "check_runtime", "check_start", "evaluate", "plan_start",
            "resolve_restore", "resolve_restore_path", "snapshot_offsets", "split_offsets"]
