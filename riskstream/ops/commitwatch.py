@@ -62,15 +62,15 @@ class CommitWatch(threading.Thread):
     """Polls the job's checkpoint statistics and logs when commits stop and when they resume."""
 
     def __init__(self, rest_url: str, job_id: str, checkpoint_interval_ms: int, out=sys.stderr,
-                 poll_s: float = 0.5, repeat_s: float = 30.0):
+                 poll_s: float = 0.5, repeat_s: float = 30.0, limit_s: float | None = None):
         super().__init__(daemon=True, name="riskstream-commit-watch")
         self.rest_url, self.job_id, self.out = rest_url, job_id, out
-        self.limit_s = threshold_ms(checkpoint_interval_ms) / 1000
+        self.limit_s = limit_s if limit_s is not None else threshold_ms(checkpoint_interval_ms) / 1000
         self.poll_s, self.repeat_s = poll_s, repeat_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def _say(self, msg: str) -> None:
         print(msg, file=self.out, flush=True)
@@ -79,7 +79,7 @@ class CommitWatch(threading.Thread):
         last_id, last_t = None, None  # newest completed checkpoint id, and when it completed (epoch s)
         warned_at = None
         start = None  # before the run's first checkpoint, the clock starts once every task runs
-        while not self._stop.wait(self.poll_s):
+        while not self._halt.wait(self.poll_s):
             try:
                 if start is None:
                     job = flink_rest.get(self.rest_url, f"/jobs/{self.job_id}", timeout_s=2.0, retry_s=0)
