@@ -102,6 +102,11 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
             conf.set_string(k, str(cfg.rest_port))
         for k in ("rest.address", "rest.bind-address"):
             conf.set_string(k, "127.0.0.1")
+        # fresh figures over REST (the commit watch, `riskstream chaos`): by default metrics are fetched at most
+        # every 10 s, and job details and checkpoint statistics are cached for 3 s
+        conf.set_string("metrics.fetcher.update-interval", "1000")
+        conf.set_string("web.refresh-interval", "500")
+        conf.set_string("rest.cache.checkpoint-statistics.timeout", "100 ms")
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
@@ -331,9 +336,17 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
         "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0})
     if wait:
         print(f"[run] {cfg.job_name}: job id {job_id}", file=sys.stderr, flush=True)
+        watch = None
+        if cfg.rest_port:  # a log line while the sinks cannot commit (riskstream/ops/commitwatch.py)
+            from riskstream.ops.commitwatch import CommitWatch
+
+            watch = CommitWatch(f"http://127.0.0.1:{cfg.rest_port}", job_id, cfg.checkpoint_interval_ms)
+            watch.start()
         try:
             return env.execute(cfg.job_name)
         finally:  # a stop-with-savepoint ends this process before the caller can ask where it went
+            if watch is not None:
+                watch.stop()
             for sp in sorted(lineage.savepoints_dir(cfg.job_name).glob(f"savepoint-{job_id[:6]}-*")):
                 lineage.record_savepoint(cfg.job_name, job_id, sp.as_uri(), stopped=True)
     return env.execute_async(cfg.job_name)

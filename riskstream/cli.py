@@ -227,7 +227,8 @@ def cmd_chaos(a) -> int:
     print(chaos.render(res))
     if a.json:
         print(orjson.dumps(res).decode())
-    return 0 if res["missing"] == res["duplicates"] == res["unexpected"] == 0 else 1
+    pending = sum((res.get("pending_commit") or {}).values())
+    return 0 if res["missing"] == res["duplicates"] == res["unexpected"] == pending == 0 else 1
 
 
 def input_mapping(a):
@@ -644,7 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--failures", type=int, default=4)
     p.add_argument("--kinds", default="", help="comma-separated subset of task-failure, kill-process, "
-                                               "broker-restart, savepoint-resume (default: all, in turn)")
+                                               "broker-restart, savepoint-resume, savepoint-crash, double-kill, "
+                                               "broker-kill-commit, broker-stall, kill-both (default: all, in turn)")
     p.add_argument("--rate", type=float, default=1000.0, help="events per second fed")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--parallelism", type=int, default=1)

@@ -27,26 +27,39 @@ def _check(res: dict, events: int, failures: int) -> None:
     assert audit["dead_letter"] == audit["malformed"] + audit["repeated_event_ids"]
     assert audit["dead_letter_reasons"].get("duplicate_event_id", 0) == audit["repeated_event_ids"] > 0
     assert audit["wrong_reason"] == audit["unreadable_outputs"] == 0
+    assert set(audit["pending_commit"].values()) == {0}, audit["pending_commit"]  # no lingering transaction
+    for f in res["failures"]:
+        if f["kind"] in ("savepoint-crash", "double-kill"):  # killed while its first checkpoint was in flight
+            assert f["killed_run_checkpoints"] == 0, f
+        if f["kind"] == "broker-stall":  # the job said it could not commit (metric and log line), then cleared
+            assert f["metric"]["uncommitted_s"] > 0 and f["log_after_s"] is not None, f
 
 
 def test_every_failure_kind_once(tmp_path, monkeypatch):
+    """Each kind once, at parallelism 2 (about 5 minutes here)."""
     monkeypatch.setenv("RISKSTREAM_JARS_ROOT", str(paths.jars_root()))  # before the home moves
     monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path))
-    res = chaos.run_chaos(events=2500, failures=4, rate=250, seed=3, dup_share=0.01)
-    _check(res, 2500, 4)
+    n = len(chaos.KINDS)
+    res = chaos.run_chaos(events=3000, failures=n, rate=250, seed=3, dup_share=0.01, parallelism=2)
+    _check(res, 3000, n)
     assert {f["kind"] for f in res["failures"]} == set(chaos.KINDS)
-    # a clean run keeps its job logs, not its broker data, checkpoints or savepoints
+    # a clean run keeps its job logs and lineage, not its broker data, checkpoints, savepoints or job folder
     (run,) = (tmp_path / "chaos").iterdir()
-    assert list(run.glob("job-*.log")) and not (run / "checkpoints").exists() and not (run / "kafka" / "data").exists()
+    assert list(run.glob("job-*.log")) and (run / "lineage.jsonl").exists()
+    assert not (run / "checkpoints").exists() and not (run / "kafka" / "data").exists()
+    assert not list((tmp_path / "jobs").glob("chaos-*"))
 
 
 @pytest.mark.long
-def test_ten_failures_over_200k_events(tmp_path):
-    """The issue's bar: at least 10 failures over at least 200k events (about 10 minutes here)."""
+def test_every_kind_twice_over_200k_events_at_parallelism_2(tmp_path):
+    """The closing run of docs/exactly-once.md: 18 failures (each kind twice) over 200k events at parallelism 2."""
     env = {**os.environ, "RISKSTREAM_HOME": str(tmp_path),
            "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
-    proc = subprocess.run([sys.executable, "-m", "riskstream.cli", "chaos", "--events", "200000", "--failures", "10",
-                           "--rate", "1000", "--json"], env=env, capture_output=True, text=True, timeout=3600,
-                          cwd=paths.PROJECT_ROOT)
+    failures = 2 * len(chaos.KINDS)
+    proc = subprocess.run([sys.executable, "-m", "riskstream.cli", "chaos", "--events", "200000", "--failures",
+                           str(failures), "--rate", "1000", "--parallelism", "2", "--json"], env=env,
+                          capture_output=True, text=True, timeout=5400, cwd=paths.PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    _check(orjson.loads(proc.stdout.strip().splitlines()[-1]), 200_000, 10)
+    res = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    _check(res, 200_000, failures)
+    assert {k: v["n"] for k, v in res["recovery_s"].items()} == {k: 2 for k in chaos.KINDS}

@@ -90,6 +90,13 @@ transaction.max.timeout.ms={BROKER_MAX_TRANSACTION_TIMEOUT_MS}
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# restart after a kill as fast as after a clean stop: a killed broker never unregistered, and the controller
+# refuses the new incarnation (DUPLICATE_BROKER_REGISTRATION, retried every 2 s) until the old one's session
+# expires (default 9 s). 3 s: a stall (GC, SIGSTOP) longer than that fences the node until its next heartbeat
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
+# log recovery after an unclean stop (no .kafka_cleanshutdown): segments are re-read, indexes rebuilt
+num.recovery.threads.per.data.dir=2
 log.segment.bytes=67108864
 log.retention.hours=168
 """
@@ -161,6 +168,10 @@ def up(port: int = 9092, partitions: int = 2, deadline_s: float = 90.0, root: Pa
     resolve(["kafka"], out=out)
     jars_dir = paths.kafka_jars_dir()
     lay.root.mkdir(parents=True, exist_ok=True)
+    t_port = time.monotonic()
+    # a killed broker's threads close its sockets a moment after its pid turns into a zombie: wait briefly
+    while port_in_use(port) and time.monotonic() - t_port < (5.0 if lay.pid_file.exists() else 0.0):
+        time.sleep(0.05)  # polling interval, under the deadline above
     if port_in_use(port):
         raise RuntimeError(f"port {port} on 127.0.0.1 is taken by another process; "
                            "pass --port (or set RISKSTREAM_KAFKA_PORT) to use another one")

@@ -309,15 +309,17 @@ def savepoint(job_id: str, jobmanager: str | None = None, target_dir: str | None
 
 
 def stop(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
-         root: Path | str | None = None, deadline_s: float = 300.0, drain: bool = False) -> SavepointResult:
+         root: Path | str | None = None, deadline_s: float = 300.0, drain: bool = False,
+         rest_url: str | None = None) -> SavepointResult:
     """Stop with a savepoint (the upgrade path): the sinks commit their last transactions, the job ends
     FINISHED; return the savepoint's location once the job has ended.
 
     A ``riskstream run`` job's MiniCluster exits with the job, taking its REST API along, possibly before
     the savepoint's status could be read: the savepoint is then found in its target folder, and the job
-    counts as FINISHED once the endpoint is gone."""
+    counts as FINISHED once the endpoint is gone. ``rest_url`` (``http://host:port``) names the JobManager
+    directly, e.g. a ``riskstream run`` MiniCluster's (``riskstream chaos``)."""
     job_id = check_job_id(job_id)
-    rest_url = _rest_url(jobmanager, root)
+    rest_url = rest_url or _rest_url(jobmanager, root)
     t0, since = time.monotonic(), time.time()
     _running(rest_url, job_id, "stop-with-savepoint")
     target, name = _savepoint_target(job_id, target_dir)

@@ -12,8 +12,19 @@ duplicates included). At random points the harness injects one of:
   a new process restores from the newest retained checkpoint (``restore_from=latest``).
 - ``broker-restart``: the Kafka broker stops and starts again on the same log dirs. The input feed pauses
   meanwhile, as a producer would fail over. The job's sources and sinks fail and recover.
-- ``savepoint-resume``: stop-with-savepoint through the REST API, then a new process resumes from the
-  savepoint (the upgrade path).
+- ``savepoint-resume``: stop-with-savepoint (``riskstream cancel``'s path, which records the savepoint in the
+  job's lineage), then a new process with ``--restore-from latest``, which must restore that savepoint.
+- ``savepoint-crash``: the same stop-with-savepoint, then the resumed process is SIGKILLed once its tasks run
+  and before its first checkpoint; the next ``--restore-from latest`` must restore the savepoint again.
+- ``double-kill``: ``kill-process``, and the restarted process is killed again before it completed a
+  checkpoint (a second failure during recovery).
+- ``broker-kill-commit``: SIGKILL to the broker right after a checkpoint is triggered (the REST checkpoints
+  endpoint is polled for it), so the sinks' pre-commit flush or their commit meets a dead broker; then the
+  broker starts again on the same log dirs.
+- ``broker-stall``: SIGSTOP to the broker until the job says it cannot commit (the job metric
+  ``lastCheckpointCompletedTimestamp`` falls behind, and the job log prints the commit watch's warning), at
+  least a few seconds, then SIGCONT; both signals must clear once a checkpoint completes again.
+- ``kill-both``: SIGKILL to the job process and the broker together; both start again.
 
 After the feed ends, ``riskstream verify``'s audit must find 0 missing and 0 duplicates. Recovery time is
 measured from the injection until the job is running again and has completed a checkpoint, so that its
@@ -37,9 +48,12 @@ import orjson
 from .. import paths, topics
 from ..generator import Labelled, TrafficGenerator
 from ..ops import broker, flink_rest
-from ..ops.procs import free_port
+from ..ops.procs import free_port, group_alive
 
-KINDS = ("task-failure", "kill-process", "broker-restart", "savepoint-resume")
+KINDS = ("task-failure", "kill-process", "broker-restart", "savepoint-resume", "savepoint-crash", "double-kill",
+         "broker-kill-commit", "broker-stall", "kill-both")
+BROKER_KINDS = ("broker-restart", "broker-kill-commit", "kill-both")  # the feed pauses (flushed) meanwhile
+STALL_MIN_S = 4.0  # a broker stall lasts at least this long, and until the job reports it
 
 
 class JobProcess:
@@ -52,8 +66,9 @@ class JobProcess:
         self.rest: str | None = None
         self.starts = 0
 
-    def start(self, restore_from: str | None, deadline_s: float = 180) -> float:
-        """Start the job process; return seconds until it runs and completed a first checkpoint."""
+    def start(self, restore_from: str | None, deadline_s: float = 180, checkpoint: bool = True) -> float:
+        """Start the job process; return seconds until it runs and completed a first checkpoint (without
+        ``checkpoint``: until its job id is known)."""
         t0 = time.monotonic()
         port = free_port()
         self.rest = f"http://127.0.0.1:{port}"
@@ -79,9 +94,44 @@ class JobProcess:
                 self.job_id = running[0] if running else None
             except (OSError, ValueError):
                 pass
-            time.sleep(0.2)  # polling interval
+            time.sleep(0.05 if not checkpoint else 0.2)  # polling interval
+        if not checkpoint:  # the job is submitted (restoring): see kill_before_first_checkpoint
+            return time.monotonic() - t0
         flink_rest.wait_running(self.rest, self.job_id, deadline_s=max(10.0, deadline - time.monotonic()))
         return time.monotonic() - t0
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / f"job-{self.starts}.log"
+
+    def restored(self) -> str | None:
+        """The external path of the snapshot this run restored (REST checkpoint statistics), if any."""
+        cps = flink_rest.checkpoints(self.rest, self.job_id)
+        return ((cps.get("latest") or {}).get("restored") or {}).get("external_path")
+
+    def kill_before_first_checkpoint(self, deadline_s: float = 180) -> dict:
+        """SIGKILL the process while its first checkpoint is in flight: every task runs (Flink triggers a
+        checkpoint only then) and the checkpoint has not completed. Flink creates ``chk-N/`` when it triggers
+        checkpoint N and writes its ``_metadata`` last, so the run's checkpoint folder is polled for the
+        first ``chk-N/``. Returns the figures (completed checkpoints of the run after the kill: 0 expected)."""
+        from ..ops import lineage
+
+        base = lineage.local_path(self.flags["checkpoint_dir"]) / self.job_id
+        t_end = time.monotonic() + deadline_s
+        while not any(base.glob("chk-*")):
+            self._check_alive()
+            if time.monotonic() > t_end:
+                raise TimeoutError(f"the restarted job triggered no checkpoint within {deadline_s}s; see {self.log_path}")
+            time.sleep(0.005)  # tight polling: the kill must land before the checkpoint completes
+        self.kill()
+        return {"killed_run_checkpoints": self.completed_checkpoints()}
+
+    def completed_checkpoints(self) -> int:
+        """Completed checkpoints of this run, from its checkpoint folder (works after a kill)."""
+        from ..ops import lineage
+
+        done, _ = lineage.run_checkpoints(self.flags["checkpoint_dir"], self.job_id)
+        return len(done)
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -117,35 +167,18 @@ class JobProcess:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=60)
+        t_end = time.monotonic() + 30
+        while group_alive(self.proc.pid) and time.monotonic() < t_end:  # the JVM child too
+            time.sleep(0.05)  # polling interval, under the deadline above
 
-    def stop_with_savepoint(self, target_uri: str, deadline_s: float = 120) -> str:
-        rid = flink_rest.trigger_savepoint(self.rest, self.job_id, target_uri, stop=True, drain=False)
-        deadline = time.monotonic() + deadline_s
-        while True:
-            try:
-                location = flink_rest.savepoint_status(self.rest, self.job_id, rid, "stop-with-savepoint",
-                                                       retry_s=0)
-            except (OSError, flink_rest.JobNotFound):  # the job finished, its process (and REST server) went away
-                if self.proc.poll() is None:
-                    time.sleep(0.2)  # polling interval
-                    continue
-                return self._newest_savepoint(target_uri)
-            if location:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("stop-with-savepoint did not complete")
-            time.sleep(0.2)  # polling interval
-        self.proc.wait(timeout=deadline_s)  # the job finishes, so `riskstream run` returns
-        return location
+    def stop_with_savepoint(self, deadline_s: float = 120) -> str:
+        """Stop with a savepoint as ``riskstream cancel`` does (into the job's savepoints folder, recorded in
+        its lineage); return the savepoint's location once the process has exited."""
+        from ..ops import submit
 
-    @staticmethod
-    def _newest_savepoint(target_uri: str) -> str:
-        from urllib.parse import urlparse
-
-        metas = sorted(Path(urlparse(target_uri).path).glob("savepoint-*/_metadata"), key=lambda m: m.stat().st_mtime)
-        if not metas:
-            raise RuntimeError(f"the job stopped but no savepoint is in {target_uri}")
-        return metas[-1].parent.as_uri()
+        res = submit.stop(self.job_id, rest_url=self.rest, deadline_s=deadline_s)
+        self.proc.wait(timeout=deadline_s)  # the job finished, so `riskstream run` returns
+        return res.location
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -221,14 +254,135 @@ def with_retries(records: list[Labelled], share: float, rng: random.Random) -> l
     return out
 
 
+def _kill_broker(lay: broker.StackLayout) -> None:
+    """SIGKILL to the broker's process group, as a crashed host would; returns once it is gone."""
+    pid = broker.read_pid(lay)
+    if pid is None:
+        raise RuntimeError("no broker to kill")
+    os.killpg(pid, signal.SIGKILL)
+    t_end = time.monotonic() + 30
+    while group_alive(pid) and time.monotonic() < t_end:
+        time.sleep(0.02)  # polling interval, under the deadline above
+
+
+def _signal_broker(lay: broker.StackLayout, sig: int) -> None:
+    pid = broker.read_pid(lay)
+    if pid is None:
+        raise RuntimeError("no broker to signal")
+    os.killpg(pid, sig)
+
+
+def _await_checkpoint_trigger(job: JobProcess, deadline_s: float = 60) -> dict:
+    """Poll the REST checkpoints endpoint until a checkpoint newer than the newest one seen at the call is
+    triggered; return what was seen of it (id, status, ms since its trigger)."""
+    def newest() -> tuple[int, dict | None]:
+        cps = flink_rest.checkpoints(job.rest, job.job_id, timeout_s=2, retry_s=0)
+        hist = cps.get("history") or []
+        top = max(hist, key=lambda h: h.get("id", 0)) if hist else None
+        return (top or {}).get("id", 0), top
+
+    t_end = time.monotonic() + deadline_s
+    base = None
+    while True:
+        job._check_alive()
+        try:
+            cid, top = newest()
+            if base is None:
+                base = cid
+            elif cid > base:
+                return {"checkpoint": cid, "status": top.get("status"),
+                        "since_trigger_ms": int(time.time() * 1000 - top.get("trigger_timestamp", 0))}
+        except OSError:
+            pass
+        if time.monotonic() > t_end:
+            raise TimeoutError(f"no checkpoint triggered within {deadline_s}s")
+        time.sleep(0.01)  # tight polling: the kill must land inside the checkpoint
+
+
+def _stall(job: JobProcess, lay: broker.StackLayout, log, deadline_s: float = 60) -> dict:
+    """SIGSTOP the broker until the job reports that it cannot commit (the metric and the log line), at least
+    STALL_MIN_S; SIGCONT; then wait until both clear. Returns the figures; raises if a signal never shows."""
+    from ..ops.commitwatch import CLEAR_PREFIX, WARN_PREFIX, threshold_ms, uncommitted_s
+
+    limit = threshold_ms(int(job.flags["checkpoint_interval_ms"])) / 1000
+    log_at = job.log_path.stat().st_size
+    seen_metric = seen_log = None
+    t0 = time.monotonic()
+    _signal_broker(lay, signal.SIGSTOP)
+    try:
+        while True:
+            job._check_alive()
+            held = time.monotonic() - t0
+            if seen_metric is None:
+                try:
+                    age = uncommitted_s(job.rest, job.job_id)
+                except (OSError, ValueError):
+                    age = None
+                if age is not None and age > limit:
+                    seen_metric = {"after_s": round(held, 1), "uncommitted_s": round(age, 1)}
+            if seen_log is None and WARN_PREFIX.encode() in _read_from(job.log_path, log_at):
+                seen_log = round(held, 1)
+            if held >= STALL_MIN_S and seen_metric is not None and seen_log is not None:
+                break
+            if held > deadline_s:
+                raise AssertionError(f"broker stalled {held:.0f}s: the job did not report it (metric "
+                                     f"{seen_metric}, log line after {seen_log} s); see {job.log_path}")
+            time.sleep(0.2)  # polling interval
+    finally:
+        _signal_broker(lay, signal.SIGCONT)
+    stalled = round(time.monotonic() - t0, 1)
+    cont_ms = int(time.time() * 1000)
+    job.wait_checkpoint_after(cont_ms)
+    t_end = time.monotonic() + 60
+    while True:  # both clear: the metric is fresh again and the watch logged the resumption
+        try:
+            age = uncommitted_s(job.rest, job.job_id)
+        except (OSError, ValueError):
+            age = None
+        cleared_log = CLEAR_PREFIX.encode() in _read_from(job.log_path, log_at)
+        if age is not None and age < limit and cleared_log:
+            break
+        if time.monotonic() > t_end:
+            raise AssertionError(f"after the stall the job still reports no commit (uncommitted {age} s, "
+                                 f"resumed line {cleared_log}); see {job.log_path}")
+        time.sleep(0.2)  # polling interval
+    print(f"[chaos] broker stalled {stalled} s; job reported it: metric after {seen_metric['after_s']} s "
+          f"(uncommitted {seen_metric['uncommitted_s']} s), log line after {seen_log} s; both cleared",
+          file=log, flush=True)
+    return {"stalled_s": stalled, "metric": seen_metric, "log_after_s": seen_log}
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _expect_restored(job: JobProcess, savepoint: str) -> str:
+    """The run must have restored ``savepoint`` (REST checkpoint statistics)."""
+    from ..ops import lineage
+
+    got = job.restored()
+    want = lineage.local_path(savepoint)
+    have = lineage.local_path(got) if got else None
+    if have is None or want is None or have.resolve() != want.resolve():
+        raise AssertionError(f"--restore-from latest restored {got!r}, not the savepoint {savepoint}; see "
+                             f"{job.log_path}")
+    return got
+
+
 def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, parallelism: int = 1,
               checkpoint_interval_ms: int = 1000, kinds: tuple[str, ...] = KINDS, bad_share: float = 0.005,
               dup_share: float = 0.002, port: int | None = None, deadline_s: float = 3600,
               log=sys.stderr, keep: bool = False) -> dict:
-    """Run, inject, audit. The run's folder (``<home>/chaos/<run>``) keeps the job logs; its broker data,
-    checkpoints and savepoints (about 200 MB for 200k events) are removed after a clean audit unless
-    ``keep``."""
+    """Run, inject, audit. The run's folder (``<home>/chaos/<run>``) keeps the job logs and the job's lineage;
+    its broker data and checkpoints (about 200 MB for 200k events) and the job's folder
+    (``<home>/jobs/chaos-<run>``: savepoints, lineage) are removed after a clean audit unless ``keep``."""
     from .audit import verify
+    from ..ops import lineage
 
     t_start = time.monotonic()
     rng = random.Random(seed)
@@ -241,9 +395,10 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
     topics.ensure_topics(lay.bootstrap, topics.topic_specs(*names, partitions=2))
     chaos_dir = run_dir / "trigger"
     chaos_dir.mkdir()
+    job_name = f"chaos-{run_id}"  # its own lineage and savepoints folder: jobs/<job_name>/
     flags = {
         "bootstrap_servers": lay.bootstrap, "events_topic": names[0], "decisions_topic": names[1],
-        "dead_letter_topic": names[2], "group_id": f"chaos-{run_id}", "job_name": "riskstream-chaos",
+        "dead_letter_topic": names[2], "group_id": f"chaos-{run_id}", "job_name": job_name,
         "transactional_id_prefix": f"chaos-{run_id}", "parallelism": str(parallelism),
         "checkpoint_interval_ms": str(checkpoint_interval_ms),
         "checkpoint_dir": (run_dir / "checkpoints").as_uri(), "starting_offsets": "earliest",
@@ -251,7 +406,6 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
     }
     env = {**os.environ, "RISKSTREAM_CHAOS_DIR": str(chaos_dir)}
     job = JobProcess(flags, run_dir, env, log)
-    savepoints = (run_dir / "savepoints").as_uri()
     plan = [kinds[i % len(kinds)] for i in range(failures)]
     rng.shuffle(plan)
     points = sorted(int(events * (0.1 + 0.8 * (i + rng.random()) / max(failures, 1))) for i in range(failures))
@@ -263,10 +417,11 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
     poker = None
     injected: list[dict] = []
     feeder = None
+    rep = None
     try:
         took = job.start(restore_from=None)
         print(f"[chaos] job running after {took:.1f}s; feeding {len(records)} records at {rate:.0f}/s, "
-              f"{failures} failures planned", file=log, flush=True)
+              f"{failures} failures planned ({', '.join(plan)}), parallelism {parallelism}", file=log, flush=True)
         feeder = Feeder(lay.bootstrap, names[0], records, rate)
         feeder.start()
         for kind, at in zip(plan, points):
@@ -276,9 +431,10 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
             if feeder.error:
                 raise RuntimeError(f"feeder failed: {feeder.error!r}")
             at_record = feeder.sent
-            if kind == "broker-restart":
-                feeder.pause()  # flushed: nothing in flight when the broker goes
+            if kind in BROKER_KINDS:
+                feeder.pause()  # flushed: nothing of the feed in flight when the broker goes
             t0 = time.monotonic()
+            note: dict = {}
             if kind == "task-failure":
                 (chaos_dir / "fail-task").touch()
                 while (chaos_dir / "fail-task").exists():  # claimed by a subtask: it fails now
@@ -300,18 +456,52 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
             elif kind == "kill-process":
                 job.kill()
                 job.start(restore_from="latest")
+            elif kind == "double-kill":
+                job.kill()
+                job.start(restore_from="latest", checkpoint=False)
+                note.update(job.kill_before_first_checkpoint())  # during recovery
+                job.start(restore_from="latest")
             elif kind == "broker-restart":
                 broker.down(root=kafka_root, out=log)
                 broker.up(port=lay.port, root=kafka_root, out=log)
                 feeder.resume()
                 job.wait_checkpoint_after(int(time.time() * 1000))
+            elif kind == "broker-kill-commit":
+                note.update(_await_checkpoint_trigger(job))
+                _kill_broker(lay)
+                t0 = time.monotonic()
+                tb = time.monotonic()
+                broker.up(port=lay.port, root=kafka_root, out=log)
+                note["broker_up_s"] = round(time.monotonic() - tb, 1)
+                feeder.resume()
+                job.wait_checkpoint_after(int(time.time() * 1000))
+            elif kind == "broker-stall":
+                note.update(_stall(job, lay, log))
+            elif kind == "kill-both":
+                _kill_broker(lay)
+                job.kill()
+                tb = time.monotonic()
+                broker.up(port=lay.port, root=kafka_root, out=log)
+                note["broker_up_s"] = round(time.monotonic() - tb, 1)
+                feeder.resume()
+                job.start(restore_from="latest")
+            elif kind in ("savepoint-resume", "savepoint-crash"):
+                location = job.stop_with_savepoint()
+                note["savepoint"] = location.rsplit("/", 1)[-1]
+                if kind == "savepoint-crash":
+                    job.start(restore_from="latest", checkpoint=False)
+                    note.update(job.kill_before_first_checkpoint())
+                    if location.rsplit("/", 1)[-1] not in _read_from(job.log_path, 0).decode(errors="replace"):
+                        raise AssertionError(f"the resumed run did not restore {location}; see {job.log_path}")
+                job.start(restore_from="latest")
+                if not note.get("killed_run_checkpoints"):  # else its checkpoint is newer: restored instead
+                    _expect_restored(job, location)
             else:
-                location = job.stop_with_savepoint(savepoints)
-                job.start(restore_from=location)
+                raise ValueError(f"unknown failure kind {kind!r}")
             secs = round(time.monotonic() - t0, 1)
-            injected.append({"kind": kind, "at_record": at_record, "recovery_s": secs})
-            print(f"[chaos] {len(injected)}/{failures} {kind} at record {at_record}: recovered in {secs}s",
-                  file=log, flush=True)
+            injected.append({"kind": kind, "at_record": at_record, "recovery_s": secs, **note})
+            print(f"[chaos] {len(injected)}/{failures} {kind} at record {at_record}: recovered in {secs}s"
+                  + (f" {note}" if note else ""), file=log, flush=True)
         feeder.join()
         if feeder.error:
             raise RuntimeError(f"feeder failed: {feeder.error!r}")
@@ -325,11 +515,21 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
         if feeder is not None and feeder.is_alive():
             feeder.resume()
         job.close()
+        try:
+            _signal_broker(lay, signal.SIGCONT)  # never leave a stalled broker behind
+        except (RuntimeError, ProcessLookupError):
+            pass
         broker.down(root=kafka_root, out=log)
-    if not keep and rep["missing"] == rep["duplicates"] == rep["unexpected"] == 0:
+        jd = lineage.job_dir(job_name)
+        if lineage.lineage_path(job_name).exists():
+            import shutil
+
+            shutil.copy2(lineage.lineage_path(job_name), run_dir / "lineage.jsonl")
+    pending = sum((rep.get("pending_commit") or {}).values())
+    if not keep and rep["missing"] == rep["duplicates"] == rep["unexpected"] == pending == 0:
         import shutil
 
-        for sub in (kafka_root / "data", run_dir / "checkpoints", run_dir / "savepoints"):
+        for sub in (kafka_root / "data", run_dir / "checkpoints", jd):
             shutil.rmtree(sub, ignore_errors=True)
     by_kind: dict[str, list[float]] = {}
     for f in injected:
@@ -346,6 +546,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
         "missing": rep["missing"],
         "duplicates": rep["duplicates"],
         "unexpected": rep["unexpected"],
+        "pending_commit": rep.get("pending_commit"),
         "audit": rep,
         "seconds": round(time.monotonic() - t_start, 1),
     }
@@ -358,7 +559,7 @@ def render(res: dict) -> str:
              f"{res['parallelism']}, checkpoint every {res['checkpoint_interval_ms']} ms",
              f"failures injected: {res['failures_injected']}"]
     for k, v in res["recovery_s"].items():
-        lines.append(f"  {k:<17} x{v['n']}  recovery median {v['median']} s, max {v['max']} s")
+        lines.append(f"  {k:<18} x{v['n']}  recovery median {v['median']} s, max {v['max']} s")
     lines.append(render_audit(res["audit"]))
     lines.append(f"took {res['seconds']} s")
     return "\n".join(lines)
