@@ -63,7 +63,7 @@ def run_jvm(events, jar: Path, stages: bool) -> float:
     from udfs import jvm
     from udfs.chain import pack
     from udfs.features import ENTITIES
-    from udfs.windows import spec_document
+    from udfs.chain import spec_document
 
     env, cfg = _env(jar)
     stream = env.from_collection([jvm.to_row(pack(e)) for e in events], type_info=jvm.record_type_info())
@@ -100,7 +100,7 @@ def state_bytes(events, jar: Path) -> dict:
     from benchmarks.windows import time_entity
     from udfs.chain import Chain
     from udfs.features import ENTITIES
-    from udfs.windows import spec_document
+    from udfs.chain import spec_document
 
     add_jars_to_context_class_loader([jar.as_uri()])
     J = get_gateway().jvm.io.riskstream.flink
@@ -126,7 +126,7 @@ def logic_cpu(events, jar: Path) -> dict:
 
     from udfs.chain import EntityStep
     from udfs.features import ENTITIES
-    from udfs.windows import spec_document
+    from udfs.chain import spec_document
 
     J = get_gateway().jvm.io.riskstream.flink
     spec = orjson.dumps(spec_document(60_000)).decode()

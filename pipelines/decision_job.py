@@ -217,7 +217,7 @@ def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
     Python in batches; the same operator names and uids as the Python path, plus ``validate-control`` and
     ``control-attach`` for the live control."""
     from udfs import jvm, jvm_decide, jvm_parse
-    from udfs.windows import spec_document
+    from udfs.chain import spec_document
 
     parsed = jvm_parse.parse_stage(raw, cfg.job_name)
     stream = jvm.event_time(parsed, cfg.out_of_orderness_ms, cfg.idleness_ms)

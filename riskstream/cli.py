@@ -392,7 +392,7 @@ def cmd_control(a) -> int:
 
 def cmd_features(a) -> int:
     from udfs.features import FEATURES, spec_fingerprint
-    from udfs.windows import spec_document
+    from udfs.chain import spec_document
 
     from .jobflags import job_config
 

@@ -48,7 +48,7 @@ from udfs import events
 from udfs.chain import Chain
 from udfs.events import Event, Rejection, parse_event
 from udfs.features import ENTITIES, FEATURE_NAMES, features_for
-from udfs.windows import spec_document
+from udfs.chain import spec_document
 
 assert [e.name for e in ENTITIES][-1] == "ship_to", ENTITIES
 assert "user_refunds_24h" in FEATURE_NAMES and "ship_to_orders_1h" in FEATURE_NAMES

@@ -16,7 +16,7 @@ import pytest
 from udfs.chain import Chain, label_record, pack
 from udfs.events import Event, encode_event
 from udfs.features import ENTITIES, ENTITY_BY_NAME, features_for
-from udfs.windows import spec_document
+from udfs.chain import spec_document
 
 pytestmark = pytest.mark.flink
 
@@ -70,11 +70,21 @@ def test_blake2b64_and_hll_match_python(jvm):
         assert round(logs[z - 1]) == round(hll.M * math.log(hll.M / z))
 
 
-def test_record_layout_matches_chain(jvm):
+def test_record_layout_comes_from_the_spec_document(jvm):
+    """The Java stage reads the record's layout from the spec (no field position is hard-coded there), and
+    refuses a spec that lacks it."""
+    import orjson
+    from py4j.java_gateway import get_field
+
     from udfs.chain import ROW_FIELDS
 
     _, J = jvm
-    assert list(J.EntitySpec.ROW_FIELDS) == [n for n, _ in ROW_FIELDS]
+    doc = spec_document(60_000)
+    spec = J.EntitySpec.parse(orjson.dumps(doc).decode(), "payment")
+    assert list(get_field(spec, "recordFields")) == [n for n, _ in ROW_FIELDS]
+    assert get_field(spec, "keyIndex") == [n for n, _ in ROW_FIELDS].index("payment_ref")
+    with pytest.raises(Exception, match="record_fields"):
+        J.EntitySpec.parse(orjson.dumps({k: v for k, v in doc.items() if k != "record_fields"}).decode(), "user")
 
 
 # -- the test stream -----------------------------------------------------------------------------------

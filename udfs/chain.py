@@ -21,12 +21,13 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from . import dedup
+from . import dedup, hll
 from .decision import decision_record, encode, error_decision_record
-from .events import Event
-from .features import ENTITIES, Entity
+from .events import EVENT_TYPES, Event
+from .features import BUCKET_MS, ENTITIES, MISSING, Entity, features_for, spec_fingerprint, spec_json
 from .labels import FRAUD, apply_label, known_fraud_users
-from .windows import DEFAULT_LATENESS_MS, EntityWindows, arm, cleanup, event_values
+from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,
+                      retention_ms)
 
 DEFAULT_DEDUP_HORIZON_MS = 600_000
 DEFAULT_OUT_OF_ORDERNESS_MS = 5_000
@@ -266,5 +267,26 @@ class Chain:
         return {s.name: len(store) for s, store in zip(self.steps, self.stores)}
 
 
+def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> dict:
+    """Everything another runtime needs to rebuild the windows exactly (``riskstream features --json``):
+    entities in chain order with their key field and retention, bucket widths, features in vector order,
+    the lateness, the empty value, the cleanup-timer grid, the distinct-count sketch settings, and the
+    record's fields in Row order (``ROW_FIELDS``) so a JVM stage finds every field by name."""
+    return {
+        "record_fields": [name for name, _ in ROW_FIELDS],
+        "fingerprint": spec_fingerprint(),
+        "allowed_lateness_ms": int(allowed_lateness_ms),
+        "missing": MISSING,
+        "timer_grid_ms": TIMER_GRID_MS,
+        "bucket_ms": {str(h): g for h, g in sorted(BUCKET_MS.items())},
+        "event_types": list(EVENT_TYPES),
+        "distinct": {"exact_up_to": HLL_THRESHOLD, **hll.params()},
+        "entities": [{**e.to_json(), "order": i, "retention_ms": retention_ms(e.name, allowed_lateness_ms),
+                      "features": [f.name for f in features_for(e.name)]}
+                     for i, e in enumerate(ENTITIES)],
+        "features": spec_json(),
+    }
+
+
 __all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "extend", "is_label",
-           "key_index", "label_record", "pack", "unpack"]
+           "key_index", "label_record", "pack", "spec_document", "unpack"]

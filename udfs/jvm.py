@@ -1,6 +1,6 @@
 """PyFlink adapter for the entity stages that run in the JVM (udfs/jvm, ``io.riskstream.flink``).
 
-The Java ``EntityWindowsFunction`` interprets the spec document (``udfs.windows.spec_document``) with the
+The Java ``EntityWindowsFunction`` interprets the spec document (``udfs.chain.spec_document``) with the
 Python semantics of ``udfs.chain.EntityStep`` (which stays the reference: replay and training run it).
 Between JVM stages the record is a typed Row (``udfs.chain.ROW_FIELDS``): extras as JSON text, values and
 signals as DOUBLE[] (signals in ``features.SIGNALS`` order, NaN for a signal no stage set, null when the

@@ -27,8 +27,7 @@ from typing import Any
 
 from . import hll
 from .events import EVENT_TYPE_INDEX, EVENT_TYPES, Event
-from .features import (BUCKET_MS, ENTITIES, ENTITY_BY_NAME, MISSING, Feature, features_for, spec_fingerprint,
-                       spec_json)
+from .features import ENTITY_BY_NAME, MISSING, Feature, features_for
 
 CNT, NUM, SET = 0, 1, 2
 DEFAULT_LATENESS_MS = 60_000
@@ -282,21 +281,3 @@ def event_values(ev: Event) -> list[float]:
     return [float(EVENT_TYPE_INDEX[ev.event_type]) if f.agg == "type_index" else float(getattr(ev, f.field))
             for f in _EVENT_FEATURES]
 
-
-def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> dict:
-    """Everything another runtime needs to rebuild the windows exactly (``riskstream features --json``):
-    entities in chain order with their key field and retention, bucket widths, features in vector order,
-    the lateness, the empty value, the cleanup-timer grid and the distinct-count sketch settings."""
-    return {
-        "fingerprint": spec_fingerprint(),
-        "allowed_lateness_ms": int(allowed_lateness_ms),
-        "missing": MISSING,
-        "timer_grid_ms": TIMER_GRID_MS,
-        "bucket_ms": {str(h): g for h, g in sorted(BUCKET_MS.items())},
-        "event_types": list(EVENT_TYPES),
-        "distinct": {"exact_up_to": HLL_THRESHOLD, **hll.params()},
-        "entities": [{**e.to_json(), "order": i, "retention_ms": retention_ms(e.name, allowed_lateness_ms),
-                      "features": [f.name for f in features_for(e.name)]}
-                     for i, e in enumerate(ENTITIES)],
-        "features": spec_json(),
-    }

@@ -20,11 +20,14 @@ import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMap
 public final class EntitySpec implements Serializable {
     private static final long serialVersionUID = 1L;
 
-    /** The chain record as a Row ({@code udfs.chain.ROW_FIELDS}): names in position order. */
-    public static final String[] ROW_FIELDS = {"event_id", "event_type", "user_id", "device_id", "ip", "amount",
-        "currency", "ts", "extras", "payment_ref", "values", "late", "signals"};
-    public static final int EVENT_ID = 0, EVENT_TYPE = 1, TS = 7, EXTRAS = 8, N_EVENT = 10, VALUES = 10, LATE = 11,
-        SIGNALS = 12, ARITY = 13;
+    /**
+     * The chain record as a Row ({@code udfs.chain.ROW_FIELDS}, handed over as the spec's "record_fields"):
+     * names in position order, and where the fields this stage reads sit. Nothing here is hard-coded, so a
+     * new contract field (a new entity's key) needs no Java change.
+     */
+    public final String[] recordFields;
+    public final int eventIdIndex, eventTypeIndex, userIdIndex, tsIndex, extrasIndex, nEvent, valuesIndex,
+        lateIndex, signalsIndex, arity;
 
     public static final int CNT = 0, NUM = 1, SET = 2;
     // plan kinds
@@ -53,13 +56,14 @@ public final class EntitySpec implements Serializable {
     public final int signalIndex, nSignals;
     public final String signalName;
 
-    public static int rowIndex(String field) {
-        for (int i = 0; i < ROW_FIELDS.length; i++) {
-            if (ROW_FIELDS[i].equals(field)) {
+    public int rowIndex(String field) {
+        for (int i = 0; i < recordFields.length; i++) {
+            if (recordFields[i].equals(field)) {
                 return i;
             }
         }
-        throw new IllegalArgumentException("not a record field: " + field);
+        throw new IllegalArgumentException("not a record field: " + field + " (record_fields: "
+            + String.join(", ", recordFields) + ")");
     }
 
     public static EntitySpec parse(String specJson, String entity) {
@@ -72,6 +76,24 @@ public final class EntitySpec implements Serializable {
 
     private EntitySpec(JsonNode spec, String entity) {
         this.entity = entity;
+        JsonNode fields = spec.get("record_fields");
+        if (fields == null || !fields.isArray()) {
+            throw new IllegalArgumentException("spec JSON has no record_fields (udfs.chain.spec_document writes them)");
+        }
+        recordFields = new String[fields.size()];
+        for (int i = 0; i < recordFields.length; i++) {
+            recordFields[i] = fields.get(i).asText();
+        }
+        eventIdIndex = rowIndex("event_id");
+        eventTypeIndex = rowIndex("event_type");
+        userIdIndex = rowIndex("user_id");
+        tsIndex = rowIndex("ts");
+        extrasIndex = rowIndex("extras");
+        valuesIndex = rowIndex("values");
+        nEvent = valuesIndex;
+        lateIndex = rowIndex("late");
+        signalsIndex = rowIndex("signals");
+        arity = recordFields.length;
         lateness = spec.get("allowed_lateness_ms").asLong();
         missing = spec.get("missing").asDouble();
         hllThreshold = spec.get("distinct").get("exact_up_to").asInt();

@@ -67,8 +67,8 @@ public final class EntityWindows {
     }
 
     public Step step(KeyState st, Row ev, long horizonMs) {
-        long ts = (Long) ev.getField(EntitySpec.TS);
-        int type = typeIndex((String) ev.getField(EntitySpec.EVENT_TYPE));
+        long ts = (Long) ev.getField(spec.tsIndex);
+        int type = typeIndex((String) ev.getField(spec.eventTypeIndex));
         boolean hasPrev;
         long prevLast = 0;
         if (st == null || ts >= expiresAt(st)) {
@@ -94,7 +94,7 @@ public final class EntityWindows {
         r.values = values(st, ev, ts, type, hasPrev, prevLast, late);
         r.late = late;
         if (horizonMs != 0) {
-            remember(st, (String) ev.getField(EntitySpec.EVENT_ID), ts, horizonMs);
+            remember(st, (String) ev.getField(spec.eventIdIndex), ts, horizonMs);
         }
         // arm: register a timer when none is, or the expiry moved past it by more than one grid step
         long expiry = expiresAt(st);

@@ -84,7 +84,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
 
     @Override
     public void processElement(Row row, Context ctx, Collector<Row> out) throws Exception {
-        if (LABEL_MARK.equals(row.getField(EntitySpec.EVENT_TYPE))) {
+        if (LABEL_MARK.equals(row.getField(spec.eventTypeIndex))) {
             if (labelsOn) {
                 label(row, ctx);
             }
@@ -98,8 +98,8 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
                 return;
             }
             KeyState st = KeyState.decode(state.value(), spec);
-            long ts = (Long) row.getField(EntitySpec.TS);
-            if (horizon != 0 && windows.duplicate(st, (String) row.getField(EntitySpec.EVENT_ID), ts, horizon)) {
+            long ts = (Long) row.getField(spec.tsIndex);
+            if (horizon != 0 && windows.duplicate(st, (String) row.getField(spec.eventIdIndex), ts, horizon)) {
                 dupCounter.inc();
                 ctx.output(DEAD_LETTER, deadLetter(row, "duplicate_event_id",
                     "event_id seen for this " + entity + " within " + horizon + " ms", jobName));
@@ -130,21 +130,21 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
 
     /** The record after this stage: values appended, late merged, this entity's signal set (NaN: none). */
     private Row extend(Row row, double[] values, boolean late, double signal) {
-        Row r = Row.withPositions(EntitySpec.ARITY);
-        for (int i = 0; i < EntitySpec.N_EVENT; i++) {
+        Row r = Row.withPositions(spec.arity);
+        for (int i = 0; i < spec.nEvent; i++) {
             r.setField(i, row.getField(i));
         }
-        double[] prev = (double[]) row.getField(EntitySpec.VALUES);
+        double[] prev = (double[]) row.getField(spec.valuesIndex);
         if (prev == null || prev.length == 0) {
-            r.setField(EntitySpec.VALUES, values);
+            r.setField(spec.valuesIndex, values);
         } else {
             double[] all = Arrays.copyOf(prev, prev.length + values.length);
             System.arraycopy(values, 0, all, prev.length, values.length);
-            r.setField(EntitySpec.VALUES, all);
+            r.setField(spec.valuesIndex, all);
         }
-        Boolean prevLate = (Boolean) row.getField(EntitySpec.LATE);
-        r.setField(EntitySpec.LATE, late || (prevLate != null && prevLate));
-        double[] sig = (double[]) row.getField(EntitySpec.SIGNALS);
+        Boolean prevLate = (Boolean) row.getField(spec.lateIndex);
+        r.setField(spec.lateIndex, late || (prevLate != null && prevLate));
+        double[] sig = (double[]) row.getField(spec.signalsIndex);
         if (!Double.isNaN(signal)) {
             if (sig == null) {
                 sig = new double[spec.nSignals];
@@ -154,13 +154,13 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             }
             sig[spec.signalIndex] = signal;
         }
-        r.setField(EntitySpec.SIGNALS, sig);
+        r.setField(spec.signalsIndex, sig);
         return r;
     }
 
     private void label(Row row, Context ctx) {
         try {
-            JsonNode extras = JSON.readTree((String) row.getField(EntitySpec.EXTRAS));
+            JsonNode extras = JSON.readTree((String) row.getField(spec.extrasIndex));
             String label = extras.get("label").asText();
             if (!label.equals("fraud") && !label.equals("legit")) {
                 throw new IllegalArgumentException("label " + label);
@@ -169,7 +169,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             if (k == null) {
                 k = new KnownFraud();
             }
-            k.apply((String) row.getField(2), (Long) row.getField(EntitySpec.TS), label.equals("fraud"));
+            k.apply((String) row.getField(spec.userIdIndex), (Long) row.getField(spec.tsIndex), label.equals("fraud"));
             (label.equals("fraud") ? fraudCounter : legitCounter).inc();
             if (k.users.isEmpty()) {
                 known.clear();
@@ -210,10 +210,10 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
     }
 
     // -- dead letters (udfs.events.dead_letter_record(encode_event(ev), ..., reencoded=True)) ----------
-    static byte[] deadLetter(Row row, String reason, String detail, String job) {
+    byte[] deadLetter(Row row, String reason, String detail, String job) {
         byte[] raw;
         try {
-            raw = encodeEvent(row);
+            raw = encodeEvent(row, spec);
         } catch (Exception e) {
             raw = String.valueOf(row).getBytes(StandardCharsets.UTF_8);
         }
@@ -237,14 +237,14 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
     }
 
     /** The event as udfs.events.encode_event writes it: its fields in order, extras/payment_ref when set. */
-    static byte[] encodeEvent(Row row) throws IOException {
+    static byte[] encodeEvent(Row row, EntitySpec spec) throws IOException {
         ByteArrayOutputStream buf = new ByteArrayOutputStream();
         try (JsonGenerator g = JSON_FACTORY.createGenerator(buf)) {
             g.writeStartObject();
-            for (int i = 0; i < EntitySpec.N_EVENT; i++) {
-                String name = EntitySpec.ROW_FIELDS[i];
+            for (int i = 0; i < spec.nEvent; i++) {
+                String name = spec.recordFields[i];
                 Object v = row.getField(i);
-                if (v == null && (name.equals("extras") || name.equals("payment_ref"))) {
+                if (v == null) {  // only optional fields are ever null in a parsed event: absent
                     continue;
                 }
                 g.writeFieldName(name);

@@ -36,7 +36,7 @@ public final class LocalRunner {
         List<Row> rows = new ArrayList<>();
         for (String line : eventsJsonl.split("\n")) {
             if (!line.isEmpty()) {
-                rows.add(toRow(JSON.readTree(line)));
+                rows.add(toRow(JSON.readTree(line), spec));
             }
         }
         java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
@@ -52,8 +52,8 @@ public final class LocalRunner {
                 continue;
             }
             KeyState st = KeyState.decode(store.get(key), spec);
-            long ts = (Long) row.getField(EntitySpec.TS);
-            if (horizon != 0 && w.duplicate(st, (String) row.getField(EntitySpec.EVENT_ID), ts, horizon)) {
+            long ts = (Long) row.getField(spec.tsIndex);
+            if (horizon != 0 && w.duplicate(st, (String) row.getField(spec.eventIdIndex), ts, horizon)) {
                 values.addNull();
                 lates.add(false);
                 continue;
@@ -77,10 +77,10 @@ public final class LocalRunner {
         return JSON.writeValueAsString(res);
     }
 
-    static Row toRow(JsonNode o) {
-        Row r = Row.withPositions(EntitySpec.ARITY);
-        for (int i = 0; i < EntitySpec.N_EVENT; i++) {
-            String name = EntitySpec.ROW_FIELDS[i];
+    static Row toRow(JsonNode o, EntitySpec spec) {
+        Row r = Row.withPositions(spec.arity);
+        for (int i = 0; i < spec.nEvent; i++) {
+            String name = spec.recordFields[i];
             JsonNode v = o.get(name);
             if (v == null || v.isNull()) {
                 continue;
@@ -95,8 +95,8 @@ public final class LocalRunner {
                 r.setField(i, v.asText());
             }
         }
-        r.setField(EntitySpec.VALUES, new double[0]);
-        r.setField(EntitySpec.LATE, false);
+        r.setField(spec.valuesIndex, new double[0]);
+        r.setField(spec.lateIndex, false);
         return r;
     }
 
