@@ -47,7 +47,8 @@ def _labels_until(rest: str, job_id: str, fraud: int, legit: int, deadline_s: fl
         time.sleep(0.3)  # polling interval
 
 
-def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("runtime", ["jvm", "python"])
+def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, tmp_path, runtime):
     from kafka import KafkaProducer
 
     from pipelines import decision_job
@@ -61,15 +62,16 @@ def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, t
     shutil.copy("models/risk_gbdt_v1.onnx", tmp_path / "bad.onnx")
     (tmp_path / "bad.json").write_text(json.dumps(bad))
 
-    names = ("live.events", "live.decisions", "live.dead", "live.control", "live.labels")
+    names = tuple(f"live-{runtime}.{t}" for t in ("events", "decisions", "dead", "control", "labels"))
     # one events partition: arrival order is send order, so every feature (user, ip, device) is exact
     topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names[:3], partitions=1)
                          + [topics.control_topic_spec(names[3]), topics.labels_topic_spec(names[4])])
     port = free_port()
     cfg = JobConfig(bootstrap_servers=kafka_bootstrap, events_topic=names[0], decisions_topic=names[1],
                     dead_letter_topic=names[2], control_topic=names[3], labels_topic=names[4], parallelism=1,
-                    starting_offsets="earliest", transactional_id_prefix="it-live", checkpoint_interval_ms=500,
-                    rest_port=port, checkpoint_dir=(tmp_path / "ck").as_uri())
+                    starting_offsets="earliest", transactional_id_prefix=f"it-live-{runtime}",
+                    checkpoint_interval_ms=500, rest_port=port, checkpoint_dir=(tmp_path / "ck").as_uri(),
+                    stage_runtime=runtime, job_name=f"live-{runtime}", group_id=f"live-{runtime}")
     rest = f"http://127.0.0.1:{port}"
     client = decision_job.run(cfg, wait=False)
     job_id = str(client.get_job_id())

@@ -337,6 +337,17 @@ class ScoreDecide(_DecideLogic, ProcessFunction):
 CONTROL_STATE = MapStateDescriptor("control", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 
 
+def apply_control(control: Control, raw: bytes) -> tuple[dict, str] | ControlError:
+    """Parse and apply one control message: (message, what changed), or the reason it was refused. Any
+    failure refuses the message (the current settings keep deciding); nothing here may fail the job."""
+    try:
+        msg = parse_control(raw)
+        return msg, control.apply(msg)
+    except Exception as e:
+        return e if isinstance(e, ControlError) else ControlError(
+            f"refused, the current settings keep deciding: {type(e).__name__}: {e}")
+
+
 class ValidateControl(ProcessFunction):
     """Control bytes -> Row(key, raw JSON text) for ``io.riskstream.flink.ControlAttach`` (the JVM chain),
     or a ``control_rejected`` dead letter. Run at parallelism 1: a refused message is dead-lettered once.
@@ -362,16 +373,14 @@ class ValidateControl(ProcessFunction):
 
     def process_element(self, value, ctx):
         raw = bytes(value)
-        try:
-            msg = parse_control(raw)
-            what = self.scratch.apply(msg)
-        except Exception as e:  # any failure refuses the message; nothing here may fail the job
-            if not isinstance(e, ControlError):
-                e = ControlError(f"refused, the current settings keep deciding: {type(e).__name__}: {e}")
+        res = apply_control(self.scratch, raw)
+        if isinstance(res, ControlError):
+            e = res
             self.control_rejected.inc()
             yield DEAD_LETTER_TAG, dead_letter_record(raw, Rejection(CONTROL_REJECTED, str(e)[:200]),
                                                       self.job_name, int(time.time() * 1000))
             return
+        msg, what = res
         self.control_applied.inc()
         print(f"[riskstream] control accepted: {what}", flush=True)
         yield self.row(state_key(msg), raw.decode("utf-8"))
@@ -409,12 +418,9 @@ class ScoreDecideControlled(_DecideLogic, BroadcastProcessFunction):
 
     def process_broadcast_element(self, value, ctx):
         raw = bytes(value)
-        try:
-            msg = parse_control(raw)
-            what = self.control.apply(msg)
-        except Exception as e:  # any failure refuses the message; nothing here may fail the job
-            if not isinstance(e, ControlError):
-                e = ControlError(f"refused, the current settings keep deciding: {type(e).__name__}: {e}")
+        res = apply_control(self.control, raw)
+        if isinstance(res, ControlError):
+            e = res
             self.control_rejected.inc()
             if self.subtask != 0:
                 print(f"[riskstream] decide stage {self.subtask}: control refused: {e}", flush=True)
@@ -422,6 +428,7 @@ class ScoreDecideControlled(_DecideLogic, BroadcastProcessFunction):
                 yield DEAD_LETTER_TAG, dead_letter_record(raw, Rejection(CONTROL_REJECTED, str(e)[:200]),
                                                           self.job_name, int(time.time() * 1000))
             return
+        msg, what = res
         ctx.get_broadcast_state(CONTROL_STATE).put(state_key(msg), raw)
         self.control_applied.inc()
         print(f"[riskstream] decide stage {self.subtask}: control applied: {what}", flush=True)
