@@ -14,7 +14,7 @@ Phases (each prints progress):
 4. **baselines** on the same backlog, each writing its own output topic, timed the same way:
    ``baseline_python_eps`` (``benchmarks.python_baseline``), ``baseline_quix_eps``
    (``benchmarks.quix_baseline``, needs the ``bench`` extra) and ``limit_java_eps``
-   (``benchmarks.java_limit``, Flink SQL without Python).
+   (``benchmarks.java_job``: the same job, its JVM stages, scored in Java by onnxruntime's Java binding).
 5. **micro**: onnxruntime and window-update µs per event, state bytes per key, from the pure core.
 
 Writes ``benchmarks/results/bench-<time>.json`` and ``latency-<time>.png`` (the folder is ignored) and
@@ -280,7 +280,7 @@ def baseline(name: str, bootstrap: str, events_topic: str, expected: int, work: 
             return {"skipped": f"{e}: install the bench extra (make bench)"}
         info = mod.run(bootstrap, events_topic, out_topic, expected, work, log=log)
     else:
-        from benchmarks import java_limit as mod
+        from benchmarks import java_job as mod
         info = mod.run(bootstrap, events_topic, out_topic, expected, work, parallelism=parallelism, log=log)
     span = read_output(bootstrap, out_topic, expected, deadline_s=30, log=log)
     return {**info, "span": span, "wall_s": round(time.monotonic() - t0, 1)}
@@ -430,7 +430,7 @@ def render(r: dict) -> str:
     rows = [("riskstream job (PyFlink)", r.get("throughput", {}))]
     rows += [(label, r.get(key, {})) for label, key in (("plain Python loop (kafka-python)", "baseline_python"),
                                                          ("Quix Streams", "baseline_quix"),
-                                                         ("Flink SQL, no Python (limit)", "limit_java"))]
+                                                         ("same job scored in Java (limit)", "limit_java"))]
     for label, d in rows:
         note = ("not run" if not d else d.get("error") or d.get("skipped") or
                 ("yes" if d.get("exact") else f"{d.get('records')} records / {d.get('distinct_events')} ids"))
