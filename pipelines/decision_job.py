@@ -68,6 +68,7 @@ def python_conf(cfg: JobConfig) -> dict[str, str]:
         "python.pythonpath": pythonpath,
         "python.fn-execution.bundle.time": str(cfg.bundle_time_ms),
         "python.fn-execution.bundle.size": str(cfg.bundle_size),
+        "python.fn-execution.arrow.batch.size": str(cfg.arrow_batch_size),
     }
 
 
@@ -91,6 +92,9 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
     # keep the newest checkpoint when the job is cancelled or its process dies: `restore_from=latest`
     # (and `riskstream chaos`) restart from it
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    if cfg.unaligned_checkpoints:
+        conf.set_string("execution.checkpointing.unaligned.enabled", "true")
+        conf.set_string("execution.checkpointing.aligned-checkpoint-timeout", "0 ms")  # unaligned from the start
     if restore is None:
         restore = resolve_restore_path(cfg)
     if job_id:
