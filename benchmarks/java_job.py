@@ -77,7 +77,7 @@ def build(env, cfg) -> None:
     from pyflink.datastream import DataStream
     from pyflink.common import Types, WatermarkStrategy
 
-    from pipelines.decision_job import _offsets, _sink, _source
+    from pipelines.decision_job import kafka_sink, kafka_source, start_offsets
     from riskstream.topics import DEAD_LETTER_MAX_BYTES
     from udfs import jvm, jvm_parse
     from udfs.features import ENTITIES
@@ -85,7 +85,7 @@ def build(env, cfg) -> None:
     from udfs.policy import Policy
     from udfs.windows import spec_document
 
-    raw = env.from_source(_source(cfg, cfg.events_topic, cfg.group_id, _offsets(cfg)),
+    raw = env.from_source(kafka_source(cfg, cfg.events_topic, cfg.group_id, start_offsets(cfg)),
                           WatermarkStrategy.no_watermarks(), "kafka-events", type_info=BYTES).uid("kafka-events-source")
     parsed = jvm_parse.parse_stage(raw, cfg.job_name)
     stream = jvm.event_time(parsed, cfg.out_of_orderness_ms, cfg.idleness_ms)
@@ -103,10 +103,10 @@ def build(env, cfg) -> None:
     fn = get_gateway().jvm.io.riskstream.flink.JavaDecideFunction(str(model), version, conf)
     j = stream._j_data_stream.process(fn, Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info())
     decisions = DataStream(j).name("score-decide-java").uid("score-decide-java")
-    (decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions", keyed_by_user=True))
+    (decisions.sink_to(kafka_sink(cfg, cfg.decisions_topic, "decisions", keyed_by_user=True))
      .name("decisions-sink").uid("decisions-sink"))
     dead = jvm.side_output(parsed, DEAD_LETTER_TAG).union(*(jvm.side_output(s, DEAD_LETTER_TAG) for s in stages))
-    (dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES))
+    (dead.sink_to(kafka_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES))
      .name("dead-letter-sink").uid("dead-letter-sink"))
 
 
