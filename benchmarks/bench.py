@@ -7,10 +7,13 @@ Phases (each prints progress):
 2. **throughput**: the real job (``riskstream run --bounded``, its default settings, exactly once, the
    control and labels inputs on) drains that backlog; ``throughput_eps`` is its committed output rate,
    timed by the broker's append times (``benchmarks._common``), so start-up is not counted.
-3. **latency**: the job again, unbounded, fed at half that rate for ``--latency-seconds``.
-   ``latency_ms`` runs from the event's append time at the broker to ``decided_at`` in the decision;
-   ``visible_latency_ms`` to the moment a ``read_committed`` consumer here received it, which adds the
-   wait for the checkpoint that commits the transaction (the exactly-once price).
+3. **latency**, once per profile (``default``, ``low-latency``: ``riskstream.config.PROFILES``): the job
+   again, unbounded, fed at half that rate for ``--latency-seconds``. ``latency_ms`` runs from the event's
+   append time at the broker to ``decided_at`` in the decision; ``visible_latency_ms`` to the moment the
+   decisions topic's last stable offset passed it (what a ``read_committed`` reader may read, sampled every
+   20 ms), which adds the wait for the checkpoint that commits the transaction (the exactly-once price).
+   The run's checkpoints (REST API) say where the tail went: start delay, alignment and sync part per
+   operator chain, and the share of the events above p99 decided while a checkpoint was in flight.
 4. **baselines** on the same backlog, each writing its own output topic, timed the same way:
    ``baseline_python_eps`` (``benchmarks.python_baseline``), ``baseline_quix_eps``
    (``benchmarks.quix_baseline``, needs the ``bench`` extra) and ``limit_java_eps``
