@@ -165,9 +165,20 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--state-only", action="store_true",
+                    help="only state bytes per key (JVM encoding, from the jobs' jar in jars_dir, and the Python "
+                         "stage's pickled state) as one JSON line: what `riskstream bench` reports")
     a = ap.parse_args(argv)
+    if a.state_only:
+        from riskstream.config import JobConfig
+        from riskstream.ops.jars import JVM_MODULE_JAR
+
+        events = [Event(**r.event) for r in TrafficGenerator(seed=a.seed, bad_share=0.0).generate(a.events)]
+        print(json.dumps(state_bytes(events, JobConfig().jars_dir / JVM_MODULE_JAR)))
+        return 0
     jar = build_jar()
-    events = [Event(**r.event) for r in TrafficGenerator(seed=3).generate(a.events) if r.event is not None]
+    events = [Event(**r.event) for r in TrafficGenerator(seed=a.seed).generate(a.events) if r.event is not None]
     n = len(events)
     res: dict = {"events": n, "parallelism": 1}
     run_jvm(events[:2000], jar, stages=True)  # warm-up: MiniCluster, class loading, Python workers

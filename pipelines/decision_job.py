@@ -68,6 +68,7 @@ def python_conf(cfg: JobConfig) -> dict[str, str]:
         "python.pythonpath": pythonpath,
         "python.fn-execution.bundle.time": str(cfg.bundle_time_ms),
         "python.fn-execution.bundle.size": str(cfg.bundle_size),
+        "python.fn-execution.arrow.batch.size": str(cfg.arrow_batch_size),
     }
 
 
@@ -91,6 +92,9 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
     # keep the newest checkpoint when the job is cancelled or its process dies: `restore_from=latest`
     # (and `riskstream chaos`) restart from it
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    if cfg.unaligned_checkpoints:
+        conf.set_string("execution.checkpointing.unaligned.enabled", "true")
+        conf.set_string("execution.checkpointing.aligned-checkpoint-timeout", "0 ms")  # unaligned from the start
     if restore is None:
         restore = resolve_restore_path(cfg)
     if job_id:
@@ -119,7 +123,7 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
     return env
 
 
-def _offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
+def start_offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
     if cfg.starting_offsets == "earliest":
         return KafkaOffsetsInitializer.earliest()
     if cfg.starting_offsets == "latest":
@@ -127,7 +131,7 @@ def _offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
     return KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
 
 
-def _sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None = None,
+def kafka_sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None = None,
           keyed_by_user: bool = False) -> KafkaSink:
     """An exactly-once byte sink. ``keyed_by_user``: records are decision records, keyed by their user_id
     (``io.riskstream.flink.DecisionRecords`` in udfs/jvm), so one user's decisions share a partition."""
@@ -249,7 +253,7 @@ def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
     return decisions, dead
 
 
-def _source(cfg: JobConfig, topic: str, group_id: str, offsets: KafkaOffsetsInitializer) -> KafkaSource:
+def kafka_source(cfg: JobConfig, topic: str, group_id: str, offsets: KafkaOffsetsInitializer) -> KafkaSource:
     """A read_committed byte source (bounded at the end offsets found at start when ``cfg.bounded``)."""
     b = (KafkaSource.builder()
          .set_bootstrap_servers(cfg.bootstrap_servers)
@@ -268,7 +272,7 @@ def _source(cfg: JobConfig, topic: str, group_id: str, offsets: KafkaOffsetsInit
 
 def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     """Add the decision job's operators to ``env`` (no broker needed to build the graph)."""
-    raw = env.from_source(_source(cfg, cfg.events_topic, cfg.group_id, _offsets(cfg)),
+    raw = env.from_source(kafka_source(cfg, cfg.events_topic, cfg.group_id, start_offsets(cfg)),
                           WatermarkStrategy.no_watermarks(), "kafka-events", type_info=BYTES).uid("kafka-events-source")
     control = None
     if cfg.control_topic:
@@ -279,19 +283,19 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
         control_wm = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_days(36500))
                       .with_idleness(Duration.of_millis(cfg.idleness_ms)))
         # the whole history from the start (newest message of each kind wins), then from checkpoints
-        csrc = _source(cfg, cfg.control_topic, f"{cfg.group_id}-control", KafkaOffsetsInitializer.earliest())
+        csrc = kafka_source(cfg, cfg.control_topic, f"{cfg.group_id}-control", KafkaOffsetsInitializer.earliest())
         control = (env.from_source(csrc, control_wm, "kafka-control", type_info=BYTES)
                    .set_parallelism(1).uid("kafka-control-source"))
     labels = None
     if cfg.labels_topic:
         # event time for labels comes from the labelled event's ts (parse-labels), not from the broker
-        lsrc = _source(cfg, cfg.labels_topic, f"{cfg.group_id}-labels", _offsets(cfg))
+        lsrc = kafka_source(cfg, cfg.labels_topic, f"{cfg.group_id}-labels", start_offsets(cfg))
         labels = env.from_source(lsrc, WatermarkStrategy.no_watermarks(), "kafka-labels",
                                  type_info=BYTES).uid("kafka-labels-source")
     decisions, dead = build_core(raw, cfg, control, labels)
-    (decisions.sink_to(_sink(cfg, cfg.decisions_topic, "decisions", keyed_by_user=True))
+    (decisions.sink_to(kafka_sink(cfg, cfg.decisions_topic, "decisions", keyed_by_user=True))
      .name("decisions-sink").uid("decisions-sink"))
-    (dead.sink_to(_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES))
+    (dead.sink_to(kafka_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES))
      .name("dead-letter-sink").uid("dead-letter-sink"))
 
 

@@ -809,12 +809,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (behind TLS)")
     p.set_defaults(fn=cmd_review)
 
-    p = sub.add_parser("bench", help="the job end to end against a plain Python loop, Quix Streams and Flink SQL "
+    p = sub.add_parser("bench", help="the job end to end against a plain Python loop, Quix Streams and the same job scored in Java "
                                      "on one private broker; throughput, latency, pure-core costs")
     p.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
     p.add_argument("--events", type=int, default=150_000, help="events in the preloaded backlog")
     p.add_argument("--parallelism", type=int, default=2)
-    p.add_argument("--latency-seconds", type=float, default=45.0, help="length of the half-rate latency run")
+    p.add_argument("--latency-seconds", type=float, default=30.0,
+                   help="length of each half-rate latency run (one per profile: default, low-latency)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--contenders", default="python,quix,java",
                    help="baselines to run, comma-separated (python, quix, java; '' for none)")

@@ -20,6 +20,18 @@ _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 DEFAULT_MODEL = "models/risk_gbdt_v1.onnx"
 
+# ``profile=low-latency``: the settings it changes (flags and RISKSTREAM_* variables still beat them), each
+# cutting a term of p99 (docs/benchmarks.md "Where p99 goes"): smaller Python bundles and Arrow batches
+# (a record waits at most bundle_time_ms for its batch), a shorter network buffer timeout (waited at each of
+# the keyed exchanges), unaligned checkpoints (a barrier overtakes the buffered records instead of
+# blocking the channels it arrived on), a shorter checkpoint interval (decisions commit, so become
+# visible, sooner). Costs throughput: more, smaller batches and more frequent checkpoints.
+PROFILES: dict[str, dict[str, object]] = {
+    "default": {},
+    "low-latency": {"bundle_time_ms": 5, "bundle_size": 200, "arrow_batch_size": 200, "buffer_timeout_ms": 1,
+                    "checkpoint_interval_ms": 500, "unaligned_checkpoints": True},
+}
+
 
 class JobConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +89,16 @@ class JobConfig(BaseModel):
         20, ge=1, description="max time a Python operator holds records before processing them "
                               "(python.fn-execution.bundle.time; Flink's default 1000 adds ~1 s per stage)")
     bundle_size: int = Field(1000, ge=1, description="max records per Python bundle (python.fn-execution.bundle.size)")
+    arrow_batch_size: int = Field(
+        1000, ge=1, description="max rows per batch of the vectorized decide UDF "
+                                "(python.fn-execution.arrow.batch.size; at most bundle_size)")
+    unaligned_checkpoints: bool = Field(
+        False, description="unaligned checkpoints (execution.checkpointing.unaligned.enabled): barriers overtake "
+                           "buffered records, so a checkpoint does not block the keyed exchanges while it aligns")
+    profile: Literal["default", "low-latency"] = Field(
+        "default", description="a set of settings for one goal: low-latency = bundle_time_ms 5, bundle_size 200, "
+                               "arrow_batch_size 200, buffer_timeout_ms 1, checkpoint_interval_ms 500, "
+                               "unaligned_checkpoints; settings given explicitly beat the profile's")
     buffer_timeout_ms: int = Field(
         5, ge=0, le=1000, description="max time a network buffer waits to fill before it is sent to the next "
                                       "operator (Flink's default 100 ms costs up to 100 ms per keyBy at low rates)")
@@ -108,6 +130,14 @@ class JobConfig(BaseModel):
         if not _TOPIC.match(v) or v in (".", ".."):
             raise ValueError(f"{v!r} is not a valid Kafka topic name (1-249 of letters, digits, '.', '_', '-')")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data):
+        """The profile's settings, where the caller gave none (a flag or a RISKSTREAM_* variable wins)."""
+        if isinstance(data, dict) and data.get("profile") in PROFILES:
+            data = {**PROFILES[data["profile"]], **{k: v for k, v in data.items() if v is not None}}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -162,6 +192,8 @@ class JobConfig(BaseModel):
             raise ValueError(
                 f"transaction_timeout_ms {self.transaction_timeout_ms} exceeds the broker's "
                 f"transaction.max.timeout.ms ({BROKER_MAX_TRANSACTION_TIMEOUT_MS}): the sink would fail to start")
+        if self.arrow_batch_size > self.bundle_size:
+            raise ValueError("arrow_batch_size must not exceed bundle_size (a batch is cut from one bundle)")
         if self.transaction_timeout_ms < 10 * self.checkpoint_interval_ms:
             raise ValueError("transaction_timeout_ms should be at least 10x checkpoint_interval_ms, or a slow "
                              "checkpoint lets the broker abort a transaction that Flink will still commit")

@@ -23,8 +23,12 @@ def test_targets_and_ratios_compare_to_the_issue_figures():
     r["ratios"] = _ratios(r)
     assert r["ratios"] == {"vs_java_limit": 0.5, "vs_quix": 3.0, "vs_python": None}
     t = _targets(r)
-    assert [k for k, v in t.items() if v["met"]] == ["vs_quix", "latency_p999_ms", "visible_p99_ms"]
-    assert t["visible_p99_ms"]["target"] == 1200.0
+    # issue 13: >= 25k events/s, >= 0.5x the all-Java limit, >= 4x Quix, >= 10x the loop, p99 <= 50 ms,
+    # p99.9 <= 150 ms, visible p99 <= checkpoint interval + 300 ms
+    assert [k for k, v in t.items() if v["met"]] == ["throughput_eps", "vs_java_limit", "latency_p99_ms",
+                                                     "latency_p999_ms", "visible_p99_ms"]
+    assert t["visible_p99_ms"]["target"] == 1300.0
+    assert t["vs_quix"]["target"] == 4.0 and t["vs_python"]["target"] == 10.0
 
 
 @pytest.mark.kafka
@@ -60,18 +64,49 @@ def test_python_baseline_decides_each_event_once_with_the_jobs_features(kafka_bo
         assert [got[eid]["features"][n] for n in FEATURE_NAMES] == feats
 
 
-def test_java_limit_sql_expresses_every_feature_once_in_spec_order():
-    """The SQL contender is generated from the feature spec: every feature, once, in the model's order,
-    each windowed one over its own horizon and key."""
-    from benchmarks import java_limit
-    from udfs.features import FEATURE_NAMES, FEATURES
+@pytest.mark.kafka
+def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer(kafka_bootstrap, tmp_path):
+    """The all-Java contender (``benchmarks.java_job``): the job's JVM stages, then onnxruntime's Java binding on
+    the same model. Every event decided once, with the replay's features, a score within 1e-5 of the Python
+    Scorer's on the same features and the policy's decision and reasons."""
+    from kafka import KafkaConsumer, TopicPartition
 
-    stages = java_limit.stages()
-    named = [f.name for _, _, feats in stages for f in feats]
-    assert sorted(named) == sorted(n for n in FEATURE_NAMES if n not in ("amount", "event_type"))
-    for entity, horizon, feats in stages:
-        assert {f.entity for f in feats} == {entity}
-        assert {f.horizon_ms for f in feats} == {horizon}
-    sql = java_limit.select_sql()
-    assert "ROW(" + ", ".join(f"f_{n}" for n in FEATURE_NAMES) + ")" in sql  # the vector, in the model's order
-    assert all(java_limit.inexact(f) for f in FEATURES if f.horizon_ms)  # every window edge differs; said so
+    from benchmarks import java_job
+    from benchmarks._common import make_topic, read_output
+    from riskstream.config import JobConfig
+    from riskstream.generator import TrafficGenerator
+    from riskstream.kafka_io import produce
+    from udfs.events import Event
+    from udfs.features import FEATURE_NAMES
+    from udfs.policy import Policy
+    from udfs.replay import replay
+    from udfs.scoring import Scorer
+
+    recs = list(TrafficGenerator(seed=29, bad_share=0.0).generate(3000))
+    make_topic(kafka_bootstrap, "bench.j.events", 1)  # one partition: arrival order is the replay's order
+    make_topic(kafka_bootstrap, "bench.j.out", 1)
+    assert produce(kafka_bootstrap, "bench.j.events", recs) == len(recs)
+    java_job.run(kafka_bootstrap, "bench.j.events", "bench.j.out", len(recs), tmp_path, parallelism=1)
+    span = read_output(kafka_bootstrap, "bench.j.out", len(recs), deadline_s=20)
+    assert span.records == span.distinct_ids == len(recs)
+
+    c = KafkaConsumer(bootstrap_servers=kafka_bootstrap, isolation_level="read_committed",
+                      auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    c.assign([TopicPartition("bench.j.out", 0)])
+    got = {d["event_id"]: d for d in (orjson.loads(r.value) for r in c)}
+    c.close()
+    expected = {ev.event_id: (ev, feats, late) for ev, feats, late in replay(Event(**r.event) for r in recs)}
+    assert got.keys() == expected.keys()
+    scorer = Scorer(JobConfig().resolved_model_path())
+    policy = Policy()
+    decisions = set()
+    for eid, (ev, feats, late) in expected.items():
+        d = got[eid]
+        assert [d["features"][n] for n in FEATURE_NAMES] == feats
+        s = scorer.score(feats)
+        assert abs(d["score"] - s) <= 1e-5, (eid, d["score"], s)
+        decision, reasons = policy.decide(d["score"], feats, ev.event_type, late)
+        assert (d["decision"], d["reasons"]) == (decision, reasons)
+        assert d["model_version"] == scorer.version and d["user_id"] == ev.user_id
+        decisions.add(decision)
+    assert len(decisions) >= 2  # the stream exercises more than one band or rule
