@@ -1,16 +1,18 @@
 """The review service without a broker: the store (exactly-once ingest, one verdict and one label per case,
 the append-only audit trail) and the pages through Flask's test client (sign-in, CSRF, escaping, bad
-requests, metrics). The browser and the real broker and job are in test_review_browser.py."""
+requests, metrics), each against SQLite and against a real PostgreSQL server (a cluster the tests start;
+skipped only when PostgreSQL is not installed). The browser and the real broker and job are in
+test_review_browser.py."""
 
 from __future__ import annotations
 
 import re
-import sqlite3
 
 import orjson
 import pytest
 
-from riskstream.tools.review.store import Consumed, Store, StoreError, check_password, db_path, hash_password
+from riskstream.tools.review.store import (Consumed, Store, StoreError, backend_name, check_password, db_path,
+                                           hash_password, redact)
 from riskstream.tools.review.web import WebSettings, create_app
 
 ROLES = {"decisions": "d", "events": "e", "control": "c"}
@@ -36,9 +38,13 @@ def feed(store: Store, topic: str, objs: list, start: int = 0, part: int = 0) ->
     store.ingest(recs, {(topic, part): start + len(objs)}, ROLES)
 
 
-@pytest.fixture
-def store(tmp_path):
-    return Store(f"sqlite:///{tmp_path / 'r.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store(url)
+    assert s.backend.name == request.param
+    yield s
+    s.close()
 
 
 @pytest.fixture
@@ -62,8 +68,16 @@ def csrf_of(client, path="/") -> str:
 def test_db_url():
     assert str(db_path("sqlite:///rel/x.db")) == "rel/x.db"
     assert str(db_path("sqlite:////abs/x.db")) == "/abs/x.db"
-    with pytest.raises(ValueError, match="only sqlite"):
-        db_path("postgresql://u:secret@host/db")
+    assert backend_name("rel/x.db") == backend_name("sqlite:///x.db") == "sqlite"
+    assert backend_name("postgresql://u@h:5432/db") == backend_name("postgres://u@h/db") == "postgresql"
+    with pytest.raises(ValueError, match="unknown scheme 'mysql'") as e:
+        Store("mysql://u:secret@host/db")
+    assert "secret" not in str(e.value)
+    with pytest.raises(ValueError, match="not a SQLite file"):
+        db_path("postgresql://u@host/db")
+    assert redact("postgresql://ana:s3cret@db:5432/review?sslmode=require&password=x") == \
+        "postgresql://ana:***@db:5432/review?sslmode=require&password=***"
+    assert redact("postgresql://ana@db/review") == "postgresql://ana@db/review"
 
 
 def test_passwords_are_hashed_with_a_salt():
@@ -103,9 +117,29 @@ def test_one_verdict_and_one_label_per_case_and_the_audit_is_append_only(store):
         assert e.value.status == status
     assert len(store.pending_labels()) == 1
     assert [r["action"] for r in store.audit_trail()] == ["verdict"]
-    for sql in ("UPDATE audit SET who = 'x'", "DELETE FROM audit"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    statements = ["UPDATE audit SET who = 'x'", "DELETE FROM audit"]
+    if store.backend.name == "postgresql":
+        statements.append("TRUNCATE audit")
+    for sql in statements:
+        with pytest.raises(store.backend.IntegrityError, match="append-only"):
             store.conn().execute(sql)
+    # nor inside a transaction, and the transaction's other writes go with it
+    with pytest.raises(store.backend.IntegrityError, match="append-only"):
+        with store.tx() as c:
+            c.execute("UPDATE cases SET note = 'rewritten'")
+            c.execute("DELETE FROM audit WHERE action = 'verdict'")
+    assert store.case(1)["note"] == "stolen card" and len(store.audit_trail()) == 1
+
+
+def test_records_that_do_not_fit_are_skipped_alone(store):
+    """A value of the wrong type or with a NUL character is counted unreadable on both databases (PostgreSQL
+    would refuse it and fail the whole batch); the batch's other records and its offsets are stored."""
+    bad = [decision(1, score="high"), decision(2, event_id="e2\x00x"), decision(3, event_ts=2 ** 64 - 1),
+           decision(4, shadow=[1]), decision(5, model_version="m\x00")]
+    n = store.ingest([Consumed("d", 0, k, orjson.dumps(o)) for k, o in enumerate([*bad, decision(6)])],
+                     {("d", 0): 6}, ROLES)
+    assert n["unreadable"] == 5 and n["cases"] == 1
+    assert [c["event_id"] for c in store.queue()] == ["e6"] and store.offsets() == {("d", 0): 6}
 
 
 def test_every_page_but_sign_in_needs_a_session(client, store):
@@ -150,6 +184,10 @@ def test_verdict_needs_the_csrf_token_and_bad_requests_change_nothing(client, st
     assert client.get("/cases/abc").status_code == 404
     assert client.get("/?sort=random").status_code == 400
     assert client.get("/?event_type=nope").status_code == 400
+    assert client.get("/?rule=a%00b").status_code == 400
+    assert client.post("/cases/1/verdict", data={"verdict": "fraud", "note": "a\x00b", "csrf_token": token}
+                       ).status_code == 400
+    assert client.get("/cases/99999999999999999999").status_code == 404
     assert store.case(1)["status"] == "open" and not store.pending_labels()
     r = client.post("/cases/1/verdict", data={"verdict": "fraud", "note": "ring", "csrf_token": token})
     assert r.status_code == 303 and store.case(1)["verdict"] == "fraud"
