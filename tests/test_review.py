@@ -228,3 +228,31 @@ def test_queue_filters_sorts_and_counts(client, store):
     assert 'id="open-review">3<' in client.get("/").get_data(as_text=True)
     page = client.get("/cases/1").get_data(as_text=True)
     assert "user_age_ms = <b>1000.0</b> (&lt; 3600000)" in page  # the rule's features, with their values
+
+
+def test_two_verdicts_at_once_one_wins(store):
+    """The second of two simultaneous verdicts is refused (409) and leaves nothing: on PostgreSQL (READ
+    COMMITTED) it read the case open, then its update waits for the first and finds the case closed."""
+    import threading
+
+    feed(store, "d", [decision(1)])
+    other = Store(store.url if store.backend.name == "sqlite" else store.backend.url)
+    first = other.tx()
+    c = first.__enter__()  # the first analyst's transaction: the case is closed, not yet committed
+    c.execute("UPDATE cases SET status = 'closed', verdict = 'legit', analyst = 'bob' WHERE case_id = 1")
+    out = {}
+
+    def second():
+        try:
+            out["label"] = store.close_case(1, "fraud", "", "ana")
+        except StoreError as e:
+            out["status"] = e.status
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(timeout=1.0)
+    first.__exit__(None, None, None)  # commit: the second one goes on and finds the case closed
+    t.join(timeout=30)
+    assert out == {"status": 409}
+    assert store.case(1)["analyst"] == "bob" and not store.pending_labels() and not store.audit_trail()
+    other.close()
