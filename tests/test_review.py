@@ -256,3 +256,27 @@ def test_two_verdicts_at_once_one_wins(store):
     assert out == {"status": 409}
     assert store.case(1)["analyst"] == "bob" and not store.pending_labels() and not store.audit_trail()
     other.close()
+
+
+def test_postgresql_service_role_cannot_rewrite_the_trail(pg_url):
+    """On PostgreSQL the service may run as a role that does not own the tables: it starts on the schema the
+    owner made, works, and can neither change the trail nor drop or disable its trigger."""
+    import psycopg
+
+    Store(pg_url).close()  # the owner creates the schema
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("DO $$ BEGIN CREATE ROLE review_svc LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        c.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO review_svc")
+        c.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO review_svc")
+    svc = Store(pg_url.replace("postgresql://riskstream@", "postgresql://review_svc@"))
+    feed(svc, "d", [decision(1)])
+    svc.close_case(1, "fraud", "", "ana")
+    assert [r["action"] for r in svc.audit_trail()] == ["verdict"]
+    with pytest.raises(svc.backend.IntegrityError, match="append-only"):
+        svc.conn().execute("DELETE FROM audit")
+    for sql in ("DROP TRIGGER audit_append_only ON audit", "ALTER TABLE audit DISABLE TRIGGER ALL",
+                "TRUNCATE audit"):
+        with pytest.raises(psycopg.Error):
+            svc.conn().execute(sql)
+    assert len(svc.audit_trail()) == 1
+    svc.close()
