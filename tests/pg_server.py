@@ -120,8 +120,9 @@ def start(deadline_s: float = 90.0) -> PgServer:
         log = open(root / "server.log", "ab")
         # a test cluster: no fsync (nothing here must survive a power cut; the consumer's crash test kills the
         # consumer, not the server), TCP on loopback only, no Unix socket
-        proc = subprocess.Popen([str(bin_ / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-                                 "-c", "unix_socket_directories=", "-c", "fsync=off", "-c", "full_page_writes=off",
+        proc = subprocess.Popen([str(bin_ / "postgres"), "-D", str(data), "-p", str(port),
+                                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                                 "-c", "fsync=off", "-c", "full_page_writes=off",
                                  "-c", "synchronous_commit=off", "-c", "max_connections=100"],
                                 stdout=log, stderr=log, cwd=root, env=env, start_new_session=True, **as_user)
         log.close()

@@ -564,7 +564,8 @@ class Store:
             "event_type": [(r[0], r[1]) for r in self.query(
                 f"SELECT event_type, count(*) {base} GROUP BY event_type ORDER BY 2 DESC, 1 NULLS FIRST", (kind,))],
             "model_version": [(r[0], r[1]) for r in self.query(
-                f"SELECT model_version, count(*) {base} GROUP BY model_version ORDER BY 2 DESC, 1 NULLS FIRST", (kind,))],
+                f"SELECT model_version, count(*) {base} GROUP BY model_version ORDER BY 2 DESC, 1 NULLS FIRST",
+                (kind,))],
             "rule": [(r[0], r[1]) for r in self.query(
                 "SELECT rule, count(*) FROM case_rules JOIN cases USING (case_id) WHERE status = 'open' AND "
                 "kind = ? GROUP BY rule ORDER BY 2 DESC, 1", (kind,))],
