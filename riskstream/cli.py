@@ -155,8 +155,9 @@ def cmd_review(a) -> int:
         if a.action == "ingest":
             from .tools.review.ingest import Ingest
 
-            ing = Ingest(Store(s.db), s.ingest)
-            print(f"[review] ingesting {s.ingest.decisions_topic} (read_committed) into {a.db}", file=sys.stderr,
+            store = Store(s.db)
+            ing = Ingest(store, s.ingest)
+            print(f"[review] ingesting {s.ingest.decisions_topic} (read_committed) into {store.url}", file=sys.stderr,
                   flush=True)
             try:
                 ing.run()
@@ -171,7 +172,7 @@ def cmd_review(a) -> int:
               flush=True)
         svc.wait()
         return 0
-    except (ValueError, StoreError) as e:
+    except (ValueError, StoreError, ConnectionError) as e:
         raise SystemExit(f"riskstream review: {e}")
 
 
@@ -794,8 +795,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true", help="add-user: read the password from stdin "
                                                                    "(else prompt; empty: generate one)")
     default_db = env_or("review_db", "sqlite:///" + str(paths.home() / "review" / "review.db"))
-    p.add_argument("--db", default=default_db, help="database URL, sqlite:///path.db [env RISKSTREAM_REVIEW_DB; "
-                                                    "default under the riskstream home]")
+    p.add_argument("--db", default=default_db, help="database URL: sqlite:///path.db, or "
+                                                    "postgresql://user@host:port/dbname (password from PGPASSWORD "
+                                                    "or ~/.pgpass) [env RISKSTREAM_REVIEW_DB; default a SQLite "
+                                                    "file under the riskstream home]")
     p.add_argument("--host", default="127.0.0.1", help="address the pages listen on")
     p.add_argument("--port", type=int, default=int(env_or("review_port", 8765)), help="[env RISKSTREAM_REVIEW_PORT]")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")

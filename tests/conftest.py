@@ -34,3 +34,27 @@ def labelled_stream():
     from riskstream.generator import TrafficGenerator
 
     return list(TrafficGenerator(seed=11, bad_share=0.03, sim_rate=2.0).generate(1500))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server (a new cluster in a temporary folder, loopback, free port), stopped at the end.
+    Skipped only when the server binaries are not installed."""
+    from tests import pg_server as pg
+
+    if pg.bindir() is None:
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) are neither on PATH nor in `pg_config --bindir`: "
+                    "install Debian's postgresql package (.ci/run does)")
+    srv = pg.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A new, empty database on the test server, as a postgresql:// URL."""
+    import secrets
+
+    return pg_server.create_database("t_" + secrets.token_hex(6))

@@ -1,16 +1,18 @@
 """The review service without a broker: the store (exactly-once ingest, one verdict and one label per case,
 the append-only audit trail) and the pages through Flask's test client (sign-in, CSRF, escaping, bad
-requests, metrics). The browser and the real broker and job are in test_review_browser.py."""
+requests, metrics), each against SQLite and against a real PostgreSQL server (a cluster the tests start;
+skipped only when PostgreSQL is not installed). The browser and the real broker and job are in
+test_review_browser.py."""
 
 from __future__ import annotations
 
 import re
-import sqlite3
 
 import orjson
 import pytest
 
-from riskstream.tools.review.store import Consumed, Store, StoreError, check_password, db_path, hash_password
+from riskstream.tools.review.store import (Consumed, Store, StoreError, backend_name, check_password, db_path,
+                                           hash_password, redact)
 from riskstream.tools.review.web import WebSettings, create_app
 
 ROLES = {"decisions": "d", "events": "e", "control": "c"}
@@ -36,9 +38,13 @@ def feed(store: Store, topic: str, objs: list, start: int = 0, part: int = 0) ->
     store.ingest(recs, {(topic, part): start + len(objs)}, ROLES)
 
 
-@pytest.fixture
-def store(tmp_path):
-    return Store(f"sqlite:///{tmp_path / 'r.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store(url)
+    assert s.backend.name == request.param
+    yield s
+    s.close()
 
 
 @pytest.fixture
@@ -62,8 +68,16 @@ def csrf_of(client, path="/") -> str:
 def test_db_url():
     assert str(db_path("sqlite:///rel/x.db")) == "rel/x.db"
     assert str(db_path("sqlite:////abs/x.db")) == "/abs/x.db"
-    with pytest.raises(ValueError, match="only sqlite"):
-        db_path("postgresql://u:secret@host/db")
+    assert backend_name("rel/x.db") == backend_name("sqlite:///x.db") == "sqlite"
+    assert backend_name("postgresql://u@h:5432/db") == backend_name("postgres://u@h/db") == "postgresql"
+    with pytest.raises(ValueError, match="unknown scheme 'mysql'") as e:
+        Store("mysql://u:secret@host/db")
+    assert "secret" not in str(e.value)
+    with pytest.raises(ValueError, match="not a SQLite file"):
+        db_path("postgresql://u@host/db")
+    assert redact("postgresql://ana:s3cret@db:5432/review?sslmode=require&password=x") == \
+        "postgresql://ana:***@db:5432/review?sslmode=require&password=***"
+    assert redact("postgresql://ana@db/review") == "postgresql://ana@db/review"
 
 
 def test_passwords_are_hashed_with_a_salt():
@@ -103,9 +117,29 @@ def test_one_verdict_and_one_label_per_case_and_the_audit_is_append_only(store):
         assert e.value.status == status
     assert len(store.pending_labels()) == 1
     assert [r["action"] for r in store.audit_trail()] == ["verdict"]
-    for sql in ("UPDATE audit SET who = 'x'", "DELETE FROM audit"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    statements = ["UPDATE audit SET who = 'x'", "DELETE FROM audit"]
+    if store.backend.name == "postgresql":
+        statements.append("TRUNCATE audit")
+    for sql in statements:
+        with pytest.raises(store.backend.IntegrityError, match="append-only"):
             store.conn().execute(sql)
+    # nor inside a transaction, and the transaction's other writes go with it
+    with pytest.raises(store.backend.IntegrityError, match="append-only"):
+        with store.tx() as c:
+            c.execute("UPDATE cases SET note = 'rewritten'")
+            c.execute("DELETE FROM audit WHERE action = 'verdict'")
+    assert store.case(1)["note"] == "stolen card" and len(store.audit_trail()) == 1
+
+
+def test_records_that_do_not_fit_are_skipped_alone(store):
+    """A value of the wrong type or with a NUL character is counted unreadable on both databases (PostgreSQL
+    would refuse it and fail the whole batch); the batch's other records and its offsets are stored."""
+    bad = [decision(1, score="high"), decision(2, event_id="e2\x00x"), decision(3, event_ts=2 ** 64 - 1),
+           decision(4, shadow=[1]), decision(5, model_version="m\x00")]
+    n = store.ingest([Consumed("d", 0, k, orjson.dumps(o)) for k, o in enumerate([*bad, decision(6)])],
+                     {("d", 0): 6}, ROLES)
+    assert n["unreadable"] == 5 and n["cases"] == 1
+    assert [c["event_id"] for c in store.queue()] == ["e6"] and store.offsets() == {("d", 0): 6}
 
 
 def test_every_page_but_sign_in_needs_a_session(client, store):
@@ -150,6 +184,10 @@ def test_verdict_needs_the_csrf_token_and_bad_requests_change_nothing(client, st
     assert client.get("/cases/abc").status_code == 404
     assert client.get("/?sort=random").status_code == 400
     assert client.get("/?event_type=nope").status_code == 400
+    assert client.get("/?rule=a%00b").status_code == 400
+    assert client.post("/cases/1/verdict", data={"verdict": "fraud", "note": "a\x00b", "csrf_token": token}
+                       ).status_code == 400
+    assert client.get("/cases/99999999999999999999").status_code == 404
     assert store.case(1)["status"] == "open" and not store.pending_labels()
     r = client.post("/cases/1/verdict", data={"verdict": "fraud", "note": "ring", "csrf_token": token})
     assert r.status_code == 303 and store.case(1)["verdict"] == "fraud"
@@ -190,3 +228,55 @@ def test_queue_filters_sorts_and_counts(client, store):
     assert 'id="open-review">3<' in client.get("/").get_data(as_text=True)
     page = client.get("/cases/1").get_data(as_text=True)
     assert "user_age_ms = <b>1000.0</b> (&lt; 3600000)" in page  # the rule's features, with their values
+
+
+def test_two_verdicts_at_once_one_wins(store):
+    """The second of two simultaneous verdicts is refused (409) and leaves nothing: on PostgreSQL (READ
+    COMMITTED) it read the case open, then its update waits for the first and finds the case closed."""
+    import threading
+
+    feed(store, "d", [decision(1)])
+    other = Store(store.url if store.backend.name == "sqlite" else store.backend.url)
+    first = other.tx()
+    c = first.__enter__()  # the first analyst's transaction: the case is closed, not yet committed
+    c.execute("UPDATE cases SET status = 'closed', verdict = 'legit', analyst = 'bob' WHERE case_id = 1")
+    out = {}
+
+    def second():
+        try:
+            out["label"] = store.close_case(1, "fraud", "", "ana")
+        except StoreError as e:
+            out["status"] = e.status
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(timeout=1.0)
+    first.__exit__(None, None, None)  # commit: the second one goes on and finds the case closed
+    t.join(timeout=30)
+    assert out == {"status": 409}
+    assert store.case(1)["analyst"] == "bob" and not store.pending_labels() and not store.audit_trail()
+    other.close()
+
+
+def test_postgresql_service_role_cannot_rewrite_the_trail(pg_url):
+    """On PostgreSQL the service may run as a role that does not own the tables: it starts on the schema the
+    owner made, works, and can neither change the trail nor drop or disable its trigger."""
+    import psycopg
+
+    Store(pg_url).close()  # the owner creates the schema
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("DO $$ BEGIN CREATE ROLE review_svc LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        c.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO review_svc")
+        c.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO review_svc")
+    svc = Store(pg_url.replace("postgresql://riskstream@", "postgresql://review_svc@"))
+    feed(svc, "d", [decision(1)])
+    svc.close_case(1, "fraud", "", "ana")
+    assert [r["action"] for r in svc.audit_trail()] == ["verdict"]
+    with pytest.raises(svc.backend.IntegrityError, match="append-only"):
+        svc.conn().execute("DELETE FROM audit")
+    for sql in ("DROP TRIGGER audit_append_only ON audit", "ALTER TABLE audit DISABLE TRIGGER ALL",
+                "TRUNCATE audit"):
+        with pytest.raises(psycopg.Error):
+            svc.conn().execute(sql)
+    assert len(svc.audit_trail()) == 1
+    svc.close()

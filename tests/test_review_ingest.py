@@ -1,6 +1,7 @@
 """The review service's consumer against the real broker: killed (SIGKILL) twice mid-stream and restarted,
 it ends with every committed decision exactly once in its database, resuming from the offsets stored with
-the cases; decisions of an aborted transaction never appear (read_committed)."""
+the cases; decisions of an aborted transaction never appear (read_committed). Against SQLite and against
+a real PostgreSQL server (named there by the review command's environment variable, not by --db)."""
 
 from __future__ import annotations
 
@@ -29,24 +30,39 @@ def record(i: int) -> bytes:
                          "event_ts": now, "decided_at": now})
 
 
-def count(db, sql="SELECT count(*) FROM decisions") -> int:
+def rows(db: str, sql: str, args=()) -> list[tuple]:
+    """Read the consumer's database from outside it (its own client, not the store)."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db, connect_timeout=10) as c:
+            return [tuple(r) for r in c.execute(sql.replace("%", "%%").replace("?", "%s"), args).fetchall()]
+    with sqlite3.connect(db.removeprefix("sqlite:///"), timeout=30) as c:
+        return c.execute(sql, args).fetchall()
+
+
+def count(db: str, sql="SELECT count(*) FROM decisions") -> int:
     try:
-        with sqlite3.connect(db, timeout=30) as c:
-            return c.execute(sql).fetchone()[0]
+        return rows(db, sql)[0][0]
     except sqlite3.OperationalError as e:
         if "no such table" in str(e) or "unable to open" in str(e):  # not created yet
             return 0
         raise
+    except Exception as e:
+        if type(e).__name__ == "UndefinedTable":  # PostgreSQL: not created yet
+            return 0
+        raise
 
 
-def test_consumer_killed_mid_stream_loses_and_doubles_nothing(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_consumer_killed_mid_stream_loses_and_doubles_nothing(kafka_bootstrap, tmp_path, request, backend):
     from kafka import KafkaProducer
 
-    topic = "rvk.decisions"
+    topic = f"rvk.decisions.{backend}"
     topics.ensure_topics(kafka_bootstrap, [topics.TopicSpec(topic, 2, topics.APPEND_TIME)])
     total = 12_000
     # an aborted transaction first: a read_committed consumer must never store these
-    tx = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id="rvk-aborted")
+    tx = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"rvk-aborted-{backend}")
     tx.init_transactions()
     tx.begin_transaction()
     for i in range(200):
@@ -67,11 +83,15 @@ def test_consumer_killed_mid_stream_loses_and_doubles_nothing(kafka_bootstrap, t
         p.flush()
         p.close()
 
-    db = tmp_path / "review.db"
     env = {**os.environ, "RISKSTREAM_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "riskstream.cli", "review", "ingest", "--db", f"sqlite:///{db}",
-           "--bootstrap-servers", kafka_bootstrap, "--decisions-topic", topic, "--events-topic", "",
-           "--control-topic", ""]
+    cmd = [sys.executable, "-m", "riskstream.cli", "review", "ingest", "--bootstrap-servers", kafka_bootstrap,
+           "--decisions-topic", topic, "--events-topic", "", "--control-topic", ""]
+    if backend == "sqlite":
+        db = f"sqlite:///{tmp_path / 'review.db'}"
+        cmd += ["--db", db]
+    else:
+        db = request.getfixturevalue("pg_url")
+        env["RISKSTREAM_REVIEW_DB"] = db  # the review command's variable names the database
 
     log = open(tmp_path / "ingest.log", "ab")
 
@@ -117,8 +137,8 @@ def test_consumer_killed_mid_stream_loses_and_doubles_nothing(kafka_bootstrap, t
     assert count(db, "SELECT count(DISTINCT event_id) FROM cases") == want_cases
     # the stored offset of each partition is just past its last stored decision, and every decision
     # offset after the aborted transaction is there once (the primary key is the topic position)
-    with sqlite3.connect(db) as conn:
-        stored = {p: o for p, o in conn.execute("SELECT part, next_offset FROM offsets WHERE topic = ?", (topic,))}
-        for part, (lo, hi, n) in {p: (lo, hi, n) for p, lo, hi, n in conn.execute(
-                "SELECT part, min(off), max(off), count(*) FROM decisions GROUP BY part")}.items():
-            assert stored[part] == hi + 1 and n == hi - lo + 1, (part, lo, hi, n, stored)
+    stored = dict(rows(db, "SELECT part, next_offset FROM offsets WHERE topic = ?", (topic,)))
+    for part, lo, hi, n in rows(db, "SELECT part, min(off), max(off), count(*) FROM decisions GROUP BY part"):
+        assert stored[part] == hi + 1 and n == hi - lo + 1, (part, lo, hi, n, stored)
+    if backend == "postgresql":
+        assert "postgresql://" in tail()  # the consumer said where it writes

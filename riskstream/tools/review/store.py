@@ -1,8 +1,15 @@
 """The review service's database: cases, decision history, consumed offsets, analysts, sessions, the label
 outbox and the append-only audit trail.
 
-SQLite (standard library) by default. The database is named by a URL, ``sqlite:///relative/path.db`` or
-``sqlite:////absolute/path.db`` (a plain path works too); other schemes are refused with a clear message.
+SQLite (standard library) by default; PostgreSQL by configuration. The database is named by a URL:
+``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (a plain path works too), or
+``postgresql://user@host:port/dbname`` (``postgres://`` too; libpq's own settings, ``PGPASSWORD`` or
+``~/.pgpass``, give the password, so it need not be in the URL). Other schemes are refused with a clear
+message. PostgreSQL needs the ``review`` extra's driver (psycopg 3).
+
+Every difference between the two is in this module, in :class:`SQLite` and :class:`Postgres` (connecting,
+column types, placeholders, rows, the transaction start, the audit trail's triggers); the SQL of the store
+itself is written once (``?`` placeholders, ``ON CONFLICT`` upserts and ``RETURNING``, which both accept).
 
 Exactly once from Kafka: :meth:`Store.ingest` writes a batch of consumed records *and* the next offset of
 every partition it read in one transaction. The consumer resumes from these offsets (never from a consumer
@@ -14,25 +21,29 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import orjson
 
+# The tables, once for both databases: {id} is the auto-numbered key, {i64} a 64-bit integer (offsets and
+# millisecond times), {f64} a double. The audit trail's triggers are each backend's own (AUDIT_TRIGGERS).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (
-    topic TEXT NOT NULL, part INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    topic TEXT NOT NULL, part INTEGER NOT NULL, next_offset {i64} NOT NULL,
     PRIMARY KEY (topic, part));
 -- every consumed decision (all kinds), slim: the history a case page shows; keyed by its position
 CREATE TABLE IF NOT EXISTS decisions (
-    topic TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,
+    topic TEXT NOT NULL, part INTEGER NOT NULL, off {i64} NOT NULL,
     decision_id TEXT, event_id TEXT NOT NULL, user_id TEXT NOT NULL, device_id TEXT NOT NULL,
-    event_type TEXT, decision TEXT NOT NULL, score REAL, model_version TEXT, reasons TEXT,
-    event_ts INTEGER, decided_at INTEGER, consumed_at INTEGER NOT NULL,
+    event_type TEXT, decision TEXT NOT NULL, score {f64}, model_version TEXT, reasons TEXT,
+    event_ts {i64}, decided_at {i64}, consumed_at {i64} NOT NULL,
     PRIMARY KEY (topic, part, off));
 CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id, event_ts);
 CREATE INDEX IF NOT EXISTS decisions_device ON decisions (device_id, event_ts);
@@ -40,41 +51,39 @@ CREATE INDEX IF NOT EXISTS decisions_event ON decisions (event_id, user_id);
 CREATE INDEX IF NOT EXISTS decisions_decided ON decisions (decided_at);
 -- events waiting for their decision; kept only for cases (an allow decision drops its event)
 CREATE TABLE IF NOT EXISTS events (
-    event_id TEXT NOT NULL, user_id TEXT NOT NULL, body TEXT NOT NULL, seen_at INTEGER NOT NULL,
+    event_id TEXT NOT NULL, user_id TEXT NOT NULL, body TEXT NOT NULL, seen_at {i64} NOT NULL,
     PRIMARY KEY (event_id, user_id));
 CREATE INDEX IF NOT EXISTS events_seen ON events (seen_at);
 CREATE TABLE IF NOT EXISTS cases (
-    case_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    case_id {id},
     event_id TEXT NOT NULL, user_id TEXT NOT NULL, device_id TEXT NOT NULL, event_type TEXT,
     kind TEXT NOT NULL,                       -- the model's decision: review or block
-    score REAL, shadow_score REAL, shadow_decision TEXT, model_version TEXT, rules_version TEXT,
+    score {f64}, shadow_score {f64}, shadow_decision TEXT, model_version TEXT, rules_version TEXT,
     record TEXT NOT NULL,                     -- the decision record as consumed
-    event_ts INTEGER, decided_at INTEGER, opened_at INTEGER NOT NULL,
+    event_ts {i64}, decided_at {i64}, opened_at {i64} NOT NULL,
     status TEXT NOT NULL DEFAULT 'open',      -- open | closed
-    verdict TEXT, note TEXT, analyst TEXT, closed_at INTEGER,
+    verdict TEXT, note TEXT, analyst TEXT, closed_at {i64},
     UNIQUE (event_id, user_id));
 CREATE INDEX IF NOT EXISTS cases_queue ON cases (status, kind, decided_at);
 CREATE TABLE IF NOT EXISTS case_rules (
-    case_id INTEGER NOT NULL REFERENCES cases (case_id), rule TEXT NOT NULL, PRIMARY KEY (case_id, rule));
-CREATE TABLE IF NOT EXISTS rulesets (version TEXT PRIMARY KEY, body TEXT NOT NULL, seen_at INTEGER NOT NULL);
+    case_id {i64} NOT NULL REFERENCES cases (case_id), rule TEXT NOT NULL, PRIMARY KEY (case_id, rule));
+CREATE TABLE IF NOT EXISTS rulesets (version TEXT PRIMARY KEY, body TEXT NOT NULL, seen_at {i64} NOT NULL);
 -- one label per case, sent once: written with the verdict, marked sent with its topic position
 CREATE TABLE IF NOT EXISTS label_outbox (
-    case_id INTEGER PRIMARY KEY REFERENCES cases (case_id), event_id TEXT NOT NULL, body TEXT NOT NULL,
-    created_at INTEGER NOT NULL, attempted_at INTEGER, sent_at INTEGER, sent_part INTEGER, sent_offset INTEGER);
+    case_id {i64} PRIMARY KEY REFERENCES cases (case_id), event_id TEXT NOT NULL, body TEXT NOT NULL,
+    created_at {i64} NOT NULL, attempted_at {i64}, sent_at {i64}, sent_part INTEGER, sent_offset {i64});
 CREATE TABLE IF NOT EXISTS users (
-    username TEXT PRIMARY KEY, pw_hash TEXT NOT NULL, created_at INTEGER NOT NULL,
+    username TEXT PRIMARY KEY, pw_hash TEXT NOT NULL, created_at {i64} NOT NULL,
     disabled INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY, username TEXT NOT NULL REFERENCES users (username), csrf TEXT NOT NULL,
-    created_at INTEGER NOT NULL, last_seen INTEGER NOT NULL);
+    created_at {i64} NOT NULL, last_seen {i64} NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+    id {id}, at {i64} NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT, detail TEXT, remote TEXT);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 """
+
+APPEND_ONLY = "the audit trail is append-only"
 
 VERDICTS = ("fraud", "legit")
 KINDS = ("review", "block")
@@ -97,17 +106,260 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+
+
+def backend_name(url: str) -> str:
+    """``sqlite`` or ``postgresql`` for a database URL (a plain path is SQLite); other schemes refused."""
+    if "://" not in url:
+        return "sqlite"
+    scheme = url.partition("://")[0].lower()
+    if scheme not in SCHEMES:
+        raise ValueError(f"database URL {redact(url)!r}: unknown scheme {scheme!r} (use sqlite:///path.db or "
+                         "postgresql://user@host:port/dbname)")
+    return SCHEMES[scheme]
+
+
 def db_path(url: str) -> Path:
-    """``sqlite:///rel.db``, ``sqlite:////abs.db`` or a plain path -> the file; other schemes refused."""
+    """``sqlite:///rel.db``, ``sqlite:////abs.db`` or a plain path -> the file."""
+    if backend_name(url) != "sqlite":
+        raise ValueError(f"database URL {redact(url)!r} is not a SQLite file")
     if "://" not in url:
         return Path(url)
-    scheme, _, rest = url.partition("://")
-    if scheme != "sqlite":
-        raise ValueError(f"database URL {url.split('@')[-1]!r}: only sqlite:/// is supported by this release "
-                         "(use sqlite:///relative/path.db or sqlite:////absolute/path.db)")
+    rest = url.partition("://")[2]
     if not rest.startswith("/"):
         raise ValueError(f"database URL {url!r}: write sqlite:///path.db (three slashes)")
     return Path(rest[1:])  # "/rel.db" -> rel.db, "//abs.db" -> /abs.db
+
+
+def redact(url: str) -> str:
+    """The URL without a password (in its user part or a ``password=`` parameter), for messages and logs."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    try:
+        u = urlsplit(url)
+        netloc = u.netloc
+        if "@" in netloc:
+            cred, host = netloc.rsplit("@", 1)
+            if ":" in cred:
+                netloc = f"{cred.split(':', 1)[0]}:***@{host}"
+        query = u.query
+        if query:
+            query = urlencode([(k, "***" if k.lower() == "password" else v)
+                               for k, v in parse_qsl(query, keep_blank_values=True)], safe="*")
+        return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
+    except ValueError:
+        return url.partition("://")[0] + "://***"
+
+
+# -- the two databases: every difference between them is here ------------------------------------------
+
+class Row:
+    """A result row as ``sqlite3.Row`` gives it: by position and by column name, ``keys()``, ``dict(row)``."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: dict[str, int], values):
+        self._names = names
+        self._values = tuple(values)
+
+    def __getitem__(self, key):
+        return self._values[key if isinstance(key, (int, slice)) else self._names[key]]
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._names, self._values))!r})"
+
+
+class SQLite:
+    """The default: one file, WAL mode (readers never wait for the consumer), IMMEDIATE transactions."""
+
+    name = "sqlite"
+    begin = "BEGIN IMMEDIATE"  # take the write lock up front: a read-then-write never fails half way
+    types = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "i64": "INTEGER", "f64": "REAL"}
+    audit_triggers = f"""
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+"""
+    Error = sqlite3.Error
+    IntegrityError = sqlite3.IntegrityError  # what the audit trail's triggers raise
+
+    def __init__(self, url: str):
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise ValueError(f"SQLite {sqlite3.sqlite_version} is too old for the review store (3.35 or newer: "
+                             "RETURNING)")
+        self.path = db_path(url)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def connect(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+        c.row_factory = sqlite3.Row
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=FULL")  # a committed case survives a power cut, not just a crash
+        c.execute("PRAGMA foreign_keys=ON")
+        return c
+
+    @staticmethod
+    def alive(c) -> bool:
+        return True
+
+    def create_schema(self, c) -> None:
+        c.executescript(SCHEMA.format(**self.types) + self.audit_triggers)  # idempotent; manages its transaction
+
+    @staticmethod
+    def close(c) -> None:
+        c.close()
+
+
+@lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """The store's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled). The store's SQL has no
+    ``?`` inside a string literal."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _pg_rows(cursor):
+    """psycopg row factory: :class:`Row` (by position and by name, as SQLite's rows)."""
+    desc = cursor.description or ()
+    names: dict[str, int] = {}
+    for i, d in enumerate(desc):
+        names.setdefault(d.name, i)  # a repeated name is its first column, as in sqlite3.Row
+    return lambda values: Row(names, values)
+
+
+class _PgConn:
+    """A psycopg connection that takes the store's SQL (``?`` placeholders) like a ``sqlite3.Connection``."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def execute(self, sql: str, args=()):
+        return self.raw.execute(_pg_sql(sql), tuple(args))
+
+    def script(self, sql: str) -> None:
+        self.raw.execute(sql)  # no parameters: several statements in one call
+
+
+class Postgres:
+    """PostgreSQL by configuration (psycopg 3): autocommit connections, one per thread, with explicit
+    READ COMMITTED transactions; the audit trail is append-only by a statement trigger that refuses UPDATE,
+    DELETE and TRUNCATE."""
+
+    name = "postgresql"
+    begin = "BEGIN"
+    types = {"id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "i64": "BIGINT", "f64": "DOUBLE PRECISION"}
+    # created only when missing: a service whose role does not own the tables (so cannot drop the trigger)
+    # starts on a schema an owner created
+    audit_triggers = f"""
+DO $$ BEGIN
+    IF to_regprocedure('riskstream_audit_append_only()') IS NULL THEN
+        CREATE FUNCTION riskstream_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            RAISE EXCEPTION '{APPEND_ONLY}' USING ERRCODE = 'integrity_constraint_violation';
+        END $f$;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_append_only' AND tgrelid = 'audit'::regclass) THEN
+        CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit
+            FOR EACH STATEMENT EXECUTE FUNCTION riskstream_audit_append_only();
+    END IF;
+END $$;
+"""
+    SCHEMA_LOCK = 0x72736B72  # an advisory lock: two services starting at once create the schema one at a time
+
+    def __init__(self, url: str):
+        try:
+            import psycopg
+        except ImportError as e:
+            raise ValueError("a postgresql:// database needs the psycopg driver: pip install "
+                             "'riskstream[review]'") from e
+        self.psycopg = psycopg
+        self.url = url
+        self.Error = psycopg.Error
+        self.IntegrityError = psycopg.IntegrityError
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    def connect(self) -> _PgConn:
+        try:
+            raw = self.psycopg.connect(self.url, autocommit=True, row_factory=_pg_rows, connect_timeout=10,
+                                       application_name="riskstream-review")
+        except self.psycopg.OperationalError as e:
+            raise ConnectionError(f"PostgreSQL at {self.describe()}: {str(e).strip()}") from None
+        return _PgConn(raw)
+
+    @staticmethod
+    def alive(c: _PgConn) -> bool:
+        return not (c.raw.closed or c.raw.broken)  # after a lost connection the next call reconnects
+
+    def create_schema(self, c: _PgConn) -> None:
+        with _Tx(c, self.begin):
+            c.execute("SELECT pg_advisory_xact_lock(?)", (self.SCHEMA_LOCK,))
+            # CREATE ... IF NOT EXISTS still needs the CREATE privilege: run it only when something is missing,
+            # so a role without it (and without ownership of the trail) works on a schema made by the owner
+            names = re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA)
+            if c.execute("SELECT count(*) FROM unnest(?::text[]) t WHERE to_regclass(t) IS NULL",
+                         (names,)).fetchone()[0]:
+                c.script(SCHEMA.format(**self.types))
+            c.script(self.audit_triggers)
+
+    @staticmethod
+    def close(c: _PgConn) -> None:
+        c.raw.close()
+
+
+def backend_for(url: str):
+    return Postgres(url) if backend_name(url) == "postgresql" else SQLite(url)
+
+
+# -- values from records, checked before they reach the database --------------------------------------
+# SQLite would store any value in any column; PostgreSQL refuses a wrong type or a NUL character, and a
+# refused statement would fail the whole batch (and every retry of it). So a record's values are checked
+# first: one that does not fit is counted unreadable and skipped, on both databases alike.
+
+INT64 = 2 ** 63
+
+
+def _text(v) -> str | None:
+    if v is None:
+        return None
+    s = v if isinstance(v, str) else str(v)
+    if "\x00" in s:
+        raise ValueError("a NUL character in a text field")
+    return s
+
+
+def _int(v) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, float) and v == v and abs(v) < INT64:
+        v = int(v)
+    if not isinstance(v, int) or not -INT64 <= v < INT64:
+        raise ValueError(f"not a 64-bit integer: {v!r}")
+    return int(v)
+
+
+def _float(v) -> float | None:
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)):
+        raise ValueError(f"not a number: {v!r}")
+    return float(v)
 
 
 # -- passwords: scrypt from the standard library ----------------------------------------------------------
@@ -154,29 +406,33 @@ class Consumed:
 
 
 class Store:
-    """One database; a connection per thread (SQLite in WAL mode: readers never wait for the consumer)."""
+    """One database (:class:`SQLite` or :class:`Postgres`, by the URL); a connection per thread."""
 
     def __init__(self, url: str):
-        self.path = db_path(url)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.backend = backend_for(url)
+        self.url = self.backend.describe()  # without a password
         self.local = threading.local()
-        self.conn().executescript(SCHEMA)  # idempotent (IF NOT EXISTS); executescript manages its transaction
+        self.backend.create_schema(self.conn())  # idempotent (IF NOT EXISTS)
 
-    def conn(self) -> sqlite3.Connection:
+    def conn(self):
+        """This thread's connection: a ``sqlite3.Connection``, or for PostgreSQL one that takes the same SQL."""
         c = getattr(self.local, "conn", None)
-        if c is None:
-            c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            c.row_factory = sqlite3.Row
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=FULL")  # a committed case survives a power cut, not just a crash
-            c.execute("PRAGMA foreign_keys=ON")
+        if c is None or not self.backend.alive(c):
+            c = self.backend.connect()
             self.local.conn = c
         return c
 
-    def tx(self):
-        return _Tx(self.conn())
+    def close(self) -> None:
+        """Close this thread's connection (the next call opens a new one)."""
+        c = getattr(self.local, "conn", None)
+        if c is not None:
+            self.local.conn = None
+            self.backend.close(c)
 
-    def query(self, sql: str, args=()) -> list[sqlite3.Row]:
+    def tx(self):
+        return _Tx(self.conn(), self.backend.begin)
+
+    def query(self, sql: str, args=()) -> list[Row]:
         return self.conn().execute(sql, args).fetchall()
 
     def one(self, sql: str, args=()):
@@ -205,8 +461,9 @@ class Store:
                     except ControlError:
                         continue  # the job refuses it too (a dead letter there)
                     if msg["kind"] == "rules":
-                        c.execute("INSERT OR REPLACE INTO rulesets VALUES (?, ?, ?)",
-                                  (msg["version"], r.value.decode(), t))
+                        c.execute("INSERT INTO rulesets VALUES (?, ?, ?) ON CONFLICT (version) DO UPDATE SET "
+                                  "body = excluded.body, seen_at = excluded.seen_at",
+                                  (_text(msg["version"]), _text(r.value.decode()), t))
                         n["rulesets"] += 1
                     continue
                 try:
@@ -217,7 +474,7 @@ class Store:
                         self.ingest_event(c, obj, r.value, t, n)
                     else:
                         self.ingest_decision(c, r, obj, t, n)
-                except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+                except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
                     n["unreadable"] += 1  # malformed events are the job's dead letters; counted, skipped
             for (topic, part), off in next_offsets.items():
                 c.execute("INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, part) DO UPDATE SET "
@@ -228,11 +485,11 @@ class Store:
 
     @staticmethod
     def ingest_event(c, ev: dict, raw: bytes, t: int, n: dict) -> None:
-        eid, uid = str(ev["event_id"]), str(ev["user_id"])
+        eid, uid, body = _text(ev["event_id"]), _text(ev["user_id"]), _text(raw.decode())
         done = c.execute("SELECT 1 FROM decisions WHERE event_id = ? AND user_id = ? AND decision = 'allow'",
                          (eid, uid)).fetchone()
         if done is None:
-            c.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)", (eid, uid, raw.decode(), t))
+            c.execute("INSERT INTO events VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (eid, uid, body, t))
             n["events"] += 1
 
     @staticmethod
@@ -240,28 +497,35 @@ class Store:
         kind = d["decision"]
         if kind not in ("allow", "review", "block"):
             raise ValueError(f"unknown decision {kind!r}")
-        eid, uid, did = str(d["event_id"]), str(d["user_id"]), str(d["device_id"])
+        # every value checked before the first statement: a record is stored whole or counted unreadable
+        eid, uid, did = _text(d["event_id"]), _text(d["user_id"]), _text(d["device_id"])
+        etype, model, rules_v = _text(d.get("event_type")), _text(d.get("model_version")), _text(d.get("rules_version"))
+        score, event_ts, decided_at = _float(d.get("score")), _int(d.get("event_ts")), _int(d.get("decided_at"))
+        shadow = d.get("shadow") or {}
+        if not isinstance(shadow, dict):
+            raise ValueError("shadow is not an object")
+        shadow_score, shadow_decision = _float(shadow.get("score")), _text(shadow.get("decision"))
+        reasons = d.get("reasons") or []
+        rules = [_text(x[5:]) for x in reasons if isinstance(x, str) and x.startswith("rule:")] \
+            if isinstance(reasons, list) else []
+        record = _text(r.value.decode())
         c.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  (r.topic, r.part, r.offset, d.get("decision_id"), eid, uid, did, d.get("event_type"), kind,
-                   d.get("score"), d.get("model_version"), orjson.dumps(d.get("reasons") or []).decode(),
-                   d.get("event_ts"), d.get("decided_at"), t))
+                  (r.topic, r.part, r.offset, _text(d.get("decision_id")), eid, uid, did, etype, kind,
+                   score, model, orjson.dumps(reasons).decode(), event_ts, decided_at, t))
         n["decisions"] += 1
         if kind == "allow":
             c.execute("DELETE FROM events WHERE event_id = ? AND user_id = ?", (eid, uid))
             return
-        shadow = d.get("shadow") or {}
-        cur = c.execute(
-            "INSERT OR IGNORE INTO cases (event_id, user_id, device_id, event_type, kind, score, shadow_score, "
+        row = c.execute(
+            "INSERT INTO cases (event_id, user_id, device_id, event_type, kind, score, shadow_score, "
             "shadow_decision, model_version, rules_version, record, event_ts, decided_at, opened_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (eid, uid, did, d.get("event_type"), kind, d.get("score"), shadow.get("score"), shadow.get("decision"),
-             d.get("model_version"), d.get("rules_version"), r.value.decode(), d.get("event_ts"),
-             d.get("decided_at"), t))
-        if cur.rowcount:  # a re-decision of the same event (replay, new model) keeps the first case
-            case_id = cur.lastrowid
-            for reason in d.get("reasons") or []:
-                if isinstance(reason, str) and reason.startswith("rule:"):
-                    c.execute("INSERT OR IGNORE INTO case_rules VALUES (?, ?)", (case_id, reason[5:]))
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, user_id) DO NOTHING "
+            "RETURNING case_id",
+            (eid, uid, did, etype, kind, score, shadow_score, shadow_decision, model, rules_v, record, event_ts,
+             decided_at, t)).fetchone()
+        if row is not None:  # a re-decision of the same event (replay, new model) keeps the first case
+            for rule in rules:
+                c.execute("INSERT INTO case_rules VALUES (?, ?) ON CONFLICT DO NOTHING", (row[0], rule))
             n["cases"] += 1
 
     def prune(self, history_ms: int) -> None:
@@ -275,7 +539,7 @@ class Store:
     # -- the queue -------------------------------------------------------------------------------------
 
     def queue(self, kind: str = "review", sort: str = "oldest", event_type: str | None = None,
-              rule: str | None = None, model_version: str | None = None, limit: int = 200) -> list[sqlite3.Row]:
+              rule: str | None = None, model_version: str | None = None, limit: int = 200) -> list[Row]:
         where, args = ["status = 'open'", "kind = ?"], [kind]
         if event_type:
             where.append("event_type = ?")
@@ -286,7 +550,9 @@ class Store:
         if rule:
             where.append("case_id IN (SELECT case_id FROM case_rules WHERE rule = ?)")
             args.append(rule)
-        order = "decided_at ASC, case_id ASC" if sort == "oldest" else "score IS NULL, score DESC, case_id ASC"
+        # NULLS spelled out: the two databases place them differently by default
+        order = ("decided_at ASC NULLS FIRST, case_id ASC" if sort == "oldest"
+                 else "score IS NULL, score DESC, case_id ASC")
         return self.query(f"SELECT case_id, event_id, user_id, device_id, event_type, kind, score, shadow_score, "
                           f"model_version, decided_at, opened_at, record FROM cases WHERE {' AND '.join(where)} "
                           f"ORDER BY {order} LIMIT ?", (*args, limit))
@@ -296,12 +562,13 @@ class Store:
         base = "FROM cases WHERE status = 'open' AND kind = ?"
         return {
             "event_type": [(r[0], r[1]) for r in self.query(
-                f"SELECT event_type, count(*) {base} GROUP BY event_type ORDER BY 2 DESC", (kind,))],
+                f"SELECT event_type, count(*) {base} GROUP BY event_type ORDER BY 2 DESC, 1 NULLS FIRST", (kind,))],
             "model_version": [(r[0], r[1]) for r in self.query(
-                f"SELECT model_version, count(*) {base} GROUP BY model_version ORDER BY 2 DESC", (kind,))],
+                f"SELECT model_version, count(*) {base} GROUP BY model_version ORDER BY 2 DESC, 1 NULLS FIRST",
+                (kind,))],
             "rule": [(r[0], r[1]) for r in self.query(
                 "SELECT rule, count(*) FROM case_rules JOIN cases USING (case_id) WHERE status = 'open' AND "
-                "kind = ? GROUP BY rule ORDER BY 2 DESC", (kind,))],
+                "kind = ? GROUP BY rule ORDER BY 2 DESC, 1", (kind,))],
         }
 
     def counts(self) -> dict:
@@ -315,16 +582,18 @@ class Store:
         return out
 
     def case(self, case_id: int):
+        if not 0 < case_id < INT64:
+            return None
         return self.one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
 
     def case_event(self, case) -> dict | None:
         r = self.one("SELECT body FROM events WHERE event_id = ? AND user_id = ?", (case["event_id"], case["user_id"]))
         return orjson.loads(r["body"]) if r else None
 
-    def recent(self, column: str, value: str, limit: int = 20) -> list[sqlite3.Row]:
+    def recent(self, column: str, value: str, limit: int = 20) -> list[Row]:
         assert column in ("user_id", "device_id")
         return self.query(f"SELECT event_id, user_id, device_id, event_type, decision, score, reasons, event_ts, "
-                          f"decided_at FROM decisions WHERE {column} = ? ORDER BY event_ts DESC LIMIT ?",
+                          f"decided_at FROM decisions WHERE {column} = ? ORDER BY event_ts DESC NULLS LAST LIMIT ?",
                           (value, limit))
 
     def ruleset(self, version: str | None) -> dict | None:
@@ -343,16 +612,23 @@ class Store:
             raise StoreError(400, f"verdict must be one of {', '.join(VERDICTS)}")
         if len(note) > MAX_NOTE:
             raise StoreError(400, f"the note is limited to {MAX_NOTE} characters")
+        if "\x00" in note:
+            raise StoreError(400, "the note has a NUL character")
+        if not 0 < case_id < INT64:
+            raise StoreError(404, f"no case {case_id}")
         t = now_ms()
         with self.tx() as c:
             case = c.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
             if case is None:
                 raise StoreError(404, f"no case {case_id}")
+            closed = StoreError(409, f"case {case_id} already has a verdict ({case['verdict']} by "
+                                     f"{case['analyst']}); nothing was changed")
             if case["status"] != "open":
-                raise StoreError(409, f"case {case_id} already has a verdict ({case['verdict']} by "
-                                      f"{case['analyst']}); nothing was changed")
-            c.execute("UPDATE cases SET status = 'closed', verdict = ?, note = ?, analyst = ?, closed_at = ? "
-                      "WHERE case_id = ? AND status = 'open'", (verdict, note, analyst, t, case_id))
+                raise closed
+            cur = c.execute("UPDATE cases SET status = 'closed', verdict = ?, note = ?, analyst = ?, closed_at = ? "
+                            "WHERE case_id = ? AND status = 'open'", (verdict, note, analyst, t, case_id))
+            if cur.rowcount != 1:  # PostgreSQL: another verdict committed between the read and the update
+                raise StoreError(409, f"case {case_id} got another verdict meanwhile; nothing was changed")
             label = {"event_id": case["event_id"], "user_id": case["user_id"], "device_id": case["device_id"],
                      "event_ts": case["event_ts"], "label": verdict}
             c.execute("INSERT INTO label_outbox (case_id, event_id, body, created_at) VALUES (?, ?, ?, ?)",
@@ -362,7 +638,7 @@ class Store:
                            "note": note}, remote, t)
         return label
 
-    def pending_labels(self) -> list[sqlite3.Row]:
+    def pending_labels(self) -> list[Row]:
         return self.query("SELECT * FROM label_outbox WHERE sent_at IS NULL ORDER BY case_id")
 
     def label_attempt(self, case_id: int) -> None:
@@ -439,7 +715,7 @@ class Store:
         with self.tx() as c:
             self.audit_in(c, who, action, target, detail, remote, now_ms())
 
-    def audit_trail(self, limit: int = 200) -> list[sqlite3.Row]:
+    def audit_trail(self, limit: int = 200) -> list[Row]:
         return self.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
 
     # -- metrics ---------------------------------------------------------------------------------------
@@ -451,7 +727,7 @@ class Store:
                           "GROUP BY verdict", (t - 3600_000,))
         total = self.query("SELECT kind, verdict, count(*) AS n FROM cases WHERE status = 'closed' "
                            "GROUP BY kind, verdict")
-        agree = self.one("SELECT count(*) AS n, sum(CASE WHEN (verdict = 'fraud') = (score >= ?) THEN 1 ELSE 0 END) "
+        agree = self.one("SELECT count(*) AS n, count(CASE WHEN (verdict = 'fraud') = (score >= ?) THEN 1 END) "
                          "AS a FROM cases WHERE status = 'closed' AND score IS NOT NULL", (review_threshold,))
         pending = self.one("SELECT count(*) FROM label_outbox WHERE sent_at IS NULL")[0]
         oldest = c.get("oldest_review_decided_at")
@@ -467,18 +743,33 @@ class Store:
 
 
 class _Tx:
-    """``with store.tx() as c:`` one IMMEDIATE transaction: committed on success, rolled back on any error."""
+    """``with store.tx() as c:`` one transaction (SQLite: IMMEDIATE): committed on success, rolled back on any
+    error."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn, begin: str):
         self.c = conn
+        self.begin = begin
 
-    def __enter__(self) -> sqlite3.Connection:
-        self.c.execute("BEGIN IMMEDIATE")
+    def __enter__(self):
+        self.c.execute(self.begin)
         return self.c
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.c.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self.c.execute("COMMIT")
+                return False
+            except BaseException:
+                self.rollback()
+                raise
+        self.rollback()
         return False
+
+    def rollback(self) -> None:
+        try:
+            self.c.execute("ROLLBACK")
+        except Exception:  # the connection is gone: the server dropped the transaction with it
+            pass
 
 
 def random_password() -> str:

@@ -107,6 +107,10 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
 
     @app.before_request
     def require_session():
+        g.session, g.token = None, None
+        if "\x00" in request.path or any("\x00" in v for d in (request.args, request.form)
+                                         for vs in d.listvalues() for v in vs):
+            return error(400, "the request has a NUL character; nothing was changed")  # no database stores it
         g.session = store.session(request.cookies.get(SESSION_COOKIE))
         g.token = request.cookies.get(SESSION_COOKIE)
         if request.endpoint in PUBLIC or request.endpoint is None:
