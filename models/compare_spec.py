@@ -75,6 +75,36 @@ def _row(m: dict) -> dict:
             "recall_at_budget": m["recall_at_budget"]}
 
 
+def _short(m: dict) -> str:
+    return {"older spec, as shipped": f"{m['model']} as shipped", "ablation": "older features retrained",
+            "current spec": f"{m['model']} retrained"}.get(m["role"], m["model"])
+
+
+def markdown(res: dict) -> str:
+    """The comparison as two Markdown tables: headline figures, then per scenario."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    ms = res["models"]
+    lines = ["| model | features | ROC AUC | average precision | user precision top-100 per day | "
+             "card precision top-100 per day |", "|---|---|---|---|---|---|"]
+    for m in ms:
+        pk = m["precision_at_k_per_day"]
+        lines.append(f"| {m['model']} ({m['role']}) | {m['features']} | {m['roc_auc']:.4f} | "
+                     f"{m['average_precision']:.4f} | {pct(pk.get('user'))} | {pct(pk.get('payment_ref'))} |")
+    scen = sorted(ms[0]["by_scenario"])
+    key = next(k for k in ms[0]["by_scenario"][scen[0]] if k.startswith("recall_at_"))
+    lines += ["", "Per scenario: average precision of its events against the normal ones / share of its events "
+              f"in the top {100 * float(key.split('_')[-1]):g} % of all held-out events by score:", "",
+              "| scenario | events | " + " | ".join(_short(m) for m in ms) + " |",
+              "|---|---|" + "---|" * len(ms)]
+    for sname in scen:
+        cells = [f"{m['by_scenario'][sname]['average_precision_vs_normal']:.3f} / {pct(m['by_scenario'][sname][key])}"
+                 for m in ms]
+        lines.append(f"| {sname} | {ms[0]['by_scenario'][sname]['events']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generate", type=int, default=200_000)
@@ -85,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation", action="store_true", help="also train on the older features of the same rows")
     ap.add_argument("--class-weight", choices=["balanced"], default=None, help="for the ablation model")
     ap.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    ap.add_argument("--markdown", type=Path, help="render a JSON result of this command as Markdown tables and exit")
     ap.add_argument("--scenario-budget", type=float, default=0.15,
                     help="review budget of the per-scenario recall (about the fraud share) [default 0.15]")
     a = ap.parse_args(argv)
+    if a.markdown:
+        print(markdown(orjson.loads(a.markdown.read_bytes())))
+        return 0
     data = generated_dataset(a.generate, [int(s) for s in a.seed.split(",")], days=a.days)
     tr, te, split = split_rows(data.ts)
     y, ts = data.y[te], data.ts[te]
