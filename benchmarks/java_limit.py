@@ -73,10 +73,14 @@ INEXACT_WHY = {
                   "(differs under disorder, by at most the 3 s disorder)",
     "age": "MIN(ts) over every event of the key up to t in event time; the job's first ts among events "
            "arrived so far (differs under disorder)",
+    "fraud_labels": "always 0: the SQL contender reads no labels (the job without a labels topic gives 0 too)",
+    "fraud_share": "always 0: the SQL contender reads no labels (the job without a labels topic gives 0 too)",
 }
 
 
 def _ms(ms: int) -> str:
+    if ms % 86_400_000 == 0 and ms > 86_400_000:
+        return f"{ms // 86_400_000} d"
     if ms % 3_600_000 == 0:
         return f"{ms // 3_600_000} h"
     return f"{ms // 60_000} min" if ms % 60_000 == 0 else f"{ms / 1000:g} s"
@@ -99,7 +103,7 @@ INEXACT = {f.name: w for f in FEATURES if (w := inexact(f))}
 
 
 def _interval(ms: int) -> str:
-    for unit, size in (("HOUR", 3_600_000), ("MINUTE", 60_000), ("SECOND", 1_000)):
+    for unit, size in (("HOUR", 3_600_000), ("DAY", 86_400_000), ("MINUTE", 60_000), ("SECOND", 1_000)):
         if ms % size == 0 and ms // size < 100:
             return f"INTERVAL '{ms // size}' {unit}"
     return f"INTERVAL '{ms / 1000:.3f}' SECOND"
@@ -120,6 +124,8 @@ def feature_sql(f: Feature) -> str:
         return f"COALESCE(CAST(ts - LAG(ts) OVER w AS DOUBLE), {MISSING})"
     if f.agg == "age":
         return "CAST(ts - MIN(ts) OVER w AS DOUBLE)"
+    if f.agg in ("fraud_labels", "fraud_share"):  # no labels here: 0, over the stage's window like the others
+        return "CAST(0 * COUNT(*) OVER w AS DOUBLE)"
     cond = f"event_type IN ({', '.join(map(_quote, f.event_types))})" if f.event_types else None
 
     def only(x: str) -> str:  # FILTER (WHERE ...) is refused in OVER: a CASE yielding NULL outside the filter

@@ -250,7 +250,8 @@ class _Count:
         return b
 
 
-def test_label_features_match_replay_with_late_labels(tmp_path):
+@pytest.mark.parametrize("runtime", ["jvm", "python"])
+def test_label_features_match_replay_with_late_labels(tmp_path, runtime):
     """Long windows and label features, job against replay: three weeks of traffic, labels arriving 1-15
     days after their event in daily batches (out of event-time order, some fraud overridden by legit), on
     the job's labels input; `riskstream replay --labels` on the same events and labels with arrival times."""
@@ -272,7 +273,7 @@ def test_label_features_match_replay_with_late_labels(tmp_path):
     assert j > 200 and sum(1 for s in seq[1:] if s[0] == "L") > 200
 
     # Python bundles of one element: each element's output leaves its operator before the next comes in
-    cfg = JobConfig(parallelism=1, checkpoint_interval_ms=500, bundle_time_ms=10, bundle_size=1)
+    cfg = JobConfig(parallelism=1, checkpoint_interval_ms=500, bundle_time_ms=10, bundle_size=1, stage_runtime=runtime)
     env = decision_job.make_env(cfg)
     count_file = str(tmp_path / "decided")
     src = env.from_collection(seq).map(_Pace(count_file), output_type=Types.STRING())
