@@ -35,7 +35,7 @@ from .events import (
     encode_event,
     parse_event,
 )
-from .features import ENTITY_BY_NAME, Entity
+from .features import ENTITIES, ENTITY_BY_NAME, Entity
 from .policy import DECISIONS, Policy
 from .scoring import Scorer  # imports onnxruntime safely for thread mode (see udfs.scoring)
 from .windows import TIMER_GRID_MS
@@ -206,7 +206,10 @@ class EntityStage(KeyedProcessFunction):
         if self.labels:
             self.known = runtime_context.get_state(
                 ValueStateDescriptor(f"{self.entity}_labels", Types.PICKLED_BYTE_ARRAY()))
-            self.label_counters = {k: group.counter(f"labels_{k}") for k in (FRAUD, LEGIT)}
+            # counted once: by the first stage of the chain that reads labels (it reads every label)
+            first = next(e.name for e in ENTITIES if e.reads_labels)
+            self.label_counters = ({k: group.counter(f"labels_{k}") for k in (FRAUD, LEGIT)}
+                                   if first == self.entity else None)
 
     def process_element(self, value, ctx):
         if is_label(value):
@@ -247,7 +250,8 @@ class EntityStage(KeyedProcessFunction):
                 return
             st = self.known.value() or {}
             known = self.step.fold_label({k: v for k, v in st.items() if k != "at"}, value)
-            self.label_counters[unpack(value)[0].extras["label"]].inc()
+            if self.label_counters is not None:
+                self.label_counters[unpack(value)[0].extras["label"]].inc()
             if not known:
                 self.known.clear()
                 return

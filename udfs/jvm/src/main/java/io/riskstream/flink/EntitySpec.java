@@ -37,6 +37,8 @@ public final class EntitySpec implements Serializable {
     /** the stage folds labels (for its signal or its label features); label features keep labels this far
      * behind the newest labelled event time (udfs.features.label_keep_ms), 0 without label features. */
     public final boolean readsLabels;
+    /** the first stage of the chain that reads labels counts them (labels_fraud, labels_legit): once each. */
+    public final boolean countsLabels;
     public final long labelKeepMs;
     public final long lateness, retention;
     public final double missing;
@@ -92,7 +94,12 @@ public final class EntitySpec implements Serializable {
         spec.get("bucket_ms").fields().forEachRemaining(e -> bucketMs.put(Long.parseLong(e.getKey()), e.getValue().asLong()));
         JsonNode ent = null;
         int sigIdx = -1, nSig = 0;
+        String firstReader = null;
         for (JsonNode e : spec.get("entities")) {
+            JsonNode rl = e.get("reads_labels");
+            if (firstReader == null && ((rl != null && rl.asBoolean()) || e.get("label_signals").asBoolean())) {
+                firstReader = e.get("name").asText();
+            }
             if (e.get("name").asText().equals(entity)) {
                 ent = e;
                 if (e.get("label_signals").asBoolean()) {
@@ -106,6 +113,7 @@ public final class EntitySpec implements Serializable {
         if (ent == null) {
             throw new IllegalArgumentException("no entity " + entity + " in the spec");
         }
+        countsLabels = entity.equals(firstReader);
         signalIndex = sigIdx;
         nSignals = nSig;
         signalName = entity + "_known_fraud_users_7d";

@@ -79,8 +79,10 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         if (labelsOn) {
             known = getRuntimeContext().getState(
                 new ValueStateDescriptor<>(entity + "_labels", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
-            fraudCounter = g.counter("labels_fraud");
-            legitCounter = g.counter("labels_legit");
+            if (spec.countsLabels) {
+                fraudCounter = g.counter("labels_fraud");
+                legitCounter = g.counter("labels_legit");
+            }
         }
     }
 
@@ -183,7 +185,9 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             if (spec.labelKeepMs > 0) {
                 k.applyFraudLabel((String) row.getField(EntitySpec.EVENT_ID), ets, label.equals("fraud"), spec.labelKeepMs);
             }
-            (label.equals("fraud") ? fraudCounter : legitCounter).inc();
+            if (spec.countsLabels) {
+                (label.equals("fraud") ? fraudCounter : legitCounter).inc();
+            }
             if (k.isEmpty()) {
                 known.clear();
                 return;
