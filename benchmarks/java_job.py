@@ -83,7 +83,7 @@ def build(env, cfg) -> None:
     from udfs.features import ENTITIES
     from udfs.flink import BYTES, DEAD_LETTER_TAG
     from udfs.policy import Policy
-    from udfs.windows import spec_document
+    from udfs.chain import spec_document
 
     raw = env.from_source(kafka_source(cfg, cfg.events_topic, cfg.group_id, start_offsets(cfg)),
                           WatermarkStrategy.no_watermarks(), "kafka-events", type_info=BYTES).uid("kafka-events-source")

@@ -47,6 +47,7 @@ TRAIN_SHARE = 0.8
 DEFAULT_SEEDS = (101, 102, 103, 104)
 DEFAULT_REVIEW_BUDGET = 0.01
 DEFAULT_TOP_K = 100  # entities reviewed per day (card precision top-k, as the Fraud Detection Handbook)
+DEFAULT_LABEL_DELAY_MS = 7 * DAY_MS  # labels of a file without arrival_ts reach the label features this late
 # the shipped v1 hyper-parameters (HistGradientBoostingClassifier)
 DEFAULT_HYPER = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "random_state": 0}
 # extra operating points reported beside the chosen budget, and the policy's score thresholds (udfs/policy.py)
@@ -93,7 +94,7 @@ class _Rows:
         self.refs: list[str | None] = []
         self.types: list[str] = []
         self.late: list[bool] = []
-        self.stats = {"records": 0, "rejected": {}, "duplicates": 0, "unlabelled": 0}
+        self.stats = {"records": 0, "rejected": {}, "duplicates": 0, "unlabelled": 0, "labels_fed": 0}
 
     def add(self, ev: Event, vec: list[float], late: bool, fraud: bool | None, scenario: str | None) -> None:
         if fraud is None:  # still shaped the features of later events; not a row itself
@@ -110,8 +111,11 @@ class _Rows:
         self.types.append(ev.event_type)
         self.late.append(bool(late))
 
-    def feed(self, events: Iterable[Event | Rejection], labels: Callable[[str], dict | None]) -> None:
-        """Run one arrival-ordered stream through a fresh replay (the job's per-key state)."""
+    def feed(self, events: Iterable[Event | Rejection], labels: Callable[[str], dict | None],
+             label_delay: int | str | None = None) -> None:
+        """Run one arrival-ordered stream through a fresh replay (the job's per-key state). A fraud label
+        reaches the label features at its ``arrival_ts``, or ``label_delay`` ms after its event
+        (:func:`arrival_of`), never before."""
         r = FeatureReplay()
         st = self.stats
         for ev in events:
@@ -126,6 +130,7 @@ class _Rows:
             lab = labels(ev.event_id)
             self.add(ev, res[0], res[1], None if lab is None else bool(lab["fraud"]),
                      None if lab is None else lab.get("scenario"))
+            schedule_label(r, ev, lab, label_delay, st)
 
     def done(self, trained_on: dict) -> Dataset:
         if not self.y:
@@ -138,8 +143,37 @@ class _Rows:
                        self.devices, self.refs, self.types, self.late)
 
 
-def generated_dataset(n_events: int, seeds: Iterable[int], fraud_share: float | None = None) -> Dataset:
-    """``n_events`` generated records split evenly over ``seeds``; each seed is its own stream (own replay)."""
+NO_LABELS = "none"
+
+
+def arrival_of(ev: Event, lab: dict | None, label_delay: int | str | None) -> int | None:
+    """When a fraud label for ``ev`` reaches the job: ``ev.ts + label_delay`` (ms), else the label's own
+    ``arrival_ts``, else None (never: no label, a legit one, or ``label_delay`` ``"none"``)."""
+    if lab is None or not lab.get("fraud") or label_delay == NO_LABELS:
+        return None
+    if label_delay is not None:
+        return ev.ts + int(label_delay)
+    arr = lab.get("arrival_ts")
+    if arr is None:
+        return None
+    if isinstance(arr, bool) or not isinstance(arr, int) or arr < ev.ts:
+        raise TrainError(f"label of {ev.event_id}: arrival_ts must be epoch ms at or after the event's ts")
+    return arr
+
+
+def schedule_label(r: FeatureReplay, ev: Event, lab: dict | None, label_delay, stats: dict) -> None:
+    """After ``ev`` was replayed: its fraud label (keys from the event itself) arrives at :func:`arrival_of`."""
+    arr = arrival_of(ev, lab, label_delay)
+    if arr is not None:
+        r.add_label(arr, (ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud", ev.ip, ev.payment_ref))
+        stats["labels_fed"] = stats.get("labels_fed", 0) + 1
+
+
+def generated_dataset(n_events: int, seeds: Iterable[int], fraud_share: float | None = None,
+                      days: float | None = None, label_delay: int | str | None = None) -> Dataset:
+    """``n_events`` generated records split evenly over ``seeds``; each seed is its own stream (own replay),
+    spread over ``days`` when given (with the slow scenarios). The fraud labels reach the label features at
+    the generator's ``arrival_ts`` (1-14 days late), or ``label_delay`` ms after their event."""
     seeds = [int(s) for s in seeds]
     if n_events <= 0 or not seeds:
         raise TrainError("--generate needs a positive number of events and at least one seed")
@@ -148,14 +182,25 @@ def generated_dataset(n_events: int, seeds: Iterable[int], fraud_share: float | 
         raise TrainError(f"{n_events} events cannot be split over {len(seeds)} seeds")
     rows = _Rows()
     kw = {} if fraud_share is None else {"fraud_share": fraud_share}
+    if days is not None:
+        kw["days"] = days
     for seed in seeds:
         recs = [r for r in TrafficGenerator(seed=seed, **kw).generate(per_seed) if r.event is not None]
         labels = {r.event["event_id"]: r.label for r in recs}
-        rows.feed((Event(**r.event) for r in recs), labels.get)
-    trained_on = {"source": "generator", "generator_seeds": seeds, "events": n_events}
+        rows.feed((Event(**r.event) for r in recs), labels.get, label_delay)
+    trained_on = {"source": "generator", "generator_seeds": seeds, "events": n_events,
+                  "label_delay": "generator (1-14 days)" if label_delay is None else _delay_text(label_delay)}
     if fraud_share is not None:
         trained_on["generator_fraud_share"] = fraud_share
+    if days is not None:
+        trained_on["generator_days"] = days
     return rows.done(trained_on)
+
+
+def _delay_text(label_delay) -> str:
+    if label_delay == NO_LABELS:
+        return "none (no label reaches the label features)"
+    return f"{int(label_delay) / DAY_MS:g} days" if int(label_delay) % 3_600_000 == 0 else f"{label_delay} ms"
 
 
 def _sha256(path: Path) -> str:
@@ -194,7 +239,8 @@ def read_labels(path: Path) -> dict[str, dict]:
 
 def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping: Mapping | None = None,
                  order: str = "file", max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
-                 rejects_path: Path | None = None, log: Callable[[str], None] = lambda m: None) -> Dataset:
+                 rejects_path: Path | None = None, log: Callable[[str], None] = lambda m: None,
+                 label_delay: int | str | None = None) -> Dataset:
     """Events file (JSON lines, CSV or Parquet, read through ``mapping``; replayed in file order, or by
     event time with ``order="sort"``) plus labels: a labels file keyed by event id, or the mapping's label
     column. Records are validated by the job's parser; the ones it would dead-letter are counted (and
@@ -218,14 +264,20 @@ def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping:
                          "the mapping (--label-column)")
     rows = _Rows()
     late = 0
-    for item, vec, lt in replay_input(inp):
+    # label features: a fraud label arrives at its arrival_ts, else label_delay after its event (default 7 days)
+    delay = DEFAULT_LABEL_DELAY_MS if label_delay is None else label_delay
+    r = FeatureReplay()
+    for item, vec, lt in replay_input(inp, replayer=r):
         late += lt
         if labels is not None:
             lab = labels.get(item.event.event_id)
             rows.add(item.event, vec, lt, None if lab is None else lab["fraud"],
                      None if lab is None else lab.get("scenario"))
         else:
+            lab = None if item.fraud is None else {"fraud": item.fraud}
             rows.add(item.event, vec, lt, item.fraud, item.scenario)
+        use = None if (label_delay is None and lab is not None and lab.get("arrival_ts") is not None) else delay
+        schedule_label(r, item.event, lab, use, rows.stats)
     rej = inp.rejected()
     rows.stats.update(records=inp.records, duplicates=rej.pop("duplicate_event_id", 0), rejected=rej)
     if rejects_path is not None and inp.rejects:
@@ -240,7 +292,8 @@ def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping:
             "late for a key (not stored in the windows). The file order is taken as the arrival order; if it is "
             "not, pass --order sort")
     on = {"source": "file", "events_file": events_path.name, "events_sha256": _sha256(events_path),
-          "format": inp.format, "order": order, "out_of_order": inp.out_of_order, "late": late}
+          "format": inp.format, "order": order, "out_of_order": inp.out_of_order, "late": late,
+          "label_delay": _delay_text(delay) + (" (or the label's arrival_ts)" if label_delay is None else "")}
     if labels_path is not None:
         on.update(labels_file=Path(labels_path).name, labels_sha256=_sha256(Path(labels_path)))
     else:
@@ -406,7 +459,8 @@ def evaluate(y: np.ndarray, p: np.ndarray, review_budget: float, scenario: list[
 # --------------------------------------------------------------------------------------------- train
 
 
-def _fit(x: np.ndarray, y: np.ndarray, hyper: dict):
+def fit(x: np.ndarray, y: np.ndarray, hyper: dict):
+    """scikit-learn's HistGradientBoostingClassifier with ``hyper``, fitted on (x, y)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     model = HistGradientBoostingClassifier(**hyper)
@@ -520,7 +574,7 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
     log(f"split by event time: train {len(tr)} rows up to {_iso(int(data.ts[tr].max()))}, "
         f"test {len(te)} rows from {_iso(int(data.ts[te].min()))}"
         + (f" ({how['gap_rows']} rows in the {how['gap_ms'] / DAY_MS:g}-day gap)" if how["gap_ms"] else ""))
-    model = _fit(data.x[tr], data.y[tr], hyper)
+    model = fit(data.x[tr], data.y[tr], hyper)
     p_sk = model.predict_proba(data.x[te])[:, 1]
     onnx_bytes = _export(model, data.x)
 
@@ -606,7 +660,8 @@ def _pct(v) -> str:
 def _data_line(t: dict) -> str:
     if t.get("source") == "generator":
         seeds = ", ".join(str(s) for s in t["generator_seeds"])
-        src = f"{t['events']} events generated by `riskstream.generator` (seeds {seeds}; one stream per seed)"
+        src = f"{t['events']} events generated by `riskstream.generator` (seeds {seeds}; one stream per seed"
+        src += f", each over {t['generator_days']:g} days with the slow scenarios)" if t.get("generator_days") else ")"
     else:
         lab = (f"labels from `{t['labels_file']}` (sha256 {t['labels_sha256'][:16]}…)" if t.get("labels_file")
                else f"labels from its column `{t.get('label_column')}`")
@@ -619,8 +674,12 @@ def _data_line(t: dict) -> str:
             src += (f", replayed in file order ({t['out_of_order']} rows behind an earlier row's time, "
                     f"{t.get('late', 0)} late for a key)")
     rej = sum(t["rejected"].values())
+    lab = ""
+    if t.get("label_delay"):
+        lab = (f" Fraud labels reached the label features as in the job, never before their arrival: delay "
+               f"{t['label_delay']}; {t.get('labels_fed', 0)} labels fed.")
     return (f"{src}. {t['rows']} labelled rows; {rej} records rejected by the job's parser, {t['duplicates']} "
-            f"duplicate event ids and {t['unlabelled']} unlabelled events were not training rows.")
+            f"duplicate event ids and {t['unlabelled']} unlabelled events were not training rows.{lab}")
 
 
 def comparison_table(rows: list[dict], budget: float) -> str:
@@ -856,7 +915,8 @@ def run(*, events: Path | None = None, labels: Path | None = None, generate: int
         review_budget: float = DEFAULT_REVIEW_BUDGET, hyper: dict | None = None, compare: Iterable[Path] = (),
         force: bool = False, log: Callable[[str], None] = lambda m: None, mapping: Mapping | None = None,
         order: str = "file", max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, rejects_path: Path | None = None,
-        periods: Periods | None = None, top_k: int = DEFAULT_TOP_K) -> TrainResult:
+        periods: Periods | None = None, top_k: int = DEFAULT_TOP_K, days: float | None = None,
+        label_delay: int | str | None = None) -> TrainResult:
     """The ``riskstream train`` command without its argument parsing and printing. ``out_dir`` defaults to
     :func:`default_out_dir` (under the riskstream home, never beside the shipped models)."""
     t0 = time.time()
@@ -875,9 +935,9 @@ def run(*, events: Path | None = None, labels: Path | None = None, generate: int
     if events is not None:
         data = file_dataset(events, labels, mapping=mapping, order=order, max_reject_share=max_reject_share,
                             rejects_path=rejects_path if rejects_path is not None
-                            else out_dir / f"{version}.rejects.jsonl", log=log)
+                            else out_dir / f"{version}.rejects.jsonl", log=log, label_delay=label_delay)
     else:
-        data = generated_dataset(generate, seeds)
+        data = generated_dataset(generate, seeds, days=days, label_delay=label_delay)
     return train_model(data, out_dir, version, review_budget=review_budget, hyper=hyper, compare=compare,
                        force=force, log=log, t0=t0, periods=periods, top_k=top_k)
 

@@ -2,7 +2,7 @@
 ip, device, ... in ``udfs.features.ENTITIES`` order) -> score + policy -> Kafka decisions (exactly once),
 with rejected records to the dead-letter topic (exactly once). Two more inputs: the control topic (model
 switch, challenger, rules; broadcast to the decide stage) and the labels topic (known-fraud users, folded
-by the entity stages that declare ``label_signals``).
+by the entity stages that read labels: ``label_signals`` or label features).
 
 Exactly-once pitfalls: the sinks' transactions commit on checkpoint completion, so decisions become
 visible to ``read_committed`` readers one checkpoint interval (plus checkpoint time) after they are made;
@@ -180,7 +180,7 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
 
     stages = []
     for entity in ENTITIES:
-        inp = stream.union(timed_labels) if timed_labels is not None and entity.label_signals else stream
+        inp = stream.union(timed_labels) if timed_labels is not None and entity.reads_labels else stream
         stream = (inp.key_by(EntityKey(entity), key_type=Types.STRING())
                   .process(EntityStage(entity.name, cfg.allowed_lateness_ms, cfg.job_name, cfg.dedup_horizon_ms,
                                        labels is not None), output_type=STAGE_VALUE)
@@ -231,7 +231,7 @@ def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
     spec = orjson.dumps(spec_document(cfg.allowed_lateness_ms)).decode()
     stages = []
     for entity in ENTITIES:
-        inp = stream.union(timed_labels) if timed_labels is not None and entity.label_signals else stream
+        inp = stream.union(timed_labels) if timed_labels is not None and entity.reads_labels else stream
         stream = jvm.entity_stage(inp, entity, spec, cfg.dedup_horizon_ms, labels is not None, cfg.job_name)
         stages.append(stream)
     policy = Policy(version=cfg.policy_version, review_threshold=cfg.review_threshold,

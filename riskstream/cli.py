@@ -295,11 +295,12 @@ def cmd_replay(a) -> int:
     try:
         stats = replay_file(a.input, a.output, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
                             mapping=input_mapping(a), order=a.order, rejects_path=rejects,
-                            max_reject_share=a.max_reject_share)
+                            max_reject_share=a.max_reject_share, labels_path=a.labels)
     except IngestError as e:
         raise SystemExit(f"riskstream replay: {e}")
+    lab = f"; labels {stats['labels_applied']} of {stats['labels']} arrived" if a.labels else ""
     print(f"[replay] {stats['events']} events -> {a.output}; late {stats['late']}; "
-          f"rejected {stats['rejected'] or 0}", file=sys.stderr)
+          f"rejected {stats['rejected'] or 0}{lab}", file=sys.stderr)
     return _input_report("replay", stats, stats["rejects_file"])
 
 
@@ -313,7 +314,7 @@ def cmd_score(a) -> int:
     try:
         stats = score_file(a.input, a.output, a.model, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
                            mapping=input_mapping(a), order=a.order, rejects_path=rejects,
-                           max_reject_share=a.max_reject_share)
+                           max_reject_share=a.max_reject_share, labels_path=a.labels)
     except (IngestError, ModelError) as e:
         raise SystemExit(f"riskstream score: {e}")
     d = stats["decisions"]
@@ -541,6 +542,8 @@ def cmd_train(a) -> int:
         when = {k: None if getattr(a, k) is None else parse_when(getattr(a, k), "--" + k.replace("_", "-"))
                 for k in ("train_from", "train_until", "test_from", "test_until")}
         periods = tr.Periods(**when, gap_ms=parse_duration(a.gap, "--gap"))
+        delay = None if a.label_delay is None else (
+            tr.NO_LABELS if a.label_delay == tr.NO_LABELS else parse_duration(a.label_delay, "--label-delay"))
         mapping = input_mapping(a) if a.events else None
         res = tr.run(events=Path(a.events) if a.events else None, labels=Path(a.labels) if a.labels else None,
                      generate=a.generate, seeds=seeds, version=a.version,
@@ -548,7 +551,8 @@ def cmd_train(a) -> int:
                      review_budget=a.review_budget, hyper=hyper, compare=[Path(c) for c in a.compare],
                      force=a.force, log=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True),
                      mapping=mapping, order=a.order, max_reject_share=a.max_reject_share,
-                     rejects_path=Path(a.rejects) if a.rejects else None, periods=periods, top_k=a.top_k)
+                     rejects_path=Path(a.rejects) if a.rejects else None, periods=periods, top_k=a.top_k,
+                     days=a.days, label_delay=delay)
     except (tr.TrainError, IngestError) as e:
         raise SystemExit(f"riskstream train: {e}")
     print(tr.render(res.summary))
@@ -738,6 +742,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                "in it are neither trained on nor evaluated [default 0d]")
     p.add_argument("--top-k", type=int, default=100,
                    help="entities reviewed per day for precision top-k per day (card precision) [default 100]")
+    p.add_argument("--days", type=float, default=None,
+                   help="with --generate: spread each seed's traffic over this many days, with the slow scenarios "
+                        "(compromised devices, slow card testing) [default: the generator's 5 events/s]")
+    p.add_argument("--label-delay", default=None, metavar="DURATION|none",
+                   help="when a fraud label reaches the label features: this long after its event (e.g. 7d), or "
+                        "none [default: the label's arrival_ts (the generator's 1-14 days), else 7d]")
     p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
                    help="also score the held-out rows with this model (champion/challenger); repeatable")
     p.add_argument("--max-iter", type=int, default=None, help="boosting rounds [default 100]")
@@ -754,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="events as JSON lines (.jsonl), .csv or .parquet")
     p.add_argument("--output", required=True, help="JSON lines: event_id, ts, user_id, device_id, late, every "
                                                     "feature (and label, scenario with a label column)")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels with arrival times for the label features (JSON lines as on the labels topic plus "
+                        "arrival_ts, epoch ms); a label counts from the first event at or after its arrival")
     add_input_flags(p)
     add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
                   title="the job's settings that shape features (flag, else environment variable, else default)")
@@ -766,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "late, model_version (and label, scenario)")
     p.add_argument("--model", default=str(paths.models_dir() / "risk_gbdt_v1.onnx"),
                    help="model .onnx with its .json spec beside it [default the shipped risk_gbdt_v1]")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels with arrival times for the label features (JSON lines as on the labels topic plus "
+                        "arrival_ts, epoch ms); a label counts from the first event at or after its arrival")
     add_input_flags(p)
     add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
                   title="the job's settings that shape features (flag, else environment variable, else default)")

@@ -11,6 +11,19 @@ scenarios, each event labelled with its scenario:
   ring's one card (a fraud ring);
 - ``fresh_account_big_order``: a brand-new account places a high-value order within minutes.
 
+With ``days`` (traffic spread over that many simulated days), two slow scenarios join them, the patterns
+that only long windows and delayed labels reveal (``LONG_SCENARIOS``):
+
+- ``compromised_device``: a device (a shop terminal, an infected phone) on which, over one to four weeks,
+  established shoppers place ordinary-looking orders that are all fraud; nothing in one session stands
+  out, only the device's earlier fraud, once labelled days later;
+- ``slow_card_testing``: one account and device test one to three stolen cards with one or two small
+  payments a day each, over five to eight days, below every short window's burst.
+
+Every record's label carries ``arrival_ts``: when the label (a chargeback, an analyst's verdict) would
+reach the job, one to fourteen days after the event (``LABEL_DELAY_MS``, drawn from a random stream of its
+own, so the events are the same with or without it).
+
 Events that carry a payment instrument (``udfs.events.PAYMENT_REF_TYPES``) name it in ``payment_ref``:
 a shopper pays with their newest card; adding a payment method adds a card.
 
@@ -30,6 +43,10 @@ import orjson
 from udfs.events import PAYMENT_REF_TYPES
 
 SCENARIOS = ("card_testing", "account_takeover", "promo_ring", "fresh_account_big_order")
+LONG_SCENARIOS = ("compromised_device", "slow_card_testing")
+ALL_SCENARIOS = SCENARIOS + LONG_SCENARIOS
+DAY_MS = 86_400_000
+LABEL_DELAY_MS = (DAY_MS, 14 * DAY_MS)  # a label arrives uniformly 1 to 14 days after its event
 NORMAL = "normal"
 MALFORMED = "malformed"
 DEFAULT_START_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -63,11 +80,15 @@ class _Ids:
 
 class TrafficGenerator:
     def __init__(self, seed: int = 7, start_ts: int = DEFAULT_START_TS, sim_rate: float = 5.0,
-                 fraud_share: float = 0.12, bad_share: float = 0.0, max_disorder_ms: int = 3_000):
+                 fraud_share: float = 0.12, bad_share: float = 0.0, max_disorder_ms: int = 3_000,
+                 days: float | None = None):
         if not 0 <= fraud_share < 1 or not 0 <= bad_share < 1:
             raise ValueError("fraud_share and bad_share must be in [0, 1)")
+        if days is not None and days <= 0:
+            raise ValueError("days must be positive")
         self.seed, self.start_ts, self.sim_rate = seed, start_ts, sim_rate
         self.fraud_share, self.bad_share, self.max_disorder_ms = fraud_share, bad_share, max_disorder_ms
+        self.days = days  # spread the traffic over this many days (instead of sim_rate) with the slow scenarios
 
     # -- scenario builders: each returns [(offset_ms, event_type, user, device, ip, amount)] ----------
     def _normal(self, r: random.Random, ids: _Ids, users: list) -> list:
@@ -152,6 +173,32 @@ class TrafficGenerator:
                 out += [(t + o, *rest) for o, *rest in sess]
                 t += sess[-1][0] + r.randint(20_000, 150_000)
             return out
+        if scenario == "compromised_device":
+            device, ip = ids.new("d"), ids.ip()
+            out = []
+            span = r.uniform(7, 28) * DAY_MS
+            for _ in range(r.randint(4, 10)):  # shoppers who happen to use the compromised device
+                u = r.choice(users) if users else {"id": ids.new("u"), "devices": [], "ip": ip, "cur": "EUR",
+                                                   "cards": [ids.new("c")]}
+                amt = round(r.lognormvariate(3.8, 0.8), 2)
+                steps = [("login", 0.0), ("place_order", amt), ("payment", amt)]
+                start = int(r.random() * span)
+                out += [(start + o, *rest) for o, *rest in self._sessionize(r, u, device, ip, steps, 10_000, 180_000)]
+            return sorted(out, key=lambda x: x[0])
+        if scenario == "slow_card_testing":
+            if users and r.random() < 0.5:
+                u = r.choice(users)
+            else:
+                u = {"id": ids.new("u"), "devices": [], "ip": ids.ip(), "cur": r.choice(CURRENCIES)}
+            device, ip = ids.new("d"), ids.ip()
+            out = [] if u["devices"] else [(0, "signup", u["id"], device, ip, 0.0, u["cur"], None)]
+            for _ in range(r.randint(1, 3)):
+                card = ids.new("c")
+                for day in range(r.randint(5, 8)):
+                    for _ in range(r.randint(1, 2)):
+                        t = day * DAY_MS + r.randint(600_000, DAY_MS - 600_000)
+                        out.append((t, "payment", u["id"], device, ip, round(r.uniform(0.5, 5), 2), u["cur"], card))
+            return sorted(out, key=lambda x: x[0])
         if scenario == "fresh_account_big_order":
             u = {"id": ids.new("u"), "devices": [ids.new("d")], "ip": ids.ip(), "cur": r.choice(CURRENCIES),
                  "cards": [ids.new("c")]}
@@ -177,6 +224,7 @@ class TrafficGenerator:
     def generate(self, n: int) -> Iterator[Labelled]:
         """Yield exactly ``n`` records in emission order (a fixed function of the seed and parameters)."""
         r = random.Random(self.seed)
+        delays = random.Random(self.seed * 7919 + 17)  # label delays: a stream of their own
         ids = _Ids(r, self.seed)
         # an established customer base: ~1 customer per 4 events, so a shopper has a session or two
         users: list[dict] = [
@@ -184,21 +232,24 @@ class TrafficGenerator:
              "ip": ids.ip(), "cur": r.choice(CURRENCIES), "cards": [ids.new("c")]}
             for _ in range(max(50, n // 4))
         ]
-        span = max(1, int(n / self.sim_rate * 1000))
+        span = max(1, int(self.days * DAY_MS if self.days else n / self.sim_rate * 1000))
+        scenarios = ALL_SCENARIOS if self.days else SCENARIOS
         heap: list = []
         produced, seq = 0, 0
         # schedule sessions until enough events exist; sessions start uniformly over the simulated span
         while produced < n:
             start = self.start_ts + int(r.random() * span)
             if r.random() < self.fraud_share / 4.0:  # fraud sessions hold ~4x the events of normal ones
-                scenario = r.choice(SCENARIOS)
+                scenario = r.choice(scenarios)
                 steps = self._fraud(scenario, r, ids, users)
             else:
                 scenario = NORMAL
                 steps = self._normal(r, ids, users)
             for off, et, uid, dev, ip, amt, cur, card in steps:
-                seq += 1
                 ts = start + off
+                if self.days and ts >= self.start_ts + span:  # a slow scenario's tail past the traffic's end
+                    continue
+                seq += 1
                 emit_at = ts + r.randint(0, self.max_disorder_ms)  # delivery delay -> bounded disorder
                 ev = {"event_id": ids.new("e"), "event_type": et, "user_id": uid, "device_id": dev, "ip": ip,
                       "amount": amt, "currency": cur, "ts": ts}
@@ -210,7 +261,10 @@ class TrafficGenerator:
         while heap and out < n:
             _, _, ev, scenario = heapq.heappop(heap)
             label = {"event_id": ev["event_id"], "scenario": scenario, "fraud": scenario != NORMAL,
-                     "user_id": ev["user_id"], "device_id": ev["device_id"], "ts": ev["ts"]}
+                     "user_id": ev["user_id"], "device_id": ev["device_id"], "ts": ev["ts"],
+                     "ip": ev["ip"], "arrival_ts": ev["ts"] + delays.randint(*LABEL_DELAY_MS)}
+            if "payment_ref" in ev:
+                label["payment_ref"] = ev["payment_ref"]
             if self.bad_share and r.random() < self.bad_share:
                 raw, reason = self._malformed(r, ev)
                 label = {**label, "scenario": MALFORMED, "fraud": False, "expected_reason": reason}

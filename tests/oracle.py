@@ -5,21 +5,34 @@ from __future__ import annotations
 
 import math
 
-from udfs.features import MISSING, features_for
+from udfs.features import LABEL_AGGS, MISSING, features_for
 
 
 def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[list[float], bool]]:
-    """``arrived``: events of ONE key in arrival order. Returns (values, late) per event. An event at or
-    after the key's expiry (its newest stored event + longest horizon + lateness) finds the key fresh."""
+    """``arrived``: events of ONE key in arrival order, and labels for the key as
+    ``("label", event_id, event_ts, "fraud"|"legit")`` where they arrive. Returns (values, late) per event.
+    An event at or after the key's expiry (its newest stored event + longest horizon + lateness) finds the
+    key fresh; labels are not part of the expiry. A label counts for every event after it: the labelled
+    event's newest label decides, fraud labels are kept while their event time is within the longest label
+    horizon plus its bucket of the newest kept one."""
     feats = features_for(entity)
     max_h: dict[int, int] = {}
     for f in feats:
-        if f.horizon_ms:
+        if f.horizon_ms and f.agg != "fraud_labels":
             max_h[f.bucket_ms] = max(max_h.get(f.bucket_ms, 0), f.horizon_ms)
-    retention = max(max_h.values()) + lateness
+    retention = max(f.horizon_ms or 0 for f in feats) + lateness
+    keep = max((f.horizon_ms + f.bucket_ms for f in feats if f.agg in LABEL_AGGS), default=0)
+    fraud: dict[str, int] = {}  # labelled-fraud events known so far: event_id -> event time
     kept: list = []  # events stored (non-late)
     out = []
     for ev in arrived:
+        if type(ev) is tuple:  # a label (an Event is a named tuple)
+            _, eid, ets, verdict = ev
+            fraud.pop(eid, None)
+            if verdict == "fraud":
+                fraud[eid] = ets
+                fraud = {e: t for e, t in fraud.items() if t >= max(fraud.values()) - keep}
+            continue
         if kept and ev.ts >= max(e.ts for e in kept) + retention:
             kept = []  # the key expired: everything before is forgotten
         last_prev = max((e.ts for e in kept), default=None)
@@ -37,6 +50,13 @@ def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[lis
             g, h = f.bucket_ms, f.horizon_ms
             hi = (ev.ts // g) * g
             lo = hi + g - h
+            if f.agg in LABEL_AGGS:
+                n = sum(1 for t in fraud.values() if lo <= (t // g) * g <= hi)
+                keep_from = ((last_now - lateness) // g) * g + g - max_h[g] if g in max_h else None
+                events = len([e for e in pool if lo <= (e.ts // g) * g <= hi
+                              and (e is ev or (e.ts // g) * g >= keep_from)]) if keep_from is not None else 0
+                vals.append(float(n) if f.agg == "fraud_labels" else (n / max(events, n) if max(events, n) else 0.0))
+                continue
             # buckets held: those the oldest on-time event (at last_now - lateness) can still read
             keep_from = ((last_now - lateness) // g) * g + g - max_h[g]
             sel = [e for e in pool

@@ -111,3 +111,28 @@ def test_known_fraud_signal_matches_brute_force(labels, probe_day):
     probe = t0 + probe_day * day
     want = sum(1 for t in state.values() if probe - KNOWN_FRAUD_HORIZON_MS <= t <= probe)
     assert known_fraud_users(known, probe) == want
+
+
+def test_labels_may_name_ip_and_payment_ref():
+    base = {"event_id": "e", "user_id": "u", "device_id": "d", "event_ts": 1767225600000, "label": "fraud"}
+    assert parse_label(orjson.dumps(base)) == ("e", "u", "d", 1767225600000, "fraud", None, None)
+    assert parse_label(orjson.dumps({**base, "ip": "1.2.3.4", "payment_ref": "c1"}))[5:] == ("1.2.3.4", "c1")
+    assert parse_label(orjson.dumps({**base, "ip": None}))[5] is None
+    for bad in ({"ip": ""}, {"ip": 5}, {"payment_ref": " "}, {"payment_ref": "x" * 500}):
+        res = parse_label(orjson.dumps({**base, **bad}))
+        assert isinstance(res, Rejection) and res.reason == "invalid_label", bad
+
+
+def test_fraud_label_store_newest_label_wins_and_stays_bounded():
+    from udfs.labels import MAX_LABELS_PER_KEY, apply_fraud_label
+
+    day = 86_400_000
+    lab = apply_fraud_label(None, "e1", 10 * day, "fraud", 31 * day)
+    lab = apply_fraud_label(lab, "e2", 20 * day, "fraud", 31 * day)
+    assert lab == {"e1": 10 * day, "e2": 20 * day}
+    assert apply_fraud_label(dict(lab), "e1", 10 * day, "legit", 31 * day) == {"e2": 20 * day}
+    lab = apply_fraud_label(lab, "e3", 45 * day, "fraud", 31 * day)  # e1 is 35 days behind the newest
+    assert lab == {"e2": 20 * day, "e3": 45 * day}
+    for i in range(MAX_LABELS_PER_KEY + 5):
+        lab = apply_fraud_label(lab, f"x{i}", 44 * day + i, "fraud", 31 * day)
+    assert len(lab) == MAX_LABELS_PER_KEY and "e2" not in lab and "e3" in lab

@@ -9,7 +9,7 @@ from pyflink.common import Types
 
 from riskstream.config import JobConfig
 from udfs.events import Event, parse_event
-from udfs.features import FEATURE_NAMES, features_for
+from udfs.features import FEATURE_NAMES, FEATURES, LABEL_AGGS, features_for
 from udfs.scoring import Scorer
 
 pytestmark = pytest.mark.flink
@@ -23,6 +23,59 @@ def _stream_nodes(env):
         n = it.next()
         out.append((n.getOperatorName(), n.getTransformationUID()))
     return out
+
+
+def _stage_chain(env) -> list[str]:
+    """The entity stages and the decide stage in data-flow order: from the first entity stage, follow
+    each node's out-edges to the next such stage (other operators in between are skipped)."""
+    sg = env._generate_stream_graph(clear_transformations=False)
+    nodes = {}
+    it = sg.getStreamNodes().iterator()
+    while it.hasNext():
+        n = it.next()
+        nodes[n.getId()] = n
+    wanted = lambda name: name.endswith("-windows") or name == "score-decide"  # noqa: E731
+    start = [i for i, n in nodes.items() if wanted(n.getOperatorName())
+             and not any(wanted(nodes[e.getSourceId()].getOperatorName()) or _reaches(nodes, e.getSourceId(), wanted)
+                         for e in n.getInEdges())]
+    assert len(start) == 1, [nodes[i].getOperatorName() for i in start]
+    chain, cur = [], start[0]
+    while cur is not None:
+        chain.append(nodes[cur].getOperatorName())
+        nxt = _next_stage(nodes, cur, wanted)
+        cur = nxt
+    return chain
+
+
+def _reaches(nodes, i, wanted, seen=None) -> bool:
+    """Whether a stage that ``wanted`` accepts lies upstream of node ``i``."""
+    seen = seen if seen is not None else set()
+    for e in nodes[i].getInEdges():
+        j = e.getSourceId()
+        if j in seen:
+            continue
+        seen.add(j)
+        if wanted(nodes[j].getOperatorName()) or _reaches(nodes, j, wanted, seen):
+            return True
+    return False
+
+
+def _next_stage(nodes, i, wanted):
+    """The nearest downstream node of ``i`` that ``wanted`` accepts, or None."""
+    frontier, seen = [i], {i}
+    while frontier:
+        nxt = []
+        for k in frontier:
+            for e in nodes[k].getOutEdges():
+                j = e.getTargetId()
+                if j in seen:
+                    continue
+                seen.add(j)
+                if wanted(nodes[j].getOperatorName()):
+                    return j
+                nxt.append(j)
+        frontier = nxt
+    return None
 
 
 @pytest.mark.parametrize("runtime", ["jvm", "python"])
@@ -52,8 +105,7 @@ def test_plan_builds_without_broker_with_stable_uids(runtime):
     for name, uid in stateful:
         assert uids.get(name) == uid, (name, uids)
     # one keyed stage per entity of the spec, in chain order, before the decide stage
-    order = [n for n, _ in _stream_nodes(env) if n.endswith("-windows") or n == "score-decide"]
-    assert order == [f"{e.name}-windows" for e in ENTITIES] + ["score-decide"], order
+    assert _stage_chain(env) == [f"{e.name}-windows" for e in ENTITIES] + ["score-decide"]
 
 
 def _user_of(raw: bytes) -> str:
@@ -92,14 +144,14 @@ def _run_core(records: list[bytes], parallelism: int, out_dir, runtime: str = "p
     return out_d, out_x
 
 
-RETURN_AFTER_MS = 26 * 3600 * 1000  # past every entity's expiry (24 h horizon + 1 min lateness)
+RETURN_AFTER_MS = 31 * 24 * 3600 * 1000  # past every entity's expiry (30-day horizon + 1 min lateness)
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
 @pytest.mark.parametrize("runtime", ["python", "jvm"])
 def test_core_matches_offline_replay(labelled_stream, parallelism, runtime, tmp_path):
     base = [r.raw if r.raw is not None else orjson.dumps(r.event) for r in labelled_stream]
-    # keys come back after their state expired: the first 400 valid events again, 26 h later, new ids. The
+    # keys come back after their state expired: the first 400 valid events again, 31 days later, new ids. The
     # job's cleanup timers drop the old state as the watermark passes; replay drops it by the same rule.
     first = [r.event for r in labelled_stream if r.raw is None][:400]
     base += [orjson.dumps({**e, "event_id": "again-" + e["event_id"], "ts": e["ts"] + RETURN_AFTER_MS})
@@ -175,3 +227,137 @@ def test_core_matches_offline_replay(labelled_stream, parallelism, runtime, tmp_
     # the returning keys really started afresh (no age carried over the expiry)
     again = [by_id[e.event_id]["features"] for e in valid if e.event_id.startswith("again-")]
     assert len(again) == 400 and min(a["user_age_ms"] for a in again) == 0.0
+
+
+def _labelled_days(days: float = 20, n: int = 2500) -> tuple[list[dict], list[tuple[int, dict]]]:
+    """Generator traffic over ``days`` days (compromised devices, slow card testing) and its labels as on
+    the labels topic, each arriving with the next daily batch after its generator arrival time (chargeback
+    files come daily); a share of normal events labelled fraud by mistake and corrected by a later legit
+    label; most labels name the event's ip and payment instrument."""
+    import random
+
+    from riskstream.generator import TrafficGenerator
+
+    day = 24 * 3600 * 1000
+    recs = [r for r in TrafficGenerator(seed=31, days=days).generate(n) if r.event is not None]
+    rnd = random.Random(2)
+    labels = []
+    for r in recs:
+        e, lab = r.event, r.label
+        wrong = not lab["fraud"] and rnd.random() < 0.04
+        if not (lab["fraud"] or wrong):
+            continue
+        body = {"event_id": e["event_id"], "user_id": e["user_id"], "device_id": e["device_id"], "event_ts": e["ts"],
+                "label": "fraud"}
+        if rnd.random() < 0.8:
+            body["ip"] = e["ip"]
+            if e.get("payment_ref"):
+                body["payment_ref"] = e["payment_ref"]
+        arrival = lab["arrival_ts"] - lab["arrival_ts"] % day + day
+        labels.append((arrival, body))
+        if wrong:
+            labels.append((arrival + day, {**body, "label": "legit"}))
+    labels.sort(key=lambda x: x[0])
+    return [r.event for r in recs], labels
+
+
+class _Pace:
+    """The test source's pacer: before a batch of labels it waits until every earlier event has been
+    decided (the job's decisions are counted into ``count_file``, one byte each), and after it waits a
+    second, so each label batch reaches the stages after everything before it and before everything after
+    it: the order the replay assumes. (Without it the labels' own input would overtake events queued behind
+    the decide stage.) Python bundles of one element keep each element's output flushed."""
+
+    def __init__(self, count_file: str, after_s: float = 1.0):
+        self.count_file, self.after_s = count_file, after_s
+        self.prev, self.events = "E", 0
+
+    def __call__(self, s: str) -> str:
+        import os
+        import time
+
+        if s[0] == "L" and self.prev == "E":
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                try:
+                    if os.path.getsize(self.count_file) >= self.events:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.02)
+        elif s[0] == "E" and self.prev == "L":
+            time.sleep(self.after_s)
+        self.events += s[0] == "E"
+        self.prev = s[0]
+        return s
+
+
+class _Count:
+    def __init__(self, count_file: str):
+        self.count_file = count_file
+
+    def __call__(self, b):
+        with open(self.count_file, "ab") as f:
+            f.write(b"1")
+        return b
+
+
+@pytest.mark.parametrize("runtime", ["jvm", "python"])
+def test_label_features_match_replay_with_late_labels(tmp_path, runtime):
+    """Long windows and label features, job against replay: three weeks of traffic, labels arriving 1-15
+    days after their event in daily batches (out of event-time order, some fraud overridden by legit), on
+    the job's labels input; `riskstream replay --labels` on the same events and labels with arrival times."""
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import FileSink
+
+    from pipelines import decision_job
+    from udfs.flink import BYTES
+    from udfs.replay import replay_file
+
+    events, labels = _labelled_days()
+    # the job's input: one sequence, each label batch before the first event at or after its arrival
+    seq, j = [], 0
+    for e in events:
+        while j < len(labels) and labels[j][0] <= e["ts"]:
+            seq.append("L" + orjson.dumps(labels[j][1]).decode())
+            j += 1
+        seq.append("E" + orjson.dumps(e).decode())
+    assert j > 200 and sum(1 for s in seq[1:] if s[0] == "L") > 200
+
+    # Python bundles of one element: each element's output leaves its operator before the next comes in
+    cfg = JobConfig(parallelism=1, checkpoint_interval_ms=500, bundle_time_ms=10, bundle_size=1,
+                    arrow_batch_size=1, stage_runtime=runtime)
+    env = decision_job.make_env(cfg)
+    count_file = str(tmp_path / "decided")
+    src = env.from_collection(seq).map(_Pace(count_file), output_type=Types.STRING())
+    raw = src.filter(lambda s: s[0] == "E").map(lambda s: s[1:].encode(), output_type=BYTES)
+    lab = src.filter(lambda s: s[0] == "L").map(lambda s: s[1:].encode(), output_type=BYTES)
+    decisions, dead = decision_job.build_core(raw, cfg, labels=lab)
+    decisions = decisions.map(_Count(count_file), output_type=BYTES)
+    (decisions.union(dead).map(lambda b: bytes(b).decode("utf-8"), output_type=Types.STRING())
+     .sink_to(FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build()))
+    env.execute("riskstream-label-features-test")
+    got = {}
+    for f in sorted((tmp_path / "out").rglob("*")):
+        if f.is_file() and not f.name.startswith("."):
+            for line in f.read_bytes().splitlines():
+                rec = orjson.loads(line)
+                assert "decision_id" in rec, rec
+                got[rec["event_id"]] = rec["features"]
+
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    (tmp_path / "labels.jsonl").write_bytes(b"\n".join(orjson.dumps({**b, "arrival_ts": a}) for a, b in labels) + b"\n")
+    stats = replay_file(tmp_path / "events.jsonl", tmp_path / "features.jsonl", labels_path=tmp_path / "labels.jsonl")
+    assert stats["labels_applied"] == j
+    want = {}
+    for line in (tmp_path / "features.jsonl").read_bytes().splitlines():
+        row = orjson.loads(line)
+        want[row["event_id"]] = {n: row[n] for n in FEATURE_NAMES}
+    assert set(got) == set(want) == {e["event_id"] for e in events}
+    label_feats = [f.name for f in FEATURES if f.agg in LABEL_AGGS]
+    long_feats = [f.name for f in FEATURES if (f.horizon_ms or 0) >= 7 * 24 * 3600 * 1000 and f.agg not in LABEL_AGGS]
+    for eid, w in want.items():
+        assert got[eid] == w, (eid, {n: (got[eid][n], w[n]) for n in w if got[eid][n] != w[n]})
+    seen = {n: sum(1 for w in want.values() if w[n] > 0) for n in label_feats}
+    assert all(v > 20 for v in seen.values()), seen
+    assert all(any(w[n] > 0 for w in want.values()) for n in long_feats)

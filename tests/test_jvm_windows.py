@@ -17,6 +17,7 @@ from udfs.chain import Chain, label_record, pack
 from udfs.events import Event, encode_event
 from udfs.features import ENTITIES, ENTITY_BY_NAME, features_for
 from udfs.chain import spec_document
+from udfs.windows import retention_ms
 
 pytestmark = pytest.mark.flink
 
@@ -91,7 +92,7 @@ def test_record_layout_comes_from_the_spec_document(jvm):
 def _stream() -> list[Event]:
     """Generator traffic plus: swapped neighbours (out of order), late copies (lateness exceeded),
     duplicate event ids, a device/ip/card shared by 1000 users within 10 minutes (HyperLogLog buckets),
-    and, at the end, keys coming back more than 24 h + lateness later (fresh state)."""
+    and, at the end, keys coming back more than the longest retention (30 d + lateness) later (fresh state)."""
     from riskstream.generator import TrafficGenerator
 
     evs = [Event(**r.event) for r in TrafficGenerator(seed=21).generate(2500) if r.event is not None]
@@ -114,8 +115,9 @@ def _stream() -> list[Event]:
     seen: dict[str, Event] = {}
     for e in evs:
         seen.setdefault(e.user_id, e)
-    for k, e in enumerate(list(seen.values())[:60]):  # keys back after 24 h + lateness
-        out.append(e._replace(event_id=f"again-{k}", ts=last + 25 * HOUR + k * 1000))
+    back = max(retention_ms(e.name, LATENESS) for e in ENTITIES) + HOUR
+    for k, e in enumerate(list(seen.values())[:60]):  # keys back after the longest retention
+        out.append(e._replace(event_id=f"again-{k}", ts=last + back + k * 1000))
     return out
 
 
@@ -299,3 +301,107 @@ def test_jvm_labels_match_python(jvm, tmp_path, parallelism):
         assert (values, late, signals) == (want[eid][0], want[eid][1], want[eid][2]), eid
         positive += signals["device_known_fraud_users_7d"] > 0
     assert positive > 50
+
+
+# -- label features: every entity, labels arriving days late, out of order, legit overriding fraud -------
+def _labelled_records() -> list:
+    """Ten days of generator traffic plus a hot device, ip and card, with labels for its fraud
+    and for some normal events, arriving 1-14 days after their event (so out of event-time order), the
+    normal events' fraud labels overridden by a later legit one, most naming the event's ip and payment instrument."""
+    from riskstream.generator import TrafficGenerator
+
+    evs, ids = [], set()
+    for r in TrafficGenerator(seed=23, sim_rate=0.003).generate(2500):
+        if r.event is not None and r.event["event_id"] not in ids:
+            ids.add(r.event["event_id"])
+            evs.append((Event(**r.event), r.label["fraud"]))
+    rnd = random.Random(3)
+    day = 24 * HOUR
+    # a hot device, ip and card shared by five users, every ~40 minutes over the span, a fifth labelled fraud
+    t0, t1 = evs[0][0].ts, evs[-1][0].ts
+    for i in range(0, (t1 - t0) // 2_400_000):
+        typ = "payment" if i % 3 else "login"
+        evs.append((Event(f"hot-{i}", typ, f"hu{i % 5}", "dev-hot", "10.1.1.1", 4.0 + i % 9, "EUR",
+                          t0 + i * 2_400_000 + rnd.randrange(60_000), None, "card-hot" if typ == "payment" else None),
+                    rnd.random() < 0.2))
+    evs.sort(key=lambda x: x[0].ts)
+    pending = []
+    for e, fraud in evs:
+        if fraud or rnd.random() < 0.15:
+            named = rnd.random() < 0.7
+            args = (e.event_id, e.user_id, e.device_id, e.ts, "fraud", e.ip if named else None,
+                    e.payment_ref if named else None)
+            arr = e.ts + rnd.randrange(day, 14 * day)
+            pending.append((arr, args))
+            if not fraud:  # a mistaken fraud label, corrected later
+                pending.append((arr + rnd.randrange(1, 2 * day), args[:4] + ("legit",) + args[5:]))
+    pending.sort(key=lambda x: x[0])
+    records, j = [], 0
+    for e, _ in evs:
+        while j < len(pending) and pending[j][0] <= e.ts:
+            records.append(("label", pending[j][1]))
+            j += 1
+        records.append(("event", e))
+    return records
+
+
+def _run_branches(jar, records: list, parallelism: int, tmp_path) -> dict:
+    """Each entity's JVM stage on its own branch of one source holding events and labels in order (a
+    keyed exchange keeps each key's order), labels on: {entity: {event_id: (values, late, signals)}}."""
+    from pyflink.common import Duration, Types, WatermarkStrategy
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import FileSink
+
+    from pipelines import decision_job
+    from riskstream.config import JobConfig
+    from riskstream.ops.jars import flink_jar_urls
+    from udfs import jvm
+    from udfs.flink import EventTime
+
+    cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500, checkpoint_dir=(tmp_path / "chk").as_uri())
+    env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()])})
+    env.set_parallelism(1)
+    rows = [jvm.to_row(pack(x) if kind == "event" else label_record(*x)) for kind, x in records]
+    src = (env.from_collection(rows, type_info=jvm.record_type_info())
+           .assign_timestamps_and_watermarks(WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
+                                             .with_timestamp_assigner(EventTime())))
+    env.set_parallelism(parallelism)
+    spec = orjson.dumps(spec_document(LATENESS)).decode()
+    outs = []
+    for e in ENTITIES:
+        def show(row, name=e.name):
+            rec = jvm.from_row(row)
+            return orjson.dumps({"entity": name, "event_id": rec[0], "values": rec[-3], "late": rec[-2],
+                                 "signals": rec[-1]}).decode()
+        outs.append(jvm.entity_stage(src, e, spec, DEDUP, True, "jvm-test").map(show, output_type=Types.STRING()))
+    outs[0].union(*outs[1:]).sink_to(
+        FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build())
+    env.execute("jvm-label-features-test")
+    got: dict = {e.name: {} for e in ENTITIES}
+    for f in sorted((tmp_path / "out").rglob("*")):
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                o = orjson.loads(line)
+                assert o["event_id"] not in got[o["entity"]]
+                got[o["entity"]][o["event_id"]] = (o["values"], o["late"], o["signals"])
+    return got
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_jvm_label_features_match_python(jvm, tmp_path, parallelism):
+    """Every entity's label features (and windows) in the JVM equal the Python chain's, exactly, with labels
+    arriving late and out of order and legit overriding fraud."""
+    jar, _ = jvm
+    records = _labelled_records()
+    got = _run_branches(jar, records, parallelism, tmp_path)
+    nonzero = {}
+    for e in ENTITIES:
+        want, _ = _expected(records, label_signals=True, entities=(e,))
+        assert set(got[e.name]) == set(want), e.name
+        names = [f.name for f in features_for(e.name)]
+        lab = [i for i, n in enumerate(names) if "_fraud_" in n]
+        for eid, (values, late, signals) in got[e.name].items():
+            assert (values, late) == (want[eid][0], want[eid][1]), (e.name, eid)
+            assert (signals or None) == (want[eid][2] or None), (e.name, eid)
+        nonzero[e.name] = sum(any(v[i] > 0 for i in lab) for v, _, _ in got[e.name].values())
+    assert all(n > 100 for n in nonzero.values()), nonzero

@@ -57,3 +57,35 @@ def test_the_replay_command_takes_the_jobs_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("RISKSTREAM_DEDUP_HORIZON_MS", "-1")
     with pytest.raises(SystemExit, match="invalid configuration"):
         replayed()
+
+
+def test_replay_labels_file_applies_each_label_from_its_arrival(tmp_path):
+    """`riskstream replay --labels`: a label counts for the events at or after its arrival_ts, never before,
+    whatever its event's time; the newest label of an event wins; a bad label line fails with its number."""
+    from riskstream.cli import main
+
+    day = 86_400_000
+    t0 = 1_767_225_600_000
+    evs = [{"event_id": f"e{i}", "event_type": "payment", "user_id": f"u{i % 3}", "device_id": "dev", "ip": "10.0.0.1",
+            "amount": 5.0, "currency": "EUR", "ts": t0 + i * day, "payment_ref": "card"} for i in range(6)]
+    (tmp_path / "ev.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in evs) + b"\n")
+    lab = {"event_id": "e0", "user_id": "u0", "device_id": "dev", "event_ts": t0, "label": "fraud", "ip": "10.0.0.1"}
+    labels = [{**lab, "arrival_ts": t0 + 2 * day},  # counts from e2 on
+              {**lab, "label": "legit", "arrival_ts": t0 + 4 * day}]  # and no longer from e4 on
+    (tmp_path / "labels.jsonl").write_bytes(b"\n".join(orjson.dumps(x) for x in labels) + b"\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["replay", "--input", str(tmp_path / "ev.jsonl"), "--output", str(out),
+                 "--labels", str(tmp_path / "labels.jsonl")]) == 0
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [r["device_fraud_labels_7d"] for r in rows] == [0, 0, 1, 1, 0, 0]
+    assert [r["device_fraud_share_7d"] for r in rows] == [0, 0, 1 / 3, 1 / 4, 0, 0]
+    assert [r["ip_fraud_labels_7d"] for r in rows] == [0, 0, 1, 1, 0, 0]
+    assert [r["payment_fraud_labels_30d"] for r in rows] == [0] * 6  # the label names no payment_ref
+    assert [r["user_fraud_labels_30d"] for r in rows] == [0, 0, 0, 1, 0, 0]  # u0's events: e0, e3
+    # without labels every label feature is 0, as in a job without a labels topic
+    assert main(["replay", "--input", str(tmp_path / "ev.jsonl"), "--output", str(out)]) == 0
+    assert all(orjson.loads(line)["device_fraud_labels_30d"] == 0 for line in out.read_bytes().splitlines())
+    (tmp_path / "bad.jsonl").write_bytes(orjson.dumps(labels[0]) + b"\n" + orjson.dumps({**lab, "arrival_ts": t0 - 1}))
+    with pytest.raises(SystemExit, match="line 2: arrival_ts is before"):
+        main(["replay", "--input", str(tmp_path / "ev.jsonl"), "--output", str(out),
+              "--labels", str(tmp_path / "bad.jsonl")])

@@ -40,10 +40,10 @@ def test_missing_model_is_refused(tmp_path):
 def test_mismatched_model_is_refused(tmp_path):
     shutil.copy("models/risk_gbdt_v1.onnx", tmp_path / "m.onnx")
     spec = json.load(open("models/risk_gbdt_v1.json"))
-    spec["feature_names"] = spec["feature_names"][:-1] + ["device_events_7d"]
+    spec["feature_names"] = spec["feature_names"][:-1] + ["device_events_99d"]
     (tmp_path / "m.json").write_text(json.dumps(spec))
     msg = run("--model-path", str(tmp_path / "m.onnx"), "--bootstrap-servers", "127.0.0.1:1")
-    assert "trained on other features than this job computes" in msg and "device_events_7d" in msg, msg
+    assert "trained on other features than this job computes" in msg and "device_events_99d" in msg, msg
 
 
 def test_a_jars_folder_without_the_jvm_operators_is_refused(tmp_path):

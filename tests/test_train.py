@@ -287,3 +287,42 @@ def test_shipped_challenger_differs_measurably_from_the_champion():
     y = np.array([r[2] for r in rows_])
     f1, f2 = v1.score_batch(x) >= 0.5, v2.score_batch(x) >= 0.5
     assert f2.sum() > f1.sum() and (f2 & (y == 1)).sum() >= (f1 & (y == 1)).sum()
+
+
+def test_generated_traffic_over_days_has_the_slow_scenarios_and_label_arrivals():
+    from riskstream.generator import DAY_MS, LONG_SCENARIOS, SCENARIOS, TrafficGenerator
+
+    recs = list(TrafficGenerator(seed=5, days=20).generate(6000))
+    scen = {r.label["scenario"] for r in recs}
+    assert set(LONG_SCENARIOS) <= scen
+    ts = [r.event["ts"] for r in recs]
+    assert max(ts) - min(ts) > 15 * DAY_MS and max(ts) < TrafficGenerator().start_ts + 20 * DAY_MS
+    assert all(DAY_MS <= r.label["arrival_ts"] - r.label["ts"] <= 14 * DAY_MS for r in recs)
+    # slow card testing: one card, a few small payments a day, over days
+    cards: dict[str, list[int]] = {}
+    for r in recs:
+        if r.label["scenario"] == "slow_card_testing" and r.event.get("payment_ref"):
+            cards.setdefault(r.event["payment_ref"], []).append(r.event["ts"])
+    spans = [(max(t) - min(t)) / DAY_MS for t in cards.values() if len(t) >= 5]
+    assert spans and max(spans) >= 4 and all(len(t) <= 16 for t in cards.values())
+    # without days: the short scenarios only, the same events as before the slow ones existed
+    assert {r.label["scenario"] for r in TrafficGenerator(seed=5).generate(3000)} <= set(SCENARIOS) | {"normal"}
+
+
+def test_label_features_in_training_follow_the_label_delay():
+    """Generated labels reach the label features at the generator's arrival time (1-14 days), a fixed
+    --label-delay, or never (none)."""
+    from models.train import generated_dataset
+    from udfs.features import FEATURE_NAMES
+
+    i = FEATURE_NAMES.index("device_fraud_labels_30d")
+    d = generated_dataset(8000, [5], days=21)
+    assert d.trained_on["labels_fed"] > 500 and (d.x[:, i] > 0).sum() > 50
+    none = generated_dataset(8000, [5], days=21, label_delay="none")
+    assert none.trained_on["labels_fed"] == 0 and (none.x[:, i] == 0).all()
+    soon = generated_dataset(8000, [5], days=21, label_delay=3_600_000)  # an hour after the event
+    assert (soon.x[:, i] > 0).sum() > (d.x[:, i] > 0).sum()
+    from udfs.features import FEATURES, LABEL_AGGS
+
+    windows = [k for k, f in enumerate(FEATURES) if f.agg not in LABEL_AGGS]
+    assert (d.x[:, windows] == none.x[:, windows]).all()  # the window features do not depend on labels

@@ -56,6 +56,8 @@ offsets = st.one_of(
     st.integers(0, 2 * MINUTE),        # bursts inside the 1-minute horizon
     st.integers(0, 2 * HOUR),          # around the 1-hour edge
     st.integers(0, DAY + 2 * HOUR),    # across the 24-hour edge
+    st.integers(0, 8 * DAY),           # across the 7-day edge (6-hour buckets)
+    st.integers(0, 32 * DAY),          # across the 30-day edge (1-day buckets) and the key's expiry
 )
 
 
@@ -201,3 +203,150 @@ def test_chain_drops_expired_keys_by_the_watermark_rule():
     vals, _, _ = chain.process(Event("a2", "login", "old", "d-old", "ip-old", 0.0, "EUR", expiry))
     fresh = Chain().process(Event("a2", "login", "old", "d-old", "ip-old", 0.0, "EUR", expiry))[0]
     assert vals == fresh
+
+
+# -- label features: labels arriving late, out of order, legit overriding fraud ------------------------
+def run_with_labels(entity: str, records: list, lateness: int) -> dict[str, list]:
+    """The chain's entity step over ``records`` (Events, and ``("label", label_record args)`` tuples):
+    labels fold into the key's label state and count for every later event of the key."""
+    from udfs.chain import EntityStep, label_record
+    from udfs.features import ENTITY_BY_NAME
+
+    step = EntityStep(ENTITY_BY_NAME[entity], lateness)
+    store: dict[str, dict] = {}
+    known: dict[str, dict] = {}
+    out: dict[str, list] = {}
+    for r in records:
+        if type(r) is tuple:  # a label (an Event is a named tuple)
+            rec = label_record(*r[1])
+            k = step.label_key(rec)
+            if k is not None:
+                known[k] = step.fold_label(known.get(k), rec)
+            continue
+        k = step.key(r)
+        if k is None:
+            continue
+        st_, vals, late, _ = step.step(store.get(k), r, known.get(k))
+        store[k] = st_
+        out.setdefault(k, []).append((vals, late))
+    return out
+
+
+def check_labels_against_oracle(entity: str, records: list, lateness: int) -> int:
+    w = EntityWindows(entity, lateness)
+    names = list(w.names)
+    got = run_with_labels(entity, records, lateness)
+    field = w.key_field
+    pos = {"user_id": 1, "device_id": 2, "ip": 5, "payment_ref": 6}[field]  # in label_record's arguments
+    checked = labelled = 0
+    for k, results in got.items():
+        mine = []
+        for r in records:
+            if type(r) is tuple:
+                args = r[1]
+                if len(args) > pos and args[pos] == k:
+                    mine.append(("label", args[0], args[3], args[4]))
+            elif getattr(r, field) == k:
+                mine.append(r)
+        want = oracle_features(entity, mine, lateness)
+        evs = [e for e in mine if type(e) is not tuple]
+        assert len(want) == len(results) == len(evs)
+        for ev, (gv, gl), (wv, wl) in zip(evs, results, want):
+            assert gl == wl, (ev, "late flag")
+            assert dict(zip(names, gv)) == dict(zip(names, wv)), ev
+            labelled += any(v > 0 for n, v in zip(names, gv) if "fraud" in n)
+            checked += 1
+    check_labels_against_oracle.labelled = labelled
+    return checked
+
+
+@st.composite
+def labelled_streams(draw):
+    """Events over up to 40 days with labels among them: for any event of the stream (seen yet or not), fraud
+    or legit, arriving anywhere after or before it, some naming the ip and payment instrument."""
+    evs = draw(streams())
+    out: list = list(evs)
+    for _ in range(draw(st.integers(0, 25))):
+        e = draw(st.sampled_from(evs))
+        where = draw(st.integers(0, len(out)))
+        verdict = draw(st.sampled_from(["fraud", "fraud", "legit"]))
+        named = draw(st.booleans())
+        out.insert(where, ("label", (e.event_id, e.user_id, e.device_id, e.ts, verdict,
+                                     e.ip if named else None, e.payment_ref if named else None)))
+    return out
+
+
+@pytest.mark.parametrize("entity", ENTITY_NAMES)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=labelled_streams(), lateness=st.sampled_from([0, 60_000, 3 * HOUR]))
+def test_label_features_match_oracle(entity, records, lateness):
+    key = EntityWindows(entity).key_field
+    n = sum(1 for r in records if type(r) is not tuple and getattr(r, key) is not None)
+    assert check_labels_against_oracle(entity, records, lateness) == n
+
+
+def test_label_features_by_hand():
+    """A label counts from its arrival, by its event's time; legit overrides fraud; the share's base is
+    the key's events in the same window."""
+    from udfs.chain import Chain
+
+    names = [f for e in ENTITIES for f in EntityWindows(e.name).names]
+
+    def dev(vals):
+        return {n: v for n, v in zip(names, vals) if n.startswith("device_fraud")}
+
+    ch = Chain()
+    ev = [Event(f"e{i}", "payment", f"u{i}", "dev", "ip", 5.0, "EUR", T0 + i * DAY, None, f"c{i}") for i in range(12)]
+    assert dev(ch.process(ev[0])[0]) == {"device_fraud_labels_7d": 0, "device_fraud_labels_30d": 0,
+                                         "device_fraud_share_7d": 0, "device_fraud_share_30d": 0}
+    ch.process(ev[1])
+    ch.label("e0", "u0", "dev", ev[0].ts, "fraud")  # arrives on day 1, after e1: e1 did not see it
+    v = dev(ch.process(ev[2])[0])  # day 2: 3 events in both windows, one labelled fraud
+    assert v == {"device_fraud_labels_7d": 1, "device_fraud_labels_30d": 1,
+                 "device_fraud_share_7d": 1 / 3, "device_fraud_share_30d": 1 / 3}
+    ch.label("e0", "u0", "dev", ev[0].ts, "legit")  # the newest label of the event wins
+    assert dev(ch.process(ev[3])[0])["device_fraud_labels_30d"] == 0
+    ch.label("e2", "u2", "dev", ev[2].ts, "fraud")
+    for e in ev[4:10]:
+        v = dev(ch.process(e)[0])
+    # day 9: the 7-day window (six-hour buckets) starts at day 3 18:00, so e2's label (day 2) left it
+    assert v["device_fraud_labels_7d"] == 0 and v["device_fraud_labels_30d"] == 1
+    assert v["device_fraud_share_30d"] == 1 / 10
+    # a label naming no payment_ref reaches no payment key; the user key reads it
+    got = dict(zip(names, ch.process(ev[10])[0]))
+    assert got["payment_fraud_labels_30d"] == 0 and got["user_fraud_labels_30d"] == 0
+    ch.label("e10", "u10", "dev", ev[10].ts, "fraud", "ip", "c10")
+    got = dict(zip(names, ch.process(ev[10]._replace(event_id="e10b", ts=ev[10].ts + 1))[0]))
+    assert got["payment_fraud_labels_30d"] == 1 and got["user_fraud_labels_30d"] == 1
+    assert got["ip_fraud_labels_7d"] == 1
+
+
+def test_label_features_long_random_stream():
+    """40 days of traffic on few devices, labels arriving 1-14 days after their event (some legit after
+    fraud, some naming ip and card): every entity's values equal the oracle's, and many are non-zero."""
+    r = random.Random(11)
+    evs = []
+    for i in range(2500):
+        ts = T0 + int(i * 1_400_000 + r.gauss(0, 30_000))
+        et = r.choice(EVENT_TYPES)
+        card = f"c{r.randrange(30)}" if et in PAYMENT_REF_TYPES else None
+        evs.append(Event(f"e{i}", et, f"u{r.randrange(60)}", f"d{r.randrange(12)}", f"ip{r.randrange(15)}",
+                         r.randrange(4000) / 4, "EUR", ts, None, card))
+    pending = []
+    for e in evs:
+        if r.random() < 0.15:
+            arr = e.ts + r.randrange(DAY, 14 * DAY)
+            pending.append((arr, ("label", (e.event_id, e.user_id, e.device_id, e.ts, "fraud", e.ip, e.payment_ref))))
+            if r.random() < 0.2:
+                pending.append((arr + r.randrange(DAY), ("label", (e.event_id, e.user_id, e.device_id, e.ts, "legit"))))
+    pending.sort(key=lambda x: x[0])
+    records, j = [], 0
+    for e in evs:
+        while j < len(pending) and pending[j][0] <= e.ts:
+            records.append(pending[j][1])
+            j += 1
+        records.append(e)
+    for entity in ENTITY_NAMES:
+        key = EntityWindows(entity).key_field
+        assert check_labels_against_oracle(entity, records, 60_000) == sum(getattr(e, key) is not None for e in evs)
+        assert check_labels_against_oracle.labelled > 200, entity

@@ -24,8 +24,9 @@ from typing import Any
 from . import dedup, hll
 from .decision import decision_record, encode, error_decision_record
 from .events import EVENT_TYPES, Event
-from .features import BUCKET_MS, ENTITIES, MISSING, Entity, features_for, spec_fingerprint, spec_json
-from .labels import FRAUD, apply_label, known_fraud_users
+from .features import (BUCKET_MS, ENTITIES, MISSING, Entity, features_for, label_keep_ms, spec_fingerprint,
+                       spec_json)
+from .labels import FRAUD, apply_fraud_label, apply_label, known_fraud_users
 from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,
                       retention_ms)
 
@@ -78,9 +79,12 @@ def key_index(entity: Entity) -> int:
     return EVENT_FIELDS.index(entity.key_field)
 
 
-def label_record(event_id: str, user_id: str, device_id: str, event_ts: int, label: str) -> Record:
-    """A label from the labels topic as a record, so it can be keyed like an event of its entity."""
-    return pack(Event(event_id, LABEL_MARK, user_id, device_id, "", 0.0, "", event_ts, {"label": label}))
+def label_record(event_id: str, user_id: str, device_id: str, event_ts: int, label: str, ip: str | None = None,
+                 payment_ref: str | None = None) -> Record:
+    """A label from the labels topic as a record, so it can be keyed like an event of its entity. A label
+    without ``ip`` carries ``""`` there (the ip stage skips it), without ``payment_ref`` None."""
+    return pack(Event(event_id, LABEL_MARK, user_id, device_id, ip or "", 0.0, "", event_ts, {"label": label},
+                      payment_ref))
 
 
 def is_label(rec: Record) -> bool:
@@ -100,6 +104,7 @@ class EntityStep:
         self.windows = EntityWindows(entity.name, allowed_lateness_ms)
         self.dedup_horizon_ms = int(dedup_horizon_ms) if entity.dedup else 0
         self.signal_name = f"{entity.name}_known_fraud_users_7d" if entity.label_signals else None
+        self.reads_labels = entity.label_signals or self.windows.reads_labels
 
     def key(self, ev: Event) -> str | None:
         return getattr(ev, self.entity.key_field)
@@ -120,9 +125,10 @@ class EntityStep:
         return state is not None and dedup.seen(state, ev.event_id, max(state["last"], ev.ts),
                                                 self.dedup_horizon_ms)
 
-    def step(self, state: dict | None, ev: Event) -> tuple[dict, list[float], bool, int | None]:
-        """(new state, window values, late, cleanup timer to register or None)."""
-        state, vals, late = self.windows.update(state, ev)
+    def step(self, state: dict | None, ev: Event, known: dict | None = None) -> tuple[dict, list[float], bool, int | None]:
+        """(new state, window values, late, cleanup timer to register or None). ``known``: the key's label
+        state (:meth:`fold_label`) as it stands when ``ev`` reaches the stage."""
+        state, vals, late = self.windows.update(state, ev, known.get("lab") if known else None)
         if self.dedup_horizon_ms:
             dedup.remember(state, ev.event_id, ev.ts, state["last"], self.dedup_horizon_ms)
         return state, vals, late, arm(self.windows, state)
@@ -130,15 +136,27 @@ class EntityStep:
     def on_timer(self, state: dict | None, timestamp: int) -> tuple[str, int | None]:
         return cleanup(self.windows, state, timestamp)
 
-    # labels (entities with label_signals): {user_id: newest fraud event ts}, see udfs.labels
+    # labels (entities that read labels): the key's label state {"users": {user_id: newest fraud event ts}
+    # (label_signals), "lab": {event_id: event ts} (label features)}, see udfs.labels
+    def label_key(self, label_rec: Record) -> str | None:
+        """The key a label folds into here, or None when the label does not name this entity's key."""
+        return label_rec[key_index(self.entity)] or None
+
     def fold_label(self, known: dict | None, label_rec: Record) -> dict:
+        """The key's label state after one label (a new dict; the keys whose store is empty are absent)."""
         ev = Event(*label_rec[:N_EVENT])
-        return apply_label(known, ev.user_id, ev.ts, ev.extras["label"])
+        label = ev.extras["label"]
+        known = dict(known) if known else {}
+        if self.signal_name is not None:
+            known["users"] = apply_label(known.get("users"), ev.user_id, ev.ts, label)
+        if self.windows.reads_labels:
+            known["lab"] = apply_fraud_label(known.get("lab"), ev.event_id, ev.ts, label, self.windows.label_keep_ms)
+        return {k: v for k, v in known.items() if v}
 
     def signals(self, known: dict | None, ev: Event) -> dict | None:
         if self.signal_name is None:
             return None
-        return {self.signal_name: known_fraud_users(known, ev.ts)}
+        return {self.signal_name: known_fraud_users(known.get("users") if known else None, ev.ts)}
 
 
 # -- decide stage --------------------------------------------------------------------------------------
@@ -193,9 +211,10 @@ class Chain:
                  out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS,
                  entities: tuple[Entity, ...] = ENTITIES, label_signals: bool = False):
         self.label_signals = label_signals  # as the job with a labels topic: records carry the signals
+        # label features read the labels folded so far whether or not the records carry signals
         self.steps = [EntityStep(e, allowed_lateness_ms, dedup_horizon_ms) for e in entities]
         self.stores: list[dict[str, dict]] = [{} for _ in self.steps]
-        self.known: list[dict[str, dict]] = [{} for _ in self.steps]  # label state (label_signals only)
+        self.known: list[dict[str, dict]] = [{} for _ in self.steps]  # label state (EntityStep.fold_label)
         self.out_of_orderness_ms = int(out_of_orderness_ms)
         self._timers: list[tuple[int, int, str]] = []  # (timestamp, stage index, key)
         self._max_ts: int | None = None
@@ -215,13 +234,16 @@ class Chain:
                 store[key]["timer"] = timer
                 heapq.heappush(self._timers, (timer, i, key))
 
-    def label(self, event_id: str, user_id: str, device_id: str, event_ts: int, label: str) -> None:
-        """Fold a label into every label-signal entity (in the job it arrives on the labels topic)."""
-        rec = label_record(event_id, user_id, device_id, event_ts, label)
-        ev = unpack(rec)[0]
+    def label(self, event_id: str, user_id: str, device_id: str, event_ts: int, label: str, ip: str | None = None,
+              payment_ref: str | None = None) -> None:
+        """Fold a label into every entity that reads labels and whose key it names (in the job it arrives on
+        the labels topic); it counts for every event processed after it."""
+        rec = label_record(event_id, user_id, device_id, event_ts, label, ip, payment_ref)
         for i, step in enumerate(self.steps):
-            if step.signal_name is not None:
-                key = step.key(ev)
+            if step.reads_labels:
+                key = step.label_key(rec)
+                if key is None:
+                    continue
                 known = step.fold_label(self.known[i].get(key), rec)
                 if known:
                     self.known[i][key] = known
@@ -251,7 +273,7 @@ class Chain:
             st = store.get(key)
             if step.duplicate(st, ev):
                 return None  # the first stage: nothing stored anywhere yet
-            st, vals, lt, timer = step.step(st, ev)
+            st, vals, lt, timer = step.step(st, ev, self.known[i].get(key))
             store[key] = st
             if timer is not None:
                 heapq.heappush(self._timers, (timer, i, key))
@@ -282,7 +304,7 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> dict:
         "event_types": list(EVENT_TYPES),
         "distinct": {"exact_up_to": HLL_THRESHOLD, **hll.params()},
         "entities": [{**e.to_json(), "order": i, "retention_ms": retention_ms(e.name, allowed_lateness_ms),
-                      "features": [f.name for f in features_for(e.name)]}
+                      "label_keep_ms": label_keep_ms(e.name), "features": [f.name for f in features_for(e.name)]}
                      for i, e in enumerate(ENTITIES)],
         "features": spec_json(),
     }

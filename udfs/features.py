@@ -33,6 +33,9 @@ BUCKET_MS = {
     10 * MINUTE: 30 * SECOND,
     1 * HOUR: 2 * MINUTE,
     24 * HOUR: 30 * MINUTE,
+    # long horizons on coarse tiles: a 7-day window is 28 six-hour buckets, a 30-day window 30 days
+    7 * DAY: 6 * HOUR,
+    30 * DAY: DAY,
 }
 
 
@@ -43,7 +46,9 @@ class Entity:
     ``optional`` entity's events may lack a key (None): they read empty windows and store nothing. Only
     the first entity of the chain may ``dedup`` (it sees every event first). ``label_signals``: the stage
     also folds labels into a per-key set of known-fraud users (``udfs.labels``), read as the signal
-    ``<name>_known_fraud_users_7d`` by the rules."""
+    ``<name>_known_fraud_users_7d`` by the rules. An entity with label features (aggregates in
+    ``LABEL_AGGS``) also reads labels (:attr:`reads_labels`): its stage folds them into a per-key store of
+    labelled-fraud events (``udfs.labels.apply_fraud_label``)."""
 
     name: str
     key_field: str
@@ -51,8 +56,13 @@ class Entity:
     dedup: bool = False
     label_signals: bool = False
 
+    @property
+    def reads_labels(self) -> bool:
+        """The stage folds labels: for its signal, or for label features of the spec."""
+        return self.label_signals or any(f.entity == self.name and f.agg in LABEL_AGGS for f in FEATURES)
+
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "reads_labels": self.reads_labels}
 
 
 # The stage chain, in order. The user stage comes first: it drops duplicate event ids before any window
@@ -69,6 +79,12 @@ EVENT_ENTITY = "event"  # the pseudo-entity of the event's own fields (no key, n
 ENTITY_KEYS = {**{e.name: e.key_field for e in ENTITIES}, EVENT_ENTITY: None}
 WINDOW_AGGS = ("count", "sum", "mean", "max", "min", "distinct")
 KEY_AGGS = ("since_prev", "age")
+# label features, as known at decision time (docs/features.md#label-risk-features): the key's events labelled
+# fraud, counted from the label's arrival at the stage, whose event time falls in the window; and their share
+# of the key's events in the same window
+LABEL_AGGS = ("fraud_labels", "fraud_share")
+# a label carries these keys (user_id, device_id always; ip and payment_ref when the label names them)
+LABEL_KEYS = ("user_id", "device_id", "ip", "payment_ref")
 EVENT_AGGS = ("value", "type_index")
 
 PAYMENTS = ("payment", "add_payment_method")
@@ -87,7 +103,14 @@ class Feature:
     def __post_init__(self) -> None:
         if self.entity not in ENTITY_KEYS:
             raise ValueError(f"{self.name}: unknown entity {self.entity!r}")
-        if self.agg in WINDOW_AGGS:
+        if self.agg in LABEL_AGGS:
+            if self.horizon_ms not in BUCKET_MS:
+                raise ValueError(f"{self.name}: horizon {self.horizon_ms} not one of {sorted(BUCKET_MS)}")
+            if self.field or self.event_types:
+                raise ValueError(f"{self.name}: {self.agg} takes no input field and no event-type filter")
+            if self.entity != EVENT_ENTITY and ENTITY_KEYS[self.entity] not in LABEL_KEYS:
+                raise ValueError(f"{self.name}: labels carry no {ENTITY_KEYS[self.entity]}")
+        elif self.agg in WINDOW_AGGS:
             if self.horizon_ms not in BUCKET_MS:
                 raise ValueError(f"{self.name}: horizon {self.horizon_ms} not one of {sorted(BUCKET_MS)}")
             if self.agg != "count" and not self.field:
@@ -132,6 +155,16 @@ FEATURES: tuple[Feature, ...] = (
     _f("user_spend_mean_24h", "user", "mean", "amount", DAY, SPEND),
     _f("user_spend_max_24h", "user", "max", "amount", DAY, SPEND),
     _f("user_spend_min_10m", "user", "min", "amount", 10 * MINUTE, SPEND),
+    # long horizons (the Fraud Detection Handbook's customer profile: 1/7/30-day counts and mean amounts)
+    _f("user_events_7d", "user", "count", horizon=7 * DAY),
+    _f("user_events_30d", "user", "count", horizon=30 * DAY),
+    _f("user_payments_7d", "user", "count", horizon=7 * DAY, types=("payment",)),
+    _f("user_spend_sum_7d", "user", "sum", "amount", 7 * DAY, SPEND),
+    _f("user_spend_mean_7d", "user", "mean", "amount", 7 * DAY, SPEND),
+    _f("user_spend_mean_30d", "user", "mean", "amount", 30 * DAY, SPEND),
+    _f("user_distinct_devices_30d", "user", "distinct", "device_id", 30 * DAY),
+    # delayed labels as known at decision time (a label counts from its arrival at the stage)
+    _f("user_fraud_labels_30d", "user", "fraud_labels", horizon=30 * DAY),
     _f("user_distinct_devices_24h", "user", "distinct", "device_id", DAY),
     _f("user_distinct_ips_1h", "user", "distinct", "ip", HOUR),
     _f("user_distinct_payment_refs_1h", "user", "distinct", "payment_ref", HOUR),
@@ -142,6 +175,7 @@ FEATURES: tuple[Feature, ...] = (
     _f("ip_distinct_users_1h", "ip", "distinct", "user_id", HOUR),
     _f("ip_distinct_users_24h", "ip", "distinct", "user_id", DAY),
     _f("ip_signups_24h", "ip", "count", horizon=DAY, types=("signup",)),
+    _f("ip_fraud_labels_7d", "ip", "fraud_labels", horizon=7 * DAY),
     # per device
     _f("device_events_1m", "device", "count", horizon=MINUTE),
     _f("device_events_1h", "device", "count", horizon=HOUR),
@@ -151,6 +185,16 @@ FEATURES: tuple[Feature, ...] = (
     _f("device_signups_24h", "device", "count", horizon=DAY, types=("signup",)),
     _f("device_spend_sum_1h", "device", "sum", "amount", HOUR, SPEND),
     _f("device_age_ms", "device", "age"),
+    # long horizons (the handbook's terminal profile: 1/7/30-day counts)
+    _f("device_events_24h", "device", "count", horizon=DAY),
+    _f("device_events_7d", "device", "count", horizon=7 * DAY),
+    _f("device_events_30d", "device", "count", horizon=30 * DAY),
+    _f("device_distinct_users_30d", "device", "distinct", "user_id", 30 * DAY),
+    # a compromised device or terminal: its earlier fraud, labelled days later (the handbook's terminal risk)
+    _f("device_fraud_labels_7d", "device", "fraud_labels", horizon=7 * DAY),
+    _f("device_fraud_labels_30d", "device", "fraud_labels", horizon=30 * DAY),
+    _f("device_fraud_share_7d", "device", "fraud_share", horizon=7 * DAY),
+    _f("device_fraud_share_30d", "device", "fraud_share", horizon=30 * DAY),
     _f("device_distinct_payment_refs_1h", "device", "distinct", "payment_ref", HOUR),
     # per payment instrument (events without one read empty windows: 0 counts, -1 age)
     _f("payment_events_1h", "payment", "count", horizon=HOUR),
@@ -159,6 +203,11 @@ FEATURES: tuple[Feature, ...] = (
     _f("payment_distinct_users_24h", "payment", "distinct", "user_id", DAY),
     _f("payment_distinct_devices_24h", "payment", "distinct", "device_id", DAY),
     _f("payment_spend_sum_24h", "payment", "sum", "amount", DAY, SPEND),
+    # slow card testing: a few small payments a day on one instrument, over a week
+    _f("payment_attempts_7d", "payment", "count", horizon=7 * DAY, types=("payment",)),
+    _f("payment_spend_mean_7d", "payment", "mean", "amount", 7 * DAY, SPEND),
+    _f("payment_fraud_labels_30d", "payment", "fraud_labels", horizon=30 * DAY),
+    _f("payment_fraud_share_30d", "payment", "fraud_share", horizon=30 * DAY),
     _f("payment_age_ms", "payment", "age"),
 )
 
@@ -187,6 +236,12 @@ def spec_json(features: tuple[Feature, ...] = FEATURES) -> list[dict]:
 def spec_fingerprint(features: tuple[Feature, ...] = FEATURES) -> str:
     """Hash of names, order and meaning of every feature: a model is valid only for this fingerprint."""
     return hashlib.sha256(orjson.dumps(spec_json(features), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def label_keep_ms(entity: str) -> int:
+    """How far behind the newest labelled event time a key's label store keeps labels: the longest label
+    horizon plus its bucket width (an older label can be read only by events older than any it labels)."""
+    return max((f.horizon_ms + f.bucket_ms for f in features_for(entity) if f.agg in LABEL_AGGS), default=0)
 
 
 def max_horizon_ms(entity: str) -> int:

@@ -35,13 +35,19 @@ from .events import (
     encode_event,
     parse_event,
 )
-from .features import ENTITY_BY_NAME, Entity
+from .features import ENTITIES, ENTITY_BY_NAME, Entity
 from .policy import DECISIONS, Policy
 from .scoring import Scorer  # imports onnxruntime safely for thread mode (see udfs.scoring)
 from .windows import TIMER_GRID_MS
 
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # upper bounds of the scoring histogram
-LABEL_TTL_MS = 8 * 24 * 3600 * 1000  # a device's labels are dropped this long (wall clock) after its last one
+LABEL_TTL_MS = 8 * 24 * 3600 * 1000  # a key's labels are dropped at least this long (wall clock) after its last one
+
+
+def label_ttl_ms(step) -> int:
+    """Wall-clock time after a key's last label before its label state goes: 8 days, or the label features'
+    longest horizon plus its bucket and a day (a label is readable that long after its event)."""
+    return max(LABEL_TTL_MS, step.windows.label_keep_ms + 24 * 3600 * 1000)
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # Between stages a udfs.chain record travels (pack/unpack there). The declared type is PICKLED_BYTE_ARRAY,
@@ -120,7 +126,7 @@ class ParseLabel(ProcessFunction):
         if isinstance(res, Rejection):
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
             return
-        rec = label_record(*res)
+        rec = label_record(*res)  # (..., label, ip, payment_ref)
         if self.rows:
             from .jvm import to_row
 
@@ -176,7 +182,7 @@ class EntityStage(KeyedProcessFunction):
 
     A record that makes the stage raise (a bug, not bad input: parsing already validated it) goes to the
     dead-letter side output with reason ``processing_error``; the job keeps running instead of restarting
-    into the same record forever. Label records (``labels=True`` and an entity with ``label_signals``)
+    into the same record forever. Label records (``labels=True`` and an entity that reads labels)
     update a second ValueState, cleaned by a processing-time timer ``LABEL_TTL_MS`` after the key's last
     label: labels come with wall-clock arrival, so event-time timers would judge them by the wrong clock.
     """
@@ -187,7 +193,7 @@ class EntityStage(KeyedProcessFunction):
         self.allowed_lateness_ms = allowed_lateness_ms
         self.job_name = job_name
         self.dedup_horizon_ms = dedup_horizon_ms
-        self.labels = labels and ENTITY_BY_NAME[entity].label_signals
+        self.labels = labels and ENTITY_BY_NAME[entity].reads_labels
 
     def open(self, runtime_context: RuntimeContext):
         self.step = EntityStep(ENTITY_BY_NAME[self.entity], self.allowed_lateness_ms, self.dedup_horizon_ms)
@@ -200,7 +206,10 @@ class EntityStage(KeyedProcessFunction):
         if self.labels:
             self.known = runtime_context.get_state(
                 ValueStateDescriptor(f"{self.entity}_labels", Types.PICKLED_BYTE_ARRAY()))
-            self.label_counters = {k: group.counter(f"labels_{k}") for k in (FRAUD, LEGIT)}
+            # counted once: by the first stage of the chain that reads labels (it reads every label)
+            first = next(e.name for e in ENTITIES if e.reads_labels)
+            self.label_counters = ({k: group.counter(f"labels_{k}") for k in (FRAUD, LEGIT)}
+                                   if first == self.entity else None)
 
     def process_element(self, value, ctx):
         if is_label(value):
@@ -219,14 +228,12 @@ class EntityStage(KeyedProcessFunction):
                             f"event_id seen for this {self.entity} within {self.step.dedup_horizon_ms} ms",
                             self.job_name)
                 return
-            st, vals, late, timer = self.step.step(st, ev)
+            st_l = self.known.value() if self.labels else None
+            st, vals, late, timer = self.step.step(st, ev, st_l)
             if timer is not None:
                 ctx.timer_service().register_event_time_timer(timer)
             self.state.update(st)
-            signals = None
-            if self.labels:
-                st_l = self.known.value()
-                signals = self.step.signals(st_l["users"] if st_l else None, ev)
+            signals = self.step.signals(st_l, ev) if self.labels else None
         except Exception as e:
             self.error_counter.inc()
             yield _dead(value, PROCESSING_ERROR, f"{self.entity} stage: {type(e).__name__}: {e}", self.job_name)
@@ -236,17 +243,21 @@ class EntityStage(KeyedProcessFunction):
         yield extend(value, vals, late, signals)
 
     def _label(self, value, ctx) -> None:
-        """Fold a label into the key's known-fraud users (``{"users": {...}, "at": wall ms}``)."""
+        """Fold a label into the key's label state (``udfs.chain.EntityStep.fold_label``, plus ``"at"``: the
+        wall-clock time of its last label). A label that does not name this entity's key is skipped."""
         try:
-            st = self.known.value() or {"users": {}, "at": 0}
-            users = self.step.fold_label(st["users"], value)
-            self.label_counters[unpack(value)[0].extras["label"]].inc()
-            if not users:
+            if self.step.label_key(value) is None:
+                return
+            st = self.known.value() or {}
+            known = self.step.fold_label({k: v for k, v in st.items() if k != "at"}, value)
+            if self.label_counters is not None:
+                self.label_counters[unpack(value)[0].extras["label"]].inc()
+            if not known:
                 self.known.clear()
                 return
             now = int(time.time() * 1000)
-            self.known.update({"users": users, "at": now})
-            due = now + LABEL_TTL_MS
+            self.known.update({**known, "at": now})
+            due = now + label_ttl_ms(self.step)
             ctx.timer_service().register_processing_time_timer(due - due % TIMER_GRID_MS + TIMER_GRID_MS)
         except Exception as e:  # a label must never fail the job
             self.error_counter.inc()
@@ -256,7 +267,7 @@ class EntityStage(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx):
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:  # only label cleanup uses processing time
             st = self.known.value() if self.labels else None
-            if st is not None and st["at"] + LABEL_TTL_MS <= timestamp:
+            if st is not None and st["at"] + label_ttl_ms(self.step) <= timestamp:
                 self.known.clear()
             return iter(())
         st = self.state.value()

@@ -1,14 +1,22 @@
 """Label feedback (pure): chargebacks and analyst verdicts, hours or days after the event.
 
 A label on the labels topic is ``{"event_id", "user_id", "device_id", "event_ts", "label": "fraud"|"legit"}``
-(``event_ts``: the labelled event's time, epoch ms). Each entity stage with ``label_signals`` in the spec
-(the device) keeps, per key, the users labelled fraud with their event time, for ``KNOWN_FRAUD_HORIZON_MS`` (7 days) and at most
-``MAX_USERS_PER_DEVICE`` of them. A later ``legit`` label for the same user removes them. From that it
-computes a *signal*, not a model feature: ``device_known_fraud_users_7d``, the number of known-fraud
-users seen on this device in the 7 days before the event being scored. That is the fraud-ring signal.
+(``event_ts``: the labelled event's time, epoch ms), optionally with the labelled event's ``ip`` and
+``payment_ref`` (the ip and payment stages read only labels that name their key). A labels *file* for the
+offline replay also gives each label's ``arrival_ts`` (:func:`read_label_file`).
 
-Signals go to the rules (a rule may name them like features) and into the decision record. The model
-does not see them: adding one to the model is a feature-spec change and a retrain.
+Label features (``features.LABEL_AGGS``): each stage that reads labels keeps per key the labelled-fraud events
+``{event_id: event_ts}`` (:func:`apply_fraud_label`): a ``fraud`` label adds its event, a later ``legit`` label
+for the same event removes it (the newest label of an event wins); events older than the newest one kept by
+more than ``features.label_keep_ms`` are dropped, and at most ``MAX_LABELS_PER_KEY`` are kept. The window code
+(``udfs.windows``) reads them; the semantics are in docs/features.md.
+
+Label signals: each entity stage with ``label_signals`` in the spec (the device) keeps, per key, the users
+labelled fraud with their event time, for ``KNOWN_FRAUD_HORIZON_MS`` (7 days) and at most
+``MAX_USERS_PER_DEVICE`` of them. A later ``legit`` label for the same user removes them. From that it
+computes a *signal* for the rules: ``device_known_fraud_users_7d``, the number of known-fraud users seen on
+this device in the 7 days before the event being scored. That is the fraud-ring signal. Signals go to the
+rules (a rule may name them like features) and into the decision record.
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from .events import MAX_ID_LEN, MIN_TS_MS, MAX_TS_MS, Rejection
 
 KNOWN_FRAUD_HORIZON_MS = 7 * 24 * 3600 * 1000
 MAX_USERS_PER_DEVICE = 1000
+MAX_LABELS_PER_KEY = 1000
 INVALID_LABEL = "invalid_label"
 FRAUD, LEGIT = "fraud", "legit"
 
 
-def parse_label(raw: bytes) -> tuple[str, str, str, int, str] | Rejection:
-    """(event_id, user_id, device_id, event_ts, label) or a Rejection. Never raises."""
+def parse_label(raw: bytes) -> tuple[str, str, str, int, str, str | None, str | None] | Rejection:
+    """(event_id, user_id, device_id, event_ts, label, ip, payment_ref) or a Rejection; ``ip`` and
+    ``payment_ref`` are None when the label does not name them. Never raises."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -45,7 +55,56 @@ def parse_label(raw: bytes) -> tuple[str, str, str, int, str] | Rejection:
     label = obj.get("label")
     if label not in (FRAUD, LEGIT):
         return Rejection(INVALID_LABEL, "label must be 'fraud' or 'legit'")
-    return ids[0], ids[1], ids[2], ts, label
+    opt = []
+    for name in ("ip", "payment_ref"):
+        v = obj.get(name)
+        if v is not None and (not isinstance(v, str) or not v.strip() or len(v) > MAX_ID_LEN):
+            return Rejection(INVALID_LABEL, f"{name}, when given, must be a non-blank string of at most "
+                                            f"{MAX_ID_LEN} characters")
+        opt.append(v)
+    return ids[0], ids[1], ids[2], ts, label, opt[0], opt[1]
+
+
+def read_label_file(path) -> list[tuple[int, tuple]]:
+    """A labels file for the replay: JSON lines, each a label as on the labels topic plus ``arrival_ts``
+    (epoch ms, not before ``event_ts``): when the label reaches the job. Returns ``(arrival_ts, label)``
+    sorted by arrival (ties keep file order), ``label`` as :func:`parse_label` returns it. Raises
+    ValueError naming the line of the first bad label."""
+    out = []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            res = parse_label(line)
+            if isinstance(res, Rejection):
+                raise ValueError(f"line {n}: {res.detail}")
+            arr = orjson.loads(line).get("arrival_ts")
+            if isinstance(arr, bool) or not isinstance(arr, int) or not MIN_TS_MS <= arr < MAX_TS_MS:
+                raise ValueError(f"line {n}: arrival_ts must be the label's arrival time in epoch ms")
+            if arr < res[3]:
+                raise ValueError(f"line {n}: arrival_ts is before the labelled event's event_ts")
+            out.append((arr, res))
+    out.sort(key=lambda x: x[0])
+    return out
+
+
+def apply_fraud_label(lab: dict | None, event_id: str, event_ts: int, label: str, keep_ms: int) -> dict:
+    """Fold one label into a key's labelled-fraud events ``{event_id: event_ts}`` (in arrival order);
+    returns the dict. ``fraud`` (re-)adds the event at the end, ``legit`` removes it; then events older than
+    the newest kept by more than ``keep_ms`` go, and the oldest (the first of equal times) while more than
+    ``MAX_LABELS_PER_KEY`` remain."""
+    lab = {} if lab is None else lab
+    lab.pop(event_id, None)
+    if label != FRAUD:
+        return lab
+    lab[event_id] = event_ts
+    floor = max(lab.values()) - keep_ms
+    for e in [e for e, t in lab.items() if t < floor]:
+        del lab[e]
+    while len(lab) > MAX_LABELS_PER_KEY:
+        del lab[min(lab, key=lab.get)]
+    return lab
 
 
 def apply_label(known: dict | None, user_id: str, event_ts: int, label: str) -> dict:

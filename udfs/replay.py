@@ -7,6 +7,7 @@ second implementation.
 
 from __future__ import annotations
 
+import heapq
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -19,16 +20,37 @@ from .windows import DEFAULT_LATENESS_MS, event_values
 
 
 class FeatureReplay:
-    """The job's entity stages (``udfs.chain.Chain``) over in-memory stores, returning whole vectors."""
+    """The job's entity stages (``udfs.chain.Chain``) over in-memory stores, returning whole vectors.
+
+    Labels with arrival times (:meth:`add_label`, or ``labels``: ``(arrival_ts, label)`` pairs as
+    ``udfs.labels.read_label_file`` returns them) reach the stages as in the job: a label is folded before
+    the first event whose ``ts`` is at or after its ``arrival_ts`` (ties in the order they were added), so
+    no event's features see a label that had not yet arrived."""
 
     def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                  dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
-                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS):
+                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, labels: Iterable | None = None):
         self.chain = Chain(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
+        self._labels: list = []
+        self._seq = 0
+        self.labels_applied = 0
+        for arrival, label in labels or ():
+            self.add_label(arrival, label)
+
+    def add_label(self, arrival_ts: int, label: tuple) -> None:
+        """Schedule a label (``udfs.labels.parse_label``'s tuple) to arrive at ``arrival_ts``."""
+        self._seq += 1
+        heapq.heappush(self._labels, (int(arrival_ts), self._seq, tuple(label)))
+
+    def _arrive(self, ts: int) -> None:
+        while self._labels and self._labels[0][0] <= ts:
+            self.chain.label(*heapq.heappop(self._labels)[2])
+            self.labels_applied += 1
 
     def step(self, ev: Event) -> tuple[list[float], bool] | None:
         """Feature vector (``FEATURE_NAMES`` order) of one event and whether it was late for a key, or
         None for a duplicate event id, which the job dead-letters (``udfs.dedup``)."""
+        self._arrive(ev.ts)
         res = self.chain.process(ev)
         if res is None:
             return None
@@ -37,9 +59,11 @@ class FeatureReplay:
 
 def replay(events: Iterable[Event], allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
            dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
-           out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS) -> Iterator[tuple[Event, list[float], bool]]:
-    """(event, features, late) per event the job would score; duplicate event ids are skipped."""
-    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
+           out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS,
+           labels: Iterable | None = None) -> Iterator[tuple[Event, list[float], bool]]:
+    """(event, features, late) per event the job would score; duplicate event ids are skipped. ``labels``:
+    ``(arrival_ts, label)`` pairs (:class:`FeatureReplay`)."""
+    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels)
     for ev in events:
         res = r.step(ev)
         if res is not None:
@@ -70,10 +94,13 @@ def read_events(path) -> Iterator[tuple[int, bytes | dict]]:
 
 def replay_input(inp: Input, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                  dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
-                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS) -> Iterator[tuple[Loaded, list[float], bool]]:
+                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, labels: Iterable | None = None,
+                 replayer: FeatureReplay | None = None) -> Iterator[tuple[Loaded, list[float], bool]]:
     """(loaded event, features, late) per valid event of an input (``udfs.ingest.load_input``), in its
-    order. A duplicate event id is added to the input's rejects (the job dead-letters it) and skipped."""
-    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
+    order. A duplicate event id is added to the input's rejects (the job dead-letters it) and skipped.
+    ``labels``: ``(arrival_ts, label)`` pairs; ``replayer``: a :class:`FeatureReplay` to run (its labels
+    may be added while iterating)."""
+    r = replayer or FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels)
     for item in inp.events:
         res = r.step(item.event)
         if res is None:
@@ -96,18 +123,21 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                 order: str = "file", rejects_path=None,
-                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE) -> dict:
+                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, labels_path=None) -> dict:
     """Write one JSON line per valid event: ``event_id``, ``ts``, ``user_id``, ``device_id``
     (``payment_ref``), ``late``, every feature by name, and ``label`` / ``scenario`` when the mapping
     declares a label column. Records the job would dead-letter are skipped, counted by reason (as the job
     would route them) and, with ``rejects_path``, written there with their row and line numbers.
-    ``verdict`` in the result is why the input is unusable (too many rejects), or None."""
+    ``verdict`` in the result is why the input is unusable (too many rejects), or None. ``labels_path``: a
+    labels file with arrival times (``udfs.labels.read_label_file``) for the label features."""
     import orjson
 
+    labels = _labels(labels_path)
     inp = load_input(input_path, mapping, order)
     stats = {"events": 0, "late": 0}
+    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels)
     with open(output_path, "wb") as out:
-        for item, vec, late in replay_input(inp, allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms):
+        for item, vec, late in replay_input(inp, replayer=r):
             stats["events"] += 1
             stats["late"] += late
             row = {**event_fields(item), "late": late, **dict(zip(FEATURE_NAMES, vec))}
@@ -120,7 +150,21 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
         inp.write_rejects(rejects_path)
     return {**stats, "records": inp.records, "rejected": inp.rejected(), "refused": inp.refused(),
             "out_of_order": inp.out_of_order, "order": order, "verdict": inp.verdict(max_reject_share),
+            "labels": len(labels), "labels_applied": r.labels_applied,
             "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None}
+
+
+def _labels(path) -> list:
+    """A labels file's ``(arrival_ts, label)`` pairs, or [] without one. IngestError names the bad line."""
+    if path is None:
+        return []
+    from .ingest import IngestError
+    from .labels import read_label_file
+
+    try:
+        return read_label_file(path)
+    except (OSError, ValueError) as e:
+        raise IngestError(f"labels file {path}: {e}") from None
 
 
 SCORE_COLUMNS = ("event_id", "ts", "user_id", "device_id", "payment_ref", "event_type", "score", "decision",
@@ -131,7 +175,7 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
                dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                order: str = "file", rejects_path=None, max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
-               policy=None, batch: int = 4096) -> dict:
+               policy=None, batch: int = 4096, labels_path=None) -> dict:
     """Per-event scores and decisions offline: the job's features (this replay), the model's score (the
     job's ``Scorer``) and the policy's decision and reasons (default ``udfs.policy.Policy()``: thresholds
     and rules; label-feedback signals are not replayed, so rules on them never fire). Writes JSON lines, or
@@ -146,6 +190,7 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
 
     scorer = Scorer(model_path)
     policy = policy or Policy()
+    labels = _labels(labels_path)
     inp = load_input(input_path, mapping, order)
     as_csv = str(output_path).lower().endswith(".csv")
     cols = list(SCORE_COLUMNS) + (["label", "scenario"] if inp.labelled else [])
@@ -179,7 +224,8 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
                     out.write(orjson.dumps(row).decode() + "\n")
             pending.clear()
 
-        for item, vec, late in replay_input(inp, allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms):
+        for item, vec, late in replay_input(inp, allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms,
+                                            labels):
             stats["events"] += 1
             stats["late"] += late
             pending.append((item, vec, late))

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import hll
 from .events import EVENT_TYPE_INDEX, EVENT_TYPES, Event
-from .features import ENTITY_BY_NAME, MISSING, Feature, features_for
+from .features import ENTITY_BY_NAME, LABEL_AGGS, MISSING, Feature, features_for
 
 CNT, NUM, SET = 0, 1, 2
 DEFAULT_LATENESS_MS = 60_000
@@ -127,7 +127,11 @@ class EntityWindows:
                 self._plan.append((f.agg,))
                 continue
             g, h = f.bucket_ms, f.horizon_ms
-            kind = CNT if f.agg == "count" else SET if f.agg == "distinct" else NUM
+            if f.agg == "fraud_labels":  # read from the label store only: no bucket slot
+                self._plan.append((f.agg, g, h))
+                continue
+            # fraud_share's denominator: the key's events (every type) in the same window
+            kind = CNT if f.agg in ("count", "fraud_share") else SET if f.agg == "distinct" else NUM
             slot = (kind, None if kind == CNT else f.field, frozenset(f.event_types) if f.event_types else None)
             slots = self.slots.setdefault(g, [])
             if slot not in slots:
@@ -135,14 +139,17 @@ class EntityWindows:
             horizons[g] = max(horizons.get(g, 0), h)
             self._plan.append((f.agg, g, h, slots.index(slot)))
         self.max_horizon = dict(horizons)  # width -> longest horizon using it
-        self.retention_ms = max(horizons.values(), default=0) + self.lateness
+        self.retention_ms = max((f.horizon_ms or 0 for f in self.features), default=0) + self.lateness
+        self.reads_labels = any(f.agg in LABEL_AGGS for f in self.features)
+        self.label_keep_ms = max((f.horizon_ms + f.bucket_ms for f in self.features if f.agg in LABEL_AGGS),
+                                 default=0)
         # per width and event type: the slots that event type feeds
         self._feeds: dict[int, dict[str, list[tuple[int, int, str | None]]]] = {
             g: {t: [(i, k, fld) for i, (k, fld, types) in enumerate(sl) if types is None or t in types]
                 for t in EVENT_TYPES}
             for g, sl in self.slots.items()
         }
-        self._ranges = sorted({(p[1], p[2]) for p in self._plan if len(p) == 4})
+        self._ranges = sorted({(p[1], p[2]) for p in self._plan if len(p) == 4})  # windows read from buckets
         self._empty = self._values({"first": None, "last": None, "b": {}}, None, None, fold_self=False)
 
     # -- state -------------------------------------------------------------------------------------
@@ -172,9 +179,10 @@ class EntityWindows:
         """The values for an event without a key (an optional entity): empty windows, no history."""
         return list(self._empty)
 
-    def update(self, state: dict | None, ev: Event) -> tuple[dict, list[float], bool]:
+    def update(self, state: dict | None, ev: Event, labels: dict | None = None) -> tuple[dict, list[float], bool]:
         """Fold ``ev`` into ``state`` (a new dict if None, or if the key expired before ``ev.ts``) and
-        return (state, feature values, late)."""
+        return (state, feature values, late). ``labels``: the key's labelled-fraud events as known now
+        (``udfs.labels.apply_fraud_label``), for the label features."""
         if state is None or ev.ts >= self.expires_at(state):
             state = {"first": ev.ts, "last": None, "b": {}}
         prev_last = state["last"]
@@ -186,9 +194,10 @@ class EntityWindows:
                 state["first"] = ev.ts
             if prev_last is not None and ev.ts > prev_last:
                 self._evict(state)
-        return state, self._values(state, ev, prev_last, fold_self=late), late
+        return state, self._values(state, ev, prev_last, fold_self=late, labels=labels), late
 
-    def _values(self, state: dict, ev: Event | None, prev_last: int | None, fold_self: bool) -> list[float]:
+    def _values(self, state: dict, ev: Event | None, prev_last: int | None, fold_self: bool,
+                labels: dict | None = None) -> list[float]:
         """Feature values for ``ev``; ``ev`` None gives the values of no event over empty state."""
         ts = ev.ts if ev is not None else 0
         agg: dict[tuple[int, int], list] = {}
@@ -224,6 +233,21 @@ class EntityWindows:
                 continue
             if kind == "age":
                 out.append(float(ts - min(state["first"], ts)) if ev is not None else MISSING)
+                continue
+            if kind in LABEL_AGGS:
+                g = p[1]
+                hi = ts - ts % g
+                lo = hi + g - p[2]
+                n = 0
+                if ev is not None and labels:
+                    for t in labels.values():
+                        if lo <= t - t % g <= hi:
+                            n += 1
+                if kind == "fraud_labels":
+                    out.append(float(n))
+                else:  # share of the window's events; a label of an event not counted here widens the base
+                    base = max(agg[(g, p[2])][p[3]], n)
+                    out.append(n / base if base else 0.0)
                 continue
             acc = agg[(p[1], p[2])][p[3]]
             if kind == "count":

@@ -34,7 +34,7 @@ import orjson
 
 from udfs.ingest import parse_label
 
-from ..generator import MALFORMED, NORMAL, SCENARIOS
+from ..generator import ALL_SCENARIOS, MALFORMED, NORMAL
 from ..metrics import (at_budget, average_precision, entity_precision_at_k, percentile, recall_at_budget_by_group,
                        roc_auc, roc_curve)
 
@@ -137,7 +137,7 @@ def _fraud_team(labelled: list[dict], lab: dict, labels: dict, budget: float, to
 
 
 def _scenario_order(names: Iterable[str]) -> list[str]:
-    known = [*SCENARIOS, NORMAL, MALFORMED]
+    known = [*ALL_SCENARIOS, NORMAL, MALFORMED]
     names = set(names)
     return [n for n in known if n in names] + sorted(names - set(known))
 

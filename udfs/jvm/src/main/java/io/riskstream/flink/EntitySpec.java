@@ -32,11 +32,17 @@ public final class EntitySpec implements Serializable {
     public static final int CNT = 0, NUM = 1, SET = 2;
     // plan kinds
     public static final int P_SINCE_PREV = 0, P_AGE = 1, P_COUNT = 2, P_DISTINCT = 3, P_SUM = 4, P_MEAN = 5,
-        P_MAX = 6, P_MIN = 7;
+        P_MAX = 6, P_MIN = 7, P_FRAUD_LABELS = 8, P_FRAUD_SHARE = 9;
 
     public final String entity;
     public final int keyIndex;
     public final boolean optional, dedup, labelSignals;
+    /** the stage folds labels (for its signal or its label features); label features keep labels this far
+     * behind the newest labelled event time (udfs.features.label_keep_ms), 0 without label features. */
+    public final boolean readsLabels;
+    /** the first stage of the chain that reads labels counts them (labels_fraud, labels_legit): once each. */
+    public final boolean countsLabels;
+    public final long labelKeepMs;
     public final long lateness, retention;
     public final double missing;
     public final int hllThreshold;
@@ -49,9 +55,9 @@ public final class EntitySpec implements Serializable {
     public final int[][] slotKind, slotField;
     /** per width, per event type: the slots that type feeds. */
     public final int[][][] feeds;
-    /** per feature: kind, width index, horizon, slot. */
+    /** per feature: kind, width index (-1 for a label count: no slot), horizon, bucket width, slot. */
     public final int[] planKind, planWidth, planSlot;
-    public final long[] planHorizon;
+    public final long[] planHorizon, planBucket;
     /** signals: the entity's position in features.SIGNALS order (entities with label_signals), and how many. */
     public final int signalIndex, nSignals;
     public final String signalName;
@@ -110,7 +116,12 @@ public final class EntitySpec implements Serializable {
         spec.get("bucket_ms").fields().forEachRemaining(e -> bucketMs.put(Long.parseLong(e.getKey()), e.getValue().asLong()));
         JsonNode ent = null;
         int sigIdx = -1, nSig = 0;
+        String firstReader = null;
         for (JsonNode e : spec.get("entities")) {
+            JsonNode rl = e.get("reads_labels");
+            if (firstReader == null && ((rl != null && rl.asBoolean()) || e.get("label_signals").asBoolean())) {
+                firstReader = e.get("name").asText();
+            }
             if (e.get("name").asText().equals(entity)) {
                 ent = e;
                 if (e.get("label_signals").asBoolean()) {
@@ -124,6 +135,7 @@ public final class EntitySpec implements Serializable {
         if (ent == null) {
             throw new IllegalArgumentException("no entity " + entity + " in the spec");
         }
+        countsLabels = entity.equals(firstReader);
         signalIndex = sigIdx;
         nSignals = nSig;
         signalName = entity + "_known_fraud_users_7d";
@@ -140,7 +152,8 @@ public final class EntitySpec implements Serializable {
         List<String> names = new ArrayList<>();
         List<int[]> plan = new ArrayList<>();
         List<Long> planH = new ArrayList<>();
-        long longest = 0;
+        List<Long> planG = new ArrayList<>();
+        long longest = 0, keep = 0;
         for (JsonNode f : spec.get("features")) {
             if (!f.get("entity").asText().equals(entity)) {
                 continue;
@@ -150,6 +163,7 @@ public final class EntitySpec implements Serializable {
             if (agg.equals("since_prev") || agg.equals("age")) {
                 plan.add(new int[] {agg.equals("age") ? P_AGE : P_SINCE_PREV, -1, -1});
                 planH.add(0L);
+                planG.add(0L);
                 continue;
             }
             long h = f.get("horizon_ms").asLong();
@@ -158,11 +172,22 @@ public final class EntitySpec implements Serializable {
                 throw new IllegalArgumentException(f.get("name").asText() + ": horizon without bucket width");
             }
             longest = Math.max(longest, h);
-            int kind = agg.equals("count") ? CNT : agg.equals("distinct") ? SET : NUM;
+            boolean label = agg.equals("fraud_labels") || agg.equals("fraud_share");
+            if (label) {
+                keep = Math.max(keep, h + g);
+            }
+            if (agg.equals("fraud_labels")) { // read from the label store only: no bucket slot
+                plan.add(new int[] {P_FRAUD_LABELS, -1, -1});
+                planH.add(h);
+                planG.add(g);
+                continue;
+            }
+            // fraud_share's denominator: the key's events (every type) in the same window
+            int kind = agg.equals("count") || agg.equals("fraud_share") ? CNT : agg.equals("distinct") ? SET : NUM;
             int field = kind == CNT ? -1 : rowIndex(f.get("field").asText());
             int mask = -1;
             String typesKey = "*";
-            JsonNode et = f.get("event_types");
+            JsonNode et = label ? null : f.get("event_types");
             if (et != null && !et.isNull()) {
                 mask = 0;
                 TreeSet<String> sorted = new TreeSet<>();
@@ -202,12 +227,24 @@ public final class EntitySpec implements Serializable {
                 case "mean": pk = P_MEAN; break;
                 case "max": pk = P_MAX; break;
                 case "min": pk = P_MIN; break;
+                case "fraud_share": pk = P_FRAUD_SHARE; break;
                 default: throw new IllegalArgumentException("unknown aggregate " + agg);
             }
             plan.add(new int[] {pk, w, s});
             planH.add(h);
+            planG.add(g);
         }
         retention = longest + lateness;
+        labelKeepMs = keep;
+        readsLabels = labelSignals || keep > 0;
+        JsonNode specReads = ent.get("reads_labels");
+        if (specReads != null && specReads.asBoolean() != readsLabels) {
+            throw new IllegalArgumentException("spec reads_labels " + specReads + " != " + readsLabels);
+        }
+        JsonNode specKeep = ent.get("label_keep_ms");
+        if (specKeep != null && specKeep.asLong() != labelKeepMs) {
+            throw new IllegalArgumentException("spec label_keep_ms " + specKeep + " != " + labelKeepMs);
+        }
         JsonNode specRetention = ent.get("retention_ms");
         if (specRetention != null && specRetention.asLong() != retention) {
             throw new IllegalArgumentException("spec retention " + specRetention + " != " + retention);
@@ -244,7 +281,9 @@ public final class EntitySpec implements Serializable {
         planWidth = new int[plan.size()];
         planSlot = new int[plan.size()];
         planHorizon = new long[plan.size()];
+        planBucket = new long[plan.size()];
         for (int i = 0; i < plan.size(); i++) {
+            planBucket[i] = planG.get(i);
             planKind[i] = plan.get(i)[0];
             planWidth[i] = plan.get(i)[1];
             planSlot[i] = plan.get(i)[2];

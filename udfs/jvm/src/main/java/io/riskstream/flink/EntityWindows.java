@@ -21,7 +21,7 @@ public final class EntityWindows {
 
     public EntityWindows(EntitySpec spec) {
         this.spec = spec;
-        this.empty = values(new KeyState(spec.widths.length), null, 0L, -1, false, 0L, false);
+        this.empty = values(new KeyState(spec.widths.length), null, 0L, -1, false, 0L, false, null);
     }
 
     public double[] emptyValues() {
@@ -67,6 +67,11 @@ public final class EntityWindows {
     }
 
     public Step step(KeyState st, Row ev, long horizonMs) {
+        return step(st, ev, horizonMs, null);
+    }
+
+    /** One event; {@code lab}: the key's labelled-fraud events as known now ({@link KnownFraud#lab}), or null. */
+    public Step step(KeyState st, Row ev, long horizonMs, Map<String, Long> lab) {
         long ts = (Long) ev.getField(spec.tsIndex);
         int type = typeIndex((String) ev.getField(spec.eventTypeIndex));
         boolean hasPrev;
@@ -91,7 +96,7 @@ public final class EntityWindows {
             }
         }
         Step r = new Step();
-        r.values = values(st, ev, ts, type, hasPrev, prevLast, late);
+        r.values = values(st, ev, ts, type, hasPrev, prevLast, late, lab);
         r.late = late;
         if (horizonMs != 0) {
             remember(st, (String) ev.getField(spec.eventIdIndex), ts, horizonMs);
@@ -235,11 +240,44 @@ public final class EntityWindows {
     }
 
     /** Feature values; {@code ev} null gives the values of no event over empty state. */
-    private double[] values(KeyState st, Row ev, long ts, int type, boolean hasPrev, long prevLast, boolean foldSelf) {
+    private double[] values(KeyState st, Row ev, long ts, int type, boolean hasPrev, long prevLast, boolean foldSelf,
+                            Map<String, Long> lab) {
         int nf = spec.nFeatures();
         double[] out = new double[nf];
         for (int p = 0; p < nf; p++) {
             int kind = spec.planKind[p];
+            if (kind == EntitySpec.P_FRAUD_LABELS || kind == EntitySpec.P_FRAUD_SHARE) {
+                long g = spec.planBucket[p];
+                long hi = ts - Math.floorMod(ts, g);
+                long lo = hi + g - spec.planHorizon[p];
+                long n = 0;
+                if (ev != null && lab != null) {
+                    for (long t : lab.values()) {
+                        long start = t - Math.floorMod(t, g);
+                        if (lo <= start && start <= hi) {
+                            n++;
+                        }
+                    }
+                }
+                if (kind == EntitySpec.P_FRAUD_LABELS) {
+                    out[p] = (double) n;
+                    continue;
+                }
+                int w = spec.planWidth[p];
+                int s = spec.planSlot[p];
+                long c = 0;
+                for (KeyState.Bucket b : st.buckets[w]) {
+                    if (lo <= b.start && b.start <= hi) {
+                        c += b.n[s];
+                    }
+                }
+                if (foldSelf && contains(spec.feeds[w][type], s)) {
+                    c++;
+                }
+                long base = Math.max(c, n);
+                out[p] = base == 0 ? 0.0 : (double) n / (double) base;
+                continue;
+            }
             if (kind == EntitySpec.P_SINCE_PREV) {
                 out[p] = hasPrev ? (double) Math.max(ts - prevLast, 0) : spec.missing;
                 continue;

@@ -49,6 +49,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
     private transient EntityWindows windows;
     private transient long horizon;
     private transient boolean labelsOn;
+    private transient long labelTtl;
     private transient ValueState<byte[]> state;
     private transient ValueState<byte[]> known;
     private transient Counter lateCounter, errorCounter, dupCounter, fraudCounter, legitCounter;
@@ -67,7 +68,8 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         spec = EntitySpec.parse(specJson, entity);
         windows = new EntityWindows(spec);
         horizon = spec.dedup ? dedupHorizonMs : 0;
-        labelsOn = labels && spec.labelSignals;
+        labelsOn = labels && spec.readsLabels;
+        labelTtl = Math.max(LABEL_TTL_MS, spec.labelKeepMs + 24L * 3600 * 1000);
         state = getRuntimeContext().getState(
             new ValueStateDescriptor<>(entity + "_windows", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
         MetricGroup g = getRuntimeContext().getMetricGroup();
@@ -77,8 +79,10 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         if (labelsOn) {
             known = getRuntimeContext().getState(
                 new ValueStateDescriptor<>(entity + "_labels", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
-            fraudCounter = g.counter("labels_fraud");
-            legitCounter = g.counter("labels_legit");
+            if (spec.countsLabels) {
+                fraudCounter = g.counter("labels_fraud");
+                legitCounter = g.counter("labels_legit");
+            }
         }
     }
 
@@ -105,14 +109,15 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
                     "event_id seen for this " + entity + " within " + horizon + " ms", jobName));
                 return;
             }
-            EntityWindows.Step r = windows.step(st, row, horizon);
+            KnownFraud kf = labelsOn ? KnownFraud.decode(known.value()) : null;
+            EntityWindows.Step r = windows.step(st, row, horizon, kf == null ? null : kf.lab);
             if (r.hasTimer) {
                 ctx.timerService().registerEventTimeTimer(r.timer);
             }
             state.update(r.state.encode(spec));
             double signal = Double.NaN;
-            if (labelsOn) {
-                signal = KnownFraud.count(KnownFraud.decode(known.value()), ts);
+            if (labelsOn && spec.labelSignals) {
+                signal = KnownFraud.count(kf, ts);
             }
             late = r.late;
             result = extend(row, r.values, late, signal);
@@ -160,6 +165,10 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
 
     private void label(Row row, Context ctx) {
         try {
+            Object key = row.getField(spec.keyIndex);
+            if (key == null || "".equals(key)) { // the label does not name this entity's key
+                return;
+            }
             JsonNode extras = JSON.readTree((String) row.getField(spec.extrasIndex));
             String label = extras.get("label").asText();
             if (!label.equals("fraud") && !label.equals("legit")) {
@@ -169,21 +178,29 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             if (k == null) {
                 k = new KnownFraud();
             }
-            k.apply((String) row.getField(spec.userIdIndex), (Long) row.getField(spec.tsIndex), label.equals("fraud"));
-            (label.equals("fraud") ? fraudCounter : legitCounter).inc();
-            if (k.users.isEmpty()) {
+            long ets = (Long) row.getField(spec.tsIndex);
+            if (spec.labelSignals) {
+                k.apply((String) row.getField(spec.userIdIndex), ets, label.equals("fraud"));
+            }
+            if (spec.labelKeepMs > 0) {
+                k.applyFraudLabel((String) row.getField(spec.eventIdIndex), ets, label.equals("fraud"), spec.labelKeepMs);
+            }
+            if (spec.countsLabels) {
+                (label.equals("fraud") ? fraudCounter : legitCounter).inc();
+            }
+            if (k.isEmpty()) {
                 known.clear();
                 return;
             }
             long now = System.currentTimeMillis();
             k.at = now;
             known.update(k.encode());
-            long due = now + LABEL_TTL_MS;
+            long due = now + labelTtl;
             ctx.timerService().registerProcessingTimeTimer(due - Math.floorMod(due, EntityWindows.TIMER_GRID_MS)
                 + EntityWindows.TIMER_GRID_MS);
         } catch (Exception e) { // a label must never fail the job
             errorCounter.inc();
-            System.out.println("[riskstream] " + entity + " stage: label for " + row.getField(0) + " not applied: "
+            System.out.println("[riskstream] " + entity + " stage: label for " + row.getField(spec.eventIdIndex) + " not applied: "
                 + e.getClass().getSimpleName() + ": " + e.getMessage());
         }
     }
@@ -193,7 +210,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         if (ctx.timeDomain() == TimeDomain.PROCESSING_TIME) { // only label cleanup uses processing time
             if (labelsOn) {
                 KnownFraud k = KnownFraud.decode(known.value());
-                if (k != null && k.at + LABEL_TTL_MS <= timestamp) {
+                if (k != null && k.at + labelTtl <= timestamp) {
                     known.clear();
                 }
             }

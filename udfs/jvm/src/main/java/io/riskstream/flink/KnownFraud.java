@@ -4,15 +4,50 @@ import java.util.LinkedHashMap;
 import java.util.Map;
 
 /**
- * A key's known-fraud users (udfs/labels.py): {user_id: newest fraud event ts} in insertion order, and the
- * wall-clock time of its last label. Encoded as: at | n | n x (utf8 length, bytes, ts) (varints).
+ * A key's label state (udfs/chain.py EntityStep.fold_label): the known-fraud users of the signal
+ * {user_id: newest fraud event ts}, the labelled-fraud events of the label features {event_id: event ts}
+ * (udfs.labels.apply_fraud_label), both in insertion order, and the wall-clock time of its last label.
+ * Encoded as: at | n | n x (utf8 length, bytes, zigzag ts) | m | m x (utf8 length, bytes, zigzag ts)
+ * (varints; state written before the label features has no second part).
  */
 final class KnownFraud {
     static final long HORIZON_MS = 7L * 24 * 3600 * 1000;
     static final int MAX_USERS = 1000;
+    static final int MAX_LABELS = 1000;
 
     long at;
     final LinkedHashMap<String, Long> users = new LinkedHashMap<>();
+    final LinkedHashMap<String, Long> lab = new LinkedHashMap<>();
+
+    boolean isEmpty() {
+        return users.isEmpty() && lab.isEmpty();
+    }
+
+    /** udfs.labels.apply_fraud_label. */
+    void applyFraudLabel(String eventId, long eventTs, boolean fraud, long keepMs) {
+        lab.remove(eventId);
+        if (!fraud) {
+            return;
+        }
+        lab.put(eventId, eventTs);
+        long newest = Long.MIN_VALUE;
+        for (long t : lab.values()) {
+            newest = Math.max(newest, t);
+        }
+        long floor = newest - keepMs;
+        lab.values().removeIf(t -> t < floor);
+        while (lab.size() > MAX_LABELS) {
+            String oldest = null;
+            long min = Long.MAX_VALUE;
+            for (Map.Entry<String, Long> e : lab.entrySet()) {
+                if (e.getValue() < min) { // the first of equal minima, like Python's min()
+                    min = e.getValue();
+                    oldest = e.getKey();
+                }
+            }
+            lab.remove(oldest);
+        }
+    }
 
     /** udfs.labels.apply_label. */
     void apply(String user, long eventTs, boolean fraud) {
@@ -67,6 +102,11 @@ final class KnownFraud {
             o.str(e.getKey());
             o.v(KeyState.zz(e.getValue()));
         }
+        o.v(lab.size());
+        for (Map.Entry<String, Long> e : lab.entrySet()) {
+            o.str(e.getKey());
+            o.v(KeyState.zz(e.getValue()));
+        }
         return o.toArray();
     }
 
@@ -81,6 +121,13 @@ final class KnownFraud {
         for (int i = 0; i < n; i++) {
             String u = in.str();
             k.users.put(u, KeyState.unzz(in.v()));
+        }
+        if (in.p < data.length) {
+            int m = (int) in.v();
+            for (int i = 0; i < m; i++) {
+                String e = in.str();
+                k.lab.put(e, KeyState.unzz(in.v()));
+            }
         }
         return k;
     }
