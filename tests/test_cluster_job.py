@@ -179,7 +179,8 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
 
         c2 = _counters_until(lay.rest_url, job2, M)
         # counters are per job run (not state): the two runs together counted every decision once
-        assert sum(c1[k] + c2[k] for k in DECISION_COUNTERS) == N + M
+        # a kind of decision a run never made may report no counter (Python metrics reach Flink once they change)
+        assert sum(c1.get(k, 0) + c2.get(k, 0) for k in DECISION_COUNTERS) == N + M
         assert c1["events_valid"] + c2["events_valid"] == N + M
 
         # -- clear errors ---------------------------------------------------------------------------------
