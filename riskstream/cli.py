@@ -393,8 +393,8 @@ def cmd_control(a) -> int:
 
 
 def cmd_features(a) -> int:
-    from udfs.features import FEATURES, spec_fingerprint
     from udfs.chain import spec_document
+    from udfs.features import FEATURES, LABEL_AGGS, spec_fingerprint
 
     from .jobflags import job_config
 
@@ -404,8 +404,9 @@ def cmd_features(a) -> int:
     print(f"feature spec {spec_fingerprint()} ({len(FEATURES)} features, model input order)")
     for f in FEATURES:
         h = f"{f.horizon_ms // 1000}s/{f.bucket_ms // 1000}s" if f.horizon_ms else "-"
-        print(f"  {f.name:<28} {f.entity:<7} {f.agg:<11} {f.field or '-':<10} {h:<14} "
-              f"{','.join(f.event_types) if f.event_types else 'all'}")
+        what = ("fraud labels, from their arrival" if f.agg in LABEL_AGGS
+                else ",".join(f.event_types) if f.event_types else "all")
+        print(f"  {f.name:<28} {f.entity:<7} {f.agg:<12} {f.field or '-':<10} {h:<15} {what}")
     return 0
 
 
