@@ -218,8 +218,9 @@ def _label_stream(labels: DataStream, cfg: JobConfig, output_type) -> tuple[Data
 def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
                     labels: DataStream | None) -> tuple[DataStream, DataStream]:
     """The fast path: parse and the entity stages in the JVM (udfs/jvm, interpreting the spec), decide in
-    Python in batches; the same operator names and uids as the Python path, plus ``validate-control`` and
-    ``control-attach`` for the live control."""
+    Python in batches. The same operator names as the Python path; the entity stages' uids end in ``-jvm``
+    (their state is not the Python stages'), and ``validate-control`` / ``control-attach`` carry the live
+    control to the decide stage."""
     from udfs import jvm, jvm_decide, jvm_parse
     from udfs.chain import spec_document
 
