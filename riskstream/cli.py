@@ -562,6 +562,16 @@ def cmd_train(a) -> int:
     return 0
 
 
+def add_offline_feature_flags(p) -> None:
+    """The flags replay and score share: labels with arrival times, the input mapping, the feature settings."""
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels with arrival times for the label features (JSON lines as on the labels topic plus "
+                        "arrival_ts, epoch ms); a label counts from the first event at or after its arrival")
+    add_input_flags(p)
+    add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
+                  title="the job's settings that shape features (flag, else environment variable, else default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="riskstream", description="Real-time risk decisions on Flink.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -765,12 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="events as JSON lines (.jsonl), .csv or .parquet")
     p.add_argument("--output", required=True, help="JSON lines: event_id, ts, user_id, device_id, late, every "
                                                     "feature (and label, scenario with a label column)")
-    p.add_argument("--labels", metavar="FILE",
-                   help="labels with arrival times for the label features (JSON lines as on the labels topic plus "
-                        "arrival_ts, epoch ms); a label counts from the first event at or after its arrival")
-    add_input_flags(p)
-    add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
-                  title="the job's settings that shape features (flag, else environment variable, else default)")
+    add_offline_feature_flags(p)
     p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("score", help="offline: per-event scores and decisions of a model over a file of events")
@@ -780,12 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "late, model_version (and label, scenario)")
     p.add_argument("--model", default=str(paths.models_dir() / "risk_gbdt_v1.onnx"),
                    help="model .onnx with its .json spec beside it [default the shipped risk_gbdt_v1]")
-    p.add_argument("--labels", metavar="FILE",
-                   help="labels with arrival times for the label features (JSON lines as on the labels topic plus "
-                        "arrival_ts, epoch ms); a label counts from the first event at or after its arrival")
-    add_input_flags(p)
-    add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
-                  title="the job's settings that shape features (flag, else environment variable, else default)")
+    add_offline_feature_flags(p)
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("control", help="live change under a running job: champion or challenger model, or rules")

@@ -266,16 +266,7 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
             reasons.add("late_event");
         }
         StringBuilder b = new StringBuilder(1600);
-        b.append("{\"decision_id\":");
-        str(b, decisionId(eventId, modelVersion));
-        b.append(",\"event_id\":");
-        str(b, eventId);
-        b.append(",\"event_type\":");
-        str(b, eventType);
-        b.append(",\"user_id\":");
-        str(b, (String) row.getField(USER_ID));
-        b.append(",\"device_id\":");
-        str(b, (String) row.getField(DEVICE_ID));
+        recordHead(b, row, eventId, eventType);
         b.append(",\"decision\":\"").append(decision).append('"');
         b.append(",\"score\":");
         num(b, Math.round(score * 1e6) / 1e6);
@@ -319,8 +310,8 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
         return b.append('}').toString().getBytes(StandardCharsets.UTF_8);
     }
 
-    private byte[] errorRecord(Row row, String eventId, String eventType, String detail, long now) {
-        StringBuilder b = new StringBuilder(400);
+    /** The fields every decision record starts with, in udfs.decision's order. */
+    private void recordHead(StringBuilder b, Row row, String eventId, String eventType) {
         b.append("{\"decision_id\":");
         str(b, decisionId(eventId, modelVersion));
         b.append(",\"event_id\":");
@@ -331,6 +322,11 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
         str(b, (String) row.getField(USER_ID));
         b.append(",\"device_id\":");
         str(b, (String) row.getField(DEVICE_ID));
+    }
+
+    private byte[] errorRecord(Row row, String eventId, String eventType, String detail, long now) {
+        StringBuilder b = new StringBuilder(400);
+        recordHead(b, row, eventId, eventType);
         b.append(",\"decision\":\"review\",\"score\":null,\"model_version\":");
         str(b, modelVersion);
         b.append(",\"policy_version\":");
