@@ -52,17 +52,13 @@ def bench_jars(jars_dir: Path) -> list[Path]:
 def decide_config(policy, model_path: Path) -> tuple[str, str]:
     """(model version, the JSON that configures ``JavaDecideFunction``) from the spec, the model's spec file
     and the policy."""
-    from udfs.chain import EVENT_FIELDS
-    from udfs.events import EVENT_TYPES
-    from udfs.features import FEATURE_NAMES, SIGNALS, features_for
+    from udfs.chain import writer_layout
     from udfs.scoring import check_spec, load_model_spec
 
     spec = load_model_spec(model_path)
     check_spec(spec, model_path)
     conf = {
-        "feature_names": list(FEATURE_NAMES),
-        "event_features": [-1 if f.agg == "type_index" else EVENT_FIELDS.index(f.field) for f in features_for("event")],
-        "event_types": list(EVENT_TYPES), "signals": list(SIGNALS),
+        **writer_layout(),
         "policy_version": policy.version, "review_threshold": policy.review_threshold,
         "block_threshold": policy.block_threshold,
         "rules": [{"code": r.code, "decision": r.decision,

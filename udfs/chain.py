@@ -24,7 +24,8 @@ from typing import Any
 from . import dedup, hll
 from .decision import decision_record, encode, error_decision_record
 from .events import EVENT_TYPES, Event
-from .features import (BUCKET_MS, ENTITIES, MISSING, Entity, features_for, label_keep_ms, spec_fingerprint,
+from .features import SIGNALS as SIGNAL_NAMES
+from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, MISSING, Entity, features_for, label_keep_ms, spec_fingerprint,
                        spec_json)
 from .labels import FRAUD, apply_fraud_label, apply_label, known_fraud_users
 from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,
@@ -287,6 +288,15 @@ class Chain:
     def state_keys(self) -> dict[str, int]:
         """Keys held per entity (for memory checks)."""
         return {s.name: len(store) for s, store in zip(self.steps, self.stores)}
+
+
+def writer_layout() -> dict:
+    """How the JVM writer (``io.riskstream.flink.DecisionWriter``) lays out a decision record from a record Row:
+    the Row's field names (``udfs.chain.ROW_FIELDS``), the feature names in vector order, the event
+    features (their Row field, None for the event-type index), the event types and the signal names."""
+    return {"record_fields": [name for name, _ in ROW_FIELDS], "feature_names": list(FEATURE_NAMES),
+            "event_features": [None if f.agg == "type_index" else f.field for f in features_for("event")],
+            "event_types": list(EVENT_TYPES), "signals": list(SIGNAL_NAMES)}
 
 
 def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> dict:

@@ -1,20 +1,24 @@
-"""The decide stage scoring in batches: a vectorized (pandas / Arrow) PyFlink UDF over the record Rows
-that the JVM entity stages emit (``udfs.chain.ROW_FIELDS``), plus the live control settings that
-``io.riskstream.flink.ControlAttach`` (udfs/jvm) appends to them.
+"""The decide stage scoring in batches: a vectorized (pandas / Arrow) PyFlink UDF over the columns of the
+record Rows that scoring and the policy read (:data:`INPUT_FIELDS`), plus the live control settings that
+``io.riskstream.flink.ControlAttach`` (udfs/jvm) appends to them. It returns one *verdict* per row
+(``udfs.decision.verdict``: decision, score, versions, reasons, shadow; or an error), and the JVM writes
+the decision record from the Row and the verdict (``io.riskstream.flink.DecisionAssemble``): the ids, the
+features and the signals never cross to Python and back.
 
-Per batch: one ONNX call per control segment for the champion (and one for the challenger), then the
-policy and the decision record per row through the same ``udfs.chain.Decider`` the per-row stage uses, so
-both paths write identical records. PyFlink hands the UDF at most ``python.fn-execution.arrow.batch.size``
-rows, after at most ``python.fn-execution.bundle.time`` ms: that bounds the batch time.
+Per batch: one ONNX call per control segment for the champion (and one for the challenger), the policy
+over the whole segment at once (``Policy.decide_many``, equal to ``Policy.decide`` row by row). PyFlink
+hands the UDF at most ``python.fn-execution.arrow.batch.size`` rows, after at most
+``python.fn-execution.bundle.time`` ms: that bounds the batch time.
 
 Pitfalls:
 - Control: a vectorized UDF holds no broadcast state. ``control`` carries the whole settings only on the
   first row after they changed on the upstream instance (and after a restart); other rows carry null and
   the version. The UDF keeps what it last saw; a version it has no settings for (never expected) is
   decided with the start-up settings and counted as ``control_rejected``.
-- Feature values cross Arrow as float64 and are written to the record as they are; only the model input is
-  float32, as in the per-row stage.
-- A row that fails (a bug, not bad input) still gets a decision: ``review`` with ``processing_error``.
+- Feature values cross Arrow as float64; only the model input is float32, as in the per-row stage, and the
+  policy compares in float64, as there.
+- A row that fails (a bug, not bad input) still gets a decision: an error verdict, which the JVM writes as
+  ``review`` with ``processing_error``.
 """
 
 from __future__ import annotations
@@ -26,28 +30,29 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from .chain import EVENT_FIELDS, Decider
 from .control import Control, parse_control
-from .events import EVENT_TYPE_INDEX, Event
+from .decision import verdict
+from .events import EVENT_TYPE_INDEX
 from .features import SIGNALS, features_for
 from .policy import DECISIONS, Policy
 
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # as udfs.flink: per-row share of a batch
 _EVENT_FEATURES = features_for("event")
-# record fields the decision needs, by name (extras is not read: it never reaches the decision record)
-_NEEDED = ("event_id", "event_type", "user_id", "device_id", "ip", "amount", "currency", "ts")
+# the record fields the verdict needs (the UDF's inputs; the others stay in the JVM)
+INPUT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(
+    [*(f.field for f in _EVENT_FEATURES), "event_type", "values", "late", "signals"]))
 
 
 class DecideBatch:
     """The body of the vectorized decide UDF (wrapped by :func:`decide_udf`); plain code, testable without
-    Flink: :meth:`decide_columns` takes the columns as pandas Series or lists."""
+    Flink: :meth:`verdict_columns` takes the columns as pandas Series or lists."""
 
     def __init__(self, model_path: str, policy: Policy, project_root: str | None, columns: tuple[str, ...]):
         self.model_path = model_path
         self.policy = policy
         self.project_root = project_root
         self.columns = columns
-        self.decider: Decider | None = None
+        self.control: Control | None = None
         self.settings_version = 0
         self.metrics = None
 
@@ -56,7 +61,7 @@ class DecideBatch:
 
         root = Path(self.project_root) if self.project_root else None
         self.initial = Control.initial(Scorer(self.model_path), self.policy, root)
-        self.decider = Decider(self.initial)
+        self.control = self.initial
         if metric_group is not None:
             self.metrics = metric_group
             self.by_kind = {d: metric_group.counter(f"decisions_{d}") for d in DECISIONS}
@@ -77,7 +82,7 @@ class DecideBatch:
             except Exception as e:  # validated upstream, but a model file can be missing on this host
                 self._count("control_rejected")
                 print(f"[riskstream] decide: control {key} refused here, keeping the previous: {e}", flush=True)
-        self.decider = Decider(c)
+        self.control = c
         self.settings_version = version
 
     def _count(self, name: str, n: int = 1) -> None:
@@ -85,17 +90,21 @@ class DecideBatch:
             getattr(self, name).inc(n)
 
     # -- decide --------------------------------------------------------------------------------------
-    def decide_columns(self, cols: dict) -> list[bytes]:
-        n = len(cols["event_id"])
+    def verdict_columns(self, cols: dict) -> list[bytes]:
+        """One verdict (JSON bytes) per row of ``cols`` (:data:`INPUT_FIELDS`, plus ``control_version`` and
+        ``control`` when the job has live control)."""
+        n = len(cols["values"])
         t0 = time.perf_counter()
-        get = {k: (cols[k].tolist() if hasattr(cols[k], "tolist") else list(cols[k])) for k in _NEEDED}
-        # Arrow hands arrays over as numpy: tolist() gives Python floats (orjson refuses numpy scalars)
-        values = [v.tolist() if hasattr(v, "tolist") else list(v) for v in cols["values"]]
-        lates = [bool(x) for x in cols["late"]]
-        sigs = cols.get("signals")
+        types = [str(t) for t in _list(cols["event_type"])]
+        lates = np.asarray(_list(cols["late"]), dtype=bool)
+        X = S = None
+        try:
+            X = self._matrix(cols, types, n)
+            S = self._signals(cols.get("signals"), n)
+        except Exception as e:  # a bug upstream (e.g. a row without values): every row an error verdict
+            err = f"{type(e).__name__}: {e}"
         versions = cols.get("control_version")
         settings = cols.get("control")
-        now = int(time.time() * 1000)
         out: list[bytes] = [b""] * n
         start = 0
         while start < n:  # segments of rows decided under one control setting
@@ -103,46 +112,95 @@ class DecideBatch:
                 self._apply_settings(settings[start], int(versions[start]))
             elif versions is not None and int(versions[start]) != self.settings_version:
                 self._count("control_rejected")  # settings never seen for this version: start-up ones
-                self.decider, self.settings_version = Decider(self.initial), int(versions[start])
+                self.control, self.settings_version = self.initial, int(versions[start])
             end = start + 1
             while end < n and (settings is None or settings[end] is None) and \
                     (versions is None or int(versions[end]) == self.settings_version):
                 end += 1
-            self._decide_segment(get, values, lates, sigs, start, end, now, out)
+            if X is None:
+                self._errors(out, start, end, err)
+            else:
+                self._segment(X, S, types, lates, start, end, out)
             start = end
         if self.metrics is not None:
             per_row_us = (time.perf_counter() - t0) * 1e6 / max(n, 1)
-            self._latency_buckets(self.decider.control.champion.version)[
+            self._latency_buckets(self.control.champion.version)[
                 bisect.bisect_left(LATENCY_BUCKETS_US, per_row_us)].inc(n)
         return out
 
-    def _decide_segment(self, get, values, lates, sigs, start, end, now, out) -> None:
-        d = self.decider
-        c = d.control
-        rows = range(start, end)
-        events = [Event(*(get[f][i] if f in get else None for f in EVENT_FIELDS)) for i in rows]
-        try:
-            X = np.asarray([self._event_values(ev) + values[i] for ev, i in zip(events, rows)], dtype=np.float32)
-            scores = c.champion.score_batch(X).tolist()
-            shadows = c.challenger.score_batch(X).tolist() if c.challenger is not None else [None] * len(X)
-        except Exception:  # a batch that cannot be scored: each row on its own (fail-safe per row)
-            scores, shadows = [None] * len(events), [None] * len(events)
-        for k, (ev, i) in enumerate(zip(events, rows)):
-            signals = None
-            if sigs is not None and sigs[i] is not None:
-                signals = dict(zip(SIGNALS, (float(x) for x in sigs[i])))
-            decision, rec, failed = d.decide(ev, values[i], lates[i], signals, now, score=scores[k],
-                                             shadow_score=shadows[k])
-            out[i] = rec
-            if self.metrics is not None:
-                self.by_kind[decision].inc()
-                if failed:
-                    self.errors.inc()
+    @staticmethod
+    def _matrix(cols: dict, types: list[str], n: int) -> np.ndarray:
+        """The model input in float64: the event features, then the entity stages' values."""
+        parts = [np.asarray([EVENT_TYPE_INDEX[t] for t in types], dtype=np.float64) if f.agg == "type_index"
+                 else np.asarray(_list(cols[f.field]), dtype=np.float64) for f in _EVENT_FEATURES]
+        values = np.vstack([np.asarray(v, dtype=np.float64) for v in _list(cols["values"])]) if n else \
+            np.zeros((0, 0))
+        return np.column_stack([*parts, values])
 
     @staticmethod
-    def _event_values(ev: Event) -> list[float]:
-        return [float(EVENT_TYPE_INDEX[ev.event_type]) if f.agg == "type_index" else float(getattr(ev, f.field))
-                for f in _EVENT_FEATURES]
+    def _signals(sigs, n: int) -> np.ndarray | None:
+        if sigs is None:
+            return None
+        S = np.full((n, len(SIGNALS)), np.nan)
+        for i, s in enumerate(_list(sigs)):
+            if s is not None:
+                S[i] = s
+        return S
+
+    def _segment(self, X, S, types, lates, start, end, out) -> None:
+        c = self.control
+        champion, policy = c.champion.version, c.policy.version
+        rows = slice(start, end)
+        x32 = X[rows].astype(np.float32)
+        try:
+            scores = np.asarray(c.champion.score_batch(x32), dtype=np.float64)
+            shadows = np.asarray(c.challenger.score_batch(x32), dtype=np.float64) if c.challenger is not None else None
+        except Exception:  # a batch that cannot be scored: each row on its own (fail-safe per row)
+            for i in range(start, end):
+                self._segment_rows(X, S, types, lates, i, out)
+            return
+        try:
+            sig = S[rows] if S is not None else None
+            decisions, reasons = c.policy.decide_many(scores, X[rows], types[rows], lates[rows], sig)
+            shadow_decisions = c.policy.decide_many(shadows, X[rows], types[rows], lates[rows], sig)[0] \
+                if shadows is not None else None
+        except Exception as e:
+            self._errors(out, start, end, f"{type(e).__name__}: {e}", champion, policy)
+            return
+        for k in range(end - start):
+            shadow = None if shadows is None else {"model_version": c.challenger.version,
+                                                   "score": round(float(shadows[k]), 6),
+                                                   "decision": shadow_decisions[k]}
+            out[start + k] = orjson.dumps(verdict(decisions[k], float(scores[k]), reasons[k], champion, policy,
+                                                  c.rules_version, shadow))
+        if self.metrics is not None:
+            for d in DECISIONS:
+                m = decisions.count(d)
+                if m:
+                    self.by_kind[d].inc(m)
+
+    def _segment_rows(self, X, S, types, lates, i, out) -> None:
+        try:
+            self.control.champion.score_batch(X[i:i + 1].astype(np.float32))
+            if self.control.challenger is not None:
+                self.control.challenger.score_batch(X[i:i + 1].astype(np.float32))
+        except Exception as e:
+            self._errors(out, i, i + 1, f"{type(e).__name__}: {e}")
+            return
+        self._segment(X, S, types, lates, i, i + 1, out)
+
+    def _errors(self, out, start, end, detail, champion=None, policy=None) -> None:
+        c = self.control
+        err = orjson.dumps({"error": detail[:200], "model_version": champion or c.champion.version,
+                            "policy_version": policy or c.policy.version})
+        for i in range(start, end):
+            out[i] = err
+        self._count("errors", end - start)
+        self._count_kind("review", end - start)
+
+    def _count_kind(self, decision: str, n: int) -> None:
+        if self.metrics is not None:
+            self.by_kind[decision].inc(n)
 
     def _latency_buckets(self, version: str) -> list:
         h = self.hists.get(version)
@@ -152,8 +210,13 @@ class DecideBatch:
         return h
 
 
+def _list(col) -> list:
+    """A column as a list (Arrow hands pandas Series of numpy values; tests hand lists)."""
+    return col.tolist() if hasattr(col, "tolist") else list(col)
+
+
 def decide_udf(model_path: str, policy: Policy, project_root: str | None, columns: tuple[str, ...]):
-    """The PyFlink vectorized UDF (BYTES result) over ``columns`` of the record table."""
+    """The PyFlink vectorized UDF (a BYTES verdict) over ``columns`` of the record table."""
     import pandas as pd
     from pyflink.table import DataTypes
     from pyflink.table.udf import ScalarFunction, udf
@@ -166,6 +229,6 @@ def decide_udf(model_path: str, policy: Policy, project_root: str | None, column
             self.body.open(function_context.get_metric_group())
 
         def eval(self, *series):
-            return pd.Series(self.body.decide_columns(dict(zip(columns, series))))
+            return pd.Series(self.body.verdict_columns(dict(zip(columns, series))))
 
     return udf(_Decide(), result_type=DataTypes.BYTES(), func_type="pandas")

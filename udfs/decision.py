@@ -20,29 +20,36 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
                     rules_version: str | None = None, shadow: dict | None = None,
                     signals: dict | None = None) -> dict:
     """``shadow`` is the challenger's score and the decision it would have made (never acted on)."""
+    v = verdict(decision, score, reasons, model_version, policy_version, rules_version, shadow)
     rec = {
         "decision_id": decision_id(ev.event_id, model_version, policy_version),
         "event_id": ev.event_id,
         "event_type": ev.event_type,
         "user_id": ev.user_id,
         "device_id": ev.device_id,
-        "decision": decision,
-        "score": round(score, 6),
-        "model_version": model_version,
-        "policy_version": policy_version,
-        "reasons": reasons,
+        **{k: v.pop(k) for k in ("decision", "score", "model_version", "policy_version", "reasons")},
         "features": dict(zip(FEATURE_NAMES, features)),
         "late": late,
         "event_ts": ev.ts,
         "decided_at": decided_at_ms,
+        **v,  # rules_version, shadow
     }
-    if rules_version is not None:
-        rec["rules_version"] = rules_version
-    if shadow is not None:
-        rec["shadow"] = shadow
     if signals is not None:
         rec["signals"] = signals
     return rec
+
+
+def verdict(decision: str, score: float, reasons: list[str], model_version: str, policy_version: str,
+            rules_version: str | None = None, shadow: dict | None = None) -> dict:
+    """What the decide stage adds to a record's event, features and signals: the fields of
+    :func:`decision_record` that the JVM writer (``io.riskstream.flink.DecisionAssemble``) cannot know."""
+    v = {"decision": decision, "score": round(score, 6), "model_version": model_version,
+         "policy_version": policy_version, "reasons": reasons}
+    if rules_version is not None:
+        v["rules_version"] = rules_version
+    if shadow is not None:
+        v["shadow"] = shadow
+    return v
 
 
 def encode(record: dict) -> bytes:

@@ -1,6 +1,7 @@
 """Adapters for the decide stage of the JVM chain: the record Row type, the live control carried by
 ``io.riskstream.flink.ControlAttach`` (udfs/jvm), and the batched decide UDF (``udfs.decide_batch``) run
-through the Table API, which is where PyFlink batches Python calls over Arrow.
+through the Table API, which is where PyFlink batches Python calls over Arrow, and the decision record
+written in the JVM from the record Row and the UDF's verdict.
 
 Pitfall: Java operators are inserted through the gateway (``_j_data_stream``) and wrapped back into
 ``pyflink.datastream.DataStream``; their output types must be Java TypeInformation built from the same
@@ -9,6 +10,7 @@ Python type, or ``union`` and the Table conversion see two different types.
 
 from __future__ import annotations
 
+import orjson
 from pyflink.common import Types
 from pyflink.datastream import DataStream
 from pyflink.java_gateway import get_gateway
@@ -36,21 +38,27 @@ def attach_control(records: DataStream, control: DataStream) -> DataStream:
 
 def decide(records: DataStream, model_path: str, policy: Policy, project_root: str | None,
            with_control: bool) -> DataStream:
-    """Decision record bytes for every record, scored in batches by the vectorized UDF."""
+    """Decision record bytes for every record: the verdicts computed in batches by the vectorized UDF over
+    the columns it reads (``udfs.decide_batch.INPUT_FIELDS``), the records written in the JVM from the Row
+    and its verdict (``io.riskstream.flink.DecisionAssemble``).
+
+    Pitfall: only the UDF's arguments cross to the Python worker; the Row's other fields are forwarded by
+    the Python operator on the JVM side, so the verdict must be selected after them."""
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
     from pyflink.table.expressions import col
 
-    from .decide_batch import decide_udf
+    from .chain import writer_layout
+    from .decide_batch import INPUT_FIELDS, decide_udf
 
-    fields = ROW_FIELDS + (CONTROL_FIELDS if with_control else ())
-    names = tuple(n for n, _ in fields)
+    names = INPUT_FIELDS + (tuple(n for n, _ in CONTROL_FIELDS) if with_control else ())
     env = StreamExecutionEnvironment(records._j_data_stream.getExecutionEnvironment())
     t_env = StreamTableEnvironment.create(env)
     table = t_env.from_data_stream(records)
     fn = decide_udf(model_path, policy, project_root, names)
-    result = t_env.to_data_stream(table.select(fn(*(col(n) for n in names)).alias("decision")))
+    record = [n for n, _ in ROW_FIELDS]
+    result = t_env.to_data_stream(table.select(*(col(n) for n in record), fn(*(col(n) for n in names)).alias("verdict")))
     jvm = get_gateway().jvm
-    j = result._j_data_stream.map(jvm.io.riskstream.flink.RowField(0),
-                                  Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info())
+    assemble = jvm.io.riskstream.flink.DecisionAssemble(orjson.dumps(writer_layout()).decode(), policy.version)
+    j = result._j_data_stream.map(assemble, Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info())
     return DataStream(j.name("score-decide").uid("score-decide"))

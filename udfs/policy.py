@@ -90,6 +90,44 @@ class Policy:
         return decision, reasons
 
 
+    def decide_many(self, scores, X, event_types: list[str], lates, S=None) -> tuple[list[str], list[list[str]]]:
+        """:meth:`decide` over a batch at once: ``scores`` (n), ``X`` (n x features, float64), ``S`` (n x
+        ``SIGNALS``, NaN or a None matrix for signals no stage set, read as 0.0 like an absent one).
+        Returns (decisions, reasons) equal to :meth:`decide` row by row.
+
+        Pitfall: compare in float64. A float32 score against a float threshold compares in float32 under
+        NumPy 2 and can disagree with the per-row comparison at the threshold."""
+        import numpy as np
+
+        scores = np.asarray(scores, dtype=np.float64)
+        n = len(scores)
+        X = np.asarray(X, dtype=np.float64)
+        S = np.zeros((n, len(SIGNALS))) if S is None else np.nan_to_num(np.asarray(S, dtype=np.float64), nan=0.0)
+        rank = np.zeros(n, dtype=np.int8)
+        reasons: list[list[str]] = [[] for _ in range(n)]
+        block = scores >= self.block_threshold
+        review = ~block & (scores >= self.review_threshold)
+        rank[block], rank[review] = 2, 1
+        for i in np.flatnonzero(block):
+            reasons[i].append("score_block")
+        for i in np.flatnonzero(review):
+            reasons[i].append("score_review")
+        idx, sidx = _index(), {name: i for i, name in enumerate(SIGNALS)}
+        types = np.asarray(event_types, dtype=object)
+        for rule in self.rules:
+            hit = np.isin(types, rule.event_types) if rule.event_types else np.ones(n, dtype=bool)
+            for name, op, value in rule.conditions:
+                col = scores if name == SCORE else X[:, idx[name]] if name in idx else S[:, sidx[name]]
+                hit &= _OPS[op](col, value)
+            code = f"rule:{rule.code}"
+            for i in np.flatnonzero(hit):
+                reasons[i].append(code)
+            rank = np.where(hit, np.maximum(rank, _RANK[rule.decision]), rank)
+        for i in np.flatnonzero(np.asarray(lates, dtype=bool)):
+            reasons[i].append("late_event")
+        return [DECISIONS[r] for r in rank.tolist()], reasons
+
+
 _IDX: dict[str, int] = {}
 
 

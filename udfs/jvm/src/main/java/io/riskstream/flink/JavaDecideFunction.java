@@ -1,8 +1,6 @@
 package io.riskstream.flink;
 
 import java.nio.FloatBuffer;
-import java.nio.charset.StandardCharsets;
-import java.security.MessageDigest;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -21,8 +19,8 @@ import org.apache.flink.util.Collector;
 
 /**
  * The decide stage scored in Java: a bench contender (benchmarks/java_job.py), not the production path.
- * Record Rows of the JVM entity stages (udfs.chain.ROW_FIELDS) in, decision record bytes out (the fields
- * of udfs.decision.decision_record), scored one row at a time by onnxruntime's Java binding on the same
+ * Record Rows of the JVM entity stages (udfs.chain.ROW_FIELDS) in, decision record bytes out (written by
+ * {@link DecisionWriter}, as the production path writes them), scored one row at a time by onnxruntime's Java binding on the same
  * model file, with the policy's thresholds and rules (udfs.policy: score band, then every rule whose
  * conditions hold, strongest decision wins, late_event last).
  *
@@ -35,9 +33,6 @@ import org.apache.flink.util.Collector;
  */
 public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
     private static final long serialVersionUID = 1L;
-    private static final int EVENT_ID = 0, EVENT_TYPE = 1, USER_ID = 2, DEVICE_ID = 3, TS = 7, VALUES = 10,
-            LATE = 11, SIGNALS = 12;
-    private static final char[] HEX = "0123456789abcdef".toCharArray();
 
     private final String modelPath;
     private final String modelVersion;
@@ -47,22 +42,17 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
     private transient OrtSession session;
     private transient String input;
     private transient String output;
-    private transient String[] featureNames;
-    private transient int[] eventFields; // per event feature: the Row field of a value, or -1 for the type index
-    private transient Map<String, Integer> typeIndex;
-    private transient String[] signalNames;
+    private transient DecisionWriter writer;
     private transient String policyVersion;
     private transient double reviewAt, blockAt;
     private transient Rule[] rules;
     private transient float[] x;
     private transient FloatBuffer buf;
-    private transient MessageDigest sha;
 
     /**
-     * {@code configJson}: {"feature_names": [...], "event_features": [[field index or -1], ...],
-     * "event_types": [...], "signals": [...], "policy_version": "p1", "review_threshold": 0.5,
-     * "block_threshold": 0.9, "rules": [{"code", "decision", "event_types" or null, "conditions":
-     * [[name, op, value], ...]}]} (benchmarks/java_job.py writes it from the spec and the Policy).
+     * {@code configJson}: udfs.decision.writer_layout plus "policy_version", "review_threshold",
+     * "block_threshold" and "rules": [{"code", "decision", "event_types" or null, "conditions": [[name, op,
+     * value], ...]}] (benchmarks/java_job.py writes it from the spec and the Policy).
      */
     public JavaDecideFunction(String modelPath, String modelVersion, String configJson) {
         this.modelPath = modelPath;
@@ -88,18 +78,9 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
     @Override
     public void open(OpenContext ctx) throws Exception {
         JsonNode c = new ObjectMapper().readTree(configJson);
-        featureNames = strings(c.get("feature_names"));
-        JsonNode ef = c.get("event_features");
-        eventFields = new int[ef.size()];
-        for (int i = 0; i < eventFields.length; i++) {
-            eventFields[i] = ef.get(i).asInt();
-        }
-        String[] types = strings(c.get("event_types"));
-        typeIndex = new HashMap<>();
-        for (int i = 0; i < types.length; i++) {
-            typeIndex.put(types[i], i);
-        }
-        signalNames = strings(c.get("signals"));
+        writer = new DecisionWriter(configJson);
+        String[] featureNames = writer.featureNames;
+        String[] signalNames = writer.signalNames;
         policyVersion = c.get("policy_version").asText();
         reviewAt = c.get("review_threshold").asDouble();
         blockAt = c.get("block_threshold").asDouble();
@@ -118,7 +99,7 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
             rule.decision = r.get("decision").asText();
             rule.rank = rank(rule.decision);
             JsonNode et = r.get("event_types");
-            rule.eventTypes = et == null || et.isNull() ? null : new java.util.HashSet<>(List.of(strings(et)));
+            rule.eventTypes = et == null || et.isNull() ? null : new java.util.HashSet<>(List.of(DecisionWriter.strings(et)));
             JsonNode conds = r.get("conditions");
             int n = conds.size();
             rule.kind = new int[n];
@@ -154,16 +135,8 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
         x = new float[featureNames.length];
         buf = java.nio.ByteBuffer.allocateDirect(4 * featureNames.length).order(java.nio.ByteOrder.nativeOrder())
                 .asFloatBuffer();
-        sha = MessageDigest.getInstance("SHA-256");
     }
 
-    private static String[] strings(JsonNode a) {
-        String[] s = new String[a.size()];
-        for (int i = 0; i < s.length; i++) {
-            s[i] = a.get(i).asText();
-        }
-        return s;
-    }
 
     @Override
     public void close() throws Exception {
@@ -190,30 +163,13 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
     @Override
     public void processElement(Row row, Context ctx, Collector<byte[]> out) throws Exception {
         long now = System.currentTimeMillis();
-        String eventId = (String) row.getField(EVENT_ID);
-        String eventType = (String) row.getField(EVENT_TYPE);
-        double[] feats = null;
         try {
-            double[] values = (double[]) row.getField(VALUES);
-            int ne = eventFields.length;
-            feats = new double[ne + (values == null ? 0 : values.length)];
-            for (int i = 0; i < ne; i++) {
-                int f = eventFields[i];
-                feats[i] = f < 0 ? typeIndex.get(eventType) : ((Number) row.getField(f)).doubleValue();
-            }
-            if (values != null) {
-                System.arraycopy(values, 0, feats, ne, values.length);
-            }
-            if (feats.length != featureNames.length) {
-                throw new IllegalStateException(feats.length + " feature values, the model takes " + featureNames.length);
-            }
+            double[] feats = writer.features(row);
             double score = score(feats);
-            Boolean lateField = (Boolean) row.getField(LATE);
-            boolean late = lateField != null && lateField;
-            double[] signals = (double[]) row.getField(SIGNALS);
-            out.collect(record(row, eventId, eventType, score, feats, late, signals, now));
+            out.collect(record(row, score, feats, writer.late(row), writer.signals(row), now));
         } catch (Exception e) {
-            out.collect(errorRecord(row, eventId, eventType, e.getClass().getSimpleName() + ": " + e.getMessage(), now));
+            out.collect(writer.error(row, modelVersion, policyVersion,
+                    e.getClass().getSimpleName() + ": " + e.getMessage(), now));
         }
     }
 
@@ -228,8 +184,8 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
         }
     }
 
-    private byte[] record(Row row, String eventId, String eventType, double score, double[] feats, boolean late,
-                          double[] signals, long now) {
+    private byte[] record(Row row, double score, double[] feats, boolean late, double[] signals, long now) {
+        String eventType = (String) row.getField(writer.eventType);
         String decision = "allow";
         List<String> reasons = new ArrayList<>(2);
         if (score >= blockAt) {
@@ -265,113 +221,7 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
         if (late) {
             reasons.add("late_event");
         }
-        StringBuilder b = new StringBuilder(1600);
-        recordHead(b, row, eventId, eventType);
-        b.append(",\"decision\":\"").append(decision).append('"');
-        b.append(",\"score\":");
-        num(b, Math.round(score * 1e6) / 1e6);
-        b.append(",\"model_version\":");
-        str(b, modelVersion);
-        b.append(",\"policy_version\":");
-        str(b, policyVersion);
-        b.append(",\"reasons\":[");
-        for (int i = 0; i < reasons.size(); i++) {
-            if (i > 0) {
-                b.append(',');
-            }
-            str(b, reasons.get(i));
-        }
-        b.append("],\"features\":{");
-        for (int i = 0; i < feats.length; i++) {
-            if (i > 0) {
-                b.append(',');
-            }
-            b.append('"').append(featureNames[i]).append("\":");
-            num(b, feats[i]);
-        }
-        b.append("},\"late\":").append(late);
-        b.append(",\"event_ts\":").append(row.getField(TS));
-        b.append(",\"decided_at\":").append(now);
-        if (signals != null) {
-            b.append(",\"signals\":{");
-            boolean first = true;
-            for (int i = 0; i < signals.length; i++) {
-                if (!Double.isNaN(signals[i])) {
-                    if (!first) {
-                        b.append(',');
-                    }
-                    first = false;
-                    b.append('"').append(signalNames[i]).append("\":");
-                    num(b, signals[i]);
-                }
-            }
-            b.append('}');
-        }
-        return b.append('}').toString().getBytes(StandardCharsets.UTF_8);
-    }
-
-    /** The fields every decision record starts with, in udfs.decision's order. */
-    private void recordHead(StringBuilder b, Row row, String eventId, String eventType) {
-        b.append("{\"decision_id\":");
-        str(b, decisionId(eventId, modelVersion));
-        b.append(",\"event_id\":");
-        str(b, eventId);
-        b.append(",\"event_type\":");
-        str(b, eventType);
-        b.append(",\"user_id\":");
-        str(b, (String) row.getField(USER_ID));
-        b.append(",\"device_id\":");
-        str(b, (String) row.getField(DEVICE_ID));
-    }
-
-    private byte[] errorRecord(Row row, String eventId, String eventType, String detail, long now) {
-        StringBuilder b = new StringBuilder(400);
-        recordHead(b, row, eventId, eventType);
-        b.append(",\"decision\":\"review\",\"score\":null,\"model_version\":");
-        str(b, modelVersion);
-        b.append(",\"policy_version\":");
-        str(b, policyVersion);
-        b.append(",\"reasons\":[\"processing_error\"],\"error\":");
-        str(b, detail.length() > 200 ? detail.substring(0, 200) : detail);
-        b.append(",\"features\":{},\"late\":false,\"event_ts\":null,\"decided_at\":").append(now).append('}');
-        return b.toString().getBytes(StandardCharsets.UTF_8);
-    }
-
-    /** udfs.decision.decision_id: sha256(event_id \x1f model_version \x1f policy_version), 32 hex digits. */
-    private String decisionId(String eventId, String model) {
-        byte[] h = sha.digest((eventId + '\u001f' + model + '\u001f' + policyVersion).getBytes(StandardCharsets.UTF_8));
-        char[] c = new char[32];
-        for (int i = 0; i < 16; i++) {
-            c[2 * i] = HEX[(h[i] >> 4) & 15];
-            c[2 * i + 1] = HEX[h[i] & 15];
-        }
-        return new String(c);
-    }
-
-    private static void num(StringBuilder b, double v) {
-        if (Double.isNaN(v) || Double.isInfinite(v)) {
-            b.append("null");
-        } else {
-            b.append(v);
-        }
-    }
-
-    private static void str(StringBuilder b, String s) {
-        if (s == null) {
-            b.append("null");
-            return;
-        }
-        b.append('"');
-        for (int i = 0; i < s.length(); i++) {
-            char c = s.charAt(i);
-            if (c == '"' || c == '\\') {
-                b.append('\\').append(c);
-            } else if (c < 0x20) {
-                b.append(String.format("\\u%04x", (int) c));
-            } else {
-                b.append(c);
-            }
-        }
-        b.append('"');
+        return writer.record(row, feats, decision, Math.round(score * 1e6) / 1e6, modelVersion, policyVersion, reasons,
+                null, null, now);
     }
 }
