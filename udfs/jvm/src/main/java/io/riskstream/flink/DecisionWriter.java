@@ -33,6 +33,7 @@ public final class DecisionWriter implements Serializable {
     final String[] featureNames;
     final String[] signalNames;
     final int eventId, eventType, userId, deviceId, ts, values, late, signals;
+    private final int ip, paymentRef, arrivedAt; // -1 when the layout has no such field
     private final int[] eventFeatures; // per event feature: its Row field, or -1 for the event-type index
     private final Map<String, Integer> typeIndex = new HashMap<>();
     private transient MessageDigest sha;
@@ -53,6 +54,9 @@ public final class DecisionWriter implements Serializable {
             values = field.get("values");
             late = field.get("late");
             signals = field.get("signals");
+            ip = field.getOrDefault("ip", -1);
+            paymentRef = field.getOrDefault("payment_ref", -1);
+            arrivedAt = field.getOrDefault("arrived_at", -1);
             featureNames = strings(c.get("feature_names"));
             signalNames = strings(c.get("signals"));
             JsonNode ef = c.get("event_features");
@@ -151,6 +155,7 @@ public final class DecisionWriter implements Serializable {
         }
         b.append("},\"late\":").append(late(row));
         b.append(",\"event_ts\":").append(row.getField(ts));
+        arrived(b, row);
         b.append(",\"decided_at\":").append(decidedAt);
         if (rulesVersion != null) {
             b.append(",\"rules_version\":");
@@ -188,7 +193,9 @@ public final class DecisionWriter implements Serializable {
         str(b, policyVersion);
         b.append(",\"reasons\":[\"processing_error\"],\"error\":");
         str(b, detail.length() > 200 ? detail.substring(0, 200) : detail);
-        b.append(",\"features\":{},\"late\":false,\"event_ts\":null,\"decided_at\":").append(decidedAt).append('}');
+        b.append(",\"features\":{},\"late\":false,\"event_ts\":null");
+        arrived(b, row);
+        b.append(",\"decided_at\":").append(decidedAt).append('}');
         return b.toString().getBytes(StandardCharsets.UTF_8);
     }
 
@@ -205,6 +212,22 @@ public final class DecisionWriter implements Serializable {
         str(b, (String) row.getField(userId));
         b.append(",\"device_id\":");
         str(b, (String) row.getField(deviceId));
+        if (ip >= 0) {
+            b.append(",\"ip\":");
+            str(b, (String) row.getField(ip));
+        }
+        if (paymentRef >= 0) {
+            b.append(",\"payment_ref\":");
+            str(b, (String) row.getField(paymentRef)); // null without one
+        }
+    }
+
+    /** {@code "arrived_at"} when the record knows it (udfs.decision writes it only then). */
+    private void arrived(StringBuilder b, Row row) {
+        Object t = arrivedAt >= 0 && row.getArity() > arrivedAt ? row.getField(arrivedAt) : null;
+        if (t != null) {
+            b.append(",\"arrived_at\":").append(((Number) t).longValue());
+        }
     }
 
     /** udfs.decision.decision_id: sha256(event_id \x1f model_version \x1f policy_version), 32 hex digits. */
