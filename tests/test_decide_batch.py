@@ -1,5 +1,5 @@
 """The batched decide stage's body (udfs.decide_batch) against the per-row Decider: same records, control
-segments applied at the right row (no JVM)."""
+segments applied at the right row, the broker arrival time carried through (no JVM)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ from udfs.scoring import Scorer
 V1, V2 = "models/risk_gbdt_v1.onnx", "models/risk_gbdt_v2.onnx"
 
 
+def _arrival(k: int, ev: Event) -> int | None:
+    """A broker arrival time for the k-th row, unknown for every third (input without record timestamps)."""
+    return None if k % 3 == 2 else ev.ts + 1_000 + k
+
+
 def _columns(n: int, with_signals: bool) -> tuple[dict, list]:
     evs = [Event(**r.event) for r in TrafficGenerator(seed=5).generate(n)]
     chain, rows = Chain(label_signals=with_signals), []
@@ -26,12 +31,13 @@ def _columns(n: int, with_signals: bool) -> tuple[dict, list]:
             rows.append((ev, *res))
     names = [name for name, _ in ROW_FIELDS]
     cols = {name: [] for name in names}
-    for ev, vals, late, sig in rows:
+    for k, (ev, vals, late, sig) in enumerate(rows):
         for name in names[:len(ev)]:
             cols[name].append(getattr(ev, name))
         cols["values"].append(vals)
         cols["late"].append(late)
         cols["signals"].append([sig[s] for s in SIGNALS] if sig else None)
+        cols["arrived_at"].append(_arrival(k, ev))
     return cols, rows
 
 
@@ -42,17 +48,24 @@ def _strip(rec: bytes) -> dict:
 
 
 def test_batched_records_equal_the_per_row_decider():
+    import pandas as pd
+
     cols, rows = _columns(1500, with_signals=True)
+    # a nullable BIGINT column as Arrow hands it to pandas: float64, NaN for null
+    cols["arrived_at"] = pd.Series(cols["arrived_at"], dtype="float64")
     body = DecideBatch(V1, Policy(), None, tuple(cols))
     body.open()
     got = body.decide_columns(cols)
     ref = Decider(Control.initial(Scorer(V1), Policy()))
-    want = [ref.decide(ev, vals, late, sig, 0)[1] for ev, vals, late, sig in rows]
+    want = [ref.decide(ev, vals, late, sig, 0, arrived_at=_arrival(k, ev))[1]
+            for k, (ev, vals, late, sig) in enumerate(rows)]
     assert len(got) == len(want) == len(rows)
-    for g, w in zip(got, want):
+    for k, (g, w) in enumerate(zip(got, want)):
         g, w = _strip(g), _strip(w)
         assert abs(g.pop("score") - w.pop("score")) <= 1e-6
         assert g == w
+        # the arrival time as it came in the row, an int; absent when the row has none
+        assert g.get("arrived_at", None) == _arrival(k, rows[k][0]) and ("arrived_at" in g) == (k % 3 != 2)
 
 
 def test_control_settings_apply_from_the_row_that_carries_them():

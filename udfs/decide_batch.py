@@ -15,6 +15,8 @@ Pitfalls:
 - Feature values cross Arrow as float64 and are written to the record as they are; only the model input is
   float32, as in the per-row stage.
 - A row that fails (a bug, not bad input) still gets a decision: ``review`` with ``processing_error``.
+- ``arrived_at`` (nullable BIGINT) reaches pandas as float64 with NaN for null once a batch holds a null:
+  read back as int or None (:func:`_ms`; epoch ms are exact in a double).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # as udfs.flink: 
 _EVENT_FEATURES = features_for("event")
 # record fields the decision needs, by name (extras is not read: it never reaches the decision record)
 _NEEDED = ("event_id", "event_type", "user_id", "device_id", "ip", "amount", "currency", "ts")
+
+
+def _ms(x) -> int | None:
+    """A nullable BIGINT cell as int or None (null arrives as None, NaN or pd.NA, depending on the batch)."""
+    try:
+        return None if x is None else int(x)
+    except (TypeError, ValueError):  # NaN, pd.NA
+        return None
 
 
 class DecideBatch:
@@ -93,6 +103,7 @@ class DecideBatch:
         values = [v.tolist() if hasattr(v, "tolist") else list(v) for v in cols["values"]]
         lates = [bool(x) for x in cols["late"]]
         sigs = cols.get("signals")
+        arrived = [_ms(x) for x in cols["arrived_at"]] if "arrived_at" in cols else None
         versions = cols.get("control_version")
         settings = cols.get("control")
         now = int(time.time() * 1000)
@@ -108,7 +119,7 @@ class DecideBatch:
             while end < n and (settings is None or settings[end] is None) and \
                     (versions is None or int(versions[end]) == self.settings_version):
                 end += 1
-            self._decide_segment(get, values, lates, sigs, start, end, now, out)
+            self._decide_segment(get, values, lates, sigs, arrived, start, end, now, out)
             start = end
         if self.metrics is not None:
             per_row_us = (time.perf_counter() - t0) * 1e6 / max(n, 1)
@@ -116,7 +127,7 @@ class DecideBatch:
                 bisect.bisect_left(LATENCY_BUCKETS_US, per_row_us)].inc(n)
         return out
 
-    def _decide_segment(self, get, values, lates, sigs, start, end, now, out) -> None:
+    def _decide_segment(self, get, values, lates, sigs, arrived, start, end, now, out) -> None:
         d = self.decider
         c = d.control
         rows = range(start, end)
@@ -132,7 +143,7 @@ class DecideBatch:
             if sigs is not None and sigs[i] is not None:
                 signals = dict(zip(SIGNALS, (float(x) for x in sigs[i])))
             decision, rec, failed = d.decide(ev, values[i], lates[i], signals, now, score=scores[k],
-                                             shadow_score=shadows[k])
+                                             shadow_score=shadows[k], arrived_at=arrived[i] if arrived else None)
             out[i] = rec
             if self.metrics is not None:
                 self.by_kind[decision].inc()

@@ -18,8 +18,10 @@ def decision_id(event_id: str, model_version: str, policy_version: str) -> str:
 def decision_record(ev: Event, decision: str, score: float, reasons: list[str], features: list[float],
                     model_version: str, policy_version: str, decided_at_ms: int, late: bool,
                     rules_version: str | None = None, shadow: dict | None = None,
-                    signals: dict | None = None) -> dict:
-    """``shadow`` is the challenger's score and the decision it would have made (never acted on)."""
+                    signals: dict | None = None, arrived_at: int | None = None) -> dict:
+    """``shadow`` is the challenger's score and the decision it would have made (never acted on).
+    ``arrived_at``: the event's broker arrival time (epoch ms), written only when known, so latency is
+    measured from arrival, not from the event's own (producer-set) time."""
     rec = {
         "decision_id": decision_id(ev.event_id, model_version, policy_version),
         "event_id": ev.event_id,
@@ -34,8 +36,10 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
         "features": dict(zip(FEATURE_NAMES, features)),
         "late": late,
         "event_ts": ev.ts,
-        "decided_at": decided_at_ms,
     }
+    if arrived_at is not None:
+        rec["arrived_at"] = arrived_at
+    rec["decided_at"] = decided_at_ms
     if rules_version is not None:
         rec["rules_version"] = rules_version
     if shadow is not None:
@@ -50,9 +54,10 @@ def encode(record: dict) -> bytes:
 
 
 def error_decision_record(event_id: str, event_type: str, user_id: str, device_id: str, detail: str,
-                          model_version: str | None, policy_version: str, decided_at_ms: int) -> dict:
+                          model_version: str | None, policy_version: str, decided_at_ms: int,
+                          arrived_at: int | None = None) -> dict:
     """A valid event the job failed to score: sent to review, never silently allowed."""
-    return {
+    rec = {
         "decision_id": decision_id(event_id, model_version or "none", policy_version),
         "event_id": event_id,
         "event_type": event_type,
@@ -67,5 +72,8 @@ def error_decision_record(event_id: str, event_type: str, user_id: str, device_i
         "features": {},
         "late": False,
         "event_ts": None,
-        "decided_at": decided_at_ms,
     }
+    if arrived_at is not None:
+        rec["arrived_at"] = arrived_at
+    rec["decided_at"] = decided_at_ms
+    return rec

@@ -36,7 +36,7 @@ import org.apache.flink.util.Collector;
 public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
     private static final long serialVersionUID = 1L;
     private static final int EVENT_ID = 0, EVENT_TYPE = 1, USER_ID = 2, DEVICE_ID = 3, TS = 7, VALUES = 10,
-            LATE = 11, SIGNALS = 12;
+            LATE = 11, SIGNALS = 12, ARRIVED_AT = 13;
     private static final char[] HEX = "0123456789abcdef".toCharArray();
 
     private final String modelPath;
@@ -291,6 +291,7 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
         }
         b.append("},\"late\":").append(late);
         b.append(",\"event_ts\":").append(row.getField(TS));
+        arrivedAt(b, row);
         b.append(",\"decided_at\":").append(now);
         if (signals != null) {
             b.append(",\"signals\":{");
@@ -333,8 +334,18 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
         str(b, policyVersion);
         b.append(",\"reasons\":[\"processing_error\"],\"error\":");
         str(b, detail.length() > 200 ? detail.substring(0, 200) : detail);
-        b.append(",\"features\":{},\"late\":false,\"event_ts\":null,\"decided_at\":").append(now).append('}');
+        b.append(",\"features\":{},\"late\":false,\"event_ts\":null");
+        arrivedAt(b, row);
+        b.append(",\"decided_at\":").append(now).append('}');
         return b.toString().getBytes(StandardCharsets.UTF_8);
+    }
+
+    /** {@code "arrived_at"} when the record knows it (udfs.decision writes it only then). */
+    private static void arrivedAt(StringBuilder b, Row row) {
+        Object t = row.getArity() > ARRIVED_AT ? row.getField(ARRIVED_AT) : null;
+        if (t != null) {
+            b.append(",\"arrived_at\":").append(t);
+        }
     }
 
     /** udfs.decision.decision_id: sha256(event_id \x1f model_version \x1f policy_version), 32 hex digits. */
