@@ -68,8 +68,8 @@ def test_python_baseline_decides_each_event_once_with_the_jobs_features(kafka_bo
 def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer(kafka_bootstrap, tmp_path):
     """The all-Java contender (``benchmarks.java_job``): the job's JVM stages, then onnxruntime's Java binding on
     the same model. Every event decided once, with the replay's features, a score within 1e-5 of the Python
-    Scorer's on the same features and the policy's decision and reasons, and the event record's broker append
-    time as ``arrived_at``."""
+    Scorer's on the same features and the policy's decision and reasons, the event's ip and payment_ref, and the
+    event record's broker append time as ``arrived_at``."""
     from kafka import KafkaConsumer, TopicPartition
 
     from benchmarks import java_job
@@ -114,5 +114,6 @@ def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer
         decision, reasons = policy.decide(d["score"], feats, ev.event_type, late)
         assert (d["decision"], d["reasons"]) == (decision, reasons)
         assert d["model_version"] == scorer.version and d["user_id"] == ev.user_id
+        assert (d["ip"], d["payment_ref"]) == (ev.ip, ev.payment_ref)  # null without one, as udfs.decision
         decisions.add(decision)
     assert len(decisions) >= 2  # the stream exercises more than one band or rule

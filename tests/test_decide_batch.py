@@ -66,6 +66,9 @@ def test_batched_records_equal_the_per_row_decider():
         assert g == w
         # the arrival time as it came in the row, an int; absent when the row has none
         assert g.get("arrived_at", None) == _arrival(k, rows[k][0]) and ("arrived_at" in g) == (k % 3 != 2)
+        # the event's ip and payment instrument (null without one), for labels made from the decision
+        assert (g["ip"], g["payment_ref"]) == (rows[k][0].ip, rows[k][0].payment_ref)
+    assert {orjson.loads(r)["payment_ref"] is None for r in got} == {True, False}
 
 
 def test_control_settings_apply_from_the_row_that_carries_them():

@@ -78,13 +78,17 @@ def test_bounded_job_decides_every_event_exactly_once(kafka_bootstrap, labelled_
     # arrived_at is the event record's timestamp on the events topic: its broker append time
     events = read_all(kafka_bootstrap, names[0])
     assert len(events) == len(labelled_stream) and {m.timestamp_type for m in events} == {1}  # LogAppendTime
-    appended = {}
+    appended, parsed = {}, {}
     for m in events:
         ev = parse_event(m.value)
         if isinstance(ev, Event):
-            appended[ev.event_id] = m.timestamp
+            appended[ev.event_id], parsed[ev.event_id] = m.timestamp, ev
     assert set(appended) == valid and len(set(appended.values())) > 1
     assert all(d["arrived_at"] == appended[d["event_id"]] <= d["decided_at"] for d in decisions)
+    # and the event's ip and payment instrument (null without one), which a label made from it names
+    assert all((d["ip"], d["payment_ref"]) == (parsed[d["event_id"]].ip, parsed[d["event_id"]].payment_ref)
+               for d in decisions)
+    assert {d["payment_ref"] is None for d in decisions} == {True, False}
 
     dead = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, names[2])]
     assert sorted(base64.b64decode(d["original_b64"]) for d in dead) == bad

@@ -199,7 +199,8 @@ class Decider:
         except Exception as e:  # fail safe: a valid event is never silently allowed or dropped
             return "review", encode(error_decision_record(
                 ev.event_id, ev.event_type, ev.user_id, ev.device_id, f"{type(e).__name__}: {e}",
-                c.champion.version, c.policy.version, now_ms, arrived_at=arrived_at)), True
+                c.champion.version, c.policy.version, now_ms, arrived_at=arrived_at, ip=ev.ip,
+                payment_ref=ev.payment_ref)), True
 
     def vector(self, ev: Event, values: list[float]) -> list[float]:
         return event_values(ev) + list(values)

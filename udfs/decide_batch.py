@@ -37,7 +37,7 @@ from .policy import DECISIONS, Policy
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # as udfs.flink: per-row share of a batch
 _EVENT_FEATURES = features_for("event")
 # record fields the decision needs, by name (extras is not read: it never reaches the decision record)
-_NEEDED = ("event_id", "event_type", "user_id", "device_id", "ip", "amount", "currency", "ts")
+_NEEDED = ("event_id", "event_type", "user_id", "device_id", "ip", "amount", "currency", "ts", "payment_ref")
 
 
 def _ms(x) -> int | None:

@@ -19,8 +19,9 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
                     model_version: str, policy_version: str, decided_at_ms: int, late: bool,
                     rules_version: str | None = None, shadow: dict | None = None,
                     signals: dict | None = None, arrived_at: int | None = None) -> dict:
-    """``shadow`` is the challenger's score and the decision it would have made (never acted on).
-    ``arrived_at``: the event's broker arrival time (epoch ms), written only when known, so latency is
+    """``shadow`` is the challenger's score and the decision it would have made (never acted on). ``ip`` and
+    ``payment_ref`` (null without one) are there for the consumers that turn a decision into a label (the
+    review queue): a label names them so the ip and payment stages count it. ``arrived_at``: the event's broker arrival time (epoch ms), written only when known, so latency is
     measured from arrival, not from the event's own (producer-set) time."""
     rec = {
         "decision_id": decision_id(ev.event_id, model_version, policy_version),
@@ -28,6 +29,8 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
         "event_type": ev.event_type,
         "user_id": ev.user_id,
         "device_id": ev.device_id,
+        "ip": ev.ip,
+        "payment_ref": ev.payment_ref,
         "decision": decision,
         "score": round(score, 6),
         "model_version": model_version,
@@ -55,7 +58,8 @@ def encode(record: dict) -> bytes:
 
 def error_decision_record(event_id: str, event_type: str, user_id: str, device_id: str, detail: str,
                           model_version: str | None, policy_version: str, decided_at_ms: int,
-                          arrived_at: int | None = None) -> dict:
+                          arrived_at: int | None = None, ip: str | None = None,
+                          payment_ref: str | None = None) -> dict:
     """A valid event the job failed to score: sent to review, never silently allowed."""
     rec = {
         "decision_id": decision_id(event_id, model_version or "none", policy_version),
@@ -63,6 +67,8 @@ def error_decision_record(event_id: str, event_type: str, user_id: str, device_i
         "event_type": event_type,
         "user_id": user_id,
         "device_id": device_id,
+        "ip": ip,
+        "payment_ref": payment_ref,
         "decision": "review",
         "score": None,
         "model_version": model_version,

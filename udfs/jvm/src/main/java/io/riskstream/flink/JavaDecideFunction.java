@@ -35,8 +35,8 @@ import org.apache.flink.util.Collector;
  */
 public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
     private static final long serialVersionUID = 1L;
-    private static final int EVENT_ID = 0, EVENT_TYPE = 1, USER_ID = 2, DEVICE_ID = 3, TS = 7, VALUES = 10,
-            LATE = 11, SIGNALS = 12, ARRIVED_AT = 13;
+    private static final int EVENT_ID = 0, EVENT_TYPE = 1, USER_ID = 2, DEVICE_ID = 3, IP = 4, TS = 7,
+            PAYMENT_REF = 9, VALUES = 10, LATE = 11, SIGNALS = 12, ARRIVED_AT = 13;
     private static final char[] HEX = "0123456789abcdef".toCharArray();
 
     private final String modelPath;
@@ -323,6 +323,10 @@ public final class JavaDecideFunction extends ProcessFunction<Row, byte[]> {
         str(b, (String) row.getField(USER_ID));
         b.append(",\"device_id\":");
         str(b, (String) row.getField(DEVICE_ID));
+        b.append(",\"ip\":");
+        str(b, (String) row.getField(IP));
+        b.append(",\"payment_ref\":");
+        str(b, (String) row.getField(PAYMENT_REF)); // null without one
     }
 
     private byte[] errorRecord(Row row, String eventId, String eventType, String detail, long now) {
