@@ -39,11 +39,22 @@ def cmd_stack(a) -> int:
     return 0
 
 
+def positive_days(text: str) -> float:
+    """argparse type: a positive, finite number of days."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"the number of days must be positive, got {text}")
+    return v
+
+
 def cmd_generate(a) -> int:
     from .generator import TrafficGenerator
     from .kafka_io import produce, progress_printer
 
-    gen = TrafficGenerator(seed=a.seed, bad_share=a.bad_share, fraud_share=a.fraud_share)
+    gen = TrafficGenerator(seed=a.seed, bad_share=a.bad_share, fraud_share=a.fraud_share, days=a.days)
     labels_path = Path(a.labels)
     labels_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -599,10 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--fraud-share", type=float, default=0.12)
     p.add_argument("--bad-share", type=float, default=0.0, help="share of malformed records")
+    p.add_argument("--days", type=positive_days, default=None, metavar="N",
+                   help="spread the events' times over N simulated days and add the slow scenarios (compromised "
+                        "devices, slow card testing) [default: 5 events per simulated second]")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
     add_setting(p, "events_topic", "--topic", help="topic the events go to (the job's events topic)")
     p.add_argument("--labels", default=str(paths.home() / "labels.jsonl"),
-                   help="where ground-truth labels go (JSON lines: event_id, scenario, fraud)")
+                   help="where ground-truth labels go (JSON lines: event_id, scenario, fraud, arrival_ts, ...)")
     p.add_argument("--output", help="write events to this JSON-lines file instead of Kafka")
     p.set_defaults(fn=cmd_generate)
 

@@ -68,7 +68,8 @@ def test_python_baseline_decides_each_event_once_with_the_jobs_features(kafka_bo
 def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer(kafka_bootstrap, tmp_path):
     """The all-Java contender (``benchmarks.java_job``): the job's JVM stages, then onnxruntime's Java binding on
     the same model. Every event decided once, with the replay's features, a score within 1e-5 of the Python
-    Scorer's on the same features and the policy's decision and reasons."""
+    Scorer's on the same features and the policy's decision and reasons, the event's ip and payment_ref, and the
+    event record's broker append time as ``arrived_at``."""
     from kafka import KafkaConsumer, TopicPartition
 
     from benchmarks import java_job
@@ -94,7 +95,12 @@ def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer
                       auto_offset_reset="earliest", consumer_timeout_ms=3000)
     c.assign([TopicPartition("bench.j.out", 0)])
     got = {d["event_id"]: d for d in (orjson.loads(r.value) for r in c)}
+    c.assign([TopicPartition("bench.j.events", 0)])
+    c.seek_to_beginning()
+    appended = {orjson.loads(r.value)["event_id"]: r.timestamp for r in c}
     c.close()
+    assert len(appended) == len(recs)
+    assert all(d["arrived_at"] == appended[eid] <= d["decided_at"] for eid, d in got.items())
     expected = {ev.event_id: (ev, feats, late) for ev, feats, late in replay(Event(**r.event) for r in recs)}
     assert got.keys() == expected.keys()
     scorer = Scorer(JobConfig().resolved_model_path())
@@ -108,5 +114,6 @@ def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer
         decision, reasons = policy.decide(d["score"], feats, ev.event_type, late)
         assert (d["decision"], d["reasons"]) == (decision, reasons)
         assert d["model_version"] == scorer.version and d["user_id"] == ev.user_id
+        assert (d["ip"], d["payment_ref"]) == (ev.ip, ev.payment_ref)  # null without one, as udfs.decision
         decisions.add(decision)
     assert len(decisions) >= 2  # the stream exercises more than one band or rule

@@ -24,6 +24,11 @@ from udfs.scoring import Scorer
 V1, V2 = "models/risk_gbdt_v1.onnx", "models/risk_gbdt_v2.onnx"
 
 
+def _arrival(k: int, ev: Event) -> int | None:
+    """A broker arrival time for the k-th row, unknown for every third (input without record timestamps)."""
+    return None if k % 3 == 2 else ev.ts + 1_000 + k
+
+
 def _columns(n: int, with_signals: bool) -> tuple[dict, list]:
     evs = [Event(**r.event) for r in TrafficGenerator(seed=5).generate(n)]
     chain, rows = Chain(label_signals=with_signals), []
@@ -33,12 +38,13 @@ def _columns(n: int, with_signals: bool) -> tuple[dict, list]:
             rows.append((ev, *res))
     names = [name for name, _ in ROW_FIELDS]
     cols = {name: [] for name in names}
-    for ev, vals, late, sig in rows:
+    for k, (ev, vals, late, sig) in enumerate(rows):
         for name in names[:len(ev)]:
             cols[name].append(getattr(ev, name))
         cols["values"].append(vals)
         cols["late"].append(late)
         cols["signals"].append([sig[s] for s in SIGNALS] if sig else None)
+        cols["arrived_at"].append(_arrival(k, ev))
     return cols, rows
 
 
@@ -147,7 +153,8 @@ def test_a_batch_the_model_cannot_score_gives_error_verdicts_row_by_row():
 @pytest.mark.flink
 def test_the_jvm_writer_turns_rows_and_verdicts_into_the_per_row_records():
     """DecisionAssemble (the record of the fast path) against Decider.decide's record, field by field, on
-    rows with and without signals, a challenger's shadow, rules versions, and error verdicts."""
+    rows with and without signals and arrival times, events with and without a payment instrument, rules
+    versions, and error verdicts."""
     from pyflink.java_gateway import get_gateway
     from pyflink.util.java_utils import add_jars_to_context_class_loader
 
@@ -159,7 +166,9 @@ def test_the_jvm_writer_turns_rows_and_verdicts_into_the_per_row_records():
     for with_signals in (True, False):
         cols, rows = _columns(600, with_signals=with_signals)
         ref = Decider(Control.initial(Scorer(V1), Policy()))
-        want = [orjson.loads(ref.decide(ev, vals, late, sig, 0)[1]) for ev, vals, late, sig in rows]
+        want = [orjson.loads(ref.decide(ev, vals, late, sig, 0, arrived_at=_arrival(k, ev))[1])
+                for k, (ev, vals, late, sig) in enumerate(rows)]
+        assert {w.get("arrived_at") is None for w in want} == {w["payment_ref"] is None for w in want} == {True, False}
         body = DecideBatch(V1, Policy(), None, INPUT_FIELDS)
         body.open()
         verdicts = [v.decode() for v in body.verdict_columns(_inputs(cols))]
@@ -167,9 +176,10 @@ def test_the_jvm_writer_turns_rows_and_verdicts_into_the_per_row_records():
         verdicts[4] = None
         table = [[cols[n][i] if n != "extras" else orjson.dumps(cols[n][i]).decode() for n, _ in ROW_FIELDS]
                  for i in range(len(rows))]
+        sig = [n for n, _ in ROW_FIELDS].index("signals")
         for r in table:
-            if r[-1] is not None:
-                r[-1] = [float(x) for x in r[-1]]
+            if r[sig] is not None:
+                r[sig] = [float(x) for x in r[sig]]
         got = orjson.loads(J.DecisionAssemble.assembleMany(layout, "p1", orjson.dumps(table).decode(),
                                                            orjson.dumps(verdicts).decode()))
         assert len(got) == len(want)
@@ -178,6 +188,7 @@ def test_the_jvm_writer_turns_rows_and_verdicts_into_the_per_row_records():
             if i in (3, 4):
                 assert g["decision"] == "review" and g["reasons"] == ["processing_error"] and g["score"] is None
                 assert g["event_id"] == w["event_id"] and g["features"] == {} and g["error"]
+                assert g.get("arrived_at") == w.get("arrived_at") and g["payment_ref"] == w["payment_ref"]
                 continue
             assert list(g) == list(w)  # the Python writer's field order
             assert abs(g.pop("score") - w.pop("score")) <= 1e-6

@@ -32,8 +32,11 @@ def test_batched_decide_stage_equals_the_per_row_decider(tmp_path):
         res = chain.process(ev)
         if res is not None:
             staged.append((ev, *res))
-    rows = [Row(*ev[:8], orjson.dumps(ev.extras).decode() if ev.extras else None, *ev[9:], vals, late, None)
-            for ev, vals, late, _ in staged]
+    def arrival(k: int, ev: Event) -> int | None:  # the broker arrival time, unknown for every fourth row
+        return None if k % 4 == 3 else ev.ts + 500 + k
+
+    rows = [Row(*ev[:8], orjson.dumps(ev.extras).decode() if ev.extras else None, *ev[9:], vals, late, None,
+                arrival(k, ev)) for k, (ev, vals, late, _) in enumerate(staged)]
     env = decision_job.make_env(JobConfig(parallelism=2, checkpoint_interval_ms=500))
     records = env.from_collection(rows, type_info=jvm_decide.row_type())
     out = jvm_decide.decide(records, "models/risk_gbdt_v1.onnx", Policy(), None, with_control=False)
@@ -53,8 +56,9 @@ def test_batched_decide_stage_equals_the_per_row_decider(tmp_path):
                 got[d["event_id"]] = d
     ref = Decider(Control.initial(Scorer("models/risk_gbdt_v1.onnx"), Policy()))
     assert len(got) == len(staged)
-    for ev, vals, late, sig in staged:
-        want = orjson.loads(ref.decide(ev, vals, late, sig, 0)[1])
+    for k, (ev, vals, late, sig) in enumerate(staged):
+        want = orjson.loads(ref.decide(ev, vals, late, sig, 0, arrived_at=arrival(k, ev))[1])
+        assert want.get("arrived_at") == arrival(k, ev)
         g = dict(got[ev.event_id])
         for d in (g, want):
             d.pop("decided_at")

@@ -13,7 +13,7 @@ import random
 import orjson
 import pytest
 
-from udfs.chain import Chain, label_record, pack
+from udfs.chain import Chain, arrived_at, label_record, pack, unpack
 from udfs.events import Event, encode_event
 from udfs.features import ENTITIES, ENTITY_BY_NAME, features_for
 from udfs.chain import spec_document
@@ -137,8 +137,14 @@ def _expected(records: list, label_signals: bool, entities=ENTITIES):
     return out, dups
 
 
+def _arrival(ev) -> int | None:
+    """A broker arrival time for an event's record (none for every third event time)."""
+    return None if ev.ts % 3 == 0 else ev.ts + 1_234
+
+
 def _run(jar, records: list, parallelism: int, tmp_path, entities=ENTITIES, labels=False, extra=None):
-    """records: ("event", Event) | ("label", label args) -> ({event_id: (values, late, signals)}, dead letters)."""
+    """records: ("event", Event) | ("label", label args) -> ({event_id: (values, late, signals)}, dead letters).
+    Each event's record carries ``_arrival(ev)`` as arrived_at; every stage must pass it through unchanged."""
     from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.common.serialization import Encoder
     from pyflink.datastream.connectors.file_system import FileSink
@@ -153,7 +159,7 @@ def _run(jar, records: list, parallelism: int, tmp_path, entities=ENTITIES, labe
     env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()]),
                                             **(extra or {})})
     env.set_parallelism(1)  # source and event time in one subtask: each key's events keep their order
-    rows = [jvm.to_row(pack(x) if kind == "event" else label_record(*x)) for kind, x in records]
+    rows = [jvm.to_row(pack(x, arrived_at=_arrival(x)) if kind == "event" else label_record(*x)) for kind, x in records]
     stream = (env.from_collection(rows, type_info=jvm.record_type_info())
               .assign_timestamps_and_watermarks(
                   WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
@@ -168,13 +174,19 @@ def _run(jar, records: list, parallelism: int, tmp_path, entities=ENTITIES, labe
 
     def show(row):
         rec = jvm.from_row(row)
-        return orjson.dumps({"event_id": rec[0], "values": rec[-3], "late": rec[-2], "signals": rec[-1]}).decode()
+        _, values, late, signals = unpack(rec)
+        return orjson.dumps({"event_id": rec[0], "values": values, "late": late, "signals": signals,
+                             "arrived_at": arrived_at(rec)}).decode()
 
     (stream.map(show, output_type=Types.STRING())
      .union(dead.map(lambda b: "D" + bytes(b).decode("utf-8"), output_type=Types.STRING()))
      .sink_to(FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build()))
     env.execute("jvm-windows-test")
     got, dead_letters = {}, []
+    arrival = {}
+    for kind, x in records:
+        if kind == "event":
+            arrival.setdefault(x.event_id, _arrival(x))
     for f in sorted((tmp_path / "out").rglob("*")):
         if f.is_file():
             for line in f.read_text().splitlines():
@@ -183,7 +195,9 @@ def _run(jar, records: list, parallelism: int, tmp_path, entities=ENTITIES, labe
                 else:
                     o = orjson.loads(line)
                     assert o["event_id"] not in got
+                    assert o["arrived_at"] == arrival[o["event_id"]], o  # passed through, null included
                     got[o["event_id"]] = (o["values"], o["late"], o["signals"])
+    assert {arrival[e] is None for e in got} == {True, False}
     return got, dead_letters
 
 
@@ -371,8 +385,9 @@ def _run_branches(jar, records: list, parallelism: int, tmp_path) -> dict:
     for e in ENTITIES:
         def show(row, name=e.name):
             rec = jvm.from_row(row)
-            return orjson.dumps({"entity": name, "event_id": rec[0], "values": rec[-3], "late": rec[-2],
-                                 "signals": rec[-1]}).decode()
+            _, values, late, signals = unpack(rec)
+            return orjson.dumps({"entity": name, "event_id": rec[0], "values": values, "late": late,
+                                 "signals": signals}).decode()
         outs.append(jvm.entity_stage(src, e, spec, DEDUP, True, "jvm-test").map(show, output_type=Types.STRING()))
     outs[0].union(*outs[1:]).sink_to(
         FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build())

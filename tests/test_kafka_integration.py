@@ -16,6 +16,7 @@ import pytest
 from riskstream import paths, topics
 from riskstream.config import JobConfig
 from riskstream.kafka_io import produce
+from udfs.events import Event, parse_event
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -42,16 +43,20 @@ def read_all(bootstrap: str, topic: str, isolation: str = "read_committed") -> l
         c.close()
 
 
-def test_bounded_job_decides_every_event_exactly_once(kafka_bootstrap, labelled_stream):
+@pytest.mark.parametrize("runtime", ["jvm", "python"])
+def test_bounded_job_decides_every_event_exactly_once(kafka_bootstrap, labelled_stream, runtime):
+    """Every valid event one read_committed decision, keyed by user, carrying the event record's broker append
+    time as ``arrived_at``; every malformed record one dead letter. Both stage runtimes."""
     from pipelines import decision_job
 
-    names = ("it.events", "it.decisions", "it.dead")
+    names = (f"it-{runtime}.events", f"it-{runtime}.decisions", f"it-{runtime}.dead")
     topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names, partitions=2))
     assert produce(kafka_bootstrap, names[0], labelled_stream) == len(labelled_stream)
 
     cfg = JobConfig(bootstrap_servers=kafka_bootstrap, events_topic=names[0], decisions_topic=names[1],
                     dead_letter_topic=names[2], bounded=True, parallelism=2, starting_offsets="earliest",
-                    transactional_id_prefix="it-decisions", checkpoint_interval_ms=500)
+                    transactional_id_prefix=f"it-{runtime}-decisions", checkpoint_interval_ms=500,
+                    stage_runtime=runtime)
     decision_job.run(cfg, wait=True)
 
     valid = {r.label["event_id"] for r in labelled_stream if r.raw is None}
@@ -70,6 +75,20 @@ def test_bounded_job_decides_every_event_exactly_once(kafka_bootstrap, labelled_
     assert set(counts) == valid and max(counts.values()) == 1
     assert {d["decision"] for d in decisions} <= {"allow", "review", "block"}
     assert all(d["decision_id"] and d["model_version"] == "risk_gbdt_v1" for d in decisions)
+    # arrived_at is the event record's timestamp on the events topic: its broker append time
+    events = read_all(kafka_bootstrap, names[0])
+    assert len(events) == len(labelled_stream) and {m.timestamp_type for m in events} == {1}  # LogAppendTime
+    appended, parsed = {}, {}
+    for m in events:
+        ev = parse_event(m.value)
+        if isinstance(ev, Event):
+            appended[ev.event_id], parsed[ev.event_id] = m.timestamp, ev
+    assert set(appended) == valid and len(set(appended.values())) > 1
+    assert all(d["arrived_at"] == appended[d["event_id"]] <= d["decided_at"] for d in decisions)
+    # and the event's ip and payment instrument (null without one), which a label made from it names
+    assert all((d["ip"], d["payment_ref"]) == (parsed[d["event_id"]].ip, parsed[d["event_id"]].payment_ref)
+               for d in decisions)
+    assert {d["payment_ref"] is None for d in decisions} == {True, False}
 
     dead = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, names[2])]
     assert sorted(base64.b64decode(d["original_b64"]) for d in dead) == bad

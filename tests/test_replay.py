@@ -89,3 +89,42 @@ def test_replay_labels_file_applies_each_label_from_its_arrival(tmp_path):
     with pytest.raises(SystemExit, match="line 2: arrival_ts is before"):
         main(["replay", "--input", str(tmp_path / "ev.jsonl"), "--output", str(out),
               "--labels", str(tmp_path / "bad.jsonl")])
+
+
+def test_generate_days_spreads_the_traffic_over_that_many_days_with_the_slow_scenarios(tmp_path, capsys):
+    """`riskstream generate --days N` writes events whose times span N days from the generator's start, with
+    the slow scenarios among the labels; without it, sessions start within n / 5 simulated seconds and the
+    traffic covers less than an hour, with only the short scenarios. A non-positive or non-numeric N is
+    refused."""
+    from riskstream.cli import main
+    from riskstream.generator import DEFAULT_START_TS, LONG_SCENARIOS, SCENARIOS
+
+    day, n = 86_400_000, 3000
+
+    def generated(*flags: str) -> tuple[list[dict], list[dict]]:
+        out, labels = tmp_path / "ev.jsonl", tmp_path / "labels.jsonl"
+        assert main(["generate", "--count", str(n), "--seed", "4", "--output", str(out), "--labels", str(labels),
+                     *flags]) == 0
+        return ([orjson.loads(x) for x in out.read_bytes().splitlines()],
+                [orjson.loads(x) for x in labels.read_bytes().splitlines()])
+
+    events, labels = generated("--days", "12")
+    ts = [e["ts"] for e in events]
+    assert len(events) == len(labels) == n and [e["event_id"] for e in events] == [lb["event_id"] for lb in labels]
+    assert DEFAULT_START_TS <= min(ts) < DEFAULT_START_TS + day and DEFAULT_START_TS + 11 * day <= max(ts) \
+        < DEFAULT_START_TS + 12 * day
+    assert len({(t - DEFAULT_START_TS) // day for t in ts}) == 12  # every day has traffic
+    scenarios = {lb["scenario"] for lb in labels}
+    assert set(LONG_SCENARIOS) <= scenarios
+    slow = [e for e, lb in zip(events, labels) if lb["scenario"] == "slow_card_testing"]
+    assert max(e["ts"] for e in slow) - min(e["ts"] for e in slow) > day  # a slow scenario spans days
+
+    events, labels = generated()
+    ts = [e["ts"] for e in events]
+    assert max(ts) - min(ts) < 3_600_000 and not set(LONG_SCENARIOS) & {lb["scenario"] for lb in labels}
+    assert {lb["scenario"] for lb in labels} <= {*SCENARIOS, "normal"}
+
+    for bad in ("0", "-3", "nan", "inf", "many"):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "--days", bad, "--output", str(tmp_path / "x.jsonl")])
+        assert e.value.code == 2 and "days" in capsys.readouterr().err

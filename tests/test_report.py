@@ -318,6 +318,44 @@ def test_latency_prefers_a_latency_ms_field():
     assert lat["hist"] == {"edges": [200.0, 300.0], "counts": [9]}
 
 
+def test_latency_runs_from_the_broker_arrival_when_records_carry_it():
+    """The job's records carry ``arrived_at``: latency is decided_at - arrived_at, not the events' age (a demo's
+    generated events are stamped in the past), and the demo's summary measures the same figures."""
+    from riskstream.tools.demo import summarize
+
+    decisions, labels = hand_case()
+    day = 86_400_000
+    lag = {f"e{i}": 10 * i for i in range(1, 11)}  # e1..e10: 10..100 ms from arrival to decision
+    recs = []
+    for d in decisions:
+        d = {**d, "event_ts": None if d["event_ts"] is None else d["event_ts"] - 330 * day}
+        if d["event_id"] != "e9" and d not in recs:  # e9: a record of an older job, without arrived_at
+            d["arrived_at"] = d["decided_at"] - lag[d["event_id"]]
+        recs.append(d)
+    recs[-1]["arrived_at"] = recs[-1]["decided_at"] - 5_000  # the repeat of e1: ignored
+    lat = build_report(recs, labels)["latency"]
+    xs = sorted(v for e, v in lag.items() if e != "e9")  # 9 records: 10..80, 100
+    assert lat["source"] == "decided_at-arrived_at" and "arrived_at" in lat["note"] and lat["n"] == 9
+    assert (lat["p50"], lat["p99"], lat["max"]) == (xs[4], xs[8], xs[8]) == (50, 100, 100)
+    assert sum(lat["hist"]["counts"]) == 9 and lat["negative"] == 0
+    html = render_html(build_report(recs, labels))
+    assert "<code>arrived_at</code>" in html and "decided_at minus event time" not in html
+    # a latency_ms field still comes first
+    assert build_report([{**d, "latency_ms": 1.0} for d in recs], labels)["latency"]["source"] == "latency_ms"
+    # the demo's summary: the records' arrived_at, else the event record's timestamp it read from the topic
+    first = {}
+    for d in recs:
+        first.setdefault(d["event_id"], d)
+    append_ts = {e: d["decided_at"] - 90 for e, d in first.items()}
+    summary = summarize(labels, first, [], len(first), append_ts, {}, 0)
+    both = sorted([*xs, 90])  # e9 from the topic's timestamp
+    assert summary["latency_ms"] == {"p50": both[5], "p99": both[9], "max": both[9]} == {"p50": 60, "p99": 100, "max": 100}
+    # records that all carry arrived_at: the summary's figures are the report's
+    del first["e9"]
+    summary = summarize(labels, first, [], len(first), append_ts, {}, 0)
+    assert summary["latency_ms"] == {k: lat[k] for k in ("p50", "p99", "max")}
+
+
 # ------------------------------------------------------------------ HTML
 VOID = {"meta", "br", "hr", "img", "input", "link", "col", "area", "base", "wbr", "source", "track", "embed"}
 SVG_SHAPES = {"rect", "line", "polyline", "path", "circle", "polygon"}

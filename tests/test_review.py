@@ -21,7 +21,8 @@ XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
 def decision(i: int, kind: str = "review", **kw) -> dict:
     return {"decision_id": f"id{i}", "event_id": kw.pop("event_id", f"e{i}"), "event_type": "place_order",
-            "user_id": kw.pop("user_id", f"u{i}"), "device_id": kw.pop("device_id", "d1"), "decision": kind,
+            "user_id": kw.pop("user_id", f"u{i}"), "device_id": kw.pop("device_id", "d1"),
+            "ip": kw.pop("ip", "1.2.3.4"), "payment_ref": kw.pop("payment_ref", None), "decision": kind,
             "score": kw.pop("score", 0.6), "model_version": "m1", "policy_version": "p1",
             "reasons": kw.pop("reasons", ["score_review", "rule:new_account_big_order"]),
             "features": {"amount": 900.0, "user_age_ms": 1000.0, "user_events_1m": 3.0}, "late": False,
@@ -106,7 +107,8 @@ def test_ingest_writes_cases_and_offsets_in_one_transaction(store):
 def test_one_verdict_and_one_label_per_case_and_the_audit_is_append_only(store):
     feed(store, "d", [decision(1)])
     label = store.close_case(1, "fraud", "stolen card", "ana")
-    assert label == {"event_id": "e1", "user_id": "u1", "device_id": "d1", "event_ts": 1767225600001, "label": "fraud"}
+    assert label == {"event_id": "e1", "user_id": "u1", "device_id": "d1", "ip": "1.2.3.4", "payment_ref": None,
+                     "event_ts": 1767225600001, "label": "fraud"}
     with pytest.raises(StoreError) as e:
         store.close_case(1, "legit", "", "bob")
     assert e.value.status == 409
@@ -129,6 +131,25 @@ def test_one_verdict_and_one_label_per_case_and_the_audit_is_append_only(store):
             c.execute("UPDATE cases SET note = 'rewritten'")
             c.execute("DELETE FROM audit WHERE action = 'verdict'")
     assert store.case(1)["note"] == "stolen card" and len(store.audit_trail()) == 1
+
+
+def test_a_verdict_s_label_names_the_event_s_ip_and_payment_instrument(store):
+    """The label carries the decision record's ip and payment_ref, so the job's ip and payment stages count the
+    verdict (udfs.labels.parse_label reads them back); a record of an older job, without them, takes them from
+    the event as consumed; with neither, they are null (the label still counts for user and device)."""
+    from udfs.labels import parse_label
+
+    old = {k: v for k, v in decision(2).items() if k not in ("ip", "payment_ref")}
+    feed(store, "e", [event(2, ip="5.6.7.8", payment_ref="c-9")])
+    feed(store, "d", [decision(1, ip="9.8.7.6", payment_ref="c-1"), old,
+                      {k: v for k, v in decision(3).items() if k not in ("ip", "payment_ref")}])
+    labels = [store.close_case(i, "fraud", "", "ana") for i in (1, 2, 3)]
+    assert [(lb["ip"], lb["payment_ref"]) for lb in labels] == [("9.8.7.6", "c-1"), ("5.6.7.8", "c-9"), (None, None)]
+    sent = [orjson.loads(r["body"]) for r in store.pending_labels()]
+    assert sent == labels
+    parsed = [parse_label(orjson.dumps(lb)) for lb in sent]
+    assert [p[5:] for p in parsed] == [("9.8.7.6", "c-1"), ("5.6.7.8", "c-9"), (None, None)]
+    assert [p[:5] for p in parsed] == [(f"e{i}", f"u{i}", "d1", 1767225600000 + i, "fraud") for i in (1, 2, 3)]
 
 
 def test_records_that_do_not_fit_are_skipped_alone(store):
@@ -171,7 +192,7 @@ def test_sign_in_needs_the_form_token_and_the_right_password(client, store):
 
 
 def test_verdict_needs_the_csrf_token_and_bad_requests_change_nothing(client, store):
-    feed(store, "d", [decision(1), decision(2, "block", score=0.95)])
+    feed(store, "d", [decision(1), decision(2, "block", score=0.95, payment_ref="c-2")])
     login(client)
     assert client.post("/cases/1/verdict", data={"verdict": "fraud"}).status_code == 403
     assert client.post("/cases/1/verdict", data={"verdict": "fraud", "csrf_token": "forged"}).status_code == 403
@@ -195,6 +216,8 @@ def test_verdict_needs_the_csrf_token_and_bad_requests_change_nothing(client, st
     # a block is overturned the same way
     assert client.post("/cases/2/verdict", data={"verdict": "legit", "csrf_token": token}).status_code == 303
     assert [orjson.loads(r["body"])["label"] for r in store.pending_labels()] == ["fraud", "legit"]
+    assert [{k: orjson.loads(r["body"])[k] for k in ("ip", "payment_ref")} for r in store.pending_labels()] == \
+        [{"ip": "1.2.3.4", "payment_ref": None}, {"ip": "1.2.3.4", "payment_ref": "c-2"}]
     m = client.get("/metrics").get_data(as_text=True)  # a session may read the metrics too
     assert 'riskstream_review_verdicts_last_hour{verdict="fraud"} 1' in m
     assert "riskstream_review_agreement_ratio 0.5" in m  # fraud at 0.6 agrees, legit at 0.95 does not

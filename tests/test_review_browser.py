@@ -204,8 +204,8 @@ def test_analyst_works_a_review_case_in_the_browser(kafka_bootstrap, tmp_path):
             time.sleep(0.2)
         assert len(labels) == 1 and labels[0].key == target["event_id"].encode()
         assert orjson.loads(labels[0].value) == {"event_id": target["event_id"], "user_id": target["user_id"],
-                                                 "device_id": target["device_id"], "event_ts": target["ts"],
-                                                 "label": "fraud"}
+                                                 "device_id": target["device_id"], "ip": target["ip"],
+                                                 "payment_ref": None, "event_ts": target["ts"], "label": "fraud"}
         # ... and reaches the job's known-fraud signal: a later event on that device
         deadline = time.monotonic() + 90
         while flink_rest.user_counters(rest, job_id, ("labels_fraud",)).get("labels_fraud") != 1:

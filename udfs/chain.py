@@ -9,8 +9,10 @@ The chain is one keyed *entity stage* per :data:`udfs.features.ENTITIES` entry, 
 - decide stage (:class:`Decider`): score -> policy -> decision record bytes, with the challenger's shadow
   score; anything that raises becomes a fail-safe ``review`` record.
 
-Between stages a :data:`Record` travels: the event's fields, the window values so far, the late flag and
-the signals so far. :func:`pack` / :func:`unpack` are its only constructors and readers.
+Between stages a :data:`Record` travels: the event's fields, the window values so far, the late flag, the
+signals so far and the event's broker arrival time (``arrived_at``: the Kafka record's timestamp, read by
+the parse stage; None for labels and for input without one). :func:`pack` / :func:`unpack` /
+:func:`arrived_at` are its only constructors and readers; :func:`extend` passes ``arrived_at`` through.
 
 :class:`Chain` runs the entity stages over plain dicts for the replay and the Python baselines, with the
 job's cleanup rule driven by the job's watermark rule (``udfs.windows.cleanup``).
@@ -37,14 +39,15 @@ DEFAULT_OUT_OF_ORDERNESS_MS = 5_000
 # -- the record between stages -------------------------------------------------------------------------
 EVENT_FIELDS: tuple[str, ...] = Event._fields
 N_EVENT = len(EVENT_FIELDS)
-VALUES, LATE, SIGNALS = N_EVENT, N_EVENT + 1, N_EVENT + 2  # positions after the event's fields
-Record = tuple  # (*event fields, window values so far, late so far, signals so far or None)
+VALUES, LATE, SIGNALS, ARRIVED = N_EVENT, N_EVENT + 1, N_EVENT + 2, N_EVENT + 3  # after the event's fields
+Record = tuple  # (*event fields, window values so far, late so far, signals so far or None, arrived_at or None)
 LABEL_MARK = "\x00label"  # event_type of a label travelling as a record (never a valid event type)
 
 
 # The same record as a typed Row, for stages that run in the JVM (udfs/jvm): (name, type) in order. Event
 # fields keep their names (extras as JSON text, optional keys nullable), then "values" (DOUBLE[]), "late"
-# (BOOLEAN) and "signals" (DOUBLE[] in features.SIGNALS order, null when the job reads no labels).
+# (BOOLEAN), "signals" (DOUBLE[] in features.SIGNALS order, null when the job reads no labels) and
+# "arrived_at" (BIGINT, nullable: epoch ms of the Kafka record's timestamp, the events topic's append time).
 _ROW_TYPES = {"str": "STRING", "float": "DOUBLE", "int": "BIGINT", "dict": "JSON"}
 
 
@@ -55,16 +58,22 @@ def _row_type(name: str) -> str:
 
 ROW_FIELDS: tuple[tuple[str, str], ...] = (
     *((name, _row_type(name)) for name in EVENT_FIELDS),
-    ("values", "DOUBLE[]"), ("late", "BOOLEAN"), ("signals", "DOUBLE[]"),
+    ("values", "DOUBLE[]"), ("late", "BOOLEAN"), ("signals", "DOUBLE[]"), ("arrived_at", "BIGINT"),
 )
 
 
-def pack(ev: Event, values: list[float] | None = None, late: bool = False, signals: dict | None = None) -> Record:
-    return (*ev, values if values is not None else [], late, signals)
+def pack(ev: Event, values: list[float] | None = None, late: bool = False, signals: dict | None = None,
+         arrived_at: int | None = None) -> Record:
+    return (*ev, values if values is not None else [], late, signals, arrived_at)
 
 
 def unpack(rec: Record) -> tuple[Event, list[float], bool, dict | None]:
     return Event(*rec[:N_EVENT]), rec[VALUES], rec[LATE], rec[SIGNALS]
+
+
+def arrived_at(rec: Record) -> int | None:
+    """The event's broker arrival time (epoch ms), or None when unknown."""
+    return rec[ARRIVED]
 
 
 def extend(rec: Record, values: list[float], late: bool, signals: dict | None) -> Record:
@@ -72,7 +81,7 @@ def extend(rec: Record, values: list[float], late: bool, signals: dict | None) -
     sig = rec[SIGNALS]
     if signals:
         sig = {**sig, **signals} if sig else signals
-    return (*rec[:N_EVENT], rec[VALUES] + values, rec[LATE] or late, sig)
+    return (*rec[:N_EVENT], rec[VALUES] + values, rec[LATE] or late, sig, rec[ARRIVED])
 
 
 def key_index(entity: Entity) -> int:
@@ -170,9 +179,10 @@ class Decider:
 
     def decide(self, ev: Event, values: list[float], late: bool, signals: dict | None,
                now_ms: int, score: float | None = None,
-               shadow_score: float | None = None) -> tuple[str, bytes, bool]:
+               shadow_score: float | None = None, arrived_at: int | None = None) -> tuple[str, bytes, bool]:
         """(decision, record bytes, failed). ``values``: the entity stages' values in chain order. ``score``
-        and ``shadow_score``: the champion's and challenger's scores when the caller scored a batch."""
+        and ``shadow_score``: the champion's and challenger's scores when the caller scored a batch.
+        ``arrived_at``: the event's broker arrival time (the record's), written when known."""
         c = self.control
         try:
             feats = event_values(ev) + list(values)
@@ -186,11 +196,12 @@ class Decider:
                           "decision": c.policy.decide(s2, feats, ev.event_type, late, signals)[0]}
             return decision, encode(decision_record(
                 ev, decision, score, reasons, feats, c.champion.version, c.policy.version, now_ms, late,
-                rules_version=c.rules_version, shadow=shadow, signals=signals)), False
+                rules_version=c.rules_version, shadow=shadow, signals=signals, arrived_at=arrived_at)), False
         except Exception as e:  # fail safe: a valid event is never silently allowed or dropped
             return "review", encode(error_decision_record(
                 ev.event_id, ev.event_type, ev.user_id, ev.device_id, f"{type(e).__name__}: {e}",
-                c.champion.version, c.policy.version, now_ms)), True
+                c.champion.version, c.policy.version, now_ms, arrived_at=arrived_at, ip=ev.ip,
+                payment_ref=ev.payment_ref)), True
 
     def vector(self, ev: Event, values: list[float]) -> list[float]:
         return event_values(ev) + list(values)
@@ -320,5 +331,5 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> dict:
     }
 
 
-__all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "extend", "is_label",
+__all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "arrived_at", "extend", "is_label",
            "key_index", "label_record", "pack", "spec_document", "unpack"]

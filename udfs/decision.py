@@ -18,8 +18,13 @@ def decision_id(event_id: str, model_version: str, policy_version: str) -> str:
 def decision_record(ev: Event, decision: str, score: float, reasons: list[str], features: list[float],
                     model_version: str, policy_version: str, decided_at_ms: int, late: bool,
                     rules_version: str | None = None, shadow: dict | None = None,
-                    signals: dict | None = None) -> dict:
-    """``shadow`` is the challenger's score and the decision it would have made (never acted on)."""
+                    signals: dict | None = None, arrived_at: int | None = None) -> dict:
+    """``shadow`` is the challenger's score and the decision it would have made (never acted on). ``ip`` and
+    ``payment_ref`` (null without one) are there for the consumers that turn a decision into a label (the
+    review queue): a label names them so the ip and payment stages count it. ``arrived_at``: the event's
+    broker arrival time (epoch ms), written only when known, so latency is measured from arrival, not from
+    the event's own (producer-set) time. The JVM writer (``io.riskstream.flink.DecisionWriter``) writes the
+    same fields in the same order."""
     v = verdict(decision, score, reasons, model_version, policy_version, rules_version, shadow)
     rec = {
         "decision_id": decision_id(ev.event_id, model_version, policy_version),
@@ -27,13 +32,17 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
         "event_type": ev.event_type,
         "user_id": ev.user_id,
         "device_id": ev.device_id,
+        "ip": ev.ip,
+        "payment_ref": ev.payment_ref,
         **{k: v.pop(k) for k in ("decision", "score", "model_version", "policy_version", "reasons")},
         "features": dict(zip(FEATURE_NAMES, features)),
         "late": late,
         "event_ts": ev.ts,
-        "decided_at": decided_at_ms,
-        **v,  # rules_version, shadow
     }
+    if arrived_at is not None:
+        rec["arrived_at"] = arrived_at
+    rec["decided_at"] = decided_at_ms
+    rec.update(v)  # rules_version, shadow
     if signals is not None:
         rec["signals"] = signals
     return rec
@@ -57,14 +66,18 @@ def encode(record: dict) -> bytes:
 
 
 def error_decision_record(event_id: str, event_type: str, user_id: str, device_id: str, detail: str,
-                          model_version: str | None, policy_version: str, decided_at_ms: int) -> dict:
+                          model_version: str | None, policy_version: str, decided_at_ms: int,
+                          arrived_at: int | None = None, ip: str | None = None,
+                          payment_ref: str | None = None) -> dict:
     """A valid event the job failed to score: sent to review, never silently allowed."""
-    return {
+    rec = {
         "decision_id": decision_id(event_id, model_version or "none", policy_version),
         "event_id": event_id,
         "event_type": event_type,
         "user_id": user_id,
         "device_id": device_id,
+        "ip": ip,
+        "payment_ref": payment_ref,
         "decision": "review",
         "score": None,
         "model_version": model_version,
@@ -74,5 +87,8 @@ def error_decision_record(event_id: str, event_type: str, user_id: str, device_i
         "features": {},
         "late": False,
         "event_ts": None,
-        "decided_at": decided_at_ms,
     }
+    if arrived_at is not None:
+        rec["arrived_at"] = arrived_at
+    rec["decided_at"] = decided_at_ms
+    return rec

@@ -7,6 +7,9 @@ Pitfalls handled here:
 - Unbounded state: an event-time cleanup timer per key, registered only when the key's expiry moves past
   the registered one by more than ``TIMER_GRID_MS`` (a few timers per key, not one per event).
 - A bad record never raises: parsing returns a rejection that goes to the dead-letter side output.
+- The broker arrival time: the event-time assigner after parsing replaces each record's timestamp with
+  the event's ``ts``, so :class:`ParseValidate` copies the Kafka record's timestamp into the record
+  (``arrived_at``) first; later stages cannot read it from the context.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pyflink.datastream.functions import BroadcastProcessFunction, KeySelector
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.datastream.time_domain import TimeDomain
 
-from .chain import EVENT_FIELDS, Decider, EntityStep, extend, is_label, key_index, label_record, pack, unpack
+from .chain import (EVENT_FIELDS, Decider, EntityStep, arrived_at, extend, is_label, key_index, label_record, pack,
+                    unpack)
 from .control import Control, ControlError, parse_control, state_key
 from .labels import FRAUD, LEGIT, parse_label
 from .events import (
@@ -67,9 +71,16 @@ class InjectedFailure(RuntimeError):
     pass
 
 
+def record_timestamp(ctx) -> int | None:
+    """The current element's timestamp (the Kafka record's, from a Kafka source), or None without one:
+    thread mode hands null, process mode Long.MIN_VALUE, and Kafka says -1 for "no timestamp"."""
+    ts = ctx.timestamp()
+    return int(ts) if ts is not None and ts >= 0 else None
+
+
 class ParseValidate(ProcessFunction):
-    """bytes -> a chain record (``udfs.chain.pack``), or the dead-letter side output with reason and original
-    bytes."""
+    """bytes -> a chain record (``udfs.chain.pack``, with ``arrived_at`` from the record's timestamp), or the
+    dead-letter side output with reason and original bytes."""
 
     def __init__(self, job_name: str):
         self.job_name = job_name
@@ -101,7 +112,7 @@ class ParseValidate(ProcessFunction):
         try:
             res = parse_event(raw)
             if isinstance(res, Event):
-                row = pack(res)
+                row = pack(res, arrived_at=record_timestamp(ctx))
         except Exception as e:  # parse_event must not raise; if it ever does, the record is still kept
             res = Rejection(PROCESSING_ERROR, f"parse: {type(e).__name__}: {e}"[:200])
         if isinstance(res, Event):
@@ -329,7 +340,8 @@ class _DecideLogic:
             self.by_kind["review"].inc()
             return encode(error_decision_record(value[0], value[1], value[2], value[3], f"{type(e).__name__}: {e}",
                                                 c.champion.version, c.policy.version, int(time.time() * 1000)))
-        decision, out, failed = self.decider.decide(ev, values, late, signals, int(time.time() * 1000))
+        decision, out, failed = self.decider.decide(ev, values, late, signals, int(time.time() * 1000),
+                                                    arrived_at=arrived_at(value))
         if failed:
             self.error_counter.inc()
         self.by_kind[decision].inc()

@@ -18,7 +18,7 @@ import orjson
 from pyflink.common import Row, Types
 from pyflink.datastream import DataStream
 
-from .chain import EVENT_FIELDS, LATE, N_EVENT, ROW_FIELDS, SIGNALS, VALUES, Record, key_index
+from .chain import ARRIVED, EVENT_FIELDS, LATE, N_EVENT, ROW_FIELDS, SIGNALS, VALUES, Record, key_index
 from .features import SIGNALS as SIGNAL_NAMES
 from .features import Entity
 
@@ -50,7 +50,7 @@ def to_row(rec: Record) -> Row:
     # JVM as Object[] (a ClassCastException in the Row serializer), so a Row a Python operator emits must not
     # carry one. The JVM stages read null as "none yet".
     values = [float(v) for v in rec[VALUES]] or None
-    return Row(*fields, values, bool(rec[LATE]), signals)
+    return Row(*fields, values, bool(rec[LATE]), signals, rec[ARRIVED])
 
 
 def from_row(row) -> Record:
@@ -59,11 +59,11 @@ def from_row(row) -> Record:
     ev = fields[:N_EVENT]
     if ev[_EXTRAS] is not None:
         ev[_EXTRAS] = orjson.loads(ev[_EXTRAS])
-    sig = fields[N_EVENT + 2]
+    sig = fields[SIGNALS]
     signals = None
     if sig is not None:
         signals = {n: float(v) for n, v in zip(SIGNAL_NAMES, sig) if not math.isnan(v)}
-    return (*ev, [float(v) for v in (fields[N_EVENT] or [])], bool(fields[N_EVENT + 1]), signals)
+    return (*ev, [float(v) for v in (fields[VALUES] or [])], bool(fields[LATE]), signals, fields[ARRIVED])
 
 
 def _jvm_package(stream: DataStream):

@@ -6,8 +6,9 @@ the Python :class:`udfs.flink.ParseValidate` (~10 µs instead of ~116 µs per ev
 constants from :func:`udfs.events.contract_json` and the Row layout from :data:`udfs.chain.ROW_FIELDS`.
 
 The stage emits the stage record as a typed Row (``chain.ROW_FIELDS``: event fields, extras as JSON text,
-then ``values`` = empty, ``late`` = false, ``signals`` = null) and dead letters with the exact original
-bytes on the side output :data:`udfs.flink.DEAD_LETTER_TAG` ("dead-letter", byte[]).
+then ``values`` = empty, ``late`` = false, ``signals`` = null, ``arrived_at`` = the element's timestamp, a
+Kafka source's record timestamp, or null) and dead letters with the exact original bytes on the side output
+:data:`udfs.flink.DEAD_LETTER_TAG` ("dead-letter", byte[]).
 
 The jar (``udfs/jvm/target/riskstream-jvm.jar``) must be on the job's classpath (``env.add_jars``) and, for
 building the plan through the gateway, on its context class loader: :func:`use_jar` does both.

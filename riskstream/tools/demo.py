@@ -2,7 +2,9 @@
 
 Latency is measured from the event's arrival at the broker (the events topic stamps records with log
 append time) to ``decided_at`` in the decision (``latency_ms``), and to the moment a ``read_committed``
-consumer received it (``visible_latency_ms``, which adds the wait for the checkpoint that commits it).
+consumer received it (``visible_latency_ms``, which adds the wait for the checkpoint that commits it). The
+arrival is the decision's own ``arrived_at`` (the job copies the event record's timestamp into it), else the
+event record's timestamp as read here: the report's latency panel measures the same.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def summarize(labels: dict[str, dict], decisions: dict[str, dict], dead: list[di
         entry["allowed"] = sum(1 for d in dec if d == "allow")
         entry["catch_rate" if name != NORMAL else "flag_rate"] = round(entry["caught"] / max(1, len(ids)), 4)
         scen[name] = entry
-    lat = [d["decided_at"] - append_ts[e] for e, d in decisions.items() if e in append_ts]
-    vis = [seen_at[e] * 1000 - append_ts[e] for e in decisions if e in append_ts and e in seen_at]
+    arrival = {e: d["arrived_at"] if d.get("arrived_at") is not None else append_ts.get(e)
+               for e, d in decisions.items()}
+    lat = [d["decided_at"] - arrival[e] for e, d in decisions.items() if arrival[e] is not None]
+    vis = [seen_at[e] * 1000 - arrival[e] for e in decisions if arrival[e] is not None and e in seen_at]
     valid = sum(1 for lab in labels.values() if lab["scenario"] != MALFORMED)
     return {
         "events": sent,

@@ -7,7 +7,8 @@ judged against the generator's ground-truth labels:
   (fraud reviewed or blocked / fraud), false-positive rate (legitimate events reviewed or blocked /
   legitimate events), ROC AUC, average precision, and precision and recall at the review budget by score;
 - per scenario: events, caught, blocked, catch rate;
-- score distributions by label, decision rates over time, latency;
+- score distributions by label, decision rates over time, latency (from the records' ``latency_ms``, else
+  from the event's broker arrival ``arrived_at`` to ``decided_at``, else from the event's own time);
 - champion vs challenger when records carry ``shadow`` (the challenger's score and the decision it would
   have made, never acted on);
 - rules (``rule:<code>`` reasons, ``rules_version``) and the model versions seen (a hot reload shows two).
@@ -75,6 +76,8 @@ TIMELINE_MAX_BUCKETS = 60
 _NICE_WIDTHS_MS = (1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000,
                    1_800_000, 3_600_000, 7_200_000, 10_800_000, 21_600_000, 43_200_000, 86_400_000,
                    172_800_000, 604_800_000, 1_209_600_000, 2_592_000_000)
+LATENCY_NOTE_ARRIVAL = ("decided_at minus the event's arrival at the broker (arrived_at, the events topic's "
+                        "append time): the job's own delay, including the wait in the input topic")
 LATENCY_NOTE_EVENT_TIME = ("decided_at minus the event's own time (event_ts): includes delivery delay, and for "
                            "a replay or backfill the age of the replayed events")
 
@@ -172,9 +175,16 @@ def _timeline(decisions: list[dict], field: str) -> dict:
 
 
 def _latency(decisions: list[dict]) -> dict:
+    """From the first source the records carry: ``latency_ms``; ``decided_at - arrived_at`` (the job's records);
+    ``decided_at - event_ts`` (records without an arrival time: in a demo over generated past events that is
+    the events' age, not latency). Only the records carrying the chosen source count (``n``)."""
     field = [v for d in decisions if (v := _score(d.get("latency_ms"))) is not None]
+    arrived = [float(t - a) for d in decisions
+               if (t := _int(d.get("decided_at"))) is not None and (a := _int(d.get("arrived_at"))) is not None]
     if field:
         xs, source, note = field, "latency_ms", "the records' own latency_ms field"
+    elif arrived:
+        xs, source, note = arrived, "decided_at-arrived_at", LATENCY_NOTE_ARRIVAL
     else:
         xs = [float(d["decided_at"] - d["event_ts"]) for d in decisions
               if _int(d.get("decided_at")) is not None and _int(d.get("event_ts")) is not None]
@@ -697,8 +707,11 @@ def render_html(fig: dict) -> str:
                              [("latency", "#6a5acd", lat["hist"]["counts"])], "latency histogram",
                              "latency (bin lower edge)", label_every=max(1, (len(le) - 1) // 12))
     what = ("from the records' <code>latency_ms</code> field" if lat["source"] == "latency_ms" else
-            "<strong>decided_at minus event time</strong> (no <code>latency_ms</code> field in these records): "
-            "it includes delivery delay and, for a replay or backfill, the age of the replayed events")
+            "from the event's arrival at the broker (<code>arrived_at</code>, the events topic's append time) to "
+            "<code>decided_at</code>" if lat["source"] == "decided_at-arrived_at" else
+            "<strong>decided_at minus event time</strong> (no <code>latency_ms</code> or <code>arrived_at</code> "
+            "in these records): it includes delivery delay and, for a replay or backfill, the age of the replayed "
+            "events")
     def dur(x):
         return escape(_dur(x)) if x is not None else "n/a"
 

@@ -630,13 +630,25 @@ class Store:
             if cur.rowcount != 1:  # PostgreSQL: another verdict committed between the read and the update
                 raise StoreError(409, f"case {case_id} got another verdict meanwhile; nothing was changed")
             label = {"event_id": case["event_id"], "user_id": case["user_id"], "device_id": case["device_id"],
-                     "event_ts": case["event_ts"], "label": verdict}
+                     **self._label_keys(c, case), "event_ts": case["event_ts"], "label": verdict}
             c.execute("INSERT INTO label_outbox (case_id, event_id, body, created_at) VALUES (?, ?, ?, ?)",
                       (case_id, case["event_id"], orjson.dumps(label).decode(), t))
             self.audit_in(c, analyst, "verdict", f"case:{case_id}",
                           {"verdict": verdict, "model_decision": case["kind"], "event_id": case["event_id"],
                            "note": note}, remote, t)
         return label
+
+    @staticmethod
+    def _label_keys(c, case) -> dict:
+        """The case's ``ip`` and ``payment_ref`` for its label (null when the event has none), so the ip and
+        payment stages count the verdict: from the decision record, else (a record of a job older than these
+        fields) from the event as consumed, else null."""
+        rec = orjson.loads(case["record"])
+        if "ip" not in rec:
+            ev = c.execute("SELECT body FROM events WHERE event_id = ? AND user_id = ?",
+                           (case["event_id"], case["user_id"])).fetchone()
+            rec = orjson.loads(ev["body"]) if ev is not None else {}
+        return {k: rec.get(k) if isinstance(rec.get(k), str) else None for k in ("ip", "payment_ref")}
 
     def pending_labels(self) -> list[Row]:
         return self.query("SELECT * FROM label_outbox WHERE sent_at IS NULL ORDER BY case_id")

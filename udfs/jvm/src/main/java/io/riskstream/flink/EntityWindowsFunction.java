@@ -133,10 +133,11 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         out.collect(result);
     }
 
-    /** The record after this stage: values appended, late merged, this entity's signal set (NaN: none). */
+    /** The record after this stage: values appended, late merged, this entity's signal set (NaN: none);
+     * every other field (the event's, arrived_at) passed through as it came. */
     private Row extend(Row row, double[] values, boolean late, double signal) {
         Row r = Row.withPositions(spec.arity);
-        for (int i = 0; i < spec.nEvent; i++) {
+        for (int i = 0; i < spec.arity; i++) {
             r.setField(i, row.getField(i));
         }
         double[] prev = (double[]) row.getField(spec.valuesIndex);

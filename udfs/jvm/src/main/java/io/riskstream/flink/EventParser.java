@@ -187,6 +187,16 @@ public final class EventParser implements Serializable {
         return out;
     }
 
+    /** The Row position of a layout field, or -1 when the layout has no such field. */
+    public int fieldIndex(String name) {
+        for (int i = 0; i < rowNames.length; i++) {
+            if (rowNames[i].equals(name)) {
+                return i;
+            }
+        }
+        return -1;
+    }
+
     /** The Flink type of the Row this parser emits. */
     public RowTypeInfo rowTypeInfo() {
         TypeInformation<?>[] types = new TypeInformation<?>[rowTypes.length];

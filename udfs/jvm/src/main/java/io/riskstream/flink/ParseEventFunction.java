@@ -19,6 +19,10 @@ import org.apache.flink.util.OutputTag;
  * record as a typed Row, or a dead letter (udfs.events.dead_letter_record's fields, the exact original bytes)
  * to the side output {@link #DEAD_LETTER}. Counters {@code dead_letters} and {@code events_valid}; the
  * chaos hook of {@code riskstream chaos} (env RISKSTREAM_CHAOS_DIR, trigger file "fail-task").
+ *
+ * <p>The Row's {@code arrived_at} is the element's timestamp (a Kafka source's: the record's timestamp, the
+ * events topic's append time), null without one. It must be read here: the event-time assigner that follows
+ * replaces the timestamp with the event's own {@code ts}.
  */
 public class ParseEventFunction extends ProcessFunction<byte[], Row> implements ResultTypeQueryable<Row> {
     private static final long serialVersionUID = 1L;
@@ -36,6 +40,7 @@ public class ParseEventFunction extends ProcessFunction<byte[], Row> implements 
     private String chaosDir; // null: RISKSTREAM_CHAOS_DIR when the task opens
 
     private transient EventParser parser;
+    private transient int arrivedIndex; // -1: the layout has no arrived_at
     private transient Counter dead;
     private transient Counter valid;
     private transient Path chaosTrigger;
@@ -81,6 +86,7 @@ public class ParseEventFunction extends ProcessFunction<byte[], Row> implements 
     @Override
     public void open(OpenContext openContext) throws Exception {
         parser = new EventParser(contractJson, layoutJson);
+        arrivedIndex = parser.fieldIndex("arrived_at");
         dead = getRuntimeContext().getMetricGroup().counter("dead_letters");
         valid = getRuntimeContext().getMetricGroup().counter("events_valid");
         String dir = chaosDir != null ? chaosDir : System.getenv(CHAOS_ENV);
@@ -115,6 +121,10 @@ public class ParseEventFunction extends ProcessFunction<byte[], Row> implements 
         EventParser.Result r = parser.parse(raw); // never throws: a bug becomes processing_error
         if (r.isEvent()) {
             valid.inc();
+            if (arrivedIndex >= 0) {
+                Long ts = ctx.timestamp(); // null without one; Kafka's -1 means none as well
+                r.row.setField(arrivedIndex, ts != null && ts >= 0 ? ts : null);
+            }
             out.collect(r.row);
         } else {
             dead.inc();
