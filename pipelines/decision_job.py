@@ -294,8 +294,11 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
         labels = env.from_source(lsrc, WatermarkStrategy.no_watermarks(), "kafka-labels",
                                  type_info=BYTES).uid("kafka-labels-source")
     decisions, dead = build_core(raw, cfg, control, labels)
+    # The sink's own task: at each checkpoint its writer flushes and starts the next transaction (a
+    # blocking round trip to the transaction coordinator); chained to the decide stage, that stall would
+    # hold every decision in flight behind it.
     (decisions.sink_to(kafka_sink(cfg, cfg.decisions_topic, "decisions", keyed_by_user=True))
-     .name("decisions-sink").uid("decisions-sink"))
+     .name("decisions-sink").uid("decisions-sink").disable_chaining())
     (dead.sink_to(kafka_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES))
      .name("dead-letter-sink").uid("dead-letter-sink"))
 
