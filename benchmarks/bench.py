@@ -8,7 +8,9 @@ Phases (each prints progress):
    control and labels inputs on) drains that backlog; ``throughput_eps`` is its committed output rate,
    timed by the broker's append times (``benchmarks._common``), so start-up is not counted.
 3. **latency**, once per profile (``default``, ``low-latency``: ``riskstream.config.PROFILES``): the job
-   again, unbounded, fed at half that rate for ``--latency-seconds``. ``latency_ms`` runs from the event's
+   again, unbounded, fed at half that rate for ``--latency-seconds`` after a warm-up of ``WARMUP_S`` at
+   the same rate (the JIT compiling the hot paths, the Python workers' first bundles: seconds of latency
+   a restarted job pays once), whose figures are reported apart and not timed. ``latency_ms`` runs from the event's
    append time at the broker to ``decided_at`` in the decision; ``visible_latency_ms`` to the moment the
    decisions topic's last stable offset passed it (what a ``read_committed`` reader may read, sampled every
    20 ms), which adds the wait for the checkpoint that commits the transaction (the exactly-once price).
@@ -53,6 +55,8 @@ TARGETS = {"throughput_eps": 25_000, "vs_java": 0.5, "vs_quix": 4.0, "vs_python"
            "latency_p999_ms": 150.0, "visible_p99_over_checkpoint_ms": 300.0}
 # median state bytes per key before the JVM stages (the Python stage's pickled windows; issue 13)
 STATE_BYTES_BEFORE = {"user": 499, "ip": 164, "device": 284}
+# the latency runs' first seconds (JIT compilation, Python workers starting) are reported apart, not timed
+WARMUP_S = 15.0
 PROFILES = ("default", "low-latency")  # the latency phase runs once per profile (riskstream.config.PROFILES)
 PROFILE_SETTINGS = ("bundle_time_ms", "bundle_size", "arrow_batch_size", "buffer_timeout_ms", "checkpoint_interval_ms",
                     "unaligned_checkpoints")
@@ -165,9 +169,12 @@ def _watch_count(bootstrap: str, topic: str, expected: int, proc, log, what: str
 
 
 def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, parallelism: int,
-                  checkpoint_interval_ms: int | None, seed: int, log, profile: str = "default") -> dict:
+                  checkpoint_interval_ms: int | None, seed: int, log, profile: str = "default",
+                  warmup_s: float = WARMUP_S) -> dict:
     """The job fed live at ``rate``: per-event latency to ``decided_at`` and to read_committed visibility, and
-    the checkpoints it took meanwhile (:func:`_checkpoint_stats`)."""
+    the checkpoints it took meanwhile (:func:`_checkpoint_stats`). The first ``warmup_s`` of the feed warm
+    the job up (the JIT compiles the hot paths, the Python workers start their bundles) and are reported
+    apart (``warmup``): the figures are those of the ``seconds`` after it, the steady state."""
     from kafka import KafkaConsumer, TopicPartition
 
     from riskstream.tools.chaos import Feeder, JobProcess
@@ -179,9 +186,11 @@ def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, paral
     flags = _job_flags(bootstrap, topic, tag, work, parallelism,
                        checkpoint_interval_ms if profile == "default" else None, profile)
     _job_topics(bootstrap, flags, parallelism)
-    n = max(1000, int(rate * seconds))
+    n_warm = int(rate * warmup_s)
+    n = n_warm + max(1000, int(rate * seconds))
     records = [Labelled(key=r.key, event=r.event, raw=None, label=r.label)
                for r in TrafficGenerator(seed=seed, bad_share=0.0).generate(n)]
+    warm = {r.event["event_id"].encode() for r in records[:n_warm]}
     run_dir = work / tag
     run_dir.mkdir(parents=True, exist_ok=True)
     job = JobProcess(flags, run_dir, _job_env(), log=log)
@@ -255,7 +264,7 @@ def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, paral
         while feeder.is_alive() or len(seen) < n:
             time.sleep(2)  # progress display interval
             _log(f"live: sent {feeder.sent:,}, visible decisions {len(seen):,} of {n:,}", log)
-            if not feeder.is_alive() and time.monotonic() - t0 > seconds + 120:
+            if not feeder.is_alive() and time.monotonic() - t0 > seconds + warmup_s + 120:
                 break
         if feeder.error:
             raise feeder.error
@@ -263,6 +272,8 @@ def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, paral
         stop.set()
         job.close()
     append = _append_times(bootstrap, topic, n)
+    warm_lat = [dec - append[e] for e, (_, dec, _, _) in seen.items() if e in append and e in warm]
+    seen = {e: v for e, v in seen.items() if e not in warm}
     lat = [dec - append[e] for e, (_, dec, _, _) in seen.items() if e in append]
 
     offsets = {p: [o for o, _ in m] for p, m in stable.items()}
@@ -274,13 +285,22 @@ def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, paral
 
     vis = [visible_at(p, o, seen_at) * 1000 - append[e] for e, (seen_at, _, p, o) in seen.items() if e in append]
     gaps = [b[1] - a[1] for m in stable.values() for a, b in zip(m, m[1:])]
-    return {"rate": round(rate, 1), "events": n, "decided": len(seen), "latency": lat, "visible": vis,
+    return {"rate": round(rate, 1), "events": n - n_warm, "decided": len(seen), "latency": lat, "visible": vis,
+            "warmup": {"seconds": warmup_s, "events": n_warm,
+                       "latency_ms": {"p50": percentile(warm_lat, .5, 1), "p99": percentile(warm_lat, .99, 1),
+                                      "max": max(warm_lat) if warm_lat else None}},
             "startup_s": round(started, 1), "profile": profile,
             "read_lag_ms_p50": percentile([seen_at * 1000 - append[e] for e, (seen_at, *_) in seen.items()
                                            if e in append], .5, 1),
             "stable_offset_samples": sum(len(m) for m in stable.values()),
             "max_gap_between_commits_ms": round(max(gaps) * 1000, 1) if gaps else None,
-            "checkpoints": _checkpoint_stats(checkpoints, seen, append, lat)}
+            "checkpoints": _checkpoint_stats(_after(checkpoints, seen, append), seen, append, lat)}
+
+
+def _after(checkpoints: dict[int, dict], seen: dict, append: dict) -> dict[int, dict]:
+    """The checkpoints triggered once the measured (post warm-up) events began to arrive."""
+    start = min((append[e] for e in seen if e in append), default=None)
+    return {k: c for k, c in checkpoints.items() if start is None or c["trigger_timestamp"] >= start}
 
 
 def _checkpoint_vertices(rest: str, job_id: str, checkpoint_id: int) -> dict:
@@ -512,7 +532,7 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
             prof = {"settings": {k: getattr(pcfg, k) for k in PROFILE_SETTINGS},
                     "latency_ms": {q: percentile(lat["latency"], v, 2) for q, v in q3},
                     "visible_latency_ms": {q: percentile(lat["visible"], v, 2) for q, v in q3},
-                    "run": {k: lat[k] for k in ("rate", "events", "decided", "startup_s", "read_lag_ms_p50",
+                    "run": {k: lat[k] for k in ("rate", "events", "decided", "warmup", "startup_s", "read_lag_ms_p50",
                                                 "stable_offset_samples", "max_gap_between_commits_ms")},
                     "checkpoints": lat["checkpoints"]}
             RESULTS.mkdir(parents=True, exist_ok=True)
@@ -606,6 +626,11 @@ def render(r: dict) -> str:
                      f"p99 {f(lat.get('p99'))} ms, p999 {f(lat.get('p999'))} ms; visible p50 {f(vis.get('p50'))} ms, "
                      f"p99 {f(vis.get('p99'))} ms, p999 {f(vis.get('p999'))} ms (checkpoint every "
                      f"{p['settings']['checkpoint_interval_ms']} ms)")
+        w = p["run"].get("warmup") or {}
+        if w.get("events"):
+            wl = w["latency_ms"]
+            lines.append(f"  after a warm-up of {f(w['seconds'])} s at that rate, not counted: its p50 {f(wl['p50'])} ms, "
+                         f"p99 {f(wl['p99'])} ms, max {f(wl['max'])} ms")
     lines += [f"pure core: windows {f(r.get('window_us_per_event'))} µs/event, onnx {f(r.get('onnx_us_per_event'))} "
               f"µs/event ({f(r.get('onnx_us_per_event_batched'))} batched), state bytes/key (median) JVM "
               f"{r.get('state_bytes_per_key')}, Python pickled {r.get('state_bytes_per_key_python')}", "", "targets:"]

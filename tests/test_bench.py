@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from benchmarks._common import OutputSpan
-from benchmarks.bench import _ratios, _targets
+from benchmarks.bench import _after, _ratios, _targets, render
 
 
 def test_output_span_rate_counts_intervals_between_first_and_last_append():
@@ -29,6 +29,22 @@ def test_targets_and_ratios_compare_to_the_issue_figures():
                                                      "latency_p999_ms", "visible_p99_ms"]
     assert t["visible_p99_ms"]["target"] == 1300.0
     assert t["vs_quix"]["target"] == 4.0 and t["vs_python"]["target"] == 10.0
+
+
+def test_the_latency_run_counts_checkpoints_from_the_first_measured_event_and_reports_the_warm_up_apart():
+    append = {b"w1": 1_000, b"m1": 16_000, b"m2": 17_500}  # w1 was fed during the warm-up
+    seen = {b"m1": (16.2, 16_050, 0, 1), b"m2": (17.6, 17_560, 0, 2)}
+    cps = {1: {"trigger_timestamp": 2_000}, 2: {"trigger_timestamp": 15_999}, 3: {"trigger_timestamp": 16_000},
+           4: {"trigger_timestamp": 17_000}}
+    assert sorted(_after(cps, seen, append)) == [3, 4]
+    assert _after(cps, {}, append) == cps  # nothing measured: nothing to cut
+    run = {"rate": 100.0, "warmup": {"seconds": 15.0, "events": 1500,
+                                     "latency_ms": {"p50": 200.0, "p99": 2600.0, "max": 3300.0}}}
+    r = {"events": 10, "parallelism": 2, "checkpoint_interval_ms": 1000, "bench_seconds": 1.0, "latency_profiles": {"default": {
+        "latency_ms": {"p50": 90.0, "p99": 450.0}, "visible_latency_ms": {"p50": 900.0, "p99": 1700.0},
+        "run": run, "settings": {"checkpoint_interval_ms": 1000}, "png": "x.png"}}}
+    text = render(r)
+    assert "p99 450.0 ms" in text and "warm-up of 15.0 s" in text and "max 3,300.0 ms" in text, text
 
 
 @pytest.mark.kafka
