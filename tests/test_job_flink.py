@@ -272,31 +272,55 @@ def _labelled_days(days: float = 20, n: int = 2500) -> tuple[list[dict], list[tu
 
 class _Pace:
     """The test source's pacer: before a batch of labels it waits until every earlier event has been
-    decided (the job's decisions are counted into ``count_file``, one byte each), and after it waits a
-    second, so each label batch reaches the stages after everything before it and before everything after
-    it: the order the replay assumes. (Without it the labels' own input would overtake events queued behind
-    the decide stage.) Python bundles of one element keep each element's output flushed."""
+    decided (the job's decisions are counted into ``count_file``, one byte each), and before the events
+    after it until every stage that reads labels has taken in everything sent so far (its tasks'
+    ``numRecordsIn`` on the job's REST API: each stage receives every event and every label, and a task
+    handles its input in order). So each label batch reaches the stages after everything before it and
+    before everything after it: the order the replay assumes. (Without it the labels' own input would
+    overtake events queued behind the decide stage, or be overtaken by the events after it.) Python
+    bundles of one element keep each element's output flushed."""
 
-    def __init__(self, count_file: str, after_s: float = 1.0):
-        self.count_file, self.after_s = count_file, after_s
-        self.prev, self.events = "E", 0
+    def __init__(self, count_file: str, rest: str, stages: tuple[str, ...]):
+        self.count_file, self.rest, self.stages = count_file, rest, stages
+        self.prev, self.events, self.labels = "E", 0, 0
+
+    def _received(self) -> list[int]:
+        """numRecordsIn of each label-reading stage, summed over its subtasks (refreshed about every second)."""
+        import json
+        import urllib.request
+
+        def get(path):
+            with urllib.request.urlopen(self.rest + path, timeout=5) as r:
+                return json.load(r)
+
+        job = next(j["id"] for j in get("/jobs")["jobs"] if j["status"] == "RUNNING")
+        out = []
+        for stage in self.stages:
+            vid = next(v["id"] for v in get(f"/jobs/{job}")["vertices"] if v["name"].startswith(stage))
+            m = get(f"/jobs/{job}/vertices/{vid}/subtasks/metrics?get=numRecordsIn&agg=sum")
+            out.append(int(m[0]["sum"]) if m else 0)
+        return out
+
+    def _until(self, ready, what: str) -> None:
+        import time
+
+        deadline = time.time() + 120
+        while not ready():
+            if time.time() > deadline:
+                raise TimeoutError(f"pacer: {what} did not happen within 120 s")
+            time.sleep(0.05)  # polling interval of the condition
 
     def __call__(self, s: str) -> str:
         import os
-        import time
 
         if s[0] == "L" and self.prev == "E":
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                try:
-                    if os.path.getsize(self.count_file) >= self.events:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.02)
+            self._until(lambda: os.path.exists(self.count_file) and os.path.getsize(self.count_file) >= self.events,
+                        "every earlier event decided")
         elif s[0] == "E" and self.prev == "L":
-            time.sleep(self.after_s)
+            sent = self.events + self.labels
+            self._until(lambda: all(n >= sent for n in self._received()), "the labels taken in by every stage")
         self.events += s[0] == "E"
+        self.labels += s[0] == "L"
         self.prev = s[0]
         return s
 
@@ -342,14 +366,20 @@ def test_label_features_match_replay_with_late_labels(tmp_path, runtime, paralle
         seq.append("E" + orjson.dumps(e).decode())
     assert j > 200 and sum(1 for s in seq[1:] if s[0] == "L") > 200
 
+    from riskstream.ops.procs import free_port
+    from udfs.features import ENTITIES
+
     # Python bundles of one element: each element's output leaves its operator before the next comes in
     cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500, bundle_time_ms=10, bundle_size=1,
-                    arrow_batch_size=1, stage_runtime=runtime)
+                    arrow_batch_size=1, stage_runtime=runtime, rest_port=free_port())
     env = decision_job.make_env(cfg)
     count_file = str(tmp_path / "decided")
+    stages = tuple(f"{e.name}-windows" for e in ENTITIES if e.reads_labels)
+    assert len(stages) >= 3
     # the pacer sees the whole sequence (one subtask); events are then partitioned by user, as the events
     # topic is, so one user's events keep their order into the parallel parse stage
-    src = env.from_collection(seq).map(_Pace(count_file), output_type=Types.STRING()).set_parallelism(1)
+    src = env.from_collection(seq).map(_Pace(count_file, f"http://127.0.0.1:{cfg.rest_port}", stages),
+                                      output_type=Types.STRING()).set_parallelism(1)
     raw = (src.filter(lambda s: s[0] == "E").set_parallelism(1)
            .key_by(lambda s: orjson.loads(s[1:])["user_id"], key_type=Types.STRING())
            .map(lambda s: s[1:].encode(), output_type=BYTES))

@@ -318,11 +318,15 @@ def test_java_parser_is_faster_than_parse_event(jp, capsys):
 
     raws = [rec.raw if rec.raw is not None else orjson.dumps(rec.event)
             for rec in TrafficGenerator(seed=3, bad_share=0.02).generate(100_000)]
-    t0 = time.perf_counter()
-    py_events = sum(isinstance(parse_event(r), Event) for r in raws)
-    py_us = (time.perf_counter() - t0) / len(raws) * 1e6
-    java_us, java_events = jp.benchmark(raws, rounds=10)  # timed after a warm-up round
-    assert java_events == py_events
+    # the best of a few rounds on each side: a shared machine's pauses (GC, other processes) only add time
+    py_us = math.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        py_events = sum(isinstance(parse_event(r), Event) for r in raws)
+        py_us = min(py_us, (time.perf_counter() - t0) / len(raws) * 1e6)
+    runs = [jp.benchmark(raws, rounds=2) for _ in range(5)]  # each timed after a warm-up round
+    java_us = min(us for us, _ in runs)
+    assert {n for _, n in runs} == {py_events}
     with capsys.disabled():
         print(f"\nparse 100k generated records: parse_event {py_us:.2f} µs/record, Java EventParser "
               f"{java_us:.2f} µs/record ({py_us / java_us:.1f}x), {py_events} events")
