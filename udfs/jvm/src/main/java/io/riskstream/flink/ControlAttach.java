@@ -56,17 +56,9 @@ public final class ControlAttach extends BroadcastProcessFunction<Row, Row, Row>
     }
 
     private static String quote(String s) {
-        StringBuilder b = new StringBuilder("\"");
-        for (char c : s.toCharArray()) {
-            if (c == '"' || c == '\\') {
-                b.append('\\').append(c);
-            } else if (c < 0x20) {
-                b.append(String.format("\\u%04x", (int) c));
-            } else {
-                b.append(c);
-            }
-        }
-        return b.append('"').toString();
+        StringBuilder b = new StringBuilder(s.length() + 2);
+        DecisionWriter.str(b, s);
+        return b.toString();
     }
 
     @Override
