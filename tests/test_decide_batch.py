@@ -137,17 +137,24 @@ def test_control_settings_apply_from_the_row_that_carries_them():
     assert all(d["rules_version"] == "r9" for d in again)
 
 
-def test_a_batch_the_model_cannot_score_gives_error_verdicts_row_by_row():
-    cols, rows = _columns(200, with_signals=False)
+def test_a_row_that_cannot_be_read_gets_an_error_verdict_and_the_others_are_decided():
+    cols, rows = _columns(200, with_signals=True)
     body = DecideBatch(V1, Policy(), None, INPUT_FIELDS)
     body.open()
     bad = dict(_inputs(cols))
-    bad["values"] = [v if i % 50 else v[:-1] for i, v in enumerate(cols["values"])]  # 4 rows one value short
+    broken = {0, 50, 100, 150, 199}
+    bad["values"] = [v[:-1] if i in broken else v for i, v in enumerate(cols["values"])]  # one value short
+    bad["values"][100] = None
     with pytest.raises(ValueError):
-        np.vstack([np.asarray(v) for v in bad["values"]])
+        np.vstack([np.asarray(v) for v in bad["values"]])  # so the batch's matrix cannot be built at once
     got = [orjson.loads(v) for v in body.verdict_columns(bad)]
-    assert len(got) == len(rows) and all("error" in g for g in got)  # no matrix: every row fails safe
-    assert all(g["model_version"] == "risk_gbdt_v1" and g["policy_version"] == "p1" for g in got)
+    ref = Decider(Control.initial(Scorer(V1), Policy()))
+    assert len(got) == len(rows)
+    for i, (g, (ev, vals, late, sig)) in enumerate(zip(got, rows)):
+        if i in broken:
+            assert g["error"] and (g["model_version"], g["policy_version"]) == ("risk_gbdt_v1", "p1")
+        else:
+            _same(g, _verdict_of(ref.decide(ev, vals, late, sig, 0)[1]))
 
 
 @pytest.mark.flink

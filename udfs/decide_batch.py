@@ -33,7 +33,7 @@ import orjson
 from .control import Control, parse_control
 from .decision import verdict
 from .events import EVENT_TYPE_INDEX
-from .features import SIGNALS, features_for
+from .features import FEATURE_NAMES, SIGNALS, features_for
 from .policy import DECISIONS, Policy
 
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # as udfs.flink: per-row share of a batch
@@ -97,12 +97,12 @@ class DecideBatch:
         t0 = time.perf_counter()
         types = [str(t) for t in _list(cols["event_type"])]
         lates = np.asarray(_list(cols["late"]), dtype=bool)
-        X = S = None
+        bad: dict[int, str] = {}
         try:
             X = self._matrix(cols, types, n)
             S = self._signals(cols.get("signals"), n)
-        except Exception as e:  # a bug upstream (e.g. a row without values): every row an error verdict
-            err = f"{type(e).__name__}: {e}"
+        except Exception:  # a bug upstream (e.g. a row without values): that row alone gets an error verdict
+            X, S, bad = self._rowwise(cols, types, n)
         versions = cols.get("control_version")
         settings = cols.get("control")
         out: list[bytes] = [b""] * n
@@ -117,10 +117,7 @@ class DecideBatch:
             while end < n and (settings is None or settings[end] is None) and \
                     (versions is None or int(versions[end]) == self.settings_version):
                 end += 1
-            if X is None:
-                self._errors(out, start, end, err)
-            else:
-                self._segment(X, S, types, lates, start, end, out)
+            self._segment(X, S, types, lates, start, end, out, bad)
             start = end
         if self.metrics is not None:
             per_row_us = (time.perf_counter() - t0) * 1e6 / max(n, 1)
@@ -137,6 +134,27 @@ class DecideBatch:
             np.zeros((0, 0))
         return np.column_stack([*parts, values])
 
+    def _rowwise(self, cols: dict, types: list[str], n: int) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
+        """The matrices row by row: a row that cannot be read is zeros there and named in the returned
+        {row: error} (it gets an error verdict, the other rows are decided)."""
+        width = len(FEATURE_NAMES)
+        X = np.zeros((n, width))
+        S = None if cols.get("signals") is None else np.full((n, len(SIGNALS)), np.nan)
+        bad: dict[int, str] = {}
+        one = {k: _list(v) for k, v in cols.items() if k in INPUT_FIELDS}
+        for i in range(n):
+            try:
+                row = {k: v[i:i + 1] for k, v in one.items()}
+                x = self._matrix(row, types[i:i + 1], 1)
+                if x.shape[1] != width:
+                    raise ValueError(f"{x.shape[1]} feature values, the spec has {width}")
+                X[i] = x[0]
+                if S is not None:
+                    S[i] = self._signals(row["signals"], 1)[0]
+            except Exception as e:
+                bad[i] = f"{type(e).__name__}: {e}"
+        return X, S, bad
+
     @staticmethod
     def _signals(sigs, n: int) -> np.ndarray | None:
         if sigs is None:
@@ -147,7 +165,7 @@ class DecideBatch:
                 S[i] = s
         return S
 
-    def _segment(self, X, S, types, lates, start, end, out) -> None:
+    def _segment(self, X, S, types, lates, start, end, out, bad: dict[int, str]) -> None:
         c = self.control
         champion, policy = c.champion.version, c.policy.version
         rows = slice(start, end)
@@ -157,7 +175,7 @@ class DecideBatch:
             shadows = np.asarray(c.challenger.score_batch(x32), dtype=np.float64) if c.challenger is not None else None
         except Exception:  # a batch that cannot be scored: each row on its own (fail-safe per row)
             for i in range(start, end):
-                self._segment_rows(X, S, types, lates, i, out)
+                self._segment_rows(X, S, types, lates, i, out, bad)
             return
         try:
             sig = S[rows] if S is not None else None
@@ -168,18 +186,20 @@ class DecideBatch:
             self._errors(out, start, end, f"{type(e).__name__}: {e}", champion, policy)
             return
         for k in range(end - start):
+            if start + k in bad:
+                self._errors(out, start + k, start + k + 1, bad[start + k], champion, policy)
+                continue
             shadow = None if shadows is None else {"model_version": c.challenger.version,
                                                    "score": round(float(shadows[k]), 6),
                                                    "decision": shadow_decisions[k]}
             out[start + k] = orjson.dumps(verdict(decisions[k], float(scores[k]), reasons[k], champion, policy,
                                                   c.rules_version, shadow))
-        if self.metrics is not None:
-            for d in DECISIONS:
-                m = decisions.count(d)
-                if m:
-                    self.by_kind[d].inc(m)
+            self._count_kind(decisions[k], 1)
 
-    def _segment_rows(self, X, S, types, lates, i, out) -> None:
+    def _segment_rows(self, X, S, types, lates, i, out, bad: dict[int, str]) -> None:
+        if i in bad:
+            self._errors(out, i, i + 1, bad[i])
+            return
         try:
             self.control.champion.score_batch(X[i:i + 1].astype(np.float32))
             if self.control.challenger is not None:
@@ -187,7 +207,7 @@ class DecideBatch:
         except Exception as e:
             self._errors(out, i, i + 1, f"{type(e).__name__}: {e}")
             return
-        self._segment(X, S, types, lates, i, i + 1, out)
+        self._segment(X, S, types, lates, i, i + 1, out, bad)
 
     def _errors(self, out, start, end, detail, champion=None, policy=None) -> None:
         c = self.control
