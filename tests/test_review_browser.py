@@ -75,6 +75,21 @@ def request(url: str, method: str = "GET", path: str = "/", body: dict | None = 
     return out
 
 
+def _after_navigation(driver, element_id: str, deadline_s: float = 15.0):
+    """The element of the page a click navigates to. A click that submits a form returns before the next
+    page has loaded, so look for it until a deadline (a readiness wait, not a pause); past it, fail with
+    the page that is there."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, deadline_s).until(ec.presence_of_element_located(("id", element_id)))
+    except TimeoutException:
+        raise AssertionError(f"no #{element_id} within {deadline_s:.0f} s on {driver.current_url}:\n"
+                             f"{driver.page_source[:2000]}") from None
+
+
 def test_analyst_works_a_review_case_in_the_browser(kafka_bootstrap, tmp_path):
     from kafka import KafkaConsumer, KafkaProducer
 
@@ -156,7 +171,7 @@ def test_analyst_works_a_review_case_in_the_browser(kafka_bootstrap, tmp_path):
         driver.find_element("id", "username").send_keys("ana")
         driver.find_element("id", "password").send_keys("correct horse battery staple")
         driver.find_element("id", "sign-in").click()
-        assert driver.find_element("id", "open-review").text == str(len(sent))
+        assert _after_navigation(driver, "open-review").text == str(len(sent))
         rows = driver.find_elements("css selector", "#cases tbody tr")
         assert [r.get_attribute("data-event-id") for r in rows] == [c["event_id"] for c in
                                                                     svc.store.queue("review", limit=1000)]
@@ -178,6 +193,7 @@ def test_analyst_works_a_review_case_in_the_browser(kafka_bootstrap, tmp_path):
         case_id = cases[target["event_id"]]["case_id"]
         driver.get(svc.url + "/")
         driver.find_element("css selector", f"a[href='/cases/{case_id}']").click()
+        _after_navigation(driver, "score")
         assert "rule:big_order" in driver.page_source and target["event_id"] in driver.page_source
         assert driver.find_element("id", "score").text
         driver.save_screenshot(os.path.join(shots, "review-case.png"))
@@ -191,7 +207,7 @@ def test_analyst_works_a_review_case_in_the_browser(kafka_bootstrap, tmp_path):
 
         driver.find_element("id", "verdict-fraud").click()
         driver.find_element("id", "submit-verdict").click()
-        assert driver.find_element("id", "done").text.startswith(f"Case {case_id} closed")
+        assert _after_navigation(driver, "done").text.startswith(f"Case {case_id} closed")
         assert not driver.find_elements("css selector", f"a[href='/cases/{case_id}']")  # left the queue
         assert driver.find_element("id", "open-review").text == str(len(sent) - 1)
         status, _, metrics = request(svc.url, path="/metrics", cookie=cookie)
