@@ -99,12 +99,7 @@ def apply_fraud_label(lab: dict | None, event_id: str, event_ts: int, label: str
     if label != FRAUD:
         return lab
     lab[event_id] = event_ts
-    floor = max(lab.values()) - keep_ms
-    for e in [e for e, t in lab.items() if t < floor]:
-        del lab[e]
-    while len(lab) > MAX_LABELS_PER_KEY:
-        del lab[min(lab, key=lab.get)]
-    return lab
+    return _prune(lab, keep_ms, MAX_LABELS_PER_KEY)
 
 
 def apply_label(known: dict | None, user_id: str, event_ts: int, label: str) -> dict:
@@ -116,12 +111,18 @@ def apply_label(known: dict | None, user_id: str, event_ts: int, label: str) -> 
     if event_ts > known.get(user_id, -math.inf):
         known.pop(user_id, None)  # re-insert: the dict stays in ascending-ish time order for pruning
         known[user_id] = event_ts
-    newest = max(known.values())
-    for u in [u for u, t in known.items() if t < newest - KNOWN_FRAUD_HORIZON_MS]:
-        del known[u]
-    while len(known) > MAX_USERS_PER_DEVICE:
-        del known[min(known, key=known.get)]
-    return known
+    return _prune(known, KNOWN_FRAUD_HORIZON_MS, MAX_USERS_PER_DEVICE)
+
+
+def _prune(times: dict, horizon_ms: int, cap: int) -> dict:
+    """Drop the entries older than the newest by more than ``horizon_ms``, then the oldest (the first of
+    equal times) while more than ``cap`` remain; ``times`` is not empty."""
+    floor = max(times.values()) - horizon_ms
+    for k in [k for k, t in times.items() if t < floor]:
+        del times[k]
+    while len(times) > cap:
+        del times[min(times, key=times.get)]
+    return times
 
 
 def known_fraud_users(known: dict | None, ts: int) -> float:

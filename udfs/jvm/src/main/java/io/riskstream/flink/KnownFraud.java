@@ -30,23 +30,7 @@ final class KnownFraud {
             return;
         }
         lab.put(eventId, eventTs);
-        long newest = Long.MIN_VALUE;
-        for (long t : lab.values()) {
-            newest = Math.max(newest, t);
-        }
-        long floor = newest - keepMs;
-        lab.values().removeIf(t -> t < floor);
-        while (lab.size() > MAX_LABELS) {
-            String oldest = null;
-            long min = Long.MAX_VALUE;
-            for (Map.Entry<String, Long> e : lab.entrySet()) {
-                if (e.getValue() < min) { // the first of equal minima, like Python's min()
-                    min = e.getValue();
-                    oldest = e.getKey();
-                }
-            }
-            lab.remove(oldest);
-        }
+        prune(lab, keepMs, MAX_LABELS);
     }
 
     /** udfs.labels.apply_label. */
@@ -60,22 +44,30 @@ final class KnownFraud {
             users.remove(user); // re-insert at the end
             users.put(user, eventTs);
         }
+        prune(users, HORIZON_MS, MAX_USERS);
+    }
+
+    /**
+     * udfs.labels._prune: drop the entries older than the newest by more than {@code horizonMs}, then the
+     * oldest (the first of equal times, in insertion order) while more than {@code cap} remain.
+     */
+    private static void prune(Map<String, Long> times, long horizonMs, int cap) {
         long newest = Long.MIN_VALUE;
-        for (long t : users.values()) {
+        for (long t : times.values()) {
             newest = Math.max(newest, t);
         }
-        long floor = newest - HORIZON_MS;
-        users.values().removeIf(t -> t < floor);
-        while (users.size() > MAX_USERS) {
+        long floor = newest - horizonMs;
+        times.values().removeIf(t -> t < floor);
+        while (times.size() > cap) {
             String oldest = null;
             long min = Long.MAX_VALUE;
-            for (Map.Entry<String, Long> e : users.entrySet()) {
+            for (Map.Entry<String, Long> e : times.entrySet()) {
                 if (e.getValue() < min) { // the first of equal minima, like Python's min()
                     min = e.getValue();
                     oldest = e.getKey();
                 }
             }
-            users.remove(oldest);
+            times.remove(oldest);
         }
     }
 
