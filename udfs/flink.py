@@ -4,8 +4,9 @@ and the logic. One generic keyed :class:`EntityStage` per entity of the spec, on
 Pitfalls handled here:
 - Python state access crosses to the JVM (process mode): each key keeps ONE ValueState (the window dict,
   pickled) read once and written once per event, rather than many MapState entries.
-- Unbounded state: an event-time cleanup timer per key, registered only when the key's expiry moves past
-  the registered one by more than ``TIMER_GRID_MS`` (a few timers per key, not one per event).
+- Unbounded state: one event-time cleanup timer per key, at the key's expiry when first armed and
+  re-armed when it fires early (``udfs.windows.arm``/``cleanup``): a busy key never piles up superseded
+  timers, which every backend keeps until they fire (RocksDB writes each one).
 - A bad record never raises: parsing returns a rejection that goes to the dead-letter side output.
 - The broker arrival time: the event-time assigner after parsing replaces each record's timestamp with
   the event's ``ts``, so :class:`ParseValidate` copies the Kafka record's timestamp into the record
@@ -42,7 +43,7 @@ from .events import (
 from .features import ENTITIES, ENTITY_BY_NAME, Entity
 from .policy import DECISIONS, Policy
 from .scoring import Scorer  # imports onnxruntime safely for thread mode (see udfs.scoring)
-from .windows import TIMER_GRID_MS
+from .windows import grid_timer
 
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # upper bounds of the scoring histogram
 LABEL_TTL_MS = 8 * 24 * 3600 * 1000  # a key's labels are dropped at least this long (wall clock) after its last one
@@ -268,8 +269,8 @@ class EntityStage(KeyedProcessFunction):
                 return
             now = int(time.time() * 1000)
             self.known.update({**known, "at": now})
-            due = now + label_ttl_ms(self.step)
-            ctx.timer_service().register_processing_time_timer(due - due % TIMER_GRID_MS + TIMER_GRID_MS)
+            if "at" not in st:  # one pending label timer per key: on_timer re-arms it while labels keep coming
+                ctx.timer_service().register_processing_time_timer(grid_timer(now + label_ttl_ms(self.step)))
         except Exception as e:  # a label must never fail the job
             self.error_counter.inc()
             print(f"[riskstream] {self.entity} stage: label for {value[0]} not applied: {type(e).__name__}: {e}",
@@ -278,8 +279,12 @@ class EntityStage(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx):
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:  # only label cleanup uses processing time
             st = self.known.value() if self.labels else None
-            if st is not None and st["at"] + label_ttl_ms(self.step) <= timestamp:
-                self.known.clear()
+            if st is not None:
+                due = st["at"] + label_ttl_ms(self.step)
+                if due <= timestamp:
+                    self.known.clear()
+                else:  # labels came since the timer was armed; timers at one grid point collapse into one
+                    ctx.timer_service().register_processing_time_timer(grid_timer(due))
             return iter(())
         st = self.state.value()
         what, timer = self.step.on_timer(st, timestamp)

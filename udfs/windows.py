@@ -33,7 +33,8 @@ CNT, NUM, SET = 0, 1, 2
 DEFAULT_LATENESS_MS = 60_000
 # a bucket's distinct set turns into a HyperLogLog sketch (2 KiB, ~2.3 % standard error) past this size
 HLL_THRESHOLD = 256
-# cleanup timers are rounded up to this grid, so a busy key re-registers a timer a few times, not per event
+# the label stores' processing-time cleanup timers are rounded up to this grid, so the timers a key's labels
+# register collapse into one (Flink keeps one timer per key and timestamp)
 TIMER_GRID_MS = 60_000
 
 
@@ -43,8 +44,14 @@ def retention_ms(entity: str, allowed_lateness_ms: int) -> int:
 
 
 def timer_for(expiry: int) -> int:
-    """The cleanup timer for a key expiring at ``expiry`` (event time): the next grid point after it."""
-    return expiry - expiry % TIMER_GRID_MS + TIMER_GRID_MS
+    """The cleanup timer for a key expiring at ``expiry`` (event time): the expiry itself, so a key is
+    dropped when the watermark reaches its expiry, whatever its history (no grid to round to)."""
+    return int(expiry)
+
+
+def grid_timer(due: int) -> int:
+    """A processing-time cleanup timer at the first grid point at or after ``due``."""
+    return -(-int(due) // TIMER_GRID_MS) * TIMER_GRID_MS
 
 
 def _new_acc(kind: int) -> Any:
@@ -288,11 +295,12 @@ def cleanup(windows: EntityWindows, state: dict | None, timestamp: int) -> tuple
 
 def arm(windows: EntityWindows, state: dict) -> int | None:
     """After an update: the cleanup timer to register for the key (also stored in ``state["timer"]``), or
-    None when the one already registered is close enough (at most one grid step early)."""
-    expiry = windows.expires_at(state)
-    timer = state.get("timer")
-    if timer is None or expiry > timer + TIMER_GRID_MS:
-        timer = state["timer"] = timer_for(expiry)
+    None when the key already has one. One pending timer per key, however busy: the timer stays where it
+    was armed (the key's first expiry) and, when it fires early because the key was active since,
+    :func:`cleanup` re-arms it at the key's current expiry. A busy key thus costs one timer registration
+    per retention period, not one per event or per minute, and never holds superseded timers."""
+    if state.get("timer") is None:
+        timer = state["timer"] = timer_for(windows.expires_at(state))
         return timer
     return None
 

@@ -101,11 +101,11 @@ public final class EntityWindows {
         if (horizonMs != 0) {
             remember(st, (String) ev.getField(spec.eventIdIndex), ts, horizonMs);
         }
-        // arm: register a timer when none is, or the expiry moved past it by more than one grid step
-        long expiry = expiresAt(st);
-        if (!st.hasTimer || expiry > st.timer + TIMER_GRID_MS) {
+        // arm (udfs.windows.arm): one pending timer per key, registered when the key has none; cleanup
+        // re-arms it at the key's current expiry when it fires early
+        if (!st.hasTimer) {
             st.hasTimer = true;
-            st.timer = timerFor(expiry);
+            st.timer = timerFor(expiresAt(st));
             r.hasTimer = true;
             r.timer = st.timer;
         }
@@ -113,8 +113,14 @@ public final class EntityWindows {
         return r;
     }
 
+    /** udfs.windows.timer_for: the key's expiry itself (dropped when the watermark reaches it). */
     public static long timerFor(long expiry) {
-        return expiry - Math.floorMod(expiry, TIMER_GRID_MS) + TIMER_GRID_MS;
+        return expiry;
+    }
+
+    /** udfs.windows.grid_timer: the first grid point at or after {@code due} (label cleanup). */
+    public static long gridTimer(long due) {
+        return Math.floorDiv(due + TIMER_GRID_MS - 1, TIMER_GRID_MS) * TIMER_GRID_MS;
     }
 
     /** udfs.windows.cleanup: 0 keep, 1 clear, 2 rearm (st.timer updated; register it). */

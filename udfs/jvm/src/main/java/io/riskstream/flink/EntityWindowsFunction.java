@@ -176,6 +176,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
                 throw new IllegalArgumentException("label " + label);
             }
             KnownFraud k = KnownFraud.decode(known.value());
+            boolean armed = k != null; // a key's label store holds one pending cleanup timer (onTimer re-arms it)
             if (k == null) {
                 k = new KnownFraud();
             }
@@ -196,9 +197,9 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             long now = System.currentTimeMillis();
             k.at = now;
             known.update(k.encode());
-            long due = now + labelTtl;
-            ctx.timerService().registerProcessingTimeTimer(due - Math.floorMod(due, EntityWindows.TIMER_GRID_MS)
-                + EntityWindows.TIMER_GRID_MS);
+            if (!armed) {
+                ctx.timerService().registerProcessingTimeTimer(EntityWindows.gridTimer(now + labelTtl));
+            }
         } catch (Exception e) { // a label must never fail the job
             errorCounter.inc();
             System.out.println("[riskstream] " + entity + " stage: label for " + row.getField(spec.eventIdIndex) + " not applied: "
@@ -211,8 +212,12 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         if (ctx.timeDomain() == TimeDomain.PROCESSING_TIME) { // only label cleanup uses processing time
             if (labelsOn) {
                 KnownFraud k = KnownFraud.decode(known.value());
-                if (k != null && k.at + labelTtl <= timestamp) {
-                    known.clear();
+                if (k != null) {
+                    if (k.at + labelTtl <= timestamp) {
+                        known.clear();
+                    } else { // labels came since it was armed; timers at one grid point collapse into one
+                        ctx.timerService().registerProcessingTimeTimer(EntityWindows.gridTimer(k.at + labelTtl));
+                    }
                 }
             }
             return;
