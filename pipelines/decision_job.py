@@ -72,16 +72,77 @@ def python_conf(cfg: JobConfig) -> dict[str, str]:
     }
 
 
+def flink_conf_dir_settings() -> dict[str, str]:
+    """The settings of ``$FLINK_CONF_DIR/config.yaml`` (flattened keys), or none without the variable. A
+    local run starts from them, as a cluster's jobs start from the cluster's config."""
+    d = os.environ.get("FLINK_CONF_DIR")
+    if not d:
+        return {}
+    path = os.path.join(d, "config.yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FLINK_CONF_DIR={d} has no config.yaml: point it at a Flink conf folder or unset it")
+    import yaml  # PyYAML: a dependency of apache-beam, which apache-flink requires
+
+    def flat(d: dict, prefix: str = "") -> dict[str, str]:
+        out: dict[str, str] = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            elif isinstance(v, bool):
+                out[f"{prefix}{k}"] = "true" if v else "false"
+            elif isinstance(v, list):
+                out[f"{prefix}{k}"] = ";".join(str(x) for x in v)
+            elif v is not None:
+                out[f"{prefix}{k}"] = str(v)
+        return out
+
+    with open(path) as f:
+        return flat(yaml.safe_load(f))
+
+
+def state_settings(cfg: JobConfig, local: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The job's state backend, memory and ``flink_conf`` settings as they take effect: a configured
+    backend, else the one ``base`` (FLINK_CONF_DIR's config) names, else the run's default (hashmap locally,
+    rocksdb on a cluster); ``flink_conf`` items last. Printed at start and recorded in the lineage."""
+    backend = (base or {}).get("state.backend.type")
+    if cfg.state_backend is None and backend in ("hashmap", "rocksdb"):
+        cfg = cfg.model_copy(update={"state_backend": backend})
+    out = cfg.flink_settings(local)
+    if local and cfg.taskmanager_heap:
+        out["riskstream.local-heap"] = cfg.taskmanager_heap  # applied as -Xmx through JVM_ARGS, see make_env
+    return out
+
+
+def _local_heap(heap: str) -> None:
+    """Give the local run's JVM ``-Xmx<heap>`` through JVM_ARGS, read once when PyFlink starts its JVM."""
+    import pyflink.java_gateway as gw
+
+    if gw._gateway is not None:
+        print(f"[run] taskmanager_heap {heap} not applied: this process's JVM is already running; set it before "
+              "the first Flink call (or JVM_ARGS=-Xmx...)", file=sys.stderr, flush=True)
+        return
+    unit = heap.strip().lower().rstrip("b") or "0"
+    os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} -Xmx{unit}".strip()
+
+
 def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str | None = None,
-             job_id: str | None = None) -> StreamExecutionEnvironment:
-    """The environment: jars, Python, checkpointing into ``cfg.checkpoint_dir``, restarts. ``restore`` is the
-    snapshot URI to restore (default: ``cfg.restore_from`` resolved); ``job_id`` fixes the Flink job id (32
-    hex digits), so the run is in the job's lineage before it is submitted."""
+             job_id: str | None = None, local: bool = True) -> StreamExecutionEnvironment:
+    """The environment: jars, Python, checkpointing into ``cfg.checkpoint_dir``, restarts, the state
+    backend (:func:`state_settings`). ``restore`` is the snapshot URI to restore (default:
+    ``cfg.restore_from`` resolved); ``job_id`` fixes the Flink job id (32 hex digits), so the run is in the
+    job's lineage before it is submitted. ``local``: a MiniCluster in this process (FLINK_CONF_DIR's config
+    is its base, ``taskmanager_heap`` its -Xmx), else the job of ``flink run`` on a cluster.
+
+    Precedence, lowest first: FLINK_CONF_DIR's config (local), riskstream's settings, the state settings,
+    ``extra`` (code: tests, the bench), ``cfg.flink_conf`` (the operator's last word)."""
     # A pandas UDF's Python worker would otherwise run inside this process on a MiniCluster ("loopback")
     # and copy the job's settings into os.environ (PYFLINK_GATEWAY_DISABLED among them), breaking any
     # later PyFlink client among this process's children. Its own process, as on a cluster.
     os.environ.setdefault("_python_worker_execution_mode", "process")
+    base = flink_conf_dir_settings() if local else {}
     conf = Configuration()
+    for k, v in base.items():
+        conf.set_string(k, v)
     conf.set_string("pipeline.jars", ";".join(flink_jar_urls(cfg.jars_dir)))
     for k, v in python_conf(cfg).items():
         conf.set_string(k, v)
@@ -114,7 +175,19 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    # a fixed max parallelism (the key-group count): savepoints restore at any parallelism up to it, and
+    # `riskstream bootstrap` writes state for the same key groups
+    conf.set_string("pipeline.max-parallelism", str(cfg.max_parallelism))
+    state = state_settings(cfg, local, base)
+    overrides = dict(item.split("=", 1) for item in cfg.flink_conf)
+    for k, v in state.items():
+        if k == "riskstream.local-heap":
+            _local_heap(v)
+        elif k not in overrides:
+            conf.set_string(k, v)
     for k, v in (extra or {}).items():
+        conf.set_string(k, v)
+    for k, v in overrides.items():
         conf.set_string(k, v)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.parallelism)
@@ -306,10 +379,25 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
 FROM_SAVEPOINT_ENV = "RISKSTREAM_FROM_SAVEPOINT"  # set by riskstream.ops.submit for `flink run -s`
 
 
-def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None):
+def describe_state(settings: dict[str, str]) -> str:
+    """One line for the operator: the state backend and the settings that size it."""
+    parts = [f"state backend {settings.get('state.backend.type', '?')}"]
+    if settings.get("state.backend.type") == "rocksdb":
+        inc = settings.get("execution.checkpointing.incremental") == "true"
+        parts.append("incremental checkpoints" if inc else "full checkpoints")
+        parts.append(f"local dir {settings.get('state.backend.rocksdb.localdir', '(Flink temp dirs)')}")
+    for key, name in (("taskmanager.memory.managed.size", "managed memory"),
+                      ("taskmanager.memory.task.heap.size", "task heap"), ("riskstream.local-heap", "heap")):
+        if key in settings:
+            parts.append(f"{name} {settings[key]}")
+    return ", ".join(parts)
+
+
+def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None, local: bool = True):
     """Preflight, resolve the restore and check it against the committed output (refusing a start that
     would go back in time), apply the job's snapshot retention, record the run in the job's lineage, then
-    run the job (``wait``: on a local MiniCluster until it ends) or submit it."""
+    run the job (``wait``: on a local MiniCluster until it ends) or submit it (``local`` False: the job of
+    ``flink run`` on a cluster, whose own config is the base)."""
     import uuid
 
     from riskstream.ops import lineage
@@ -335,12 +423,20 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
     restore = None
     if plan.snapshot is not None and not by_flink:
         restore = plan.snapshot.uri if plan.snapshot.checkpoint_id >= 0 else str(plan.snapshot.path)
-    env = make_env(cfg, conf, restore=restore or "", job_id=job_id)
+    # what takes effect (make_env's precedence): the state settings, flink_conf items among them, with the
+    # caller's own state and memory settings over the former
+    state = state_settings(cfg, local, flink_conf_dir_settings() if local else {})
+    overridden = {item.split("=", 1)[0] for item in cfg.flink_conf}
+    state.update({k: v for k, v in conf.items()
+                  if k.startswith(("state.", "taskmanager.memory.")) and k not in overridden})
+    print(f"[run] {cfg.job_name}: {describe_state(state)}"
+          + (f"; flink_conf {', '.join(cfg.flink_conf)}" if cfg.flink_conf else ""), file=sys.stderr, flush=True)
+    env = make_env(cfg, conf, restore=restore or "", job_id=job_id, local=local)
     build(env, cfg)
     lineage.record_run(cfg.job_name, job_id, cfg.checkpoint_dir, plan.snapshot if restore or by_flink else None, extra={
         "transactional_id_prefix": cfg.transactional_id_prefix, "group_id": cfg.group_id,
         "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
-        "stage_runtime": cfg.stage_runtime,
+        "stage_runtime": cfg.stage_runtime, "flink_settings": state, "max_parallelism": cfg.max_parallelism,
         "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0})
     if wait:
         print(f"[run] {cfg.job_name}: job id {job_id}", file=sys.stderr, flush=True)
@@ -375,7 +471,7 @@ def main(argv: list[str] | None = None) -> str:
     from udfs.scoring import ModelError
 
     try:
-        client = run(cfg, wait=False)
+        client = run(cfg, wait=False, local=False)
     except (ModelError, FileNotFoundError, StartupError, ValueError) as e:
         raise SystemExit(f"riskstream decision job: {e}")
     job_id = str(client.get_job_id())

@@ -421,13 +421,37 @@ def cmd_features(a) -> int:
     return 0
 
 
+def cluster_settings(a):
+    """``cluster up``'s flags as validated cluster settings (the job's validators, the cluster's defaults)."""
+    from pydantic import ValidationError
+
+    from .config import JobConfig
+    from .ops.cluster import ClusterSettings
+
+    if a.taskmanagers < 1:
+        raise SystemExit("riskstream cluster up: --taskmanagers must be at least 1")
+    items = a.flink_conf if a.flink_conf is not None else env_or("flink_conf", "")
+    try:  # the same rules as the job's settings of the same names
+        items = JobConfig(state_backend=a.state_backend, rocksdb_local_dir=a.rocksdb_local_dir,
+                          managed_memory=a.managed_memory, taskmanager_heap=a.taskmanager_heap,
+                          flink_conf=items).flink_conf
+        JobConfig(managed_memory=a.taskmanager_memory)
+    except ValidationError as e:
+        raise SystemExit("riskstream cluster up: " + "; ".join(err["msg"] for err in e.errors()))
+    return ClusterSettings(state_backend=a.state_backend, incremental_checkpoints=a.incremental_checkpoints,
+                           rocksdb_local_dir=a.rocksdb_local_dir, taskmanagers=a.taskmanagers,
+                           taskmanager_memory=a.taskmanager_memory, managed_memory=a.managed_memory,
+                           taskmanager_heap=a.taskmanager_heap, flink_conf=tuple(items or ()))
+
+
 def cmd_cluster(a) -> int:
     from .ops import cluster
 
     if a.action == "up":
         try:
-            lay = cluster.up(rest_port=a.rest_port, slots=a.slots, deadline_s=a.deadline)
-        except (RuntimeError, TimeoutError) as e:
+            lay = cluster.up(rest_port=a.rest_port, slots=a.slots, deadline_s=a.deadline,
+                             settings=cluster_settings(a))
+        except (RuntimeError, TimeoutError, ValueError) as e:
             raise SystemExit(f"riskstream cluster up: {e}")
         print(f"[cluster] REST and web UI: {lay.rest_url} (submit with `riskstream submit`)", file=sys.stderr)
         print(lay.rest_url)
@@ -693,7 +717,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cluster", help="a local standalone Flink cluster (JobManager + TaskManager)")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--rest-port", type=int, default=None, help="REST/web port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--slots", type=int, default=2, help="task slots of the TaskManager")
+    p.add_argument("--slots", type=int, default=2, help="task slots per TaskManager [default 2]")
+    p.add_argument("--taskmanagers", type=int, default=int(env_or("taskmanagers", 1)),
+                   help="TaskManager processes (each with --slots slots) [env RISKSTREAM_TASKMANAGERS; default 1]")
+    p.add_argument("--state-backend", choices=["rocksdb", "hashmap"], default=env_or("state_backend", "rocksdb"),
+                   help="the cluster's state backend: rocksdb (local disk, incremental checkpoints; millions of "
+                        "keys) or hashmap (heap objects, full snapshots; small state) [env RISKSTREAM_STATE_BACKEND; "
+                        "default rocksdb]")
+    p.add_argument("--incremental-checkpoints", action=argparse.BooleanOptionalAction,
+                   default=env_or("incremental_checkpoints", "true").lower() not in ("0", "false", "no"),
+                   help="with rocksdb: upload only new files at each checkpoint [env RISKSTREAM_INCREMENTAL_CHECKPOINTS; "
+                        "default on]")
+    p.add_argument("--rocksdb-local-dir", default=env_or("rocksdb_local_dir", ""),
+                   help="with rocksdb: local folder of the working files [env RISKSTREAM_ROCKSDB_LOCAL_DIR; default: "
+                        "the cluster's tmp/ folder]")
+    p.add_argument("--taskmanager-memory", default=env_or("taskmanager_memory", "2560m"),
+                   help="total process memory of each TaskManager (taskmanager.memory.process.size) "
+                        "[env RISKSTREAM_TASKMANAGER_MEMORY; default 2560m]")
+    p.add_argument("--managed-memory", default=env_or("managed_memory", ""),
+                   help="managed memory of each TaskManager: RocksDB's cache and write buffers, Python workers "
+                        "(taskmanager.memory.managed.size) [env RISKSTREAM_MANAGED_MEMORY; default: 40 %% of Flink "
+                        "memory]")
+    p.add_argument("--taskmanager-heap", default=env_or("taskmanager_heap", ""),
+                   help="task heap of each TaskManager (taskmanager.memory.task.heap.size; with it the process size "
+                        "is derived, managed memory 512m unless given) [env RISKSTREAM_TASKMANAGER_HEAP]")
+    p.add_argument("--flink-conf", action="append", default=None, metavar="KEY=VALUE",
+                   help="any Flink setting of the cluster, applied last; repeatable [env RISKSTREAM_FLINK_CONF, "
+                        "';'-separated]")
     p.add_argument("--deadline", type=float, default=120, help="seconds `up` waits for the cluster to be ready")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.set_defaults(fn=cmd_cluster)

@@ -17,6 +17,10 @@ from .topics import BROKER_MAX_TRANSACTION_TIMEOUT_MS
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_MEMORY = re.compile(r"^\d+\s*(b|k|kb|m|mb|g|gb|t|tb)?$", re.IGNORECASE)
+# a local rocksdb run's managed memory when none is given: MiniCluster's default (128m) starves RocksDB's
+# block cache and write buffers once the state holds millions of keys
+LOCAL_ROCKSDB_MANAGED_MEMORY = "512m"
 
 DEFAULT_MODEL = "models/risk_gbdt_v1.onnx"
 
@@ -119,6 +123,31 @@ class JobConfig(BaseModel):
     retain_snapshots: int = Field(
         3, ge=1, le=1000, description="completed checkpoints and savepoints kept per job (newest first) when a "
                                       "run starts; half-written checkpoints of dead runs are removed then too")
+    max_parallelism: int = Field(
+        128, ge=1, le=32768, description="key groups of the keyed state (pipeline.max-parallelism): the highest "
+                                         "parallelism a savepoint can be restored at; changing it makes earlier "
+                                         "snapshots unrestorable")
+    state_backend: Literal["hashmap", "rocksdb"] | None = Field(
+        None, description="keyed state backend: hashmap (objects on the JVM heap, a full snapshot at every "
+                          "checkpoint: up to ~100k users) or rocksdb (local disk, incremental checkpoints: "
+                          "millions of users); unset: hashmap for `run`, rocksdb for `submit` (and `cluster up`)")
+    incremental_checkpoints: bool = Field(
+        True, description="with rocksdb: each checkpoint uploads only the files written since the last one "
+                          "(execution.checkpointing.incremental); restores read the whole chain")
+    rocksdb_local_dir: str = Field(
+        "", description="with rocksdb: local folder of the working RocksDB files (state.backend.rocksdb.localdir), "
+                        "on a fast local disk; unset: Flink's temp folders (io.tmp.dirs)")
+    managed_memory: str = Field(
+        "", description="TaskManager managed memory (taskmanager.memory.managed.size: RocksDB's block cache and "
+                        "write buffers, Python workers) of a local run, e.g. 512m; unset: 512m with rocksdb, else Flink's; "
+                        "a cluster's: `riskstream cluster up --managed-memory`")
+    taskmanager_heap: str = Field(
+        "", description="heap of the local run's JVM, which holds hashmap state (-Xmx through JVM_ARGS before the "
+                        "JVM starts; unset: a quarter of RAM), e.g. 2g; a cluster's: `riskstream cluster up "
+                        "--taskmanager-heap`")
+    flink_conf: tuple[str, ...] = Field(
+        (), description="any Flink setting as KEY=VALUE, applied last (beats every other setting); repeat the flag, "
+                        "or separate items with ';' in the variable (a JSON list for values that hold ';')")
     sasl_username: str | None = Field(None, description="SASL/PLAIN user, if the brokers need one")
     sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password (masked in logs)")
 
@@ -170,6 +199,42 @@ class JobConfig(BaseModel):
                 raise ValueError(f"{part!r} is not host:port (e.g. 127.0.0.1:9092)")
         return v
 
+    @field_validator("flink_conf", mode="before")
+    @classmethod
+    def _flink_conf_items(cls, v):
+        """A string (the variable) is split on ';', or parsed as a JSON list when it starts with '['."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                import json
+
+                try:
+                    v = json.loads(text)
+                except ValueError as e:
+                    raise ValueError(f"flink_conf starts with '[' but is not a JSON list: {e}") from None
+            else:
+                v = [x for x in text.split(";") if x.strip()]
+        return tuple(v)
+
+    @field_validator("flink_conf")
+    @classmethod
+    def _flink_conf(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for item in v:
+            key, sep, value = str(item).partition("=")
+            if not sep or not key.strip() or not re.match(r"^[A-Za-z0-9$][A-Za-z0-9._$-]*$", key.strip()):
+                raise ValueError(f"{item!r} is not KEY=VALUE with a Flink option key (e.g. "
+                                 "state.backend.rocksdb.block.cache-size=256m)")
+            out.append(f"{key.strip()}={value.strip()}")
+        return tuple(out)
+
+    @field_validator("managed_memory", "taskmanager_heap")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        if v and not _MEMORY.match(v.strip()):
+            raise ValueError(f"{v!r} is not a memory size (a number with an optional unit: 512m, 2g, 1536mb)")
+        return v.strip()
+
     @field_validator("transactional_id_prefix", "group_id", "job_name")
     @classmethod
     def _ident(cls, v: str) -> str:
@@ -192,12 +257,41 @@ class JobConfig(BaseModel):
             raise ValueError(
                 f"transaction_timeout_ms {self.transaction_timeout_ms} exceeds the broker's "
                 f"transaction.max.timeout.ms ({BROKER_MAX_TRANSACTION_TIMEOUT_MS}): the sink would fail to start")
+        if self.parallelism > self.max_parallelism:
+            raise ValueError(f"parallelism {self.parallelism} exceeds max_parallelism {self.max_parallelism}")
         if self.arrow_batch_size > self.bundle_size:
             raise ValueError("arrow_batch_size must not exceed bundle_size (a batch is cut from one bundle)")
         if self.transaction_timeout_ms < 10 * self.checkpoint_interval_ms:
             raise ValueError("transaction_timeout_ms should be at least 10x checkpoint_interval_ms, or a slow "
                              "checkpoint lets the broker abort a transaction that Flink will still commit")
         return self
+
+    def effective_state_backend(self, local: bool) -> str:
+        """The backend a run uses: the configured one, else hashmap locally and rocksdb on a cluster."""
+        return self.state_backend or ("hashmap" if local else "rocksdb")
+
+    def flink_settings(self, local: bool) -> dict[str, str]:
+        """The Flink settings of the state backend, memory and ``flink_conf`` (in that order, so a
+        ``flink_conf`` item beats the rest). ``local``: a MiniCluster run in this process's JVM (its heap is
+        set through JVM_ARGS, not here), else a job submitted to a cluster.
+
+        Pitfalls: RocksDB timers stay in RocksDB (``timer-service.factory: ROCKSDB``): heap timers would
+        be written in full at every checkpoint, undoing incremental checkpoints; the local dir must not be
+        shared by two TaskManagers' runs at once."""
+        backend = self.effective_state_backend(local)
+        out = {"state.backend.type": backend}
+        if backend == "rocksdb":
+            out["execution.checkpointing.incremental"] = "true" if self.incremental_checkpoints else "false"
+            out["state.backend.rocksdb.timer-service.factory"] = "ROCKSDB"
+            if self.rocksdb_local_dir:
+                out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
+        managed = self.managed_memory or (LOCAL_ROCKSDB_MANAGED_MEMORY if backend == "rocksdb" else "")
+        if managed and local:  # a cluster's TaskManagers are sized by the cluster (`cluster up`, the manifest)
+            out["taskmanager.memory.managed.size"] = managed
+        for item in self.flink_conf:
+            k, _, v = item.partition("=")
+            out[k] = v
+        return out
 
     def resolved_model_path(self) -> Path:
         p = self.model_path

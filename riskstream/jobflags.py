@@ -57,6 +57,8 @@ def add_job_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), only: 
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif getattr(field.annotation, "__origin__", None) is tuple:  # repeatable: --flink-conf K=V --flink-conf ...
+            g.add_argument(flag, dest=name, action="append", default=None, metavar="KEY=VALUE", help=helptext)
         else:
             g.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=helptext)
 

@@ -97,6 +97,12 @@ class ClusterLayout:
     def taskmanager_pid_file(self) -> Path:
         return self.run_dir / "taskmanager.pid"
 
+    def taskmanager_pid_files(self) -> list[Path]:
+        """The first TaskManager's pid file, then ``taskmanager-2.pid``, ... of the others that ran."""
+        more = sorted(self.run_dir.glob("taskmanager-*.pid"), key=lambda f: int(f.stem.split("-")[1])) \
+            if self.run_dir.is_dir() else []
+        return [self.taskmanager_pid_file, *more]
+
     @property
     def port_file(self) -> Path:
         return self.run_dir / "rest.port"
@@ -156,11 +162,17 @@ def _recorded_pid(path: Path) -> int | None:
         return None
 
 
+def _daemon_files(lay: ClusterLayout) -> list[tuple[str, Path]]:
+    """(name, pid file) of the JobManager and every TaskManager: taskmanager, taskmanager-2, ..."""
+    return [("jobmanager", lay.jobmanager_pid_file)] + [(f.stem, f) for f in lay.taskmanager_pid_files()]
+
+
 def pids(root: Path | str | None = None) -> dict[str, int | None]:
-    """The live daemon pids (each also its process group id); None for a daemon not running."""
+    """The live daemon pids (each also its process group id); None for a daemon not running. Keys:
+    ``jobmanager``, ``taskmanager``, and ``taskmanager-2`` ... when more TaskManagers were started."""
     lay = layout(root=root)
     out = {}
-    for name, f in (("jobmanager", lay.jobmanager_pid_file), ("taskmanager", lay.taskmanager_pid_file)):
+    for name, f in _daemon_files(lay):
         pid = _recorded_pid(f)
         out[name] = pid if pid and pid_alive(pid) else None
     return out
@@ -191,8 +203,47 @@ def _site_packages() -> str:
     return os.pathsep.join(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
 
 
-def cluster_config(lay: ClusterLayout, slots: int, rpc_port: int) -> dict[str, object]:
-    """The settings written over the distribution's config.yaml (flattened keys, which Flink 2 accepts)."""
+@dataclass(frozen=True)
+class ClusterSettings:
+    """What ``up`` sizes and chooses (``riskstream cluster up`` flags, else ``RISKSTREAM_*`` variables).
+
+    The default is the production configuration: RocksDB with incremental checkpoints, timers in RocksDB,
+    a 2,560 MB TaskManager process of which Flink gives ~40 % of its Flink memory to managed memory
+    (RocksDB's cache and write buffers, shared with the Python workers). ``hashmap`` keeps state as objects
+    on the heap with full snapshots: for small state only (docs/operations.md, "State backends")."""
+    state_backend: str = "rocksdb"
+    incremental_checkpoints: bool = True
+    rocksdb_local_dir: str = ""
+    taskmanagers: int = 1
+    taskmanager_memory: str = TASKMANAGER_MEMORY
+    managed_memory: str = ""
+    taskmanager_heap: str = ""
+    flink_conf: tuple[str, ...] = ()
+
+    def config(self) -> dict[str, object]:
+        out: dict[str, object] = {"state.backend.type": self.state_backend}
+        if self.state_backend == "rocksdb":
+            out["execution.checkpointing.incremental"] = self.incremental_checkpoints
+            out["state.backend.rocksdb.timer-service.factory"] = "ROCKSDB"
+            if self.rocksdb_local_dir:
+                out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
+        if self.taskmanager_heap:  # heap and managed memory fixed: Flink derives the process size from them
+            out["taskmanager.memory.task.heap.size"] = self.taskmanager_heap
+            out["taskmanager.memory.managed.size"] = self.managed_memory or "512m"
+        else:
+            out["taskmanager.memory.process.size"] = self.taskmanager_memory
+            if self.managed_memory:
+                out["taskmanager.memory.managed.size"] = self.managed_memory
+        for item in self.flink_conf:
+            k, _, v = item.partition("=")
+            out[k.strip()] = v.strip()
+        return out
+
+
+def cluster_config(lay: ClusterLayout, slots: int, rpc_port: int,
+                   settings: ClusterSettings | None = None) -> dict[str, object]:
+    """The settings written over the distribution's config.yaml (flattened keys, which Flink 2 accepts);
+    ``settings`` (state backend, memory, ``flink_conf``) last."""
     return {
         "jobmanager.rpc.address": HOST,
         "jobmanager.rpc.port": rpc_port,
@@ -201,7 +252,6 @@ def cluster_config(lay: ClusterLayout, slots: int, rpc_port: int) -> dict[str, o
         "taskmanager.bind-host": HOST,
         "taskmanager.host": HOST,
         "taskmanager.numberOfTaskSlots": slots,
-        "taskmanager.memory.process.size": TASKMANAGER_MEMORY,
         "rest.address": HOST,
         "rest.bind-address": HOST,
         "rest.port": lay.rest_port,
@@ -211,7 +261,6 @@ def cluster_config(lay: ClusterLayout, slots: int, rpc_port: int) -> dict[str, o
         "cluster.registration.error-delay": 1000,
         # REST metric queries answer from a cache the JobManager refreshes this often (default 10 s)
         "metrics.fetcher.update-interval": 2000,
-        "state.backend.type": "hashmap",
         "execution.checkpointing.storage": "filesystem",
         "execution.checkpointing.dir": lay.checkpoints_uri,
         "execution.checkpointing.savepoint-dir": lay.savepoints_uri,
@@ -234,6 +283,7 @@ def cluster_config(lay: ClusterLayout, slots: int, rpc_port: int) -> dict[str, o
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
         "python.pythonpath": _site_packages(),
+        **(settings or ClusterSettings()).config(),
     }
 
 
@@ -268,7 +318,8 @@ def _sync_home(lay: ClusterLayout, dist: Path) -> None:
         plugins.mkdir()
 
 
-def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None = None) -> Path:
+def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None = None,
+               settings: ClusterSettings | None = None) -> Path:
     """Copy the distribution's conf files into ``lay.conf_dir`` and write config.yaml there."""
     import yaml  # PyYAML: a dependency of apache-beam, which apache-flink requires
 
@@ -279,11 +330,12 @@ def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None 
             shutil.copyfile(f, lay.conf_dir / f.name)
     (lay.conf_dir / "masters").write_text(f"{HOST}:{lay.rest_port}\n")
     (lay.conf_dir / "workers").write_text(f"{HOST}\n")
-    settings = _flatten(yaml.safe_load((dist / "conf" / "config.yaml").read_text()) or {})
-    settings.update(cluster_config(lay, slots, rpc_port))
+    conf = _flatten(yaml.safe_load((dist / "conf" / "config.yaml").read_text()) or {})
+    conf.update(cluster_config(lay, slots, rpc_port, settings))
     path = lay.conf_dir / "config.yaml"
-    path.write_text("# written by riskstream.ops.cluster.up on every start; edits here are lost\n"
-                    + "".join(f"{k}: {_yaml_scalar(v)}\n" for k, v in settings.items()))
+    path.write_text("# written by riskstream.ops.cluster.up on every start from its flags (`riskstream cluster up "
+                    "--help`); edits here are lost: use --flink-conf KEY=VALUE\n"
+                    + "".join(f"{k}: {_yaml_scalar(v)}\n" for k, v in conf.items()))
     return path
 
 
@@ -333,17 +385,20 @@ def _start(lay: ClusterLayout, script: str, name: str) -> subprocess.Popen:
 
 
 def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = None, deadline_s: float = 120.0,
-       out=sys.stderr) -> ClusterLayout:
-    """Start the JobManager and one TaskManager; return once the TaskManager offers a free slot.
+       out=sys.stderr, settings: ClusterSettings | None = None) -> ClusterLayout:
+    """Start the JobManager and ``settings.taskmanagers`` TaskManagers; return once all of them registered
+    and a slot is free. ``settings``: state backend and memory (default: :class:`ClusterSettings`).
 
-    Already running and healthy (on ``rest_port`` if given): returns its layout. Running but unhealthy, or
-    half running: refuses (run ``down`` first). A given ``rest_port`` that is taken: refuses."""
+    Already running and healthy (on ``rest_port`` if given): returns its layout (its settings stay those it
+    was started with; ``down`` first to change them). Running but unhealthy, or half running: refuses (run
+    ``down`` first). A given ``rest_port`` that is taken: refuses."""
+    settings = settings or ClusterSettings()
     r = _root(root)
     current = layout(root=r)
     live = {k: v for k, v in pids(r).items() if v}
     if live:
         ov = flink_rest.overview(current.rest_url)
-        healthy = len(live) == 2 and bool(ov) and ov.get("taskmanagers", 0) >= 1
+        healthy = "jobmanager" in live and len(live) >= 2 and bool(ov) and ov.get("taskmanagers", 0) >= len(live) - 1
         if healthy and rest_port in (None, current.rest_port):
             print(f"[cluster] already running on {current.rest_url} (pids {live})", file=out)
             return current
@@ -364,11 +419,13 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
     for f in lay.run_dir.glob("*.pid"):
         f.unlink()
     _sync_home(lay, dist)
-    write_conf(lay, slots, free_port(), dist)
+    write_conf(lay, slots, free_port(), dist, settings)
     lay.port_file.write_text(str(lay.rest_port))
     t0 = time.monotonic()
-    procs = {"jobmanager": _start(lay, "jobmanager.sh", "jobmanager"),
-             "taskmanager": _start(lay, "taskmanager.sh", "taskmanager")}
+    procs = {"jobmanager": _start(lay, "jobmanager.sh", "jobmanager")}
+    for i in range(1, settings.taskmanagers + 1):
+        name = "taskmanager" if i == 1 else f"taskmanager-{i}"
+        procs[name] = _start(lay, "taskmanager.sh", name)
     last = None
     while True:
         for name, p in procs.items():
@@ -378,7 +435,7 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
                 raise RuntimeError(f"the Flink {name} exited with code {p.returncode} during start-up "
                                    f"(logs in {lay.log_dir}):\n{tail}")
         last = flink_rest.overview(lay.rest_url)
-        if last and last.get("taskmanagers", 0) >= 1 and last.get("slots-available", 0) >= 1:
+        if last and last.get("taskmanagers", 0) >= settings.taskmanagers and last.get("slots-available", 0) >= 1:
             break
         if time.monotonic() - t0 > deadline_s:
             tail = log_tail(r)
@@ -386,8 +443,10 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
             raise TimeoutError(f"the Flink cluster was not ready within {deadline_s:.0f}s (last REST /overview: "
                                f"{last}; logs in {lay.log_dir}):\n{tail}")
         time.sleep(0.2)  # polling interval of the readiness loop, not synchronisation
+    tms = ", ".join(str(p.pid) for n, p in procs.items() if n != "jobmanager")
     print(f"[cluster] up on {lay.rest_url} in {time.monotonic() - t0:.1f}s (JobManager pid "
-          f"{procs['jobmanager'].pid}, TaskManager pid {procs['taskmanager'].pid}, {last['slots-total']} slots)",
+          f"{procs['jobmanager'].pid}, TaskManager pid(s) {tms}, {last['slots-total']} slots; state backend "
+          f"{settings.state_backend}{', incremental' if settings.state_backend == 'rocksdb' and settings.incremental_checkpoints else ''})",
           file=out)
     return lay
 
@@ -397,7 +456,7 @@ def down(root: Path | str | None = None, out=sys.stderr, grace_s: float = 30.0) 
     theirs is left, remove the pid files and scratch space; True if something was running."""
     lay = layout(root=root)
     groups = {}
-    for name, f in (("taskmanager", lay.taskmanager_pid_file), ("jobmanager", lay.jobmanager_pid_file)):
+    for name, f in reversed(_daemon_files(lay)):  # TaskManagers first
         pid = _recorded_pid(f)
         if pid and group_alive(pid):
             groups[name] = pid
@@ -443,7 +502,8 @@ def status(root: Path | str | None = None) -> dict:
     """running (both daemons alive), ready (a TaskManager registered), rest_url, taskmanagers, slots, jobs."""
     lay = layout(root=root)
     p = pids(root)
-    st: dict = {"running": bool(p["jobmanager"] and p["taskmanager"]), "ready": False, "rest_url": lay.rest_url,
+    st: dict = {"running": bool(p["jobmanager"] and p["taskmanager"] and all(p.values())), "ready": False,
+                "rest_url": lay.rest_url,
                 "pids": p, "taskmanagers": 0, "slots_total": 0, "slots_available": 0, "jobs_running": 0,
                 "jobs": [], "conf_dir": str(lay.conf_dir), "log_dir": str(lay.log_dir)}
     ov = flink_rest.overview(lay.rest_url) if any(p.values()) else None

@@ -36,6 +36,7 @@ _SUBMITTED_LINE = re.compile(r"Job has been submitted with JobID ([0-9a-f]{32})"
 SECRET_FIELDS = ("sasl_password",)
 # settings of a local MiniCluster only; on a cluster the job's own REST settings could redirect its client
 CLUSTER_SKIP_FIELDS = ("rest_port",)
+CLUSTER_MEMORY_FIELDS = ("managed_memory", "taskmanager_heap")
 
 
 class SubmitError(FlinkError):
@@ -126,6 +127,10 @@ def job_flags(values: dict[str, object]) -> tuple[list[str], dict[str, str]]:
             continue
         if name not in JobConfig.model_fields:
             raise SubmitError(f"unknown job setting {name!r}")
+        if name in CLUSTER_MEMORY_FIELDS:
+            raise SubmitError(f"--{name.replace('_', '-')} sizes a TaskManager, which a job cannot change on a running "
+                              f"cluster: give it to `riskstream cluster up --{name.replace('_', '-')}` (or the "
+                              "manifest's flinkConfiguration / taskManager.resource)")
         if name in CLUSTER_SKIP_FIELDS:
             raise SubmitError(f"--{name.replace('_', '-')} is for a local MiniCluster run; a cluster job uses "
                               "the cluster's REST endpoint")
@@ -134,6 +139,9 @@ def job_flags(values: dict[str, object]) -> tuple[list[str], dict[str, str]]:
             env[f"RISKSTREAM_{name.upper()}"] = str(v)
         elif isinstance(v, bool):
             argv.append(flag if v else "--no-" + flag[2:])
+        elif isinstance(v, (list, tuple)):  # a repeatable flag (flink_conf)
+            for item in v:
+                argv += [flag, str(item)]
         else:
             argv += [flag, str(v)]
     return argv, env

@@ -1,0 +1,140 @@
+"""State backend, memory and any Flink setting, on every path: flags and RISKSTREAM_* variables of `run`,
+`submit` and `cluster up`, FLINK_CONF_DIR for a local run, the precedence between them, and what reaches
+the Flink configuration of a built job (the JVM's own view of it, not ours)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from riskstream.config import LOCAL_ROCKSDB_MANAGED_MEMORY, JobConfig
+from riskstream.jobflags import add_job_flags, job_config
+
+
+def _cfg(argv: list[str], monkeypatch=None, env: dict[str, str] | None = None) -> JobConfig:
+    ap = argparse.ArgumentParser()
+    add_job_flags(ap)
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    return job_config(ap.parse_args(argv))
+
+
+def test_defaults_by_where_the_job_runs():
+    cfg = JobConfig()
+    assert cfg.state_backend is None and cfg.max_parallelism == 128
+    local, cluster = cfg.flink_settings(local=True), cfg.flink_settings(local=False)
+    assert local == {"state.backend.type": "hashmap"}
+    assert cluster == {"state.backend.type": "rocksdb", "execution.checkpointing.incremental": "true",
+                       "state.backend.rocksdb.timer-service.factory": "ROCKSDB"}
+
+
+def test_flags_variables_and_flink_conf_precedence(monkeypatch):
+    cfg = _cfg(["--state-backend", "rocksdb", "--no-incremental-checkpoints", "--rocksdb-local-dir", "/fast/disk",
+                "--managed-memory", "1g", "--flink-conf", "state.backend.rocksdb.block.cache-size=64m",
+                "--flink-conf", "execution.checkpointing.incremental=true"])
+    s = cfg.flink_settings(local=True)
+    assert s["state.backend.type"] == "rocksdb" and s["state.backend.rocksdb.localdir"] == "/fast/disk"
+    assert s["taskmanager.memory.managed.size"] == "1g"
+    assert s["state.backend.rocksdb.block.cache-size"] == "64m"
+    assert s["execution.checkpointing.incremental"] == "true"  # the flink_conf item beats the flag
+    # variables when no flag: ';' separates items, a JSON list keeps values with ';'
+    cfg = _cfg([], monkeypatch, {"RISKSTREAM_STATE_BACKEND": "rocksdb",
+                                 "RISKSTREAM_FLINK_CONF": "a.b=1; c.d = x y"})
+    assert cfg.flink_conf == ("a.b=1", "c.d=x y")
+    assert cfg.flink_settings(local=True)["taskmanager.memory.managed.size"] == LOCAL_ROCKSDB_MANAGED_MEMORY
+    cfg = _cfg([], monkeypatch, {"RISKSTREAM_FLINK_CONF": '["env.java.opts.all=-Da=1;b"]'})
+    assert cfg.flink_conf == ("env.java.opts.all=-Da=1;b",)
+    # a flag beats the variable
+    assert _cfg(["--state-backend", "hashmap"], monkeypatch).state_backend == "hashmap"
+
+
+@pytest.mark.parametrize("argv,fix", [
+    (["--state-backend", "memory"], "hashmap"),
+    (["--flink-conf", "no-value"], "KEY=VALUE"),
+    (["--flink-conf", "=1"], "KEY=VALUE"),
+    (["--managed-memory", "lots"], "memory size"),
+    (["--taskmanager-heap", "2 gigs"], "memory size"),
+    (["--parallelism", "4", "--max-parallelism", "2"], "max_parallelism"),
+])
+def test_bad_settings_fail_at_start_with_the_fix(argv, fix):
+    with pytest.raises(SystemExit) as e:
+        _cfg(argv)
+    assert fix in str(e.value)
+
+
+def test_submit_passes_every_setting_and_refuses_cluster_memory():
+    from riskstream.ops.submit import SubmitError, job_flags
+
+    argv, _ = job_flags({"state_backend": "hashmap", "incremental_checkpoints": False,
+                         "flink_conf": ["a.b=1", "c=2"]})
+    assert argv == ["--state-backend", "hashmap", "--no-incremental-checkpoints", "--flink-conf", "a.b=1",
+                    "--flink-conf", "c=2"]
+    for name in ("managed_memory", "taskmanager_heap"):
+        with pytest.raises(SubmitError, match="cluster up"):
+            job_flags({name: "1g"})
+
+
+def test_cluster_config_is_rocksdb_by_default_and_takes_every_setting(tmp_path):
+    from riskstream.ops import cluster
+
+    lay = cluster.ClusterLayout(root=tmp_path, rest_port=8081)
+    conf = cluster.cluster_config(lay, 2, 6123)
+    assert conf["state.backend.type"] == "rocksdb" and conf["execution.checkpointing.incremental"] is True
+    assert conf["state.backend.rocksdb.timer-service.factory"] == "ROCKSDB"
+    assert conf["taskmanager.memory.process.size"] == cluster.TASKMANAGER_MEMORY
+    s = cluster.ClusterSettings(state_backend="hashmap", taskmanager_heap="3g", managed_memory="256m",
+                                flink_conf=("taskmanager.numberOfTaskSlots=4",))
+    conf = cluster.cluster_config(lay, 2, 6123, s)
+    assert conf["state.backend.type"] == "hashmap" and "execution.checkpointing.incremental" not in conf
+    assert conf["taskmanager.memory.task.heap.size"] == "3g" and conf["taskmanager.memory.managed.size"] == "256m"
+    assert "taskmanager.memory.process.size" not in conf  # derived from heap + managed, no conflict
+    assert conf["taskmanager.numberOfTaskSlots"] == "4"  # flink_conf last
+
+
+def test_cluster_up_flags_are_validated(monkeypatch):
+    from riskstream.cli import build_parser, cluster_settings
+
+    a = build_parser().parse_args(["cluster", "up", "--taskmanagers", "2", "--managed-memory", "700m",
+                                   "--flink-conf", "x.y=1"])
+    s = cluster_settings(a)
+    assert (s.taskmanagers, s.state_backend, s.managed_memory, s.flink_conf) == (2, "rocksdb", "700m", ("x.y=1",))
+    monkeypatch.setenv("RISKSTREAM_FLINK_CONF", "p.q=2")
+    assert cluster_settings(build_parser().parse_args(["cluster", "up"])).flink_conf == ("p.q=2",)
+    for bad in (["--taskmanagers", "0"], ["--managed-memory", "much"], ["--flink-conf", "novalue"]):
+        with pytest.raises(SystemExit, match="cluster up"):
+            cluster_settings(build_parser().parse_args(["cluster", "up", *bad]))
+
+
+@pytest.mark.flink
+def test_the_built_job_carries_the_settings(tmp_path, monkeypatch):
+    """What the JVM's configuration of a built job holds, FLINK_CONF_DIR's file as the local base: the
+    file's backend applies when none is configured, riskstream's flags beat the file, ``extra`` (code)
+    beats the flags, and a flink_conf item beats everything."""
+    from pipelines import decision_job
+
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "config.yaml").write_text("state:\n  backend:\n    type: rocksdb\n"
+                                          "taskmanager.memory.managed.size: 300m\n"
+                                          "restart-strategy.fixed-delay.attempts: 99\n")
+    monkeypatch.setenv("FLINK_CONF_DIR", str(conf_dir))
+    assert decision_job.flink_conf_dir_settings()["state.backend.type"] == "rocksdb"
+    cfg = JobConfig(checkpoint_dir=(tmp_path / "ck").as_uri(),
+                    flink_conf=("state.backend.rocksdb.block.cache-size=32m", "pipeline.name=overridden"))
+    env = decision_job.make_env(cfg, extra={"state.backend.rocksdb.localdir": str(tmp_path / "rocks"),
+                                            "pipeline.name": "from-extra"})
+    jconf = dict(env._j_stream_execution_environment.getConfiguration().toMap())
+    assert jconf["state.backend.type"] == "rocksdb"  # the file's, no flag given
+    assert jconf["execution.checkpointing.incremental"] == "true"
+    assert jconf["state.backend.rocksdb.timer-service.factory"] == "ROCKSDB"
+    assert jconf["taskmanager.memory.managed.size"] == LOCAL_ROCKSDB_MANAGED_MEMORY  # riskstream's beats the file's
+    assert jconf["restart-strategy.fixed-delay.attempts"] == str(cfg.restart_attempts)
+    assert jconf["state.backend.rocksdb.localdir"] == str(tmp_path / "rocks")
+    assert jconf["state.backend.rocksdb.block.cache-size"] == "32m"
+    assert jconf["pipeline.name"] == "overridden"  # flink_conf beats extra
+    assert jconf["pipeline.max-parallelism"] == "128"
+    monkeypatch.delenv("FLINK_CONF_DIR")
+    env = decision_job.make_env(cfg.model_copy(update={"state_backend": "hashmap", "flink_conf": ()}))
+    jconf = dict(env._j_stream_execution_environment.getConfiguration().toMap())
+    assert jconf["state.backend.type"] == "hashmap" and "execution.checkpointing.incremental" not in jconf
