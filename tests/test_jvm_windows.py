@@ -420,3 +420,56 @@ def test_jvm_label_features_match_python(jvm, tmp_path, parallelism):
             assert (signals or None) == (want[eid][2] or None), (e.name, eid)
         nonzero[e.name] = sum(any(v[i] > 0 for i in lab) for v, _, _ in got[e.name].values())
     assert all(n > 100 for n in nonzero.values()), nonzero
+
+
+# -- cleanup timers: one per key, at the key's exact expiry (both runtimes) ------------------------------
+def _busy_key_events(start: int) -> list[Event]:
+    """1,000 events of one user, device, card and ip over 30 days (a few seconds to hours apart), a second
+    user on the same device now and then, and a quiet key."""
+    rnd = random.Random(11)
+    out, ts = [], start
+    for i in range(1000):
+        ts += rnd.randrange(1_000, 5_000_000)
+        user = "busy" if i % 7 else "other"
+        out.append(Event(f"e{i}", "payment", user, "dev-1", "10.0.0.1", 12.5, "EUR", ts, payment_ref="card-1"))
+    assert out[-1].ts - start < 30 * 24 * HOUR
+    out.append(Event("q1", "login", "quiet", "dev-q", "10.0.0.9", 0.0, "EUR", start + 60_000))
+    return out
+
+
+def test_a_busy_key_holds_one_pending_timer(jvm):
+    """A key with 1,000 events over 30 days registers one cleanup timer in the Python reference (the chain's
+    timer queue, one entry per registration) and in the JVM stage's logic (LocalRunner counts what it asks
+    Flink to register); the old rule registered one per active minute."""
+    _, J = jvm
+    events = _busy_key_events(1_700_000_000_000)
+    chain = Chain(LATENESS, DEDUP)
+    for ev in events:
+        chain.process(ev)
+    pending: dict[tuple[int, str], int] = {}
+    for _, i, key in chain._timers:
+        pending[(i, key)] = pending.get((i, key), 0) + 1
+    assert pending and max(pending.values()) == 1, pending
+    spec = json.dumps(spec_document(LATENESS))
+    jsonl = "\n".join(orjson.dumps(e._asdict()).decode() for e in events)
+    for e in ENTITIES:
+        registered = json.loads(J.LocalRunner.run(spec, e.name, DEDUP, jsonl))["timers_registered"]
+        assert registered and max(registered.values()) <= 2, (e.name, registered)
+
+
+def test_a_key_is_dropped_when_the_watermark_reaches_its_exact_expiry():
+    """Issue 21: an on-grid expiry used to keep a key a minute past it. Now, whether the expiry falls on a
+    minute or not, an event of a key arriving once the watermark passed the key's expiry finds it dropped
+    (the reference's timer fired), and one just before still reads it."""
+    for first in (1_700_000_040_000, 1_700_000_040_123):  # on the minute grid, and off it
+        retention = retention_ms("user", LATENESS)
+        expiry = first + retention
+        for wm_past, fresh in ((True, True), (False, False)):
+            chain = Chain(LATENESS, DEDUP, out_of_orderness_ms=5_000)
+            chain.process(Event("a1", "login", "u", "d-u", "ip-u", 0.0, "EUR", first))
+            # another key moves the watermark (newest ts - 5 s - 1 ms) to the expiry, or 1 ms short of it
+            chain.process(Event("b1", "login", "v", "d-v", "ip-v", 0.0, "EUR", expiry + 5_001 - (0 if wm_past else 1)))
+            assert chain.watermark() == expiry - (0 if wm_past else 1)
+            got = chain.process(Event("a2", "login", "u", "d-u", "ip-u", 0.0, "EUR", expiry - 1))
+            user_age = got[0][[f.name for f in features_for("user")].index("user_age_ms")]
+            assert (user_age == 0) == fresh, (first, wm_past, user_age)

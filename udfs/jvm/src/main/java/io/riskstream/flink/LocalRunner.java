@@ -23,13 +23,15 @@ public final class LocalRunner {
 
     /**
      * {@code eventsJsonl}: one event per line (udfs.events.Event fields). Returns JSON
-     * {"values": [[...] or null for a duplicate], "late": [...], "state_bytes": [per key, sorted]}.
+     * {"values": [[...] or null for a duplicate], "late": [...], "state_bytes": [per key, sorted],
+     * "timers_registered": {key: cleanup timers the stage registered for it}}.
      */
     public static String run(String specJson, String entity, long dedupHorizonMs, String eventsJsonl) throws Exception {
         EntitySpec spec = EntitySpec.parse(specJson, entity);
         EntityWindows w = new EntityWindows(spec);
         long horizon = spec.dedup ? dedupHorizonMs : 0;
         Map<String, byte[]> store = new HashMap<>();
+        Map<String, Integer> timers = new HashMap<>(); // timers each key asked its stage to register
         ObjectNode res = JSON.createObjectNode();
         ArrayNode values = res.putArray("values");
         ArrayNode lates = res.putArray("late");
@@ -60,6 +62,9 @@ public final class LocalRunner {
             }
             EntityWindows.Step r = w.step(st, row, horizon);
             store.put(key, r.state.encode(spec));
+            if (r.hasTimer) {
+                timers.merge(key, 1, Integer::sum);
+            }
             ArrayNode a = values.addArray();
             for (double d : r.values) {
                 a.add(d);
@@ -74,6 +79,8 @@ public final class LocalRunner {
         sizes.sort(null);
         ArrayNode sb = res.putArray("state_bytes");
         sizes.forEach(sb::add);
+        ObjectNode tm = res.putObject("timers_registered");
+        timers.forEach(tm::put);
         return JSON.writeValueAsString(res);
     }
 
