@@ -188,6 +188,12 @@ def cmd_review(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    if a.keys:  # the key-count benchmark: state backends against millions of keys
+        from benchmarks import scale
+
+        argv = ["--users", a.keys, "--backends", a.backends, "--parallelism", str(a.parallelism),
+                "--checkpoint-interval-ms", str(a.checkpoint_interval_ms or 1000), "--heap", a.heap]
+        return scale.main(argv + (["--json"] if a.json else []))
     from benchmarks import bench
 
     names = tuple(n for n in a.contenders.split(",") if n)
@@ -905,6 +911,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="baselines to run, comma-separated (python, quix, java; '' for none)")
     p.add_argument("--checkpoint-interval-ms", type=int, default=None, help="default: the job's")
     p.add_argument("--keep", action="store_true", help="keep the broker data and checkpoints")
+    p.add_argument("--keys", default=None, metavar="USERS",
+                   help="instead: the key-count benchmark (benchmarks/scale.py) at these user counts, e.g. "
+                        "100k,1M,3M (about 3.5 keys per user): events/s, checkpoint duration and size, heap, per "
+                        "state backend")
+    p.add_argument("--backends", default="hashmap,rocksdb,rocksdb+changelog",
+                   help="with --keys: backends to compare (hashmap, rocksdb, rocksdb+changelog, rocksdb+bloom)")
+    p.add_argument("--heap", default="6g", help="with --keys: -Xmx of each run's JVM")
     p.set_defaults(fn=cmd_bench)
     return ap
 

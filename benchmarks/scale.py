@@ -1,0 +1,267 @@
+"""State at scale: the four JVM entity stages over millions of keys, per state backend, with 1 s exactly-once
+checkpoints, on a local MiniCluster (no broker): events/s drained, checkpoint duration p50/p99/max and size
+(full state and what each checkpoint uploaded), heap used, timers per key.
+
+    .venv/bin/python -m benchmarks.scale [--users 100k,1M] [--backends hashmap,rocksdb] [--events-per-user 1.5]
+    riskstream bench --keys 100k,1M            # the same, from the CLI
+
+Each (backend, users) pair runs in its own process (a fresh JVM with ``--heap``), so heap figures are
+that run's. Events come from ``io.riskstream.flink.SyntheticEvents`` (event i belongs to user i mod users;
+each user has its own device, ip and card: about 3.5 keys per user), one source subtask so event time is
+in order, the stages at ``--parallelism``. Prints a table and writes JSON to benchmarks/results/scale.json.
+
+Pitfalls: the machine is shared and has 2 cores, so compare backends within one run, not across runs;
+the first checkpoints of a run are taken while keys are still being created, the last ones while they
+are held (both are in the percentiles); heap used is sampled every 0.5 s, so it includes garbage not yet
+collected (``heap_used_max_mb``), and the smallest sample after the load (``heap_used_min_after_load_mb``)
+is the better estimate of live state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_count(text: str) -> int:
+    """100k, 1M, 2.5M, 3000000 -> an integer."""
+    t = text.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (e.g. 100k, 1M, 250000)") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return n
+
+
+# backend variants: "<backend>+<variant>" in --backends adds these Flink settings
+VARIANTS = {
+    # the generic log-based incremental checkpoints (FLIP-158): a checkpoint uploads the state changes since
+    # the last one; RocksDB itself is materialized (and its files uploaded) every few minutes
+    "changelog": lambda work: ("state.changelog.enabled=true", "state.changelog.storage=filesystem",
+                               f"state.changelog.dstl.dfs.base-path={(work / 'changelog').as_uri()}",
+                               "state.changelog.periodic-materialize.interval=3 min"),
+    # a bloom filter per RocksDB file: a get of a key that is not there (every new key) skips most files
+    "bloom": lambda work: ("state.backend.rocksdb.use-bloom-filter=true",),
+}
+
+
+def _get(url: str) -> dict | list | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms: int, work: Path) -> dict:
+    """One job in this process: SyntheticEvents -> event time -> the four JVM entity stages -> discard."""
+    from pyflink.datastream import DataStream
+    from pyflink.datastream.connectors import Sink
+    from pyflink.java_gateway import get_gateway
+
+    from pipelines import decision_job
+    from riskstream.config import JobConfig
+    from riskstream.ops.procs import free_port
+    from udfs import jvm
+    from udfs.chain import spec_document
+    from udfs.features import ENTITIES
+    from udfs.windows import retention_ms
+
+    import orjson
+
+    port = free_port()
+    base_backend, _, variant = backend.partition("+")
+    cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=interval_ms, state_backend=base_backend,
+                    rest_port=port, checkpoint_dir=(work / "checkpoints").as_uri(), job_name="bench-scale",
+                    restart_attempts=0, flink_conf=VARIANTS[variant](work) if variant else ())
+    env = decision_job.make_env(cfg, extra={"web.checkpoints.history": "10000",
+                                            "execution.checkpointing.max-concurrent-checkpoints": "1"})
+    spec = orjson.dumps(spec_document(cfg.allowed_lateness_ms)).decode()
+    pkg = get_gateway().jvm.io.riskstream.flink
+    try:
+        pkg.RecordKey(0)
+    except TypeError:
+        from pyflink.util.java_utils import add_jars_to_context_class_loader
+
+        conf = env._j_stream_execution_environment.getConfiguration().toMap()
+        add_jars_to_context_class_loader([j for j in conf.get("pipeline.jars").split(";") if j])
+        pkg = get_gateway().jvm.io.riskstream.flink
+    start = 1_700_000_000_000
+    step = max(1, 86_400_000 // max(events, 1))  # one day of event time: no key expires during the run
+    j_src = env._j_stream_execution_environment.fromSequence(0, events - 1).setParallelism(1)
+    rows = j_src.map(pkg.SyntheticEvents(spec, users, start, step),
+                     jvm.record_type_info().get_java_type_info()).setParallelism(1)
+    stream = jvm.event_time(DataStream(rows), cfg.out_of_orderness_ms, cfg.idleness_ms, max_future_skew_ms=10**13)
+    for e in ENTITIES:
+        stream = jvm.entity_stage(stream, e, spec, cfg.dedup_horizon_ms, False, "bench-scale")
+    stream.sink_to(Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()))
+    client = env.execute_async("riskstream-bench-scale")
+    job_id = str(client.get_job_id())
+    base = f"http://127.0.0.1:{port}"
+    heap: list[tuple[float, float]] = []
+    cps: dict[int, dict] = {}
+    t_running = t_end = None
+    tm = None
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        st = _get(f"{base}/jobs/{job_id}")
+        if st is None:
+            if t_running is not None:  # the MiniCluster went away with the finished job
+                break
+            time.sleep(0.2)  # polling interval until the REST endpoint answers
+            continue
+        state = st.get("state")
+        if state == "RUNNING" and t_running is None and all(v.get("status") == "RUNNING" for v in st.get("vertices", [])):
+            t_running = time.monotonic()
+        if tm is None:
+            tms = _get(f"{base}/taskmanagers") or {}
+            tm = (tms.get("taskmanagers") or [{}])[0].get("id")
+        if tm:
+            m = _get(f"{base}/taskmanagers/{tm}/metrics?get=Status.JVM.Memory.Heap.Used") or []
+            if m:
+                heap.append((time.monotonic(), float(m[0]["value"]) / 2**20))
+        ck = _get(f"{base}/jobs/{job_id}/checkpoints") or {}
+        for h in ck.get("history", []):
+            if h.get("status") == "COMPLETED" and not h.get("is_savepoint"):
+                cps[h["id"]] = h
+        if state in ("FINISHED", "FAILED", "CANCELED"):
+            t_end = time.monotonic()
+            if state != "FINISHED":
+                ex = _get(f"{base}/jobs/{job_id}/exceptions") or {}
+                raise RuntimeError(f"the scale job ended {state}: {str(ex.get('root-exception'))[:2000]}")
+            break
+        time.sleep(0.5)  # sampling interval of the heap and checkpoint statistics
+    client.get_job_execution_result().result()
+    t_end = t_end or time.monotonic()
+    secs = t_end - (t_running or t_end)
+    dur = [c["end_to_end_duration"] / 1000 for c in cps.values()]
+    full = [c.get("state_size", 0) / 2**20 for c in cps.values()]
+    inc = [c.get("checkpointed_size", c.get("state_size", 0)) / 2**20 for c in cps.values()]
+    align = [c.get("alignment_buffered", 0) for c in cps.values()]
+    load_end = t_running + secs * 0.6 if t_running else None  # users all created by then (1.5 events/user)
+    after = [h for t, h in heap if load_end and t >= load_end]
+    keys = round(users * (3 + 0.5))  # user, device, ip per user; a card per user that pays (half of them)
+    del align
+    return {
+        "backend": backend, "users": users, "keys_estimate": keys, "events": events, "parallelism": parallelism,
+        "checkpoint_interval_ms": interval_ms, "seconds": round(secs, 1),
+        "events_per_s": round(events / secs) if secs > 0 else None, "checkpoints": len(cps),
+        "checkpoint_s": {"p50": _pct(dur, 0.5), "p99": _pct(dur, 0.99), "max": max(dur) if dur else None,
+                         "mean": round(statistics.mean(dur), 2) if dur else None},
+        "checkpoint_full_mb": {"last": round(full[-1], 1) if full else None, "max": round(max(full), 1) if full else None},
+        "checkpoint_uploaded_mb": {"p50": _round(_pct(inc, 0.5)), "p99": _round(_pct(inc, 0.99)),
+                                   "max": _round(max(inc) if inc else None)},
+        "heap_used_max_mb": round(max(h for _, h in heap)) if heap else None,
+        "heap_used_min_after_load_mb": round(min(after)) if after else None,
+        "heap_bytes_per_key_estimate": round(min(after) * 2**20 / keys) if after else None,
+        "retention_days": {e.name: retention_ms(e.name, cfg.allowed_lateness_ms) / 86_400_000 for e in ENTITIES},
+    }
+
+
+def _round(x):
+    return None if x is None else round(x, 1)
+
+
+def run_all(users: list[int], backends: list[str], events_per_user: float, parallelism: int, interval_ms: int,
+            heap: str) -> dict:
+    """Each (backend, users) in its own process with ``-Xmx<heap>``; returns every run's figures."""
+    runs = []
+    for n in users:
+        for backend in backends:
+            with tempfile.TemporaryDirectory(prefix="riskstream-scale-") as work:
+                cmd = [sys.executable, "-m", "benchmarks.scale", "--one", "--backends", backend, "--users", str(n),
+                       "--events-per-user", str(events_per_user), "--parallelism", str(parallelism),
+                       "--checkpoint-interval-ms", str(interval_ms), "--work", work]
+                env = {**os.environ, "JVM_ARGS": f"{os.environ.get('JVM_ARGS', '')} -Xmx{heap}".strip()}
+                print(f"[scale] {backend}, {n:,} users ...", file=sys.stderr, flush=True)
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                      cwd=Path(__file__).resolve().parent.parent)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                if proc.returncode != 0 or not lines:
+                    runs.append({"backend": backend, "users": n, "error": (proc.stderr or proc.stdout)[-3000:]})
+                    print(f"[scale] {backend}, {n:,} users FAILED:\n{runs[-1]['error']}", file=sys.stderr)
+                    continue
+                runs.append(json.loads(lines[-1]))
+                print(f"[scale] {render_row(runs[-1])}", file=sys.stderr, flush=True)
+    res = {"runs": runs, "heap": heap, "load_average_1m": os.getloadavg()[0]}
+    by = {(r["backend"], r["users"]): r for r in runs if "error" not in r}
+    ratios = {}
+    for n in users:
+        if ("hashmap", n) in by and ("rocksdb", n) in by:
+            ratios[str(n)] = round(by[("rocksdb", n)]["events_per_s"] / by[("hashmap", n)]["events_per_s"], 2)
+    res["rocksdb_vs_heap_events_per_s"] = ratios
+    return res
+
+
+def render_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['backend']:8} {r['users']:>10,} users: failed"
+    c, u = r["checkpoint_s"], r["checkpoint_uploaded_mb"]
+    return (f"{r['backend']:8} {r['users']:>10,} users: {r['events_per_s'] or 0:>7,} events/s; checkpoints "
+            f"{r['checkpoints']}, p50 {c['p50']} s, p99 {c['p99']} s, max {c['max']} s; full state "
+            f"{r['checkpoint_full_mb']['last']} MB, uploaded p50 {u['p50']} MB max {u['max']} MB; heap max "
+            f"{r['heap_used_max_mb']} MB, after load min {r['heap_used_min_after_load_mb']} MB")
+
+
+def render(res: dict) -> str:
+    lines = [render_row(r) for r in res["runs"]]
+    for n, x in res["rocksdb_vs_heap_events_per_s"].items():
+        lines.append(f"rocksdb / hashmap events/s at {int(n):,} users: {x}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", default="100k,1M", help="user counts, comma-separated (100k, 1M, ...)")
+    ap.add_argument("--backends", default="hashmap,rocksdb")
+    ap.add_argument("--events-per-user", type=float, default=1.5)
+    ap.add_argument("--parallelism", type=int, default=2)
+    ap.add_argument("--checkpoint-interval-ms", type=int, default=1000)
+    ap.add_argument("--heap", default="6g", help="-Xmx of each run's JVM [default 6g]")
+    ap.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    users = [parse_count(x) for x in a.users.split(",") if x.strip()]
+    backends = [b for b in a.backends.split(",") if b]
+    bad = {b for b in backends if b.partition("+")[0] not in ("hashmap", "rocksdb")
+           or (b.partition("+")[2] and b.partition("+")[2] not in VARIANTS)}
+    if bad:
+        raise SystemExit(f"unknown backends {sorted(bad)}: hashmap, rocksdb, rocksdb+{'/'.join(VARIANTS)}")
+    if a.one:
+        n = users[0]
+        res = run_one(backends[0], n, max(1, round(n * a.events_per_user)), a.parallelism, a.checkpoint_interval_ms,
+                      Path(a.work or tempfile.mkdtemp(prefix="riskstream-scale-")))
+        print(json.dumps(res), flush=True)
+        return 0
+    res = run_all(users, backends, a.events_per_user, a.parallelism, a.checkpoint_interval_ms, a.heap)
+    print(render(res))
+    OUT.mkdir(exist_ok=True)
+    (OUT / "scale.json").write_text(json.dumps(res, indent=2))
+    if a.json:
+        print(json.dumps(res))
+    return 0 if all("error" not in r for r in res["runs"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
