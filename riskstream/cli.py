@@ -321,6 +321,33 @@ def cmd_replay(a) -> int:
     return _input_report("replay", stats, stats["rejects_file"])
 
 
+def cmd_bootstrap(a) -> int:
+    from udfs.ingest import IngestError
+
+    from .ops.bootstrap import bootstrap
+
+    cfg = job_config(a)  # the job's own settings: its name, lateness, dedup horizon, max parallelism, labels
+    try:
+        res = bootstrap(cfg, a.input, labels_path=a.labels, mapping=input_mapping(a), order=a.order,
+                        output=Path(a.output) if a.output else None, parallelism=a.parallelism_write)
+    except (IngestError, ValueError, FileExistsError, FileNotFoundError) as e:
+        raise SystemExit(f"riskstream bootstrap: {e}")
+    span = ""
+    if res.history_start_ts is not None:
+        import datetime as dt
+
+        fmt = lambda t: dt.datetime.fromtimestamp(t / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: E731
+        span = f" from {fmt(res.history_start_ts)} to {fmt(res.history_end_ts)}"
+    keys = ", ".join(f"{k} {v:,}" for k, v in res.keys.items())
+    print(f"[bootstrap] {res.events:,} events{span} ({res.duplicates} duplicates, {res.rejected} rejected), "
+          f"{res.labels:,} labels -> keys: {keys}; {res.seconds:.1f}s", file=sys.stderr)
+    print(f"[bootstrap] start the job from it: riskstream run --job-name {cfg.job_name} --restore-from {res.path} "
+          "(and --starting-offsets latest if the history runs up to now: its events must not be read again)",
+          file=sys.stderr)
+    print(res.path)
+    return 0
+
+
 def cmd_score(a) -> int:
     from udfs.ingest import IngestError
     from udfs.replay import score_file
@@ -847,6 +874,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "feature (and label, scenario with a label column)")
     add_offline_feature_flags(p)
     p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("bootstrap", help="warm start: build the job's window and label state from a history "
+                                          "of events and labels, as a savepoint the job starts from; prints its path")
+    p.add_argument("--input", required=True, help="history of events as JSON lines (.jsonl), .csv or .parquet, "
+                                                  "in arrival order (or --order sort)")
+    p.add_argument("--output", default=None, metavar="DIR",
+                   help="a new folder for the savepoint [default: <home>/jobs/<job_name>/savepoints/bootstrap-<time>]")
+    p.add_argument("--parallelism-write", type=int, default=2, help="parallelism of the savepoint writer [default 2]")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels with arrival times (JSON lines as on the labels topic plus arrival_ts, epoch ms); "
+                        "a label is folded before the first event at or after its arrival")
+    add_input_flags(p)
+    add_job_flags(p, only=("job_name", "allowed_lateness_ms", "dedup_horizon_ms", "out_of_orderness_ms",
+                           "max_parallelism", "labels_topic", "stage_runtime"),
+                  title="the job's settings the state depends on (flag, else environment variable, else default)")
+    p.set_defaults(fn=cmd_bootstrap)
 
     p = sub.add_parser("score", help="offline: per-event scores and decisions of a model over a file of events")
     p.add_argument("--input", required=True, help="events as JSON lines (.jsonl), .csv or .parquet")
