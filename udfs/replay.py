@@ -132,7 +132,7 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
     labels file with arrival times (``udfs.labels.read_label_file``) for the label features."""
     import orjson
 
-    labels = _labels(labels_path)
+    labels = read_labels(labels_path)
     inp = load_input(input_path, mapping, order)
     stats = {"events": 0, "late": 0}
     r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels)
@@ -154,7 +154,7 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
             "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None}
 
 
-def _labels(path) -> list:
+def read_labels(path) -> list:
     """A labels file's ``(arrival_ts, label)`` pairs, or [] without one. IngestError names the bad line."""
     if path is None:
         return []
@@ -190,7 +190,7 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
 
     scorer = Scorer(model_path)
     policy = policy or Policy()
-    labels = _labels(labels_path)
+    labels = read_labels(labels_path)
     inp = load_input(input_path, mapping, order)
     as_csv = str(output_path).lower().endswith(".csv")
     cols = list(SCORE_COLUMNS) + (["label", "scenario"] if inp.labelled else [])

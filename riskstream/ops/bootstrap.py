@@ -51,7 +51,7 @@ def write_history(input_path, out: Path, *, labels_path=None, mapping=None, orde
     """The history as the fold reads it: ``{"event": {...}}`` / ``{"label": {...}}`` lines in arrival order.
     Returns counts and the event-time range. Raises ``udfs.ingest.IngestError`` on an unusable input."""
     from udfs.ingest import load_input
-    from udfs.replay import _labels as read_labels
+    from udfs.replay import read_labels
 
     labels = [(int(a), i, lab) for i, (a, lab) in enumerate(read_labels(labels_path))]
     heapq.heapify(labels)
