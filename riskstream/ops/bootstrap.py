@@ -115,7 +115,7 @@ def bootstrap(cfg: JobConfig, input_path, *, labels_path=None, mapping=None, ord
         spec = orjson.dumps(spec_document(cfg.allowed_lateness_ms)).decode()
         dest.parent.mkdir(parents=True, exist_ok=True)
         summary = orjson.loads(J.Bootstrap.write(
-            spec, str(hist), dest.as_uri(), int(cfg.dedup_horizon_ms), int(cfg.out_of_orderness_ms),
+            spec, str(hist), dest.as_uri(), work, int(cfg.dedup_horizon_ms), int(cfg.out_of_orderness_ms),
             int(cfg.max_parallelism), int(parallelism), bool(cfg.labels_topic), cfg.job_name, ";".join(jars)))
     lineage.record_savepoint(cfg.job_name, "bootstrap", dest.as_uri(), stopped=False)
     return BootstrapResult(dest, summary["events"], summary["duplicates"], summary["labels"], summary["keys"],

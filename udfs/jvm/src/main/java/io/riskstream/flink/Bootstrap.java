@@ -1,10 +1,15 @@
 package io.riskstream.flink;
 
+import java.io.BufferedInputStream;
+import java.io.BufferedOutputStream;
 import java.io.BufferedReader;
+import java.io.DataInputStream;
+import java.io.DataOutputStream;
 import java.io.IOException;
 import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
+import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -14,6 +19,7 @@ import java.util.Map;
 import java.util.PriorityQueue;
 
 import org.apache.flink.api.common.RuntimeExecutionMode;
+import org.apache.flink.api.common.functions.FlatMapFunction;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
@@ -34,6 +40,7 @@ import org.apache.flink.state.api.functions.KeyedStateBootstrapFunction;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.types.Row;
+import org.apache.flink.util.Collector;
 
 /**
  * Warm start: the entity stages' state after a history of events and labels, written as a savepoint the
@@ -178,25 +185,48 @@ public final class Bootstrap {
             return stores.get(stage).size();
         }
 
-        /** Every key's state of one stage: (key, windows, labels, timer or MIN_VALUE); no state: 0 bytes. */
-        List<Tuple4<String, byte[], byte[], Long>> entries(int i, long labelsAt) {
+        /**
+         * Writes every key's state of stage {@code i} into {@code shards} files (key, windows, labels, timer
+         * or MIN_VALUE; no state: 0 bytes) and frees it here; returns the number of keys.
+         */
+        long dump(int i, long labelsAt, Path dir, int shards) throws IOException {
             EntitySpec spec = specs.get(i);
             LinkedHashSet<String> keys = new LinkedHashSet<>(stores.get(i).keySet());
             keys.addAll(known.get(i).keySet());
-            List<Tuple4<String, byte[], byte[], Long>> out = new ArrayList<>(keys.size());
-            for (String key : keys) {
-                byte[] w = stores.get(i).get(key);
-                KeyState st = w == null ? null : KeyState.decode(w, spec);
-                KnownFraud kf = known.get(i).get(key);
-                byte[] lab = null;
-                if (kf != null) {
-                    kf.at = labelsAt;
-                    lab = kf.encode();
-                }
-                out.add(Tuple4.of(key, w == null ? NONE : w, lab == null ? NONE : lab,
-                    st != null && st.hasTimer ? st.timer : Long.MIN_VALUE));
+            DataOutputStream[] outs = new DataOutputStream[shards];
+            for (int k = 0; k < shards; k++) {
+                outs[k] = new DataOutputStream(new BufferedOutputStream(
+                    Files.newOutputStream(shard(dir, spec.entity, k)), 1 << 16));
             }
-            return out;
+            long n = 0;
+            try {
+                for (String key : keys) {
+                    byte[] w = stores.get(i).get(key);
+                    KeyState st = w == null ? null : KeyState.decode(w, spec);
+                    KnownFraud kf = known.get(i).get(key);
+                    byte[] lab = NONE;
+                    if (kf != null) {
+                        kf.at = labelsAt;
+                        lab = kf.encode();
+                    }
+                    DataOutputStream o = outs[(int) (n++ % shards)];
+                    o.writeBoolean(true);
+                    o.writeUTF(key);
+                    o.writeInt(w == null ? 0 : w.length);
+                    o.write(w == null ? NONE : w);
+                    o.writeInt(lab.length);
+                    o.write(lab);
+                    o.writeLong(st != null && st.hasTimer ? st.timer : Long.MIN_VALUE);
+                }
+            } finally {
+                for (DataOutputStream o : outs) {
+                    o.writeBoolean(false);
+                    o.close();
+                }
+            }
+            stores.set(i, new HashMap<>());
+            known.set(i, new HashMap<>());
+            return n;
         }
     }
 
@@ -226,12 +256,23 @@ public final class Bootstrap {
     /**
      * Folds the history and writes the savepoint to {@code savepointPath} (a new folder or URI); returns a
      * JSON summary {events, duplicates, labels, keys: {entity: n}}. Runs a local BATCH job in this JVM.
+     * The folded state goes through files in {@code workDir} (a few shards per entity, read in parallel):
+     * handing millions of entries to the job as a collection would copy them all into the job graph.
      */
-    public static String write(String specJson, String historyPath, String savepointPath, long dedupHorizonMs,
-                               long outOfOrdernessMs, int maxParallelism, int parallelism, boolean labels,
-                               String jobName, String jars) throws Exception {
+    public static String write(String specJson, String historyPath, String savepointPath, String workDir,
+                               long dedupHorizonMs, long outOfOrdernessMs, int maxParallelism, int parallelism,
+                               boolean labels, String jobName, String jars) throws Exception {
         ChainState cs = fold(specJson, historyPath, dedupHorizonMs, outOfOrdernessMs);
         long now = System.currentTimeMillis();
+        int shards = Math.max(1, parallelism * 2);
+        List<EntitySpec> specs = new ArrayList<>(cs.specs);
+        long[] counts = new long[specs.size()];
+        for (int i = 0; i < specs.size(); i++) {
+            counts[i] = cs.dump(i, now, Paths.get(workDir), shards);
+        }
+        StringBuilder summary = new StringBuilder("{\"events\": ").append(cs.events).append(", \"duplicates\": ")
+            .append(cs.duplicates).append(", \"labels\": ").append(cs.labels).append(", \"keys\": {");
+        cs = null; // the state is in the files now: let the job have the heap
         Configuration conf = new Configuration();
         // this module and the State Processor API for the job's class loader (';'-separated URLs)
         conf.set(PipelineOptions.JARS, java.util.Arrays.asList(jars.split(";")));
@@ -239,19 +280,14 @@ public final class Bootstrap {
         env.setRuntimeMode(RuntimeExecutionMode.BATCH);
         env.setParallelism(parallelism);
         SavepointWriter w = SavepointWriter.newSavepoint(env, new HashMapStateBackend(), maxParallelism);
-        TypeInformation<Tuple4<String, byte[], byte[], Long>> type = Types.TUPLE(Types.STRING,
-            PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO, PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO,
-            Types.LONG);
-        StringBuilder summary = new StringBuilder("{\"events\": ").append(cs.events).append(", \"duplicates\": ")
-            .append(cs.duplicates).append(", \"labels\": ").append(cs.labels).append(", \"keys\": {");
-        for (int i = 0; i < cs.specs.size(); i++) {
-            EntitySpec spec = cs.specs.get(i);
-            List<Tuple4<String, byte[], byte[], Long>> entries = cs.entries(i, now);
-            summary.append(i == 0 ? "" : ", ").append('"').append(spec.entity).append("\": ").append(entries.size());
-            if (entries.isEmpty()) {
+        for (int i = 0; i < specs.size(); i++) {
+            EntitySpec spec = specs.get(i);
+            summary.append(i == 0 ? "" : ", ").append('"').append(spec.entity).append("\": ").append(counts[i]);
+            if (counts[i] == 0) {
                 continue;
             }
-            DataStream<Tuple4<String, byte[], byte[], Long>> data = env.fromData(entries, type);
+            DataStream<Tuple4<String, byte[], byte[], Long>> data = env.fromSequence(0, shards - 1)
+                .flatMap(new ReadShard(workDir, spec.entity), ENTRY);
             boolean labelsOn = labels && spec.readsLabels;
             long labelTtl = Math.max(EntityWindowsFunction.LABEL_TTL_MS, spec.labelKeepMs + 24L * 3600 * 1000);
             StateBootstrapTransformation<Tuple4<String, byte[], byte[], Long>> t = OperatorTransformation
@@ -263,6 +299,40 @@ public final class Bootstrap {
         w.write(savepointPath);
         env.execute("riskstream-bootstrap-" + jobName);
         return summary.append("}}").toString();
+    }
+
+    static final TypeInformation<Tuple4<String, byte[], byte[], Long>> ENTRY = Types.TUPLE(Types.STRING,
+        PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO, PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO,
+        Types.LONG);
+
+    static Path shard(Path dir, String entity, long i) {
+        return dir.resolve(entity + "-" + i + ".bin");
+    }
+
+    /** Shard {@code i} of an entity's dumped entries (key, windows, labels, timer; 0 bytes: no state). */
+    static final class ReadShard implements FlatMapFunction<Long, Tuple4<String, byte[], byte[], Long>> {
+        private static final long serialVersionUID = 1L;
+        private final String dir, entity;
+
+        ReadShard(String dir, String entity) {
+            this.dir = dir;
+            this.entity = entity;
+        }
+
+        @Override
+        public void flatMap(Long i, Collector<Tuple4<String, byte[], byte[], Long>> out) throws IOException {
+            try (DataInputStream in = new DataInputStream(new BufferedInputStream(
+                    Files.newInputStream(shard(Paths.get(dir), entity, i)), 1 << 16))) {
+                while (in.readBoolean()) {
+                    String key = in.readUTF();
+                    byte[] w = new byte[in.readInt()];
+                    in.readFully(w);
+                    byte[] lab = new byte[in.readInt()];
+                    in.readFully(lab);
+                    out.collect(Tuple4.of(key, w, lab, in.readLong()));
+                }
+            }
+        }
     }
 
     /** One stage's keyed state, as {@link EntityWindowsFunction} declares it, and its timers. */
