@@ -218,8 +218,8 @@ def render_row(r: dict) -> str:
         return f"{r['backend']:8} {r['users']:>10,} users: failed"
     c, u = r["checkpoint_s"], r["checkpoint_uploaded_mb"]
     return (f"{r['backend']:8} {r['users']:>10,} users: {r['events_per_s'] or 0:>7,} events/s; checkpoints "
-            f"{r['checkpoints']}, p50 {c['p50']} s, p99 {c['p99']} s, max {c['max']} s; full state "
-            f"{r['checkpoint_full_mb']['last']} MB, uploaded p50 {u['p50']} MB max {u['max']} MB; heap max "
+            f"{r['checkpoints']}, p50 {c['p50']} s, p99 {c['p99']} s, max {c['max']} s; full state max "
+            f"{r['checkpoint_full_mb']['max']} MB, uploaded p50 {u['p50']} MB max {u['max']} MB; heap max "
             f"{r['heap_used_max_mb']} MB, after load min {r['heap_used_min_after_load_mb']} MB")
 
 

@@ -40,13 +40,15 @@ def test_cluster_up_submit_down(tmp_path):
     root = tmp_path / "flink"
     job_file = tmp_path / "smoke_job.py"
     job_file.write_text(JOB)
-    lay = cluster.up(slots=2, root=root, deadline_s=90)
+    # two TaskManagers of one slot each (`cluster up --taskmanagers 2 --slots 1`), on the default RocksDB
+    lay = cluster.up(slots=1, root=root, deadline_s=90, settings=cluster.ClusterSettings(taskmanagers=2))
     try:
         st = cluster.status(root)
         assert st["running"] and st["ready"], st
-        assert (st["taskmanagers"], st["slots_total"], st["slots_available"]) == (1, 2, 2), st
+        assert (st["taskmanagers"], st["slots_total"], st["slots_available"]) == (2, 2, 2), st
         daemon_pids = [p for p in st["pids"].values() if p]
-        assert len(daemon_pids) == 2
+        assert len(daemon_pids) == 3 and set(st["pids"]) == {"jobmanager", "taskmanager", "taskmanager-2"}
+        assert "state.backend.type: \"rocksdb\"" in (lay.conf_dir / "config.yaml").read_text()
         assert cluster.up(root=root) == lay  # idempotent while healthy
         assert (lay.conf_dir / "config.yaml").read_text().count(f"rest.port: {lay.rest_port}") == 1
 

@@ -376,9 +376,12 @@ def log_tail(root: Path | str | None = None, lines: int = 25) -> str:
 
 
 def _start(lay: ClusterLayout, script: str, name: str) -> subprocess.Popen:
+    env = flink_env(lay, project_on_pythonpath=False)
+    if name.startswith("taskmanager-"):  # its own log and .out files: the daemon script numbers them from a
+        env["FLINK_IDENT_STRING"] = f"riskstream-{name}"  # pid file that TaskManagers started together race on
     with open(lay.log_dir / f"{name}.console", "ab") as sink:
         proc = subprocess.Popen(["bash", str(lay.bin_dir / script), "start-foreground"],
-                                env=flink_env(lay, project_on_pythonpath=False), cwd=lay.root, stdout=sink,
+                                env=env, cwd=lay.root, stdout=sink,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     (lay.run_dir / f"{name}.pid").write_text(str(proc.pid))
     return proc
