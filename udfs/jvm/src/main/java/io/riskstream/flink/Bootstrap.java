@@ -204,6 +204,10 @@ public final class Bootstrap {
                     byte[] w = stores.get(i).get(key);
                     KeyState st = w == null ? null : KeyState.decode(w, spec);
                     KnownFraud kf = known.get(i).get(key);
+                    if (st != null) { // as the stage keeps it: whether the label store holds something
+                        st.labels = kf != null;
+                        w = st.encode(spec);
+                    }
                     byte[] lab = NONE;
                     if (kf != null) {
                         kf.at = labelsAt;

@@ -109,8 +109,11 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
                     "event_id seen for this " + entity + " within " + horizon + " ms", jobName));
                 return;
             }
-            KnownFraud kf = labelsOn ? KnownFraud.decode(known.value()) : null;
+            // the label store is read only when it may hold something (KeyState.labels): a second state
+            // access per event on every key would double the RocksDB reads
+            KnownFraud kf = labelsOn && (st == null || st.labels) ? KnownFraud.decode(known.value()) : null;
             EntityWindows.Step r = windows.step(st, row, horizon, kf == null ? null : kf.lab);
+            r.state.labels = kf != null;
             if (r.hasTimer) {
                 ctx.timerService().registerEventTimeTimer(r.timer);
             }
@@ -197,6 +200,14 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             long now = System.currentTimeMillis();
             k.at = now;
             known.update(k.encode());
+            byte[] w = state.value();
+            if (w != null) { // tell the key's window state that its label store holds something now
+                KeyState st = KeyState.decode(w, spec);
+                if (!st.labels) {
+                    st.labels = true;
+                    state.update(st.encode(spec));
+                }
+            }
             if (!armed) {
                 ctx.timerService().registerProcessingTimeTimer(EntityWindows.gridTimer(now + labelTtl));
             }

@@ -11,17 +11,25 @@ import java.util.Map;
  * One key's window state (the Python state dict of udfs/windows.py + udfs/dedup.py) and its compact byte
  * encoding. Layout (all integers LEB128 varints, signed ones zigzag):
  * <pre>
- * version(1) | last | last-first | timer? (0 = none, else zigzag(timer-last)+1)
+ * version(2) | flags (bit 0: the key may have label state) | last | last-first
+ * | timer? (0 = none, else zigzag(timer-last)+1)
  * | strings: n, then n x (utf8 length, bytes)       -- every distinct-set value of the key, once
  * | per width of the spec: n buckets (creation order), per bucket zigzag((start - floor(last/g)*g)/g),
  *   then per slot: count: n | numeric: n [, sum, max, min as 8-byte doubles when n > 0]
  *   | distinct: 2k then k string indices (exact set) | 1 + 2048 register bytes | 3 + m, m x (index, rank)
  * | ids: n, then n x (utf8 length, bytes, zigzag(ts-last))   -- dedup, in arrival order
  * </pre>
+ * Version 1 (no flags byte) is read as "may have label state".
  */
 final class KeyState {
     long first, last, timer;
     boolean hasTimer;
+    /**
+     * Whether the key's label store may hold something: the stage reads that second state only then, one
+     * state access per event saved on most keys (RocksDB reads each). Kept true whenever the store is
+     * written while this state exists; a key without window state always reads its store.
+     */
+    boolean labels = true;
     final ArrayList<Bucket>[] buckets;
     LinkedHashMap<String, Long> ids;
 
@@ -63,7 +71,8 @@ final class KeyState {
     // -- encoding ------------------------------------------------------------------------------------
     byte[] encode(EntitySpec spec) {
         Out o = new Out();
-        o.b(1);
+        o.b(2);
+        o.b(labels ? 1 : 0);
         o.v(last);
         o.v(last - first);
         o.v(hasTimer ? zz(timer - last) + 1 : 0);
@@ -151,10 +160,11 @@ final class KeyState {
         }
         In in = new In(data);
         int version = in.b();
-        if (version != 1) {
+        if (version != 1 && version != 2) {
             throw new IllegalStateException("unknown state version " + version);
         }
         KeyState st = new KeyState(spec.widths.length);
+        st.labels = version == 1 || (in.b() & 1) != 0;
         st.last = in.v();
         st.first = st.last - in.v();
         long t = in.v();
