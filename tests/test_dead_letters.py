@@ -134,3 +134,21 @@ def test_the_jvm_tombstone_dead_letter_equals_python(jvm_pkg, key):
 def test_the_jvm_bounds_are_the_python_ones(jvm_pkg):
     assert jvm_pkg.DeadLetters.ORIGINAL_MAX_BYTES == DEAD_LETTER_ORIGINAL_MAX_BYTES
     assert jvm_pkg.DeadLetters.KEY_MAX_BYTES == DEAD_LETTER_KEY_MAX_BYTES
+
+
+def test_the_largest_decision_record_is_far_below_the_decisions_sink_limit():
+    """Decision records grow from input fields only through the contract's ids (at most 128 characters
+    each; here 4-byte characters), and from control through at most 200 rule codes of 64 characters: a few
+    KiB against the decisions sink's 1 MiB max.request.size (docs/contracts.md, "A record can never fail a
+    sink")."""
+    from udfs.decision import decision_record, encode
+    from udfs.events import MAX_ID_LEN, Event
+    from udfs.features import FEATURE_NAMES
+
+    wide = "\U0001F600" * MAX_ID_LEN
+    ev = Event(wide, "payment", wide, wide, "\U0001F600" * 64, 1e9, "EUR", 4_102_444_799_999, {"x": 1}, wide)
+    reasons = ["score_block", "late_event"] + [f"rule:{'r' * 63}{i:03d}"[:69] for i in range(200)]
+    rec = decision_record(ev, "block", 0.999999, reasons, [1.23456789e300] * len(FEATURE_NAMES), "m" * 32, "p" * 32,
+                          0, True, rules_version="v" * 32, shadow={"score": 0.5, "decision": "review", "model_version": "c" * 32},
+                          signals={"device_known_fraud_users_7d": 1000.0}, arrived_at=0)
+    assert len(encode(rec)) < 64 * 1024
