@@ -33,8 +33,6 @@ from riskstream.ops.preflight import preflight
 from riskstream.ops.restore import resolve_restore_path
 from riskstream.paths import PROJECT_ROOT
 from riskstream.topics import DEAD_LETTER_MAX_BYTES
-
-DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024  # the Kafka producer's default max.request.size
 from udfs.features import ENTITIES
 from udfs.flink import (
     BYTES,
@@ -51,6 +49,8 @@ from udfs.flink import (
     ValidateControl,
 )
 from udfs.policy import Policy
+
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024  # the Kafka producer's default max.request.size
 
 
 def python_conf(cfg: JobConfig) -> dict[str, str]:
