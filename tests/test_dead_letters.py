@@ -152,3 +152,30 @@ def test_the_largest_decision_record_is_far_below_the_decisions_sink_limit():
                           0, True, rules_version="v" * 32, shadow={"score": 0.5, "decision": "review", "model_version": "c" * 32},
                           signals={"device_known_fraud_users_7d": 1000.0}, arrived_at=0)
     assert len(encode(rec)) < 64 * 1024
+
+
+@pytest.mark.flink
+def test_a_record_above_the_sinks_limit_is_skipped_not_sent(jvm_pkg):
+    """The last line (SinkGuard): a record the producer would refuse for its size is skipped (serialize
+    returns null, which the Kafka writer does not send; it is counted and logged), never sent to
+    fail the sink; records within the limit go out unchanged (the dead letters unkeyed, decisions keyed by
+    user)."""
+    from pyflink.util.java_utils import add_jars_to_context_class_loader
+
+    from riskstream.config import JobConfig
+    from riskstream.ops.jars import flink_jar_urls
+
+    add_jars_to_context_class_loader(flink_jar_urls(JobConfig().jars_dir))  # the Kafka connector's classes
+    limit = DEAD_LETTER_MAX_BYTES
+    dl = jvm_pkg.DeadLetterRecords("dead", limit)
+    small = dead_letter_record(poison(1_700_000), parse_event(poison(1_700_000)), "job", 1)
+    rec = dl.serialize(small, None, None)
+    assert rec is not None and rec.topic() == "dead" and rec.key() is None and bytes(rec.value()) == small
+    huge = orjson.dumps({"reason": "oversized", "original_size": 3 * MIB, "original_b64": "A" * (3 * MIB)})
+    assert dl.serialize(huge, None, None) is None
+    dec = jvm_pkg.DecisionRecords("decisions")
+    d = orjson.dumps({"decision_id": "x", "event_id": "e1", "event_type": "login", "user_id": "u1"})
+    assert bytes(dec.serialize(d, None, None).key()) == b"u1"
+    big = orjson.dumps({"decision_id": "x", "event_id": "e1", "event_type": "login", "user_id": "u1",
+                        "pad": "p" * MIB})
+    assert dec.serialize(big, None, None) is None
