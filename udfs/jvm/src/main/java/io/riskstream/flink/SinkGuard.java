@@ -52,7 +52,7 @@ final class SinkGuard implements java.io.Serializable {
         String msg = "[riskstream] " + sink + " sink: skipped a record of " + (value == null ? 0 : value.length)
             + " bytes, above max.request.size " + maxRequestBytes + " (" + describe(value) + ")";
         LOG.error(msg);
-        System.err.println(msg);
+        System.out.println(msg); // stdout: a local run (PyFlink's gateway) drops the JVM's stderr
         return false;
     }
 
