@@ -420,3 +420,22 @@ def test_jvm_label_features_match_python(jvm, tmp_path, parallelism):
             assert (signals or None) == (want[eid][2] or None), (e.name, eid)
         nonzero[e.name] = sum(any(v[i] > 0 for i in lab) for v, _, _ in got[e.name].values())
     assert all(n > 100 for n in nonzero.values()), nonzero
+
+
+def test_jvm_label_store_keys_by_user_and_event_id(jvm, tmp_path):
+    """Ids are per user: on a shared device, a legit label for user B's e1 leaves user A's fraud e1 counted,
+    in the JVM as in Python (both key the label store by the label record's (user_id, event_id) identity).
+    The labelled events themselves need not reach the stage (a label may name an event it never counted)."""
+    jar, _ = jvm
+    t0 = 1_767_225_600_000
+    probe = lambda i: Event(f"p{i}", "login", "uC", "d-shared", "10.9.9.9", 0.0, "EUR", t0 + i * 1000)  # noqa: E731
+    records = [("label", ("e1", "uA", "d-shared", t0, "fraud")), ("event", probe(1)),
+               ("label", ("e1", "uB", "d-shared", t0, "legit")), ("event", probe(2)),
+               ("label", ("e1", "uB", "d-shared", t0, "fraud")), ("event", probe(3)),
+               ("label", ("e1", "uA", "d-shared", t0, "legit")), ("event", probe(4))]
+    got = _run_branches(jar, records, 1, tmp_path)["device"]
+    names = [f.name for f in features_for("device")]
+    col = names.index("device_fraud_labels_7d")
+    assert [got[f"p{i}"][0][col] for i in (1, 2, 3, 4)] == [1.0, 1.0, 2.0, 1.0]
+    want, _ = _expected(records, label_signals=True, entities=(ENTITY_BY_NAME["device"],))
+    assert {e: v[:2] for e, v in got.items()} == {e: (w[0], w[1]) for e, w in want.items()}
