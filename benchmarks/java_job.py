@@ -73,16 +73,16 @@ def build(env, cfg) -> None:
     from pyflink.datastream import DataStream
     from pyflink.common import Types, WatermarkStrategy
 
-    from pipelines.decision_job import kafka_sink, kafka_source, start_offsets
+    from pipelines.decision_job import kafka_sink, kafka_source, source_values, start_offsets
     from riskstream.topics import DEAD_LETTER_MAX_BYTES
     from udfs import jvm, jvm_parse
     from udfs.features import ENTITIES
-    from udfs.flink import BYTES, DEAD_LETTER_TAG
+    from udfs.flink import DEAD_LETTER_TAG
     from udfs.policy import Policy
     from udfs.chain import spec_document
 
-    raw = env.from_source(kafka_source(cfg, cfg.events_topic, cfg.group_id, start_offsets(cfg)),
-                          WatermarkStrategy.no_watermarks(), "kafka-events", type_info=BYTES).uid("kafka-events-source")
+    raw, nulls = source_values(env, cfg, kafka_source(cfg, cfg.events_topic, cfg.group_id, start_offsets(cfg)),
+                               WatermarkStrategy.no_watermarks(), "kafka-events")
     parsed = jvm_parse.parse_stage(raw, cfg.job_name)
     stream = jvm.event_time(parsed, cfg.out_of_orderness_ms, cfg.idleness_ms)
     spec = orjson.dumps(spec_document(cfg.allowed_lateness_ms)).decode()
@@ -101,7 +101,7 @@ def build(env, cfg) -> None:
     decisions = DataStream(j).name("score-decide-java").uid("score-decide-java")
     (decisions.sink_to(kafka_sink(cfg, cfg.decisions_topic, "decisions", keyed_by_user=True))
      .name("decisions-sink").uid("decisions-sink"))
-    dead = jvm.side_output(parsed, DEAD_LETTER_TAG).union(*(jvm.side_output(s, DEAD_LETTER_TAG) for s in stages))
+    dead = jvm.side_output(parsed, DEAD_LETTER_TAG).union(*(jvm.side_output(s, DEAD_LETTER_TAG) for s in stages), nulls)
     (dead.sink_to(kafka_sink(cfg, cfg.dead_letter_topic, "dead-letter", DEAD_LETTER_MAX_BYTES))
      .name("dead-letter-sink").uid("dead-letter-sink"))
 

@@ -18,13 +18,11 @@ import sys
 import orjson
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema
 from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
     KafkaOffsetsInitializer,
-    KafkaRecordSerializationSchema,
     KafkaSink,
     KafkaSource,
 )
@@ -51,6 +49,8 @@ from udfs.flink import (
     ValidateControl,
 )
 from udfs.policy import Policy
+
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024  # the Kafka producer's default max.request.size
 
 
 def python_conf(cfg: JobConfig) -> dict[str, str]:
@@ -206,18 +206,17 @@ def start_offsets(cfg: JobConfig) -> KafkaOffsetsInitializer:
 
 def kafka_sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int | None = None,
           keyed_by_user: bool = False) -> KafkaSink:
-    """An exactly-once byte sink. ``keyed_by_user``: records are decision records, keyed by their user_id
-    (``io.riskstream.flink.DecisionRecords`` in udfs/jvm), so one user's decisions share a partition."""
-    b = KafkaSink.builder().set_bootstrap_servers(cfg.bootstrap_servers)
-    if keyed_by_user:
-        from pyflink.java_gateway import get_gateway
+    """An exactly-once byte sink behind a size guard (udfs/jvm ``SinkGuard``: a record the producer would
+    refuse for its size is counted as ``records_unwritable``, logged and skipped, never retried forever).
+    ``keyed_by_user``: records are decision records, keyed by their user_id (``DecisionRecords``), so one
+    user's decisions share a partition; else unkeyed (``DeadLetterRecords``)."""
+    from pyflink.java_gateway import get_gateway
 
-        b._j_builder.setRecordSerializer(get_gateway().jvm.io.riskstream.flink.DecisionRecords(topic))
-    else:
-        b = b.set_record_serializer(KafkaRecordSerializationSchema.builder()
-                                    .set_topic(topic)
-                                    .set_value_serialization_schema(ByteArraySchema())
-                                    .build())
+    pkg = get_gateway().jvm.io.riskstream.flink
+    limit = max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
+    b = KafkaSink.builder().set_bootstrap_servers(cfg.bootstrap_servers)
+    b._j_builder.setRecordSerializer(pkg.DecisionRecords(topic, limit) if keyed_by_user
+                                     else pkg.DeadLetterRecords(topic, limit))
     b = (b.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
          .set_transactional_id_prefix(f"{cfg.transactional_id_prefix}-{suffix}")
          .set_property("transaction.timeout.ms", str(cfg.transaction_timeout_ms)))
@@ -328,15 +327,20 @@ def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
 
 
 def kafka_source(cfg: JobConfig, topic: str, group_id: str, offsets: KafkaOffsetsInitializer) -> KafkaSource:
-    """A read_committed byte source (bounded at the end offsets found at start when ``cfg.bounded``)."""
+    """A read_committed source of whole records (``io.riskstream.flink.SourceRecords``: value, key, topic,
+    partition, offset, the value null for a tombstone), bounded at the end offsets found at start when
+    ``cfg.bounded``. A value-only deserializer would drop a tombstone without a trace; :func:`source_values`
+    turns it into a ``null_value`` dead letter."""
+    from pyflink.java_gateway import get_gateway
+
     b = (KafkaSource.builder()
          .set_bootstrap_servers(cfg.bootstrap_servers)
          .set_topics(topic)
          .set_group_id(group_id)
          .set_starting_offsets(offsets)
-         .set_value_only_deserializer(ByteArraySchema())
          .set_property("isolation.level", "read_committed")
          .set_property("commit.offsets.on.checkpoint", "true"))
+    b._j_builder.setDeserializer(get_gateway().jvm.io.riskstream.flink.SourceRecords())
     for k, v in cfg.kafka_client_properties().items():
         b = b.set_property(k, v)
     if cfg.bounded:
@@ -344,10 +348,35 @@ def kafka_source(cfg: JobConfig, topic: str, group_id: str, offsets: KafkaOffset
     return b.build()
 
 
+SOURCE_RECORD = Types.ROW_NAMED(["value", "key", "topic", "partition", "offset"],
+                                [BYTES, BYTES, Types.STRING(), Types.INT(), Types.LONG()])
+
+
+def source_values(env: StreamExecutionEnvironment, cfg: JobConfig, source: KafkaSource, watermarks, name: str,
+                  parallelism: int | None = None) -> tuple[DataStream, DataStream]:
+    """(record values as bytes, ``null_value`` dead letters) of a :func:`kafka_source`: the JVM's
+    ``NullValues`` right after the source (uid ``<name>-source`` and ``<name>-values``) passes each value on
+    (an empty one too: the parser dead-letters it) and turns a tombstone into a dead letter with its key,
+    partition and offset."""
+    from pyflink.java_gateway import get_gateway
+
+    rows = env.from_source(source, watermarks, name, type_info=SOURCE_RECORD).uid(f"{name}-source")
+    fn = get_gateway().jvm.io.riskstream.flink.NullValues(cfg.job_name)
+    values = DataStream(rows._j_data_stream.process(fn, fn.getProducedType())).name(f"{name}-values").uid(
+        f"{name}-values")
+    if parallelism is not None:
+        rows.set_parallelism(parallelism)
+        values.set_parallelism(parallelism)
+    from udfs import jvm
+
+    return values, jvm.side_output(values, DEAD_LETTER_TAG)
+
+
 def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
     """Add the decision job's operators to ``env`` (no broker needed to build the graph)."""
-    raw = env.from_source(kafka_source(cfg, cfg.events_topic, cfg.group_id, start_offsets(cfg)),
-                          WatermarkStrategy.no_watermarks(), "kafka-events", type_info=BYTES).uid("kafka-events-source")
+    raw, nulls = source_values(env, cfg, kafka_source(cfg, cfg.events_topic, cfg.group_id, start_offsets(cfg)),
+                               WatermarkStrategy.no_watermarks(), "kafka-events")
+    null_dead = [nulls]
     control = None
     if cfg.control_topic:
         # The device stage's cleanup timers follow the smallest watermark of its inputs. A control source
@@ -358,15 +387,16 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
                       .with_idleness(Duration.of_millis(cfg.idleness_ms)))
         # the whole history from the start (newest message of each kind wins), then from checkpoints
         csrc = kafka_source(cfg, cfg.control_topic, f"{cfg.group_id}-control", KafkaOffsetsInitializer.earliest())
-        control = (env.from_source(csrc, control_wm, "kafka-control", type_info=BYTES)
-                   .set_parallelism(1).uid("kafka-control-source"))
+        control, cnulls = source_values(env, cfg, csrc, control_wm, "kafka-control", parallelism=1)
+        null_dead.append(cnulls)
     labels = None
     if cfg.labels_topic:
         # event time for labels comes from the labelled event's ts (parse-labels), not from the broker
         lsrc = kafka_source(cfg, cfg.labels_topic, f"{cfg.group_id}-labels", start_offsets(cfg))
-        labels = env.from_source(lsrc, WatermarkStrategy.no_watermarks(), "kafka-labels",
-                                 type_info=BYTES).uid("kafka-labels-source")
+        labels, lnulls = source_values(env, cfg, lsrc, WatermarkStrategy.no_watermarks(), "kafka-labels")
+        null_dead.append(lnulls)
     decisions, dead = build_core(raw, cfg, control, labels)
+    dead = dead.union(*null_dead)
     # The sink's own task: at each checkpoint its writer flushes and starts the next transaction (a
     # blocking round trip to the transaction coordinator); chained to the decide stage, that stall would
     # hold every decision in flight behind it.

@@ -33,7 +33,10 @@ LABELS = "riskstream.labels"
 APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 # A dead letter carries the original bytes in base64 (4/3 of their size) plus a few hundred bytes, so the
 # dead-letter topic must take records larger than the events topic's (Kafka's default: 1 MiB), or the
-# one record that most needs keeping fails the sink instead. The sink's max.request.size matches.
+# one record that most needs keeping fails the sink instead. The sink's max.request.size matches. A
+# compressing producer can land a record far above 1 MiB (the broker's cap applies to the compressed
+# batch), so dead letters keep at most udfs.events.DEAD_LETTER_ORIGINAL_MAX_BYTES (1 MiB) of the original
+# (then its length and SHA-256): at most ~1.42 MB, always below this.
 DEAD_LETTER_MAX_BYTES = 2 * 1024 * 1024
 # The local broker's transaction.max.timeout.ms (15 min, Kafka's default); the exactly-once sinks' transaction
 # timeout must not exceed it (``JobConfig`` checks, and the start-up checks ask the real brokers).

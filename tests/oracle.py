@@ -10,7 +10,7 @@ from udfs.features import LABEL_AGGS, MISSING, features_for
 
 def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[list[float], bool]]:
     """``arrived``: events of ONE key in arrival order, and labels for the key as
-    ``("label", event_id, event_ts, "fraud"|"legit")`` where they arrive. Returns (values, late) per event.
+    ``("label", (user_id, event_id), event_ts, "fraud"|"legit")`` where they arrive (ids are per user). Returns (values, late) per event.
     An event at or after the key's expiry (its newest stored event + longest horizon + lateness) finds the
     key fresh; labels are not part of the expiry. A label counts for every event after it: the labelled
     event's newest label decides, fraud labels are kept while their event time is within the longest label
@@ -22,7 +22,7 @@ def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[lis
             max_h[f.bucket_ms] = max(max_h.get(f.bucket_ms, 0), f.horizon_ms)
     retention = max(f.horizon_ms or 0 for f in feats) + lateness
     keep = max((f.horizon_ms + f.bucket_ms for f in feats if f.agg in LABEL_AGGS), default=0)
-    fraud: dict[str, int] = {}  # labelled-fraud events known so far: event_id -> event time
+    fraud: dict = {}  # labelled-fraud events known so far: (user_id, event_id) -> event time
     kept: list = []  # events stored (non-late)
     out = []
     for ev in arrived:

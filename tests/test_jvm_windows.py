@@ -422,6 +422,25 @@ def test_jvm_label_features_match_python(jvm, tmp_path, parallelism):
     assert all(n > 100 for n in nonzero.values()), nonzero
 
 
+def test_jvm_label_store_keys_by_user_and_event_id(jvm, tmp_path):
+    """Ids are per user: on a shared device, a legit label for user B's e1 leaves user A's fraud e1 counted,
+    in the JVM as in Python (both key the label store by the label record's (user_id, event_id) identity).
+    The labelled events themselves need not reach the stage (a label may name an event it never counted)."""
+    jar, _ = jvm
+    t0 = 1_767_225_600_000
+    probe = lambda i: Event(f"p{i}", "login", "uC", "d-shared", "10.9.9.9", 0.0, "EUR", t0 + i * 1000)  # noqa: E731
+    records = [("label", ("e1", "uA", "d-shared", t0, "fraud")), ("event", probe(1)),
+               ("label", ("e1", "uB", "d-shared", t0, "legit")), ("event", probe(2)),
+               ("label", ("e1", "uB", "d-shared", t0, "fraud")), ("event", probe(3)),
+               ("label", ("e1", "uA", "d-shared", t0, "legit")), ("event", probe(4))]
+    got = _run_branches(jar, records, 1, tmp_path)["device"]
+    names = [f.name for f in features_for("device")]
+    col = names.index("device_fraud_labels_7d")
+    assert [got[f"p{i}"][0][col] for i in (1, 2, 3, 4)] == [1.0, 1.0, 2.0, 1.0]
+    want, _ = _expected(records, label_signals=True, entities=(ENTITY_BY_NAME["device"],))
+    assert {e: v[:2] for e, v in got.items()} == {e: (w[0], w[1]) for e, w in want.items()}
+
+
 # -- cleanup timers: one per key, at the key's exact expiry (both runtimes) ------------------------------
 def _busy_key_events(start: int) -> list[Event]:
     """1,000 events of one user, device, card and ip over 30 days (a few seconds to hours apart), a second

@@ -293,7 +293,9 @@ def test_records_from_the_job_s_own_record_builder():
     good = decision_record(ev, "block", 0.97, ["score_block", "rule:card_testing_velocity"], [0.0] * 3,
                            "risk_gbdt_v1", "p1", T0 + 120, False)
     err = error_decision_record("e2", "login", "u1", "d1", "boom", None, "p1", T0 + 130)
-    fig = build_report([good, err], {"e1": lab("e1", "card_testing"), "e2": lab("e2", "normal")})
+    # labels name the event's user: ids are per user, a label for another user's e1 is not this e1's
+    fig = build_report([good, err], {"e1": {**lab("e1", "card_testing"), "user_id": "u1"},
+                                     "e2": {**lab("e2", "normal"), "user_id": "u1"}})
     h = fig["headline"]
     assert h["catch_rate"] == 1.0 and h["false_positive_rate"] == 1.0 and h["unscored"] == 1
     assert h["model_versions"] == {"risk_gbdt_v1": 1, "(none)": 1}
@@ -474,7 +476,7 @@ def test_cli_report_from_files(tmp_path, capsys):
 
 
 def test_odd_records_do_not_break_the_report():
-    odd = [{"event_id": "o1"}, {"event_id": "o2", "decision": "block", "score": "high", "reasons": "rule:x",
+    odd = [{"event_id": "o1"}, {"event_id": "o2", "user_id": "u", "decision": "block", "score": "high", "reasons": "rule:x",
                                 "shadow": {"score": None}, "event_ts": "soon", "decided_at": None},
            {"no_id": 1}, rec("o3", "allow", float("nan"))]
     fig = build_report(odd, {"o2": lab("o2", "card_testing")})
@@ -484,3 +486,12 @@ def test_odd_records_do_not_break_the_report():
     cc = fig["champion_challenger"]
     assert cc["records"] == 1 and cc["compared_events"] == 0 and cc["agreement_other"] == 1
     check_html(render_html(fig))
+
+
+def test_labels_and_decisions_match_by_user_and_event_id():
+    """Ids are per user: two users' e1 are two events, each with its own label (docs/contracts.md)."""
+    decisions = [{**rec("e1", "block", 0.9), "user_id": "ua"}, {**rec("e1", "allow", 0.1), "user_id": "ub"}]
+    labels = {0: {**lab("e1", "card_testing"), "user_id": "ua"}, 1: {**lab("e1", "normal"), "user_id": "ub"}}
+    h = build_report(decisions, labels)["headline"]
+    assert (h["events_decided"], h["labelled"], h["duplicate_decisions"]) == (2, 2, 0)
+    assert h["catch_rate"] == 1.0 and h["false_positive_rate"] == 0.0

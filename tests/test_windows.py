@@ -245,7 +245,7 @@ def check_labels_against_oracle(entity: str, records: list, lateness: int) -> in
             if type(r) is tuple:
                 args = r[1]
                 if len(args) > pos and args[pos] == k:
-                    mine.append(("label", args[0], args[3], args[4]))
+                    mine.append(("label", (args[1], args[0]), args[3], args[4]))  # (user, event id)
             elif getattr(r, field) == k:
                 mine.append(r)
         want = oracle_features(entity, mine, lateness)
@@ -350,3 +350,27 @@ def test_label_features_long_random_stream():
         key = EntityWindows(entity).key_field
         assert check_labels_against_oracle(entity, records, 60_000) == sum(getattr(e, key) is not None for e in evs)
         assert check_labels_against_oracle.labelled > 200, entity
+
+
+def test_a_label_names_one_users_event_even_on_a_shared_device():
+    """Event ids are per user (docs/contracts.md): user A's e1 and user B's e1 on one device are two
+    events. A fraud label for A's e1 and then a legit label for B's e1 leave A's fraud counted (one store
+    key per (user, event id); before, the legit label removed it)."""
+    from udfs.chain import Chain
+    from udfs.features import FEATURE_NAMES
+    from udfs.windows import event_values
+
+    t0 = 1_767_225_600_000
+    mk = lambda eid, user, ts: Event(eid, "login", user, "d-shared", "1.2.3.4", 0.0, "EUR", ts)  # noqa: E731
+    chain = Chain()
+    col = FEATURE_NAMES.index("device_fraud_labels_7d") - len(event_values(mk("e0", "u", t0)))
+    chain.process(mk("e1", "uA", t0))
+    chain.process(mk("e1", "uB", t0 + 1000))
+    chain.label("e1", "uA", "d-shared", t0, "fraud")
+    assert chain.process(mk("e2", "uA", t0 + 2000))[0][col] == 1.0
+    chain.label("e1", "uB", "d-shared", t0 + 1000, "legit")  # B's e1 is legit: A's e1 stays fraud
+    assert chain.process(mk("e3", "uB", t0 + 3000))[0][col] == 1.0
+    chain.label("e1", "uB", "d-shared", t0 + 1000, "fraud")
+    assert chain.process(mk("e4", "uB", t0 + 4000))[0][col] == 2.0
+    chain.label("e1", "uA", "d-shared", t0, "legit")  # the newest label of A's e1 wins
+    assert chain.process(mk("e5", "uB", t0 + 5000))[0][col] == 1.0

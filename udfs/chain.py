@@ -23,6 +23,8 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+import orjson
+
 from . import dedup, hll
 from .decision import decision_record, encode, error_decision_record
 from .events import EVENT_TYPES, Event
@@ -89,12 +91,22 @@ def key_index(entity: Entity) -> int:
     return EVENT_FIELDS.index(entity.key_field)
 
 
+def label_identity(user_id: str, event_id: str) -> str:
+    """The labelled event's identity as one string: event ids are per user (docs/contracts.md), so a label
+    for user A's ``e1`` must not touch user B's ``e1`` on a shared device, ip or card. A JSON array, so no
+    two (user, event) pairs share it."""
+    return orjson.dumps([user_id, event_id]).decode()
+
+
 def label_record(event_id: str, user_id: str, device_id: str, event_ts: int, label: str, ip: str | None = None,
                  payment_ref: str | None = None) -> Record:
     """A label from the labels topic as a record, so it can be keyed like an event of its entity. A label
-    without ``ip`` carries ``""`` there (the ip stage skips it), without ``payment_ref`` None."""
-    return pack(Event(event_id, LABEL_MARK, user_id, device_id, ip or "", 0.0, "", event_ts, {"label": label},
-                      payment_ref))
+    without ``ip`` carries ``""`` there (the ip stage skips it), without ``payment_ref`` None. Its
+    ``event_id`` field carries the labelled event's identity, :func:`label_identity` (user, event id): both
+    runtimes' label stores (``EntityStep.fold_label``, the JVM's ``KnownFraud``) key the labelled events by
+    that field, so they hold one entry per (user, event)."""
+    return pack(Event(label_identity(user_id, event_id), LABEL_MARK, user_id, device_id, ip or "", 0.0, "", event_ts,
+                      {"label": label}, payment_ref))
 
 
 def is_label(rec: Record) -> bool:
@@ -147,7 +159,7 @@ class EntityStep:
         return cleanup(self.windows, state, timestamp)
 
     # labels (entities that read labels): the key's label state {"users": {user_id: newest fraud event ts}
-    # (label_signals), "lab": {event_id: event ts} (label features)}, see udfs.labels
+    # (label_signals), "lab": {label_identity(user_id, event_id): event ts} (label features)}, see udfs.labels
     def label_key(self, label_rec: Record) -> str | None:
         """The key a label folds into here, or None when the label does not name this entity's key."""
         return label_rec[key_index(self.entity)] or None
@@ -332,4 +344,4 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> dict:
 
 
 __all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "arrived_at", "extend", "is_label",
-           "key_index", "label_record", "pack", "spec_document", "unpack"]
+           "key_index", "label_identity", "label_record", "pack", "spec_document", "unpack"]

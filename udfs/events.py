@@ -8,6 +8,7 @@ bytes, to the dead-letter topic.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -94,11 +95,23 @@ INVALID_OPTIONAL_KEY = {name: f"invalid_{name}" for name in OPTIONAL_KEYS}
 DUPLICATE_EVENT_ID = "duplicate_event_id"  # the user's stage saw this event_id within the dedup horizon
 PROCESSING_ERROR = "processing_error"  # a function raised on this record (a bug): kept, not retried
 CONTROL_REJECTED = "control_rejected"  # a control message (model, rules) that failed validation
+NULL_VALUE = "null_value"  # a Kafka record whose value is null (a tombstone): set by the source stage
 
 PARSE_REASON_CODES = (OVERSIZED, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, UNKNOWN_FIELD,
                       WRONG_TYPE, NULL_KEY, UNKNOWN_EVENT_TYPE, INVALID_AMOUNT, INVALID_CURRENCY, INVALID_TS,
                       *INVALID_OPTIONAL_KEY.values())
-REASON_CODES = PARSE_REASON_CODES + (DUPLICATE_EVENT_ID, PROCESSING_ERROR, CONTROL_REJECTED)
+REASON_CODES = PARSE_REASON_CODES + (DUPLICATE_EVENT_ID, PROCESSING_ERROR, CONTROL_REJECTED, NULL_VALUE)
+
+# Dead letters are bounded (docs/contracts.md#dead-letters): an original of at most this many bytes is kept
+# whole; a longer one (a compressing producer can land a record far above the broker's 1 MiB cap, which
+# applies to the compressed batch) keeps its first DEAD_LETTER_ORIGINAL_MAX_BYTES bytes with its whole
+# length, its SHA-256 and ``original_truncated``. A tombstone's key is kept up to DEAD_LETTER_KEY_MAX_BYTES
+# the same way. A dead letter is then at most ~1.42 MB, below the dead-letter sink's 2 MiB max.request.size
+# (riskstream.topics.DEAD_LETTER_MAX_BYTES). The JVM's io.riskstream.flink.DeadLetters states the same.
+DEAD_LETTER_ORIGINAL_MAX_BYTES = 1024 * 1024
+DEAD_LETTER_KEY_MAX_BYTES = 64 * 1024
+DEAD_LETTER_DETAIL_MAX_CHARS = 200
+NULL_VALUE_DETAIL = "the record's value is null (a tombstone)"
 
 
 def _id(obj: dict, name: str) -> str | Rejection:
@@ -209,19 +222,62 @@ def contract_json() -> str:
 
 def dead_letter_record(raw: bytes, rejection: Rejection, job: str, dead_at_ms: int,
                        reencoded: bool = False) -> bytes:
-    """The dead-letter payload: reason, detail and the original bytes (base64, exact). Records refused
-    after parsing (duplicates, processing errors) carry the event re-encoded and ``original_reencoded``."""
+    """The dead-letter payload: reason, detail and the original bytes (base64, exact up to
+    ``DEAD_LETTER_ORIGINAL_MAX_BYTES``; above it their first that many bytes, with ``original_sha256`` of the
+    whole original and ``original_truncated``), their whole size. Records refused after parsing (duplicates,
+    processing errors) carry the event re-encoded and ``original_reencoded``."""
+    cut = len(raw) > DEAD_LETTER_ORIGINAL_MAX_BYTES
     rec = {
         "reason": rejection.reason,
-        "detail": rejection.detail,
-        "original_b64": base64.b64encode(raw).decode("ascii"),
+        "detail": rejection.detail[:DEAD_LETTER_DETAIL_MAX_CHARS],
+        "original_b64": base64.b64encode(raw[:DEAD_LETTER_ORIGINAL_MAX_BYTES] if cut else raw).decode("ascii"),
         "original_size": len(raw),
-        "job": job,
-        "dead_at": dead_at_ms,
     }
+    if cut:
+        rec["original_sha256"] = hashlib.sha256(raw).hexdigest()
+        rec["original_truncated"] = True
+    rec["job"] = job
+    rec["dead_at"] = dead_at_ms
     if reencoded:
         rec["original_reencoded"] = True
     return orjson.dumps(rec)
+
+
+def null_value_record(key: bytes | None, job: str, dead_at_ms: int, topic: str | None = None,
+                      partition: int | None = None, offset: int | None = None) -> bytes:
+    """The dead letter of a record whose value is null (a tombstone): reason ``null_value``, no original
+    (``original_null``), its key (base64, None without one; up to ``DEAD_LETTER_KEY_MAX_BYTES``, with
+    ``key_size`` and, above it, ``key_truncated``) and where it was read. The job writes it in the JVM
+    (io.riskstream.flink.NullValues, right after each Kafka source); this is its definition."""
+    rec: dict[str, Any] = {"reason": NULL_VALUE, "detail": NULL_VALUE_DETAIL, "original_b64": "",
+                           "original_size": 0, "original_null": True}
+    if key is None:
+        rec["key_b64"] = None
+    else:
+        rec["key_b64"] = base64.b64encode(key[:DEAD_LETTER_KEY_MAX_BYTES]).decode("ascii")
+        rec["key_size"] = len(key)
+        if len(key) > DEAD_LETTER_KEY_MAX_BYTES:
+            rec["key_truncated"] = True
+    rec.update(topic=topic, partition=partition, offset=offset, job=job, dead_at=dead_at_ms)
+    return orjson.dumps(rec)
+
+
+def dead_letter_original(d: dict) -> tuple[str, int] | None:
+    """(SHA-256 hex, length) of the original a dead letter (decoded JSON) stands for, whether it carries
+    the whole original or a truncated prefix; None when it carries none it can vouch for (a tombstone's,
+    or a malformed dead letter). Never raises."""
+    try:
+        if d.get("original_null"):
+            return None
+        if d.get("original_truncated"):
+            sha, size = d["original_sha256"], d["original_size"]
+            if isinstance(sha, str) and isinstance(size, int) and not isinstance(size, bool):
+                return sha, size
+            return None
+        raw = base64.b64decode(d["original_b64"], validate=True)
+        return hashlib.sha256(raw).hexdigest(), len(raw)
+    except Exception:
+        return None
 
 
 def encode_event(ev: Event | dict) -> bytes:

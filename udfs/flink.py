@@ -38,6 +38,7 @@ from .events import (
     Rejection,
     dead_letter_record,
     encode_event,
+    null_value_record,
     parse_event,
 )
 from .features import ENTITIES, ENTITY_BY_NAME, Entity
@@ -109,7 +110,11 @@ class ParseValidate(ProcessFunction):
     def process_element(self, value, ctx):
         if self.chaos_dir is not None:
             self._maybe_fail()
-        raw = bytes(value) if value is not None else b""
+        if value is None:  # a tombstone; from Kafka the JVM's NullValues stage dead-letters it before this
+            self.dead.inc()
+            yield DEAD_LETTER_TAG, null_value_record(None, self.job_name, int(time.time() * 1000))
+            return
+        raw = bytes(value)
         try:
             res = parse_event(raw)
             if isinstance(res, Event):
@@ -133,7 +138,10 @@ class ParseLabel(ProcessFunction):
         self.rows = rows  # for the JVM stages: the record as a Row (udfs.jvm.to_row)
 
     def process_element(self, value, ctx):
-        raw = bytes(value) if value is not None else b""
+        if value is None:  # a tombstone (from Kafka the JVM's NullValues stage dead-letters it before this)
+            yield DEAD_LETTER_TAG, null_value_record(None, self.job_name, int(time.time() * 1000))
+            return
+        raw = bytes(value)
         res = parse_label(raw)
         if isinstance(res, Rejection):
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
@@ -400,6 +408,9 @@ class ValidateControl(ProcessFunction):
         self.control_rejected = group.counter("control_rejected")
 
     def process_element(self, value, ctx):
+        if value is None:  # a tombstone (from Kafka the JVM's NullValues stage dead-letters it before this)
+            yield DEAD_LETTER_TAG, null_value_record(None, self.job_name, int(time.time() * 1000))
+            return
         raw = bytes(value)
         res = apply_control(self.scratch, raw)
         if isinstance(res, ControlError):

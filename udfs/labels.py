@@ -6,8 +6,9 @@ A label on the labels topic is ``{"event_id", "user_id", "device_id", "event_ts"
 offline replay also gives each label's ``arrival_ts`` (:func:`read_label_file`).
 
 Label features (``features.LABEL_AGGS``): each stage that reads labels keeps per key the labelled-fraud events
-``{event_id: event_ts}`` (:func:`apply_fraud_label`): a ``fraud`` label adds its event, a later ``legit`` label
-for the same event removes it (the newest label of an event wins); events older than the newest one kept by
+``{event: event_ts}`` (:func:`apply_fraud_label`), an event named by ``udfs.chain.label_identity(user_id,
+event_id)`` (ids are per user): a ``fraud`` label adds its event, a later ``legit`` label for the same event
+removes it (the newest label of an event wins); events older than the newest one kept by
 more than ``features.label_keep_ms`` are dropped, and at most ``MAX_LABELS_PER_KEY`` are kept. The window code
 (``udfs.windows``) reads them; the semantics are in docs/features.md.
 
@@ -90,7 +91,8 @@ def read_label_file(path) -> list[tuple[int, tuple]]:
 
 
 def apply_fraud_label(lab: dict | None, event_id: str, event_ts: int, label: str, keep_ms: int) -> dict:
-    """Fold one label into a key's labelled-fraud events ``{event_id: event_ts}`` (in arrival order);
+    """Fold one label into a key's labelled-fraud events ``{event_id: event_ts}`` (in arrival order; the job
+    and the replay pass the event's identity, ``udfs.chain.label_identity(user_id, event_id)``, as ``event_id``);
     returns the dict. ``fraud`` (re-)adds the event at the end, ``legit`` removes it; then events older than
     the newest kept by more than ``keep_ms`` go, and the oldest (the first of equal times) while more than
     ``MAX_LABELS_PER_KEY`` remain."""

@@ -40,9 +40,10 @@ from ..metrics import (at_budget, average_precision, entity_precision_at_k, perc
                        roc_auc, roc_curve)
 
 DEFINITIONS = (
-    "A record is labelled when its event_id has a label with a fraud field. Unlabelled events count in the "
-    "decision rates but in no label metric, and are reported as unlabelled.",
-    "Several records for one event_id: the first one read counts, the rest are duplicate decisions.",
+    "An event is its (user_id, event_id): ids are per user. A record is labelled when its event has a label with "
+    "a fraud field (a label without a user_id stands for its event_id under any user). Unlabelled events count "
+    "in the decision rates but in no label metric, and are reported as unlabelled.",
+    "Several records for one event: the first one read counts, the rest are duplicate decisions.",
     "Catch rate: fraud events reviewed or blocked / fraud events. False-positive rate: legitimate events reviewed "
     "or blocked / legitimate events.",
     "Score metrics use labelled events with a numeric score (the job's processing_error records have a null score "
@@ -107,14 +108,41 @@ def _fraud_of(label: dict | None) -> bool | None:
         return None
 
 
-def labels_from_records(decisions: list[dict]) -> dict[str, dict]:
+def _ident(r: dict) -> tuple[str | None, str]:
+    """An event's identity, ``(user_id, event_id)``: ids are per user (docs/contracts.md), so the same id
+    under two users is two events. ``user_id`` is None when the record does not name one (a labels file
+    keyed by event id only: its label then stands for that id under any user)."""
+    u = r.get("user_id")
+    return (u if isinstance(u, str) else None, r["event_id"])
+
+
+def _index_labels(labels: dict) -> dict[tuple[str | None, str], dict]:
+    """Labels keyed by :func:`_ident`, from a mapping keyed by event id or already by identity."""
+    out: dict[tuple[str | None, str], dict] = {}
+    for k, lb in labels.items():
+        if isinstance(lb, dict) and isinstance(lb.get("event_id"), str):
+            out.setdefault(_ident(lb), lb)
+        elif isinstance(k, tuple):
+            out.setdefault(k, lb)
+        elif isinstance(k, str):
+            out.setdefault((None, k), lb)
+    return out
+
+
+def _label_for(labels: dict, key: tuple[str | None, str]) -> dict | None:
+    """The label of the event ``key`` (indexed labels): its user's, else one naming no user."""
+    lb = labels.get(key)
+    return lb if lb is not None or key[0] is None else labels.get((None, key[1]))
+
+
+def labels_from_records(decisions: list[dict]) -> dict[tuple[str | None, str], dict]:
     """Labels carried by the records themselves (``label``, ``scenario``: `riskstream score` with a label
-    column), for a report without a labels file."""
+    column), for a report without a labels file; keyed by :func:`_ident`."""
     out = {}
     for d in decisions:
         if isinstance(d, dict) and isinstance(d.get("event_id"), str) and d.get("label") is not None:
-            out.setdefault(d["event_id"], {"event_id": d["event_id"], "fraud": d["label"],
-                                           "scenario": d.get("scenario")})
+            out.setdefault(_ident(d), {"event_id": d["event_id"], "user_id": _ident(d)[0], "fraud": d["label"],
+                                       "scenario": d.get("scenario")})
     return out
 
 
@@ -130,12 +158,12 @@ def _fraud_team(labelled: list[dict], lab: dict, labels: dict, budget: float, to
                                     for d, _, _ in timed]
         for kind, keys in kinds.items():
             out["precision_at_k_per_day"][kind] = entity_precision_at_k(
-                [s for _, s, _ in timed], [lab[d["event_id"]] for d, _, _ in timed], keys,
+                [s for _, s, _ in timed], [lab[_ident(d)] for d, _, _ in timed], keys,
                 [t for _, _, t in timed], top_k)
     if rows:
-        scen = [labels[d["event_id"]].get("scenario") or ("fraud" if lab[d["event_id"]] else NORMAL) for d, _ in rows]
+        scen = [_label_for(labels, _ident(d)).get("scenario") or ("fraud" if lab[_ident(d)] else NORMAL) for d, _ in rows]
         out["recall_at_budget_by_scenario"] = recall_at_budget_by_group(
-            [s for _, s in rows], [lab[d["event_id"]] for d, _ in rows], scen, budget)
+            [s for _, s in rows], [lab[_ident(d)] for d, _ in rows], scen, budget)
     return out
 
 
@@ -208,47 +236,49 @@ def _latency(decisions: list[dict]) -> dict:
 
 def build_report(decisions: list[dict], labels: dict[str, dict], budget: float = 0.01,
                  time_field: str = "event_ts", top_k: int = 100) -> dict:
-    """Every figure of the report, from decision records and labels by event id (pure). Without labels,
+    """Every figure of the report, from decision records and labels by event identity (``(user_id,
+    event_id)``; labels keyed by event id alone are accepted) (pure). Without labels,
     the records' own ``label`` fields (if any) are used."""
     if not 0 <= budget <= 1:
         raise ValueError(f"review budget must be a share in [0, 1], got {budget}")
-    if not labels:
-        labels = labels_from_records(decisions)
-    seen: dict[str, dict] = {}
+    labels = _index_labels(labels) if labels else labels_from_records(decisions)
+    seen: dict[tuple[str | None, str], dict] = {}
     dup = 0
     malformed_records = 0
     for d in decisions:
         if not isinstance(d, dict) or not isinstance(d.get("event_id"), str):
             malformed_records += 1
             continue
-        if d["event_id"] in seen:
+        if _ident(d) in seen:
             dup += 1
             continue
-        seen[d["event_id"]] = d
+        seen[_ident(d)] = d
     recs = list(seen.values())
     n = len(recs)
     kinds = Counter(d.get("decision") for d in recs)
-    lab = {e: _fraud_of(labels.get(e)) for e in seen}
-    labelled = [d for d in recs if lab[d["event_id"]] is not None]
-    fraud = [d for d in labelled if lab[d["event_id"]]]
-    legit = [d for d in labelled if not lab[d["event_id"]]]
+    lab = {k: _fraud_of(_label_for(labels, k)) for k in seen}
+    seen_ids = {k[1] for k in seen}
+    labelled = [d for d in recs if lab[_ident(d)] is not None]
+    fraud = [d for d in labelled if lab[_ident(d)]]
+    legit = [d for d in labelled if not lab[_ident(d)]]
     caught = sum(1 for d in fraud if d.get("decision") in FLAGGED)
     false_pos = sum(1 for d in legit if d.get("decision") in FLAGGED)
 
-    scored = [(s, lab[d["event_id"]]) for d in labelled if (s := _score(d.get("score"))) is not None]
+    scored = [(s, lab[_ident(d)]) for d in labelled if (s := _score(d.get("score"))) is not None]
     champ = _score_metrics([s for s, _ in scored], [y for _, y in scored], budget)
     unscored = sum(1 for d in recs if _score(d.get("score")) is None)
 
     # per scenario (labelled events with a decision); labels without a decision are counted apart
     by_scen: dict[str, list[dict]] = defaultdict(list)
     for d in labelled:
-        by_scen[labels[d["event_id"]].get("scenario") or "(unknown)"].append(d)
-    undecided = Counter(lb.get("scenario") or "(unknown)" for e, lb in labels.items()
-                        if e not in seen and lb.get("scenario") != MALFORMED)
+        by_scen[_label_for(labels, _ident(d)).get("scenario") or "(unknown)"].append(d)
+    undecided = Counter(lb.get("scenario") or "(unknown)" for k, lb in labels.items()
+                        if (k not in seen if k[0] is not None else k[1] not in seen_ids)
+                        and lb.get("scenario") != MALFORMED)
     scenarios = []
     for name in _scenario_order([*by_scen, *undecided]):
         ds = by_scen.get(name, [])
-        is_fraud = any(lab[d["event_id"]] for d in ds) if ds else name not in (NORMAL,)
+        is_fraud = any(lab[_ident(d)] for d in ds) if ds else name not in (NORMAL,)
         c = sum(1 for d in ds if d.get("decision") in FLAGGED)
         scenarios.append({"scenario": name, "fraud": is_fraud, "events": len(ds), "caught": c,
                           "blocked": sum(1 for d in ds if d.get("decision") == "block"),
@@ -287,7 +317,7 @@ def build_report(decisions: list[dict], labels: dict[str, dict], budget: float =
                                                     "unlabelled": 0, "by_rules_version": Counter(),
                                                     "by_decision": Counter()})
                 row["count"] += 1
-                y = lab[d["event_id"]]
+                y = lab[_ident(d)]
                 row["fraud" if y else "legit" if y is False else "unlabelled"] += 1
                 row["by_rules_version"][rv] += 1
                 row["by_decision"][d.get("decision")] += 1
@@ -381,20 +411,20 @@ def _champion_challenger(recs: list[dict], labels: dict, lab: dict, budget: floa
             matrix[c][s] += 1
         else:
             other += 1
-    both = [(cs, ss, lab[d["event_id"]]) for d in shadowed if lab[d["event_id"]] is not None
+    both = [(cs, ss, lab[_ident(d)]) for d in shadowed if lab[_ident(d)] is not None
             and (cs := _score(d.get("score"))) is not None and (ss := _score(d["shadow"].get("score"))) is not None]
     y = [t for _, _, t in both]
     models = {}
-    dec_lab = [d for d in shadowed if lab[d["event_id"]] is not None and d["shadow"].get("decision") in KINDS]
-    fraud_n = sum(1 for d in dec_lab if lab[d["event_id"]])
+    dec_lab = [d for d in shadowed if lab[_ident(d)] is not None and d["shadow"].get("decision") in KINDS]
+    fraud_n = sum(1 for d in dec_lab if lab[_ident(d)])
     legit_n = len(dec_lab) - fraud_n
     for role, idx, get_dec, versions in (
             ("champion", 0, lambda d: d.get("decision"), Counter(d.get("model_version") or NONE for d in shadowed)),
             ("challenger", 1, lambda d: d["shadow"].get("decision"),
              Counter(d["shadow"].get("model_version") or NONE for d in shadowed))):
         m = _score_metrics([b[idx] for b in both], y, budget)
-        flagged_f = sum(1 for d in dec_lab if lab[d["event_id"]] and get_dec(d) in FLAGGED)
-        flagged_l = sum(1 for d in dec_lab if not lab[d["event_id"]] and get_dec(d) in FLAGGED)
+        flagged_f = sum(1 for d in dec_lab if lab[_ident(d)] and get_dec(d) in FLAGGED)
+        flagged_l = sum(1 for d in dec_lab if not lab[_ident(d)] and get_dec(d) in FLAGGED)
         m.update({"model_versions": dict(versions.most_common()),
                   "catch_rate": _ratio(flagged_f, fraud_n), "false_positive_rate": _ratio(flagged_l, legit_n),
                   "decisions": {k: sum(1 for d in shadowed if get_dec(d) == k) for k in KINDS}})
@@ -402,11 +432,11 @@ def _champion_challenger(recs: list[dict], labels: dict, lab: dict, budget: floa
     # per scenario: which decisions catch more (fraud) or flag less (legitimate traffic)
     by_scen: dict[str, list[dict]] = defaultdict(list)
     for d in dec_lab:
-        by_scen[labels[d["event_id"]].get("scenario") or "(unknown)"].append(d)
+        by_scen[_label_for(labels, _ident(d)).get("scenario") or "(unknown)"].append(d)
     scen = []
     for name in _scenario_order(by_scen):
         ds = by_scen[name]
-        is_fraud = any(lab[d["event_id"]] for d in ds)
+        is_fraud = any(lab[_ident(d)] for d in ds)
         c = sum(1 for d in ds if d.get("decision") in FLAGGED)
         s = sum(1 for d in ds if d["shadow"].get("decision") in FLAGGED)
         if c == s:
@@ -860,9 +890,11 @@ def _json_object(raw) -> dict | None:
     return v if isinstance(v, dict) else None
 
 
-def read_labels(path) -> dict[str, dict]:
+def read_labels(path) -> dict[tuple[str | None, str], dict]:
+    """A labels file's labels keyed by the event's identity (user_id, event_id); a label without a
+    user_id stands for its event id under any user."""
     recs, _ = read_jsonl(path)
-    return {r["event_id"]: r for r in recs if isinstance(r.get("event_id"), str)}
+    return _index_labels({i: r for i, r in enumerate(recs) if isinstance(r.get("event_id"), str)})
 
 
 def read_decisions_topic(bootstrap: str, topic: str, deadline_s: float = 120,

@@ -257,8 +257,15 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
                 g.writeStartObject();
                 g.writeStringField("reason", reason);
                 g.writeStringField("detail", detail.length() > 200 ? detail.substring(0, 200) : detail);
-                g.writeStringField("original_b64", Base64.getEncoder().encodeToString(raw));
+                // bounded as every dead letter (DeadLetters): a prefix, the size and the SHA-256 above the bound
+                boolean cut = raw.length > DeadLetters.ORIGINAL_MAX_BYTES;
+                g.writeStringField("original_b64", Base64.getEncoder().encodeToString(
+                    cut ? Arrays.copyOf(raw, DeadLetters.ORIGINAL_MAX_BYTES) : raw));
                 g.writeNumberField("original_size", raw.length);
+                if (cut) {
+                    g.writeStringField("original_sha256", DeadLetters.sha256Hex(raw));
+                    g.writeBooleanField("original_truncated", true);
+                }
                 g.writeStringField("job", job);
                 g.writeNumberField("dead_at", System.currentTimeMillis());
                 g.writeBooleanField("original_reencoded", true);

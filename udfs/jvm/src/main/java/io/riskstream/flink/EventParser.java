@@ -4,7 +4,6 @@ import java.io.Serializable;
 import java.math.BigInteger;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
-import java.util.Base64;
 import java.util.Collections;
 import java.util.HashMap;
 import java.util.HashSet;
@@ -523,19 +522,11 @@ public final class EventParser implements Serializable {
     // -- dead letters ------------------------------------------------------------------------------------
 
     /** The dead-letter payload, field for field {@code udfs.events.dead_letter_record}: reason, detail,
-     * the original bytes (base64, exact), their size, the job and the time (epoch ms). ASCII JSON. */
+     * the original bytes (base64, exact; bounded by {@link DeadLetters#ORIGINAL_MAX_BYTES}, above which a
+     * prefix, the SHA-256 and {@code original_truncated}), their size, the job and the time (epoch ms).
+     * ASCII JSON. */
     public static byte[] deadLetterRecord(byte[] raw, String reason, String detail, String job, long deadAtMs) {
-        StringBuilder sb = new StringBuilder(raw.length * 4 / 3 + 160);
-        sb.append("{\"reason\":");
-        StrictJson.writeString(sb, reason, true);
-        sb.append(",\"detail\":");
-        StrictJson.writeString(sb, truncate(detail == null ? "" : detail, 200), true);
-        sb.append(",\"original_b64\":\"").append(Base64.getEncoder().encodeToString(raw));
-        sb.append("\",\"original_size\":").append(raw.length);
-        sb.append(",\"job\":");
-        StrictJson.writeString(sb, job, true);
-        sb.append(",\"dead_at\":").append(deadAtMs).append('}');
-        return sb.toString().getBytes(StandardCharsets.US_ASCII);
+        return DeadLetters.record(raw, reason, detail, job, deadAtMs);
     }
 
     // -- for tests and benchmarks from Python (one gateway call for many records) ------------------------

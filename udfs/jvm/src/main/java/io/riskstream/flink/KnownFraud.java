@@ -5,8 +5,10 @@ import java.util.Map;
 
 /**
  * A key's label state (udfs/chain.py EntityStep.fold_label): the known-fraud users of the signal
- * {user_id: newest fraud event ts}, the labelled-fraud events of the label features {event_id: event ts}
- * (udfs.labels.apply_fraud_label), both in insertion order, and the wall-clock time of its last label.
+ * {user_id: newest fraud event ts}, the labelled-fraud events of the label features {event: event ts}
+ * (udfs.labels.apply_fraud_label; an event is the label record's event_id field, which udfs.chain.label_record
+ * fills with label_identity(user_id, event_id): ids are per user), both in insertion order, and the
+ * wall-clock time of its last label.
  * Encoded as: at | n | n x (utf8 length, bytes, zigzag ts) | m | m x (utf8 length, bytes, zigzag ts)
  * (varints; state written before the label features has no second part).
  */

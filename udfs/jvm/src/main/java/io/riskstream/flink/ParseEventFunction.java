@@ -117,7 +117,12 @@ public class ParseEventFunction extends ProcessFunction<byte[], Row> implements 
         if (chaosTrigger != null) {
             maybeFail();
         }
-        byte[] raw = value != null ? value : new byte[0];
+        if (value == null) { // a tombstone; from Kafka, NullValues dead-letters it (with its key) before this
+            dead.inc();
+            ctx.output(DEAD_LETTER, DeadLetters.nullValue(null, null, null, null, jobName, System.currentTimeMillis()));
+            return;
+        }
+        byte[] raw = value;
         EventParser.Result r = parser.parse(raw); // never throws: a bug becomes processing_error
         if (r.isEvent()) {
             valid.inc();
