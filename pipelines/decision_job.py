@@ -322,6 +322,7 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
 
     from riskstream.ops import lineage, runguard
     from riskstream.ops.procs import free_port
+    from riskstream.ops.restore import plan_start
 
     guard = runguard.claim(cfg.job_name, "riskstream submit" if on_cluster else "riskstream run")
     try:
