@@ -383,6 +383,9 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
     except Exception as e:
         state = "CANCELED" if "JobCancellationException" in str(e) or "was cancelled" in str(e) else "FAILED"
         raise
+    except BaseException:  # Ctrl-C, SystemExit: the MiniCluster ends with this process
+        state = "INTERRUPTED"
+        raise
     finally:  # a stop-with-savepoint ends this process before the caller can ask where it went
         try:
             if watch is not None:

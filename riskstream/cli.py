@@ -738,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --from-savepoint: skip savepoint state of removed operators")
     p.add_argument("--wait-running", action="store_true",
                    help="then wait until every task runs and a first checkpoint completed; print the time")
-    p.add_argument("--deadline", type=float, default=180, help="seconds --wait-running waits")
+    p.add_argument("--deadline", type=float, default=180, metavar="SECONDS",
+                   help="seconds --wait-running waits [default 180]")
     add_job_flags(p, skip=("rest_port",))
     p.set_defaults(fn=cmd_submit)
 

@@ -197,23 +197,46 @@ def _read_holder(fd: int) -> dict:
     return {}
 
 
+def _flock_holders(path: Path) -> list[int] | None:
+    """The pids holding an flock on ``path`` according to ``/proc/locks``; None when that cannot be read."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    for ln in lines:
+        parts = ln.split()
+        if "->" in parts:  # a waiter: "1: -> FLOCK ..."
+            continue
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == dev:
+            pids.append(int(parts[4]))
+    return pids
+
+
 def holder(job_name: str, home: Path | None = None) -> dict | None:
-    """The note of the process holding the job's lock, or None when nobody holds it (read-only: never
-    creates the file)."""
+    """The note of the process holding the job's lock, or None when nobody holds it. Read-only: it never
+    creates, writes or locks the file (a probe that took the lock, even briefly, could refuse a real start),
+    it reads ``/proc/locks``."""
     p = lock_path(job_name, home)
     try:
         fd = os.open(p, os.O_RDONLY)
     except OSError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return _read_holder(fd)
-            raise
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        pids = _flock_holders(p)
+        if pids is None:  # no /proc/locks: a shared-lock probe does not block an exclusive one for long
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return _read_holder(fd)
+                raise
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        return _read_holder(fd) if pids else None
     finally:
         os.close(fd)
 
