@@ -223,3 +223,25 @@ def test_snapshots_listing_on_a_fabricated_lineage(tmp_path, capsys, monkeypatch
     # a refusal is shown as such
     lineage.lineage_path(JOB, tmp_path).unlink()
     assert "REFUSED" in snapshots.render(snapshots.listing(JOB, tmp_path))
+
+
+def test_a_run_that_dies_during_a_savepoint_fails_the_wait_at_once():
+    """The JobManager is gone (here: it never knew the request) and no savepoint landed: once the run is over
+    the wait ends with why, not after its 300 s deadline."""
+    from riskstream.ops import flink_rest
+
+    jm = FakeJobManager()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(flink_rest.FlinkError, match="the run is over \\(its process 4242 has exited\\)"):
+            flink_rest.await_savepoint(jm.url, "0" * 32, "r1", "stop-with-savepoint", 300,
+                                       found=lambda: None, gone=lambda: "its process 4242 has exited")
+        assert time.monotonic() - t0 < 5
+        # while the run is alive the wait goes on; a savepoint that lands is returned
+        seen = []
+        loc = flink_rest.await_savepoint(jm.url, "0" * 32, "r1", "savepoint", 300,
+                                         found=lambda: "file:/sp/x" if seen else seen.append(1),
+                                         gone=lambda: None)
+        assert loc == "file:/sp/x"
+    finally:
+        jm.close()
