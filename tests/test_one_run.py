@@ -197,6 +197,10 @@ def test_second_start_is_refused_and_the_operator_commands_tell_the_truth(kafka_
     d = orjson.loads(listing.stdout.strip().splitlines()[-1])
     assert same_path(d["latest"]["path"], sp_a), d["latest"]
     assert b.job_id in d["latest"]["why"] and "committed nothing" in d["latest"]["why"], d["latest"]
+    [entry] = [s for s in d["snapshots"] if s["complete"] and same_path(s["path"], sp_a)]
+    assert entry["run"] == a.job_id and entry["kind"] == "savepoint" and entry["stopped"] is True, entry
+    assert sum(entry["offsets"].values()) == 200, entry  # A's source position: every event it had read
+    print(listing.stdout.rsplit("\n", 2)[0], file=sys.stderr)  # the text listing, for the log
 
     # -- C: latest is A's savepoint; then cancel without a savepoint reports CANCELED ---------------------
     produce_events(kafka_bootstrap, names[0], events[200:])
