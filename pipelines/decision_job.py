@@ -316,8 +316,8 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
 
     A ``wait`` run always has a REST address: ``cfg.rest_port``, else a free port, recorded in the lineage so
     ``riskstream cancel <job_name>`` finds it. The claim (a ``flock``-ed ``jobs/<job_name>/run.lock``) is held
-    until the run ended (``wait``), until the job is submitted (``on_cluster``), or for the life of this
-    process (an in-process MiniCluster started with ``wait=False``)."""
+    until the run ended (``wait``) or until the job is submitted (``wait=False``: to a cluster, or to an
+    in-process MiniCluster, whose liveness a later start then reads from the REST address it recorded)."""
     import uuid
 
     from riskstream.ops import lineage, runguard
@@ -357,17 +357,16 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
             "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
             "stage_runtime": cfg.stage_runtime, "retain_snapshots": cfg.retain_snapshots,
             "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0,
-            **guard.run_fields(rest_url, "cluster" if on_cluster else "local")})
+            **guard.run_fields(rest_url, "cluster" if on_cluster else "local" if wait else "inproc")})
         guard.note(job_id=job_id, rest_url=rest_url)
     except BaseException:
         guard.release()
         raise
-    if not wait:
+    if not wait:  # submitted: from now on the job's REST state says whether it is alive (see runguard)
         try:
             return env.execute_async(cfg.job_name)
         finally:
-            if on_cluster:
-                guard.release()
+            guard.release()
     print(f"[run] {cfg.job_name}: job id {job_id}, REST {rest_url}", file=sys.stderr, flush=True)
     watch = None
     if cfg.rest_port:  # a log line while the sinks cannot commit (riskstream/ops/commitwatch.py)

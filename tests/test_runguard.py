@@ -245,3 +245,19 @@ def test_a_run_that_dies_during_a_savepoint_fails_the_wait_at_once():
         assert loc == "file:/sp/x"
     finally:
         jm.close()
+
+
+def test_an_in_process_minicluster_run_is_alive_while_its_job_runs_not_while_its_process_does(tmp_path):
+    """`decision_job.run(wait=False)` (the demo) leaves its process running after its job ended: its REST
+    address decides, not its pid."""
+    jm = FakeJobManager()
+    try:
+        record(tmp_path, A, runner="inproc", pid=os.getppid(), pid_start=runguard.pid_start(os.getppid()),
+               host=runguard.host(), rest_url=jm.url)
+        jm.script[("GET", "/jobs/" + A)] = [(200, {"state": "RUNNING"})]
+        [lv] = runguard.live_runs(JOB, tmp_path)
+        assert lv.job_id == A and "reports it RUNNING" in lv.evidence
+        jm.script[("GET", "/jobs/" + A)] = [(200, {"state": "CANCELED"})]
+        assert runguard.live_runs(JOB, tmp_path) == []  # its process lives on, its job does not
+    finally:
+        jm.close()

@@ -23,6 +23,9 @@ start claims the job first (:func:`claim`), before its preflight, retention, lin
 - ``riskstream submit`` claims the job in its own process (refused in about a second, before ``flink run``
   starts), holds the lock while ``flink run`` runs, and hands the job's client a token
   (``RISKSTREAM_RUN_TOKEN``): the client finds the lock held under that token and proceeds under it.
+- A job started on an in-process MiniCluster without waiting (``decision_job.run(wait=False)``: the demo,
+  tests) holds the lock until it is submitted; later starts ask its recorded REST address (runner
+  ``inproc``), since its process may outlive the job. Without a REST address it cannot be checked.
 
 A refusal (:class:`RunAlive`) names the run that holds the job (pid, Flink job id, REST address, since when)
 and how to stop it (``riskstream cancel <job_name>``).
@@ -139,13 +142,15 @@ def ended_runs(records: list[dict]) -> dict[str, dict]:
 
 def run_alive(rec: dict, budget_end: float | None = None, notes: list[str] | None = None) -> LiveRun | None:
     """Whether the run of lineage record ``rec`` is alive (see the module's doc)."""
-    pid, rest, job_id = rec.get("pid"), rec.get("rest_url"), rec.get("job_id")
+    pid, rest, job_id, runner = rec.get("pid"), rec.get("rest_url"), rec.get("job_id"), rec.get("runner")
     since = rec.get("started_at", 0) / 1000 or None
-    what = "riskstream submit (cluster job)" if rec.get("runner") == "cluster" else "riskstream run"
-    live = LiveRun(rec.get("job_name", ""), job_id, since, pid if rec.get("runner") != "cluster" else None,
-                   rest, what)
+    what = {"cluster": "riskstream submit (cluster job)",
+            "inproc": "an in-process MiniCluster (wait=False)"}.get(runner, "riskstream run")
+    live = LiveRun(rec.get("job_name", ""), job_id, since, pid if runner != "cluster" else None, rest, what)
     here = rec.get("host") == host()
-    if pid and here and pid != os.getpid() and process_alive(int(pid), rec.get("pid_start")):
+    # a `riskstream run` process lives exactly as long as its MiniCluster; a cluster job outlives its client
+    # and an in-process MiniCluster's job may end long before its process: those are asked over REST
+    if pid and here and runner == "local" and pid != os.getpid() and process_alive(int(pid), rec.get("pid_start")):
         live.evidence = f"process {pid} is alive"
         return live
     if rest and job_id and (budget_end is None or time.monotonic() < budget_end):
