@@ -298,8 +298,11 @@ def resolve(ref: str, jobmanager: str | None = None, root: Path | str | None = N
             raise SubmitError(f"{ref!r} is neither a Flink job id (32 hex digits) nor a job with a lineage under "
                               f"{lineage.job_dir(name).parent} (`riskstream snapshots NAME` lists a job's runs)")
         live = runguard.live_runs(name)
+        runs = [r for r in records if r["kind"] == "run"]
+        if not live and not runs:
+            raise SubmitError(f"job {name} has no run in its lineage ({lineage.lineage_path(name)})")
         if not live:
-            last = [r for r in records if r["kind"] == "run"][-1]
+            last = runs[-1]
             end = runguard.ended_runs(records).get(last["job_id"])
             how = (f"it ended {end['state']} at {runguard.human_time(end['ended_at'] / 1000)}" if end else
                    "its process is gone and no JobManager reports its job")
@@ -509,8 +512,20 @@ def cancel(job_id: str, jobmanager: str | None = None, root: Path | str | None =
            deadline_s: float = 120.0) -> str:
     """Cancel without a savepoint (state kept only in retained checkpoints); return the final state
     (CANCELED). ``job_id`` is a Flink job id or a riskstream job name (:func:`resolve`)."""
+    from . import lineage, runguard
+
     ref = resolve(job_id, jobmanager, root)
-    _over(ref, "cancel")
+    if _gone(ref)():  # already over: its final state if anything still knows it, else why not
+        end = runguard.ended_runs(lineage.read(ref.name)).get(ref.job_id) if ref.name else None
+        if end:
+            return end["state"]
+        try:
+            state = job_details(ref.rest_url, ref.job_id, retry_s=0).get("state")
+        except FlinkError:
+            state = None
+        if state in flink_rest.TERMINAL_JOB_STATES:
+            return state
+        _over(ref, "cancel")
     job = job_details(ref.rest_url, ref.job_id)
     if job.get("state") in flink_rest.TERMINAL_JOB_STATES:
         return job["state"]
