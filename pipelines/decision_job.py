@@ -407,6 +407,7 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
 
 
 FROM_SAVEPOINT_ENV = "RISKSTREAM_FROM_SAVEPOINT"  # set by riskstream.ops.submit for `flink run -s`
+SUBMIT_REST_ENV = "RISKSTREAM_SUBMIT_REST_URL"  # set by riskstream.ops.submit: the cluster's REST address
 
 
 def describe_state(settings: dict[str, str]) -> str:
@@ -423,67 +424,115 @@ def describe_state(settings: dict[str, str]) -> str:
     return ", ".join(parts)
 
 
-def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None, local: bool = True):
-    """Preflight, resolve the restore and check it against the committed output (refusing a start that
-    would go back in time), apply the job's snapshot retention, record the run in the job's lineage, then
-    run the job (``wait``: on a local MiniCluster until it ends) or submit it (``local`` False: the job of
-    ``flink run`` on a cluster, whose own config is the base)."""
+def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = None, on_cluster: bool = False):
+    """Claim the job (a second start of a live job is refused here, before anything is touched:
+    ``riskstream.ops.runguard``), preflight, resolve the restore and check it against the committed output
+    (refusing a start that would go back in time), apply the job's snapshot retention, record the run in the
+    job's lineage, then run the job (``wait``: on a local MiniCluster until it ends, then record how it ended
+    and apply retention again) or submit it (``on_cluster``: the client of ``flink run``).
+
+    A ``wait`` run always has a REST address: ``cfg.rest_port``, else a free port, recorded in the lineage so
+    ``riskstream cancel <job_name>`` finds it. The claim (a ``flock``-ed ``jobs/<job_name>/run.lock``) is held
+    until the run ended (``wait``) or until the job is submitted (``wait=False``: to a cluster, or to an
+    in-process MiniCluster, whose liveness a later start then reads from the REST address it recorded)."""
     import uuid
 
-    from riskstream.ops import lineage
+    from riskstream.ops import lineage, runguard
+    from riskstream.ops.procs import free_port
     from riskstream.ops.restore import plan_start
 
-    preflight(cfg)
-    # `riskstream submit --from-savepoint` restores through `flink run -s`; it names the snapshot here too, so
-    # the start is checked and recorded like --restore-from (Flink itself restores it from -s)
-    by_flink = os.environ.get(FROM_SAVEPOINT_ENV) if not cfg.restore_from else None
-    plan = plan_start(cfg.model_copy(update={"restore_from": by_flink}) if by_flink else cfg)
-    job_id = uuid.uuid4().hex
-    conf = dict(extra_conf or {})
-    local_ck = lineage.local_path(cfg.checkpoint_dir) is not None
-    if wait and local_ck:  # a MiniCluster has no savepoint folder of its own: the job's
-        conf.setdefault("execution.checkpointing.savepoint-dir",
-                        lineage.savepoints_dir(cfg.job_name).resolve().as_uri())
-    if local_ck:
-        protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
-        removed = lineage.prune(cfg.job_name, cfg.retain_snapshots, protect)
-        if removed:
-            print(f"[restore] {cfg.job_name}: retention ({cfg.retain_snapshots} newest kept) removed "
-                  f"{len(removed)} snapshot folder(s)", file=sys.stderr, flush=True)
-    restore = None
-    if plan.snapshot is not None and not by_flink:
-        restore = plan.snapshot.uri if plan.snapshot.checkpoint_id >= 0 else str(plan.snapshot.path)
-    # what takes effect (make_env's precedence): the state settings, flink_conf items among them, with the
-    # caller's own state and memory settings over the former
-    state = state_settings(cfg, local, flink_conf_dir_settings() if local else {})
-    overridden = {item.split("=", 1)[0] for item in cfg.flink_conf}
-    state.update({k: v for k, v in conf.items()
-                  if k.startswith(("state.", "taskmanager.memory.")) and k not in overridden})
-    print(f"[run] {cfg.job_name}: {describe_state(state)}"
-          + (f"; flink_conf {', '.join(cfg.flink_conf)}" if cfg.flink_conf else ""), file=sys.stderr, flush=True)
-    env = make_env(cfg, conf, restore=restore or "", job_id=job_id, local=local)
-    build(env, cfg)
-    lineage.record_run(cfg.job_name, job_id, cfg.checkpoint_dir, plan.snapshot if restore or by_flink else None, extra={
-        "transactional_id_prefix": cfg.transactional_id_prefix, "group_id": cfg.group_id,
-        "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
-        "stage_runtime": cfg.stage_runtime, "flink_settings": state, "max_parallelism": cfg.max_parallelism,
-        "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0})
-    if wait:
-        print(f"[run] {cfg.job_name}: job id {job_id}", file=sys.stderr, flush=True)
-        watch = None
-        if cfg.rest_port:  # a log line while the sinks cannot commit (riskstream/ops/commitwatch.py)
-            from riskstream.ops.commitwatch import CommitWatch
-
-            watch = CommitWatch(f"http://127.0.0.1:{cfg.rest_port}", job_id, cfg.checkpoint_interval_ms)
-            watch.start()
+    guard = runguard.claim(cfg.job_name, "riskstream submit" if on_cluster else "riskstream run")
+    try:
+        preflight(cfg)
+        # `riskstream submit --from-savepoint` restores through `flink run -s`; it names the snapshot here too,
+        # so the start is checked and recorded like --restore-from (Flink itself restores it from -s)
+        by_flink = os.environ.get(FROM_SAVEPOINT_ENV) if not cfg.restore_from else None
+        plan = plan_start(cfg.model_copy(update={"restore_from": by_flink}) if by_flink else cfg)
+        job_id = uuid.uuid4().hex
+        conf = dict(extra_conf or {})
+        rest_port = cfg.rest_port or (int(conf["rest.port"]) if conf.get("rest.port") else None)
+        if wait and not rest_port:  # every run can be stopped by job name: a REST address, recorded below
+            rest_port = free_port()
+            conf.update({"rest.port": str(rest_port), "rest.bind-port": str(rest_port),
+                         "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1"})
+        rest_url = os.environ.get(SUBMIT_REST_ENV) if on_cluster else (
+            f"http://127.0.0.1:{rest_port}" if rest_port else None)
+        local_ck = lineage.local_path(cfg.checkpoint_dir) is not None
+        if wait and local_ck:  # a MiniCluster has no savepoint folder of its own: the job's
+            conf.setdefault("execution.checkpointing.savepoint-dir",
+                            lineage.savepoints_dir(cfg.job_name).resolve().as_uri())
+        if local_ck:
+            protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
+            _retention(cfg, protect, "at start")
+        restore = None
+        if plan.snapshot is not None and not by_flink:
+            restore = plan.snapshot.uri if plan.snapshot.checkpoint_id >= 0 else str(plan.snapshot.path)
+        # what takes effect (make_env's precedence): the state settings, flink_conf items among them, with
+        # the caller's own state and memory settings over the former
+        local = not on_cluster
+        state = state_settings(cfg, local, flink_conf_dir_settings() if local else {})
+        overridden = {item.split("=", 1)[0] for item in cfg.flink_conf}
+        state.update({k: v for k, v in conf.items()
+                      if k.startswith(("state.", "taskmanager.memory.")) and k not in overridden})
+        print(f"[run] {cfg.job_name}: {describe_state(state)}"
+              + (f"; flink_conf {', '.join(cfg.flink_conf)}" if cfg.flink_conf else ""), file=sys.stderr, flush=True)
+        env = make_env(cfg, conf, restore=restore or "", job_id=job_id, local=local)
+        build(env, cfg)
+        lineage.record_run(cfg.job_name, job_id, cfg.checkpoint_dir, plan.snapshot if restore or by_flink else None, extra={
+            "transactional_id_prefix": cfg.transactional_id_prefix, "group_id": cfg.group_id,
+            "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
+            "stage_runtime": cfg.stage_runtime, "retain_snapshots": cfg.retain_snapshots,
+            "flink_settings": state, "max_parallelism": cfg.max_parallelism,
+            "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0,
+            **guard.run_fields(rest_url, "cluster" if on_cluster else "local" if wait else "inproc")})
+        guard.note(job_id=job_id, rest_url=rest_url)
+    except BaseException:
+        guard.release()
+        raise
+    if not wait:  # submitted: from now on the job's REST state says whether it is alive (see runguard)
         try:
-            return env.execute(cfg.job_name)
-        finally:  # a stop-with-savepoint ends this process before the caller can ask where it went
+            return env.execute_async(cfg.job_name)
+        finally:
+            guard.release()
+    print(f"[run] {cfg.job_name}: job id {job_id}, REST {rest_url}", file=sys.stderr, flush=True)
+    watch = None
+    if cfg.rest_port:  # a log line while the sinks cannot commit (riskstream/ops/commitwatch.py)
+        from riskstream.ops.commitwatch import CommitWatch
+
+        watch = CommitWatch(f"http://127.0.0.1:{cfg.rest_port}", job_id, cfg.checkpoint_interval_ms)
+        watch.start()
+    state = "FAILED"
+    try:
+        result = env.execute(cfg.job_name)
+        state = "FINISHED"
+        return result
+    except Exception as e:
+        state = "CANCELED" if "JobCancellationException" in str(e) or "was cancelled" in str(e) else "FAILED"
+        raise
+    except BaseException:  # Ctrl-C, SystemExit: the MiniCluster ends with this process
+        state = "INTERRUPTED"
+        raise
+    finally:  # a stop-with-savepoint ends this process before the caller can ask where it went
+        try:
             if watch is not None:
                 watch.stop()
             for sp in sorted(lineage.savepoints_dir(cfg.job_name).glob(f"savepoint-{job_id[:6]}-*")):
                 lineage.record_savepoint(cfg.job_name, job_id, sp.as_uri(), stopped=True)
-    return env.execute_async(cfg.job_name)
+            lineage.record_end(cfg.job_name, job_id, state)
+            print(f"[run] {cfg.job_name}: job {job_id} {state}", file=sys.stderr, flush=True)
+            if local_ck:  # the run is over: its folder keeps no more than the retention
+                _retention(cfg, (), "at stop")
+        finally:
+            guard.release()
+
+
+def _retention(cfg: JobConfig, protect: tuple, when: str) -> None:
+    from riskstream.ops import lineage
+
+    removed = lineage.prune(cfg.job_name, cfg.retain_snapshots, protect)
+    if removed:
+        print(f"[restore] {cfg.job_name}: retention {when} ({cfg.retain_snapshots} newest kept) removed "
+              f"{len(removed)} snapshot folder(s)", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -501,7 +550,7 @@ def main(argv: list[str] | None = None) -> str:
     from udfs.scoring import ModelError
 
     try:
-        client = run(cfg, wait=False, local=False)
+        client = run(cfg, wait=False, on_cluster=True)
     except (ModelError, FileNotFoundError, StartupError, ValueError) as e:
         raise SystemExit(f"riskstream decision job: {e}")
     job_id = str(client.get_job_id())

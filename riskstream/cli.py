@@ -506,11 +506,12 @@ def cmd_cluster(a) -> int:
 
 def cmd_submit(a) -> int:
     from .ops import flink_rest, submit
+    from .ops.errors import StartupError
 
-    job_config(a)  # fail fast on invalid flags or RISKSTREAM_* values, before any Flink work
+    cfg = job_config(a)  # fail fast on invalid flags or RISKSTREAM_* values, before any Flink work
     try:
         res = submit.submit(submit.settings_from_args(a), jobmanager=a.jobmanager, from_savepoint=a.from_savepoint,
-                            allow_non_restored_state=a.allow_non_restored_state)
+                            allow_non_restored_state=a.allow_non_restored_state, job_name=cfg.job_name)
         print(f"[submit] job {res.job_id} submitted to {res.rest_url} in {res.seconds:.1f}s"
               + (f" from {a.from_savepoint}" if a.from_savepoint else ""), file=sys.stderr)
         print(res.job_id, flush=True)
@@ -518,7 +519,7 @@ def cmd_submit(a) -> int:
             secs = flink_rest.wait_running(res.rest_url, res.job_id, deadline_s=a.deadline)
             print(f"[submit] job {res.job_id} running, first checkpoint completed, {secs:.1f}s after submission",
                   file=sys.stderr)
-    except flink_rest.FlinkError as e:
+    except (flink_rest.FlinkError, StartupError) as e:
         raise SystemExit(f"riskstream submit: {e}")
     return 0
 
@@ -527,14 +528,29 @@ def cmd_savepoint(a) -> int:
     from .ops import flink_rest, submit
 
     try:
-        res = submit.savepoint(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
+        res = submit.savepoint(a.job, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
     except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream savepoint: {e}")
-    print(f"[savepoint] job {a.job_id}: savepoint in {res.seconds:.1f}s; the job keeps running; "
+    print(f"[savepoint] job {a.job}: savepoint in {res.seconds:.1f}s; the job keeps running; "
           + (f"recorded in job {res.job_name}'s lineage" if res.job_name else
              "not a job riskstream started here, so no lineage recorded it"), file=sys.stderr)
     print(res.location)
     return 0
+
+
+def _latest_note(name: str | None) -> str:
+    """What `--restore-from latest` of job ``name`` would pick now, in a few words."""
+    from .ops import lineage
+
+    if name is None:
+        return ""
+    try:
+        res = lineage.resolve_latest(name)
+    except lineage.ManualRestoreRequired as e:
+        return f"`--restore-from latest` would be refused: {e}"
+    if res is None or res.snapshot is None:
+        return "`--restore-from latest` would start without state"
+    return f"`--restore-from latest` resumes from {res.snapshot.describe()}"
 
 
 def cmd_cancel(a) -> int:
@@ -542,18 +558,34 @@ def cmd_cancel(a) -> int:
 
     try:
         if a.no_savepoint:
-            state = submit.cancel(a.job_id, jobmanager=a.jobmanager, deadline_s=a.deadline)
-            print(f"[cancel] job {a.job_id} {state} (no savepoint)", file=sys.stderr)
+            ref = submit.resolve(a.job, jobmanager=a.jobmanager)
+            state = submit.cancel(ref.job_id, jobmanager=a.jobmanager, deadline_s=a.deadline)
+            note = _latest_note(ref.name)
+            print(f"[cancel] job {ref.job_id} {state} (no savepoint)" + (f"; {note}" if note else ""),
+                  file=sys.stderr)
+            print(state)
             return 0
-        res = submit.stop(a.job_id, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
+        res = submit.stop(a.job, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
     except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream cancel: {e}")
-    print(f"[cancel] job {a.job_id} stopped with a savepoint in {res.seconds:.1f}s (job {res.final_state}); "
-          + (f"recorded in job {res.job_name}'s lineage, so `--restore-from latest` resumes from it; "
-             if res.job_name else "")
+    note = _latest_note(res.job_name)
+    print(f"[cancel] job {a.job} stopped with a savepoint in {res.seconds:.1f}s (job {res.final_state}); "
+          + (f"recorded in job {res.job_name}'s lineage; {note}; " if res.job_name else "")
           + f"resume with `riskstream submit --from-savepoint {res.location}` or "
             f"`riskstream run --restore-from {res.location}`", file=sys.stderr)
     print(res.location)
+    return 0
+
+
+def cmd_snapshots(a) -> int:
+    from .ops import snapshots
+
+    d = snapshots.listing(a.job)
+    if not d["runs"] and not d["snapshots"]:
+        print(f"riskstream snapshots: job {a.job} has no lineage and no snapshot under {d['folder']}", file=sys.stderr)
+    print(snapshots.render(d))
+    if a.json:
+        print(orjson.dumps(d).decode())
     return 0
 
 
@@ -789,24 +821,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --from-savepoint: skip savepoint state of removed operators")
     p.add_argument("--wait-running", action="store_true",
                    help="then wait until every task runs and a first checkpoint completed; print the time")
-    p.add_argument("--deadline", type=float, default=180, help="seconds --wait-running waits")
+    p.add_argument("--deadline", type=float, default=180, metavar="SECONDS",
+                   help="seconds --wait-running waits [default 180]")
     add_job_flags(p, skip=("rest_port",))
     p.set_defaults(fn=cmd_submit)
 
+    job_help = ("a job name (its live run, found through the lineage in <riskstream home>/jobs/<job>/, with the REST "
+                "address the run recorded) or a Flink job id (32 hex digits)")
+    sp_dir = ("savepoint directory [default: <riskstream home>/jobs/<job>/savepoints for a job riskstream started "
+              "here with a local checkpoint_dir; otherwise the cluster's execution.checkpointing.savepoint-dir]")
+    jm_ref_help = ("JobManager REST address host:port [default: the one the job's run recorded in its lineage, "
+                   "else the local cluster's]")
     p = sub.add_parser("savepoint", help="take a savepoint of a running job (it keeps running); prints its path")
-    p.add_argument("job_id")
-    p.add_argument("--jobmanager", default=None, help=jm_help)
-    p.add_argument("--dir", default=None, help="target directory [default: the cluster's savepoint dir]")
-    p.add_argument("--deadline", type=float, default=300)
+    p.add_argument("job", metavar="JOB", help=job_help)
+    p.add_argument("--jobmanager", default=None, help=jm_ref_help)
+    p.add_argument("--dir", default=None, help=sp_dir)
+    p.add_argument("--deadline", type=float, default=300, metavar="SECONDS",
+                   help="seconds to wait for the savepoint to complete [default 300]; a run that dies meanwhile "
+                        "fails at once")
     p.set_defaults(fn=cmd_savepoint)
 
-    p = sub.add_parser("cancel", help="stop a job with a savepoint (the upgrade path); prints the savepoint path")
-    p.add_argument("job_id")
-    p.add_argument("--jobmanager", default=None, help=jm_help)
-    p.add_argument("--dir", default=None, help="savepoint directory [default: the cluster's savepoint dir]")
-    p.add_argument("--no-savepoint", action="store_true", help="cancel without a savepoint")
-    p.add_argument("--deadline", type=float, default=300)
+    p = sub.add_parser("cancel", help="stop a job with a savepoint (the upgrade path); prints the savepoint path "
+                                      "(with --no-savepoint: cancel it and print its final state, CANCELED)")
+    p.add_argument("job", metavar="JOB", help=job_help)
+    p.add_argument("--jobmanager", default=None, help=jm_ref_help)
+    p.add_argument("--dir", default=None, help=sp_dir)
+    p.add_argument("--no-savepoint", action="store_true",
+                   help="cancel without a savepoint (the job keeps its newest retained checkpoint)")
+    p.add_argument("--deadline", type=float, default=300, metavar="SECONDS",
+                   help="seconds to wait for the savepoint and for the job to end [default 300]; a run that dies "
+                        "meanwhile fails at once")
     p.set_defaults(fn=cmd_cancel)
+
+    p = sub.add_parser("snapshots", help="list a job's lineage: runs, completed and half-written checkpoints and "
+                                         "savepoints (age, run, source offsets), and what --restore-from latest "
+                                         "would pick and why")
+    p.add_argument("job", metavar="JOB", help="the job name (its folder <riskstream home>/jobs/<job>/)")
+    p.add_argument("--json", action="store_true", help="also print the listing as JSON on the last line")
+    p.set_defaults(fn=cmd_snapshots)
 
     p = sub.add_parser("report", help="the analyst's report: one self-contained HTML file about decisions vs labels")
     src = p.add_mutually_exclusive_group()

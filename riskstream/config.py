@@ -111,7 +111,8 @@ class JobConfig(BaseModel):
                               "must surface, not loop forever")
     rest_port: int | None = Field(
         None, ge=1, le=65535, description="local MiniCluster REST/web port on 127.0.0.1 (metrics, savepoints, "
-                                          "`riskstream verify`); unset: none")
+                                          "`riskstream cancel`); unset: `riskstream run` picks a free port "
+                                          "and records it in the job's lineage")
     restore_from: str | None = Field(
         None, description="start from this savepoint or retained checkpoint (path or URI), or 'latest' for "
                           "the job's newest completed checkpoint or savepoint, from its lineage "
@@ -121,8 +122,9 @@ class JobConfig(BaseModel):
                            "committed (an older snapshot, or no state on a topic with decisions); the repeats "
                            "carry the same decision_ids")
     retain_snapshots: int = Field(
-        3, ge=1, le=1000, description="completed checkpoints and savepoints kept per job (newest first) when a "
-                                      "run starts; half-written checkpoints of dead runs are removed then too")
+        3, ge=1, le=1000, description="completed checkpoints and savepoints kept per job (newest first, in "
+                                      "jobs/<job_name>/) when a run starts and when it stops; half-written "
+                                      "checkpoint and savepoint folders are removed then too")
     max_parallelism: int = Field(
         128, ge=1, le=32768, description="key groups of the keyed state (pipeline.max-parallelism): the highest "
                                          "parallelism a savepoint can be restored at; changing it makes earlier "

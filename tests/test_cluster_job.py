@@ -135,6 +135,17 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         assert {k: c1.get(k) for k in ("dead_letters", "late_events", "duplicate_events", "processing_errors")} \
             == dict.fromkeys(("dead_letters", "late_events", "duplicate_events", "processing_errors"), 0), c1
 
+        # -- one job, one run: a second submit of the running job is refused before `flink run`, nothing touched
+        job_dir = home / "jobs" / f"{run}-job"
+        before = {f: (f.stat().st_size, f.stat().st_mtime_ns) for f in job_dir.rglob("*")}
+        t0 = time.monotonic()
+        again = _cli(env, "submit", *job_flags, check=False)
+        assert again.returncode != 0 and time.monotonic() - t0 < 5, (time.monotonic() - t0, again.stderr)
+        assert f"job {run}-job is already running" in again.stderr and job1 in again.stderr, again.stderr
+        assert f"REST {lay.rest_url}" in again.stderr and "(RUNNING)" in again.stderr, again.stderr
+        assert {f: (f.stat().st_size, f.stat().st_mtime_ns) for f in job_dir.rglob("*")} == before
+        assert [j["id"] for j in cluster.status(root)["jobs"] if j["state"] == "RUNNING"] == [job1]
+
         # -- a savepoint while the job runs, then stop with a savepoint (the upgrade path) ----------------
         t0 = time.monotonic()
         sp = _cli(env, "savepoint", job1).stdout.strip()

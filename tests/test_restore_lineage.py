@@ -163,7 +163,7 @@ def test_latest_restores_the_savepoint_and_older_state_is_refused(kafka_bootstra
     try:
         c.running(checkpoint=True)
         assert same_path(c.restored()["external_path"], sp2), c.restored()
-        assert "completed no snapshot; it had restored from this one" in c.text()
+        assert "completed no snapshot" in c.text()  # B committed nothing: skipped, A's SP2 is latest
         produce_events(kafka_bootstrap, names[0], third)
         wait_decided(kafka_bootstrap, names[1], 700)
         # the source commits the group's offsets asynchronously after the checkpoint that committed them

@@ -296,11 +296,13 @@ def savepoint_status(rest_url: str, job_id: str, request_id: str, what: str = "s
 
 
 def await_savepoint(rest_url: str, job_id: str, request_id: str, what: str, deadline_s: float,
-                    found: Callable[[], str | None] | None = None) -> str:
+                    found: Callable[[], str | None] | None = None,
+                    gone: Callable[[], str | None] | None = None) -> str:
     """Poll :func:`savepoint_status` until the savepoint's location is known. While the JobManager does not
     answer or no longer knows the job (a MiniCluster exits with its job once a stop-with-savepoint finished
     it; a JobManager being elected answers 503), ``found()`` is asked for the location another way (the
-    savepoint folder)."""
+    savepoint folder), then ``gone()`` whether the run is over (its process exited): a run that is over
+    without a savepoint fails at once (:class:`FlinkError`), not at the deadline."""
     t0 = time.monotonic()
     status = "no answer"
     while True:
@@ -314,6 +316,11 @@ def await_savepoint(rest_url: str, job_id: str, request_id: str, what: str, dead
             location = found() if found is not None else None
             if location:
                 return location
+            why = gone() if gone is not None else None
+            if why and not (found() if found is not None else None):  # found() again: it may just have landed
+                raise FlinkError(f"{what} of job {job_id} did not complete: the run is over ({why}) and no "
+                                 f"completed savepoint of it was found (last status {status}). Its newest state "
+                                 "is in its retained checkpoints: `riskstream snapshots <job name>` lists them")
         if time.monotonic() - t0 > deadline_s:
             raise FlinkError(f"{what} of job {job_id} not completed within {deadline_s:.0f}s (last status "
                              f"{status}); the job may still be working on it, see the Flink UI at {rest_url}")

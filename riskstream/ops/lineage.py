@@ -9,7 +9,11 @@ Each job (by ``job_name``) has its own folder ``<home>/jobs/<job_name>/``:
 - ``lineage.jsonl`` the record, one JSON object a line, rewritten atomically (temporary file, fsync,
   rename) on every append: ``{"kind": "run", ...}`` when a run starts (its job id is fixed before it is
   submitted, so the record exists even when the process dies before its first checkpoint) and
-  ``{"kind": "savepoint", ...}`` when a savepoint completes.
+  ``{"kind": "savepoint", ...}`` when a savepoint completes, and ``{"kind": "end", ...}`` when a ``riskstream
+  run`` process saw its job end (its final state: FINISHED, CANCELED or FAILED).
+
+A run also records how a later start can tell whether it is still alive (``runner``, ``pid``, ``pid_start``,
+``host``, ``rest_url``); :mod:`.runguard` refuses a second start of a live job before anything is written.
 
 A snapshot (checkpoint or savepoint) counts as completed only when its ``_metadata`` starts with Flink's
 metadata header: the magic int ``0x4960672D``, the serializer version (an int; 6 in Flink 2.2) and the
@@ -17,10 +21,14 @@ checkpoint id (a long) -- ``Checkpoints.storeCheckpointMetadata`` writes these f
 ``MetadataV2V3SerializerBase.serializeMetadata`` begins with the id, for versions 2 to 6. A ``chk-N`` without
 such a ``_metadata`` (or whose id is not ``N``) is half-written and never a candidate.
 
-:func:`resolve_latest` is ``--restore-from latest``: the newest run's completed snapshot with the highest
-checkpoint id (its retained ``chk-N`` or a savepoint it produced), else -- the newest run completed nothing,
-e.g. it was killed before its first checkpoint -- what that run restored from, recursively. Nothing to
-name while the job has run before raises :class:`ManualRestoreRequired`.
+:func:`resolve_latest` is ``--restore-from latest``: the completed snapshot with the highest checkpoint id
+(a retained ``chk-N`` or a savepoint) of the newest run that completed one. A run that completed no
+checkpoint or savepoint (killed before its first checkpoint, refused by Flink, failed at start) committed
+nothing -- its sinks' transactions commit only when a snapshot completes -- so it is skipped: it never
+becomes what ``latest`` resumes from. When no run completed anything, the snapshot the newest such run
+restored is taken, or, if none restored anything, the start is without state. State that existed but is
+gone (a restored snapshot, a recorded savepoint, or the lineage itself while the folder is not empty)
+raises :class:`ManualRestoreRequired`.
 """
 
 from __future__ import annotations
@@ -170,7 +178,7 @@ def read(job_name: str, home: Path | None = None) -> list[dict]:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and rec.get("kind") in ("run", "savepoint"):
+        if isinstance(rec, dict) and rec.get("kind") in ("run", "savepoint", "end"):
             out.append(rec)
     return out
 
@@ -227,6 +235,13 @@ def record_savepoint(job_name: str, job_id: str, location: str, stopped: bool, h
     return rec
 
 
+def record_end(job_name: str, job_id: str, state: str, home: Path | None = None) -> dict:
+    """Record that run ``job_id`` ended in ``state`` (written by the ``riskstream run`` process that ran it)."""
+    rec = {"kind": "end", "job_id": job_id, "state": state, "ended_at": int(time.time() * 1000)}
+    append(job_name, rec, home)
+    return rec
+
+
 def find_job(job_id: str, home: Path | None = None) -> str | None:
     """The job name whose lineage has a run with ``job_id``, if any."""
     root = (home or paths.home()) / "jobs"
@@ -260,14 +275,29 @@ def run_savepoints(job_name: str, run: dict, records: list[dict], home: Path | N
 
 @dataclass(frozen=True)
 class Resolution:
-    snapshot: Snapshot
+    snapshot: Snapshot | None  # None: start without state (no run of the job completed anything)
     how: str  # why this one, for the operator
+    run_id: str | None = None  # the run that wrote it (None: unknown or a restored snapshot)
+
+
+def completed_by_run(job_name: str, run: dict, records: list[dict], home: Path | None = None) -> list[Snapshot] | None:
+    """The completed snapshots of one run (retained checkpoints and savepoints); None when its checkpoints
+    are on a remote file system, so whether it completed any cannot be seen from here."""
+    sps = run_savepoints(job_name, run, records, home)
+    if lineage_local(run) is None:
+        return sps or None
+    done, _ = run_checkpoints(run["checkpoint_dir"], run["job_id"])
+    return done + sps
+
+
+def lineage_local(run: dict) -> Path | None:
+    return local_path(run.get("checkpoint_dir") or "")
 
 
 def resolve_latest(job_name: str, home: Path | None = None) -> Resolution | None:
-    """The newest completed snapshot of the job (see the module's doc); None when the job never ran (no
-    lineage and nothing in its folder). Raises :class:`ManualRestoreRequired` when the job ran but nothing
-    can be named."""
+    """The snapshot ``--restore-from latest`` restores (see the module's doc); None when the job never ran (no
+    lineage and nothing in its folder). Raises :class:`ManualRestoreRequired` when state existed but cannot be
+    named."""
     records = read(job_name, home)
     runs = [r for r in records if r["kind"] == "run"]
     jd = job_dir(job_name, home)
@@ -277,38 +307,55 @@ def resolve_latest(job_name: str, home: Path | None = None) -> Resolution | None
             raise ManualRestoreRequired(
                 f"job {job_name} has run before ({', '.join(str(t) for t in traces)} not empty) but its lineage "
                 f"({lineage_path(job_name, home)}) is gone: manual restore required. Name the snapshot with "
-                "--restore-from PATH, or start without --restore-from (the start is checked against the "
-                "committed output)")
+                "--restore-from PATH (`riskstream snapshots` lists them), or start without --restore-from (the "
+                "start is checked against the committed output)")
         return None
-    run = runs[-1]
-    done, _ = run_checkpoints(run["checkpoint_dir"], run["job_id"])
-    cands = done + run_savepoints(job_name, run, records, home)
-    if cands:
-        best = max(cands, key=lambda s: (s.checkpoint_id, s.savepoint))
-        return Resolution(best, f"the newest completed snapshot of the newest run, {run['job_id']}")
-    src = run.get("restored_from")
-    if not src:
+    skipped: list[str] = []
+    restored: list[Snapshot] = []  # what the skipped runs restored, still readable
+    gone: list[str] = []  # state the skipped runs restored or recorded that no longer exists
+    for run in reversed(runs):
+        cands = completed_by_run(job_name, run, records, home)
+        if cands is None:
+            raise ManualRestoreRequired(
+                f"run {run['job_id']} of job {job_name} checkpoints to {run.get('checkpoint_dir')}, which riskstream "
+                "cannot list, and took no savepoint here: manual restore required (--restore-from PATH)")
+        if cands:
+            best = max(cands, key=lambda s: (s.checkpoint_id, s.savepoint))
+            how = f"the newest completed snapshot of run {run['job_id']}"
+            if skipped:
+                how += (f"; the newer run(s) {', '.join(skipped)} completed no snapshot, so they committed nothing "
+                        "and are skipped")
+            else:
+                how += ", the newest run"
+            return Resolution(best, how, run["job_id"])
+        skipped.append(run["job_id"])
+        src = run.get("restored_from")
+        if src:
+            snap = read_snapshot(src)
+            (restored.append(snap) if snap else gone.append(src))
+        gone += [r["path"] for r in records if r["kind"] == "savepoint" and r.get("job_id") == run["job_id"]
+                 and read_snapshot(r["path"], savepoint=True) is None]
+    if restored:
+        # Nothing completed since: the committed output continues from what the newest of them restored
+        best = restored[0]
+        return Resolution(best, f"no run completed a snapshot since it was restored (run(s) {', '.join(skipped)} "
+                                "completed no snapshot; the newest of them had restored from this one)")
+    if gone:
         raise ManualRestoreRequired(
-            f"the newest run of job {job_name} ({run['job_id']}) started without state and completed no "
-            "checkpoint or savepoint, so there is no state to restore: manual restore required. Start "
-            "without --restore-from (the start position is checked against the committed output) or name "
-            "a snapshot with --restore-from PATH")
-    snap = read_snapshot(src)
-    if snap is None:
-        raise ManualRestoreRequired(
-            f"run {run['job_id']} of job {job_name} completed no snapshot and the one it restored from "
-            f"({src}) is gone or incomplete: manual restore required (--restore-from PATH)")
-    # The newest run committed nothing (its transactions commit only on a completed checkpoint), so the
-    # state its predecessors' committed output continues from is the one it restored: the same rule again
-    # one run back, which already chose this snapshot.
-    return Resolution(snap, f"the newest run, {run['job_id']}, completed no snapshot; it had restored from this one")
+            f"no run of job {job_name} has a completed snapshot left, and state it had is gone or incomplete "
+            f"({', '.join(list(dict.fromkeys(gone))[:3])}): manual restore required (--restore-from PATH; `riskstream snapshots "
+            f"{job_name}` lists what there is)")
+    return Resolution(None, f"no run of job {job_name} ({', '.join(skipped)}) completed a checkpoint or savepoint "
+                            "and none restored one, so none committed anything: a start without state (checked "
+                            "against the committed output)")
 
 
 # -- retention -----------------------------------------------------------------------------------------
 
 
 def all_snapshots(job_name: str, home: Path | None = None) -> tuple[list[Snapshot], list[Path]]:
-    """(every completed snapshot of the job's runs and savepoints folder, half-written ``chk-N`` folders)."""
+    """(every completed snapshot of the job's runs and savepoints folder, half-written ``chk-N`` and
+    ``savepoint-*`` folders)."""
     records = read(job_name, home)
     done: dict[Path, Snapshot] = {}
     half: list[Path] = []
@@ -326,6 +373,8 @@ def all_snapshots(job_name: str, home: Path | None = None) -> tuple[list[Snapsho
         s = read_snapshot(sp, savepoint=True)
         if s:
             done.setdefault(s.path.resolve(), s)
+        elif sp.is_dir():
+            half.append(sp)  # a savepoint that failed or was cut off: never restorable
     for r in records:
         if r["kind"] == "savepoint":
             s = read_snapshot(r["path"], savepoint=True)
@@ -336,8 +385,10 @@ def all_snapshots(job_name: str, home: Path | None = None) -> tuple[list[Snapsho
 
 def prune(job_name: str, keep: int, protect: tuple[Path, ...] = (), home: Path | None = None) -> list[Path]:
     """Keep the newest ``keep`` completed snapshots of the job (by ``_metadata`` time; and whatever is in
-    ``protect``, e.g. the one being restored); remove the others and every half-written ``chk-N`` (call it
-    only when no run of the job is alive: a live run's next checkpoint is half-written while it is taken).
+    ``protect``, e.g. the one being restored); remove the others, every half-written ``chk-N`` and every
+    half-written savepoint folder of the job (call it only when no run of the job is alive -- at a start,
+    after :mod:`.runguard` claimed the job, or when its run stopped: a live run's next checkpoint or
+    savepoint is half-written while it is taken).
     Savepoints outside the job's folder are never removed. Returns what was removed."""
     done, half = all_snapshots(job_name, home)
     protect_r = {p.resolve() for p in protect}

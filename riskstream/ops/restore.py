@@ -57,6 +57,8 @@ def resolve_restore(cfg: JobConfig, log=None) -> tuple[Snapshot | None, str]:
         res = lineage.resolve_latest(cfg.job_name)
         if res is None:
             return None, f"--restore-from latest: job {cfg.job_name} has no lineage and no snapshot (a first start)"
+        if res.snapshot is None:
+            return None, f"--restore-from latest: {res.how}"
         return res.snapshot, f"--restore-from latest: {res.how}"
     local = lineage.local_path(cfg.restore_from)
     if local is None:  # s3://, hdfs://, ...: Flink checks it

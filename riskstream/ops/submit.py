@@ -179,14 +179,34 @@ class Submitted:
 
 def submit(settings: dict[str, object] | None = None, jobmanager: str | None = None,
            from_savepoint: str | None = None, root: Path | str | None = None, timeout_s: float = 300.0,
-           allow_non_restored_state: bool = False) -> Submitted:
-    """``flink run -d -py pipelines/decision_job.py`` with the job flags in ``settings``; return the job id."""
+           allow_non_restored_state: bool = False, job_name: str | None = None) -> Submitted:
+    """``flink run -d -py pipelines/decision_job.py`` with the job flags in ``settings``; return the job id.
+
+    ``job_name`` (the job's name as its settings give it) is claimed first (:mod:`.runguard`): a job with a
+    live run is refused here, before ``flink run`` starts; the claim is held while ``flink run`` runs and its
+    client (``decision_job.run``) proceeds under it (``RISKSTREAM_RUN_TOKEN``)."""
+    from . import runguard
+
     settings = dict(settings or {})
     if from_savepoint and settings.get("restore_from"):
         raise SubmitError("give either --from-savepoint or --restore-from, not both (on a cluster prefer "
                           "--from-savepoint)")
     argv, extra_env = job_flags(settings)
+    guard = runguard.claim(job_name, "riskstream submit") if job_name else None
+    try:
+        return _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state)
+    finally:
+        if guard is not None:
+            guard.release()
+
+
+def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state):
+    from . import runguard
+
     t = target(jobmanager, root)
+    extra_env["RISKSTREAM_SUBMIT_REST_URL"] = t.rest_url  # recorded in the lineage: how to find the job later
+    if guard is not None:
+        extra_env[runguard.TOKEN_ENV] = guard.token
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
         run_args += ["-s", _savepoint_path(from_savepoint)]
@@ -257,6 +277,88 @@ def _rest_url(jobmanager: str | None, root: Path | str | None) -> str:
     return lay.rest_url
 
 
+@dataclass
+class JobRef:
+    """A job named on the command line (a riskstream job name or a Flink job id), resolved."""
+
+    job_id: str
+    rest_url: str
+    name: str | None = None  # the riskstream job whose lineage records the run
+    run: dict | None = None  # its lineage run record
+
+
+def resolve(ref: str, jobmanager: str | None = None, root: Path | str | None = None) -> JobRef:
+    """``ref`` is a job name (its live run, from the job's lineage) or a Flink job id. The REST address is
+    ``jobmanager`` when given, else the one the run recorded (a ``riskstream run`` MiniCluster's, or the
+    cluster a ``riskstream submit`` job went to), else the local cluster's."""
+    from . import lineage, runguard
+
+    ref = ref.strip()
+    if flink_rest.JOB_ID.match(ref.lower()):
+        job_id = ref.lower()
+        name = lineage.find_job(job_id)
+        run = next((r for r in lineage.read(name) if r["kind"] == "run" and r.get("job_id") == job_id), None) \
+            if name else None
+    else:
+        name = ref
+        records = lineage.read(name)
+        if not records:
+            raise SubmitError(f"{ref!r} is neither a Flink job id (32 hex digits) nor a job with a lineage under "
+                              f"{lineage.job_dir(name).parent} (`riskstream snapshots NAME` lists a job's runs)")
+        live = runguard.live_runs(name)
+        runs = [r for r in records if r["kind"] == "run"]
+        if not live and not runs:
+            raise SubmitError(f"job {name} has no run in its lineage ({lineage.lineage_path(name)})")
+        if not live:
+            last = runs[-1]
+            end = runguard.ended_runs(records).get(last["job_id"])
+            how = (f"it ended {end['state']} at {runguard.human_time(end['ended_at'] / 1000)}" if end else
+                   "its process is gone and no JobManager reports its job")
+            raise SubmitError(f"job {name} has no live run: its newest run, {last['job_id']}, is not running ({how}). "
+                              f"`riskstream snapshots {name}` lists its snapshots and what `--restore-from latest` "
+                              "would resume from")
+        job_id = live[0].job_id
+        run = next(r for r in records if r["kind"] == "run" and r.get("job_id") == job_id)
+    if jobmanager:
+        rest_url = target(jobmanager, root).rest_url
+    elif run is not None and run.get("rest_url"):
+        rest_url = run["rest_url"]
+    else:
+        rest_url = _rest_url(None, root)
+    return JobRef(job_id, rest_url, name, run)
+
+
+def _over(ref: JobRef, what: str) -> None:
+    """Refuse at once when the lineage shows the run over (its process exited, its JobManager does not run it):
+    its REST address may be dead or another run's by now."""
+    why = _gone(ref)()
+    if why:
+        end = None
+        if ref.name:
+            from . import lineage, runguard
+
+            end = runguard.ended_runs(lineage.read(ref.name)).get(ref.job_id)
+        raise SubmitError(f"job {ref.job_id}{f' ({ref.name})' if ref.name else ''} is not running: {why}"
+                          + (f", it ended {end['state']}" if end else "") + f"; no {what} possible. "
+                          + (f"`riskstream snapshots {ref.name}` lists its snapshots" if ref.name else ""))
+
+
+def _gone(ref: JobRef):
+    """A check that says why the run is over (its process exited, its JobManager no longer runs it), or None
+    while it may still be working; without a lineage record nothing can be said (None)."""
+    from . import runguard
+
+    def gone() -> str | None:
+        if ref.run is None or not (ref.run.get("pid") or ref.run.get("rest_url")):  # recorded before liveness was
+            return None
+        if runguard.run_alive({**ref.run, "job_name": ref.name}) is not None:
+            return None
+        pid = ref.run.get("pid") if ref.run.get("runner") == "local" else None
+        return (f"its process {pid} has exited" if pid else f"no JobManager at {ref.rest_url} runs it any more")
+
+    return gone
+
+
 def _running(rest_url: str, job_id: str, what: str) -> None:
     job = job_details(rest_url, job_id)  # JobNotFound / ClusterNotRunning with a clear message
     if job.get("state") != "RUNNING":
@@ -302,17 +404,20 @@ def _record(name: str | None, job_id: str, location: str, stopped: bool) -> None
 
 def savepoint(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
               root: Path | str | None = None, deadline_s: float = 300.0) -> SavepointResult:
-    """Trigger a savepoint; the job keeps running. Without ``target_dir`` a job riskstream started saves into
-    its own folder (``jobs/<name>/savepoints``, recorded in its lineage), another job into the cluster's
-    ``execution.checkpointing.savepoint-dir`` (the local cluster sets ``<root>/savepoints``)."""
-    job_id = check_job_id(job_id)
-    rest_url = _rest_url(jobmanager, root)
+    """Trigger a savepoint; the job keeps running. ``job_id`` is a Flink job id or a riskstream job name
+    (:func:`resolve`). Without ``target_dir`` a job riskstream started saves into its own folder
+    (``jobs/<name>/savepoints``, recorded in its lineage), another job into the cluster's
+    ``execution.checkpointing.savepoint-dir`` (the local cluster sets ``<root>/savepoints``). A run that dies
+    meanwhile fails the wait at once."""
+    ref = resolve(job_id, jobmanager, root)
     t0, since = time.monotonic(), time.time()
-    _running(rest_url, job_id, "savepoint")
-    target, name = _savepoint_target(job_id, target_dir)
-    rid = flink_rest.trigger_savepoint(rest_url, job_id, target)
-    loc = flink_rest.await_savepoint(rest_url, job_id, rid, "savepoint", deadline_s, _found_in(job_id, target, since))
-    _record(name, job_id, loc, stopped=False)
+    _over(ref, "savepoint")
+    _running(ref.rest_url, ref.job_id, "savepoint")
+    target, name = _savepoint_target(ref.job_id, target_dir)
+    rid = flink_rest.trigger_savepoint(ref.rest_url, ref.job_id, target)
+    loc = flink_rest.await_savepoint(ref.rest_url, ref.job_id, rid, "savepoint", deadline_s,
+                                     _found_in(ref.job_id, target, since), gone=_gone(ref))
+    _record(name, ref.job_id, loc, stopped=False)
     return SavepointResult(loc, time.monotonic() - t0, job_name=name)
 
 
@@ -320,31 +425,56 @@ def stop(job_id: str, jobmanager: str | None = None, target_dir: str | None = No
          root: Path | str | None = None, deadline_s: float = 300.0, drain: bool = False,
          rest_url: str | None = None) -> SavepointResult:
     """Stop with a savepoint (the upgrade path): the sinks commit their last transactions, the job ends
-    FINISHED; return the savepoint's location once the job has ended.
+    FINISHED; return the savepoint's location once the job has ended. ``job_id`` is a Flink job id or a
+    riskstream job name (:func:`resolve`).
 
     A ``riskstream run`` job's MiniCluster exits with the job, taking its REST API along, possibly before
-    the savepoint's status could be read: the savepoint is then found in its target folder, and the job
-    counts as FINISHED once the endpoint is gone. ``rest_url`` (``http://host:port``) names the JobManager
+    the savepoint's status could be read: the savepoint is then found in its target folder, and the job's
+    final state is the one its process recorded in the lineage. A run whose process dies without a
+    completed savepoint fails the wait at once. ``rest_url`` (``http://host:port``) names the JobManager
     directly, e.g. a ``riskstream run`` MiniCluster's (``riskstream chaos``)."""
-    job_id = check_job_id(job_id)
-    rest_url = rest_url or _rest_url(jobmanager, root)
+    ref = resolve(job_id, jobmanager if rest_url is None else None, root) if rest_url is None else \
+        _ref_at(job_id, rest_url)
     t0, since = time.monotonic(), time.time()
-    _running(rest_url, job_id, "stop-with-savepoint")
-    target, name = _savepoint_target(job_id, target_dir)
-    rid = flink_rest.trigger_savepoint(rest_url, job_id, target, stop=True, drain=drain)
-    loc = flink_rest.await_savepoint(rest_url, job_id, rid, "stop-with-savepoint", deadline_s,
-                                     _found_in(job_id, target, since))
-    _record(name, job_id, loc, stopped=True)
+    _over(ref, "stop-with-savepoint")
+    _running(ref.rest_url, ref.job_id, "stop-with-savepoint")
+    target, name = _savepoint_target(ref.job_id, target_dir)
+    rid = flink_rest.trigger_savepoint(ref.rest_url, ref.job_id, target, stop=True, drain=drain)
+    loc = flink_rest.await_savepoint(ref.rest_url, ref.job_id, rid, "stop-with-savepoint", deadline_s,
+                                     _found_in(ref.job_id, target, since), gone=_gone(ref))
+    _record(name, ref.job_id, loc, stopped=True)
     left = max(10.0, deadline_s - (time.monotonic() - t0))
-    state = _final_state(rest_url, job_id, left)
+    state = _final_state(ref, left, "FINISHED")
+    retention_after_stop(ref)
     return SavepointResult(loc, time.monotonic() - t0, state, job_name=name)
 
 
-def _final_state(rest_url: str, job_id: str, deadline_s: float) -> str:
-    """The job's terminal state; "FINISHED (its MiniCluster exited)" once nothing answers any more after a
-    completed stop-with-savepoint (only a finished job takes a MiniCluster down)."""
+def _ref_at(job_id: str, rest_url: str) -> JobRef:
+    from . import lineage
+
+    job_id = check_job_id(job_id)
+    name = lineage.find_job(job_id)
+    run = next((r for r in lineage.read(name) if r["kind"] == "run" and r.get("job_id") == job_id), None) \
+        if name else None
+    return JobRef(job_id, rest_url, name, run)
+
+
+def _final_state(ref: JobRef, deadline_s: float, expected: str) -> str:
+    """The job's terminal state. A ``riskstream run`` MiniCluster exits with its job: then the state is the one
+    its process recorded in the lineage (``end`` record), or, when the process left none, ``expected`` (what
+    the stop or cancel that ended it leads to) marked as such."""
+    from . import lineage, runguard
+
     t_end = time.monotonic() + deadline_s
     gone_since = None
+    rest_url, job_id = ref.rest_url, ref.job_id
+
+    def recorded() -> str | None:
+        if ref.name is None:
+            return None
+        end = runguard.ended_runs(lineage.read(ref.name)).get(job_id)
+        return end["state"] if end else None
+
     while True:
         try:
             state = job_details(rest_url, job_id, retry_s=0).get("state")
@@ -352,24 +482,62 @@ def _final_state(rest_url: str, job_id: str, deadline_s: float) -> str:
             if state in flink_rest.TERMINAL_JOB_STATES:
                 return state
         except flink_rest.JobNotFound:
-            return "FINISHED (no longer listed)"
+            return recorded() or f"{expected} (no longer listed)"
         except ClusterNotRunning:
+            if (state := recorded()) is not None:
+                return state
             if not reachable(rest_url):
                 gone_since = gone_since or time.monotonic()
-                if time.monotonic() - gone_since > 2.0:
-                    return "FINISHED (its MiniCluster exited)"
+                pid = (ref.run or {}).get("pid") if (ref.run or {}).get("runner") == "local" else None
+                exited = pid is None or not runguard.process_alive(int(pid), (ref.run or {}).get("pid_start"))
+                if exited and time.monotonic() - gone_since > (0.5 if pid else 2.0):
+                    return recorded() or f"{expected} (its MiniCluster exited without recording its end)"
         if time.monotonic() > t_end:
-            raise SubmitError(f"job {job_id} not ended within {deadline_s:.0f}s of its stop-with-savepoint")
+            raise SubmitError(f"job {job_id} not ended within {deadline_s:.0f}s")
         time.sleep(flink_rest.POLL_S)
+
+
+def retention_after_stop(ref: JobRef) -> list[Path]:
+    """Once a job's run has ended: keep the job's newest ``retain_snapshots`` (as its run recorded it), remove
+    the rest and every half-written checkpoint or savepoint folder. Done under the job's claim; a
+    ``riskstream run`` process prunes its own folder as it exits, so when it (or a new start) holds the claim
+    this does nothing."""
+    from . import lineage, runguard
+
+    if ref.name is None or ref.run is None or lineage.local_path(ref.run.get("checkpoint_dir", "")) is None:
+        return []
+    try:
+        guard = runguard.claim(ref.name, "riskstream cancel (retention)", log=None)
+    except runguard.RunAlive:
+        return []
+    try:
+        return lineage.prune(ref.name, int(ref.run.get("retain_snapshots", 3)))
+    finally:
+        guard.release()
 
 
 def cancel(job_id: str, jobmanager: str | None = None, root: Path | str | None = None,
            deadline_s: float = 120.0) -> str:
-    """Cancel without a savepoint (state kept only in retained checkpoints); return the final state."""
-    job_id = check_job_id(job_id)
-    rest_url = _rest_url(jobmanager, root)
-    job = job_details(rest_url, job_id)
+    """Cancel without a savepoint (state kept only in retained checkpoints); return the final state
+    (CANCELED). ``job_id`` is a Flink job id or a riskstream job name (:func:`resolve`)."""
+    from . import lineage, runguard
+
+    ref = resolve(job_id, jobmanager, root)
+    if _gone(ref)():  # already over: its final state if anything still knows it, else why not
+        end = runguard.ended_runs(lineage.read(ref.name)).get(ref.job_id) if ref.name else None
+        if end:
+            return end["state"]
+        try:
+            state = job_details(ref.rest_url, ref.job_id, retry_s=0).get("state")
+        except FlinkError:
+            state = None
+        if state in flink_rest.TERMINAL_JOB_STATES:
+            return state
+        _over(ref, "cancel")
+    job = job_details(ref.rest_url, ref.job_id)
     if job.get("state") in flink_rest.TERMINAL_JOB_STATES:
         return job["state"]
-    flink_rest.cancel_job(rest_url, job_id)
-    return _final_state(rest_url, job_id, deadline_s)
+    flink_rest.cancel_job(ref.rest_url, ref.job_id)
+    state = _final_state(ref, deadline_s, "CANCELED")
+    retention_after_stop(ref)
+    return state
