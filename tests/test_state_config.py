@@ -26,7 +26,12 @@ def test_defaults_by_where_the_job_runs():
     local, cluster = cfg.flink_settings(local=True), cfg.flink_settings(local=False)
     assert local == {"state.backend.type": "hashmap"}
     assert cluster == {"state.backend.type": "rocksdb", "execution.checkpointing.incremental": "true",
-                       "state.backend.rocksdb.timer-service.factory": "ROCKSDB"}
+                       "state.backend.rocksdb.timer-service.factory": "ROCKSDB",
+                       "state.backend.rocksdb.use-bloom-filter": "true",
+                       "state.changelog.enabled": "true", "state.changelog.storage": "filesystem",
+                       "state.changelog.dstl.dfs.base-path": cfg.checkpoint_dir[: -len("/checkpoints")] + "/changelog"}
+    assert "state.changelog.enabled" not in JobConfig(state_backend="rocksdb", changelog=False).flink_settings(True)
+    assert JobConfig(state_backend="hashmap", changelog=True).flink_settings(True)["state.changelog.enabled"] == "true"
 
 
 def test_flags_variables_and_flink_conf_precedence(monkeypatch):
@@ -82,11 +87,14 @@ def test_cluster_config_is_rocksdb_by_default_and_takes_every_setting(tmp_path):
     conf = cluster.cluster_config(lay, 2, 6123)
     assert conf["state.backend.type"] == "rocksdb" and conf["execution.checkpointing.incremental"] is True
     assert conf["state.backend.rocksdb.timer-service.factory"] == "ROCKSDB"
+    assert conf["state.changelog.enabled"] is True
+    assert conf["state.changelog.dstl.dfs.base-path"] == (tmp_path / "changelog").resolve().as_uri()
     assert conf["taskmanager.memory.process.size"] == cluster.TASKMANAGER_MEMORY
     s = cluster.ClusterSettings(state_backend="hashmap", taskmanager_heap="3g", managed_memory="256m",
                                 flink_conf=("taskmanager.numberOfTaskSlots=4",))
     conf = cluster.cluster_config(lay, 2, 6123, s)
     assert conf["state.backend.type"] == "hashmap" and "execution.checkpointing.incremental" not in conf
+    assert "state.changelog.enabled" not in conf
     assert conf["taskmanager.memory.task.heap.size"] == "3g" and conf["taskmanager.memory.managed.size"] == "256m"
     assert "taskmanager.memory.process.size" not in conf  # derived from heap + managed, no conflict
     assert conf["taskmanager.numberOfTaskSlots"] == "4"  # flink_conf last

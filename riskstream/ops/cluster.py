@@ -207,12 +207,14 @@ def _site_packages() -> str:
 class ClusterSettings:
     """What ``up`` sizes and chooses (``riskstream cluster up`` flags, else ``RISKSTREAM_*`` variables).
 
-    The default is the production configuration: RocksDB with incremental checkpoints, timers in RocksDB,
+    The default is the production configuration: RocksDB with incremental checkpoints and the changelog
+    over it (checkpoints upload the changes since the last one; ``<root>/changelog``), timers in RocksDB,
     a 2,560 MB TaskManager process of which Flink gives ~40 % of its Flink memory to managed memory
     (RocksDB's cache and write buffers, shared with the Python workers). ``hashmap`` keeps state as objects
     on the heap with full snapshots: for small state only (docs/operations.md, "State backends")."""
     state_backend: str = "rocksdb"
     incremental_checkpoints: bool = True
+    changelog: bool | None = None  # None: on with rocksdb
     rocksdb_local_dir: str = ""
     taskmanagers: int = 1
     taskmanager_memory: str = TASKMANAGER_MEMORY
@@ -220,13 +222,18 @@ class ClusterSettings:
     taskmanager_heap: str = ""
     flink_conf: tuple[str, ...] = ()
 
-    def config(self) -> dict[str, object]:
+    def config(self, changelog_uri: str = "") -> dict[str, object]:
         out: dict[str, object] = {"state.backend.type": self.state_backend}
         if self.state_backend == "rocksdb":
             out["execution.checkpointing.incremental"] = self.incremental_checkpoints
             out["state.backend.rocksdb.timer-service.factory"] = "ROCKSDB"
+            out["state.backend.rocksdb.use-bloom-filter"] = True
             if self.rocksdb_local_dir:
                 out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
+        if (self.changelog if self.changelog is not None else self.state_backend == "rocksdb") and changelog_uri:
+            out["state.changelog.enabled"] = True
+            out["state.changelog.storage"] = "filesystem"
+            out["state.changelog.dstl.dfs.base-path"] = changelog_uri
         if self.taskmanager_heap:  # heap and managed memory fixed: Flink derives the process size from them
             out["taskmanager.memory.task.heap.size"] = self.taskmanager_heap
             out["taskmanager.memory.managed.size"] = self.managed_memory or "512m"
@@ -283,7 +290,7 @@ def cluster_config(lay: ClusterLayout, slots: int, rpc_port: int,
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
         "python.pythonpath": _site_packages(),
-        **(settings or ClusterSettings()).config(),
+        **(settings or ClusterSettings()).config((lay.root / "changelog").resolve().as_uri()),
     }
 
 
