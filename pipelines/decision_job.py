@@ -162,6 +162,10 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
         conf.set_string("$internal.pipeline.job-id", job_id)  # PipelineOptionsInternal.PIPELINE_FIXED_JOB_ID
     if restore:
         conf.set_string("execution.state-recovery.path", restore)
+        if cfg.changelog:  # the changelog cannot write the full first checkpoint that NO_CLAIM restores need
+            conf.set_string("execution.state-recovery.claim-mode", "CLAIM")
+            print(f"[run] {cfg.job_name}: changelog on: restoring {restore} in CLAIM mode (Flink deletes it once "
+                  "later checkpoints subsume it)", file=sys.stderr, flush=True)
     if cfg.rest_port:
         for k in ("rest.port", "rest.bind-port"):
             conf.set_string(k, str(cfg.rest_port))

@@ -472,7 +472,7 @@ def cluster_settings(a):
     except ValidationError as e:
         raise SystemExit("riskstream cluster up: " + "; ".join(err["msg"] for err in e.errors()))
     changelog = a.changelog if a.changelog is not None else (
-        None if env_or("changelog", "") == "" else env_or("changelog", "").lower() not in ("0", "false", "no"))
+        env_or("changelog", "false").lower() not in ("", "0", "false", "no"))
     return ClusterSettings(state_backend=a.state_backend, incremental_checkpoints=a.incremental_checkpoints,
                            changelog=changelog,
                            rocksdb_local_dir=a.rocksdb_local_dir, taskmanagers=a.taskmanagers,
@@ -798,7 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default on]")
     p.add_argument("--changelog", action=argparse.BooleanOptionalAction, default=None,
                    help="the changelog state backend over the chosen one (checkpoints upload the changes since the "
-                        "last one, into the cluster's changelog/ folder) [default: on with rocksdb]")
+                        "last one, into the cluster's changelog/ folder; a job restoring on it must claim the "
+                        "snapshot: --flink-conf execution.state-recovery.claim-mode=CLAIM) [env "
+                        "RISKSTREAM_CHANGELOG; default off]")
     p.add_argument("--rocksdb-local-dir", default=env_or("rocksdb_local_dir", ""),
                    help="with rocksdb: local folder of the working files [env RISKSTREAM_ROCKSDB_LOCAL_DIR; default: "
                         "the cluster's tmp/ folder]")
@@ -1017,8 +1019,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "100k,1M,3M (about 3.5 keys per user): events/s, checkpoint duration and size, heap, per "
                         "state backend")
     p.add_argument("--backends", default="hashmap,rocksdb,rocksdb+changelog",
-                   help="with --keys: backends to compare (hashmap; rocksdb: incremental checkpoints alone; "
-                        "rocksdb+changelog: the production default; rocksdb+nobloom)")
+                   help="with --keys: backends to compare (hashmap; rocksdb: the production default, incremental "
+                        "checkpoints; rocksdb+changelog: the changelog over it; rocksdb+nobloom)")
     p.add_argument("--heap", default="6g", help="with --keys: -Xmx of each run's JVM")
     p.set_defaults(fn=cmd_bench)
     return ap

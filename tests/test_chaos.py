@@ -24,7 +24,11 @@ def _check(res: dict, events: int, failures: int) -> None:
     assert audit["events"] == res["records_sent"] >= events
     # every record is a decision or a dead letter, and nothing else came out
     assert audit["decided"] == audit["distinct_event_ids"]
-    assert audit["dead_letter"] == audit["malformed"] + audit["repeated_event_ids"]
+    assert audit["dead_letter"] == audit["malformed"] + audit["repeated_event_ids"] + audit["tombstones"]
+    poison = [f for f in res["failures"] if f["kind"] == "poison-record"]
+    if poison:  # each poison-record failure: one bounded oversized, one null_value and one invalid_json dead letter
+        assert audit["tombstones"] == len(poison) and audit["truncated_dead_letters"] >= len(poison), audit
+        assert audit["dead_letter_reasons"].get("null_value", 0) == len(poison)
     assert audit["dead_letter_reasons"].get("duplicate_event_id", 0) == audit["repeated_event_ids"] > 0
     assert audit["wrong_reason"] == audit["unreadable_outputs"] == 0
     assert set(audit["pending_commit"].values()) == {0}, audit["pending_commit"]  # no lingering transaction

@@ -207,14 +207,15 @@ def _site_packages() -> str:
 class ClusterSettings:
     """What ``up`` sizes and chooses (``riskstream cluster up`` flags, else ``RISKSTREAM_*`` variables).
 
-    The default is the production configuration: RocksDB with incremental checkpoints and the changelog
-    over it (checkpoints upload the changes since the last one; ``<root>/changelog``), timers in RocksDB,
+    The default is the production configuration: RocksDB with incremental checkpoints and bloom filters,
+    timers in RocksDB (``changelog``: the changelog over it, into ``<root>/changelog``; restores then claim
+    the snapshot),
     a 2,560 MB TaskManager process of which Flink gives ~40 % of its Flink memory to managed memory
     (RocksDB's cache and write buffers, shared with the Python workers). ``hashmap`` keeps state as objects
     on the heap with full snapshots: for small state only (docs/operations.md, "State backends")."""
     state_backend: str = "rocksdb"
     incremental_checkpoints: bool = True
-    changelog: bool | None = None  # None: on with rocksdb
+    changelog: bool = False
     rocksdb_local_dir: str = ""
     taskmanagers: int = 1
     taskmanager_memory: str = TASKMANAGER_MEMORY
@@ -230,7 +231,7 @@ class ClusterSettings:
             out["state.backend.rocksdb.use-bloom-filter"] = True
             if self.rocksdb_local_dir:
                 out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
-        if (self.changelog if self.changelog is not None else self.state_backend == "rocksdb") and changelog_uri:
+        if self.changelog and changelog_uri:
             out["state.changelog.enabled"] = True
             out["state.changelog.storage"] = "filesystem"
             out["state.changelog.dstl.dfs.base-path"] = changelog_uri

@@ -51,7 +51,7 @@ from ..ops import broker, flink_rest
 from ..ops.procs import free_port, group_alive
 
 KINDS = ("task-failure", "kill-process", "broker-restart", "savepoint-resume", "savepoint-crash", "double-kill",
-         "broker-kill-commit", "broker-stall", "kill-both")
+         "broker-kill-commit", "broker-stall", "kill-both", "second-start", "poison-record")
 BROKER_KINDS = ("broker-restart", "broker-kill-commit", "kill-both")  # the feed pauses (flushed) meanwhile
 STALL_MIN_S = 4.0  # a broker stall lasts at least this long, and until the job reports it
 
@@ -352,6 +352,46 @@ def _stall(job: JobProcess, lay: broker.StackLayout, log, deadline_s: float = 60
     return {"stalled_s": stalled, "metric": seen_metric, "log_after_s": seen_log}
 
 
+def _second_start(job: JobProcess, run_dir: Path, deadline_s: float = 60) -> dict:
+    """An operator mistake: the same job started again while it runs. The second ``riskstream run`` must
+    be refused quickly and touch nothing; the live job must keep completing checkpoints."""
+    t0 = time.monotonic()
+    args = [sys.executable, "-m", "riskstream.cli", "run", "--rest-port", str(free_port())]
+    for k, v in job.flags.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    out_path = run_dir / f"second-start-{job.starts}.log"
+    with open(out_path, "wb") as out:
+        proc = subprocess.run(args + ["--restore-from", "latest"], stdout=out, stderr=subprocess.STDOUT,
+                              env=job.env, cwd=paths.PROJECT_ROOT, timeout=deadline_s)
+    refused_s = round(time.monotonic() - t0, 1)
+    text = out_path.read_text(errors="replace")
+    if proc.returncode == 0 or not ("already running" in text or "refus" in text.lower()):
+        raise AssertionError(f"a second start of the running job was not refused (exit {proc.returncode}); "
+                             f"see {out_path}")
+    job._check_alive()
+    job.wait_checkpoint_after(int(time.time() * 1000))
+    return {"refused_s": refused_s}
+
+
+def _poison(bootstrap: str, topic: str) -> dict:
+    """Records no producer should send but some do: a gzip-compressed record far above the broker's 1 MiB
+    (its compressed batch passes), a tombstone (null value) and an empty value. Each must end as one dead
+    letter (bounded, ``null_value``, ``invalid_json``) with the job running on; the audit counts them."""
+    from kafka import KafkaProducer
+
+    rng = random.Random(21)
+    head = b'{"event_id":"chaos-big","user_id":"u-big","extras":{"blob":"'
+    big = head + bytes(rng.choice(b"abcdefgh") for _ in range(1_700_000 - len(head) - 3)) + b'"}}'
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="gzip",
+                      max_request_size=4 * 1024 * 1024)
+    try:
+        for key, value in ((b"u-big", big), (b"u-gone", None), (b"u-empty", b"")):
+            p.send(topic, key=key, value=value).get(timeout=60)
+    finally:
+        p.close(timeout=10)
+    return {"poison_records": 3, "largest_bytes": len(big)}
+
+
 def _read_from(path: Path, offset: int) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -485,6 +525,12 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
                 note["broker_up_s"] = round(time.monotonic() - tb, 1)
                 feeder.resume()
                 job.start(restore_from="latest")
+            elif kind == "second-start":
+                note.update(_second_start(job, run_dir))
+            elif kind == "poison-record":
+                note.update(_poison(lay.bootstrap, names[0]))
+                job.wait_checkpoint_after(int(time.time() * 1000))
+                job._check_alive()
             elif kind in ("savepoint-resume", "savepoint-crash"):
                 location = job.stop_with_savepoint()
                 note["savepoint"] = location.rsplit("/", 1)[-1]
@@ -536,7 +582,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
         by_kind.setdefault(f["kind"], []).append(f["recovery_s"])
     return {
         "events": events,
-        "records_sent": len(records) + poked,
+        "records_sent": len(records) + poked + sum(f.get("poison_records", 0) for f in injected),
         "parallelism": parallelism,
         "checkpoint_interval_ms": checkpoint_interval_ms,
         "failures_injected": len(injected),
