@@ -236,9 +236,9 @@ def cmd_chaos(a) -> int:
     from .tools import chaos
 
     kinds = tuple(a.kinds.split(",")) if a.kinds else chaos.KINDS
-    unknown = set(kinds) - set(chaos.KINDS)
+    unknown = set(kinds) - set(chaos.KINDS) - set(chaos.EXTRA_KINDS)
     if unknown:
-        raise SystemExit(f"riskstream chaos: unknown failure kinds {sorted(unknown)}; choose from {chaos.KINDS}")
+        raise SystemExit(f"riskstream chaos: unknown failure kinds {sorted(unknown)}; choose from {chaos.KINDS + chaos.EXTRA_KINDS}")
     res = chaos.run_chaos(a.events, a.failures, rate=a.rate, seed=a.seed, parallelism=a.parallelism,
                           checkpoint_interval_ms=a.checkpoint_interval_ms, kinds=kinds, port=a.port,
                           deadline_s=a.deadline, keep=a.keep)

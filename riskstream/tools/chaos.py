@@ -51,7 +51,10 @@ from ..ops import broker, flink_rest
 from ..ops.procs import free_port, group_alive
 
 KINDS = ("task-failure", "kill-process", "broker-restart", "savepoint-resume", "savepoint-crash", "double-kill",
-         "broker-kill-commit", "broker-stall", "kill-both", "second-start", "poison-record")
+         "broker-kill-commit", "broker-stall", "kill-both", "second-start", "poison-record", "kill-in-savepoint")
+# selectable with --kinds, not in the default cycle: in its first trial the start from the old savepoint was
+# not refused (its offsets check passed 4 s after the savepoint); under investigation (docs/exactly-once.md)
+EXTRA_KINDS = ("stale-restore",)
 BROKER_KINDS = ("broker-restart", "broker-kill-commit", "kill-both")  # the feed pauses (flushed) meanwhile
 STALL_MIN_S = 4.0  # a broker stall lasts at least this long, and until the job reports it
 
@@ -373,6 +376,25 @@ def _second_start(job: JobProcess, run_dir: Path, deadline_s: float = 60) -> dic
     return {"refused_s": refused_s}
 
 
+def _start_refused(job: JobProcess, run_dir: Path, restore_from: str, name: str, deadline_s: float = 120) -> dict:
+    """A ``riskstream run`` of the job's flags restoring ``restore_from`` must exit non-zero at once, having
+    refused to go back in time."""
+    t0 = time.monotonic()
+    args = [sys.executable, "-m", "riskstream.cli", "run", "--rest-port", str(free_port()),
+            "--restore-from", restore_from]
+    for k, v in job.flags.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    out_path = run_dir / f"{name}-{job.starts}.log"
+    with open(out_path, "wb") as out:
+        proc = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=job.env, cwd=paths.PROJECT_ROOT,
+                              timeout=deadline_s)
+    text = out_path.read_text(errors="replace")
+    if proc.returncode == 0 or "back in time" not in text:
+        raise AssertionError(f"a start from the stale snapshot {restore_from} was not refused (exit "
+                             f"{proc.returncode}); see {out_path}")
+    return {"refused_s": round(time.monotonic() - t0, 1)}
+
+
 def _poison(bootstrap: str, topic: str) -> dict:
     """Records no producer should send but some do: a gzip-compressed record far above the broker's 1 MiB
     (its compressed batch passes), a tombstone (null value) and an empty value. Each must end as one dead
@@ -390,6 +412,21 @@ def _poison(bootstrap: str, topic: str) -> dict:
     finally:
         p.close(timeout=10)
     return {"poison_records": 3, "largest_bytes": len(big)}
+
+
+def _committed_past(job: JobProcess, epoch_ms: int) -> bool:
+    """Whether the job has read records since ``epoch_ms`` and a checkpoint committed them (the source's
+    numRecordsIn grew between two checkpoints after it)."""
+    before = _records_in(job)
+    job.wait_checkpoint_after(int(time.time() * 1000))
+    return _records_in(job) > before > 0
+
+
+def _records_in(job: JobProcess) -> float:
+    """Records the events source has emitted so far (the REST job details' per-vertex counts)."""
+    details = flink_rest.job_details(job.rest, job.job_id)
+    return sum(float((v.get("metrics") or {}).get("write-records", 0) or 0)
+               for v in details.get("vertices", []) if "kafka-events" in v.get("name", ""))
 
 
 def _read_from(path: Path, offset: int) -> bytes:
@@ -531,6 +568,35 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
                 note.update(_poison(lay.bootstrap, names[0]))
                 job.wait_checkpoint_after(int(time.time() * 1000))
                 job._check_alive()
+            elif kind == "stale-restore":
+                # an operator restores an old savepoint after the job committed more: refused, then latest
+                from ..ops import submit
+
+                old = submit.savepoint(job.job_id, jobmanager=job.rest.split("//", 1)[1], deadline_s=120).location
+                mark = int(time.time() * 1000)
+                job.wait_checkpoint_after(mark)
+                while not _committed_past(job, mark):  # decisions committed after the savepoint
+                    if not feeder.is_alive():
+                        if poker is None:
+                            from kafka import KafkaProducer
+
+                            poker = KafkaProducer(bootstrap_servers=lay.bootstrap, acks="all")
+                        rec = next(pokes, None)
+                        if rec is None:
+                            raise RuntimeError("no traffic left to move the job past its savepoint")
+                        poker.send(names[0], key=rec.key.encode(), value=orjson.dumps(rec.event)).get(timeout=30)
+                        poked += 1
+                    job.wait_checkpoint_after(int(time.time() * 1000))
+                job.kill()
+                note.update(_start_refused(job, run_dir, old, "stale-restore"))
+                note["savepoint"] = old.rsplit("/", 1)[-1]
+                job.start(restore_from="latest")
+            elif kind == "kill-in-savepoint":
+                # SIGKILL while a stop-with-savepoint is in flight: the half-written savepoint is never latest
+                rid = flink_rest.trigger_savepoint(job.rest, job.job_id, stop=True)
+                note["savepoint_request"] = rid[:8]
+                job.kill()
+                job.start(restore_from="latest")
             elif kind in ("savepoint-resume", "savepoint-crash"):
                 location = job.stop_with_savepoint()
                 note["savepoint"] = location.rsplit("/", 1)[-1]
