@@ -121,7 +121,7 @@ def _local_heap(heap: str) -> None:
         print(f"[run] taskmanager_heap {heap} not applied: this process's JVM is already running; set it before "
               "the first Flink call (or JVM_ARGS=-Xmx...)", file=sys.stderr, flush=True)
         return
-    unit = heap.strip().lower().rstrip("b") or "0"
+    unit = heap.replace(" ", "").lower().rstrip("b") or "0"  # 2g, 1536m; -Xmx takes no "b" and no space
     os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} -Xmx{unit}".strip()
 
 
@@ -140,6 +140,9 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
     # later PyFlink client among this process's children. Its own process, as on a cluster.
     os.environ.setdefault("_python_worker_execution_mode", "process")
     base = flink_conf_dir_settings() if local else {}
+    state = state_settings(cfg, local, base)
+    if "riskstream.local-heap" in state:  # before the first Java object: JVM_ARGS is read when the JVM starts
+        _local_heap(state.pop("riskstream.local-heap"))
     conf = Configuration()
     for k, v in base.items():
         conf.set_string(k, v)
@@ -182,12 +185,9 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
     # a fixed max parallelism (the key-group count): savepoints restore at any parallelism up to it, and
     # `riskstream bootstrap` writes state for the same key groups
     conf.set_string("pipeline.max-parallelism", str(cfg.max_parallelism))
-    state = state_settings(cfg, local, base)
     overrides = dict(item.split("=", 1) for item in cfg.flink_conf)
     for k, v in state.items():
-        if k == "riskstream.local-heap":
-            _local_heap(v)
-        elif k not in overrides:
+        if k not in overrides:
             conf.set_string(k, v)
     for k, v in (extra or {}).items():
         conf.set_string(k, v)

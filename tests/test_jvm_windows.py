@@ -359,9 +359,10 @@ def _labelled_records() -> list:
     return records
 
 
-def _run_branches(jar, records: list, parallelism: int, tmp_path) -> dict:
+def _run_branches(jar, records: list, parallelism: int, tmp_path, extra=None) -> dict:
     """Each entity's JVM stage on its own branch of one source holding events and labels in order (a
-    keyed exchange keeps each key's order), labels on: {entity: {event_id: (values, late, signals)}}."""
+    keyed exchange keeps each key's order), labels on: {entity: {event_id: (values, late, signals)}}.
+    ``extra``: more Flink settings (a savepoint to restore)."""
     from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.common.serialization import Encoder
     from pyflink.datastream.connectors.file_system import FileSink
@@ -373,7 +374,8 @@ def _run_branches(jar, records: list, parallelism: int, tmp_path) -> dict:
     from udfs.flink import EventTime
 
     cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500, checkpoint_dir=(tmp_path / "chk").as_uri())
-    env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()])})
+    env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()]),
+                                            **(extra or {})})
     env.set_parallelism(1)
     rows = [jvm.to_row(pack(x) if kind == "event" else label_record(*x)) for kind, x in records]
     src = (env.from_collection(rows, type_info=jvm.record_type_info())

@@ -148,3 +148,35 @@ def test_the_built_job_carries_the_settings(tmp_path, monkeypatch):
     env = decision_job.make_env(cfg.model_copy(update={"state_backend": "hashmap", "flink_conf": ()}))
     jconf = dict(env._j_stream_execution_environment.getConfiguration().toMap())
     assert jconf["state.backend.type"] == "hashmap" and "execution.checkpointing.incremental" not in jconf
+
+
+@pytest.mark.flink
+def test_taskmanager_heap_sizes_the_local_jvm():
+    """--taskmanager-heap reaches the local run's JVM (-Xmx through JVM_ARGS, before the first Java object):
+    the JVM's own maximum heap, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    from riskstream.paths import PROJECT_ROOT
+
+    code = ("from pipelines import decision_job\nfrom riskstream.config import JobConfig\n"
+            "decision_job.make_env(JobConfig(taskmanager_heap='768 m'))\n"
+            "from pyflink.java_gateway import get_gateway\n"
+            "print('MAXHEAP', get_gateway().jvm.java.lang.Runtime.getRuntime().maxMemory() // 2**20)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=PROJECT_ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MAXHEAP")]
+    assert proc.returncode == 0 and lines, proc.stderr[-2000:]
+    assert int(lines[0].split()[1]) == 768
+
+
+def test_cluster_sized_by_heap_drops_the_distributions_total(tmp_path):
+    """`cluster up --taskmanager-heap`: heap and managed memory fix the TaskManager; the distribution's own
+    process size would contradict them, so the written config.yaml has none."""
+    from riskstream.ops import cluster
+
+    lay = cluster.ClusterLayout(root=tmp_path, rest_port=8081)
+    text = cluster.write_conf(lay, 2, 6123, settings=cluster.ClusterSettings(taskmanager_heap="2g")).read_text()
+    assert 'taskmanager.memory.task.heap.size: "2g"' in text and "taskmanager.memory.managed.size" in text
+    assert "taskmanager.memory.process.size" not in text and "taskmanager.memory.flink.size" not in text
+    text = cluster.write_conf(lay, 2, 6123).read_text()
+    assert f'taskmanager.memory.process.size: "{cluster.TASKMANAGER_MEMORY}"' in text

@@ -50,6 +50,7 @@ class BootstrapResult:
 def write_history(input_path, out: Path, *, labels_path=None, mapping=None, order: str = "file") -> dict:
     """The history as the fold reads it: ``{"event": {...}}`` / ``{"label": {...}}`` lines in arrival order.
     Returns counts and the event-time range. Raises ``udfs.ingest.IngestError`` on an unusable input."""
+    from udfs.chain import label_identity
     from udfs.ingest import load_input
     from udfs.replay import read_labels
 
@@ -63,7 +64,9 @@ def write_history(input_path, out: Path, *, labels_path=None, mapping=None, orde
             ev = item.event
             while labels and labels[0][0] <= ev.ts:
                 eid, uid, did, ets, lab, ip, pref = heapq.heappop(labels)[2]
-                f.write(orjson.dumps({"label": {"event_id": eid, "user_id": uid, "device_id": did, "ts": ets,
+                # the label stores key labelled events by (user, event id), as the job's label records do
+                f.write(orjson.dumps({"label": {"event_id": label_identity(uid, eid), "user_id": uid,
+                                                "device_id": did, "ts": ets,
                                                 "label": lab, "ip": ip, "payment_ref": pref}}))
                 f.write(b"\n")
                 n_labels += 1

@@ -339,7 +339,11 @@ def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None 
     (lay.conf_dir / "masters").write_text(f"{HOST}:{lay.rest_port}\n")
     (lay.conf_dir / "workers").write_text(f"{HOST}\n")
     conf = _flatten(yaml.safe_load((dist / "conf" / "config.yaml").read_text()) or {})
-    conf.update(cluster_config(lay, slots, rpc_port, settings))
+    ours = cluster_config(lay, slots, rpc_port, settings)
+    if "taskmanager.memory.process.size" not in ours:  # sized by heap + managed: the distribution's total
+        conf.pop("taskmanager.memory.process.size", None)  # would contradict them
+        conf.pop("taskmanager.memory.flink.size", None)
+    conf.update(ours)
     path = lay.conf_dir / "config.yaml"
     path.write_text("# written by riskstream.ops.cluster.up on every start from its flags (`riskstream cluster up "
                     "--help`); edits here are lost: use --flink-conf KEY=VALUE\n"
