@@ -81,6 +81,23 @@ def test_never_ran_is_a_first_start(tmp_path):
     assert lineage.resolve_latest(JOB, tmp_path) is None
 
 
+def test_latest_starts_from_a_bootstrap_until_a_run_after_it_completes_something(tmp_path):
+    """`riskstream bootstrap` records its savepoint under run "bootstrap": a fresh deployment's `latest` is
+    that state; a run after it that completed nothing does not hide it; a run after it that completed a
+    checkpoint wins; a run before it does not."""
+    run(tmp_path, A)
+    write_snapshot(chk(tmp_path, A, 7), 7)
+    boot = lineage.savepoints_dir(JOB, tmp_path) / "bootstrap-20260101-000000"
+    write_snapshot(boot, 0)
+    lineage.record_savepoint(JOB, lineage.BOOTSTRAP_RUN, boot.as_uri(), stopped=False, home=tmp_path)
+    res = lineage.resolve_latest(JOB, tmp_path)
+    assert res.snapshot.path == boot and "bootstrap" in res.how
+    run(tmp_path, B, restored_from=boot)  # restored it, died before its first checkpoint
+    assert lineage.resolve_latest(JOB, tmp_path).snapshot.path == boot
+    write_snapshot(chk(tmp_path, B, 3), 3)
+    assert lineage.resolve_latest(JOB, tmp_path).snapshot.path == chk(tmp_path, B, 3)
+
+
 def test_newest_runs_highest_completed_checkpoint(tmp_path):
     run(tmp_path, A)
     write_snapshot(chk(tmp_path, A, 40), 40)

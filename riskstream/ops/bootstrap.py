@@ -120,6 +120,6 @@ def bootstrap(cfg: JobConfig, input_path, *, labels_path=None, mapping=None, ord
         summary = orjson.loads(J.Bootstrap.write(
             spec, str(hist), dest.as_uri(), work, int(cfg.dedup_horizon_ms), int(cfg.out_of_orderness_ms),
             int(cfg.max_parallelism), int(parallelism), bool(cfg.labels_topic), cfg.job_name, ";".join(jars)))
-    lineage.record_savepoint(cfg.job_name, "bootstrap", dest.as_uri(), stopped=False)
+    lineage.record_savepoint(cfg.job_name, lineage.BOOTSTRAP_RUN, dest.as_uri(), stopped=False)
     return BootstrapResult(dest, summary["events"], summary["duplicates"], summary["labels"], summary["keys"],
                            st["rejected"], st["first_ts"], st["last_ts"], time.monotonic() - t0)

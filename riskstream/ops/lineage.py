@@ -294,13 +294,26 @@ def lineage_local(run: dict) -> Path | None:
     return local_path(run.get("checkpoint_dir") or "")
 
 
+BOOTSTRAP_RUN = "bootstrap"  # the run id under which `riskstream bootstrap` records its savepoints
+
+
 def resolve_latest(job_name: str, home: Path | None = None) -> Resolution | None:
     """The snapshot ``--restore-from latest`` restores (see the module's doc); None when the job never ran (no
     lineage and nothing in its folder). Raises :class:`ManualRestoreRequired` when state existed but cannot be
     named."""
     records = read(job_name, home)
-    runs = [r for r in records if r["kind"] == "run"]
+    # `riskstream bootstrap` writes savepoints recorded under run "bootstrap": the newest still readable one
+    # is the state to start from unless a run recorded after it completed (or restored) something
+    boot_at, boot = -1, None
+    for i, r in enumerate(records):
+        if r["kind"] == "savepoint" and r.get("job_id") == BOOTSTRAP_RUN:
+            snap = read_snapshot(r["path"], savepoint=True)
+            if snap is not None:
+                boot_at, boot = i, snap
+    runs = [r for i, r in enumerate(records) if r["kind"] == "run" and i > boot_at]
     jd = job_dir(job_name, home)
+    if not runs and boot is not None:
+        return Resolution(boot, "the state `riskstream bootstrap` wrote from history (no run since)", BOOTSTRAP_RUN)
     if not runs:
         traces = [p for p in (jd / "checkpoints", jd / "savepoints") if p.is_dir() and any(p.iterdir())]
         if traces:
@@ -340,6 +353,9 @@ def resolve_latest(job_name: str, home: Path | None = None) -> Resolution | None
         best = restored[0]
         return Resolution(best, f"no run completed a snapshot since it was restored (run(s) {', '.join(skipped)} "
                                 "completed no snapshot; the newest of them had restored from this one)")
+    if boot is not None:  # the runs since the bootstrap completed nothing and restored nothing readable
+        return Resolution(boot, f"the state `riskstream bootstrap` wrote from history (run(s) {', '.join(skipped)} "
+                                "since completed no snapshot)", BOOTSTRAP_RUN)
     if gone:
         raise ManualRestoreRequired(
             f"no run of job {job_name} has a completed snapshot left, and state it had is gone or incomplete "
