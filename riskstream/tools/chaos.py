@@ -247,6 +247,32 @@ class Feeder(threading.Thread):
         self._go.set()
 
 
+class Poker:
+    """Extra events of the same stream, one at a time, once the feed is over (a failure trigger or a
+    checkpoint needs traffic); counted in ``sent`` for the audit."""
+
+    def __init__(self, bootstrap: str, topic: str, records: list[Labelled]):
+        self.bootstrap, self.topic, self.records = bootstrap, topic, iter(records)
+        self.producer = None
+        self.sent = 0
+
+    def send_one(self, exhausted: str) -> None:
+        """Send the next event; RuntimeError(``exhausted``) when none is left."""
+        if self.producer is None:
+            from kafka import KafkaProducer
+
+            self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        rec = next(self.records, None)
+        if rec is None:
+            raise RuntimeError(exhausted)
+        self.producer.send(self.topic, key=rec.key.encode(), value=orjson.dumps(rec.event)).get(timeout=30)
+        self.sent += 1
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.close(timeout=10)
+
+
 def with_retries(records: list[Labelled], share: float, rng: random.Random) -> list[Labelled]:
     """Producer-retry duplicates: some valid records sent again right after (same bytes, same key)."""
     out: list[Labelled] = []
@@ -489,9 +515,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
     generated = list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(events + 1000))
     records = with_retries(generated[:events], dup_share, rng)
     # once the feed is over, a task failure needs traffic to trigger it: a few more events of the same stream
-    pokes = iter([r for r in generated[events:] if r.raw is None])
-    poked = 0
-    poker = None
+    poker = Poker(lay.bootstrap, names[0], [r for r in generated[events:] if r.raw is None])
     injected: list[dict] = []
     feeder = None
     rep = None
@@ -518,15 +542,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
                     if time.monotonic() - t0 > 120:
                         raise TimeoutError("no subtask claimed the failure trigger within 120 s")
                     if not feeder.is_alive():
-                        if poker is None:
-                            from kafka import KafkaProducer
-
-                            poker = KafkaProducer(bootstrap_servers=lay.bootstrap, acks="all")
-                        rec = next(pokes, None)
-                        if rec is None:
-                            raise RuntimeError("the failure trigger was not claimed after 1,000 extra events")
-                        poker.send(names[0], key=rec.key.encode(), value=orjson.dumps(rec.event)).get(timeout=30)
-                        poked += 1
+                        poker.send_one("the failure trigger was not claimed after 1,000 extra events")
                     time.sleep(0.05)
                 fail_ms = int(time.time() * 1000)
                 job.wait_checkpoint_after(fail_ms)
@@ -577,15 +593,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
                 job.wait_checkpoint_after(mark)
                 while not _committed_past(job, mark):  # decisions committed after the savepoint
                     if not feeder.is_alive():
-                        if poker is None:
-                            from kafka import KafkaProducer
-
-                            poker = KafkaProducer(bootstrap_servers=lay.bootstrap, acks="all")
-                        rec = next(pokes, None)
-                        if rec is None:
-                            raise RuntimeError("no traffic left to move the job past its savepoint")
-                        poker.send(names[0], key=rec.key.encode(), value=orjson.dumps(rec.event)).get(timeout=30)
-                        poked += 1
+                        poker.send_one("no traffic left to move the job past its savepoint")
                     job.wait_checkpoint_after(int(time.time() * 1000))
                 job.kill()
                 note.update(_start_refused(job, run_dir, old, "stale-restore"))
@@ -622,8 +630,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
         rep = verify(lay.bootstrap, *names, wait_s=remaining,
                      progress=lambda m: print(f"[chaos] audit: {m}", file=log, flush=True))
     finally:
-        if poker is not None:
-            poker.close(timeout=10)
+        poker.close()
         if feeder is not None and feeder.is_alive():
             feeder.resume()
         job.close()
@@ -648,7 +655,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
         by_kind.setdefault(f["kind"], []).append(f["recovery_s"])
     return {
         "events": events,
-        "records_sent": len(records) + poked + sum(f.get("poison_records", 0) for f in injected),
+        "records_sent": len(records) + poker.sent + sum(f.get("poison_records", 0) for f in injected),
         "parallelism": parallelism,
         "checkpoint_interval_ms": checkpoint_interval_ms,
         "failures_injected": len(injected),
