@@ -208,6 +208,36 @@ def test_going_back_in_time_is_refused_with_the_count(tmp_path):
     assert restore.evaluate(cfg(), new, down({0: 140, 1: 130}), "x").refused is None
 
 
+def test_a_commit_that_trails_the_newest_snapshot_still_refuses_the_old_one(tmp_path):
+    """The job was killed right after checkpoint 9 completed: its transactions may be committed, the group's
+    offsets still say checkpoint 7 (where the old savepoint reads from). The newest snapshot in the lineage
+    is what counts as committed."""
+    write_snapshot(tmp_path / "old", 7, {0: 100, 1: 80})
+    write_snapshot(tmp_path / "new", 9, {0: 150, 1: 130})
+    old, new = lineage.read_snapshot(tmp_path / "old"), lineage.read_snapshot(tmp_path / "new")
+    trailing = down({0: 100, 1: 80}, decisions=280)
+    assert restore.evaluate(cfg(), old, trailing, "the old savepoint").refused is None  # G alone passes it
+    trailing.newest, trailing.newest_what = {0: 150, 1: 130}, "checkpoint 9"
+    chk_old = restore.evaluate(cfg(), old, trailing, "the old savepoint")
+    assert chk_old.reprocess == 100 and chk_old.per_partition == {0: 50, 1: 50}
+    assert "newest completed snapshot (checkpoint 9) reads further" in chk_old.refused
+    assert restore.evaluate(cfg(), new, trailing, "x").refused is None
+    # without state from the committed offsets: the group says 100/80, the newest snapshot 150/130
+    fresh = restore.evaluate(cfg(starting_offsets="committed"), None, trailing, "x")
+    assert fresh.reprocess == 100 and fresh.refused
+    assert restore.evaluate(cfg(starting_offsets="latest"), None, trailing, "x").refused is None
+
+
+def test_newest_positions_come_from_the_lineage(tmp_path, monkeypatch):
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path))
+    assert restore.newest_positions(cfg()) == ({}, "")  # a first start
+    run(tmp_path, A)
+    write_snapshot(chk(tmp_path, A, 3), 3, {0: 40, 1: 41})
+    write_snapshot(chk(tmp_path, A, 5), 5, {0: 60, 1: 61})
+    pos, what = restore.newest_positions(cfg())
+    assert pos == {0: 60, 1: 61} and "checkpoint 5" in what
+
+
 def test_start_without_state(tmp_path):
     committed = down({0: 150, 1: 130}, decisions=280)
     assert restore.evaluate(cfg(starting_offsets="committed"), None, committed, "x").refused is None

@@ -18,13 +18,18 @@ start that would decide committed events again (unless ``allow_reprocess``):
 - **Rule:** the start decides again ``sum over p of max(0, G(p) - S(p))`` offsets of the events topic whose
   outputs are committed; if that is above zero the start is refused. Offsets count records (plus any
   transaction markers, when the events were produced transactionally), hence "about".
+- ``N(p)``: the reading position of the job's newest completed snapshot in its lineage (what
+  ``--restore-from latest`` would restore). The group's commit is asynchronous: a process killed right after
+  a checkpoint completed may have committed that checkpoint's transactions but not yet its offsets, so ``G``
+  trails. The rule takes ``max(G(p), N(p))`` as what is committed: it may refuse a start that would in fact
+  decide nothing twice (the newest snapshot's transactions never committed), never pass one that does.
 - A start without state when the group has no committed offsets but the decisions topic already holds
   committed records (``read_committed`` end offset above the start) is refused too, unless it starts at the
   end (``starting_offsets=latest``): the job's decisions exist, and the offsets that would say which events
   they cover are gone.
 
-The rule can only under-count, never refuse a safe start: the offset commit is asynchronous and may fail
-(broker down), so ``G`` can trail the newest completed snapshot, never run ahead of it.
+``G`` alone can only under-count: the offset commit is asynchronous and may fail (broker down), so it can
+trail the newest completed snapshot, never run ahead of it; ``N`` covers that gap.
 """
 
 from __future__ import annotations
@@ -124,6 +129,8 @@ class Downstream:
     begin: dict[int, int]
     end: dict[int, int]
     decisions: int  # offsets below the decisions topic's last stable offset (committed records, about)
+    newest: dict[int, int] = field(default_factory=dict)  # N(p): the newest completed snapshot's positions
+    newest_what: str = ""  # that snapshot, for the message
 
 
 def read_downstream(cfg: JobConfig, timeout_s: float = 15.0) -> Downstream:
@@ -162,6 +169,19 @@ def read_downstream(cfg: JobConfig, timeout_s: float = 15.0) -> Downstream:
     finally:
         c.close()
     return Downstream(group, begin, end, decisions)
+
+
+def newest_positions(cfg: JobConfig) -> tuple[dict[int, int], str]:
+    """``N(p)`` of the module's doc and the snapshot it comes from; empty when the job has no readable
+    newest snapshot (a first start, a bootstrapped savepoint without source state, a remote folder)."""
+    try:
+        res = lineage.resolve_latest(cfg.job_name)
+    except ManualRestoreRequired:
+        return {}, ""
+    if res is None or res.snapshot is None or res.snapshot.checkpoint_id < 0:
+        return {}, ""
+    pos = {p: o for p, o in snapshot_offsets(res.snapshot, cfg.events_topic).items() if o >= 0}
+    return pos, res.snapshot.describe()
 
 
 @dataclass
@@ -207,18 +227,26 @@ def start_positions(cfg: JobConfig, snap: Snapshot | None, down: Downstream) -> 
 def evaluate(cfg: JobConfig, snap: Snapshot | None, down: Downstream, what: str) -> StartCheck:
     """The rule of the module's doc, on figures already read (pure, for tests)."""
     start = start_positions(cfg, snap, down)
-    per = {p: max(0, down.group[p] - s) for p, s in start.items() if p in down.group}
+    committed = dict(down.group)
+    for p, o in down.newest.items():
+        if p in start:
+            committed[p] = max(o, committed.get(p, -1))
+    per = {p: max(0, committed[p] - s) for p, s in start.items() if p in committed}
     total = sum(per.values())
-    chk = StartCheck(total, per, start, dict(down.group), down.decisions)
+    chk = StartCheck(total, per, start, committed, down.decisions)
     how = ("Restore the newest snapshot instead (`--restore-from latest`), or, to decide those events again on "
            "purpose, add --allow-reprocess: decision ids are a hash of event id, model and policy version, so "
            "the repeated decisions carry the same decision_id and an idempotent consumer ignores them")
     if total > 0:
-        parts = ", ".join(f"partition {p}: from {start[p]}, committed {down.group[p]}" for p in sorted(per) if per[p])
+        parts = ", ".join(f"partition {p}: from {start[p]}, committed {committed[p]}" for p in sorted(per) if per[p])
+        ahead = [p for p in per if per[p] and committed[p] > down.group.get(p, -1)]
+        whose = (f"the newest completed snapshot ({down.newest_what}) reads further than the consumer group "
+                 f"{cfg.group_id} committed (the group's commit trails a checkpoint when the job stops right after "
+                 "it)" if ahead else f"consumer group {cfg.group_id} committed offsets are ahead of the start")
         chk.refused = (f"refusing to go back in time: starting from {what} would decide again about {total} events "
-                       f"of {cfg.events_topic} whose decisions job {cfg.job_name} already committed (consumer group "
-                       f"{cfg.group_id} committed offsets are ahead of the start: {parts}). {how}")
-    elif snap is None and not down.group and down.decisions > 0 and cfg.starting_offsets != "latest":
+                       f"of {cfg.events_topic} whose decisions job {cfg.job_name} already committed ({whose}: "
+                       f"{parts}). {how}")
+    elif snap is None and not committed and down.decisions > 0 and cfg.starting_offsets != "latest":
         would = sum(max(0, down.end.get(p, 0) - s) for p, s in start.items())
         chk.reprocess = would
         chk.refused = (f"refusing to start without state: {cfg.decisions_topic} already holds about "
@@ -233,7 +261,9 @@ def evaluate(cfg: JobConfig, snap: Snapshot | None, down: Downstream, what: str)
 def check_start(cfg: JobConfig, snap: Snapshot | None, what: str) -> StartCheck:
     """Read the committed offsets and output, apply :func:`evaluate`; raise :class:`GoingBackInTime` with its
     message unless ``cfg.allow_reprocess``."""
-    chk = evaluate(cfg, snap, read_downstream(cfg), what)
+    down = read_downstream(cfg)
+    down.newest, down.newest_what = newest_positions(cfg)
+    chk = evaluate(cfg, snap, down, what)
     if chk.refused and not cfg.allow_reprocess:
         raise GoingBackInTime(chk.refused)
     if chk.refused:
