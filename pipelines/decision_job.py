@@ -125,6 +125,16 @@ def _local_heap(heap: str) -> None:
     os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} -Xmx{unit}".strip()
 
 
+RESTART_STRATEGY = {
+    "restart-strategy.type": "exponential-delay",
+    "restart-strategy.exponential-delay.initial-backoff": "250 ms",
+    "restart-strategy.exponential-delay.backoff-multiplier": "2.0",
+    "restart-strategy.exponential-delay.max-backoff": "10 s",
+    "restart-strategy.exponential-delay.reset-backoff-threshold": "1 min",
+    "restart-strategy.exponential-delay.jitter-factor": "0.1",
+}
+
+
 def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str | None = None,
              job_id: str | None = None, local: bool = True) -> StreamExecutionEnvironment:
     """The environment: jars, Python, checkpointing into ``cfg.checkpoint_dir``, restarts, the state
@@ -179,9 +189,12 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
         conf.set_string("metrics.fetcher.update-interval", "1000")
         conf.set_string("web.refresh-interval", "500")
         conf.set_string("rest.cache.checkpoint-statistics.timeout", "100 ms")
-    conf.set_string("restart-strategy.type", "fixed-delay")
-    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.restart_attempts))
-    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    # restarts: the first after 250 ms (a fixed 2 s delay was a sixth of a task failure's recovery), then
+    # doubling up to 10 s, so ``restart_attempts`` cover about a minute of a lasting fault (a broker down)
+    # before the job fails for good; a minute of stable running resets the count
+    for k, v in RESTART_STRATEGY.items():
+        conf.set_string(k, v)
+    conf.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(cfg.restart_attempts))
     # a fixed max parallelism (the key-group count): savepoints restore at any parallelism up to it, and
     # `riskstream bootstrap` writes state for the same key groups
     conf.set_string("pipeline.max-parallelism", str(cfg.max_parallelism))
@@ -445,13 +458,24 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
     from riskstream.ops.procs import free_port
     from riskstream.ops.restore import plan_start
 
+    import time
+
+    took: dict[str, float] = {}  # start-up phases before Flink, printed with the job id
+    t = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        took[name], t = time.monotonic() - t, time.monotonic()
+
     guard = runguard.claim(cfg.job_name, "riskstream submit" if on_cluster else "riskstream run")
     try:
         preflight(cfg)
+        lap("preflight")
         # `riskstream submit --from-savepoint` restores through `flink run -s`; it names the snapshot here too,
         # so the start is checked and recorded like --restore-from (Flink itself restores it from -s)
         by_flink = os.environ.get(FROM_SAVEPOINT_ENV) if not cfg.restore_from else None
         plan = plan_start(cfg.model_copy(update={"restore_from": by_flink}) if by_flink else cfg)
+        lap("restore check")
         job_id = uuid.uuid4().hex
         conf = dict(extra_conf or {})
         rest_port = cfg.rest_port or (int(conf["rest.port"]) if conf.get("rest.port") else None)
@@ -481,7 +505,9 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
         print(f"[run] {cfg.job_name}: {describe_state(state)}"
               + (f"; flink_conf {', '.join(cfg.flink_conf)}" if cfg.flink_conf else ""), file=sys.stderr, flush=True)
         env = make_env(cfg, conf, restore=restore or "", job_id=job_id, local=local)
+        lap("environment")
         build(env, cfg)
+        lap("job graph")
         lineage.record_run(cfg.job_name, job_id, cfg.checkpoint_dir, plan.snapshot if restore or by_flink else None, extra={
             "transactional_id_prefix": cfg.transactional_id_prefix, "group_id": cfg.group_id,
             "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
@@ -498,7 +524,8 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
             return env.execute_async(cfg.job_name)
         finally:
             guard.release()
-    print(f"[run] {cfg.job_name}: job id {job_id}, REST {rest_url}", file=sys.stderr, flush=True)
+    print(f"[run] {cfg.job_name}: job id {job_id}, REST {rest_url}; before Flink: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()), file=sys.stderr, flush=True)
     watch = None
     if cfg.rest_port:  # a log line while the sinks cannot commit (riskstream/ops/commitwatch.py)
         from riskstream.ops.commitwatch import CommitWatch

@@ -236,9 +236,9 @@ def cmd_chaos(a) -> int:
     from .tools import chaos
 
     kinds = tuple(a.kinds.split(",")) if a.kinds else chaos.KINDS
-    unknown = set(kinds) - set(chaos.KINDS) - set(chaos.EXTRA_KINDS)
+    unknown = set(kinds) - set(chaos.KINDS)
     if unknown:
-        raise SystemExit(f"riskstream chaos: unknown failure kinds {sorted(unknown)}; choose from {chaos.KINDS + chaos.EXTRA_KINDS}")
+        raise SystemExit(f"riskstream chaos: unknown failure kinds {sorted(unknown)}; choose from {', '.join(chaos.KINDS)}")
     res = chaos.run_chaos(a.events, a.failures, rate=a.rate, seed=a.seed, parallelism=a.parallelism,
                           checkpoint_interval_ms=a.checkpoint_interval_ms, kinds=kinds, port=a.port,
                           deadline_s=a.deadline, keep=a.keep)
@@ -764,18 +764,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("chaos", help="fault injection: failures while the job runs, then the exactly-once audit")
-    p.add_argument("--events", type=int, default=20_000)
-    p.add_argument("--failures", type=int, default=4)
+    p.add_argument("--events", type=int, default=20_000, help="events fed (plus malformed records and producer "
+                                                               "retries) [default 20000]")
+    p.add_argument("--failures", type=int, default=4, help="failures injected, the kinds in turn [default 4]")
     p.add_argument("--kinds", default="", help="comma-separated subset of task-failure, kill-process, "
                                                "broker-restart, savepoint-resume, savepoint-crash, double-kill, "
-                                               "broker-kill-commit, broker-stall, kill-both (default: all, in turn)")
+                                               "broker-kill-commit, broker-stall, kill-both, second-start, "
+                                               "poison-record, kill-in-savepoint, stale-restore (docs/exactly-"
+                                               "once.md; default: all, in turn)")
     p.add_argument("--rate", type=float, default=1000.0, help="events per second fed")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--parallelism", type=int, default=1)
     p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one; the harness "
                                                            "starts and restarts its own broker)")
-    p.add_argument("--deadline", type=float, default=3600, help="give up after this many seconds")
+    p.add_argument("--deadline", type=float, default=3600, help="give up after this many seconds [default 3600]")
     p.add_argument("--keep", action="store_true", help="keep the broker data, checkpoints and savepoints of a "
                                                        "clean run (by default only logs are kept)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON on the last line")

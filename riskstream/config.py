@@ -114,8 +114,9 @@ class JobConfig(BaseModel):
         5, ge=0, le=1000, description="max time a network buffer waits to fill before it is sent to the next "
                                       "operator (Flink's default 100 ms costs up to 100 ms per keyBy at low rates)")
     restart_attempts: int = Field(
-        10, ge=0, description="restarts (2 s apart) before the job fails for good; a job that keeps failing "
-                              "must surface, not loop forever")
+        10, ge=0, description="restarts before the job fails for good (the first after 250 ms, then doubling up "
+                              "to 10 s: 10 cover about a minute; a minute of stable running resets the count); a "
+                              "job that keeps failing must surface, not loop forever")
     rest_port: int | None = Field(
         None, ge=1, le=65535, description="local MiniCluster REST/web port on 127.0.0.1 (metrics, savepoints, "
                                           "`riskstream cancel`); unset: `riskstream run` picks a free port "

@@ -39,14 +39,26 @@ def _check(res: dict, events: int, failures: int) -> None:
             assert f["metric"]["uncommitted_s"] > 0 and f["log_after_s"] is not None, f
 
 
-def test_every_failure_kind_once(tmp_path, monkeypatch):
-    """Each kind once, at parallelism 2 (about 5 minutes here)."""
+# the default run's share of the kinds (about 3 minutes here): a failure inside the cluster, a crash and its
+# restore, a broker killed in the commit phase, a crash during recovery from a savepoint, and the operator's
+# mistakes; every kind once is the long test below
+DEFAULT_RUN_KINDS = ("task-failure", "kill-process", "broker-kill-commit", "savepoint-crash", "second-start",
+                     "poison-record", "kill-in-savepoint", "stale-restore")
+
+
+def _every_kind(tmp_path, monkeypatch, kinds: tuple[str, ...]) -> None:
     monkeypatch.setenv("RISKSTREAM_JARS_ROOT", str(paths.jars_root()))  # before the home moves
     monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path))
-    n = len(chaos.KINDS)
-    res = chaos.run_chaos(events=3000, failures=n, rate=250, seed=3, dup_share=0.01, parallelism=2)
+    n = len(kinds)
+    res = chaos.run_chaos(events=3000, failures=n, rate=250, seed=3, dup_share=0.01, parallelism=2, kinds=kinds)
     _check(res, 3000, n)
-    assert {f["kind"] for f in res["failures"]} == set(chaos.KINDS)
+    assert {f["kind"] for f in res["failures"]} == set(kinds)
+    for f in res["failures"]:  # the tasks stopped and ran again, or never stopped
+        assert f["running_s"] is None or 0 < f["running_s"] <= f["recovery_s"], f
+        if f["kind"] in ("task-failure", "kill-process"):
+            assert f["running_s"] is not None, f
+        if f["kind"] in ("second-start", "poison-record"):
+            assert f["running_s"] is None, f
     # a clean run keeps its job logs and lineage, not its broker data, checkpoints, savepoints or job folder
     (run,) = (tmp_path / "chaos").iterdir()
     assert list(run.glob("job-*.log")) and (run / "lineage.jsonl").exists()
@@ -54,9 +66,19 @@ def test_every_failure_kind_once(tmp_path, monkeypatch):
     assert not list((tmp_path / "jobs").glob("chaos-*"))
 
 
+def test_the_default_runs_kinds(tmp_path, monkeypatch):
+    _every_kind(tmp_path, monkeypatch, DEFAULT_RUN_KINDS)
+
+
+@pytest.mark.long
+def test_every_failure_kind_once(tmp_path, monkeypatch):
+    """Each kind once, at parallelism 2 (about 6 minutes here)."""
+    _every_kind(tmp_path, monkeypatch, chaos.KINDS)
+
+
 @pytest.mark.long
 def test_every_kind_twice_over_200k_events_at_parallelism_2(tmp_path):
-    """The closing run of docs/exactly-once.md: 18 failures (each kind twice) over 200k events at parallelism 2."""
+    """The closing run of docs/exactly-once.md: each kind twice over 200k events at parallelism 2."""
     env = {**os.environ, "RISKSTREAM_HOME": str(tmp_path),
            "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
     failures = 2 * len(chaos.KINDS)

@@ -374,8 +374,10 @@ def test_job_flags_agree_with_flink_configuration(manifest, dockerfile):
     assert cfg.parallelism <= int(conf["pipeline.max-parallelism"])
     assert cfg.checkpoint_interval_ms == duration_ms(conf["execution.checkpointing.interval"])
     assert cfg.checkpoint_dir == conf["execution.checkpointing.dir"]
-    assert conf["restart-strategy.type"] == "fixed-delay"
-    assert cfg.restart_attempts == int(conf["restart-strategy.fixed-delay.attempts"])
+    from pipelines.decision_job import RESTART_STRATEGY
+
+    assert {k: conf[k] for k in RESTART_STRATEGY} == RESTART_STRATEGY  # what the job sets, in the manifest too
+    assert cfg.restart_attempts == int(conf["restart-strategy.exponential-delay.attempts-before-reset-backoff"])
     assert cfg.python_execution_mode == conf["python.execution-mode"]
     assert cfg.transaction_timeout_ms > duration_ms(conf["execution.checkpointing.timeout"])
     venv_python = dockerfile.final["env"]["PYFLINK_CLIENT_EXECUTABLE"]

@@ -127,7 +127,7 @@ def test_the_built_job_carries_the_settings(tmp_path, monkeypatch):
     conf_dir.mkdir()
     (conf_dir / "config.yaml").write_text("state:\n  backend:\n    type: rocksdb\n"
                                           "taskmanager.memory.managed.size: 300m\n"
-                                          "restart-strategy.fixed-delay.attempts: 99\n")
+                                          "restart-strategy.exponential-delay.attempts-before-reset-backoff: 99\n")
     monkeypatch.setenv("FLINK_CONF_DIR", str(conf_dir))
     assert decision_job.flink_conf_dir_settings()["state.backend.type"] == "rocksdb"
     cfg = JobConfig(checkpoint_dir=(tmp_path / "ck").as_uri(),
@@ -139,7 +139,8 @@ def test_the_built_job_carries_the_settings(tmp_path, monkeypatch):
     assert jconf["execution.checkpointing.incremental"] == "true"
     assert jconf["state.backend.rocksdb.timer-service.factory"] == "ROCKSDB"
     assert jconf["taskmanager.memory.managed.size"] == LOCAL_ROCKSDB_MANAGED_MEMORY  # riskstream's beats the file's
-    assert jconf["restart-strategy.fixed-delay.attempts"] == str(cfg.restart_attempts)
+    assert jconf["restart-strategy.exponential-delay.attempts-before-reset-backoff"] == str(cfg.restart_attempts)
+    assert {k: jconf[k] for k in decision_job.RESTART_STRATEGY} == decision_job.RESTART_STRATEGY
     assert jconf["state.backend.rocksdb.localdir"] == str(tmp_path / "rocks")
     assert jconf["state.backend.rocksdb.block.cache-size"] == "32m"
     assert jconf["pipeline.name"] == "overridden"  # flink_conf beats extra
