@@ -136,10 +136,12 @@ RESTART_STRATEGY = {
 
 
 def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str | None = None,
-             job_id: str | None = None, local: bool = True) -> StreamExecutionEnvironment:
+             job_id: str | None = None, local: bool = True, claim_mode: str | None = None) -> StreamExecutionEnvironment:
     """The environment: jars, Python, checkpointing into ``cfg.checkpoint_dir``, restarts, the state
     backend (:func:`state_settings`). ``restore`` is the snapshot URI to restore (default:
-    ``cfg.restore_from`` resolved); ``job_id`` fixes the Flink job id (32 hex digits), so the run is in the
+    ``cfg.restore_from`` resolved) and ``claim_mode`` its Flink restore mode (``run`` picks it per snapshot:
+    ``riskstream.ops.lineage.restore_mode``; unset: CLAIM with the changelog, else Flink's NO_CLAIM);
+    ``job_id`` fixes the Flink job id (32 hex digits), so the run is in the
     job's lineage before it is submitted. ``local``: a MiniCluster in this process (FLINK_CONF_DIR's config
     is its base, ``taskmanager_heap`` its -Xmx), else the job of ``flink run`` on a cluster.
 
@@ -175,10 +177,10 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
         conf.set_string("$internal.pipeline.job-id", job_id)  # PipelineOptionsInternal.PIPELINE_FIXED_JOB_ID
     if restore:
         conf.set_string("execution.state-recovery.path", restore)
-        if cfg.changelog:  # the changelog cannot write the full first checkpoint that NO_CLAIM restores need
-            conf.set_string("execution.state-recovery.claim-mode", "CLAIM")
-            print(f"[run] {cfg.job_name}: changelog on: restoring {restore} in CLAIM mode (Flink deletes it once "
-                  "later checkpoints subsume it)", file=sys.stderr, flush=True)
+        if claim_mode is None and cfg.changelog:  # it cannot write the full first checkpoint NO_CLAIM needs
+            claim_mode = "CLAIM"
+        if claim_mode:
+            conf.set_string("execution.state-recovery.claim-mode", claim_mode)
     if cfg.rest_port:
         for k in ("rest.port", "rest.bind-port"):
             conf.set_string(k, str(cfg.rest_port))
@@ -489,12 +491,6 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
         if wait and local_ck:  # a MiniCluster has no savepoint folder of its own: the job's
             conf.setdefault("execution.checkpointing.savepoint-dir",
                             lineage.savepoints_dir(cfg.job_name).resolve().as_uri())
-        if local_ck:
-            protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
-            _retention(cfg, protect, "at start")
-        restore = None
-        if plan.snapshot is not None and not by_flink:
-            restore = plan.snapshot.uri if plan.snapshot.checkpoint_id >= 0 else str(plan.snapshot.path)
         # what takes effect (make_env's precedence): the state settings, flink_conf items among them, with
         # the caller's own state and memory settings over the former
         local = not on_cluster
@@ -502,9 +498,25 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
         overridden = {item.split("=", 1)[0] for item in cfg.flink_conf}
         state.update({k: v for k, v in conf.items()
                       if k.startswith(("state.", "taskmanager.memory.")) and k not in overridden})
+        if local_ck:
+            protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
+            _retention(cfg, protect, "at start")
+        restore, claim_mode = None, None
+        if plan.snapshot is not None and not by_flink:
+            if plan.snapshot.checkpoint_id < 0:  # a remote snapshot riskstream cannot read: Flink's defaults
+                restore = str(plan.snapshot.path)
+            else:
+                # on a cluster the changelog may be the cluster's own setting (`cluster up --changelog`): the
+                # client of `flink run` sees the cluster's config through FLINK_CONF_DIR
+                cluster_conf = flink_conf_dir_settings() if on_cluster else {}
+                changelog = "true" in (str(state.get("state.changelog.enabled", "")).lower(),
+                                       str(cluster_conf.get("state.changelog.enabled", "")).lower())
+                restore, claim_mode, note = lineage.restore_mode(cfg.job_name, plan.snapshot, changelog)
+                if note:
+                    print(f"[restore] {cfg.job_name}: {note}", file=sys.stderr, flush=True)
         print(f"[run] {cfg.job_name}: {describe_state(state)}"
               + (f"; flink_conf {', '.join(cfg.flink_conf)}" if cfg.flink_conf else ""), file=sys.stderr, flush=True)
-        env = make_env(cfg, conf, restore=restore or "", job_id=job_id, local=local)
+        env = make_env(cfg, conf, restore=restore or "", job_id=job_id, local=local, claim_mode=claim_mode)
         lap("environment")
         build(env, cfg)
         lap("job graph")

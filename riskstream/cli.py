@@ -801,8 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default on]")
     p.add_argument("--changelog", action=argparse.BooleanOptionalAction, default=None,
                    help="the changelog state backend over the chosen one (checkpoints upload the changes since the "
-                        "last one, into the cluster's changelog/ folder; a job restoring on it must claim the "
-                        "snapshot: --flink-conf execution.state-recovery.claim-mode=CLAIM) [env "
+                        "last one, into the cluster's changelog/ folder; a job restoring a savepoint on it must claim "
+                        "it: `riskstream submit --restore-from` with --changelog restores a private copy) [env "
                         "RISKSTREAM_CHANGELOG; default off]")
     p.add_argument("--rocksdb-local-dir", default=env_or("rocksdb_local_dir", ""),
                    help="with rocksdb: local folder of the working files [env RISKSTREAM_ROCKSDB_LOCAL_DIR; default: "

@@ -147,9 +147,9 @@ class JobConfig(BaseModel):
     changelog: bool = Field(
         False, description="the changelog state backend over the chosen one (state.changelog.enabled): a checkpoint "
                            "uploads the state changes since the last one, the backend's own files every 10 min; "
-                           "measured shorter checkpoints than RocksDB's incremental ones (docs/benchmarks.md). A "
-                           "restore then runs in CLAIM mode: Flink owns the restored snapshot and deletes it once "
-                           "later checkpoints subsume it")
+                           "measured shorter checkpoints than RocksDB's incremental ones (docs/benchmarks.md). "
+                           "Flink restores it only in CLAIM mode: a savepoint is then restored from a private copy "
+                           "(jobs/<job>/claimed/) so that the savepoint itself stays")
     rocksdb_local_dir: str = Field(
         "", description="with rocksdb: local folder of the working RocksDB files (state.backend.rocksdb.localdir), "
                         "on a fast local disk; unset: Flink's temp folders (io.tmp.dirs)")

@@ -300,3 +300,52 @@ def test_a_snapshot_written_by_the_other_stage_runtime_is_refused(tmp_path, monk
     lineage.record_run(JOB, old, ck, None)
     write_snapshot(chk(None, old, 9), 9)
     assert restore.snapshot_runtime(JOB, lineage.read_snapshot(chk(None, old, 9).as_uri())) == "python"
+
+
+def test_retention_keeps_what_a_claimed_restore_still_reads(tmp_path):
+    """Run B restored A's chk-5 in CLAIM mode: B's checkpoints keep naming A's incremental files (A/shared/,
+    and a file in A/chk-5/) until Flink subsumes them. Retention removes A's checkpoints only once nothing
+    kept names them."""
+    now = time.time()
+    run(tmp_path, A)
+    write_snapshot(chk(tmp_path, A, 4), 4, mtime=now - 300)
+    write_snapshot(chk(tmp_path, A, 5), 5, mtime=now - 200)
+    (chk(tmp_path, A, 5).parent / "shared").mkdir()
+    (chk(tmp_path, A, 5).parent / "shared" / "sst-1").write_bytes(b"x")
+    run(tmp_path, B, restored_from=chk(tmp_path, A, 5))
+    for n, age in ((7, 100), (8, 50), (9, 10)):
+        write_snapshot(chk(tmp_path, B, n), n, mtime=now - age)
+    names = f"file:/x/checkpoints/{A}/shared/sst-1\0file:/x/checkpoints/{A}/chk-5/MANIFEST".encode()
+    with open(chk(tmp_path, B, 9) / "_metadata", "ab") as f:  # the newest still reads A's files
+        f.write(names)
+    os.utime(chk(tmp_path, B, 9) / "_metadata", (now - 10, now - 10))
+    removed = lineage.prune(JOB, 1, home=tmp_path)
+    assert chk(tmp_path, A, 4) in removed and chk(tmp_path, B, 7) in removed and chk(tmp_path, B, 8) in removed
+    assert (chk(tmp_path, A, 5) / "_metadata").exists() and (chk(tmp_path, A, 5).parent / "shared" / "sst-1").exists()
+    # once a newer checkpoint of B no longer names them (Flink subsumed them), A goes entirely
+    write_snapshot(chk(tmp_path, B, 10), 10, mtime=now)
+    removed = lineage.prune(JOB, 1, home=tmp_path)
+    assert chk(tmp_path, A, 5) in removed, removed
+    assert not chk(tmp_path, A, 5).parent.exists() and not chk(tmp_path, B, 9).exists()
+
+
+def test_restore_modes(tmp_path):
+    """Checkpoints are claimed; savepoints are not, except through a private copy when the changelog is on
+    (it cannot take NO_CLAIM's full first checkpoint); the savepoint stays and the copy is cleaned later."""
+    write_snapshot(chk(tmp_path, A, 5), 5)
+    c = lineage.read_snapshot(chk(tmp_path, A, 5))
+    assert lineage.restore_mode(JOB, c, changelog=False, home=tmp_path)[1:] == ("CLAIM", "")
+    assert lineage.restore_mode(JOB, c, changelog=True, home=tmp_path)[0] == c.uri
+    write_snapshot(sp(tmp_path, A), 6)
+    (sp(tmp_path, A) / "op-state").write_bytes(b"state")
+    s = lineage.read_snapshot(sp(tmp_path, A), savepoint=True)
+    assert lineage.restore_mode(JOB, s, changelog=False, home=tmp_path) == (s.uri, "NO_CLAIM", "")
+    path, mode, note = lineage.restore_mode(JOB, s, changelog=True, home=tmp_path)
+    copy = lineage.local_path(path)
+    assert mode == "CLAIM" and "private copy" in note and copy.parent == lineage.claimed_dir(JOB, tmp_path)
+    assert (copy / "op-state").read_bytes() == b"state" and (sp(tmp_path, A) / "op-state").exists()
+    run(tmp_path, B, restored_from=sp(tmp_path, A))
+    lineage.prune(JOB, 3, protect=(copy,), home=tmp_path)  # at the start that restores it: kept
+    assert copy.exists()
+    lineage.prune(JOB, 3, home=tmp_path)  # its run died before a checkpoint: nothing kept reads it
+    assert not copy.exists() and sp(tmp_path, A).exists()

@@ -205,3 +205,50 @@ def test_latest_restores_the_savepoint_and_older_state_is_refused(kafka_bootstra
     again = {e["event_id"] for e in second + third}
     assert {e for e, n in counts.items() if n == 2} == again and max(counts.values()) == 2
     assert all(len(ids) == 1 for ids in by_event.values())  # identical decision_ids
+
+
+def test_the_changelog_restores_a_private_copy_and_the_savepoint_stays(kafka_bootstrap, tmp_path):
+    """With the changelog (which Flink restores only in CLAIM mode), a run stopped with a savepoint resumes
+    from a private copy: once the new run's checkpoints subsume what it restored, the savepoint is still
+    complete, file for file, for a roll-back; every event is decided once across both runs."""
+    from riskstream.generator import TrafficGenerator
+
+    home = tmp_path / "home"
+    env = {**os.environ, "RISKSTREAM_HOME": str(home), "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
+    names = ("cl.events", "cl.decisions", "cl.dead")
+    topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names, partitions=2))
+    flags = ["--bootstrap-servers", kafka_bootstrap, "--events-topic", names[0], "--decisions-topic", names[1],
+             "--dead-letter-topic", names[2], "--control-topic", "", "--labels-topic", "", "--group-id", "cl-group",
+             "--job-name", "cl-job", "--transactional-id-prefix", "cl-tx", "--starting-offsets", "earliest",
+             "--checkpoint-interval-ms", "500", "--state-backend", "rocksdb", "--changelog"]
+    events = [r.event for r in TrafficGenerator(seed=5, bad_share=0.0).generate(400)]
+    produce_events(kafka_bootstrap, names[0], events[:200])
+    a = Job(env, tmp_path, flags)
+    try:
+        a_id = a.running(checkpoint=True)
+        wait_decided(kafka_bootstrap, names[1], 200)
+        res = cli(env, "cancel", a_id, "--jobmanager", f"127.0.0.1:{a.port}")
+        assert res.returncode == 0, res.stderr + a.text()
+        sp = lineage.local_path(res.stdout.strip().splitlines()[-1])
+        a.proc.wait(timeout=60)
+    finally:
+        a.kill()
+    files = {f.relative_to(sp): f.stat().st_size for f in sp.rglob("*") if f.is_file()}
+    b = Job(env, tmp_path, flags, ("--restore-from", "latest"))
+    try:
+        b_id = b.running(checkpoint=True)
+        assert "private copy of " + sp.name in b.text(), b.text()
+        restored = lineage.local_path(b.restored()["external_path"])
+        assert restored.parent == lineage.claimed_dir("cl-job", home).resolve(), restored
+        produce_events(kafka_bootstrap, names[0], events[200:])
+        wait_decided(kafka_bootstrap, names[1], 400)
+        t_end = time.monotonic() + 60  # more checkpoints of B than it retains: the restored one is subsumed
+        while flink_rest.checkpoints(b.rest, b_id).get("counts", {}).get("completed", 0) < 4:
+            assert time.monotonic() < t_end
+            time.sleep(0.2)  # polling interval
+    finally:
+        b.kill()
+    assert {f.relative_to(sp): f.stat().st_size for f in sp.rglob("*") if f.is_file()} == files
+    assert lineage.read_snapshot(sp, savepoint=True) is not None
+    got = decisions(kafka_bootstrap, names[1])
+    assert Counter((d["user_id"], d["event_id"]) for d in got) == Counter((e["user_id"], e["event_id"]) for e in events)

@@ -399,22 +399,48 @@ def all_snapshots(job_name: str, home: Path | None = None) -> tuple[list[Snapsho
     return list(done.values()), half
 
 
+def referenced_by(kept: list[Snapshot]) -> list[bytes]:
+    """The ``_metadata`` bytes of ``kept``: Flink writes the path of every file a snapshot's state handles
+    point at into it, so a folder a kept snapshot still needs appears there by name."""
+    out = []
+    for s in kept:
+        try:
+            out.append((s.path / "_metadata").read_bytes())
+        except OSError:
+            pass
+    return out
+
+
+def _needed(folder: Path, metas: list[bytes]) -> bool:
+    """Whether a kept snapshot's metadata names a file under ``folder`` (matched on its last two path
+    parts, ``<run>/chk-N/`` or ``<run>/shared/``: robust to symlinked or relative roots)."""
+    tail = f"/{folder.parent.name}/{folder.name}/".encode()
+    return any(tail in m for m in metas)
+
+
 def prune(job_name: str, keep: int, protect: tuple[Path, ...] = (), home: Path | None = None) -> list[Path]:
     """Keep the newest ``keep`` completed snapshots of the job (by ``_metadata`` time; and whatever is in
     ``protect``, e.g. the one being restored); remove the others, every half-written ``chk-N`` and every
     half-written savepoint folder of the job (call it only when no run of the job is alive -- at a start,
     after :mod:`.runguard` claimed the job, or when its run stopped: a live run's next checkpoint or
     savepoint is half-written while it is taken).
-    Savepoints outside the job's folder are never removed. Returns what was removed."""
+
+    Never removed: savepoints outside the job's folder, and any folder a kept snapshot still reads. A run
+    that restored a checkpoint in CLAIM mode (see :func:`restore_mode`) keeps referencing the incremental
+    files of the run it restored (``<old run>/shared/``, even ``<old run>/chk-N/`` files) until Flink
+    subsumes them; those folders stay while a kept snapshot's ``_metadata`` names them. Returns what was
+    removed."""
     done, half = all_snapshots(job_name, home)
     protect_r = {p.resolve() for p in protect}
     ordered = sorted(done, key=lambda s: s.written_at, reverse=True)
     keep_set = {s.path.resolve() for s in ordered[:keep]} | protect_r
+    metas = referenced_by([s for s in ordered if s.path.resolve() in keep_set]
+                          + [read_snapshot(p) for p in protect_r if read_snapshot(p) is not None])
     own = job_dir(job_name, home).resolve()
     removed: list[Path] = []
     for s in ordered[keep:]:
         p = s.path.resolve()
-        if p in keep_set:
+        if p in keep_set or _needed(p, metas):
             continue
         if s.savepoint and own not in p.parents:
             continue
@@ -424,8 +450,52 @@ def prune(job_name: str, keep: int, protect: tuple[Path, ...] = (), home: Path |
         if h.resolve() not in protect_r:
             shutil.rmtree(h, ignore_errors=True)
             removed.append(h)
-    # a run folder left with no chk-N holds only shared/ and taskowned/: nothing restorable references it
+    # a run folder left with no chk-N holds only shared/ and taskowned/: removed unless a kept snapshot
+    # (one restored from it in CLAIM mode, or later ones of that run) still reads its files
     for r in {p.parent for p in removed if p.name.startswith("chk-")}:
-        if r.is_dir() and not any(r.glob("chk-*")):
+        if r.is_dir() and not any(r.glob("chk-*")) and not any(
+                _needed(sub, metas) for sub in r.iterdir() if sub.is_dir()):
             shutil.rmtree(r, ignore_errors=True)
+    # private copies of savepoints restored in CLAIM mode: Flink removes a copy once it is subsumed; one left
+    # (its run died first) goes when no kept snapshot reads it
+    for c in claimed_dir(job_name, home).glob("*"):
+        if c.resolve() not in protect_r and not _needed(c, metas):
+            shutil.rmtree(c, ignore_errors=True)
+            removed.append(c)
     return removed
+
+
+# -- restore modes ---------------------------------------------------------------------------------------
+
+
+def claimed_dir(job_name: str, home: Path | None = None) -> Path:
+    return job_dir(job_name, home) / "claimed"
+
+
+def restore_mode(job_name: str, snap: Snapshot, changelog: bool, home: Path | None = None) -> tuple[str, str, str]:
+    """(the path Flink restores, ``CLAIM`` or ``NO_CLAIM``, a note for the operator).
+
+    - A checkpoint (the job's own, ``chk-N``): CLAIM. Flink takes the files over, deletes them once newer
+      checkpoints subsume them, and the next checkpoint is incremental on top of them. NO_CLAIM would force a
+      full first checkpoint after every restore (with RocksDB at a million users, hundreds of MB in one
+      checkpoint right when the job catches up).
+    - A savepoint: NO_CLAIM, so it stays for roll-backs and other starts, except with the changelog, which
+      cannot take the full first checkpoint NO_CLAIM needs: then a private copy
+      (``jobs/<job>/claimed/<savepoint>``) is restored in CLAIM mode and the savepoint itself is untouched.
+      A savepoint Flink cannot see as a local folder (s3://, hdfs://) is claimed in place with the changelog,
+      and the note says Flink will delete it.
+    """
+    uri = snap.uri if snap.checkpoint_id >= 0 else str(snap.path)
+    if not snap.savepoint:
+        return uri, "CLAIM", ""
+    if not changelog:
+        return uri, "NO_CLAIM", ""
+    local = local_path(uri)
+    if local is None or not local.is_dir():
+        return uri, "CLAIM", (f"changelog on: restoring {uri} in CLAIM mode; Flink deletes it once later "
+                              "checkpoints subsume it (copy it first to keep it)")
+    dest = claimed_dir(job_name, home) / f"{local.name}-{int(time.time() * 1000)}"
+    shutil.copytree(local, dest)
+    return dest.resolve().as_uri(), "CLAIM", (
+        f"changelog on: restoring a private copy of {local.name} in CLAIM mode ({dest}); the savepoint itself "
+        "stays")
