@@ -79,14 +79,19 @@ def cmd_generate(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from pipelines import decision_job
-    from udfs.scoring import ModelError
-
-    from .ops.preflight import StartupError
+    from .ops import runguard
+    from .ops.errors import StartupError
 
     cfg = job_config(a)
     print(f"[run] {cfg.job_name}: {cfg.events_topic} -> {cfg.decisions_topic} / {cfg.dead_letter_topic} "
           f"on {cfg.bootstrap_servers}, parallelism {cfg.parallelism}", file=sys.stderr)
+    try:  # a second start of a live job is refused before PyFlink is even imported (seconds on a busy host)
+        runguard.claim(cfg.job_name, "riskstream run")  # run() below gets this process's claim back
+    except StartupError as e:
+        raise SystemExit(f"riskstream run: {e}")
+    from pipelines import decision_job
+    from udfs.scoring import ModelError
+
     try:
         decision_job.run(cfg, wait=True)  # preflight (model, jars, restore path, Kafka) runs first inside
     except (ModelError, FileNotFoundError, StartupError, ValueError) as e:
