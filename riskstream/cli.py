@@ -498,6 +498,12 @@ def cmd_cluster(a) -> int:
         print(lay.rest_url)
     elif a.action == "down":
         cluster.down()
+    elif a.action == "add-taskmanager":
+        try:
+            name, pid = cluster.add_taskmanager(deadline_s=a.deadline)
+        except (RuntimeError, TimeoutError) as e:
+            raise SystemExit(f"riskstream cluster add-taskmanager: {e}")
+        print(f"{name} {pid}")
     else:
         st = cluster.status()
         if a.json:
@@ -791,7 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     jm_help = "JobManager REST address host:port [default: the local cluster's, see `riskstream cluster status`]"
     p = sub.add_parser("cluster", help="a local standalone Flink cluster (JobManager + TaskManager)")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("action", choices=["up", "down", "status", "add-taskmanager"],
+                   help="add-taskmanager: start one more TaskManager on the running cluster with its configuration "
+                        "(the replacement of a lost one takes its name); prints its name and pid")
     p.add_argument("--rest-port", type=int, default=None, help="REST/web port on 127.0.0.1 (default: a free one)")
     p.add_argument("--slots", type=int, default=2, help="task slots per TaskManager [default 2]")
     p.add_argument("--taskmanagers", type=int, default=int(env_or("taskmanagers", 1)),
@@ -825,7 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flink-conf", action="append", default=None, metavar="KEY=VALUE",
                    help="any Flink setting of the cluster, applied last; repeatable [env RISKSTREAM_FLINK_CONF, "
                         "';'-separated]")
-    p.add_argument("--deadline", type=float, default=120, help="seconds `up` waits for the cluster to be ready")
+    p.add_argument("--deadline", type=float, default=120,
+                   help="seconds `up` waits for the cluster to be ready (`add-taskmanager`: for the registration)")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.set_defaults(fn=cmd_cluster)
 

@@ -3,9 +3,12 @@ submitted with ``flink run -d -py`` runs to FINISHED on it, down leaves no proce
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -66,6 +69,19 @@ def test_cluster_up_submit_down(tmp_path):
         out = "".join(f.read_text() for f in lay.log_dir.glob("*taskexecutor*.out"))
         values = [int(line.split("> ", 1)[1]) for line in out.splitlines() if "> " in line]
         assert sorted(values) == [2 * i for i in range(100)]
+
+        # a TaskManager lost (its process group SIGKILLed) and replaced: the replacement takes its name
+        assert "heartbeat.interval: 2000" in (lay.conf_dir / "config.yaml").read_text()
+        lost = st["pids"]["taskmanager-2"]
+        os.killpg(lost, signal.SIGKILL)
+        t0 = time.monotonic()
+        while procs.pid_alive(lost):  # SIGKILL is delivered asynchronously: until the process is gone
+            assert time.monotonic() - t0 < 30, "a SIGKILLed TaskManager still runs after 30 s"
+            time.sleep(0.05)  # polling interval
+        name, pid = cluster.add_taskmanager(root=root, deadline_s=90)
+        daemon_pids.append(pid)
+        assert name == "taskmanager-2" and pid != lost and cluster.pids(root)["taskmanager-2"] == pid
+        assert cluster.status(root)["running"] is True
     finally:
         stopped = cluster.down(root=root)
     assert stopped
@@ -137,3 +153,5 @@ def test_commands_without_a_cluster_say_how_to_start_one(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="invalid configuration"):
         main(["submit", "--parallelism", "0"])
     assert main(["cluster", "status"]) == 1
+    with pytest.raises(SystemExit, match="no Flink cluster running .* `riskstream cluster up`"):
+        main(["cluster", "add-taskmanager"])

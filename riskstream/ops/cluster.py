@@ -267,6 +267,13 @@ def cluster_config(lay: ClusterLayout, slots: int, rpc_port: int,
         # both daemons start together and the TaskManager's first registration usually precedes the
         # ResourceManager; the default 10 s retry delay would then add 10 s to every start
         "cluster.registration.error-delay": 1000,
+        # a TaskManager that died is declared lost after `heartbeat.rpc-failure-threshold` (2) heartbeats that
+        # cannot reach it: with the default 10 s interval, about 20 s, during which every restart of the job
+        # deploys to its slots again and fails, spending a restart attempt each (8 of the job's 10 in
+        # tests/test_taskmanager_loss.py's first trial, with 2 s restart delays). Every 2 s: lost within a few
+        # seconds.
+        # heartbeat.timeout (50 s) is unchanged: a slow, loaded TaskManager is not declared lost sooner.
+        "heartbeat.interval": 2000,
         # REST metric queries answer from a cache the JobManager refreshes this often (default 10 s)
         "metrics.fetcher.update-interval": 2000,
         "execution.checkpointing.storage": "filesystem",
@@ -464,6 +471,47 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
           f"{settings.state_backend}{', incremental' if settings.state_backend == 'rocksdb' and settings.incremental_checkpoints else ''})",
           file=out)
     return lay
+
+
+def _taskmanager_ids(rest_url: str) -> set[str]:
+    try:
+        return {tm["id"] for tm in flink_rest.get(rest_url, "/taskmanagers", retry_s=0).get("taskmanagers", [])}
+    except (OSError, ValueError):
+        return set()
+
+
+def add_taskmanager(root: Path | str | None = None, deadline_s: float = 120.0, out=sys.stderr) -> tuple[str, int]:
+    """Start one more TaskManager on the running cluster, with the configuration the cluster was started with
+    (its ``conf/``: same slots and memory); return ``(name, pid)`` once the JobManager has registered it.
+
+    It takes the name of the first TaskManager whose process is gone (the replacement of a lost one: its pid
+    file, log and ``.out`` files continue), else the next number (``taskmanager-3``, ...). The JobManager may
+    keep counting a TaskManager that was killed until its heartbeats fail (about 10-20 s by Flink's defaults;
+    ``heartbeat.interval`` and ``heartbeat.rpc-failure-threshold``), so readiness is the registration of a
+    TaskManager id it did not know before the start."""
+    lay = layout(root=root)
+    live = pids(root)
+    if not live.get("jobmanager"):
+        raise RuntimeError(f"no Flink cluster running under {lay.root} (its JobManager is not alive): "
+                           "start it with `riskstream cluster up`")
+    known = _taskmanager_ids(lay.rest_url)
+    name = next((n for n, pid in live.items() if n != "jobmanager" and not pid), None)
+    if name is None:
+        name = f"taskmanager-{len(live)}"  # jobmanager + N TaskManagers: the next is number N + 1
+    t0 = time.monotonic()
+    proc = _start(lay, "taskmanager.sh", name)
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the new Flink {name} exited with code {proc.returncode} during start-up (logs in "
+                               f"{lay.log_dir}):\n{log_tail(root)}")
+        if _taskmanager_ids(lay.rest_url) - known:
+            break
+        if time.monotonic() - t0 > deadline_s:
+            raise TimeoutError(f"the new Flink {name} (pid {proc.pid}) did not register within {deadline_s:.0f}s "
+                               f"(logs in {lay.log_dir}); stop it with `riskstream cluster down`")
+        time.sleep(0.2)  # polling interval of the readiness loop, not synchronisation
+    print(f"[cluster] {name} (pid {proc.pid}) registered in {time.monotonic() - t0:.1f}s", file=out)
+    return name, proc.pid
 
 
 def down(root: Path | str | None = None, out=sys.stderr, grace_s: float = 30.0) -> bool:
