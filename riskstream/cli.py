@@ -453,6 +453,8 @@ def cmd_features(a) -> int:
     print(f"feature spec {spec_fingerprint()} ({len(FEATURES)} features, model input order)")
     for f in FEATURES:
         h = f"{f.horizon_ms // 1000}s/{f.bucket_ms // 1000}s" if f.horizon_ms else "-"
+        if f.offset_ms:  # a delayed label window: it ends this far before the event
+            h += f" -{f.offset_ms // 1000}s"
         what = ("fraud labels, from their arrival" if f.agg in LABEL_AGGS
                 else ",".join(f.event_types) if f.event_types else "all")
         print(f"  {f.name:<28} {f.entity:<7} {f.agg:<12} {f.field or '-':<10} {h:<15} {what}")

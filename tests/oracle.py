@@ -8,20 +8,28 @@ import math
 from udfs.features import LABEL_AGGS, MISSING, features_for
 
 
-def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[list[float], bool]]:
+def oracle_features(entity: str, arrived: list, lateness: int, features=None) -> list[tuple[list[float], bool]]:
     """``arrived``: events of ONE key in arrival order, and labels for the key as
     ``("label", (user_id, event_id), event_ts, "fraud"|"legit")`` where they arrive (ids are per user). Returns (values, late) per event.
     An event at or after the key's expiry (its newest stored event + longest horizon + lateness) finds the
     key fresh; labels are not part of the expiry. A label counts for every event after it: the labelled
     event's newest label decides, fraud labels are kept while their event time is within the longest label
-    horizon plus its bucket of the newest kept one."""
-    feats = features_for(entity)
+    horizon plus offset plus its bucket of the newest kept one.
+
+    A delayed label feature (``offset_ms``) reads the ``H/g`` buckets that end ``offset`` before the event's
+    bucket; its share's base is the key's stored events there, held back to the longest delayed share's
+    horizon + offset (apart from the other windows' buckets), the key kept for its longest horizon + offset.
+    ``features``: the spec (default ``udfs.features.FEATURES``)."""
+    feats = features_for(entity, features)
     max_h: dict[int, int] = {}
+    reach_d: dict[int, int] = {}  # delayed shares' event counts: width -> longest horizon + offset
     for f in feats:
-        if f.horizon_ms and f.agg != "fraud_labels":
+        if f.agg == "fraud_share" and f.offset_ms:
+            reach_d[f.bucket_ms] = max(reach_d.get(f.bucket_ms, 0), f.horizon_ms + f.offset_ms)
+        elif f.horizon_ms and f.agg != "fraud_labels":
             max_h[f.bucket_ms] = max(max_h.get(f.bucket_ms, 0), f.horizon_ms)
-    retention = max(f.horizon_ms or 0 for f in feats) + lateness
-    keep = max((f.horizon_ms + f.bucket_ms for f in feats if f.agg in LABEL_AGGS), default=0)
+    retention = max((f.horizon_ms or 0) + f.offset_ms for f in feats) + lateness
+    keep = max((f.horizon_ms + f.offset_ms + f.bucket_ms for f in feats if f.agg in LABEL_AGGS), default=0)
     fraud: dict = {}  # labelled-fraud events known so far: (user_id, event_id) -> event time
     kept: list = []  # events stored (non-late)
     out = []
@@ -48,8 +56,17 @@ def oracle_features(entity: str, arrived: list, lateness: int) -> list[tuple[lis
                 vals.append(float(ev.ts - min(e.ts for e in kept + [ev])))
                 continue
             g, h = f.bucket_ms, f.horizon_ms
-            hi = (ev.ts // g) * g
+            hi = (ev.ts // g) * g - f.offset_ms
             lo = hi + g - h
+            if f.agg in LABEL_AGGS and f.offset_ms:
+                n = sum(1 for t in fraud.values() if lo <= (t // g) * g <= hi)
+                if f.agg == "fraud_labels":
+                    vals.append(float(n))
+                    continue
+                keep_from = ((last_now - lateness) // g) * g + g - reach_d[g]
+                events = len([e for e in kept if lo <= (e.ts // g) * g <= hi and (e.ts // g) * g >= keep_from])
+                vals.append(n / max(events, n) if max(events, n) else 0.0)
+                continue
             if f.agg in LABEL_AGGS:
                 n = sum(1 for t in fraud.values() if lo <= (t // g) * g <= hi)
                 keep_from = ((last_now - lateness) // g) * g + g - max_h[g] if g in max_h else None

@@ -121,8 +121,8 @@ def _stream() -> list[Event]:
     return out
 
 
-def _expected(records: list, label_signals: bool, entities=ENTITIES):
-    ch = Chain(LATENESS, DEDUP, entities=entities, label_signals=label_signals)
+def _expected(records: list, label_signals: bool, entities=ENTITIES, features=None):
+    ch = Chain(LATENESS, DEDUP, entities=entities, label_signals=label_signals, features=features)
     out, dups = {}, []
     for kind, x in records:
         if kind == "label":
@@ -359,10 +359,12 @@ def _labelled_records() -> list:
     return records
 
 
-def _run_branches(jar, records: list, parallelism: int, tmp_path, extra=None) -> dict:
+def _run_branches(jar, records: list, parallelism: int, tmp_path, extra=None, features=None,
+                  entities=ENTITIES) -> dict:
     """Each entity's JVM stage on its own branch of one source holding events and labels in order (a
     keyed exchange keeps each key's order), labels on: {entity: {event_id: (values, late, signals)}}.
-    ``extra``: more Flink settings (a savepoint to restore)."""
+    ``extra``: more Flink settings (a savepoint to restore); ``features``: the feature spec the stages get
+    (default ``udfs.features.FEATURES``)."""
     from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.common.serialization import Encoder
     from pyflink.datastream.connectors.file_system import FileSink
@@ -382,9 +384,9 @@ def _run_branches(jar, records: list, parallelism: int, tmp_path, extra=None) ->
            .assign_timestamps_and_watermarks(WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
                                              .with_timestamp_assigner(EventTime())))
     env.set_parallelism(parallelism)
-    spec = orjson.dumps(spec_document(LATENESS)).decode()
+    spec = orjson.dumps(spec_document(LATENESS, features)).decode()
     outs = []
-    for e in ENTITIES:
+    for e in entities:
         def show(row, name=e.name):
             rec = jvm.from_row(row)
             _, values, late, signals = unpack(rec)
@@ -394,7 +396,7 @@ def _run_branches(jar, records: list, parallelism: int, tmp_path, extra=None) ->
     outs[0].union(*outs[1:]).sink_to(
         FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build())
     env.execute("jvm-label-features-test")
-    got: dict = {e.name: {} for e in ENTITIES}
+    got: dict = {e.name: {} for e in entities}
     for f in sorted((tmp_path / "out").rglob("*")):
         if f.is_file():
             for line in f.read_text().splitlines():
@@ -422,6 +424,39 @@ def test_jvm_label_features_match_python(jvm, tmp_path, parallelism):
             assert (signals or None) == (want[eid][2] or None), (e.name, eid)
         nonzero[e.name] = sum(any(v[i] > 0 for i in lab) for v, _, _ in got[e.name].values())
     assert all(n > 100 for n in nonzero.values()), nonzero
+
+
+@pytest.mark.parametrize("parallelism,backend", [(1, "hashmap"), (2, "rocksdb")])
+def test_jvm_delayed_label_windows_match_python(jvm, tmp_path, parallelism, backend):
+    """The delayed label windows (docs/features.md#delayed-label-windows) in the JVM stages equal the Python
+    chain's exactly, from the same spec document: 60 days on few devices and ips, labels 0-15 days late,
+    some overturned, events slightly out of order and some late; the offsets, the delayed counts' reach and
+    the keys' retention (horizon + offset) reach the JVM through the spec."""
+    from py4j.java_gateway import get_field
+
+    from tests.test_delayed_labels import _long_stream, timed
+    from udfs.features import DAY, FEATURES_WITH_DELAYED
+
+    jar, J = jvm
+    doc = orjson.dumps(spec_document(LATENESS, FEATURES_WITH_DELAYED)).decode()
+    dev = J.EntitySpec.parse(doc, "device")
+    assert list(get_field(dev, "dWidths")) == [DAY // 48, 6 * HOUR, DAY]
+    assert list(get_field(dev, "dReach")) == [8 * DAY, 14 * DAY, 37 * DAY]
+    assert get_field(dev, "retention") == 37 * DAY + LATENESS and get_field(dev, "labelKeepMs") == 38 * DAY
+    evs, labels = _long_stream(7, days=60, n=2000)
+    records = [("label", r[1]) if type(r) is tuple else ("event", r) for r in timed(evs, labels)]
+    entities = (ENTITY_BY_NAME["ip"], ENTITY_BY_NAME["device"])
+    got = _run_branches(jar, records, parallelism, tmp_path, extra={"state.backend.type": backend},
+                        features=FEATURES_WITH_DELAYED, entities=entities)
+    for e in entities:
+        want, _ = _expected(records, label_signals=True, entities=(e,), features=FEATURES_WITH_DELAYED)
+        assert set(got[e.name]) == set(want), e.name
+        names = [f.name for f in features_for(e.name, FEATURES_WITH_DELAYED)]
+        delayed = [i for i, n in enumerate(names) if n.endswith("_delay7d")]
+        for eid, (values, late, signals) in got[e.name].items():
+            assert (values, late) == (want[eid][0], want[eid][1]), (e.name, eid)  # exactly equal
+        for i in delayed:
+            assert sum(v[i] > 0 for v, _, _ in got[e.name].values()) > 300, (e.name, names[i])
 
 
 def test_jvm_label_store_keys_by_user_and_event_id(jvm, tmp_path):

@@ -206,13 +206,14 @@ def test_chain_drops_expired_keys_by_the_watermark_rule():
 
 
 # -- label features: labels arriving late, out of order, legit overriding fraud ------------------------
-def run_with_labels(entity: str, records: list, lateness: int) -> dict[str, list]:
+def run_with_labels(entity: str, records: list, lateness: int, features=None) -> dict[str, list]:
     """The chain's entity step over ``records`` (Events, and ``("label", label_record args)`` tuples):
-    labels fold into the key's label state and count for every later event of the key."""
+    labels fold into the key's label state and count for every later event of the key. ``features``: the
+    spec (default ``udfs.features.FEATURES``)."""
     from udfs.chain import EntityStep, label_record
     from udfs.features import ENTITY_BY_NAME
 
-    step = EntityStep(ENTITY_BY_NAME[entity], lateness)
+    step = EntityStep(ENTITY_BY_NAME[entity], lateness, features=features)
     store: dict[str, dict] = {}
     known: dict[str, dict] = {}
     out: dict[str, list] = {}
@@ -232,10 +233,12 @@ def run_with_labels(entity: str, records: list, lateness: int) -> dict[str, list
     return out
 
 
-def check_labels_against_oracle(entity: str, records: list, lateness: int) -> int:
-    w = EntityWindows(entity, lateness)
+def check_labels_against_oracle(entity: str, records: list, lateness: int, features=None) -> int:
+    from udfs.features import features_for
+
+    w = EntityWindows(entity, lateness, features_for(entity, features))
     names = list(w.names)
-    got = run_with_labels(entity, records, lateness)
+    got = run_with_labels(entity, records, lateness, features)
     field = w.key_field
     pos = {"user_id": 1, "device_id": 2, "ip": 5, "payment_ref": 6}[field]  # in label_record's arguments
     checked = labelled = 0
@@ -248,7 +251,7 @@ def check_labels_against_oracle(entity: str, records: list, lateness: int) -> in
                     mine.append(("label", (args[1], args[0]), args[3], args[4]))  # (user, event id)
             elif getattr(r, field) == k:
                 mine.append(r)
-        want = oracle_features(entity, mine, lateness)
+        want = oracle_features(entity, mine, lateness, features)
         evs = [e for e in mine if type(e) is not tuple]
         assert len(want) == len(results) == len(evs)
         for ev, (gv, gl), (wv, wl) in zip(evs, results, want):

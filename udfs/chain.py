@@ -29,8 +29,8 @@ from . import dedup, hll
 from .decision import decision_record, encode, error_decision_record
 from .events import EVENT_TYPES, Event
 from .features import SIGNALS as SIGNAL_NAMES
-from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, MISSING, Entity, features_for, label_keep_ms, spec_fingerprint,
-                       spec_json)
+from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, MISSING, Entity, features_for, label_keep_ms,
+                       spec_fingerprint, spec_json)
 from .labels import FRAUD, apply_fraud_label, apply_label, known_fraud_users
 from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,
                       retention_ms)
@@ -120,10 +120,11 @@ class EntityStep:
     :meth:`step`; a duplicate must not touch the windows."""
 
     def __init__(self, entity: Entity, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
-                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS):
+                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS, features: tuple | None = None):
+        """``features``: the spec (default ``features.FEATURES``); the stage computes its entity's."""
         self.entity = entity
         self.name = entity.name
-        self.windows = EntityWindows(entity.name, allowed_lateness_ms)
+        self.windows = EntityWindows(entity.name, allowed_lateness_ms, features_for(entity.name, features))
         self.dedup_horizon_ms = int(dedup_horizon_ms) if entity.dedup else 0
         self.signal_name = f"{entity.name}_known_fraud_users_7d" if entity.label_signals else None
         self.reads_labels = entity.label_signals or self.windows.reads_labels
@@ -233,10 +234,11 @@ class Chain:
     def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                  dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                  out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS,
-                 entities: tuple[Entity, ...] = ENTITIES, label_signals: bool = False):
+                 entities: tuple[Entity, ...] = ENTITIES, label_signals: bool = False, features: tuple | None = None):
+        """``features``: the feature spec (default ``features.FEATURES``)."""
         self.label_signals = label_signals  # as the job with a labels topic: records carry the signals
         # label features read the labels folded so far whether or not the records carry signals
-        self.steps = [EntityStep(e, allowed_lateness_ms, dedup_horizon_ms) for e in entities]
+        self.steps = [EntityStep(e, allowed_lateness_ms, dedup_horizon_ms, features) for e in entities]
         self.stores: list[dict[str, dict]] = [{} for _ in self.steps]
         self.known: list[dict[str, dict]] = [{} for _ in self.steps]  # label state (EntityStep.fold_label)
         self.out_of_orderness_ms = int(out_of_orderness_ms)
@@ -322,24 +324,29 @@ def writer_layout() -> dict:
             "event_types": list(EVENT_TYPES), "signals": list(SIGNAL_NAMES)}
 
 
-def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> dict:
+def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tuple | None = None) -> dict:
     """Everything another runtime needs to rebuild the windows exactly (``riskstream features --json``):
     entities in chain order with their key field and retention, bucket widths, features in vector order,
     the lateness, the empty value, the cleanup-timer grid, the distinct-count sketch settings, and the
-    record's fields in Row order (``ROW_FIELDS``) so a JVM stage finds every field by name."""
+    record's fields in Row order (``ROW_FIELDS``) so a JVM stage finds every field by name. ``features``:
+    the feature spec (default ``features.FEATURES``; a label feature's ``offset_ms`` is in its entry when
+    not 0)."""
+    features = FEATURES if features is None else features
     return {
         "record_fields": [name for name, _ in ROW_FIELDS],
-        "fingerprint": spec_fingerprint(),
+        "fingerprint": spec_fingerprint(features),
         "allowed_lateness_ms": int(allowed_lateness_ms),
         "missing": MISSING,
         "timer_grid_ms": TIMER_GRID_MS,
         "bucket_ms": {str(h): g for h, g in sorted(BUCKET_MS.items())},
         "event_types": list(EVENT_TYPES),
         "distinct": {"exact_up_to": HLL_THRESHOLD, **hll.params()},
-        "entities": [{**e.to_json(), "order": i, "retention_ms": retention_ms(e.name, allowed_lateness_ms),
-                      "label_keep_ms": label_keep_ms(e.name), "features": [f.name for f in features_for(e.name)]}
+        "entities": [{**e.to_json(features), "order": i,
+                      "retention_ms": retention_ms(e.name, allowed_lateness_ms, features),
+                      "label_keep_ms": label_keep_ms(e.name, features),
+                      "features": [f.name for f in features_for(e.name, features)]}
                      for i, e in enumerate(ENTITIES)],
-        "features": spec_json(),
+        "features": spec_json(features),
     }
 
 

@@ -59,10 +59,14 @@ class Entity:
     @property
     def reads_labels(self) -> bool:
         """The stage folds labels: for its signal, or for label features of the spec."""
-        return self.label_signals or any(f.entity == self.name and f.agg in LABEL_AGGS for f in FEATURES)
+        return self.reads_labels_in(FEATURES)
 
-    def to_json(self) -> dict:
-        return {**asdict(self), "reads_labels": self.reads_labels}
+    def reads_labels_in(self, features: tuple["Feature", ...]) -> bool:
+        """As :attr:`reads_labels`, for the spec ``features``."""
+        return self.label_signals or any(f.entity == self.name and f.agg in LABEL_AGGS for f in features)
+
+    def to_json(self, features: tuple["Feature", ...] | None = None) -> dict:
+        return {**asdict(self), "reads_labels": self.reads_labels_in(FEATURES if features is None else features)}
 
 
 # The stage chain, in order. The user stage comes first: it drops duplicate event ids before any window
@@ -99,10 +103,21 @@ class Feature:
     field: str | None = None  # input field of the event
     horizon_ms: int | None = None
     event_types: tuple[str, ...] | None = None  # filter; None = every type
+    # label features only: the window ends this far before the event, [t - offset - horizon, t - offset) to
+    # the bucket (docs/features.md#delayed-label-windows); a whole number of the horizon's buckets, 0 = none
+    offset_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.entity not in ENTITY_KEYS:
             raise ValueError(f"{self.name}: unknown entity {self.entity!r}")
+        if self.offset_ms:
+            if self.agg not in LABEL_AGGS:
+                raise ValueError(f"{self.name}: only label features ({', '.join(LABEL_AGGS)}) take an offset")
+            g = BUCKET_MS.get(self.horizon_ms)
+            if isinstance(self.offset_ms, bool) or not isinstance(self.offset_ms, int) or self.offset_ms < 0 or (
+                    g and self.offset_ms % g):
+                raise ValueError(f"{self.name}: offset {self.offset_ms!r} must be a positive multiple of the "
+                                 f"horizon's bucket width ({g} ms)")
         if self.agg in LABEL_AGGS:
             if self.horizon_ms not in BUCKET_MS:
                 raise ValueError(f"{self.name}: horizon {self.horizon_ms} not one of {sorted(BUCKET_MS)}")
@@ -128,18 +143,25 @@ class Feature:
     def bucket_ms(self) -> int | None:
         return BUCKET_MS.get(self.horizon_ms) if self.horizon_ms else None
 
+    @property
+    def reach_ms(self) -> int:
+        """How far back from an event its window reaches: horizon plus offset (0 without a horizon)."""
+        return (self.horizon_ms or 0) + self.offset_ms
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["entity_key"] = ENTITY_KEYS[self.entity]
         d["event_types"] = list(self.event_types) if self.event_types else None
+        if not self.offset_ms:  # a feature without an offset is described (and fingerprinted) as before
+            del d["offset_ms"]
         return d
 
 
-def _f(name, entity, agg, field=None, horizon=None, types=None) -> Feature:
-    return Feature(name, entity, agg, field, horizon, tuple(types) if types else None)
+def _f(name, entity, agg, field=None, horizon=None, types=None, offset=0) -> Feature:
+    return Feature(name, entity, agg, field, horizon, tuple(types) if types else None, offset)
 
 
-FEATURES: tuple[Feature, ...] = (
+BASE_FEATURES: tuple[Feature, ...] = (
     # the event itself
     _f("amount", "event", "value", "amount"),
     _f("event_type", "event", "type_index", "event_type"),
@@ -211,8 +233,46 @@ FEATURES: tuple[Feature, ...] = (
     _f("payment_age_ms", "payment", "age"),
 )
 
+# Delayed label windows (docs/features.md#delayed-label-windows): fraud labels and fraud share over the
+# horizon that ends ``offset`` before the event, for labels that arrive days late (the Fraud Detection
+# Handbook's terminal risk: a terminal's fraud share over the 7 days that end 7 days ago). Declared here as
+# data; they join the model's vector only with DELAYED_LABEL_WINDOWS on. Each goes after its entity's
+# features.
+DELAYED_LABEL_FEATURES: tuple[Feature, ...] = (
+    _f("ip_fraud_labels_7d_delay7d", "ip", "fraud_labels", horizon=7 * DAY, offset=7 * DAY),
+    _f("ip_fraud_share_7d_delay7d", "ip", "fraud_share", horizon=7 * DAY, offset=7 * DAY),
+    _f("device_fraud_labels_24h_delay7d", "device", "fraud_labels", horizon=DAY, offset=7 * DAY),
+    _f("device_fraud_labels_7d_delay7d", "device", "fraud_labels", horizon=7 * DAY, offset=7 * DAY),
+    _f("device_fraud_labels_30d_delay7d", "device", "fraud_labels", horizon=30 * DAY, offset=7 * DAY),
+    _f("device_fraud_share_24h_delay7d", "device", "fraud_share", horizon=DAY, offset=7 * DAY),
+    _f("device_fraud_share_7d_delay7d", "device", "fraud_share", horizon=7 * DAY, offset=7 * DAY),
+    _f("device_fraud_share_30d_delay7d", "device", "fraud_share", horizon=30 * DAY, offset=7 * DAY),
+)
+
+# The switch. Off: the spec is BASE_FEATURES, the one the shipped models in models/ were trained on
+# (fingerprint be9e8776355ab1b8). On: BASE_FEATURES plus DELAYED_LABEL_FEATURES, a new fingerprint, so the
+# job refuses the shipped models until you retrain (`riskstream train`, docs/models.md); the ip and device
+# keys are then kept for their longest horizon plus offset (14 and 37 days). The job, the replay and
+# training all read FEATURES, so they switch together.
+DELAYED_LABEL_WINDOWS = False
+
+
+def spec_features(delayed_label_windows: bool) -> tuple[Feature, ...]:
+    """The feature vector: BASE_FEATURES, with each delayed label feature after its entity's features
+    when ``delayed_label_windows``."""
+    if not delayed_label_windows:
+        return BASE_FEATURES
+    order = (EVENT_ENTITY,) + tuple(e.name for e in ENTITIES)
+    extra = DELAYED_LABEL_FEATURES
+    return tuple(f for ent in order for f in BASE_FEATURES + extra if f.entity == ent)
+
+
+FEATURES: tuple[Feature, ...] = spec_features(DELAYED_LABEL_WINDOWS)
+# the spec with the delayed label windows, whatever the switch (tests, `riskstream features --delayed`)
+FEATURES_WITH_DELAYED: tuple[Feature, ...] = spec_features(True)
+
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
-if len(set(FEATURE_NAMES)) != len(FEATURE_NAMES):
+if len({f.name for f in FEATURES_WITH_DELAYED}) != len(FEATURES_WITH_DELAYED):
     raise ValueError("duplicate feature names in FEATURES")
 # The chain assembles the vector as the event's values, then each entity's in chain order: keep FEATURES so.
 ENTITY_ORDER = (EVENT_ENTITY,) + tuple(e.name for e in ENTITIES)
@@ -225,8 +285,9 @@ SIGNALS: tuple[str, ...] = tuple(f"{e.name}_known_fraud_users_7d" for e in ENTIT
 MISSING = -1.0  # since_prev of a key's first event; mean / max / min of an empty window (sum and count: 0)
 
 
-def features_for(entity: str) -> tuple[Feature, ...]:
-    return tuple(f for f in FEATURES if f.entity == entity)
+def features_for(entity: str, features: tuple[Feature, ...] | None = None) -> tuple[Feature, ...]:
+    """The entity's features in vector order, of the spec ``features`` (default: FEATURES)."""
+    return tuple(f for f in (FEATURES if features is None else features) if f.entity == entity)
 
 
 def spec_json(features: tuple[Feature, ...] = FEATURES) -> list[dict]:
@@ -238,12 +299,16 @@ def spec_fingerprint(features: tuple[Feature, ...] = FEATURES) -> str:
     return hashlib.sha256(orjson.dumps(spec_json(features), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
-def label_keep_ms(entity: str) -> int:
+def label_keep_ms(entity: str, features: tuple[Feature, ...] | None = None) -> int:
     """How far behind the newest labelled event time a key's label store keeps labels: the longest label
-    horizon plus its bucket width (an older label can be read only by events older than any it labels)."""
-    return max((f.horizon_ms + f.bucket_ms for f in features_for(entity) if f.agg in LABEL_AGGS), default=0)
+    horizon plus offset plus its bucket width (an older label can be read only by events older than any it
+    labels)."""
+    return max((f.reach_ms + f.bucket_ms for f in features_for(entity, features) if f.agg in LABEL_AGGS),
+               default=0)
 
 
-def max_horizon_ms(entity: str) -> int:
-    return max((f.horizon_ms or 0) for f in features_for(entity)) or 0
+def max_horizon_ms(entity: str, features: tuple[Feature, ...] | None = None) -> int:
+    """The longest reach (horizon plus offset) of the entity's features: its keys' retention, less the
+    lateness."""
+    return max((f.reach_ms for f in features_for(entity, features)), default=0)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import hll
 from .events import EVENT_TYPE_INDEX, EVENT_TYPES, Event
-from .features import ENTITY_BY_NAME, LABEL_AGGS, MISSING, Feature, features_for
+from .features import ENTITY_BY_NAME, LABEL_AGGS, MISSING, Feature, features_for, max_horizon_ms
 
 CNT, NUM, SET = 0, 1, 2
 DEFAULT_LATENESS_MS = 60_000
@@ -38,9 +38,10 @@ HLL_THRESHOLD = 256
 TIMER_GRID_MS = 60_000
 
 
-def retention_ms(entity: str, allowed_lateness_ms: int) -> int:
-    """How long after a key's newest event its state can still be read: longest horizon + lateness."""
-    return max((f.horizon_ms or 0) for f in features_for(entity)) + int(allowed_lateness_ms)
+def retention_ms(entity: str, allowed_lateness_ms: int, features: tuple[Feature, ...] | None = None) -> int:
+    """How long after a key's newest event its state can still be read: the longest reach (horizon plus
+    offset, ``Feature.reach_ms``) + lateness. ``features``: the spec (default ``features.FEATURES``)."""
+    return max_horizon_ms(entity, features) + int(allowed_lateness_ms)
 
 
 def timer_for(expiry: int) -> int:
@@ -113,7 +114,10 @@ class EntityWindows:
 
     State layout (picklable, small): ``{"first": ts, "last": ts, "b": {width: {bucket_start: [acc, ...]}}}``
     where each acc is a count, a ``[count, sum, max, min]`` list or a set, one per distinct
-    (kind, field, event-type filter) slot of that bucket width.
+    (kind, field, event-type filter) slot of that bucket width. An entity with delayed fraud shares
+    (``Feature.offset_ms``) also keeps ``"d": {width: {bucket_start: events}}``: the key's stored events per
+    bucket, for as far back as its longest delayed share reaches, apart from the other slots so that they
+    are not kept longer.
     """
 
     def __init__(self, entity: str, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
@@ -128,6 +132,8 @@ class EntityWindows:
         # slots per bucket width
         self.slots: dict[int, list[tuple[int, str | None, frozenset | None]]] = {}
         self._plan: list[tuple] = []  # per feature: how to read its value
+        # width -> the longest horizon + offset of a delayed fraud share: how far back "d" keeps its counts
+        self.delayed_reach: dict[int, int] = {}
         horizons: dict[int, int] = {}
         for f in self.features:
             if f.agg in ("since_prev", "age"):
@@ -135,7 +141,11 @@ class EntityWindows:
                 continue
             g, h = f.bucket_ms, f.horizon_ms
             if f.agg == "fraud_labels":  # read from the label store only: no bucket slot
-                self._plan.append((f.agg, g, h))
+                self._plan.append((f.agg, g, h, f.offset_ms))
+                continue
+            if f.agg == "fraud_share" and f.offset_ms:  # its denominator from the delayed event counts
+                self.delayed_reach[g] = max(self.delayed_reach.get(g, 0), h + f.offset_ms)
+                self._plan.append(("fraud_share_delayed", g, h, f.offset_ms))
                 continue
             # fraud_share's denominator: the key's events (every type) in the same window
             kind = CNT if f.agg in ("count", "fraud_share") else SET if f.agg == "distinct" else NUM
@@ -144,11 +154,11 @@ class EntityWindows:
             if slot not in slots:
                 slots.append(slot)
             horizons[g] = max(horizons.get(g, 0), h)
-            self._plan.append((f.agg, g, h, slots.index(slot)))
+            self._plan.append((f.agg, g, h, 0, slots.index(slot)))
         self.max_horizon = dict(horizons)  # width -> longest horizon using it
-        self.retention_ms = max((f.horizon_ms or 0 for f in self.features), default=0) + self.lateness
+        self.retention_ms = max((f.reach_ms for f in self.features), default=0) + self.lateness
         self.reads_labels = any(f.agg in LABEL_AGGS for f in self.features)
-        self.label_keep_ms = max((f.horizon_ms + f.bucket_ms for f in self.features if f.agg in LABEL_AGGS),
+        self.label_keep_ms = max((f.reach_ms + f.bucket_ms for f in self.features if f.agg in LABEL_AGGS),
                                  default=0)
         # per width and event type: the slots that event type feeds
         self._feeds: dict[int, dict[str, list[tuple[int, int, str | None]]]] = {
@@ -156,7 +166,7 @@ class EntityWindows:
                 for t in EVENT_TYPES}
             for g, sl in self.slots.items()
         }
-        self._ranges = sorted({(p[1], p[2]) for p in self._plan if len(p) == 4})  # windows read from buckets
+        self._ranges = sorted({(p[1], p[2]) for p in self._plan if len(p) == 5})  # windows read from buckets
         self._empty = self._values({"first": None, "last": None, "b": {}}, None, None, fold_self=False)
 
     # -- state -------------------------------------------------------------------------------------
@@ -172,6 +182,12 @@ class EntityWindows:
             if accs is None:
                 accs = buckets[start] = [_new_acc(k) for k, _, _ in self.slots[g]]
             _fold(accs, feeds, ev, sketch_past_threshold=True)
+        if self.delayed_reach:  # every stored event, for the delayed shares' denominators
+            delayed = state.setdefault("d", {})
+            for g in self.delayed_reach:
+                counts = delayed.setdefault(g, {})
+                start = ts - ts % g
+                counts[start] = counts.get(start, 0) + 1
 
     def _evict(self, state: dict) -> None:
         oldest_on_time = state["last"] - self.lateness
@@ -181,6 +197,11 @@ class EntityWindows:
             stale = [s for s in buckets if s < keep_from]
             for s in stale:
                 del buckets[s]
+        for g, counts in state.get("d", {}).items():
+            # ... and a delayed window from floor(t/g)*g + g - offset - H on
+            keep_from = oldest_on_time - oldest_on_time % g + g - self.delayed_reach[g]
+            for s in [s for s in counts if s < keep_from]:
+                del counts[s]
 
     def empty_values(self) -> list[float]:
         """The values for an event without a key (an optional entity): empty windows, no history."""
@@ -241,10 +262,10 @@ class EntityWindows:
             if kind == "age":
                 out.append(float(ts - min(state["first"], ts)) if ev is not None else MISSING)
                 continue
-            if kind in LABEL_AGGS:
-                g = p[1]
-                hi = ts - ts % g
-                lo = hi + g - p[2]
+            if kind in LABEL_AGGS or kind == "fraud_share_delayed":
+                g, h, offset = p[1], p[2], p[3]
+                hi = ts - ts % g - offset  # the window's last bucket: offset before the event's own
+                lo = hi + g - h
                 n = 0
                 if ev is not None and labels:
                     for t in labels.values():
@@ -252,11 +273,17 @@ class EntityWindows:
                             n += 1
                 if kind == "fraud_labels":
                     out.append(float(n))
-                else:  # share of the window's events; a label of an event not counted here widens the base
-                    base = max(agg[(g, p[2])][p[3]], n)
-                    out.append(n / base if base else 0.0)
+                    continue
+                # share of the window's events; a label of an event not counted here widens the base
+                if kind == "fraud_share":
+                    events = agg[(g, h)][p[4]]
+                else:  # the stored events in the delayed window (never the event itself: its bucket is later)
+                    counts = state.get("d", {}).get(g, {})
+                    events = sum(c for s, c in counts.items() if lo <= s <= hi)
+                base = max(events, n)
+                out.append(n / base if base else 0.0)
                 continue
-            acc = agg[(p[1], p[2])][p[3]]
+            acc = agg[(p[1], p[2])][p[4]]
             if kind == "count":
                 out.append(float(acc))
             elif kind == "distinct":

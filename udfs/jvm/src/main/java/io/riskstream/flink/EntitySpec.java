@@ -58,6 +58,17 @@ public final class EntitySpec implements Serializable {
     /** per feature: kind, width index (-1 for a label count: no slot), horizon, bucket width, slot. */
     public final int[] planKind, planWidth, planSlot;
     public final long[] planHorizon, planBucket;
+    /**
+     * per feature: its offset (a delayed label window ends this far before the event's bucket; 0 for the
+     * others), and for a delayed fraud share the index of its delayed-count width, else -1.
+     */
+    public final long[] planOffset;
+    public final int[] planDelayed;
+    /**
+     * Delayed fraud shares' denominators (udfs.windows: state "d"): the key's stored events per bucket of
+     * these widths, kept back to the longest horizon + offset of a delayed share of that width (dReach).
+     */
+    public final long[] dWidths, dReach;
     /** signals: the entity's position in features.SIGNALS order (entities with label_signals), and how many. */
     public final int signalIndex, nSignals;
     public final String signalName;
@@ -153,6 +164,10 @@ public final class EntitySpec implements Serializable {
         List<int[]> plan = new ArrayList<>();
         List<Long> planH = new ArrayList<>();
         List<Long> planG = new ArrayList<>();
+        List<Long> planO = new ArrayList<>();
+        List<Integer> planD = new ArrayList<>();
+        List<Long> dws = new ArrayList<>();
+        List<Long> dreach = new ArrayList<>();
         long longest = 0, keep = 0;
         for (JsonNode f : spec.get("features")) {
             if (!f.get("entity").asText().equals(entity)) {
@@ -164,6 +179,8 @@ public final class EntitySpec implements Serializable {
                 plan.add(new int[] {agg.equals("age") ? P_AGE : P_SINCE_PREV, -1, -1});
                 planH.add(0L);
                 planG.add(0L);
+                planO.add(0L);
+                planD.add(-1);
                 continue;
             }
             long h = f.get("horizon_ms").asLong();
@@ -171,15 +188,38 @@ public final class EntitySpec implements Serializable {
             if (g == null) {
                 throw new IllegalArgumentException(f.get("name").asText() + ": horizon without bucket width");
             }
-            longest = Math.max(longest, h);
             boolean label = agg.equals("fraud_labels") || agg.equals("fraud_share");
+            JsonNode on = f.get("offset_ms");
+            long off = on == null || on.isNull() ? 0L : on.asLong();
+            if (off != 0 && (!label || off < 0 || off % g != 0)) {
+                throw new IllegalArgumentException(f.get("name").asText() + ": offset " + off
+                    + " (only label features, a positive multiple of the bucket width " + g + ")");
+            }
+            longest = Math.max(longest, h + off); // the key's retention: longest horizon + offset
             if (label) {
-                keep = Math.max(keep, h + g);
+                keep = Math.max(keep, h + off + g);
             }
             if (agg.equals("fraud_labels")) { // read from the label store only: no bucket slot
                 plan.add(new int[] {P_FRAUD_LABELS, -1, -1});
                 planH.add(h);
                 planG.add(g);
+                planO.add(off);
+                planD.add(-1);
+                continue;
+            }
+            if (off != 0) { // a delayed fraud share: its denominator from the delayed event counts
+                int d = dws.indexOf(g);
+                if (d < 0) {
+                    d = dws.size();
+                    dws.add(g);
+                    dreach.add(0L);
+                }
+                dreach.set(d, Math.max(dreach.get(d), h + off));
+                plan.add(new int[] {P_FRAUD_SHARE, -1, -1});
+                planH.add(h);
+                planG.add(g);
+                planO.add(off);
+                planD.add(d);
                 continue;
             }
             // fraud_share's denominator: the key's events (every type) in the same window
@@ -233,6 +273,8 @@ public final class EntitySpec implements Serializable {
             plan.add(new int[] {pk, w, s});
             planH.add(h);
             planG.add(g);
+            planO.add(0L);
+            planD.add(-1);
         }
         retention = longest + lateness;
         labelKeepMs = keep;
@@ -282,7 +324,17 @@ public final class EntitySpec implements Serializable {
         planSlot = new int[plan.size()];
         planHorizon = new long[plan.size()];
         planBucket = new long[plan.size()];
+        planOffset = new long[plan.size()];
+        planDelayed = new int[plan.size()];
+        dWidths = new long[dws.size()];
+        dReach = new long[dws.size()];
+        for (int d = 0; d < dws.size(); d++) {
+            dWidths[d] = dws.get(d);
+            dReach[d] = dreach.get(d);
+        }
         for (int i = 0; i < plan.size(); i++) {
+            planOffset[i] = planO.get(i);
+            planDelayed[i] = planD.get(i);
             planBucket[i] = planG.get(i);
             planKind[i] = plan.get(i)[0];
             planWidth[i] = plan.get(i)[1];

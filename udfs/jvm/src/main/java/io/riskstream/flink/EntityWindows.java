@@ -21,7 +21,7 @@ public final class EntityWindows {
 
     public EntityWindows(EntitySpec spec) {
         this.spec = spec;
-        this.empty = values(new KeyState(spec.widths.length), null, 0L, -1, false, 0L, false, null);
+        this.empty = values(new KeyState(spec), null, 0L, -1, false, 0L, false, null);
     }
 
     public double[] emptyValues() {
@@ -77,7 +77,7 @@ public final class EntityWindows {
         boolean hasPrev;
         long prevLast = 0;
         if (st == null || ts >= expiresAt(st)) {
-            st = new KeyState(spec.widths.length);
+            st = new KeyState(spec);
             st.first = ts;
             hasPrev = false;
         } else {
@@ -161,6 +161,11 @@ public final class EntityWindows {
     }
 
     private void add(KeyState st, Row ev, long ts, int type) {
+        for (int d = 0; d < spec.dWidths.length; d++) { // every stored event, for the delayed shares' bases
+            long g = spec.dWidths[d];
+            long[] c = st.delayed[d].computeIfAbsent(ts - Math.floorMod(ts, g), k -> new long[1]);
+            c[0]++;
+        }
         for (int w = 0; w < spec.widths.length; w++) {
             int[] fed = spec.feeds[w][type];
             if (fed.length == 0) {
@@ -234,6 +239,11 @@ public final class EntityWindows {
             long keepFrom = oldestOnTime - Math.floorMod(oldestOnTime, g) + g - spec.maxHorizon[w];
             st.buckets[w].removeIf(b -> b.start < keepFrom);
         }
+        for (int d = 0; d < spec.dWidths.length; d++) { // a delayed window reads from floor(t/g)*g + g - offset - H
+            long g = spec.dWidths[d];
+            long keepFrom = oldestOnTime - Math.floorMod(oldestOnTime, g) + g - spec.dReach[d];
+            st.delayed[d].headMap(keepFrom).clear();
+        }
     }
 
     private static boolean contains(int[] a, int x) {
@@ -254,7 +264,7 @@ public final class EntityWindows {
             int kind = spec.planKind[p];
             if (kind == EntitySpec.P_FRAUD_LABELS || kind == EntitySpec.P_FRAUD_SHARE) {
                 long g = spec.planBucket[p];
-                long hi = ts - Math.floorMod(ts, g);
+                long hi = ts - Math.floorMod(ts, g) - spec.planOffset[p]; // offset before the event's bucket
                 long lo = hi + g - spec.planHorizon[p];
                 long n = 0;
                 if (ev != null && lab != null) {
@@ -267,6 +277,16 @@ public final class EntityWindows {
                 }
                 if (kind == EntitySpec.P_FRAUD_LABELS) {
                     out[p] = (double) n;
+                    continue;
+                }
+                int d = spec.planDelayed[p];
+                if (d >= 0) { // stored events in the delayed window (never the event itself: its bucket is later)
+                    long c = 0;
+                    for (long[] x : st.delayed[d].subMap(lo, true, hi, true).values()) {
+                        c += x[0];
+                    }
+                    long base = Math.max(c, n);
+                    out[p] = base == 0 ? 0.0 : (double) n / (double) base;
                     continue;
                 }
                 int w = spec.planWidth[p];

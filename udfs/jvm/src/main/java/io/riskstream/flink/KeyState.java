@@ -6,6 +6,7 @@ import java.util.HashMap;
 import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import java.util.TreeMap;
 
 /**
  * One key's window state (the Python state dict of udfs/windows.py + udfs/dedup.py) and its compact byte
@@ -18,8 +19,12 @@ import java.util.Map;
  *   then per slot: count: n | numeric: n [, sum, max, min as 8-byte doubles when n > 0]
  *   | distinct: 2k then k string indices (exact set) | 1 + 2048 register bytes | 3 + m, m x (index, rank)
  * | ids: n, then n x (utf8 length, bytes, zigzag(ts-last))   -- dedup, in arrival order
+ * | version 3 only, per delayed-count width of the spec (EntitySpec.dWidths): n buckets in ascending start,
+ *   the first as zigzag((start - floor(last/g)*g)/g), each later one as (start - previous start)/g, each
+ *   followed by its event count
  * </pre>
- * Version 1 (no flags byte) is read as "may have label state".
+ * Version 1 (no flags byte) is read as "may have label state". Version 3 is written when the spec has
+ * delayed fraud shares; versions 1 and 2 read with such a spec have no delayed counts yet.
  */
 final class KeyState {
     long first, last, timer;
@@ -32,6 +37,8 @@ final class KeyState {
     boolean labels = true;
     final ArrayList<Bucket>[] buckets;
     LinkedHashMap<String, Long> ids;
+    /** per delayed-count width (EntitySpec.dWidths): bucket start -> {stored events} (udfs.windows state "d"). */
+    final TreeMap<Long, long[]>[] delayed;
 
     static final class Bucket {
         final long start;
@@ -61,17 +68,25 @@ final class KeyState {
     }
 
     @SuppressWarnings("unchecked")
-    KeyState(int nWidths) {
+    KeyState(int nWidths, int nDelayed) {
         buckets = new ArrayList[nWidths];
         for (int w = 0; w < nWidths; w++) {
             buckets[w] = new ArrayList<>(4);
         }
+        delayed = new TreeMap[nDelayed];
+        for (int d = 0; d < nDelayed; d++) {
+            delayed[d] = new TreeMap<>();
+        }
+    }
+
+    KeyState(EntitySpec spec) {
+        this(spec.widths.length, spec.dWidths.length);
     }
 
     // -- encoding ------------------------------------------------------------------------------------
     byte[] encode(EntitySpec spec) {
         Out o = new Out();
-        o.b(2);
+        o.b(delayed.length > 0 ? 3 : 2);
         o.b(labels ? 1 : 0);
         o.v(last);
         o.v(last - first);
@@ -151,6 +166,19 @@ final class KeyState {
                 o.v(zz(e.getValue() - last));
             }
         }
+        for (int d = 0; d < delayed.length; d++) {
+            long g = spec.dWidths[d];
+            long prev = last - Math.floorMod(last, g);
+            o.v(delayed[d].size());
+            boolean first = true;
+            for (Map.Entry<Long, long[]> e : delayed[d].entrySet()) {
+                long rel = (e.getKey() - prev) / g;
+                o.v(first ? zz(rel) : rel);
+                o.v(e.getValue()[0]);
+                prev = e.getKey();
+                first = false;
+            }
+        }
         return o.toArray();
     }
 
@@ -160,10 +188,10 @@ final class KeyState {
         }
         In in = new In(data);
         int version = in.b();
-        if (version != 1 && version != 2) {
+        if (version < 1 || version > 3) {
             throw new IllegalStateException("unknown state version " + version);
         }
-        KeyState st = new KeyState(spec.widths.length);
+        KeyState st = new KeyState(spec);
         st.labels = version == 1 || (in.b() & 1) != 0;
         st.last = in.v();
         st.first = st.last - in.v();
@@ -226,6 +254,20 @@ final class KeyState {
             for (int i = 0; i < nIds; i++) {
                 String id = in.str();
                 st.ids.put(id, st.last + unzz(in.v()));
+            }
+        }
+        if (version == 3) {
+            if (spec.dWidths.length == 0) {
+                return st; // written with delayed shares in the spec, read without: their counts are not needed
+            }
+            for (int d = 0; d < spec.dWidths.length; d++) {
+                long g = spec.dWidths[d];
+                long start = st.last - Math.floorMod(st.last, g);
+                int n = (int) in.v();
+                for (int i = 0; i < n; i++) {
+                    start += (i == 0 ? unzz(in.v()) : in.v()) * g;
+                    st.delayed[d].put(start, new long[] {in.v()});
+                }
             }
         }
         return st;
