@@ -816,8 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default on]")
     p.add_argument("--changelog", action=argparse.BooleanOptionalAction, default=None,
                    help="the changelog state backend over the chosen one (checkpoints upload the changes since the "
-                        "last one, into the cluster's changelog/ folder; a job restoring a savepoint on it must claim "
-                        "it: `riskstream submit --restore-from` with --changelog restores a private copy) [env "
+                        "last one, into the cluster's changelog/ folder; Flink restores on it only in CLAIM mode, so "
+                        "`riskstream submit --from-savepoint` restores a private copy and the savepoint stays) [env "
                         "RISKSTREAM_CHANGELOG; default off]")
     p.add_argument("--rocksdb-local-dir", default=env_or("rocksdb_local_dir", ""),
                    help="with rocksdb: local folder of the working files [env RISKSTREAM_ROCKSDB_LOCAL_DIR; default: "

@@ -155,3 +155,35 @@ def test_commands_without_a_cluster_say_how_to_start_one(tmp_path, monkeypatch):
     assert main(["cluster", "status"]) == 1
     with pytest.raises(SystemExit, match="no Flink cluster running .* `riskstream cluster up`"):
         main(["cluster", "add-taskmanager"])
+
+
+def test_restore_args_keep_the_savepoint_under_the_changelog(tmp_path, monkeypatch):
+    """`flink run`'s restore options: Flink's NO_CLAIM default without the changelog; with it (which Flink
+    restores only in CLAIM mode) a private copy of the savepoint is claimed and the savepoint stays; a
+    retained checkpoint is claimed in place. The local cluster's `cluster up --changelog` counts too."""
+    import struct
+
+    from riskstream.ops import cluster, lineage, submit
+
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path / "home"))
+    sp = tmp_path / "savepoint-abc"
+    sp.mkdir()
+    (sp / "_metadata").write_bytes(struct.pack(">iiq", 0x4960672D, 6, 7) + b"\0" * 40)
+    (sp / "state").write_bytes(b"s")
+    assert submit.restore_args(str(sp), "job-x", changelog=False) == ["-s", sp.resolve().as_uri()]
+    args = submit.restore_args(str(sp), "job-x", changelog=True)
+    copy = lineage.local_path(args[1])
+    assert args[0] == "-s" and args[2:] == ["--claimMode", "claim"]
+    assert copy.parent == lineage.claimed_dir("job-x") and (copy / "state").read_bytes() == b"s"
+    assert (sp / "state").exists()
+    chk = tmp_path / "chk-7"
+    chk.mkdir()
+    (chk / "_metadata").write_bytes((sp / "_metadata").read_bytes())
+    assert submit.restore_args(str(chk), "job-x", changelog=True) == ["-s", chk.resolve().as_uri(), "--claimMode", "claim"]
+    # the local cluster's own setting
+    root = tmp_path / "cluster"
+    assert not cluster.changelog_enabled(root)
+    lay = cluster.layout(rest_port=8099, root=root)
+    lay.conf_dir.mkdir(parents=True)
+    (lay.conf_dir / "config.yaml").write_text("state:\n  changelog:\n    enabled: true\n")
+    assert cluster.changelog_enabled(root)

@@ -358,6 +358,17 @@ def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None 
     return path
 
 
+def changelog_enabled(root: Path | str | None = None) -> bool:
+    """Whether the local cluster's config turns the changelog on (``cluster up --changelog``)."""
+    path = layout(root=root).conf_dir / "config.yaml"
+    if not path.is_file():
+        return False
+    import yaml  # PyYAML: a dependency of apache-beam, which apache-flink requires
+
+    conf = _flatten(yaml.safe_load(path.read_text()) or {})
+    return str(conf.get("state.changelog.enabled", "")).lower() == "true"
+
+
 def flink_env(lay: ClusterLayout, project_on_pythonpath: bool = True) -> dict[str, str]:
     """Environment for the daemons and for ``bin/flink`` of this cluster.
 

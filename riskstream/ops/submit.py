@@ -169,6 +169,25 @@ def _savepoint_path(p: str) -> str:
     return local.as_uri()
 
 
+def restore_args(from_savepoint: str, job_name: str | None, changelog: bool) -> list[str]:
+    """``flink run``'s restore options. Without the changelog, ``-s`` and Flink's default NO_CLAIM: the
+    savepoint stays the user's. With it (the job's ``--changelog`` or the local cluster's ``cluster up
+    --changelog``), Flink restores only in CLAIM mode, which lets it delete what it restored once subsumed:
+    a savepoint is then restored from a private copy in the job's folder (``lineage.restore_mode``) and the
+    savepoint itself stays; a retained checkpoint is claimed in place."""
+    from . import lineage
+
+    restore = _savepoint_path(from_savepoint)
+    local = local_path(restore)
+    snap = lineage.read_snapshot(local) if changelog and local is not None else None
+    if snap is None or not job_name:
+        return ["-s", restore] + (["--claimMode", "claim"] if changelog else [])
+    restore, mode, note = lineage.restore_mode(job_name, snap, changelog=True)
+    if note:
+        print(f"[submit] {job_name}: {note}", file=sys.stderr, flush=True)
+    return ["-s", restore, "--claimMode", mode.lower()]
+
+
 @dataclass
 class Submitted:
     job_id: str
@@ -194,13 +213,15 @@ def submit(settings: dict[str, object] | None = None, jobmanager: str | None = N
     argv, extra_env = job_flags(settings)
     guard = runguard.claim(job_name, "riskstream submit") if job_name else None
     try:
-        return _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state)
+        return _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state,
+                       job_name, bool(settings.get("changelog")))
     finally:
         if guard is not None:
             guard.release()
 
 
-def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state):
+def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state,
+            job_name=None, changelog=False):
     from . import runguard
 
     t = target(jobmanager, root)
@@ -209,7 +230,7 @@ def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s,
         extra_env[runguard.TOKEN_ENV] = guard.token
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
-        run_args += ["-s", _savepoint_path(from_savepoint)]
+        run_args += restore_args(from_savepoint, job_name, changelog or (t.local and cluster.changelog_enabled(root)))
         # the job's client checks the start against the committed output and records it in the lineage
         extra_env["RISKSTREAM_FROM_SAVEPOINT"] = _savepoint_path(from_savepoint)
         if allow_non_restored_state:
