@@ -194,9 +194,13 @@ def make_env(cfg: JobConfig, extra: dict[str, str] | None = None, restore: str |
     # restarts: the first after 250 ms (a fixed 2 s delay was a sixth of a task failure's recovery), then
     # doubling up to 10 s, so ``restart_attempts`` cover about a minute of a lasting fault (a broker down)
     # before the job fails for good; a minute of stable running resets the count
-    for k, v in RESTART_STRATEGY.items():
-        conf.set_string(k, v)
-    conf.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(cfg.restart_attempts))
+    if cfg.restart_attempts == 0:  # the first failure fails the job (Flink's exponential delay needs >= 1)
+        conf.set_string("restart-strategy.type", "none")
+    else:
+        for k, v in RESTART_STRATEGY.items():
+            conf.set_string(k, v)
+        conf.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff",
+                        str(cfg.restart_attempts))
     # a fixed max parallelism (the key-group count): savepoints restore at any parallelism up to it, and
     # `riskstream bootstrap` writes state for the same key groups
     conf.set_string("pipeline.max-parallelism", str(cfg.max_parallelism))

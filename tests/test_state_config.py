@@ -141,6 +141,8 @@ def test_the_built_job_carries_the_settings(tmp_path, monkeypatch):
     assert jconf["taskmanager.memory.managed.size"] == LOCAL_ROCKSDB_MANAGED_MEMORY  # riskstream's beats the file's
     assert jconf["restart-strategy.exponential-delay.attempts-before-reset-backoff"] == str(cfg.restart_attempts)
     assert {k: jconf[k] for k in decision_job.RESTART_STRATEGY} == decision_job.RESTART_STRATEGY
+    no_restarts = decision_job.make_env(cfg.model_copy(update={"restart_attempts": 0}))
+    assert no_restarts._j_stream_execution_environment.getConfiguration().toMap()["restart-strategy.type"] == "none"
     assert jconf["state.backend.rocksdb.localdir"] == str(tmp_path / "rocks")
     assert jconf["state.backend.rocksdb.block.cache-size"] == "32m"
     assert jconf["pipeline.name"] == "overridden"  # flink_conf beats extra
