@@ -167,6 +167,29 @@ def cmd_review(a) -> int:
             store.add_user(a.username, pw, by=f"cli:{getpass.getuser()}")
             print(f"[review] user {a.username} added" + (f"; password (shown once): {pw}" if generated else ""))
             return 0
+        if a.action == "user":
+            what, name = a.username, a.user_name
+            if what not in ("disable", "enable", "reset-password") or not name:
+                raise SystemExit("riskstream review user: disable NAME, enable NAME or reset-password NAME")
+            store = Store(a.db)
+            by = f"cli:{getpass.getuser()}"
+            if what == "reset-password":
+                if a.password_stdin:
+                    pw = sys.stdin.readline().rstrip("\n")
+                elif sys.stdin.isatty():
+                    pw = getpass.getpass(f"new password for {name} (empty: generate one): ")
+                else:
+                    pw = ""
+                generated = not pw
+                pw = pw or random_password()
+                store.reset_password(name, pw, by=by)
+                print(f"[review] password of {name} reset; their sessions ended"
+                      + (f"; new password (shown once): {pw}" if generated else ""))
+            else:
+                store.set_disabled(name, what == "disable", by=by)
+                print(f"[review] user {name} " + ("disabled; their sessions ended" if what == "disable"
+                                                 else "enabled; a lockout is lifted"))
+            return 0
         s = review_settings(a)
         if a.action == "ingest":
             from .tools.review.ingest import Ingest
@@ -998,11 +1021,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("review", help="the review queue: a web service where analysts work the review decisions "
                                       "and their verdicts go to the labels topic")
-    p.add_argument("action", choices=["serve", "ingest", "add-user"],
-                   help="serve: the pages and the consumer; ingest: the consumer only; add-user: an analyst")
-    p.add_argument("username", nargs="?", help="add-user: the analyst's user name")
-    p.add_argument("--password-stdin", action="store_true", help="add-user: read the password from stdin "
-                                                                   "(else prompt; empty: generate one)")
+    p.add_argument("action", choices=["serve", "ingest", "add-user", "user"],
+                   help="serve: the pages and the consumer; ingest: the consumer only; add-user: an analyst; "
+                        "user disable|enable|reset-password NAME: an analyst's access")
+    p.add_argument("username", nargs="?", help="add-user: the analyst's user name; user: disable, enable or "
+                                               "reset-password")
+    p.add_argument("user_name", nargs="?", metavar="NAME", help="user ...: the analyst's user name")
+    p.add_argument("--password-stdin", action="store_true", help="add-user, user reset-password: read the password "
+                                                                   "from stdin (else prompt; empty: generate one)")
     default_db = env_or("review_db", "sqlite:///" + str(paths.home() / "review" / "review.db"))
     p.add_argument("--db", default=default_db, help="database URL: sqlite:///path.db, or "
                                                     "postgresql://user@host:port/dbname (password from PGPASSWORD "

@@ -72,6 +72,9 @@ def job_config(args: argparse.Namespace, **overrides) -> JobConfig:
             v = os.environ.get(env_name(name))
         if v is not None:
             values[name] = v
+    if "bootstrap_servers" not in values and os.environ.get(env_name("kafka_port")):
+        # the local broker on another port, as `stack`, `demo`, `generate` and `review` take it
+        values["bootstrap_servers"] = f"127.0.0.1:{os.environ[env_name('kafka_port')]}"
     values.update(overrides)
     try:
         return JobConfig(**values)

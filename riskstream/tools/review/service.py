@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .claim import Claim, ClaimRefused
 from .ingest import Ingest, IngestSettings
 from .labels import LabelSender
 from .store import Store
@@ -36,8 +37,9 @@ class ReviewService:
         self.log = log
         self.store = Store(s.db)
         self.ingest = Ingest(self.store, s.ingest, log)
-        self.sender = LabelSender(self.store, s.ingest.bootstrap_servers, s.labels_topic, log)
-        self.app = create_app(self.store, s.web, on_verdict=self.sender.try_send)
+        self.claim = Claim(s.ingest.bootstrap_servers, s.labels_topic, self.store.store_id(), self.store.url)
+        self.sender = LabelSender(self.store, s.ingest.bootstrap_servers, s.labels_topic, log, claim=self.claim)
+        self.app = create_app(self.store, s.web, on_verdict=self.sender.wake.set)  # never waits
         self.server = None
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
@@ -56,8 +58,18 @@ class ReviewService:
                 self.stopping.wait(RESTART_PAUSE_S)
 
     def start(self) -> "ReviewService":
+        """Raises :class:`ClaimRefused` when another store's service sends labels to this labels topic. With
+        the broker unreachable it starts anyway; the sender takes the claim before its first send."""
         from waitress import create_server
 
+        try:
+            self.claim.ensure()
+        except ClaimRefused:
+            self.claim.stop()
+            raise
+        except Exception as e:
+            print(f"[review] labels topic claim not taken yet ({type(e).__name__}: {e}); the sender takes it before "
+                  "sending", file=self.log, flush=True)
         self.server = create_server(self.app, host=self.s.host, port=self.s.port, threads=self.s.threads,
                                     ident="riskstream-review", clear_untrusted_proxy_headers=True)
         self.s.port = self.server.effective_port
@@ -73,6 +85,7 @@ class ReviewService:
         self.stopping.set()
         self.ingest.stop()
         self.sender.stop()
+        self.claim.stop()
         if self.server is not None:
             self.server.close()
         for t in self.threads:
@@ -85,6 +98,8 @@ class ReviewService:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         try:
             while not self.stopping.is_set():
+                if self.claim.refused:
+                    raise ClaimRefused(self.claim.refused)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass

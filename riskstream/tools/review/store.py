@@ -78,6 +78,13 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY, username TEXT NOT NULL REFERENCES users (username), csrf TEXT NOT NULL,
     created_at {i64} NOT NULL, last_seen {i64} NOT NULL);
+-- sign-in attempts, for the lockout: a password check is reserved ('pending') before it runs, so a burst
+-- in parallel gets no more checks than the limit; then 'failed' or 'ok'
+CREATE TABLE IF NOT EXISTS login_attempts (
+    id {id}, username TEXT NOT NULL, at {i64} NOT NULL, outcome TEXT NOT NULL, remote TEXT);
+CREATE INDEX IF NOT EXISTS login_attempts_user ON login_attempts (username, at);
+-- the store's identity (store_id): review services on one labels topic must share it
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id {id}, at {i64} NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT, detail TEXT, remote TEXT);
@@ -218,6 +225,10 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     def alive(c) -> bool:
         return True
 
+    @staticmethod
+    def lock_key(c, key: str) -> None:
+        """Serialise transactions on ``key`` (SQLite: BEGIN IMMEDIATE already serialises every writer)."""
+
     def create_schema(self, c) -> None:
         c.executescript(SCHEMA.format(**self.types) + self.audit_triggers)  # idempotent; manages its transaction
 
@@ -304,6 +315,11 @@ END $$;
         return _PgConn(raw)
 
     @staticmethod
+    def lock_key(c: _PgConn, key: str) -> None:
+        """Serialise transactions on ``key`` (READ COMMITTED would let two read the same count)."""
+        c.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (0x72736C67, key))
+
+    @staticmethod
     def alive(c: _PgConn) -> bool:
         return not (c.raw.closed or c.raw.broken)  # after a lost connection the next call reconnects
 
@@ -373,6 +389,12 @@ def hash_password(password: str) -> str:
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${dk.hex()}"
 
 
+@lru_cache(maxsize=1)
+def dummy_hash() -> str:
+    """A hash no password matches, checked for an unknown user: a sign-in costs one scrypt either way."""
+    return hash_password(secrets.token_urlsafe(24))
+
+
 def check_password(password: str, stored: str) -> bool:
     try:
         algo, n, r, p, salt, want = stored.split("$")
@@ -413,6 +435,7 @@ class Store:
         self.url = self.backend.describe()  # without a password
         self.local = threading.local()
         self.backend.create_schema(self.conn())  # idempotent (IF NOT EXISTS)
+        dummy_hash()  # made now, so no sign-in pays for it
 
     def conn(self):
         """This thread's connection: a ``sqlite3.Connection``, or for PostgreSQL one that takes the same SQL."""
@@ -650,13 +673,17 @@ class Store:
             rec = orjson.loads(ev["body"]) if ev is not None else {}
         return {k: rec.get(k) if isinstance(rec.get(k), str) else None for k in ("ip", "payment_ref")}
 
-    def pending_labels(self) -> list[Row]:
-        return self.query("SELECT * FROM label_outbox WHERE sent_at IS NULL ORDER BY case_id")
+    def pending_labels(self, limit: int | None = None) -> list[Row]:
+        return self.query("SELECT * FROM label_outbox WHERE sent_at IS NULL ORDER BY case_id"
+                          + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
 
-    def label_attempt(self, case_id: int) -> None:
+    def label_attempts(self, case_ids: list[int]) -> None:
+        """Mark labels attempted (before they are sent): a later cycle looks for them on the topic first."""
+        t = now_ms()
         with self.tx() as c:
-            c.execute("UPDATE label_outbox SET attempted_at = ? WHERE case_id = ? AND attempted_at IS NULL",
-                      (now_ms(), case_id))
+            for case_id in case_ids:
+                c.execute("UPDATE label_outbox SET attempted_at = ? WHERE case_id = ? AND attempted_at IS NULL",
+                          (t, case_id))
 
     def label_sent(self, case_id: int, part: int, offset: int, found: bool = False) -> None:
         with self.tx() as c:
@@ -680,15 +707,68 @@ class Store:
             self.audit_in(c, by, "add_user", f"user:{username}", None, None, now_ms())
 
     def authenticate(self, username: str, password: str) -> bool:
+        """One scrypt whether the user exists, is disabled or not: the time does not tell which."""
         r = self.one("SELECT pw_hash, disabled FROM users WHERE username = ?", (username,))
-        if r is None:
-            check_password(password, hash_password("x" * 12))  # the same work whether or not the user exists
-            return False
-        return not r["disabled"] and check_password(password, r["pw_hash"])
+        ok = check_password(password, r["pw_hash"] if r is not None else dummy_hash())
+        return ok and r is not None and not r["disabled"]
+
+    def reserve_login(self, username: str, window_ms: int, limit: int, remote: str | None = None) -> int | None:
+        """Reserve one password check for ``username``: None when ``limit`` checks failed or are under way
+        within the window (locked out), else the attempt's id for :meth:`finish_login`. Atomic: a parallel
+        burst gets at most ``limit`` checks."""
+        t = now_ms()
+        with self.tx() as c:
+            self.backend.lock_key(c, "login:" + username)
+            n = c.execute("SELECT count(*) FROM login_attempts WHERE username = ? AND at >= ? AND outcome <> 'ok'",
+                          (username, t - window_ms)).fetchone()[0]
+            if n >= limit:
+                return None
+            c.execute("DELETE FROM login_attempts WHERE at < ?", (t - 24 * 3600_000,))
+            return c.execute("INSERT INTO login_attempts (username, at, outcome, remote) VALUES (?, ?, 'pending', ?) "
+                             "RETURNING id", (username, t, remote)).fetchone()[0]
+
+    def finish_login(self, attempt_id: int, ok: bool) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE login_attempts SET outcome = ? WHERE id = ?", ("ok" if ok else "failed", attempt_id))
 
     def recent_failures(self, username: str, window_ms: int) -> int:
-        return self.one("SELECT count(*) FROM audit WHERE action = 'login_failed' AND target = ? AND at >= ?",
-                        (f"user:{username}", now_ms() - window_ms))[0]
+        return self.one("SELECT count(*) FROM login_attempts WHERE username = ? AND at >= ? AND outcome <> 'ok'",
+                        (username, now_ms() - window_ms))[0]
+
+    def set_disabled(self, username: str, disabled: bool, by: str = "cli") -> None:
+        """Disable (its sessions end at once) or enable an analyst; enabling also lifts a lockout."""
+        with self.tx() as c:
+            if c.execute("UPDATE users SET disabled = ? WHERE username = ?", (int(disabled), username)).rowcount != 1:
+                raise StoreError(404, f"no user {username!r}")
+            if disabled:
+                c.execute("DELETE FROM sessions WHERE username = ?", (username,))
+            else:
+                c.execute("UPDATE login_attempts SET outcome = 'ok' WHERE username = ? AND outcome <> 'ok'",
+                          (username,))
+            self.audit_in(c, by, "disable_user" if disabled else "enable_user", f"user:{username}", None, None,
+                          now_ms())
+
+    def reset_password(self, username: str, password: str, by: str = "cli") -> None:
+        """A new password; the user's sessions end and a lockout is lifted."""
+        if len(password) < 12:
+            raise StoreError(400, "a password has at least 12 characters")
+        pw_hash = hash_password(password)
+        with self.tx() as c:
+            if c.execute("UPDATE users SET pw_hash = ? WHERE username = ?", (pw_hash, username)).rowcount != 1:
+                raise StoreError(404, f"no user {username!r}")
+            c.execute("DELETE FROM sessions WHERE username = ?", (username,))
+            c.execute("UPDATE login_attempts SET outcome = 'ok' WHERE username = ? AND outcome <> 'ok'", (username,))
+            self.audit_in(c, by, "reset_password", f"user:{username}", None, None, now_ms())
+
+    def store_id(self) -> str:
+        """This store's identity, made once: review services on one labels topic must share it."""
+        r = self.one("SELECT value FROM meta WHERE name = 'store_id'")
+        if r is None:
+            with self.tx() as c:
+                c.execute("INSERT INTO meta VALUES ('store_id', ?) ON CONFLICT (name) DO NOTHING",
+                          (secrets.token_hex(8),))
+            r = self.one("SELECT value FROM meta WHERE name = 'store_id'")
+        return r[0]
 
     def new_session(self, username: str) -> tuple[str, Session]:
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)

@@ -10,8 +10,11 @@ metrics.
 
 from __future__ import annotations
 
+import re
 import secrets
+import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -29,6 +32,86 @@ LOCKOUT_FAILURES, LOCKOUT_WINDOW_MS = 5, 15 * 60 * 1000
 PUBLIC = frozenset({"login", "login_post", "static"})
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'")
+
+
+LOGIN_RATE = (20, 3.0)  # per client: a burst of 20 sign-in POSTs, then one per 3 s
+REFUSAL_WINDOW_S = 60.0  # a refusal repeated within this is counted into the next entry, not written again
+REFUSALS_PER_CLIENT = 10  # audit rows of refusals per client per window; the rest become one summary row
+NEXT_OK = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
+
+
+def neutralise(v):
+    """What a template shows: control, bidi and other invisible format characters (U+202E, U+2066, U+200B,
+    ...) shown as ``<U+202E>`` so they can neither reorder nor hide what is displayed. Every ``{{ }}`` goes
+    through this (Jinja2's finalize), before autoescape."""
+    if not isinstance(v, str):
+        return v
+    if v.isascii() and v.isprintable():
+        return v
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
+                   else f"<U+{ord(ch):04X}>" for ch in v)
+
+
+def safe_next(nxt: str | None) -> str:
+    """A local path to go to after sign-in, else ``/``: only a path of URL characters starting with one
+    ``/`` (no ``//``, ``/\\``, no whitespace or control character a browser would drop or fold)."""
+    from urllib.parse import unquote
+
+    ok = nxt and len(nxt) <= 500 and NEXT_OK.fullmatch(nxt) and NEXT_OK.fullmatch(unquote(nxt).replace(" ", "%20"))
+    return nxt if ok else "/"  # decoded too: no %09, %2F or %5C that a proxy or browser could turn into //
+
+
+class Refusals:
+    """Bounds what unauthenticated clients can make the service write: a sign-in rate per client, and
+    refusals coalesced (the same refusal from the same client within the window is counted into the next
+    entry's ``repeated``) with at most ``REFUSALS_PER_CLIENT`` rows per client per window."""
+
+    def __init__(self, store: Store, rate=LOGIN_RATE, window_s: float = REFUSAL_WINDOW_S,
+                 per_client: int = REFUSALS_PER_CLIENT, clock=time.monotonic):
+        self.store, self.rate, self.window, self.per_client, self.clock = store, rate, window_s, per_client, clock
+        self.lock = threading.Lock()
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.last: dict[tuple, tuple[float, int]] = {}  # (client, action, target) -> (written at, repeats since)
+        self.client: dict[str, list] = {}  # client -> [window start, rows written, suppressed]
+
+    def allow(self, client: str | None) -> bool:
+        burst, every = self.rate
+        t = self.clock()
+        with self.lock:
+            if len(self.buckets) > 10_000:
+                self.buckets.clear()
+            tokens, at = self.buckets.get(client or "?", (float(burst), t))
+            tokens = min(float(burst), tokens + (t - at) / every)
+            ok = tokens >= 1.0
+            self.buckets[client or "?"] = (tokens - 1.0 if ok else tokens, t)
+            return ok
+
+    def audit(self, who: str, action: str, target: str | None, client: str | None, detail: dict | None = None):
+        t = self.clock()
+        key = (client, action, target)
+        rows = []
+        with self.lock:
+            if len(self.last) > 10_000:
+                self.last.clear()
+                self.client.clear()
+            c = self.client.get(client)
+            if c is None or t - c[0] >= self.window:
+                if c is not None and c[2]:
+                    rows.append(("service", "audit_suppressed", f"remote:{client}",
+                                 {"refusals": c[2], "window_s": self.window}))
+                c = self.client[client] = [t, 0, 0]
+            at, repeats = self.last.get(key, (None, 0))
+            if at is not None and t - at < self.window:
+                self.last[key] = (at, repeats + 1)
+            elif c[1] >= self.per_client:
+                c[2] += 1
+            else:
+                c[1] += 1
+                self.last[key] = (t, 0)
+                rows.append((who, action, target, {**(detail or {}), **({"repeated": repeats} if repeats else {})}
+                             or None))
+        for w, a, tg, d in rows:
+            self.store.audit(w, a, tg, d, client)
 
 
 @dataclass(frozen=True)
@@ -79,7 +162,8 @@ def rule_conditions(store: Store, record: dict) -> list[dict]:
 
 
 def create_app(store: Store, settings: WebSettings | None = None, on_verdict=None) -> Flask:
-    """``on_verdict()`` is called after a verdict is committed (the label sender sends it)."""
+    """``on_verdict()`` is called after a verdict is committed: it must not block (the service's wakes the
+    background label sender; no request ever waits on the broker)."""
     settings = settings or WebSettings()
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=64 * 1024, TEMPLATES_AUTO_RELOAD=False)
@@ -87,6 +171,8 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
     app.jinja_env.filters["age"] = fmt_age
     app.jinja_env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
     app.jinja_env.autoescape = True  # every template, whatever its extension
+    app.jinja_env.finalize = neutralise  # every displayed value: no control or bidi characters
+    refusals = Refusals(store)
 
     def remote() -> str | None:
         return request.remote_addr
@@ -129,7 +215,7 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
             check_origin()
             sent = request.form.get("csrf_token", "")
             if not sent or not secrets.compare_digest(sent.encode(), g.session.csrf.encode()):
-                store.audit(g.session.username, "csrf_refused", request.path, None, remote())
+                refusals.audit(g.session.username, "csrf_refused", request.path, remote())
                 return error(403, "the form's CSRF token is missing or wrong: reload the page and try again")
         return None
 
@@ -137,6 +223,8 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
         """A browser's cross-site POST names another origin: refuse it before anything else."""
         origin = request.headers.get("Origin")
         if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+            refusals.audit(g.session.username if g.session else "?", "origin_refused", request.path, remote(),
+                           {"origin": origin[:200]})
             abort(403, "cross-origin request refused")
 
     @app.after_request
@@ -149,39 +237,53 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
             resp.headers["Cache-Control"] = "no-store"
         return resp
 
+    def checked_next(nxt: str | None) -> str:
+        """``next`` with a control character (CR/LF: a header split) is a bad request, refused before
+        anything is written; any other unsafe value becomes ``/``."""
+        if nxt and any(unicodedata.category(ch) == "Cc" for ch in nxt):
+            abort(400, "next has a control character; nothing was changed")
+        return safe_next(nxt)
+
     @app.get("/login")
     def login():
+        nxt = checked_next(request.args.get("next"))
         token = secrets.token_urlsafe(24)
         resp = Response(render_template("login.html", csrf_token=token, error=None,
-                                        next=safe_next(request.args.get("next"))))
+                                        next=nxt))
         resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=settings.secure_cookies,
                         max_age=3600)
         return resp
 
-    def safe_next(nxt: str | None) -> str:
-        return nxt if nxt and nxt.startswith("/") and not nxt.startswith("//") and "\\" not in nxt else "/"
-
     @app.post("/login")
     def login_post():
         check_origin()
+        nxt = checked_next(request.form.get("next"))
+        user, pw = request.form.get("username", "")[:64], request.form.get("password", "")[:1024]
+        if not refusals.allow(remote()):
+            refusals.audit(user or "?", "login_rate_limited", f"user:{user}", remote())
+            return error(429, "too many sign-in attempts from this address: wait a minute")
         form_token, cookie_token = request.form.get("csrf_token", ""), request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not form_token or not cookie_token or not secrets.compare_digest(form_token.encode(), cookie_token.encode()):
+            refusals.audit(user or "?", "login_csrf_refused", f"user:{user}", remote())
             return error(403, "the sign-in form's CSRF token is missing or wrong: reload the sign-in page")
-        user, pw = request.form.get("username", "")[:64], request.form.get("password", "")[:1024]
-        if store.recent_failures(user, LOCKOUT_WINDOW_MS) >= LOCKOUT_FAILURES:
-            store.audit(user or "?", "login_locked", f"user:{user}", None, remote())
+        attempt = store.reserve_login(user, LOCKOUT_WINDOW_MS, LOCKOUT_FAILURES, remote()) if user else None
+        if user and attempt is None:
+            refusals.audit(user, "login_locked", f"user:{user}", remote())
             return error(429, "too many failed sign-ins for this user: wait 15 minutes")
-        if not user or not store.authenticate(user, pw):
-            store.audit(user or "?", "login_failed", f"user:{user}", None, remote())
+        ok = bool(user) and store.authenticate(user, pw)
+        if attempt is not None:
+            store.finish_login(attempt, ok)
+        if not ok:
+            refusals.audit(user or "?", "login_failed", f"user:{user}", remote())
             token = secrets.token_urlsafe(24)
             resp = Response(render_template("login.html", csrf_token=token, error="wrong user name or password",
-                                            next=safe_next(request.form.get("next"))), status=401)
+                                            next=nxt), status=401)
             resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict",
                             secure=settings.secure_cookies, max_age=3600)
             return resp
         token, _ = store.new_session(user)
         store.audit(user, "login", f"user:{user}", None, remote())
-        resp = redirect(safe_next(request.form.get("next")), code=303)
+        resp = redirect(nxt, code=303)
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", secure=settings.secure_cookies)
         resp.delete_cookie(LOGIN_CSRF_COOKIE)
         return resp
