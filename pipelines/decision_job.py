@@ -530,6 +530,7 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
             "stage_runtime": cfg.stage_runtime, "retain_snapshots": cfg.retain_snapshots,
             "flink_settings": state, "max_parallelism": cfg.max_parallelism,
             "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0,
+            "kafka_cluster_id": plan.check.cluster_id if plan.check is not None else None,
             **guard.run_fields(rest_url, "cluster" if on_cluster else "local" if wait else "inproc")})
         guard.note(job_id=job_id, rest_url=rest_url)
     except BaseException:

@@ -39,10 +39,11 @@ def _check(res: dict, events: int, failures: int) -> None:
             assert f["metric"]["uncommitted_s"] > 0 and f["log_after_s"] is not None, f
 
 
-# the default run's share of the kinds (about 3 minutes here): a failure inside the cluster, a crash and its
-# restore, a broker killed in the commit phase, a crash during recovery from a savepoint, and the operator's
-# mistakes; every kind once is the long test below
-DEFAULT_RUN_KINDS = ("task-failure", "kill-process", "broker-kill-commit", "savepoint-crash", "second-start",
+# the default run's share of the kinds (about 3 minutes here): a failure inside the cluster, a broker killed
+# in the commit phase, a crash during recovery from a savepoint, a crash during a stop-with-savepoint (a
+# process kill and its restore from `latest`), and the operator's mistakes; every kind once is the long
+# test below
+DEFAULT_RUN_KINDS = ("task-failure", "broker-kill-commit", "savepoint-crash", "second-start",
                      "poison-record", "kill-in-savepoint", "stale-restore")
 
 
@@ -55,7 +56,7 @@ def _every_kind(tmp_path, monkeypatch, kinds: tuple[str, ...]) -> None:
     assert {f["kind"] for f in res["failures"]} == set(kinds)
     for f in res["failures"]:  # the tasks stopped and ran again, or never stopped
         assert f["running_s"] is None or 0 < f["running_s"] <= f["recovery_s"], f
-        if f["kind"] in ("task-failure", "kill-process"):
+        if f["kind"] in ("task-failure", "kill-process", "kill-in-savepoint"):
             assert f["running_s"] is not None, f
         if f["kind"] in ("second-start", "poison-record"):
             assert f["running_s"] is None, f

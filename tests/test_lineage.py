@@ -229,13 +229,28 @@ def test_a_commit_that_trails_the_newest_snapshot_still_refuses_the_old_one(tmp_
 
 
 def test_newest_positions_come_from_the_lineage(tmp_path, monkeypatch):
+    """N(p) counts only a snapshot that read this data: the same events topic on the same Kafka cluster
+    (the cluster id recorded with its run), at positions the partitions still reach."""
     monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path))
-    assert restore.newest_positions(cfg()) == ({}, "")  # a first start
-    run(tmp_path, A)
+    here = down({}, end={0: 500, 1: 500})
+    here.cluster_id = "cluster-1"
+    assert restore.newest_positions(cfg(), here) == ({}, "")  # a first start
+    ck = (lineage.job_dir(JOB, tmp_path) / "checkpoints").as_uri()
+    lineage.record_run(JOB, A, ck, None, extra={"events_topic": TOPIC, "kafka_cluster_id": "cluster-1"},
+                       home=tmp_path)
     write_snapshot(chk(tmp_path, A, 3), 3, {0: 40, 1: 41})
     write_snapshot(chk(tmp_path, A, 5), 5, {0: 60, 1: 61})
-    pos, what = restore.newest_positions(cfg())
+    pos, what = restore.newest_positions(cfg(), here)
     assert pos == {0: 60, 1: 61} and "checkpoint 5" in what
+    here.end = {0: 50, 1: 500}  # partition 0 recreated shorter: its position no longer counts
+    assert restore.newest_positions(cfg(), here)[0] == {1: 61}
+    other = down({}, end={0: 500, 1: 500})
+    other.cluster_id = "cluster-2"  # another Kafka cluster under the same job name: G alone counts
+    assert restore.newest_positions(cfg(), other) == ({}, "")
+    assert restore.newest_positions(JobConfig(job_name=JOB, events_topic="other.events"), here) == ({}, "")
+    run(tmp_path, B)  # a run recorded without a cluster id (before this check existed): not counted
+    write_snapshot(chk(tmp_path, B, 9), 9, {0: 70, 1: 71})
+    assert restore.newest_positions(cfg(), here) == ({}, "")
 
 
 def test_start_without_state(tmp_path):

@@ -47,7 +47,9 @@ def _labels_until(rest: str, job_id: str, fraud: int, legit: int, deadline_s: fl
         time.sleep(0.3)  # polling interval
 
 
-@pytest.mark.parametrize("runtime", ["jvm", "python"])
+# the control path (the decide stage and its broadcast state) is the same for both stage runtimes; the
+# Python stages' run is long
+@pytest.mark.parametrize("runtime", ["jvm", pytest.param("python", marks=pytest.mark.long)])
 def test_model_challenger_and_rules_switch_under_live_traffic(kafka_bootstrap, tmp_path, runtime):
     from kafka import KafkaProducer
 

@@ -131,6 +131,7 @@ class Downstream:
     decisions: int  # offsets below the decisions topic's last stable offset (committed records, about)
     newest: dict[int, int] = field(default_factory=dict)  # N(p): the newest completed snapshot's positions
     newest_what: str = ""  # that snapshot, for the message
+    cluster_id: str | None = None  # the Kafka cluster's id (recorded with each run)
 
 
 def read_downstream(cfg: JobConfig, timeout_s: float = 15.0) -> Downstream:
@@ -153,6 +154,10 @@ def read_downstream(cfg: JobConfig, timeout_s: float = 15.0) -> Downstream:
                 if not getattr(e, "retriable", False) or time.monotonic() > t_end:
                     raise
                 time.sleep(0.2)  # back-off before the retry
+        try:
+            cluster_id = (admin.describe_cluster() or {}).get("cluster_id")
+        except KafkaError:
+            cluster_id = None
     finally:
         admin.close()
     group = {tp.partition: om.offset for tp, om in got.items() if tp.topic == cfg.events_topic and om.offset >= 0}
@@ -168,19 +173,27 @@ def read_downstream(cfg: JobConfig, timeout_s: float = 15.0) -> Downstream:
         decisions = sum(max(0, dend[tp] - db[tp]) for tp in de)
     finally:
         c.close()
-    return Downstream(group, begin, end, decisions)
+    return Downstream(group, begin, end, decisions, cluster_id=cluster_id)
 
 
-def newest_positions(cfg: JobConfig) -> tuple[dict[int, int], str]:
+def newest_positions(cfg: JobConfig, down: Downstream) -> tuple[dict[int, int], str]:
     """``N(p)`` of the module's doc and the snapshot it comes from; empty when the job has no readable
-    newest snapshot (a first start, a bootstrapped savepoint without source state, a remote folder)."""
+    newest snapshot (a first start, a bootstrapped savepoint without source state, a remote folder), or
+    when that snapshot read other data than this start would: its run read another events topic or another
+    Kafka cluster (the cluster id recorded with the run differs, or was not recorded), or a position beyond
+    the partition's end (the topic was recreated). Those leave ``G`` alone to count."""
     try:
         res = lineage.resolve_latest(cfg.job_name)
     except ManualRestoreRequired:
         return {}, ""
-    if res is None or res.snapshot is None or res.snapshot.checkpoint_id < 0:
+    if res is None or res.snapshot is None or res.snapshot.checkpoint_id < 0 or not res.run_id:
         return {}, ""
-    pos = {p: o for p, o in snapshot_offsets(res.snapshot, cfg.events_topic).items() if o >= 0}
+    run = next((r for r in lineage.read(cfg.job_name) if r["kind"] == "run" and r.get("job_id") == res.run_id), {})
+    if (run.get("events_topic") != cfg.events_topic or down.cluster_id is None
+            or run.get("kafka_cluster_id") != down.cluster_id):
+        return {}, ""
+    pos = {p: o for p, o in snapshot_offsets(res.snapshot, cfg.events_topic).items()
+           if 0 <= o <= down.end.get(p, -1)}
     return pos, res.snapshot.describe()
 
 
@@ -193,6 +206,7 @@ class StartCheck:
     decisions: int = 0
     refused: str | None = None  # the message, when the start is refused
     note: str = ""
+    cluster_id: str | None = None  # the Kafka cluster the check read (recorded with the run)
 
 
 def start_positions(cfg: JobConfig, snap: Snapshot | None, down: Downstream) -> dict[int, int]:
@@ -262,8 +276,9 @@ def check_start(cfg: JobConfig, snap: Snapshot | None, what: str) -> StartCheck:
     """Read the committed offsets and output, apply :func:`evaluate`; raise :class:`GoingBackInTime` with its
     message unless ``cfg.allow_reprocess``."""
     down = read_downstream(cfg)
-    down.newest, down.newest_what = newest_positions(cfg)
+    down.newest, down.newest_what = newest_positions(cfg, down)
     chk = evaluate(cfg, snap, down, what)
+    chk.cluster_id = down.cluster_id
     if chk.refused and not cfg.allow_reprocess:
         raise GoingBackInTime(chk.refused)
     if chk.refused:
