@@ -25,6 +25,10 @@ duplicates included). At random points the harness injects one of:
   ``lastCheckpointCompletedTimestamp`` falls behind, and the job log prints the commit watch's warning), at
   least a few seconds, then SIGCONT; both signals must clear once a checkpoint completes again.
 - ``kill-both``: SIGKILL to the job process and the broker together; both start again.
+- ``second-start``, ``stale-restore``: operator mistakes (the running job started again; an old savepoint
+  restored after more was committed): each start must be refused, touching nothing.
+- ``kill-in-savepoint``: SIGKILL while a stop-with-savepoint is in flight; ``latest`` never picks it.
+- ``poison-record``: a 1.7 MB gzip-compressed record, a tombstone and an empty value: dead letters.
 
 After the feed ends, ``riskstream verify``'s audit must find 0 missing and 0 duplicates. Recovery time is
 measured from the injection until the job is running again and has completed a checkpoint, so that its
