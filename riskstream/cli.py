@@ -151,19 +151,22 @@ def cmd_review(a) -> int:
 
     from .tools.review.store import Store, StoreError, random_password
 
+    def read_password(prompt: str) -> tuple[str, bool]:
+        """(the password from stdin, the terminal or, when none is given, a generated one; generated?)"""
+        if a.password_stdin:
+            pw = sys.stdin.readline().rstrip("\n")
+        elif sys.stdin.isatty():
+            pw = getpass.getpass(prompt)
+        else:
+            pw = ""
+        return (pw, False) if pw else (random_password(), True)
+
     try:
         if a.action == "add-user":
             if not a.username:
                 raise SystemExit("riskstream review add-user: give the user name")
             store = Store(a.db)
-            if a.password_stdin:
-                pw = sys.stdin.readline().rstrip("\n")
-            elif sys.stdin.isatty():
-                pw = getpass.getpass(f"password for {a.username} (empty: generate one): ")
-            else:
-                pw = ""
-            generated = not pw
-            pw = pw or random_password()
+            pw, generated = read_password(f"password for {a.username} (empty: generate one): ")
             store.add_user(a.username, pw, by=f"cli:{getpass.getuser()}")
             print(f"[review] user {a.username} added" + (f"; password (shown once): {pw}" if generated else ""))
             return 0
@@ -174,14 +177,7 @@ def cmd_review(a) -> int:
             store = Store(a.db)
             by = f"cli:{getpass.getuser()}"
             if what == "reset-password":
-                if a.password_stdin:
-                    pw = sys.stdin.readline().rstrip("\n")
-                elif sys.stdin.isatty():
-                    pw = getpass.getpass(f"new password for {name} (empty: generate one): ")
-                else:
-                    pw = ""
-                generated = not pw
-                pw = pw or random_password()
+                pw, generated = read_password(f"new password for {name} (empty: generate one): ")
                 store.reset_password(name, pw, by=by)
                 print(f"[review] password of {name} reset; their sessions ended"
                       + (f"; new password (shown once): {pw}" if generated else ""))
