@@ -538,7 +538,10 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
         raise
     if not wait:  # submitted: from now on the job's REST state says whether it is alive (see runguard)
         try:
-            return env.execute_async(cfg.job_name)
+            client = env.execute_async(cfg.job_name)
+            if local:
+                watch_taskmanagers(client)
+            return client
         finally:
             guard.release()
     print(f"[run] {cfg.job_name}: job id {job_id}, REST {rest_url}; before Flink: "
@@ -551,7 +554,9 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
         watch.start()
     state = "FAILED"
     try:
-        result = env.execute(cfg.job_name)
+        client = env.execute_async(cfg.job_name)
+        watch_taskmanagers(client)
+        result = client.get_job_execution_result().result()
         state = "FINISHED"
         return result
     except Exception as e:
@@ -572,6 +577,20 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
                 _retention(cfg, (), "at stop")
         finally:
             guard.release()
+
+
+TASKMANAGER_WATCH_MS = 1000
+
+
+def watch_taskmanagers(client) -> bool:
+    """Replace a local MiniCluster's TaskManager that stopped while the job runs
+    (``io.riskstream.flink.TaskManagerWatch``): a task failure can end in a FATAL error in PyFlink's
+    process-mode operator cleanup (docs/exactly-once.md), which stops the TaskManager, and a MiniCluster never
+    starts another, so the restarted job would wait for slots forever. False for a remote cluster's client."""
+    from pyflink.java_gateway import get_gateway
+
+    watch = get_gateway().jvm.io.riskstream.flink.TaskManagerWatch.start(client._j_job_client, TASKMANAGER_WATCH_MS)
+    return watch is not None
 
 
 def _retention(cfg: JobConfig, protect: tuple, when: str) -> None:

@@ -70,6 +70,18 @@ def test_cluster_up_submit_down(tmp_path):
         values = [int(line.split("> ", 1)[1]) for line in out.splitlines() if "> " in line]
         assert sorted(values) == [2 * i for i in range(100)]
 
+        # a TaskManager process that exits on its own (a FATAL error stops it) is started again by its
+        # supervisor: same supervisor pid, a new TaskManager id registered, the exit in its console log
+        known = cluster._taskmanager_ids(lay.rest_url)
+        java = _java_in_group(st["pids"]["taskmanager"])
+        os.kill(java, signal.SIGKILL)
+        t0 = time.monotonic()
+        while not (cluster._taskmanager_ids(lay.rest_url) - known):
+            assert time.monotonic() - t0 < 90, "the exited TaskManager was not started again within 90 s"
+            time.sleep(0.2)  # polling interval
+        assert cluster.pids(root)["taskmanager"] == st["pids"]["taskmanager"] and _java_in_group(st["pids"]["taskmanager"]) != java
+        assert "exited with code 137 (see its log); starting it again" in (lay.log_dir / "taskmanager.console").read_text()
+
         # a TaskManager lost (its process group SIGKILLed) and replaced: the replacement takes its name
         assert "heartbeat.interval: 2000" in (lay.conf_dir / "config.yaml").read_text()
         lost = st["pids"]["taskmanager-2"]
@@ -90,6 +102,17 @@ def test_cluster_up_submit_down(tmp_path):
     assert not list(lay.run_dir.glob("*.pid"))
     assert not procs.port_in_use(lay.rest_port)
     assert cluster.status(root)["running"] is False
+
+
+def _java_in_group(pgid: int) -> int:
+    """The java process of a daemon's process group (its supervisor and scripts are bash)."""
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and os.getpgid(int(d)) == pgid and open(f"/proc/{d}/comm").read().strip() == "java":
+                return int(d)
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            continue
+    raise AssertionError(f"no java process in group {pgid}")
 
 
 # -- riskstream.ops.submit without a cluster: flags, paths, clear errors ----------------------------------------

@@ -405,13 +405,45 @@ def log_tail(root: Path | str | None = None, lines: int = 25) -> str:
     return "\n".join(parts) or "(no log output)"
 
 
+# A TaskManager process that exits on its own is started again, as a process supervisor (systemd
+# Restart=on-failure, a Kubernetes pod) would: Flink stops a TaskManager on a FATAL error in a task's cleanup
+# (docs/exactly-once.md: PyFlink's process-mode cleanup after a task failure), and without a replacement the
+# restarted job waits for slots. Not restarted: a stop (`down` writes the marker first), a kill of the whole
+# process group (a lost machine: the loop dies with it), or more than RESTARTS exits within WINDOW seconds
+# (a TaskManager that cannot start). The 1 s pause is a restart backoff.
+TASKMANAGER_RESTARTS, TASKMANAGER_RESTART_WINDOW_S = 5, 300
+_SUPERVISE = r"""
+n=0; t0=$SECONDS
+while :; do
+  bash "$1" start-foreground
+  rc=$?
+  if [ -e "$2" ]; then exit "$rc"; fi
+  if [ $((SECONDS - t0)) -gt "$4" ]; then n=0; t0=$SECONDS; fi
+  n=$((n + 1))
+  if [ "$n" -gt "$3" ]; then
+    echo "[cluster] the TaskManager exited $n times within $4 s (last code $rc); not restarting it"
+    exit "$rc"
+  fi
+  echo "[cluster] the TaskManager exited with code $rc (see its log); starting it again"
+  sleep 1
+done
+"""
+
+
+def _stop_marker(lay: ClusterLayout) -> Path:
+    return lay.run_dir / "stopping"
+
+
 def _start(lay: ClusterLayout, script: str, name: str) -> subprocess.Popen:
     env = flink_env(lay, project_on_pythonpath=False)
     if name.startswith("taskmanager-"):  # its own log and .out files: the daemon script numbers them from a
         env["FLINK_IDENT_STRING"] = f"riskstream-{name}"  # pid file that TaskManagers started together race on
+    cmd = ["bash", str(lay.bin_dir / script), "start-foreground"]
+    if name.startswith("taskmanager"):
+        cmd = ["bash", "-c", _SUPERVISE, "supervise", str(lay.bin_dir / script), str(_stop_marker(lay)),
+               str(TASKMANAGER_RESTARTS), str(TASKMANAGER_RESTART_WINDOW_S)]
     with open(lay.log_dir / f"{name}.console", "ab") as sink:
-        proc = subprocess.Popen(["bash", str(lay.bin_dir / script), "start-foreground"],
-                                env=env, cwd=lay.root, stdout=sink,
+        proc = subprocess.Popen(cmd, env=env, cwd=lay.root, stdout=sink,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     (lay.run_dir / f"{name}.pid").write_text(str(proc.pid))
     return proc
@@ -451,6 +483,7 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
         d.mkdir(parents=True, exist_ok=True)
     for f in lay.run_dir.glob("*.pid"):
         f.unlink()
+    _stop_marker(lay).unlink(missing_ok=True)
     _sync_home(lay, dist)
     write_conf(lay, slots, free_port(), dist, settings)
     lay.port_file.write_text(str(lay.rest_port))
@@ -529,6 +562,8 @@ def down(root: Path | str | None = None, out=sys.stderr, grace_s: float = 30.0) 
     """Stop both daemons' process groups (TERM, then KILL after ``grace_s``), wait until no process of
     theirs is left, remove the pid files and scratch space; True if something was running."""
     lay = layout(root=root)
+    if lay.run_dir.is_dir():  # the TaskManagers' supervisors see it and do not start them again
+        _stop_marker(lay).touch()
     groups = {}
     for name, f in reversed(_daemon_files(lay)):  # TaskManagers first
         pid = _recorded_pid(f)
