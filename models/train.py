@@ -36,6 +36,7 @@ import orjson
 from riskstream import paths
 from riskstream.generator import TrafficGenerator
 from riskstream.metrics import DAY_MS, at_budget, entity_precision_at_k, recall_at_budget_by_group
+from udfs.drift import reference as drift_reference
 from udfs.events import Event, Rejection
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
 from udfs.ingest import (DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, load_input, parse_label)
@@ -212,8 +213,9 @@ def _sha256(path: Path) -> str:
 
 
 def read_labels(path: Path) -> dict[str, dict]:
-    """Labels file: JSON lines, each an object with ``event_id`` and ``fraud`` (true/false, 0/1 or yes/no),
-    optionally ``scenario``."""
+    """Labels file (the format ``replay`` and ``score`` read too: ``udfs.replay.read_labels``): JSON lines,
+    each an object with ``event_id`` and ``fraud`` (true/false, 0/1 or yes/no), optionally ``scenario`` and
+    ``arrival_ts``; or a label as on the labels topic (``label``: fraud/legit)."""
     labels: dict[str, dict] = {}
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
@@ -227,6 +229,8 @@ def read_labels(path: Path) -> dict[str, dict]:
             if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), (str, int)) \
                     or isinstance(obj.get("event_id"), bool):
                 raise TrainError(f"{path.name} line {n}: a label needs an event_id and a fraud value")
+            if "fraud" not in obj and obj.get("label") in ("fraud", "legit"):  # the labels topic's spelling
+                obj = {**obj, "fraud": obj["label"] == "fraud"}
             try:
                 fraud = parse_label(obj.get("fraud"))
             except ValueError as e:
@@ -459,6 +463,27 @@ def evaluate(y: np.ndarray, p: np.ndarray, review_budget: float, scenario: list[
 # --------------------------------------------------------------------------------------------- train
 
 
+def permutation_importance(score: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray,
+                           names, seed: int = 0) -> list[dict]:
+    """Each feature's importance on held-out rows: the drop in average precision when that feature's column
+    is shuffled (one permutation, seeded), most important first. A drop near 0 means the model does not use
+    the feature on these rows; a negative one is noise."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(y)
+    if len(set(y.tolist())) < 2:
+        return []
+    x = np.asarray(x, dtype=np.float32)
+    base = float(average_precision_score(y, score(x)))
+    rng = np.random.default_rng(seed)
+    out = []
+    for j, name in enumerate(names):
+        xp = x.copy()
+        xp[:, j] = xp[rng.permutation(len(xp)), j]
+        out.append({"feature": name, "ap_drop": round(base - float(average_precision_score(y, score(xp))), 4)})
+    return sorted(out, key=lambda d: (-d["ap_drop"], d["feature"]))
+
+
 def fit(x: np.ndarray, y: np.ndarray, hyper: dict):
     """scikit-learn's HistGradientBoostingClassifier with ``hyper``, fitted on (x, y)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -589,7 +614,9 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
     spec = {"model_version": version, "feature_names": list(FEATURE_NAMES),
             "feature_fingerprint": spec_fingerprint(), "features": spec_json(), "metrics": {},
             "trained_on": data.trained_on, "split": split, "algorithm": "sklearn HGB -> ONNX",
-            "hyper_parameters": hyper, "libraries": _versions()}
+            "hyper_parameters": hyper, "libraries": _versions(),
+            # what the model saw: `score`, `report` and the job warn when inputs leave it (udfs.drift)
+            "training_distribution": drift_reference(data.x[tr], FEATURE_NAMES)}
     try:
         tmp["onnx"].write_bytes(onnx_bytes)
         tmp["json"].write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
@@ -612,6 +639,8 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
                           data.ts[te], ents, top_k)
             comparison.append({"model_version": s.version, "role": "compared", "model_file": s.path.name,
                                **_headline(cm)})
+        metrics["permutation_importance"] = permutation_importance(scorer.score_batch, data.x[te], data.y[te],
+                                                                   FEATURE_NAMES)
         spec["metrics"] = metrics
         if compare_scorers:
             spec["comparison"] = {"held_out": "this model's held-out (test) rows",
@@ -780,6 +809,7 @@ At the policy's thresholds (`udfs/policy.py`: review at 0.5, block at 0.9; rules
 
 Share of each fraud scenario's held-out events that score ≥ 0.5: {scen or '-'}.
 {_fraud_team_text(m)}"""
+    out += _importances_text(m)
     if comparison:
         out += f"""
 ## Comparison on the same held-out rows
@@ -797,16 +827,14 @@ feature spec.
 
 ## Limits
 
-- Trained and evaluated on synthetic traffic from `riskstream.generator` (four scripted fraud scenarios
-  and a simple model of normal shoppers), unless the data above says otherwise. The figures show that
-  the pipeline works end to end; they do not predict performance on real fraud, where fraud is rarer,
-  adapts, and labels arrive late and incompletely.
-- The metrics use event-level labels. A fraud session is many events, and catching its first event
+{data_limit}
+{DRIFT_LIMIT}- The metrics use event-level labels. A fraud session is many events, and catching its first event
   matters more than catching the later ones; the event-level figures do not reflect that.
 - Probabilities reflect the training data's fraud share; a change of base rate moves them, and with it
   the policy thresholds' meaning.
 - Valid only for feature fingerprint `{fp}`; the job refuses it under any other feature spec.
-""".replace("{fp}", spec["feature_fingerprint"])
+""".replace("{fp}", spec["feature_fingerprint"]).replace("{data_limit}", _data_limit(t)).replace(
+        "{DRIFT_LIMIT}", DRIFT_LIMIT)
     if h.get("class_weight"):
         out += (f"- Trained with class_weight={h['class_weight']}: fraud rows weigh more than their share, so "
                 "scores overstate the probability of fraud and more events pass the policy's thresholds; compare "
@@ -816,6 +844,59 @@ feature spec.
                 f"data's ({_pct(m['fraud_share'])}): the latest events of a finite history are the tails of "
                 "the longest sessions, and the generator's fraud sessions are longer than normal ones.\n")
     return _reflow(out)
+
+
+DRIFT_LIMIT = """- Inputs unlike the training rows make the scores unreliable: the spec stores each feature's training
+  distribution, and `riskstream score`, `riskstream report` and the job (gauges `drift_psi_max_milli`,
+  `drift_features`, a log line) warn, naming the features, when inputs leave it (`udfs/drift.py`).
+"""
+
+
+def _importances_text(m: dict) -> str:
+    """The card's "Feature importances" section ("" without importances)."""
+    imp = m.get("permutation_importance") or []
+    if not imp:
+        return ""
+    rows = "\n".join(f"| {d['feature']} | {d['ap_drop']:+.4f} |" for d in imp[:15])
+    unused = [d["feature"] for d in imp if abs(d["ap_drop"]) < 0.0005]
+    return f"""
+## Feature importances
+
+Drop in held-out average precision when one feature's values are shuffled (permutation importance, one
+seeded permutation); the 15 largest:
+
+| feature | AP drop |
+|---|---|
+{rows}
+
+{len(unused)} of {len(imp)} features change AP by less than 0.0005 when shuffled.
+"""
+
+
+def card_with_importances(md: str, spec: dict) -> str:
+    """An existing card (hand-written sections kept) with the importances section and the drift limit
+    added, if it lacks them."""
+    if "## Feature importances" not in md:
+        sec = _reflow(_importances_text(spec["metrics"]))
+        at = next((md.index(h) for h in ("\n## Comparison on the same held-out rows", "\n## Intended use") if h in md),
+                  len(md))
+        md = md[:at] + "\n" + sec.strip("\n") + "\n" + md[at:]
+    if "udfs/drift.py" not in md and "\n## Limits\n\n" in md:
+        md = md.replace("\n## Limits\n\n", "\n## Limits\n\n" + _reflow(DRIFT_LIMIT).strip("\n") + "\n", 1)
+    return md
+
+
+def _data_limit(t: dict) -> str:
+    """The Limits bullet on the data the model was trained on, as recorded in ``trained_on``."""
+    if t.get("source") == "generator":
+        return ("- Trained and evaluated on synthetic traffic from `riskstream.generator` (scripted fraud "
+                "scenarios and a simple model of normal shoppers). The figures show that the pipeline works end "
+                "to end; they do not predict performance on real fraud, where fraud is rarer, adapts, and labels "
+                "arrive late and incompletely.")
+    what = f"`{t['events_file']}`" if t.get("events_file") else "the history described under Data"
+    return (f"- Trained and evaluated on {what} only (see Data: its period, labels and label delay). The "
+            "figures hold for traffic like that history; another shop, period or fraud pattern needs its own "
+            "evaluation, and labels that arrive later or less completely than in this history change them.")
 
 
 def _split_text(s: dict) -> str:
@@ -970,14 +1051,60 @@ def _train_renamed(data: Dataset, out: Path, version: str, max_iter: int, t0: fl
     return res
 
 
+def add_training_distribution(spec_path: Path, log: Callable[[str], None] = lambda m: None) -> dict:
+    """Write ``training_distribution`` and the held-out permutation importances into the spec of a model
+    trained on generated traffic before specs had them, and render its card again: its rows are generated
+    again from ``trained_on`` and must match the recorded split (row count and time range), and the model
+    must score the held-out rows to the recorded average precision, or nothing is written."""
+    from sklearn.metrics import average_precision_score
+
+    from udfs.scoring import Scorer
+
+    spec_path = Path(spec_path)
+    spec = orjson.loads(spec_path.read_bytes())
+    t = spec.get("trained_on", {})
+    if t.get("source") != "generator":
+        raise TrainError(f"{spec_path}: trained on {t.get('source')!r} data; retrain it to get its distribution")
+    data = generated_dataset(int(t["events"]), t["generator_seeds"], t.get("generator_fraud_share"),
+                             t.get("generator_days"))
+    tr, te, _ = split_rows(data.ts, None)
+    got = {"train_rows": int(len(tr)), "train_ts_min": int(data.ts[tr].min()), "train_ts_max": int(data.ts[tr].max())}
+    want = {k: spec["split"].get(k) for k in got}
+    if got != want:
+        raise TrainError(f"{spec_path}: the regenerated training rows differ from the recorded split ({got} != {want})")
+    scorer = Scorer(spec_path.with_suffix(".onnx"))
+    ap = round(float(average_precision_score(data.y[te], scorer.score_batch(data.x[te]))), 4)
+    if ap != spec["metrics"]["average_precision"]:
+        raise TrainError(f"{spec_path}: the model scores the regenerated held-out rows to AP {ap}, not the "
+                         f"recorded {spec['metrics']['average_precision']}")
+    spec["training_distribution"] = drift_reference(data.x[tr], spec["feature_names"])
+    spec["metrics"]["permutation_importance"] = permutation_importance(scorer.score_batch, data.x[te], data.y[te],
+                                                                       spec["feature_names"])
+    spec_path.write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
+    card = spec_path.with_suffix(".md")
+    if card.exists():
+        card.write_text(card_with_importances(card.read_text(encoding="utf-8"), spec), encoding="utf-8")
+    log(f"{spec_path}: training distribution of {len(tr)} rows and the importances on {len(te)} held-out rows "
+        "written" + (f"; {card} rendered again" if card.exists() else ""))
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--add-distribution", type=Path, metavar="SPEC_JSON",
+                    help="write the training distribution into a generated-data model's spec (and stop)")
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--seeds", default="101,102,103,104")
     ap.add_argument("--out", type=Path, default=HERE / "risk_gbdt_v1")
     ap.add_argument("--version", default="risk_gbdt_v1")
     ap.add_argument("--max-iter", type=int, default=100)
     a = ap.parse_args(argv)
+    if a.add_distribution:
+        try:
+            add_training_distribution(a.add_distribution, log=lambda m: print(m, file=sys.stderr))
+        except TrainError as e:
+            raise SystemExit(f"models.train: {e}")
+        return 0
     try:
         metrics = train(a.events, a.out, a.version, [int(s) for s in a.seeds.split(",")], a.max_iter)
     except TrainError as e:

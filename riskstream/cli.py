@@ -299,6 +299,16 @@ def input_mapping(a):
         over.setdefault("label", {})["column"] = a.label_column
     if a.extras:
         over["extras"] = a.extras
+    for kv in getattr(a, "const", None) or []:
+        name, sep, value = kv.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"riskstream {a.cmd}: --const {kv!r}: give FIELD=VALUE, e.g. currency=USD")
+        if name == "amount":
+            try:
+                value = float(value)
+            except ValueError:
+                raise SystemExit(f"riskstream {a.cmd}: --const amount={value!r} is not a number") from None
+        over.setdefault("constants", {})[name] = value
     return Mapping.load(a.mapping, over)
 
 
@@ -327,6 +337,17 @@ def _rejects_path(a, output: str) -> str:
     return a.rejects or f"{output}.rejects.jsonl"
 
 
+def _label_delay(a) -> int | None:
+    from udfs.ingest import IngestError, parse_duration
+
+    if a.label_delay is None:
+        return None
+    try:
+        return parse_duration(a.label_delay, "--label-delay")
+    except (IngestError, ValueError) as e:
+        raise SystemExit(f"riskstream {a.cmd}: {e}") from None
+
+
 def cmd_replay(a) -> int:
     from udfs.ingest import IngestError
     from udfs.replay import replay_file
@@ -336,7 +357,8 @@ def cmd_replay(a) -> int:
     try:
         stats = replay_file(a.input, a.output, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
                             mapping=input_mapping(a), order=a.order, rejects_path=rejects,
-                            max_reject_share=a.max_reject_share, labels_path=a.labels)
+                            max_reject_share=a.max_reject_share, labels_path=a.labels,
+                            label_delay_ms=_label_delay(a))
     except IngestError as e:
         raise SystemExit(f"riskstream replay: {e}")
     lab = f"; labels {stats['labels_applied']} of {stats['labels']} arrived" if a.labels else ""
@@ -382,12 +404,18 @@ def cmd_score(a) -> int:
     try:
         stats = score_file(a.input, a.output, a.model, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
                            mapping=input_mapping(a), order=a.order, rejects_path=rejects,
-                           max_reject_share=a.max_reject_share, labels_path=a.labels)
+                           max_reject_share=a.max_reject_share, labels_path=a.labels,
+                           label_delay_ms=_label_delay(a))
     except (IngestError, ModelError) as e:
         raise SystemExit(f"riskstream score: {e}")
     d = stats["decisions"]
     print(f"[score] {stats['events']} events scored by {stats['model_version']} -> {a.output}; allow {d['allow']}, "
           f"review {d['review']}, block {d['block']}; late {stats['late']}", file=sys.stderr)
+    if stats.get("drift_warning"):
+        print(f"[score] WARNING {stats['drift_warning']}", file=sys.stderr)
+    elif stats.get("drift") is None:
+        print(f"[score] {stats['model_version']} has no training distribution: inputs are not checked for drift "
+              "(retrain it to get one)", file=sys.stderr)
     return _input_report("score", stats, stats["rejects_file"])
 
 
@@ -399,7 +427,11 @@ def add_input_flags(p: argparse.ArgumentParser, rejects_default: str = "<output>
     g.add_argument("--mapping", metavar="FILE", help="mapping of the file's columns to the event contract "
                                                      "(.toml or .json); the flags below override it")
     g.add_argument("--map", action="append", metavar="FIELD=COLUMN",
-                   help="contract field from a column (repeatable), e.g. --map user_id=customer_id")
+                   help="contract field from a column (repeatable), e.g. --map user_id=customer_id; one column "
+                        "may feed several fields (--map user_id=card --map payment_ref=card)")
+    g.add_argument("--const", action="append", metavar="FIELD=VALUE",
+                   help="contract field the data lacks, the same for every row (repeatable), e.g. --const "
+                        "currency=USD")
     g.add_argument("--ts-unit", choices=list(TS_UNITS), help="unit of the ts column [default ms]")
     g.add_argument("--timezone", help="timezone of datetimes without an offset [default UTC]")
     g.add_argument("--event-type", action="append", metavar="THEIRS=OURS",
@@ -624,6 +656,18 @@ def cmd_snapshots(a) -> int:
     return 0
 
 
+def _model_spec(models_dir: Path, version: str) -> dict | None:
+    """A model's spec ``<models_dir>/<version>.json``, or None (not there, or not a spec)."""
+    path = models_dir / f"{version}.json"
+    if "/" in version or not path.is_file():
+        return None
+    try:
+        spec = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError:
+        return None
+    return spec if isinstance(spec, dict) and spec.get("model_version") == version else None
+
+
 def cmd_report(a) -> int:
     import time
 
@@ -632,8 +676,12 @@ def cmd_report(a) -> int:
     if not 0 <= a.review_budget <= 1:
         raise SystemExit(f"riskstream report: --review-budget is a share in [0, 1], got {a.review_budget}")
     if a.decisions:
-        decisions, bad = report.read_jsonl(a.decisions)
+        decisions, bad = report.read_records(a.decisions)
         source = a.decisions
+        if not decisions:
+            raise SystemExit(f"riskstream report: read no record from {a.decisions} ({bad} unreadable rows): it "
+                             "takes decision records (JSON lines) or what `riskstream score` writes (JSON lines, "
+                             "or CSV ending in .csv)")
     else:
         from .ops.broker import broker_ready
 
@@ -646,6 +694,7 @@ def cmd_report(a) -> int:
     if a.top_k < 1:
         raise SystemExit(f"riskstream report: --top-k must be at least 1, got {a.top_k}")
     fig = report.build_report(decisions, labels, a.review_budget, time_field=a.time_axis, top_k=a.top_k)
+    fig["drift"] = report.drift_by_model(decisions, lambda v: _model_spec(Path(a.models_dir), v))
     fig["headline"]["unreadable_records"] += bad
     fig["source"] = source
     fig["generated_at"] = int(time.time() * 1000)
@@ -700,8 +749,11 @@ def cmd_train(a) -> int:
 def add_offline_feature_flags(p) -> None:
     """The flags replay and score share: labels with arrival times, the input mapping, the feature settings."""
     p.add_argument("--labels", metavar="FILE",
-                   help="labels with arrival times for the label features (JSON lines as on the labels topic plus "
-                        "arrival_ts, epoch ms); a label counts from the first event at or after its arrival")
+                   help="labels for the label features, the format train reads (JSON lines: event_id and fraud, "
+                        "or a label as on the labels topic), each with arrival_ts (epoch ms) or --label-delay; a "
+                        "label counts from the first event at or after its arrival")
+    p.add_argument("--label-delay", default=None, metavar="DURATION",
+                   help="a label without arrival_ts arrives this long after its event (e.g. 7d)")
     add_input_flags(p)
     add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
                   title="the job's settings that shape features (flag, else environment variable, else default)")
@@ -918,6 +970,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entities reviewed per day for precision top-k per day (card precision) [default 100]")
     p.add_argument("--time-axis", choices=["event_ts", "decided_at"], default="event_ts",
                    help="timestamp of the decision-rate buckets")
+    p.add_argument("--models-dir", default=str(paths.models_dir()),
+                   help="where the deciding models' specs are (<model_version>.json), for the drift check "
+                        "[default the project's models/]")
     p.add_argument("--out", help="HTML file to write [default: <riskstream home>/reports/report-<time>.html]")
     p.add_argument("--json", action="store_true", help="also print the headline figures as JSON on the last line")
     p.set_defaults(fn=cmd_report)
@@ -939,7 +994,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review-budget", type=float, default=0.01,
                    help="share of events the team can review (top by score) for recall/precision [default 0.01]")
     g = p.add_argument_group("split by dates (UTC dates or ISO-8601 times; -until is exclusive); without them the "
-                             "earliest 80 %% of the rows by event time train")
+                             "earliest 80 % of the rows by event time train")
     g.add_argument("--train-from", metavar="DATE", help="first day of the training period [default: the start]")
     g.add_argument("--train-until", metavar="DATE", help="end of the training period (exclusive)")
     g.add_argument("--test-from", metavar="DATE", help="start of the test period [default: --train-until + --gap]")

@@ -200,3 +200,27 @@ def test_the_jvm_writer_turns_rows_and_verdicts_into_the_per_row_records():
             assert list(g) == list(w)  # the Python writer's field order
             assert abs(g.pop("score") - w.pop("score")) <= 1e-6
             assert g == w, i
+
+
+def test_the_decide_stage_reports_inputs_outside_the_training_distribution(capsys):
+    from udfs.drift import monitor_for
+
+    cols, rows = _columns(1200, with_signals=False)
+    body = DecideBatch(V1, Policy(), None, INPUT_FIELDS)
+    body.open()
+    body.drift_window_rows = 1000
+    # the generator's traffic from a cold start (every key new: the age features drift) ...
+    body.verdict_columns(_inputs(cols))
+    assert "device_distinct_users_30d" not in (body.drift_warning or "")
+    # ... and the same rows with every device seen by 40 users in 30 days (training max 12)
+    j = FEATURE_NAMES.index("device_distinct_users_30d") - 2  # values exclude the two event features
+    cols["values"] = [list(v[:j]) + [40.0] + list(v[j + 1:]) for v in cols["values"]]
+    body.verdict_columns(_inputs(cols))
+    assert body.drift_features >= 1 and "device_distinct_users_30d (PSI" in body.drift_warning
+    assert "[riskstream] decide: WARNING inputs outside what risk_gbdt_v1" in capsys.readouterr().out
+    # the gauge is the largest PSI of the window, as udfs.drift computes it on the same rows
+    mon = monitor_for(Scorer(V1).spec)
+    X = np.column_stack([[float(c) for c in cols["amount"]], [EVENT_TYPES.index(t) for t in cols["event_type"]],
+                         np.asarray(cols["values"])])
+    mon.add(X.astype(np.float32))  # the window: the whole batch of 1,200 rows
+    assert body.drift_psi_milli == int(round(1000 * max(d.psi for d in mon.result())))

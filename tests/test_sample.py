@@ -146,3 +146,49 @@ def test_score_gives_every_event_the_models_score_and_decision(walk):
             for g in got if g["event_id"] in test]
     assert len(same) == len(test) and all(same)
     assert {g["model_version"] for g in got} == {"sample_v1"}
+
+
+def test_one_labels_file_with_a_label_delay_and_constants_on_every_command(tmp_path, monkeypatch):
+    """The own-data path without traps: the sample without its currency column (--const currency=EUR) and
+    without its label column, one labels file (integer ids, `fraud`) read by replay, train and score with
+    --label-delay 7d, and the report reading score's CSV. The training spelling of a label gives the same
+    features as the labels topic's spelling with its keys and arrival_ts = event time + 7 days."""
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path / "home"))
+    rows = _read_csv(CSV)
+    data = tmp_path / "payments.csv"
+    cols = [c for c in rows[0] if c not in ("currency", "is_fraud", "fraud_type")]
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows({c: r[c] for c in cols} for r in rows)
+    mapping = tmp_path / "m.toml"
+    text = MAPPING.read_text()
+    mapping.write_text(text[:text.index("[label]")].replace('currency = "currency"\n', ""))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(orjson.dumps({"event_id": int(r["tx_id"]), "fraud": r["is_fraud"] == "1"}).decode() + "\n"
+                              for r in rows if r["is_fraud"] != ""))
+    flags = ["--mapping", str(mapping), "--const", "currency=EUR", "--labels", str(labels), "--label-delay", "7d"]
+    assert main(["replay", "--input", str(data), *flags, "--output", str(tmp_path / "f.jsonl")]) == 0
+
+    # the same labels in the topic's spelling, keys from the replayed events, arriving 7 days after them
+    feats = [orjson.loads(x) for x in open(tmp_path / "f.jsonl", "rb")]
+    src = {r["tx_id"]: r for r in rows}
+    topic = tmp_path / "topic-labels.jsonl"
+    topic.write_text("".join(orjson.dumps({
+        "event_id": e["event_id"], "user_id": e["user_id"], "device_id": e["device_id"], "event_ts": e["ts"],
+        "label": "fraud", "ip": src[e["event_id"]]["ip_address"], "payment_ref": src[e["event_id"]]["card_hash"] or None,
+        "arrival_ts": e["ts"] + 7 * DAY}).decode() + "\n" for e in feats if src[e["event_id"]]["is_fraud"] == "1"))
+    assert main(["replay", "--input", str(data), "--mapping", str(mapping), "--const", "currency=EUR",
+                 "--labels", str(topic), "--output", str(tmp_path / "g.jsonl")]) == 0
+    again = [orjson.loads(x) for x in open(tmp_path / "g.jsonl", "rb")]
+    label_feats = [n for n in FEATURE_NAMES if "fraud" in n]
+    assert [[e[n] for n in label_feats] for e in feats] == [[e[n] for n in label_feats] for e in again]
+    assert sum(any(e[n] > 0 for n in label_feats) for e in feats) > 10  # the labels did reach the features
+
+    assert main(["train", "--events", str(data), *flags, "--version", "own_v1", "--train-until", "2026-01-15",
+                 "--gap", "7d", "--top-k", str(K), "--max-iter", "30"]) == 0
+    model = tmp_path / "home" / "models" / "own_v1" / "own_v1.onnx"
+    assert main(["score", "--input", str(data), *flags, "--model", str(model), "--output", str(tmp_path / "s.csv")]) == 0
+    assert main(["report", "--decisions", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r.html")]) == 0
+    scored = _read_csv(tmp_path / "s.csv")
+    assert len(scored) == len(feats) == len(rows)

@@ -37,6 +37,10 @@ from .features import FEATURE_NAMES, SIGNALS, features_for
 from .policy import DECISIONS, Policy
 
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # as udfs.flink: per-row share of a batch
+# the deciding model's inputs against its training distribution (udfs.drift), per subtask, over windows of
+# this many rows: gauges ``drift_psi_max_milli`` (the largest feature PSI x 1000: Beam gauges are integers)
+# and ``drift_features`` (features over the warning bounds), and a log line naming them
+DRIFT_WINDOW_ROWS = 20_000
 _EVENT_FEATURES = features_for("event")
 # the record fields the verdict needs (the UDF's inputs; the others stay in the JVM)
 INPUT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(
@@ -55,6 +59,11 @@ class DecideBatch:
         self.control: Control | None = None
         self.settings_version = 0
         self.metrics = None
+        self.drift_window_rows = DRIFT_WINDOW_ROWS
+        self._drift: dict = {}  # model version -> its DriftMonitor (None: no training distribution)
+        self.drift_psi_milli = 0
+        self.drift_features = 0
+        self.drift_warning: str | None = None  # the newest window's warning
 
     def open(self, metric_group=None) -> None:
         from .scoring import Scorer
@@ -68,6 +77,8 @@ class DecideBatch:
             self.errors = metric_group.counter("processing_errors")
             self.control_applied = metric_group.counter("control_applied")
             self.control_rejected = metric_group.counter("control_rejected")
+            metric_group.gauge("drift_psi_max_milli", lambda: self.drift_psi_milli)
+            metric_group.gauge("drift_features", lambda: self.drift_features)
             self.hists: dict[str, list] = {}
 
     # -- control -------------------------------------------------------------------------------------
@@ -177,6 +188,7 @@ class DecideBatch:
             for i in range(start, end):
                 self._segment_rows(X, S, types, lates, i, out, bad)
             return
+        self._watch_drift(c.champion, x32)
         try:
             sig = S[rows] if S is not None else None
             decisions, reasons = c.policy.decide_many(scores, X[rows], types[rows], lates[rows], sig)
@@ -195,6 +207,25 @@ class DecideBatch:
             out[start + k] = orjson.dumps(verdict(decisions[k], float(scores[k]), reasons[k], champion, policy,
                                                   c.rules_version, shadow))
             self._count_kind(decisions[k], 1)
+
+    def _watch_drift(self, scorer, x32: np.ndarray) -> None:
+        """Count the deciding model's inputs; at the end of each window set the gauges and log the drift."""
+        from .drift import monitor_for
+
+        if scorer.version not in self._drift:
+            self._drift[scorer.version] = monitor_for(scorer.spec)
+        mon = self._drift[scorer.version]
+        if mon is None:
+            return
+        mon.add(x32)
+        if mon.rows < self.drift_window_rows:
+            return
+        self.drift_psi_milli = int(round(1000 * max(d.psi for d in mon.result())))
+        self.drift_features = len(mon.drifted())
+        self.drift_warning = mon.warning(scorer.version)
+        if self.drift_warning:
+            print(f"[riskstream] decide: WARNING {self.drift_warning}", flush=True)
+        mon.reset()
 
     def _segment_rows(self, X, S, types, lates, i, out, bad: dict[int, str]) -> None:
         if i in bad:

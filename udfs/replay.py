@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .chain import DEFAULT_DEDUP_HORIZON_MS, DEFAULT_OUT_OF_ORDERNESS_MS, Chain
+from .drift import monitor_for
 from .events import DUPLICATE_EVENT_ID, OPTIONAL_FIELDS, Event
 from .features import FEATURE_NAMES
 from .ingest import DEFAULT_MAX_REJECT_SHARE, Input, Loaded, Mapping, load_input
@@ -123,17 +124,18 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                 order: str = "file", rejects_path=None,
-                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, labels_path=None) -> dict:
+                max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, labels_path=None,
+                label_delay_ms: int | None = None) -> dict:
     """Write one JSON line per valid event: ``event_id``, ``ts``, ``user_id``, ``device_id``
     (``payment_ref``), ``late``, every feature by name, and ``label`` / ``scenario`` when the mapping
     declares a label column. Records the job would dead-letter are skipped, counted by reason (as the job
     would route them) and, with ``rejects_path``, written there with their row and line numbers.
     ``verdict`` in the result is why the input is unusable (too many rejects), or None. ``labels_path``: a
-    labels file with arrival times (``udfs.labels.read_label_file``) for the label features."""
+    labels file for the label features (:func:`read_labels`: arrival times, or ``label_delay_ms``)."""
     import orjson
 
-    labels = read_labels(labels_path)
     inp = load_input(input_path, mapping, order)
+    labels = read_labels(labels_path, inp, label_delay_ms)
     stats = {"events": 0, "late": 0}
     r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels)
     with open(output_path, "wb") as out:
@@ -154,17 +156,83 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
             "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None}
 
 
-def read_labels(path) -> list:
-    """A labels file's ``(arrival_ts, label)`` pairs, or [] without one. IngestError names the bad line."""
+def read_labels(path, inp: Input | None = None, label_delay_ms: int | None = None) -> list:
+    """A labels file's ``(arrival_ts, label)`` pairs sorted by arrival, or [] without one. One format for
+    ``train``, ``replay`` and ``score``, JSON lines, each line in either spelling:
+
+    - a label as on the labels topic (``event_id``, ``user_id``, ``device_id``, ``event_ts``, ``label``
+      fraud/legit, optional ``ip``, ``payment_ref``; ``udfs.labels.parse_label``);
+    - a training label: ``event_id`` (string or integer, as in the events), ``fraud`` (true/false, 0/1,
+      yes/no), optional ``user_id`` and ``scenario``: its keys and time are its event's in ``inp`` (a
+      label for an event not in the file is skipped; a legit one adds nothing).
+
+    When a label reaches the label features: its ``arrival_ts`` (epoch ms, not before its event), else
+    ``label_delay_ms`` after its event, else it is refused (IngestError naming the line)."""
     if path is None:
         return []
-    from .ingest import IngestError
-    from .labels import read_label_file
+    import orjson
 
+    from .ingest import IngestError, parse_label as parse_flag
+    from .labels import parse_label
+    from .events import MAX_TS_MS, MIN_TS_MS, Rejection
+
+    by_id: dict[str, list] = {}
+    for item in inp.events if inp is not None else ():
+        by_id.setdefault(item.event.event_id, []).append(item.event)
+    out = []
     try:
-        return read_label_file(path)
-    except (OSError, ValueError) as e:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise IngestError(f"labels file {path} line {n}: not JSON ({e})") from None
+                if not isinstance(obj, dict):
+                    raise IngestError(f"labels file {path} line {n}: a label is a JSON object")
+                arr = obj.get("arrival_ts")
+                if arr is not None and (isinstance(arr, bool) or not isinstance(arr, int)
+                                        or not MIN_TS_MS <= arr < MAX_TS_MS):
+                    raise IngestError(f"labels file {path} line {n}: arrival_ts must be the label's arrival "
+                                      "time in epoch ms")
+                if "label" in obj:  # the labels topic's spelling
+                    res = parse_label(line)
+                    if isinstance(res, Rejection):
+                        raise IngestError(f"labels file {path} line {n}: {res.detail}")
+                    labels = [res]
+                elif "fraud" in obj:  # the training spelling: keys from the event
+                    eid = obj.get("event_id")
+                    if isinstance(eid, bool) or not isinstance(eid, (str, int)):
+                        raise IngestError(f"labels file {path} line {n}: a label needs an event_id")
+                    try:
+                        fraud = parse_flag(obj.get("fraud"))
+                    except ValueError as e:
+                        raise IngestError(f"labels file {path} line {n}: {e}") from None
+                    if fraud is None:
+                        raise IngestError(f"labels file {path} line {n}: fraud is empty (true/false, 0/1, yes/no)")
+                    user = obj.get("user_id")
+                    labels = [(ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud" if fraud else "legit", ev.ip,
+                               ev.payment_ref) for ev in by_id.get(str(eid), ())
+                              if user is None or str(user) == ev.user_id]
+                else:
+                    raise IngestError(f"labels file {path} line {n}: a label has `label` (fraud/legit, with the "
+                                      "event's keys) or `fraud` (true/false, keys from the events file)")
+                for lab in labels:
+                    when = arr if arr is not None else (lab[3] + label_delay_ms if label_delay_ms is not None else None)
+                    if when is None:
+                        raise IngestError(f"labels file {path} line {n}: no arrival_ts; give each label one, or "
+                                          "pass --label-delay (e.g. 7d) for labels that arrive that long after "
+                                          "their event")
+                    if when < lab[3]:
+                        raise IngestError(f"labels file {path} line {n}: arrival_ts is before the labelled "
+                                          "event's event_ts")
+                    out.append((when, lab))
+    except OSError as e:
         raise IngestError(f"labels file {path}: {e}") from None
+    out.sort(key=lambda x: x[0])
+    return out
 
 
 SCORE_COLUMNS = ("event_id", "ts", "user_id", "device_id", "payment_ref", "event_type", "score", "decision",
@@ -175,7 +243,7 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
                dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                order: str = "file", rejects_path=None, max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
-               policy=None, batch: int = 4096, labels_path=None) -> dict:
+               policy=None, batch: int = 4096, labels_path=None, label_delay_ms: int | None = None) -> dict:
     """Per-event scores and decisions offline: the job's features (this replay), the model's score (the
     job's ``Scorer``) and the policy's decision and reasons (default ``udfs.policy.Policy()``: thresholds
     and rules; label-feedback signals are not replayed, so rules on them never fire). Writes JSON lines, or
@@ -189,9 +257,10 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
     from .scoring import Scorer
 
     scorer = Scorer(model_path)
+    monitor = monitor_for(scorer.spec)  # None for a model without a training distribution
     policy = policy or Policy()
-    labels = read_labels(labels_path)
     inp = load_input(input_path, mapping, order)
+    labels = read_labels(labels_path, inp, label_delay_ms)
     as_csv = str(output_path).lower().endswith(".csv")
     cols = list(SCORE_COLUMNS) + (["label", "scenario"] if inp.labelled else [])
     stats = {"events": 0, "late": 0, "decisions": {"allow": 0, "review": 0, "block": 0}}
@@ -204,7 +273,10 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
         def flush() -> None:
             if not pending:
                 return
-            scores = scorer.score_batch(np.asarray([v for _, v, _ in pending], dtype=np.float32))
+            x = np.asarray([v for _, v, _ in pending], dtype=np.float32)
+            scores = scorer.score_batch(x)
+            if monitor is not None:
+                monitor.add(x)
             for (item, vec, late), s in zip(pending, scores.tolist()):
                 ev = item.event
                 decision, reasons = policy.decide(s, vec, ev.event_type, late)
@@ -237,4 +309,15 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
     return {**stats, "records": inp.records, "rejected": inp.rejected(), "refused": inp.refused(),
             "out_of_order": inp.out_of_order, "order": order, "verdict": inp.verdict(max_reject_share),
             "model_version": scorer.version,
-            "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None}
+            "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None,
+            **drift_stats(monitor, scorer.version)}
+
+
+def drift_stats(monitor, model_version: str) -> dict:
+    """``drift``: the drifted features (name, PSI, shares beyond the training range), ``drift_warning``: the
+    line to print (None without drift), or ``drift: None`` for a model without a training distribution."""
+    if monitor is None:
+        return {"drift": None, "drift_warning": None}
+    return {"drift": [{"feature": d.name, "psi": round(d.psi, 4), "above_train_max": round(d.above, 4),
+                       "below_train_min": round(d.below, 4)} for d in monitor.drifted()],
+            "drift_warning": monitor.warning(model_version)}

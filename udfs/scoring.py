@@ -97,6 +97,14 @@ class Scorer:
         self.spec = load_model_spec(self.path)
         check_spec(self.spec, self.path)
         self.version = str(self.spec["model_version"])
+        if self.spec.get("training_distribution") is not None:
+            from .drift import monitor_for
+
+            try:
+                monitor_for(self.spec)  # a malformed one fails here, not at the first batch
+            except (ValueError, KeyError, TypeError) as e:
+                raise ModelError(f"model {self.path}: its training_distribution is unusable ({e}); retrain it "
+                                 "or remove that entry") from e
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1

@@ -754,6 +754,8 @@ def render_html(fig: dict) -> str:
 
     # champion vs challenger
     parts.append(_render_cc(fig["champion_challenger"], fig["champion"], b))
+    if fig.get("drift"):
+        parts.append(_render_drift(fig["drift"]))
 
     # rules
     r = fig["rules"]
@@ -821,6 +823,26 @@ def _render_fraud_team(team: dict | None, budget: float) -> str:
     return "".join(out)
 
 
+def _render_drift(drift: list[dict]) -> str:
+    out = ['<section id="drift"><h2>Inputs against what the model was trained on</h2>']
+    for m in drift:
+        v = escape(m["model_version"])
+        if not m["checked"]:
+            out.append(f'<p class="empty">{v}: no training distribution found (its spec is not in the models '
+                       "folder, or it predates them): not checked</p>")
+        elif not m["features"]:
+            out.append(f"<p>{v}: {m['rows']:,} records, every feature within its training distribution "
+                       "(PSI at most 0.25, at most 5 % of values beyond the training range).</p>")
+        else:
+            out.append(f'<p class="warn">{v}: {escape(m["warning"])}</p>')
+            out.append(_table(["feature", "PSI", "above training max", "below training min"],
+                              [[escape(f["feature"]), _num(f["psi"]), _pc(f["above_train_max"]),
+                                _pc(f["below_train_min"])] for f in m["features"]]))
+    out.append('<p class="note">PSI: population stability index of the records\' feature values over the '
+               "training deciles; above 0.25 the model's scores are not reliable (udfs/drift.py).</p></section>")
+    return "".join(out)
+
+
 def _render_cc(cc: dict | None, champ: dict, budget: float) -> str:
     head = '<section id="champion-challenger"><h2>Champion vs challenger</h2>'
     if not cc:
@@ -879,6 +901,72 @@ def read_jsonl(path) -> tuple[list[dict], int]:
             else:
                 out.append(v)
     return out, bad
+
+
+def read_records(path) -> tuple[list[dict], int]:
+    """Decision records (JSON lines), or what ``riskstream score`` writes: JSON lines, or CSV when the file
+    ends in ``.csv`` (``udfs.replay.SCORE_COLUMNS``, then ``label`` and ``scenario``), as records the report
+    reads (``ts`` becomes ``event_ts``; reasons split on ``|``); and how many rows were unreadable."""
+    if str(path).lower().endswith(".csv"):
+        import csv
+
+        out, bad = [], 0
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                try:
+                    out.append(_score_row(row))
+                except (KeyError, TypeError, ValueError):
+                    bad += 1
+        return out, bad
+    recs, bad = read_jsonl(path)
+    for r in recs:
+        if "event_ts" not in r and isinstance(r.get("ts"), int):
+            r["event_ts"] = r["ts"]  # a score row
+    return recs, bad
+
+
+def _score_row(row: dict) -> dict:
+    blank = lambda v: None if v in (None, "") else v  # noqa: E731
+    rec = {"event_id": row["event_id"], "user_id": blank(row.get("user_id")), "device_id": blank(row.get("device_id")),
+           "payment_ref": blank(row.get("payment_ref")), "event_type": row.get("event_type"),
+           "score": float(row["score"]), "decision": row["decision"],
+           "reasons": [x for x in (row.get("reasons") or "").split("|") if x],
+           "late": row.get("late") in ("1", "true", "True"), "model_version": row.get("model_version"),
+           "event_ts": int(row["ts"])}
+    if "label" in row:
+        rec["label"] = None if blank(row["label"]) is None else int(row["label"])
+        rec["scenario"] = blank(row.get("scenario"))
+    return rec
+
+
+def drift_by_model(decisions: list[dict], spec_for) -> list[dict]:
+    """Per deciding model whose spec ``spec_for(model_version)`` finds (a dict with its
+    ``training_distribution``, or None): the records' features against what the model was trained on
+    (``udfs.drift``). Records without features (``score`` output) are skipped."""
+    from udfs.drift import monitor_for
+
+    by_model: dict[str, list[list[float]]] = {}
+    for d in decisions:
+        f = d.get("features") if isinstance(d, dict) else None
+        if isinstance(f, dict) and f and isinstance(d.get("model_version"), str):
+            by_model.setdefault(d["model_version"], []).append(f)
+    out = []
+    for version, feats in sorted(by_model.items()):
+        spec = spec_for(version)
+        mon = monitor_for(spec) if spec else None
+        if mon is None:
+            out.append({"model_version": version, "rows": len(feats), "checked": False, "features": [],
+                        "warning": None})
+            continue
+        import numpy as np
+
+        x = np.asarray([[float(f.get(n, np.nan)) for n in mon.names] for f in feats], dtype=np.float64)
+        mon.add(x)
+        out.append({"model_version": version, "rows": len(feats), "checked": True,
+                    "features": [{"feature": d.name, "psi": round(d.psi, 3), "above_train_max": round(d.above, 4),
+                                  "below_train_min": round(d.below, 4)} for d in mon.drifted()],
+                    "warning": mon.warning(version)})
+    return out
 
 
 def _json_object(raw) -> dict | None:
@@ -953,6 +1041,11 @@ def render_text(fig: dict) -> str:
                                               or "n/a"),
         "models:           " + ", ".join(f"{k} {v:,}" for k, v in h["model_versions"].items()),
     ]
+    for m in fig.get("drift") or []:
+        lines.append(f"drift:            {m['model_version']}: "
+                     + (f"WARNING {m['warning']}" if m["warning"] else
+                        f"inputs within what it was trained on ({m['rows']:,} records)" if m["checked"] else
+                        "no training distribution found (not checked)"))
     cc = fig["champion_challenger"]
     if cc:
         c, s = cc["champion"], cc["challenger"]
