@@ -301,3 +301,22 @@ def test_the_jvm_bucket_and_the_java_scored_contender_under_a_split_equal_the_py
         arms.add(g["arm"])
     assert arms == {"v2", "same", CHAMPION}
     assert len(ROW_FIELDS) == len(table[0])
+
+
+def test_the_control_split_command_builds_the_message_and_refuses_before_sending():
+    from riskstream.cli import build_parser, main, split_message
+
+    a = build_parser().parse_args(["control", "split", "--version", "ab1", "--arm", "v2=0.05", "--model",
+                                   f"v2={V2}", "--thresholds", "v2=0.4,0.8", "--key", "device"])
+    assert split_message(a) == {"kind": "split", "version": "ab1", "key": "device", "salt": "", "arms": [
+        {"name": "v2", "share": 0.05, "path": V2, "review_threshold": 0.4, "block_threshold": 0.8}]}
+    a = build_parser().parse_args(["control", "split", "--version", "ab1", "--end"])
+    assert split_message(a) == {"kind": "split", "version": "ab1", "arms": []}
+    for argv, says in ((["--arm", "v2=0.7", "--arm", "v3=0.4", "--model", f"v2={V2}", "--model", f"v3={V1}"],
+                        "add up to 1.1, more than 1"),
+                       (["--arm", "v2=0.5", "--arm", "champion=0.4", "--model", f"v2={V2}"], "add up to 0.9, not 1"),
+                       (["--arm", "v2=0.1"], "arm v2 needs --model v2=PATH"),
+                       (["--arm", "v2=0.1", "--model", "v3=x.onnx"], "which is no --arm"),
+                       (["--arm", "v2=0.1", "--model", f"v2={V2}", "--thresholds", "v2=0.9"], "REVIEW,BLOCK")):
+        with pytest.raises(SystemExit, match=says):  # refused before any broker is asked
+            main(["control", "split", *argv, "--bootstrap-servers", "127.0.0.1:1"])
