@@ -11,7 +11,6 @@ import math
 import shutil
 from fractions import Fraction
 
-import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -279,13 +278,10 @@ def test_the_jvm_bucket_and_the_java_scored_contender_under_a_split_equal_the_py
 
     rows = _rows(700)
     version, conf = decide_config(Policy(), V1, split=SPLIT)
-    table = []
-    for ev, vals, late, sig in rows:
-        from udfs.jvm import to_row
-        from udfs.chain import pack
+    from udfs.chain import pack
+    from udfs.jvm import to_row
 
-        r = list(to_row(pack(ev, vals, late, sig, None)))
-        table.append(r)
+    table = [list(to_row(pack(ev, vals, late, sig, None))) for ev, vals, late, sig in rows]
     got = orjson.loads(J.JavaDecideFunction.decideMany(V1, version, conf, orjson.dumps(table).decode()))
     c = Control.initial(Scorer(V1), Policy())
     c.apply(parse_control(orjson.dumps(SPLIT)))

@@ -192,7 +192,7 @@ class DecideBatch:
         lat = lates[start:end]
         groups = self._arms(buckets, start, end)
         try:
-            scored = [(sc, pol, arm, rows, np.asarray(sc.score_batch(x32[rows]), dtype=np.float64))
+            scored = [(sc, pol, arm, rows, np.asarray(sc.score_batch(_take(x32, rows)), dtype=np.float64))
                       for sc, pol, arm, rows in groups]
             shadows = np.asarray(c.challenger.score_batch(x32), dtype=np.float64) if c.challenger is not None else None
         except Exception as e:  # a batch that cannot be scored: each row on its own (fail-safe per row)
@@ -217,8 +217,8 @@ class DecideBatch:
         for scorer, policy, arm, rows, scores in scored:
             model, pv = scorer.version, policy.version
             try:
-                decisions, reasons = policy.decide_many(scores, Xs[rows], types_arr[rows].tolist(), lat[rows],
-                                                        sig[rows] if sig is not None else None)
+                decisions, reasons = policy.decide_many(scores, _take(Xs, rows), _take(types_arr, rows).tolist(),
+                                                        _take(lat, rows), _take(sig, rows) if sig is not None else None)
             except Exception as e:
                 for k in rows.tolist():
                     self._errors(out, start + k, start + k + 1, f"{type(e).__name__}: {e}", model, pv, arm)
@@ -256,6 +256,11 @@ class DecideBatch:
             g = self.metrics.add_group("model_version", version).add_group("scoring_latency_us")
             h = self.hists[version] = [g.counter(f"le_{b}") for b in LATENCY_BUCKETS_US] + [g.counter("le_inf")]
         return h
+
+
+def _take(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]``, without the copy when ``rows`` is every row in order (no split: one group)."""
+    return a if len(rows) == len(a) else a[rows]
 
 
 def _list(col) -> list:
