@@ -49,9 +49,38 @@ def bench_jars(jars_dir: Path) -> list[Path]:
                             "which fetches every section of pom-deps.txt")
 
 
-def decide_config(policy, model_path: Path) -> tuple[str, str]:
+def split_config(split: dict, policy, model_version: str, project_root: Path | None = None) -> dict:
+    """The ``split`` of ``JavaDecideFunction``'s config from a split message (``udfs.split``): each arm's
+    bucket range, model file and version, policy version and thresholds, as the Python stage resolves them
+    (``udfs.control.Control``), the champion's arm last; the key field, the salt and ``udfs.split.BUCKETS``."""
+    from udfs.control import parse_control
+    from udfs.scoring import check_spec, load_model_spec
+    from udfs.split import BUCKETS, Arm, arm_policy
+
+    msg = parse_control(orjson.dumps({**split, "kind": "split"}))
+    arms = []
+    for a in msg["arms"]:
+        path = None
+        version = model_version
+        if a.get("path") is not None:
+            p = Path(a["path"])
+            if not p.is_absolute() and project_root is not None:
+                p = Path(project_root) / p
+            spec = load_model_spec(p)
+            check_spec(spec, p)
+            path, version = str(p), str(spec["model_version"])
+        pol = arm_policy(policy, Arm(a["name"], a["lo"], a["hi"], None, a.get("review_threshold"),
+                                     a.get("block_threshold")))
+        arms.append({"name": a["name"], "lo": a["lo"], "hi": a["hi"], "model_path": path, "model_version": version,
+                     "policy_version": pol.version, "review_threshold": pol.review_threshold,
+                     "block_threshold": pol.block_threshold})
+    return {"key_field": msg["key_field"], "salt": msg["salt"], "buckets": BUCKETS, "arms": arms}
+
+
+def decide_config(policy, model_path: Path, split: dict | None = None,
+                  project_root: Path | None = None) -> tuple[str, str]:
     """(model version, the JSON that configures ``JavaDecideFunction``) from the spec, the model's spec file
-    and the policy."""
+    and the policy; ``split``: a split message (``udfs.split``), fixed for the run."""
     from udfs.chain import writer_layout
     from udfs.scoring import check_spec, load_model_spec
 
@@ -65,6 +94,8 @@ def decide_config(policy, model_path: Path) -> tuple[str, str]:
                    "event_types": list(r.event_types) if r.event_types else None,
                    "conditions": [[n, op, float(v)] for n, op, v in r.conditions]} for r in policy.rules],
     }
+    if split is not None and split.get("arms"):
+        conf["split"] = split_config(split, policy, str(spec["model_version"]), project_root)
     return str(spec["model_version"]), orjson.dumps(conf).decode()
 
 

@@ -451,6 +451,53 @@ def add_input_flags(p: argparse.ArgumentParser, rejects_default: str = "<output>
                    help=f"rejected records as JSON lines: row, line, reason, detail, record [default {rejects_default}]")
 
 
+def split_message(a) -> dict:
+    """The split message of ``riskstream control split``: ``--arm NAME=SHARE`` (repeatable), each arm's
+    ``--model NAME=PATH`` and optional ``--thresholds NAME=REVIEW,BLOCK``; ``--end`` ends the split."""
+    import time
+
+    def pairs(items, what):
+        out = {}
+        for it in items or []:
+            name, sep, value = it.partition("=")
+            if not sep or not name or not value:
+                raise SystemExit(f"riskstream control split: {what} {it!r} is not NAME=VALUE")
+            if name in out:
+                raise SystemExit(f"riskstream control split: {what} for {name} given twice")
+            out[name] = value
+        return out
+
+    version = a.version or f"split-{int(time.time())}"
+    if a.end:
+        if a.arm:
+            raise SystemExit("riskstream control split: --end takes no --arm")
+        return {"kind": "split", "version": version, "arms": []}
+    arms, models, thresholds = pairs(a.arm, "--arm"), pairs(a.model, "--model"), pairs(a.thresholds, "--thresholds")
+    if not arms:
+        raise SystemExit("riskstream control split: give at least one --arm NAME=SHARE (or --end)")
+    for extra in (set(models) | set(thresholds)) - set(arms):
+        raise SystemExit(f"riskstream control split: --model/--thresholds name {extra}, which is no --arm")
+    out = []
+    for name, share in arms.items():
+        try:
+            arm = {"name": name, "share": float(share)}
+        except ValueError:
+            raise SystemExit(f"riskstream control split: share {share!r} of arm {name} is not a number") from None
+        if name in models:
+            arm["path"] = models[name]
+        elif name != "champion":
+            raise SystemExit(f"riskstream control split: arm {name} needs --model {name}=PATH")
+        if name in thresholds:
+            try:
+                review, block = (float(x) for x in thresholds[name].split(","))
+            except ValueError:
+                raise SystemExit(f"riskstream control split: --thresholds {name}=REVIEW,BLOCK, got "
+                                 f"{thresholds[name]!r}") from None
+            arm.update(review_threshold=review, block_threshold=block)
+        out.append(arm)
+    return {"kind": "split", "version": version, "key": a.key, "salt": a.salt, "arms": out}
+
+
 def cmd_control(a) -> int:
     """Validate a control message here (shape; the model file too, if it is on this machine), then send it."""
     from kafka import KafkaProducer
@@ -466,16 +513,20 @@ def cmd_control(a) -> int:
             raise SystemExit(f"riskstream control: {a.file} is not JSON: {e}")
         msg = {"kind": "rules", **({"version": a.version} if a.version else {}),
                **(body if isinstance(body, dict) else {"rules": body})}
+    elif a.what == "split":
+        msg = split_message(a)
     else:
         msg = {"kind": "model", "role": a.what, "path": None if a.remove else a.path}
     raw = orjson.dumps(msg)
     try:
         parsed = parse_control(raw)
-        if parsed["kind"] == "model" and parsed["path"]:
-            if Path(parsed["path"]).exists():
-                Scorer(parsed["path"])  # the job would refuse it: say so now
+        paths_ = [parsed["path"]] if parsed["kind"] == "model" and parsed["path"] else \
+            [arm["path"] for arm in parsed["arms"] if arm.get("path")] if parsed["kind"] == "split" else []
+        for path in paths_:
+            if Path(path).exists():
+                Scorer(path)  # the job would refuse it: say so now
             else:
-                print(f"[control] {parsed['path']} is not on this machine: sending it unchecked (the job checks "
+                print(f"[control] {path} is not on this machine: sending it unchecked (the job checks "
                       "it and keeps the old model if it is refused)", file=sys.stderr)
     except (ControlError, ModelError) as e:
         raise SystemExit(f"riskstream control: refused: {e}")
@@ -1054,12 +1105,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_offline_feature_flags(p)
     p.set_defaults(fn=cmd_score)
 
-    p = sub.add_parser("control", help="live change under a running job: champion or challenger model, or rules")
-    p.add_argument("what", choices=["champion", "challenger", "rules"])
+    p = sub.add_parser("control", help="live change under a running job: champion or challenger model, rules, "
+                                       "or a traffic split (A/B test)")
+    p.add_argument("what", choices=["champion", "challenger", "rules", "split"])
     p.add_argument("--path", help="model .onnx (its .json spec beside it) as the TaskManagers see it")
     p.add_argument("--remove", action="store_true", help="challenger only: stop shadow scoring")
     p.add_argument("--file", help="rules: JSON file with {version, rules: [...]} or a list of rules")
-    p.add_argument("--version", help="rules: version name (else the file's)")
+    p.add_argument("--version", help="rules: version name (else the file's); split: the experiment's name "
+                                     "[default split-<unix time>]")
+    p.add_argument("--arm", action="append", metavar="NAME=SHARE",
+                   help="split: an arm and its share of the traffic (repeatable; the champion keeps the rest, "
+                        "or give champion=SHARE and make them add up to 1)")
+    p.add_argument("--model", action="append", metavar="NAME=PATH", help="split: the model .onnx of an arm")
+    p.add_argument("--thresholds", action="append", metavar="NAME=REVIEW,BLOCK",
+                   help="split: an arm's own score thresholds [default the job's]")
+    p.add_argument("--key", default="user", help="split: the entity whose key picks the arm [default user]")
+    p.add_argument("--salt", default="", help="split: another salt reshuffles the users between arms")
+    p.add_argument("--end", action="store_true", help="split: end the split (the champion decides everything)")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
     add_setting(p, "control_topic", "--topic")
     p.set_defaults(fn=cmd_control)

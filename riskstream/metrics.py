@@ -172,3 +172,32 @@ def recall_at_budget_by_group(scores, y, group, budget: float) -> dict[str, dict
         hit = float(m[above].sum()) + frac * float(m[tied].sum())
         out[name] = {"fraud_events": n, "caught": round(hit, 6), "recall": hit / n}
     return out
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile: two-sided 95 % intervals
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion k / n: the p whose score test |k/n - p| <= z sqrt(p(1-p)/n)
+    does not reject; None when n is 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def diff_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float, float] | None:
+    """p1 - p2 and its 95 % interval by Newcombe's hybrid score method (his method 10: from the two Wilson
+    intervals), which keeps its coverage for small counts and rates near 0 where the Wald interval does not.
+    None when either n is 0."""
+    a, b = wilson(k1, n1, z), wilson(k2, n2, z)
+    if a is None or b is None:
+        return None
+    p1, p2 = k1 / n1, k2 / n2
+    d = p1 - p2
+    lo = d - math.sqrt((p1 - a[0]) ** 2 + (b[1] - p2) ** 2)
+    hi = d + math.sqrt((a[1] - p1) ** 2 + (p2 - b[0]) ** 2)
+    return d, lo, hi

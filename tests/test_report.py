@@ -495,3 +495,143 @@ def test_labels_and_decisions_match_by_user_and_event_id():
     h = build_report(decisions, labels)["headline"]
     assert (h["events_decided"], h["labelled"], h["duplicate_decisions"]) == (2, 2, 0)
     assert h["catch_rate"] == 1.0 and h["false_positive_rate"] == 0.0
+
+
+# ------------------------------------------------------------------ traffic split: per-arm figures
+def hand_arm_figures(decisions: list[dict], labels: dict) -> dict[str, dict]:
+    """Per arm, counted by hand from the records (first record of an event wins) and labels keyed by event
+    id: the figures of the report's arm rows, rates as (k, n)."""
+    seen, recs = set(), []
+    for d in decisions:
+        if (d["user_id"], d["event_id"]) not in seen:
+            seen.add((d["user_id"], d["event_id"]))
+            recs.append(d)
+    recs = [d for d in recs if d.get("arm") is not None]
+    days = set()
+    for d in recs:
+        days.add(d["event_ts"] // 86_400_000)
+    out = {}
+    for arm in {d["arm"] for d in recs}:
+        ds = [d for d in recs if d["arm"] == arm]
+        f = {"events": len(ds), "users": len({d["user_id"] for d in ds}), "labelled": 0, "fraud": 0, "legit": 0}
+        flagged_fraud = flagged_legit = 0
+        counts = {"allow": 0, "review": 0, "block": 0}
+        amount = 0.0
+        for d in ds:
+            counts[d["decision"]] += 1
+            if d["decision"] == "allow":
+                amount += d["features"]["amount"]
+            lb = labels.get(d["event_id"])
+            if lb is None or "fraud" not in lb:
+                continue
+            f["labelled"] += 1
+            if lb["fraud"]:
+                f["fraud"] += 1
+                flagged_fraud += d["decision"] != "allow"
+            else:
+                f["legit"] += 1
+                flagged_legit += d["decision"] != "allow"
+        for k in ("block", "review", "allow"):
+            f[f"{k}_rate"] = (counts[k], len(ds))
+        f["catch_rate"] = (flagged_fraud, f["fraud"])
+        f["false_positive_rate"] = (flagged_legit, f["legit"])
+        f["approved_amount"] = amount
+        f["review_load_per_day"] = counts["review"] / len(days)
+        f["review_load_per_day_at_full_traffic"] = counts["review"] / len(ds) * len(recs) / len(days)
+        out[arm] = f
+    return out
+
+
+def assert_arm_figures(fig: dict, hand: dict[str, dict]) -> None:
+    rows = {a["arm"]: a for a in fig["arms"]["arms"]}
+    assert set(rows) == set(hand)
+    for arm, want in hand.items():
+        for k, v in want.items():
+            got = rows[arm][k]
+            if isinstance(v, tuple):
+                assert (got["k"], got["n"]) == v, (arm, k)
+                assert got["rate"] == (v[0] / v[1] if v[1] else None), (arm, k)
+            else:
+                assert got == pytest.approx(v, rel=1e-12, abs=1e-9), (arm, k)
+
+
+def brute_wilson(k: int, n: int, z: float = metrics.Z95, steps: int = 200_000) -> tuple[float, float]:
+    """The Wilson interval by its definition: the grid's p whose score test does not reject."""
+    p = np.linspace(0.0, 1.0, steps + 1)
+    keep = np.abs(k / n - p) <= z * np.sqrt(p * (1 - p) / n)
+    return float(p[keep].min()), float(p[keep].max())
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (1, 10), (5, 10), (10, 10), (3, 250), (120, 400), (1, 2)])
+def test_wilson_interval_is_the_inverted_score_test(k, n):
+    lo, hi = metrics.wilson(k, n)
+    blo, bhi = brute_wilson(k, n)
+    assert abs(lo - blo) <= 1e-5 and abs(hi - bhi) <= 1e-5
+    d, dlo, dhi = metrics.diff_interval(k, n, 7, 40)
+    olo, ohi = brute_wilson(7, 40)
+    assert d == pytest.approx(k / n - 7 / 40)
+    assert dlo == pytest.approx(d - math.sqrt((k / n - blo) ** 2 + (ohi - 7 / 40) ** 2), abs=1e-5)
+    assert dhi == pytest.approx(d + math.sqrt((bhi - k / n) ** 2 + (7 / 40 - olo) ** 2), abs=1e-5)
+    assert metrics.wilson(0, 0) is None and metrics.diff_interval(1, 0, 1, 2) is None
+
+
+def arm_case(seed: int = 3, n: int = 3000):
+    """Random split records: two arms and the champion, decisions whose rates differ by arm, amounts, some
+    events labelled, over four days; a few records decided before the split (no arm) and a duplicate."""
+    rng = np.random.default_rng(seed)
+    probs = {"champion": (0.80, 0.15, 0.05), "b": (0.70, 0.20, 0.10), "c": (0.85, 0.10, 0.05)}
+    decisions, labels = [], {}
+    for i in range(n):
+        arm = ("champion", "b", "c")[int(rng.choice(3, p=(0.5, 0.3, 0.2)))]
+        fraud = bool(rng.random() < 0.1)
+        p = probs[arm] if not fraud else (0.2, 0.3, 0.5)
+        decision = str(rng.choice(["allow", "review", "block"], p=p))
+        d = rec(f"e{i}", decision, float(rng.random()), t=int(rng.integers(0, 4 * 86_400_000)),
+                features={"amount": float(np.round(rng.random() * 500, 2))}, arm=arm, user_id=f"u{i % 700}",
+                model_version={"champion": "risk_gbdt_v1", "b": "risk_gbdt_v2", "c": "m3"}[arm])
+        decisions.append(d)
+        if rng.random() < 0.6:
+            labels[f"e{i}"] = {"event_id": f"e{i}", "fraud": fraud, "scenario": "card_testing" if fraud else "normal"}
+    decisions.append(dict(decisions[5]))  # a duplicate decision: counts once
+    decisions += [rec(f"x{i}", "allow", 0.1, user_id="u0", features={"amount": 1.0}) for i in range(4)]  # unsplit
+    return decisions, labels
+
+
+def test_per_arm_figures_equal_a_hand_count_and_the_verdict_says_it():
+    decisions, labels = arm_case()
+    fig = build_report(decisions, labels)
+    ab = fig["arms"]
+    assert [a["arm"] for a in ab["arms"]] == ["champion", "b", "c"]
+    assert ab["unsplit_records"] == 4 and ab["days"] == 4
+    hand = hand_arm_figures(decisions, labels)
+    assert_arm_figures(fig, hand)
+    rows = {a["arm"]: a for a in ab["arms"]}
+    for arm in ("b", "c"):
+        for k in ("block_rate", "review_rate", "catch_rate", "false_positive_rate"):
+            a, c = hand[arm][k], hand["champion"][k]
+            d = rows[arm]["vs_champion"][k]
+            assert d["diff"] == pytest.approx(a[0] / a[1] - c[0] / c[1], abs=1e-12)
+            lo, hi = metrics.wilson(*a), metrics.wilson(*c)
+            assert rows[arm][k]["ci"] == list(lo)
+            assert d["significant"] == (d["ci"][0] > 0 or d["ci"][1] < 0)
+    # b blocks more (10 % against 5 % of legitimate traffic): significant at these counts; the line says it
+    vb = rows["b"]["vs_champion"]
+    assert vb["block_rate"]["significant"] and vb["block_rate"]["ci"][0] > 0
+    line = ab["verdicts"][0]
+    assert line.startswith("b (risk_gbdt_v2) against the champion, 95 % CI:")
+    d = vb["false_positive_rate"]
+    assert (f"good events flagged (reviewed or blocked) {100 * d['diff']:+.1f} pp [{100 * d['ci'][0]:+.1f}, "
+            f"{100 * d['ci'][1]:+.1f}]") in line
+    assert f"({hand['b']['legit']:,} vs {hand['champion']['legit']:,} labelled legitimate)" in line
+    # the HTML shows the section with its plot, the text output the arms
+    from riskstream.tools.report import render_text
+
+    c = check_html(render_html(fig))
+    assert "arms" in c.sections and "arms" in [s["section"] for s in c.svgs]
+    text = render_text(fig)
+    assert "arm b" in text and "verdict: b (risk_gbdt_v2)" in text
+
+
+def test_no_arm_section_without_a_split():
+    decisions, labels = hand_case()
+    assert build_report(decisions, labels)["arms"] is None

@@ -194,27 +194,32 @@ class Decider:
                now_ms: int, score: float | None = None,
                shadow_score: float | None = None, arrived_at: int | None = None) -> tuple[str, bytes, bool]:
         """(decision, record bytes, failed). ``values``: the entity stages' values in chain order. ``score``
-        and ``shadow_score``: the champion's and challenger's scores when the caller scored a batch.
+        and ``shadow_score``: the deciding model's (the event's arm's, under a split) and the challenger's
+        scores when the caller scored a batch.
         ``arrived_at``: the event's broker arrival time (the record's), written when known."""
         c = self.control
+        scorer, policy, arm = c.champion, c.policy, None
         try:
+            if c.split is not None:  # the event's arm: its model and policy decide
+                scorer, policy, arm = c.route(getattr(ev, c.split.key_field))
             feats = event_values(ev) + list(values)
             if score is None:
-                score = c.champion.score(feats)
-            decision, reasons = c.policy.decide(score, feats, ev.event_type, late, signals)
+                score = scorer.score(feats)
+            decision, reasons = policy.decide(score, feats, ev.event_type, late, signals)
             shadow = None
             if c.challenger is not None:
                 s2 = c.challenger.score(feats) if shadow_score is None else shadow_score
                 shadow = {"model_version": c.challenger.version, "score": round(s2, 6),
                           "decision": c.policy.decide(s2, feats, ev.event_type, late, signals)[0]}
             return decision, encode(decision_record(
-                ev, decision, score, reasons, feats, c.champion.version, c.policy.version, now_ms, late,
-                rules_version=c.rules_version, shadow=shadow, signals=signals, arrived_at=arrived_at)), False
+                ev, decision, score, reasons, feats, scorer.version, policy.version, now_ms, late,
+                rules_version=c.rules_version, shadow=shadow, signals=signals, arrived_at=arrived_at,
+                arm=arm)), False
         except Exception as e:  # fail safe: a valid event is never silently allowed or dropped
             return "review", encode(error_decision_record(
                 ev.event_id, ev.event_type, ev.user_id, ev.device_id, f"{type(e).__name__}: {e}",
-                c.champion.version, c.policy.version, now_ms, arrived_at=arrived_at, ip=ev.ip,
-                payment_ref=ev.payment_ref)), True
+                scorer.version, policy.version, now_ms, arrived_at=arrived_at, ip=ev.ip,
+                payment_ref=ev.payment_ref, arm=arm)), True
 
     def vector(self, ev: Event, values: list[float]) -> list[float]:
         return event_values(ev) + list(values)

@@ -11,6 +11,11 @@ scores and decides with the model and rules that were in force at the checkpoint
 - ``{"kind": "model", "role": "challenger", "path": "..."}`` adds a shadow model. Its score, and the
   decision it would have made under the same rules, go into each decision record as ``shadow`` and never
   act. ``"path": null`` removes it.
+- ``{"kind": "split", "version": "ab1", "key": "user", "arms": [{"name": "v2", "share": 0.05, "path": "...",
+  "review_threshold": 0.4}]}`` splits the traffic: each arm decides its share of the users (a stable hash
+  of the key, ``udfs.split``) with its own model and optionally its own thresholds; the champion keeps the
+  rest. Records carry ``arm``. Every arm's model must match the job's spec, or the whole split is refused
+  and the previous one (or none) stays. ``"arms": []`` ends the split.
 - ``{"kind": "rules", "version": "r2", "rules": [...]}`` replaces the rule set from the next event. A rule is
   ``{"code": "...", "decision": "review"|"block", "when": [[name, op, value], ...],
   "event_types": [...]}`` where name is a feature or ``score``, op one of ``>= > <= < ==`` and value a
@@ -31,6 +36,7 @@ import orjson
 
 from .events import EVENT_TYPE_INDEX
 from .policy import DEFAULT_RULES, Policy, Rule
+from .split import BUCKETS, Arm, Split, SplitError, arm_policy, parse_split
 
 MAX_RULES = 200
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -106,12 +112,24 @@ def parse_control(raw: bytes) -> dict:
     if kind == "rules":
         version, rules = parse_rules(obj)
         return {"kind": "rules", "version": version, "rules": rules}
-    raise ControlError(f"unknown kind {kind!r} (model or rules)")
+    if kind == "split":
+        try:
+            return parse_split(obj)
+        except SplitError as e:
+            raise ControlError(f"split refused: {e}") from None
+    raise ControlError(f"unknown kind {kind!r} (model, rules or split)")
 
 
 def state_key(msg: dict) -> str:
     """Where a message lives in broadcast state: the newest of each kind/role wins."""
-    return msg["role"] if msg["kind"] == "model" else "rules"
+    return msg["role"] if msg["kind"] == "model" else msg["kind"]
+
+
+def state_text(msg: dict, raw: bytes) -> str:
+    """What the JVM's control state keeps of a message: its text as sent, but a split's canonical form
+    (``udfs.split.parse_split``: every default filled in), which ``io.riskstream.flink.ControlAttach`` reads
+    for the key field and the salt."""
+    return orjson.dumps(msg).decode() if msg["kind"] == "split" else raw.decode("utf-8")
 
 
 @dataclass
@@ -123,6 +141,7 @@ class Control:
     challenger: object | None = None
     rules_version: str = BUILTIN_RULES_VERSION
     project_root: Path | None = None
+    split: Split | None = None
 
     @classmethod
     def initial(cls, scorer, policy: Policy, project_root: Path | None = None) -> "Control":
@@ -140,8 +159,20 @@ class Control:
         except (ModelError, OSError) as e:
             raise ControlError(f"model refused, the current one keeps scoring: {e}") from None
 
+    def arm_policy(self, arm: Arm) -> Policy:
+        return arm_policy(self.policy, arm)
+
+    def route(self, key: str | None) -> tuple[object, Policy, str | None]:
+        """(scorer, policy, arm name) for an event whose split key is ``key``; arm None without a split."""
+        if self.split is None:
+            return self.champion, self.policy, None
+        arm = self.split.arms[self.split.arm_index(self.split.bucket_of(key))]
+        return arm.scorer or self.champion, self.arm_policy(arm), arm.name
+
     def apply(self, msg: dict) -> str:
         """Apply a parsed message (all or nothing); return what changed, for logs."""
+        if msg["kind"] == "split":
+            return self._apply_split(msg)
         if msg["kind"] == "rules":
             self.policy = replace(self.policy, rules=msg["rules"])
             self.rules_version = msg["version"]
@@ -155,3 +186,26 @@ class Control:
         else:
             self.challenger = scorer
         return f"{msg['role']} {scorer.version}"
+
+    def _apply_split(self, msg: dict) -> str:
+        if not msg["arms"]:
+            self.split = None
+            return f"split {msg['version']}: ended, the champion decides all traffic"
+        arms = []
+        for a in msg["arms"]:
+            scorer = None
+            if a.get("path") is not None:
+                try:
+                    scorer = self._load(a["path"])
+                except ControlError as e:
+                    raise ControlError(f"split {msg['version']} refused, arm {a['name']}: {e}") from None
+            arm = Arm(a["name"], a["lo"], a["hi"], scorer, a.get("review_threshold"), a.get("block_threshold"))
+            try:
+                arm_policy(self.policy, arm)
+            except ValueError as e:
+                raise ControlError(f"split {msg['version']} refused, arm {a['name']}: {e}") from None
+            arms.append(arm)
+        self.split = Split(msg["version"], msg["key_field"], msg["salt"], tuple(arms))
+        return f"split {msg['version']} by {msg['key']}: " + ", ".join(
+            f"{a.name} {100 * (a.hi - a.lo) / BUCKETS:g} %" + (f" ({a.scorer.version})" if a.scorer else "")
+            for a in arms)

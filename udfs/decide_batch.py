@@ -5,8 +5,9 @@ record Rows that scoring and the policy read (:data:`INPUT_FIELDS`), plus the li
 the decision record from the Row and the verdict (``io.riskstream.flink.DecisionAssemble``): the ids, the
 features and the signals never cross to Python and back.
 
-Per batch: one ONNX call per control segment for the champion (and one for the challenger), the policy
-over the whole segment at once (``Policy.decide_many``, equal to ``Policy.decide`` row by row). PyFlink
+Per batch: one ONNX call per control segment and arm of a split (``udfs.split``: the column
+``arm_bucket``, the bucket ``ControlAttach`` computed from the split's key; a batch may mix arms), one for
+the challenger, the policy over each arm's rows at once (``Policy.decide_many``, equal to ``Policy.decide`` row by row). PyFlink
 hands the UDF at most ``python.fn-execution.arrow.batch.size`` rows, after at most
 ``python.fn-execution.bundle.time`` ms: that bounds the batch time.
 
@@ -116,6 +117,8 @@ class DecideBatch:
             X, S, bad = self._rowwise(cols, types, n)
         versions = cols.get("control_version")
         settings = cols.get("control")
+        buckets = cols.get("arm_bucket")
+        buckets = np.asarray(_list(buckets), dtype=np.int64) if buckets is not None else np.full(n, -1, dtype=np.int64)
         out: list[bytes] = [b""] * n
         start = 0
         while start < n:  # segments of rows decided under one control setting
@@ -128,7 +131,7 @@ class DecideBatch:
             while end < n and (settings is None or settings[end] is None) and \
                     (versions is None or int(versions[end]) == self.settings_version):
                 end += 1
-            self._segment(X, S, types, lates, start, end, out, bad)
+            self._segment(X, S, types, lates, buckets, start, end, out, bad)
             start = end
         if self.metrics is not None:
             per_row_us = (time.perf_counter() - t0) * 1e6 / max(n, 1)
@@ -176,37 +179,73 @@ class DecideBatch:
                 S[i] = s
         return S
 
-    def _segment(self, X, S, types, lates, start, end, out, bad: dict[int, str]) -> None:
+    def _arms(self, buckets, start: int, end: int) -> list[tuple[object, object, str | None, np.ndarray]]:
+        """The segment's rows by arm: (scorer, policy, arm name, row offsets in the segment); one group, arm
+        None, without a split."""
         c = self.control
-        champion, policy = c.champion.version, c.policy.version
-        rows = slice(start, end)
-        x32 = X[rows].astype(np.float32)
+        if c.split is None:
+            return [(c.champion, c.policy, None, np.arange(end - start))]
+        idx = c.split.arm_indices(buckets[start:end])
+        groups = []
+        for k, arm in enumerate(c.split.arms):
+            rows = np.flatnonzero(idx == k)
+            if len(rows):
+                groups.append((arm.scorer or c.champion, c.arm_policy(arm), arm.name, rows))
+        return groups
+
+    def _segment(self, X, S, types, lates, buckets, start, end, out, bad: dict[int, str], single: bool = False) -> None:
+        """Decide rows [start, end) under the current control: one ONNX call per arm (and one for the
+        challenger), the policy per arm at once. A batch that cannot be scored is decided row by row."""
+        c = self.control
+        types_arr = np.asarray(types[start:end], dtype=object)
+        x32 = X[start:end].astype(np.float32)
+        sig = S[start:end] if S is not None else None
+        lat = lates[start:end]
+        groups = self._arms(buckets, start, end)
         try:
-            scores = np.asarray(c.champion.score_batch(x32), dtype=np.float64)
+            scored = [(sc, pol, arm, rows, np.asarray(sc.score_batch(_take(x32, rows)), dtype=np.float64))
+                      for sc, pol, arm, rows in groups]
             shadows = np.asarray(c.challenger.score_batch(x32), dtype=np.float64) if c.challenger is not None else None
-        except Exception:  # a batch that cannot be scored: each row on its own (fail-safe per row)
+        except Exception as e:  # a batch that cannot be scored: each row on its own (fail-safe per row)
+            if single:
+                sc, pol, arm, _ = groups[0]
+                self._errors(out, start, end, f"{type(e).__name__}: {e}", sc.version, pol.version, arm)
+                return
             for i in range(start, end):
-                self._segment_rows(X, S, types, lates, i, out, bad)
+                if i in bad:
+                    sc, pol, arm, _ = self._arms(buckets, i, i + 1)[0]
+                    self._errors(out, i, i + 1, bad[i], sc.version, pol.version, arm)
+                else:
+                    self._segment(X, S, types, lates, buckets, i, i + 1, out, bad, single=True)
             return
-        self._watch_drift(c.champion, x32)
+        for sc, _, _, rows, _ in scored:  # each deciding model's inputs against its training distribution
+            self._watch_drift(sc, _take(x32, rows))
+        Xs = X[start:end]
         try:
-            sig = S[rows] if S is not None else None
-            decisions, reasons = c.policy.decide_many(scores, X[rows], types[rows], lates[rows], sig)
-            shadow_decisions = c.policy.decide_many(shadows, X[rows], types[rows], lates[rows], sig)[0] \
+            shadow_decisions = c.policy.decide_many(shadows, Xs, types_arr.tolist(), lat, sig)[0] \
                 if shadows is not None else None
         except Exception as e:
-            self._errors(out, start, end, f"{type(e).__name__}: {e}", champion, policy)
+            self._errors(out, start, end, f"{type(e).__name__}: {e}")
             return
-        for k in range(end - start):
-            if start + k in bad:
-                self._errors(out, start + k, start + k + 1, bad[start + k], champion, policy)
+        for scorer, policy, arm, rows, scores in scored:
+            model, pv = scorer.version, policy.version
+            try:
+                decisions, reasons = policy.decide_many(scores, _take(Xs, rows), _take(types_arr, rows).tolist(),
+                                                        _take(lat, rows), _take(sig, rows) if sig is not None else None)
+            except Exception as e:
+                for k in rows.tolist():
+                    self._errors(out, start + k, start + k + 1, f"{type(e).__name__}: {e}", model, pv, arm)
                 continue
-            shadow = None if shadows is None else {"model_version": c.challenger.version,
-                                                   "score": round(float(shadows[k]), 6),
-                                                   "decision": shadow_decisions[k]}
-            out[start + k] = orjson.dumps(verdict(decisions[k], float(scores[k]), reasons[k], champion, policy,
-                                                  c.rules_version, shadow))
-            self._count_kind(decisions[k], 1)
+            for j, k in enumerate(rows.tolist()):
+                if start + k in bad:
+                    self._errors(out, start + k, start + k + 1, bad[start + k], model, pv, arm)
+                    continue
+                shadow = None if shadows is None else {"model_version": c.challenger.version,
+                                                       "score": round(float(shadows[k]), 6),
+                                                       "decision": shadow_decisions[k]}
+                out[start + k] = orjson.dumps(verdict(decisions[j], float(scores[j]), reasons[j], model, pv,
+                                                      c.rules_version, shadow, arm))
+                self._count_kind(decisions[j], 1)
 
     def _watch_drift(self, scorer, x32: np.ndarray) -> None:
         """Count the deciding model's inputs; at the end of each window set the gauges and log the drift."""
@@ -227,23 +266,13 @@ class DecideBatch:
             print(f"[riskstream] decide: WARNING {self.drift_warning}", flush=True)
         mon.reset()
 
-    def _segment_rows(self, X, S, types, lates, i, out, bad: dict[int, str]) -> None:
-        if i in bad:
-            self._errors(out, i, i + 1, bad[i])
-            return
-        try:
-            self.control.champion.score_batch(X[i:i + 1].astype(np.float32))
-            if self.control.challenger is not None:
-                self.control.challenger.score_batch(X[i:i + 1].astype(np.float32))
-        except Exception as e:
-            self._errors(out, i, i + 1, f"{type(e).__name__}: {e}")
-            return
-        self._segment(X, S, types, lates, i, i + 1, out, bad)
-
-    def _errors(self, out, start, end, detail, champion=None, policy=None) -> None:
+    def _errors(self, out, start, end, detail, champion=None, policy=None, arm: str | None = None) -> None:
         c = self.control
-        err = orjson.dumps({"error": detail[:200], "model_version": champion or c.champion.version,
-                            "policy_version": policy or c.policy.version})
+        err = {"error": detail[:200], "model_version": champion or c.champion.version,
+               "policy_version": policy or c.policy.version}
+        if arm is not None:
+            err["arm"] = arm
+        err = orjson.dumps(err)
         for i in range(start, end):
             out[i] = err
         self._count("errors", end - start)
@@ -259,6 +288,11 @@ class DecideBatch:
             g = self.metrics.add_group("model_version", version).add_group("scoring_latency_us")
             h = self.hists[version] = [g.counter(f"le_{b}") for b in LATENCY_BUCKETS_US] + [g.counter("le_inf")]
         return h
+
+
+def _take(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]``, without the copy when ``rows`` is every row in order (no split: one group)."""
+    return a if len(rows) == len(a) else a[rows]
 
 
 def _list(col) -> list:

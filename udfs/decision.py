@@ -18,14 +18,15 @@ def decision_id(event_id: str, model_version: str, policy_version: str) -> str:
 def decision_record(ev: Event, decision: str, score: float, reasons: list[str], features: list[float],
                     model_version: str, policy_version: str, decided_at_ms: int, late: bool,
                     rules_version: str | None = None, shadow: dict | None = None,
-                    signals: dict | None = None, arrived_at: int | None = None) -> dict:
+                    signals: dict | None = None, arrived_at: int | None = None, arm: str | None = None) -> dict:
     """``shadow`` is the challenger's score and the decision it would have made (never acted on). ``ip`` and
     ``payment_ref`` (null without one) are there for the consumers that turn a decision into a label (the
     review queue): a label names them so the ip and payment stages count it. ``arrived_at``: the event's
     broker arrival time (epoch ms), written only when known, so latency is measured from arrival, not from
-    the event's own (producer-set) time. The JVM writer (``io.riskstream.flink.DecisionWriter``) writes the
+    the event's own (producer-set) time. ``arm``: the split's arm that decided (``udfs.split``), written only
+    under a split. The JVM writer (``io.riskstream.flink.DecisionWriter``) writes the
     same fields in the same order."""
-    v = verdict(decision, score, reasons, model_version, policy_version, rules_version, shadow)
+    v = verdict(decision, score, reasons, model_version, policy_version, rules_version, shadow, arm)
     rec = {
         "decision_id": decision_id(ev.event_id, model_version, policy_version),
         "event_id": ev.event_id,
@@ -42,14 +43,14 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
     if arrived_at is not None:
         rec["arrived_at"] = arrived_at
     rec["decided_at"] = decided_at_ms
-    rec.update(v)  # rules_version, shadow
+    rec.update(v)  # rules_version, shadow, arm
     if signals is not None:
         rec["signals"] = signals
     return rec
 
 
 def verdict(decision: str, score: float, reasons: list[str], model_version: str, policy_version: str,
-            rules_version: str | None = None, shadow: dict | None = None) -> dict:
+            rules_version: str | None = None, shadow: dict | None = None, arm: str | None = None) -> dict:
     """What the decide stage adds to a record's event, features and signals: the fields of
     :func:`decision_record` that the JVM writer (``io.riskstream.flink.DecisionAssemble``) cannot know."""
     v = {"decision": decision, "score": round(score, 6), "model_version": model_version,
@@ -58,6 +59,8 @@ def verdict(decision: str, score: float, reasons: list[str], model_version: str,
         v["rules_version"] = rules_version
     if shadow is not None:
         v["shadow"] = shadow
+    if arm is not None:
+        v["arm"] = arm
     return v
 
 
@@ -68,7 +71,7 @@ def encode(record: dict) -> bytes:
 def error_decision_record(event_id: str, event_type: str, user_id: str, device_id: str, detail: str,
                           model_version: str | None, policy_version: str, decided_at_ms: int,
                           arrived_at: int | None = None, ip: str | None = None,
-                          payment_ref: str | None = None) -> dict:
+                          payment_ref: str | None = None, arm: str | None = None) -> dict:
     """A valid event the job failed to score: sent to review, never silently allowed."""
     rec = {
         "decision_id": decision_id(event_id, model_version or "none", policy_version),
@@ -91,4 +94,6 @@ def error_decision_record(event_id: str, event_type: str, user_id: str, device_i
     if arrived_at is not None:
         rec["arrived_at"] = arrived_at
     rec["decided_at"] = decided_at_ms
+    if arm is not None:
+        rec["arm"] = arm
     return rec

@@ -28,7 +28,7 @@ from pyflink.datastream.time_domain import TimeDomain
 
 from .chain import (EVENT_FIELDS, Decider, EntityStep, arrived_at, extend, is_label, key_index, label_record, pack,
                     unpack)
-from .control import Control, ControlError, parse_control, state_key
+from .control import Control, ControlError, parse_control, state_key, state_text
 from .labels import FRAUD, LEGIT, parse_label
 from .events import (
     CONTROL_REJECTED,
@@ -422,7 +422,7 @@ class ValidateControl(ProcessFunction):
         msg, what = res
         self.control_applied.inc()
         print(f"[riskstream] control accepted: {what}", flush=True)
-        yield self.row(state_key(msg), raw.decode("utf-8"))
+        yield self.row(state_key(msg), state_text(msg, raw))
 
 
 class ScoreDecideControlled(_DecideLogic, BroadcastProcessFunction):
@@ -442,7 +442,7 @@ class ScoreDecideControlled(_DecideLogic, BroadcastProcessFunction):
     def process_element(self, value, ctx):
         if not self.synced:
             state = ctx.get_broadcast_state(CONTROL_STATE)
-            for key in ("champion", "challenger", "rules"):
+            for key in ("champion", "challenger", "rules", "split"):
                 raw = state.get(key)
                 if raw is None:
                     continue

@@ -18,13 +18,17 @@ from pyflink.java_gateway import get_gateway
 from .chain import ROW_FIELDS
 from .jvm import row_type
 from .policy import Policy
+from .split import BUCKETS
 
-CONTROL_FIELDS = (("control_version", "BIGINT"), ("control", "STRING"))
+# the live control's settings (ControlAttach), and the record's bucket under the traffic split (udfs.split;
+# -1 without a split or a key)
+CONTROL_FIELDS = (("control_version", "BIGINT"), ("control", "STRING"), ("arm_bucket", "BIGINT"))
 CONTROL_MESSAGE = Types.ROW_NAMED(["key", "raw"], [Types.STRING(), Types.STRING()])
 
 
 def attach_control(records: DataStream, control: DataStream) -> DataStream:
-    """Records + (control_version, control) from the validated control messages (Row(key, raw))."""
+    """Records + (control_version, control, arm_bucket) from the validated control messages (Row(key, raw);
+    a split's canonical text, ``udfs.control.state_text``)."""
     gw = get_gateway()
     jvm = gw.jvm
     out = row_type(ROW_FIELDS + CONTROL_FIELDS)
@@ -32,7 +36,8 @@ def attach_control(records: DataStream, control: DataStream) -> DataStream:
     descriptors[0] = jvm.io.riskstream.flink.ControlAttach.STATE
     j = (records._j_data_stream
          .connect(control._j_data_stream.broadcast(descriptors))
-         .process(jvm.io.riskstream.flink.ControlAttach(), out.get_java_type_info()))
+         .process(jvm.io.riskstream.flink.ControlAttach(orjson.dumps([n for n, _ in ROW_FIELDS]).decode(), BUCKETS),
+                  out.get_java_type_info()))
     return DataStream(j.name("control-attach").uid("control-attach"))
 
 

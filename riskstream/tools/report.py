@@ -11,7 +11,10 @@ judged against the generator's ground-truth labels:
   from the event's broker arrival ``arrived_at`` to ``decided_at``, else from the event's own time);
 - champion vs challenger when records carry ``shadow`` (the challenger's score and the decision it would
   have made, never acted on);
-- rules (``rule:<code>`` reasons, ``rules_version``) and the model versions seen (a hot reload shows two).
+- rules (``rule:<code>`` reasons, ``rules_version``) and the model versions seen (a hot reload shows two);
+- per arm of a traffic split when records carry ``arm`` (``udfs.split``): decision rates, catch and
+  false-positive rates on the labelled events, approved amount, review load per day, each with a 95 %
+  interval, every other arm against the champion (difference and its interval) and a verdict line.
 
 The module is pure apart from the readers at the end: :func:`build_report` computes every figure (numpy),
 :func:`render_html` draws them.
@@ -36,8 +39,8 @@ import orjson
 from udfs.ingest import parse_label
 
 from ..generator import ALL_SCENARIOS, MALFORMED, NORMAL
-from ..metrics import (at_budget, average_precision, entity_precision_at_k, percentile, recall_at_budget_by_group,
-                       roc_auc, roc_curve)
+from ..metrics import (at_budget, average_precision, diff_interval, entity_precision_at_k, percentile,
+                       recall_at_budget_by_group, roc_auc, roc_curve, wilson)
 
 DEFINITIONS = (
     "An event is its (user_id, event_id): ids are per user. A record is labelled when its event has a label with "
@@ -66,6 +69,14 @@ DEFINITIONS = (
     "of later days. The figure is the mean over days; ties at the k-th score count at their expected value.",
     "Recall at the review budget per scenario: the share of a fraud scenario's events among the budget's top k "
     "events by score (the same k and cut as above).",
+    "Traffic split: records that carry an arm are compared by arm over the same period. Rates have 95 % Wilson "
+    "score intervals; an arm against the champion is the difference of the two proportions (arm minus champion, "
+    "in percentage points) with Newcombe's hybrid score interval. A difference whose interval excludes 0 is called "
+    "significant. Approved amount: the amount of the events the arm allowed. Review load per day: the arm's "
+    "review decisions / the days of the period (UTC days of the event time with any decided event); at full "
+    "traffic: the arm's review rate x every arm's events / days, what it would send to review if it took all "
+    "traffic. Catch rate and false-positive rate use only the arm's labelled events (labels arrive late: the "
+    "report says how many are labelled per arm).",
     "Without a labels file, records that carry their own label (as `riskstream score` writes with a label column) "
     "are judged by it.",
 )
@@ -346,6 +357,7 @@ def build_report(decisions: list[dict], labels: dict[str, dict], budget: float =
     policies = Counter(d.get("policy_version") or NONE for d in recs)
 
     cc = _champion_challenger(recs, labels, lab, budget)
+    arms = arm_figures(recs, lab)
     headline = {
         "events_decided": n,
         "decision_records": n + dup,
@@ -391,12 +403,106 @@ def build_report(decisions: list[dict], labels: dict[str, dict], budget: float =
         "timeline": _timeline(recs, time_field),
         "latency": lat,
         "champion_challenger": cc,
+        "arms": arms,
         "fraud_team": team,
         "rules": {"by_rule": rules, "rules_versions": dict(sorted(rules_versions.items())),
                   "escalated_by_rules": escalated, "other_reasons": dict(sorted(reasons.items()))},
         "models": models,
         "policy_versions": dict(sorted(policies.items())),
     }
+
+
+def _rate(k: int, n: int) -> dict:
+    ci = wilson(k, n)
+    return {"k": k, "n": n, "rate": _ratio(k, n), "ci": list(ci) if ci else None}
+
+
+def _diff(a: dict, c: dict) -> dict | None:
+    d = diff_interval(a["k"], a["n"], c["k"], c["n"])
+    if d is None:
+        return None
+    return {"diff": d[0], "ci": [d[1], d[2]], "significant": d[1] > 0 or d[2] < 0}
+
+
+ARM_RATES = ("block_rate", "review_rate", "allow_rate", "catch_rate", "false_positive_rate")
+
+
+def arm_figures(recs: list[dict], lab: dict) -> dict | None:
+    """Per arm of a traffic split (records carrying ``arm``): the figures of ``DEFINITIONS``, each arm against
+    the champion, and the verdict lines. None when no record carries an arm. ``lab``: fraud (True/False) or
+    None per event identity."""
+    split = [d for d in recs if isinstance(d.get("arm"), str)]
+    if not split:
+        return None
+    by_arm: dict[str, list[dict]] = defaultdict(list)
+    for d in split:
+        by_arm[d["arm"]].append(d)
+    days = {t // 86_400_000 for d in split if (t := _int(d.get("event_ts"))) is not None}
+    n_days = len(days)
+    total = len(split)
+    arms = []
+    for name in sorted(by_arm, key=lambda a: (a != "champion", a)):
+        ds = by_arm[name]
+        n = len(ds)
+        kinds = Counter(d.get("decision") for d in ds)
+        labelled = [d for d in ds if lab.get(_ident(d)) is not None]
+        fraud = [d for d in labelled if lab[_ident(d)]]
+        legit = [d for d in labelled if not lab[_ident(d)]]
+        allowed = [d for d in ds if d.get("decision") == "allow"]
+        amount = sum(a for d in allowed if (a := _score((d.get("features") or {}).get("amount"))) is not None)
+        row = {"arm": name, "events": n, "users": len({d.get("user_id") for d in ds}), "share": n / total,
+               "model_versions": dict(Counter(d.get("model_version") or NONE for d in ds).most_common()),
+               "policy_versions": dict(Counter(d.get("policy_version") or NONE for d in ds).most_common()),
+               "decisions": {k: kinds.get(k, 0) for k in KINDS},
+               "labelled": len(labelled), "fraud": len(fraud), "legit": len(legit),
+               "block_rate": _rate(kinds.get("block", 0), n), "review_rate": _rate(kinds.get("review", 0), n),
+               "allow_rate": _rate(kinds.get("allow", 0), n),
+               "catch_rate": _rate(sum(1 for d in fraud if d.get("decision") in FLAGGED), len(fraud)),
+               "false_positive_rate": _rate(sum(1 for d in legit if d.get("decision") in FLAGGED), len(legit)),
+               "approved_amount": amount, "approved_amount_per_event": _ratio(amount, n),
+               "days": n_days,
+               "review_load_per_day": _ratio(kinds.get("review", 0), n_days),
+               "review_load_per_day_at_full_traffic": _ratio(kinds.get("review", 0) * total, n * n_days)
+               if n_days else None}
+        arms.append(row)
+    champ = next((a for a in arms if a["arm"] == "champion"), None)
+    verdicts = []
+    for a in arms:
+        if champ is None or a is champ:
+            a["vs_champion"] = None
+            continue
+        a["vs_champion"] = {k: _diff(a[k], champ[k]) for k in ARM_RATES}
+        verdicts.append(_verdict(a, champ))
+    return {"arms": arms, "events": total, "days": n_days, "verdicts": verdicts,
+            "unsplit_records": len(recs) - total}
+
+
+def _pp(d: dict | None) -> str:
+    if d is None:
+        return "n/a (no events)"
+    lo, hi = d["ci"]
+    return (f"{100 * d['diff']:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            + ("" if d["significant"] else ", not significant"))
+
+
+def _verdict(a: dict, champ: dict) -> str:
+    """One plain-language line: the arm against the champion on what a risk team weighs."""
+    v = a["vs_champion"]
+    models = ", ".join(a["model_versions"])
+    parts = [f"{a['arm']} ({models}) against the champion, 95 % CI:"]
+    parts.append(f"good events flagged (reviewed or blocked) {_pp(v['false_positive_rate'])} "
+                 f"({a['legit']:,} vs {champ['legit']:,} labelled legitimate)")
+    parts.append(f"catch rate {_pp(v['catch_rate'])} ({a['fraud']:,} vs {champ['fraud']:,} labelled fraud)")
+    parts.append(f"block rate {_pp(v['block_rate'])}")
+    parts.append(f"review rate {_pp(v['review_rate'])}")
+    per = a["approved_amount_per_event"]
+    cper = champ["approved_amount_per_event"]
+    if per is not None and cper is not None:
+        parts.append(f"approves {per:,.2f} per event against {cper:,.2f}")
+    if a["review_load_per_day_at_full_traffic"] is not None and champ["review_load_per_day_at_full_traffic"] is not None:
+        parts.append(f"at full traffic it would send {a['review_load_per_day_at_full_traffic']:,.0f} events a day "
+                     f"to review against {champ['review_load_per_day_at_full_traffic']:,.0f}")
+    return parts[0] + " " + "; ".join(parts[1:]) + "."
 
 
 def _champion_challenger(recs: list[dict], labels: dict, lab: dict, budget: float) -> dict | None:
@@ -754,6 +860,8 @@ def render_html(fig: dict) -> str:
 
     # champion vs challenger
     parts.append(_render_cc(fig["champion_challenger"], fig["champion"], b))
+    if fig.get("arms"):
+        parts.append(_render_arms(fig["arms"]))
     if fig.get("drift"):
         parts.append(_render_drift(fig["drift"]))
 
@@ -840,6 +948,74 @@ def _render_drift(drift: list[dict]) -> str:
                                 _pc(f["below_train_min"])] for f in m["features"]]))
     out.append('<p class="note">PSI: population stability index of the records\' feature values over the '
                "training deciles; above 0.25 the model's scores are not reliable (udfs/drift.py).</p></section>")
+    return "".join(out)
+
+
+ARM_COLORS = ("#3b73b9", "#d9822b", "#5b9b4a", "#8e5ea2", "#c8423b", "#999999")
+ARM_LABELS = {"block_rate": "block rate", "review_rate": "review rate", "allow_rate": "allow rate",
+              "catch_rate": "catch rate", "false_positive_rate": "false-positive rate"}
+
+
+def _pc_ci(r: dict) -> str:
+    if r["rate"] is None:
+        return "n/a"
+    lo, hi = r["ci"]
+    return f"{100 * r['rate']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
+
+
+def svg_arm_diffs(arms: list[dict], w: int = 900) -> str | None:
+    """Each arm against the champion: the difference of each rate (percentage points) as a dot with its 95 %
+    interval as a bar, a vertical line at 0; a bar that does not cross 0 is a significant difference."""
+    others = [a for a in arms if a.get("vs_champion")]
+    rows = [(a, k) for k in ARM_RATES for a in others if a["vs_champion"].get(k)]
+    if not rows:
+        return None
+    lo = min(min(a["vs_champion"][k]["ci"][0] for a, k in rows), 0.0) * 100
+    hi = max(max(a["vs_champion"][k]["ci"][1] for a, k in rows), 0.0) * 100
+    pad = max((hi - lo) * 0.08, 0.1)
+    lo, hi = lo - pad, hi + pad
+    x0, pw, rh = 190, w - 220, 22
+    h = 40 + rh * len(rows)
+    X = lambda v: x0 + pw * (v - lo) / (hi - lo)  # noqa: E731
+    body = [f'<line x1="{X(0):.1f}" y1="10" x2="{X(0):.1f}" y2="{h - 24}" stroke="#888"/>',
+            f'<text x="{X(0):.1f}" y="{h - 8}" text-anchor="middle">0 pp</text>',
+            f'<text x="{x0}" y="{h - 8}">{lo:+.1f} pp</text>',
+            f'<text x="{x0 + pw}" y="{h - 8}" text-anchor="end">{hi:+.1f} pp</text>']
+    for i, (a, k) in enumerate(rows):
+        d = a["vs_champion"][k]
+        y = 20 + i * rh
+        color = ARM_COLORS[(others.index(a) + 1) % len(ARM_COLORS)]
+        body.append(f'<text x="{x0 - 8}" y="{y + 4}" text-anchor="end">{escape(a["arm"])}: {ARM_LABELS[k]}</text>')
+        body.append(f'<line x1="{X(100 * d["ci"][0]):.1f}" y1="{y}" x2="{X(100 * d["ci"][1]):.1f}" y2="{y}" '
+                    f'stroke="{color}" stroke-width="{3 if d["significant"] else 1.5}"/>')
+        body.append(f'<circle cx="{X(100 * d["diff"]):.1f}" cy="{y}" r="4" fill="{color}">'
+                    f'<title>{escape(_pp(d))}</title></circle>')
+    return _svg(w, h, "each arm against the champion, percentage points with 95 % intervals", body)
+
+
+def _render_arms(ab: dict) -> str:
+    arms = ab["arms"]
+    head = '<section id="arms"><h2>Traffic split: arms compared</h2>'
+    rows = []
+    for a in arms:
+        rows.append([a["arm"], ", ".join(a["model_versions"]), ", ".join(a["policy_versions"]), _num(a["events"]),
+                     _num(a["users"]), _pc(a["share"]), _pc_ci(a["block_rate"]), _pc_ci(a["review_rate"]),
+                     _pc_ci(a["allow_rate"]), f'{_num(a["labelled"])} ({_num(a["fraud"])} fraud)',
+                     _pc_ci(a["catch_rate"]), _pc_ci(a["false_positive_rate"]), _num(a["approved_amount"]),
+                     _num(a["review_load_per_day"]), _num(a["review_load_per_day_at_full_traffic"])])
+    out = [head, f'<p class="sub">{ab["events"]:,} records carry an arm, over {ab["days"]:,} day(s) of event time'
+                 + (f'; {ab["unsplit_records"]:,} records were decided without a split' if ab["unsplit_records"]
+                    else "") + ". Rates with 95 % intervals.</p>",
+           _table(["arm", "model", "policy", "events", "users", "share", "block rate", "review rate", "allow rate",
+                   "labelled", "catch rate", "false-positive rate", "approved amount", "reviews/day",
+                   "reviews/day at full traffic"], rows)]
+    if ab["verdicts"]:
+        out.append("<h3>Verdict</h3><ul>" + "".join(f"<li>{escape(v)}</li>" for v in ab["verdicts"]) + "</ul>")
+        out.append("<h3>Against the champion (difference, 95 % interval)</h3>")
+        out.append(_chart(svg_arm_diffs(arms), "no arm to compare"))
+    else:
+        out.append('<p class="empty">No champion arm in these records: nothing to compare against.</p>')
+    out.append("</section>")
     return "".join(out)
 
 
@@ -1052,4 +1228,16 @@ def render_text(fig: dict) -> str:
         lines.append(f"challenger:       {', '.join(cc['model_versions'])}: AUC {_f(s['roc_auc'])} vs "
                      f"{_f(c['roc_auc'])}, AP {_f(s['average_precision'])} vs {_f(c['average_precision'])}, "
                      f"agreement {_pc(cc['agreement_rate'])}")
+    ab = fig.get("arms")
+    if ab:
+        lines.append(f"traffic split:    {ab['events']:,} records with an arm, {ab['days']} day(s)")
+        for a in ab["arms"]:
+            lines.append(f"  arm {a['arm']:<12} {', '.join(a['model_versions'])}: {a['events']:,} events, "
+                         f"{a['users']:,} users; block {_pc_ci(a['block_rate'])}, review {_pc_ci(a['review_rate'])}, "
+                         f"allow {_pc_ci(a['allow_rate'])}")
+            lines.append(f"  {'':16} {a['labelled']:,} labelled ({a['fraud']:,} fraud): catch {_pc_ci(a['catch_rate'])}, "
+                         f"false-positive {_pc_ci(a['false_positive_rate'])}; approved {_num(a['approved_amount'])}; "
+                         f"reviews/day {_num(a['review_load_per_day'])}")
+        for v in ab["verdicts"]:
+            lines.append(f"  verdict: {v}")
     return "\n".join(lines)

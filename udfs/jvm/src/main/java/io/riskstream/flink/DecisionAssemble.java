@@ -11,7 +11,7 @@ import org.apache.flink.types.Row;
 /**
  * The decision record of the fast path: the record Row (udfs.chain.ROW_FIELDS, never sent to Python) plus
  * the verdict the batched Python stage computed for it (udfs.decide_batch: decision, score, versions,
- * reasons, the challenger's shadow, or an error), written by {@link DecisionWriter}.
+ * reasons, the challenger's shadow, the split's arm, or an error), written by {@link DecisionWriter}.
  *
  * <p>The verdict is the Row's field after the record's fields. A missing or unreadable verdict (a bug, not
  * bad input) still gives a decision: {@code review} with {@code processing_error}.
@@ -46,7 +46,8 @@ public final class DecisionAssemble implements MapFunction<Row, byte[]> {
         String model = text(v, "model_version");
         String policy = v.hasNonNull("policy_version") ? v.get("policy_version").asText() : policyVersion;
         if (v.hasNonNull("error") || !v.hasNonNull("decision")) {
-            return writer.error(row, model, policy, v.hasNonNull("error") ? v.get("error").asText() : "no verdict", now);
+            return writer.error(row, model, policy, v.hasNonNull("error") ? v.get("error").asText() : "no verdict",
+                    text(v, "arm"), now);
         }
         try {
             List<String> reasons = new ArrayList<>(4);
@@ -56,7 +57,7 @@ public final class DecisionAssemble implements MapFunction<Row, byte[]> {
             JsonNode shadow = v.get("shadow");
             return writer.record(row, writer.features(row), v.get("decision").asText(), v.get("score").asDouble(),
                     model, policy, reasons, text(v, "rules_version"),
-                    shadow == null || shadow.isNull() ? null : shadow.toString(), now);
+                    shadow == null || shadow.isNull() ? null : shadow.toString(), text(v, "arm"), now);
         } catch (Exception e) {
             return writer.error(row, model, policy, e.getClass().getSimpleName() + ": " + e.getMessage(), now);
         }
@@ -90,7 +91,7 @@ public final class DecisionAssemble implements MapFunction<Row, byte[]> {
         return out.append(']').toString();
     }
 
-    private static Object plain(JsonNode n) {
+    static Object plain(JsonNode n) {
         if (n == null || n.isNull()) {
             return null;
         }

@@ -123,11 +123,12 @@ public final class DecisionWriter implements Serializable {
 
     /**
      * A decision record. {@code shadowJson}: the challenger's {"model_version", "score", "decision"} as JSON
-     * text, or null; {@code rulesVersion} null when the rules are the start-up ones.
+     * text, or null; {@code rulesVersion} null when the rules are the start-up ones; {@code arm} the split's
+     * arm that decided, null without a split.
      */
     public byte[] record(Row row, double[] feats, String decision, double score, String modelVersion,
                          String policyVersion, List<String> reasons, String rulesVersion, String shadowJson,
-                         long decidedAt) {
+                         String arm, long decidedAt) {
         StringBuilder b = new StringBuilder(1700);
         head(b, row, modelVersion, policyVersion);
         b.append(",\"decision\":");
@@ -164,6 +165,10 @@ public final class DecisionWriter implements Serializable {
         if (shadowJson != null) {
             b.append(",\"shadow\":").append(shadowJson);
         }
+        if (arm != null) {
+            b.append(",\"arm\":");
+            str(b, arm);
+        }
         double[] sig = signals(row);
         if (sig != null) {
             b.append(",\"signals\":{");
@@ -185,6 +190,11 @@ public final class DecisionWriter implements Serializable {
 
     /** A valid event that could not be scored: {@code review} with {@code processing_error}. */
     public byte[] error(Row row, String modelVersion, String policyVersion, String detail, long decidedAt) {
+        return error(row, modelVersion, policyVersion, detail, null, decidedAt);
+    }
+
+    /** As {@link #error(Row, String, String, String, long)}, with the split's arm (null without a split). */
+    public byte[] error(Row row, String modelVersion, String policyVersion, String detail, String arm, long decidedAt) {
         StringBuilder b = new StringBuilder(400);
         head(b, row, modelVersion == null ? "none" : modelVersion, policyVersion);
         b.append(",\"decision\":\"review\",\"score\":null,\"model_version\":");
@@ -195,7 +205,12 @@ public final class DecisionWriter implements Serializable {
         str(b, detail.length() > 200 ? detail.substring(0, 200) : detail);
         b.append(",\"features\":{},\"late\":false,\"event_ts\":null");
         arrived(b, row);
-        b.append(",\"decided_at\":").append(decidedAt).append('}');
+        b.append(",\"decided_at\":").append(decidedAt);
+        if (arm != null) {
+            b.append(",\"arm\":");
+            str(b, arm);
+        }
+        b.append('}');
         return b.toString().getBytes(StandardCharsets.UTF_8);
     }
 
