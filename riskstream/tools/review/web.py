@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from flask import Flask, Response, abort, g, redirect, render_template, request
+from markupsafe import Markup
 
 from udfs.events import EVENT_TYPES
 from udfs.policy import DEFAULT_RULES
@@ -49,8 +50,10 @@ def neutralise(v):
         return v
     if v.isascii() and v.isprintable():
         return v
-    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
-                   else f"<U+{ord(ch):04X}>" for ch in v)
+    shown = "&lt;U+{:04X}&gt;" if isinstance(v, Markup) else "<U+{:04X}>"  # Markup (a macro's output): as HTML
+    out = "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
+                  else shown.format(ord(ch)) for ch in v)
+    return Markup(out) if isinstance(v, Markup) else out
 
 
 def safe_next(nxt: str | None) -> str:
