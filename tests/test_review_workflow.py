@@ -495,3 +495,19 @@ def test_every_new_form_needs_the_csrf_token_and_strings_are_escaped(store):
     assert 'action="/entity/card/bulk?id=u%E2%80%AEexe.png"' in page
     assert post(ana, "/entity/card/bulk?id=" + quote(bidi), verdict="fraud").status_code == 303
     assert store.case(1)["verdict"] == "fraud"
+
+
+def test_review_cli_sets_roles(tmp_path, monkeypatch, capsys):
+    import io
+
+    from riskstream.cli import main
+
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    monkeypatch.setattr("sys.stdin", io.StringIO(PW + "\n"))
+    assert main(["review", "add-user", "lea", "--role", "lead", "--password-stdin", "--db", db]) == 0
+    assert main(["review", "user", "set-role", "lea", "--role", "admin", "--db", db]) == 0
+    with pytest.raises(SystemExit, match="give --role"):
+        main(["review", "user", "set-role", "lea", "--db", db])
+    s = Store(db)
+    assert [(u["username"], u["role"]) for u in s.users()] == [("lea", "admin")]
+    assert [r["action"] for r in s.audit_trail()] == ["set_role", "add_user"]
