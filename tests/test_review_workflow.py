@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import math
 import re
 import subprocess
 import sys
@@ -511,3 +510,11 @@ def test_review_cli_sets_roles(tmp_path, monkeypatch, capsys):
     s = Store(db)
     assert [(u["username"], u["role"]) for u in s.users()] == [("lea", "admin")]
     assert [r["action"] for r in s.audit_trail()] == ["set_role", "add_user"]
+
+
+def test_an_inconclusive_verdict_is_not_counted_in_the_agreement(store):
+    feed(store, "d", [decision(1, score=0.6), decision(2, score=0.6), decision(3, score=0.2)])
+    store.close_case(1, "fraud", "", "ana")
+    store.close_case(2, "inconclusive", "", "ana")
+    store.close_case(3, "fraud", "", "ana")
+    assert store.metrics(0.5)["agreement"] == (1, 2)  # 1 agrees (0.6 fraud), 1 does not (0.2 fraud)

@@ -193,7 +193,8 @@ def contributions(record: dict, models_dir: str = str(MODELS_DIR), top: int | No
             for i, n in enumerate(names)]
     rows.sort(key=lambda r: -abs(r["logodds"]))
     rows = [r for r in rows if abs(r["logodds"]) >= 5e-4]  # the rest: at (or as good as) the reference
-    return {"rows": rows[:top] if top else rows, "zero": len(names) - len(rows), "margin": mx, "reference_margin": mb, "score": px,
+    return {"rows": rows[:top] if top else rows, "zero": len(names) - len(rows), "margin": mx,
+            "reference_margin": mb, "score": px,
             "reference_score": pb, "method": "baseline Shapley (training medians)", "reference": ref.get("source")}
 
 

@@ -920,7 +920,8 @@ class Store:
                          "ORDER BY due_at ASC NULLS LAST, case_id LIMIT 1", (user,))
             if r:
                 return r[0]
-        where = f"owner IS NULL AND ({self.OPEN_SQL}" + (" OR status = 'escalated'" if workflow.is_lead(role) else "") + ")"
+        escalated = " OR status = 'escalated'" if workflow.is_lead(role) else ""
+        where = f"owner IS NULL AND ({self.OPEN_SQL}{escalated})"
         for _ in range(20):  # another analyst may claim the same one first: then the next
             r = self.one(f"SELECT case_id FROM cases WHERE {where} ORDER BY status = 'escalated' DESC, "
                          "due_at ASC NULLS LAST, case_id LIMIT 1", (t,))
@@ -1150,7 +1151,8 @@ class Store:
         if not token or len(token) > 200:
             return None
         t = now_ms()
-        r = self.one("SELECT s.*, u.disabled, u.role FROM sessions s JOIN users u USING (username) WHERE token_hash = ?",
+        r = self.one("SELECT s.*, u.disabled, u.role FROM sessions s JOIN users u USING (username) "
+                     "WHERE token_hash = ?",
                      (token_digest(token),))
         if r is None or r["disabled"] or r["last_seen"] < t - SESSION_IDLE_MS or r["created_at"] < t - SESSION_MAX_MS:
             return None
@@ -1187,7 +1189,8 @@ class Store:
         total = self.query("SELECT kind, verdict, count(*) AS n FROM cases WHERE status = 'closed' "
                            "GROUP BY kind, verdict")
         agree = self.one("SELECT count(*) AS n, count(CASE WHEN (verdict = 'fraud') = (score >= ?) THEN 1 END) "
-                         "AS a FROM cases WHERE status = 'closed' AND score IS NOT NULL", (review_threshold,))
+                         "AS a FROM cases WHERE status = 'closed' AND verdict IN ('fraud', 'legit') "
+                         "AND score IS NOT NULL", (review_threshold,))  # inconclusive: neither agrees nor not
         pending = self.one("SELECT count(*) FROM label_outbox WHERE sent_at IS NULL")[0]
         oldest = c.get("oldest_review_decided_at")
         return {
