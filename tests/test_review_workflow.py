@@ -415,6 +415,10 @@ def test_bulk_verdict_on_a_user_one_label_each(store):
     got = labels(store)
     assert sorted(c for c, _, _ in got) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 12] and {lb for _, _, lb in got} == {"fraud"}
     assert store.case(3)["status"] == "open" and store.case(11)["status"] == "open"
+    # the user's decision history shows each case's verdict, linked; bob's case still open
+    page = ana.get("/entity/user?id=ring-u").get_data(as_text=True)
+    assert '<a href="/cases/1">#1</a> fraud' in page and '<a href="/cases/3">#3</a> open' in page
+    assert '<a href="/cases/1">#1</a> fraud' in ana.get("/cases/2").get_data(as_text=True)  # "this user's"
     # again: nothing is open any more, nothing more is sent
     post(ana, "/entity/user/bulk?id=ring-u", verdict="fraud")
     assert len(labels(store)) == 10

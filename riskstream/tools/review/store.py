@@ -767,12 +767,15 @@ class Store:
         r = self.one("SELECT body FROM events WHERE event_id = ? AND user_id = ?", (case["event_id"], case["user_id"]))
         return orjson.loads(r["body"]) if r else None
 
+    HISTORY_COLS = ("d.event_id, d.user_id, d.device_id, d.ip, d.payment_ref, d.event_type, d.decision, d.score, "
+                    "d.reasons, d.event_ts, d.decided_at, k.case_id, k.status AS case_status, k.verdict")
+
     def recent(self, column: str, value: str, limit: int = 20) -> list[Row]:
-        assert column in ("user_id", "device_id")
-        return self.query(f"SELECT event_id, user_id, device_id, ip, payment_ref, event_type, decision, score, "
-                          f"reasons, event_ts, "
-                          f"decided_at FROM decisions WHERE {column} = ? ORDER BY event_ts DESC NULLS LAST LIMIT ?",
-                          (value, limit))
+        """A user's, device's, ip's or card's latest decisions, each with its case and verdict (if any)."""
+        assert column in ENTITY_KINDS.values()
+        return self.query(f"SELECT {self.HISTORY_COLS} FROM decisions d LEFT JOIN cases k ON k.event_id = d.event_id "
+                          f"AND k.user_id = d.user_id WHERE d.{column} = ? ORDER BY d.event_ts DESC NULLS LAST, "
+                          "d.off DESC LIMIT ?", (value, limit))
 
     def ruleset(self, version: str | None) -> dict | None:
         r = self.one("SELECT body FROM rulesets WHERE version = ?", (version,)) if version else None
@@ -990,9 +993,7 @@ class Store:
         """A user, device, ip or card: its recent decisions, its cases with their verdicts, and the other
         entities seen with it (in its decisions and cases), each with how often."""
         col = ENTITY_KINDS[kind]
-        decisions = self.query(f"SELECT event_id, user_id, device_id, ip, payment_ref, event_type, decision, score, "
-                               f"event_ts, decided_at FROM decisions WHERE {col} = ? ORDER BY event_ts DESC NULLS LAST "
-                               "LIMIT ?", (value, limit))
+        decisions = self.recent(col, value, limit)
         links = {}
         for other, ocol in ENTITY_KINDS.items():
             if other == kind:
