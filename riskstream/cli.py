@@ -167,16 +167,23 @@ def cmd_review(a) -> int:
                 raise SystemExit("riskstream review add-user: give the user name")
             store = Store(a.db)
             pw, generated = read_password(f"password for {a.username} (empty: generate one): ")
-            store.add_user(a.username, pw, by=f"cli:{getpass.getuser()}")
-            print(f"[review] user {a.username} added" + (f"; password (shown once): {pw}" if generated else ""))
+            store.add_user(a.username, pw, by=f"cli:{getpass.getuser()}", role=a.role or "analyst")
+            print(f"[review] user {a.username} added ({a.role or 'analyst'})"
+                  + (f"; password (shown once): {pw}" if generated else ""))
             return 0
         if a.action == "user":
             what, name = a.username, a.user_name
-            if what not in ("disable", "enable", "reset-password") or not name:
-                raise SystemExit("riskstream review user: disable NAME, enable NAME or reset-password NAME")
+            if what not in ("disable", "enable", "reset-password", "set-role") or not name:
+                raise SystemExit("riskstream review user: disable NAME, enable NAME, reset-password NAME or "
+                                 "set-role NAME --role analyst|lead|admin")
+            if what == "set-role" and not a.role:
+                raise SystemExit("riskstream review user set-role NAME: give --role analyst, lead or admin")
             store = Store(a.db)
             by = f"cli:{getpass.getuser()}"
-            if what == "reset-password":
+            if what == "set-role":
+                store.set_role(name, a.role, by=by)
+                print(f"[review] user {name} is now {a.role}; their sessions ended")
+            elif what == "reset-password":
                 pw, generated = read_password(f"new password for {name} (empty: generate one): ")
                 store.reset_password(name, pw, by=by)
                 print(f"[review] password of {name} reset; their sessions ended"
@@ -1136,10 +1143,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and their verdicts go to the labels topic")
     p.add_argument("action", choices=["serve", "ingest", "add-user", "user"],
                    help="serve: the pages and the consumer; ingest: the consumer only; add-user: an analyst; "
-                        "user disable|enable|reset-password NAME: an analyst's access")
+                        "user disable|enable|reset-password|set-role NAME: an analyst's access")
     p.add_argument("username", nargs="?", help="add-user: the analyst's user name; user: disable, enable or "
                                                "reset-password")
     p.add_argument("user_name", nargs="?", metavar="NAME", help="user ...: the analyst's user name")
+    p.add_argument("--role", choices=["analyst", "lead", "admin"], default=None,
+                   help="add-user (default analyst), user set-role: analyst (works cases), lead (also decides "
+                        "escalated cases, approves overturned blocks, reopens, assigns, reads the audit trail) or "
+                        "admin (as lead)")
     p.add_argument("--password-stdin", action="store_true", help="add-user, user reset-password: read the password "
                                                                    "from stdin (else prompt; empty: generate one)")
     default_db = env_or("review_db", "sqlite:///" + str(paths.home() / "review" / "review.db"))

@@ -213,8 +213,10 @@ def test_verdict_needs_the_csrf_token_and_bad_requests_change_nothing(client, st
     r = client.post("/cases/1/verdict", data={"verdict": "fraud", "note": "ring", "csrf_token": token})
     assert r.status_code == 303 and store.case(1)["verdict"] == "fraud"
     assert client.post("/cases/1/verdict", data={"verdict": "legit", "csrf_token": token}).status_code == 409
-    # a block is overturned the same way
+    # a block is overturned the same way, with a second person's approval (a lead's): no label before it
     assert client.post("/cases/2/verdict", data={"verdict": "legit", "csrf_token": token}).status_code == 303
+    assert store.case(2)["status"] == "approval" and len(store.pending_labels()) == 1
+    store.act(2, "approve", "lea", "lead")
     assert [orjson.loads(r["body"])["label"] for r in store.pending_labels()] == ["fraud", "legit"]
     assert [{k: orjson.loads(r["body"])[k] for k in ("ip", "payment_ref")} for r in store.pending_labels()] == \
         [{"ip": "1.2.3.4", "payment_ref": None}, {"ip": "1.2.3.4", "payment_ref": "c-2"}]

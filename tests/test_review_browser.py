@@ -177,7 +177,7 @@ def test_analyst_works_a_review_case_in_the_browser(kafka_bootstrap, tmp_path):
                                                                     svc.store.queue("review", limit=1000)]
         shots = os.environ.get("RISKSTREAM_REVIEW_SCREENSHOTS") or str(tmp_path)
         os.makedirs(shots, exist_ok=True)
-        driver.save_screenshot(os.path.join(shots, "review-queue.png"))
+        driver.save_screenshot(os.path.join(shots, "review-job-queue.png"))
 
         # the injection attempt renders as text: no script ran, no element was injected
         inject = cases[sent[-1]["event_id"]]
@@ -196,7 +196,7 @@ def test_analyst_works_a_review_case_in_the_browser(kafka_bootstrap, tmp_path):
         _after_navigation(driver, "score")
         assert "rule:big_order" in driver.page_source and target["event_id"] in driver.page_source
         assert driver.find_element("id", "score").text
-        driver.save_screenshot(os.path.join(shots, "review-case.png"))
+        driver.save_screenshot(os.path.join(shots, "review-job-case.png"))
         driver.find_element("id", "note").send_keys("card holder confirmed: not them")
 
         # a forged POST with the session but without the CSRF token is refused and changes nothing
@@ -207,7 +207,9 @@ def test_analyst_works_a_review_case_in_the_browser(kafka_bootstrap, tmp_path):
 
         driver.find_element("id", "verdict-fraud").click()
         driver.find_element("id", "submit-verdict").click()
-        assert _after_navigation(driver, "done").text.startswith(f"Case {case_id} closed")
+        assert _after_navigation(driver, "done").text.startswith(f"Case {case_id} closed")  # on the next case
+        assert driver.find_element("id", "owner").text == "ana"  # claimed for her
+        driver.get(svc.url + "/")
         assert not driver.find_elements("css selector", f"a[href='/cases/{case_id}']")  # left the queue
         assert driver.find_element("id", "open-review").text == str(len(sent) - 1)
         status, _, metrics = request(svc.url, path="/metrics", cookie=cookie)

@@ -202,6 +202,11 @@ def test_pages_never_wait_on_a_stopped_broker(own_broker, tmp_path):
                                                     "password": "correct horse battery", "next": "/"})
             assert r.status_code == 200 and "rs_session" in http.cookies, r.text[:300]
             sessions[u] = http
+            k = users.index(u)  # each analyst claims their five cases (a verdict then goes on to the next of them)
+            token = re.search(r'name="csrf_token" value="([^"]+)"', http.get(svc.url + "/").text).group(1)
+            for case_id in range(1 + 5 * k, 6 + 5 * k):
+                assert http.post(svc.url + f"/cases/{case_id}/act", data={"action": "claim", "csrf_token": token},
+                                 allow_redirects=False).status_code == 303
         own_broker.signal(signal.SIGSTOP)
         times: list[tuple[str, float, int]] = []
         lock = threading.Lock()

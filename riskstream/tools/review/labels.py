@@ -9,7 +9,8 @@ and marks each label sent with its partition and offset. One cycle:
    broker's transaction coordinator completes or aborts whatever an earlier producer of this id left open
    (this process's last attempt, a killed service's) and bumps the producer epoch, so a copy still being
    retried by that earlier producer is refused from now on (fenced).
-2. Read the outbox (after 1). A label already attempted may be on the topic: look for it with a
+2. Read the outbox (after 1; a row per label: a case's first label, then any correction after a reopen,
+   in the order given). A label already attempted may be on the topic: look for it with a
    ``read_committed`` reader. Only committed copies count, and after 1 no earlier copy can still be committed
    or land: a copy is either visible now or never will be.
 3. Mark the rest attempted, then send them in one transaction, wait for the broker's acknowledgement and
@@ -136,14 +137,14 @@ class LabelSender:
             if row["attempted_at"] is not None:
                 found = self.already_on_topic(row["event_id"], orjson.loads(row["body"]), row["attempted_at"])
                 if found:
-                    self.store.label_sent(row["case_id"], *found, found=True)
+                    self.store.label_sent(row["id"], *found, found=True)
                     done += 1
                     continue
             to_send.append(row)
         if not to_send:
             return done
         ids = [r["case_id"] for r in to_send]
-        self.store.label_attempts(ids)  # 3
+        self.store.label_attempts([r["id"] for r in to_send])  # 3
         p.begin_transaction()
         self.step("begin", ids)
         futures = [p.send(self.topic, key=r["event_id"].encode(), value=r["body"].encode()) for r in to_send]
@@ -156,7 +157,7 @@ class LabelSender:
             raise TimeoutError(f"the labels transaction did not commit within {self.timeout_ms} ms")
         self.step("committed", ids)
         for r, md in zip(to_send, mds):  # 4
-            self.store.label_sent(r["case_id"], md.partition, md.offset)
+            self.store.label_sent(r["id"], md.partition, md.offset)
         return done + len(to_send)
 
     def run(self, every_s: float = 2.0, max_backoff_s: float = 15.0) -> None:

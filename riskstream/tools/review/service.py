@@ -121,7 +121,7 @@ def serve_demo(bootstrap: str, cfg, cases: int, port: int = 8765, log=sys.stderr
         ingest=IngestSettings(bootstrap, cfg.decisions_topic, events_topic=cfg.events_topic,
                               control_topic=cfg.control_topic)), log=log)
     user, password = "demo-" + secrets.token_hex(3), random_password()
-    svc.store.add_user(user, password, by="riskstream demo")
+    svc.store.add_user(user, password, by="riskstream demo", role="admin")  # sees the audit trail too
     svc.start()
     t0 = time.monotonic()
     while svc.store.one("SELECT count(*) FROM cases")[0] < cases and time.monotonic() - t0 < deadline_s:

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import orjson
 
+from . import workflow
+from .workflow import WorkflowError
+
 # The tables, once for both databases: {id} is the auto-numbered key, {i64} a 64-bit integer (offsets and
 # millisecond times), {f64} a double. The audit trail's triggers are each backend's own (AUDIT_TRIGGERS).
 SCHEMA = """
@@ -92,9 +95,59 @@ CREATE TABLE IF NOT EXISTS audit (
 
 APPEND_ONLY = "the audit trail is append-only"
 
-VERDICTS = ("fraud", "legit")
+# Schema changes after the first version, in order: a store created by an older riskstream is brought up to
+# date at start (one transaction per step, its number kept in meta.schema_version; a new store runs them
+# too, so every store has gone the same way). Each step is a list of statements (the SCHEMA placeholders)
+# and, optionally, a function run in the same transaction (backfills).
+MIGRATIONS: list[tuple[list[str], str | None]] = [
+    # 2: the case workflow (claim, statuses, approval, priority and due time, search keys), notes, roles,
+    # corrected labels (an outbox row per label, revision 1, 2, ...), ip and card in the decision history
+    ([
+        "ALTER TABLE cases ADD COLUMN owner TEXT",
+        "ALTER TABLE cases ADD COLUMN claimed_at {i64}",
+        "ALTER TABLE cases ADD COLUMN snooze_until {i64}",
+        "ALTER TABLE cases ADD COLUMN proposed TEXT",
+        "ALTER TABLE cases ADD COLUMN proposed_by TEXT",
+        "ALTER TABLE cases ADD COLUMN amount {f64}",
+        "ALTER TABLE cases ADD COLUMN currency TEXT",
+        "ALTER TABLE cases ADD COLUMN ip TEXT",
+        "ALTER TABLE cases ADD COLUMN payment_ref TEXT",
+        "ALTER TABLE cases ADD COLUMN due_at {i64}",
+        "ALTER TABLE cases ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX cases_user ON cases (user_id)",
+        "CREATE INDEX cases_device ON cases (device_id)",
+        "CREATE INDEX cases_ip ON cases (ip)",
+        "CREATE INDEX cases_card ON cases (payment_ref)",
+        "CREATE INDEX cases_due ON cases (status, kind, due_at)",
+        "ALTER TABLE decisions ADD COLUMN ip TEXT",
+        "ALTER TABLE decisions ADD COLUMN payment_ref TEXT",
+        "CREATE INDEX decisions_ip ON decisions (ip, event_ts)",
+        "CREATE INDEX decisions_card ON decisions (payment_ref, event_ts)",
+        "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'analyst'",
+        "CREATE TABLE case_notes (id {id}, case_id {i64} NOT NULL REFERENCES cases (case_id), at {i64} NOT NULL, "
+        "author TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL)",
+        "CREATE INDEX case_notes_case ON case_notes (case_id, id)",
+        "CREATE TABLE label_outbox2 (id {id}, case_id {i64} NOT NULL REFERENCES cases (case_id), "
+        "revision INTEGER NOT NULL, event_id TEXT NOT NULL, label TEXT NOT NULL, body TEXT NOT NULL, "
+        "created_at {i64} NOT NULL, attempted_at {i64}, sent_at {i64}, sent_part INTEGER, sent_offset {i64}, "
+        "UNIQUE (case_id, revision))",
+        "INSERT INTO label_outbox2 (case_id, revision, event_id, label, body, created_at, attempted_at, sent_at, "
+        "sent_part, sent_offset) SELECT case_id, 1, event_id, (SELECT verdict FROM cases k WHERE k.case_id = "
+        "o.case_id), body, created_at, attempted_at, sent_at, sent_part, sent_offset FROM label_outbox o "
+        "ORDER BY case_id",
+        "DROP TABLE label_outbox",
+        "ALTER TABLE label_outbox2 RENAME TO label_outbox",
+        "CREATE INDEX label_outbox_pending ON label_outbox (sent_at, id)",
+    ], "backfill_v2"),
+]
+
+VERDICTS = workflow.VERDICTS
 KINDS = ("review", "block")
-SORTS = ("oldest", "score")
+SORTS = ("oldest", "score", "due")
+VIEWS = ("open", "mine", "escalated", "approval", "snoozed", "closed")
+PAGE = 50
+MAX_PAGE = 200
+ENTITY_KINDS = {"user": "user_id", "device": "device_id", "ip": "ip", "card": "payment_ref"}
 MAX_NOTE = 2000
 SESSION_IDLE_MS = 2 * 3600 * 1000
 SESSION_MAX_MS = 12 * 3600 * 1000
@@ -415,6 +468,7 @@ def token_digest(token: str) -> str:
 class Session:
     username: str
     csrf: str
+    role: str = "analyst"
 
 
 @dataclass(frozen=True)
@@ -435,7 +489,64 @@ class Store:
         self.url = self.backend.describe()  # without a password
         self.local = threading.local()
         self.backend.create_schema(self.conn())  # idempotent (IF NOT EXISTS)
+        self.migrate()
         dummy_hash()  # made now, so no sign-in pays for it
+
+    # -- schema versions -------------------------------------------------------------------------------
+
+    SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+    def schema_version(self, c=None) -> int:
+        r = (c or self.conn()).execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        return int(r[0]) if r else 1
+
+    def migrate(self) -> list[int]:
+        """Bring the store to :attr:`SCHEMA_VERSION`, one transaction per step (two services starting at once
+        take turns: SQLite's write lock, PostgreSQL's advisory lock). Returns the steps run."""
+        done = []
+        if self.schema_version() >= self.SCHEMA_VERSION:
+            return done  # nothing to change: a role without ALTER privileges starts too
+        for n, (statements, fn) in enumerate(MIGRATIONS, start=2):
+            with self.tx() as c:
+                self.backend.lock_key(c, "schema")
+                if self.schema_version(c) >= n:
+                    continue
+                for sql in statements:
+                    c.execute(sql.format(**self.backend.types))
+                if fn:
+                    getattr(self, fn)(c)
+                c.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (name) DO UPDATE SET "
+                          "value = excluded.value", (str(n),))
+            done.append(n)
+        return done
+
+    @staticmethod
+    def case_keys(record: dict, event: dict | None) -> dict:
+        """The search and triage fields of a case: ip and card from the decision record (else the event),
+        amount from the event (else the record's ``amount`` feature), currency from the event."""
+        ev = event or {}
+        feats = record.get("features") if isinstance(record.get("features"), dict) else {}
+        out = {}
+        for k in ("ip", "payment_ref"):
+            v = record.get(k) if k in record else ev.get(k)
+            out[k] = v if isinstance(v, str) and "\x00" not in v else None
+        amount = ev.get("amount", feats.get("amount"))
+        out["amount"] = float(amount) if isinstance(amount, (int, float)) and not isinstance(amount, bool) \
+            and amount == amount and abs(amount) < 1e300 else None
+        cur = ev.get("currency")
+        out["currency"] = cur[:16] if isinstance(cur, str) and "\x00" not in cur else None
+        return out
+
+    def backfill_v2(self, c) -> None:
+        """Step 2's backfill: the new case columns from each case's record and event, the due time."""
+        for r in c.execute("SELECT case_id, kind, score, decided_at, record, event_id, user_id FROM cases").fetchall():
+            ev = c.execute("SELECT body FROM events WHERE event_id = ? AND user_id = ?",
+                           (r["event_id"], r["user_id"])).fetchone()
+            keys = self.case_keys(orjson.loads(r["record"]), orjson.loads(ev["body"]) if ev else None)
+            c.execute("UPDATE cases SET ip = ?, payment_ref = ?, amount = ?, currency = ?, due_at = ? "
+                      "WHERE case_id = ?", (keys["ip"], keys["payment_ref"], keys["amount"], keys["currency"],
+                                            workflow.due_at(r["kind"], r["decided_at"], r["score"], keys["amount"]),
+                                            r["case_id"]))
 
     def conn(self):
         """This thread's connection: a ``sqlite3.Connection``, or for PostgreSQL one that takes the same SQL."""
@@ -514,6 +625,10 @@ class Store:
         if done is None:
             c.execute("INSERT INTO events VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (eid, uid, body, t))
             n["events"] += 1
+            cur = ev.get("currency")
+            if isinstance(cur, str) and "\x00" not in cur:  # the case came first: its currency from the event
+                c.execute("UPDATE cases SET currency = ? WHERE event_id = ? AND user_id = ? AND currency IS NULL",
+                          (cur[:16], eid, uid))
 
     @staticmethod
     def ingest_decision(c, r: Consumed, d: dict, t: int, n: dict) -> None:
@@ -532,20 +647,29 @@ class Store:
         rules = [_text(x[5:]) for x in reasons if isinstance(x, str) and x.startswith("rule:")] \
             if isinstance(reasons, list) else []
         record = _text(r.value.decode())
-        c.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ip = d.get("ip") if isinstance(d.get("ip"), str) else None
+        card = d.get("payment_ref") if isinstance(d.get("payment_ref"), str) else None
+        ip, card = _text(ip), _text(card)
+        c.execute("INSERT INTO decisions (topic, part, off, decision_id, event_id, user_id, device_id, event_type, "
+                  "decision, score, model_version, reasons, event_ts, decided_at, consumed_at, ip, payment_ref) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (r.topic, r.part, r.offset, _text(d.get("decision_id")), eid, uid, did, etype, kind,
-                   score, model, orjson.dumps(reasons).decode(), event_ts, decided_at, t))
+                   score, model, orjson.dumps(reasons).decode(), event_ts, decided_at, t, ip, card))
         n["decisions"] += 1
         if kind == "allow":
             c.execute("DELETE FROM events WHERE event_id = ? AND user_id = ?", (eid, uid))
             return
+        ev = c.execute("SELECT body FROM events WHERE event_id = ? AND user_id = ?", (eid, uid)).fetchone()
+        keys = Store.case_keys(d, orjson.loads(ev["body"]) if ev else None)
         row = c.execute(
             "INSERT INTO cases (event_id, user_id, device_id, event_type, kind, score, shadow_score, "
-            "shadow_decision, model_version, rules_version, record, event_ts, decided_at, opened_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, user_id) DO NOTHING "
-            "RETURNING case_id",
+            "shadow_decision, model_version, rules_version, record, event_ts, decided_at, opened_at, ip, "
+            "payment_ref, amount, currency, due_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, user_id) "
+            "DO NOTHING RETURNING case_id",
             (eid, uid, did, etype, kind, score, shadow_score, shadow_decision, model, rules_v, record, event_ts,
-             decided_at, t)).fetchone()
+             decided_at, t, keys["ip"], keys["payment_ref"], keys["amount"], keys["currency"],
+             workflow.due_at(kind, decided_at, score, keys["amount"]))).fetchone()
         if row is not None:  # a re-decision of the same event (replay, new model) keeps the first case
             for rule in rules:
                 c.execute("INSERT INTO case_rules VALUES (?, ?) ON CONFLICT DO NOTHING", (row[0], rule))
@@ -561,9 +685,27 @@ class Store:
 
     # -- the queue -------------------------------------------------------------------------------------
 
-    def queue(self, kind: str = "review", sort: str = "oldest", event_type: str | None = None,
-              rule: str | None = None, model_version: str | None = None, limit: int = 200) -> list[Row]:
-        where, args = ["status = 'open'", "kind = ?"], [kind]
+    OPEN_SQL = "(status = 'open' OR (status = 'snoozed' AND snooze_until <= ?))"
+
+    def _view(self, view: str, kind: str | None, user: str | None, t: int) -> tuple[list[str], list]:
+        if view == "open":
+            return [self.OPEN_SQL], [t]
+        if view == "mine":
+            return [f"({self.OPEN_SQL} OR status = 'escalated') AND owner = ?"], [t, user]
+        if view == "snoozed":
+            return ["status = 'snoozed' AND snooze_until > ?"], [t]
+        return ["status = ?"], [view]
+
+    def queue(self, kind: str | None = "review", sort: str = "oldest", event_type: str | None = None,
+              rule: str | None = None, model_version: str | None = None, limit: int = 200, offset: int = 0,
+              view: str = "open", user: str | None = None, count: bool = False):
+        """A page of the cases in ``view`` (open: the queue, snoozed ones whose time came included; mine: the
+        open cases ``user`` claimed; escalated; approval: overturns awaiting a second person; snoozed;
+        closed) of ``kind`` (None: both), filtered and sorted; ``count``: their number instead."""
+        where, args = self._view(view, kind, user, now_ms())
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
         if event_type:
             where.append("event_type = ?")
             args.append(event_type)
@@ -573,35 +715,47 @@ class Store:
         if rule:
             where.append("case_id IN (SELECT case_id FROM case_rules WHERE rule = ?)")
             args.append(rule)
+        if count:
+            return self.one(f"SELECT count(*) FROM cases WHERE {' AND '.join(where)}", args)[0]
         # NULLS spelled out: the two databases place them differently by default
-        order = ("decided_at ASC NULLS FIRST, case_id ASC" if sort == "oldest"
-                 else "score IS NULL, score DESC, case_id ASC")
-        return self.query(f"SELECT case_id, event_id, user_id, device_id, event_type, kind, score, shadow_score, "
-                          f"model_version, decided_at, opened_at, record FROM cases WHERE {' AND '.join(where)} "
-                          f"ORDER BY {order} LIMIT ?", (*args, limit))
+        order = {"oldest": "decided_at ASC NULLS FIRST, case_id ASC",
+                 "score": "score IS NULL, score DESC, case_id ASC",
+                 "due": "due_at ASC NULLS LAST, case_id ASC"}[sort]
+        return self.query(f"SELECT {self.CASE_COLS} FROM cases WHERE {' AND '.join(where)} "
+                          f"ORDER BY {order} LIMIT ? OFFSET ?", (*args, limit, offset))
+
+    CASE_COLS = ("case_id, event_id, user_id, device_id, event_type, kind, score, shadow_score, model_version, "
+                 "decided_at, opened_at, event_ts, record, status, verdict, analyst, owner, snooze_until, "
+                 "proposed, proposed_by, amount, currency, ip, payment_ref, due_at, closed_at")
 
     def queue_facets(self, kind: str) -> dict:
         """Open cases of a kind by event type, rule and model version (the filters and their counts)."""
-        base = "FROM cases WHERE status = 'open' AND kind = ?"
+        t = now_ms()
+        base = f"FROM cases WHERE {self.OPEN_SQL} AND kind = ?"
         return {
             "event_type": [(r[0], r[1]) for r in self.query(
-                f"SELECT event_type, count(*) {base} GROUP BY event_type ORDER BY 2 DESC, 1 NULLS FIRST", (kind,))],
+                f"SELECT event_type, count(*) {base} GROUP BY event_type ORDER BY 2 DESC, 1 NULLS FIRST", (t, kind))],
             "model_version": [(r[0], r[1]) for r in self.query(
                 f"SELECT model_version, count(*) {base} GROUP BY model_version ORDER BY 2 DESC, 1 NULLS FIRST",
-                (kind,))],
+                (t, kind))],
             "rule": [(r[0], r[1]) for r in self.query(
-                "SELECT rule, count(*) FROM case_rules JOIN cases USING (case_id) WHERE status = 'open' AND "
-                "kind = ? GROUP BY rule ORDER BY 2 DESC, 1", (kind,))],
+                f"SELECT rule, count(*) FROM case_rules JOIN cases USING (case_id) WHERE {self.OPEN_SQL} AND "
+                "kind = ? GROUP BY rule ORDER BY 2 DESC, 1", (t, kind))],
         }
 
-    def counts(self) -> dict:
+    def counts(self, user: str | None = None) -> dict:
+        t = now_ms()
         out = {"open_review": 0, "open_block": 0}
-        for r in self.query("SELECT kind, count(*) AS n, min(decided_at) AS oldest FROM cases WHERE status = 'open' "
-                            "GROUP BY kind"):
+        for r in self.query(f"SELECT kind, count(*) AS n, min(decided_at) AS oldest FROM cases WHERE {self.OPEN_SQL} "
+                            "GROUP BY kind", (t,)):
             out[f"open_{r['kind']}"] = r["n"]
             out[f"oldest_{r['kind']}_decided_at"] = r["oldest"]
-        r = self.one("SELECT count(*) FROM cases WHERE status = 'closed'")
-        out["closed"] = r[0]
+        for view in ("closed", "escalated", "approval"):
+            out[view] = self.one("SELECT count(*) FROM cases WHERE status = ?", (view,))[0]
+        out["snoozed"] = self.one("SELECT count(*) FROM cases WHERE status = 'snoozed' AND snooze_until > ?", (t,))[0]
+        out["breached"] = self.one(f"SELECT count(*) FROM cases WHERE {self.OPEN_SQL} AND due_at < ?", (t, t))[0]
+        if user:
+            out["mine"] = self.queue(None, view="mine", user=user, count=True)
         return out
 
     def case(self, case_id: int):
@@ -613,53 +767,247 @@ class Store:
         r = self.one("SELECT body FROM events WHERE event_id = ? AND user_id = ?", (case["event_id"], case["user_id"]))
         return orjson.loads(r["body"]) if r else None
 
+    HISTORY_COLS = ("d.event_id, d.user_id, d.device_id, d.ip, d.payment_ref, d.event_type, d.decision, d.score, "
+                    "d.reasons, d.event_ts, d.decided_at, k.case_id, k.status AS case_status, k.verdict")
+
     def recent(self, column: str, value: str, limit: int = 20) -> list[Row]:
-        assert column in ("user_id", "device_id")
-        return self.query(f"SELECT event_id, user_id, device_id, event_type, decision, score, reasons, event_ts, "
-                          f"decided_at FROM decisions WHERE {column} = ? ORDER BY event_ts DESC NULLS LAST LIMIT ?",
-                          (value, limit))
+        """A user's, device's, ip's or card's latest decisions, each with its case and verdict (if any)."""
+        assert column in ENTITY_KINDS.values()
+        return self.query(f"SELECT {self.HISTORY_COLS} FROM decisions d LEFT JOIN cases k ON k.event_id = d.event_id "
+                          f"AND k.user_id = d.user_id WHERE d.{column} = ? ORDER BY d.event_ts DESC NULLS LAST, "
+                          "d.off DESC LIMIT ?", (value, limit))
 
     def ruleset(self, version: str | None) -> dict | None:
         r = self.one("SELECT body FROM rulesets WHERE version = ?", (version,)) if version else None
         return orjson.loads(r["body"]) if r else None
 
     def case_labels(self, case_id: int):
-        return self.one("SELECT * FROM label_outbox WHERE case_id = ?", (case_id,))
+        """The case's newest label (None: none), as the outbox holds it."""
+        return self.one("SELECT * FROM label_outbox WHERE case_id = ? ORDER BY revision DESC LIMIT 1", (case_id,))
 
-    # -- verdicts and the label outbox ---------------------------------------------------------------
+    def case_label_history(self, case_id: int) -> list[Row]:
+        return self.query("SELECT * FROM label_outbox WHERE case_id = ? ORDER BY revision", (case_id,))
 
-    def close_case(self, case_id: int, verdict: str, note: str, analyst: str, remote: str | None = None) -> dict:
-        """Record the verdict and the label to send, with the audit entry, in one transaction. A case takes
-        one verdict: a second one is refused (409), so a case never has two labels."""
-        if verdict not in VERDICTS:
-            raise StoreError(400, f"verdict must be one of {', '.join(VERDICTS)}")
+    def notes(self, case_id: int) -> list[Row]:
+        return self.query("SELECT * FROM case_notes WHERE case_id = ? ORDER BY id", (case_id,))
+
+    # -- the workflow: verdicts, claims, statuses and the label outbox --------------------------------
+
+    @staticmethod
+    def _check_note(note: str) -> None:
         if len(note) > MAX_NOTE:
             raise StoreError(400, f"the note is limited to {MAX_NOTE} characters")
         if "\x00" in note:
             raise StoreError(400, "the note has a NUL character")
+
+    def close_case(self, case_id: int, verdict: str, note: str, analyst: str, remote: str | None = None,
+                   role: str = "analyst") -> dict | None:
+        """A verdict (``fraud``, ``legit``, ``inconclusive``): see :meth:`act`. Returns the label it sends
+        (None: none, e.g. an overturned block awaiting approval). A closed case takes no second verdict (409)."""
+        if verdict not in workflow.CLOSING:
+            raise StoreError(400, f"verdict must be one of {', '.join(workflow.CLOSING)}")
+        return self.act(case_id, verdict, analyst, role, note=note, remote=remote)["label"]
+
+    def act(self, case_id: int, action: str, user: str, role: str, note: str = "", remote: str | None = None,
+            snooze_until: int | None = None, assignee: str | None = None, c=None) -> dict:
+        """One workflow step (:func:`workflow.decide`) on a case, with its label (if it sends one), its note and
+        its audit entry, in one transaction. Returns ``{"case_id", "status", "label"}``."""
+        self._check_note(note)
         if not 0 < case_id < INT64:
             raise StoreError(404, f"no case {case_id}")
+        if action == "snooze":
+            if snooze_until is None or not now_ms() < snooze_until <= now_ms() + workflow.MAX_SNOOZE_MS:
+                raise StoreError(400, "snooze until a time in the next 30 days")
+        if action == "assign":
+            if assignee is not None and self.one("SELECT 1 FROM users WHERE username = ? AND disabled = 0",
+                                                 (assignee,)) is None:
+                raise StoreError(400, f"no active user {assignee!r} to assign the case to")
+        if c is None:
+            with self.tx() as c:
+                return self._act(c, case_id, action, user, role, note, remote, snooze_until, assignee)
+        return self._act(c, case_id, action, user, role, note, remote, snooze_until, assignee)
+
+    def _act(self, c, case_id, action, user, role, note, remote, snooze_until, assignee) -> dict:
         t = now_ms()
-        with self.tx() as c:
-            case = c.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
-            if case is None:
-                raise StoreError(404, f"no case {case_id}")
-            closed = StoreError(409, f"case {case_id} already has a verdict ({case['verdict']} by "
-                                     f"{case['analyst']}); nothing was changed")
-            if case["status"] != "open":
-                raise closed
-            cur = c.execute("UPDATE cases SET status = 'closed', verdict = ?, note = ?, analyst = ?, closed_at = ? "
-                            "WHERE case_id = ? AND status = 'open'", (verdict, note, analyst, t, case_id))
-            if cur.rowcount != 1:  # PostgreSQL: another verdict committed between the read and the update
-                raise StoreError(409, f"case {case_id} got another verdict meanwhile; nothing was changed")
+        case = c.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+        if case is None:
+            raise StoreError(404, f"no case {case_id}")
+        last = c.execute("SELECT label, revision FROM label_outbox WHERE case_id = ? ORDER BY revision DESC LIMIT 1",
+                         (case_id,)).fetchone()
+        status = workflow.effective_status(case["status"], case["snooze_until"], t)
+        try:
+            step = workflow.decide(action, kind=case["kind"], status=status, owner=case["owner"],
+                                   proposed_by=case["proposed_by"], proposed=case["proposed"], user=user, role=role,
+                                   last_label=last["label"] if last else None,
+                                   last_revision=last["revision"] if last else 0, assignee=assignee)
+        except WorkflowError as e:
+            if e.status == 409 and status == "closed" and action in workflow.CLOSING:
+                raise StoreError(409, f"case {case_id} already has a verdict ({case['verdict']} by "
+                                      f"{case['analyst']}); nothing was changed") from None
+            raise StoreError(e.status, f"case {case_id}: {e}") from None
+        owner = case["owner"] if step.keep_owner else step.owner
+        sets = {"status": step.status, "owner": owner, "rev": case["rev"] + 1,
+                "claimed_at": t if owner and owner != case["owner"] else (case["claimed_at"] if owner else None)}
+        if step.status == "closed":
+            sets.update(verdict=step.verdict, note=note, analyst=user if action != "approve" else case["proposed_by"],
+                        closed_at=t, proposed=None, proposed_by=None, snooze_until=None)
+            if action == "approve":
+                sets["note"] = case["note"] or note
+        elif action == "reopen":
+            sets.update(verdict=None, note=None, analyst=None, closed_at=None)
+        if step.status == "approval":
+            sets.update(proposed=step.proposed, proposed_by=user, note=note)
+        if action == "reject":
+            sets.update(proposed=None, proposed_by=None)
+        if step.status == "snoozed":
+            sets["snooze_until"] = snooze_until
+        elif case["status"] == "snoozed":
+            sets["snooze_until"] = None
+        cols = ", ".join(f"{k} = ?" for k in sets)
+        cur = c.execute(f"UPDATE cases SET {cols} WHERE case_id = ? AND status = ? AND rev = ?",
+                        (*sets.values(), case_id, case["status"], case["rev"]))
+        if cur.rowcount != 1:  # PostgreSQL: another step committed between the read and the update
+            raise StoreError(409, f"case {case_id} changed meanwhile (another analyst); nothing was changed")
+        label = None
+        if step.label is not None:
+            verdict, revision = step.label
             label = {"event_id": case["event_id"], "user_id": case["user_id"], "device_id": case["device_id"],
                      **self._label_keys(c, case), "event_ts": case["event_ts"], "label": verdict}
-            c.execute("INSERT INTO label_outbox (case_id, event_id, body, created_at) VALUES (?, ?, ?, ?)",
-                      (case_id, case["event_id"], orjson.dumps(label).decode(), t))
-            self.audit_in(c, analyst, "verdict", f"case:{case_id}",
-                          {"verdict": verdict, "model_decision": case["kind"], "event_id": case["event_id"],
-                           "note": note}, remote, t)
-        return label
+            if revision > 1:
+                label["revision"] = revision  # a corrected label: the newest label of an event wins
+            c.execute("INSERT INTO label_outbox (case_id, revision, event_id, label, body, created_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?)", (case_id, revision, case["event_id"], verdict,
+                                                   orjson.dumps(label).decode(), t))
+        if note:
+            c.execute("INSERT INTO case_notes (case_id, at, author, kind, body) VALUES (?, ?, ?, ?, ?)",
+                      (case_id, t, user, action, note))
+        detail = {"model_decision": case["kind"], "event_id": case["event_id"], "status": step.status}
+        if action in workflow.CLOSING:
+            detail = {"verdict": action, **detail}
+        if note:
+            detail["note"] = note
+        if step.label is not None:
+            detail["label"], detail["revision"] = step.label
+        if action == "snooze":
+            detail["until"] = snooze_until
+        if action == "assign":
+            detail["assignee"] = assignee
+        self.audit_in(c, user, "verdict" if action in workflow.CLOSING else action, f"case:{case_id}", detail,
+                      remote, t)
+        return {"case_id": case_id, "status": step.status, "label": label}
+
+    def add_note(self, case_id: int, author: str, body: str, remote: str | None = None) -> None:
+        body = body.strip()
+        if not body:
+            raise StoreError(400, "the note is empty")
+        self._check_note(body)
+        with self.tx() as c:
+            if c.execute("SELECT 1 FROM cases WHERE case_id = ?", (case_id,)).fetchone() is None:
+                raise StoreError(404, f"no case {case_id}")
+            c.execute("INSERT INTO case_notes (case_id, at, author, kind, body) VALUES (?, ?, ?, 'note', ?)",
+                      (case_id, now_ms(), author, body))
+            self.audit_in(c, author, "note", f"case:{case_id}", {"note": body}, remote, now_ms())
+
+    def next_case(self, user: str, role: str, remote: str | None = None) -> int | None:
+        """The case ``user`` should work next, claimed for them: their own open (or, for a lead, escalated)
+        cases first; a lead then gets an overturn to approve (not their own) or an unclaimed escalated case;
+        then the unclaimed open case due first. None when there is none."""
+        t = now_ms()
+        mine = self.one(f"SELECT case_id FROM cases WHERE owner = ? AND ({self.OPEN_SQL}"
+                        + (" OR status = 'escalated'" if workflow.is_lead(role) else "")
+                        + ") ORDER BY due_at ASC NULLS LAST, case_id LIMIT 1", (user, t))
+        if mine:
+            return mine[0]
+        if workflow.is_lead(role):
+            r = self.one("SELECT case_id FROM cases WHERE status = 'approval' AND proposed_by <> ? "
+                         "ORDER BY due_at ASC NULLS LAST, case_id LIMIT 1", (user,))
+            if r:
+                return r[0]
+        escalated = " OR status = 'escalated'" if workflow.is_lead(role) else ""
+        where = f"owner IS NULL AND ({self.OPEN_SQL}{escalated})"
+        for _ in range(20):  # another analyst may claim the same one first: then the next
+            r = self.one(f"SELECT case_id FROM cases WHERE {where} ORDER BY status = 'escalated' DESC, "
+                         "due_at ASC NULLS LAST, case_id LIMIT 1", (t,))
+            if r is None:
+                return None
+            try:
+                self.act(r[0], "claim", user, role, remote=remote)
+                return r[0]
+            except StoreError as e:
+                if e.status != 409:
+                    raise
+        return None
+
+    def entity_cases(self, kind: str, value: str, view: str = "all") -> list[Row]:
+        col = ENTITY_KINDS[kind]
+        where = "" if view == "all" else f" AND {self.OPEN_SQL}"
+        args = (value,) if view == "all" else (value, now_ms())
+        return self.query(f"SELECT {self.CASE_COLS} FROM cases WHERE {col} = ?{where} ORDER BY decided_at DESC "
+                          "NULLS LAST, case_id DESC LIMIT 500", args)
+
+    def bulk(self, kind: str, value: str, verdict: str, user: str, role: str, note: str = "",
+             remote: str | None = None) -> dict:
+        """The same verdict on every open case of one user, device, ip or card that ``user`` may decide (not
+        claimed by someone else, unless ``user`` is a lead), in one transaction: a label each (exactly once,
+        through the outbox), an overturned block each awaiting approval. Returns the case ids by outcome."""
+        if kind not in ENTITY_KINDS:
+            raise StoreError(400, f"kind must be one of {', '.join(ENTITY_KINDS)}")
+        if verdict not in workflow.CLOSING:
+            raise StoreError(400, f"verdict must be one of {', '.join(workflow.CLOSING)}")
+        self._check_note(note)
+        out = {"closed": [], "approval": [], "skipped": []}
+        col = ENTITY_KINDS[kind]
+        with self.tx() as c:
+            rows = c.execute(f"SELECT case_id, owner FROM cases WHERE {col} = ? AND {self.OPEN_SQL} ORDER BY case_id",
+                             (value, now_ms())).fetchall()
+            for r in rows:
+                if r["owner"] not in (None, user) and not workflow.is_lead(role):
+                    out["skipped"].append(r["case_id"])
+                    continue
+                res = self._act(c, r["case_id"], verdict, user, role, note, remote, None, None)
+                out["approval" if res["status"] == "approval" else "closed"].append(r["case_id"])
+            self.audit_in(c, user, "bulk_verdict", f"{kind}:{value}",
+                          {"verdict": verdict, **{k: v for k, v in out.items() if v}}, remote, now_ms())
+        return out
+
+    # -- search and entities ---------------------------------------------------------------------------
+
+    def search(self, q: str, limit: int = 200) -> dict:
+        """Exact matches of ``q`` as an event id, user, device, ip or card: the cases (any status), and the
+        entities known from the decision history with their number of decisions."""
+        q = q.strip()
+        if not q:
+            return {"cases": [], "entities": []}
+        cases = self.query(f"SELECT {self.CASE_COLS} FROM cases WHERE event_id = ? OR user_id = ? OR device_id = ? "
+                           "OR ip = ? OR payment_ref = ? ORDER BY decided_at DESC NULLS LAST, case_id DESC LIMIT ?",
+                           (q, q, q, q, q, limit))
+        ents = []
+        for kind, col in ENTITY_KINDS.items():
+            n = self.one(f"SELECT count(*) FROM decisions WHERE {col} = ?", (q,))[0]
+            k = self.one(f"SELECT count(*) FROM cases WHERE {col} = ?", (q,))[0]
+            if n or k:
+                ents.append({"kind": kind, "value": q, "decisions": n, "cases": k})
+        return {"cases": cases, "entities": ents}
+
+    def entity(self, kind: str, value: str, limit: int = 50) -> dict:
+        """A user, device, ip or card: its recent decisions, its cases with their verdicts, and the other
+        entities seen with it (in its decisions and cases), each with how often."""
+        col = ENTITY_KINDS[kind]
+        decisions = self.recent(col, value, limit)
+        links = {}
+        for other, ocol in ENTITY_KINDS.items():
+            if other == kind:
+                continue
+            rows = self.query(f"SELECT v, sum(n) AS n FROM (SELECT {ocol} AS v, count(*) AS n FROM decisions WHERE "
+                              f"{col} = ? AND {ocol} IS NOT NULL GROUP BY {ocol} UNION ALL SELECT {ocol}, count(*) "
+                              f"FROM cases WHERE {col} = ? AND {ocol} IS NOT NULL GROUP BY {ocol}) x GROUP BY v "
+                              "ORDER BY 2 DESC, 1 LIMIT 50", (value, value))
+            links[other] = [(r[0], r[1]) for r in rows]
+        verdicts = {r[0]: r[1] for r in self.query(
+            f"SELECT coalesce(verdict, status), count(*) FROM cases WHERE {col} = ? GROUP BY coalesce(verdict, status)",
+            (value,))}
+        return {"decisions": decisions, "cases": self.entity_cases(kind, value), "links": links,
+                "verdicts": verdicts}
 
     @staticmethod
     def _label_keys(c, case) -> dict:
@@ -674,28 +1022,31 @@ class Store:
         return {k: rec.get(k) if isinstance(rec.get(k), str) else None for k in ("ip", "payment_ref")}
 
     def pending_labels(self, limit: int | None = None) -> list[Row]:
-        return self.query("SELECT * FROM label_outbox WHERE sent_at IS NULL ORDER BY case_id"
+        """Labels not yet on the topic, in the order they were given (a correction after its original)."""
+        return self.query("SELECT * FROM label_outbox WHERE sent_at IS NULL ORDER BY id"
                           + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
 
-    def label_attempts(self, case_ids: list[int]) -> None:
-        """Mark labels attempted (before they are sent): a later cycle looks for them on the topic first."""
+    def label_attempts(self, ids: list[int]) -> None:
+        """Mark outbox rows attempted (before they are sent): a later cycle looks for them on the topic first."""
         t = now_ms()
         with self.tx() as c:
-            for case_id in case_ids:
-                c.execute("UPDATE label_outbox SET attempted_at = ? WHERE case_id = ? AND attempted_at IS NULL",
-                          (t, case_id))
+            for i in ids:
+                c.execute("UPDATE label_outbox SET attempted_at = ? WHERE id = ? AND attempted_at IS NULL", (t, i))
 
-    def label_sent(self, case_id: int, part: int, offset: int, found: bool = False) -> None:
+    def label_sent(self, outbox_id: int, part: int, offset: int, found: bool = False) -> None:
         with self.tx() as c:
-            cur = c.execute("UPDATE label_outbox SET sent_at = ?, sent_part = ?, sent_offset = ? WHERE case_id = ? "
-                            "AND sent_at IS NULL", (now_ms(), part, offset, case_id))
-            if cur.rowcount:
-                self.audit_in(c, "service", "label_sent", f"case:{case_id}",
-                              {"partition": part, "offset": offset, "recovered": found}, None, now_ms())
+            row = c.execute("UPDATE label_outbox SET sent_at = ?, sent_part = ?, sent_offset = ? WHERE id = ? "
+                            "AND sent_at IS NULL RETURNING case_id, revision", (now_ms(), part, offset,
+                                                                               outbox_id)).fetchone()
+            if row is not None:
+                detail = {"partition": part, "offset": offset, "recovered": found}
+                if row["revision"] > 1:
+                    detail["revision"] = row["revision"]
+                self.audit_in(c, "service", "label_sent", f"case:{row['case_id']}", detail, None, now_ms())
 
     # -- analysts and sessions -----------------------------------------------------------------------
 
-    def add_user(self, username: str, password: str, by: str = "cli") -> None:
+    def add_user(self, username: str, password: str, by: str = "cli", role: str = "analyst") -> None:
         if not username or len(username) > 64 or not username.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise StoreError(400, "a user name is 1-64 letters, digits, '.', '-' or '_'")
         if len(password) < 12:
@@ -703,8 +1054,25 @@ class Store:
         with self.tx() as c:
             if c.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
                 raise StoreError(409, f"user {username!r} exists")
-            c.execute("INSERT INTO users VALUES (?, ?, ?, 0)", (username, hash_password(password), now_ms()))
-            self.audit_in(c, by, "add_user", f"user:{username}", None, None, now_ms())
+            if role not in workflow.ROLES:
+                raise StoreError(400, f"a role is one of {', '.join(workflow.ROLES)}")
+            c.execute("INSERT INTO users (username, pw_hash, created_at, disabled, role) VALUES (?, ?, ?, 0, ?)",
+                      (username, hash_password(password), now_ms(), role))
+            self.audit_in(c, by, "add_user", f"user:{username}", {"role": role} if role != "analyst" else None,
+                          None, now_ms())
+
+    def set_role(self, username: str, role: str, by: str = "cli") -> None:
+        """analyst, lead or admin (see :mod:`.workflow`); the user's sessions end, so the new role holds at once."""
+        if role not in workflow.ROLES:
+            raise StoreError(400, f"a role is one of {', '.join(workflow.ROLES)}")
+        with self.tx() as c:
+            if c.execute("UPDATE users SET role = ? WHERE username = ?", (role, username)).rowcount != 1:
+                raise StoreError(404, f"no user {username!r}")
+            c.execute("DELETE FROM sessions WHERE username = ?", (username,))
+            self.audit_in(c, by, "set_role", f"user:{username}", {"role": role}, None, now_ms())
+
+    def users(self) -> list[Row]:
+        return self.query("SELECT username, role, disabled FROM users ORDER BY username")
 
     def authenticate(self, username: str, password: str) -> bool:
         """One scrypt whether the user exists, is disabled or not: the time does not tell which."""
@@ -773,24 +1141,26 @@ class Store:
     def new_session(self, username: str) -> tuple[str, Session]:
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         t = now_ms()
+        role = self.one("SELECT role FROM users WHERE username = ?", (username,))
         with self.tx() as c:
             c.execute("DELETE FROM sessions WHERE last_seen < ? OR created_at < ?", (t - SESSION_IDLE_MS,
                                                                                      t - SESSION_MAX_MS))
             c.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)", (token_digest(token), username, csrf, t, t))
-        return token, Session(username, csrf)
+        return token, Session(username, csrf, role[0] if role else "analyst")
 
     def session(self, token: str | None) -> Session | None:
         if not token or len(token) > 200:
             return None
         t = now_ms()
-        r = self.one("SELECT s.*, u.disabled FROM sessions s JOIN users u USING (username) WHERE token_hash = ?",
+        r = self.one("SELECT s.*, u.disabled, u.role FROM sessions s JOIN users u USING (username) "
+                     "WHERE token_hash = ?",
                      (token_digest(token),))
         if r is None or r["disabled"] or r["last_seen"] < t - SESSION_IDLE_MS or r["created_at"] < t - SESSION_MAX_MS:
             return None
         if t - r["last_seen"] > 60_000:
             with self.tx() as c:
                 c.execute("UPDATE sessions SET last_seen = ? WHERE token_hash = ?", (t, r["token_hash"]))
-        return Session(r["username"], r["csrf"])
+        return Session(r["username"], r["csrf"], r["role"])
 
     def end_session(self, token: str) -> None:
         with self.tx() as c:
@@ -820,7 +1190,8 @@ class Store:
         total = self.query("SELECT kind, verdict, count(*) AS n FROM cases WHERE status = 'closed' "
                            "GROUP BY kind, verdict")
         agree = self.one("SELECT count(*) AS n, count(CASE WHEN (verdict = 'fraud') = (score >= ?) THEN 1 END) "
-                         "AS a FROM cases WHERE status = 'closed' AND score IS NOT NULL", (review_threshold,))
+                         "AS a FROM cases WHERE status = 'closed' AND verdict IN ('fraud', 'legit') "
+                         "AND score IS NOT NULL", (review_threshold,))  # inconclusive: neither agrees nor not
         pending = self.one("SELECT count(*) FROM label_outbox WHERE sent_at IS NULL")[0]
         oldest = c.get("oldest_review_decided_at")
         return {

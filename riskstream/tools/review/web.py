@@ -20,11 +20,13 @@ from urllib.parse import urlsplit
 
 import orjson
 from flask import Flask, Response, abort, g, redirect, render_template, request
+from markupsafe import Markup
 
 from udfs.events import EVENT_TYPES
 from udfs.policy import DEFAULT_RULES
 
-from .store import KINDS, MAX_NOTE, SORTS, VERDICTS, Store, StoreError
+from . import explain, workflow
+from .store import ENTITY_KINDS, KINDS, MAX_NOTE, MAX_PAGE, PAGE, SORTS, VIEWS, Store, StoreError, now_ms
 
 SESSION_COOKIE = "rs_session"
 LOGIN_CSRF_COOKIE = "rs_login_csrf"
@@ -48,8 +50,10 @@ def neutralise(v):
         return v
     if v.isascii() and v.isprintable():
         return v
-    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
-                   else f"<U+{ord(ch):04X}>" for ch in v)
+    shown = "&lt;U+{:04X}&gt;" if isinstance(v, Markup) else "<U+{:04X}>"  # Markup (a macro's output): as HTML
+    out = "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
+                  else shown.format(ord(ch)) for ch in v)
+    return Markup(out) if isinstance(v, Markup) else out
 
 
 def safe_next(nxt: str | None) -> str:
@@ -127,6 +131,53 @@ def fmt_ts(ms) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{int(ms) % 1000:03d}Z"
 
 
+def fmt_when(ms) -> str:
+    """A date and time to the second, UTC."""
+    if ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + " UTC"
+
+
+def fmt_num(v, digits: int = 4) -> str:
+    """A number as an analyst reads it: integers whole (with thousands separators), others to ``digits``
+    significant digits (no float noise: 19.060000000000002 -> 19.06), durations in ms left to :func:`fmt_ms`."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        return str(v)
+    if float(v).is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"
+    r = float(f"{v:.{digits}g}")  # the significant digits, the float noise gone
+    if r.is_integer():
+        return f"{int(r):,}"
+    return f"{r:,.12f}".rstrip("0").rstrip(".")
+
+
+def fmt_feature(name: str, v) -> str:
+    """A feature's value with its unit: ``*_ms`` ages and gaps as a duration, the rest as :func:`fmt_num`."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and name.endswith("_ms"):
+        return fmt_duration(v)
+    return fmt_num(v)
+
+
+def fmt_duration(ms) -> str:
+    if ms is None:
+        return "-"
+    s = abs(ms) / 1000
+    sign = "-" if ms < 0 else ""
+    if s < 1:
+        return f"{sign}{abs(ms):.0f} ms"
+    if s < 120:
+        return f"{sign}{s:.0f} s"
+    if s < 7200:
+        return f"{sign}{s / 60:.0f} min"
+    if s < 172800:
+        return f"{sign}{s / 3600:.1f} h"
+    return f"{sign}{s / 86400:.1f} d"
+
+
 def fmt_age(ms) -> str:
     if ms is None:
         return "-"
@@ -138,6 +189,17 @@ def fmt_age(ms) -> str:
     if s < 172800:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} d"
+
+
+def parse_when(v: str) -> int:
+    """``YYYY-MM-DDTHH:MM`` (a datetime-local field, UTC) -> epoch ms; else a 400."""
+    import calendar
+
+    try:
+        t = time.strptime(v.strip()[:16], "%Y-%m-%dT%H:%M")
+    except ValueError:
+        abort(400, "until is a date and time, YYYY-MM-DDTHH:MM (UTC)")
+    return calendar.timegm(t) * 1000
 
 
 def rule_conditions(store: Store, record: dict) -> list[dict]:
@@ -169,6 +231,10 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
     app.config.update(MAX_CONTENT_LENGTH=64 * 1024, TEMPLATES_AUTO_RELOAD=False)
     app.jinja_env.filters["ts"] = fmt_ts
     app.jinja_env.filters["age"] = fmt_age
+    app.jinja_env.filters["when"] = fmt_when
+    app.jinja_env.filters["num"] = fmt_num
+    app.jinja_env.filters["dur"] = fmt_duration
+    app.jinja_env.filters["feature"] = fmt_feature
     app.jinja_env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
     app.jinja_env.autoescape = True  # every template, whatever its extension
     app.jinja_env.finalize = neutralise  # every displayed value: no control or bidi characters
@@ -181,6 +247,7 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
         return render_template("error.html", status=status, message=message), status
 
     @app.errorhandler(400)
+    @app.errorhandler(403)
     @app.errorhandler(404)
     @app.errorhandler(405)
     @app.errorhandler(413)
@@ -296,14 +363,37 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
         resp.delete_cookie(SESSION_COOKIE)
         return resp
 
+    def me() -> tuple[str, str]:
+        return g.session.username, g.session.role
+
+    def page_arg() -> int:
+        p = request.args.get("page", "1")
+        if not p.isdigit() or not 1 <= int(p) <= 100_000:
+            abort(400, "page is a number from 1")
+        return int(p)
+
+    def case_rows(cases) -> list[dict]:
+        t = now_ms()
+        rows = []
+        for c in cases:
+            rec = orjson.loads(c["record"])
+            d = dict(c)
+            d.pop("record", None)
+            rows.append({**d, "reasons": rec.get("reasons") or [],
+                         "priority": workflow.priority(c["score"], c["amount"], c["decided_at"], c["due_at"], t),
+                         "breached": c["status"] not in ("closed",) and workflow.breached(c["due_at"], t)})
+        return rows
+
     @app.get("/")
     def queue():
         a = request.args
-        kind, sort = a.get("kind", "review"), a.get("sort", "oldest")
-        if kind not in KINDS:
-            abort(400, f"kind must be one of {', '.join(KINDS)}")
+        kind, sort, view = a.get("kind", "review"), a.get("sort", "oldest"), a.get("view", "open")
+        if kind not in (*KINDS, "all"):
+            abort(400, f"kind must be one of {', '.join(KINDS)} or all")
         if sort not in SORTS:
             abort(400, f"sort must be one of {', '.join(SORTS)}")
+        if view not in VIEWS:
+            abort(400, f"view must be one of {', '.join(VIEWS)}")
         event_type = a.get("event_type") or None
         if event_type and event_type not in EVENT_TYPES:
             abort(400, f"unknown event type (one of {', '.join(EVENT_TYPES)})")
@@ -311,16 +401,28 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
         for name, v in (("rule", rule), ("model_version", model)):
             if v is not None and len(v) > 128:
                 abort(400, f"{name} is at most 128 characters")
-        cases = store.queue(kind, sort, event_type, rule, model)
-        rows = []
-        for c in cases:
-            rec = orjson.loads(c["record"])
-            rows.append({**dict(c), "reasons": rec.get("reasons") or []})
-        counts = store.counts()
-        return render_template("queue.html", cases=rows, counts=counts, facets=store.queue_facets(kind), kind=kind,
-                               sort=sort, f={"event_type": event_type, "rule": rule, "model_version": model},
-                               oldest=counts.get(f"oldest_{kind}_decided_at"), done=a.get("done", type=int),
-                               event_types=EVENT_TYPES)
+        page = page_arg()
+        per = a.get("per", str(PAGE))
+        if not per.isdigit() or not 1 <= int(per) <= MAX_PAGE:
+            abort(400, f"per is a number from 1 to {MAX_PAGE}")
+        per = int(per)
+        k = None if kind == "all" else kind
+        args = dict(kind=k, sort=sort, event_type=event_type, rule=rule, model_version=model, view=view,
+                    user=g.session.username)
+        total = store.queue(count=True, **args)
+        cases = store.queue(limit=per, offset=(page - 1) * per, **args)
+        counts = store.counts(g.session.username)
+        pages = max(1, (total + per - 1) // per)
+        keep = {k2: v for k2, v in (("kind", kind), ("view", view), ("sort", sort), ("event_type", event_type),
+                                    ("rule", rule), ("model_version", model), ("per", per if per != PAGE else None))
+                if v}
+        return render_template("queue.html", cases=case_rows(cases), counts=counts,
+                               facets=store.queue_facets(k or "review"), kind=kind, sort=sort, view=view,
+                               f={"event_type": event_type, "rule": rule, "model_version": model},
+                               oldest=counts.get(f"oldest_{k or 'review'}_decided_at"), done=a.get("done", type=int),
+                               event_types=EVENT_TYPES, page=page, pages=pages, total=total, per=per, keep=keep,
+                               first=(page - 1) * per + 1 if cases else 0, last=(page - 1) * per + len(cases),
+                               empty=a.get("empty"))
 
     @app.get("/cases/<int:case_id>")
     def case(case_id: int):
@@ -329,28 +431,116 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
             abort(404, f"no case {case_id}")
         rec = orjson.loads(c["record"])
         rules = rule_conditions(store, rec)
-        read = {cond["name"] for r in rules for cond in r["conditions"]}
         feats = rec.get("features") or {}
-        numeric = [(k, v) for k, v in feats.items() if isinstance(v, (int, float)) and k not in read]
-        largest = sorted(numeric, key=lambda kv: -abs(kv[1]))[:8]
+        contrib = explain.contributions(rec)
+        user, role = me()
+        t = now_ms()
+        status = workflow.effective_status(c["status"], c["snooze_until"], t)
         store.audit(g.session.username, "view_case", f"case:{case_id}", None, remote())
-        return render_template("case.html", c=c, rec=rec, event=store.case_event(c), rules=rules, largest=largest,
-                               features=feats, by_user=store.recent("user_id", c["user_id"]),
-                               by_device=store.recent("device_id", c["device_id"]), label=store.case_labels(case_id),
-                               verdicts=VERDICTS, max_note=MAX_NOTE)
+        return render_template(
+            "case.html", c=c, rec=rec, event=store.case_event(c), rules=rules, contrib=contrib, features=feats,
+            by_user=store.recent("user_id", c["user_id"]), by_device=store.recent("device_id", c["device_id"]),
+            label=store.case_labels(case_id), labels=store.case_label_history(case_id), notes=store.notes(case_id),
+            status=status, lead=workflow.is_lead(role), me=user, max_note=MAX_NOTE,
+            priority=workflow.priority(c["score"], c["amount"], c["decided_at"], c["due_at"], t),
+            breached=status != "closed" and workflow.breached(c["due_at"], t),
+            users=[u for u in store.users() if not u["disabled"]] if workflow.is_lead(role) else [],
+            done=request.args.get("done", type=int), done_status=request.args.get("status"),
+            snooze_default=fmt_when(t + 4 * 3600_000)[:16].replace(" ", "T"))
+
+    def go_next(done: int | None, status: str | None = None):
+        """After a verdict (or an escalation, a snooze): the next case, claimed; else the queue."""
+        user, role = me()
+        nxt = store.next_case(user, role, remote())
+        q = f"done={done}&status={status}" if done else ""
+        if nxt is None:
+            return redirect(f"/?{q}&empty=1" if q else "/?empty=1", code=303)
+        return redirect(f"/cases/{nxt}" + (f"?{q}" if q else ""), code=303)
 
     @app.post("/cases/<int:case_id>/verdict")
     def verdict(case_id: int):
         v, note = request.form.get("verdict", ""), request.form.get("note", "")
-        if v not in VERDICTS:
-            abort(400, f"verdict must be one of {', '.join(VERDICTS)}")
-        store.close_case(case_id, v, note.strip(), g.session.username, remote())
-        if on_verdict is not None:
+        if v not in workflow.CLOSING:
+            abort(400, f"verdict must be one of {', '.join(workflow.CLOSING)}")
+        user, role = me()
+        res = store.act(case_id, v, user, role, note=note.strip(), remote=remote())
+        if res["label"] is not None and on_verdict is not None:
             on_verdict()
-        return redirect(f"/?done={case_id}", code=303)
+        return go_next(case_id, res["status"])
+
+    @app.post("/next")
+    def next_case():
+        return go_next(None)
+
+    @app.post("/cases/<int:case_id>/act")
+    def act(case_id: int):
+        f = request.form
+        action, note = f.get("action", ""), f.get("note", "").strip()
+        if action not in ("claim", "release", "assign", "escalate", "snooze", "reopen", "approve", "reject"):
+            abort(400, "action must be claim, release, assign, escalate, snooze, reopen, approve or reject")
+        until = None
+        if action == "snooze":
+            until = parse_when(f.get("until", ""))
+        assignee = (f.get("assignee") or None) if action == "assign" else None
+        user, role = me()
+        res = store.act(case_id, action, user, role, note=note, remote=remote(), snooze_until=until,
+                        assignee=assignee)
+        if res["label"] is not None and on_verdict is not None:
+            on_verdict()
+        if action in ("escalate", "snooze", "approve", "reject"):
+            return go_next(case_id, res["status"])
+        return redirect(f"/cases/{case_id}", code=303)
+
+    @app.post("/cases/<int:case_id>/notes")
+    def add_note(case_id: int):
+        store.add_note(case_id, g.session.username, request.form.get("note", ""), remote())
+        return redirect(f"/cases/{case_id}#notes", code=303)
+
+    def entity_arg(kind: str) -> str:
+        if kind not in ENTITY_KINDS:
+            abort(404, f"no entity kind {kind!r} (one of {', '.join(ENTITY_KINDS)})")
+        value = request.values.get("id", "")
+        if not value or len(value) > 256:
+            abort(400, "id is 1-256 characters")
+        return value
+
+    @app.get("/search")
+    def search():
+        q = request.args.get("q", "").strip()
+        if len(q) > 256:
+            abort(400, "the search is at most 256 characters")
+        found = store.search(q) if q else {"cases": [], "entities": []}
+        return render_template("search.html", q=q, cases=case_rows(found["cases"]), entities=found["entities"])
+
+    @app.get("/entity/<kind>")
+    def entity(kind: str):
+        value = entity_arg(kind)
+        e = store.entity(kind, value)
+        return render_template("entity.html", kind=kind, value=value, e=e, cases=case_rows(e["cases"]),
+                               open_n=sum(1 for c in e["cases"] if workflow.effective_status(
+                                   c["status"], c["snooze_until"], now_ms()) == "open"),
+                               bulk=request.args.get("bulk"), max_note=MAX_NOTE)
+
+    @app.post("/entity/<kind>/bulk")
+    def bulk(kind: str):
+        value = entity_arg(kind)
+        v = request.form.get("verdict", "")
+        if v not in workflow.CLOSING:
+            abort(400, f"verdict must be one of {', '.join(workflow.CLOSING)}")
+        user, role = me()
+        out = store.bulk(kind, value, v, user, role, request.form.get("note", "").strip(), remote())
+        if out["closed"] and on_verdict is not None:
+            on_verdict()
+        from urllib.parse import urlencode
+
+        summary = f"{len(out['closed'])} closed {v}, {len(out['approval'])} awaiting approval, " \
+                  f"{len(out['skipped'])} skipped (claimed by someone else)"
+        return redirect(f"/entity/{kind}?" + urlencode({"id": value, "bulk": summary}), code=303)
 
     @app.get("/audit")
     def audit():
+        if not workflow.is_lead(g.session.role):
+            abort(403, "the audit trail is for leads and admins")
         return render_template("audit.html", rows=store.audit_trail())
 
     @app.get("/metrics")
@@ -366,7 +556,7 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
             "# HELP riskstream_review_verdicts_last_hour Verdicts given in the last hour.",
             "# TYPE riskstream_review_verdicts_last_hour gauge",
             *(f'riskstream_review_verdicts_last_hour{{verdict="{v}"}} {m["verdicts_last_hour"].get(v, 0)}'
-              for v in VERDICTS),
+              for v in workflow.VERDICTS),
             "# HELP riskstream_review_verdicts_total Verdicts by the model's decision and the analyst's verdict.",
             "# TYPE riskstream_review_verdicts_total counter",
             *(f'riskstream_review_verdicts_total{{kind="{k}",verdict="{v}"}} {n}' for k, v, n in m["verdicts_total"]),
