@@ -416,6 +416,7 @@ def prepare(bootstrap: str, control_topic: str, decisions_topic: str, dead_lette
                                   "(`riskstream control split --end`)")
         state["offsets"] = {"decisions": end_offsets(bootstrap, decisions_topic),
                             "dead": end_offsets(bootstrap, dead_letter_topic)}
+        state["start_offsets"] = orjson.loads(orjson.dumps(state["offsets"]))  # where the judged period begins
         state["counts"] = {}
         state["controller"] = {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": now_ms()}
         save(path, state)
