@@ -106,6 +106,9 @@ def cmd_consume(a) -> int:
                    group_id=a.group_id, idle_ms=a.idle_ms)
 
 
+DEMO_CHALLENGER = "models/risk_gbdt_v2.onnx"
+
+
 def cmd_demo(a) -> int:
     from .tools import demo
 
@@ -116,7 +119,8 @@ def cmd_demo(a) -> int:
     broker_was_running = broker.status()["running"]
     summary = demo.run_demo(cfg, events=a.events, rate=a.rate, seed=a.seed, bad_share=a.bad_share,
                             port=a.port, keep_broker=a.keep_broker or a.review, deadline_s=a.deadline,
-                            challenger=a.challenger or None, report_path=report_path)
+                            challenger=(a.challenger or None) if not a.ab or a.challenger != DEMO_CHALLENGER else None,
+                            report_path=report_path, ab=a.ab_model if a.ab else None)
     print(demo.render(summary))
     if a.json:
         print(orjson.dumps(summary).decode())
@@ -220,6 +224,13 @@ def cmd_bench(a) -> int:
         return scale.main(argv + (["--json"] if a.json else []))
     from benchmarks import bench
 
+    if a.split:
+        res = bench.split_cost(events=a.events, parallelism=a.parallelism, rounds=a.split_rounds, seed=a.seed,
+                               checkpoint_interval_ms=a.checkpoint_interval_ms, keep=a.keep)
+        print(bench.render_split_cost(res))
+        if a.json:
+            print(orjson.dumps(res).decode())
+        return 0 if res["exact"] else 1
     names = tuple(n for n in a.contenders.split(",") if n)
     unknown = set(names) - set(bench.CONTENDERS)
     if unknown:
@@ -927,8 +938,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review-port", type=int, default=int(env_or("review_port", 8765)),
                    help="port of the review pages with --review [env RISKSTREAM_REVIEW_PORT]")
     p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
-    p.add_argument("--challenger", default="models/risk_gbdt_v2.onnx",
-                   help="shadow model sent on the control topic ('' for none)")
+    p.add_argument("--challenger", default=DEMO_CHALLENGER,
+                   help="shadow model sent on the control topic ('' for none; with --ab none unless given)")
+    p.add_argument("--ab", action="store_true",
+                   help="a 50/50 traffic split: half the users decided by --ab-model, the champion the rest; "
+                        "the summary ends with the report's per-arm lines")
+    p.add_argument("--ab-model", default="models/risk_gbdt_v2.onnx", help="with --ab: the other arm's model")
     p.add_argument("--report", default=str(paths.home() / "reports" / "demo.html"),
                    help="write the effectiveness report here ('' for none)")
     add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))
@@ -1261,6 +1276,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --keys: backends to compare (hashmap; rocksdb: the production default, incremental "
                         "checkpoints; rocksdb+changelog: the changelog over it; rocksdb+nobloom)")
     p.add_argument("--heap", default="6g", help="with --keys: -Xmx of each run's JVM")
+    p.add_argument("--split", action="store_true",
+                   help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
+                        "split on the same backlog, --split-rounds times each, alternating")
+    p.add_argument("--split-rounds", type=int, default=2, help="with --split: runs of each case [default 2]")
     p.set_defaults(fn=cmd_bench)
     return ap
 
