@@ -121,12 +121,25 @@ def _job_env() -> dict[str, str]:
 
 
 def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Path, parallelism: int,
-                     checkpoint_interval_ms: int | None, log, deadline_s: float) -> dict:
-    """The job drains the preloaded backlog (``--bounded``) and exits; its committed output is timed."""
+                     checkpoint_interval_ms: int | None, log, deadline_s: float, tag: str = "flink",
+                     control: dict | None = None) -> dict:
+    """The job drains the preloaded backlog (``--bounded``) and exits; its committed output is timed. With
+    ``control``, that message waits on the job's control topic before it starts (a split, for its cost)."""
     import subprocess
 
-    flags = _job_flags(bootstrap, events_topic, "flink", work, parallelism, checkpoint_interval_ms)
+    flags = _job_flags(bootstrap, events_topic, tag, work, parallelism, checkpoint_interval_ms)
     _job_topics(bootstrap, flags, parallelism)
+    if control is not None:
+        from kafka import KafkaProducer
+
+        from riskstream.topics import control_topic_spec, ensure_topics
+
+        ensure_topics(bootstrap, [control_topic_spec(flags["control_topic"])])
+        p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        try:
+            p.send(flags["control_topic"], orjson.dumps(control)).get(timeout=30)
+        finally:
+            p.close()
     args = [sys.executable, "-m", "riskstream.cli", "run", "--bounded"]
     for k, v in flags.items():
         args += [f"--{k.replace('_', '-')}", v]
@@ -146,7 +159,105 @@ def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Pat
     if rc != 0:
         raise RuntimeError(f"the job exited with {rc}; see {work / 'job-throughput.log'}")
     span = read_output(bootstrap, flags["decisions_topic"], expected, deadline_s=30, log=log)
-    return {"span": span, "seconds": round(time.monotonic() - t0, 1)}
+    return {"span": span, "seconds": round(time.monotonic() - t0, 1), "decisions_topic": flags["decisions_topic"]}
+
+
+# the split of the split-cost comparison: two arms, each with its own model (the champion risk_gbdt_v1)
+SPLIT_BENCH = {"kind": "split", "version": "bench-ab", "arms": [{"name": "b", "share": 0.5,
+                                                                  "path": "models/risk_gbdt_v2.onnx"}]}
+
+
+def _arm_counts(bootstrap: str, topic: str) -> dict[str, int]:
+    """Records per ``arm`` (``(none)`` without one) on a decisions topic, read to its end (read_committed)."""
+    from collections import Counter
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
+                      fetch_max_bytes=64 << 20)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        out: Counter = Counter()
+        deadline = time.monotonic() + 120
+        while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=500, max_records=50_000).values():
+                for r in recs:
+                    i = r.value.find(b'"arm":"')
+                    out["(none)" if i < 0 else r.value[i + 7:r.value.index(b'"', i + 7)].decode()] += 1
+        return dict(out)
+    finally:
+        c.close()
+
+
+def split_cost(events: int = 100_000, parallelism: int = 2, rounds: int = 2, seed: int = 11,
+               checkpoint_interval_ms: int | None = None, port: int | None = None, keep: bool = False,
+               log=sys.stderr, deadline_s: float = 900) -> dict:
+    """``riskstream bench --split``: the job's throughput on one backlog without a split and with a 2-arm
+    split (``SPLIT_BENCH``: 50 % of the users to risk_gbdt_v2, the champion risk_gbdt_v1 the rest), in the
+    same run, ``rounds`` times alternating which goes first (a shared machine's load drifts); the cost is
+    1 - median(split) / median(no split)."""
+    t_start = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = paths.home() / "bench" / f"split-{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    lay = broker.up(port=port or free_port(), partitions=parallelism, root=work / "broker", out=log)
+    bs = lay.bootstrap
+    import os
+
+    res: dict = {"kind": "split_cost", "events": events, "parallelism": parallelism, "rounds": rounds,
+                 "split": SPLIT_BENCH, "started": stamp, "load_average": {"start": round(os.getloadavg()[0], 1)},
+                 "runs": []}
+    try:
+        _log(f"generating {events:,} events (seed {seed})", log)
+        values = _events(events, seed)
+        make_topic(bs, "bench.events", parallelism)
+        _preload(bs, "bench.events", values, log)
+        del values
+        for r in range(rounds):
+            for case in (("none", "split") if r % 2 == 0 else ("split", "none")):
+                _log(f"round {r + 1}/{rounds}: the job drains {events:,} events, {case}", log)
+                thr = flink_throughput(bs, "bench.events", events, work, parallelism, checkpoint_interval_ms, log,
+                                       deadline_s, tag=f"{case}{r}", control=SPLIT_BENCH if case == "split" else None)
+                run = {"case": case, "round": r + 1, **_span_json(thr["span"], events),
+                       "arms": _arm_counts(bs, thr["decisions_topic"]),
+                       "load_average": round(os.getloadavg()[0], 1)}
+                res["runs"].append(run)
+                _log(f"{case}: {run['eps']} events/s, arms {run['arms']}", log)
+        for case in ("none", "split"):
+            eps = [x["eps"] for x in res["runs"] if x["case"] == case and x["eps"]]
+            res[f"{case}_eps"] = round(statistics.median(eps), 1) if eps else None
+        res["split_cost"] = round(1 - res["split_eps"] / res["none_eps"], 4) \
+            if res.get("split_eps") and res.get("none_eps") else None
+        res["exact"] = all(x["exact"] for x in res["runs"])
+    finally:
+        broker.down(root=lay.root, out=log)
+        if not keep:
+            import shutil
+
+            shutil.rmtree(work / "broker", ignore_errors=True)
+            for p in work.glob("checkpoints-*"):
+                shutil.rmtree(p, ignore_errors=True)
+    res["bench_seconds"] = round(time.monotonic() - t_start, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"split-cost-{stamp}.json"
+    out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
+    res["json"] = str(out.relative_to(paths.PROJECT_ROOT))
+    return res
+
+
+def render_split_cost(r: dict) -> str:
+    lines = [f"split cost: {r['events']:,} events, parallelism {r['parallelism']}, {r['rounds']} round(s) "
+             f"(load average {r['load_average']['start']} at the start)"]
+    for x in r["runs"]:
+        lines.append(f"  round {x['round']} {x['case']:<5} {x['eps'] or 0:>9,.0f} events/s  arms {x['arms']}"
+                     f"{'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+    cost = r.get("split_cost")
+    lines.append(f"no split {r.get('none_eps') or 0:,.0f} events/s, 2-arm split {r.get('split_eps') or 0:,.0f} "
+                 f"events/s (medians): cost {'n/a' if cost is None else f'{100 * cost:.1f} %'} (target <= 5 %)")
+    return "\n".join(lines)
 
 
 def _watch_count(bootstrap: str, topic: str, expected: int, proc, log, what: str) -> None:

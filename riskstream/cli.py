@@ -106,6 +106,9 @@ def cmd_consume(a) -> int:
                    group_id=a.group_id, idle_ms=a.idle_ms)
 
 
+DEMO_CHALLENGER = "models/risk_gbdt_v2.onnx"
+
+
 def cmd_demo(a) -> int:
     from .tools import demo
 
@@ -116,7 +119,8 @@ def cmd_demo(a) -> int:
     broker_was_running = broker.status()["running"]
     summary = demo.run_demo(cfg, events=a.events, rate=a.rate, seed=a.seed, bad_share=a.bad_share,
                             port=a.port, keep_broker=a.keep_broker or a.review, deadline_s=a.deadline,
-                            challenger=a.challenger or None, report_path=report_path)
+                            challenger=(a.challenger or None) if not a.ab or a.challenger != DEMO_CHALLENGER else None,
+                            report_path=report_path, ab=a.ab_model if a.ab else None)
     print(demo.render(summary))
     if a.json:
         print(orjson.dumps(summary).decode())
@@ -227,6 +231,13 @@ def cmd_bench(a) -> int:
         return scale.main(argv + (["--json"] if a.json else []))
     from benchmarks import bench
 
+    if a.split:
+        res = bench.split_cost(events=a.events, parallelism=a.parallelism, rounds=a.split_rounds, seed=a.seed,
+                               checkpoint_interval_ms=a.checkpoint_interval_ms, keep=a.keep)
+        print(bench.render_split_cost(res))
+        if a.json:
+            print(orjson.dumps(res).decode())
+        return 0 if res["exact"] else 1
     names = tuple(n for n in a.contenders.split(",") if n)
     unknown = set(names) - set(bench.CONTENDERS)
     if unknown:
@@ -548,6 +559,56 @@ def cmd_control(a) -> int:
         p.close()
     print(f"[control] sent to {a.topic} at offset {md.offset}: {raw.decode()[:200]}", file=sys.stderr)
     return 0
+
+
+def cmd_rollout(a) -> int:
+    """The canary: ``start`` writes the rollout's state and runs its controller in this process; ``resume``
+    takes over a live rollout whose controller is gone; ``status``, ``promote`` and ``rollback`` work from
+    any process (``riskstream.tools.rollout``)."""
+    from udfs.ingest import IngestError, parse_duration
+
+    from . import rollout as ro
+    from .tools import rollout as ctl
+
+    path = ctl.state_path(a.control_topic)
+    try:
+        if a.action == "start":
+            if not a.model:
+                raise ro.RolloutError("start needs --model PATH (the candidate's .onnx, its .json spec beside it)")
+            steps = ro.parse_steps(a.steps)
+            try:
+                every = parse_duration(a.every, "--every")
+            except IngestError as e:
+                raise ro.RolloutError(str(e)) from None
+            thresholds = None
+            if a.thresholds:
+                try:
+                    thresholds = tuple(float(x) for x in a.thresholds.split(","))
+                    assert len(thresholds) == 2
+                except (ValueError, AssertionError):
+                    raise ro.RolloutError(f"--thresholds REVIEW,BLOCK, got {a.thresholds!r}") from None
+            path, st = ctl.prepare(a.bootstrap_servers, a.control_topic, a.decisions_topic, a.dead_letter_topic,
+                                   a.model, steps, every, ro.parse_guardrails(a.guardrails), thresholds,
+                                   a.promote_at_end, a.id)
+            ctl.log(f"{st['id']}: {st['model_version']} through {', '.join(f'{s:g}' for s in steps)} % every "
+                    f"{every / 1000:g}s; guardrails {ro.Guardrails.from_json(st['guardrails'])}; state {path}")
+        elif a.action == "resume":
+            ctl.take_over(path)
+        elif a.action in ("promote", "rollback"):
+            st = ctl.operator(path, a.action, a.reason)
+            print(ctl.render_status(st))
+            return 0
+        else:
+            st = ctl.load(path)
+            if st is None:
+                raise ro.RolloutError(f"no rollout on control topic {a.control_topic} (no {path})")
+            print(orjson.dumps(st).decode() if a.json else ctl.render_status(st))
+            return 0
+        st = ctl.Controller(path, Path(a.models_dir), a.poll).run()
+    except ro.RolloutError as e:
+        raise SystemExit(f"riskstream rollout: {e}")
+    print(ctl.render_status(st))
+    return 0 if st.get("status") != ro.ROLLED_BACK else 3
 
 
 def cmd_features(a) -> int:
@@ -884,8 +945,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review-port", type=int, default=int(env_or("review_port", 8765)),
                    help="port of the review pages with --review [env RISKSTREAM_REVIEW_PORT]")
     p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
-    p.add_argument("--challenger", default="models/risk_gbdt_v2.onnx",
-                   help="shadow model sent on the control topic ('' for none)")
+    p.add_argument("--challenger", default=DEMO_CHALLENGER,
+                   help="shadow model sent on the control topic ('' for none; with --ab none unless given)")
+    p.add_argument("--ab", action="store_true",
+                   help="a 50/50 traffic split: half the users decided by --ab-model, the champion the rest; "
+                        "the summary ends with the report's per-arm lines")
+    p.add_argument("--ab-model", default="models/risk_gbdt_v2.onnx", help="with --ab: the other arm's model")
     p.add_argument("--report", default=str(paths.home() / "reports" / "demo.html"),
                    help="write the effectiveness report here ('' for none)")
     add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))
@@ -1133,6 +1198,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting(p, "control_topic", "--topic")
     p.set_defaults(fn=cmd_control)
 
+    p = sub.add_parser("rollout", help="a canary: move a model through traffic steps while guardrails against the "
+                                       "champion hold; a breach rolls back by itself (docs/models.md)")
+    p.add_argument("action", choices=["start", "resume", "status", "promote", "rollback"],
+                   help="start: a new rollout, its controller running here until it ends; resume: carry on a "
+                        "rollout whose controller is gone; status; promote: the candidate becomes the champion "
+                        "and the split ends; rollback: the split ends")
+    p.add_argument("--model", help="start: the candidate .onnx (its .json spec beside it), as the TaskManagers see it")
+    p.add_argument("--steps", default="1,5,25,100", help="start: the candidate's share of the users at each step, "
+                                                       "percent, increasing [default 1,5,25,100]")
+    p.add_argument("--every", default="30m", help="start: the least time at each step, e.g. 30m, 2h, 20s "
+                                                  "[default 30m]")
+    p.add_argument("--guardrails", default="",
+                   help="start: NAME=VALUE,... of block (pp, default 2), review (pp, 3), score-psi (0.5, or off), "
+                        "drift-psi (0.25, or off), drift-margin (0.1), errors (0), min-events (500 per arm), "
+                        "confidence (0.99)")
+    p.add_argument("--thresholds", metavar="REVIEW,BLOCK", help="start: the candidate's own score thresholds "
+                                                                "[default the job's]")
+    p.add_argument("--promote-at-end", action="store_true",
+                   help="start: promote by itself when the last step held (default: wait for `rollout promote`)")
+    p.add_argument("--id", help="start: the rollout's name [default ro-<unix time>]")
+    p.add_argument("--reason", help="promote/rollback: recorded in the history")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between the controller's looks [default 1]")
+    p.add_argument("--models-dir", default=str(paths.models_dir()),
+                   help="where the champion's spec (<model_version>.json) is, for the drift check")
+    p.add_argument("--json", action="store_true", help="status: the whole state as JSON")
+    p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
+    add_setting(p, "control_topic")
+    add_setting(p, "decisions_topic")
+    add_setting(p, "dead_letter_topic")
+    p.set_defaults(fn=cmd_rollout)
+
     p = sub.add_parser("features", help="print the feature spec")
     p.add_argument("--json", action="store_true",
                    help="the whole spec for another runtime: entities, buckets, features, lateness, sketch")
@@ -1191,6 +1287,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --keys: backends to compare (hashmap; rocksdb: the production default, incremental "
                         "checkpoints; rocksdb+changelog: the changelog over it; rocksdb+nobloom)")
     p.add_argument("--heap", default="6g", help="with --keys: -Xmx of each run's JVM")
+    p.add_argument("--split", action="store_true",
+                   help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
+                        "split on the same backlog, --split-rounds times each, alternating")
+    p.add_argument("--split-rounds", type=int, default=2, help="with --split: runs of each case [default 2]")
     p.set_defaults(fn=cmd_bench)
     return ap
 

@@ -120,6 +120,24 @@ class DriftMonitor:
                 self._above[j] += int(np.count_nonzero(col > self._max[j]))
                 self._below[j] += int(np.count_nonzero(col < self._min[j]))
 
+    def counts(self) -> dict:
+        """The monitor's counts, JSON-able (``load`` takes them back): a controller persists them."""
+        return {"rows": int(self.rows), "bins": [c.tolist() for c in self._counts],
+                "above": self._above.tolist(), "below": self._below.tolist()}
+
+    def load(self, counts: dict) -> None:
+        bins = counts["bins"]
+        if len(bins) != len(self._counts) or any(len(b) != len(c) for b, c in zip(bins, self._counts)):
+            raise ValueError("drift counts of another reference")
+        self.rows = int(counts["rows"])
+        self._counts = [np.asarray(b, dtype=np.int64) for b in bins]
+        self._above = np.asarray(counts["above"], dtype=np.int64)
+        self._below = np.asarray(counts["below"], dtype=np.int64)
+
+    def max_psi(self) -> float:
+        """The largest feature PSI (0 without rows)."""
+        return max((d.psi for d in self.result()), default=0.0) if self.rows else 0.0
+
     def result(self) -> list[FeatureDrift]:
         out = []
         n = max(self.rows, 1)

@@ -86,9 +86,11 @@ def summarize(labels: dict[str, dict], decisions: dict[str, dict], dead: list[di
 
 def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: float, port: int,
              partitions: int = 2, deadline_s: float = 600, keep_broker: bool = False, log=sys.stderr,
-             challenger: str | None = None, report_path: str | None = None) -> dict:
+             challenger: str | None = None, report_path: str | None = None, ab: str | None = None) -> dict:
     """With ``challenger`` (an .onnx path), a shadow model scores alongside (sent on the control topic);
-    with ``report_path``, the effectiveness report is written there from the decisions and labels."""
+    with ``ab`` (an .onnx path), a 50/50 traffic split (``AB_SPLIT``) of the champion and that model decides,
+    applied before any event is sent; with ``report_path``, the effectiveness report is written there from
+    the decisions and labels (per arm with ``ab``)."""
     from kafka import KafkaConsumer
 
     from pipelines import decision_job
@@ -119,6 +121,23 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
                    ).get(timeout=30)
             p.close()
             print(f"[demo] challenger {challenger} sent on {cfg.control_topic}", file=log, flush=True)
+        if ab:
+            from kafka import KafkaProducer
+
+            split = ab_split(ab)
+            p = KafkaProducer(bootstrap_servers=lay.bootstrap, acks="all")
+            p.send(cfg.control_topic, orjson.dumps(split)).get(timeout=30)
+            p.close()
+            want = 1 + bool(challenger)
+            t_end = time.monotonic() + 60
+            rest = f"http://127.0.0.1:{rest_port}"
+            while flink_rest.user_counters(rest, job_id, ("control_applied",)).get("control_applied", 0) < want:
+                if time.monotonic() > t_end:
+                    raise TimeoutError(f"the split was not applied within 60s (dead letters on "
+                                       f"{cfg.dead_letter_topic} say why)")
+                time.sleep(0.3)  # polling interval
+            print(f"[demo] split {split['version']} applied: 50 % of the users decided by {ab}, the champion the "
+                  "rest", file=log, flush=True)
         records = list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(events))
         labels = {r.label["event_id"]: r.label for r in records}
         expected_dead = sum(1 for r in records if r.raw is not None)
@@ -186,6 +205,13 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
                     "false_positive_rate")
             summary["report"] = {"path": str(report_path), "text": report.render_text(fig),
                                  "headline": {k: v for k, v in fig["headline"].items() if not isinstance(v, dict)}}
+            if fig.get("arms"):
+                summary["report"]["arms"] = {"verdicts": fig["arms"]["verdicts"],
+                                             **{a["arm"]: {"events": a["events"], "model_versions": a["model_versions"],
+                                                           **{k: a[k]["rate"] for k in ("block_rate", "review_rate",
+                                                                                        "catch_rate",
+                                                                                        "false_positive_rate")}}
+                                                for a in fig["arms"]["arms"]}}
             cc = fig.get("champion_challenger")
             if cc:
                 summary["report"]["champion_vs_challenger"] = {
@@ -201,6 +227,12 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
                 print(f"[demo] cancel: {e}", file=log)
         if not was_running and not keep_broker:
             broker.down(out=log)
+
+
+def ab_split(model: str) -> dict:
+    """The demo's 50/50 split: arm v2 (``model``) against the champion, by user."""
+    return {"kind": "split", "version": "demo-ab", "key": "user", "salt": "demo",
+            "arms": [{"name": "v2", "share": 0.5, "path": model}]}
 
 
 def render(summary: dict) -> str:
