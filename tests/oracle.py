@@ -11,8 +11,10 @@ from udfs.features import LABEL_AGGS, MISSING, features_for
 def oracle_features(entity: str, arrived: list, lateness: int, features=None) -> list[tuple[list[float], bool]]:
     """``arrived``: events of ONE key in arrival order, and labels for the key as
     ``("label", (user_id, event_id), event_ts, "fraud"|"legit")`` where they arrive (ids are per user). Returns (values, late) per event.
-    An event at or after the key's expiry (its newest stored event + longest horizon + lateness) finds the
-    key fresh; labels are not part of the expiry. A label counts for every event after it: the labelled
+    An event at or after the key's expiry (its newest stored event + longest reach + lateness) finds the
+    key fresh; labels are not part of the expiry. An event after a quiet gap of the longest horizon without
+    offsets + lateness finds the key started over (age, since-previous, windows) but for the delayed
+    shares' event counts. A label counts for every event after it: the labelled
     event's newest label decides, fraud labels are kept while their event time is within the longest label
     horizon plus offset plus its bucket of the newest kept one.
 
@@ -29,6 +31,8 @@ def oracle_features(entity: str, arrived: list, lateness: int, features=None) ->
         elif f.horizon_ms and f.agg != "fraud_labels":
             max_h[f.bucket_ms] = max(max_h.get(f.bucket_ms, 0), f.horizon_ms)
     retention = max((f.horizon_ms or 0) + f.offset_ms for f in feats) + lateness
+    fresh = max((f.horizon_ms or 0) for f in feats) + lateness  # quiet this long: a new key but for delayed counts
+    start = 0  # kept[start:]: the events since the key last started over
     keep = max((f.horizon_ms + f.offset_ms + f.bucket_ms for f in feats if f.agg in LABEL_AGGS), default=0)
     fraud: dict = {}  # labelled-fraud events known so far: (user_id, event_id) -> event time
     kept: list = []  # events stored (non-late)
@@ -42,18 +46,20 @@ def oracle_features(entity: str, arrived: list, lateness: int, features=None) ->
                 fraud = {e: t for e, t in fraud.items() if t >= max(fraud.values()) - keep}
             continue
         if kept and ev.ts >= max(e.ts for e in kept) + retention:
-            kept = []  # the key expired: everything before is forgotten
-        last_prev = max((e.ts for e in kept), default=None)
+            kept, start = [], 0  # the key expired: everything before is forgotten
+        elif kept and ev.ts >= max(e.ts for e in kept) + fresh:
+            start = len(kept)  # the key starts over: only the delayed shares' counts still see the events before
+        last_prev = max((e.ts for e in kept[start:]), default=None)
         late = last_prev is not None and ev.ts < last_prev - lateness
         last_now = last_prev if late else (ev.ts if last_prev is None else max(last_prev, ev.ts))
-        pool = kept + [ev]
+        pool = kept[start:] + [ev]
         vals = []
         for f in feats:
             if f.agg == "since_prev":
                 vals.append(float(max(ev.ts - last_prev, 0)) if last_prev is not None else MISSING)
                 continue
             if f.agg == "age":
-                vals.append(float(ev.ts - min(e.ts for e in kept + [ev])))
+                vals.append(float(ev.ts - min(e.ts for e in pool)))
                 continue
             g, h = f.bucket_ms, f.horizon_ms
             hi = (ev.ts // g) * g - f.offset_ms

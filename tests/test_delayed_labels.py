@@ -165,17 +165,18 @@ def test_delayed_label_windows_by_hand():
 
 
 def test_spec_switch_and_declaration():
-    """Off (the shipped spec): FEATURES are the base features the models were trained on, fingerprint
-    unchanged. On: each delayed feature follows its entity's; an offset is data in the spec document."""
+    """On (the shipped spec): FEATURES are the base features plus the delayed ones, each after its entity's,
+    the shipped models trained on them; off: the base features alone. An offset is data in the spec
+    document."""
     import json
     from pathlib import Path
 
     from udfs.chain import spec_document
 
-    assert FEATURES == BASE_FEATURES == spec_features(False)
+    assert FEATURES == DELAYED == spec_features(True) and BASE_FEATURES == spec_features(False)
     for v in ("v1", "v2"):
         model = json.loads((Path(__file__).parent.parent / "models" / f"risk_gbdt_{v}.json").read_text())
-        assert model["feature_fingerprint"] == spec_fingerprint(BASE_FEATURES)
+        assert model["feature_fingerprint"] == spec_fingerprint(DELAYED) == spec_fingerprint()
     assert spec_fingerprint(DELAYED) != spec_fingerprint(BASE_FEATURES)
     assert [f.entity for f in DELAYED] == [f.entity for f in sorted(
         DELAYED, key=lambda f: ("event", "user", "ip", "device", "payment").index(f.entity))]
@@ -188,30 +189,39 @@ def test_spec_switch_and_declaration():
     assert ent["device"]["retention_ms"] == 37 * DAY + 60_000 == retention_ms("device", 60_000, DELAYED)
     assert ent["ip"]["retention_ms"] == 14 * DAY + 60_000
     assert ent["device"]["label_keep_ms"] == 38 * DAY and ent["user"]["retention_ms"] == 30 * DAY + 60_000
+    # ... but they start over after their undelayed horizons, as without the delayed windows
+    assert ent["device"]["fresh_ms"] == ent["user"]["fresh_ms"] == ent["user"]["retention_ms"]
+    assert ent["ip"]["fresh_ms"] == 7 * DAY + 60_000 < ent["ip"]["retention_ms"]
     with pytest.raises(ValueError, match="only label features"):
         Feature("x", "device", "count", horizon_ms=DAY, offset_ms=DAY)
     with pytest.raises(ValueError, match="multiple of the horizon's bucket"):
         Feature("x", "device", "fraud_labels", horizon_ms=7 * DAY, offset_ms=DAY + HOUR)
 
 
-def test_a_device_back_within_horizon_plus_offset_is_not_fresh():
-    """With the delayed windows, a device's events 35 days back still count for its 30-day window 7 days
-    back, so the key is kept 37 days: its age carries over where the base spec starts it afresh."""
+def test_a_device_back_after_its_horizons_starts_over_but_its_delayed_counts_live_on():
+    """With the delayed windows a device's events 35 days back still count for its 30-day window 7 days back,
+    so its delayed counts are kept 37 days; everything else starts over after 30 days (+ lateness) of quiet,
+    as without them: age 0, no previous event, empty windows (a returning device is not an old one)."""
     from udfs.chain import Chain
 
     a = Event("a", "payment", "u1", "dev", "ip1", 5.0, "EUR", T0)
     b = Event("b", "payment", "u2", "dev", "ip2", 5.0, "EUR", T0 + 35 * DAY)
+    c = Event("c", "payment", "u3", "dev", "ip3", 5.0, "EUR", T0 + 35 * DAY + HOUR)
     names = [f.name for e in ("user", "ip", "device", "payment") for f in features_for(e, DELAYED)]
     ch = Chain(features=DELAYED)
     ch.process(a)
     ch.label("a", "u1", "dev", a.ts, "fraud")
     v = dict(zip(names, ch.process(b)[0]))
-    assert v["device_age_ms"] == 35 * DAY
+    assert v["device_age_ms"] == 0 and v["device_events_30d"] == 1 and v["device_distinct_users_30d"] == 1
     assert v["device_fraud_labels_30d_delay7d"] == 1 and v["device_fraud_share_30d_delay7d"] == 1.0
+    w = dict(zip(names, ch.process(c)[0]))
+    assert w["device_age_ms"] == HOUR and w["device_events_30d"] == 2
+    base_names = [f.name for e in ("user", "ip", "device", "payment") for f in features_for(e)]
     base = Chain()
     base.process(a)
-    assert dict(zip([f.name for e in ("user", "ip", "device", "payment") for f in features_for(e)],
-                    base.process(b)[0]))["device_age_ms"] == 0
+    bv = dict(zip(base_names, base.process(b)[0]))
+    assert {n: bv[n] for n in base_names if n.startswith("device_") and "fraud" not in n} == \
+        {n: v[n] for n in base_names if n.startswith("device_") and "fraud" not in n}
 
 
 def test_delayed_counts_are_bounded_per_key():

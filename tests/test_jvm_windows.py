@@ -529,3 +529,35 @@ def test_a_key_is_dropped_when_the_watermark_reaches_its_exact_expiry():
             got = chain.process(Event("a2", "login", "u", "d-u", "ip-u", 0.0, "EUR", expiry - 1))
             user_age = got[0][[f.name for f in features_for("user")].index("user_age_ms")]
             assert (user_age == 0) == fresh, (first, wm_past, user_age)
+
+
+def test_jvm_starts_a_quiet_key_over_as_python_does(jvm):
+    """A device quiet for longer than its undelayed horizons (30 days + lateness) but less than its delayed
+    counts' reach (37 days): both runtimes start it over (age, since-previous, windows) from the same
+    spec constant (fresh_ms), event by event equal."""
+    from py4j.java_gateway import get_field
+
+    from udfs.features import DAY, FEATURES_WITH_DELAYED
+    from udfs.windows import EntityWindows
+
+    _, J = jvm
+    doc = spec_document(LATENESS, FEATURES_WITH_DELAYED)
+    dev = next(e for e in doc["entities"] if e["name"] == "device")
+    assert dev["fresh_ms"] == 30 * DAY + LATENESS < dev["retention_ms"] == 37 * DAY + LATENESS
+    assert get_field(J.EntitySpec.parse(json.dumps(doc), "device"), "fresh") == dev["fresh_ms"]
+    t0 = 1_767_225_600_000
+    gaps = [0, HOUR, 31 * DAY, 2 * HOUR, 36 * DAY, 38 * DAY, 5 * DAY, 30 * DAY + LATENESS - 1, 30 * DAY + LATENESS]
+    events, ts = [], t0
+    for i, g in enumerate(gaps):
+        ts += g
+        events.append(Event(f"e{i}", "payment", f"u{i % 3}", "dev", "ip", 5.0 + i, "EUR", ts, None, "c1"))
+    got = json.loads(J.LocalRunner.run(json.dumps(doc), "device", DEDUP,
+                                       "\n".join(orjson.dumps(e._asdict()).decode() for e in events)))["values"]
+    w = EntityWindows("device", LATENESS, features_for("device", FEATURES_WITH_DELAYED))
+    state, want = None, []
+    for e in events:
+        state, vals, _ = w.update(state, e)
+        want.append(vals)
+    assert got == want
+    age = [f.name for f in features_for("device", FEATURES_WITH_DELAYED)].index("device_age_ms")
+    assert [v[age] for v in want] == [0, HOUR, 0, 2 * HOUR, 0, 0, 5 * DAY, 35 * DAY + LATENESS - 1, 0]

@@ -33,7 +33,7 @@ from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, MISSING, En
                        spec_fingerprint, spec_json)
 from .labels import FRAUD, apply_fraud_label, apply_label, known_fraud_users
 from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,
-                      retention_ms)
+                      fresh_ms, retention_ms)
 
 DEFAULT_DEDUP_HORIZON_MS = 600_000
 DEFAULT_OUT_OF_ORDERNESS_MS = 5_000
@@ -348,6 +348,7 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tupl
         "distinct": {"exact_up_to": HLL_THRESHOLD, **hll.params()},
         "entities": [{**e.to_json(features), "order": i,
                       "retention_ms": retention_ms(e.name, allowed_lateness_ms, features),
+                      "fresh_ms": fresh_ms(e.name, allowed_lateness_ms, features),
                       "label_keep_ms": label_keep_ms(e.name, features),
                       "features": [f.name for f in features_for(e.name, features)]}
                      for i, e in enumerate(ENTITIES)],

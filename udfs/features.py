@@ -249,12 +249,13 @@ DELAYED_LABEL_FEATURES: tuple[Feature, ...] = (
     _f("device_fraud_share_30d_delay7d", "device", "fraud_share", horizon=30 * DAY, offset=7 * DAY),
 )
 
-# The switch. Off: the spec is BASE_FEATURES, the one the shipped models in models/ were trained on
-# (fingerprint be9e8776355ab1b8). On: BASE_FEATURES plus DELAYED_LABEL_FEATURES, a new fingerprint, so the
-# job refuses the shipped models until you retrain (`riskstream train`, docs/models.md); the ip and device
-# keys are then kept for their longest horizon plus offset (14 and 37 days). The job, the replay and
-# training all read FEATURES, so they switch together.
-DELAYED_LABEL_WINDOWS = False
+# The switch. On (shipped): BASE_FEATURES plus DELAYED_LABEL_FEATURES (fingerprint c7092a75d4f28e27), the spec
+# the shipped models in models/ are trained on; the ip and device keys are kept for their longest horizon
+# plus offset (14 and 37 days) but start over after their undelayed horizons (udfs.windows fresh_ms). Off:
+# BASE_FEATURES alone (fingerprint be9e8776355ab1b8): the job refuses the shipped models until you retrain
+# (`riskstream train`, docs/models.md). The job, the replay and training all read FEATURES, so they switch
+# together.
+DELAYED_LABEL_WINDOWS = True
 
 
 def spec_features(delayed_label_windows: bool) -> tuple[Feature, ...]:

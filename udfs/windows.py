@@ -44,6 +44,13 @@ def retention_ms(entity: str, allowed_lateness_ms: int, features: tuple[Feature,
     return max_horizon_ms(entity, features) + int(allowed_lateness_ms)
 
 
+def fresh_ms(entity: str, allowed_lateness_ms: int, features: tuple[Feature, ...] | None = None) -> int:
+    """How long after a key's newest event it starts over as a new key (age, since-previous and windows
+    reset): the longest horizon without offsets + lateness. Equal to :func:`retention_ms` unless the entity
+    has delayed label windows, whose counts alone are kept longer (docs/features.md#delayed-label-windows)."""
+    return max((f.horizon_ms or 0 for f in features_for(entity, features)), default=0) + int(allowed_lateness_ms)
+
+
 def timer_for(expiry: int) -> int:
     """The cleanup timer for a key expiring at ``expiry`` (event time): the expiry itself, so a key is
     dropped when the watermark reaches its expiry, whatever its history (no grid to round to)."""
@@ -157,6 +164,10 @@ class EntityWindows:
             self._plan.append((f.agg, g, h, 0, slots.index(slot)))
         self.max_horizon = dict(horizons)  # width -> longest horizon using it
         self.retention_ms = max((f.reach_ms for f in self.features), default=0) + self.lateness
+        # after this long without an event the key starts over (first seen, previous event, windows), as
+        # when it expired; only the delayed label windows' counts, which look further back, live on until
+        # retention_ms (fresh_ms == retention_ms for an entity without them)
+        self.fresh_ms = max((f.horizon_ms or 0 for f in self.features), default=0) + self.lateness
         self.reads_labels = any(f.agg in LABEL_AGGS for f in self.features)
         self.label_keep_ms = max((f.reach_ms + f.bucket_ms for f in self.features if f.agg in LABEL_AGGS),
                                  default=0)
@@ -213,6 +224,8 @@ class EntityWindows:
         (``udfs.labels.apply_fraud_label``), for the label features."""
         if state is None or ev.ts >= self.expires_at(state):
             state = {"first": ev.ts, "last": None, "b": {}}
+        elif ev.ts >= state["last"] + self.fresh_ms:  # quiet for longer than the undelayed features reach
+            state = {**state, "first": ev.ts, "last": None, "b": {}}
         prev_last = state["last"]
         late = prev_last is not None and ev.ts < prev_last - self.lateness
         if not late:

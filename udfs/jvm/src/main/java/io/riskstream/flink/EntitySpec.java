@@ -43,7 +43,9 @@ public final class EntitySpec implements Serializable {
     /** the first stage of the chain that reads labels counts them (labels_fraud, labels_legit): once each. */
     public final boolean countsLabels;
     public final long labelKeepMs;
-    public final long lateness, retention;
+    /** retention: the longest reach (horizon + offset) + lateness; fresh: the longest horizon without
+     * offsets + lateness, after which a quiet key starts over but for its delayed counts (udfs.windows). */
+    public final long lateness, retention, fresh;
     public final double missing;
     public final int hllThreshold;
     public final String[] eventTypes;
@@ -168,7 +170,7 @@ public final class EntitySpec implements Serializable {
         List<Integer> planD = new ArrayList<>();
         List<Long> dws = new ArrayList<>();
         List<Long> dreach = new ArrayList<>();
-        long longest = 0, keep = 0;
+        long longest = 0, longestUndelayed = 0, keep = 0;
         for (JsonNode f : spec.get("features")) {
             if (!f.get("entity").asText().equals(entity)) {
                 continue;
@@ -196,6 +198,7 @@ public final class EntitySpec implements Serializable {
                     + " (only label features, a positive multiple of the bucket width " + g + ")");
             }
             longest = Math.max(longest, h + off); // the key's retention: longest horizon + offset
+            longestUndelayed = Math.max(longestUndelayed, h);
             if (label) {
                 keep = Math.max(keep, h + off + g);
             }
@@ -277,6 +280,7 @@ public final class EntitySpec implements Serializable {
             planD.add(-1);
         }
         retention = longest + lateness;
+        fresh = longestUndelayed + lateness;
         labelKeepMs = keep;
         readsLabels = labelSignals || keep > 0;
         JsonNode specReads = ent.get("reads_labels");
@@ -286,6 +290,10 @@ public final class EntitySpec implements Serializable {
         JsonNode specKeep = ent.get("label_keep_ms");
         if (specKeep != null && specKeep.asLong() != labelKeepMs) {
             throw new IllegalArgumentException("spec label_keep_ms " + specKeep + " != " + labelKeepMs);
+        }
+        JsonNode specFresh = ent.get("fresh_ms");
+        if (specFresh != null && specFresh.asLong() != fresh) {
+            throw new IllegalArgumentException("spec fresh_ms " + specFresh + " != " + fresh);
         }
         JsonNode specRetention = ent.get("retention_ms");
         if (specRetention != null && specRetention.asLong() != retention) {

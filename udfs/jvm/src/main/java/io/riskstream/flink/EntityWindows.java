@@ -80,6 +80,14 @@ public final class EntityWindows {
             st = new KeyState(spec);
             st.first = ts;
             hasPrev = false;
+        } else if (ts >= st.last + spec.fresh) {
+            // quiet for longer than the undelayed features reach: a new key but for its delayed counts
+            // (udfs.windows.EntityWindows.update)
+            st.first = ts;
+            for (ArrayList<KeyState.Bucket> b : st.buckets) {
+                b.clear();
+            }
+            hasPrev = false;
         } else {
             hasPrev = true;
             prevLast = st.last;
