@@ -240,3 +240,15 @@ def test_delayed_counts_are_bounded_per_key():
     assert all(sizes[-1][g] <= bound[g] for g in bound) and sizes[-1] == sizes[-10]
     assert sum(sizes[-1].values()) >= sum(bound.values()) - 3
     assert len(pickle.dumps(state["d"])) < 6_000
+
+
+@pytest.mark.parametrize("lateness", [0, 60_000])
+def test_a_key_that_starts_over_ages_its_delayed_counts(lateness):
+    """Found by hypothesis: a device back exactly its undelayed horizons + lateness later starts over; its
+    delayed counts must then be evicted by the new newest event, as on any other event, or a late event
+    after it reads a delayed share over events the window no longer holds (0.5 where the oracle says 1)."""
+    records = [("label", ("e0", "u0", "d0", T0, "fraud", None, None))]
+    records += [Event(f"e{i}", "login", "u0", "d0", "ip1", 0.0, "EUR", T0) for i in range(3)]
+    records += [Event("back", "login", "u0", "d0", "ip1", 0.0, "EUR", T0 + 30 * DAY + lateness),
+                Event("late", "login", "u0", "d0", "ip1", 0.0, "EUR", T0 + 7 * DAY)]
+    assert check_labels_against_oracle("device", records, lateness, DELAYED) == 5

@@ -426,6 +426,9 @@ def test_label_features_match_replay_with_late_labels(tmp_path, runtime, paralle
                                   if f.agg == "fraud_labels" and f.entity in stage and not ok[f.entity])
     if parallelism > 1:  # the restriction still compares the label counts that matter: many users' devices
         assert interleaved_labels > 50, interleaved_labels
-    seen = {n: sum(1 for w in want.values() if w[n] > 0) for n in label_feats}
+    # every label feature is exercised (the delayed windows, which need week-old labels, are held to the
+    # oracle on long streams in test_delayed_labels and test_jvm_windows)
+    delayed = {f.name for f in FEATURES if f.offset_ms}
+    seen = {n: sum(1 for w in want.values() if w[n] > 0) for n in label_feats if n not in delayed}
     assert all(v > 20 for v in seen.values()), seen
     assert all(any(w[n] > 0 for w in want.values()) for n in long_feats)

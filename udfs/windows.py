@@ -222,10 +222,11 @@ class EntityWindows:
         """Fold ``ev`` into ``state`` (a new dict if None, or if the key expired before ``ev.ts``) and
         return (state, feature values, late). ``labels``: the key's labelled-fraud events as known now
         (``udfs.labels.apply_fraud_label``), for the label features."""
+        restarted = False
         if state is None or ev.ts >= self.expires_at(state):
             state = {"first": ev.ts, "last": None, "b": {}}
         elif ev.ts >= state["last"] + self.fresh_ms:  # quiet for longer than the undelayed features reach
-            state = {**state, "first": ev.ts, "last": None, "b": {}}
+            state, restarted = {**state, "first": ev.ts, "last": None, "b": {}}, True
         prev_last = state["last"]
         late = prev_last is not None and ev.ts < prev_last - self.lateness
         if not late:
@@ -233,7 +234,7 @@ class EntityWindows:
             state["last"] = ev.ts if prev_last is None else max(prev_last, ev.ts)
             if ev.ts < state["first"]:
                 state["first"] = ev.ts
-            if prev_last is not None and ev.ts > prev_last:
+            if (prev_last is not None and ev.ts > prev_last) or restarted:  # the delayed counts age too
                 self._evict(state)
         return state, self._values(state, ev, prev_last, fold_self=late, labels=labels), late
 

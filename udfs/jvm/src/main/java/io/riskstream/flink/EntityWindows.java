@@ -75,6 +75,7 @@ public final class EntityWindows {
         long ts = (Long) ev.getField(spec.tsIndex);
         int type = typeIndex((String) ev.getField(spec.eventTypeIndex));
         boolean hasPrev;
+        boolean restarted = false;
         long prevLast = 0;
         if (st == null || ts >= expiresAt(st)) {
             st = new KeyState(spec);
@@ -88,6 +89,7 @@ public final class EntityWindows {
                 b.clear();
             }
             hasPrev = false;
+            restarted = true;
         } else {
             hasPrev = true;
             prevLast = st.last;
@@ -99,7 +101,7 @@ public final class EntityWindows {
             if (ts < st.first) {
                 st.first = ts;
             }
-            if (hasPrev && ts > prevLast) {
+            if ((hasPrev && ts > prevLast) || restarted) { // the delayed counts age too
                 evict(st);
             }
         }
