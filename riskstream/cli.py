@@ -172,21 +172,28 @@ def cmd_review(a) -> int:
             store = Store(a.db)
             pw, generated = read_password(f"password for {a.username} (empty: generate one): ")
             store.add_user(a.username, pw, by=f"cli:{getpass.getuser()}", role=a.role or "analyst")
+            if a.timezone:
+                store.set_timezone(a.username, a.timezone, by=f"cli:{getpass.getuser()}")
             print(f"[review] user {a.username} added ({a.role or 'analyst'})"
                   + (f"; password (shown once): {pw}" if generated else ""))
             return 0
         if a.action == "user":
             what, name = a.username, a.user_name
-            if what not in ("disable", "enable", "reset-password", "set-role") or not name:
-                raise SystemExit("riskstream review user: disable NAME, enable NAME, reset-password NAME or "
-                                 "set-role NAME --role analyst|lead|admin")
+            if what not in ("disable", "enable", "reset-password", "set-role", "set-timezone") or not name:
+                raise SystemExit("riskstream review user: disable NAME, enable NAME, reset-password NAME, "
+                                 "set-role NAME --role analyst|lead|admin or set-timezone NAME --timezone ZONE")
             if what == "set-role" and not a.role:
                 raise SystemExit("riskstream review user set-role NAME: give --role analyst, lead or admin")
+            if what == "set-timezone" and not a.timezone:
+                raise SystemExit("riskstream review user set-timezone NAME: give --timezone, e.g. Europe/Paris")
             store = Store(a.db)
             by = f"cli:{getpass.getuser()}"
             if what == "set-role":
                 store.set_role(name, a.role, by=by)
                 print(f"[review] user {name} is now {a.role}; their sessions ended")
+            elif what == "set-timezone":
+                store.set_timezone(name, a.timezone, by=by)
+                print(f"[review] user {name} sees times in {a.timezone}")
             elif what == "reset-password":
                 pw, generated = read_password(f"new password for {name} (empty: generate one): ")
                 store.reset_password(name, pw, by=by)
@@ -1239,7 +1246,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and their verdicts go to the labels topic")
     p.add_argument("action", choices=["serve", "ingest", "add-user", "user"],
                    help="serve: the pages and the consumer; ingest: the consumer only; add-user: an analyst; "
-                        "user disable|enable|reset-password|set-role NAME: an analyst's access")
+                        "user disable|enable|reset-password|set-role|set-timezone NAME: an analyst's access")
     p.add_argument("username", nargs="?", help="add-user: the analyst's user name; user: disable, enable or "
                                                "reset-password")
     p.add_argument("user_name", nargs="?", metavar="NAME", help="user ...: the analyst's user name")
@@ -1247,6 +1254,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add-user (default analyst), user set-role: analyst (works cases), lead (also decides "
                         "escalated cases, approves overturned blocks, reopens, assigns, reads the audit trail) or "
                         "admin (as lead)")
+    p.add_argument("--timezone", default=None, metavar="ZONE",
+                   help="add-user, user set-timezone: the analyst's time zone, an IANA name (e.g. Europe/Paris) "
+                        "[default UTC]")
     p.add_argument("--password-stdin", action="store_true", help="add-user, user reset-password: read the password "
                                                                    "from stdin (else prompt; empty: generate one)")
     default_db = env_or("review_db", "sqlite:///" + str(paths.home() / "review" / "review.db"))

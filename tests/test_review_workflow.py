@@ -262,7 +262,7 @@ def test_a_store_of_the_previous_release_is_migrated(url, tmp_path):
     s.close()
 
     store = Store(url)
-    assert store.schema_version() == Store.SCHEMA_VERSION == 2
+    assert store.schema_version() == Store.SCHEMA_VERSION == 3
     c1, c2 = store.case(1), store.case(2)
     assert (c1["ip"], c1["payment_ref"], c1["amount"], c1["currency"]) == ("1.2.3.4", "c-1", 1500.0, "USD")
     assert c1["due_at"] == c1["decided_at"] + 4 * HOUR // 2  # 1,500: halved
@@ -270,7 +270,7 @@ def test_a_store_of_the_previous_release_is_migrated(url, tmp_path):
     (row,) = store.case_label_history(1)
     assert (row["revision"], row["label"], row["sent_part"], row["sent_offset"]) == (1, "fraud", 0, 41)
     assert orjson.loads(row["body"]) == label and not store.pending_labels()
-    assert store.one("SELECT role FROM users WHERE username = 'ana'")[0] == "analyst"
+    assert tuple(store.one("SELECT role, timezone FROM users WHERE username = 'ana'")) == ("analyst", "UTC")
     assert [r["action"] for r in store.audit_trail()] == ["label_sent", "verdict", "add_user"]  # the trail kept
     # the workflow on the migrated store: reopen, correct; the correction goes out after the original
     store.act(1, "reopen", "lea", "lead")
@@ -522,3 +522,35 @@ def test_an_inconclusive_verdict_is_not_counted_in_the_agreement(store):
     store.close_case(2, "inconclusive", "", "ana")
     store.close_case(3, "fraud", "", "ana")
     assert store.metrics(0.5)["agreement"] == (1, 2)  # 1 agrees (0.6 fraud), 1 does not (0.2 fraud)
+
+
+def test_times_are_shown_and_read_in_the_analysts_time_zone(store, tmp_path, monkeypatch, capsys):
+    """An analyst in Tokyo sees the case's event time in Japan time and snoozes until a Tokyo time; UTC is the
+    default; a zone this machine does not know is refused, from the CLI too."""
+    import datetime as dt
+    import io
+    from zoneinfo import ZoneInfo
+
+    from riskstream.cli import main
+
+    ts = 1_767_225_600_000 + 3 * HOUR  # 2026-01-01 03:00 UTC = 12:00 in Tokyo
+    feed(store, "d", [{**decision(1), "event_ts": ts}, decision(2)])
+    ana = signed_in(store, "ana")
+    assert "2026-01-01 03:00:00 UTC" in ana.get("/cases/1").get_data(as_text=True)
+    store.set_timezone("ana", "Asia/Tokyo")
+    page = ana.get("/cases/1").get_data(as_text=True)
+    assert "2026-01-01 12:00:00 JST" in page and "until (Asia/Tokyo)" in page
+    assert "Times are in your time zone (Asia/Tokyo" in ana.get("/").get_data(as_text=True)
+    # a snooze "until" typed in Tokyo time is that instant
+    until = dt.datetime.now(ZoneInfo("Asia/Tokyo")).replace(second=0, microsecond=0) + dt.timedelta(hours=3)
+    assert post(ana, "/cases/2/act", action="snooze", until=until.strftime("%Y-%m-%dT%H:%M")).status_code == 303
+    assert store.case(2)["snooze_until"] == int(until.timestamp() * 1000)
+    with pytest.raises(StoreError, match="not a time zone"):
+        store.set_timezone("ana", "Mars/Olympus")
+    db = f"sqlite:///{tmp_path / 'tz.db'}"
+    monkeypatch.setattr("sys.stdin", io.StringIO(PW + "\n"))
+    assert main(["review", "add-user", "kai", "--timezone", "Europe/Paris", "--password-stdin", "--db", db]) == 0
+    assert main(["review", "user", "set-timezone", "kai", "--timezone", "America/New_York", "--db", db]) == 0
+    with pytest.raises(SystemExit, match="not a time zone"):
+        main(["review", "user", "set-timezone", "kai", "--timezone", "UTC+1", "--db", db])
+    assert [(u["username"], u["timezone"]) for u in Store(db).users()] == [("kai", "America/New_York")]

@@ -203,6 +203,29 @@ def test_per_row_decider_under_a_split_equals_the_brute_force():
     assert len(seen) >= 7  # the arms' decisions of every kind, nearly
 
 
+class _Metrics:
+    """A metric group as PyFlink hands a UDF: counters (by their dotted name) and gauges."""
+
+    def __init__(self, values: dict | None = None, prefix: str = ""):
+        self.values = {} if values is None else values
+        self.prefix = prefix
+
+    def add_group(self, name: str, extra: str | None = None) -> "_Metrics":
+        return _Metrics(self.values, f"{self.prefix}{name}." + (f"{extra}." if extra is not None else ""))
+
+    def counter(self, name: str):
+        key, values = self.prefix + name, self.values
+        values.setdefault(key, 0)
+
+        class _C:
+            def inc(self, n: int = 1) -> None:
+                values[key] += n
+        return _C()
+
+    def gauge(self, name: str, fn) -> None:
+        self.values[self.prefix + name + ":gauge"] = fn
+
+
 def test_batched_decide_stage_mixes_arms_in_a_batch_and_equals_the_per_row_decider():
     """Rows of every arm in one batch, a split arriving mid-batch (its settings row) and ending in a later
     batch: each row's verdict equals the per-row Decider's under the control of that row."""
@@ -226,9 +249,17 @@ def test_batched_decide_stage_mixes_arms_in_a_batch_and_equals_the_per_row_decid
     cols["control"] = [None] * cut + [settings_text] + [None] * (n - cut - 1)
     # the bucket as ControlAttach computes it: only under the split (rows from the settings row on)
     cols["arm_bucket"] = [-1] * cut + [bucket(ev.user_id, "t") for ev, *_ in rows[cut:]]
+    metrics = _Metrics()
     body = DecideBatch(V1, Policy(), ".", tuple(cols))
-    body.open()
+    body.open(metrics)
     got = [orjson.loads(v) for v in body.verdict_columns(cols)]
+    # the per-arm counters (arm.<name>.decisions_<kind>) count the verdicts written for each arm
+    want_counts = {}
+    for g in got:
+        if g.get("arm") is not None:
+            key = f"arm.{g['arm']}.decisions_{g['decision']}"
+            want_counts[key] = want_counts.get(key, 0) + 1
+    assert {k: v for k, v in metrics.values.items() if k.startswith("arm.")} == want_counts
     plain = Decider(Control.initial(Scorer(V1), Policy()))
     c = Control.initial(Scorer(V1), Policy())
     c.apply(parse_control(orjson.dumps(SPLIT)))

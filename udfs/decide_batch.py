@@ -81,6 +81,7 @@ class DecideBatch:
             metric_group.gauge("drift_psi_max_milli", lambda: self.drift_psi_milli)
             metric_group.gauge("drift_features", lambda: self.drift_features)
             self.hists: dict[str, list] = {}
+            self.arm_counters: dict[tuple[str, str], object] = {}
 
     # -- control -------------------------------------------------------------------------------------
     def _apply_settings(self, text: str, version: int) -> None:
@@ -236,6 +237,7 @@ class DecideBatch:
                 for k in rows.tolist():
                     self._errors(out, start + k, start + k + 1, f"{type(e).__name__}: {e}", model, pv, arm)
                 continue
+            written = []
             for j, k in enumerate(rows.tolist()):
                 if start + k in bad:
                     self._errors(out, start + k, start + k + 1, bad[start + k], model, pv, arm)
@@ -246,6 +248,10 @@ class DecideBatch:
                 out[start + k] = orjson.dumps(verdict(decisions[j], float(scores[j]), reasons[j], model, pv,
                                                       c.rules_version, shadow, arm))
                 self._count_kind(decisions[j], 1)
+                written.append(decisions[j])
+            if arm is not None and self.metrics is not None:  # per arm of a split: arm.<name>.decisions_<kind>
+                for kind in set(written):
+                    self._arm_counter(arm, kind).inc(written.count(kind))
 
     def _watch_drift(self, scorer, x32: np.ndarray) -> None:
         """Count the deciding model's inputs; at the end of each window set the gauges and log the drift."""
@@ -277,6 +283,13 @@ class DecideBatch:
             out[i] = err
         self._count("errors", end - start)
         self._count_kind("review", end - start)
+
+    def _arm_counter(self, arm: str, kind: str):
+        """Counter ``arm.<arm>.decisions_<kind>`` of this subtask (split arms come and go with control)."""
+        c = self.arm_counters.get((arm, kind))
+        if c is None:
+            c = self.arm_counters[(arm, kind)] = self.metrics.add_group("arm", arm).counter(f"decisions_{kind}")
+        return c
 
     def _count_kind(self, decision: str, n: int) -> None:
         if self.metrics is not None:

@@ -95,6 +95,19 @@ CREATE TABLE IF NOT EXISTS audit (
 
 APPEND_ONLY = "the audit trail is append-only"
 
+
+def check_timezone(name: str) -> None:
+    """An IANA time zone name this machine knows (zoneinfo), or a StoreError that says so."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        if not name or len(name) > 64 or "\x00" in name:
+            raise ValueError
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise StoreError(400, f"{name[:64]!r} is not a time zone: give an IANA name such as Europe/Paris or "
+                              "America/New_York") from None
+
 # Schema changes after the first version, in order: a store created by an older riskstream is brought up to
 # date at start (one transaction per step, its number kept in meta.schema_version; a new store runs them
 # too, so every store has gone the same way). Each step is a list of statements (the SCHEMA placeholders)
@@ -139,6 +152,8 @@ MIGRATIONS: list[tuple[list[str], str | None]] = [
         "ALTER TABLE label_outbox2 RENAME TO label_outbox",
         "CREATE INDEX label_outbox_pending ON label_outbox (sent_at, id)",
     ], "backfill_v2"),
+    # 3: each analyst's time zone (IANA name), for the times the pages show
+    (["ALTER TABLE users ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC'"], None),
 ]
 
 VERDICTS = workflow.VERDICTS
@@ -469,6 +484,7 @@ class Session:
     username: str
     csrf: str
     role: str = "analyst"
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -1071,8 +1087,16 @@ class Store:
             c.execute("DELETE FROM sessions WHERE username = ?", (username,))
             self.audit_in(c, by, "set_role", f"user:{username}", {"role": role}, None, now_ms())
 
+    def set_timezone(self, username: str, timezone: str, by: str = "cli") -> None:
+        """The analyst's time zone (an IANA name such as Europe/Paris): the pages show times in it."""
+        check_timezone(timezone)
+        with self.tx() as c:
+            if c.execute("UPDATE users SET timezone = ? WHERE username = ?", (timezone, username)).rowcount != 1:
+                raise StoreError(404, f"no user {username!r}")
+            self.audit_in(c, by, "set_timezone", f"user:{username}", {"timezone": timezone}, None, now_ms())
+
     def users(self) -> list[Row]:
-        return self.query("SELECT username, role, disabled FROM users ORDER BY username")
+        return self.query("SELECT username, role, disabled, timezone FROM users ORDER BY username")
 
     def authenticate(self, username: str, password: str) -> bool:
         """One scrypt whether the user exists, is disabled or not: the time does not tell which."""
@@ -1152,7 +1176,7 @@ class Store:
         if not token or len(token) > 200:
             return None
         t = now_ms()
-        r = self.one("SELECT s.*, u.disabled, u.role FROM sessions s JOIN users u USING (username) "
+        r = self.one("SELECT s.*, u.disabled, u.role, u.timezone FROM sessions s JOIN users u USING (username) "
                      "WHERE token_hash = ?",
                      (token_digest(token),))
         if r is None or r["disabled"] or r["last_seen"] < t - SESSION_IDLE_MS or r["created_at"] < t - SESSION_MAX_MS:
@@ -1160,7 +1184,7 @@ class Store:
         if t - r["last_seen"] > 60_000:
             with self.tx() as c:
                 c.execute("UPDATE sessions SET last_seen = ? WHERE token_hash = ?", (t, r["token_hash"]))
-        return Session(r["username"], r["csrf"], r["role"])
+        return Session(r["username"], r["csrf"], r["role"], r["timezone"] or "UTC")
 
     def end_session(self, token: str) -> None:
         with self.tx() as c:

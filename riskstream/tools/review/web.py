@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import orjson
-from flask import Flask, Response, abort, g, redirect, render_template, request
+from flask import Flask, Response, abort, g, has_request_context, redirect, render_template, request
 from markupsafe import Markup
 
 from udfs.events import EVENT_TYPES
@@ -131,11 +131,27 @@ def fmt_ts(ms) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{int(ms) % 1000:03d}Z"
 
 
-def fmt_when(ms) -> str:
-    """A date and time to the second, UTC."""
+def _zone(tz: str | None = None):
+    """The signed-in analyst's time zone (``review user set-timezone``; UTC by default)."""
+    from zoneinfo import ZoneInfo
+
+    if tz is None:
+        sess = g.get("session") if has_request_context() else None
+        tz = sess.timezone if sess is not None else "UTC"
+    try:
+        return ZoneInfo(tz)
+    except Exception:  # a zone this machine no longer knows: UTC rather than a broken page
+        return ZoneInfo("UTC")
+
+
+def fmt_when(ms, tz: str | None = None) -> str:
+    """A date and time to the second, in the analyst's time zone, named (``2026-01-05 14:03:22 CET``)."""
+    import datetime as dt
+
     if ms is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + " UTC"
+    d = dt.datetime.fromtimestamp(ms / 1000, _zone(tz))
+    return d.strftime("%Y-%m-%d %H:%M:%S ") + (d.tzname() or "UTC")
 
 
 def fmt_num(v, digits: int = 4) -> str:
@@ -191,15 +207,22 @@ def fmt_age(ms) -> str:
     return f"{s / 86400:.1f} d"
 
 
-def parse_when(v: str) -> int:
-    """``YYYY-MM-DDTHH:MM`` (a datetime-local field, UTC) -> epoch ms; else a 400."""
-    import calendar
+def parse_when(v: str, tz: str | None = None) -> int:
+    """``YYYY-MM-DDTHH:MM`` (a datetime-local field, in the analyst's time zone) -> epoch ms; else a 400."""
+    import datetime as dt
 
     try:
-        t = time.strptime(v.strip()[:16], "%Y-%m-%dT%H:%M")
+        d = dt.datetime.strptime(v.strip()[:16], "%Y-%m-%dT%H:%M")
     except ValueError:
-        abort(400, "until is a date and time, YYYY-MM-DDTHH:MM (UTC)")
-    return calendar.timegm(t) * 1000
+        abort(400, "until is a date and time, YYYY-MM-DDTHH:MM (in your time zone)")
+    return int(d.replace(tzinfo=_zone(tz)).timestamp() * 1000)
+
+
+def local_input(ms: int, tz: str | None = None) -> str:
+    """``YYYY-MM-DDTHH:MM`` of ``ms`` in the analyst's time zone (a datetime-local field's value)."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, _zone(tz)).strftime("%Y-%m-%dT%H:%M")
 
 
 def rule_conditions(store: Store, record: dict) -> list[dict]:
@@ -446,7 +469,7 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
             breached=status != "closed" and workflow.breached(c["due_at"], t),
             users=[u for u in store.users() if not u["disabled"]] if workflow.is_lead(role) else [],
             done=request.args.get("done", type=int), done_status=request.args.get("status"),
-            snooze_default=fmt_when(t + 4 * 3600_000)[:16].replace(" ", "T"))
+            snooze_default=local_input(t + 4 * 3600_000))
 
     def go_next(done: int | None, status: str | None = None):
         """After a verdict (or an escalation, a snooze): the next case, claimed; else the queue."""
