@@ -107,6 +107,7 @@ def same_path(a: str, b: str) -> bool:
     return lineage.local_path(a).resolve() == lineage.local_path(b).resolve()
 
 
+@pytest.mark.long  # 70-95 s; the default chaos run restores from latest after a kill in a savepoint and refuses a stale restore
 def test_latest_restores_the_savepoint_and_older_state_is_refused(kafka_bootstrap, tmp_path):
     from riskstream.generator import TrafficGenerator
 
