@@ -39,7 +39,7 @@ from riskstream.metrics import DAY_MS, at_budget, entity_precision_at_k, recall_
 from udfs.drift import reference as drift_reference
 from udfs.events import Event, Rejection
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
-from udfs.ingest import (DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, load_input, parse_label)
+from udfs.ingest import (DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, json_objects, load_input, parse_label)
 from udfs.replay import FeatureReplay, replay_input
 
 HERE = Path(__file__).resolve().parent
@@ -217,27 +217,22 @@ def read_labels(path: Path) -> dict[str, dict]:
     each an object with ``event_id`` and ``fraud`` (true/false, 0/1 or yes/no), optionally ``scenario`` and
     ``arrival_ts``; or a label as on the labels topic (``label``: fraud/legit)."""
     labels: dict[str, dict] = {}
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                raise TrainError(f"{path.name} line {n}: not JSON ({e})") from e
-            if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), (str, int)) \
-                    or isinstance(obj.get("event_id"), bool):
-                raise TrainError(f"{path.name} line {n}: a label needs an event_id and a fraud value")
-            if "fraud" not in obj and obj.get("label") in ("fraud", "legit"):  # the labels topic's spelling
-                obj = {**obj, "fraud": obj["label"] == "fraud"}
-            try:
-                fraud = parse_label(obj.get("fraud"))
-            except ValueError as e:
-                raise TrainError(f"{path.name} line {n}: {e}") from None
-            if fraud is None:
-                raise TrainError(f"{path.name} line {n}: fraud is missing or empty (true/false, 0/1, yes/no)")
-            labels[str(obj["event_id"])] = {**obj, "fraud": fraud}
+    try:
+        objects = list(json_objects(path))
+    except IngestError as e:
+        raise TrainError(f"{path.name} {e}") from None
+    for n, obj in objects:
+        if not isinstance(obj.get("event_id"), (str, int)) or isinstance(obj.get("event_id"), bool):
+            raise TrainError(f"{path.name} line {n}: a label needs an event_id and a fraud value")
+        if "fraud" not in obj and obj.get("label") in ("fraud", "legit"):  # the labels topic's spelling
+            obj = {**obj, "fraud": obj["label"] == "fraud"}
+        try:
+            fraud = parse_label(obj.get("fraud"))
+        except ValueError as e:
+            raise TrainError(f"{path.name} line {n}: {e}") from None
+        if fraud is None:
+            raise TrainError(f"{path.name} line {n}: fraud is missing or empty (true/false, 0/1, yes/no)")
+        labels[str(obj["event_id"])] = {**obj, "fraud": fraud}
     return labels
 
 

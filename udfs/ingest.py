@@ -213,6 +213,23 @@ def _zone(name: str, where: str = "mapping"):
 # --------------------------------------------------------------------------------------------- values
 
 
+def json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` per non-empty line of a JSON-lines file (labels files); IngestError naming
+    the line for a line that is not a JSON object."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                raise IngestError(f"line {n}: not JSON ({e})") from None
+            if not isinstance(obj, dict):
+                raise IngestError(f"line {n}: a label is a JSON object")
+            yield n, obj
+
+
 def parse_label(v) -> bool | None:
     """A fraud label: True / False from a boolean, 0 / 1, or the words true/false, yes/no, t/f, y/n (any
     case); None for no label (null, empty text, NaN). Raises ValueError for anything else."""

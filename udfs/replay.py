@@ -172,7 +172,7 @@ def read_labels(path, inp: Input | None = None, label_delay_ms: int | None = Non
         return []
     import orjson
 
-    from .ingest import IngestError, parse_label as parse_flag
+    from .ingest import IngestError, json_objects, parse_label as parse_flag
     from .labels import parse_label
     from .events import MAX_TS_MS, MIN_TS_MS, Rejection
 
@@ -181,56 +181,49 @@ def read_labels(path, inp: Input | None = None, label_delay_ms: int | None = Non
         by_id.setdefault(item.event.event_id, []).append(item.event)
     out = []
     try:
-        with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
+        for n, obj in json_objects(path):
+            line = orjson.dumps(obj)
+            arr = obj.get("arrival_ts")
+            if arr is not None and (isinstance(arr, bool) or not isinstance(arr, int)
+                                    or not MIN_TS_MS <= arr < MAX_TS_MS):
+                raise IngestError(f"labels file {path} line {n}: arrival_ts must be the label's arrival "
+                                  "time in epoch ms")
+            if "label" in obj:  # the labels topic's spelling
+                res = parse_label(line)
+                if isinstance(res, Rejection):
+                    raise IngestError(f"labels file {path} line {n}: {res.detail}")
+                labels = [res]
+            elif "fraud" in obj:  # the training spelling: keys from the event
+                eid = obj.get("event_id")
+                if isinstance(eid, bool) or not isinstance(eid, (str, int)):
+                    raise IngestError(f"labels file {path} line {n}: a label needs an event_id")
                 try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError as e:
-                    raise IngestError(f"labels file {path} line {n}: not JSON ({e})") from None
-                if not isinstance(obj, dict):
-                    raise IngestError(f"labels file {path} line {n}: a label is a JSON object")
-                arr = obj.get("arrival_ts")
-                if arr is not None and (isinstance(arr, bool) or not isinstance(arr, int)
-                                        or not MIN_TS_MS <= arr < MAX_TS_MS):
-                    raise IngestError(f"labels file {path} line {n}: arrival_ts must be the label's arrival "
-                                      "time in epoch ms")
-                if "label" in obj:  # the labels topic's spelling
-                    res = parse_label(line)
-                    if isinstance(res, Rejection):
-                        raise IngestError(f"labels file {path} line {n}: {res.detail}")
-                    labels = [res]
-                elif "fraud" in obj:  # the training spelling: keys from the event
-                    eid = obj.get("event_id")
-                    if isinstance(eid, bool) or not isinstance(eid, (str, int)):
-                        raise IngestError(f"labels file {path} line {n}: a label needs an event_id")
-                    try:
-                        fraud = parse_flag(obj.get("fraud"))
-                    except ValueError as e:
-                        raise IngestError(f"labels file {path} line {n}: {e}") from None
-                    if fraud is None:
-                        raise IngestError(f"labels file {path} line {n}: fraud is empty (true/false, 0/1, yes/no)")
-                    user = obj.get("user_id")
-                    labels = [(ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud" if fraud else "legit", ev.ip,
-                               ev.payment_ref) for ev in by_id.get(str(eid), ())
-                              if user is None or str(user) == ev.user_id]
-                else:
-                    raise IngestError(f"labels file {path} line {n}: a label has `label` (fraud/legit, with the "
-                                      "event's keys) or `fraud` (true/false, keys from the events file)")
-                for lab in labels:
-                    when = arr if arr is not None else (lab[3] + label_delay_ms if label_delay_ms is not None else None)
-                    if when is None:
-                        raise IngestError(f"labels file {path} line {n}: no arrival_ts; give each label one, or "
-                                          "pass --label-delay (e.g. 7d) for labels that arrive that long after "
-                                          "their event")
-                    if when < lab[3]:
-                        raise IngestError(f"labels file {path} line {n}: arrival_ts is before the labelled "
-                                          "event's event_ts")
-                    out.append((when, lab))
+                    fraud = parse_flag(obj.get("fraud"))
+                except ValueError as e:
+                    raise IngestError(f"labels file {path} line {n}: {e}") from None
+                if fraud is None:
+                    raise IngestError(f"labels file {path} line {n}: fraud is empty (true/false, 0/1, yes/no)")
+                user = obj.get("user_id")
+                labels = [(ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud" if fraud else "legit", ev.ip,
+                           ev.payment_ref) for ev in by_id.get(str(eid), ())
+                          if user is None or str(user) == ev.user_id]
+            else:
+                raise IngestError(f"labels file {path} line {n}: a label has `label` (fraud/legit, with the "
+                                  "event's keys) or `fraud` (true/false, keys from the events file)")
+            for lab in labels:
+                when = arr if arr is not None else (lab[3] + label_delay_ms if label_delay_ms is not None else None)
+                if when is None:
+                    raise IngestError(f"labels file {path} line {n}: no arrival_ts; give each label one, or "
+                                      "pass --label-delay (e.g. 7d) for labels that arrive that long after "
+                                      "their event")
+                if when < lab[3]:
+                    raise IngestError(f"labels file {path} line {n}: arrival_ts is before the labelled "
+                                      "event's event_ts")
+                out.append((when, lab))
     except OSError as e:
         raise IngestError(f"labels file {path}: {e}") from None
+    except IngestError as e:
+        raise e if str(e).startswith("labels file") else IngestError(f"labels file {path} {e}") from None
     out.sort(key=lambda x: x[0])
     return out
 
