@@ -233,19 +233,8 @@ def split_cost(events: int = 100_000, parallelism: int = 2, rounds: int = 2, see
             if res.get("split_eps") and res.get("none_eps") else None
         res["exact"] = all(x["exact"] for x in res["runs"])
     finally:
-        broker.down(root=lay.root, out=log)
-        if not keep:
-            import shutil
-
-            shutil.rmtree(work / "broker", ignore_errors=True)
-            for p in work.glob("checkpoints-*"):
-                shutil.rmtree(p, ignore_errors=True)
-    res["bench_seconds"] = round(time.monotonic() - t_start, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"split-cost-{stamp}.json"
-    out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
-    res["json"] = str(out.relative_to(paths.PROJECT_ROOT))
-    return res
+        _clean_up(lay, work, keep, log)
+    return _write_result(res, f"split-cost-{stamp}.json", t_start)
 
 
 def render_split_cost(r: dict) -> str:
@@ -658,16 +647,26 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
         res["ratios"] = _ratios(res)
         res["targets"] = _targets(res)
     finally:
-        broker.down(root=lay.root, out=log)
-        if not keep:
-            import shutil
+        _clean_up(lay, work, keep, log)
+    return _write_result(res, f"bench-{stamp}.json", t_start)
 
-            shutil.rmtree(work / "broker", ignore_errors=True)
-            for p in work.glob("checkpoints-*"):
-                shutil.rmtree(p, ignore_errors=True)
+
+def _clean_up(lay, work: Path, keep: bool, log) -> None:
+    """Stop the bench's broker; without ``keep``, drop its data and the runs' checkpoints."""
+    broker.down(root=lay.root, out=log)
+    if not keep:
+        import shutil
+
+        shutil.rmtree(work / "broker", ignore_errors=True)
+        for p in work.glob("checkpoints-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_result(res: dict, name: str, t_start: float) -> dict:
+    """The bench's time and JSON file (``benchmarks/results/<name>``, named in ``res["json"]``)."""
     res["bench_seconds"] = round(time.monotonic() - t_start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"bench-{stamp}.json"
+    out = RESULTS / name
     out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
     res["json"] = str(out.relative_to(paths.PROJECT_ROOT))
     return res
