@@ -430,7 +430,7 @@ def cmd_score(a) -> int:
         stats = score_file(a.input, a.output, a.model, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
                            mapping=input_mapping(a), order=a.order, rejects_path=rejects,
                            max_reject_share=a.max_reject_share, labels_path=a.labels,
-                           label_delay_ms=_label_delay(a))
+                           label_delay_ms=_label_delay(a), compare=a.compare)
     except (IngestError, ModelError) as e:
         raise SystemExit(f"riskstream score: {e}")
     d = stats["decisions"]
@@ -1181,6 +1181,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "late, model_version (and label, scenario)")
     p.add_argument("--model", default=str(paths.models_dir() / "risk_gbdt_v1.onnx"),
                    help="model .onnx with its .json spec beside it [default the shipped risk_gbdt_v1]")
+    p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
+                   help="also score every event with this model in the same pass (repeatable): columns "
+                        "score_<version>, decision_<version> per row")
     add_offline_feature_flags(p)
     p.set_defaults(fn=cmd_score)
 

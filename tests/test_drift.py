@@ -148,3 +148,26 @@ def test_report_reads_what_score_writes_and_checks_the_records_features(tmp_path
     (tmp_path / "empty.jsonl").write_text("not json\n")
     with pytest.raises(SystemExit, match="read no record"):
         main(["report", "--decisions", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "e.html")])
+
+
+def test_score_compares_models_per_row_in_one_pass(tmp_path):
+    """`score --compare`: each row carries the other model's score and decision, equal to that model's own
+    `score` run over the same file."""
+    import csv
+
+    from riskstream.cli import main
+
+    events = tmp_path / "terminals.jsonl"
+    _shared_devices(events)
+    both, alone = tmp_path / "both.csv", tmp_path / "v2.csv"
+    assert main(["score", "--input", str(events), "--model", "models/risk_gbdt_v1.onnx",
+                 "--compare", "models/risk_gbdt_v2.onnx", "--output", str(both)]) == 0
+    assert main(["score", "--input", str(events), "--model", "models/risk_gbdt_v2.onnx", "--output", str(alone)]) == 0
+    got, want = list(csv.DictReader(open(both))), list(csv.DictReader(open(alone)))
+    assert len(got) == len(want) == 1200
+    assert [(g["event_id"], g["score_risk_gbdt_v2"], g["decision_risk_gbdt_v2"]) for g in got] == \
+        [(w["event_id"], w["score"], w["decision"]) for w in want]
+    assert {g["model_version"] for g in got} == {"risk_gbdt_v1"}
+    with pytest.raises(SystemExit, match="its own version"):
+        main(["score", "--input", str(events), "--model", "models/risk_gbdt_v1.onnx",
+              "--compare", "models/risk_gbdt_v1.onnx", "--output", str(tmp_path / "x.csv")])

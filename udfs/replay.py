@@ -236,12 +236,14 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
                dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                order: str = "file", rejects_path=None, max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
-               policy=None, batch: int = 4096, labels_path=None, label_delay_ms: int | None = None) -> dict:
+               policy=None, batch: int = 4096, labels_path=None, label_delay_ms: int | None = None,
+               compare=()) -> dict:
     """Per-event scores and decisions offline: the job's features (this replay), the model's score (the
     job's ``Scorer``) and the policy's decision and reasons (default ``udfs.policy.Policy()``: thresholds
     and rules; label-feedback signals are not replayed, so rules on them never fire). Writes JSON lines, or
     CSV when ``output_path`` ends in ``.csv`` (reasons joined by ``|``). Columns: ``SCORE_COLUMNS``, then
-    ``label`` and ``scenario`` when the mapping declares a label column."""
+    ``label`` and ``scenario`` when the mapping declares a label column, then per ``compare`` model (paths;
+    the same replay, one pass) ``score_<version>`` and ``decision_<version>``."""
     import csv
 
     import orjson
@@ -250,12 +252,19 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
     from .scoring import Scorer
 
     scorer = Scorer(model_path)
+    others = [Scorer(c) for c in compare]
+    names = [o.version for o in others]
+    if len(set(names) | {scorer.version}) != len(names) + 1:
+        from .scoring import ModelError
+
+        raise ModelError(f"--compare: each model needs its own version, got {[scorer.version, *names]}")
     monitor = monitor_for(scorer.spec)  # None for a model without a training distribution
     policy = policy or Policy()
     inp = load_input(input_path, mapping, order)
     labels = read_labels(labels_path, inp, label_delay_ms)
     as_csv = str(output_path).lower().endswith(".csv")
-    cols = list(SCORE_COLUMNS) + (["label", "scenario"] if inp.labelled else [])
+    cols = list(SCORE_COLUMNS) + (["label", "scenario"] if inp.labelled else []) + [
+        c for v in names for c in (f"score_{v}", f"decision_{v}")]
     stats = {"events": 0, "late": 0, "decisions": {"allow": 0, "review": 0, "block": 0}}
     with open(output_path, "w", encoding="utf-8", newline="") as out:
         w = csv.writer(out) if as_csv else None
@@ -270,7 +279,8 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
             scores = scorer.score_batch(x)
             if monitor is not None:
                 monitor.add(x)
-            for (item, vec, late), s in zip(pending, scores.tolist()):
+            compared = [o.score_batch(x).tolist() for o in others]
+            for k, ((item, vec, late), s) in enumerate(zip(pending, scores.tolist())):
                 ev = item.event
                 decision, reasons = policy.decide(s, vec, ev.event_type, late)
                 stats["decisions"][decision] += 1
@@ -280,6 +290,9 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
                 if inp.labelled:
                     row["label"] = None if item.fraud is None else int(item.fraud)
                     row["scenario"] = item.scenario
+                for v, cs in zip(names, compared):
+                    row[f"score_{v}"] = round(cs[k], 6)
+                    row[f"decision_{v}"] = policy.decide(cs[k], vec, ev.event_type, late)[0]
                 if w:
                     w.writerow(["" if row[c] is None else "|".join(row[c]) if c == "reasons"
                                 else int(row[c]) if c == "late" else row[c] for c in cols])
