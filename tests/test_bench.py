@@ -81,6 +81,7 @@ def test_python_baseline_decides_each_event_once_with_the_jobs_features(kafka_bo
 
 
 @pytest.mark.kafka
+@pytest.mark.long  # 20-25 s: the bench's Java contender (test_split holds its decisions under a split to Python's)
 def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer(kafka_bootstrap, tmp_path):
     """The all-Java contender (``benchmarks.java_job``): the job's JVM stages, then onnxruntime's Java binding on
     the same model. Every event decided once, with the replay's features, a score within 1e-5 of the Python

@@ -208,6 +208,7 @@ def test_latest_restores_the_savepoint_and_older_state_is_refused(kafka_bootstra
     assert all(len(ids) == 1 for ids in by_event.values())  # identical decision_ids
 
 
+@pytest.mark.long  # 30-40 s
 def test_the_changelog_restores_a_private_copy_and_the_savepoint_stays(kafka_bootstrap, tmp_path):
     """With the changelog (which Flink restores only in CLAIM mode), a run stopped with a savepoint resumes
     from a private copy: once the new run's checkpoints subsume what it restored, the savepoint is still
