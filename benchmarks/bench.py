@@ -211,11 +211,7 @@ def split_cost(events: int = 100_000, parallelism: int = 2, rounds: int = 2, see
                  "split": SPLIT_BENCH, "started": stamp, "load_average": {"start": round(os.getloadavg()[0], 1)},
                  "runs": []}
     try:
-        _log(f"generating {events:,} events (seed {seed})", log)
-        values = _events(events, seed)
-        make_topic(bs, "bench.events", parallelism)
-        _preload(bs, "bench.events", values, log)
-        del values
+        _backlog(bs, events, seed, parallelism, log)
         for r in range(rounds):
             for case in (("none", "split") if r % 2 == 0 else ("split", "none")):
                 _log(f"round {r + 1}/{rounds}: the job drains {events:,} events, {case}", log)
@@ -589,11 +585,7 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
                  "python_execution_mode": cfg.python_execution_mode, "started": stamp,
                  "load_average": {"start": round(os.getloadavg()[0], 1)}}  # the machine may be shared
     try:
-        _log(f"generating {events:,} events (seed {seed})", log)
-        values = _events(events, seed)
-        make_topic(bs, "bench.events", parallelism)
-        _preload(bs, "bench.events", values, log)
-        del values
+        _backlog(bs, events, seed, parallelism, log)
 
         _log("micro-benchmarks of the pure core", log)
         res.update(micro(seed))
@@ -649,6 +641,15 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
     finally:
         _clean_up(lay, work, keep, log)
     return _write_result(res, f"bench-{stamp}.json", t_start)
+
+
+def _backlog(bs: str, events: int, seed: int, parallelism: int, log) -> None:
+    """The topic ``bench.events`` holding ``events`` generated events (seed ``seed``), one partition per
+    subtask."""
+    _log(f"generating {events:,} events (seed {seed})", log)
+    values = _events(events, seed)
+    make_topic(bs, "bench.events", parallelism)
+    _preload(bs, "bench.events", values, log)
 
 
 def _clean_up(lay, work: Path, keep: bool, log) -> None:

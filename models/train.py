@@ -39,7 +39,7 @@ from riskstream.metrics import DAY_MS, at_budget, entity_precision_at_k, recall_
 from udfs.drift import reference as drift_reference
 from udfs.events import Event, Rejection
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
-from udfs.ingest import (DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, json_objects, load_input, parse_label)
+from udfs.ingest import DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, json_objects, load_input, training_label
 from udfs.replay import FeatureReplay, replay_input
 
 HERE = Path(__file__).resolve().parent
@@ -222,17 +222,11 @@ def read_labels(path: Path) -> dict[str, dict]:
     except IngestError as e:
         raise TrainError(f"{path.name} {e}") from None
     for n, obj in objects:
-        if not isinstance(obj.get("event_id"), (str, int)) or isinstance(obj.get("event_id"), bool):
-            raise TrainError(f"{path.name} line {n}: a label needs an event_id and a fraud value")
-        if "fraud" not in obj and obj.get("label") in ("fraud", "legit"):  # the labels topic's spelling
-            obj = {**obj, "fraud": obj["label"] == "fraud"}
         try:
-            fraud = parse_label(obj.get("fraud"))
+            eid, fraud = training_label(obj)
         except ValueError as e:
             raise TrainError(f"{path.name} line {n}: {e}") from None
-        if fraud is None:
-            raise TrainError(f"{path.name} line {n}: fraud is missing or empty (true/false, 0/1, yes/no)")
-        labels[str(obj["event_id"])] = {**obj, "fraud": fraud}
+        labels[eid] = {**obj, "fraud": fraud}
     return labels
 
 

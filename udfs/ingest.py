@@ -230,6 +230,21 @@ def json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
             yield n, obj
 
 
+def training_label(obj: dict) -> tuple[str, bool]:
+    """(event id as text, fraud) of a training label (``event_id`` string or integer, ``fraud`` true/false,
+    0/1 or yes/no; a label in the labels topic's spelling, ``label`` fraud/legit, is read too); ValueError
+    says what is wrong."""
+    eid = obj.get("event_id")
+    if isinstance(eid, bool) or not isinstance(eid, (str, int)):
+        raise ValueError("a label needs an event_id (string or integer)")
+    flag = obj.get("fraud") if "fraud" in obj else (obj.get("label") == "fraud" if obj.get("label") in ("fraud", "legit")
+                                                      else None)
+    fraud = parse_label(flag)
+    if fraud is None:
+        raise ValueError("fraud is missing or empty (true/false, 0/1, yes/no)")
+    return str(eid), fraud
+
+
 def parse_label(v) -> bool | None:
     """A fraud label: True / False from a boolean, 0 / 1, or the words true/false, yes/no, t/f, y/n (any
     case); None for no label (null, empty text, NaN). Raises ValueError for anything else."""

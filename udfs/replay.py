@@ -172,7 +172,7 @@ def read_labels(path, inp: Input | None = None, label_delay_ms: int | None = Non
         return []
     import orjson
 
-    from .ingest import IngestError, json_objects, parse_label as parse_flag
+    from .ingest import IngestError, json_objects, training_label
     from .labels import parse_label
     from .events import MAX_TS_MS, MIN_TS_MS, Rejection
 
@@ -194,18 +194,13 @@ def read_labels(path, inp: Input | None = None, label_delay_ms: int | None = Non
                     raise IngestError(f"labels file {path} line {n}: {res.detail}")
                 labels = [res]
             elif "fraud" in obj:  # the training spelling: keys from the event
-                eid = obj.get("event_id")
-                if isinstance(eid, bool) or not isinstance(eid, (str, int)):
-                    raise IngestError(f"labels file {path} line {n}: a label needs an event_id")
                 try:
-                    fraud = parse_flag(obj.get("fraud"))
+                    eid, fraud = training_label(obj)
                 except ValueError as e:
                     raise IngestError(f"labels file {path} line {n}: {e}") from None
-                if fraud is None:
-                    raise IngestError(f"labels file {path} line {n}: fraud is empty (true/false, 0/1, yes/no)")
                 user = obj.get("user_id")
                 labels = [(ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud" if fraud else "legit", ev.ip,
-                           ev.payment_ref) for ev in by_id.get(str(eid), ())
+                           ev.payment_ref) for ev in by_id.get(eid, ())
                           if user is None or str(user) == ev.user_id]
             else:
                 raise IngestError(f"labels file {path} line {n}: a label has `label` (fraud/legit, with the "
