@@ -77,12 +77,15 @@ def click(driver, element_id):
 def navigate(driver, element_id, deadline_s: float = 15.0):
     """Click a button or link that loads a new page, and return once the old page is gone (a readiness wait:
     the element ids of the next page may exist on this one too)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element("tag name", "html")
     driver.find_element("id", element_id).click()
-    WebDriverWait(driver, deadline_s).until(ec.staleness_of(old))
+    # mid-navigation Chrome may answer "Node with given id does not belong to the document" instead of
+    # "stale element": poll again, the next answer is the stale one
+    WebDriverWait(driver, deadline_s, ignored_exceptions=(WebDriverException,)).until(ec.staleness_of(old))
     _after_navigation(driver, "who")
 
 

@@ -501,7 +501,9 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
                 raise RuntimeError(f"the Flink {name} exited with code {p.returncode} during start-up "
                                    f"(logs in {lay.log_dir}):\n{tail}")
         last = flink_rest.overview(lay.rest_url)
-        if last and last.get("taskmanagers", 0) >= settings.taskmanagers and last.get("slots-available", 0) >= 1:
+        # every TaskManager and all of its slots: a TaskManager counts in /overview before its slot report does
+        if (last and last.get("taskmanagers", 0) >= settings.taskmanagers
+                and last.get("slots-total", 0) >= settings.taskmanagers * slots and last.get("slots-available", 0) >= 1):
             break
         if time.monotonic() - t0 > deadline_s:
             tail = log_tail(r)
