@@ -1308,7 +1308,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Pitfall: Python's default SIGTERM kills the process without unwinding, so a `demo`, `bench` or `chaos`
+    stopped by `kill` or `timeout` would leave its private broker and Flink processes behind. SIGTERM
+    becomes SystemExit(143) here (once, in the main thread): every ``finally`` runs its clean-up. Commands
+    that serve until stopped (`review serve`) install their own graceful handler over it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     args = build_parser().parse_args(argv)
     return args.fn(args)
 
