@@ -40,6 +40,7 @@ from udfs.drift import reference as drift_reference
 from udfs.events import Event, Rejection
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
 from udfs.ingest import DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, json_objects, load_input, training_label
+from udfs.labels import DEFAULT_LABEL_DELAY_MS, NO_LABELS, label_arrival
 from udfs.replay import FeatureReplay, replay_input
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +49,6 @@ TRAIN_SHARE = 0.8
 DEFAULT_SEEDS = (101, 102, 103, 104)
 DEFAULT_REVIEW_BUDGET = 0.01
 DEFAULT_TOP_K = 100  # entities reviewed per day (card precision top-k, as the Fraud Detection Handbook)
-DEFAULT_LABEL_DELAY_MS = 7 * DAY_MS  # labels of a file without arrival_ts reach the label features this late
 # the shipped v1 hyper-parameters (HistGradientBoostingClassifier)
 DEFAULT_HYPER = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "random_state": 0}
 # extra operating points reported beside the chosen budget, and the policy's score thresholds (udfs/policy.py)
@@ -144,22 +144,15 @@ class _Rows:
                        self.devices, self.refs, self.types, self.late)
 
 
-NO_LABELS = "none"
-
-
 def arrival_of(ev: Event, lab: dict | None, label_delay: int | str | None) -> int | None:
-    """When a fraud label for ``ev`` reaches the job: ``ev.ts + label_delay`` (ms), else the label's own
-    ``arrival_ts``, else None (never: no label, a legit one, or ``label_delay`` ``"none"``)."""
-    if lab is None or not lab.get("fraud") or label_delay == NO_LABELS:
+    """When a fraud label for ``ev`` reaches the job (``udfs.labels.label_arrival``: the rule of replay and
+    score), or None for no label or a legit one."""
+    if lab is None or not lab.get("fraud"):
         return None
-    if label_delay is not None:
-        return ev.ts + int(label_delay)
     arr = lab.get("arrival_ts")
-    if arr is None:
-        return None
-    if isinstance(arr, bool) or not isinstance(arr, int) or arr < ev.ts:
+    if arr is not None and (isinstance(arr, bool) or not isinstance(arr, int) or arr < ev.ts):
         raise TrainError(f"label of {ev.event_id}: arrival_ts must be epoch ms at or after the event's ts")
-    return arr
+    return label_arrival(ev.ts, arr, label_delay)
 
 
 def schedule_label(r: FeatureReplay, ev: Event, lab: dict | None, label_delay, stats: dict) -> None:
@@ -257,7 +250,7 @@ def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping:
                          "the mapping (--label-column)")
     rows = _Rows()
     late = 0
-    # label features: a fraud label arrives at its arrival_ts, else label_delay after its event (default 7 days)
+    # label features: udfs.labels.label_arrival (label_delay after its event, else its arrival_ts, else 7 days)
     delay = DEFAULT_LABEL_DELAY_MS if label_delay is None else label_delay
     r = FeatureReplay()
     for item, vec, lt in replay_input(inp, replayer=r):
@@ -269,8 +262,7 @@ def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping:
         else:
             lab = None if item.fraud is None else {"fraud": item.fraud}
             rows.add(item.event, vec, lt, item.fraud, item.scenario)
-        use = None if (label_delay is None and lab is not None and lab.get("arrival_ts") is not None) else delay
-        schedule_label(r, item.event, lab, use, rows.stats)
+        schedule_label(r, item.event, lab, label_delay, rows.stats)
     rej = inp.rejected()
     rows.stats.update(records=inp.records, duplicates=rej.pop("duplicate_event_id", 0), rejected=rej)
     if rejects_path is not None and inp.rejects:
@@ -286,7 +278,7 @@ def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping:
             "not, pass --order sort")
     on = {"source": "file", "events_file": events_path.name, "events_sha256": _sha256(events_path),
           "format": inp.format, "order": order, "out_of_order": inp.out_of_order, "late": late,
-          "label_delay": _delay_text(delay) + (" (or the label's arrival_ts)" if label_delay is None else "")}
+          "label_delay": ("the label's arrival_ts, else " if label_delay is None else "") + _delay_text(delay)}
     if labels_path is not None:
         on.update(labels_file=Path(labels_path).name, labels_sha256=_sha256(Path(labels_path)))
     else:

@@ -362,13 +362,11 @@ def _rejects_path(a, output: str) -> str:
     return a.rejects or f"{output}.rejects.jsonl"
 
 
-def _label_delay(a) -> int | None:
-    from udfs.ingest import IngestError, parse_duration
+def _label_delay(a) -> int | str | None:
+    from udfs.ingest import IngestError, parse_label_delay
 
-    if a.label_delay is None:
-        return None
     try:
-        return parse_duration(a.label_delay, "--label-delay")
+        return parse_label_delay(a.label_delay)
     except (IngestError, ValueError) as e:
         raise SystemExit(f"riskstream {a.cmd}: {e}") from None
 
@@ -400,7 +398,8 @@ def cmd_bootstrap(a) -> int:
     cfg = job_config(a)  # the job's own settings: its name, lateness, dedup horizon, max parallelism, labels
     try:
         res = bootstrap(cfg, a.input, labels_path=a.labels, mapping=input_mapping(a), order=a.order,
-                        output=Path(a.output) if a.output else None, parallelism=a.parallelism_write)
+                        output=Path(a.output) if a.output else None, parallelism=a.parallelism_write,
+                        label_delay_ms=_label_delay(a))
     except (IngestError, ValueError, FileExistsError, FileNotFoundError) as e:
         raise SystemExit(f"riskstream bootstrap: {e}")
     span = ""
@@ -847,14 +846,13 @@ def cmd_train(a) -> int:
         seeds = [int(s) for s in a.seed.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"riskstream train: --seed {a.seed!r}: give an integer or a comma-separated list")
-    from udfs.ingest import IngestError, parse_duration, parse_when
+    from udfs.ingest import IngestError, parse_duration, parse_label_delay, parse_when
 
     try:
         when = {k: None if getattr(a, k) is None else parse_when(getattr(a, k), "--" + k.replace("_", "-"))
                 for k in ("train_from", "train_until", "test_from", "test_until")}
         periods = tr.Periods(**when, gap_ms=parse_duration(a.gap, "--gap"))
-        delay = None if a.label_delay is None else (
-            tr.NO_LABELS if a.label_delay == tr.NO_LABELS else parse_duration(a.label_delay, "--label-delay"))
+        delay = parse_label_delay(a.label_delay)
         mapping = input_mapping(a) if a.events else None
         res = tr.run(events=Path(a.events) if a.events else None, labels=Path(a.labels) if a.labels else None,
                      generate=a.generate, seeds=seeds, version=a.version,
@@ -872,14 +870,18 @@ def cmd_train(a) -> int:
     return 0
 
 
+LABEL_DELAY_HELP = ("when a label reaches the label features, the same rule for train, replay and score: this long "
+                    "after its event for every label (e.g. 7d), or none [default: the label's arrival_ts (the "
+                    "generator's 1-14 days), else 7d]")
+
+
 def add_offline_feature_flags(p) -> None:
     """The flags replay and score share: labels with arrival times, the input mapping, the feature settings."""
     p.add_argument("--labels", metavar="FILE",
                    help="labels for the label features, the format train reads (JSON lines: event_id and fraud, "
-                        "or a label as on the labels topic), each with arrival_ts (epoch ms) or --label-delay; a "
-                        "label counts from the first event at or after its arrival")
-    p.add_argument("--label-delay", default=None, metavar="DURATION",
-                   help="a label without arrival_ts arrives this long after its event (e.g. 7d)")
+                        "or a label as on the labels topic, optionally with arrival_ts in epoch ms); a label "
+                        "counts from the first event at or after its arrival")
+    p.add_argument("--label-delay", default=None, metavar="DURATION|none", help=LABEL_DELAY_HELP)
     add_input_flags(p)
     add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
                   title="the job's settings that shape features (flag, else environment variable, else default)")
@@ -1136,9 +1138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=None,
                    help="with --generate: spread each seed's traffic over this many days, with the slow scenarios "
                         "(compromised devices, slow card testing) [default: the generator's 5 events/s]")
-    p.add_argument("--label-delay", default=None, metavar="DURATION|none",
-                   help="when a fraud label reaches the label features: this long after its event (e.g. 7d), or "
-                        "none [default: the label's arrival_ts (the generator's 1-14 days), else 7d]")
+    p.add_argument("--label-delay", default=None, metavar="DURATION|none", help=LABEL_DELAY_HELP)
     p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
                    help="also score the held-out rows with this model (champion/challenger); repeatable")
     p.add_argument("--max-iter", type=int, default=None, help="boosting rounds [default 100]")
@@ -1166,8 +1166,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a new folder for the savepoint [default: <home>/jobs/<job_name>/savepoints/bootstrap-<time>]")
     p.add_argument("--parallelism-write", type=int, default=2, help="parallelism of the savepoint writer [default 2]")
     p.add_argument("--labels", metavar="FILE",
-                   help="labels with arrival times (JSON lines as on the labels topic plus arrival_ts, epoch ms); "
-                        "a label is folded before the first event at or after its arrival")
+                   help="labels, the format train, replay and score read (JSON lines: event_id and fraud, or a label "
+                        "as on the labels topic, optionally with arrival_ts in epoch ms); a label is folded before "
+                        "the first event at or after its arrival")
+    p.add_argument("--label-delay", default=None, metavar="DURATION|none", help=LABEL_DELAY_HELP)
     add_input_flags(p)
     add_job_flags(p, only=("job_name", "allowed_lateness_ms", "dedup_horizon_ms", "out_of_orderness_ms",
                            "max_parallelism", "labels_topic", "stage_runtime"),

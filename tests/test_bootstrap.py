@@ -59,7 +59,7 @@ def test_bootstrapped_state_equals_the_replayed_state(tmp_path):
     from tests.jvm_jar import build_jar
     from tests.test_jvm_windows import _run_branches
     from udfs.features import ENTITIES, features_for
-    from udfs.labels import read_label_file
+    from udfs.replay import read_labels
 
     from riskstream.ops.bootstrap import bootstrap
 
@@ -78,7 +78,7 @@ def test_bootstrapped_state_equals_the_replayed_state(tmp_path):
     all_labels = tmp_path / "all-labels.jsonl"
     all_labels.write_bytes(b"".join(orjson.dumps({k: v for k, v in x.items() if v is not None}) + b"\n"
                                     for x in labels + late))
-    replay = FeatureReplay(LATENESS, DEDUP, labels=read_label_file(all_labels))
+    replay = FeatureReplay(LATENESS, DEDUP, labels=read_labels(all_labels))
     want = {}
     for ev in history + rest:
         got = replay.step(ev)
@@ -115,3 +115,27 @@ def test_bootstrapped_state_equals_the_replayed_state(tmp_path):
             at += n
     # the savepoint restores into the job's stages and nothing else: a key that only the history saw is there
     assert ENTITIES[0].name == "user"
+
+
+def test_the_history_takes_labels_in_either_spelling(tmp_path):
+    """`bootstrap --labels` reads the labels file train, replay and score read: a label in the training spelling
+    (event_id, fraud; keys and time from its event) folds as the same label in the topic's spelling, and
+    arrives by the one rule (``udfs.labels.label_arrival``: here --label-delay 1d)."""
+    from riskstream.ops.bootstrap import write_history
+
+    history, _, _, _ = _traffic(600, 11)
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(orjson.dumps(e._asdict()).decode() + "\n" for e in history))
+    picked = history[::37]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(orjson.dumps({"event_id": e.event_id, "fraud": i % 2 == 0}).decode() + "\n"
+                             for i, e in enumerate(picked)))
+    topic = tmp_path / "topic.jsonl"
+    topic.write_text("".join(orjson.dumps({
+        "event_id": e.event_id, "user_id": e.user_id, "device_id": e.device_id, "event_ts": e.ts,
+        "label": "fraud" if i % 2 == 0 else "legit", "ip": e.ip, "payment_ref": e.payment_ref,
+        "arrival_ts": e.ts + 86_400_000}).decode() + "\n" for i, e in enumerate(picked)))
+    a = write_history(events, tmp_path / "a.jsonl", labels_path=train, label_delay_ms=86_400_000)
+    b = write_history(events, tmp_path / "b.jsonl", labels_path=topic)
+    assert a == b and a["labels"] + a["labels_later"] == len(picked) and a["labels"] > 3
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()

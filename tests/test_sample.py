@@ -192,3 +192,55 @@ def test_one_labels_file_with_a_label_delay_and_constants_on_every_command(tmp_p
     assert main(["report", "--decisions", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r.html")]) == 0
     scored = _read_csv(tmp_path / "s.csv")
     assert len(scored) == len(feats) == len(rows)
+
+
+@pytest.mark.parametrize("delay", [None, "3d", "none"])
+def test_train_and_replay_feed_the_label_features_by_one_rule(tmp_path, delay):
+    """One labels file, half its labels with an arrival_ts (1 day after the event) and half without: replay and
+    train give every event the same label features, whatever --label-delay says (udfs.labels.label_arrival).
+    The expected arrival of each label is computed here, by hand, and checked through a third path: the
+    labels topic's spelling with that arrival_ts."""
+    from models.train import file_dataset
+    from udfs.ingest import Mapping, parse_label_delay
+    from udfs.replay import replay_file
+
+    rows = _read_csv(CSV)
+    mapping_path = tmp_path / "m.toml"
+    text = MAPPING.read_text()
+    mapping_path.write_text(text[:text.index("[label]")])
+    labelled = [r for r in rows if r["is_fraud"] != ""]
+    replay_file(CSV, tmp_path / "plain.jsonl", mapping=Mapping.load(mapping_path))  # each event's ts in epoch ms
+    ts = {e["event_id"]: e["ts"] for e in map(orjson.loads, open(tmp_path / "plain.jsonl", "rb"))}
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(orjson.dumps({"event_id": int(r["tx_id"]), "fraud": r["is_fraud"] == "1",
+                                            **({"arrival_ts": ts[r["tx_id"]] + DAY} if i % 2 else {})}).decode() + "\n"
+                              for i, r in enumerate(labelled)))
+    ms = parse_label_delay(delay)
+    assert replay_file(CSV, tmp_path / "f.jsonl", mapping=Mapping.load(mapping_path), labels_path=labels,
+                       label_delay_ms=ms)["verdict"] is None
+    feats = {e["event_id"]: e for e in map(orjson.loads, open(tmp_path / "f.jsonl", "rb"))}
+    data = file_dataset(CSV, labels, mapping=Mapping.load(mapping_path), label_delay=ms)
+    label_feats = [i for i, n in enumerate(FEATURE_NAMES) if "fraud" in n]
+    assert len(data.event_ids) == len(labelled) == len(feats)
+    for eid, x in zip(data.event_ids, data.x):
+        assert [float(x[i]) for i in label_feats] == pytest.approx([feats[eid][FEATURE_NAMES[i]] for i in label_feats])
+
+    # the third path: each fraud label in the topic's spelling, arriving when the rule says
+    src = {r["tx_id"]: r for r in rows}
+    topic = tmp_path / "topic.jsonl"
+    with open(topic, "w") as f:
+        for i, r in enumerate(labelled):
+            if r["is_fraud"] != "1" or delay == "none":
+                continue
+            e = feats[r["tx_id"]]
+            arrival = e["ts"] + (3 * DAY if delay == "3d" else DAY if i % 2 else 7 * DAY)
+            f.write(orjson.dumps({"event_id": e["event_id"], "user_id": e["user_id"], "device_id": e["device_id"],
+                                  "event_ts": e["ts"], "label": "fraud", "ip": src[r["tx_id"]]["ip_address"],
+                                  "payment_ref": src[r["tx_id"]]["card_hash"] or None,
+                                  "arrival_ts": arrival}).decode() + "\n")
+    replay_file(CSV, tmp_path / "g.jsonl", mapping=Mapping.load(mapping_path), labels_path=topic)
+    again = {e["event_id"]: e for e in map(orjson.loads, open(tmp_path / "g.jsonl", "rb"))}
+    names = [FEATURE_NAMES[i] for i in label_feats]
+    assert all([feats[k][n] for n in names] == [again[k][n] for n in names] for k in feats)
+    seen = sum(any(e[n] > 0 for n in names) for e in feats.values())
+    assert (seen == 0) if delay == "none" else (seen > 10)

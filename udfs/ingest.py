@@ -43,6 +43,7 @@ from typing import Any, Iterator, NamedTuple
 
 import orjson
 
+from .labels import NO_LABELS
 from .events import (EVENT_TYPES, INVALID_JSON, INVALID_TS, MISSING_FIELD, NOT_AN_OBJECT, OPTIONAL_KEYS,
                      REQUIRED_FIELDS, UNKNOWN_EVENT_TYPE, WRONG_TYPE, Event, Rejection, parse_event)
 
@@ -708,6 +709,15 @@ def parse_when(text: str, what: str = "time") -> int:
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_label_delay(text: str | None, what: str = "--label-delay") -> int | str | None:
+    """``--label-delay``: None (unset), ``udfs.labels.NO_LABELS`` ("none"), or milliseconds (``7d``)."""
+    if text is None:
+        return None
+    if text.strip().lower() == NO_LABELS:
+        return NO_LABELS
+    return parse_duration(text, what)
 
 
 def parse_duration(text: str, what: str = "duration") -> int:

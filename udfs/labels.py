@@ -3,7 +3,7 @@
 A label on the labels topic is ``{"event_id", "user_id", "device_id", "event_ts", "label": "fraud"|"legit"}``
 (``event_ts``: the labelled event's time, epoch ms), optionally with the labelled event's ``ip`` and
 ``payment_ref`` (the ip and payment stages read only labels that name their key). A labels *file* for the
-offline replay also gives each label's ``arrival_ts`` (:func:`read_label_file`).
+offline commands may also give each label's ``arrival_ts`` (``udfs.replay.read_labels``, :func:`label_arrival`).
 
 Label features (``features.LABEL_AGGS``): each stage that reads labels keeps per key the labelled-fraud events
 ``{event: event_ts}`` (:func:`apply_fraud_label`), an event named by ``udfs.chain.label_identity(user_id,
@@ -29,10 +29,25 @@ import orjson
 from .events import MAX_ID_LEN, MIN_TS_MS, MAX_TS_MS, Rejection
 
 KNOWN_FRAUD_HORIZON_MS = 7 * 24 * 3600 * 1000
+DEFAULT_LABEL_DELAY_MS = 7 * 24 * 3600 * 1000  # offline: a label without arrival_ts arrives this long after its event
+NO_LABELS = "none"  # offline: no label reaches the label features (a job without a labels topic)
 MAX_USERS_PER_DEVICE = 1000
 MAX_LABELS_PER_KEY = 1000
 INVALID_LABEL = "invalid_label"
 FRAUD, LEGIT = "fraud", "legit"
+
+
+def label_arrival(event_ts: int, arrival_ts: int | None, label_delay: int | str | None) -> int | None:
+    """When an offline label reaches the label features, the one rule of train, replay and score:
+    ``label_delay`` ms after its event when given (it fixes the delay of every label, ``arrival_ts`` or
+    not), never with :data:`NO_LABELS`, else its own ``arrival_ts``, else :data:`DEFAULT_LABEL_DELAY_MS`
+    after its event. Pitfall: a rule that differed between train and score would give the model features at
+    training time that scoring never computes."""
+    if label_delay == NO_LABELS:
+        return None
+    if label_delay is not None:
+        return event_ts + int(label_delay)
+    return arrival_ts if arrival_ts is not None else event_ts + DEFAULT_LABEL_DELAY_MS
 
 
 def parse_label(raw: bytes) -> tuple[str, str, str, int, str, str | None, str | None] | Rejection:
@@ -64,30 +79,6 @@ def parse_label(raw: bytes) -> tuple[str, str, str, int, str, str | None, str | 
                                             f"{MAX_ID_LEN} characters")
         opt.append(v)
     return ids[0], ids[1], ids[2], ts, label, opt[0], opt[1]
-
-
-def read_label_file(path) -> list[tuple[int, tuple]]:
-    """A labels file for the replay: JSON lines, each a label as on the labels topic plus ``arrival_ts``
-    (epoch ms, not before ``event_ts``): when the label reaches the job. Returns ``(arrival_ts, label)``
-    sorted by arrival (ties keep file order), ``label`` as :func:`parse_label` returns it. Raises
-    ValueError naming the line of the first bad label."""
-    out = []
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            res = parse_label(line)
-            if isinstance(res, Rejection):
-                raise ValueError(f"line {n}: {res.detail}")
-            arr = orjson.loads(line).get("arrival_ts")
-            if isinstance(arr, bool) or not isinstance(arr, int) or not MIN_TS_MS <= arr < MAX_TS_MS:
-                raise ValueError(f"line {n}: arrival_ts must be the label's arrival time in epoch ms")
-            if arr < res[3]:
-                raise ValueError(f"line {n}: arrival_ts is before the labelled event's event_ts")
-            out.append((arr, res))
-    out.sort(key=lambda x: x[0])
-    return out
 
 
 def apply_fraud_label(lab: dict | None, event_id: str, event_ts: int, label: str, keep_ms: int) -> dict:

@@ -17,6 +17,7 @@ from .drift import monitor_for
 from .events import DUPLICATE_EVENT_ID, OPTIONAL_FIELDS, Event
 from .features import FEATURE_NAMES
 from .ingest import DEFAULT_MAX_REJECT_SHARE, Input, Loaded, Mapping, load_input
+from .labels import NO_LABELS, label_arrival
 from .windows import DEFAULT_LATENESS_MS, event_values
 
 
@@ -24,7 +25,7 @@ class FeatureReplay:
     """The job's entity stages (``udfs.chain.Chain``) over in-memory stores, returning whole vectors.
 
     Labels with arrival times (:meth:`add_label`, or ``labels``: ``(arrival_ts, label)`` pairs as
-    ``udfs.labels.read_label_file`` returns them) reach the stages as in the job: a label is folded before
+    ``read_labels`` returns them) reach the stages as in the job: a label is folded before
     the first event whose ``ts`` is at or after its ``arrival_ts`` (ties in the order they were added), so
     no event's features see a label that had not yet arrived."""
 
@@ -125,7 +126,7 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                 order: str = "file", rejects_path=None,
                 max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, labels_path=None,
-                label_delay_ms: int | None = None) -> dict:
+                label_delay_ms: int | str | None = None) -> dict:
     """Write one JSON line per valid event: ``event_id``, ``ts``, ``user_id``, ``device_id``
     (``payment_ref``), ``late``, every feature by name, and ``label`` / ``scenario`` when the mapping
     declares a label column. Records the job would dead-letter are skipped, counted by reason (as the job
@@ -156,7 +157,7 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
             "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None}
 
 
-def read_labels(path, inp: Input | None = None, label_delay_ms: int | None = None) -> list:
+def read_labels(path, inp: Input | None = None, label_delay_ms: int | str | None = None) -> list:
     """A labels file's ``(arrival_ts, label)`` pairs sorted by arrival, or [] without one. One format for
     ``train``, ``replay`` and ``score``, JSON lines, each line in either spelling:
 
@@ -166,9 +167,10 @@ def read_labels(path, inp: Input | None = None, label_delay_ms: int | None = Non
       yes/no), optional ``user_id`` and ``scenario``: its keys and time are its event's in ``inp`` (a
       label for an event not in the file is skipped; a legit one adds nothing).
 
-    When a label reaches the label features: its ``arrival_ts`` (epoch ms, not before its event), else
-    ``label_delay_ms`` after its event, else it is refused (IngestError naming the line)."""
-    if path is None:
+    When a label reaches the label features: ``udfs.labels.label_arrival`` (``label_delay_ms`` after its
+    event when given, none with ``"none"``, else its ``arrival_ts``, else 7 days after its event), the rule
+    ``train`` follows too. An ``arrival_ts`` before its event is refused (IngestError naming the line)."""
+    if path is None or label_delay_ms == NO_LABELS:
         return []
     import orjson
 
@@ -206,15 +208,10 @@ def read_labels(path, inp: Input | None = None, label_delay_ms: int | None = Non
                 raise IngestError(f"labels file {path} line {n}: a label has `label` (fraud/legit, with the "
                                   "event's keys) or `fraud` (true/false, keys from the events file)")
             for lab in labels:
-                when = arr if arr is not None else (lab[3] + label_delay_ms if label_delay_ms is not None else None)
-                if when is None:
-                    raise IngestError(f"labels file {path} line {n}: no arrival_ts; give each label one, or "
-                                      "pass --label-delay (e.g. 7d) for labels that arrive that long after "
-                                      "their event")
-                if when < lab[3]:
+                if arr is not None and arr < lab[3]:
                     raise IngestError(f"labels file {path} line {n}: arrival_ts is before the labelled "
                                       "event's event_ts")
-                out.append((when, lab))
+                out.append((label_arrival(lab[3], arr, label_delay_ms), lab))
     except OSError as e:
         raise IngestError(f"labels file {path}: {e}") from None
     except IngestError as e:
@@ -231,7 +228,7 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
                dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                order: str = "file", rejects_path=None, max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
-               policy=None, batch: int = 4096, labels_path=None, label_delay_ms: int | None = None,
+               policy=None, batch: int = 4096, labels_path=None, label_delay_ms: int | str | None = None,
                compare=()) -> dict:
     """Per-event scores and decisions offline: the job's features (this replay), the model's score (the
     job's ``Scorer``) and the policy's decision and reasons (default ``udfs.policy.Policy()``: thresholds

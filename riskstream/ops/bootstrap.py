@@ -47,16 +47,20 @@ class BootstrapResult:
     seconds: float
 
 
-def write_history(input_path, out: Path, *, labels_path=None, mapping=None, order: str = "file") -> dict:
+def write_history(input_path, out: Path, *, labels_path=None, mapping=None, order: str = "file",
+                  label_delay_ms: int | str | None = None) -> dict:
     """The history as the fold reads it: ``{"event": {...}}`` / ``{"label": {...}}`` lines in arrival order.
-    Returns counts and the event-time range. Raises ``udfs.ingest.IngestError`` on an unusable input."""
+    Labels as ``replay`` reads them (either spelling; ``udfs.labels.label_arrival``'s rule with
+    ``label_delay_ms``). Returns counts and the event-time range. Raises ``udfs.ingest.IngestError`` on an
+    unusable input."""
     from udfs.chain import label_identity
     from udfs.ingest import load_input
     from udfs.replay import read_labels
 
-    labels = [(int(a), i, lab) for i, (a, lab) in enumerate(read_labels(labels_path))]
-    heapq.heapify(labels)
     inp = load_input(input_path, mapping, order)
+    # after the input: a label in the training spelling takes its keys and time from its event
+    labels = [(int(a), i, lab) for i, (a, lab) in enumerate(read_labels(labels_path, inp, label_delay_ms))]
+    heapq.heapify(labels)
     n_events = n_labels = 0
     first = last = None
     with open(out, "wb") as f:
@@ -91,7 +95,8 @@ def state_jars(cfg: JobConfig) -> list[str]:
 
 
 def bootstrap(cfg: JobConfig, input_path, *, labels_path=None, mapping=None, order: str = "file",
-              output: Path | None = None, parallelism: int = 2) -> BootstrapResult:
+              output: Path | None = None, parallelism: int = 2,
+              label_delay_ms: int | str | None = None) -> BootstrapResult:
     """Fold the history and write the savepoint (default: a new ``bootstrap-<time>`` folder among the job's
     savepoints); record it in the job's lineage as a savepoint of run ``bootstrap``."""
     from pyflink.java_gateway import get_gateway
@@ -110,7 +115,8 @@ def bootstrap(cfg: JobConfig, input_path, *, labels_path=None, mapping=None, ord
     jars = state_jars(cfg)
     with tempfile.TemporaryDirectory(prefix="riskstream-bootstrap-") as work:
         hist = Path(work) / "history.jsonl"
-        st = write_history(input_path, hist, labels_path=labels_path, mapping=mapping, order=order)
+        st = write_history(input_path, hist, labels_path=labels_path, mapping=mapping, order=order,
+                           label_delay_ms=label_delay_ms)
         if st["events"] == 0:
             raise ValueError(f"{input_path} holds no valid event: nothing to bootstrap")
         add_jars_to_context_class_loader(jars)
