@@ -41,7 +41,7 @@ from udfs.events import Event, Rejection
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
 from udfs.ingest import DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, json_objects, load_input, training_label
 from udfs.labels import DEFAULT_LABEL_DELAY_MS, NO_LABELS, label_arrival
-from udfs.replay import FeatureReplay, replay_input
+from udfs.replay import FeatureCache, FeatureReplay, label_schedule, replay_input
 
 HERE = Path(__file__).resolve().parent
 
@@ -226,7 +226,7 @@ def read_labels(path: Path) -> dict[str, dict]:
 def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping: Mapping | None = None,
                  order: str = "file", max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
                  rejects_path: Path | None = None, log: Callable[[str], None] = lambda m: None,
-                 label_delay: int | str | None = None) -> Dataset:
+                 label_delay: int | str | None = None, cache_dir: Path | None = None) -> Dataset:
     """Events file (JSON lines, CSV or Parquet, read through ``mapping``; replayed in file order, or by
     event time with ``order="sort"``) plus labels: a labels file keyed by event id, or the mapping's label
     column. Records are validated by the job's parser; the ones it would dead-letter are counted (and
@@ -250,19 +250,25 @@ def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping:
                          "the mapping (--label-column)")
     rows = _Rows()
     late = 0
-    # label features: udfs.labels.label_arrival (label_delay after its event, else its arrival_ts, else 7 days)
+    # label features: the schedule replay and score use (udfs.replay.label_schedule, udfs.labels.label_arrival)
     delay = DEFAULT_LABEL_DELAY_MS if label_delay is None else label_delay
-    r = FeatureReplay()
-    for item, vec, lt in replay_input(inp, replayer=r):
+    try:
+        schedule = label_schedule(inp, labels_path, label_delay)
+    except IngestError as e:
+        raise TrainError(str(e)) from None
+    run: dict = {}
+    for item, vec, lt in replay_input(inp, labels=schedule, cache=FeatureCache(cache_dir) if cache_dir else None,
+                                      stats=run):
         late += lt
         if labels is not None:
             lab = labels.get(item.event.event_id)
             rows.add(item.event, vec, lt, None if lab is None else lab["fraud"],
                      None if lab is None else lab.get("scenario"))
         else:
-            lab = None if item.fraud is None else {"fraud": item.fraud}
             rows.add(item.event, vec, lt, item.fraud, item.scenario)
-        schedule_label(r, item.event, lab, label_delay, rows.stats)
+    rows.stats["labels_fed"] = sum(1 for _, lab in schedule if lab[4] == "fraud")
+    if run.get("feature_cache") == "hit":
+        log("features from the feature cache (the same file, labels, settings and spec were replayed before)")
     rej = inp.rejected()
     rows.stats.update(records=inp.records, duplicates=rej.pop("duplicate_event_id", 0), rejected=rej)
     if rejects_path is not None and inp.rejects:
@@ -978,7 +984,7 @@ def run(*, events: Path | None = None, labels: Path | None = None, generate: int
         force: bool = False, log: Callable[[str], None] = lambda m: None, mapping: Mapping | None = None,
         order: str = "file", max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, rejects_path: Path | None = None,
         periods: Periods | None = None, top_k: int = DEFAULT_TOP_K, days: float | None = None,
-        label_delay: int | str | None = None) -> TrainResult:
+        label_delay: int | str | None = None, cache_dir: Path | None = None) -> TrainResult:
     """The ``riskstream train`` command without its argument parsing and printing. ``out_dir`` defaults to
     :func:`default_out_dir` (under the riskstream home, never beside the shipped models)."""
     t0 = time.time()
@@ -997,7 +1003,8 @@ def run(*, events: Path | None = None, labels: Path | None = None, generate: int
     if events is not None:
         data = file_dataset(events, labels, mapping=mapping, order=order, max_reject_share=max_reject_share,
                             rejects_path=rejects_path if rejects_path is not None
-                            else out_dir / f"{version}.rejects.jsonl", log=log, label_delay=label_delay)
+                            else out_dir / f"{version}.rejects.jsonl", log=log, label_delay=label_delay,
+                            cache_dir=cache_dir)
     else:
         data = generated_dataset(generate, seeds, days=days, label_delay=label_delay)
     return train_model(data, out_dir, version, review_budget=review_budget, hyper=hyper, compare=compare,

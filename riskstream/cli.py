@@ -362,6 +362,15 @@ def _rejects_path(a, output: str) -> str:
     return a.rejects or f"{output}.rejects.jsonl"
 
 
+def _feature_cache(a):
+    """The feature cache's folder (``udfs.replay.FeatureCache``), None with --no-feature-cache."""
+    return None if a.no_feature_cache else paths.home() / "cache" / "features"
+
+
+def _cache_note(stats: dict) -> str:
+    return "; features from the feature cache" if stats.get("feature_cache") == "hit" else ""
+
+
 def _label_delay(a) -> int | str | None:
     from udfs.ingest import IngestError, parse_label_delay
 
@@ -381,12 +390,12 @@ def cmd_replay(a) -> int:
         stats = replay_file(a.input, a.output, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
                             mapping=input_mapping(a), order=a.order, rejects_path=rejects,
                             max_reject_share=a.max_reject_share, labels_path=a.labels,
-                            label_delay_ms=_label_delay(a))
+                            label_delay_ms=_label_delay(a), cache_dir=_feature_cache(a))
     except IngestError as e:
         raise SystemExit(f"riskstream replay: {e}")
-    lab = f"; labels {stats['labels_applied']} of {stats['labels']} arrived" if a.labels else ""
+    lab = f"; labels {stats['labels_applied']} of {stats['labels']} arrived" if stats["labels"] else ""
     print(f"[replay] {stats['events']} events -> {a.output}; late {stats['late']}; "
-          f"rejected {stats['rejected'] or 0}{lab}", file=sys.stderr)
+          f"rejected {stats['rejected'] or 0}{lab}{_cache_note(stats)}", file=sys.stderr)
     return _input_report("replay", stats, stats["rejects_file"])
 
 
@@ -429,12 +438,12 @@ def cmd_score(a) -> int:
         stats = score_file(a.input, a.output, a.model, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
                            mapping=input_mapping(a), order=a.order, rejects_path=rejects,
                            max_reject_share=a.max_reject_share, labels_path=a.labels,
-                           label_delay_ms=_label_delay(a), compare=a.compare)
+                           label_delay_ms=_label_delay(a), compare=a.compare, cache_dir=_feature_cache(a))
     except (IngestError, ModelError) as e:
         raise SystemExit(f"riskstream score: {e}")
     d = stats["decisions"]
     print(f"[score] {stats['events']} events scored by {stats['model_version']} -> {a.output}; allow {d['allow']}, "
-          f"review {d['review']}, block {d['block']}; late {stats['late']}", file=sys.stderr)
+          f"review {d['review']}, block {d['block']}; late {stats['late']}{_cache_note(stats)}", file=sys.stderr)
     if stats.get("drift_warning"):
         print(f"[score] WARNING {stats['drift_warning']}", file=sys.stderr)
     elif stats.get("drift") is None:
@@ -861,7 +870,7 @@ def cmd_train(a) -> int:
                      force=a.force, log=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True),
                      mapping=mapping, order=a.order, max_reject_share=a.max_reject_share,
                      rejects_path=Path(a.rejects) if a.rejects else None, periods=periods, top_k=a.top_k,
-                     days=a.days, label_delay=delay)
+                     days=a.days, label_delay=delay, cache_dir=_feature_cache(a))
     except (tr.TrainError, IngestError) as e:
         raise SystemExit(f"riskstream train: {e}")
     print(tr.render(res.summary))
@@ -875,6 +884,10 @@ LABEL_DELAY_HELP = ("when a label reaches the label features, the same rule for 
                     "generator's 1-14 days), else 7d]")
 
 
+NO_CACHE_HELP = ("replay the input even when the feature cache (<home>/cache/features) holds its vectors for the "
+                 "same file, labels, settings, spec and code")
+
+
 def add_offline_feature_flags(p) -> None:
     """The flags replay and score share: labels with arrival times, the input mapping, the feature settings."""
     p.add_argument("--labels", metavar="FILE",
@@ -882,6 +895,7 @@ def add_offline_feature_flags(p) -> None:
                         "or a label as on the labels topic, optionally with arrival_ts in epoch ms); a label "
                         "counts from the first event at or after its arrival")
     p.add_argument("--label-delay", default=None, metavar="DURATION|none", help=LABEL_DELAY_HELP)
+    p.add_argument("--no-feature-cache", action="store_true", help=NO_CACHE_HELP)
     add_input_flags(p)
     add_job_flags(p, only=("allowed_lateness_ms", "dedup_horizon_ms"),
                   title="the job's settings that shape features (flag, else environment variable, else default)")
@@ -1139,6 +1153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --generate: spread each seed's traffic over this many days, with the slow scenarios "
                         "(compromised devices, slow card testing) [default: the generator's 5 events/s]")
     p.add_argument("--label-delay", default=None, metavar="DURATION|none", help=LABEL_DELAY_HELP)
+    p.add_argument("--no-feature-cache", action="store_true", help=NO_CACHE_HELP)
     p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
                    help="also score the held-out rows with this model (champion/challenger); repeatable")
     p.add_argument("--max-iter", type=int, default=None, help="boosting rounds [default 100]")

@@ -60,8 +60,13 @@ def walk(tmp_path_factory):
 def test_replay_with_the_mapping_equals_the_generators_own_events(walk):
     _, out = walk
     gen = TrafficGenerator(seed=build_payments.SEED, sim_rate=build_payments.EVENTS / (build_payments.DAYS * 86_400))
-    events = sorted((Event(**r.event) for r in gen.generate(build_payments.EVENTS)), key=lambda e: e.ts)
-    want = [(ev.ts, vec) for ev, vec, _ in replay(events)]
+    recs = sorted(gen.generate(build_payments.EVENTS), key=lambda r: r.event["ts"])
+    events = [Event(**r.event) for r in recs]
+    # the mapping's label column feeds the label features too: each fraud label 7 days after its event
+    # (udfs.labels.label_arrival without --label-delay), as train feeds them
+    labels = sorted((ev.ts + 7 * DAY, (ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud", ev.ip, ev.payment_ref))
+                    for ev, r in zip(events, recs) if r.label.get("fraud"))
+    want = [(ev.ts, vec) for ev, vec, _ in replay(events, labels=labels)]
     got = [orjson.loads(x) for x in (out / "f.jsonl").read_bytes().splitlines()]
     assert [(g["ts"], [g[n] for n in FEATURE_NAMES]) for g in got] == want
     labels = {r["tx_id"]: (int(r["is_fraud"]), r["fraud_type"] or "normal") for r in _read_csv(CSV)}

@@ -8,6 +8,7 @@ second implementation.
 from __future__ import annotations
 
 import heapq
+import os
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -17,7 +18,7 @@ from .drift import monitor_for
 from .events import DUPLICATE_EVENT_ID, OPTIONAL_FIELDS, Event
 from .features import FEATURE_NAMES
 from .ingest import DEFAULT_MAX_REJECT_SHARE, Input, Loaded, Mapping, load_input
-from .labels import NO_LABELS, label_arrival
+from .labels import FRAUD, NO_LABELS, label_arrival
 from .windows import DEFAULT_LATENESS_MS, event_values
 
 
@@ -94,22 +95,128 @@ def read_events(path) -> Iterator[tuple[int, bytes | dict]]:
                 yield n, line
 
 
+class FeatureCache:
+    """Replayed feature vectors on disk, so that ``train``, ``score`` and ``replay`` over one file, one labels
+    schedule and one spec replay it once (a replay costs ~0.5 ms per event; reading the input again is
+    cheap). An entry is keyed by everything the vectors depend on: the input file's bytes, the mapping and
+    order, the resolved label schedule, the feature settings, the spec's fingerprint and the source of the
+    ``udfs`` package (any change to the core makes a new key). An entry that does not match the input it is
+    read for is ignored. At most ``keep`` entries stay (the newest); writes are atomic (``os.replace``)."""
+
+    VERSION = 1
+
+    def __init__(self, root, keep: int = 8):
+        from pathlib import Path
+
+        self.root = Path(root)
+        self.keep = keep
+
+    @staticmethod
+    def _code_digest() -> str:
+        import hashlib
+        from pathlib import Path
+
+        h = hashlib.sha256()
+        for f in sorted(Path(__file__).resolve().parent.glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        return h.hexdigest()
+
+    def key(self, inp: Input, labels: list, settings: tuple) -> str:
+        import hashlib
+
+        import orjson
+
+        from .features import spec_fingerprint
+
+        h = hashlib.sha256()
+        with open(inp.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(orjson.dumps([self.VERSION, repr(inp.mapping), inp.order, list(settings), spec_fingerprint(),
+                               self._code_digest()]))
+        h.update(orjson.dumps(labels))
+        return h.hexdigest()[:32]
+
+    def get(self, key: str, inp: Input):
+        """(vectors, late, duplicate mask over ``inp.events``, labels applied), or None."""
+        path = self.root / f"{key}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                vecs, late, dup = z["vecs"], z["late"], z["dup"]
+                names, applied = list(z["names"]), int(z["applied"])
+        except (OSError, KeyError, ValueError):
+            return None
+        if (names != list(FEATURE_NAMES) or len(dup) != len(inp.events)
+                or vecs.shape != (int((~dup).sum()), len(FEATURE_NAMES)) or len(late) != len(vecs)):
+            return None
+        os.utime(path)  # the newest use keeps it
+        return vecs, late, dup, applied
+
+    def put(self, key: str, vecs: np.ndarray, late: np.ndarray, dup: np.ndarray, applied: int) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{key}.{os.getpid()}.npz"
+        np.savez(tmp, vecs=vecs, late=late, dup=dup, names=np.asarray(FEATURE_NAMES), applied=np.int64(applied))
+        os.replace(tmp, self.root / f"{key}.npz")
+        entries = sorted(self.root.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[self.keep:]:
+            old.unlink(missing_ok=True)
+
+
+def _reject_duplicate(inp: Input, item: Loaded) -> None:
+    inp.reject(item, DUPLICATE_EVENT_ID, f"event_id {item.event.event_id!r} seen within the dedup horizon "
+                                         "(the job dead-letters it)")
+
+
 def replay_input(inp: Input, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                  dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                  out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, labels: Iterable | None = None,
-                 replayer: FeatureReplay | None = None) -> Iterator[tuple[Loaded, list[float], bool]]:
+                 replayer: FeatureReplay | None = None, cache: FeatureCache | None = None,
+                 stats: dict | None = None) -> Iterator[tuple[Loaded, list[float], bool]]:
     """(loaded event, features, late) per valid event of an input (``udfs.ingest.load_input``), in its
     order. A duplicate event id is added to the input's rejects (the job dead-letters it) and skipped.
     ``labels``: ``(arrival_ts, label)`` pairs; ``replayer``: a :class:`FeatureReplay` to run (its labels
-    may be added while iterating)."""
+    may be added while iterating: no ``cache`` then). ``cache``: read the vectors from it when it holds
+    them, else store them once the input is exhausted. ``stats`` (a dict) receives ``labels_applied`` and
+    ``feature_cache`` (hit, stored or off)."""
+    stats = stats if stats is not None else {}
+    labels = list(labels or ())
+    if cache is not None and replayer is not None:
+        raise ValueError("replay_input: a cache needs the labels up front, not a replayer")
+    key = None
+    if cache is not None:
+        key = cache.key(inp, labels, (allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms))
+        hit = cache.get(key, inp)
+        if hit is not None:
+            vecs, late, dup, applied = hit
+            stats.update(labels_applied=applied, feature_cache="hit")
+            j = 0
+            for item, d in zip(inp.events, dup.tolist()):
+                if d:
+                    _reject_duplicate(inp, item)
+                    continue
+                yield item, vecs[j].tolist(), bool(late[j])
+                j += 1
+            return
     r = replayer or FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels)
+    from array import array
+
+    flat, lates, dups = array("d"), array("b"), array("b")
     for item in inp.events:
         res = r.step(item.event)
+        dups.append(res is None)
         if res is None:
-            inp.reject(item, DUPLICATE_EVENT_ID, f"event_id {item.event.event_id!r} seen within the dedup horizon "
-                                                 "(the job dead-letters it)")
+            _reject_duplicate(inp, item)
             continue
+        if key is not None:
+            flat.extend(res[0])
+            lates.append(res[1])
         yield item, res[0], res[1]
+    stats.update(labels_applied=r.labels_applied, feature_cache="off" if key is None else "stored")
+    if key is not None:
+        vecs = np.frombuffer(flat, dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
+        cache.put(key, vecs, np.frombuffer(lates, dtype=np.int8).astype(bool),
+                  np.frombuffer(dups, dtype=np.int8).astype(bool), r.labels_applied)
 
 
 def event_fields(item: Loaded) -> dict:
@@ -126,21 +233,24 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                 order: str = "file", rejects_path=None,
                 max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, labels_path=None,
-                label_delay_ms: int | str | None = None) -> dict:
+                label_delay_ms: int | str | None = None, cache_dir=None) -> dict:
     """Write one JSON line per valid event: ``event_id``, ``ts``, ``user_id``, ``device_id``
     (``payment_ref``), ``late``, every feature by name, and ``label`` / ``scenario`` when the mapping
     declares a label column. Records the job would dead-letter are skipped, counted by reason (as the job
     would route them) and, with ``rejects_path``, written there with their row and line numbers.
     ``verdict`` in the result is why the input is unusable (too many rejects), or None. ``labels_path``: a
-    labels file for the label features (:func:`read_labels`: arrival times, or ``label_delay_ms``)."""
+    labels file for the label features (:func:`label_schedule`: the file, else the mapping's label column).
+    ``cache_dir``: a :class:`FeatureCache` folder (None: no cache)."""
     import orjson
 
     inp = load_input(input_path, mapping, order)
-    labels = read_labels(labels_path, inp, label_delay_ms)
+    labels = label_schedule(inp, labels_path, label_delay_ms)
     stats = {"events": 0, "late": 0}
-    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels)
+    run: dict = {}
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
     with open(output_path, "wb") as out:
-        for item, vec, late in replay_input(inp, replayer=r):
+        for item, vec, late in replay_input(inp, allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms,
+                                            labels, cache=cache, stats=run):
             stats["events"] += 1
             stats["late"] += late
             row = {**event_fields(item), "late": late, **dict(zip(FEATURE_NAMES, vec))}
@@ -153,7 +263,7 @@ def replay_file(input_path, output_path, allowed_lateness_ms: int = DEFAULT_LATE
         inp.write_rejects(rejects_path)
     return {**stats, "records": inp.records, "rejected": inp.rejected(), "refused": inp.refused(),
             "out_of_order": inp.out_of_order, "order": order, "verdict": inp.verdict(max_reject_share),
-            "labels": len(labels), "labels_applied": r.labels_applied,
+            "labels": len(labels), **run,
             "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None}
 
 
@@ -220,6 +330,20 @@ def read_labels(path, inp: Input | None = None, label_delay_ms: int | str | None
     return out
 
 
+def label_schedule(inp: Input, labels_path=None, label_delay_ms: int | str | None = None) -> list:
+    """The ``(arrival_ts, label)`` pairs that reach the label features offline, the same for train, replay,
+    score and bootstrap: the labels file's (:func:`read_labels`), else the fraud labels of the mapping's
+    label column (each arriving by ``udfs.labels.label_arrival``: 7 days after its event unless
+    ``label_delay_ms`` says otherwise), else none."""
+    if labels_path is not None or not inp.labelled or label_delay_ms == NO_LABELS:
+        return read_labels(labels_path, inp, label_delay_ms)
+    out = [(label_arrival(ev.ts, None, label_delay_ms),
+            (ev.event_id, ev.user_id, ev.device_id, ev.ts, FRAUD, ev.ip, ev.payment_ref))
+           for ev in (item.event for item in inp.events if item.fraud)]
+    out.sort(key=lambda x: x[0])
+    return out
+
+
 SCORE_COLUMNS = ("event_id", "ts", "user_id", "device_id", "payment_ref", "event_type", "score", "decision",
                  "reasons", "late", "model_version")
 
@@ -229,7 +353,7 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
                out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, *, mapping: Mapping | None = None,
                order: str = "file", rejects_path=None, max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
                policy=None, batch: int = 4096, labels_path=None, label_delay_ms: int | str | None = None,
-               compare=()) -> dict:
+               compare=(), cache_dir=None) -> dict:
     """Per-event scores and decisions offline: the job's features (this replay), the model's score (the
     job's ``Scorer``) and the policy's decision and reasons (default ``udfs.policy.Policy()``: thresholds
     and rules; label-feedback signals are not replayed, so rules on them never fire). Writes JSON lines, or
@@ -253,7 +377,8 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
     monitor = monitor_for(scorer.spec)  # None for a model without a training distribution
     policy = policy or Policy()
     inp = load_input(input_path, mapping, order)
-    labels = read_labels(labels_path, inp, label_delay_ms)
+    labels = label_schedule(inp, labels_path, label_delay_ms)
+    run: dict = {}
     as_csv = str(output_path).lower().endswith(".csv")
     cols = list(SCORE_COLUMNS) + (["label", "scenario"] if inp.labelled else []) + [
         c for v in names for c in (f"score_{v}", f"decision_{v}")]
@@ -295,7 +420,8 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
             pending.clear()
 
         for item, vec, late in replay_input(inp, allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms,
-                                            labels):
+                                            labels, cache=FeatureCache(cache_dir) if cache_dir is not None else None,
+                                            stats=run):
             stats["events"] += 1
             stats["late"] += late
             pending.append((item, vec, late))
@@ -306,7 +432,7 @@ def score_file(input_path, output_path, model_path, allowed_lateness_ms: int = D
         inp.write_rejects(rejects_path)
     return {**stats, "records": inp.records, "rejected": inp.rejected(), "refused": inp.refused(),
             "out_of_order": inp.out_of_order, "order": order, "verdict": inp.verdict(max_reject_share),
-            "model_version": scorer.version,
+            "model_version": scorer.version, **run,
             "rejects_file": str(rejects_path) if rejects_path is not None and inp.rejects else None,
             **drift_stats(monitor, scorer.version)}
 
