@@ -99,6 +99,8 @@ def _job_flags(bootstrap: str, events_topic: str, tag: str, work: Path, parallel
         "group_id": f"bench-{tag}-{uuid.uuid4().hex[:6]}", "transactional_id_prefix": f"bench-{tag}-{uuid.uuid4().hex[:6]}",
         "starting_offsets": "earliest", "parallelism": str(parallelism),
         "checkpoint_dir": (work / f"checkpoints-{tag}").as_uri(),
+        # a job name of its own: a bench run never enters the lineage of the user's job (--restore-from latest)
+        "job_name": f"bench-{work.name}-{tag}",
     }
     if checkpoint_interval_ms:
         flags["checkpoint_interval_ms"] = str(checkpoint_interval_ms)
@@ -122,12 +124,13 @@ def _job_env() -> dict[str, str]:
 
 def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Path, parallelism: int,
                      checkpoint_interval_ms: int | None, log, deadline_s: float, tag: str = "flink",
-                     control: dict | None = None) -> dict:
+                     control: dict | None = None, extra: dict[str, str] | None = None) -> dict:
     """The job drains the preloaded backlog (``--bounded``) and exits; its committed output is timed. With
-    ``control``, that message waits on the job's control topic before it starts (a split, for its cost)."""
+    ``control``, that message waits on the job's control topic before it starts (a split, for its cost);
+    ``extra``: more job flags (e.g. ``state_backend``, ``restore_from``)."""
     import subprocess
 
-    flags = _job_flags(bootstrap, events_topic, tag, work, parallelism, checkpoint_interval_ms)
+    flags = {**_job_flags(bootstrap, events_topic, tag, work, parallelism, checkpoint_interval_ms), **(extra or {})}
     _job_topics(bootstrap, flags, parallelism)
     if control is not None:
         from kafka import KafkaProducer
@@ -144,7 +147,8 @@ def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Pat
     for k, v in flags.items():
         args += [f"--{k.replace('_', '-')}", v]
     t0 = time.monotonic()
-    with open(work / "job-throughput.log", "wb") as out:
+    job_log = work / f"job-{tag}.log"
+    with open(job_log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=_job_env(),
                                 cwd=paths.PROJECT_ROOT, start_new_session=True)
     watcher = threading.Thread(target=lambda: _watch_count(bootstrap, flags["decisions_topic"], expected, proc,
@@ -155,11 +159,12 @@ def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Pat
     except subprocess.TimeoutExpired:
         proc.kill()
         raise TimeoutError(f"the job did not drain {expected} events within {deadline_s:.0f}s; "
-                           f"see {work / 'job-throughput.log'}")
+                           f"see {job_log}")
     if rc != 0:
-        raise RuntimeError(f"the job exited with {rc}; see {work / 'job-throughput.log'}")
+        raise RuntimeError(f"the job exited with {rc}; see {job_log}")
     span = read_output(bootstrap, flags["decisions_topic"], expected, deadline_s=30, log=log)
-    return {"span": span, "seconds": round(time.monotonic() - t0, 1), "decisions_topic": flags["decisions_topic"]}
+    return {"span": span, "seconds": round(time.monotonic() - t0, 1), "decisions_topic": flags["decisions_topic"],
+            "log": str(job_log)}
 
 
 # the split of the split-cost comparison: two arms, each with its own model (the champion risk_gbdt_v1)
@@ -192,6 +197,23 @@ def _arm_counts(bootstrap: str, topic: str) -> dict[str, int]:
         c.close()
 
 
+def _alternate(cases: tuple[str, ...], rounds: int, run_one, log) -> list[dict]:
+    """``run_one(case, round)`` for every case, ``rounds`` times, the order reversed every other round (a
+    shared machine's load drifts: neither case always goes first)."""
+    runs = []
+    for r in range(rounds):
+        for case in cases if r % 2 == 0 else tuple(reversed(cases)):
+            _log(f"round {r + 1}/{rounds}: {case}", log)
+            runs.append({"case": case, "round": r + 1, **run_one(case, r)})
+            _log(f"{case}: {runs[-1]['eps']} events/s", log)
+    return runs
+
+
+def _median_eps(runs: list[dict], case: str) -> float | None:
+    eps = [x["eps"] for x in runs if x["case"] == case and x["eps"]]
+    return round(statistics.median(eps), 1) if eps else None
+
+
 def split_cost(events: int = 100_000, parallelism: int = 2, rounds: int = 2, seed: int = 11,
                checkpoint_interval_ms: int | None = None, port: int | None = None, keep: bool = False,
                log=sys.stderr, deadline_s: float = 900) -> dict:
@@ -210,27 +232,119 @@ def split_cost(events: int = 100_000, parallelism: int = 2, rounds: int = 2, see
     res: dict = {"kind": "split_cost", "events": events, "parallelism": parallelism, "rounds": rounds,
                  "split": SPLIT_BENCH, "started": stamp, "load_average": {"start": round(os.getloadavg()[0], 1)},
                  "runs": []}
+    def one(case: str, r: int) -> dict:
+        thr = flink_throughput(bs, "bench.events", events, work, parallelism, checkpoint_interval_ms, log,
+                               deadline_s, tag=f"{case}{r}", control=SPLIT_BENCH if case == "split" else None)
+        return {**_span_json(thr["span"], events), "arms": _arm_counts(bs, thr["decisions_topic"]),
+                "load_average": round(os.getloadavg()[0], 1)}
+
     try:
         _backlog(bs, events, seed, parallelism, log)
-        for r in range(rounds):
-            for case in (("none", "split") if r % 2 == 0 else ("split", "none")):
-                _log(f"round {r + 1}/{rounds}: the job drains {events:,} events, {case}", log)
-                thr = flink_throughput(bs, "bench.events", events, work, parallelism, checkpoint_interval_ms, log,
-                                       deadline_s, tag=f"{case}{r}", control=SPLIT_BENCH if case == "split" else None)
-                run = {"case": case, "round": r + 1, **_span_json(thr["span"], events),
-                       "arms": _arm_counts(bs, thr["decisions_topic"]),
-                       "load_average": round(os.getloadavg()[0], 1)}
-                res["runs"].append(run)
-                _log(f"{case}: {run['eps']} events/s, arms {run['arms']}", log)
+        res["runs"] = _alternate(("none", "split"), rounds, one, log)
         for case in ("none", "split"):
-            eps = [x["eps"] for x in res["runs"] if x["case"] == case and x["eps"]]
-            res[f"{case}_eps"] = round(statistics.median(eps), 1) if eps else None
+            res[f"{case}_eps"] = _median_eps(res["runs"], case)
         res["split_cost"] = round(1 - res["split_eps"] / res["none_eps"], 4) \
             if res.get("split_eps") and res.get("none_eps") else None
         res["exact"] = all(x["exact"] for x in res["runs"])
     finally:
         _clean_up(lay, work, keep, log)
     return _write_result(res, f"split-cost-{stamp}.json", t_start)
+
+
+STATE_BACKENDS = ("hashmap", "rocksdb")
+
+
+def held_history(path: Path, users: int, end_ts: int, seed: int = 5) -> int:
+    """A history of ``users`` users for ``riskstream bootstrap``, each with its own device, ip and card and 1
+    or 2 events (1.5 on average) in the day before ``end_ts``: state the job holds while other users' traffic
+    flows (about 3.5 keys per user, as the key-count benchmark's). Returns the events written."""
+    import random
+
+    rnd = random.Random(seed)
+    rows = []
+    for u in range(users):
+        for k in range(1 + (u % 2)):
+            ts = end_ts - rnd.randrange(3_600_000, 86_400_000)
+            rows.append({"event_id": f"h{u}-{k}", "event_type": ("login", "payment")[k], "user_id": f"held-u{u}",
+                         "device_id": f"held-d{u}", "ip": f"10.{u >> 16 & 255}.{u >> 8 & 255}.{u & 255}",
+                         "amount": 0.0 if k == 0 else round(rnd.uniform(5, 200), 2), "currency": "EUR", "ts": ts,
+                         **({"payment_ref": f"held-c{u}"} if k == 1 else {})})
+    rows.sort(key=lambda r: r["ts"])
+    with open(path, "wb") as f:
+        for r in rows:
+            f.write(orjson.dumps(r) + b"\n")
+    return len(rows)
+
+
+def state_cost(backends: tuple[str, ...] = STATE_BACKENDS, held_users: int = 100_000, events: int = 100_000,
+               parallelism: int = 2, rounds: int = 2, seed: int = 11, checkpoint_interval_ms: int | None = None,
+               port: int | None = None, keep: bool = False, log=sys.stderr, deadline_s: float = 1200) -> dict:
+    """``riskstream bench --state hashmap,rocksdb``: the whole job (parse, four stages, decide, both sinks,
+    exactly once) draining one backlog while it holds the state of ``held_users`` other users, once per
+    state backend, ``rounds`` times alternating. The held state comes from ``riskstream bootstrap`` (one
+    savepoint, restored by every run: a savepoint restores on either backend). Reports events/s per run, the
+    medians and their ratio to the first backend's, and the time from start to the first committed
+    decision (restore included)."""
+    import os
+
+    from riskstream.ops.bootstrap import bootstrap
+
+    t_start = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = paths.home() / "bench" / f"state-{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict = {"kind": "state_cost", "events": events, "held_users": held_users, "parallelism": parallelism,
+                 "rounds": rounds, "backends": list(backends), "started": stamp,
+                 "load_average": {"start": round(os.getloadavg()[0], 1)}, "runs": []}
+    lay = broker.up(port=port or free_port(), partitions=parallelism, root=work / "broker", out=log)
+    bs = lay.bootstrap
+    try:
+        _backlog(bs, events, seed, parallelism, log)
+        hist = work / "held-history.jsonl"
+        n = held_history(hist, held_users, TrafficGenerator().start_ts)
+        _log(f"bootstrapping {held_users:,} held users ({n:,} events)", log)
+        # the bench jobs' settings that shape state: labels on (each run has a labels topic), the defaults else
+        cfg = JobConfig(labels_topic="bench.labels", job_name=f"bench-{work.name}-held")
+        boot = bootstrap(cfg, hist, output=work / "held-savepoint", parallelism=parallelism)
+        res["bootstrap"] = {"seconds": round(boot.seconds, 1), "keys": boot.keys, "events": boot.events}
+        _log(f"held state: {boot.keys} keys, bootstrapped in {boot.seconds:.0f}s", log)
+
+        def one(case: str, r: int) -> dict:
+            thr = flink_throughput(bs, "bench.events", events, work, parallelism, checkpoint_interval_ms, log,
+                                   deadline_s, tag=f"{case}{r}",
+                                   extra={"state_backend": case, "restore_from": str(boot.path)})
+            restored = "restoring savepoint" in Path(thr["log"]).read_text(errors="replace")
+            return {**_span_json(thr["span"], events), "seconds": thr["seconds"], "restored": restored,
+                    "load_average": round(os.getloadavg()[0], 1)}
+
+        res["runs"] = _alternate(tuple(backends), rounds, one, log)
+        for b in backends:
+            res[f"{b}_eps"] = _median_eps(res["runs"], b)
+        first = res.get(f"{backends[0]}_eps")
+        res["ratio"] = {b: round(res[f"{b}_eps"] / first, 3) if first and res.get(f"{b}_eps") else None
+                        for b in backends}
+        res["exact"] = all(x["exact"] for x in res["runs"])
+        res["restored"] = all(x["restored"] for x in res["runs"])
+        res["load_average"]["end"] = round(os.getloadavg()[0], 1)
+    finally:
+        _clean_up(lay, work, keep, log)
+        if not keep:
+            import shutil
+
+            shutil.rmtree(work / "held-savepoint", ignore_errors=True)
+    return _write_result(res, f"state-cost-{stamp}.json", t_start)
+
+
+def render_state_cost(r: dict) -> str:
+    lines = [f"state cost: the whole job drains {r['events']:,} events while holding {r['held_users']:,} other "
+             f"users' state ({sum((r.get('bootstrap') or {}).get('keys', {}).values()):,} keys), parallelism "
+             f"{r['parallelism']}, {r['rounds']} round(s) (load average {r['load_average']['start']} at the start)"]
+    for x in r["runs"]:
+        lines.append(f"  round {x['round']} {x['case']:<8} {x['eps'] or 0:>9,.0f} events/s  ({x['seconds']} s from "
+                     f"start to the last decision){'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+    lines.append("medians: " + ", ".join(f"{b} {r.get(f'{b}_eps') or 0:,.0f} events/s (x{r['ratio'].get(b)})"
+                                         for b in r["backends"]))
+    return "\n".join(lines)
 
 
 def render_split_cost(r: dict) -> str:
@@ -653,13 +767,14 @@ def _backlog(bs: str, events: int, seed: int, parallelism: int, log) -> None:
 
 
 def _clean_up(lay, work: Path, keep: bool, log) -> None:
-    """Stop the bench's broker; without ``keep``, drop its data and the runs' checkpoints."""
+    """Stop the bench's broker; without ``keep``, drop its data, the runs' checkpoints and their job folders
+    (lineage, savepoints: ``jobs/bench-<work>-<tag>``)."""
     broker.down(root=lay.root, out=log)
     if not keep:
         import shutil
 
         shutil.rmtree(work / "broker", ignore_errors=True)
-        for p in work.glob("checkpoints-*"):
+        for p in [*work.glob("checkpoints-*"), *(paths.home() / "jobs").glob(f"bench-{work.name}-*")]:
             shutil.rmtree(p, ignore_errors=True)
 
 

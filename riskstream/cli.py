@@ -236,8 +236,24 @@ def cmd_bench(a) -> int:
         argv = ["--users", a.keys, "--backends", a.backends, "--parallelism", str(a.parallelism),
                 "--checkpoint-interval-ms", str(a.checkpoint_interval_ms or 1000), "--heap", a.heap]
         return scale.main(argv + (["--json"] if a.json else []))
-    from benchmarks import bench
+    from benchmarks import bench, scale
 
+    if a.state:
+        try:
+            held = scale.parse_count(a.held_users)
+        except argparse.ArgumentTypeError as e:
+            raise SystemExit(f"riskstream bench: --held-users: {e}")
+        backends = tuple(b for b in a.state.split(",") if b)
+        unknown = set(backends) - set(bench.STATE_BACKENDS)
+        if unknown or not backends:
+            raise SystemExit(f"riskstream bench: --state {a.state!r}: choose from {bench.STATE_BACKENDS}")
+        res = bench.state_cost(backends, held_users=held, events=a.events, parallelism=a.parallelism,
+                               rounds=a.split_rounds, seed=a.seed, checkpoint_interval_ms=a.checkpoint_interval_ms,
+                               keep=a.keep)
+        print(bench.render_state_cost(res))
+        if a.json:
+            print(orjson.dumps(res).decode())
+        return 0 if res["exact"] and res["restored"] else 1
     if a.split:
         res = bench.split_cost(events=a.events, parallelism=a.parallelism, rounds=a.split_rounds, seed=a.seed,
                                checkpoint_interval_ms=a.checkpoint_interval_ms, keep=a.keep)
@@ -1320,7 +1336,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="store_true",
                    help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
                         "split on the same backlog, --split-rounds times each, alternating")
-    p.add_argument("--split-rounds", type=int, default=2, help="with --split: runs of each case [default 2]")
+    p.add_argument("--split-rounds", type=int, default=2,
+                   help="with --split or --state: runs of each case [default 2]")
+    p.add_argument("--state", default=None, metavar="BACKENDS",
+                   help="instead: the whole job on each state backend (hashmap,rocksdb) draining one backlog while "
+                        "it holds --held-users other users' state (bootstrapped), --split-rounds times each, "
+                        "alternating; the ratio of the medians")
+    p.add_argument("--held-users", default="100k", help="with --state: users whose state the job holds [100k]")
     p.set_defaults(fn=cmd_bench)
     return ap
 

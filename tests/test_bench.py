@@ -134,3 +134,28 @@ def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer
         assert (d["ip"], d["payment_ref"]) == (ev.ip, ev.payment_ref)  # null without one, as udfs.decision
         decisions.add(decision)
     assert len(decisions) >= 2  # the stream exercises more than one band or rule
+
+
+@pytest.mark.long
+@pytest.mark.kafka
+@pytest.mark.flink
+def test_the_state_comparison_restores_the_held_state_on_each_backend(tmp_path, monkeypatch):
+    """`riskstream bench --state hashmap,rocksdb`, small: every run restores the bootstrapped state (its log
+    says so) and decides every backlog event exactly once; the held keys are what the history holds (counted
+    here from the file); nothing of the bench stays in the job folders. About 4 minutes."""
+    from benchmarks import bench
+    from riskstream import paths
+
+    monkeypatch.setenv("RISKSTREAM_JARS_ROOT", str(paths.jars_root()))  # the built jars, before home moves
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path / "home"))
+    hist = tmp_path / "h.jsonl"
+    n = bench.held_history(hist, 999, 1_767_225_600_000)
+    rows = [orjson.loads(x) for x in hist.read_bytes().splitlines()]
+    assert n == len(rows) == 999 + 499 and all(r["ts"] < 1_767_225_600_000 for r in rows)
+    want = {"user": len({r["user_id"] for r in rows}), "ip": len({r["ip"] for r in rows}),
+            "device": len({r["device_id"] for r in rows}), "payment": len({r.get("payment_ref") for r in rows} - {None})}
+    res = bench.state_cost(("hashmap", "rocksdb"), held_users=999, events=2000, rounds=1)
+    assert res["exact"] and res["restored"] and len(res["runs"]) == 2
+    assert res["bootstrap"]["keys"] == want
+    assert set(res["ratio"]) == {"hashmap", "rocksdb"} and res["ratio"]["hashmap"] == 1.0
+    assert not list((tmp_path / "home" / "jobs").glob("bench-*"))
