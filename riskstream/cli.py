@@ -298,15 +298,27 @@ def cmd_verify(a) -> int:
 
 
 def cmd_chaos(a) -> int:
-    from .tools import chaos
+    from .tools import chaos, chaos_cluster
 
-    kinds = tuple(a.kinds.split(",")) if a.kinds else chaos.KINDS
-    unknown = set(kinds) - set(chaos.KINDS)
+    known = chaos_cluster.CLUSTER_KINDS if a.cluster else chaos.KINDS
+    kinds = tuple(a.kinds.split(",")) if a.kinds else known
+    unknown = set(kinds) - set(known)
     if unknown:
-        raise SystemExit(f"riskstream chaos: unknown failure kinds {sorted(unknown)}; choose from {', '.join(chaos.KINDS)}")
-    res = chaos.run_chaos(a.events, a.failures, rate=a.rate, seed=a.seed, parallelism=a.parallelism,
-                          checkpoint_interval_ms=a.checkpoint_interval_ms, kinds=kinds, port=a.port,
-                          deadline_s=a.deadline, keep=a.keep)
+        where = "on a standalone cluster (--cluster)" if a.cluster else "on a MiniCluster (without --cluster)"
+        raise SystemExit(f"riskstream chaos: failure kinds {sorted(unknown)} do not run {where}; choose from "
+                         f"{', '.join(known)}")
+    if a.cluster:
+        try:
+            res = chaos_cluster.run_cluster_chaos(
+                a.events, a.failures, rate=a.rate, seed=a.seed, parallelism=a.parallelism or 2,
+                checkpoint_interval_ms=a.checkpoint_interval_ms, kinds=kinds, port=a.port, deadline_s=a.deadline,
+                keep=a.keep)
+        except ValueError as e:
+            raise SystemExit(f"riskstream chaos: {e}")
+    else:
+        res = chaos.run_chaos(a.events, a.failures, rate=a.rate, seed=a.seed, parallelism=a.parallelism or 1,
+                              checkpoint_interval_ms=a.checkpoint_interval_ms, kinds=kinds, port=a.port,
+                              deadline_s=a.deadline, keep=a.keep)
     print(chaos.render(res))
     if a.json:
         print(orjson.dumps(res).decode())
@@ -1017,10 +1029,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                "broker-restart, savepoint-resume, savepoint-crash, double-kill, "
                                                "broker-kill-commit, broker-stall, kill-both, second-start, "
                                                "poison-record, kill-in-savepoint, stale-restore (docs/exactly-"
-                                               "once.md; default: all, in turn)")
+                                               "once.md; default: all, in turn); with --cluster: "
+                                               "taskmanager-kill, taskmanager-loss")
     p.add_argument("--rate", type=float, default=1000.0, help="events per second fed")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--parallelism", type=int, default=1)
+    p.add_argument("--parallelism", type=int, default=None,
+                   help="[default 1; with --cluster 2, one TaskManager of one slot per subtask]")
+    p.add_argument("--cluster", action="store_true",
+                   help="run the job on a standalone cluster of its own (cluster up, submit) and lose TaskManagers "
+                        "(kinds taskmanager-kill, taskmanager-loss) instead of the MiniCluster kinds")
     p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one; the harness "
                                                            "starts and restarts its own broker)")

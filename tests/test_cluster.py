@@ -72,11 +72,11 @@ def test_cluster_up_submit_down(tmp_path):
 
         # a TaskManager process that exits on its own (a FATAL error stops it) is started again by its
         # supervisor: same supervisor pid, a new TaskManager id registered, the exit in its console log
-        known = cluster._taskmanager_ids(lay.rest_url)
+        known = cluster.taskmanager_ids(lay.rest_url)
         java = _java_in_group(st["pids"]["taskmanager"])
         os.kill(java, signal.SIGKILL)
         t0 = time.monotonic()
-        while not (cluster._taskmanager_ids(lay.rest_url) - known):
+        while not (cluster.taskmanager_ids(lay.rest_url) - known):
             assert time.monotonic() - t0 < 90, "the exited TaskManager was not started again within 90 s"
             time.sleep(0.2)  # polling interval
         assert cluster.pids(root)["taskmanager"] == st["pids"]["taskmanager"] and _java_in_group(st["pids"]["taskmanager"]) != java

@@ -519,7 +519,8 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
     return lay
 
 
-def _taskmanager_ids(rest_url: str) -> set[str]:
+def taskmanager_ids(rest_url: str) -> set[str]:
+    """The ids of the TaskManagers the JobManager counts (empty when it does not answer)."""
     try:
         return {tm["id"] for tm in flink_rest.get(rest_url, "/taskmanagers", retry_s=0).get("taskmanagers", [])}
     except (OSError, ValueError):
@@ -540,7 +541,7 @@ def add_taskmanager(root: Path | str | None = None, deadline_s: float = 120.0, o
     if not live.get("jobmanager"):
         raise RuntimeError(f"no Flink cluster running under {lay.root} (its JobManager is not alive): "
                            "start it with `riskstream cluster up`")
-    known = _taskmanager_ids(lay.rest_url)
+    known = taskmanager_ids(lay.rest_url)
     name = next((n for n, pid in live.items() if n != "jobmanager" and not pid), None)
     if name is None:
         name = f"taskmanager-{len(live)}"  # jobmanager + N TaskManagers: the next is number N + 1
@@ -550,7 +551,7 @@ def add_taskmanager(root: Path | str | None = None, deadline_s: float = 120.0, o
         if proc.poll() is not None:
             raise RuntimeError(f"the new Flink {name} exited with code {proc.returncode} during start-up (logs in "
                                f"{lay.log_dir}):\n{log_tail(root)}")
-        if _taskmanager_ids(lay.rest_url) - known:
+        if taskmanager_ids(lay.rest_url) - known:
             break
         if time.monotonic() - t0 > deadline_s:
             raise TimeoutError(f"the new Flink {name} (pid {proc.pid}) did not register within {deadline_s:.0f}s "

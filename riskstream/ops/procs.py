@@ -43,6 +43,21 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of process group ``pgid`` (Linux /proc), leader included."""
+    out = []
+    for d in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(d.name))
+    return sorted(out)
+
+
 def _ephemeral_start() -> int:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:

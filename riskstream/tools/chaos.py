@@ -531,9 +531,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
     }
     env = {**os.environ, "RISKSTREAM_CHAOS_DIR": str(chaos_dir)}
     job = JobProcess(flags, run_dir, env, log)
-    plan = [kinds[i % len(kinds)] for i in range(failures)]
-    rng.shuffle(plan)
-    points = sorted(int(events * (0.1 + 0.8 * (i + rng.random()) / max(failures, 1))) for i in range(failures))
+    plan, points = plan_failures(kinds, failures, events, rng)
     generated = list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(events + 1000))
     records = with_retries(generated[:events], dup_share, rng)
     # once the feed is over, a task failure needs traffic to trigger it: a few more events of the same stream
@@ -679,6 +677,22 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
 
         for sub in (kafka_root / "data", run_dir / "checkpoints", jd):
             shutil.rmtree(sub, ignore_errors=True)
+    return summary(events, len(records) + poker.sent + sum(f.get("poison_records", 0) for f in injected),
+                   parallelism, checkpoint_interval_ms, injected, rep, t_start)
+
+
+def plan_failures(kinds: tuple[str, ...], failures: int, events: int,
+                  rng: random.Random) -> tuple[list[str], list[int]]:
+    """The kinds in turn, shuffled, and the event counts to inject them at (spread over 10-90 % of the feed)."""
+    plan = [kinds[i % len(kinds)] for i in range(failures)]
+    rng.shuffle(plan)
+    points = sorted(int(events * (0.1 + 0.8 * (i + rng.random()) / max(failures, 1))) for i in range(failures))
+    return plan, points
+
+
+def summary(events: int, records_sent: int, parallelism: int, checkpoint_interval_ms: int, injected: list[dict],
+            rep: dict, t_start: float, **extra) -> dict:
+    """The run's result: the failures with their recovery times per kind, and the audit."""
     by_kind: dict[str, list[float]] = {}
     to_running: dict[str, list[float]] = {}
     for f in injected:
@@ -687,9 +701,10 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
             to_running.setdefault(f["kind"], []).append(f["running_s"])
     return {
         "events": events,
-        "records_sent": len(records) + poker.sent + sum(f.get("poison_records", 0) for f in injected),
+        "records_sent": records_sent,
         "parallelism": parallelism,
         "checkpoint_interval_ms": checkpoint_interval_ms,
+        **extra,
         "failures_injected": len(injected),
         "failures": injected,
         # per kind: seconds from the fault to a completed checkpoint (the job commits again) and, where the
@@ -711,7 +726,8 @@ def render(res: dict) -> str:
     from .audit import render as render_audit
 
     lines = [f"events {res['events']} ({res['records_sent']} records with producer retries), parallelism "
-             f"{res['parallelism']}, checkpoint every {res['checkpoint_interval_ms']} ms",
+             f"{res['parallelism']}, checkpoint every {res['checkpoint_interval_ms']} ms"
+             + (f", on a standalone cluster of {res['taskmanagers']} TaskManagers" if res.get("taskmanagers") else ""),
              f"failures injected: {res['failures_injected']}"]
     for k, v in res["recovery_s"].items():
         run = (f"running again after {v['running_median']} s, " if v.get("running_median") is not None
