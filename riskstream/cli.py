@@ -275,7 +275,8 @@ def cmd_bench(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from .tools.audit import parse_time, render, verify
+    from .kafka_io import parse_time
+    from .tools.audit import render, verify
     from .ops.broker import broker_ready
 
     try:
@@ -430,15 +431,36 @@ def cmd_replay(a) -> int:
 def cmd_bootstrap(a) -> int:
     from udfs.ingest import IngestError
 
-    from .ops.bootstrap import bootstrap
+    from .kafka_io import parse_time
+    from .ops.bootstrap import TopicRange, bootstrap
 
     cfg = job_config(a)  # the job's own settings: its name, lateness, dedup horizon, max parallelism, labels
     try:
+        topics = None
+        if a.from_topic:
+            topics = TopicRange(parse_time(a.from_time), parse_time(a.to_time))
+        elif a.from_time or a.to_time:
+            raise ValueError("--from-time and --to-time select records of the topics: give --from-topic")
+        if a.from_topic and a.input:
+            raise ValueError("give --input (a history file) or --from-topic, not both")
+        if topics is not None:
+            from .ops.broker import broker_ready
+
+            if not broker_ready(cfg.bootstrap_servers, timeout_s=5, client_props=cfg.kafka_python_properties()):
+                raise ValueError(f"no Kafka broker answers at {cfg.bootstrap_servers} (--bootstrap-servers)")
         res = bootstrap(cfg, a.input, labels_path=a.labels, mapping=input_mapping(a), order=a.order,
                         output=Path(a.output) if a.output else None, parallelism=a.parallelism_write,
-                        label_delay_ms=_label_delay(a))
-    except (IngestError, ValueError, FileExistsError, FileNotFoundError) as e:
+                        label_delay_ms=_label_delay(a), topics=topics)
+    except (IngestError, ValueError, FileExistsError, FileNotFoundError, TimeoutError) as e:
         raise SystemExit(f"riskstream bootstrap: {e}")
+    if res.topics is not None:
+        dead = ", ".join(f"{k} {v}" for k, v in sorted(res.topics.dead_letters.items())) or "none"
+        print(f"[bootstrap] read {res.topics.records} (read_committed; partition, start, end offsets: "
+              f"{res.topics.ranges}); records the job dead-letters: {dead}; malformed labels {res.topics.bad_labels}",
+              file=sys.stderr)
+    if res.labels_later:
+        print(f"[bootstrap] {res.labels_later} labels arrived after the history's last event and are not in the "
+              "state: the job reads them from the labels topic only if it starts before them", file=sys.stderr)
     span = ""
     if res.history_start_ts is not None:
         import datetime as dt
@@ -1208,8 +1230,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bootstrap", help="warm start: build the job's window and label state from a history "
                                           "of events and labels, as a savepoint the job starts from; prints its path")
-    p.add_argument("--input", required=True, help="history of events as JSON lines (.jsonl), .csv or .parquet, "
-                                                  "in arrival order (or --order sort)")
+    p.add_argument("--input", help="history of events as JSON lines (.jsonl), .csv or .parquet, "
+                                   "in arrival order (or --order sort); or --from-topic")
+    p.add_argument("--from-topic", action="store_true",
+                   help="the history from the job's topics instead (--events-topic, and --labels-topic's labels, "
+                        "arrival = record timestamp), read_committed, up to their end offsets at the start")
+    p.add_argument("--from-time", default=None, metavar="TIME",
+                   help="with --from-topic: records from this record timestamp on (epoch ms or ISO-8601, no zone = "
+                        "UTC) [default: the oldest kept]")
+    p.add_argument("--to-time", default=None, metavar="TIME",
+                   help="with --from-topic: records before this record timestamp [default: up to the end offsets]")
     p.add_argument("--output", default=None, metavar="DIR",
                    help="a new folder for the savepoint [default: <home>/jobs/<job_name>/savepoints/bootstrap-<time>]")
     p.add_argument("--parallelism-write", type=int, default=2, help="parallelism of the savepoint writer [default 2]")
@@ -1220,7 +1250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-delay", default=None, metavar="DURATION|none", help=LABEL_DELAY_HELP)
     add_input_flags(p)
     add_job_flags(p, only=("job_name", "allowed_lateness_ms", "dedup_horizon_ms", "out_of_orderness_ms",
-                           "max_parallelism", "labels_topic", "stage_runtime"),
+                           "max_parallelism", "labels_topic", "stage_runtime", "bootstrap_servers", "events_topic",
+                           "sasl_username", "sasl_password"),
                   title="the job's settings the state depends on (flag, else environment variable, else default)")
     p.set_defaults(fn=cmd_bootstrap)
 

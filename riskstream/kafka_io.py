@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 import orjson
@@ -51,3 +52,19 @@ def progress_printer(total: int | None, what: str, stream=sys.stderr, every_s: f
             print(f"[{what}] {n}{'/' + str(total) if total else ''}{pct} at {rate:,.0f}/s", file=stream, flush=True)
 
     return show
+
+
+def parse_time(text: str | None) -> int | None:
+    """A time given on the command line (the ends of a topic range, by record timestamp): epoch milliseconds,
+    or an ISO-8601 time (``2026-11-21T09:00:00+00:00``; no zone means UTC)."""
+    if text is None or text == "":
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither epoch milliseconds nor an ISO-8601 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)

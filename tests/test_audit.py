@@ -7,7 +7,8 @@ import os
 import orjson
 import pytest
 
-from riskstream.tools.audit import Audit, parse_time
+from riskstream.kafka_io import parse_time
+from riskstream.tools.audit import Audit
 from udfs.events import (DEAD_LETTER_ORIGINAL_MAX_BYTES, DUPLICATE_EVENT_ID, Event, Rejection, dead_letter_record,
                          null_value_record, parse_event)
 

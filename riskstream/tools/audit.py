@@ -25,7 +25,6 @@ import base64
 import hashlib
 import time
 from collections import Counter
-from datetime import datetime
 from typing import Callable
 
 import orjson
@@ -36,23 +35,6 @@ from udfs.labels import INVALID_LABEL
 from ..metrics import percentile
 
 KINDS = ("allow", "review", "block")
-
-
-def parse_time(text: str | None) -> int | None:
-    """Epoch milliseconds, or an ISO-8601 time (``2026-11-21T09:00:00+00:00``; no zone means UTC)."""
-    if text is None or text == "":
-        return None
-    if text.isdigit():
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is neither epoch milliseconds nor an ISO-8601 time") from None
-    if dt.tzinfo is None:
-        from datetime import timezone
-
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
 
 
 def _str(v) -> bool:
