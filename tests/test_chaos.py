@@ -104,6 +104,7 @@ def test_losing_taskmanagers_of_a_standalone_cluster(tmp_path):
                           capture_output=True, text=True, timeout=1200, cwd=paths.PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     res = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    print(proc.stdout.rsplit("\n", 2)[0], file=sys.stderr)  # the rendered result, with -s
     _check(res, 8000, len(kinds))
     assert (res["parallelism"], res["taskmanagers"]) == (2, 2)
     assert sorted(f["kind"] for f in res["failures"]) == sorted(kinds)
