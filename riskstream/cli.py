@@ -443,6 +443,8 @@ def cmd_bootstrap(a) -> int:
             raise ValueError("--from-time and --to-time select records of the topics: give --from-topic")
         if a.from_topic and a.input:
             raise ValueError("give --input (a history file) or --from-topic, not both")
+        if topics is not None and None not in (topics.from_ms, topics.to_ms) and topics.from_ms >= topics.to_ms:
+            raise ValueError("--from-time must be before --to-time")
         if topics is not None:
             from .ops.broker import broker_ready
 

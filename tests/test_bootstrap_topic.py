@@ -179,3 +179,18 @@ def test_bootstrap_from_the_topics_restores_the_replayed_state(topic_history):
         bad = [eid for eid in want if (mine[eid][0], mine[eid][1]) != (want[eid][0][at:at + n], want[eid][1])]
         assert not bad, (e.name, len(bad), bad[:3])
         at += n
+
+
+def test_bootstrap_flags_that_do_not_fit_are_refused(kafka_bootstrap, tmp_path):
+    """Bad flags fail at once, saying what to fix, and write nothing."""
+    env = {**os.environ, "RISKSTREAM_HOME": str(tmp_path), "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
+    for args, says in ((["--input", "h.jsonl", "--from-topic"], "not both"),
+                       (["--input", "h.jsonl", "--from-time", "2026-01-01"], "give --from-topic"),
+                       (["--from-topic", "--from-time", "yesterday"], "neither epoch milliseconds"),
+                       (["--from-topic", "--from-time", "2026-01-02", "--to-time", "2026-01-01"], "before --to-time"),
+                       (["--from-topic", "--bootstrap-servers", kafka_bootstrap, "--events-topic", "no.such.topic",
+                         "--labels-topic", ""], "'no.such.topic' does not exist")):
+        proc = subprocess.run([sys.executable, "-m", "riskstream.cli", "bootstrap", *args], capture_output=True,
+                              text=True, timeout=120, cwd=paths.PROJECT_ROOT, env=env)
+        assert proc.returncode != 0 and says in proc.stderr, (args, proc.stderr[-2000:])
+    assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").rglob("_metadata"))

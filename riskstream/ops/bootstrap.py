@@ -128,8 +128,8 @@ def _topic_bounds(consumer, topic: str, rng: TopicRange) -> list[tuple[object, i
 
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        raise ValueError(f"topic {topic!r} does not exist on the broker (check --events-topic/--labels-topic "
-                         "and --bootstrap-servers)")
+        raise ValueError(f"topic {topic!r} does not exist on the broker (check --events-topic, --labels-topic "
+                         "('' for no labels) and --bootstrap-servers)")
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     end = consumer.end_offsets(tps)
     start = consumer.beginning_offsets(tps)

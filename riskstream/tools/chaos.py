@@ -30,6 +30,9 @@ duplicates included). At random points the harness injects one of:
 - ``kill-in-savepoint``: SIGKILL while a stop-with-savepoint is in flight; ``latest`` never picks it.
 - ``poison-record``: a 1.7 MB gzip-compressed record, a tombstone and an empty value: dead letters.
 
+A lost TaskManager cannot happen in a MiniCluster (one process): ``riskstream chaos --cluster``
+(:mod:`riskstream.tools.chaos_cluster`) runs the job on a standalone cluster of its own for that.
+
 After the feed ends, ``riskstream verify``'s audit must find 0 missing and 0 duplicates. Recovery time is
 measured from the injection until the job is running again and has completed a checkpoint, so that its
 Kafka transactions commit again.
