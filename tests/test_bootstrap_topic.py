@@ -132,8 +132,7 @@ def test_bootstrap_from_the_topics_restores_the_replayed_state(topic_history):
     from tests.jvm_jar import build_jar
     from tests.test_jvm_windows import _run_branches
     from udfs.features import ENTITIES, features_for
-    from udfs.labels import read_label_file
-    from udfs.replay import FeatureReplay
+    from udfs.replay import FeatureReplay, read_labels
     from udfs.windows import event_values
 
     t = topic_history
@@ -155,7 +154,7 @@ def test_bootstrap_from_the_topics_restores_the_replayed_state(topic_history):
     all_labels = t["tmp"] / "all-labels.jsonl"
     all_labels.write_bytes(b"".join(orjson.dumps({k: v for k, v in x.items() if v is not None}) + b"\n"
                                     for x in labels + late))
-    replay = FeatureReplay(LATENESS, DEDUP, labels=read_label_file(all_labels))
+    replay = FeatureReplay(LATENESS, DEDUP, labels=read_labels(all_labels))
     want = {}
     for ev in history + rest:
         got = replay.step(ev)
