@@ -96,24 +96,24 @@ def test_losing_taskmanagers_of_a_standalone_cluster(tmp_path):
     """`riskstream chaos --cluster`: the job on a standalone cluster of 2 TaskManagers of one slot at
     parallelism 2; one TaskManager's JVM killed (its supervisor starts it again) and one TaskManager lost with
     its supervisor (a replacement started), each while the feed runs; the audit finds every record once
-    (about 4 minutes here)."""
+    (4 1/2 to 6 1/2 minutes here at load 18-29)."""
     env = {**os.environ, "RISKSTREAM_HOME": str(tmp_path), "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
     kinds = chaos_cluster.CLUSTER_KINDS
-    proc = subprocess.run([sys.executable, "-m", "riskstream.cli", "chaos", "--cluster", "--events", "8000",
+    proc = subprocess.run([sys.executable, "-m", "riskstream.cli", "chaos", "--cluster", "--events", "3000",
                            "--failures", str(len(kinds)), "--rate", "60", "--seed", "5", "--json"], env=env,
                           capture_output=True, text=True, timeout=1200, cwd=paths.PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     res = orjson.loads(proc.stdout.strip().splitlines()[-1])
     print(proc.stdout.rsplit("\n", 2)[0], file=sys.stderr)  # the rendered result, with -s
-    _check(res, 8000, len(kinds))
+    _check(res, 3000, len(kinds))
     assert (res["parallelism"], res["taskmanagers"]) == (2, 2)
     assert sorted(f["kind"] for f in res["failures"]) == sorted(kinds)
     for f in res["failures"]:
-        assert f["feed_running"], f  # mid-traffic
+        assert f["feed_running"] and f["at_record"] < res["records_sent"], f  # mid-traffic
         # the job could run only once the TaskManager was back (no free slot), restored its last
         # checkpoint, and took both slots again
         assert 0 < f["back_s"] <= f["running_s"] <= f["recovery_s"], f
-        assert f["restored_checkpoint"] >= 1 and f["restarts"] >= 1 and f["slots_available"] == 0, f
+        assert f["restored_checkpoint"] >= 1 and f["slots_available"] == 0, f
     # a clean run keeps the cluster's logs and the lineage, nothing else of the cluster or the job
     (run,) = (tmp_path / "chaos").iterdir()
     assert [p.name for p in (run / "flink-cluster").iterdir()] == ["log"]

@@ -219,12 +219,14 @@ class JobProcess:
 
 
 class Feeder(threading.Thread):
-    """Sends the records at ``rate``; ``pause()`` flushes and holds (for broker restarts)."""
+    """Sends the records at ``rate``; ``pause()`` flushes and holds (for broker restarts). Setting ``limit``
+    ends the feed after that many records (for a feed that must outlast failures of unknown length)."""
 
     def __init__(self, bootstrap: str, topic: str, records: list[Labelled], rate: float):
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.records, self.rate = bootstrap, topic, records, rate
         self.sent = 0
+        self.limit: int | None = None
         self.error: BaseException | None = None
         self._go = threading.Event()
         self._go.set()
@@ -237,6 +239,8 @@ class Feeder(threading.Thread):
             producer = None
             t0 = time.monotonic()
             for rec in self.records:
+                if self.limit is not None and self.sent >= self.limit:
+                    break
                 if not self._go.is_set():
                     if producer is not None:
                         producer.flush(timeout=60)

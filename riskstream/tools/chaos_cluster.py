@@ -5,7 +5,8 @@ lost TaskManager cannot happen there. Here the job has its own life cycle: the h
 broker and its own standalone cluster (``riskstream cluster up --taskmanagers N --slots 1``, N = the
 parallelism, 2 by default, so every TaskManager runs tasks of the job and none has a free slot), submits
 the job (``riskstream submit``'s path), feeds a labelled stream (malformed records and producer retries
-included), SIGKILLs TaskManagers at random points and, once the feed is over, audits every record
+included), SIGKILLs TaskManagers at random points of its first ``events`` records (the feed goes on until
+every failure has recovered, then a tenth more, so every kill lands mid-traffic) and audits every record
 (``riskstream verify``: 0 missing, 0 duplicates, nothing unexpected, no transaction left open); then the
 job is cancelled and the cluster and broker stopped. Kinds:
 
@@ -157,6 +158,12 @@ class ClusterJob:
                deadline_s)
         recovery_s = round(time.monotonic() - t0, 1)
         free = (flink_rest.overview(self.rest) or {}).get("slots-available")
+        # the job's numRestarts comes from the JobManager's metric cache, which can lag the restart it
+        # counts by seconds: read it until it moved, for up to 15 s (the restore above is the evidence)
+        try:
+            _until("numRestarts counted the restart", lambda: self._restarts() > restarts, 15)
+        except TimeoutError:
+            pass
         note.update(running_s=running_s, recovery_s=recovery_s, restored_checkpoint=r["id"],
                     restarts=self._restarts() - restarts, slots_available=free)
         return note
@@ -212,20 +219,22 @@ def run_cluster_chaos(events: int, failures: int, rate: float = 200.0, seed: int
     }
     job = ClusterJob(flags, run_dir / "flink-cluster", log)
     plan, points = plan_failures(kinds, failures, events, rng)
-    records = with_retries(list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(events)), dup_share, rng)
+    # the feed runs until every failure has been injected and recovered, then a tenth more of ``events``:
+    # each kill lands mid-traffic however long the recoveries take (up to four times ``events`` records)
+    pool = with_retries(list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(4 * events)), dup_share, rng)
     injected: list[dict] = []
     feeder = None
     rep = None
     try:
         job.up(taskmanagers=parallelism)
         job.submit()
-        print(f"[chaos] job {job.job_id} running on the cluster ({job.phases}); feeding {len(records)} records "
+        print(f"[chaos] job {job.job_id} running on the cluster ({job.phases}); feeding {events}+ records "
               f"at {rate:.0f}/s, {failures} failures planned ({', '.join(plan)}), parallelism {parallelism}",
               file=log, flush=True)
-        feeder = Feeder(lay.bootstrap, names[0], records, rate)
+        feeder = Feeder(lay.bootstrap, names[0], pool, rate)
         feeder.start()
         for kind, at in zip(plan, points):
-            while feeder.is_alive() and feeder.sent < at * len(records) // events:
+            while feeder.is_alive() and feeder.sent < at:
                 time.sleep(0.1)  # waiting for the feed to reach the injection point
             if feeder.error:
                 raise RuntimeError(f"feeder failed: {feeder.error!r}")
@@ -239,10 +248,11 @@ def run_cluster_chaos(events: int, failures: int, rate: float = 200.0, seed: int
                   f"after {note['back_s']}s, tasks running after {note['running_s']}s, checkpoint completed after "
                   f"{note['recovery_s']}s (restored checkpoint {note['restored_checkpoint']}, "
                   f"{note['restarts']} restarts)", file=log, flush=True)
+        feeder.limit = max(events, feeder.sent + events // 10)
         feeder.join()
         if feeder.error:
             raise RuntimeError(f"feeder failed: {feeder.error!r}")
-        print(f"[chaos] all {len(records)} records sent; auditing", file=log, flush=True)
+        print(f"[chaos] all {feeder.sent} records sent; auditing", file=log, flush=True)
         rep = verify(lay.bootstrap, *names, wait_s=max(60.0, deadline_s - (time.monotonic() - t_start)),
                      progress=lambda m: print(f"[chaos] audit: {m}", file=log, flush=True))
         job.check_running()
@@ -264,5 +274,5 @@ def run_cluster_chaos(events: int, failures: int, rate: float = 200.0, seed: int
         for sub in job.root.iterdir():  # the cluster's home: only its logs stay
             if sub.name != "log":
                 shutil.rmtree(sub, ignore_errors=True) if sub.is_dir() and not sub.is_symlink() else sub.unlink()
-    return summary(events, len(records), parallelism, checkpoint_interval_ms, injected, rep, t_start,
+    return summary(events, feeder.sent, parallelism, checkpoint_interval_ms, injected, rep, t_start,
                    taskmanagers=parallelism, start_phases=job.phases)
