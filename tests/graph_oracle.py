@@ -1,0 +1,95 @@
+"""Brute-force graph oracle: the *ideal* graph features (docs/features.md#graph-features), by search over
+every event and label that has arrived, with no caps, no sketches and no staleness.
+
+Independent of ``udfs/graph.py`` on purpose: it reads only the events (their user, ip, device and
+payment_ref and time) and the labels, in the order they reach the job. Feed it with :meth:`label` and
+:meth:`event` in that order; :meth:`event` returns the event's ideal values.
+
+- An edge (user, entity) is live for an event at ``t`` when the newest arrived event of that pair has a
+  time ``>= t - horizon``.
+- A user is known fraud at ``t`` when, among the labels arrived so far (the newest label of a (user,
+  event id) wins), one marks an event of that user with an event time ``>= t - label_horizon`` as fraud.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+KINDS = (("ip", "ip"), ("device", "device_id"), ("payment", "payment_ref"))
+
+
+class GraphOracle:
+    def __init__(self, horizon_ms: int, label_horizon_ms: int):
+        self.h = horizon_ms
+        self.lh = label_horizon_ms
+        self.edge: dict[tuple, int] = {}  # (user, kind, key) -> newest arrived event time
+        self.user_ents: dict[str, set] = defaultdict(set)
+        self.ent_users: dict[tuple, set] = defaultdict(set)
+        self.labels: dict[tuple, tuple] = {}  # (user, event_id) -> (label, event time)
+
+    def label(self, event_id: str, user_id: str, event_ts: int, label: str) -> None:
+        self.labels[(user_id, event_id)] = (label, event_ts)
+
+    def _fraud_users(self, t: int) -> set:
+        return {u for (u, _), (lab, ts) in self.labels.items() if lab == "fraud" and ts >= t - self.lh}
+
+    def event(self, ev) -> dict:
+        """The event's ideal values; the event joins the graph first (it has arrived)."""
+        u, t = ev.user_id, ev.ts
+        mine = []
+        for kind, fld in KINDS:
+            key = getattr(ev, fld)
+            if key is None or key == "":
+                continue
+            e = (kind, key)
+            mine.append(e)
+            self.edge[(u, *e)] = max(self.edge.get((u, *e), t), t)
+            self.user_ents[u].add(e)
+            self.ent_users[e].add(u)
+        lo = t - self.h
+
+        def is_live(user, e) -> bool:
+            return self.edge.get((user, *e), lo - 1) >= lo
+
+        def users_of(e) -> set:
+            return {v for v in self.ent_users.get(e, ()) if is_live(v, e)}
+
+        def ents_of(user, kinds) -> set:
+            return {e for e in self.user_ents.get(user, ()) if e[0] in kinds and is_live(user, e)}
+
+        fraud = self._fraud_users(t)
+        n2 = set()
+        for e in ents_of(u, ("ip", "device", "payment")):
+            n2 |= users_of(e)
+        n2.discard(u)
+
+        def side(e, second: tuple) -> set:
+            first = users_of(e)
+            out = set(first)
+            for v in first:
+                for x in ents_of(v, second):
+                    out |= users_of(x)
+            return out
+
+        dev = side(("device", ev.device_id), ("ip",))
+        pay = side(("payment", ev.payment_ref), ("ip", "device")) if ev.payment_ref else set()
+        group = {u} | n2 | dev | pay
+        # the true connected component of u over live edges (for comparison only)
+        seen_u, seen_e, todo = {u}, set(), [u]
+        while todo:
+            v = todo.pop()
+            for e in ents_of(v, ("ip", "device", "payment")):
+                if e in seen_e:
+                    continue
+                seen_e.add(e)
+                for w in users_of(e):
+                    if w not in seen_u:
+                        seen_u.add(w)
+                        todo.append(w)
+        return {
+            "graph_device_users_7d": len(dev), "graph_device_fraud_users_7d": len(dev & fraud),
+            "graph_payment_users_7d": len(pay), "graph_payment_fraud_users_7d": len(pay & fraud),
+            "graph_user_users_7d": len(n2), "graph_user_fraud_users_7d": len(n2 & fraud),
+            "graph_group_users_7d": len(group), "graph_group_fraud_share_7d": len(group & fraud) / len(group),
+            "component_users": len(seen_u), "component_fraud_users": len(seen_u & fraud),
+        }
