@@ -33,7 +33,7 @@ from riskstream.ops.preflight import preflight
 from riskstream.ops.restore import resolve_restore_path
 from riskstream.paths import PROJECT_ROOT
 from riskstream.topics import DEAD_LETTER_MAX_BYTES
-from udfs.features import ENTITIES
+from udfs.features import ENTITIES, FEATURES, has_graph
 from udfs.flink import (
     BYTES,
     CONTROL_STATE,
@@ -250,6 +250,15 @@ def kafka_sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int |
     return b.build()
 
 
+def check_spec_runs_in_the_job(features: tuple = FEATURES) -> None:
+    """Refuse, at build time, a spec the job's stages cannot compute yet: graph features (GRAPH_FEATURES
+    in udfs/features.py) run in the replay and training only (docs/features.md#graph-features)."""
+    if has_graph(features):
+        raise ValueError("the spec has graph features (GRAPH_FEATURES on in udfs/features.py): the job's stages do "
+                         "not compute them yet, only the replay and training do; turn GRAPH_FEATURES off to run "
+                         "the job")
+
+
 def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = None,
                labels: DataStream | None = None) -> tuple[DataStream, DataStream]:
     """raw event bytes -> (decision record bytes, dead-letter record bytes). Source- and sink-agnostic,
@@ -258,6 +267,7 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
     ``udfs.control``) is broadcast to the decide stage; without it the model and rules are fixed.
     ``labels`` (bytes of labels, ``udfs.labels``) join the input of every entity stage with label signals.
     ``cfg.stage_runtime`` picks the JVM stages (the fast path) or the Python reference stages."""
+    check_spec_runs_in_the_job()
     if cfg.stage_runtime == "jvm":
         return _build_core_jvm(raw, cfg, control, labels)
     parsed = (raw.process(ParseValidate(cfg.job_name), output_type=STAGE_VALUE)

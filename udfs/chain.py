@@ -29,8 +29,9 @@ from . import dedup, hll
 from .decision import decision_record, encode, error_decision_record
 from .events import EVENT_TYPES, Event
 from .features import SIGNALS as SIGNAL_NAMES
-from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, MISSING, Entity, features_for, label_keep_ms,
-                       spec_fingerprint, spec_json)
+from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, GRAPH_AGGS, MISSING, Entity, features_for,
+                       has_graph, label_keep_ms, spec_entities, spec_fingerprint, spec_json)
+from .graph import GraphParams, LinkPart, MemberPart, UserPart, fold_label as fold_graph_label, new_context
 from .labels import FRAUD, apply_fraud_label, apply_label, known_fraud_users
 from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,
                       fresh_ms, retention_ms)
@@ -120,11 +121,27 @@ class EntityStep:
     :meth:`step`; a duplicate must not touch the windows."""
 
     def __init__(self, entity: Entity, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
-                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS, features: tuple | None = None):
-        """``features``: the spec (default ``features.FEATURES``); the stage computes its entity's."""
+                 dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS, features: tuple | None = None,
+                 graph_params: GraphParams | None = None):
+        """``features``: the spec (default ``features.FEATURES``); the stage computes its entity's.
+        ``graph_params``: the graph's constants (default ``features.GRAPH`` with this lateness; tests shrink
+        them)."""
         self.entity = entity
         self.name = entity.name
-        self.windows = EntityWindows(entity.name, allowed_lateness_ms, features_for(entity.name, features))
+        own = features_for(entity.name, features)
+        self.windows = EntityWindows(entity.name, allowed_lateness_ms, tuple(f for f in own if f.agg not in GRAPH_AGGS))
+        # the entity's part in the graph features (udfs.graph), with graph features in the spec only
+        self.graph = None
+        if entity.graph and has_graph(FEATURES if features is None else features):
+            params = graph_params or GraphParams(lateness_ms=int(allowed_lateness_ms))
+            chain = spec_entities(features)
+            members = tuple(e.name for e in chain if e.graph == "members")
+            if entity.graph == "user":
+                self.graph = UserPart(params)
+            elif entity.graph == "members":
+                self.graph = MemberPart(entity, params, members[:members.index(entity.name)], own)
+            else:
+                self.graph = LinkPart(params, members, own)
         self.dedup_horizon_ms = int(dedup_horizon_ms) if entity.dedup else 0
         self.signal_name = f"{entity.name}_known_fraud_users_7d" if entity.label_signals else None
         self.reads_labels = entity.label_signals or self.windows.reads_labels
@@ -133,7 +150,16 @@ class EntityStep:
         return getattr(ev, self.entity.key_field)
 
     def empty_values(self) -> list[float]:
-        return self.windows.empty_values()
+        extra = self.graph.empty_values() if isinstance(self.graph, MemberPart) else []
+        return self.windows.empty_values() + extra
+
+    def graph_label(self, lab: dict | None, label_rec: Record) -> dict | None:
+        """The key's graph label store (``udfs.graph.fold_label``) after one label; None when this entity
+        keeps none."""
+        if not isinstance(self.graph, (UserPart, MemberPart)):
+            return None
+        ev = Event(*label_rec[:N_EVENT])
+        return fold_graph_label(lab, ev.event_id, ev.user_id, ev.ts, ev.extras["label"], self.graph.p)
 
     def live(self, state: dict | None, ev: Event) -> dict | None:
         """The key's state as ``ev`` sees it: None once the key expired before ``ev.ts``."""
@@ -239,13 +265,21 @@ class Chain:
     def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                  dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
                  out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS,
-                 entities: tuple[Entity, ...] = ENTITIES, label_signals: bool = False, features: tuple | None = None):
-        """``features``: the feature spec (default ``features.FEATURES``)."""
+                 entities: tuple[Entity, ...] | None = None, label_signals: bool = False,
+                 features: tuple | None = None, graph_params: GraphParams | None = None):
+        """``features``: the feature spec (default ``features.FEATURES``); ``entities``: the stages (default:
+        the spec's, ``features.spec_entities``: with graph features, the link stage after the others);
+        ``graph_params``: the graph's constants (``udfs.graph.GraphParams``; default from the spec)."""
         self.label_signals = label_signals  # as the job with a labels topic: records carry the signals
         # label features read the labels folded so far whether or not the records carry signals
-        self.steps = [EntityStep(e, allowed_lateness_ms, dedup_horizon_ms, features) for e in entities]
+        entities = spec_entities(features) if entities is None else entities
+        self.steps = [EntityStep(e, allowed_lateness_ms, dedup_horizon_ms, features, graph_params) for e in entities]
         self.stores: list[dict[str, dict]] = [{} for _ in self.steps]
         self.known: list[dict[str, dict]] = [{} for _ in self.steps]  # label state (EntityStep.fold_label)
+        # graph features (udfs.graph): per stage, the keys' graph state and graph label stores
+        self.graph = any(s.graph is not None for s in self.steps)
+        self.gstores: list[dict[str, dict]] = [{} for _ in self.steps]
+        self.glabels: list[dict[str, dict]] = [{} for _ in self.steps]
         self.out_of_orderness_ms = int(out_of_orderness_ms)
         self._timers: list[tuple[int, int, str]] = []  # (timestamp, stage index, key)
         self._max_ts: int | None = None
@@ -270,6 +304,15 @@ class Chain:
         """Fold a label into every entity that reads labels and whose key it names (in the job it arrives on
         the labels topic); it counts for every event processed after it."""
         rec = label_record(event_id, user_id, device_id, event_ts, label, ip, payment_ref)
+        if self.graph:
+            for i, step in enumerate(self.steps):
+                key = step.label_key(rec)
+                if key is not None and isinstance(step.graph, (UserPart, MemberPart)):
+                    lab = step.graph_label(self.glabels[i].get(key), rec)
+                    if lab:
+                        self.glabels[i][key] = lab
+                    else:
+                        self.glabels[i].pop(key, None)
         for i, step in enumerate(self.steps):
             if step.reads_labels:
                 key = step.label_key(rec)
@@ -295,10 +338,15 @@ class Chain:
         values: list[float] = []
         late = False
         signals: dict[str, Any] | None = None
+        ctx = new_context(ev) if self.graph else None
         for i, step in enumerate(self.steps):
             key = step.key(ev)
             if key is None:
                 values += step.empty_values()
+                continue
+            if isinstance(step.graph, LinkPart):  # the link stage keeps graph state only
+                self.gstores[i][key], vals = step.graph.step(self.gstores[i].get(key), ev, ctx)
+                values += vals
                 continue
             store = self.stores[i]
             st = store.get(key)
@@ -309,6 +357,13 @@ class Chain:
             if timer is not None:
                 heapq.heappush(self._timers, (timer, i, key))
             values += vals
+            if isinstance(step.graph, UserPart):
+                step.graph.step(self.glabels[i].get(key), ev, ctx)
+            elif step.graph is not None:
+                ctx["keys"][step.name] = key
+                self.gstores[i][key], gvals = step.graph.step(self.gstores[i].get(key), self.glabels[i].get(key),
+                                                              ev, ctx)
+                values += gvals
             late = late or lt
             sig = step.signals(self.known[i].get(key), ev) if self.label_signals else None
             if sig:

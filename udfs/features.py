@@ -55,6 +55,10 @@ class Entity:
     optional: bool = False
     dedup: bool = False
     label_signals: bool = False
+    # the entity's part in the graph features (docs/features.md#graph-features), used only when the spec has
+    # graph features: "user" (the first stage: carries the user's known-fraud time), "members" (keeps its
+    # members and attaches their sketch), "link" (the link stage after the others); None: no part
+    graph: str | None = None
 
     @property
     def reads_labels(self) -> bool:
@@ -63,24 +67,33 @@ class Entity:
 
     def reads_labels_in(self, features: tuple["Feature", ...]) -> bool:
         """As :attr:`reads_labels`, for the spec ``features``."""
-        return self.label_signals or any(f.entity == self.name and f.agg in LABEL_AGGS for f in features)
+        return (self.label_signals or any(f.entity == self.name and f.agg in LABEL_AGGS for f in features)
+                or (self.graph in ("user", "members") and has_graph(features)))
 
     def to_json(self, features: tuple["Feature", ...] | None = None) -> dict:
-        return {**asdict(self), "reads_labels": self.reads_labels_in(FEATURES if features is None else features)}
+        features = FEATURES if features is None else features
+        d = {**asdict(self), "reads_labels": self.reads_labels_in(features)}
+        if not has_graph(features):  # a spec without graph features is described as before
+            del d["graph"]
+        return d
 
 
 # The stage chain, in order. The user stage comes first: it drops duplicate event ids before any window
 # counts them.
-ENTITIES: tuple[Entity, ...] = (
-    Entity("user", "user_id", dedup=True),
-    Entity("ip", "ip"),
-    Entity("device", "device_id", label_signals=True),
+BASE_ENTITIES: tuple[Entity, ...] = (
+    Entity("user", "user_id", dedup=True, graph="user"),
+    Entity("ip", "ip", graph="members"),
+    Entity("device", "device_id", label_signals=True, graph="members"),
     # the payment instrument (udfs.events.PAYMENT_REF_TYPES carry one): card testing, BIN attacks, shared cards
-    Entity("payment", "payment_ref", optional=True),
+    Entity("payment", "payment_ref", optional=True, graph="members"),
 )
-ENTITY_BY_NAME = {e.name: e for e in ENTITIES}
+# the graph features' link stage (docs/features.md#graph-features): keyed by user, after the entity stages;
+# in the chain only with graph features in the spec (GRAPH_FEATURES)
+LINK_ENTITY = Entity("link", "user_id", graph="link")
+ALL_ENTITIES: tuple[Entity, ...] = BASE_ENTITIES + (LINK_ENTITY,)
+ENTITY_BY_NAME = {e.name: e for e in ALL_ENTITIES}
 EVENT_ENTITY = "event"  # the pseudo-entity of the event's own fields (no key, no state)
-ENTITY_KEYS = {**{e.name: e.key_field for e in ENTITIES}, EVENT_ENTITY: None}
+ENTITY_KEYS = {**{e.name: e.key_field for e in ALL_ENTITIES}, EVENT_ENTITY: None}
 WINDOW_AGGS = ("count", "sum", "mean", "max", "min", "distinct")
 KEY_AGGS = ("since_prev", "age")
 # label features, as known at decision time (docs/features.md#label-risk-features): the key's events labelled
@@ -90,6 +103,10 @@ LABEL_AGGS = ("fraud_labels", "fraud_share")
 # a label carries these keys (user_id, device_id always; ip and payment_ref when the label names them)
 LABEL_KEYS = ("user_id", "device_id", "ip", "payment_ref")
 EVENT_AGGS = ("value", "type_index")
+# graph features (docs/features.md#graph-features): users within two user-hops (and the known-fraud ones
+# among them) from an entity that keeps members (device, payment) or from the user (link stage); the group's
+# size and fraud share (link stage)
+GRAPH_AGGS = ("graph_users", "graph_fraud_users", "graph_group_users", "graph_group_fraud_share")
 
 PAYMENTS = ("payment", "add_payment_method")
 SPEND = ("place_order", "payment")
@@ -130,6 +147,14 @@ class Feature:
                 raise ValueError(f"{self.name}: horizon {self.horizon_ms} not one of {sorted(BUCKET_MS)}")
             if self.agg != "count" and not self.field:
                 raise ValueError(f"{self.name}: {self.agg} needs an input field")
+        elif self.agg in GRAPH_AGGS:
+            if self.horizon_ms != GRAPH["horizon_ms"] or self.field or self.event_types:
+                raise ValueError(f"{self.name}: {self.agg} takes the graph horizon ({GRAPH['horizon_ms']} ms), "
+                                 "no input field and no event-type filter")
+            role = ENTITY_BY_NAME[self.entity].graph if self.entity in ENTITY_BY_NAME else None
+            allowed = ("link",) if self.agg.startswith("graph_group") else ("link", "members")
+            if role not in allowed:
+                raise ValueError(f"{self.name}: {self.agg} belongs to an entity whose graph part is one of {allowed}")
         elif self.agg in KEY_AGGS + EVENT_AGGS:
             if self.horizon_ms is not None:
                 raise ValueError(f"{self.name}: {self.agg} takes no horizon")
@@ -263,20 +288,61 @@ def spec_features(delayed_label_windows: bool) -> tuple[Feature, ...]:
     when ``delayed_label_windows``."""
     if not delayed_label_windows:
         return BASE_FEATURES
-    order = (EVENT_ENTITY,) + tuple(e.name for e in ENTITIES)
+    order = (EVENT_ENTITY,) + tuple(e.name for e in BASE_ENTITIES)
     extra = DELAYED_LABEL_FEATURES
     return tuple(f for ent in order for f in BASE_FEATURES + extra if f.entity == ent)
 
 
+# Graph features (docs/features.md#graph-features): declared as data, in the vector only with GRAPH_FEATURES
+# on, each after its entity's other features (the link stage's after every entity). The graph's constants:
+# the edge horizon, how long a fraud label marks its user, members kept per entity, entities per user.
+GRAPH = {"horizon_ms": 7 * DAY, "label_horizon_ms": 30 * DAY, "members_cap": 16, "entities_cap": 16}
+GRAPH_FEATURE_LIST: tuple[Feature, ...] = (
+    _f("graph_device_users_7d", "device", "graph_users", horizon=7 * DAY),
+    _f("graph_device_fraud_users_7d", "device", "graph_fraud_users", horizon=7 * DAY),
+    _f("graph_payment_users_7d", "payment", "graph_users", horizon=7 * DAY),
+    _f("graph_payment_fraud_users_7d", "payment", "graph_fraud_users", horizon=7 * DAY),
+    _f("graph_user_users_7d", "link", "graph_users", horizon=7 * DAY),
+    _f("graph_user_fraud_users_7d", "link", "graph_fraud_users", horizon=7 * DAY),
+    _f("graph_group_users_7d", "link", "graph_group_users", horizon=7 * DAY),
+    _f("graph_group_fraud_share_7d", "link", "graph_group_fraud_share", horizon=7 * DAY),
+)
+# The switch. Off (shipped): the spec, its fingerprint, the shipped models and the job are as without graph
+# features. On: the replay and training compute them (udfs.graph); the job refuses to start (its stages do
+# not carry them yet).
+GRAPH_FEATURES = False
+
+
+def with_graph(features: tuple[Feature, ...]) -> tuple[Feature, ...]:
+    """``features`` plus GRAPH_FEATURE_LIST, each graph feature after its entity's others, the link stage's
+    last."""
+    order = (EVENT_ENTITY,) + tuple(e.name for e in ALL_ENTITIES)
+    return tuple(f for ent in order for f in features + GRAPH_FEATURE_LIST if f.entity == ent)
+
+
+def has_graph(features: tuple[Feature, ...]) -> bool:
+    return any(f.agg in GRAPH_AGGS for f in features)
+
+
+def spec_entities(features: tuple[Feature, ...] | None = None) -> tuple[Entity, ...]:
+    """The stage chain for the spec ``features``: BASE_ENTITIES, plus the link stage with graph features."""
+    return ALL_ENTITIES if has_graph(FEATURES if features is None else features) else BASE_ENTITIES
+
+
 FEATURES: tuple[Feature, ...] = spec_features(DELAYED_LABEL_WINDOWS)
+if GRAPH_FEATURES:
+    FEATURES = with_graph(FEATURES)
+ENTITIES: tuple[Entity, ...] = spec_entities(FEATURES)
 # the spec with the delayed label windows, whatever the switch (tests, `riskstream features --delayed`)
 FEATURES_WITH_DELAYED: tuple[Feature, ...] = spec_features(True)
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
-if len({f.name for f in FEATURES_WITH_DELAYED}) != len(FEATURES_WITH_DELAYED):
+# the spec with the graph features, whatever the switch (tests, the generator's ring figures)
+FEATURES_WITH_GRAPH: tuple[Feature, ...] = FEATURES if GRAPH_FEATURES else with_graph(FEATURES)
+if len({f.name for f in with_graph(FEATURES_WITH_DELAYED)}) != len(FEATURES_WITH_DELAYED) + len(GRAPH_FEATURE_LIST):
     raise ValueError("duplicate feature names in FEATURES")
 # The chain assembles the vector as the event's values, then each entity's in chain order: keep FEATURES so.
-ENTITY_ORDER = (EVENT_ENTITY,) + tuple(e.name for e in ENTITIES)
+ENTITY_ORDER = (EVENT_ENTITY,) + tuple(e.name for e in ALL_ENTITIES)
 if [f.entity for f in FEATURES] != sorted((f.entity for f in FEATURES), key=ENTITY_ORDER.index):
     raise ValueError(f"FEATURES must list their entities in this order: {ENTITY_ORDER}")
 for _e in ENTITIES[1:]:

@@ -32,8 +32,11 @@ class FeatureReplay:
 
     def __init__(self, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
                  dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
-                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, labels: Iterable | None = None):
-        self.chain = Chain(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms)
+                 out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS, labels: Iterable | None = None,
+                 features: tuple | None = None):
+        """``features``: the feature spec (default ``features.FEATURES``; ``features.FEATURES_WITH_GRAPH``
+        adds the graph features whatever the switch)."""
+        self.chain = Chain(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, features=features)
         self._labels: list = []
         self._seq = 0
         self.labels_applied = 0
@@ -63,10 +66,10 @@ class FeatureReplay:
 def replay(events: Iterable[Event], allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
            dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
            out_of_orderness_ms: int = DEFAULT_OUT_OF_ORDERNESS_MS,
-           labels: Iterable | None = None) -> Iterator[tuple[Event, list[float], bool]]:
+           labels: Iterable | None = None, features: tuple | None = None) -> Iterator[tuple[Event, list[float], bool]]:
     """(event, features, late) per event the job would score; duplicate event ids are skipped. ``labels``:
-    ``(arrival_ts, label)`` pairs (:class:`FeatureReplay`)."""
-    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels)
+    ``(arrival_ts, label)`` pairs (:class:`FeatureReplay`); ``features``: the spec (default FEATURES)."""
+    r = FeatureReplay(allowed_lateness_ms, dedup_horizon_ms, out_of_orderness_ms, labels, features)
     for ev in events:
         res = r.step(ev)
         if res is not None:
