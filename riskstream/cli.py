@@ -54,7 +54,8 @@ def cmd_generate(a) -> int:
     from .generator import TrafficGenerator
     from .kafka_io import produce, progress_printer
 
-    gen = TrafficGenerator(seed=a.seed, bad_share=a.bad_share, fraud_share=a.fraud_share, days=a.days)
+    gen = TrafficGenerator(seed=a.seed, bad_share=a.bad_share, fraud_share=a.fraud_share, days=a.days,
+                           rings=a.rings)
     labels_path = Path(a.labels)
     labels_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -983,6 +984,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=positive_days, default=None, metavar="N",
                    help="spread the events' times over N simulated days and add the slow scenarios (compromised "
                         "devices, slow card testing) [default: 5 events per simulated second]")
+    p.add_argument("--rings", action="store_true",
+                   help="add fraud rings that evade one-hop features, and households, offices and public wifi "
+                        "in normal traffic (docs/features.md#graph-features) [default: off]")
     p.add_argument("--bootstrap-servers", default=bs, help="[env RISKSTREAM_BOOTSTRAP_SERVERS]")
     add_setting(p, "events_topic", "--topic", help="topic the events go to (the job's events topic)")
     p.add_argument("--labels", default=str(paths.home() / "labels.jsonl"),

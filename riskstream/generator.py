@@ -20,6 +20,22 @@ that only long windows and delayed labels reveal (``LONG_SCENARIOS``):
 - ``slow_card_testing``: one account and device test one to three stolen cards with one or two small
   payments a day each, over five to eight days, below every short window's burst.
 
+With ``rings`` (``riskstream generate --rings``; off by default, so the default traffic is unchanged), a
+fraud ring that evades the one-hop features joins them (``RING_SCENARIO``), and normal traffic gains the
+sharing that makes one-hop linkage ambiguous:
+
+- ``fraud_ring``: 8 to 16 fresh accounts over two to six days; each device is shared by two accounts at
+  most (accounts 2k and 2k+1), cards are passed along a chain (account i pays with cards i and i+1, so each
+  card has two accounts at most), and every event comes from one or two gateway ips shared by the whole
+  ring; sessions look like normal promo orders;
+- households (normal): a new shopper signs up with one to three others on one device and one home ip, each
+  with their own card;
+- offices and public wifi (normal): about a third of shoppers belong to an office whose ip they shop from
+  half the time; a few public wifi ips serve any shopper now and then.
+
+These draws come from a random stream of their own (``_rings_rng``), so with ``rings`` the normal sessions
+are scheduled as without, plus the rings and the sharing.
+
 Every record's label carries ``arrival_ts``: when the label (a chargeback, an analyst's verdict) would
 reach the job, one to fourteen days after the event (``LABEL_DELAY_MS``, drawn from a random stream of its
 own, so the events are the same with or without it).
@@ -45,6 +61,8 @@ from udfs.events import PAYMENT_REF_TYPES
 SCENARIOS = ("card_testing", "account_takeover", "promo_ring", "fresh_account_big_order")
 LONG_SCENARIOS = ("compromised_device", "slow_card_testing")
 ALL_SCENARIOS = SCENARIOS + LONG_SCENARIOS
+RING_SCENARIO = "fraud_ring"
+RING_RATE = 1 / 700  # with rings: the chance that a scheduled session starts a ring instead
 DAY_MS = 86_400_000
 LABEL_DELAY_MS = (DAY_MS, 14 * DAY_MS)  # a label arrives uniformly 1 to 14 days after its event
 NORMAL = "normal"
@@ -78,10 +96,14 @@ class _Ids:
         return f"{r.randint(11, 223)}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
 
 
+def _ip(rng: random.Random) -> str:
+    return f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+
+
 class TrafficGenerator:
     def __init__(self, seed: int = 7, start_ts: int = DEFAULT_START_TS, sim_rate: float = 5.0,
                  fraud_share: float = 0.12, bad_share: float = 0.0, max_disorder_ms: int = 3_000,
-                 days: float | None = None):
+                 days: float | None = None, rings: bool = False):
         if not 0 <= fraud_share < 1 or not 0 <= bad_share < 1:
             raise ValueError("fraud_share and bad_share must be in [0, 1)")
         if days is not None and days <= 0:
@@ -89,6 +111,10 @@ class TrafficGenerator:
         self.seed, self.start_ts, self.sim_rate = seed, start_ts, sim_rate
         self.fraud_share, self.bad_share, self.max_disorder_ms = fraud_share, bad_share, max_disorder_ms
         self.days = days  # spread the traffic over this many days (instead of sim_rate) with the slow scenarios
+        self.rings = rings  # add fraud rings, households, offices and public wifi (module docstring)
+        self._rr: random.Random | None = None
+        self._offices: list[str] = []
+        self._wifi: list[str] = []
 
     # -- scenario builders: each returns [(offset_ms, event_type, user, device, ip, amount)] ----------
     def _normal(self, r: random.Random, ids: _Ids, users: list) -> list:
@@ -100,13 +126,24 @@ class TrafficGenerator:
             if r.random() < 0.5:
                 amt = round(r.lognormvariate(3.3, 0.6), 2)
                 steps += [("place_order", amt), ("payment", amt)]
-            return self._sessionize(r, u, u["devices"][0], u["ip"], steps, 20_000, 240_000)
+            out = self._sessionize(r, u, u["devices"][0], u["ip"], steps, 20_000, 240_000)
+            if self._rr is not None:
+                self._office(u)
+                if self._rr.random() < 0.3:  # a household: others sign up on the same device and home ip
+                    out += self._household(u, ids, users)
+            return out
         u = r.choice(users)
         device = r.choice(u["devices"])
         if r.random() < 0.04:  # a shopper on a new phone
             device = ids.new("d")
             u["devices"].append(device)
         ip = u["ip"] if r.random() < 0.85 else ids.ip()
+        if self._rr is not None:
+            x = self._rr.random()
+            if u.get("office") and x < 0.5:
+                ip = u["office"]
+            elif x > 0.97:
+                ip = self._rr.choice(self._wifi)
         kind = r.random()
         amt = round(r.lognormvariate(3.8, 0.8), 2)
         if kind < 0.45:
@@ -125,6 +162,49 @@ class TrafficGenerator:
             steps = [("login", 0.0), ("place_order", amt), ("payment", amt), ("place_order", amt / 2),
                      ("payment", amt / 2)]
         return self._sessionize(r, u, device, ip, steps, 10_000, 180_000)
+
+    # -- rings and sharing (with rings only; every draw from self._rr) -----------------------------
+    def _office(self, u: dict) -> None:
+        rr = self._rr
+        if rr.random() < 0.35:
+            u["office"] = rr.choice(self._offices)
+
+    def _household(self, first: dict, ids: _Ids, users: list) -> list:
+        rr, out = self._rr, []
+        t = 0
+        for _ in range(rr.randint(1, 3)):
+            u = {"id": ids.new("u"), "devices": [first["devices"][0]], "ip": first["ip"], "cur": first["cur"],
+                 "cards": [ids.new("c")]}
+            self._office(u)
+            users.append(u)
+            t += rr.randint(60_000, 3 * 3_600_000)
+            amt = round(rr.lognormvariate(3.3, 0.6), 2)
+            sess = self._sessionize(rr, u, first["devices"][0], first["ip"],
+                                    [("signup", 0.0), ("place_order", amt), ("payment", amt)], 20_000, 240_000)
+            out += [(t + o, *rest) for o, *rest in sess]
+        return out
+
+    def _ring(self, ids: _Ids) -> list:
+        rr = self._rr
+        n = rr.randint(8, 16)
+        devices = [ids.new("d") for _ in range((n + 1) // 2)]
+        cards = [ids.new("c") for _ in range(n + 1)]
+        gateways = [_ip(rr) for _ in range(rr.randint(1, 2))]
+        span = rr.uniform(2, 6) * DAY_MS
+        cur = rr.choice(CURRENCIES)
+        out = []
+        for i in range(n):
+            u = {"id": ids.new("u"), "cur": cur, "cards": [cards[i]]}
+            t = int(rr.random() * span / 2)
+            for k in range(rr.randint(2, 4)):
+                card = cards[i + (k % 2)]  # the chain: this account's card and the next account's
+                amt = round(rr.lognormvariate(3.3, 0.6), 2)
+                first = [("signup", 0.0), ("promo_redeem", 0.0)] if k == 0 else [("login", 0.0)]
+                steps = first + [("place_order", amt, card), ("payment", amt, card)]
+                sess = self._sessionize(rr, u, devices[i // 2], rr.choice(gateways), steps, 10_000, 120_000)
+                out += [(t + o, *rest) for o, *rest in sess]
+                t += int(rr.uniform(0.2, 1.0) * span / 2)
+        return sorted(out, key=lambda x: x[0])
 
     @staticmethod
     def _sessionize(r, u, device, ip, steps, lo, hi) -> list:
@@ -234,12 +314,20 @@ class TrafficGenerator:
         ]
         span = max(1, int(self.days * DAY_MS if self.days else n / self.sim_rate * 1000))
         scenarios = ALL_SCENARIOS if self.days else SCENARIOS
+        if self.rings:  # a stream of its own: the draws above and below are as without rings
+            self._rr = rr = random.Random(self.seed * 104_729 + 3)
+            self._offices = [_ip(rr) for _ in range(max(3, n // 1500))]
+            self._wifi = [_ip(rr) for _ in range(3)]
+            for u in users:
+                self._office(u)
         heap: list = []
         produced, seq = 0, 0
         # schedule sessions until enough events exist; sessions start uniformly over the simulated span
         while produced < n:
             start = self.start_ts + int(r.random() * span)
-            if r.random() < self.fraud_share / 4.0:  # fraud sessions hold ~4x the events of normal ones
+            if self._rr is not None and self._rr.random() < RING_RATE:
+                scenario, steps = RING_SCENARIO, self._ring(ids)
+            elif r.random() < self.fraud_share / 4.0:  # fraud sessions hold ~4x the events of normal ones
                 scenario = r.choice(scenarios)
                 steps = self._fraud(scenario, r, ids, users)
             else:

@@ -202,11 +202,22 @@ def streams(draw):
     return steps
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(streams())
-def test_reference_equals_its_semantics_by_brute_force(steps):
+def _check_brute_force(steps):
     for ev, got, want in _run(steps, SMALL):
         assert got == want, ev
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams())
+def test_reference_equals_its_semantics_by_brute_force(steps):
+    _check_brute_force(steps)
+
+
+@pytest.mark.long
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams())
+def test_reference_equals_its_semantics_by_brute_force_many(steps):
+    _check_brute_force(steps)
 
 
 def generated_steps(gen, n: int) -> list:
@@ -232,10 +243,12 @@ def generated_steps(gen, n: int) -> list:
     return steps
 
 
-# documented tolerance against the ideal (docs/features.md#graph-features), generated ring traffic
-EXACT_SHARE_MIN = {"graph_device_users_7d": 0.95, "graph_payment_users_7d": 0.95, "graph_user_users_7d": 0.95,
+# the documented tolerance against the ideal (docs/features.md#graph-features), on generated ring traffic:
+# never above the ideal (counts), and equal to it on at least this share of events
+EXACT_SHARE_MIN = {"graph_device_users_7d": 0.90, "graph_payment_users_7d": 0.90, "graph_user_users_7d": 0.90,
                    "graph_group_users_7d": 0.90, "graph_device_fraud_users_7d": 0.95,
-                   "graph_payment_fraud_users_7d": 0.95, "graph_user_fraud_users_7d": 0.95}
+                   "graph_payment_fraud_users_7d": 0.95, "graph_user_fraud_users_7d": 0.95,
+                   "graph_group_fraud_share_7d": 0.95}
 
 
 def tolerance(steps, params: GraphParams) -> dict:
@@ -264,3 +277,65 @@ def _run_oracle(steps, params):
             continue
         res = chain.process(item)
         yield graph_values(res[0]), orc.event(item)
+
+
+def test_reference_equals_its_semantics_on_generated_rings():
+    """Generated traffic with rings and offices, the documented constants but a 3-member cap (so hot
+    entities cap), labels arriving 1-14 days late."""
+    from riskstream.generator import TrafficGenerator
+
+    steps = generated_steps(TrafficGenerator(seed=5, days=10, rings=True), 700)
+    p = GraphParams(members_cap=3, entities_cap=2)
+    n = 0
+    for ev, got, want in _run(steps, p):
+        assert got == want, ev
+        n += 1
+    assert n == 700
+
+
+def test_reference_stays_within_tolerance_of_the_ideal_on_generated_rings():
+    from riskstream.generator import TrafficGenerator
+
+    steps = generated_steps(TrafficGenerator(seed=11, days=14, rings=True), 2000)
+    assert sum(1 for k, item in steps if k == "l" and item[4] == "fraud") > 50  # labels do arrive
+    stats = tolerance(steps, GraphParams())
+    for name, s in stats.items():
+        assert s["above"] == 0 or name == "graph_group_fraud_share_7d", (name, s)  # lower bounds
+        assert s["equal"] >= EXACT_SHARE_MIN[name], (name, s)
+
+
+def test_generator_rings_only_when_asked():
+    """The default traffic is what it was before the rings (the digest of main's generator before them);
+    with ``rings``, the ring evades one-hop linkage (devices and cards with two accounts at most, one or two
+    gateway ips) and normal traffic shares devices (households) and ips (offices)."""
+    import hashlib
+    from collections import defaultdict
+
+    import orjson
+
+    from riskstream.generator import RING_SCENARIO, TrafficGenerator
+
+    h = hashlib.sha256()
+    for kw in ({}, {"days": 14}):
+        for r in TrafficGenerator(**kw).generate(3000):
+            h.update(orjson.dumps(r.event))
+            h.update(orjson.dumps(r.label))
+    assert h.hexdigest()[:16] == "56d9497f8d662f74"
+    recs = list(TrafficGenerator(seed=11, days=14, rings=True).generate(12_000))
+    users = {kind: defaultdict(lambda: defaultdict(set)) for kind in ("ring", "normal")}
+    rings = defaultdict(set)  # a ring's gateway ips -> its users
+    for r in recs:
+        kind = "ring" if r.label["scenario"] == RING_SCENARIO else "normal" if r.label["scenario"] == "normal" else None
+        if kind is None:
+            continue
+        ev = r.event
+        for f in ("device_id", "ip", "payment_ref"):
+            if ev.get(f):
+                users[kind][f][ev[f]].add(ev["user_id"])
+        if kind == "ring":
+            rings[ev["ip"]].add(ev["user_id"])
+    assert users["ring"]["device_id"] and max(map(len, users["ring"]["device_id"].values())) == 2
+    assert max(map(len, users["ring"]["payment_ref"].values())) == 2
+    assert max(map(len, rings.values())) >= 8  # a gateway serves a ring's accounts
+    assert sum(1 for us in users["normal"]["device_id"].values() if len(us) >= 2) >= 20  # households
+    assert sum(1 for us in users["normal"]["ip"].values() if len(us) >= 10) >= 3  # offices, wifi
