@@ -24,10 +24,10 @@ With ``rings`` (``riskstream generate --rings``; off by default, so the default 
 fraud ring that evades the one-hop features joins them (``RING_SCENARIO``), and normal traffic gains the
 sharing that makes one-hop linkage ambiguous:
 
-- ``fraud_ring``: 8 to 16 fresh accounts over two to six days; each device is shared by two accounts at
-  most (accounts 2k and 2k+1), cards are passed along a chain (account i pays with cards i and i+1, so each
-  card has two accounts at most), and every event comes from one or two gateway ips shared by the whole
-  ring; sessions look like normal promo orders;
+- ``fraud_ring``: 8 to 16 aged accounts (no signup: bought or farmed earlier) over two to six days; each
+  device is shared by two accounts at most (accounts 2k and 2k+1), cards are passed along a chain (account
+  i pays with cards i and i+1, so each card has two accounts at most), and every event comes from one or
+  two gateway ips shared by the whole ring; sessions look like normal orders (login, order, payment);
 - households (normal): a new shopper signs up with one to three others on one device and one home ip, each
   with their own card;
 - offices and public wifi (normal): about a third of shoppers belong to an office whose ip they shop from
@@ -198,9 +198,8 @@ class TrafficGenerator:
             t = int(rr.random() * span / 2)
             for k in range(rr.randint(2, 4)):
                 card = cards[i + (k % 2)]  # the chain: this account's card and the next account's
-                amt = round(rr.lognormvariate(3.3, 0.6), 2)
-                first = [("signup", 0.0), ("promo_redeem", 0.0)] if k == 0 else [("login", 0.0)]
-                steps = first + [("place_order", amt, card), ("payment", amt, card)]
+                amt = round(rr.lognormvariate(3.8, 0.8), 2)  # ordinary orders by aged accounts (no signup)
+                steps = [("login", 0.0), ("place_order", amt, card), ("payment", amt, card)]
                 sess = self._sessionize(rr, u, devices[i // 2], rr.choice(gateways), steps, 10_000, 120_000)
                 out += [(t + o, *rest) for o, *rest in sess]
                 t += int(rr.uniform(0.2, 1.0) * span / 2)
