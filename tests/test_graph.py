@@ -35,6 +35,12 @@ def test_switch_is_off_and_the_shipped_spec_is_unchanged():
     assert spec_fingerprint(FEATURES_WITH_GRAPH) != spec_fingerprint()
     # each graph feature follows its entity's others; the link stage's come last
     assert [f.name for f in FEATURES_WITH_GRAPH if f.entity == "link"] == NAMES[-4:]
+    from udfs.chain import spec_document
+
+    off, on = spec_document(), spec_document(features=FEATURES_WITH_GRAPH)
+    assert "graph" not in off and all("graph" not in e for e in off["entities"])
+    assert on["graph"] == GRAPH and [e["name"] for e in on["entities"]] == ["user", "ip", "device", "payment", "link"]
+    assert [e["graph"] for e in on["entities"]] == ["user", "members", "members", "members", "link"]
 
 
 def test_the_job_refuses_graph_features():

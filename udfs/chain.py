@@ -29,7 +29,7 @@ from . import dedup, hll
 from .decision import decision_record, encode, error_decision_record
 from .events import EVENT_TYPES, Event
 from .features import SIGNALS as SIGNAL_NAMES
-from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, GRAPH_AGGS, MISSING, Entity, features_for,
+from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, GRAPH, GRAPH_AGGS, MISSING, Entity, features_for,
                        has_graph, label_keep_ms, spec_entities, spec_fingerprint, spec_json)
 from .graph import GraphParams, LinkPart, MemberPart, UserPart, fold_label as fold_graph_label, new_context
 from .labels import FRAUD, apply_fraud_label, apply_label, known_fraud_users
@@ -392,7 +392,7 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tupl
     the feature spec (default ``features.FEATURES``; a label feature's ``offset_ms`` is in its entry when
     not 0)."""
     features = FEATURES if features is None else features
-    return {
+    doc = {
         "record_fields": [name for name, _ in ROW_FIELDS],
         "fingerprint": spec_fingerprint(features),
         "allowed_lateness_ms": int(allowed_lateness_ms),
@@ -406,9 +406,12 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tupl
                       "fresh_ms": fresh_ms(e.name, allowed_lateness_ms, features),
                       "label_keep_ms": label_keep_ms(e.name, features),
                       "features": [f.name for f in features_for(e.name, features)]}
-                     for i, e in enumerate(ENTITIES)],
+                     for i, e in enumerate(spec_entities(features))],
         "features": spec_json(features),
     }
+    if has_graph(features):  # the graph's constants (docs/features.md#graph-features); absent without them
+        doc["graph"] = dict(GRAPH)
+    return doc
 
 
 __all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "arrived_at", "extend", "is_label",
