@@ -25,13 +25,13 @@ class GraphOracle:
         self.edge: dict[tuple, int] = {}  # (user, kind, key) -> newest arrived event time
         self.user_ents: dict[str, set] = defaultdict(set)
         self.ent_users: dict[tuple, set] = defaultdict(set)
-        self.labels: dict[tuple, tuple] = {}  # (user, event_id) -> (label, event time)
+        self.labels: dict[str, dict] = defaultdict(dict)  # user -> {event_id: (label, event time)}
 
     def label(self, event_id: str, user_id: str, event_ts: int, label: str) -> None:
-        self.labels[(user_id, event_id)] = (label, event_ts)
+        self.labels[user_id][event_id] = (label, event_ts)
 
-    def _fraud_users(self, t: int) -> set:
-        return {u for (u, _), (lab, ts) in self.labels.items() if lab == "fraud" and ts >= t - self.lh}
+    def _is_fraud(self, user: str, t: int) -> bool:
+        return any(lab == "fraud" and ts >= t - self.lh for lab, ts in self.labels.get(user, {}).values())
 
     def event(self, ev) -> dict:
         """The event's ideal values; the event joins the graph first (it has arrived)."""
@@ -57,7 +57,6 @@ class GraphOracle:
         def ents_of(user, kinds) -> set:
             return {e for e in self.user_ents.get(user, ()) if e[0] in kinds and is_live(user, e)}
 
-        fraud = self._fraud_users(t)
         n2 = set()
         for e in ents_of(u, ("ip", "device", "payment")):
             n2 |= users_of(e)
@@ -74,6 +73,10 @@ class GraphOracle:
         dev = side(("device", ev.device_id), ("ip",))
         pay = side(("payment", ev.payment_ref), ("ip", "device")) if ev.payment_ref else set()
         group = {u} | n2 | dev | pay
+
+        def fraud_in(users: set) -> int:
+            return sum(1 for v in users if self._is_fraud(v, t))
+
         # the true connected component of u over live edges (for comparison only)
         seen_u, seen_e, todo = {u}, set(), [u]
         while todo:
@@ -87,9 +90,9 @@ class GraphOracle:
                         seen_u.add(w)
                         todo.append(w)
         return {
-            "graph_device_users_7d": len(dev), "graph_device_fraud_users_7d": len(dev & fraud),
-            "graph_payment_users_7d": len(pay), "graph_payment_fraud_users_7d": len(pay & fraud),
-            "graph_user_users_7d": len(n2), "graph_user_fraud_users_7d": len(n2 & fraud),
-            "graph_group_users_7d": len(group), "graph_group_fraud_share_7d": len(group & fraud) / len(group),
-            "component_users": len(seen_u), "component_fraud_users": len(seen_u & fraud),
+            "graph_device_users_7d": len(dev), "graph_device_fraud_users_7d": fraud_in(dev),
+            "graph_payment_users_7d": len(pay), "graph_payment_fraud_users_7d": fraud_in(pay),
+            "graph_user_users_7d": len(n2), "graph_user_fraud_users_7d": fraud_in(n2),
+            "graph_group_users_7d": len(group), "graph_group_fraud_share_7d": fraud_in(group) / len(group),
+            "component_users": len(seen_u), "component_fraud_users": fraud_in(seen_u),
         }
