@@ -333,61 +333,102 @@ def riskstream_run(df, folder: Path, cfg: SimConfig, train_days: tuple[int, int]
 # --------------------------------------------------------------------------------------------- diagnosis
 
 
-def diagnose(df, feats, res, te_rows: np.ndarray, tr_rows: np.ndarray, top_k: int, log=lambda m: None) -> dict:
-    """Where riskstream's features fall short of the Handbook's, on the same split and learner: riskstream's
-    features with each group of the Handbook's added, the terminal risk compared value by value, and the
-    riskstream model's permutation importances."""
-    from models.train import FEATURE_NAMES
+def fit_hgb_no_early_stop(x, y):
+    """riskstream's learner with every one of its 100 rounds: scikit-learn stops HistGradientBoosting early
+    (on a 10 % validation split's loss) by default when there are more than 10,000 rows."""
+    from models.train import DEFAULT_HYPER, fit
 
-    x_rs = res.data.x  # riskstream's features, every row, in res.data order
+    return fit(x, y, {**DEFAULT_HYPER, "early_stopping": False})
+
+
+FEATURE_CACHE = "riskstream_features.npz"
+
+
+def save_riskstream_features(res, df, folder: Path) -> np.ndarray:
+    """riskstream's feature rows in ``df`` order (what the replay computed for ``riskstream train``), also
+    saved to ``folder``/:data:`FEATURE_CACHE` with the spec's names, fingerprint and importances, so that
+    ``--diagnose-only`` need not replay again."""
     pos = {e: i for i, e in enumerate(res.data.event_ids)}
-    rs_idx = np.asarray([pos[str(t)] for t in df["tx_id"].tolist()])  # df row -> res.data row
+    x = res.data.x[np.asarray([pos[str(t)] for t in df["tx_id"].tolist()])]
+    np.savez_compressed(folder / FEATURE_CACHE, x=x, tx_id=df["tx_id"].to_numpy(),
+                        names=np.asarray(res.spec["feature_names"]),
+                        fingerprint=np.asarray(res.summary["feature_fingerprint"]),
+                        importances=np.asarray(orjson.dumps(res.summary["metrics"].get("permutation_importance")
+                                                            or [])))
+    return x
+
+
+def load_riskstream_features(df, folder: Path) -> tuple[np.ndarray, list[str], list[dict]]:
+    from udfs.features import spec_fingerprint
+
+    path = folder / FEATURE_CACHE
+    if not path.is_file():
+        raise SystemExit(f"{path}: no cached riskstream features; run without --diagnose-only first")
+    z = np.load(path)
+    if str(z["fingerprint"]) != spec_fingerprint() or not np.array_equal(z["tx_id"], df["tx_id"].to_numpy()):
+        raise SystemExit(f"{path} was computed for another spec or other data; run without --diagnose-only")
+    return z["x"], [str(n) for n in z["names"]], orjson.loads(bytes(z["importances"]))
+
+
+def diagnose(df, feats, x_rs: np.ndarray, names: list[str], importances: list[dict], te_rows: np.ndarray,
+             tr_rows: np.ndarray, top_k: int, log=lambda m: None) -> dict:
+    """Where riskstream falls short of the Handbook's baseline, on the same split: riskstream's features
+    (``x_rs``, rows in ``df`` order) with each group of the Handbook's added, with other learners, the
+    terminal risk compared value by value, and the riskstream model's permutation importances."""
     y = df["fraud"].to_numpy()
     te, trn = te_rows, tr_rows
-    names = list(FEATURE_NAMES)
     col = {n: i for i, n in enumerate(names)}
-
-    def run(extra_cols: list[str], label: str, drop: tuple[str, ...] = ()) -> dict:
-        keep = [i for i, n in enumerate(names) if n not in drop]
-        x = x_rs[rs_idx][:, keep]
-        if extra_cols:
-            x = np.c_[x, feats[extra_cols].to_numpy(np.float64)]
-        m = fit_hgb(x[trn], y[trn])
-        p = m.predict_proba(x[te])[:, 1]
-        f = figures(p, y[te], df["customer_id"].to_numpy()[te], df["ts"].to_numpy()[te],
-                    df["scenario"].to_numpy()[te], top_k)
-        log(f"diagnose: {label}: AP {f['average_precision']}, card P@{top_k} {f[f'card_precision_top{top_k}_per_day']}")
-        return {"experiment": label, **{k: v for k, v in f.items() if k != "card_precision_days"}}
-
     feats = feats.copy()
     feats["amount_over_customer_avg_30d"] = feats["amount"] / feats["customer_avg_amount_30d"]
     feats["amount_over_customer_avg_7d"] = feats["amount"] / feats["customer_avg_amount_7d"]
-    term = [c for c in feats.columns if c.startswith("terminal_")]
+
+    def run(label: str, extra_cols=(), drop=(), riskstream=True, learner=fit_hgb) -> dict:
+        t0 = time.time()
+        parts = []
+        if riskstream:
+            parts.append(x_rs[:, [i for i, n in enumerate(names) if n not in drop]].astype(np.float64))
+        if extra_cols:
+            parts.append(feats[list(extra_cols)].to_numpy(np.float64))
+        x = np.concatenate(parts, axis=1)
+        m = learner(x[trn], y[trn])
+        p = m.predict_proba(x[te])[:, 1]
+        f = figures(p, y[te], df["customer_id"].to_numpy()[te], df["ts"].to_numpy()[te],
+                    df["scenario"].to_numpy()[te], top_k)
+        n_iter = getattr(m, "n_iter_", None)
+        log(f"diagnose: {label}: AP {f['average_precision']}, card P@{top_k} {f[f'card_precision_top{top_k}_per_day']}"
+            + (f", {n_iter} rounds" if n_iter is not None else "") + f" ({time.time() - t0:.0f}s)")
+        return {"experiment": label, **({"boosting_rounds": int(n_iter)} if n_iter is not None else {}),
+                **{k: v for k, v in f.items() if k != "card_precision_days"}}
+
+    term = [c for c in HANDBOOK_FEATURES if c.startswith("terminal_")]
     cust = [c for c in HANDBOOK_FEATURES if c.startswith("customer_")]
-    out = {"experiments": [
-        run([], "riskstream's features, retrained here (the same learner)"),
-        run(term, "+ the Handbook's terminal features"),
-        run(cust, "+ the Handbook's customer features"),
-        run(["tx_during_weekend", "tx_during_night"], "+ weekend / night flags"),
-        run(["amount_over_customer_avg_7d", "amount_over_customer_avg_30d"],
-            "+ amount / the customer's mean amount (7d, 30d)"),
-        run([], "without riskstream's user label feature (user_fraud_labels_30d)", drop=("user_fraud_labels_30d",)),
-    ]}
+    hb_all = list(HANDBOOK_FEATURES)
+    exps = [
+        run("riskstream's features, riskstream's learner (HGB, sklearn's early stopping)"),
+        run("riskstream's features, HGB without early stopping", learner=fit_hgb_no_early_stop),
+        run("the Handbook's features, HGB without early stopping", hb_all, riskstream=False,
+            learner=fit_hgb_no_early_stop),
+        run("riskstream's features + the Handbook's terminal features", term),
+        run("riskstream's features + the Handbook's customer features", cust),
+        run("riskstream's features + weekend / night flags", ["tx_during_weekend", "tx_during_night"]),
+        run("riskstream's features + amount / the customer's mean amount (7d, 30d)",
+            ["amount_over_customer_avg_7d", "amount_over_customer_avg_30d"]),
+        run("riskstream's features without user_fraud_labels_30d", drop=("user_fraud_labels_30d",)),
+        run("riskstream's features, random forest (the baseline's learner)", learner=fit_rf),
+    ]
     # the terminal risk: riskstream's delayed share against the Handbook's, on the test rows
     cmp = {}
     for w, name in ((1, "24h"), (7, "7d"), (30, "30d")):
         rs = f"device_fraud_share_{name}_delay7d"
         if rs not in col:
             continue
-        a = x_rs[rs_idx][te, col[rs]].astype(np.float64)
+        a = x_rs[te, col[rs]].astype(np.float64)
         b = feats[f"terminal_risk_{w}d_delayed"].to_numpy()[te]
-        cmp[rs] = {"vs": f"terminal_risk_{w}d_delayed", "equal_within_1e-6": round(float(np.mean(np.abs(a - b) < 1e-6)), 4),
+        cmp[rs] = {"vs": f"terminal_risk_{w}d_delayed",
+                   "equal_within_1e-6": round(float(np.mean(np.abs(a - b) < 1e-6)), 4),
                    "mean_abs_diff": round(float(np.mean(np.abs(a - b))), 5),
                    "corr": round(float(np.corrcoef(a, b)[0, 1]), 4) if a.std() and b.std() else None}
-    out["terminal_risk_compared"] = cmp
-    imp = res.summary["metrics"].get("permutation_importance") or []
-    out["riskstream_importances_top10"] = imp[:10]
-    return out
+    return {"experiments": exps, "terminal_risk_compared": cmp, "riskstream_importances_top10": importances[:10]}
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -413,10 +454,9 @@ def _commit() -> str | None:
         return None
 
 
-def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int], gap_days: int, work: Path,
-        top_k: int = 100, models: tuple[str, ...] = ("rf", "hgb"), do_diagnose: bool = False,
-        log=lambda m: None) -> dict:
-    """The whole comparison; returns the JSON-able result."""
+def prepare(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int], gap_days: int,
+            log=lambda m: None):
+    """The simulated transactions and the row indices of the training and the test days."""
     t0 = time.time()
     if test_days[0] != train_days[1] + 1 + gap_days:
         raise SystemExit(f"test days must start {gap_days} days after the training days' end "
@@ -431,6 +471,15 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
     day = df["day"].to_numpy()
     tr_rows = np.flatnonzero((day >= train_days[0]) & (day <= train_days[1]))
     te_rows = np.flatnonzero((day >= test_days[0]) & (day <= test_days[1]))
+    return df, tr_rows, te_rows
+
+
+def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int], gap_days: int, work: Path,
+        top_k: int = 100, models: tuple[str, ...] = ("rf", "hgb"), do_diagnose: bool = False,
+        log=lambda m: None) -> dict:
+    """The whole comparison; returns the JSON-able result."""
+    t0 = time.time()
+    df, tr_rows, te_rows = prepare(cfg, train_days, test_days, gap_days, log)
     y = df["fraud"].to_numpy()
     cust_te, ts_te, scen_te = (df[c].to_numpy()[te_rows] for c in ("customer_id", "ts", "scenario"))
 
@@ -467,14 +516,50 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
            "riskstream_features": len(res.spec["feature_names"]), "results": results,
            "target": {"average_precision": 0.80, f"card_precision_top{top_k}_per_day": 0.38},
            "commit": _commit(), "loadavg": _loadavg(), "seconds": None}
+    x_rs = save_riskstream_features(res, df, work)
     if do_diagnose:
-        out["diagnosis"] = diagnose(df, feats, res, te_rows, tr_rows, top_k, log)
+        out["diagnosis"] = diagnose(df, feats, x_rs, list(res.spec["feature_names"]),
+                                    res.summary["metrics"].get("permutation_importance") or [], te_rows, tr_rows,
+                                    top_k, log)
     out["seconds"] = round(time.time() - t0, 1)
     return out
 
 
+def run_diagnosis(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int], gap_days: int,
+                  work: Path, top_k: int = 100, log=lambda m: None) -> dict:
+    """The diagnosis alone, on the riskstream features an earlier :func:`run` cached in ``work``."""
+    t0 = time.time()
+    df, tr_rows, te_rows = prepare(cfg, train_days, test_days, gap_days, log)
+    feats = baseline_features(df, cfg.label_delay_days)
+    x_rs, names, imp = load_riskstream_features(df, work)
+    return {"benchmark": "handbook-diagnosis", "config": cfg.__dict__, "train_days": list(train_days),
+            "gap_days": gap_days, "test_days": list(test_days), "top_k": top_k,
+            "diagnosis": diagnose(df, feats, x_rs, names, imp, te_rows, tr_rows, top_k, log),
+            "commit": _commit(), "loadavg": _loadavg(), "seconds": round(time.time() - t0, 1)}
+
+
+def render_diagnosis(out: dict) -> list[str]:
+    k = out["top_k"]
+    d = out.get("diagnosis") or {}
+    lines = []
+    for e in d.get("experiments", []):
+        lines.append(f"  diagnose: {e['experiment']}: AP {e['average_precision']:.4f}, card P@{k} "
+                     f"{e[f'card_precision_top{k}_per_day']:.4f}; "
+                     + ", ".join(f"{s} {v['recall_top_0.02']:.1%}" for s, v in e["by_scenario"].items()))
+    for name, c in (d.get("terminal_risk_compared") or {}).items():
+        lines.append(f"  diagnose: {name} against {c['vs']}: equal on {c['equal_within_1e-6']:.1%} of the test rows, "
+                     f"mean |difference| {c['mean_abs_diff']}, correlation {c['corr']}")
+    if d.get("riskstream_importances_top10"):
+        lines.append("  diagnose: riskstream's model leans on " + ", ".join(
+            f"{i['feature']} ({i['ap_drop']:+.3f} AP)" for i in d["riskstream_importances_top10"][:6]))
+    return lines
+
+
 def render(out: dict) -> str:
     k = out["top_k"]
+    if "results" not in out:
+        return "\n".join(render_diagnosis(out) + [f"commit {out['commit']}, load average {out['loadavg']}, "
+                                                  f"{out['seconds']}s"])
     lines = [f"{out['transactions']:,} transactions, {out['frauds']:,} fraud ({out['frauds'] / out['transactions']:.2%}); "
              f"train days {out['train_days'][0]}-{out['train_days'][1]} ({out['train_rows']:,} rows), gap "
              f"{out['gap_days']} days, test days {out['test_days'][0]}-{out['test_days'][1]} ({out['test_rows']:,} rows)",
@@ -489,10 +574,7 @@ def render(out: dict) -> str:
         f"card_precision_top{k}_per_day"]
     lines.append(f"target AP >= {t['average_precision']}, card P@{k} >= {t[f'card_precision_top{k}_per_day']}: "
                  f"{'met' if ok else 'NOT met'} by riskstream")
-    for e in (out.get("diagnosis") or {}).get("experiments", []):
-        lines.append(f"  diagnose: {e['experiment']}: AP {e['average_precision']:.4f}, card P@{k} "
-                     f"{e[f'card_precision_top{k}_per_day']:.4f}; "
-                     + ", ".join(f"{s} {v['recall_top_0.02']:.1%}" for s, v in e["by_scenario"].items()))
+    lines += render_diagnosis(out)
     lines.append(f"commit {out['commit']}, load average {out['loadavg']}, {out['seconds']}s")
     return "\n".join(lines)
 
@@ -510,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="rf,hgb", help="baseline learners: rf (the Handbook's kind), hgb "
                                                       "(riskstream's learner)")
     p.add_argument("--diagnose", action="store_true", help="also run the experiments that locate a gap")
+    p.add_argument("--diagnose-only", action="store_true",
+                   help="only the experiments, on the riskstream features a full run cached in --work")
     p.add_argument("--work", default=None, help="folder for the Parquet, mapping, labels and model "
                                                 "[default: <riskstream home>/handbook]")
     p.add_argument("--out", default=None, help="JSON result [default benchmarks/results/handbook-<seed>-<size>.json]")
@@ -518,11 +602,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = SimConfig(customers=a.customers, terminals=a.terminals, days=a.days, seed=a.seed)
     work = Path(a.work) if a.work else paths.home() / "handbook"
-    out = run(cfg, _days(a.train_days), _days(a.test_days), a.gap, work, a.top_k,
-              tuple(m for m in a.models.split(",") if m), a.diagnose,
-              log=lambda m: print(f"[handbook] {m}", file=sys.stderr, flush=True))
+    log = lambda m: print(f"[handbook] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    if a.diagnose_only:
+        out = run_diagnosis(cfg, _days(a.train_days), _days(a.test_days), a.gap, work, a.top_k, log)
+    else:
+        out = run(cfg, _days(a.train_days), _days(a.test_days), a.gap, work, a.top_k,
+                  tuple(m for m in a.models.split(",") if m), a.diagnose, log)
     print(render(out))
-    dest = Path(a.out) if a.out else RESULTS / f"handbook-{a.seed}-{a.customers}c-{a.days}d.json"
+    tag = "-diagnosis" if a.diagnose_only else ""
+    dest = Path(a.out) if a.out else RESULTS / f"handbook-{a.seed}-{a.customers}c-{a.days}d{tag}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     print(f"[handbook] wrote {dest}", file=sys.stderr)
