@@ -71,10 +71,11 @@ class SimConfig:
     seed: int = 0
     radius: float = 5.0
     amount_threshold: float = 220.0
-    # the Handbook draws 2 terminals and 3 customers a day for 10,000 terminals and 5,000 customers; scaled
-    # to the population so that the share of each scenario stays the same (None: scaled)
-    terminals_per_day: float | None = None
-    customers_per_day: float | None = None
+    # compromised terminals and customers a day: the Handbook's 2 and 3 (for its 10,000 terminals and 5,000
+    # customers), as the independent check used them; None scales them to the population (1 and 1.5 here),
+    # which halves the fraud share (0.7 % instead of 1.3 %) and the fraudulent cards a day (~35 instead of ~70)
+    terminals_per_day: float | None = 2.0
+    customers_per_day: float | None = 3.0
     terminal_days: int = 28
     customer_days: int = 14
     label_delay_days: int = 7
@@ -585,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--terminals", type=int, default=5_000)
     p.add_argument("--days", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--terminals-per-day", type=float, default=2.0,
+                   help="terminals compromised a day [default 2, the Handbook's]; 0 scales to the population")
+    p.add_argument("--customers-per-day", type=float, default=3.0,
+                   help="customers compromised a day [default 3, the Handbook's]; 0 scales to the population")
     p.add_argument("--train-days", default="12-44", help="first-last training day (0-based, inclusive)")
     p.add_argument("--gap", type=int, default=7, help="days between training and test (the label delay)")
     p.add_argument("--test-days", default="52-59", help="first-last test day (to the end of the data)")
@@ -600,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from riskstream import paths
 
-    cfg = SimConfig(customers=a.customers, terminals=a.terminals, days=a.days, seed=a.seed)
+    cfg = SimConfig(customers=a.customers, terminals=a.terminals, days=a.days, seed=a.seed,
+                    terminals_per_day=a.terminals_per_day or None, customers_per_day=a.customers_per_day or None)
     work = Path(a.work) if a.work else paths.home() / "handbook"
     log = lambda m: print(f"[handbook] {m}", file=sys.stderr, flush=True)  # noqa: E731
     if a.diagnose_only:
@@ -610,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                   tuple(m for m in a.models.split(",") if m), a.diagnose, log)
     print(render(out))
     tag = "-diagnosis" if a.diagnose_only else ""
-    dest = Path(a.out) if a.out else RESULTS / f"handbook-{a.seed}-{a.customers}c-{a.days}d{tag}.json"
+    rates = f"-{cfg.t_per_day:g}t{cfg.c_per_day:g}c"
+    dest = Path(a.out) if a.out else RESULTS / f"handbook-{a.seed}-{a.customers}c-{a.days}d{rates}{tag}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     print(f"[handbook] wrote {dest}", file=sys.stderr)
