@@ -14,10 +14,10 @@ Three parts, each written here from a published description, not from anyone's c
    uniformly. Each day a customer makes a Poisson number of transactions, at a time of day drawn around noon
    (normal, 20,000 s standard deviation, kept inside the day), with a normal amount (a negative draw is
    redrawn uniformly in [0, 2 x mean)). Three fraud scenarios, applied in this order (a later one names the
-   scenario): (1) every amount above 220 is fraud; (2) each day some terminals are compromised, and every
-   transaction on them during the next 28 days is fraud; (3) each day some customers' credentials leak, and a
-   third of their transactions during the next 14 days are fraud, at 5 times their amount. Every
-   transaction is labelled; the label arrives ``label_delay`` (7 days) after it.
+   scenario): (1) every amount above 220 is fraud; (2) each day some terminals (2, the Handbook's number) are
+   compromised, and every transaction on them during the next 28 days is fraud; (3) each day some customers'
+   credentials (3) leak, and a third of their transactions during the next 14 days are fraud, at 5 times
+   their amount. Every transaction is labelled; the label arrives ``label_delay`` (7 days) after it.
 2. **The baseline** (:func:`baseline_features`): the Handbook's features, computed here in numpy/pandas: the
    amount, weekend and night flags, the customer's number of transactions and mean amount over the last 1, 7
    and 30 days (the current one included), and the terminal's number of transactions and fraud share over
