@@ -331,6 +331,31 @@ def riskstream_run(df, folder: Path, cfg: SimConfig, train_days: tuple[int, int]
     return res, " ".join(shlex.quote(a) for a in argv)
 
 
+def train_command(folder: Path, cfg: SimConfig, train_days: tuple[int, int], gap_days: int,
+                  version: str = "handbook_rs") -> str:
+    """The ``riskstream train`` command line :func:`riskstream_run` stands for."""
+    return " ".join(shlex.quote(a) for a in [
+        "riskstream", "train", "--events", str(folder / "transactions.parquet"),
+        "--mapping", str(folder / "transactions.mapping.toml"), "--labels", str(folder / "labels.jsonl"),
+        "--version", version, "--out-dir", str(folder / "model"),
+        "--train-from", _date(cfg.start_ms + train_days[0] * DAY_MS),
+        "--train-until", _date(cfg.start_ms + (train_days[1] + 1) * DAY_MS), "--gap", f"{gap_days}d",
+        "--label-delay", f"{cfg.label_delay_days}d", "--force"])
+
+
+def reused_scores(folder: Path, version: str = "handbook_rs") -> tuple[list[str], np.ndarray, dict]:
+    """(test event ids, scores, spec) of the model an earlier run trained in ``folder``."""
+    import csv
+
+    spec_path, scores_path = folder / "model" / f"{version}.json", folder / "model" / f"{version}.test_scores.csv"
+    if not spec_path.is_file() or not scores_path.is_file():
+        raise SystemExit(f"no trained model in {folder / 'model'}; run without --reuse first")
+    with open(scores_path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["event_id"] for r in rows], np.asarray([float(r["score"]) for r in rows]), orjson.loads(
+        spec_path.read_bytes())
+
+
 # --------------------------------------------------------------------------------------------- diagnosis
 
 
@@ -340,6 +365,13 @@ def fit_hgb_no_early_stop(x, y):
     from models.train import DEFAULT_HYPER, fit
 
     return fit(x, y, {**DEFAULT_HYPER, "early_stopping": False})
+
+
+def fit_hgb_300(x, y):
+    """What ``riskstream train --max-iter 300 --learning-rate 0.05`` fits (sklearn's early stopping on)."""
+    from models.train import DEFAULT_HYPER, fit
+
+    return fit(x, y, {**DEFAULT_HYPER, "max_iter": 300, "learning_rate": 0.05})
 
 
 FEATURE_CACHE = "riskstream_features.npz"
@@ -372,7 +404,7 @@ def load_riskstream_features(df, folder: Path) -> tuple[np.ndarray, list[str], l
 
 
 def diagnose(df, feats, x_rs: np.ndarray, names: list[str], importances: list[dict], te_rows: np.ndarray,
-             tr_rows: np.ndarray, top_k: int, log=lambda m: None) -> dict:
+             tr_rows: np.ndarray, top_k: int, log=lambda m: None, experiments: tuple[str, ...] | None = None) -> dict:
     """Where riskstream falls short of the Handbook's baseline, on the same split: riskstream's features
     (``x_rs``, rows in ``df`` order) with each group of the Handbook's added, with other learners, the
     terminal risk compared value by value, and the riskstream model's permutation importances."""
@@ -404,19 +436,25 @@ def diagnose(df, feats, x_rs: np.ndarray, names: list[str], importances: list[di
     term = [c for c in HANDBOOK_FEATURES if c.startswith("terminal_")]
     cust = [c for c in HANDBOOK_FEATURES if c.startswith("customer_")]
     hb_all = list(HANDBOOK_FEATURES)
-    exps = [
-        run("riskstream's features, riskstream's learner (HGB, sklearn's early stopping)"),
-        run("riskstream's features, HGB without early stopping", learner=fit_hgb_no_early_stop),
-        run("the Handbook's features, HGB without early stopping", hb_all, riskstream=False,
-            learner=fit_hgb_no_early_stop),
-        run("riskstream's features + the Handbook's terminal features", term),
-        run("riskstream's features + the Handbook's customer features", cust),
-        run("riskstream's features + weekend / night flags", ["tx_during_weekend", "tx_during_night"]),
-        run("riskstream's features + amount / the customer's mean amount (7d, 30d)",
-            ["amount_over_customer_avg_7d", "amount_over_customer_avg_30d"]),
-        run("riskstream's features without user_fraud_labels_30d", drop=("user_fraud_labels_30d",)),
-        run("riskstream's features, random forest (the baseline's learner)", learner=fit_rf),
-    ]
+    plan = {
+        "riskstream": ("riskstream's features, riskstream's learner (HGB)", {}),
+        "no-early-stop": ("riskstream's features, HGB without early stopping", {"learner": fit_hgb_no_early_stop}),
+        "handbook-hgb": ("the Handbook's features, HGB without early stopping",
+                         {"extra_cols": hb_all, "riskstream": False, "learner": fit_hgb_no_early_stop}),
+        "terminal": ("riskstream's features + the Handbook's terminal features", {"extra_cols": term}),
+        "customer": ("riskstream's features + the Handbook's customer features", {"extra_cols": cust}),
+        "time": ("riskstream's features + weekend / night flags",
+                 {"extra_cols": ["tx_during_weekend", "tx_during_night"]}),
+        "ratio": ("riskstream's features + amount / the customer's mean amount (7d, 30d)",
+                  {"extra_cols": ["amount_over_customer_avg_7d", "amount_over_customer_avg_30d"]}),
+        "no-user-labels": ("riskstream's features without user_fraud_labels_30d", {"drop": ("user_fraud_labels_30d",)}),
+        "rf": ("riskstream's features, random forest (the baseline's learner)", {"learner": fit_rf}),
+        "hgb-300": ("riskstream's features, HGB --max-iter 300 --learning-rate 0.05", {"learner": fit_hgb_300}),
+    }
+    unknown = sorted(set(experiments or ()) - set(plan))
+    if unknown:
+        raise SystemExit(f"unknown experiments {unknown}; choose from {sorted(plan)}")
+    exps = [run(label, **kw) for key, (label, kw) in plan.items() if experiments is None or key in experiments]
     # the terminal risk: riskstream's delayed share against the Handbook's, on the test rows
     cmp = {}
     for w, name in ((1, "24h"), (7, "7d"), (30, "30d")):
@@ -477,8 +515,9 @@ def prepare(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, i
 
 def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int], gap_days: int, work: Path,
         top_k: int = 100, models: tuple[str, ...] = ("rf", "hgb"), do_diagnose: bool = False,
-        log=lambda m: None) -> dict:
-    """The whole comparison; returns the JSON-able result."""
+        log=lambda m: None, reuse: bool = False) -> dict:
+    """The whole comparison; returns the JSON-able result. ``reuse``: take riskstream's test scores from the
+    model an earlier run trained in ``work`` (its ``<version>.test_scores.csv``) instead of training again."""
     t0 = time.time()
     df, tr_rows, te_rows = prepare(cfg, train_days, test_days, gap_days, log)
     y = df["fraud"].to_numpy()
@@ -496,15 +535,23 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
         log(f"baseline ({kind}): AP {results[f'handbook_{kind}']['average_precision']} ({time.time() - t1:.0f}s)")
 
     t1 = time.time()
-    res, command = riskstream_run(df, work, cfg, train_days, gap_days, log=lambda m: log(f"riskstream {m}"))
-    te_ids = [res.data.event_ids[i] for i in res.test_idx]
+    if reuse:  # the model (and its test scores) an earlier run of the same data trained
+        res = None
+        te_ids, scores, spec = reused_scores(work)
+        command = "(reused) " + train_command(work, cfg, train_days, gap_days)
+        summary = {"feature_fingerprint": spec["feature_fingerprint"], "metrics": spec["metrics"]}
+        names, train_n = spec["feature_names"], spec["split"]["train_rows"]
+    else:
+        res, command = riskstream_run(df, work, cfg, train_days, gap_days, log=lambda m: log(f"riskstream {m}"))
+        te_ids, scores, summary = [res.data.event_ids[i] for i in res.test_idx], res.test_scores, res.summary
+        names, train_n = res.spec["feature_names"], int(len(res.train_idx))
     if sorted(int(e) for e in te_ids) != df["tx_id"].to_numpy()[te_rows].tolist():
         raise RuntimeError("riskstream's test rows are not the baseline's test rows")
     row = {int(e): k for k, e in enumerate(te_ids)}
-    p_rs = np.asarray(res.test_scores, dtype=np.float64)[[row[t] for t in df["tx_id"].to_numpy()[te_rows].tolist()]]
+    p_rs = np.asarray(scores, dtype=np.float64)[[row[t] for t in df["tx_id"].to_numpy()[te_rows].tolist()]]
     results["riskstream"] = {**figures(p_rs, y[te_rows], cust_te, ts_te, scen_te, top_k),
-                             "seconds": round(time.time() - t1, 1), "train_rows": int(len(res.train_idx)),
-                             "card_metrics": {k: res.summary["metrics"][k] for k in ("roc_auc", "average_precision")}}
+                             "seconds": round(time.time() - t1, 1), "train_rows": train_n,
+                             "card_metrics": {k: summary["metrics"][k] for k in ("roc_auc", "average_precision")}}
     log(f"riskstream: AP {results['riskstream']['average_precision']} ({time.time() - t1:.0f}s)")
     out = {"benchmark": "handbook", "config": cfg.__dict__ | {"terminals_per_day": cfg.t_per_day,
                                                               "customers_per_day": cfg.c_per_day},
@@ -513,10 +560,16 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
                                  df.loc[df.fraud == 1, "scenario"].value_counts().sort_index().items()},
            "train_days": list(train_days), "gap_days": gap_days, "test_days": list(test_days),
            "train_rows": int(len(tr_rows)), "test_rows": int(len(te_rows)), "top_k": top_k,
-           "riskstream_command": command, "feature_fingerprint": res.summary["feature_fingerprint"],
-           "riskstream_features": len(res.spec["feature_names"]), "results": results,
+           "riskstream_command": command, "feature_fingerprint": summary["feature_fingerprint"],
+           "riskstream_features": len(names), "results": results,
            "target": {"average_precision": 0.80, f"card_precision_top{top_k}_per_day": 0.38},
            "commit": _commit(), "loadavg": _loadavg(), "seconds": None}
+    if res is None:
+        if do_diagnose:
+            x_rs, names, imp = load_riskstream_features(df, work)
+            out["diagnosis"] = diagnose(df, feats, x_rs, names, imp, te_rows, tr_rows, top_k, log)
+        out["seconds"] = round(time.time() - t0, 1)
+        return out
     x_rs = save_riskstream_features(res, df, work)
     if do_diagnose:
         out["diagnosis"] = diagnose(df, feats, x_rs, list(res.spec["feature_names"]),
@@ -527,7 +580,7 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
 
 
 def run_diagnosis(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int], gap_days: int,
-                  work: Path, top_k: int = 100, log=lambda m: None) -> dict:
+                  work: Path, top_k: int = 100, log=lambda m: None, experiments: tuple[str, ...] | None = None) -> dict:
     """The diagnosis alone, on the riskstream features an earlier :func:`run` cached in ``work``."""
     t0 = time.time()
     df, tr_rows, te_rows = prepare(cfg, train_days, test_days, gap_days, log)
@@ -535,7 +588,7 @@ def run_diagnosis(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[
     x_rs, names, imp = load_riskstream_features(df, work)
     return {"benchmark": "handbook-diagnosis", "config": cfg.__dict__, "train_days": list(train_days),
             "gap_days": gap_days, "test_days": list(test_days), "top_k": top_k,
-            "diagnosis": diagnose(df, feats, x_rs, names, imp, te_rows, tr_rows, top_k, log),
+            "diagnosis": diagnose(df, feats, x_rs, names, imp, te_rows, tr_rows, top_k, log, experiments),
             "commit": _commit(), "loadavg": _loadavg(), "seconds": round(time.time() - t0, 1)}
 
 
@@ -597,8 +650,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="rf,hgb", help="baseline learners: rf (the Handbook's kind), hgb "
                                                       "(riskstream's learner)")
     p.add_argument("--diagnose", action="store_true", help="also run the experiments that locate a gap")
+    p.add_argument("--reuse", action="store_true",
+                   help="take riskstream's test scores from the model a full run trained in --work (no replay)")
     p.add_argument("--diagnose-only", action="store_true",
                    help="only the experiments, on the riskstream features a full run cached in --work")
+    p.add_argument("--experiments", default=None,
+                   help="with --diagnose-only: a comma-separated subset (riskstream, no-early-stop, handbook-hgb, "
+                        "terminal, customer, time, ratio, no-user-labels, rf, hgb-300) [default all]")
     p.add_argument("--work", default=None, help="folder for the Parquet, mapping, labels and model "
                                                 "[default: <riskstream home>/handbook]")
     p.add_argument("--out", default=None, help="JSON result [default benchmarks/results/handbook-<seed>-<size>.json]")
@@ -610,12 +668,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work) if a.work else paths.home() / "handbook"
     log = lambda m: print(f"[handbook] {m}", file=sys.stderr, flush=True)  # noqa: E731
     if a.diagnose_only:
-        out = run_diagnosis(cfg, _days(a.train_days), _days(a.test_days), a.gap, work, a.top_k, log)
+        exps = tuple(e for e in a.experiments.split(",") if e) if a.experiments else None
+        out = run_diagnosis(cfg, _days(a.train_days), _days(a.test_days), a.gap, work, a.top_k, log, exps)
     else:
         out = run(cfg, _days(a.train_days), _days(a.test_days), a.gap, work, a.top_k,
-                  tuple(m for m in a.models.split(",") if m), a.diagnose, log)
+                  tuple(m for m in a.models.split(",") if m), a.diagnose, log, reuse=a.reuse)
     print(render(out))
-    tag = "-diagnosis" if a.diagnose_only else ""
+    tag = ("-diagnosis" + ("-" + "-".join(exps) if exps else "")) if a.diagnose_only else ""
     rates = f"-{cfg.t_per_day:g}t{cfg.c_per_day:g}c"
     dest = Path(a.out) if a.out else RESULTS / f"handbook-{a.seed}-{a.customers}c-{a.days}d{rates}{tag}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
