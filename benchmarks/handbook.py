@@ -319,16 +319,12 @@ def riskstream_run(df, folder: Path, cfg: SimConfig, train_days: tuple[int, int]
     paths = write_inputs(df, folder)
     train_from = _date(cfg.start_ms + train_days[0] * DAY_MS)
     train_until = _date(cfg.start_ms + (train_days[1] + 1) * DAY_MS)
-    argv = ["riskstream", "train", "--events", str(paths["events"]), "--mapping", str(paths["mapping"]),
-            "--labels", str(paths["labels"]), "--version", version, "--out-dir", str(folder / "model"),
-            "--train-from", train_from, "--train-until", train_until, "--gap", f"{gap_days}d",
-            "--label-delay", f"{cfg.label_delay_days}d", "--force"]
     periods = tr.Periods(train_from=parse_when(train_from), train_until=parse_when(train_until),
                          gap_ms=parse_duration(f"{gap_days}d"))
     res = tr.run(events=paths["events"], labels=paths["labels"], version=version, out_dir=folder / "model",
                  force=True, log=log, mapping=Mapping.load(paths["mapping"]), periods=periods,
                  label_delay=parse_duration(f"{cfg.label_delay_days}d"))
-    return res, " ".join(shlex.quote(a) for a in argv)
+    return res, train_command(folder, cfg, train_days, gap_days, version)
 
 
 def train_command(folder: Path, cfg: SimConfig, train_days: tuple[int, int], gap_days: int,
