@@ -53,7 +53,21 @@ VARIANTS = {
     "changelog": lambda work: (),
     # without the bloom filters the job sets with rocksdb
     "nobloom": lambda work: ("state.backend.rocksdb.use-bloom-filter=false",),
+    # barriers overtake the queued records (their buffers go into the checkpoint)
+    "unaligned": lambda work: ("execution.checkpointing.unaligned.enabled=true",),
+    # small compaction units: a small level 1 and small files, so one compaction rewrites (and the next
+    # incremental checkpoint uploads) tens of MB, not the whole level
+    # more RocksDB background threads (max_background_jobs; a quarter of them flush): the checkpoints'
+    # synchronous memtable flushes of every stage's instance no longer queue behind one flush thread
+    "threads": lambda work: ("state.backend.rocksdb.thread.num=8",),
+    "lsm": lambda work: ("state.backend.rocksdb.compaction.level.max-size-level-base=16mb",
+                         "state.backend.rocksdb.compaction.level.target-file-size-base=4mb"),
 }
+
+
+def variants(backend: str) -> list[str]:
+    """'rocksdb+lsm+unaligned' -> ['lsm', 'unaligned']."""
+    return [v for v in backend.split("+")[1:] if v]
 
 
 def _get(url: str) -> dict | list | None:
@@ -88,11 +102,12 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
     import orjson
 
     port = free_port()
-    base_backend, _, variant = backend.partition("+")
+    base_backend = backend.partition("+")[0]
+    vs = variants(backend)
     cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=interval_ms, state_backend=base_backend,
                     rest_port=port, checkpoint_dir=(work / "checkpoints").as_uri(), job_name="bench-scale",
-                    restart_attempts=0, changelog=variant == "changelog",
-                    flink_conf=VARIANTS[variant](work) if variant else ())
+                    restart_attempts=0, changelog="changelog" in vs,
+                    flink_conf=tuple(x for v in vs for x in VARIANTS[v](work)))
     env = decision_job.make_env(cfg, extra={"web.checkpoints.history": "10000",
                                             "execution.checkpointing.max-concurrent-checkpoints": "1"})
     spec = orjson.dumps(spec_document(cfg.allowed_lateness_ms)).decode()
@@ -113,14 +128,19 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
     stream = jvm.event_time(DataStream(rows), cfg.out_of_orderness_ms, cfg.idleness_ms, max_future_skew_ms=10**13)
     for e in ENTITIES:  # with labels on, as the job runs (no label arrives: every key's store is empty)
         stream = jvm.entity_stage(stream, e, spec, cfg.dedup_horizon_ms, True, "bench-scale")
-    stream.sink_to(Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()))
+    # the wall time of the last record out: the drain, apart from the end of input's timer flush
+    clocked = DataStream(stream._j_data_stream.map(pkg.DrainClock(), jvm.record_type_info().get_java_type_info())
+                         .name("drain-clock").uid("drain-clock"))
+    clocked.sink_to(Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()))
     client = env.execute_async("riskstream-bench-scale")
     job_id = str(client.get_job_id())
     base = f"http://127.0.0.1:{port}"
     heap: list[tuple[float, float]] = []
     cps: dict[int, dict] = {}
     t_running = t_end = None
+    wall_running = None
     tm = None
+    vertices: dict[str, str] = {}  # id -> name of the entity stages
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:
         st = _get(f"{base}/jobs/{job_id}")
@@ -131,7 +151,8 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
             continue
         state = st.get("state")
         if state == "RUNNING" and t_running is None and all(v.get("status") == "RUNNING" for v in st.get("vertices", [])):
-            t_running = time.monotonic()
+            t_running, wall_running = time.monotonic(), time.time()
+            vertices = {v["id"]: v["name"] for v in st.get("vertices", []) if "windows" in v.get("name", "")}
         if tm is None:
             tms = _get(f"{base}/taskmanagers") or {}
             tm = (tms.get("taskmanagers") or [{}])[0].get("id")
@@ -141,8 +162,9 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
                 heap.append((time.monotonic(), float(m[0]["value"]) / 2**20))
         ck = _get(f"{base}/jobs/{job_id}/checkpoints") or {}
         for h in ck.get("history", []):
-            if h.get("status") == "COMPLETED" and not h.get("is_savepoint"):
+            if h.get("status") == "COMPLETED" and not h.get("is_savepoint") and h["id"] not in cps:
                 cps[h["id"]] = h
+                h["stages"] = _stage_parts(base, job_id, h["id"], vertices)
         if state in ("FINISHED", "FAILED", "CANCELED"):
             t_end = time.monotonic()
             if state != "FINISHED":
@@ -150,23 +172,30 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
                 raise RuntimeError(f"the scale job ended {state}: {str(ex.get('root-exception'))[:2000]}")
             break
         time.sleep(0.5)  # sampling interval of the heap and checkpoint statistics
-    client.get_job_execution_result().result()
+    acc = client.get_job_execution_result().result().get_all_accumulator_results()
     t_end = t_end or time.monotonic()
     secs = t_end - (t_running or t_end)
+    last_ms, records = acc.get("last_record_ms"), acc.get("records")
+    drain = (last_ms / 1000 - wall_running) if last_ms and wall_running else None
     dur = [c["end_to_end_duration"] / 1000 for c in cps.values()]
     full = [c.get("state_size", 0) / 2**20 for c in cps.values()]
     inc = [c.get("checkpointed_size", c.get("state_size", 0)) / 2**20 for c in cps.values()]
-    align = [c.get("alignment_buffered", 0) for c in cps.values()]
+    parts = {k: [c["stages"][k] for c in cps.values() if c.get("stages", {}).get(k) is not None]
+             for k in ("start_delay", "alignment", "sync", "async")}
     load_end = t_running + secs * 0.6 if t_running else None  # users all created by then (1.5 events/user)
     after = [h for t, h in heap if load_end and t >= load_end]
     keys = round(users * (3 + 0.5))  # user, device, ip per user; a card per user that pays (half of them)
-    del align
     return {
         "backend": backend, "users": users, "keys_estimate": keys, "events": events, "parallelism": parallelism,
         "checkpoint_interval_ms": interval_ms, "seconds": round(secs, 1),
-        "events_per_s": round(events / secs) if secs > 0 else None, "checkpoints": len(cps),
+        "events_per_s": round(events / drain) if drain and drain > 0 else None, "drain_seconds": _round(drain),
+        "records_out": records,
+        "events_per_s_to_finished": round(events / secs) if secs > 0 else None, "checkpoints": len(cps),
         "checkpoint_s": {"p50": _pct(dur, 0.5), "p99": _pct(dur, 0.99), "max": max(dur) if dur else None,
                          "mean": round(statistics.mean(dur), 2) if dur else None},
+        # per checkpoint, the slowest entity-stage subtask's barrier start delay / alignment / sync / async part
+        "checkpoint_parts_s": {k: {"p50": _round(_pct(v, 0.5), 2), "p99": _round(_pct(v, 0.99), 2),
+                                   "max": _round(max(v) if v else None, 2)} for k, v in parts.items()},
         "checkpoint_full_mb": {"last": round(full[-1], 1) if full else None, "max": round(max(full), 1) if full else None},
         "checkpoint_uploaded_mb": {"p50": _round(_pct(inc, 0.5)), "p99": _round(_pct(inc, 0.99)),
                                    "max": _round(max(inc) if inc else None)},
@@ -177,8 +206,26 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
     }
 
 
-def _round(x):
-    return None if x is None else round(x, 1)
+def _round(x, nd: int = 1):
+    return None if x is None else round(x, nd)
+
+
+def _stage_parts(base: str, job_id: str, checkpoint_id: int, vertices: dict[str, str]) -> dict[str, float | None]:
+    """One checkpoint's barrier start delay, alignment, sync and async part (s): per part, the slowest
+    subtask of any entity stage (where a checkpoint's time went: waiting for the barrier to travel through
+    the queued records, aligning the inputs, the memtable flush in the task thread, the upload)."""
+    out: dict[str, float | None] = {"start_delay": None, "alignment": None, "sync": None, "async": None}
+    for vid in vertices:
+        d = _get(f"{base}/jobs/{job_id}/checkpoints/details/{checkpoint_id}/subtasks/{vid}") or {}
+        summ = d.get("summary") or {}
+        got = {"start_delay": (summ.get("start_delay") or {}).get("max"),
+               "alignment": ((summ.get("alignment") or {}).get("duration") or {}).get("max"),
+               "sync": ((summ.get("checkpoint_duration") or {}).get("sync") or {}).get("max"),
+               "async": ((summ.get("checkpoint_duration") or {}).get("async") or {}).get("max")}
+        for k, v in got.items():
+            if v is not None:
+                out[k] = max(out[k] or 0.0, v / 1000)
+    return out
 
 
 def run_all(users: list[int], backends: list[str], events_per_user: float, parallelism: int, interval_ms: int,
@@ -216,10 +263,12 @@ def render_row(r: dict) -> str:
     if "error" in r:
         return f"{r['backend']:8} {r['users']:>10,} users: failed"
     c, u = r["checkpoint_s"], r["checkpoint_uploaded_mb"]
-    return (f"{r['backend']:8} {r['users']:>10,} users: {r['events_per_s'] or 0:>7,} events/s; checkpoints "
+    parts = "; ".join(f"{k} p50 {v['p50']} max {v['max']} s" for k, v in (r.get("checkpoint_parts_s") or {}).items())
+    return (f"{r['backend']:8} {r['users']:>10,} users: {r['events_per_s'] or 0:>7,} events/s "
+            f"({r.get('events_per_s_to_finished') or 0:,} to the job's end); checkpoints "
             f"{r['checkpoints']}, p50 {c['p50']} s, p99 {c['p99']} s, max {c['max']} s; full state max "
             f"{r['checkpoint_full_mb']['max']} MB, uploaded p50 {u['p50']} MB max {u['max']} MB; heap max "
-            f"{r['heap_used_max_mb']} MB, after load min {r['heap_used_min_after_load_mb']} MB")
+            f"{r['heap_used_max_mb']} MB, after load min {r['heap_used_min_after_load_mb']} MB; stages' {parts}")
 
 
 def render(res: dict) -> str:
@@ -244,7 +293,7 @@ def main(argv=None) -> int:
     users = [parse_count(x) for x in a.users.split(",") if x.strip()]
     backends = [b for b in a.backends.split(",") if b]
     bad = {b for b in backends if b.partition("+")[0] not in ("hashmap", "rocksdb")
-           or (b.partition("+")[2] and b.partition("+")[2] not in VARIANTS)}
+           or any(v not in VARIANTS for v in variants(b))}
     if bad:
         raise SystemExit(f"unknown backends {sorted(bad)}: hashmap, rocksdb, rocksdb+{'/'.join(VARIANTS)}")
     if a.one:

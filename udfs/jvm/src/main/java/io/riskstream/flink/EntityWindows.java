@@ -217,25 +217,43 @@ public final class EntityWindows {
                         continue;
                     }
                     Object acc = b.set[s];
-                    if (acc instanceof String[]) { // decoded read-only: writable from now on
-                        String[] a = (String[]) acc;
-                        HashSet<String> set = new HashSet<>(Math.max(8, a.length * 2));
-                        java.util.Collections.addAll(set, a);
-                        acc = b.set[s] = set;
+                    if (acc instanceof byte[]) {
+                        Hll.add((byte[]) acc, v);
+                        continue;
                     }
-                    if (acc instanceof HashSet) {
+                    int size;
+                    if (acc instanceof String[]) { // small sets: an array, replaced (never changed) on growth
+                        String[] a = (String[]) acc;
+                        if (KeyState.contains(a, v)) {
+                            continue;
+                        }
+                        if (a.length < KeyState.SMALL_SET) {
+                            String[] grown = java.util.Arrays.copyOf(a, a.length + 1);
+                            grown[a.length] = v;
+                            acc = grown;
+                            size = grown.length;
+                        } else {
+                            HashSet<String> set = new HashSet<>(a.length * 2 + 2);
+                            java.util.Collections.addAll(set, a);
+                            set.add(v);
+                            acc = set;
+                            size = set.size();
+                        }
+                        b.set[s] = acc;
+                    } else {
                         @SuppressWarnings("unchecked")
                         HashSet<String> set = (HashSet<String>) acc;
-                        set.add(v);
-                        if (set.size() > spec.hllThreshold) {
-                            byte[] reg = new byte[Hll.M];
-                            for (String x : set) {
-                                Hll.add(reg, x);
-                            }
-                            b.set[s] = reg;
+                        if (!set.add(v)) {
+                            continue;
                         }
-                    } else {
-                        Hll.add((byte[]) acc, v);
+                        size = set.size();
+                    }
+                    if (size > spec.hllThreshold) {
+                        byte[] reg = new byte[Hll.M];
+                        for (String x : KeyState.values(acc)) {
+                            Hll.add(reg, x);
+                        }
+                        b.set[s] = reg;
                     }
                 }
             }

@@ -238,8 +238,15 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         if (what == 1) {
             state.clear(); // idle past the longest horizon + lateness: no event can read it again
         } else if (what == 2) {
-            ctx.timerService().registerEventTimeTimer(st.timer);
-            state.update(st.encode(spec));
+            if (st.timer <= ctx.timerService().currentWatermark()) {
+                // the re-armed timer would fire in this same watermark advance and clear the key (a late
+                // watermark jump, or the end of a bounded input): clear it now, without the timer's write,
+                // delete and second read
+                state.clear();
+            } else {
+                ctx.timerService().registerEventTimeTimer(st.timer);
+                state.update(st.encode(spec));
+            }
         }
     }
 

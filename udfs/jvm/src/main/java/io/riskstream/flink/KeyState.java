@@ -40,12 +40,16 @@ final class KeyState {
     /** per delayed-count width (EntitySpec.dWidths): bucket start -> {stored events} (udfs.windows state "d"). */
     final TreeMap<Long, long[]>[] delayed;
 
+    /** Up to this many values an exact set is a String[] (a linear scan beats hashing a fresh string). */
+    static final int SMALL_SET = 16;
+    static final String[] NO_STRINGS = new String[0];
+
     static final class Bucket {
         final long start;
         final long[] n;
         final double[] sum, max, min;
-        // an exact set: HashSet<String>, or String[] as decoded (read-only until the bucket is written);
-        // a sketch: byte[] (HyperLogLog registers)
+        // an exact set: String[] while it has at most SMALL_SET values (never changed in place: a bucket
+        // that grows one gets a new array), HashSet<String> beyond; a sketch: byte[] (HyperLogLog registers)
         final Object[] set;
 
         Bucket(long start, int[] kinds) {
@@ -61,7 +65,7 @@ final class KeyState {
                     max[s] = Double.NEGATIVE_INFINITY;
                     min[s] = Double.POSITIVE_INFINITY;
                 } else if (kinds[s] == EntitySpec.SET) {
-                    set[s] = new HashSet<String>();
+                    set[s] = NO_STRINGS;
                 }
             }
         }
@@ -91,24 +95,25 @@ final class KeyState {
         o.v(last);
         o.v(last - first);
         o.v(hasTimer ? zz(timer - last) + 1 : 0);
-        Map<String, Integer> table = new HashMap<>();
-        ArrayList<String> strings = new ArrayList<>();
+        Strings table = new Strings();
         for (int w = 0; w < buckets.length; w++) {
             for (Bucket b : buckets[w]) {
                 for (Object x : b.set) {
-                    if (x != null && !(x instanceof byte[])) {
+                    if (x instanceof String[]) {
+                        for (String v : (String[]) x) {
+                            table.add(v);
+                        }
+                    } else if (x != null && !(x instanceof byte[])) {
                         for (String v : values(x)) {
-                            if (table.putIfAbsent(v, strings.size()) == null) {
-                                strings.add(v);
-                            }
+                            table.add(v);
                         }
                     }
                 }
             }
         }
-        o.v(strings.size());
-        for (String s : strings) {
-            o.str(s);
+        o.v(table.n);
+        for (int i = 0; i < table.n; i++) {
+            o.str(table.list[i]);
         }
         for (int w = 0; w < buckets.length; w++) {
             long g = spec.widths[w];
@@ -128,10 +133,15 @@ final class KeyState {
                             o.d(b.min[s]);
                         }
                     } else if (!(b.set[s] instanceof byte[])) {
-                        Iterable<String> set = values(b.set[s]);
                         o.v(2L * size(b.set[s]));
-                        for (String v : set) {
-                            o.v(table.get(v));
+                        if (b.set[s] instanceof String[]) {
+                            for (String v : (String[]) b.set[s]) {
+                                o.v(table.index(v));
+                            }
+                        } else {
+                            for (String v : values(b.set[s])) {
+                                o.v(table.index(v));
+                            }
                         }
                     } else {
                         byte[] reg = (byte[]) b.set[s];
@@ -273,6 +283,48 @@ final class KeyState {
         return st;
     }
 
+    /**
+     * The distinct strings of a key's sets in first-seen order, with their index: a linear scan while there
+     * are few (most keys hold a handful), a hash map beyond.
+     */
+    static final class Strings {
+        private static final int SCAN = 16;
+        String[] list = new String[8];
+        int n;
+        private HashMap<String, Integer> map;
+
+        void add(String v) {
+            if (index(v) < 0) {
+                if (n == list.length) {
+                    list = java.util.Arrays.copyOf(list, n * 2);
+                }
+                list[n] = v;
+                if (map != null) {
+                    map.put(v, n);
+                } else if (n + 1 > SCAN) {
+                    map = new HashMap<>(n * 4);
+                    for (int i = 0; i <= n; i++) {
+                        map.put(list[i], i);
+                    }
+                }
+                n++;
+            }
+        }
+
+        int index(String v) {
+            if (map != null) {
+                Integer i = map.get(v);
+                return i == null ? -1 : i;
+            }
+            for (int i = 0; i < n; i++) {
+                if (list[i].equals(v)) {
+                    return i;
+                }
+            }
+            return -1;
+        }
+    }
+
     /** The values of an exact set (HashSet or decoded String[]). */
     @SuppressWarnings("unchecked")
     static Iterable<String> values(Object set) {
@@ -305,7 +357,7 @@ final class KeyState {
 
     /** A growable output buffer with varints. */
     static final class Out {
-        byte[] buf = new byte[128];
+        byte[] buf = new byte[512];
         int n;
 
         void ensure(int k) {
