@@ -22,6 +22,17 @@ _MEMORY = re.compile(r"^\d+\s*(b|k|kb|m|mb|g|gb|t|tb)?$", re.IGNORECASE)
 # block cache and write buffers once the state holds millions of keys
 LOCAL_ROCKSDB_MANAGED_MEMORY = "512m"
 
+# The production RocksDB settings besides the backend and incremental checkpoints: one source for the job's
+# own settings (JobConfig.flink_settings), `cluster up`'s config.yaml (riskstream.ops.cluster) and the
+# Kubernetes manifest (deploy/k8s/flinkdeployment.yaml; tests/test_deploy.py holds it to this).
+ROCKSDB_SETTINGS: dict[str, str] = {
+    # timers stay in RocksDB: heap timers would be written in full at every checkpoint, undoing incremental
+    # checkpoints
+    "state.backend.rocksdb.timer-service.factory": "ROCKSDB",
+    # every new key's first read misses: a bloom filter per file answers it without reading the file
+    "state.backend.rocksdb.use-bloom-filter": "true",
+}
+
 DEFAULT_MODEL = "models/risk_gbdt_v1.onnx"
 
 # ``profile=low-latency``: the settings it changes (flags and RISKSTREAM_* variables still beat them), each
@@ -298,9 +309,7 @@ class JobConfig(BaseModel):
         out = {"state.backend.type": backend}
         if backend == "rocksdb":
             out["execution.checkpointing.incremental"] = "true" if self.incremental_checkpoints else "false"
-            out["state.backend.rocksdb.timer-service.factory"] = "ROCKSDB"
-            # every new key's first read misses: a bloom filter per file answers it without reading the file
-            out["state.backend.rocksdb.use-bloom-filter"] = "true"
+            out.update(ROCKSDB_SETTINGS)
             if self.rocksdb_local_dir:
                 out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
         if self.changelog:

@@ -347,6 +347,16 @@ def test_flinkdeployment_has_the_required_fields(manifest):
     assert int(conf["metrics.reporter.prom.port"]) == 9249
 
 
+def test_flinkdeployment_holds_the_production_rocksdb_settings(manifest):
+    """The manifest carries the same RocksDB settings as the job and `cluster up` (riskstream.config)."""
+    from riskstream.config import ROCKSDB_SETTINGS
+
+    conf = manifest["spec"]["flinkConfiguration"]
+    assert conf["state.backend.type"] == "rocksdb" and str(conf["execution.checkpointing.incremental"]) == "true"
+    for k, v in ROCKSDB_SETTINGS.items():
+        assert str(conf.get(k)) == v, f"flinkdeployment.yaml: {k} should be {v!r} (riskstream.config.ROCKSDB_SETTINGS)"
+
+
 def test_job_flags_are_jobconfig_fields_with_valid_values(manifest):
     driver, flags = job_args(manifest)
     assert set(driver) == {"-pyclientexec", "-py"}

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
+from ..config import ROCKSDB_SETTINGS
 from . import flink_rest
 from .procs import free_port, group_alive, pid_alive, port_in_use
 
@@ -227,8 +228,7 @@ class ClusterSettings:
         out: dict[str, object] = {"state.backend.type": self.state_backend}
         if self.state_backend == "rocksdb":
             out["execution.checkpointing.incremental"] = self.incremental_checkpoints
-            out["state.backend.rocksdb.timer-service.factory"] = "ROCKSDB"
-            out["state.backend.rocksdb.use-bloom-filter"] = True
+            out.update(ROCKSDB_SETTINGS)
             if self.rocksdb_local_dir:
                 out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
         if self.changelog and changelog_uri:
