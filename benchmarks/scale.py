@@ -177,10 +177,16 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
     secs = t_end - (t_running or t_end)
     last_ms, records = acc.get("last_record_ms"), acc.get("records")
     drain = (last_ms / 1000 - wall_running) if last_ms and wall_running else None
-    dur = [c["end_to_end_duration"] / 1000 for c in cps.values()]
-    full = [c.get("state_size", 0) / 2**20 for c in cps.values()]
-    inc = [c.get("checkpointed_size", c.get("state_size", 0)) / 2**20 for c in cps.values()]
-    parts = {k: [c["stages"][k] for c in cps.values() if c.get("stages", {}).get(k) is not None]
+    # the checkpoints triggered while the events drained; the ones after the last record out run while the
+    # end of the bounded input fires every key's cleanup timer at once (a barrier waits for that), which an
+    # unbounded job never does: counted apart
+    every = sorted(cps.values(), key=lambda c: c["trigger_timestamp"])
+    during = [c for c in every if not last_ms or c["trigger_timestamp"] <= last_ms]
+    later = [c for c in every if c not in during]
+    dur = [c["end_to_end_duration"] / 1000 for c in during]
+    full = [c.get("state_size", 0) / 2**20 for c in during]
+    inc = [c.get("checkpointed_size", c.get("state_size", 0)) / 2**20 for c in during]
+    parts = {k: [c["stages"][k] for c in during if c.get("stages", {}).get(k) is not None]
              for k in ("start_delay", "alignment", "sync", "async")}
     load_end = t_running + secs * 0.6 if t_running else None  # users all created by then (1.5 events/user)
     after = [h for t, h in heap if load_end and t >= load_end]
@@ -190,7 +196,14 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
         "checkpoint_interval_ms": interval_ms, "seconds": round(secs, 1),
         "events_per_s": round(events / drain) if drain and drain > 0 else None, "drain_seconds": _round(drain),
         "records_out": records,
-        "events_per_s_to_finished": round(events / secs) if secs > 0 else None, "checkpoints": len(cps),
+        "events_per_s_to_finished": round(events / secs) if secs > 0 else None, "checkpoints": len(during),
+        "checkpoints_after_input_end": {"count": len(later),
+                                        "max_s": max((c["end_to_end_duration"] / 1000 for c in later), default=None)},
+        # every checkpoint: trigger (ms since the drain began), duration (s), uploaded (MB), stages' parts (s)
+        "checkpoint_list": [[c["trigger_timestamp"] - round(wall_running * 1000) if wall_running else None,
+                             c["end_to_end_duration"] / 1000,
+                             _round(c.get("checkpointed_size", c.get("state_size", 0)) / 2**20),
+                             c.get("stages")] for c in every],
         "checkpoint_s": {"p50": _pct(dur, 0.5), "p99": _pct(dur, 0.99), "max": max(dur) if dur else None,
                          "mean": round(statistics.mean(dur), 2) if dur else None},
         # per checkpoint, the slowest entity-stage subtask's barrier start delay / alignment / sync / async part
@@ -264,11 +277,13 @@ def render_row(r: dict) -> str:
         return f"{r['backend']:8} {r['users']:>10,} users: failed"
     c, u = r["checkpoint_s"], r["checkpoint_uploaded_mb"]
     parts = "; ".join(f"{k} p50 {v['p50']} max {v['max']} s" for k, v in (r.get("checkpoint_parts_s") or {}).items())
+    tail = r.get("checkpoints_after_input_end") or {}
     return (f"{r['backend']:8} {r['users']:>10,} users: {r['events_per_s'] or 0:>7,} events/s "
             f"({r.get('events_per_s_to_finished') or 0:,} to the job's end); checkpoints "
             f"{r['checkpoints']}, p50 {c['p50']} s, p99 {c['p99']} s, max {c['max']} s; full state max "
             f"{r['checkpoint_full_mb']['max']} MB, uploaded p50 {u['p50']} MB max {u['max']} MB; heap max "
-            f"{r['heap_used_max_mb']} MB, after load min {r['heap_used_min_after_load_mb']} MB; stages' {parts}")
+            f"{r['heap_used_max_mb']} MB, after load min {r['heap_used_min_after_load_mb']} MB; stages' {parts}; "
+            f"after the input ended {tail.get('count')} more, max {tail.get('max_s')} s")
 
 
 def render(res: dict) -> str:
