@@ -176,6 +176,8 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
     t_end = t_end or time.monotonic()
     secs = t_end - (t_running or t_end)
     last_ms, records = acc.get("last_record_ms"), acc.get("records")
+    if wall_running and acc.get("first_record_ms"):  # RUNNING is seen by polling, up to 0.5 s late
+        wall_running = min(wall_running, acc["first_record_ms"] / 1000)
     drain = (last_ms / 1000 - wall_running) if last_ms and wall_running else None
     # the checkpoints triggered while the events drained; the ones after the last record out run while the
     # end of the bounded input fires every key's cleanup timer at once (a barrier waits for that), which an
