@@ -28,6 +28,7 @@ import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.tuple.Tuple4;
 import org.apache.flink.configuration.Configuration;
+import org.apache.flink.configuration.JobManagerOptions;
 import org.apache.flink.configuration.PipelineOptions;
 import org.apache.flink.runtime.state.hashmap.HashMapStateBackend;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
@@ -280,6 +281,10 @@ public final class Bootstrap {
         Configuration conf = new Configuration();
         // this module and the State Processor API for the job's class loader (';'-separated URLs)
         conf.set(PipelineOptions.JARS, java.util.Arrays.asList(jars.split(";")));
+        // the static scheduler: the adaptive batch scheduler (BATCH's default) lets a keyed consumer subtask read
+        // key groups sized by data volume, not KeyGroupRangeAssignment's ranges, and the State Processor API's
+        // keyed backend refuses a key outside its range (the job hung on 100k users)
+        conf.set(JobManagerOptions.SCHEDULER, JobManagerOptions.SchedulerType.Default);
         StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment(conf);
         env.setRuntimeMode(RuntimeExecutionMode.BATCH);
         env.setParallelism(parallelism);
