@@ -59,8 +59,9 @@ public final class BootstrapWatch {
                 } catch (Exception ignored) {
                     // the message below is what matters; a cancel that fails leaves a local job behind
                 }
-                throw new IllegalStateException("the bootstrap job cannot finish: its task " + stuck
-                    + " waits for an inner State Processor API task that has died (" + HINT + ")");
+                throw new IllegalStateException("the bootstrap job cannot finish: " + (stuck.size() == 1
+                    ? "its task " + stuck.get(0) + " waits" : "one of its tasks " + stuck + " waits")
+                    + " for an inner State Processor API task that has died; the job was cancelled (" + HINT + ")");
             }
         }
     }
@@ -94,7 +95,8 @@ public final class BootstrapWatch {
             }
         }
         seen.addAll(alive);
-        return alive.size() < feeding.size() ? feeding : orphans;
+        // by name when the dead one's name is known; else all that feed (one of them has lost its inner task)
+        return !orphans.isEmpty() ? orphans : alive.size() < feeding.size() ? feeding : List.of();
     }
 
     /** "name (k/n)#attempt" -> "name-bootstrap-thread-(k-1)"; null for another form. */
