@@ -433,7 +433,7 @@ def cmd_bootstrap(a) -> int:
     from udfs.ingest import IngestError
 
     from .kafka_io import parse_time
-    from .ops.bootstrap import TopicRange, bootstrap
+    from .ops.bootstrap import BootstrapFailed, TopicRange, bootstrap
 
     cfg = job_config(a)  # the job's own settings: its name, lateness, dedup horizon, max parallelism, labels
     try:
@@ -454,7 +454,7 @@ def cmd_bootstrap(a) -> int:
         res = bootstrap(cfg, a.input, labels_path=a.labels, mapping=input_mapping(a), order=a.order,
                         output=Path(a.output) if a.output else None, parallelism=a.parallelism_write,
                         label_delay_ms=_label_delay(a), topics=topics)
-    except (IngestError, ValueError, FileExistsError, FileNotFoundError, TimeoutError) as e:
+    except (IngestError, ValueError, FileExistsError, FileNotFoundError, TimeoutError, BootstrapFailed) as e:
         raise SystemExit(f"riskstream bootstrap: {e}")
     if res.topics is not None:
         dead = ", ".join(f"{k} {v}" for k, v in sorted(res.topics.dead_letters.items())) or "none"

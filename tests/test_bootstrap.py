@@ -139,3 +139,70 @@ def test_the_history_takes_labels_in_either_spelling(tmp_path):
     b = write_history(events, tmp_path / "b.jsonl", labels_path=topic)
     assert a == b and a["labels"] + a["labels_later"] == len(picked) and a["labels"] > 3
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+@pytest.mark.long
+def test_a_history_of_100k_users_bootstraps_and_restores(tmp_path):
+    """The shape that hung (`riskstream bootstrap` of 100k held users, 1 or 2 events each with their own device,
+    ip and card: about 20 MB of state per entity, where the adaptive batch scheduler cut a keyed subtask's
+    input by data volume across KeyGroupRangeAssignment's ranges) is written, and restored: events of 3,000 of
+    those users afterwards, a few of them labelled in the history, get the features the Python reference
+    computes over the whole history and them, in every entity."""
+    from benchmarks.bench import held_history
+    from tests.jvm_jar import build_jar
+    from tests.test_jvm_windows import _run_branches
+    from udfs.features import ENTITIES, features_for
+    from udfs.replay import read_labels
+
+    from riskstream.ops.bootstrap import bootstrap
+
+    users, end = 100_000, 1_767_225_600_000  # the history ends 2026-01-01: months before the wall clock
+    hist_file = tmp_path / "history.jsonl"
+    held_history(hist_file, users, end)
+    history = [Event(**orjson.loads(line)) for line in hist_file.read_bytes().splitlines()]
+    rnd = random.Random(7)
+    labels = [{"event_id": e.event_id, "user_id": e.user_id, "device_id": e.device_id, "event_ts": e.ts,
+               "label": "fraud", "ip": e.ip, "payment_ref": e.payment_ref, "arrival_ts": e.ts + 600_000}
+              for e in history if e.payment_ref and rnd.random() < 0.004 and e.ts + 600_000 <= history[-1].ts]
+    assert len(labels) > 50
+    label_file = tmp_path / "labels.jsonl"
+    label_file.write_bytes(b"".join(orjson.dumps({k: v for k, v in x.items() if v is not None}) + b"\n"
+                                    for x in labels))
+    cfg = JobConfig(job_name="bootstrap-100k-test", allowed_lateness_ms=LATENESS, dedup_horizon_ms=DEDUP)
+    res = bootstrap(cfg, hist_file, labels_path=label_file, output=tmp_path / "savepoint")
+    assert res.events == len(history) and res.labels == len(labels)
+    assert res.keys["user"] == users and res.keys["payment"] == users // 2
+
+    # afterwards: one event of every 33rd user (spread over all key groups), on its own device, ip and card
+    by_user = {}
+    for e in history:
+        by_user.setdefault(e.user_id, e)
+    rest = []
+    for i, u in enumerate(sorted(by_user)[::33]):
+        e = by_user[u]
+        rest.append(Event(**{**e._asdict(), "event_id": f"after-{i}", "event_type": "payment", "amount": 42.0,
+                             "payment_ref": f"held-c{u.split('-u')[1]}", "ts": end + 1_000 * i}))
+    replay = FeatureReplay(LATENESS, DEDUP, labels=read_labels(label_file))
+    for ev in history:
+        replay.step(ev)
+    want = {}
+    for ev in rest:
+        got = replay.step(ev)
+        want[ev.event_id] = (got[0][len(event_values(ev)):], got[1])
+    assert replay.labels_applied == len(labels)
+
+    out = tmp_path / "restored"
+    out.mkdir()
+    got = _run_branches(build_jar(), [("event", ev) for ev in rest], 2, out,
+                        extra={"execution.state-recovery.path": res.path.as_uri()})
+    at = 0
+    for e in ENTITIES:
+        n = len(features_for(e.name))
+        mine = {eid: v[:2] for eid, v in got[e.name].items()}
+        assert set(mine) == set(want), e.name
+        bad = [eid for eid in want if (mine[eid][0], mine[eid][1]) != (want[eid][0][at:at + n], want[eid][1])]
+        assert not bad, (e.name, len(bad), bad[:3])
+        at += n
+    # the history is in the windows: every restored user's 7-day count holds its held events too
+    week = [f.name for f in features_for("user")].index("user_events_7d")
+    assert all(mine[0][week] >= 2 for mine in got["user"].values())

@@ -28,6 +28,7 @@ Pitfalls:
 from __future__ import annotations
 
 import heapq
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,35 @@ import orjson
 from ..config import JobConfig
 from . import lineage
 from .jars import flink_jar_urls
+
+
+class BootstrapFailed(RuntimeError):
+    """The bootstrap job failed (or could not finish: a task of Flink's State Processor API died, which Flink
+    does not report); nothing is left at the output."""
+
+
+def _java_message(e) -> str:
+    """The messages of a Py4JJavaError's Java exception and its causes, outermost first, each once."""
+    parts, t = [], e.java_exception
+    while t is not None and len(parts) < 8:
+        m = t.getMessage() or t.getClass().getName()
+        if not any(m in p for p in parts):
+            parts.append(m)
+        t = t.getCause()
+    return ": ".join(parts)
+
+
+def written(dest: Path, write):
+    """``write()`` (a call into ``io.riskstream.flink.Bootstrap`` that writes the savepoint at ``dest``), its
+    Java failure as :class:`BootstrapFailed` with the Java messages, and ``dest`` removed then: a failed or
+    incomplete job's folder must not be restored."""
+    from py4j.protocol import Py4JJavaError
+
+    try:
+        return write()
+    except Py4JJavaError as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise BootstrapFailed(f"writing the savepoint failed: {_java_message(e)}") from None
 
 
 @dataclass(frozen=True)
@@ -286,9 +316,9 @@ def bootstrap(cfg: JobConfig, input_path=None, *, labels_path=None, mapping=None
         J = get_gateway().jvm.io.riskstream.flink
         spec = orjson.dumps(spec_document(cfg.allowed_lateness_ms)).decode()
         dest.parent.mkdir(parents=True, exist_ok=True)
-        summary = orjson.loads(J.Bootstrap.write(
+        summary = orjson.loads(written(dest, lambda: J.Bootstrap.write(
             spec, str(hist), dest.as_uri(), work, int(cfg.dedup_horizon_ms), int(cfg.out_of_orderness_ms),
-            int(cfg.max_parallelism), int(parallelism), bool(cfg.labels_topic), cfg.job_name, ";".join(jars)))
+            int(cfg.max_parallelism), int(parallelism), bool(cfg.labels_topic), cfg.job_name, ";".join(jars))))
     lineage.record_savepoint(cfg.job_name, lineage.BOOTSTRAP_RUN, dest.as_uri(), stopped=False)
     return BootstrapResult(dest, summary["events"], summary["duplicates"], summary["labels"], summary["keys"],
                            st["rejected"], st["first_ts"], st["last_ts"], time.monotonic() - t0,

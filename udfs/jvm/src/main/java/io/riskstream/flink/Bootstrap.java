@@ -12,7 +12,9 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
+import java.util.BitSet;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
@@ -28,7 +30,16 @@ import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.tuple.Tuple4;
 import org.apache.flink.configuration.Configuration;
+import org.apache.flink.configuration.JobManagerOptions;
 import org.apache.flink.configuration.PipelineOptions;
+import org.apache.flink.runtime.checkpoint.Checkpoints;
+import org.apache.flink.runtime.checkpoint.OperatorState;
+import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
+import org.apache.flink.runtime.checkpoint.metadata.CheckpointMetadata;
+import org.apache.flink.runtime.jobgraph.OperatorID;
+import org.apache.flink.runtime.state.KeyGroupRange;
+import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
+import org.apache.flink.runtime.state.KeyedStateHandle;
 import org.apache.flink.runtime.state.hashmap.HashMapStateBackend;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
@@ -268,7 +279,7 @@ public final class Bootstrap {
                                boolean labels, String jobName, String jars) throws Exception {
         ChainState cs = fold(specJson, historyPath, dedupHorizonMs, outOfOrdernessMs);
         long now = System.currentTimeMillis();
-        int shards = Math.max(1, parallelism * 2);
+        int shards = shards(parallelism);
         List<EntitySpec> specs = new ArrayList<>(cs.specs);
         long[] counts = new long[specs.size()];
         for (int i = 0; i < specs.size(); i++) {
@@ -277,19 +288,49 @@ public final class Bootstrap {
         StringBuilder summary = new StringBuilder("{\"events\": ").append(cs.events).append(", \"duplicates\": ")
             .append(cs.duplicates).append(", \"labels\": ").append(cs.labels).append(", \"keys\": {");
         cs = null; // the state is in the files now: let the job have the heap
+        for (int i = 0; i < specs.size(); i++) {
+            summary.append(i == 0 ? "" : ", ").append('"').append(specs.get(i).entity).append("\": ").append(counts[i]);
+        }
+        writeShards(specJson, workDir, savepointPath, maxParallelism, parallelism, labels, jobName, jars);
+        return summary.append("}}").toString();
+    }
+
+    /** The shard files per entity for a job at {@code parallelism}. */
+    public static int shards(int parallelism) {
+        return Math.max(1, parallelism * 2);
+    }
+
+    /**
+     * The savepoint from the entities' shard files in {@code workDir} ({@link ChainState#dump}, {@link #shards}
+     * per entity; an entity without its files is left out). Runs the BATCH job under {@link BootstrapWatch}
+     * (a bootstrap task whose inner task died fails it instead of hanging it) and then checks the savepoint
+     * holds the key groups of every key written: a failure Flink did not report fails here, with its entity.
+     */
+    public static void writeShards(String specJson, String workDir, String savepointPath, int maxParallelism,
+                                   int parallelism, boolean labels, String jobName, String jars) throws Exception {
+        int shards = shards(parallelism);
+        List<EntitySpec> specs = new ArrayList<>();
+        for (JsonNode e : JSON.readTree(specJson).get("entities")) {
+            specs.add(EntitySpec.parse(specJson, e.get("name").asText()));
+        }
         Configuration conf = new Configuration();
         // this module and the State Processor API for the job's class loader (';'-separated URLs)
         conf.set(PipelineOptions.JARS, java.util.Arrays.asList(jars.split(";")));
+        // the static scheduler: the adaptive batch scheduler (BATCH's default) lets a keyed consumer subtask read
+        // key groups sized by data volume, not KeyGroupRangeAssignment's ranges, and the State Processor API's
+        // keyed backend refuses a key outside its range (the job hung on 100k users)
+        conf.set(JobManagerOptions.SCHEDULER, JobManagerOptions.SchedulerType.Default);
         StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment(conf);
         env.setRuntimeMode(RuntimeExecutionMode.BATCH);
         env.setParallelism(parallelism);
         SavepointWriter w = SavepointWriter.newSavepoint(env, new HashMapStateBackend(), maxParallelism);
-        for (int i = 0; i < specs.size(); i++) {
-            EntitySpec spec = specs.get(i);
-            summary.append(i == 0 ? "" : ", ").append('"').append(spec.entity).append("\": ").append(counts[i]);
-            if (counts[i] == 0) {
+        Map<String, BitSet> groups = new LinkedHashMap<>();
+        for (EntitySpec spec : specs) {
+            BitSet used = keyGroups(Paths.get(workDir), spec.entity, shards, maxParallelism);
+            if (used == null || used.isEmpty()) {
                 continue;
             }
+            groups.put(spec.entity, used);
             DataStream<Tuple4<String, byte[], byte[], Long>> data = env.fromSequence(0, shards - 1)
                 .flatMap(new ReadShard(workDir, spec.entity), ENTRY);
             boolean labelsOn = labels && spec.readsLabels;
@@ -298,11 +339,73 @@ public final class Bootstrap {
                 .bootstrapWith(data)
                 .keyBy(e -> e.f0, Types.STRING)
                 .transform(new WriteStage(spec.entity, labelsOn, labelTtl));
-            w = w.withOperator(OperatorIdentifier.forUid(spec.entity + "-windows-jvm"), t);
+            w = w.withOperator(OperatorIdentifier.forUid(uid(spec.entity)), t);
+        }
+        if (groups.isEmpty()) {
+            throw new IllegalArgumentException("no entity has a key in " + workDir + ": nothing to write");
         }
         w.write(savepointPath);
-        env.execute("riskstream-bootstrap-" + jobName);
-        return summary.append("}}").toString();
+        BootstrapWatch.run(env, "riskstream-bootstrap-" + jobName);
+        checkKeyGroups(savepointPath, groups);
+    }
+
+    static String uid(String entity) {
+        return entity + "-windows-jvm";
+    }
+
+    /** The key groups of the keys in an entity's shard files (null: no files). */
+    static BitSet keyGroups(Path dir, String entity, int shards, int maxParallelism) throws IOException {
+        if (!Files.exists(shard(dir, entity, 0))) {
+            return null;
+        }
+        BitSet used = new BitSet(maxParallelism);
+        for (int i = 0; i < shards; i++) {
+            try (DataInputStream in = new DataInputStream(new BufferedInputStream(
+                    Files.newInputStream(shard(dir, entity, i)), 1 << 16))) {
+                while (in.readBoolean()) {
+                    used.set(KeyGroupRangeAssignment.assignToKeyGroup(in.readUTF(), maxParallelism));
+                    in.skipNBytes(in.readInt());
+                    in.skipNBytes(in.readInt());
+                    in.skipNBytes(8);
+                }
+            }
+        }
+        return used;
+    }
+
+    /**
+     * Every key group that a written key falls in has keyed state in the savepoint, per entity. A bootstrap
+     * subtask whose inner task died after its last record (BootstrapStreamTaskRunner ignores the error and its
+     * endInput returns) leaves its key groups out of a savepoint that is otherwise complete.
+     */
+    static void checkKeyGroups(String savepointPath, Map<String, BitSet> groups) throws IOException {
+        org.apache.flink.core.fs.Path meta = new org.apache.flink.core.fs.Path(savepointPath, "_metadata");
+        CheckpointMetadata md;
+        try (DataInputStream in = new DataInputStream(meta.getFileSystem().open(meta))) {
+            md = Checkpoints.loadCheckpointMetadata(in, Bootstrap.class.getClassLoader(), savepointPath);
+        }
+        for (Map.Entry<String, BitSet> e : groups.entrySet()) {
+            OperatorID id = OperatorIdentifier.forUid(uid(e.getKey())).getOperatorId();
+            BitSet missing = (BitSet) e.getValue().clone();
+            for (OperatorState op : md.getOperatorStates()) {
+                if (!op.getOperatorID().equals(id)) {
+                    continue;
+                }
+                for (OperatorSubtaskState st : op.getStates()) {
+                    for (KeyedStateHandle h : st.getManagedKeyedState()) {
+                        KeyGroupRange r = h.getKeyGroupRange();
+                        if (r.getNumberOfKeyGroups() > 0) {
+                            missing.clear(r.getStartKeyGroup(), r.getEndKeyGroup() + 1);
+                        }
+                    }
+                }
+            }
+            if (!missing.isEmpty()) {
+                throw new IllegalStateException("the bootstrap job finished but the savepoint " + savepointPath
+                    + " lacks the state of " + e.getKey() + " in key groups " + missing + ": a bootstrap task "
+                    + "failed and Flink's State Processor API did not report it (" + BootstrapWatch.HINT + ")");
+            }
+        }
     }
 
     static final TypeInformation<Tuple4<String, byte[], byte[], Long>> ENTRY = Types.TUPLE(Types.STRING,
