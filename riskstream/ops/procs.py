@@ -26,21 +26,7 @@ def pid_alive(pid: int) -> bool:
 
 def group_alive(pgid: int) -> bool:
     """Any live (non-zombie) process in process group ``pgid`` (Linux /proc; else the leader only)."""
-    if pid_alive(pgid):
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return False
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp, ...
-            return True
-    return False
+    return pid_alive(pgid) or bool(group_members(pgid))
 
 
 def group_members(pgid: int) -> list[int]:
@@ -53,7 +39,7 @@ def group_members(pgid: int) -> list[int]:
             fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp, ...
             out.append(int(d.name))
     return sorted(out)
 

@@ -506,6 +506,19 @@ def _expect_restored(job: JobProcess, savepoint: str) -> str:
     return got
 
 
+def start_run(port: int | None, partitions: int, log):
+    """A chaos run's id, folder (``<home>/chaos/<run>``), its broker's folder, the broker (started) and its
+    three topics (events, decisions, dead letters) with ``partitions`` partitions each."""
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    run_dir = paths.home() / "chaos" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kafka_root = run_dir / "kafka"
+    lay = broker.up(port=port or free_port(), root=kafka_root, out=log)
+    names = (f"chaos.{run_id}.events", f"chaos.{run_id}.decisions", f"chaos.{run_id}.dead-letter")
+    topics.ensure_topics(lay.bootstrap, topics.topic_specs(*names, partitions=partitions))
+    return run_id, run_dir, kafka_root, lay, names
+
+
 def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, parallelism: int = 1,
               checkpoint_interval_ms: int = 1000, kinds: tuple[str, ...] = KINDS, bad_share: float = 0.005,
               dup_share: float = 0.002, port: int | None = None, deadline_s: float = 3600,
@@ -518,13 +531,7 @@ def run_chaos(events: int, failures: int, rate: float = 1000.0, seed: int = 7, p
 
     t_start = time.monotonic()
     rng = random.Random(seed)
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    run_dir = paths.home() / "chaos" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    kafka_root = run_dir / "kafka"
-    lay = broker.up(port=port or free_port(), root=kafka_root, out=log)
-    names = (f"chaos.{run_id}.events", f"chaos.{run_id}.decisions", f"chaos.{run_id}.dead-letter")
-    topics.ensure_topics(lay.bootstrap, topics.topic_specs(*names, partitions=2))
+    run_id, run_dir, kafka_root, lay, names = start_run(port, 2, log)
     chaos_dir = run_dir / "trigger"
     chaos_dir.mkdir()
     job_name = f"chaos-{run_id}"  # its own lineage and savepoints folder: jobs/<job_name>/

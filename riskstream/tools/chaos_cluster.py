@@ -33,11 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-from .. import paths, topics
 from ..generator import TrafficGenerator
 from ..ops import broker, cluster, flink_rest, submit
-from ..ops.procs import free_port, group_alive, group_members, pid_alive
-from .chaos import Feeder, plan_failures, summary, with_retries
+from ..ops.procs import group_alive, group_members, pid_alive
+from .chaos import Feeder, plan_failures, start_run, summary, with_retries
 
 CLUSTER_KINDS = ("taskmanager-kill", "taskmanager-loss")
 
@@ -201,13 +200,7 @@ def run_cluster_chaos(events: int, failures: int, rate: float = 200.0, seed: int
                          "a lost one takes tasks with it while another keeps running")
     t_start = time.monotonic()
     rng = random.Random(seed)
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    run_dir = paths.home() / "chaos" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    kafka_root = run_dir / "kafka"
-    lay = broker.up(port=port or free_port(), root=kafka_root, out=log)
-    names = (f"chaos.{run_id}.events", f"chaos.{run_id}.decisions", f"chaos.{run_id}.dead-letter")
-    topics.ensure_topics(lay.bootstrap, topics.topic_specs(*names, partitions=parallelism))
+    run_id, run_dir, kafka_root, lay, names = start_run(port, parallelism, log)
     job_name = f"chaos-{run_id}"
     flags = {
         "bootstrap_servers": lay.bootstrap, "events_topic": names[0], "decisions_topic": names[1],
