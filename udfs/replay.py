@@ -161,9 +161,19 @@ class FeatureCache:
         tmp = self.root / f".{key}.{os.getpid()}.npz"
         np.savez(tmp, vecs=vecs, late=late, dup=dup, names=np.asarray(FEATURE_NAMES), applied=np.int64(applied))
         os.replace(tmp, self.root / f"{key}.npz")
-        entries = sorted(self.root.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        # entries only: another process's temporary file (a dot name) is its own to replace
+        entries = sorted((p for p in self.root.glob("*.npz") if not p.name.startswith(".")),
+                         key=_mtime, reverse=True)
         for old in entries[self.keep:]:
             old.unlink(missing_ok=True)
+
+
+def _mtime(p) -> float:
+    """A file's mtime, 0 once another process removed it."""
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _reject_duplicate(inp: Input, item: Loaded) -> None:
