@@ -153,7 +153,10 @@ class FeatureCache:
         if (names != list(FEATURE_NAMES) or len(dup) != len(inp.events)
                 or vecs.shape != (int((~dup).sum()), len(FEATURE_NAMES)) or len(late) != len(vecs)):
             return None
-        os.utime(path)  # the newest use keeps it
+        try:
+            os.utime(path)  # the newest use keeps it
+        except OSError:
+            pass  # evicted meanwhile by another process: the vectors read are still whole
         return vecs, late, dup, applied
 
     def put(self, key: str, vecs: np.ndarray, late: np.ndarray, dup: np.ndarray, applied: int) -> None:
