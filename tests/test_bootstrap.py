@@ -55,11 +55,53 @@ def _traffic(n: int, seed: int):
     return history, rest, labels, sorted(late, key=lambda x: x["arrival_ts"])
 
 
+def replayed(history, rest, labels_path) -> tuple[dict, FeatureReplay]:
+    """The reference: the Python chain over history + rest, the labels folded at arrival; per event of
+    ``rest`` its entity features (the event's own values cut off) and its late flag."""
+    from udfs.replay import read_labels
+
+    replay = FeatureReplay(LATENESS, DEDUP, labels=read_labels(labels_path))
+    want = {}
+    for ev in history + rest:
+        got = replay.step(ev)
+        if ev in rest and got is not None:
+            want[ev.event_id] = (got[0][len(event_values(ev)):], got[1])
+    return want, replay
+
+
+def live_records(rest, late) -> list:
+    """What the live stages read: the events of ``rest`` with the ``late`` labels (topic spelling with
+    ``arrival_ts``, in arrival order) before the first event at or after their arrival, as the replay folds
+    them."""
+    records, pending = [], list(late)
+    for ev in rest:
+        while pending and pending[0]["arrival_ts"] <= ev.ts:
+            x = pending.pop(0)
+            records.append(("label", (x["event_id"], x["user_id"], x["device_id"], x["event_ts"], x["label"],
+                                      x["ip"], x["payment_ref"])))
+        records.append(("event", ev))
+    return records
+
+
+def assert_stages_match(got: dict, want: dict) -> None:
+    """Every entity stage's output (``tests.test_jvm_windows._run_branches``) equals the reference's slice
+    of the features and its late flag, for every event of ``want``."""
+    from udfs.features import ENTITIES, features_for
+
+    at = 0
+    for e in ENTITIES:
+        n = len(features_for(e.name))
+        mine = {eid: v[:2] for eid, v in got[e.name].items()}
+        assert set(mine) == set(want), e.name
+        bad = [eid for eid in want if (mine[eid][0], mine[eid][1]) != (want[eid][0][at:at + n], want[eid][1])]
+        assert not bad, (e.name, len(bad), bad[:3])
+        at += n
+
+
 def test_bootstrapped_state_equals_the_replayed_state(tmp_path):
     from tests.jvm_jar import build_jar
     from tests.test_jvm_windows import _run_branches
     from udfs.features import ENTITIES, features_for
-    from udfs.replay import read_labels
 
     from riskstream.ops.bootstrap import bootstrap
 
@@ -78,22 +120,9 @@ def test_bootstrapped_state_equals_the_replayed_state(tmp_path):
     all_labels = tmp_path / "all-labels.jsonl"
     all_labels.write_bytes(b"".join(orjson.dumps({k: v for k, v in x.items() if v is not None}) + b"\n"
                                     for x in labels + late))
-    replay = FeatureReplay(LATENESS, DEDUP, labels=read_labels(all_labels))
-    want = {}
-    for ev in history + rest:
-        got = replay.step(ev)
-        if ev in rest and got is not None:
-            want[ev.event_id] = (got[0][len(event_values(ev)):], got[1])
+    want, replay = replayed(history, rest, all_labels)
     assert replay.labels_applied == len(labels) + len(late)
-    # what the live stages read: the rest's events with the late labels before the first event at or after
-    # their arrival, as the replay folds them
-    records, pending = [], list(late)
-    for ev in rest:
-        while pending and pending[0]["arrival_ts"] <= ev.ts:
-            x = pending.pop(0)
-            records.append(("label", (x["event_id"], x["user_id"], x["device_id"], x["event_ts"], x["label"],
-                                      x["ip"], x["payment_ref"])))
-        records.append(("event", ev))
+    records = live_records(rest, late)
 
     jar = build_jar()
     sizes = [len(features_for(e.name)) for e in ENTITIES]
@@ -151,7 +180,7 @@ def test_a_history_of_100k_users_bootstraps_and_restores(tmp_path):
     from benchmarks.bench import held_history
     from tests.jvm_jar import build_jar
     from tests.test_jvm_windows import _run_branches
-    from udfs.features import ENTITIES, features_for
+    from udfs.features import features_for
     from udfs.replay import read_labels
 
     from riskstream.ops.bootstrap import bootstrap
@@ -195,14 +224,7 @@ def test_a_history_of_100k_users_bootstraps_and_restores(tmp_path):
     out.mkdir()
     got = _run_branches(build_jar(), [("event", ev) for ev in rest], 2, out,
                         extra={"execution.state-recovery.path": res.path.as_uri()})
-    at = 0
-    for e in ENTITIES:
-        n = len(features_for(e.name))
-        mine = {eid: v[:2] for eid, v in got[e.name].items()}
-        assert set(mine) == set(want), e.name
-        bad = [eid for eid in want if (mine[eid][0], mine[eid][1]) != (want[eid][0][at:at + n], want[eid][1])]
-        assert not bad, (e.name, len(bad), bad[:3])
-        at += n
+    assert_stages_match(got, want)
     # the history is in the windows: every restored user's 7-day count holds its held events too
     week = [f.name for f in features_for("user")].index("user_events_7d")
     assert all(mine[0][week] >= 2 for mine in got["user"].values())

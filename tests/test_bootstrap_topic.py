@@ -21,7 +21,7 @@ import pytest
 from riskstream import paths, topics
 from riskstream.config import JobConfig
 from riskstream.generator import TrafficGenerator
-from tests.test_bootstrap import DEDUP, LATENESS, _traffic
+from tests.test_bootstrap import DEDUP, LATENESS, _traffic, assert_stages_match, live_records, replayed
 from udfs.events import NULL_VALUE, Rejection, parse_event
 
 pytestmark = pytest.mark.kafka
@@ -131,9 +131,6 @@ def test_bootstrap_from_the_topics_restores_the_replayed_state(topic_history):
     it give the events that follow exactly the features the Python replay computes over history + rest."""
     from tests.jvm_jar import build_jar
     from tests.test_jvm_windows import _run_branches
-    from udfs.features import ENTITIES, features_for
-    from udfs.replay import FeatureReplay, read_labels
-    from udfs.windows import event_values
 
     t = topic_history
     cfg, out = t["cfg"], t["tmp"] / "savepoint"
@@ -154,30 +151,12 @@ def test_bootstrap_from_the_topics_restores_the_replayed_state(topic_history):
     all_labels = t["tmp"] / "all-labels.jsonl"
     all_labels.write_bytes(b"".join(orjson.dumps({k: v for k, v in x.items() if v is not None}) + b"\n"
                                     for x in labels + late))
-    replay = FeatureReplay(LATENESS, DEDUP, labels=read_labels(all_labels))
-    want = {}
-    for ev in history + rest:
-        got = replay.step(ev)
-        if ev in rest and got is not None:
-            want[ev.event_id] = (got[0][len(event_values(ev)):], got[1])
-    records, pending = [], list(late)
-    for ev in rest:
-        while pending and pending[0]["arrival_ts"] <= ev.ts:
-            x = pending.pop(0)
-            records.append(("label", (x["event_id"], x["user_id"], x["device_id"], x["event_ts"], x["label"],
-                                      x["ip"], x["payment_ref"])))
-        records.append(("event", ev))
+    want, _ = replayed(history, rest, all_labels)
+    records = live_records(rest, late)
     run_dir = t["tmp"] / "restored"
     run_dir.mkdir()
     got = _run_branches(build_jar(), records, 1, run_dir, extra={"execution.state-recovery.path": out.as_uri()})
-    at = 0
-    for e in ENTITIES:
-        n = len(features_for(e.name))
-        mine = {eid: v[:2] for eid, v in got[e.name].items()}
-        assert set(mine) == set(want), e.name
-        bad = [eid for eid in want if (mine[eid][0], mine[eid][1]) != (want[eid][0][at:at + n], want[eid][1])]
-        assert not bad, (e.name, len(bad), bad[:3])
-        at += n
+    assert_stages_match(got, want)
 
 
 def test_bootstrap_flags_that_do_not_fit_are_refused(kafka_bootstrap, tmp_path):
