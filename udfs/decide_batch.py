@@ -247,10 +247,10 @@ class DecideBatch:
                                                        "decision": shadow_decisions[k]}
                 out[start + k] = orjson.dumps(verdict(decisions[j], float(scores[j]), reasons[j], model, pv,
                                                       c.rules_version, shadow, arm))
-                self._count_kind(decisions[j], 1)
                 written.append(decisions[j])
-            if arm is not None and self.metrics is not None:  # per arm of a split: arm.<name>.decisions_<kind>
-                for kind in set(written):
+            for kind in set(written):  # one counter call per kind and batch, not per row
+                self._count_kind(kind, written.count(kind))
+                if arm is not None and self.metrics is not None:  # per arm of a split: arm.<name>.decisions_<kind>
                     self._arm_counter(arm, kind).inc(written.count(kind))
 
     def _watch_drift(self, scorer, x32: np.ndarray) -> None:
