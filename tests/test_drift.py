@@ -53,6 +53,46 @@ def test_psi_and_range_equal_a_brute_force_computation():
     assert "c (PSI" in mon.warning("m1") and "100% of rows above the training max 0" in mon.warning("m1")
 
 
+def test_bin_counts_equal_a_count_per_value_for_any_batching():
+    """The queued, all-features-at-once binning counts each value where counting its feature's edges at or
+    below it puts it (NaN in the top bin, as a sort would), for NaN, infinities, values on an edge, a feature
+    without edges, and batches of 1 to thousands of rows that cross the queue's size in any order."""
+    rng = np.random.default_rng(7)
+    train = np.column_stack([rng.normal(0, 1, 3000), rng.integers(0, 4, 3000), np.zeros(3000),
+                             np.full(3000, np.nan)]).astype(np.float32)
+    names = ("a", "b", "c", "d")
+    ref = orjson.loads(orjson.dumps(drift.reference(train, names)))
+    assert ref["features"]["d"]["edges"] == []
+    n = drift.BIN_ROWS * 2 + 123
+    new = rng.normal(0, 2, (n, 4)).astype(np.float32)
+    new[:, 1] = rng.integers(-1, 6, n)  # on the edges, and beyond the range both ways
+    for j in range(4):
+        hit = rng.random(n)
+        new[hit < 0.02, j] = np.nan
+        new[(hit >= 0.02) & (hit < 0.03), j] = np.inf
+        new[(hit >= 0.03) & (hit < 0.04), j] = -np.inf
+    mon, cuts = drift.DriftMonitor(ref, names), [0]
+    while cuts[-1] < n:
+        cuts.append(min(n, cuts[-1] + int(rng.choice([1, 3, 17, 500, drift.BIN_ROWS + 5]))))
+    for a, b in zip(cuts, cuts[1:]):
+        mon.add(new[a:b])
+    got = mon.counts()
+    assert got["rows"] == n
+    for j, name in enumerate(names):
+        edges = ref["features"][name]["edges"]
+        want = [0] * (len(edges) + 1)
+        for v in new[:, j].astype(np.float64).tolist():
+            want[len(edges) if math.isnan(v) else sum(1 for e in edges if v >= e)] += 1
+        assert got["bins"][j] == want, name
+        lo, hi = ref["features"][name]["min"], ref["features"][name]["max"]
+        col = new[:, j].astype(np.float64).tolist()
+        assert got["above"][j] == (0 if hi is None else sum(1 for v in col if v > hi)), name
+        assert got["below"][j] == (0 if lo is None else sum(1 for v in col if v < lo)), name
+    back = drift.DriftMonitor(ref, names)
+    back.load(got)
+    assert back.counts() == got and [d.psi for d in back.result()] == [d.psi for d in mon.result()]
+
+
 def test_few_rows_never_warn_and_a_bad_reference_is_refused():
     ref = drift.reference(np.zeros((100, 1), dtype=np.float32), ("a",))
     mon = drift.DriftMonitor(ref, ("a",))

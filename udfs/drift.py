@@ -12,6 +12,9 @@ show when the training's top bin is open-ended.
 Pitfalls: PSI over a few hundred rows is noise (``MIN_ROWS``); a feature with a single training value
 (a constant) has one bin and PSI 0 unless values leave the range, which ``outside`` reports. The same code
 serves ``score``, ``report`` and the job's decide stage (sampled windows of rows), so their figures agree.
+The decide stage hands it batches of a few rows: :meth:`DriftMonitor.add` only queues them and bins every
+``BIN_ROWS`` rows at once, all features in one pass (binning each small batch per feature cost ~0.8 ms per
+batch, which halved the job's throughput).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ PSI_WARN = 0.25
 OUTSIDE_WARN = 0.05  # a share of rows beyond the training range that is named even when PSI is low
 EPS = 1e-4
 MIN_ROWS = 500
+BIN_ROWS = 4096  # queued rows binned at once
 
 
 def reference(x: np.ndarray, names: list[str] | tuple[str, ...]) -> dict:
@@ -97,31 +101,62 @@ class DriftMonitor:
         self._shares = [np.asarray(feats[n]["shares"], dtype=np.float64) for n in self.names]
         self._min = [feats[n]["min"] for n in self.names]
         self._max = [feats[n]["max"] for n in self.names]
+        # all features' edges as one matrix padded with +inf (never <= a value), each feature's bins at an
+        # offset in one flat count vector, its range as arrays (NaN where the training had no value)
+        width = max((len(e) for e in self._edges), default=0)
+        self._edge_matrix = np.full((len(self.names), width), np.inf)
+        for j, e in enumerate(self._edges):
+            self._edge_matrix[j, :len(e)] = e
+        self._n_edges = np.asarray([len(e) for e in self._edges], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(self._n_edges + 1)]).astype(np.int64)
+        self._lo = np.asarray([np.nan if m is None else m for m in self._min], dtype=np.float64)
+        self._hi = np.asarray([np.nan if m is None else m for m in self._max], dtype=np.float64)
         self.reset()
 
     def reset(self) -> None:
         self.rows = 0
-        self._counts = [np.zeros(len(e) + 1, dtype=np.int64) for e in self._edges]
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._flat = np.zeros(int(self._offsets[-1]), dtype=np.int64)
         self._above = np.zeros(len(self.names), dtype=np.int64)
         self._below = np.zeros(len(self.names), dtype=np.int64)
 
     def add(self, x: np.ndarray) -> None:
-        """Count rows (rows x features, in ``names`` order), as the model sees them (float32)."""
-        x = np.asarray(x, dtype=np.float32).astype(np.float64)
+        """Count rows (rows x features, in ``names`` order), as the model sees them (float32). Queued:
+        binned every ``BIN_ROWS`` rows, or when a figure is read."""
+        x = np.asarray(x, dtype=np.float32)
         if x.size == 0:
             return
         if x.ndim != 2 or x.shape[1] != len(self.names):
             raise ValueError(f"drift: rows of width {x.shape[-1]}, expected {len(self.names)}")
         self.rows += x.shape[0]
-        for j, edges in enumerate(self._edges):
-            col = x[:, j]
-            self._counts[j] += np.bincount(np.searchsorted(edges, col, side="right"), minlength=len(edges) + 1)
-            if self._max[j] is not None:
-                self._above[j] += int(np.count_nonzero(col > self._max[j]))
-                self._below[j] += int(np.count_nonzero(col < self._min[j]))
+        self._pending.append(x)
+        self._pending_rows += x.shape[0]
+        if self._pending_rows >= BIN_ROWS:
+            self._bin()
+
+    def _bin(self) -> None:
+        """Bin the queued rows: each value's bin is the number of its feature's edges at or below it
+        (``searchsorted(edges, v, side="right")``; NaN sorts last, so it takes the top bin)."""
+        if not self._pending:
+            return
+        x = np.concatenate(self._pending).astype(np.float64)
+        self._pending, self._pending_rows = [], 0
+        idx = np.minimum((x[:, :, None] >= self._edge_matrix[None, :, :]).sum(axis=2), self._n_edges[None, :])
+        idx = np.where(np.isnan(x), self._n_edges[None, :], idx)  # +inf would also pass the +inf padding: hence the cap
+        self._flat += np.bincount((idx + self._offsets[None, :-1]).ravel(), minlength=len(self._flat))
+        with np.errstate(invalid="ignore"):
+            self._above += np.count_nonzero(x > self._hi[None, :], axis=0)
+            self._below += np.count_nonzero(x < self._lo[None, :], axis=0)
+
+    @property
+    def _counts(self) -> list[np.ndarray]:
+        self._bin()
+        return [self._flat[self._offsets[j]:self._offsets[j + 1]] for j in range(len(self.names))]
 
     def counts(self) -> dict:
         """The monitor's counts, JSON-able (``load`` takes them back): a controller persists them."""
+        self._bin()
         return {"rows": int(self.rows), "bins": [c.tolist() for c in self._counts],
                 "above": self._above.tolist(), "below": self._below.tolist()}
 
@@ -129,8 +164,9 @@ class DriftMonitor:
         bins = counts["bins"]
         if len(bins) != len(self._counts) or any(len(b) != len(c) for b, c in zip(bins, self._counts)):
             raise ValueError("drift counts of another reference")
+        self.reset()
         self.rows = int(counts["rows"])
-        self._counts = [np.asarray(b, dtype=np.int64) for b in bins]
+        self._flat = np.concatenate([np.asarray(b, dtype=np.int64) for b in bins]) if bins else self._flat
         self._above = np.asarray(counts["above"], dtype=np.int64)
         self._below = np.asarray(counts["below"], dtype=np.int64)
 
@@ -141,8 +177,9 @@ class DriftMonitor:
     def result(self) -> list[FeatureDrift]:
         out = []
         n = max(self.rows, 1)
+        counts = self._counts  # bins the queued rows first
         for j, name in enumerate(self.names):
-            out.append(FeatureDrift(name, psi(self._shares[j], self._counts[j] / n) if self.rows else 0.0,
+            out.append(FeatureDrift(name, psi(self._shares[j], counts[j] / n) if self.rows else 0.0,
                                     self._above[j] / n, self._below[j] / n, self.rows, self._min[j], self._max[j]))
         return out
 
