@@ -7,6 +7,10 @@ live traffic and `riskstream rollout` controller processes.
    the records of the candidate's arm stop at the rollback: every event sent after the job applied it has
    no arm. The controller's counts equal a hand count of the committed records between the offsets it
    started and stopped at, and the judgement recomputed by brute force on that hand count breaches too.
+   In the metrics (the decide stage's counters over Flink's REST API): each arm's
+   ``arm.<arm>.decisions_<kind>`` equal a count of the records of that arm, and stay there while more
+   events are decided after the rollback; the job-wide ``decisions_<kind>`` keep growing by those events
+   (the champion decides them, outside any arm: without a split, records and counters carry no arm).
 2. A second rollout on the same job (refused while one is live, accepted after) of a candidate that
    decides like the champion (a copy of risk_gbdt_v1) goes through 50 % and 100 % and completes; `rollout
    status` from another process shows it; `rollout promote` from another process makes it the champion and
@@ -16,11 +20,13 @@ live traffic and `riskstream rollout` controller processes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 import orjson
 import pytest
@@ -76,6 +82,61 @@ def _applied(rest, job_id, n, deadline_s=60):
         time.sleep(0.3)  # polling interval
 
 
+_ARM_COUNTER = re.compile(r"(?:^|\.)arm\.([^.]+)\.decisions_(allow|review|block)$")
+_JOB_COUNTER = re.compile(r"(?:^|\.)decisions_(allow|review|block)$")
+
+
+def _decision_counters(rest, job_id) -> tuple[dict[str, Counter], int, list[str]]:
+    """The decide stage's counters over REST, summed over subtasks: ({arm: {kind: n}} from
+    ``arm.<arm>.decisions_<kind>``, the job-wide ``decisions_<kind>`` total, the metric ids read)."""
+    arms: dict[str, Counter] = {}
+    total, ids = 0, []
+    for vals in flink_rest.vertex_metrics(rest, job_id, lambda i: "decisions_" in i).values():
+        for mid, v in vals.items():
+            ids.append(mid)
+            if m := _ARM_COUNTER.search(mid):
+                arms.setdefault(m[1], Counter())[m[2]] += int(v or 0)
+            elif _JOB_COUNTER.search(mid):
+                total += int(v or 0)
+    return arms, total, ids
+
+
+def _counters_after(rest, job_id, n, deadline_s=60):
+    """The counters once the job-wide total has counted ``n`` decisions (Flink's REST API serves metrics a
+    fetch interval late): a snapshot taken after the first ``n`` decisions were made."""
+    t_end = time.monotonic() + deadline_s
+    seen = "no answer"
+    while True:
+        try:
+            arms, total, ids = _decision_counters(rest, job_id)
+            if total >= n:
+                return arms, total
+            seen = f"{total} counted; ids {ids}"
+        except (flink_rest.FlinkError, flink_rest.HttpError) as e:  # a loaded JobManager answers 500 now and then
+            seen = str(e)
+        assert time.monotonic() < t_end, f"decisions_* did not count {n} within {deadline_s}s: {seen}"
+        time.sleep(0.5)  # polling interval
+
+
+def _decided(bootstrap, topic, ids, deadline_s=60) -> list[dict]:
+    """Every committed decision, once the events ``ids`` all have theirs."""
+    t_end = time.monotonic() + deadline_s
+    while True:
+        got = [orjson.loads(m.value) for m in read_all(bootstrap, topic)]
+        if ids <= {d["event_id"] for d in got}:
+            return got
+        assert time.monotonic() < t_end, f"not all of {len(ids)} events decided within {deadline_s}s"
+        time.sleep(0.5)  # polling interval
+
+
+def _by_arm(records) -> dict[str, Counter]:
+    out: dict[str, Counter] = {}
+    for d in records:
+        if d.get("arm") is not None:
+            out.setdefault(d["arm"], Counter())[d["decision"]] += 1
+    return out
+
+
 def _controller(env, tmp_path, name, args):
     log = tmp_path / f"{name}.log"
     with open(log, "wb") as out:
@@ -129,6 +190,11 @@ def test_a_canary_that_blocks_far_more_is_rolled_back_by_itself_and_a_good_one_i
     shutil.copy(V1, copy)
     shutil.copy(V1.replace(".onnx", ".json"), copy.with_suffix(".json"))
     events = [r.event for r in TrafficGenerator(seed=23, bad_share=0.0).generate(20_000)]
+    # then other users' traffic, later (their own ids: the seed is in them), for a loaded machine whose job
+    # lags: the rollback's check in the metrics waits until the job has decided past the rollback
+    events += [r.event for r in TrafficGenerator(seed=24, bad_share=0.0, start_ts=max(e["ts"] for e in events)
+                                                 + 60_000).generate(20_000)]
+    assert len({e["event_id"] for e in events}) == len(events)
     times: dict[str, float] = {}
     run = Job(env, tmp_path, flags)
     traffic = None
@@ -168,6 +234,28 @@ def test_a_canary_that_blocks_far_more_is_rolled_back_by_itself_and_a_good_one_i
             assert time.monotonic() < t_end and traffic.t.is_alive(), "traffic stopped"
             time.sleep(0.2)  # polling interval
         after = {e["event_id"] for e in events[mark:mark + 300]}
+
+        # ... and in the metrics: once those events are decided, each arm's counters equal a count of the
+        # records of that arm; while more events are decided, they stay there and the job-wide ones grow
+        first = _decided(kafka_bootstrap, names[1], after, deadline_s=180)
+        hand_arms = _by_arm(first)
+        assert set(hand_arms) == {ro.CANDIDATE, ro.CHAMPION} and hand_arms[ro.CANDIDATE]["block"] >= 60, hand_arms
+        arms1, total1 = _counters_after(run.rest, run.job_id, len(first))
+        assert arms1 == hand_arms, (arms1, hand_arms)
+        mark2 = traffic.sent
+        t_end = time.monotonic() + 60
+        while traffic.sent < mark2 + 200:
+            assert time.monotonic() < t_end and traffic.t.is_alive(), "traffic stopped"
+            time.sleep(0.2)  # polling interval
+        second = _decided(kafka_bootstrap, names[1], {e["event_id"] for e in events[mark2:mark2 + 200]},
+                          deadline_s=180)
+        arms2, total2 = _counters_after(run.rest, run.job_id, len(second))
+        assert len(second) >= len(first) + 200 and _by_arm(second) == hand_arms
+        assert arms2[ro.CANDIDATE] == arms1[ro.CANDIDATE], "the candidate's counters grew after the rollback"
+        assert arms2 == arms1, "an arm's counters grew without a split"
+        unsplit = [total - sum(sum(c.values()) for c in a.values()) for a, total in ((arms1, total1), (arms2, total2))]
+        assert unsplit[1] - unsplit[0] >= 200, f"the champion's decisions did not grow in the metrics: {unsplit}"
+        times["bad canary: the rollback in the metrics"] = time.monotonic() - t1
 
         # the controller's counts against a hand count between its start and final offsets
         msgs = read_all(kafka_bootstrap, names[1])

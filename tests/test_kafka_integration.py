@@ -126,6 +126,85 @@ def test_demo_command_end_to_end(tmp_path):
     assert broker.read_pid(broker.layout(root=tmp_path / "home" / "kafka")) is None
 
 
+def _split_arm(user_id: str, salt: str, v2_share: float) -> str:
+    """The arm docs/models.md promises, by brute force: bucket = first 8 bytes of sha256(salt, 0x1f, key),
+    big-endian, mod 10,000; the listed arm takes the buckets from 0, the champion the rest."""
+    import hashlib
+
+    digest = hashlib.sha256(salt.encode() + b"\x1f" + user_id.encode()).digest()
+    b = sum(byte << (8 * (7 - i)) for i, byte in enumerate(digest[:8])) % 10_000
+    return "v2" if b < v2_share * 10_000 else "champion"
+
+
+@pytest.mark.long  # 2 min 24 s at load 14-40: a second demo run; the plain demo's test stays in the default run
+def test_demo_ab_splits_users_by_the_hash_and_reports_what_the_records_say(tmp_path):
+    """`riskstream demo --ab --json`: read back from the topics it wrote (its broker kept for that), every
+    valid event has exactly one decision carrying an arm; each user's arm is the brute-force hash of its
+    id under the split message on the control topic; each arm decided with its own model; the summary's
+    per-arm counts and block rates (JSON and printed) equal a count of the decision records."""
+    from riskstream.ops import broker
+    from riskstream.ops.procs import free_port
+    from udfs.events import Event, parse_event
+
+    home = tmp_path / "home"
+    env = {**os.environ, "RISKSTREAM_HOME": str(home), "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
+    names = {"events": "ab.events", "decisions": "ab.decisions", "dead-letter": "ab.dead", "control": "ab.control"}
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "riskstream.cli", "demo", "--ab", "--json", "--keep-broker",
+                               "--events", "2000", "--rate", "600", "--port", str(port), "--deadline", "300",
+                               *(a for k, v in names.items() for a in (f"--{k}-topic", v))],
+                              env=env, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = orjson.loads(proc.stdout.strip().splitlines()[-1])
+        control = [orjson.loads(m.value) for m in read_all(bootstrap, names["control"], "read_uncommitted")]
+        events = read_all(bootstrap, names["events"])
+        msgs = read_all(bootstrap, names["decisions"])
+    finally:
+        broker.down(root=home / "kafka")
+    assert broker.read_pid(broker.layout(root=home / "kafka")) is None
+
+    # the one control message: the 50/50 split by user, v2 listed first
+    assert [c["kind"] for c in control] == ["split"]
+    split = control[0]
+    assert split.get("key", "user") == "user" and [a["name"] for a in split["arms"]] == ["v2"]
+    share, salt = split["arms"][0]["share"], split.get("salt", "")
+    assert share == 0.5
+
+    parsed = [parse_event(m.value) for m in events]
+    valid = {e.event_id: e for e in parsed if isinstance(e, Event)}
+    assert len(events) == 2000 and 0 < len(events) - len(valid) < 100  # malformed ones are dead letters
+    decisions = [orjson.loads(m.value) for m in msgs]
+    counts = Counter(d["event_id"] for d in decisions)
+    assert set(counts) == set(valid) and max(counts.values()) == 1, "not every valid event decided exactly once"
+
+    # every decision in exactly one arm: the hash's, its user's; each arm with its own model
+    assert {d.get("arm") for d in decisions} == {"v2", "champion"}
+    assert all(d["user_id"] == valid[d["event_id"]].user_id for d in decisions)
+    wrong = [(d["user_id"], d["arm"]) for d in decisions if d["arm"] != _split_arm(d["user_id"], salt, share)]
+    assert not wrong, f"{len(wrong)} records on another arm than their user's hash, e.g. {wrong[:3]}"
+    users = {a: {d["user_id"] for d in decisions if d["arm"] == a} for a in ("v2", "champion")}
+    assert not users["v2"] & users["champion"]
+    assert min(len(u) for u in users.values()) > 0.35 * sum(len(u) for u in users.values())
+    assert {(d["arm"], d["model_version"]) for d in decisions} == {("v2", "risk_gbdt_v2"),
+                                                                  ("champion", "risk_gbdt_v1")}
+
+    # the summary's per-arm figures against a count of the records
+    assert summary["missing"] == 0 and summary["duplicates"] == 0
+    assert sum(summary["decisions"].values()) == len(decisions)
+    arms = summary["report"]["arms"]
+    for a in ("v2", "champion"):
+        mine = [d for d in decisions if d["arm"] == a]
+        assert arms[a]["events"] == len(mine), a
+        assert arms[a]["model_versions"] == {mine[0]["model_version"]: len(mine)}, a
+        assert arms[a]["block_rate"] == pytest.approx(sum(d["decision"] == "block" for d in mine) / len(mine)), a
+        assert arms[a]["review_rate"] == pytest.approx(sum(d["decision"] == "review" for d in mine) / len(mine)), a
+        printed = f"arm {a:<12} {mine[0]['model_version']}: {len(mine):,} events, {len(users[a]):,} users"
+        assert printed in proc.stdout, (printed, proc.stdout[-3000:])
+    assert len(arms["verdicts"]) == 1 and arms["verdicts"][0].startswith("v2 (risk_gbdt_v2) against the champion")
+
+
 def test_stack_refuses_a_taken_port(tmp_path):
     import socket
 
