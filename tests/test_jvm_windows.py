@@ -617,6 +617,73 @@ def test_a_key_is_dropped_when_the_watermark_reaches_its_exact_expiry():
             assert (user_age == 0) == fresh, (first, wm_past, user_age)
 
 
+def test_jvm_drops_a_key_when_the_watermark_reaches_its_exact_expiry(jvm, tmp_path):
+    """Issue 21, in the JVM stage on a MiniCluster with Flink's own timers: with the user key's first event
+    at X (on the minute grid, and off it), an event at X+R-1 that arrives once the watermark reached X+R
+    finds the key dropped (user_age_ms 0), and one arriving when the watermark is 1 ms short still reads it
+    (R-1). The watermark is emitted after every record (io.riskstream.flink.PerRecordWatermarks, the value
+    the job's periodic bounded-out-of-orderness emitter would reach), so the point it is at when a record
+    arrives does not depend on timing. The Python chain, fed the same stream, gives the same values."""
+    from pyflink.common import Types
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream import DataStream
+    from pyflink.datastream.connectors.file_system import FileSink
+
+    from pipelines import decision_job
+    from riskstream.config import JobConfig
+    from riskstream.ops.jars import flink_jar_urls
+    from udfs import jvm as ujvm
+    from udfs.chain import ROW_FIELDS
+
+    jar, J = jvm
+    ooo = 5_000
+    retention = retention_ms("user", LATENESS)
+    # four scenarios one after the other in event time, each with keys of its own: (first event at X, the
+    # watermark at the expiry or 1 ms short of it when the probe arrives); the next starts after the
+    # previous one's watermark
+    events, want_age, start = [], {}, 1_700_000_040_000
+    for n, (off_grid, wm_past) in enumerate(((0, True), (0, False), (123, True), (123, False))):
+        first = start + off_grid
+        expiry = first + retention
+        assert (first % 60_000 == 0) == (off_grid == 0)
+        events += [Event(f"a{n}", "login", f"u{n}", f"d-u{n}", f"ip-u{n}", 0.0, "EUR", first),
+                   # another key moves the watermark (newest ts - 5 s - 1 ms) to the expiry, or 1 ms short
+                   Event(f"b{n}", "login", f"v{n}", f"d-v{n}", f"ip-v{n}", 0.0, "EUR",
+                         expiry + ooo + 1 - (0 if wm_past else 1)),
+                   Event(f"p{n}", "login", f"u{n}", f"d-u{n}", f"ip-u{n}", 0.0, "EUR", expiry - 1)]
+        want_age[f"p{n}"] = 0.0 if wm_past else float(retention - 1)
+        start = expiry + 10 * 60_000 - (expiry + 10 * 60_000) % 60_000
+    age = [f.name for f in features_for("user")].index("user_age_ms")
+    user = (ENTITY_BY_NAME["user"],)
+
+    chain = Chain(LATENESS, DEDUP, out_of_orderness_ms=ooo, entities=user)
+    py = {e.event_id: chain.process(e)[0][age] for e in events}
+    assert {k: py[k] for k in want_age} == want_age
+
+    cfg = JobConfig(parallelism=1, checkpoint_interval_ms=500, checkpoint_dir=(tmp_path / "chk").as_uri())
+    env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()])})
+    env.set_parallelism(1)
+    rows = env.from_collection([ujvm.to_row(pack(e)) for e in events], type_info=ujvm.record_type_info())
+    strategy = J.PerRecordWatermarks.strategy([n for n, _ in ROW_FIELDS].index("ts"), ooo, 60_000)
+    stream = DataStream(rows._j_data_stream.assignTimestampsAndWatermarks(strategy))
+    stream = ujvm.entity_stage(stream, user[0], orjson.dumps(spec_document(LATENESS)).decode(), DEDUP, False, "jvm-test")
+
+    def show(row):
+        rec = ujvm.from_row(row)
+        return orjson.dumps({"event_id": rec[0], "values": unpack(rec)[1]}).decode()
+
+    (stream.map(show, output_type=Types.STRING())
+     .sink_to(FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build()))
+    env.execute("jvm-timer-test")
+    got = {}
+    for f in (tmp_path / "out").rglob("*"):
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                o = orjson.loads(line)
+                got[o["event_id"]] = o["values"][age]
+    assert got == py, (got, py)
+
+
 def test_jvm_starts_a_quiet_key_over_as_python_does(jvm):
     """A device quiet for longer than its undelayed horizons (30 days + lateness) but less than its delayed
     counts' reach (37 days): both runtimes start it over (age, since-previous, windows) from the same
