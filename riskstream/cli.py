@@ -1023,7 +1023,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one-time login; Ctrl-C stops it and the broker)")
     p.add_argument("--review-port", type=int, default=int(env_or("review_port", 8765)),
                    help="port of the review pages with --review [env RISKSTREAM_REVIEW_PORT]")
-    p.add_argument("--deadline", type=float, default=900, help="give up after this many seconds")
+    p.add_argument("--deadline", type=float, default=900, metavar="SECONDS",
+                   help="seconds to wait, once the job runs, for every event to end as a decision or a dead letter "
+                        "[default 900]")
     p.add_argument("--challenger", default=DEMO_CHALLENGER,
                    help="shadow model sent on the control topic ('' for none; with --ab none unless given)")
     p.add_argument("--ab", action="store_true",
@@ -1069,7 +1071,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one; the harness "
                                                            "starts and restarts its own broker)")
-    p.add_argument("--deadline", type=float, default=3600, help="give up after this many seconds [default 3600]")
+    p.add_argument("--deadline", type=float, default=3600, metavar="SECONDS",
+                   help="give up after this many seconds [default 3600]")
     p.add_argument("--keep", action="store_true", help="keep the broker data, checkpoints and savepoints of a "
                                                        "clean run (by default only logs are kept)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON on the last line")
@@ -1113,8 +1116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flink-conf", action="append", default=None, metavar="KEY=VALUE",
                    help="any Flink setting of the cluster, applied last; repeatable [env RISKSTREAM_FLINK_CONF, "
                         "';'-separated]")
-    p.add_argument("--deadline", type=float, default=120,
-                   help="seconds `up` waits for the cluster to be ready (`add-taskmanager`: for the registration)")
+    p.add_argument("--deadline", type=float, default=120, metavar="SECONDS",
+                   help="seconds `up` waits for the cluster to be ready (`add-taskmanager`: for the registration) "
+                        "[default 120]")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.set_defaults(fn=cmd_cluster)
 

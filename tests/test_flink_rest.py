@@ -133,6 +133,26 @@ def test_wait_running_waits_for_the_tasks_and_a_checkpoint(jm):
     assert flink_rest.wait_running(jm.url, JOB, deadline_s=30) < 30
 
 
+UNHANDLED = {"errors": ["Internal server error.", "<java.util.concurrent.CancellationException ...>"]}
+
+
+def test_the_polling_loops_ask_again_after_a_500_on_the_jobs_details(jm):
+    """Under load Flink's execution-graph cache answers a poll of /jobs/<id> with 500 when a newer request
+    replaced the entry it waited for (seen in a chaos run at load average 40-80): the loops poll again; a
+    500 that lasts ends them at the deadline with what the JobManager said; one call still raises it."""
+    running = {"state": "RUNNING", "vertices": [{"status": "RUNNING"}]}
+    jm.script[("GET", f"/jobs/{JOB}")] = [(500, UNHANDLED), (500, UNHANDLED), (200, running)]
+    jm.script[("GET", f"/jobs/{JOB}/checkpoints")] = [(200, {"counts": {"completed": 1}})]
+    assert flink_rest.wait_running(jm.url, JOB, deadline_s=30) < 30
+    jm.script[("GET", f"/jobs/{JOB}")] = [(500, UNHANDLED), (200, {"state": "FINISHED"})]
+    assert flink_rest.wait_for_state(jm.url, JOB, ("FINISHED",), deadline_s=30) == "FINISHED"
+    jm.script[("GET", f"/jobs/{JOB}")] = [(500, UNHANDLED)]
+    with pytest.raises(flink_rest.FlinkError, match="not running within 1s .*HTTP 500: Internal server error"):
+        flink_rest.wait_running(jm.url, JOB, deadline_s=1)
+    with pytest.raises(flink_rest.JobDetailsUnavailable, match="HTTP 500"):
+        flink_rest.job_details(jm.url, JOB, retry_s=10)
+
+
 def test_wait_running_stops_at_a_failed_job_with_its_cause(jm):
     jm.script[("GET", f"/jobs/{JOB}")] = [(200, {"state": "FAILED", "vertices": []})]
     jm.script[("GET", f"/jobs/{JOB}/exceptions")] = [(200, {"exceptionHistory": {"entries": [

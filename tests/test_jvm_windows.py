@@ -15,7 +15,7 @@ import pytest
 
 from udfs.chain import Chain, arrived_at, label_record, pack, unpack
 from udfs.events import Event, encode_event
-from udfs.features import ENTITIES, ENTITY_BY_NAME, features_for
+from udfs.features import BUCKET_MS, ENTITIES, ENTITY_BY_NAME, features_for
 from udfs.chain import spec_document
 from udfs.windows import retention_ms
 
@@ -478,6 +478,92 @@ def test_jvm_label_store_keys_by_user_and_event_id(jvm, tmp_path):
     assert {e: v[:2] for e, v in got.items()} == {e: (w[0], w[1]) for e, w in want.items()}
 
 
+# -- label timing for an out-of-order event (docs/features.md#label-risk-features, contracts.md#labels) ----
+_LABEL_KEY = {"user": 1, "device": 2, "ip": 5, "payment": 6}  # where a label tuple names each entity's key
+
+
+def _label_rule(events: list[Event], labels: list, entity: str) -> dict[str, dict[str, float]]:
+    """The documented rule computed per event from scratch: a label (arrival_ts, args) counts for the event
+    at input position i when some event at or before i has ts >= arrival_ts (it was folded before the first
+    such event); of the labels of one (user_id, event_id) that count, the newest arrival wins (ties: the one
+    added last). fraud_labels: the counted fraud events whose bucket lies in the event's window;
+    fraud_share: over the key's events so far in input order in that window (no event here is late)."""
+    out: dict[str, dict[str, float]] = {}
+    ent = ENTITY_BY_NAME[entity]
+    for i, ev in enumerate(events):
+        key = getattr(ev, ent.key_field)
+        reached = max(e.ts for e in events[: i + 1])
+        newest: dict[tuple[str, str], tuple] = {}
+        for _, n, args in sorted((arr, n, args) for n, (arr, args) in enumerate(labels) if arr <= reached):
+            if args[_LABEL_KEY[entity]] == key:
+                newest[(args[1], args[0])] = args
+        vals = {}
+        for f in features_for(entity):
+            if f.agg not in ("fraud_labels", "fraud_share"):
+                continue
+            g = BUCKET_MS[f.horizon_ms]
+            hi = ev.ts // g * g + g - f.offset_ms
+            lo = hi - f.horizon_ms
+            fl = sum(1 for a in newest.values() if a[4] == "fraud" and lo <= a[3] // g * g < hi)
+            seen = sum(1 for e in events[: i + 1] if getattr(e, ent.key_field) == key and lo <= e.ts // g * g < hi)
+            vals[f.name] = fl if f.agg == "fraud_labels" else (fl / max(seen, fl) if seen or fl else 0.0)
+        out[ev.event_id] = vals
+    return out
+
+
+def test_an_out_of_order_event_after_its_labels_arrival_counts_it(jvm, tmp_path):
+    """Issue 21: an event whose ts is before a label's arrival_ts but which is processed after the label
+    (out of order) sees the label; one processed before it does not, whatever its time; a label arriving at
+    exactly an event's ts counts for it; a later legit overrides for out-of-order events too. The Python
+    replay (labels by arrival_ts), the Python chain and the JVM stages (labels at their place in the input)
+    against the rule computed per event from scratch, for the user and the device stage."""
+    from udfs.features import FEATURE_NAMES
+    from udfs.replay import FeatureReplay
+
+    jar, _ = jvm
+    t0, day = 1_767_225_600_000, 24 * HOUR
+    ev = lambda i, ts, user: Event(f"o{i}", "login", user, "d1", "10.0.0.1", 0.0, "EUR", ts)  # noqa: E731
+    a1, a2, a3 = t0 + 2 * day, t0 + 3 * day, t0 + 4 * day
+    l1 = (a1, ("o0", "u1", "d1", t0, "fraud", None, None))
+    l2 = (a2, ("o1", "u1", "d1", t0 + HOUR, "fraud", None, None))
+    l3 = (a3, ("o0", "u1", "d1", t0, "legit", None, None))
+    # input order: o2 is before l1's arrival and processed before it; o3 (another user) reaches a1 and
+    # brings l1 in; o4 is out of order (ts < a1) after it; o5 is at exactly a2; o6 1 ms before a2 after
+    # it; o7 before l3, o8 brings it in, o9 out of order after it
+    records = [("event", ev(0, t0, "u1")), ("event", ev(1, t0 + HOUR, "u1")),
+               ("event", ev(2, a1 - 5_000, "u1")), ("label", l1[1]), ("event", ev(3, a1 + 10_000, "u2")),
+               ("event", ev(4, a1 - 20_000, "u1")), ("label", l2[1]), ("event", ev(5, a2, "u1")),
+               ("event", ev(6, a2 - 1, "u1")), ("event", ev(7, a3 - 30_000, "u2")), ("label", l3[1]),
+               ("event", ev(8, a3 + 1_000, "u2")), ("event", ev(9, a3 - 40_000, "u1"))]
+    events = [x for k, x in records if k == "event"]
+    labels = [l1, l2, l3]
+    entities = (ENTITY_BY_NAME["user"], ENTITY_BY_NAME["device"])
+    want = {e.name: _label_rule(events, labels, e.name) for e in entities}
+    # the rule's outcome at the points that matter (device: o0 fraud, then o1 fraud, then o0 legit)
+    dev = {k: v["device_fraud_labels_7d"] for k, v in want["device"].items()}
+    assert [dev[f"o{i}"] for i in range(10)] == [0, 0, 0, 1, 1, 2, 2, 2, 1, 1]
+    assert [want["user"][f"o{i}"]["user_fraud_labels_30d"] for i in (2, 3, 4, 9)] == [0, 0, 1, 1]
+
+    # the Python replay: labels by arrival_ts
+    replay = FeatureReplay(LATENESS, DEDUP, labels=labels)
+    for e in events:
+        vec, late = replay.step(e)
+        assert not late, e
+        named = dict(zip(FEATURE_NAMES, vec, strict=True))
+        for ent in entities:
+            assert {n: named[n] for n in want[ent.name][e.event_id]} == want[ent.name][e.event_id], (ent.name, e)
+    # the chain and the JVM stages: labels where they arrive in the input
+    got = _run_branches(jar, records, 1, tmp_path, entities=entities)
+    for ent in entities:
+        names = [f.name for f in features_for(ent.name)]
+        chain, _ = _expected(records, label_signals=True, entities=(ent,))
+        for e in events:
+            for src, (values, late) in (("chain", chain[e.event_id][:2]), ("jvm", got[ent.name][e.event_id][:2])):
+                assert not late, (src, e)
+                named = dict(zip(names, values, strict=True))
+                assert {n: named[n] for n in want[ent.name][e.event_id]} == want[ent.name][e.event_id], (src, e)
+
+
 # -- cleanup timers: one per key, at the key's exact expiry (both runtimes) ------------------------------
 def _busy_key_events(start: int) -> list[Event]:
     """1,000 events of one user, device, card and ip over 30 days (a few seconds to hours apart), a second
@@ -529,6 +615,73 @@ def test_a_key_is_dropped_when_the_watermark_reaches_its_exact_expiry():
             got = chain.process(Event("a2", "login", "u", "d-u", "ip-u", 0.0, "EUR", expiry - 1))
             user_age = got[0][[f.name for f in features_for("user")].index("user_age_ms")]
             assert (user_age == 0) == fresh, (first, wm_past, user_age)
+
+
+def test_jvm_drops_a_key_when_the_watermark_reaches_its_exact_expiry(jvm, tmp_path):
+    """Issue 21, in the JVM stage on a MiniCluster with Flink's own timers: with the user key's first event
+    at X (on the minute grid, and off it), an event at X+R-1 that arrives once the watermark reached X+R
+    finds the key dropped (user_age_ms 0), and one arriving when the watermark is 1 ms short still reads it
+    (R-1). The watermark is emitted after every record (io.riskstream.flink.PerRecordWatermarks, the value
+    the job's periodic bounded-out-of-orderness emitter would reach), so the point it is at when a record
+    arrives does not depend on timing. The Python chain, fed the same stream, gives the same values."""
+    from pyflink.common import Types
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream import DataStream
+    from pyflink.datastream.connectors.file_system import FileSink
+
+    from pipelines import decision_job
+    from riskstream.config import JobConfig
+    from riskstream.ops.jars import flink_jar_urls
+    from udfs import jvm as ujvm
+    from udfs.chain import ROW_FIELDS
+
+    jar, J = jvm
+    ooo = 5_000
+    retention = retention_ms("user", LATENESS)
+    # four scenarios one after the other in event time, each with keys of its own: (first event at X, the
+    # watermark at the expiry or 1 ms short of it when the probe arrives); the next starts after the
+    # previous one's watermark
+    events, want_age, start = [], {}, 1_700_000_040_000
+    for n, (off_grid, wm_past) in enumerate(((0, True), (0, False), (123, True), (123, False))):
+        first = start + off_grid
+        expiry = first + retention
+        assert (first % 60_000 == 0) == (off_grid == 0)
+        events += [Event(f"a{n}", "login", f"u{n}", f"d-u{n}", f"ip-u{n}", 0.0, "EUR", first),
+                   # another key moves the watermark (newest ts - 5 s - 1 ms) to the expiry, or 1 ms short
+                   Event(f"b{n}", "login", f"v{n}", f"d-v{n}", f"ip-v{n}", 0.0, "EUR",
+                         expiry + ooo + 1 - (0 if wm_past else 1)),
+                   Event(f"p{n}", "login", f"u{n}", f"d-u{n}", f"ip-u{n}", 0.0, "EUR", expiry - 1)]
+        want_age[f"p{n}"] = 0.0 if wm_past else float(retention - 1)
+        start = expiry + 10 * 60_000 - (expiry + 10 * 60_000) % 60_000
+    age = [f.name for f in features_for("user")].index("user_age_ms")
+    user = (ENTITY_BY_NAME["user"],)
+
+    chain = Chain(LATENESS, DEDUP, out_of_orderness_ms=ooo, entities=user)
+    py = {e.event_id: chain.process(e)[0][age] for e in events}
+    assert {k: py[k] for k in want_age} == want_age
+
+    cfg = JobConfig(parallelism=1, checkpoint_interval_ms=500, checkpoint_dir=(tmp_path / "chk").as_uri())
+    env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()])})
+    env.set_parallelism(1)
+    rows = env.from_collection([ujvm.to_row(pack(e)) for e in events], type_info=ujvm.record_type_info())
+    strategy = J.PerRecordWatermarks.strategy([n for n, _ in ROW_FIELDS].index("ts"), ooo, 60_000)
+    stream = DataStream(rows._j_data_stream.assignTimestampsAndWatermarks(strategy))
+    stream = ujvm.entity_stage(stream, user[0], orjson.dumps(spec_document(LATENESS)).decode(), DEDUP, False, "jvm-test")
+
+    def show(row):
+        rec = ujvm.from_row(row)
+        return orjson.dumps({"event_id": rec[0], "values": unpack(rec)[1]}).decode()
+
+    (stream.map(show, output_type=Types.STRING())
+     .sink_to(FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build()))
+    env.execute("jvm-timer-test")
+    got = {}
+    for f in (tmp_path / "out").rglob("*"):
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                o = orjson.loads(line)
+                got[o["event_id"]] = o["values"][age]
+    assert got == py, (got, py)
 
 
 def test_jvm_starts_a_quiet_key_over_as_python_does(jvm):

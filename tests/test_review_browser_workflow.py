@@ -106,6 +106,7 @@ def test_a_working_day_in_the_browser(kafka_bootstrap, tmp_path):
     svc = ReviewService(ServiceSettings(db=f"sqlite:///{tmp_path / 'review.db'}", labels_topic=names[1],
                                         port=free_port(), ingest=IngestSettings(kafka_bootstrap, names[0])))
     svc.store.add_user("ana", PW)
+    svc.store.set_timezone("ana", "Asia/Tokyo")  # ana's pages in Japan time, the lead's in UTC
     svc.store.add_user("lea", PW, role="lead")
     # two ordinary cases (the first due first: score 0.95), a ring of 10 on one user and card, one block
     sent = [dec(1), dec(2)]  # the first is due first: its amount (1,500) halves its time
@@ -133,6 +134,7 @@ def test_a_working_day_in_the_browser(kafka_bootstrap, tmp_path):
         assert driver.find_element("id", "owner").text == "ana"
         assert case_id_of(driver) == ids["bw-e1"]
         assert driver.find_elements("css selector", "#contributions tbody tr")  # the model's evidence
+        assert "2026-01-01 09:00:01 JST" in driver.page_source  # bw-e1's event time (00:00:01 UTC), in ana's zone
         driver.set_window_size(1280, 1500)  # the contributions too
         driver.save_screenshot(os.path.join(shots, "review-case.png"))
         driver.set_window_size(1280, 900)

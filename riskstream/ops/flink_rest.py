@@ -42,6 +42,14 @@ class JobNotFound(FlinkError):
     pass
 
 
+class JobDetailsUnavailable(FlinkError):
+    """``GET /jobs/<id>`` answered 500 this time. Flink's execution-graph cache (DefaultExecutionGraphCache)
+    cancels a request still waiting for an entry that a newer request replaced once the entry aged past
+    ``web.refresh-interval`` (500 ms in riskstream's jobs); on a loaded machine two pollers of one job (the
+    commit watch, `riskstream chaos`) then get "Internal server error." for a moment. The polling loops
+    ask again; one call raises it like any other failure."""
+
+
 class HttpError(OSError):
     """A JobManager's answer other than 2xx: ``status`` and the first line of its ``errors``."""
 
@@ -154,6 +162,8 @@ def job_details(rest_url: str, job_id: str, retry_s: float = RETRY_S) -> dict:
                               "(`riskstream cluster status` lists its jobs)") from None
         if e.status in TRANSIENT_HTTP:
             raise ClusterNotRunning(f"the Flink JobManager at {rest_url} is not ready ({e.short()})") from None
+        if e.status == 500:
+            raise JobDetailsUnavailable(f"GET /jobs/{job_id} at {rest_url} failed: {e.short()}") from None
         raise FlinkError(f"GET /jobs/{job_id} at {rest_url} failed: {e.short()}") from None
     except (OSError, ValueError) as e:
         raise ClusterNotRunning(f"no Flink JobManager answers at {rest_url} ({e})") from None
@@ -195,6 +205,8 @@ def wait_running(rest_url: str, job_id: str, deadline_s: float = 180.0, checkpoi
             job = job_details(rest_url, job_id, retry_s=0)
         except ClusterNotRunning:
             job = None
+        except JobDetailsUnavailable as e:  # asked again at the next poll, until the deadline
+            job, last = None, str(e)
         if job:
             state = job.get("state")
             if state in TERMINAL_JOB_STATES:
@@ -229,7 +241,7 @@ def wait_for_state(rest_url: str, job_id: str, states: tuple[str, ...] | frozens
     while True:
         try:
             state = job_details(rest_url, job_id, retry_s=0).get("state", state)
-        except ClusterNotRunning:
+        except (ClusterNotRunning, JobDetailsUnavailable):  # asked again at the next poll
             pass
         if state in states:
             return state

@@ -478,8 +478,17 @@ def _committed_past(job: JobProcess, epoch_ms: int) -> bool:
 
 
 def _records_in(job: JobProcess) -> float:
-    """Records the events source has emitted so far (the REST job details' per-vertex counts)."""
-    details = flink_rest.job_details(job.rest, job.job_id)
+    """Records the events source has emitted so far (the REST job details' per-vertex counts). A momentary
+    500 from the details (flink_rest.JobDetailsUnavailable, a loaded machine) is asked again for 30 s."""
+    t_end = time.monotonic() + 30
+    while True:
+        try:
+            details = flink_rest.job_details(job.rest, job.job_id)
+            break
+        except flink_rest.JobDetailsUnavailable:
+            if time.monotonic() > t_end:
+                raise
+            time.sleep(flink_rest.POLL_S)  # polling interval, under the deadline above
     return sum(float((v.get("metrics") or {}).get("write-records", 0) or 0)
                for v in details.get("vertices", []) if "kafka-events" in v.get("name", ""))
 

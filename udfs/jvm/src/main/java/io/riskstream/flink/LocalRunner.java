@@ -13,8 +13,11 @@ import org.apache.flink.types.Row;
 
 /**
  * One entity's window logic over an in-memory map of encoded key states, without Flink: for parity tests
- * and state-size measurements called from Python (one call per stream). Timers are not run (an expired
- * key reads as fresh anyway).
+ * and state-size measurements called from Python (one call per stream). Pitfall: timers are not run and
+ * there is no watermark. An event at or past its key's expiry reads the key as fresh anyway, but one just
+ * before the expiry that the job would see after the watermark passed it (the timer dropped the key) reads
+ * the old key here; tests/test_jvm_windows.py runs the real timers on a MiniCluster for that
+ * ({@link PerRecordWatermarks}).
  */
 public final class LocalRunner {
     private static final ObjectMapper JSON = new ObjectMapper();
