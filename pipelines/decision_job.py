@@ -443,6 +443,7 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
 
 FROM_SAVEPOINT_ENV = "RISKSTREAM_FROM_SAVEPOINT"  # set by riskstream.ops.submit for `flink run -s`
 SUBMIT_REST_ENV = "RISKSTREAM_SUBMIT_REST_URL"  # set by riskstream.ops.submit: the cluster's REST address
+RESTORE_COPY_ENV = "RISKSTREAM_RESTORE_COPY"  # set by riskstream.ops.submit: the savepoint copy `flink run -s` claims
 
 
 def cluster_changelog(state: dict[str, str], rest_url: str | None) -> dict[str, str]:
@@ -554,6 +555,9 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
                 conf.setdefault(MATERIALIZE_INTERVAL, state[MATERIALIZE_INTERVAL])
         if local_ck:
             protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
+            copy = os.environ.get(RESTORE_COPY_ENV) if by_flink else None
+            if copy and lineage.local_path(copy) is not None:  # `submit --from-savepoint`'s private copy, which
+                protect += (lineage.local_path(copy),)  # `flink run -s` restores after this: keep it
             _retention(cfg, protect, "at start")
         restore, claim_mode = None, None
         if plan.snapshot is not None and not by_flink:
@@ -647,9 +651,12 @@ def _retention(cfg: JobConfig, protect: tuple, when: str) -> None:
     from riskstream.ops import lineage
 
     removed = lineage.prune(cfg.job_name, cfg.retain_snapshots, protect)
+    logs = [p for p in removed if p.parent.name == "dstl"]
     if removed:
         print(f"[restore] {cfg.job_name}: retention {when} ({cfg.retain_snapshots} newest kept) removed "
-              f"{len(removed)} snapshot folder(s)", file=sys.stderr, flush=True)
+              f"{len(removed) - len(logs)} snapshot folder(s)" + (f" and {len(logs)} changelog file(s) no kept "
+                                                                   "snapshot reads" if logs else ""),
+              file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> str:

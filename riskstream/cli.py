@@ -767,6 +767,9 @@ def cmd_submit(a) -> int:
     try:
         res = submit.submit(submit.settings_from_args(a), jobmanager=a.jobmanager, from_savepoint=a.from_savepoint,
                             allow_non_restored_state=a.allow_non_restored_state, job_name=cfg.job_name)
+        for line in res.output.splitlines():  # the job's client: its settings (state backend, changelog), restore
+            if line.startswith(("[run] ", "[restore] ")):
+                print(line, file=sys.stderr)
         print(f"[submit] job {res.job_id} submitted to {res.rest_url} in {res.seconds:.1f}s"
               + (f" from {a.from_savepoint}" if a.from_savepoint else ""), file=sys.stderr)
         print(res.job_id, flush=True)

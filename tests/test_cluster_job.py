@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from riskstream import paths, topics
-from riskstream.ops import cluster, flink_rest, procs, submit
+from riskstream.ops import cluster, flink_rest, lineage, procs, submit
 from riskstream.generator import Labelled
 from riskstream.kafka_io import produce
 from tests.test_kafka_integration import read_all
@@ -116,12 +116,23 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         job1 = sub1.stdout.strip().splitlines()[-1]
         assert flink_rest.JOB_ID.match(job1), sub1.stdout
         assert "first checkpoint completed" in sub1.stderr
+        # the production default of `cluster up`: RocksDB with the changelog over it, shown at start and
+        # recorded in the lineage with the cluster's folder for it
+        assert "changelog on (into " in up.stderr, up.stderr
+        assert "state backend rocksdb, incremental checkpoints" in sub1.stderr and "changelog on" in sub1.stderr, \
+            sub1.stderr
+        run1 = next(r for r in lineage.read(f"{run}-job", home) if r["kind"] == "run" and r["job_id"] == job1)
+        assert run1["flink_settings"]["state.changelog.enabled"] == "true", run1["flink_settings"]
+        assert run1["flink_settings"]["state.changelog.dstl.dfs.base-path"] == (root / "changelog").resolve().as_uri()
         assert produce(kafka_bootstrap, names[0], _events(user, run, start_ts, 1, N)) == N
         first, times["submit -> first decision"] = _decisions_until(kafka_bootstrap, names[1], N, 180, t_submit)
         assert sorted(d["features"]["user_events_1m"] for d in first) == list(range(1, N + 1))
         by_ts = sorted(first, key=lambda d: d["event_ts"])
         assert [d["features"]["user_events_1m"] for d in by_ts] == list(range(1, N + 1))
         assert all(d["user_id"] == user and d["decision"] in ("allow", "review", "block") for d in first)
+        # the checkpoint that committed them holds their state changes: in <base>/<flink job id>/dstl, the
+        # TaskManager's folder
+        assert any((root / "changelog" / job1 / "dstl").iterdir()), sorted((root / "changelog").rglob("*"))
 
         t0 = time.monotonic()
         c1 = _counters_until(lay.rest_url, job1, N)
@@ -165,15 +176,24 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         assert flink_rest.job_state(lay.rest_url, job1) == "FINISHED"
 
         # -- the upgraded job, restored from the savepoint -----------------------------------------------
+        # Flink restores the changelog only in CLAIM mode, and deletes what it claimed once subsumed: a private
+        # copy is restored and the savepoint stays as it was (the copy was removed by the job client's retention
+        # before Flink read it, until the client kept it: issue 20)
+        sp_files = {f: f.stat().st_size for f in submit.local_path(stopped).rglob("*")}
         t0 = time.monotonic()
         sub2 = _cli(env, "submit", "--wait-running", "--deadline", "240", "--from-savepoint", stopped, *job_flags)
         times["restore (resubmit -> running)"] = time.monotonic() - t0
         job2 = sub2.stdout.strip().splitlines()[-1]
         assert flink_rest.JOB_ID.match(job2) and job2 != job1, sub2.stdout
+        assert "restoring a private copy" in sub2.stderr, sub2.stderr
         detail = flink_rest.get(lay.rest_url, f"/jobs/{job2}/checkpoints")
         restored = (detail.get("latest") or {}).get("restored") or {}
-        assert restored.get("is_savepoint") and Path(submit.local_path(restored["external_path"])) == \
-            submit.local_path(stopped), detail.get("latest")
+        copy = Path(submit.local_path(restored["external_path"]))
+        assert copy.parent == (job_dir / "claimed").resolve() and copy.name.startswith(submit.local_path(stopped).name
+                                                                                       + "-"), detail.get("latest")
+        config = flink_rest.get(lay.rest_url, f"/jobs/{job2}/checkpoints/config")
+        assert config.get("state_changelog_enabled") is True, config
+        assert config.get("changelog_periodic_materialization_interval") == 180_000, config  # 3 min
 
         assert produce(kafka_bootstrap, names[0], _events(user, run, start_ts, N + 1, M)) == M
         t0 = time.monotonic()
@@ -187,6 +207,9 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         assert [d["features"]["user_events_1m"] for d in second] == list(range(N + 1, N + M + 1)), \
             "the user's window state did not survive the savepoint"
         assert read_all(kafka_bootstrap, names[2]) == []
+        # checkpoints since the restore subsumed what it claimed; the savepoint itself is untouched
+        assert flink_rest.checkpoints(lay.rest_url, job2)["latest"]["completed"]["id"] > restored["id"]
+        assert {f: f.stat().st_size for f in submit.local_path(stopped).rglob("*")} == sp_files
 
         c2 = _counters_until(lay.rest_url, job2, M)
         # counters are per job run (not state): the two runs together counted every decision once

@@ -32,6 +32,9 @@ from .flink_rest import ClusterNotRunning, FlinkError, check_job_id, job_details
 JOB_ENTRY = paths.PROJECT_ROOT / "pipelines" / "decision_job.py"
 _JOB_ID_LINE = re.compile(r"riskstream job id: ([0-9a-f]{32})")
 _SUBMITTED_LINE = re.compile(r"Job has been submitted with JobID ([0-9a-f]{32})")
+# the private copy of a savepoint that `flink run -s` restores in CLAIM mode (lineage.restore_mode), for the
+# job's client: its retention at start keeps it (pipelines/decision_job.py)
+RESTORE_COPY_ENV = "RISKSTREAM_RESTORE_COPY"
 # settings that must not travel as command-line flags (visible to `ps`): passed by environment instead
 SECRET_FIELDS = ("sasl_password",)
 # settings of a local MiniCluster only; on a cluster the job's own REST settings could redirect its client
@@ -246,9 +249,12 @@ def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s,
         extra_env[runguard.TOKEN_ENV] = guard.token
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
-        run_args += restore_args(from_savepoint, job_name, changelog_on(t.rest_url, changelog))
+        restore = restore_args(from_savepoint, job_name, changelog_on(t.rest_url, changelog))
+        run_args += restore
         # the job's client checks the start against the committed output and records it in the lineage
         extra_env["RISKSTREAM_FROM_SAVEPOINT"] = _savepoint_path(from_savepoint)
+        if restore[1] != extra_env["RISKSTREAM_FROM_SAVEPOINT"]:  # the private copy Flink restores: the client's
+            extra_env[RESTORE_COPY_ENV] = restore[1]  # retention at start must not remove it (it did: issue 20)
         if allow_non_restored_state:
             run_args.append("-n")
     if not t.local:
