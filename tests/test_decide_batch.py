@@ -224,3 +224,20 @@ def test_the_decide_stage_reports_inputs_outside_the_training_distribution(capsy
                          np.asarray(cols["values"])])
     mon.add(X.astype(np.float32))  # the window: the whole batch of 1,200 rows
     assert body.drift_psi_milli == int(round(1000 * max(d.psi for d in mon.result())))
+
+
+def test_log_lines_take_the_python_workers_print(monkeypatch, capsys):
+    """In a process-mode Python worker PyFlink's print has the signature below (no ``flush``): the decide
+    stage's drift warning printed with flush=True raised TypeError there and failed the task."""
+    import builtins
+
+    from udfs import decide_batch
+
+    real = builtins.print
+
+    def worker_print(*args, sep=" ", end="\n", file=None):  # pyflink's CustomPrint.print
+        real(*args, sep=sep, end=end, file=file)
+
+    monkeypatch.setattr(builtins, "print", worker_print)
+    decide_batch._say("[riskstream] decide: WARNING drift")
+    assert capsys.readouterr().out == "[riskstream] decide: WARNING drift\n"

@@ -25,6 +25,7 @@ Pitfalls:
 from __future__ import annotations
 
 import bisect
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +48,14 @@ _EVENT_FEATURES = features_for("event")
 INPUT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(
     [*(f.field for f in _EVENT_FEATURES), "event_type", "values", "late", "signals"]))
 
+
+
+def _say(line: str) -> None:
+    """One log line, flushed. Pitfall: in a process-mode Python worker (where the pandas UDF runs) PyFlink
+    replaces ``print`` with one that takes no ``flush`` argument: ``print(..., flush=True)`` raised there and
+    failed the task (a drift warning restarted the job)."""
+    print(line)
+    sys.stdout.flush()
 
 class DecideBatch:
     """The body of the vectorized decide UDF (wrapped by :func:`decide_udf`); plain code, testable without
@@ -94,7 +103,7 @@ class DecideBatch:
                 self._count("control_applied")
             except Exception as e:  # validated upstream, but a model file can be missing on this host
                 self._count("control_rejected")
-                print(f"[riskstream] decide: control {key} refused here, keeping the previous: {e}", flush=True)
+                _say(f"[riskstream] decide: control {key} refused here, keeping the previous: {e}")
         self.control = c
         self.settings_version = version
 
@@ -269,7 +278,7 @@ class DecideBatch:
         self.drift_features = len(mon.drifted())
         self.drift_warning = mon.warning(scorer.version)
         if self.drift_warning:
-            print(f"[riskstream] decide: WARNING {self.drift_warning}", flush=True)
+            _say(f"[riskstream] decide: WARNING {self.drift_warning}")
         mon.reset()
 
     def _errors(self, out, start, end, detail, champion=None, policy=None, arm: str | None = None) -> None:
