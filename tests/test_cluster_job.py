@@ -4,7 +4,10 @@
 One user sends N events, then the job is upgraded through a savepoint, then the user sends M more (all
 within one minute of event time): the user's one-minute count continues N+1..N+M after the restore (keyed
 state survived), every event has exactly one decision (read_committed), and the job's custom counters are
-visible through the REST API. Prints the measured times."""
+visible through the REST API. Then the job is cancelled without a savepoint and restarted from its newest
+retained checkpoint (`--restore-from latest`): K more events continue the count. All on `cluster up`'s
+production default, RocksDB with the changelog: the savepoint is restored from a private copy in CLAIM mode
+and stays as it was, the checkpoint is claimed in place. Prints the measured times."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from tests.test_kafka_integration import read_all
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka]  # ~60 s here (under 90 s): not `long`
 
-N, M = 20, 12
+N, M, K = 20, 12, 5
 DECISION_COUNTERS = ("decisions_allow", "decisions_review", "decisions_block")
 COUNTERS = DECISION_COUNTERS + ("events_valid", "dead_letters", "late_events", "duplicate_events",
                                 "processing_errors")
@@ -216,6 +219,24 @@ def test_upgrade_through_a_savepoint_keeps_state(kafka_bootstrap, tmp_path):
         # a Python UDF's counter that never moved is not reported (PyFlink sends metric updates only)
         assert sum(c1.get(k, 0) + c2.get(k, 0) for k in DECISION_COUNTERS) == N + M
         assert c1["events_valid"] + c2["events_valid"] == N + M
+
+        # -- a restart from the newest retained checkpoint (`cancel --no-savepoint`, `--restore-from latest`):
+        # claimed in place, as every checkpoint restore (the changelog's only mode); the state continues
+        _cli(env, "cancel", job2, "--no-savepoint")
+        assert flink_rest.wait_for_state(lay.rest_url, job2, ("CANCELED",)) == "CANCELED"
+        t0 = time.monotonic()
+        sub3 = _cli(env, "submit", "--wait-running", "--deadline", "240", "--restore-from", "latest", *job_flags)
+        times["restore from the checkpoint (resubmit -> running)"] = time.monotonic() - t0
+        job3 = sub3.stdout.strip().splitlines()[-1]
+        restored3 = flink_rest.checkpoints(lay.rest_url, job3)["latest"]["restored"]
+        chk = Path(submit.local_path(restored3["external_path"]))
+        assert chk.parent.name == job2 and chk.name == f"chk-{restored3['id']}", restored3
+        assert produce(kafka_bootstrap, names[0], _events(user, run, start_ts, N + M + 1, K)) == K
+        every, _ = _decisions_until(kafka_bootstrap, names[1], N + M + K, 180)
+        assert sorted(d["event_id"] for d in every) == [f"{run}-e{i:03d}" for i in range(1, N + M + K + 1)]
+        third = sorted((d for d in every if d["event_id"] > f"{run}-e{N + M:03d}"), key=lambda d: d["event_ts"])
+        assert [d["features"]["user_events_1m"] for d in third] == list(range(N + M + 1, N + M + K + 1)), \
+            "the user's window state did not survive the checkpoint restore"
 
         # -- clear errors ---------------------------------------------------------------------------------
         unknown = _cli(env, "savepoint", "0123456789abcdef0123456789abcdef", check=False)
