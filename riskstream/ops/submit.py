@@ -174,8 +174,8 @@ def _savepoint_path(p: str) -> str:
 
 def restore_args(from_savepoint: str, job_name: str | None, changelog: bool) -> list[str]:
     """``flink run``'s restore options. Without the changelog, ``-s`` and Flink's default NO_CLAIM: the
-    savepoint stays the user's. With it (the cluster's default, see :func:`changelog_on`), Flink restores only in CLAIM mode, which lets it delete what it restored once subsumed:
-    a savepoint is then restored from a private copy in the job's folder (``lineage.restore_mode``) and the
+    savepoint stays the user's. With it (the cluster's default, see :func:`changelog_on`), Flink restores
+    only in CLAIM mode, which lets it delete what it restored once subsumed: a savepoint is then restored from a private copy in the job's folder (``lineage.restore_mode``) and the
     savepoint itself stays; a retained checkpoint is claimed in place."""
     from . import lineage
 
@@ -222,10 +222,10 @@ def submit(settings: dict[str, object] | None = None, jobmanager: str | None = N
             guard.release()
 
 
-def changelog_on(rest_url: str, changelog: bool | None) -> bool:
+def changelog_on(rest_url: str, changelog: bool | None, unreadable: bool = False) -> bool:
     """Whether a job submitted to the cluster at ``rest_url`` runs with the changelog: its own ``--changelog``
     / ``--no-changelog`` (or RISKSTREAM_CHANGELOG), else the cluster's config (on with ``cluster up`` and the
-    manifest), read from the JobManager."""
+    manifest), read from the JobManager; ``unreadable`` when it cannot be read."""
     import os
 
     if changelog is None and os.environ.get("RISKSTREAM_CHANGELOG", "").strip():
@@ -235,7 +235,7 @@ def changelog_on(rest_url: str, changelog: bool | None) -> bool:
     try:
         conf = flink_rest.cluster_config(rest_url)
     except (OSError, ValueError, FlinkError):
-        return False
+        return unreadable
     return conf.get("state.changelog.enabled", "").lower() == "true"
 
 
@@ -249,7 +249,8 @@ def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s,
         extra_env[runguard.TOKEN_ENV] = guard.token
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
-        restore = restore_args(from_savepoint, job_name, changelog_on(t.rest_url, changelog))
+        restore = restore_args(from_savepoint, job_name, changelog_on(
+            t.rest_url, changelog, unreadable=t.local and cluster.changelog_enabled(root)))
         run_args += restore
         # the job's client checks the start against the committed output and records it in the lineage
         extra_env["RISKSTREAM_FROM_SAVEPOINT"] = _savepoint_path(from_savepoint)
