@@ -33,6 +33,9 @@ ROCKSDB_SETTINGS: dict[str, str] = {
     "state.backend.rocksdb.use-bloom-filter": "true",
 }
 
+MATERIALIZE_INTERVAL = "state.changelog.periodic-materialize.interval"
+CHANGELOG_BASE_PATH = "state.changelog.dstl.dfs.base-path"  # <base>/<flink job id>/dstl/ holds a run's log
+
 # The changelog's settings besides ``state.changelog.enabled`` and its folder (``state.changelog.dstl.dfs.base-path``):
 # one source for the job's settings, `cluster up`'s config.yaml and the Kubernetes manifest (tests/test_deploy.py).
 CHANGELOG_SETTINGS: dict[str, str] = {
@@ -46,7 +49,7 @@ CHANGELOG_SETTINGS: dict[str, str] = {
     # A materialization flushes RocksDB's memtables in the stage's thread (0.6-1 s under load, as every
     # checkpoint of RocksDB alone does): every 3 min, about one 1 s checkpoint in 180 waits on it, under
     # the 1 % that p99 reads.
-    "state.changelog.periodic-materialize.interval": "3 min",
+    MATERIALIZE_INTERVAL: "3 min",
 }
 
 DEFAULT_MODEL = "models/risk_gbdt_v1.onnx"
@@ -62,10 +65,6 @@ PROFILES: dict[str, dict[str, object]] = {
     "low-latency": {"bundle_time_ms": 5, "bundle_size": 200, "arrow_batch_size": 200, "buffer_timeout_ms": 1,
                     "checkpoint_interval_ms": 500, "unaligned_checkpoints": True},
 }
-
-
-MATERIALIZE_INTERVAL = "state.changelog.periodic-materialize.interval"
-CHANGELOG_BASE_PATH = "state.changelog.dstl.dfs.base-path"
 
 
 def changelog_in_effect(job: dict[str, str], cluster: dict[str, str]) -> dict[str, str]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
-from ..config import CHANGELOG_SETTINGS, MATERIALIZE_INTERVAL, ROCKSDB_SETTINGS
+from ..config import CHANGELOG_BASE_PATH, CHANGELOG_SETTINGS, MATERIALIZE_INTERVAL, ROCKSDB_SETTINGS
 from . import flink_rest
 from .procs import free_port, group_alive, pid_alive, port_in_use
 
@@ -238,7 +238,7 @@ class ClusterSettings:
                 out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
         if changelog_uri:  # the storage is the TaskManagers' own setting: a job's `--changelog` needs it too
             out.update(CHANGELOG_SETTINGS)
-            out["state.changelog.dstl.dfs.base-path"] = changelog_uri
+            out[CHANGELOG_BASE_PATH] = changelog_uri
         out["state.changelog.enabled"] = self.changelog_on
         if self.taskmanager_heap:  # heap and managed memory fixed: Flink derives the process size from them
             out["taskmanager.memory.task.heap.size"] = self.taskmanager_heap
@@ -517,11 +517,13 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
                                f"{last}; logs in {lay.log_dir}):\n{tail}")
         time.sleep(0.2)  # polling interval of the readiness loop, not synchronisation
     tms = ", ".join(str(p.pid) for n, p in procs.items() if n != "jobmanager")
+    conf = settings.config((lay.root / "changelog").resolve().as_uri())
+    changelog = (f"on (into {lay.root / 'changelog'}, materialized every {conf.get(MATERIALIZE_INTERVAL)})"
+                 if str(conf.get("state.changelog.enabled")).lower() == "true" else "off")
     print(f"[cluster] up on {lay.rest_url} in {time.monotonic() - t0:.1f}s (JobManager pid "
           f"{procs['jobmanager'].pid}, TaskManager pid(s) {tms}, {last['slots-total']} slots; state backend "
           f"{settings.state_backend}{', incremental' if settings.state_backend == 'rocksdb' and settings.incremental_checkpoints else ''}"
-          f", changelog {'on (into ' + str(lay.root / 'changelog') + ', materialized every ' + str(settings.config('file:///x').get(MATERIALIZE_INTERVAL)) + ')' if settings.changelog_on else 'off (--no-changelog)'})",
-          file=out)
+          f", changelog {changelog})", file=out)
     return lay
 
 
