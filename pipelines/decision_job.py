@@ -475,6 +475,21 @@ def cluster_changelog(state: dict[str, str], rest_url: str | None) -> dict[str, 
     return out
 
 
+def check_claim_mode(state: dict[str, str], flink_conf: tuple[str, ...]) -> None:
+    """Refuse a restore mode Flink cannot run with the changelog (``--flink-conf
+    execution.state-recovery.claim-mode=NO_CLAIM``): it would fail at the first checkpoint after the restore,
+    since the changelog cannot make it the full one NO_CLAIM needs. riskstream picks the mode per snapshot."""
+    from riskstream.ops.preflight import StartupError
+
+    modes = [v.strip().upper() for k, _, v in (i.partition("=") for i in flink_conf)
+             if k.strip() == "execution.state-recovery.claim-mode"]
+    if modes and modes[-1] != "CLAIM" and str(state.get("state.changelog.enabled", "")).lower() == "true":
+        raise StartupError(
+            f"execution.state-recovery.claim-mode={modes[-1]} with the changelog on: Flink restores the changelog "
+            "only in CLAIM mode. Drop the --flink-conf item (riskstream restores a savepoint from a private copy "
+            "in CLAIM mode, so the savepoint stays), or turn the changelog off for this job with --no-changelog")
+
+
 def describe_state(settings: dict[str, str]) -> str:
     """One line for the operator: the state backend and the settings that size it."""
     parts = [f"state backend {settings.get('state.backend.type', '?')}"]
@@ -553,6 +568,7 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
             state.update(cluster_changelog(state, rest_url))
             if state["state.changelog.enabled"] == "true":
                 conf.setdefault(MATERIALIZE_INTERVAL, state[MATERIALIZE_INTERVAL])
+        check_claim_mode(state, cfg.flink_conf)
         if local_ck:
             protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
             copy = os.environ.get(RESTORE_COPY_ENV) if by_flink else None

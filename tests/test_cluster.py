@@ -249,3 +249,17 @@ def test_a_jobs_changelog_on_a_cluster_without_storage_is_refused(tmp_path, monk
                                           "  dstl.dfs.base-path: file:///c/changelog\n")
     on = decision_job.cluster_changelog({}, None)
     assert on["state.changelog.enabled"] == "true" and on["state.changelog.periodic-materialize.interval"] == "3 min"
+
+
+def test_no_claim_with_the_changelog_is_refused_at_start():
+    """Flink cannot restore the changelog in NO_CLAIM mode (it fails at the first checkpoint after the
+    restore): a --flink-conf that forces it is refused at start, saying what to do."""
+    from pipelines import decision_job
+    from riskstream.ops.errors import StartupError
+
+    on, off = {"state.changelog.enabled": "true"}, {"state.changelog.enabled": "false"}
+    with pytest.raises(StartupError, match="only in CLAIM mode.*--no-changelog"):
+        decision_job.check_claim_mode(on, ("execution.state-recovery.claim-mode=NO_CLAIM",))
+    decision_job.check_claim_mode(off, ("execution.state-recovery.claim-mode=NO_CLAIM",))
+    decision_job.check_claim_mode(on, ("execution.state-recovery.claim-mode=CLAIM",))
+    decision_job.check_claim_mode(on, ())
