@@ -27,7 +27,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
-from riskstream.config import JobConfig
+from riskstream.config import CHANGELOG_BASE_PATH, MATERIALIZE_INTERVAL, JobConfig, changelog_in_effect
 from riskstream.ops.jars import flink_jar_urls
 from riskstream.ops.preflight import preflight
 from riskstream.ops.restore import resolve_restore_path
@@ -108,6 +108,8 @@ def state_settings(cfg: JobConfig, local: bool, base: dict[str, str] | None = No
     if cfg.state_backend is None and backend in ("hashmap", "rocksdb"):
         cfg = cfg.model_copy(update={"state_backend": backend})
     out = cfg.flink_settings(local)
+    if cfg.changelog is None:  # FLINK_CONF_DIR's changelog takes effect (make_env applies base first): shown
+        out.update({k: v for k, v in (base or {}).items() if k.startswith("state.changelog.")})
     if local and cfg.taskmanager_heap:
         out["riskstream.local-heap"] = cfg.taskmanager_heap  # applied as -Xmx through JVM_ARGS, see make_env
     return out
@@ -441,6 +443,51 @@ def build(env: StreamExecutionEnvironment, cfg: JobConfig) -> None:
 
 FROM_SAVEPOINT_ENV = "RISKSTREAM_FROM_SAVEPOINT"  # set by riskstream.ops.submit for `flink run -s`
 SUBMIT_REST_ENV = "RISKSTREAM_SUBMIT_REST_URL"  # set by riskstream.ops.submit: the cluster's REST address
+RESTORE_COPY_ENV = "RISKSTREAM_RESTORE_COPY"  # set by riskstream.ops.submit: the savepoint copy `flink run -s` claims
+
+
+def cluster_changelog(state: dict[str, str], rest_url: str | None) -> dict[str, str]:
+    """The changelog settings a job with the state settings ``state`` runs with on its cluster
+    (:func:`riskstream.config.changelog_in_effect`): the cluster's config from its JobManager (``rest_url``,
+    set by ``riskstream submit``), else from FLINK_CONF_DIR (the client of ``flink run``, the operator's
+    JobManager). Refuses a changelog the cluster has no storage for: Flink would fall back to keeping every
+    change in memory and in the checkpoint's ``_metadata``."""
+    from riskstream.ops import flink_rest
+    from riskstream.ops.preflight import StartupError
+
+    cluster_conf: dict[str, str] = {}
+    if rest_url:
+        try:
+            cluster_conf = flink_rest.cluster_config(rest_url)
+        except (OSError, ValueError, flink_rest.FlinkError):
+            cluster_conf = {}
+    if not cluster_conf:
+        cluster_conf = flink_conf_dir_settings()
+    out = changelog_in_effect(state, cluster_conf)
+    if out["state.changelog.enabled"] == "true" and (
+            out["state.changelog.storage"] != "filesystem" or not out.get(CHANGELOG_BASE_PATH)):
+        raise StartupError(
+            f"the changelog is on for this job, but its cluster{' at ' + rest_url if rest_url else ''} has no "
+            "changelog storage (state.changelog.storage: filesystem and state.changelog.dstl.dfs.base-path in the "
+            "cluster's config; Flink reads them from the TaskManagers' config only): restart the cluster with "
+            "`riskstream cluster up` (it configures one), add both to its config (the manifest has them), or "
+            "submit with --no-changelog")
+    return out
+
+
+def check_claim_mode(state: dict[str, str], flink_conf: tuple[str, ...]) -> None:
+    """Refuse a restore mode Flink cannot run with the changelog (``--flink-conf
+    execution.state-recovery.claim-mode=NO_CLAIM``): it would fail at the first checkpoint after the restore,
+    since the changelog cannot make it the full one NO_CLAIM needs. riskstream picks the mode per snapshot."""
+    from riskstream.ops.preflight import StartupError
+
+    modes = [v.strip().upper() for k, _, v in (i.partition("=") for i in flink_conf)
+             if k.strip() == "execution.state-recovery.claim-mode"]
+    if modes and modes[-1] != "CLAIM" and str(state.get("state.changelog.enabled", "")).lower() == "true":
+        raise StartupError(
+            f"execution.state-recovery.claim-mode={modes[-1]} with the changelog on: Flink restores the changelog "
+            "only in CLAIM mode. Drop the --flink-conf item (riskstream restores a savepoint from a private copy "
+            "in CLAIM mode, so the savepoint stays), or turn the changelog off for this job with --no-changelog")
 
 
 def describe_state(settings: dict[str, str]) -> str:
@@ -450,6 +497,11 @@ def describe_state(settings: dict[str, str]) -> str:
         inc = settings.get("execution.checkpointing.incremental") == "true"
         parts.append("incremental checkpoints" if inc else "full checkpoints")
         parts.append(f"local dir {settings.get('state.backend.rocksdb.localdir', '(Flink temp dirs)')}")
+    if str(settings.get("state.changelog.enabled", "")).lower() == "true":
+        parts.append(f"changelog on (into {settings.get(CHANGELOG_BASE_PATH, '(the cluster folder)')}, materialized "
+                     f"every {settings.get(MATERIALIZE_INTERVAL, '10 min')})")
+    else:
+        parts.append("changelog off")
     for key, name in (("taskmanager.memory.managed.size", "managed memory"),
                       ("taskmanager.memory.task.heap.size", "task heap"), ("riskstream.local-heap", "heap")):
         if key in settings:
@@ -512,19 +564,27 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
         overridden = {item.split("=", 1)[0] for item in cfg.flink_conf}
         state.update({k: v for k, v in conf.items()
                       if k.startswith(("state.", "taskmanager.memory.")) and k not in overridden})
+        if on_cluster:  # the cluster's changelog (`cluster up`, the manifest), unless the job says otherwise
+            state.update(cluster_changelog(state, rest_url))
+            if state["state.changelog.enabled"] == "true":
+                conf.setdefault(MATERIALIZE_INTERVAL, state[MATERIALIZE_INTERVAL])
+        check_claim_mode(state, cfg.flink_conf)
         if local_ck:
             protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
+            copy = os.environ.get(RESTORE_COPY_ENV) if by_flink else None
+            if copy and lineage.local_path(copy) is not None:  # `submit --from-savepoint`'s private copy, which
+                protect += (lineage.local_path(copy),)  # `flink run -s` restores after this: keep it
             _retention(cfg, protect, "at start")
         restore, claim_mode = None, None
         if plan.snapshot is not None and not by_flink:
-            if plan.snapshot.checkpoint_id < 0:  # a remote snapshot riskstream cannot read: Flink's defaults
-                restore = str(plan.snapshot.path)
+            if plan.snapshot.checkpoint_id < 0:  # a remote snapshot riskstream cannot read: Flink's defaults,
+                restore = str(plan.snapshot.path)  # but CLAIM with the changelog (Flink refuses NO_CLAIM there)
+                if str(state.get("state.changelog.enabled", "")).lower() == "true":
+                    claim_mode = "CLAIM"
+                    print(f"[restore] {cfg.job_name}: changelog on: restoring {restore} in CLAIM mode; Flink deletes "
+                          "it once later checkpoints subsume it (copy it first to keep it)", file=sys.stderr, flush=True)
             else:
-                # on a cluster the changelog may be the cluster's own setting (`cluster up --changelog`): the
-                # client of `flink run` sees the cluster's config through FLINK_CONF_DIR
-                cluster_conf = flink_conf_dir_settings() if on_cluster else {}
-                changelog = "true" in (str(state.get("state.changelog.enabled", "")).lower(),
-                                       str(cluster_conf.get("state.changelog.enabled", "")).lower())
+                changelog = str(state.get("state.changelog.enabled", "")).lower() == "true"
                 restore, claim_mode, note = lineage.restore_mode(cfg.job_name, plan.snapshot, changelog)
                 if note:
                     print(f"[restore] {cfg.job_name}: {note}", file=sys.stderr, flush=True)
@@ -607,9 +667,12 @@ def _retention(cfg: JobConfig, protect: tuple, when: str) -> None:
     from riskstream.ops import lineage
 
     removed = lineage.prune(cfg.job_name, cfg.retain_snapshots, protect)
+    logs = [p for p in removed if p.parent.name == "dstl"]
     if removed:
         print(f"[restore] {cfg.job_name}: retention {when} ({cfg.retain_snapshots} newest kept) removed "
-              f"{len(removed)} snapshot folder(s)", file=sys.stderr, flush=True)
+              f"{len(removed) - len(logs)} snapshot folder(s)" + (f" and {len(logs)} changelog file(s) no kept "
+                                                                   "snapshot reads" if logs else ""),
+              file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -716,8 +716,9 @@ def cluster_settings(a):
         JobConfig(managed_memory=a.taskmanager_memory)
     except ValidationError as e:
         raise SystemExit("riskstream cluster up: " + "; ".join(err["msg"] for err in e.errors()))
-    changelog = a.changelog if a.changelog is not None else (
-        env_or("changelog", "false").lower() not in ("", "0", "false", "no"))
+    changelog = a.changelog
+    if changelog is None and env_or("changelog", "").strip():
+        changelog = env_or("changelog", "").strip().lower() not in ("0", "false", "no")
     return ClusterSettings(state_backend=a.state_backend, incremental_checkpoints=a.incremental_checkpoints,
                            changelog=changelog,
                            rocksdb_local_dir=a.rocksdb_local_dir, taskmanagers=a.taskmanagers,
@@ -766,6 +767,9 @@ def cmd_submit(a) -> int:
     try:
         res = submit.submit(submit.settings_from_args(a), jobmanager=a.jobmanager, from_savepoint=a.from_savepoint,
                             allow_non_restored_state=a.allow_non_restored_state, job_name=cfg.job_name)
+        for line in res.output.splitlines():  # the job's client: its settings (state backend, changelog), restore
+            if line.startswith(("[run] ", "[restore] ")):
+                print(line, file=sys.stderr)
         print(f"[submit] job {res.job_id} submitted to {res.rest_url} in {res.seconds:.1f}s"
               + (f" from {a.from_savepoint}" if a.from_savepoint else ""), file=sys.stderr)
         print(res.job_id, flush=True)
@@ -1097,9 +1101,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "default on]")
     p.add_argument("--changelog", action=argparse.BooleanOptionalAction, default=None,
                    help="the changelog state backend over the chosen one (checkpoints upload the changes since the "
-                        "last one, into the cluster's changelog/ folder; Flink restores on it only in CLAIM mode, so "
-                        "`riskstream submit --from-savepoint` restores a private copy and the savepoint stays) [env "
-                        "RISKSTREAM_CHANGELOG; default off]")
+                        "last one, into the cluster's changelog/ folder; RocksDB's own files every 3 min); Flink "
+                        "restores on it only in CLAIM mode, so `riskstream submit --from-savepoint` restores a private "
+                        "copy and the savepoint stays; --no-changelog: RocksDB's incremental checkpoints alone (a job "
+                        "can still turn it on with its own --changelog) [env RISKSTREAM_CHANGELOG; default on with "
+                        "rocksdb, off with hashmap]")
     p.add_argument("--rocksdb-local-dir", default=env_or("rocksdb_local_dir", ""),
                    help="with rocksdb: local folder of the working files [env RISKSTREAM_ROCKSDB_LOCAL_DIR; default: "
                         "the cluster's tmp/ folder]")

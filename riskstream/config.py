@@ -33,6 +33,25 @@ ROCKSDB_SETTINGS: dict[str, str] = {
     "state.backend.rocksdb.use-bloom-filter": "true",
 }
 
+MATERIALIZE_INTERVAL = "state.changelog.periodic-materialize.interval"
+CHANGELOG_BASE_PATH = "state.changelog.dstl.dfs.base-path"  # <base>/<flink job id>/dstl/ holds a run's log
+
+# The changelog's settings besides ``state.changelog.enabled`` and its folder (``state.changelog.dstl.dfs.base-path``):
+# one source for the job's settings, `cluster up`'s config.yaml and the Kubernetes manifest (tests/test_deploy.py).
+CHANGELOG_SETTINGS: dict[str, str] = {
+    # the log goes to files beside the checkpoints; Flink's default ("memory") would put every change into
+    # the checkpoint's _metadata
+    "state.changelog.storage": "filesystem",
+    # how often the backend's own files are snapshotted ("materialized") so the log before it can go. The
+    # log holds the changes since the last materialization and a restore replays them: at ~0.9 KB of changes
+    # per event (four stages; 15 MB per 1 s checkpoint at 16.9k events/s, docs/benchmarks.md) Flink's default
+    # 10 min is up to 9 GB at full speed on 2 cores; 3 min bounds it to ~2.7 GB (160 MB at 1k events/s).
+    # A materialization flushes RocksDB's memtables in the stage's thread (0.6-1 s under load, as every
+    # checkpoint of RocksDB alone does): every 3 min, about one 1 s checkpoint in 180 waits on it, under
+    # the 1 % that p99 reads.
+    MATERIALIZE_INTERVAL: "3 min",
+}
+
 DEFAULT_MODEL = "models/risk_gbdt_v1.onnx"
 
 # ``profile=low-latency``: the settings it changes (flags and RISKSTREAM_* variables still beat them), each
@@ -46,6 +65,24 @@ PROFILES: dict[str, dict[str, object]] = {
     "low-latency": {"bundle_time_ms": 5, "bundle_size": 200, "arrow_batch_size": 200, "buffer_timeout_ms": 1,
                     "checkpoint_interval_ms": 500, "unaligned_checkpoints": True},
 }
+
+
+def changelog_in_effect(job: dict[str, str], cluster: dict[str, str]) -> dict[str, str]:
+    """The changelog settings a job submitted to a cluster runs with, from its own settings (``job``) and the
+    cluster's config (``cluster``): on or off as the job says (``state.changelog.enabled``), else as the
+    cluster says, else off; the storage and its folder are the cluster's (Flink's TaskManagers read them from
+    their own config only, a job's are ignored); the materialization interval the job's, else the cluster's,
+    else :data:`CHANGELOG_SETTINGS`'. A storage other than ``filesystem`` with a folder is for the caller to
+    refuse (Flink's default, ``memory``, puts every change into the checkpoint's ``_metadata``)."""
+    enabled = str(job.get("state.changelog.enabled") or cluster.get("state.changelog.enabled") or "false").lower()
+    out = {"state.changelog.enabled": "true" if enabled == "true" else "false"}
+    if enabled == "true":
+        out["state.changelog.storage"] = cluster.get("state.changelog.storage") or "memory"
+        if cluster.get(CHANGELOG_BASE_PATH):
+            out[CHANGELOG_BASE_PATH] = cluster[CHANGELOG_BASE_PATH]
+        out[MATERIALIZE_INTERVAL] = (job.get(MATERIALIZE_INTERVAL) or cluster.get(MATERIALIZE_INTERVAL)
+                                     or CHANGELOG_SETTINGS[MATERIALIZE_INTERVAL])
+    return out
 
 
 def changelog_dir(checkpoint_dir: str) -> str:
@@ -155,12 +192,14 @@ class JobConfig(BaseModel):
     incremental_checkpoints: bool = Field(
         True, description="with rocksdb: each checkpoint uploads only the files written since the last one "
                           "(execution.checkpointing.incremental); restores read the whole chain")
-    changelog: bool = Field(
-        False, description="the changelog state backend over the chosen one (state.changelog.enabled): a checkpoint "
-                           "uploads the state changes since the last one, the backend's own files every 10 min; "
-                           "measured shorter checkpoints than RocksDB's incremental ones (docs/benchmarks.md). "
-                           "Flink restores it only in CLAIM mode: a savepoint is then restored from a private copy "
-                           "(jobs/<job>/claimed/) so that the savepoint itself stays")
+    changelog: bool | None = Field(
+        None, description="the changelog state backend over the chosen one (state.changelog.enabled): a checkpoint "
+                          "uploads the state changes since the last one, the backend's own files every 3 min; "
+                          "measured shorter checkpoints than RocksDB's incremental ones (docs/benchmarks.md). "
+                          "Flink restores it only in CLAIM mode: a savepoint is then restored from a private copy "
+                          "(jobs/<job>/claimed/) so that the savepoint itself stays. Unset: off for `run`; for "
+                          "`submit`, the cluster's setting (on with `cluster up` and the manifest); false turns it "
+                          "off for this job on a cluster that has it on")
     rocksdb_local_dir: str = Field(
         "", description="with rocksdb: local folder of the working RocksDB files (state.backend.rocksdb.localdir), "
                         "on a fast local disk; unset: Flink's temp folders (io.tmp.dirs)")
@@ -314,8 +353,13 @@ class JobConfig(BaseModel):
                 out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
         if self.changelog:
             out["state.changelog.enabled"] = "true"
-            out["state.changelog.storage"] = "filesystem"
-            out["state.changelog.dstl.dfs.base-path"] = changelog_dir(self.checkpoint_dir)
+            out[MATERIALIZE_INTERVAL] = CHANGELOG_SETTINGS[MATERIALIZE_INTERVAL]
+            if local:  # a cluster's TaskManagers write the log where their own config says (Flink reads the
+                # changelog storage from the TaskManager's config only): `cluster up`, the manifest
+                out.update(CHANGELOG_SETTINGS)
+                out[CHANGELOG_BASE_PATH] = changelog_dir(self.checkpoint_dir)
+        elif self.changelog is False:  # off for this job, whatever the cluster's (or FLINK_CONF_DIR's) config says
+            out["state.changelog.enabled"] = "false"
         managed = self.managed_memory or (LOCAL_ROCKSDB_MANAGED_MEMORY if backend == "rocksdb" else "")
         if managed and local:  # a cluster's TaskManagers are sized by the cluster (`cluster up`, the manifest)
             out["taskmanager.memory.managed.size"] = managed

@@ -55,7 +55,7 @@ def add_job_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), only: 
         shown = "***" if name == "sasl_password" else default
         helptext = f"{field.description} [env {env}; default {shown}]"
         flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
+        if field.annotation is bool or field.annotation == (bool | None):  # --x / --no-x (unset: None)
             g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif getattr(field.annotation, "__origin__", None) is tuple:  # repeatable: --flink-conf K=V --flink-conf ...
             g.add_argument(flag, dest=name, action="append", default=None, metavar="KEY=VALUE", help=helptext)

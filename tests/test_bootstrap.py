@@ -146,6 +146,44 @@ def test_bootstrapped_state_equals_the_replayed_state(tmp_path):
     assert ENTITIES[0].name == "user"
 
 
+@pytest.mark.long  # about a minute: the fold, the savepoint, one restored run
+def test_a_bootstrapped_savepoint_restores_on_rocksdb_with_the_changelog(tmp_path):
+    """The cluster's production default (RocksDB with the changelog over it) restores a savepoint only in CLAIM
+    mode: a bootstrapped savepoint is restored from a private copy (``lineage.restore_mode``, as `run
+    --restore-from` and `submit --from-savepoint` do), the stages give exactly the replay's features, and the
+    savepoint itself is left as it was written."""
+    from tests.jvm_jar import build_jar
+    from tests.test_jvm_windows import _run_branches
+
+    from riskstream.ops import lineage
+    from riskstream.ops.bootstrap import bootstrap
+
+    history, rest, labels, late = _traffic(1500, seed=9)
+    hist_file, label_file = tmp_path / "history.jsonl", tmp_path / "labels.jsonl"
+    hist_file.write_bytes(b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in history))
+    label_file.write_bytes(b"".join(orjson.dumps({k: v for k, v in x.items() if v is not None}) + b"\n"
+                                    for x in labels))
+    cfg = JobConfig(job_name="bootstrap-changelog-test", allowed_lateness_ms=LATENESS, dedup_horizon_ms=DEDUP)
+    res = bootstrap(cfg, hist_file, labels_path=label_file, output=tmp_path / "savepoint")
+    written = {f: f.stat().st_size for f in res.path.rglob("*")}
+    all_labels = tmp_path / "all-labels.jsonl"
+    all_labels.write_bytes(b"".join(orjson.dumps({k: v for k, v in x.items() if v is not None}) + b"\n"
+                                    for x in labels + late))
+    want, _ = replayed(history, rest, all_labels)
+
+    snap = lineage.read_snapshot(res.path, savepoint=True)
+    path, mode, note = lineage.restore_mode(cfg.job_name, snap, changelog=True, home=tmp_path / "home")
+    assert mode == "CLAIM" and "private copy" in note
+    out = tmp_path / "restored"
+    out.mkdir()
+    got = _run_branches(build_jar(), live_records(rest, late), 1, out, extra={
+        "execution.state-recovery.path": path, "execution.state-recovery.claim-mode": "CLAIM",
+        "state.backend.type": "rocksdb", "state.changelog.enabled": "true",
+        "state.changelog.storage": "filesystem", "state.changelog.dstl.dfs.base-path": (tmp_path / "log").as_uri()})
+    assert_stages_match(got, want)
+    assert {f: f.stat().st_size for f in res.path.rglob("*")} == written  # the savepoint itself: untouched
+
+
 def test_the_history_takes_labels_in_either_spelling(tmp_path):
     """`bootstrap --labels` reads the labels file train, replay and score read: a label in the training spelling
     (event_id, fraud; keys and time from its event) folds as the same label in the topic's spelling, and

@@ -96,7 +96,7 @@ def test_losing_taskmanagers_of_a_standalone_cluster(tmp_path):
     """`riskstream chaos --cluster`: the job on a standalone cluster of 2 TaskManagers of one slot at
     parallelism 2; one TaskManager's JVM killed (its supervisor starts it again) and one TaskManager lost with
     its supervisor (a replacement started), each while the feed runs; the audit finds every record once
-    (4 1/2 to 6 1/2 minutes here at load 18-29)."""
+    (4 1/2 to 6 1/2 minutes here at load 18-29). On `cluster up`'s default, RocksDB with the changelog."""
     env = {**os.environ, "RISKSTREAM_HOME": str(tmp_path), "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
     kinds = chaos_cluster.CLUSTER_KINDS
     proc = subprocess.run([sys.executable, "-m", "riskstream.cli", "chaos", "--cluster", "--events", "3000",
@@ -118,6 +118,9 @@ def test_losing_taskmanagers_of_a_standalone_cluster(tmp_path):
     (run,) = (tmp_path / "chaos").iterdir()
     assert [p.name for p in (run / "flink-cluster").iterdir()] == ["log"]
     assert (run / "lineage.jsonl").exists() and not (run / "checkpoints").exists()
+    # on the cluster's production default: RocksDB with the changelog (restarts after a loss restore it too)
+    runs = [orjson.loads(x) for x in (run / "lineage.jsonl").read_text().splitlines()]
+    assert [r["flink_settings"].get("state.changelog.enabled") for r in runs if r["kind"] == "run"] == ["true"], runs
     assert not list((tmp_path / "jobs").glob("chaos-*"))
 
 

@@ -210,3 +210,56 @@ def test_restore_args_keep_the_savepoint_under_the_changelog(tmp_path, monkeypat
     lay.conf_dir.mkdir(parents=True)
     (lay.conf_dir / "config.yaml").write_text("state:\n  changelog:\n    enabled: true\n")
     assert cluster.changelog_enabled(root)
+
+
+def test_submit_follows_the_clusters_changelog(monkeypatch):
+    """`submit` restores in CLAIM mode when the job runs with the changelog: its own flag or variable, else
+    the cluster's config as its JobManager reports it (on with `cluster up` and the manifest)."""
+    from riskstream.ops import flink_rest, submit
+
+    monkeypatch.delenv("RISKSTREAM_CHANGELOG", raising=False)
+    conf = {"state.changelog.enabled": "true"}
+    monkeypatch.setattr(flink_rest, "cluster_config", lambda url, **kw: conf)
+    assert submit.changelog_on("http://jm", None) and not submit.changelog_on("http://jm", False)
+    monkeypatch.setenv("RISKSTREAM_CHANGELOG", "false")
+    assert not submit.changelog_on("http://jm", None) and submit.changelog_on("http://jm", True)
+    monkeypatch.delenv("RISKSTREAM_CHANGELOG")
+    conf["state.changelog.enabled"] = "false"
+    assert not submit.changelog_on("http://jm", None) and submit.changelog_on("http://jm", True)
+
+    def down(url, **kw):
+        raise flink_rest.ClusterNotRunning("no answer")
+
+    monkeypatch.setattr(flink_rest, "cluster_config", down)
+    assert submit.changelog_on("http://jm", None, unreadable=True) and not submit.changelog_on("http://jm", None)
+
+
+def test_a_jobs_changelog_on_a_cluster_without_storage_is_refused(tmp_path, monkeypatch):
+    """Flink reads the changelog storage from the TaskManagers' config only: a job's --changelog on a cluster
+    that has none would keep every change in memory and in _metadata. Refused at start, saying what to do."""
+    from pipelines import decision_job
+    from riskstream.ops.errors import StartupError
+
+    (tmp_path / "config.yaml").write_text("state.backend.type: rocksdb\n")
+    monkeypatch.setenv("FLINK_CONF_DIR", str(tmp_path))
+    with pytest.raises(StartupError, match="no changelog storage.*cluster up.*--no-changelog"):
+        decision_job.cluster_changelog({"state.changelog.enabled": "true"}, None)
+    assert decision_job.cluster_changelog({}, None) == {"state.changelog.enabled": "false"}
+    (tmp_path / "config.yaml").write_text("state.changelog:\n  enabled: true\n  storage: filesystem\n"
+                                          "  dstl.dfs.base-path: file:///c/changelog\n")
+    on = decision_job.cluster_changelog({}, None)
+    assert on["state.changelog.enabled"] == "true" and on["state.changelog.periodic-materialize.interval"] == "3 min"
+
+
+def test_no_claim_with_the_changelog_is_refused_at_start():
+    """Flink cannot restore the changelog in NO_CLAIM mode (it fails at the first checkpoint after the
+    restore): a --flink-conf that forces it is refused at start, saying what to do."""
+    from pipelines import decision_job
+    from riskstream.ops.errors import StartupError
+
+    on, off = {"state.changelog.enabled": "true"}, {"state.changelog.enabled": "false"}
+    with pytest.raises(StartupError, match="only in CLAIM mode.*--no-changelog"):
+        decision_job.check_claim_mode(on, ("execution.state-recovery.claim-mode=NO_CLAIM",))
+    decision_job.check_claim_mode(off, ("execution.state-recovery.claim-mode=NO_CLAIM",))
+    decision_job.check_claim_mode(on, ("execution.state-recovery.claim-mode=CLAIM",))
+    decision_job.check_claim_mode(on, ())

@@ -357,6 +357,21 @@ def test_flinkdeployment_holds_the_production_rocksdb_settings(manifest):
         assert str(conf.get(k)) == v, f"flinkdeployment.yaml: {k} should be {v!r} (riskstream.config.ROCKSDB_SETTINGS)"
 
 
+def test_flinkdeployment_runs_the_changelog_over_rocksdb(manifest):
+    """The production default on Kubernetes as on `cluster up`: the changelog on, its storage on the shared
+    volume beside the checkpoints (the TaskManagers read it from this config only), the settings of
+    riskstream.config.CHANGELOG_SETTINGS, and restores in CLAIM mode (Flink refuses NO_CLAIM with it)."""
+    from riskstream.config import CHANGELOG_BASE_PATH, CHANGELOG_SETTINGS
+
+    conf = manifest["spec"]["flinkConfiguration"]
+    assert str(conf.get("state.changelog.enabled")).lower() == "true"
+    for k, v in CHANGELOG_SETTINGS.items():
+        assert str(conf.get(k)) == v, f"flinkdeployment.yaml: {k} should be {v!r} (riskstream.config.CHANGELOG_SETTINGS)"
+    base = conf[CHANGELOG_BASE_PATH]
+    assert base.startswith("file:///flink-data/") and base != conf["execution.checkpointing.dir"], base
+    assert conf["execution.state-recovery.claim-mode"] == "CLAIM"
+
+
 def test_job_flags_are_jobconfig_fields_with_valid_values(manifest):
     driver, flags = job_args(manifest)
     assert set(driver) == {"-pyclientexec", "-py"}

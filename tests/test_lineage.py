@@ -364,3 +364,33 @@ def test_restore_modes(tmp_path):
     assert copy.exists()
     lineage.prune(JOB, 3, home=tmp_path)  # its run died before a checkpoint: nothing kept reads it
     assert not copy.exists() and sp(tmp_path, A).exists()
+
+
+def test_retention_removes_changelog_files_no_kept_snapshot_reads(tmp_path):
+    """The changelog of each run lives in <base>/<flink job id>/dstl/ (the base as the run recorded it, here
+    the cluster's folder outside the job's). A file a kept checkpoint's _metadata names stays; the rest of an
+    ended run's log goes, and a run folder left empty goes with it."""
+    base = tmp_path / "cluster" / "changelog"
+    ck = (lineage.job_dir(JOB, tmp_path) / "checkpoints").as_uri()
+    settings = {"flink_settings": {"state.changelog.enabled": "true",
+                                   "state.changelog.dstl.dfs.base-path": base.as_uri()}}
+    now = time.time()
+    lineage.record_run(JOB, A, ck, None, extra=settings, home=tmp_path)
+    lineage.record_run(JOB, B, ck, None, extra=settings, home=tmp_path)
+    for job_id, files in ((A, ("a1", "a2")), (B, ("b1", "b2", "b3"))):
+        (base / job_id / "dstl").mkdir(parents=True)
+        for f in files:
+            (base / job_id / "dstl" / f"{f}-0c1e8d5a").write_bytes(b"changes")
+    other = base / C / "dstl" / "c1"  # another job's run on the same cluster: never touched
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"x")
+    write_snapshot(chk(tmp_path, A, 3), 3, mtime=now - 100)
+    write_snapshot(chk(tmp_path, B, 8), 8, mtime=now)
+    with open(chk(tmp_path, B, 8) / "_metadata", "ab") as f:  # B's newest checkpoint reads b2 and b3
+        f.write(f"{base.as_uri()}/{B}/dstl/b2-0c1e8d5a\0{base.as_uri()}/{B}/dstl/b3-0c1e8d5a".encode())
+    os.utime(chk(tmp_path, B, 8) / "_metadata", (now, now))
+    removed = lineage.prune(JOB, 1, home=tmp_path)
+    assert chk(tmp_path, A, 3) in removed
+    assert not (base / A).exists()  # A's checkpoint pruned: all of its log, and its folder
+    assert sorted(p.name for p in (base / B / "dstl").iterdir()) == ["b2-0c1e8d5a", "b3-0c1e8d5a"]
+    assert other.exists()

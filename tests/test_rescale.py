@@ -54,14 +54,44 @@ def _reference(events: list[dict], tmp_path) -> dict[str, dict[str, float]]:
     return want
 
 
-@pytest.mark.parametrize("runtime", ["jvm", "python"])
+class ClusterRun:
+    """One run of the job on the standalone cluster (`riskstream submit`), the shape of ``Job``'s."""
+
+    def __init__(self, env, flags, extra, rest: str):
+        self.rest = rest
+        self.proc = None
+        res = cli(env, "submit", "--wait-running", "--deadline", "240", *flags, *extra, timeout=400)
+        self.out = res.stdout + res.stderr
+        assert res.returncode == 0, self.out
+        self.job_id = res.stdout.strip().splitlines()[-1]
+
+    def running(self, checkpoint: bool) -> str:
+        return self.job_id
+
+    def restored(self) -> dict:
+        return (flink_rest.checkpoints(self.rest, self.job_id).get("latest") or {}).get("restored") or {}
+
+    def text(self) -> str:
+        return self.out[-4000:]
+
+    def kill(self):
+        pass
+
+
+@pytest.mark.parametrize("runtime", ["jvm", "python", "jvm-cluster"])
 def test_savepoint_at_2_restores_at_4_and_back_with_every_keys_state(kafka_bootstrap, tmp_path, runtime):
+    """``jvm-cluster``: the same on a standalone cluster of one TaskManager with 4 slots, on its production
+    default (RocksDB with the changelog, which Flink restores only in CLAIM mode: each savepoint is restored
+    from a private copy, and stays as it was)."""
     from riskstream.generator import TrafficGenerator
+    from riskstream.ops import cluster, lineage
     from tests.test_job_flink import _arrival_order_rule
     from udfs.events import Event
     from udfs.features import ENTITIES, features_for
 
-    job = f"rs-{runtime}"
+    on_cluster = runtime.endswith("-cluster")
+    runtime = runtime.removesuffix("-cluster")
+    job = f"rs-{runtime}" + ("-c" if on_cluster else "")
     home = tmp_path / "home"
     env = {**os.environ, "RISKSTREAM_HOME": str(home), "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
     names = (f"{job}.events", f"{job}.decisions", f"{job}.dead")
@@ -78,6 +108,12 @@ def test_savepoint_at_2_restores_at_4_and_back_with_every_keys_state(kafka_boots
     seen: set[str] = set()
     carried: list[int] = []  # per restore: users of that third with events before it
     savepoint = None
+    kept: dict = {}  # on the cluster: each savepoint's files, which a restore must leave as they were
+    lay = None
+    if on_cluster:
+        up = cli(env, "cluster", "up", "--slots", str(max(PARALLELISMS)), "--deadline", "180", timeout=300)
+        assert up.returncode == 0 and "changelog on" in up.stderr, up.stderr
+        lay = cluster.layout(root=home / "flink-cluster")
     try:
         for i, (p, part) in enumerate(zip(PARALLELISMS, thirds)):
             if i:
@@ -86,13 +122,18 @@ def test_savepoint_at_2_restores_at_4_and_back_with_every_keys_state(kafka_boots
             produce_events(kafka_bootstrap, names[0], part)
             extra = ["--parallelism", str(p)] + (["--restore-from", "latest"] if i else [])
             t0 = time.monotonic()
-            run = Job(env, tmp_path, flags, extra)
+            run = ClusterRun(env, flags, extra, lay.rest_url) if on_cluster else Job(env, tmp_path, flags, extra)
             try:
                 run.running(checkpoint=False)
                 times[f"run {i + 1} at p={p}: start -> every task running"] = time.monotonic() - t0
                 assert set(_vertex_parallelism(run.rest, run.job_id).values()) == {p}, \
                     _vertex_parallelism(run.rest, run.job_id)
-                if savepoint:
+                if savepoint and on_cluster:  # claimed: a private copy of the savepoint
+                    assert "changelog on" in run.text() and "private copy" in run.text(), run.text()
+                    restored = lineage.local_path(run.restored()["external_path"])
+                    assert restored.parent == lineage.claimed_dir(job, home).resolve() and \
+                        restored.name.startswith(lineage.local_path(savepoint).name + "-"), restored
+                elif savepoint:
                     restored = run.restored()
                     assert restored.get("is_savepoint") and same_path(restored["external_path"], savepoint), restored
                 t1 = time.monotonic()
@@ -103,14 +144,21 @@ def test_savepoint_at_2_restores_at_4_and_back_with_every_keys_state(kafka_boots
                 assert res.returncode == 0, res.stderr + run.text()
                 savepoint = res.stdout.strip().splitlines()[-1]
                 times[f"run {i + 1} at p={p}: stop with savepoint"] = time.monotonic() - t1
-                run.proc.wait(timeout=60)
+                if run.proc is not None:
+                    run.proc.wait(timeout=60)
+                sp = lineage.local_path(savepoint)
+                kept[sp] = {f: f.stat().st_size for f in sp.rglob("*")}
             finally:
                 run.kill()
     finally:
+        if on_cluster:
+            cli(env, "cluster", "down")
         for k, v in times.items():
             print(f"[rescale {runtime}] {k}: {v:.1f}s", file=sys.stderr)
     print(f"[rescale {runtime}] users carried over each restore: {carried}", file=sys.stderr)
     assert min(carried) >= 100, carried
+    for sp, files in kept.items():  # every savepoint as it was written (the restores claimed copies)
+        assert {f: f.stat().st_size for f in sp.rglob("*")} == files, sp
 
     got = decisions(kafka_bootstrap, names[1])
     assert sorted(d["event_id"] for d in got) == sorted(e["event_id"] for e in events), "not exactly once"

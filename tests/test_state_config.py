@@ -28,10 +28,36 @@ def test_defaults_by_where_the_job_runs():
     assert cluster == {"state.backend.type": "rocksdb", "execution.checkpointing.incremental": "true",
                        "state.backend.rocksdb.timer-service.factory": "ROCKSDB",
                        "state.backend.rocksdb.use-bloom-filter": "true"}
+    # unset, the job leaves the changelog to where it runs: off for `run`, the cluster's for `submit`
+    assert cfg.changelog is None and not any(k.startswith("state.changelog") for k in {**local, **cluster})
     on = JobConfig(state_backend="rocksdb", changelog=True)
     assert {k: v for k, v in on.flink_settings(True).items() if k.startswith("state.changelog")} == {
         "state.changelog.enabled": "true", "state.changelog.storage": "filesystem",
+        "state.changelog.periodic-materialize.interval": "3 min",
         "state.changelog.dstl.dfs.base-path": on.checkpoint_dir[: -len("/checkpoints")] + "/changelog"}
+    # on a cluster the storage is the TaskManagers' (Flink reads it from their config only): not the job's
+    assert {k for k in on.flink_settings(False) if k.startswith("state.changelog")} == {
+        "state.changelog.enabled", "state.changelog.periodic-materialize.interval"}
+    # --no-changelog: off for this job even on a cluster that turns it on
+    assert JobConfig(changelog=False).flink_settings(False)["state.changelog.enabled"] == "false"
+
+
+def test_changelog_in_effect_on_a_cluster():
+    """The job's on/off beats the cluster's; the storage and folder are always the cluster's."""
+    from riskstream.config import changelog_in_effect
+
+    cluster = {"state.changelog.enabled": "true", "state.changelog.storage": "filesystem",
+               "state.changelog.dstl.dfs.base-path": "file:///c/changelog",
+               "state.changelog.periodic-materialize.interval": "3 min"}
+    assert changelog_in_effect({}, cluster) == cluster
+    assert changelog_in_effect({"state.changelog.enabled": "false"}, cluster) == {"state.changelog.enabled": "false"}
+    assert changelog_in_effect({}, {}) == {"state.changelog.enabled": "false"}
+    on = changelog_in_effect({"state.changelog.enabled": "true", "state.changelog.periodic-materialize.interval": "1 min",
+                              "state.changelog.dstl.dfs.base-path": "file:///job/own"},
+                             {**cluster, "state.changelog.enabled": "false"})
+    assert on == {**cluster, "state.changelog.periodic-materialize.interval": "1 min"}
+    # a cluster without a changelog storage: Flink's default, memory, which the job refuses
+    assert changelog_in_effect({"state.changelog.enabled": "true"}, {})["state.changelog.storage"] == "memory"
 
 
 def test_flags_variables_and_flink_conf_precedence(monkeypatch):
@@ -87,16 +113,20 @@ def test_cluster_config_is_rocksdb_by_default_and_takes_every_setting(tmp_path):
     conf = cluster.cluster_config(lay, 2, 6123)
     assert conf["state.backend.type"] == "rocksdb" and conf["execution.checkpointing.incremental"] is True
     assert conf["state.backend.rocksdb.timer-service.factory"] == "ROCKSDB"
-    assert "state.changelog.enabled" not in conf
-    conf = cluster.cluster_config(lay, 2, 6123, cluster.ClusterSettings(changelog=True))
-    assert conf["state.changelog.enabled"] is True
+    # the production default: the changelog over RocksDB, into the cluster's folder, materialized every 3 min
+    assert conf["state.changelog.enabled"] is True and conf["state.changelog.storage"] == "filesystem"
+    assert conf["state.changelog.dstl.dfs.base-path"] == (tmp_path / "changelog").resolve().as_uri()
+    assert conf["state.changelog.periodic-materialize.interval"] == "3 min"
+    # --no-changelog: off, but the storage stays configured, so a job's own --changelog works on it
+    conf = cluster.cluster_config(lay, 2, 6123, cluster.ClusterSettings(changelog=False))
+    assert conf["state.changelog.enabled"] is False
     assert conf["state.changelog.dstl.dfs.base-path"] == (tmp_path / "changelog").resolve().as_uri()
     assert conf["taskmanager.memory.process.size"] == cluster.TASKMANAGER_MEMORY
     s = cluster.ClusterSettings(state_backend="hashmap", taskmanager_heap="3g", managed_memory="256m",
                                 flink_conf=("taskmanager.numberOfTaskSlots=4",))
     conf = cluster.cluster_config(lay, 2, 6123, s)
     assert conf["state.backend.type"] == "hashmap" and "execution.checkpointing.incremental" not in conf
-    assert "state.changelog.enabled" not in conf
+    assert conf["state.changelog.enabled"] is False  # hashmap: small state, no changelog unless asked for
     assert conf["taskmanager.memory.task.heap.size"] == "3g" and conf["taskmanager.memory.managed.size"] == "256m"
     assert "taskmanager.memory.process.size" not in conf  # derived from heap + managed, no conflict
     assert conf["taskmanager.numberOfTaskSlots"] == "4"  # flink_conf last
@@ -109,6 +139,16 @@ def test_cluster_up_flags_are_validated(monkeypatch):
                                    "--flink-conf", "x.y=1"])
     s = cluster_settings(a)
     assert (s.taskmanagers, s.state_backend, s.managed_memory, s.flink_conf) == (2, "rocksdb", "700m", ("x.y=1",))
+    # `cluster up` without flags: RocksDB with the changelog over it (off before: opt-in with --changelog)
+    assert s.changelog is None and s.changelog_on
+    assert not cluster_settings(build_parser().parse_args(["cluster", "up", "--no-changelog"])).changelog_on
+    assert not cluster_settings(build_parser().parse_args(["cluster", "up", "--state-backend", "hashmap"])).changelog_on
+    assert cluster_settings(build_parser().parse_args(["cluster", "up", "--state-backend", "hashmap",
+                                                       "--changelog"])).changelog_on
+    monkeypatch.setenv("RISKSTREAM_CHANGELOG", "false")
+    assert not cluster_settings(build_parser().parse_args(["cluster", "up"])).changelog_on
+    assert cluster_settings(build_parser().parse_args(["cluster", "up", "--changelog"])).changelog_on
+    monkeypatch.delenv("RISKSTREAM_CHANGELOG")
     monkeypatch.setenv("RISKSTREAM_FLINK_CONF", "p.q=2")
     assert cluster_settings(build_parser().parse_args(["cluster", "up"])).flink_conf == ("p.q=2",)
     for bad in (["--taskmanagers", "0"], ["--managed-memory", "much"], ["--flink-conf", "novalue"]):

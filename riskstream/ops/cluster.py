@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
-from ..config import ROCKSDB_SETTINGS
+from ..config import CHANGELOG_BASE_PATH, CHANGELOG_SETTINGS, MATERIALIZE_INTERVAL, ROCKSDB_SETTINGS
 from . import flink_rest
 from .procs import free_port, group_alive, pid_alive, port_in_use
 
@@ -209,20 +209,25 @@ class ClusterSettings:
     """What ``up`` sizes and chooses (``riskstream cluster up`` flags, else ``RISKSTREAM_*`` variables).
 
     The default is the production configuration: RocksDB with incremental checkpoints and bloom filters,
-    timers in RocksDB (``changelog``: the changelog over it, into ``<root>/changelog``; restores then claim
-    the snapshot),
+    timers in RocksDB, the changelog over it (checkpoints upload the changes since the last one, into
+    ``<root>/changelog/<flink job id>/dstl``, RocksDB's own files every 3 min; ``changelog`` unset: on with
+    rocksdb, off with hashmap; restores on it run in CLAIM mode, a savepoint from a private copy),
     a 2,560 MB TaskManager process of which Flink gives ~40 % of its Flink memory to managed memory
     (RocksDB's cache and write buffers, shared with the Python workers). ``hashmap`` keeps state as objects
     on the heap with full snapshots: for small state only (docs/operations.md, "State backends")."""
     state_backend: str = "rocksdb"
     incremental_checkpoints: bool = True
-    changelog: bool = False
+    changelog: bool | None = None  # None: on with rocksdb
     rocksdb_local_dir: str = ""
     taskmanagers: int = 1
     taskmanager_memory: str = TASKMANAGER_MEMORY
     managed_memory: str = ""
     taskmanager_heap: str = ""
     flink_conf: tuple[str, ...] = ()
+
+    @property
+    def changelog_on(self) -> bool:
+        return self.changelog if self.changelog is not None else self.state_backend == "rocksdb"
 
     def config(self, changelog_uri: str = "") -> dict[str, object]:
         out: dict[str, object] = {"state.backend.type": self.state_backend}
@@ -231,10 +236,10 @@ class ClusterSettings:
             out.update(ROCKSDB_SETTINGS)
             if self.rocksdb_local_dir:
                 out["state.backend.rocksdb.localdir"] = self.rocksdb_local_dir
-        if self.changelog and changelog_uri:
-            out["state.changelog.enabled"] = True
-            out["state.changelog.storage"] = "filesystem"
-            out["state.changelog.dstl.dfs.base-path"] = changelog_uri
+        if changelog_uri:  # the storage is the TaskManagers' own setting: a job's `--changelog` needs it too
+            out.update(CHANGELOG_SETTINGS)
+            out[CHANGELOG_BASE_PATH] = changelog_uri
+        out["state.changelog.enabled"] = self.changelog_on
         if self.taskmanager_heap:  # heap and managed memory fixed: Flink derives the process size from them
             out["taskmanager.memory.task.heap.size"] = self.taskmanager_heap
             out["taskmanager.memory.managed.size"] = self.managed_memory or "512m"
@@ -359,7 +364,7 @@ def write_conf(lay: ClusterLayout, slots: int, rpc_port: int, dist: Path | None 
 
 
 def changelog_enabled(root: Path | str | None = None) -> bool:
-    """Whether the local cluster's config turns the changelog on (``cluster up --changelog``)."""
+    """Whether the local cluster's config turns the changelog on (``cluster up``'s default with rocksdb)."""
     path = layout(root=root).conf_dir / "config.yaml"
     if not path.is_file():
         return False
@@ -512,10 +517,13 @@ def up(rest_port: int | None = None, slots: int = 2, root: Path | str | None = N
                                f"{last}; logs in {lay.log_dir}):\n{tail}")
         time.sleep(0.2)  # polling interval of the readiness loop, not synchronisation
     tms = ", ".join(str(p.pid) for n, p in procs.items() if n != "jobmanager")
+    conf = settings.config((lay.root / "changelog").resolve().as_uri())
+    changelog = (f"on (into {lay.root / 'changelog'}, materialized every {conf.get(MATERIALIZE_INTERVAL)})"
+                 if str(conf.get("state.changelog.enabled")).lower() == "true" else "off")
     print(f"[cluster] up on {lay.rest_url} in {time.monotonic() - t0:.1f}s (JobManager pid "
           f"{procs['jobmanager'].pid}, TaskManager pid(s) {tms}, {last['slots-total']} slots; state backend "
-          f"{settings.state_backend}{', incremental' if settings.state_backend == 'rocksdb' and settings.incremental_checkpoints else ''})",
-          file=out)
+          f"{settings.state_backend}{', incremental' if settings.state_backend == 'rocksdb' and settings.incremental_checkpoints else ''}"
+          f", changelog {changelog})", file=out)
     return lay
 
 

@@ -135,6 +135,14 @@ def reachable(rest_url: str) -> bool:
         return False
 
 
+def cluster_config(rest_url: str, timeout_s: float = 5.0, retry_s: float = RETRY_S) -> dict[str, str]:
+    """``GET /jobmanager/config``: the cluster's configuration as key -> value strings (the JobManager's; a
+    standalone cluster's and the operator's TaskManagers read the same file). Pitfall: Flink masks values of
+    keys that look secret, and a TaskManager started with other dynamic properties is not seen here."""
+    return {str(e.get("key")): str(e.get("value")) for e in get(rest_url, "/jobmanager/config", timeout_s=timeout_s,
+                                                               retry_s=retry_s) or [] if isinstance(e, dict)}
+
+
 def jobs_overview(rest_url: str, timeout_s: float = 2.0, retry_s: float = RETRY_S) -> list[dict]:
     """``GET /jobs/overview``: one dict per job (``jid``, ``name``, ``state``, ...)."""
     return get(rest_url, "/jobs/overview", timeout_s=timeout_s, retry_s=retry_s).get("jobs", [])

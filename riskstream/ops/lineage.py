@@ -428,8 +428,8 @@ def prune(job_name: str, keep: int, protect: tuple[Path, ...] = (), home: Path |
     Never removed: savepoints outside the job's folder, and any folder a kept snapshot still reads. A run
     that restored a checkpoint in CLAIM mode (see :func:`restore_mode`) keeps referencing the incremental
     files of the run it restored (``<old run>/shared/``, even ``<old run>/chk-N/`` files) until Flink
-    subsumes them; those folders stay while a kept snapshot's ``_metadata`` names them. Returns what was
-    removed."""
+    subsumes them; those folders stay while a kept snapshot's ``_metadata`` names them. The changelog files of
+    the job's runs go the same way (:func:`prune_changelog`). Returns what was removed."""
     done, half = all_snapshots(job_name, home)
     protect_r = {p.resolve() for p in protect}
     ordered = sorted(done, key=lambda s: s.written_at, reverse=True)
@@ -462,6 +462,40 @@ def prune(job_name: str, keep: int, protect: tuple[Path, ...] = (), home: Path |
         if c.resolve() not in protect_r and not _needed(c, metas):
             shutil.rmtree(c, ignore_errors=True)
             removed.append(c)
+    removed += prune_changelog(read(job_name, home), metas)
+    return removed
+
+
+def changelog_run_dirs(records: list[dict]) -> list[Path]:
+    """The changelog folders of the job's runs: ``<base>/<flink job id>`` (Flink writes the log of a run to
+    ``<base>/<job id>/dstl/``), ``<base>`` as each run recorded it (``state.changelog.dstl.dfs.base-path`` in
+    its ``flink_settings``: the job's own ``changelog/`` on a MiniCluster, the cluster's on a cluster)."""
+    out = []
+    for r in records:
+        base = (r.get("flink_settings") or {}).get("state.changelog.dstl.dfs.base-path") if r["kind"] == "run" else None
+        local = local_path(base) if base else None
+        if local is not None and r.get("job_id"):
+            out.append(local / r["job_id"])
+    return out
+
+
+def prune_changelog(records: list[dict], metas: list[bytes]) -> list[Path]:
+    """Remove the changelog files of the job's runs that no kept snapshot reads (call it only when no run of
+    the job is alive, as :func:`prune`). Flink discards a running job's log once materializations and newer
+    checkpoints subsume it, but a run that ended leaves the files its retained checkpoint named, and whatever
+    it uploaded after that; once that checkpoint is pruned, nothing would remove them. A file stays while a
+    kept snapshot's ``_metadata`` names it (a retained checkpoint, or one restored in CLAIM mode from it)."""
+    removed: list[Path] = []
+    for run_dir in changelog_run_dirs(records):
+        dstl = run_dir / "dstl"
+        if not dstl.is_dir():
+            continue
+        for f in dstl.iterdir():
+            if f.is_file() and not any(f.name.encode() in m for m in metas):
+                f.unlink(missing_ok=True)
+                removed.append(f)
+        if not any(dstl.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
     return removed
 
 

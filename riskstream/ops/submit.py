@@ -32,6 +32,9 @@ from .flink_rest import ClusterNotRunning, FlinkError, check_job_id, job_details
 JOB_ENTRY = paths.PROJECT_ROOT / "pipelines" / "decision_job.py"
 _JOB_ID_LINE = re.compile(r"riskstream job id: ([0-9a-f]{32})")
 _SUBMITTED_LINE = re.compile(r"Job has been submitted with JobID ([0-9a-f]{32})")
+# the private copy of a savepoint that `flink run -s` restores in CLAIM mode (lineage.restore_mode), for the
+# job's client: its retention at start keeps it (pipelines/decision_job.py)
+RESTORE_COPY_ENV = "RISKSTREAM_RESTORE_COPY"
 # settings that must not travel as command-line flags (visible to `ps`): passed by environment instead
 SECRET_FIELDS = ("sasl_password",)
 # settings of a local MiniCluster only; on a cluster the job's own REST settings could redirect its client
@@ -171,9 +174,8 @@ def _savepoint_path(p: str) -> str:
 
 def restore_args(from_savepoint: str, job_name: str | None, changelog: bool) -> list[str]:
     """``flink run``'s restore options. Without the changelog, ``-s`` and Flink's default NO_CLAIM: the
-    savepoint stays the user's. With it (the job's ``--changelog`` or the local cluster's ``cluster up
-    --changelog``), Flink restores only in CLAIM mode, which lets it delete what it restored once subsumed:
-    a savepoint is then restored from a private copy in the job's folder (``lineage.restore_mode``) and the
+    savepoint stays the user's. With it (the cluster's default, see :func:`changelog_on`), Flink restores
+    only in CLAIM mode, which lets it delete what it restored once subsumed: a savepoint is then restored from a private copy in the job's folder (``lineage.restore_mode``) and the
     savepoint itself stays; a retained checkpoint is claimed in place."""
     from . import lineage
 
@@ -214,14 +216,31 @@ def submit(settings: dict[str, object] | None = None, jobmanager: str | None = N
     guard = runguard.claim(job_name, "riskstream submit") if job_name else None
     try:
         return _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state,
-                       job_name, bool(settings.get("changelog")))
+                       job_name, settings.get("changelog"))
     finally:
         if guard is not None:
             guard.release()
 
 
+def changelog_on(rest_url: str, changelog: bool | None, unreadable: bool = False) -> bool:
+    """Whether a job submitted to the cluster at ``rest_url`` runs with the changelog: its own ``--changelog``
+    / ``--no-changelog`` (or RISKSTREAM_CHANGELOG), else the cluster's config (on with ``cluster up`` and the
+    manifest), read from the JobManager; ``unreadable`` when it cannot be read."""
+    import os
+
+    if changelog is None and os.environ.get("RISKSTREAM_CHANGELOG", "").strip():
+        changelog = os.environ["RISKSTREAM_CHANGELOG"].strip().lower() not in ("0", "false", "no")
+    if changelog is not None:
+        return bool(changelog)
+    try:
+        conf = flink_rest.cluster_config(rest_url)
+    except (OSError, ValueError, FlinkError):
+        return unreadable
+    return conf.get("state.changelog.enabled", "").lower() == "true"
+
+
 def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state,
-            job_name=None, changelog=False):
+            job_name=None, changelog=None):
     from . import runguard
 
     t = target(jobmanager, root)
@@ -230,9 +249,13 @@ def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s,
         extra_env[runguard.TOKEN_ENV] = guard.token
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
-        run_args += restore_args(from_savepoint, job_name, changelog or (t.local and cluster.changelog_enabled(root)))
+        restore = restore_args(from_savepoint, job_name, changelog_on(
+            t.rest_url, changelog, unreadable=t.local and cluster.changelog_enabled(root)))
+        run_args += restore
         # the job's client checks the start against the committed output and records it in the lineage
         extra_env["RISKSTREAM_FROM_SAVEPOINT"] = _savepoint_path(from_savepoint)
+        if restore[1] != extra_env["RISKSTREAM_FROM_SAVEPOINT"]:  # the private copy Flink restores: the client's
+            extra_env[RESTORE_COPY_ENV] = restore[1]  # retention at start must not remove it (it did: issue 20)
         if allow_non_restored_state:
             run_args.append("-n")
     if not t.local:
