@@ -231,7 +231,7 @@ def test_log_lines_take_the_python_workers_print(monkeypatch, capsys):
     stage's drift warning printed with flush=True raised TypeError there and failed the task."""
     import builtins
 
-    from udfs import decide_batch
+    from udfs.worker_log import say
 
     real = builtins.print
 
@@ -239,5 +239,5 @@ def test_log_lines_take_the_python_workers_print(monkeypatch, capsys):
         real(*args, sep=sep, end=end, file=file)
 
     monkeypatch.setattr(builtins, "print", worker_print)
-    decide_batch._say("[riskstream] decide: WARNING drift")
+    say("[riskstream] decide: WARNING drift")
     assert capsys.readouterr().out == "[riskstream] decide: WARNING drift\n"

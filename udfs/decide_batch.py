@@ -25,7 +25,6 @@ Pitfalls:
 from __future__ import annotations
 
 import bisect
-import sys
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from .decision import verdict
 from .events import EVENT_TYPE_INDEX
 from .features import FEATURE_NAMES, SIGNALS, features_for
 from .policy import DECISIONS, Policy
+from .worker_log import say
 
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # as udfs.flink: per-row share of a batch
 # the deciding model's inputs against its training distribution (udfs.drift), per subtask, over windows of
@@ -49,13 +49,6 @@ INPUT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(
     [*(f.field for f in _EVENT_FEATURES), "event_type", "values", "late", "signals"]))
 
 
-
-def _say(line: str) -> None:
-    """One log line, flushed. Pitfall: in a process-mode Python worker (where the pandas UDF runs) PyFlink
-    replaces ``print`` with one that takes no ``flush`` argument: ``print(..., flush=True)`` raised there and
-    failed the task (a drift warning restarted the job)."""
-    print(line)
-    sys.stdout.flush()
 
 class DecideBatch:
     """The body of the vectorized decide UDF (wrapped by :func:`decide_udf`); plain code, testable without
@@ -103,7 +96,7 @@ class DecideBatch:
                 self._count("control_applied")
             except Exception as e:  # validated upstream, but a model file can be missing on this host
                 self._count("control_rejected")
-                _say(f"[riskstream] decide: control {key} refused here, keeping the previous: {e}")
+                say(f"[riskstream] decide: control {key} refused here, keeping the previous: {e}")
         self.control = c
         self.settings_version = version
 
@@ -278,7 +271,7 @@ class DecideBatch:
         self.drift_features = len(mon.drifted())
         self.drift_warning = mon.warning(scorer.version)
         if self.drift_warning:
-            _say(f"[riskstream] decide: WARNING {self.drift_warning}")
+            say(f"[riskstream] decide: WARNING {self.drift_warning}")
         mon.reset()
 
     def _errors(self, out, start, end, detail, champion=None, policy=None, arm: str | None = None) -> None:

@@ -45,6 +45,7 @@ from .features import ENTITIES, ENTITY_BY_NAME, Entity
 from .policy import DECISIONS, Policy
 from .scoring import Scorer  # imports onnxruntime safely for thread mode (see udfs.scoring)
 from .windows import grid_timer
+from .worker_log import say
 
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000)  # upper bounds of the scoring histogram
 LABEL_TTL_MS = 8 * 24 * 3600 * 1000  # a key's labels are dropped at least this long (wall clock) after its last one
@@ -281,8 +282,7 @@ class EntityStage(KeyedProcessFunction):
                 ctx.timer_service().register_processing_time_timer(grid_timer(now + label_ttl_ms(self.step)))
         except Exception as e:  # a label must never fail the job
             self.error_counter.inc()
-            print(f"[riskstream] {self.entity} stage: label for {value[0]} not applied: {type(e).__name__}: {e}",
-                  flush=True)
+            say(f"[riskstream] {self.entity} stage: label for {value[0]} not applied: {type(e).__name__}: {e}")
 
     def on_timer(self, timestamp: int, ctx):
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:  # only label cleanup uses processing time
@@ -421,7 +421,7 @@ class ValidateControl(ProcessFunction):
             return
         msg, what = res
         self.control_applied.inc()
-        print(f"[riskstream] control accepted: {what}", flush=True)
+        say(f"[riskstream] control accepted: {what}")
         yield self.row(state_key(msg), state_text(msg, raw))
 
 
@@ -450,8 +450,8 @@ class ScoreDecideControlled(_DecideLogic, BroadcastProcessFunction):
                     self.control.apply(parse_control(raw))
                 except Exception as e:
                     self.control_rejected.inc()
-                    print(f"[riskstream] decide stage {self.subtask}: restored {key} refused, keeping the "
-                          f"start-up one: {e}", flush=True)
+                    say(f"[riskstream] decide stage {self.subtask}: restored {key} refused, keeping the "
+                        f"start-up one: {e}")
             self.synced = True
         yield self._decide(value)
 
@@ -462,7 +462,7 @@ class ScoreDecideControlled(_DecideLogic, BroadcastProcessFunction):
             e = res
             self.control_rejected.inc()
             if self.subtask != 0:
-                print(f"[riskstream] decide stage {self.subtask}: control refused: {e}", flush=True)
+                say(f"[riskstream] decide stage {self.subtask}: control refused: {e}")
             else:
                 yield DEAD_LETTER_TAG, dead_letter_record(raw, Rejection(CONTROL_REJECTED, str(e)[:200]),
                                                           self.job_name, int(time.time() * 1000))
@@ -470,4 +470,4 @@ class ScoreDecideControlled(_DecideLogic, BroadcastProcessFunction):
         msg, what = res
         ctx.get_broadcast_state(CONTROL_STATE).put(state_key(msg), raw)
         self.control_applied.inc()
-        print(f"[riskstream] decide stage {self.subtask}: control applied: {what}", flush=True)
+        say(f"[riskstream] decide stage {self.subtask}: control applied: {what}")
