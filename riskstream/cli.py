@@ -923,7 +923,7 @@ def cmd_train(a) -> int:
                      force=a.force, log=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True),
                      mapping=mapping, order=a.order, max_reject_share=a.max_reject_share,
                      rejects_path=Path(a.rejects) if a.rejects else None, periods=periods, top_k=a.top_k,
-                     days=a.days, label_delay=delay, cache_dir=_feature_cache(a))
+                     days=a.days, label_delay=delay, cache_dir=_feature_cache(a), tune=a.tune)
     except (tr.TrainError, IngestError) as e:
         raise SystemExit(f"riskstream train: {e}")
     print(tr.render(res.summary))
@@ -1217,6 +1217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-feature-cache", action="store_true", help=NO_CACHE_HELP)
     p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
                    help="also score the held-out rows with this model (champion/challenger); repeatable")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="choose the hyper-parameters from a small grid on a validation period: the latest 20 %% of "
+                        "the training rows, with --gap before it; the choice is refitted on every training row "
+                        "[default: on unless a hyper-parameter flag is given]; --no-tune fits the defaults")
     p.add_argument("--max-iter", type=int, default=None, help="boosting rounds [default 100]")
     p.add_argument("--learning-rate", type=float, default=None, help="[default 0.1]")
     p.add_argument("--max-leaf-nodes", type=int, default=None, help="[default 15]")
