@@ -471,13 +471,43 @@ def permutation_importance(score: Callable[[np.ndarray], np.ndarray], x: np.ndar
     return sorted(out, key=lambda d: (-d["ap_drop"], d["feature"]))
 
 
+class Bag:
+    """Several HistGradientBoostingClassifiers whose log-odds are averaged: ``predict_proba`` is the logistic
+    of the members' mean ``decision_function``, so the bag exports as one tree ensemble (:func:`_export`).
+    Members differ by ``random_state`` only, which draws scikit-learn's early-stopping holdout (a random 10 %
+    of the rows, on above 10,000 rows with ``early_stopping="auto"``) and the features of ``max_features`` < 1:
+    each member learns from other rows and stops at its own round. Pitfall: without either, the members
+    would be the same model, so :func:`fit` fits one."""
+
+    def __init__(self, members: list):
+        self.members = members
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([m.decision_function(x) for m in self.members], axis=0)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(x)))
+        return np.column_stack([1.0 - p, p])
+
+
+def _members_differ(n_rows: int, hyper: dict) -> bool:
+    es = hyper.get("early_stopping", "auto")
+    return bool(es is True or (es == "auto" and n_rows > 10_000) or hyper.get("max_features", 1.0) < 1.0)
+
+
 def fit(x: np.ndarray, y: np.ndarray, hyper: dict):
-    """scikit-learn's HistGradientBoostingClassifier with ``hyper``, fitted on (x, y)."""
+    """scikit-learn's HistGradientBoostingClassifier with ``hyper``, fitted on (x, y); with ``bags`` > 1 in
+    ``hyper``, a :class:`Bag` of that many, ``random_state`` + 0, 1, ... (one model when they cannot differ)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    model = HistGradientBoostingClassifier(**hyper)
-    model.fit(x, y)
-    return model
+    sk = {k: v for k, v in hyper.items() if k != "bags"}
+    bags = int(hyper.get("bags", 1))
+    if bags < 1:
+        raise TrainError(f"bags must be at least 1, got {bags}")
+    if bags == 1 or not _members_differ(len(y), sk):
+        return HistGradientBoostingClassifier(**sk).fit(x, y)
+    seed = sk.get("random_state") or 0
+    return Bag([HistGradientBoostingClassifier(**{**sk, "random_state": seed + k}).fit(x, y) for k in range(bags)])
 
 
 # --------------------------------------------------------------------------------------------- tuning
@@ -488,11 +518,12 @@ def fit(x: np.ndarray, y: np.ndarray, hyper: dict):
 TUNE_GRID: tuple[dict, ...] = (
     {},
     {"max_iter": 300, "learning_rate": 0.05},
-    {"max_iter": 300, "learning_rate": 0.05, "min_samples_leaf": 100},
-    {"max_iter": 300, "learning_rate": 0.05, "max_features": 0.5},
-    {"max_iter": 300, "learning_rate": 0.05, "max_leaf_nodes": 31, "l2_regularization": 1.0},
+    {"max_iter": 300, "learning_rate": 0.05, "max_leaf_nodes": 31},
 )
 VALIDATION_SHARE = 0.2  # the latest share of the training rows that validates the grid
+# the chosen candidate is refitted as a bag of this many models (:class:`Bag`) unless `--bags` says otherwise;
+# candidates are validated as single models
+TUNE_BAGS = 5
 
 
 def validation_rows(ts: np.ndarray, tr: np.ndarray, gap_ms: int,
@@ -566,11 +597,51 @@ def _hyper_text(over: dict) -> str:
 
 
 def _export(model, x_sample: np.ndarray) -> bytes:
+    """The model as ONNX: one ``TreeEnsembleClassifier`` with a logistic post-transform. A :class:`Bag` is the
+    first member's graph with every member's trees in its ensemble, leaf weights and base value divided by
+    the member count (the mean of the log-odds), so the job, the scorer and the review's per-feature
+    contributions read it as one model."""
     from skl2onnx import to_onnx
 
-    onx = to_onnx(model, x_sample[:1], options={id(model): {"zipmap": False}},
-                  target_opset={"": 17, "ai.onnx.ml": 3})
-    return onx.SerializeToString()
+    members = model.members if isinstance(model, Bag) else [model]
+    onx = [to_onnx(m, x_sample[:1], options={id(m): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+           for m in members]
+    if len(onx) > 1:
+        _merge_ensembles(onx)
+    return onx[0].SerializeToString()
+
+
+def _merge_ensembles(onx: list) -> None:
+    """Fold the tree ensembles of ``onx[1:]`` into ``onx[0]``'s (in place), each weighed 1 / len(onx)."""
+    from onnx import helper
+
+    def ensemble(m):
+        nodes = [n for n in m.graph.node if n.op_type == "TreeEnsembleClassifier"]
+        if len(nodes) != 1:
+            raise TrainError(f"cannot merge a bag: the export has {len(nodes)} tree ensembles")
+        return nodes[0], {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
+
+    k = len(onx)
+    node0, a0 = ensemble(onx[0])
+    if (a0.get("post_transform") or b"NONE") not in (b"LOGISTIC", "LOGISTIC") or set(a0["class_ids"]) != {0}:
+        raise TrainError("cannot merge a bag: the export is not a single-score logistic tree ensemble")
+    node_keys = [n for n in a0 if n.startswith("nodes_")]
+    out = {n: [] for n in node_keys + ["class_ids", "class_nodeids", "class_treeids", "class_weights"]}
+    base, offset = 0.0, 0
+    for m in onx:
+        _, a = ensemble(m)
+        for n in node_keys:
+            out[n] += list(a[n]) if n != "nodes_treeids" else [t + offset for t in a[n]]
+        out["class_ids"] += list(a["class_ids"])
+        out["class_nodeids"] += list(a["class_nodeids"])
+        out["class_treeids"] += [t + offset for t in a["class_treeids"]]
+        out["class_weights"] += [w / k for w in a["class_weights"]]
+        base += float(a["base_values"][0]) / k
+        offset += max(a["nodes_treeids"]) + 1
+    out["base_values"] = [base]
+    keep = [a for a in node0.attribute if a.name not in out]
+    del node0.attribute[:]
+    node0.attribute.extend(keep + [helper.make_attribute(n, v) for n, v in out.items()])
 
 
 def _iso(ms: int) -> str:
@@ -666,9 +737,13 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
             compare_scorers.append(Scorer(c))
         except ModelError as e:
             raise TrainError(f"cannot compare with {c}: {e}") from e
+    hyper = dict(hyper or {})
+    bags = hyper.pop("bags", None)
     if tune_grid is not None and hyper:
         raise TrainError("hyper-parameters given and a search asked for: give one or the other")
-    hyper = {**DEFAULT_HYPER, **(hyper or {})}
+    if bags is not None and (isinstance(bags, bool) or not isinstance(bags, int) or bags < 1):
+        raise TrainError(f"--bags must be a whole number of at least 1, got {bags!r}")
+    hyper = {**DEFAULT_HYPER, **hyper}
 
     if top_k < 1:
         raise TrainError(f"--top-k must be at least 1, got {top_k}")
@@ -679,6 +754,10 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
     search = None
     if tune_grid is not None:
         hyper, search = tune(data, tr, how["gap_ms"], tune_grid, top_k, log=log)
+        if bags is None and not search["skipped"]:
+            bags = TUNE_BAGS
+    if bags is not None and bags > 1:
+        hyper["bags"] = bags if _members_differ(len(tr), hyper) else 1
     model = fit(data.x[tr], data.y[tr], hyper)
     p_sk = model.predict_proba(data.x[te])[:, 1]
     onnx_bytes = _export(model, data.x)
@@ -693,7 +772,8 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
     scen_te = [data.scenario[i] for i in te]
     spec = {"model_version": version, "feature_names": list(FEATURE_NAMES),
             "feature_fingerprint": spec_fingerprint(), "features": spec_json(), "metrics": {},
-            "trained_on": data.trained_on, "split": split, "algorithm": "sklearn HGB -> ONNX",
+            "trained_on": data.trained_on, "split": split, "algorithm": "sklearn HGB -> ONNX" if hyper.get("bags", 1) == 1 else
+            f"sklearn HGB, mean log-odds of {hyper['bags']} -> ONNX",
             "hyper_parameters": hyper, "libraries": _versions(),
             # what the model saw: `score`, `report` and the job warn when inputs leave it (udfs.drift)
             "training_distribution": drift_reference(data.x[tr], FEATURE_NAMES)}
@@ -845,12 +925,16 @@ def model_card(spec: dict, comparison: list[dict] | None = None) -> str:
     thr = "\n".join(f"| ≥ {x['threshold']:g} | {_pct(x['flagged_share'])} | {_pct(x['recall'])} | "
                     f"{_pct(x['precision'])} |" for x in m["at_policy_thresholds"])
     scen = ", ".join(f"{k} {_pct(v)}" for k, v in m.get("recall_by_scenario_at_0.5", {}).items())
-    hp = ", ".join(f"{k}={v}" for k, v in h.items())
+    hp = ", ".join(f"{k}={v}" for k, v in h.items() if k != "bags")
+    bags = int(h.get("bags", 1))
+    learner = (f"scikit-learn\n`HistGradientBoostingClassifier` ({hp})" if bags == 1 else
+               f"the mean log-odds of {bags} scikit-learn\n`HistGradientBoostingClassifier` models ({hp}; seeds "
+               f"{h.get('random_state') or 0} to {(h.get('random_state') or 0) + bags - 1}, which draw each one's "
+               "early-stopping holdout), one tree ensemble")
     out = f"""# Model card: {spec['model_version']}
 
-Gradient-boosted fraud score for the riskstream decision job: scikit-learn
-`HistGradientBoostingClassifier` ({hp}), exported to ONNX (`{spec['model_version']}.onnx`, opset 17, no
-zipmap). Its spec `{spec['model_version']}.json` holds the feature names and order, the metrics, the data
+Gradient-boosted fraud score for the riskstream decision job: {learner}, exported to ONNX
+(`{spec['model_version']}.onnx`, opset 17, no zipmap). Its spec `{spec['model_version']}.json` holds the feature names and order, the metrics, the data
 and the split. Produced by `riskstream train`.
 
 ## Features
@@ -1129,10 +1213,11 @@ def run(*, events: Path | None = None, labels: Path | None = None, generate: int
     default) searches when ``hyper`` is empty and uses ``hyper`` as given otherwise."""
     t0 = time.time()
     compare = list(compare)
-    if tune and hyper:
+    given = {k: v for k, v in (hyper or {}).items() if k != "bags"}  # --bags is not searched: it goes with either
+    if tune and given:
         raise TrainError("--tune searches the hyper-parameters: drop --max-iter, --learning-rate, --max-leaf-nodes "
                          "and --class-weight, or drop --tune")
-    search = not hyper if tune is None else tune
+    search = not given if tune is None else tune
     if (events is None) == (generate is None):
         raise TrainError("give either --events FILE (with --labels FILE or a label column) or --generate N")
     if events is not None and labels is None and (mapping is None or not mapping.label_column):

@@ -904,6 +904,8 @@ def cmd_train(a) -> int:
     hyper = {k: v for k, v in (("max_iter", a.max_iter), ("learning_rate", a.learning_rate),
                                ("max_leaf_nodes", a.max_leaf_nodes), ("class_weight", a.class_weight))
              if v is not None}
+    if a.bags is not None:
+        hyper["bags"] = a.bags
     try:
         seeds = [int(s) for s in a.seed.split(",") if s.strip()]
     except ValueError:
@@ -1221,6 +1223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose the hyper-parameters from a small grid on a validation period: the latest 20 %% of "
                         "the training rows, with --gap before it; the choice is refitted on every training row "
                         "[default: on unless a hyper-parameter flag is given]; --no-tune fits the defaults")
+    p.add_argument("--bags", type=int, default=None, metavar="N",
+                   help="average the log-odds of N models that differ by seed (scikit-learn's early-stopping "
+                        "holdout), exported as one tree ensemble [default: 5 with --tune, else 1]")
     p.add_argument("--max-iter", type=int, default=None, help="boosting rounds [default 100]")
     p.add_argument("--learning-rate", type=float, default=None, help="[default 0.1]")
     p.add_argument("--max-leaf-nodes", type=int, default=None, help="[default 15]")
