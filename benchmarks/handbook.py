@@ -355,7 +355,7 @@ def riskstream_run(df, folder: Path, cfg: SimConfig, train_days: tuple[int, int]
     """``riskstream train`` on the files of :func:`write_inputs` (``models.train.run``, as the command calls
     it): returns (the TrainResult, the equivalent command line)."""
     from models import train as tr
-    from riskstream import paths
+    from riskstream.paths import home
     from udfs.ingest import Mapping, parse_duration, parse_when
 
     paths = write_inputs(df, folder)
@@ -366,7 +366,7 @@ def riskstream_run(df, folder: Path, cfg: SimConfig, train_days: tuple[int, int]
     res = tr.run(events=paths["events"], labels=paths["labels"], version=version, out_dir=folder / "model",
                  force=True, log=log, mapping=Mapping.load(paths["mapping"]), periods=periods,
                  label_delay=parse_duration(f"{cfg.label_delay_days}d"),
-                 cache_dir=paths.home() / "cache" / "features")  # the command's default feature cache
+                 cache_dir=home() / "cache" / "features")  # the command's default feature cache
     return res, train_command(folder, cfg, train_days, gap_days, version)
 
 
