@@ -1218,6 +1218,9 @@ def run(*, events: Path | None = None, labels: Path | None = None, generate: int
         raise TrainError("--tune searches the hyper-parameters: drop --max-iter, --learning-rate, --max-leaf-nodes "
                          "and --class-weight, or drop --tune")
     search = not given if tune is None else tune
+    bags = (hyper or {}).get("bags")
+    if bags is not None and (isinstance(bags, bool) or not isinstance(bags, int) or bags < 1):
+        raise TrainError(f"--bags must be a whole number of at least 1, got {bags!r}")  # before the replay
     if (events is None) == (generate is None):
         raise TrainError("give either --events FILE (with --labels FILE or a label column) or --generate N")
     if events is not None and labels is None and (mapping is None or not mapping.label_column):

@@ -432,3 +432,9 @@ def test_tune_with_hyper_parameter_flags_is_refused_before_the_replay(tmp_path):
     with pytest.raises(SystemExit, match="--tune searches the hyper-parameters"):
         _cli("--generate", "100", "--version", "x", "--out-dir", str(tmp_path), "--tune", "--max-iter", "5")
     assert not list(tmp_path.iterdir())
+
+
+def test_bags_below_one_is_refused_before_the_replay(tmp_path):
+    with pytest.raises(SystemExit, match="--bags must be a whole number of at least 1, got 0"):
+        _cli("--generate", "100", "--version", "x", "--out-dir", str(tmp_path), "--bags", "0")
+    assert not list(tmp_path.iterdir())
