@@ -263,6 +263,47 @@ def figures(score, y, customer, ts, scenario, top_k: int = 100, budget: float = 
             "rows": int(len(y)), "frauds": int(y.sum()), "by_scenario": per}
 
 
+def phases(df, label_delay_days: int = 7) -> np.ndarray:
+    """Each row's part of the scenario analysis: ``legit``, ``amount_over_220``, and for the compromised
+    terminals and customers whether the row falls in the compromise's first ``label_delay_days`` days (no
+    label of it can have arrived: ``..._first_7d``) or later (``..._later``); from the simulator's own record
+    of the compromises (``df.attrs``)."""
+    day, scen = df["day"].to_numpy(), df["scenario"].to_numpy()
+    age = np.full(len(df), -1, dtype=np.int64)
+    for col, key, code, span in (("terminal_id", "compromised_terminals", 2, 28),
+                                 ("customer_id", "compromised_customers", 3, 14)):
+        ids = df[col].to_numpy()
+        for k, d in df.attrs[key]:
+            m = (ids == k) & (day >= d) & (day < d + span) & (scen == code)
+            age[m] = day[m] - d  # the latest compromise that names the row
+    out = np.array([SCENARIOS[int(c)] if c < 2 else "" for c in scen], dtype=object)
+    out[scen == 0] = "legit"
+    for code in (2, 3):
+        m = scen == code
+        out[m & (age < label_delay_days)] = f"{SCENARIOS[code]}_first_{label_delay_days}d"
+        out[m & (age >= label_delay_days)] = f"{SCENARIOS[code]}_later"
+    return out
+
+
+def phase_figures(score, y, phase, budget: float = 0.02) -> dict:
+    """Per part of :func:`phases`: its frauds, their share in the top ``budget`` of rows, their AP against the
+    legitimate rows, and how much the whole AP would gain if that part's frauds were ranked first (what the
+    part costs the model)."""
+    score, y, phase = np.asarray(score, dtype=np.float64), np.asarray(y, dtype=bool), np.asarray(phase)
+    base = M.average_precision(score, y)
+    top = np.zeros(len(score), dtype=bool)
+    top[np.argsort(-score, kind="stable")[: int(budget * len(score))]] = True
+    out = {}
+    for part in sorted(set(phase.tolist()) - {"legit"}):
+        m = phase == part
+        best = np.where(m, score.max() + 1.0, score)
+        keep = m | ~y
+        out[part] = {"frauds": int(m.sum()), f"recall_top_{budget:g}": round(float(top[m].mean()), 4),
+                     "ap_vs_legit": round(M.average_precision(score[keep], y[keep]), 4),
+                     "ap_gain_if_ranked_first": round(M.average_precision(best, y) - base, 4)}
+    return out
+
+
 # --------------------------------------------------------------------------------------------- riskstream
 
 MAPPING_TOML = """\
@@ -314,6 +355,7 @@ def riskstream_run(df, folder: Path, cfg: SimConfig, train_days: tuple[int, int]
     """``riskstream train`` on the files of :func:`write_inputs` (``models.train.run``, as the command calls
     it): returns (the TrainResult, the equivalent command line)."""
     from models import train as tr
+    from riskstream.paths import home
     from udfs.ingest import Mapping, parse_duration, parse_when
 
     paths = write_inputs(df, folder)
@@ -323,7 +365,8 @@ def riskstream_run(df, folder: Path, cfg: SimConfig, train_days: tuple[int, int]
                          gap_ms=parse_duration(f"{gap_days}d"))
     res = tr.run(events=paths["events"], labels=paths["labels"], version=version, out_dir=folder / "model",
                  force=True, log=log, mapping=Mapping.load(paths["mapping"]), periods=periods,
-                 label_delay=parse_duration(f"{cfg.label_delay_days}d"))
+                 label_delay=parse_duration(f"{cfg.label_delay_days}d"),
+                 cache_dir=home() / "cache" / "features")  # the command's default feature cache
     return res, train_command(folder, cfg, train_days, gap_days, version)
 
 
@@ -518,6 +561,7 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
     df, tr_rows, te_rows = prepare(cfg, train_days, test_days, gap_days, log)
     y = df["fraud"].to_numpy()
     cust_te, ts_te, scen_te = (df[c].to_numpy()[te_rows] for c in ("customer_id", "ts", "scenario"))
+    phase_te = phases(df, cfg.label_delay_days)[te_rows]
 
     feats = baseline_features(df, cfg.label_delay_days)
     x = feats.to_numpy(np.float64)
@@ -527,6 +571,7 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
         m = (fit_rf if kind == "rf" else fit_hgb)(x[tr_rows], y[tr_rows])
         p = m.predict_proba(x[te_rows])[:, 1]
         results[f"handbook_{kind}"] = {**figures(p, y[te_rows], cust_te, ts_te, scen_te, top_k),
+                                       "by_phase": phase_figures(p, y[te_rows], phase_te),
                                        "seconds": round(time.time() - t1, 1)}
         log(f"baseline ({kind}): AP {results[f'handbook_{kind}']['average_precision']} ({time.time() - t1:.0f}s)")
 
@@ -535,7 +580,9 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
         res = None
         te_ids, scores, spec = reused_scores(work)
         command = "(reused) " + train_command(work, cfg, train_days, gap_days)
-        summary = {"feature_fingerprint": spec["feature_fingerprint"], "metrics": spec["metrics"]}
+        summary = {"feature_fingerprint": spec["feature_fingerprint"], "metrics": spec["metrics"],
+                   "hyper_parameters": spec.get("hyper_parameters"),
+                   "hyper_parameter_search": spec.get("hyper_parameter_search")}
         names, train_n = spec["feature_names"], spec["split"]["train_rows"]
     else:
         res, command = riskstream_run(df, work, cfg, train_days, gap_days, log=lambda m: log(f"riskstream {m}"))
@@ -546,8 +593,11 @@ def run(cfg: SimConfig, train_days: tuple[int, int], test_days: tuple[int, int],
     row = {int(e): k for k, e in enumerate(te_ids)}
     p_rs = np.asarray(scores, dtype=np.float64)[[row[t] for t in df["tx_id"].to_numpy()[te_rows].tolist()]]
     results["riskstream"] = {**figures(p_rs, y[te_rows], cust_te, ts_te, scen_te, top_k),
+                             "by_phase": phase_figures(p_rs, y[te_rows], phase_te),
                              "seconds": round(time.time() - t1, 1), "train_rows": train_n,
-                             "card_metrics": {k: summary["metrics"][k] for k in ("roc_auc", "average_precision")}}
+                             "card_metrics": {k: summary["metrics"][k] for k in ("roc_auc", "average_precision")},
+                             "hyper_parameters": summary.get("hyper_parameters"),
+                             "hyper_parameter_search": summary.get("hyper_parameter_search")}
     log(f"riskstream: AP {results['riskstream']['average_precision']} ({time.time() - t1:.0f}s)")
     out = {"benchmark": "handbook", "config": cfg.__dict__ | {"terminals_per_day": cfg.t_per_day,
                                                               "customers_per_day": cfg.c_per_day},
@@ -618,6 +668,19 @@ def render(out: dict) -> str:
         sc = ", ".join(f"{s} {v['recall_top_0.02']:.1%}" for s, v in r["by_scenario"].items())
         lines.append(f"{name:<24} {r['roc_auc']:>8.4f} {r['average_precision']:>7.4f} "
                      f"{r[f'card_precision_top{k}_per_day']:>14.4f}   {sc}")
+    hs = out["results"]["riskstream"].get("hyper_parameter_search")
+    if hs and not hs.get("skipped"):
+        lines.append("riskstream train's validation period (" + f"{hs['validation']['validation_rows']:,} rows): "
+                     + "; ".join(f"{', '.join(f'{a}={b}' for a, b in r['hyper_parameters'].items()) or 'defaults'}"
+                                 f" AP {r['average_precision']:.4f}" + (" (chosen)" if i == hs["chosen"] else "")
+                                 for i, r in enumerate(hs["grid"]))
+                     + f"; refitted with bags={out['results']['riskstream']['hyper_parameters'].get('bags', 1)}")
+    lines.append("by phase (frauds; in the top 2 %; AP against the legitimate rows; AP gained if ranked first):")
+    for name, r in out["results"].items():
+        if r.get("by_phase"):
+            lines.append(f"  {name:<22} " + ", ".join(
+                f"{p} {v['frauds']}: {v['recall_top_0.02']:.1%} / {v['ap_vs_legit']:.3f} / +{v['ap_gain_if_ranked_first']:.3f}"
+                for p, v in r["by_phase"].items()))
     t = out["target"]
     rs = out["results"]["riskstream"]
     ok = rs["average_precision"] >= t["average_precision"] and rs[f"card_precision_top{k}_per_day"] >= t[

@@ -471,21 +471,177 @@ def permutation_importance(score: Callable[[np.ndarray], np.ndarray], x: np.ndar
     return sorted(out, key=lambda d: (-d["ap_drop"], d["feature"]))
 
 
+class Bag:
+    """Several HistGradientBoostingClassifiers whose log-odds are averaged: ``predict_proba`` is the logistic
+    of the members' mean ``decision_function``, so the bag exports as one tree ensemble (:func:`_export`).
+    Members differ by ``random_state`` only, which draws scikit-learn's early-stopping holdout (a random 10 %
+    of the rows, on above 10,000 rows with ``early_stopping="auto"``) and the features of ``max_features`` < 1:
+    each member learns from other rows and stops at its own round. Pitfall: without either, the members
+    would be the same model, so :func:`fit` fits one."""
+
+    def __init__(self, members: list):
+        self.members = members
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([m.decision_function(x) for m in self.members], axis=0)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(x)))
+        return np.column_stack([1.0 - p, p])
+
+
+def _members_differ(n_rows: int, hyper: dict) -> bool:
+    es = hyper.get("early_stopping", "auto")
+    return bool(es is True or (es == "auto" and n_rows > 10_000) or hyper.get("max_features", 1.0) < 1.0)
+
+
 def fit(x: np.ndarray, y: np.ndarray, hyper: dict):
-    """scikit-learn's HistGradientBoostingClassifier with ``hyper``, fitted on (x, y)."""
+    """scikit-learn's HistGradientBoostingClassifier with ``hyper``, fitted on (x, y); with ``bags`` > 1 in
+    ``hyper``, a :class:`Bag` of that many, ``random_state`` + 0, 1, ... (one model when they cannot differ)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    model = HistGradientBoostingClassifier(**hyper)
-    model.fit(x, y)
-    return model
+    sk = {k: v for k, v in hyper.items() if k != "bags"}
+    bags = int(hyper.get("bags", 1))
+    if bags < 1:
+        raise TrainError(f"bags must be at least 1, got {bags}")
+    if bags == 1 or not _members_differ(len(y), sk):
+        return HistGradientBoostingClassifier(**sk).fit(x, y)
+    seed = sk.get("random_state") or 0
+    return Bag([HistGradientBoostingClassifier(**{**sk, "random_state": seed + k}).fit(x, y) for k in range(bags)])
+
+
+# --------------------------------------------------------------------------------------------- tuning
+
+# The hyper-parameters `riskstream train` tries on a validation period when none is given on the command line
+# (docs/models.md#choosing-the-hyper-parameters): each point overrides DEFAULT_HYPER; the first is the
+# defaults themselves. Kept small: every point is one more fit on most of the training rows.
+TUNE_GRID: tuple[dict, ...] = (
+    {},
+    {"max_iter": 300, "learning_rate": 0.05},
+    {"max_iter": 300, "learning_rate": 0.05, "max_leaf_nodes": 31},
+)
+VALIDATION_SHARE = 0.2  # the latest share of the training rows that validates the grid
+# the chosen candidate is refitted as a bag of this many models (:class:`Bag`) unless `--bags` says otherwise;
+# candidates are validated as single models
+TUNE_BAGS = 5
+
+
+def validation_rows(ts: np.ndarray, tr: np.ndarray, gap_ms: int,
+                    share: float = VALIDATION_SHARE) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The training rows ``tr`` cut as the whole split is: the latest ``share`` of them by event time
+    validate, and the rows before the validation period's start less ``gap_ms`` (the split's own gap, the
+    label delay) train. Pitfall: the rows in that inner gap are in neither part, as in production a model
+    trained on a day has no labels for the week before it."""
+    order = tr[np.argsort(ts[tr], kind="stable")]
+    cut = len(order) - max(1, int(round(len(order) * share)))
+    val = order[cut:]
+    val_from = int(ts[val[0]])
+    inner = order[ts[order] < val_from - gap_ms]
+    return inner, val, {"share": share, "gap_ms": int(gap_ms), "validation_from": val_from,
+                        "validation_until": int(ts[val[-1]]), "validation_rows": int(len(val)),
+                        "validation_frauds": None, "fit_rows": int(len(inner)),
+                        "fit_until": int(ts[inner[-1]]) if len(inner) else None}
+
+
+def tune(data: "Dataset", tr: np.ndarray, gap_ms: int, grid: Iterable[dict] = TUNE_GRID, top_k: int = DEFAULT_TOP_K,
+         share: float = VALIDATION_SHARE, log: Callable[[str], None] = lambda m: None) -> tuple[dict, dict]:
+    """Choose the hyper-parameters on a validation period carved from the end of the training rows
+    (:func:`validation_rows`): each grid point is fitted on the rows before it and scored on it, and the
+    one with the highest validation average precision wins (the earlier point on a tie). Returns the chosen
+    hyper-parameters (DEFAULT_HYPER with the point's overrides; the caller refits them on every training
+    row) and the record for the spec and the card. When the parts cannot validate (no fraud or no
+    legitimate row in one of them), the defaults are returned and the record says why. The test rows are
+    never read."""
+    from sklearn.metrics import average_precision_score
+
+    grid = [dict(g) for g in grid]
+    inner, val, info = validation_rows(data.ts, tr, gap_ms, share)
+    info["validation_frauds"] = int(data.y[val].sum())
+    rec = {"criterion": "average_precision", "validation": info, "grid": [], "chosen": None, "skipped": None}
+    why = None
+    if len(inner) == 0:
+        why = "no training row before the validation period less the gap"
+    elif len(set(data.y[inner].tolist())) < 2:
+        why = "the rows before the validation period hold one class only"
+    elif len(set(data.y[val].tolist())) < 2:
+        why = "the validation period holds one class only"
+    if why:
+        rec["skipped"] = why
+        log(f"hyper-parameters: the defaults, not searched ({why})")
+        return dict(DEFAULT_HYPER), rec
+    users = [data.users[i] for i in val] if data.users else None
+    log(f"choosing hyper-parameters: {len(grid)} candidates fitted on {len(inner)} rows up to "
+        f"{_iso(int(data.ts[inner[-1]]))}, validated on {len(val)} rows from {_iso(info['validation_from'])} "
+        f"({info['validation_frauds']} fraud)")
+    best = None
+    for i, over in enumerate(grid):
+        t1 = time.time()
+        hyper = {**DEFAULT_HYPER, **over}
+        p = fit(data.x[inner], data.y[inner], hyper).predict_proba(data.x[val])[:, 1]
+        row = {"hyper_parameters": over, "average_precision": round(float(average_precision_score(data.y[val], p)), 4)}
+        if users:
+            pk = entity_precision_at_k(p, data.y[val], users, data.ts[val], top_k)["mean"]
+            row[f"user_precision_top{top_k}_per_day"] = None if pk is None else round(pk, 4)
+        row["seconds"] = round(time.time() - t1, 1)
+        rec["grid"].append(row)
+        log(f"  {_hyper_text(over)}: validation AP {row['average_precision']:.4f} ({row['seconds']}s)")
+        if best is None or row["average_precision"] > rec["grid"][best]["average_precision"]:
+            best = i
+    rec["chosen"] = best
+    log(f"hyper-parameters chosen: {_hyper_text(grid[best])}, refitted on every training row")
+    return {**DEFAULT_HYPER, **grid[best]}, rec
+
+
+def _hyper_text(over: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in over.items()) or "the defaults"
 
 
 def _export(model, x_sample: np.ndarray) -> bytes:
+    """The model as ONNX: one ``TreeEnsembleClassifier`` with a logistic post-transform. A :class:`Bag` is the
+    first member's graph with every member's trees in its ensemble, leaf weights and base value divided by
+    the member count (the mean of the log-odds), so the job, the scorer and the review's per-feature
+    contributions read it as one model."""
     from skl2onnx import to_onnx
 
-    onx = to_onnx(model, x_sample[:1], options={id(model): {"zipmap": False}},
-                  target_opset={"": 17, "ai.onnx.ml": 3})
-    return onx.SerializeToString()
+    members = model.members if isinstance(model, Bag) else [model]
+    onx = [to_onnx(m, x_sample[:1], options={id(m): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+           for m in members]
+    if len(onx) > 1:
+        _merge_ensembles(onx)
+    return onx[0].SerializeToString()
+
+
+def _merge_ensembles(onx: list) -> None:
+    """Fold the tree ensembles of ``onx[1:]`` into ``onx[0]``'s (in place), each weighed 1 / len(onx)."""
+    from onnx import helper
+
+    def ensemble(m):
+        nodes = [n for n in m.graph.node if n.op_type == "TreeEnsembleClassifier"]
+        if len(nodes) != 1:
+            raise TrainError(f"cannot merge a bag: the export has {len(nodes)} tree ensembles")
+        return nodes[0], {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
+
+    k = len(onx)
+    node0, a0 = ensemble(onx[0])
+    if (a0.get("post_transform") or b"NONE") not in (b"LOGISTIC", "LOGISTIC") or set(a0["class_ids"]) != {0}:
+        raise TrainError("cannot merge a bag: the export is not a single-score logistic tree ensemble")
+    node_keys = [n for n in a0 if n.startswith("nodes_")]
+    out = {n: [] for n in node_keys + ["class_ids", "class_nodeids", "class_treeids", "class_weights"]}
+    base, offset = 0.0, 0
+    for m in onx:
+        _, a = ensemble(m)
+        for n in node_keys:
+            out[n] += list(a[n]) if n != "nodes_treeids" else [t + offset for t in a[n]]
+        out["class_ids"] += list(a["class_ids"])
+        out["class_nodeids"] += list(a["class_nodeids"])
+        out["class_treeids"] += [t + offset for t in a["class_treeids"]]
+        out["class_weights"] += [w / k for w in a["class_weights"]]
+        base += float(a["base_values"][0]) / k
+        offset += max(a["nodes_treeids"]) + 1
+    out["base_values"] = [base]
+    keep = [a for a in node0.attribute if a.name not in out]
+    del node0.attribute[:]
+    node0.attribute.extend(keep + [helper.make_attribute(n, v) for n, v in out.items()])
 
 
 def _iso(ms: int) -> str:
@@ -563,10 +719,13 @@ class TrainResult:
 def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: float = DEFAULT_REVIEW_BUDGET,
                 hyper: dict | None = None, compare: Iterable[Path] = (), force: bool = False,
                 write_card: bool = True, log: Callable[[str], None] = lambda m: None,
-                t0: float | None = None, periods: Periods | None = None, top_k: int = DEFAULT_TOP_K) -> TrainResult:
+                t0: float | None = None, periods: Periods | None = None, top_k: int = DEFAULT_TOP_K,
+                tune_grid: Iterable[dict] | None = None) -> TrainResult:
     """Fit on the training rows of ``data`` (the earliest 80 % by event time, or ``periods``), evaluate the
     exported ONNX model on the test rows, score the same rows with every ``compare`` model, and write
-    ``<version>.onnx/.json/.md`` and (with the card) the test rows' scores ``<version>.test_scores.csv``."""
+    ``<version>.onnx/.json/.md`` and (with the card) the test rows' scores ``<version>.test_scores.csv``.
+    With ``tune_grid`` (``hyper`` must then be None), the hyper-parameters are chosen on a validation period
+    at the end of the training rows (:func:`tune`) and refitted on all of them."""
     from udfs.scoring import ModelError, Scorer
 
     t0 = time.time() if t0 is None else t0
@@ -578,7 +737,13 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
             compare_scorers.append(Scorer(c))
         except ModelError as e:
             raise TrainError(f"cannot compare with {c}: {e}") from e
-    hyper = {**DEFAULT_HYPER, **(hyper or {})}
+    hyper = dict(hyper or {})
+    bags = hyper.pop("bags", None)
+    if tune_grid is not None and hyper:
+        raise TrainError("hyper-parameters given and a search asked for: give one or the other")
+    if bags is not None and (isinstance(bags, bool) or not isinstance(bags, int) or bags < 1):
+        raise TrainError(f"--bags must be a whole number of at least 1, got {bags!r}")
+    hyper = {**DEFAULT_HYPER, **hyper}
 
     if top_k < 1:
         raise TrainError(f"--top-k must be at least 1, got {top_k}")
@@ -586,6 +751,13 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
     log(f"split by event time: train {len(tr)} rows up to {_iso(int(data.ts[tr].max()))}, "
         f"test {len(te)} rows from {_iso(int(data.ts[te].min()))}"
         + (f" ({how['gap_rows']} rows in the {how['gap_ms'] / DAY_MS:g}-day gap)" if how["gap_ms"] else ""))
+    search = None
+    if tune_grid is not None:
+        hyper, search = tune(data, tr, how["gap_ms"], tune_grid, top_k, log=log)
+        if bags is None and not search["skipped"]:
+            bags = TUNE_BAGS
+    if bags is not None and bags > 1:
+        hyper["bags"] = bags if _members_differ(len(tr), hyper) else 1
     model = fit(data.x[tr], data.y[tr], hyper)
     p_sk = model.predict_proba(data.x[te])[:, 1]
     onnx_bytes = _export(model, data.x)
@@ -600,10 +772,13 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
     scen_te = [data.scenario[i] for i in te]
     spec = {"model_version": version, "feature_names": list(FEATURE_NAMES),
             "feature_fingerprint": spec_fingerprint(), "features": spec_json(), "metrics": {},
-            "trained_on": data.trained_on, "split": split, "algorithm": "sklearn HGB -> ONNX",
+            "trained_on": data.trained_on, "split": split, "algorithm": "sklearn HGB -> ONNX" if hyper.get("bags", 1) == 1 else
+            f"sklearn HGB, mean log-odds of {hyper['bags']} -> ONNX",
             "hyper_parameters": hyper, "libraries": _versions(),
             # what the model saw: `score`, `report` and the job warn when inputs leave it (udfs.drift)
             "training_distribution": drift_reference(data.x[tr], FEATURE_NAMES)}
+    if search is not None:
+        spec["hyper_parameter_search"] = search
     try:
         tmp["onnx"].write_bytes(onnx_bytes)
         tmp["json"].write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
@@ -649,6 +824,7 @@ def train_model(data: Dataset, out_dir: Path, version: str, *, review_budget: fl
         files["test_scores"] = str(scores_path(out_dir, version))
     summary = {"model_version": version, "files": files, "metrics": metrics, "split": split,
                "trained_on": data.trained_on, "hyper_parameters": hyper, "feature_fingerprint": spec_fingerprint(),
+               "hyper_parameter_search": search,
                "comparison": comparison, "seconds": round(time.time() - t0, 1)}
     return TrainResult(summary, spec, data, tr, te, p)
 
@@ -749,12 +925,16 @@ def model_card(spec: dict, comparison: list[dict] | None = None) -> str:
     thr = "\n".join(f"| ≥ {x['threshold']:g} | {_pct(x['flagged_share'])} | {_pct(x['recall'])} | "
                     f"{_pct(x['precision'])} |" for x in m["at_policy_thresholds"])
     scen = ", ".join(f"{k} {_pct(v)}" for k, v in m.get("recall_by_scenario_at_0.5", {}).items())
-    hp = ", ".join(f"{k}={v}" for k, v in h.items())
+    hp = ", ".join(f"{k}={v}" for k, v in h.items() if k != "bags")
+    bags = int(h.get("bags", 1))
+    learner = (f"scikit-learn\n`HistGradientBoostingClassifier` ({hp})" if bags == 1 else
+               f"the mean log-odds of {bags} scikit-learn\n`HistGradientBoostingClassifier` models ({hp}; seeds "
+               f"{h.get('random_state') or 0} to {(h.get('random_state') or 0) + bags - 1}, which draw each one's "
+               "early-stopping holdout), one tree ensemble")
     out = f"""# Model card: {spec['model_version']}
 
-Gradient-boosted fraud score for the riskstream decision job: scikit-learn
-`HistGradientBoostingClassifier` ({hp}), exported to ONNX (`{spec['model_version']}.onnx`, opset 17, no
-zipmap). Its spec `{spec['model_version']}.json` holds the feature names and order, the metrics, the data
+Gradient-boosted fraud score for the riskstream decision job: {learner}, exported to ONNX
+(`{spec['model_version']}.onnx`, opset 17, no zipmap). Its spec `{spec['model_version']}.json` holds the feature names and order, the metrics, the data
 and the split. Produced by `riskstream train`.
 
 ## Features
@@ -772,7 +952,7 @@ arrival order. The job refuses this model if its feature spec has another finger
 {_split_text(s)} Every training row is before every held-out row. Held-out rows still carry window state
 built from earlier events, as they would in the job, and a fraud session that spans the cut has events
 on both sides.
-
+{_search_text(spec.get("hyper_parameter_search"), h)}
 ## Metrics on the held-out part
 
 - ROC AUC {m['roc_auc']:.4f}, average precision {m['average_precision']:.4f}; fraud share
@@ -886,6 +1066,40 @@ def _data_limit(t: dict) -> str:
             "evaluation, and labels that arrive later or less completely than in this history change them.")
 
 
+def _search_text(search: dict | None, chosen: dict) -> str:
+    """The card's section on how the hyper-parameters were chosen (empty when they were given)."""
+    if not search:
+        return ""
+    v = search["validation"]
+    gap = v["gap_ms"]
+    g = f"{gap / DAY_MS:g} days" if gap % 3_600_000 == 0 else f"{gap} ms"
+    if search.get("skipped"):
+        return (f"\n## Hyper-parameters\n\nThe defaults, not searched: {search['skipped']} (validation period: the "
+                f"latest {100 * v['share']:g} % of the training rows, {v['validation_rows']} rows from "
+                f"{_iso(v['validation_from'])}).\n")
+    keys = [k for k in search["grid"][0] if k.startswith("user_precision")]
+    head = "| candidate | validation AP |" + "".join(f" validation {k.replace('_', ' ')} |" for k in keys)
+    rows = []
+    for i, r in enumerate(search["grid"]):
+        mark = " (chosen)" if i == search["chosen"] else ""
+        rows.append(f"| {_hyper_text(r['hyper_parameters'])}{mark} | {r['average_precision']:.4f} |"
+                    + "".join(f" {_pct(r[k])} |" for k in keys))
+    return f"""
+## Hyper-parameters
+
+Chosen by `riskstream train` on a validation period carved from the end of the training period, never
+from the test rows: the latest {100 * v['share']:g} % of the training rows ({v['validation_rows']} rows,
+{v['validation_frauds']} fraud, {_iso(v['validation_from'])} to {_iso(v['validation_until'])}) validated
+each candidate, fitted on the {v['fit_rows']} training rows before that period less the split's gap of
+{g} (the rows in that gap are in neither part, as labels arrive late). The candidate with the highest
+validation average precision was refitted on every training row:
+{_hyper_text({k: x for k, x in chosen.items() if DEFAULT_HYPER.get(k) != x}) }.
+
+{head}
+|---|---|{"---|" * len(keys)}
+""" + "\n".join(rows) + "\n"
+
+
 def _split_text(s: dict) -> str:
     gap = s.get("gap_ms") or 0
     g = f"{gap / DAY_MS:g} days" if gap % 3_600_000 == 0 else f"{gap} ms"
@@ -966,6 +1180,14 @@ def render(summary: dict) -> str:
                      f"{_pct(r['recall_at_budget']):>12} {_pct(r['precision_at_budget']):>10} "
                      f"{_pct(r['at_budgets']['0.15']['recall']):>11} {_pct(t5['recall']):>11} "
                      f"{_pct(t5['precision']):>9}")
+    hs = summary.get("hyper_parameter_search")
+    if hs and not hs.get("skipped"):
+        r = hs["grid"][hs["chosen"]]
+        lines.append(f"[train] hyper-parameters chosen on the validation period ({hs['validation']['validation_rows']} "
+                     f"rows): {_hyper_text(r['hyper_parameters'])}, validation AP {r['average_precision']:.4f} "
+                     f"(best of {len(hs['grid'])})")
+    elif hs:
+        lines.append(f"[train] hyper-parameters: the defaults, not searched ({hs['skipped']})")
     lines.append(f"[train] at most {_pct(m['max_recall_at_budget'])} of the held-out fraud fits in a "
                  f"{100 * b:g} % review budget at this fraud share")
     for kind, v in (m.get("precision_at_k_per_day") or {}).items():
@@ -984,11 +1206,21 @@ def run(*, events: Path | None = None, labels: Path | None = None, generate: int
         force: bool = False, log: Callable[[str], None] = lambda m: None, mapping: Mapping | None = None,
         order: str = "file", max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, rejects_path: Path | None = None,
         periods: Periods | None = None, top_k: int = DEFAULT_TOP_K, days: float | None = None,
-        label_delay: int | str | None = None, cache_dir: Path | None = None) -> TrainResult:
+        label_delay: int | str | None = None, cache_dir: Path | None = None, tune: bool | None = None) -> TrainResult:
     """The ``riskstream train`` command without its argument parsing and printing. ``out_dir`` defaults to
-    :func:`default_out_dir` (under the riskstream home, never beside the shipped models)."""
+    :func:`default_out_dir` (under the riskstream home, never beside the shipped models). ``tune``: choose
+    the hyper-parameters from :data:`TUNE_GRID` on a validation period (:func:`tune`); None (the command's
+    default) searches when ``hyper`` is empty and uses ``hyper`` as given otherwise."""
     t0 = time.time()
     compare = list(compare)
+    given = {k: v for k, v in (hyper or {}).items() if k != "bags"}  # --bags is not searched: it goes with either
+    if tune and given:
+        raise TrainError("--tune searches the hyper-parameters: drop --max-iter, --learning-rate, --max-leaf-nodes "
+                         "and --class-weight, or drop --tune")
+    search = not given if tune is None else tune
+    bags = (hyper or {}).get("bags")
+    if bags is not None and (isinstance(bags, bool) or not isinstance(bags, int) or bags < 1):
+        raise TrainError(f"--bags must be a whole number of at least 1, got {bags!r}")  # before the replay
     if (events is None) == (generate is None):
         raise TrainError("give either --events FILE (with --labels FILE or a label column) or --generate N")
     if events is not None and labels is None and (mapping is None or not mapping.label_column):
@@ -1008,7 +1240,8 @@ def run(*, events: Path | None = None, labels: Path | None = None, generate: int
     else:
         data = generated_dataset(generate, seeds, days=days, label_delay=label_delay)
     return train_model(data, out_dir, version, review_budget=review_budget, hyper=hyper, compare=compare,
-                       force=force, log=log, t0=t0, periods=periods, top_k=top_k)
+                       force=force, log=log, t0=t0, periods=periods, top_k=top_k,
+                       tune_grid=TUNE_GRID if search else None)
 
 
 # --------------------------------------------------------------------------------------------- legacy entry

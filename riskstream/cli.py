@@ -908,6 +908,8 @@ def cmd_train(a) -> int:
     hyper = {k: v for k, v in (("max_iter", a.max_iter), ("learning_rate", a.learning_rate),
                                ("max_leaf_nodes", a.max_leaf_nodes), ("class_weight", a.class_weight))
              if v is not None}
+    if a.bags is not None:
+        hyper["bags"] = a.bags
     try:
         seeds = [int(s) for s in a.seed.split(",") if s.strip()]
     except ValueError:
@@ -927,7 +929,7 @@ def cmd_train(a) -> int:
                      force=a.force, log=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True),
                      mapping=mapping, order=a.order, max_reject_share=a.max_reject_share,
                      rejects_path=Path(a.rejects) if a.rejects else None, periods=periods, top_k=a.top_k,
-                     days=a.days, label_delay=delay, cache_dir=_feature_cache(a))
+                     days=a.days, label_delay=delay, cache_dir=_feature_cache(a), tune=a.tune)
     except (tr.TrainError, IngestError) as e:
         raise SystemExit(f"riskstream train: {e}")
     print(tr.render(res.summary))
@@ -1227,6 +1229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-feature-cache", action="store_true", help=NO_CACHE_HELP)
     p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
                    help="also score the held-out rows with this model (champion/challenger); repeatable")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="choose the hyper-parameters from a small grid on a validation period: the latest 20 %% of "
+                        "the training rows, with --gap before it; the choice is refitted on every training row "
+                        "[default: on unless a hyper-parameter flag is given]; --no-tune fits the defaults")
+    p.add_argument("--bags", type=int, default=None, metavar="N",
+                   help="average the log-odds of N models that differ by seed (scikit-learn's early-stopping "
+                        "holdout), exported as one tree ensemble [default: 5 with --tune, else 1]")
     p.add_argument("--max-iter", type=int, default=None, help="boosting rounds [default 100]")
     p.add_argument("--learning-rate", type=float, default=None, help="[default 0.1]")
     p.add_argument("--max-leaf-nodes", type=int, default=None, help="[default 15]")

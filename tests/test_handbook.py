@@ -122,7 +122,8 @@ def test_figures_equal_an_independent_computation():
             average_precision_score(y[keep], score[keep]), abs=1e-4)
 
 
-def test_the_comparison_runs_small(tmp_path):
+def test_the_comparison_runs_small(tmp_path, monkeypatch):
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path / "home"))  # the feature cache the command keeps
     out = hb.run(SMALL, (3, 9), (17, 19), 7, tmp_path / "work", top_k=10, models=("rf",))
     rs, base = out["results"]["riskstream"], out["results"]["handbook_rf"]
     assert out["test_rows"] == rs["rows"] == base["rows"] > 0
@@ -136,3 +137,36 @@ def test_the_comparison_runs_small(tmp_path):
     assert "--train-from 2018-04-04 --train-until 2018-04-11" in out["riskstream_command"]
     text = hb.render(out)
     assert "handbook_rf" in text and "riskstream" in text
+    # riskstream train chose its hyper-parameters on the training period's end (or says why it could not)
+    assert out["results"]["riskstream"]["by_phase"] and "hyper_parameter_search" in out["results"]["riskstream"]
+    assert list((tmp_path / "home" / "cache" / "features").glob("*.npz"))  # replayed once, cached as the command does
+
+
+def test_phases_follow_the_compromises_and_their_figures_equal_a_direct_count(small):
+    df = small
+    ph = hb.phases(df, 7)
+    day = df["day"].to_numpy()
+    for t, d in df.attrs["compromised_terminals"]:
+        m = ((df["terminal_id"] == t) & (df["scenario"] == 2) & (df["day"] >= d) & (df["day"] < d + 28)).to_numpy()
+        later_compromise = [d2 for t2, d2 in df.attrs["compromised_terminals"] if t2 == t and d2 > d]
+        if later_compromise:  # the latest compromise names the row
+            continue
+        want = np.where(day[m] - d < 7, "compromised_terminal_first_7d", "compromised_terminal_later")
+        assert ph[m].tolist() == want.tolist()
+    assert set(ph[df["scenario"].to_numpy() == 0]) == {"legit"}
+    assert set(ph[df["scenario"].to_numpy() == 1]) <= {"amount_over_220"}
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(5)
+    y = df["fraud"].to_numpy().astype(bool)
+    score = rng.random(len(df)) + y * rng.random(len(df))
+    f = hb.phase_figures(score, y, ph, budget=0.02)
+    top = np.argsort(-score)[: int(0.02 * len(df))]
+    for part, v in f.items():
+        m = ph == part
+        assert v["frauds"] == m.sum() and v["recall_top_0.02"] == pytest.approx(np.isin(np.flatnonzero(m), top).mean(),
+                                                                                abs=1e-4)
+        assert v["ap_vs_legit"] == pytest.approx(average_precision_score(y[m | ~y], score[m | ~y]), abs=1e-4)
+        best = np.where(m, 10.0, score)
+        assert v["ap_gain_if_ranked_first"] == pytest.approx(
+            average_precision_score(y, best) - average_precision_score(y, score), abs=1e-4)

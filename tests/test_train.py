@@ -121,6 +121,7 @@ def test_command_writes_onnx_spec_and_card(trained):
         assert key in spec, key
     assert spec["trained_on"]["source"] == "generator" and spec["trained_on"]["generator_seeds"] == list(SEEDS)
     assert spec["hyper_parameters"]["max_iter"] == 2 and spec["hyper_parameters"]["max_leaf_nodes"] == 3
+    assert "hyper_parameter_search" not in spec  # hyper-parameters given: no search, one model
     m = spec["metrics"]
     for key in ("roc_auc", "average_precision", "recall_at_budget", "precision_at_budget"):
         assert 0.0 <= m[key] <= 1.0, key
@@ -326,3 +327,114 @@ def test_label_features_in_training_follow_the_label_delay():
 
     windows = [k for k, f in enumerate(FEATURES) if f.agg not in LABEL_AGGS]
     assert (d.x[:, windows] == none.x[:, windows]).all()  # the window features do not depend on labels
+
+
+# ------------------------------------------------------------------------ hyper-parameters on a validation period
+
+
+def _synthetic(n: int, seed: int = 0) -> tr.Dataset:
+    """A dataset without the replay: rows one minute apart, the spec's width, fraud from a few features."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] + rng.normal(size=n) > 2.0).astype(np.int64)
+    ts = 1_767_225_600_000 + np.arange(n, dtype=np.int64) * 60_000
+    users = [f"u{i % 500}" for i in range(n)]
+    return tr.Dataset(x, y, ts, ["fraud" if v else "normal" for v in y], [str(i) for i in range(n)],
+                      {"source": "generator", "events": n, "generator_seeds": [seed], "rows": n, "rejected": {},
+                       "duplicates": 0, "unlabelled": 0}, users, users, [None] * n, ["payment"] * n, [False] * n)
+
+
+def test_the_validation_period_is_the_latest_rows_with_the_gap_before_it():
+    rng = np.random.default_rng(1)
+    ts = np.sort(rng.integers(0, 40 * 86_400_000, 3_000))
+    tr_rows = rng.permutation(np.flatnonzero(ts < 30 * 86_400_000))  # any order: the cut is by time
+    gap = 7 * 86_400_000
+    inner, val, info = tr.validation_rows(ts, tr_rows, gap, 0.2)
+    by_time = sorted(tr_rows.tolist(), key=lambda i: (ts[i], i))
+    n_val = round(len(by_time) * 0.2)
+    assert val.tolist() == by_time[-n_val:]
+    start = ts[by_time[-n_val]]
+    assert inner.tolist() == [i for i in by_time if ts[i] < start - gap]
+    assert info["validation_rows"] == n_val and info["fit_rows"] == len(inner) and info["gap_ms"] == gap
+    assert not set(inner) & set(val) and set(inner) | set(val) <= set(tr_rows.tolist())
+
+
+def test_train_chooses_the_candidate_with_the_best_validation_ap_and_refits_it_as_a_bag(tmp_path):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import average_precision_score
+
+    data = _synthetic(15_000)
+    grid = ({"max_iter": 3, "max_leaf_nodes": 3}, {"max_iter": 30, "max_leaf_nodes": 7})
+    periods = tr.Periods(train_until=int(data.ts[12_000]), gap_ms=3_600_000)
+    res = tr.train_model(data, tmp_path, "tuned", tune_grid=grid, periods=periods, top_k=10)
+    search = res.spec["hyper_parameter_search"]
+    # the validation rows are the latest 20 % of the training rows; the fit rows end an hour (the gap) before
+    n_val = round(12_000 * 0.2)
+    fit_rows = [i for i in range(12_000 - n_val) if data.ts[i] < data.ts[12_000 - n_val] - 3_600_000]
+    assert search["validation"]["validation_rows"] == n_val and search["validation"]["fit_rows"] == len(fit_rows)
+    aps = []
+    for over in grid:
+        m = HistGradientBoostingClassifier(**{**tr.DEFAULT_HYPER, **over}).fit(data.x[fit_rows], data.y[fit_rows])
+        aps.append(round(float(average_precision_score(data.y[12_000 - n_val:12_000],
+                                                       m.predict_proba(data.x[12_000 - n_val:12_000])[:, 1])), 4))
+    assert [r["average_precision"] for r in search["grid"]] == aps and aps[0] != aps[1]
+    best = int(np.argmax(aps))
+    assert search["chosen"] == best and search["skipped"] is None
+    hp = res.spec["hyper_parameters"]
+    assert {k: hp[k] for k in grid[best]} == grid[best] and hp["bags"] == tr.TUNE_BAGS
+    # the exported model is the mean log-odds of TUNE_BAGS members fitted on every training row
+    members = [HistGradientBoostingClassifier(**{**tr.DEFAULT_HYPER, **grid[best], "random_state": k}).fit(
+        data.x[:12_000], data.y[:12_000]) for k in range(tr.TUNE_BAGS)]
+    margin = np.mean([m.decision_function(data.x[res.test_idx]) for m in members], axis=0)
+    assert np.abs(res.test_scores - 1 / (1 + np.exp(-margin))).max() < 1e-4
+    assert len({float(m.decision_function(data.x[:1])[0]) for m in members}) > 1  # the members differ
+    card = (tmp_path / "tuned.md").read_text(encoding="utf-8")
+    assert "## Hyper-parameters" in card and "(chosen)" in card and f"mean log-odds of {tr.TUNE_BAGS}" in card
+
+
+def test_a_bag_exports_as_one_tree_ensemble_the_review_reads():
+    import onnxruntime as ort
+
+    from riskstream.tools.review.explain import TreeModel
+
+    data = _synthetic(12_000, seed=2)
+    bag = tr.fit(data.x, data.y, {"max_iter": 10, "max_leaf_nodes": 5, "random_state": 0, "bags": 3})
+    assert isinstance(bag, tr.Bag) and len(bag.members) == 3
+    onx = tr._export(bag, data.x)
+    sess = ort.InferenceSession(onx)
+    p = sess.run(None, {sess.get_inputs()[0].name: data.x[:500]})[1][:, 1]
+    margin = np.mean([m.decision_function(data.x[:500]) for m in bag.members], axis=0)
+    assert np.abs(p - 1 / (1 + np.exp(-margin))).max() < 1e-5
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
+        f.write(onx)
+        f.flush()
+        tm = TreeModel.from_onnx(f.name)
+    assert len(tm.trees) == sum(m.n_iter_ for m in bag.members)
+    assert max(abs(tm.probability(data.x[i]) - p[i]) for i in range(50)) < 1e-5
+    # under 10,000 rows scikit-learn holds out nothing: the members would be one model, so one is fitted
+    assert not isinstance(tr.fit(data.x[:5_000], data.y[:5_000], {"max_iter": 5, "bags": 3}), tr.Bag)
+
+
+def test_the_search_is_skipped_with_a_reason_when_the_validation_period_has_one_class(tmp_path):
+    data = _synthetic(3_000, seed=3)
+    data.y[1_900:2_400] = 0  # the validation period (the latest 20 % of 2,400 training rows) holds no fraud
+    res = tr.train_model(data, tmp_path, "untuned", tune_grid=({"max_iter": 5},),
+                         periods=tr.Periods(train_until=int(data.ts[2_400])), top_k=10)
+    search = res.spec["hyper_parameter_search"]
+    assert search["skipped"] == "the validation period holds one class only" and search["grid"] == []
+    assert res.spec["hyper_parameters"] == tr.DEFAULT_HYPER
+    assert "The defaults, not searched" in (tmp_path / "untuned.md").read_text(encoding="utf-8")
+
+
+def test_tune_with_hyper_parameter_flags_is_refused_before_the_replay(tmp_path):
+    with pytest.raises(SystemExit, match="--tune searches the hyper-parameters"):
+        _cli("--generate", "100", "--version", "x", "--out-dir", str(tmp_path), "--tune", "--max-iter", "5")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bags_below_one_is_refused_before_the_replay(tmp_path):
+    with pytest.raises(SystemExit, match="--bags must be a whole number of at least 1, got 0"):
+        _cli("--generate", "100", "--version", "x", "--out-dir", str(tmp_path), "--bags", "0")
+    assert not list(tmp_path.iterdir())
