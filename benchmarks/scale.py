@@ -343,11 +343,11 @@ def _savepoint_dir(uri: str) -> Path:
 
 
 def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms: int, work: Path,
-            savepoint: bool = False, deadline_s: float = 7200) -> dict:
+            savepoint: bool = False, savepoint_format: str = "canonical", deadline_s: float = 7200) -> dict:
     """The load: ``events`` synthetic events drained through the four stages as fast as they go, in this
     process. The source then idles (the job keeps its state); with ``savepoint`` the job is stopped with a
-    savepoint (canonical format, as ``riskstream stop`` takes one; no drain, so no timer fires), else
-    cancelled."""
+    savepoint (no drain, so no timer fires) in ``savepoint_format`` (canonical: what ``riskstream stop``
+    and ``riskstream savepoint`` take; native: the backend's own files), else cancelled."""
     from riskstream.ops import flink_rest
 
     load_start = os.getloadavg()[0]
@@ -376,14 +376,16 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
     if savepoint:
         target = work / "savepoints"
         t0 = time.monotonic()
-        rid = flink_rest.trigger_savepoint(base, job_id, target.as_uri(), stop=True, drain=False)
+        body = {"drain": False, "targetDirectory": target.as_uri(), "formatType": savepoint_format.upper()}
+        rid = flink_rest.request(base, "POST", f"/jobs/{job_id}/stop", body)["request-id"]
 
         def found() -> str | None:
             done = [d for d in target.glob("savepoint-*") if (d / "_metadata").exists()]
             return str(max(done, key=lambda d: d.stat().st_mtime)) if done else None
 
         loc = flink_rest.await_savepoint(base, job_id, rid, "stop-with-savepoint", 3600, found=found)
-        sp = {"path": loc, "seconds": round(time.monotonic() - t0, 1), "mb": _dir_mb(_savepoint_dir(loc))}
+        sp = {"path": loc, "format": savepoint_format, "seconds": round(time.monotonic() - t0, 1),
+              "mb": _dir_mb(_savepoint_dir(loc))}
         client.get_job_execution_result().result()  # FINISHED
     else:
         client.cancel().result()
@@ -547,7 +549,8 @@ def run_phase(args: list[str], heap: str, gc_log: Path) -> tuple[dict | None, st
 
 
 def run_all(users: list[int], backends: list[str], events_per_user: float, parallelism: int, interval_ms: int,
-            heap: str, held_seconds: float = 30.0, held_rate: float = 2000.0) -> dict:
+            heap: str, held_seconds: float = 30.0, held_rate: float = 2000.0,
+            savepoint_format: str = "canonical") -> dict:
     """Each (backend, users): the load in its own process with ``-Xmx<heap>``, stopped with a savepoint;
     then (``held_seconds`` > 0) a fresh process restores it and is fed ``held_rate`` events/s for
     ``held_seconds``. Returns every run's figures."""
@@ -560,7 +563,8 @@ def run_all(users: list[int], backends: list[str], events_per_user: float, paral
                           "--work", work]
                 print(f"[scale] {backend}, {n:,} users ...", file=sys.stderr, flush=True)
                 held = held_seconds > 0
-                run, err = run_phase(common + (["--savepoint"] if held else []), heap, Path(work) / "gc-load.log")
+                run, err = run_phase(common + (["--savepoint", "--savepoint-format", savepoint_format] if held else []),
+                                     heap, Path(work) / "gc-load.log")
                 if run is None:
                     runs.append({"backend": backend, "users": n, "error": err})
                     print(f"[scale] {backend}, {n:,} users FAILED:\n{err}", file=sys.stderr)
@@ -608,7 +612,7 @@ def render_row(r: dict) -> str:
            f"{tail.get('max_s')} s")
     if r.get("savepoint"):
         sp = r["savepoint"]
-        out += f"; savepoint {sp['mb']} MB in {sp['seconds']} s"
+        out += f"; {sp.get('format', 'canonical')} savepoint {sp['mb']} MB in {sp['seconds']} s"
     if r.get("restore"):
         rs, h = r["restore"], r["held"]
         lat, com, hc = h["latency_ms"], h["committed_latency_ms"], h["checkpoint_s"]
@@ -645,6 +649,9 @@ def main(argv=None) -> int:
                          "--held-rate events/s for this long (restore time, latency with the state held); "
                          "0: skip [default 30]")
     ap.add_argument("--held-rate", type=float, default=2000.0, help="events/s of the held phase [default 2000]")
+    ap.add_argument("--savepoint-format", choices=("canonical", "native"), default="canonical",
+                    help="the load's savepoint: canonical (what riskstream stop/savepoint take) or native (the "
+                         "backend's own files) [default canonical]")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -669,11 +676,11 @@ def main(argv=None) -> int:
                            a.held_rate, a.held_seconds)
         else:
             res = run_one(backends[0], n, events, a.parallelism, a.checkpoint_interval_ms, work,
-                          savepoint=a.savepoint)
+                          savepoint=a.savepoint, savepoint_format=a.savepoint_format)
         print(json.dumps(res), flush=True)
         return 0
     res = run_all(users, backends, a.events_per_user, a.parallelism, a.checkpoint_interval_ms, a.heap,
-                  a.held_seconds, a.held_rate)
+                  a.held_seconds, a.held_rate, a.savepoint_format)
     print(render(res))
     OUT.mkdir(exist_ok=True)
     (OUT / "scale.json").write_text(json.dumps(res, indent=2))

@@ -236,7 +236,8 @@ def cmd_bench(a) -> int:
 
         argv = ["--users", a.keys, "--backends", a.backends, "--parallelism", str(a.parallelism),
                 "--checkpoint-interval-ms", str(a.checkpoint_interval_ms or 1000), "--heap", a.heap,
-                "--held-seconds", str(a.held_seconds), "--held-rate", str(a.held_rate)]
+                "--held-seconds", str(a.held_seconds), "--held-rate", str(a.held_rate),
+                "--savepoint-format", a.savepoint_format]
         return scale.main(argv + (["--json"] if a.json else []))
     from benchmarks import bench, scale
 
@@ -1393,6 +1394,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "it --held-rate events/s for this long: restore time, latency p50/p99 with the state held, "
                         "full GCs, live heap; 0 skips it [default 30]")
     p.add_argument("--held-rate", type=float, default=2000.0, help="with --keys: events/s of that phase [2000]")
+    p.add_argument("--savepoint-format", choices=("canonical", "native"), default="canonical",
+                   help="with --keys: the format of the load's savepoint: canonical (what riskstream stop and "
+                        "savepoint take) or native (the state backend's own files) [canonical]")
     p.add_argument("--split", action="store_true",
                    help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
                         "split on the same backlog, --split-rounds times each, alternating")
