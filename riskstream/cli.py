@@ -235,7 +235,9 @@ def cmd_bench(a) -> int:
         from benchmarks import scale
 
         argv = ["--users", a.keys, "--backends", a.backends, "--parallelism", str(a.parallelism),
-                "--checkpoint-interval-ms", str(a.checkpoint_interval_ms or 1000), "--heap", a.heap]
+                "--checkpoint-interval-ms", str(a.checkpoint_interval_ms or 1000), "--heap", a.heap,
+                "--held-seconds", str(a.held_seconds), "--held-rate", str(a.held_rate),
+                "--savepoint-format", a.savepoint_format]
         return scale.main(argv + (["--json"] if a.json else []))
     from benchmarks import bench, scale
 
@@ -1400,12 +1402,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the broker data and checkpoints")
     p.add_argument("--keys", default=None, metavar="USERS",
                    help="instead: the key-count benchmark (benchmarks/scale.py) at these user counts, e.g. "
-                        "100k,1M,3M (about 3.5 keys per user): events/s, checkpoint duration and size, heap, per "
-                        "state backend")
+                        "100k,1M,3M (about 3.5 keys per user): events/s, checkpoint duration and size, heap, full GCs, "
+                        "then restore time from a savepoint and latency with the state held, per state backend")
     p.add_argument("--backends", default="hashmap,rocksdb,rocksdb+changelog",
                    help="with --keys: backends to compare (hashmap; rocksdb: the production default, incremental "
                         "checkpoints; rocksdb+changelog: the changelog over it; rocksdb+nobloom)")
     p.add_argument("--heap", default="6g", help="with --keys: -Xmx of each run's JVM")
+    p.add_argument("--held-seconds", type=float, default=30.0,
+                   help="with --keys: after each load, stop it with a savepoint, restore a fresh job from it and feed "
+                        "it --held-rate events/s for this long: restore time, latency p50/p99 with the state held, "
+                        "full GCs, live heap; 0 skips it [default 30]")
+    p.add_argument("--held-rate", type=float, default=2000.0, help="with --keys: events/s of that phase [2000]")
+    p.add_argument("--savepoint-format", choices=("canonical", "native"), default="canonical",
+                   help="with --keys: the format of the load's savepoint: canonical (what riskstream stop and "
+                        "savepoint take) or native (the state backend's own files) [canonical]")
     p.add_argument("--split", action="store_true",
                    help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
                         "split on the same backlog, --split-rounds times each, alternating")
