@@ -12,7 +12,7 @@ figures are that phase's:
 1. the load: ``io.riskstream.flink.SyntheticEvents`` (event i belongs to user i mod users; each user has
    its own device, ip and card: about 3.5 keys per user), one source subtask so event time is in order, the
    stages at ``--parallelism``, drained as fast as they go; the source then idles and the job is stopped
-   with a savepoint (canonical, as ``riskstream stop`` takes one; no drain, so no timer fires);
+   with a savepoint (canonical, as ``riskstream cancel`` takes one; no drain, so no timer fires);
 2. (``--held-seconds`` > 0) a fresh job restored from that savepoint; from its first completed checkpoint
    the source continues the sequence at ``--held-rate`` events/s for ``--held-seconds``. Reported: the
    restore's times from the job's submission (every task RUNNING, the first checkpoint completed, the first
@@ -346,7 +346,7 @@ def run_one(backend: str, users: int, events: int, parallelism: int, interval_ms
             savepoint: bool = False, savepoint_format: str = "canonical", deadline_s: float = 7200) -> dict:
     """The load: ``events`` synthetic events drained through the four stages as fast as they go, in this
     process. The source then idles (the job keeps its state); with ``savepoint`` the job is stopped with a
-    savepoint (no drain, so no timer fires) in ``savepoint_format`` (canonical: what ``riskstream stop``
+    savepoint (no drain, so no timer fires) in ``savepoint_format`` (canonical: what ``riskstream cancel``
     and ``riskstream savepoint`` take; native: the backend's own files), else cancelled."""
     from riskstream.ops import flink_rest
 
@@ -650,7 +650,7 @@ def main(argv=None) -> int:
                          "0: skip [default 30]")
     ap.add_argument("--held-rate", type=float, default=2000.0, help="events/s of the held phase [default 2000]")
     ap.add_argument("--savepoint-format", choices=("canonical", "native"), default="canonical",
-                    help="the load's savepoint: canonical (what riskstream stop/savepoint take) or native (the "
+                    help="the load's savepoint: canonical (what riskstream cancel/savepoint take) or native (the "
                          "backend's own files) [default canonical]")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)

@@ -1414,7 +1414,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "full GCs, live heap; 0 skips it [default 30]")
     p.add_argument("--held-rate", type=float, default=2000.0, help="with --keys: events/s of that phase [2000]")
     p.add_argument("--savepoint-format", choices=("canonical", "native"), default="canonical",
-                   help="with --keys: the format of the load's savepoint: canonical (what riskstream stop and "
+                   help="with --keys: the format of the load's savepoint: canonical (what riskstream cancel and "
                         "savepoint take) or native (the state backend's own files) [canonical]")
     p.add_argument("--split", action="store_true",
                    help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
