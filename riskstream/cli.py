@@ -886,7 +886,13 @@ def cmd_report(a) -> int:
     labels = report.read_labels(a.labels) if a.labels else {}
     if a.top_k < 1:
         raise SystemExit(f"riskstream report: --top-k must be at least 1, got {a.top_k}")
-    fig = report.build_report(decisions, labels, a.review_budget, time_field=a.time_axis, top_k=a.top_k)
+    from udfs.split import SPLIT_KEYS
+
+    if a.split_key not in SPLIT_KEYS:
+        raise SystemExit(f"riskstream report: --split-key must be an entity of the spec, one of "
+                         f"{', '.join(sorted(SPLIT_KEYS))}; got {a.split_key!r}")
+    fig = report.build_report(decisions, labels, a.review_budget, time_field=a.time_axis, top_k=a.top_k,
+                              split_key=a.split_key)
     fig["drift"] = report.drift_by_model(decisions, lambda v: _model_spec(Path(a.models_dir), v))
     fig["headline"]["unreadable_records"] += bad
     fig["source"] = source
@@ -1191,6 +1197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entities reviewed per day for precision top-k per day (card precision) [default 100]")
     p.add_argument("--time-axis", choices=["event_ts", "decided_at"], default="event_ts",
                    help="timestamp of the decision-rate buckets")
+    p.add_argument("--split-key", default="user",
+                   help="what a traffic split in the records was keyed by (an entity of the spec: user, device, "
+                        "ip, payment): the unit of the per-arm intervals [default user]")
     p.add_argument("--models-dir", default=str(paths.models_dir()),
                    help="where the deciding models' specs are (<model_version>.json), for the drift check "
                         "[default the project's models/]")

@@ -6,10 +6,14 @@ rest), one step every ``--every``, while the *guardrails* hold. The guardrails c
 with the champion's arm over the same period (every committed decision record carrying either arm since
 the rollout started):
 
-- **block rate** and **review rate**: the difference candidate - champion, with Newcombe's interval at
-  ``z`` (99 % by default: the guardrails are looked at continuously, and a narrower interval would roll
-  back good candidates by chance), must not lie wholly beyond ``+-block_pp`` / ``+-review_pp`` percentage
-  points. A breach is a difference the data are sure of, not a point estimate over a tolerance;
+- **block rate** and **review rate**: the difference candidate - champion, with its interval at ``z`` (99 %
+  by default: the guardrails are looked at continuously, and a narrower interval would roll back good
+  candidates by chance), must not lie wholly beyond ``+-block_pp`` / ``+-review_pp`` percentage points. A
+  breach is a difference the data are sure of, not a point estimate over a tolerance. The split assigns
+  users, not events, and blocks come in bursts from single users, so the interval takes the user as the
+  unit (``metrics.cluster_diff_interval``: ratio of sums, cluster-robust variance, t): a per-event interval
+  (Newcombe's) rolled back a copy of the champion at a quarter to two fifths of the start points on the
+  generator's traffic. The counts per user are kept bounded (:class:`ArmCounts`);
 - **score distribution**: the PSI between the two arms' score histograms (``SCORE_BINS`` equal bins on
   [0, 1]) at most ``max_score_psi``: a model whose scores mean something else than the champion's;
 - **processing errors**: at most ``max_errors`` records of the candidate's arm with ``processing_error``;
@@ -18,21 +22,23 @@ the rollout started):
   champion's own PSI on its arm plus ``drift_margin``: the rollout judges the candidate, not the traffic
   (the job's drift gauges watch the traffic).
 
-Nothing is judged before each arm has ``min_events`` records (and the drift check ``udfs.drift.MIN_ROWS``);
-a step does not advance until it could be judged. A breach rolls back at once (the split ends: the
+Nothing is judged before each arm has ``min_events`` records, the rates from 2 users or more (and the
+drift check ``udfs.drift.MIN_ROWS``); a step does not advance until it could be judged. A breach rolls back at once (the split ends: the
 champion decides all traffic). :func:`tick` is the state machine; the controller
 (``riskstream.tools.rollout``) does the reading and the sending.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .metrics import diff_interval
+from .metrics import ClusterSums, cluster_diff_interval
 
 SCORE_BINS = 10
+CLUSTER_BUCKETS = 1024  # per arm: the users' groups whose counts the rate guardrails keep (ArmCounts)
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 Z99 = 2.5758293035489
@@ -131,9 +137,29 @@ def parse_guardrails(text: str | None, base: Guardrails = Guardrails()) -> Guard
     return replace(base, **upd)
 
 
+def cluster_bucket(key: str | None) -> int:
+    """The group of ``CLUSTER_BUCKETS`` a split key (a user id) counts in: the first 8 bytes of its BLAKE2b
+    digest, mod ``CLUSTER_BUCKETS``. Stable across processes (a resumed controller carries on with the same
+    groups; Python's ``hash`` is salted per process) and another hash than the split's arm
+    (``udfs.split.bucket``), so each arm's users spread over all groups. No key: the group of ``""``."""
+    digest = hashlib.blake2b((key or "").encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % CLUSTER_BUCKETS
+
+
+def _zeros() -> list[int]:
+    return [0] * CLUSTER_BUCKETS
+
+
 @dataclass
 class ArmCounts:
-    """What the guardrails need of one arm's records: counts and a score histogram."""
+    """What the guardrails need of one arm's records: counts, a score histogram, and the events, blocks and
+    reviews per group of users (``bucket_*``: the rate intervals take the user as the unit).
+
+    Memory is bounded whatever the number of users: a user's events all count in one of ``CLUSTER_BUCKETS``
+    groups (:func:`cluster_bucket`), and the intervals treat each group as a cluster. Groups of whole users
+    randomised into the arm are as independent as the users themselves, so the variance stays right; with
+    more users than groups it is estimated from ``CLUSTER_BUCKETS`` - 1 degrees of freedom instead of
+    users - 1 (t at 99 %: 2.581 instead of 2.576). 3 x 1,024 integers an arm, in memory and the state file."""
 
     n: int = 0
     block: int = 0
@@ -141,10 +167,38 @@ class ArmCounts:
     allow: int = 0
     errors: int = 0
     scores: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
+    bucket_events: list[int] = field(default_factory=_zeros)
+    bucket_blocks: list[int] = field(default_factory=_zeros)
+    bucket_reviews: list[int] = field(default_factory=_zeros)
 
-    def add(self, rec: dict) -> None:
+    def __post_init__(self) -> None:
+        # ClusterSums' sums, kept up to date record by record (a look costs nothing whatever the groups): the
+        # groups, events and sum of n_g^2 shared, and per kind the sums of k_g, k_g^2 and k_g n_g
+        acc = {kind: ClusterSums.of(zip(self.bucket_events, hits))
+               for kind, hits in (("block", self.bucket_blocks), ("review", self.bucket_reviews))}
+        self._common = [acc["block"].clusters, acc["block"].n, acc["block"].nn]
+        self._kind = {kind: [a.k, a.kk, a.kn] for kind, a in acc.items()}
+
+    def add(self, rec: dict, key_field: str = "user_id") -> None:
+        """Count one decision record; ``key_field``: the record's field of the split key (``udfs.split``)."""
         self.n += 1
+        b = cluster_bucket(rec.get(key_field))
+        ng = self.bucket_events[b]
+        self.bucket_events[b] = ng + 1
+        c = self._common  # (n_g + 1)^2 - n_g^2 = 2 n_g + 1
+        c[0] += ng == 0
+        c[1] += 1
+        c[2] += 2 * ng + 1
         d = rec.get("decision")
+        for kind, hits in (("block", self.bucket_blocks), ("review", self.bucket_reviews)):
+            acc, kg = self._kind[kind], hits[b]
+            if d == kind:  # likewise for k_g^2, and (n_g + 1)(k_g + 1) - n_g k_g = n_g + k_g + 1
+                acc[0] += 1
+                acc[1] += 2 * kg + 1
+                acc[2] += ng + kg + 1
+                hits[b] = kg + 1
+            else:  # (n_g + 1) k_g - n_g k_g
+                acc[2] += kg
         if d in ("block", "review", "allow"):
             setattr(self, d, getattr(self, d) + 1)
         if "processing_error" in (rec.get("reasons") or ()):
@@ -153,12 +207,27 @@ class ArmCounts:
         if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s):
             self.scores[score_bin(s)] += 1
 
+    def sums(self, kind: str) -> ClusterSums:
+        """``kind`` ("block" or "review") per group of users, as the rate intervals take them."""
+        c, (k, kk, kn) = self._common, self._kind[kind]
+        return ClusterSums(c[0], c[1], k, kk, c[2], kn)
+
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict | None) -> "ArmCounts":
-        return cls(**d) if d else cls()
+        if not d:
+            return cls()
+        if d.get("n") and "bucket_events" not in d:
+            raise RolloutError("this rollout's state was written by an earlier riskstream and has no counts per "
+                               "user, which the guardrails need: end it (`riskstream rollout rollback`) and start "
+                               "it again")
+        if "bucket_events" in d and not all(len(d[f]) == CLUSTER_BUCKETS for f in
+                                            ("bucket_events", "bucket_blocks", "bucket_reviews")):
+            raise RolloutError(f"this rollout's state counts users in other than {CLUSTER_BUCKETS} groups: end it "
+                               "(`riskstream rollout rollback`) and start it again")
+        return cls(**d)
 
 
 def score_bin(s: float) -> int:
@@ -197,12 +266,14 @@ class Verdict:
                          for c in self.checks)
 
 
-def _rate_check(name: str, k1: int, n1: int, k2: int, n2: int, tol_pp: float, z: float) -> Check:
-    d = diff_interval(k1, n1, k2, n2, z)
+def _rate_check(name: str, a: ClusterSums, b: ClusterSums, tol_pp: float, z: float) -> Check:
+    d = cluster_diff_interval(a, b, z)
+    if d is None:
+        return Check(name, None, f"{a.clusters} and {b.clusters} users (groups of users) of 2 each")
     d_, lo, hi = d
     tol = tol_pp / 100
-    text = (f"candidate {100 * k1 / n1:.2f} % vs champion {100 * k2 / n2:.2f} %, difference {100 * d_:+.2f} pp "
-            f"[{100 * lo:+.2f}, {100 * hi:+.2f}], bound +-{tol_pp:g} pp")
+    text = (f"candidate {100 * a.k / a.n:.2f} % vs champion {100 * b.k / b.n:.2f} %, difference {100 * d_:+.2f} pp "
+            f"[{100 * lo:+.2f}, {100 * hi:+.2f}] by user, bound +-{tol_pp:g} pp")
     return Check(name, not (lo > tol or hi < -tol), text)
 
 
@@ -218,7 +289,7 @@ def evaluate(cand: ArmCounts, champ: ArmCounts, g: Guardrails, drift: tuple[floa
     enough = cand.n >= g.min_events and champ.n >= g.min_events
     wait = f"{cand.n} and {champ.n} records of {g.min_events} each"
     for name, attr, tol in (("block rate", "block", g.block_pp), ("review rate", "review", g.review_pp)):
-        checks.append(_rate_check(name, getattr(cand, attr), cand.n, getattr(champ, attr), champ.n, tol, g.z)
+        checks.append(_rate_check(name, cand.sums(attr), champ.sums(attr), tol, g.z)
                       if enough else Check(name, None, wait))
     if g.max_score_psi is not None:
         p = hist_psi(champ.scores, cand.scores) if enough else None

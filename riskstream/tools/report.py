@@ -14,7 +14,8 @@ judged against the generator's ground-truth labels:
 - rules (``rule:<code>`` reasons, ``rules_version``) and the model versions seen (a hot reload shows two);
 - per arm of a traffic split when records carry ``arm`` (``udfs.split``): decision rates, catch and
   false-positive rates on the labelled events, approved amount, review load per day, each with a 95 %
-  interval, every other arm against the champion (difference and its interval) and a verdict line.
+  interval by user (the split's unit), every other arm against the champion (difference and its interval)
+  and a verdict line.
 
 The module is pure apart from the readers at the end: :func:`build_report` computes every figure (numpy),
 :func:`render_html` draws them.
@@ -39,8 +40,8 @@ import orjson
 from udfs.ingest import parse_label
 
 from ..generator import ALL_SCENARIOS, MALFORMED, NORMAL
-from ..metrics import (at_budget, average_precision, diff_interval, entity_precision_at_k, percentile,
-                       recall_at_budget_by_group, roc_auc, roc_curve, wilson)
+from ..metrics import (ClusterSums, at_budget, average_precision, cluster_diff_interval, cluster_wilson,
+                       entity_precision_at_k, percentile, recall_at_budget_by_group, roc_auc, roc_curve)
 
 DEFINITIONS = (
     "An event is its (user_id, event_id): ids are per user. A record is labelled when its event has a label with "
@@ -69,9 +70,14 @@ DEFINITIONS = (
     "of later days. The figure is the mean over days; ties at the k-th score count at their expected value.",
     "Recall at the review budget per scenario: the share of a fraud scenario's events among the budget's top k "
     "events by score (the same k and cut as above).",
-    "Traffic split: records that carry an arm are compared by arm over the same period. Rates have 95 % Wilson "
-    "score intervals; an arm against the champion is the difference of the two proportions (arm minus champion, "
-    "in percentage points) with Newcombe's hybrid score interval. A difference whose interval excludes 0 is called "
+    "Traffic split: records that carry an arm are compared by arm over the same period. A split assigns users "
+    "(the split key), not events, and a user's events are not independent (fraud comes in bursts from one "
+    "user), so every interval takes the user as the unit: a rate is the arm's events that count / its events, "
+    "with Wilson's interval on the effective sample size (events / design effect, the cluster-robust variance "
+    "over users against the binomial one, at least 1; narrowed for few users by Student's t); an arm against "
+    "the champion is the difference of the two rates (arm minus champion, in percentage points) +- t x its "
+    "cluster-robust standard error, each arm's variance at least the pooled one, t on Welch-Satterthwaite "
+    "degrees of freedom. All at 95 %. A difference whose interval excludes 0 is called "
     "significant. Approved amount: the amount of the events the arm allowed. Review load per day: the arm's "
     "review decisions / the days of the period (UTC days of the event time with any decided event); at full "
     "traffic: the arm's review rate x every arm's events / days, what it would send to review if it took all "
@@ -246,10 +252,11 @@ def _latency(decisions: list[dict]) -> dict:
 
 
 def build_report(decisions: list[dict], labels: dict[str, dict], budget: float = 0.01,
-                 time_field: str = "event_ts", top_k: int = 100) -> dict:
+                 time_field: str = "event_ts", top_k: int = 100, split_key: str = "user") -> dict:
     """Every figure of the report, from decision records and labels by event identity (``(user_id,
     event_id)``; labels keyed by event id alone are accepted) (pure). Without labels,
-    the records' own ``label`` fields (if any) are used."""
+    the records' own ``label`` fields (if any) are used. ``split_key``: what a traffic split in the records
+    was keyed by (:func:`arm_figures`)."""
     if not 0 <= budget <= 1:
         raise ValueError(f"review budget must be a share in [0, 1], got {budget}")
     labels = _index_labels(labels) if labels else labels_from_records(decisions)
@@ -357,7 +364,7 @@ def build_report(decisions: list[dict], labels: dict[str, dict], budget: float =
     policies = Counter(d.get("policy_version") or NONE for d in recs)
 
     cc = _champion_challenger(recs, labels, lab, budget)
-    arms = arm_figures(recs, lab)
+    arms = arm_figures(recs, lab, split_key)
     headline = {
         "events_decided": n,
         "decision_records": n + dup,
@@ -412,25 +419,40 @@ def build_report(decisions: list[dict], labels: dict[str, dict], budget: float =
     }
 
 
-def _rate(k: int, n: int) -> dict:
-    ci = wilson(k, n)
-    return {"k": k, "n": n, "rate": _ratio(k, n), "ci": list(ci) if ci else None}
+def _rate(s: ClusterSums) -> dict:
+    ci = cluster_wilson(s)
+    return {"k": s.k, "n": s.n, "users": s.clusters, "rate": _ratio(s.k, s.n), "ci": list(ci) if ci else None}
 
 
-def _diff(a: dict, c: dict) -> dict | None:
-    d = diff_interval(a["k"], a["n"], c["k"], c["n"])
+def _diff(a: ClusterSums, c: ClusterSums) -> dict | None:
+    d = cluster_diff_interval(a, c)
     if d is None:
         return None
     return {"diff": d[0], "ci": [d[1], d[2]], "significant": d[1] > 0 or d[2] < 0}
 
 
+def _by_user(ds: list[dict], key_field: str, hit) -> ClusterSums:
+    """(events, those ``hit`` counts) per user (the split key's value) of records ``ds``."""
+    per: dict = defaultdict(lambda: [0, 0])
+    for d in ds:
+        c = per[d.get(key_field)]
+        c[0] += 1
+        c[1] += bool(hit(d))
+    return ClusterSums.of(per.values())
+
+
 ARM_RATES = ("block_rate", "review_rate", "allow_rate", "catch_rate", "false_positive_rate")
 
 
-def arm_figures(recs: list[dict], lab: dict) -> dict | None:
+def arm_figures(recs: list[dict], lab: dict, split_key: str = "user") -> dict | None:
     """Per arm of a traffic split (records carrying ``arm``): the figures of ``DEFINITIONS``, each arm against
     the champion, and the verdict lines. None when no record carries an arm. ``lab``: fraud (True/False) or
-    None per event identity."""
+    None per event identity. ``split_key``: the split's key (``udfs.split``; the records' field of that
+    entity is the unit of every interval). Pitfall: the records do not say what the split was keyed by; a
+    split by device analysed by user (or the reverse) gets intervals of the wrong width."""
+    from udfs.split import SPLIT_KEYS
+
+    key_field = SPLIT_KEYS[split_key]
     split = [d for d in recs if isinstance(d.get("arm"), str)]
     if not split:
         return None
@@ -441,6 +463,7 @@ def arm_figures(recs: list[dict], lab: dict) -> dict | None:
     n_days = len(days)
     total = len(split)
     arms = []
+    sums: dict[str, dict[str, ClusterSums]] = {}
     for name in sorted(by_arm, key=lambda a: (a != "champion", a)):
         ds = by_arm[name]
         n = len(ds)
@@ -450,15 +473,15 @@ def arm_figures(recs: list[dict], lab: dict) -> dict | None:
         legit = [d for d in labelled if not lab[_ident(d)]]
         allowed = [d for d in ds if d.get("decision") == "allow"]
         amount = sum(a for d in allowed if (a := _score((d.get("features") or {}).get("amount"))) is not None)
+        sums[name] = {f"{k}_rate": _by_user(ds, key_field, lambda d, k=k: d.get("decision") == k) for k in KINDS}
+        sums[name]["catch_rate"] = _by_user(fraud, key_field, lambda d: d.get("decision") in FLAGGED)
+        sums[name]["false_positive_rate"] = _by_user(legit, key_field, lambda d: d.get("decision") in FLAGGED)
         row = {"arm": name, "events": n, "users": len({d.get("user_id") for d in ds}), "share": n / total,
                "model_versions": dict(Counter(d.get("model_version") or NONE for d in ds).most_common()),
                "policy_versions": dict(Counter(d.get("policy_version") or NONE for d in ds).most_common()),
                "decisions": {k: kinds.get(k, 0) for k in KINDS},
                "labelled": len(labelled), "fraud": len(fraud), "legit": len(legit),
-               "block_rate": _rate(kinds.get("block", 0), n), "review_rate": _rate(kinds.get("review", 0), n),
-               "allow_rate": _rate(kinds.get("allow", 0), n),
-               "catch_rate": _rate(sum(1 for d in fraud if d.get("decision") in FLAGGED), len(fraud)),
-               "false_positive_rate": _rate(sum(1 for d in legit if d.get("decision") in FLAGGED), len(legit)),
+               **{k: _rate(sums[name][k]) for k in ARM_RATES},
                "approved_amount": amount, "approved_amount_per_event": _ratio(amount, n),
                "days": n_days,
                "review_load_per_day": _ratio(kinds.get("review", 0), n_days),
@@ -471,7 +494,7 @@ def arm_figures(recs: list[dict], lab: dict) -> dict | None:
         if champ is None or a is champ:
             a["vs_champion"] = None
             continue
-        a["vs_champion"] = {k: _diff(a[k], champ[k]) for k in ARM_RATES}
+        a["vs_champion"] = {k: _diff(sums[a["arm"]][k], sums["champion"][k]) for k in ARM_RATES}
         verdicts.append(_verdict(a, champ))
     return {"arms": arms, "events": total, "days": n_days, "verdicts": verdicts,
             "unsplit_records": len(recs) - total}
@@ -489,7 +512,7 @@ def _verdict(a: dict, champ: dict) -> str:
     """One plain-language line: the arm against the champion on what a risk team weighs."""
     v = a["vs_champion"]
     models = ", ".join(a["model_versions"])
-    parts = [f"{a['arm']} ({models}) against the champion, 95 % CI:"]
+    parts = [f"{a['arm']} ({models}) against the champion, 95 % CI by user:"]
     parts.append(f"good events flagged (reviewed or blocked) {_pp(v['false_positive_rate'])} "
                  f"({a['legit']:,} vs {champ['legit']:,} labelled legitimate)")
     parts.append(f"catch rate {_pp(v['catch_rate'])} ({a['fraud']:,} vs {champ['fraud']:,} labelled fraud)")
@@ -959,6 +982,8 @@ ARM_LABELS = {"block_rate": "block rate", "review_rate": "review rate", "allow_r
 def _pc_ci(r: dict) -> str:
     if r["rate"] is None:
         return "n/a"
+    if r["ci"] is None:  # one user: no spread between users to judge from
+        return f"{100 * r['rate']:.2f}% [n/a, 1 user]"
     lo, hi = r["ci"]
     return f"{100 * r['rate']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
 
@@ -1005,13 +1030,14 @@ def _render_arms(ab: dict) -> str:
                      _num(a["review_load_per_day"]), _num(a["review_load_per_day_at_full_traffic"])])
     out = [head, f'<p class="sub">{ab["events"]:,} records carry an arm, over {ab["days"]:,} day(s) of event time'
                  + (f'; {ab["unsplit_records"]:,} records were decided without a split' if ab["unsplit_records"]
-                    else "") + ". Rates with 95 % intervals.</p>",
+                    else "") + ". Rates with 95 % intervals by user (the split assigns users, and a user's "
+                 "events are not independent).</p>",
            _table(["arm", "model", "policy", "events", "users", "share", "block rate", "review rate", "allow rate",
                    "labelled", "catch rate", "false-positive rate", "approved amount", "reviews/day",
                    "reviews/day at full traffic"], rows)]
     if ab["verdicts"]:
         out.append("<h3>Verdict</h3><ul>" + "".join(f"<li>{escape(v)}</li>" for v in ab["verdicts"]) + "</ul>")
-        out.append("<h3>Against the champion (difference, 95 % interval)</h3>")
+        out.append("<h3>Against the champion (difference, 95 % interval by user)</h3>")
         out.append(_chart(svg_arm_diffs(arms), "no arm to compare"))
     else:
         out.append('<p class="empty">No champion arm in these records: nothing to compare against.</p>')

@@ -12,7 +12,8 @@ It runs as its own process beside the job, not inside it:
 - it still acts while the job restarts or is down: its rollback waits in the control topic and is applied
   before the job decides again (the control source resumes from its checkpointed offset).
 
-Its state (``<riskstream home>/rollouts/<control topic>.json``: the schedule, the step, the per-arm counts,
+Its state (``<riskstream home>/rollouts/<control topic>.json``: the schedule, the step, the per-arm counts
+(with the counts per group of users the rate guardrails need: 3 x 1,024 integers an arm, whatever the traffic),
 the topics' offsets read, the history, the controller's pid and heartbeat) is rewritten after every look
 under a file lock, so ``status`` works from another process, ``promote``/``rollback`` from another process
 take effect (the controller sees the new status at its next look and exits), and a restarted controller
@@ -214,7 +215,10 @@ class Controller:
         if st is None:
             raise ro.RolloutError(f"no rollout state at {path}")
         self.id = st["id"]
+        from udfs.split import SPLIT_KEYS
+
         self.g = ro.Guardrails.from_json(st["guardrails"])
+        self.key_field = SPLIT_KEYS[st.get("key", "user")]  # the records' field of the split key: the users
         self.counts = {a: ro.ArmCounts.from_json((st.get("counts") or {}).get(a)) for a in (ro.CANDIDATE, ro.CHAMPION)}
         self.offsets = st["offsets"]
         self.drift = {}
@@ -252,7 +256,7 @@ class Controller:
             arm = r.get("arm")
             if arm not in rows:
                 continue
-            self.counts[arm].add(r)
+            self.counts[arm].add(r, self.key_field)
             if arm == ro.CHAMPION and self.champion_version is None and r.get("model_version"):
                 self.champion_version = r["model_version"]
                 self.drift[ro.CHAMPION] = self._champion_monitor(self.champion_version)
