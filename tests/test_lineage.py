@@ -394,3 +394,28 @@ def test_retention_removes_changelog_files_no_kept_snapshot_reads(tmp_path):
     assert not (base / A).exists()  # A's checkpoint pruned: all of its log, and its folder
     assert sorted(p.name for p in (base / B / "dstl").iterdir()) == ["b2-0c1e8d5a", "b3-0c1e8d5a"]
     assert other.exists()
+
+
+def test_retention_survives_flink_discarding_a_checkpoint_while_it_reads(tmp_path, monkeypatch):
+    """Flink discards a subsumed ``chk-N`` asynchronously, even after a bounded job's result returned: here
+    chk-1 vanishes right after its ``_metadata`` was opened (the full suite once failed the poison test on
+    a FileNotFoundError for ``chk-1/_metadata`` at the retention after the run)."""
+    import builtins
+    import shutil
+
+    run(tmp_path, A)
+    write_snapshot(chk(tmp_path, A, 1), 1, mtime=time.time() - 10)
+    write_snapshot(chk(tmp_path, A, 2), 2)
+    real_open = builtins.open
+
+    def open_then_discard(path, *a, **kw):
+        f = real_open(path, *a, **kw)
+        if str(path).endswith(f"chk-1{os.sep}_metadata"):
+            shutil.rmtree(chk(tmp_path, A, 1))  # the open file stays readable, the path is gone
+        return f
+
+    monkeypatch.setattr(builtins, "open", open_then_discard)
+    lineage.prune(JOB, 1, home=tmp_path)
+    monkeypatch.setattr(builtins, "open", real_open)
+    done, half = lineage.all_snapshots(JOB, tmp_path)
+    assert [s.checkpoint_id for s in done] == [2] and half == []

@@ -116,9 +116,19 @@ def human_age(s: float) -> str:
 
 def metadata_checkpoint_id(folder: Path) -> int | None:
     """The checkpoint id in ``folder/_metadata``'s header, or None when there is no complete header."""
+    head = _metadata_head(folder)
+    return head[0] if head else None
+
+
+def _metadata_head(folder: Path) -> tuple[int, float] | None:
+    """(checkpoint id, modification time) of ``folder/_metadata`` read through one open file, or None.
+
+    Pitfall: Flink discards a subsumed ``chk-N`` asynchronously, even after a bounded job's result has been
+    returned, so the folder can vanish between any two calls on its path; one open file cannot."""
     try:
         with open(folder / "_metadata", "rb") as f:
             head = f.read(16)
+            mtime = os.fstat(f.fileno()).st_mtime
     except OSError:
         return None
     if len(head) < 16:
@@ -126,7 +136,7 @@ def metadata_checkpoint_id(folder: Path) -> int | None:
     magic, version, cid = struct.unpack(">iiq", head)
     if magic != METADATA_MAGIC or version not in METADATA_VERSIONS or cid < 0:
         return None
-    return cid
+    return cid, mtime
 
 
 def read_snapshot(folder: Path | str, savepoint: bool | None = None) -> Snapshot | None:
@@ -135,14 +145,15 @@ def read_snapshot(folder: Path | str, savepoint: bool | None = None) -> Snapshot
     p = local_path(str(folder)) if isinstance(folder, str) else folder
     if p is None:
         return None
-    cid = metadata_checkpoint_id(p)
-    if cid is None:
+    head = _metadata_head(p)
+    if head is None:
         return None
+    cid, mtime = head
     if p.name.startswith("chk-") and p.name[4:] != str(cid):
         return None
     if savepoint is None:
         savepoint = not p.name.startswith("chk-")
-    return Snapshot(p, cid, savepoint, (p / "_metadata").stat().st_mtime)
+    return Snapshot(p, cid, savepoint, mtime)
 
 
 def run_checkpoints(checkpoint_dir: str, job_id: str) -> tuple[list[Snapshot], list[Path]]:
