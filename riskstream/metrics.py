@@ -388,6 +388,8 @@ def cluster_diff_interval(a: ClusterSums, b: ClusterSums, z: float = Z95) -> tup
       same uncertainty as the other. Never narrower than either, so conservative when the arms' spreads
       differ.
     - t: Student's at the level of ``z`` on Welch-Satterthwaite degrees of freedom from each arm's G - 1.
+    - the ends are clipped to [-1, 1], the range of a difference of two rates (with few users t is large:
+      two users an arm can give +-3).
 
     None when an arm has fewer than 2 clusters."""
     va, vb = a.variance(), b.variance()
@@ -402,4 +404,4 @@ def cluster_diff_interval(a: ClusterSums, b: ClusterSums, z: float = Z95) -> tup
         return d, d, d
     df = v * v / (va * va / (a.clusters - 1) + vb * vb / (b.clusters - 1))
     half = t_quantile(NormalDist().cdf(z), df) * math.sqrt(v)
-    return d, d - half, d + half
+    return d, max(-1.0, d - half), min(1.0, d + half)

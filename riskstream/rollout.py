@@ -17,10 +17,11 @@ the rollout started):
 - **score distribution**: the PSI between the two arms' score histograms (``SCORE_BINS`` equal bins on
   [0, 1]) at most ``max_score_psi``: a model whose scores mean something else than the champion's;
 - **processing errors**: at most ``max_errors`` records of the candidate's arm with ``processing_error``;
-- **drift**: the largest feature PSI of the candidate's inputs against its own training distribution
-  (``udfs.drift``) at most ``max_psi``, or, when the traffic has moved away from both models, at most the
-  champion's own PSI on its arm plus ``drift_margin``: the rollout judges the candidate, not the traffic
-  (the job's drift gauges watch the traffic).
+- **drift**: the largest feature PSI of the rollout's inputs (both arms' rows: an event's features do not
+  depend on its arm) against the candidate's training distribution (``udfs.drift``) at most ``max_psi``, or,
+  when the traffic has moved away from both models, at most the champion's PSI on the same rows plus
+  ``drift_margin``: the rollout judges the candidate, not the traffic (the job's drift gauges watch the
+  traffic).
 
 Nothing is judged before each arm has ``min_events`` records, the rates from 2 users or more (and the
 drift check ``udfs.drift.MIN_ROWS``); a step does not advance until it could be judged. A breach rolls back at once (the split ends: the

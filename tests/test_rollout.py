@@ -71,7 +71,7 @@ def cluster_diff_brute(a: list[tuple[int, int]], b: list[tuple[int, int]], z: fl
     arm's rate K / N and its delta-method variance grad' Cov grad / G with numpy's sample covariance of
     (k_g, n_g) and the gradient of kbar / nbar; at least the pooled G / N^2 x sum of both arms' squared
     residuals (k_g - p n_g) / (G_a + G_b - 2); Welch-Satterthwaite degrees of freedom; the t quantile from
-    the density."""
+    the density; the ends clipped to [-1, 1]."""
     out = []
     for arm in (a, b):
         x = np.asarray(arm, dtype=np.float64)
@@ -93,7 +93,7 @@ def cluster_diff_brute(a: list[tuple[int, int]], b: list[tuple[int, int]], z: fl
     from statistics import NormalDist
 
     half = t_quantile_brute(NormalDist().cdf(z), df) * math.sqrt(va + vb)
-    return d, d - half, d + half
+    return d, max(-1.0, d - half), min(1.0, d + half)  # a difference of two rates lies in [-1, 1]
 
 
 def _clusters(recs: list[dict], kind: str) -> list[tuple[int, int]]:
@@ -139,7 +139,12 @@ def test_the_clustered_interval_by_hand():
     # both arms' variances 0.2304 and 0.1152; df (0.3456)^2 / (0.2304^2 + 0.1152^2) = 1.8
     d, lo, hi = metrics.cluster_diff_interval(metrics.ClusterSums.of(a), metrics.ClusterSums.of(b), metrics.Z95)
     half = t_quantile_brute(0.975, 0.3456 ** 2 / (0.2304 ** 2 + 0.1152 ** 2)) * math.sqrt(0.3456)
-    assert (d, lo, hi) == pytest.approx((0.2, 0.2 - half, 0.2 + half), rel=1e-6)
+    assert half > 1.2  # two users an arm: the interval is wider than any difference can be ...
+    assert (d, lo, hi) == pytest.approx((0.2, -1.0, 1.0), rel=1e-6)  # ... so it is clipped to [-1, 1]
+    # more users with the same spread: a narrower interval, not clipped
+    d, lo, hi = metrics.cluster_diff_interval(metrics.ClusterSums.of(a * 50), metrics.ClusterSums.of(b * 50),
+                                              metrics.Z95)
+    assert d == pytest.approx(0.2) and -1 < lo < d < hi < 1
 
 
 def _records(rng, n, p_block, p_review, p_err, score_shift, users=None):
@@ -508,6 +513,32 @@ def test_arm_counts_and_drift_counts_survive_a_round_trip():
     m1.add(x[300:])
     m2.add(x[300:])
     assert m1.max_psi() == m2.max_psi() and m1.rows == m2.rows == 700
+
+
+def test_both_drift_monitors_read_both_arms_rows():
+    """The candidate's drift and the champion's are measured on the same rows, those of both arms: at a small
+    step the candidate's arm alone would be a tiny sample, and two different samples differ by chance."""
+    from riskstream.tools.rollout import Controller
+    from udfs.drift import monitor_for
+    from udfs.scoring import load_model_spec
+
+    ctl = object.__new__(Controller)  # only the counting: no broker, no state file
+    ctl.key_field, ctl.champion_version = "user_id", "risk_gbdt_v1"
+    ctl.counts = {ro.CANDIDATE: ro.ArmCounts(), ro.CHAMPION: ro.ArmCounts()}
+    cand, champ = (monitor_for(load_model_spec(f"models/risk_gbdt_{v}.onnx")) for v in ("v2", "v1"))
+    ctl.drift = {ro.CANDIDATE: cand, ro.CHAMPION: champ}
+    rng = np.random.default_rng(3)
+    names = sorted(set(cand.names) | set(champ.names))
+    recs = [{"arm": ro.CANDIDATE if i % 20 == 0 else ro.CHAMPION if i % 20 < 19 else None, "user_id": f"u{i % 37}",
+             "decision": "allow", "score": 0.1, "reasons": [],
+             "features": {n: float(v) for n, v in zip(names, rng.random(len(names)) * 5)}} for i in range(600)]
+    ctl._count(recs)
+    in_arms = [r for r in recs if r["arm"]]
+    assert ctl.counts[ro.CANDIDATE].n == 30 and ctl.counts[ro.CHAMPION].n == len(in_arms) - 30
+    assert cand.rows == champ.rows == len(in_arms)  # both arms' rows, nothing outside the rollout
+    ref = monitor_for(load_model_spec("models/risk_gbdt_v2.onnx"))
+    ref.add(np.asarray([[r["features"][n] for n in ref.names] for r in in_arms]))
+    assert cand.max_psi() == ref.max_psi()
 
 
 def test_the_state_file_refuses_a_second_rollout_and_reports_status(tmp_path, monkeypatch):

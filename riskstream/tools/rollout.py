@@ -249,6 +249,12 @@ class Controller:
             return None
 
     def _count(self, recs: list[dict]) -> None:
+        """Count each arm's records; feed *both* drift monitors with the rows of *both* arms.
+
+        An event's features do not depend on its arm (they are computed before the decide stage), so each
+        model's drift is measured on all the rollout's rows: at a 1 % step the candidate's own arm would give
+        it a sample a hundredth as large, and the champion's PSI on other users' rows would differ from the
+        candidate's by sampling alone, which is what the drift margin compares."""
         import numpy as np
 
         rows: dict[str, list] = {ro.CANDIDATE: [], ro.CHAMPION: []}
@@ -261,15 +267,18 @@ class Controller:
                 self.champion_version = r["model_version"]
                 self.drift[ro.CHAMPION] = self._champion_monitor(self.champion_version)
             feats = r.get("features")
-            mon = self.drift[arm]
-            if mon is not None and feats:
+            if not feats:
+                continue
+            for who, mon in self.drift.items():
+                if mon is None:
+                    continue
                 try:
-                    rows[arm].append([float(feats[n]) for n in mon.names])
+                    rows[who].append([float(feats[n]) for n in mon.names])
                 except (KeyError, TypeError, ValueError):
                     pass
-        for arm, xs in rows.items():
-            if xs and self.drift[arm] is not None:
-                self.drift[arm].add(np.asarray(xs))
+        for who, xs in rows.items():
+            if xs and self.drift[who] is not None:
+                self.drift[who].add(np.asarray(xs))
 
     def verdict(self) -> ro.Verdict:
         from udfs.drift import MIN_ROWS
