@@ -144,8 +144,9 @@ def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Pat
         finally:
             p.close()
     args = [sys.executable, "-m", "riskstream.cli", "run", "--bounded"]
-    for k, v in flags.items():
-        args += [f"--{k.replace('_', '-')}", v]
+    for k, v in flags.items():  # True / False: a --x / --no-x switch
+        flag = k.replace("_", "-")
+        args += [f"--{flag}"] if v is True else [f"--no-{flag}"] if v is False else [f"--{flag}", v]
     t0 = time.monotonic()
     job_log = work / f"job-{tag}.log"
     flink_logs = work / f"flink-logs-{tag}"  # the MiniCluster's own log: restarts are counted from it
@@ -266,7 +267,12 @@ def split_cost(events: int = 100_000, parallelism: int = 2, rounds: int = 2, see
     return _write_result(res, f"split-cost-{stamp}.json", t_start)
 
 
-STATE_BACKENDS = ("hashmap", "rocksdb")
+# the cases of ``bench --state``: each a state backend, and whether the changelog runs over it
+STATE_CASES = {"hashmap": {"state_backend": "hashmap", "changelog": False},
+               "rocksdb": {"state_backend": "rocksdb", "changelog": False},
+               # the production configuration (`cluster up`, the manifest)
+               "rocksdb+changelog": {"state_backend": "rocksdb", "changelog": True}}
+STATE_BACKENDS = ("hashmap", "rocksdb+changelog")
 
 
 def held_history(path: Path, users: int, end_ts: int, seed: int = 5) -> int:
@@ -294,7 +300,7 @@ def held_history(path: Path, users: int, end_ts: int, seed: int = 5) -> int:
 def state_cost(backends: tuple[str, ...] = STATE_BACKENDS, held_users: int = 100_000, events: int = 100_000,
                parallelism: int = 2, rounds: int = 2, seed: int = 11, checkpoint_interval_ms: int | None = None,
                port: int | None = None, keep: bool = False, log=sys.stderr, deadline_s: float = 1200) -> dict:
-    """``riskstream bench --state hashmap,rocksdb``: the whole job (parse, four stages, decide, both sinks,
+    """``riskstream bench --state hashmap,rocksdb+changelog``: the whole job (parse, four stages, decide, both sinks,
     exactly once) draining one backlog while it holds the state of ``held_users`` other users, once per
     state backend, ``rounds`` times alternating. The held state comes from ``riskstream bootstrap`` (one
     savepoint, restored by every run: a savepoint restores on either backend). Reports events/s per run, the
@@ -326,11 +332,14 @@ def state_cost(backends: tuple[str, ...] = STATE_BACKENDS, held_users: int = 100
 
         def one(case: str, r: int) -> dict:
             thr = flink_throughput(bs, "bench.events", events, work, parallelism, checkpoint_interval_ms, log,
-                                   deadline_s, tag=f"{case}{r}",
-                                   extra={"state_backend": case, "restore_from": str(boot.path)})
-            restored = "restoring savepoint" in Path(thr["log"]).read_text(errors="replace")
+                                   deadline_s, tag=f"{case.replace('+', '-')}{r}",  # a topic name: no '+'
+                                   extra={**STATE_CASES[case], "restore_from": str(boot.path)})
+            text = Path(thr["log"]).read_text(errors="replace")
+            # the job's own line on its state backend (pipelines.decision_job.describe_state): what really ran
+            said = next((ln.split(": ", 1)[-1] for ln in text.splitlines() if ": state backend " in ln), None)
             return {**_span_json(thr["span"], events), "seconds": thr["seconds"], "restarts": thr["restarts"],
-                    "restored": restored, "load_average": round(os.getloadavg()[0], 1)}
+                    "restored": "restoring savepoint" in text, "state": said,
+                    "load_average": round(os.getloadavg()[0], 1)}
 
         res["runs"] = _alternate(tuple(backends), rounds, one, log)
         for b in backends:
@@ -355,7 +364,7 @@ def render_state_cost(r: dict) -> str:
              f"users' state ({sum((r.get('bootstrap') or {}).get('keys', {}).values()):,} keys), parallelism "
              f"{r['parallelism']}, {r['rounds']} round(s) (load average {r['load_average']['start']} at the start)"]
     for x in r["runs"]:
-        lines.append(f"  round {x['round']} {x['case']:<8} {x['eps'] or 0:>9,.0f} events/s  ({x['seconds']} s from "
+        lines.append(f"  round {x['round']} {x['case']:<17} {x['eps'] or 0:>9,.0f} events/s  ({x['seconds']} s from "
                      f"start to the last decision){'' if x['exact'] else '  NOT EXACTLY ONCE'}")
     lines.append("medians: " + ", ".join(f"{b} {r.get(f'{b}_eps') or 0:,.0f} events/s (x{r['ratio'].get(b)})"
                                          for b in r["backends"]))

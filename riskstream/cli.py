@@ -247,9 +247,9 @@ def cmd_bench(a) -> int:
         except argparse.ArgumentTypeError as e:
             raise SystemExit(f"riskstream bench: --held-users: {e}")
         backends = tuple(b for b in a.state.split(",") if b)
-        unknown = set(backends) - set(bench.STATE_BACKENDS)
+        unknown = set(backends) - set(bench.STATE_CASES)
         if unknown or not backends:
-            raise SystemExit(f"riskstream bench: --state {a.state!r}: choose from {bench.STATE_BACKENDS}")
+            raise SystemExit(f"riskstream bench: --state {a.state!r}: choose from {','.join(bench.STATE_CASES)}")
         res = bench.state_cost(backends, held_users=held, events=a.events, parallelism=a.parallelism,
                                rounds=a.split_rounds, seed=a.seed, checkpoint_interval_ms=a.checkpoint_interval_ms,
                                keep=a.keep)
@@ -1431,9 +1431,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-rounds", type=int, default=2,
                    help="with --split or --state: runs of each case [default 2]")
     p.add_argument("--state", default=None, metavar="BACKENDS",
-                   help="instead: the whole job on each state backend (hashmap,rocksdb) draining one backlog while "
-                        "it holds --held-users other users' state (bootstrapped), --split-rounds times each, "
-                        "alternating; the ratio of the medians")
+                   help="instead: the whole job on each state backend (hashmap, rocksdb, rocksdb+changelog: the "
+                        "production configuration) draining one backlog while it holds --held-users other users' "
+                        "state (bootstrapped), --split-rounds times each, alternating; the ratio of the medians to "
+                        "the first's (e.g. hashmap,rocksdb+changelog)")
     p.add_argument("--held-users", default="100k", help="with --state: users whose state the job holds [100k]")
     p.set_defaults(fn=cmd_bench)
     return ap

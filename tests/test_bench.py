@@ -140,7 +140,7 @@ def test_java_scored_job_decides_each_event_once_and_scores_as_the_python_scorer
 @pytest.mark.kafka
 @pytest.mark.flink
 def test_the_state_comparison_restores_the_held_state_on_each_backend(tmp_path, monkeypatch):
-    """`riskstream bench --state hashmap,rocksdb`, small: every run restores the bootstrapped state (its log
+    """`riskstream bench --state hashmap,rocksdb+changelog`, small: every run restores the bootstrapped state (its log
     says so) and decides every backlog event exactly once; the held keys are what the history holds (counted
     here from the file); nothing of the bench stays in the job folders. About 4 minutes."""
     from benchmarks import bench
@@ -154,9 +154,12 @@ def test_the_state_comparison_restores_the_held_state_on_each_backend(tmp_path, 
     assert n == len(rows) == 999 + 499 and all(r["ts"] < 1_767_225_600_000 for r in rows)
     want = {"user": len({r["user_id"] for r in rows}), "ip": len({r["ip"] for r in rows}),
             "device": len({r["device_id"] for r in rows}), "payment": len({r.get("payment_ref") for r in rows} - {None})}
-    res = bench.state_cost(("hashmap", "rocksdb"), held_users=999, events=2000, rounds=1)
+    res = bench.state_cost(("hashmap", "rocksdb+changelog"), held_users=999, events=2000, rounds=1)
     assert res["exact"] and res["restored"] and len(res["runs"]) == 2
     assert [r["restarts"] for r in res["runs"]] == [0, 0]  # a restart would time recovery, not the backend
     assert res["bootstrap"]["keys"] == want
-    assert set(res["ratio"]) == {"hashmap", "rocksdb"} and res["ratio"]["hashmap"] == 1.0
+    assert set(res["ratio"]) == {"hashmap", "rocksdb+changelog"} and res["ratio"]["hashmap"] == 1.0
+    said = {r["case"]: r["state"] for r in res["runs"]}  # what each run's job says it ran on
+    assert said["hashmap"].startswith("state backend hashmap") and "changelog off" in said["hashmap"], said
+    assert said["rocksdb+changelog"].startswith("state backend rocksdb") and "changelog on" in said["rocksdb+changelog"]
     assert not list((tmp_path / "home" / "jobs").glob("bench-*"))
