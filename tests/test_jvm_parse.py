@@ -313,6 +313,7 @@ def test_chaos_trigger_fails_the_task_once(jp, tmp_path):
 
 
 # ---- speed ----------------------------------------------------------------------------------------------
+@pytest.mark.long  # a speed comparison, ~30 s; parity is held by the fuzz tests
 def test_java_parser_is_faster_than_parse_event(jp, capsys):
     from riskstream.generator import TrafficGenerator
 

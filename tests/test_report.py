@@ -676,6 +676,7 @@ def test_per_arm_figures_equal_a_hand_count_and_the_verdict_says_it():
     assert "arm b" in text and "verdict: b (risk_gbdt_v2)" in text
 
 
+@pytest.mark.long  # 40 A/A splits, ~50 s: the intervals' A/A rate is held in the default run by tests/test_rollout.py
 def test_two_halves_of_the_same_users_rarely_differ_significantly():
     """An A/A split of the generator's traffic (tests.test_rollout.generator_decisions: v1 decides every event;
     its ground truth as the labels), 40 salts, half the users in arm b: the report calls a difference
