@@ -280,9 +280,9 @@ def _rate_check(name: str, a: ClusterSums, b: ClusterSums, tol_pp: float, z: flo
 
 def evaluate(cand: ArmCounts, champ: ArmCounts, g: Guardrails, drift: tuple[float, int] | None = None,
              champion_drift: tuple[float, int] | None = None, min_drift_rows: int = 500) -> Verdict:
-    """The guardrails on the two arms' counts. ``drift``: (largest feature PSI, rows) of the candidate's
-    inputs against its training distribution, None when its spec has none; ``champion_drift`` the same for
-    the champion's model on its arm."""
+    """The guardrails on the two arms' counts. ``drift``: (largest feature PSI, rows) of both arms' inputs
+    against the candidate's training distribution, None when its spec has none; ``champion_drift`` the same
+    rows against the champion's model's."""
     checks = []
     # errors are judged from the first record: one is enough to know
     checks.append(Check("errors", cand.errors <= g.max_errors,
@@ -307,11 +307,11 @@ def evaluate(cand: ArmCounts, champ: ArmCounts, g: Guardrails, drift: tuple[floa
             if champion_drift is not None and champion_drift[1] >= min_drift_rows \
                     and champion_drift[0] + g.drift_margin > bound:
                 bound = champion_drift[0] + g.drift_margin
-                why = (f"at most the champion's {champion_drift[0]:.3f} on its own inputs + {g.drift_margin:g} "
+                why = (f"at most the champion's {champion_drift[0]:.3f} on the same rows + {g.drift_margin:g} "
                        "(the traffic is beyond both models' training)")
             checks.append(Check("drift", psi_ <= bound,
-                                f"largest feature PSI {psi_:.3f} of the candidate's inputs against its training, "
-                                f"{why}"))
+                                f"largest feature PSI {psi_:.3f} of both arms' inputs against the candidate's "
+                                f"training, {why}"))
     if any(c.ok is False for c in checks):
         return Verdict("breach", tuple(checks))
     return Verdict("hold" if all(c.ok for c in checks) else "wait", tuple(checks))
