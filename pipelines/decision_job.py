@@ -524,7 +524,7 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
 
     from riskstream.ops import lineage, runguard
     from riskstream.ops.procs import free_port
-    from riskstream.ops.restore import plan_start
+    from riskstream.ops.restore import check_backend, plan_start
 
     import time
 
@@ -569,6 +569,9 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
             if state["state.changelog.enabled"] == "true":
                 conf.setdefault(MATERIALIZE_INTERVAL, state[MATERIALIZE_INTERVAL])
         check_claim_mode(state, cfg.flink_conf)
+        # a native savepoint or a checkpoint restores only on the backend that wrote it: refused here, before
+        # retention, a private copy or the job's submission, not by Flink at restore (a job failing over and over)
+        check_backend(cfg.job_name, plan.snapshot, state.get("state.backend.type"))
         if local_ck:
             protect = (plan.snapshot.path,) if plan.snapshot is not None else ()
             copy = os.environ.get(RESTORE_COPY_ENV) if by_flink else None

@@ -329,6 +329,52 @@ def check_runtime(cfg: JobConfig, snap: Snapshot | None) -> None:
             f"last 24 h with --allow-reprocess (same decision ids); see docs/operations.md")
 
 
+class BackendMismatch(StartupError):
+    """The snapshot is a native savepoint or a checkpoint of the other state backend."""
+
+
+def snapshot_backend(job_name: str, snap: Snapshot, home: Path | None = None) -> tuple[str | None, str | None]:
+    """(how the snapshot was written: ``canonical``, ``native`` or ``checkpoint``; the state backend whose own
+    format its keyed state is in, None when portable or unknown).
+
+    The format is the one its ``_metadata`` states, else its savepoint record's. A canonical savepoint is
+    portable. Otherwise RocksDB's files named in the metadata say ``rocksdb``; else the savepoint's record,
+    or the run that wrote it, says which backend (hashmap snapshots and RocksDB's full ones look alike)."""
+    records = lineage.read(job_name, home)
+    uri = snap.uri
+    rec = next((r for r in records if r["kind"] == "savepoint" and r.get("path") == uri), None)
+    fmt = lineage.snapshot_format(snap.path) or (rec or {}).get("format") or (None if snap.savepoint else "checkpoint")
+    if fmt == "canonical" or fmt is None:
+        return fmt, None
+    if lineage.names_rocksdb_files(snap.path):
+        return fmt, "rocksdb"
+    if rec is not None and rec.get("backend"):
+        return fmt, rec["backend"]
+    writer = (rec or {}).get("job_id") or (None if snap.savepoint else snap.path.parent.name)
+    run = next((r for r in records if r["kind"] == "run" and r.get("job_id") == writer), None) if writer else None
+    return fmt, lineage.run_backend(run)
+
+
+def check_backend(job_name: str, snap: Snapshot | None, backend: str | None) -> None:
+    """Refuse a restore Flink would fail: a native savepoint or a checkpoint restores only on the state backend
+    that wrote it (RocksDB's files on hashmap: "Unexpected state handle type ... IncrementalRemoteKeyedStateHandle";
+    a hashmap one on RocksDB fails reading it too), after the job was submitted, restarting until its attempts
+    run out. ``backend`` is the job's (``state.backend.type`` as it takes effect). A canonical savepoint, or one
+    whose writer is unknown, passes (Flink decides)."""
+    if snap is None or snap.checkpoint_id < 0 or backend not in ("hashmap", "rocksdb"):
+        return
+    fmt, written = snapshot_backend(job_name, snap)
+    if written is None or written == backend:
+        return
+    what = "a native savepoint" if fmt == "native" else "a checkpoint"
+    raise BackendMismatch(
+        f"{snap.describe()} is {what} of the {written} state backend, in {written}'s own format: Flink restores it "
+        f"only on {written}, and this job runs on {backend} (Flink would fail the job at restore). Either restore it "
+        f"with --state-backend {written}, or move the state to {backend} through a canonical savepoint: restore it "
+        f"with --state-backend {written}, take one with `riskstream savepoint {job_name} --format canonical` (or "
+        f"stop with `riskstream cancel {job_name} --format canonical`), then restore that one here")
+
+
 def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
     """Resolve the restore, check it against the committed output, and say what the start does."""
     snap, why = resolve_restore(cfg)
@@ -346,5 +392,5 @@ def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
     return StartPlan(snap, why, chk)
 
 
-__all__ = ["GoingBackInTime", "ManualRestoreRequired", "RuntimeMismatch", "StartPlan", "check_runtime", "check_start", "evaluate", "plan_start",
+__all__ = ["BackendMismatch", "GoingBackInTime", "ManualRestoreRequired", "RuntimeMismatch", "StartPlan", "check_backend", "check_runtime", "check_start", "evaluate", "plan_start",
            "resolve_restore", "resolve_restore_path", "snapshot_offsets", "split_offsets"]

@@ -1,0 +1,171 @@
+"""Native savepoints (issue 20: a restore at 3M users within 2 min), on the real broker with `riskstream run`
+MiniCluster processes on RocksDB:
+
+A (parallelism 1) decides the first third -> `riskstream savepoint --format native` (SP1; Flink's own
+checkpoint statistics say NATIVE) -> `riskstream cancel` without --format (SP2: native too, the default on
+RocksDB). Restoring either onto the hashmap backend is refused at start, before Flink, by `run` (a path and
+`latest`) and by `submit --from-savepoint` (no cluster needed for the refusal). B restores SP1 by path at
+parallelism 2 with the changelog, so from a private copy in CLAIM mode, decides the second third and is killed
+(a lost process). Its retained checkpoint, still reading the copy's RocksDB files, is refused on hashmap too;
+C restores it (`latest`) at parallelism 1 and decides the last third.
+
+Checked on features, as tests/test_rescale.py does: every event has exactly one committed decision, and its
+features equal the offline replay over the whole history (a user's everywhere; an ip's and a device's where
+every event of the key travels one path while B runs at 2). Most users of the later thirds had events before
+each restore, so their first event after it reads state carried by the native savepoint (and then by a
+checkpoint on top of its claimed copy)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from riskstream import paths, topics
+from riskstream.ops import flink_rest, lineage
+from tests.test_restore_lineage import Job, cli, decisions, produce_events, same_path, wait_decided
+
+# three `riskstream run` starts and four refused ones: 3-4 min on the shared 2-core box
+pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.long]
+
+JOB = "ns-job"
+COUNT = 900
+
+
+def _refused(res, *needles) -> None:
+    assert res.returncode != 0, res.stdout + res.stderr[-3000:]
+    for n in needles:
+        assert n in res.stderr, (n, res.stderr[-3000:])
+
+
+def test_a_native_savepoint_restores_every_keys_state_and_not_on_the_other_backend(kafka_bootstrap, tmp_path):
+    from riskstream.generator import TrafficGenerator
+    from tests.test_job_flink import _arrival_order_rule
+    from tests.test_rescale import _reference
+    from udfs.events import Event
+    from udfs.features import ENTITIES, features_for
+
+    home = tmp_path / "home"
+    env = {**os.environ, "RISKSTREAM_HOME": str(home), "RISKSTREAM_JARS_ROOT": str(paths.jars_root())}
+    env.pop("RISKSTREAM_SAVEPOINT_FORMAT", None)  # the default is under test
+    names = ("ns.events", "ns.decisions", "ns.dead")
+    topics.ensure_topics(kafka_bootstrap, topics.topic_specs(*names, partitions=2))
+    flags = ["--bootstrap-servers", kafka_bootstrap, "--events-topic", names[0], "--decisions-topic", names[1],
+             "--dead-letter-topic", names[2], "--control-topic", "", "--labels-topic", "", "--group-id", "ns-group",
+             "--job-name", JOB, "--transactional-id-prefix", "ns-tx", "--starting-offsets", "earliest",
+             "--checkpoint-interval-ms", "1000"]
+    rocks = ["--state-backend", "rocksdb"]
+    # a small customer base (about 225 users for 900 events), so most keys return after each restore
+    events = [r.event for r in TrafficGenerator(seed=43, bad_share=0.0).generate(COUNT)]
+    thirds = [events[:300], events[300:600], events[600:]]
+    carried = [len({e["user_id"] for e in thirds[1]} & {e["user_id"] for e in thirds[0]}),
+               len({e["user_id"] for e in thirds[2]} & {e["user_id"] for e in thirds[0] + thirds[1]})]
+    times: dict[str, float] = {}
+
+    # -- A on RocksDB: a native savepoint on request, and by default when it stops --------------------------
+    produce_events(kafka_bootstrap, names[0], thirds[0])
+    a = Job(env, tmp_path, flags, rocks)
+    try:
+        a_id = a.running(checkpoint=True)
+        wait_decided(kafka_bootstrap, names[1], 300)
+        res = cli(env, "savepoint", JOB, "--format", "native")
+        assert res.returncode == 0, res.stderr + a.text()
+        assert "native savepoint (--format)" in res.stderr, res.stderr
+        sp1 = res.stdout.strip().splitlines()[-1]
+        stats = next(h for h in flink_rest.checkpoints(a.rest, a_id)["history"]
+                     if h.get("is_savepoint") and same_path(h["external_path"], sp1))
+        assert stats["savepointFormat"] == "NATIVE", stats  # Flink's word, not riskstream's reading
+        t0 = time.monotonic()
+        res = cli(env, "cancel", JOB)
+        times["A: stop with a native savepoint"] = time.monotonic() - t0
+        assert res.returncode == 0, res.stderr + a.text()
+        assert "native savepoint (the job runs on rocksdb)" in res.stderr, res.stderr
+        sp2 = res.stdout.strip().splitlines()[-1]
+        a.proc.wait(timeout=60)
+    finally:
+        a.kill()
+    recs = {r["path"]: r for r in lineage.read(JOB, home) if r["kind"] == "savepoint"}
+    for sp in (sp1, sp2):
+        assert lineage.snapshot_format(sp) == "native" and lineage.names_rocksdb_files(sp), sp
+        rec = next(r for p, r in recs.items() if same_path(p, sp))
+        assert (rec["format"], rec["backend"]) == ("native", "rocksdb"), rec
+    res = cli(env, "snapshots", JOB)
+    assert res.returncode == 0 and "native (rocksdb only)" in res.stdout, res.stdout
+
+    # -- onto hashmap: refused at start, before Flink, saying what to do ---------------------------------
+    runs_before = [r["job_id"] for r in lineage.read(JOB, home) if r["kind"] == "run"]
+    heap = ["--state-backend", "hashmap"]
+    for restore in (sp1, "latest"):
+        t0 = time.monotonic()
+        res = cli(env, "run", *flags, *heap, "--restore-from", restore, timeout=180)
+        times[f"refused: run --restore-from {'latest' if restore == 'latest' else 'SP1'}"] = time.monotonic() - t0
+        _refused(res, "is a native savepoint of the rocksdb state backend", "this job runs on hashmap",
+                 "--state-backend rocksdb", f"riskstream savepoint {JOB} --format canonical")
+    res = cli(env, "submit", *flags, *heap, "--from-savepoint", sp1, timeout=180)
+    _refused(res, "riskstream submit:", "is a native savepoint of the rocksdb state backend")
+    res = cli(env, "submit", *flags, "--from-savepoint", sp1, timeout=180)  # rocksdb, a cluster's default: passes
+    _refused(res, "no Flink cluster is running")  # to the next check (this test starts no cluster)
+    assert [r["job_id"] for r in lineage.read(JOB, home) if r["kind"] == "run"] == runs_before  # nothing started
+
+    # -- B: SP1 by path, at parallelism 2, with the changelog (a private copy, claimed) -------------------
+    produce_events(kafka_bootstrap, names[0], thirds[1])
+    t0 = time.monotonic()
+    b = Job(env, tmp_path, flags, (*rocks, "--changelog", "--parallelism", "2", "--restore-from", sp1))
+    try:
+        b_id = b.running(checkpoint=True)
+        times["B: start -> running from SP1, first checkpoint"] = time.monotonic() - t0
+        assert "private copy of " + lineage.local_path(sp1).name in b.text(), b.text()
+        restored = lineage.local_path(b.restored()["external_path"])
+        assert restored.parent == lineage.claimed_dir(JOB, home).resolve(), restored
+        assert {v["parallelism"] for v in flink_rest.job_details(b.rest, b_id)["vertices"]} == {2}
+        wait_decided(kafka_bootstrap, names[1], 600)
+        n = flink_rest.checkpoints(b.rest, b_id)["counts"]["completed"]
+        t_end = time.monotonic() + 60  # one more checkpoint after the second third was decided
+        while flink_rest.checkpoints(b.rest, b_id)["counts"]["completed"] < n + 1:
+            assert time.monotonic() < t_end, b.text()
+            time.sleep(0.2)  # polling interval
+    finally:
+        b.kill()  # a lost process: its retained checkpoint is what `latest` resumes from
+
+    # -- B's checkpoint: RocksDB's own format too -------------------------------------------------------------
+    res = cli(env, "run", *flags, *heap, "--restore-from", "latest", timeout=180)
+    _refused(res, "is a checkpoint of the rocksdb state backend", "this job runs on hashmap")
+
+    # -- C: latest (B's checkpoint, on top of the claimed copy's files), back at parallelism 1 ---------------
+    produce_events(kafka_bootstrap, names[0], thirds[2])
+    c = Job(env, tmp_path, flags, (*rocks, "--changelog", "--restore-from", "latest"))
+    try:
+        c.running(checkpoint=True)
+        src = lineage.local_path(c.restored()["external_path"])
+        assert src.parent.name == b_id and src.name.startswith("chk-"), src
+        wait_decided(kafka_bootstrap, names[1], COUNT)
+    finally:
+        c.kill()
+    for k, v in times.items():
+        print(f"[native] {k}: {v:.1f}s", file=sys.stderr)
+    print(f"[native] users carried over each restore: {carried}", file=sys.stderr)
+    assert min(carried) >= 100, carried
+
+    got = decisions(kafka_bootstrap, names[1])
+    assert sorted(d["event_id"] for d in got) == sorted(e["event_id"] for e in events), "not exactly once"
+    assert decisions(kafka_bootstrap, names[2]) == []
+    by_id = {d["event_id"]: d["features"] for d in got}
+    want = _reference(events, tmp_path)
+    deterministic = _arrival_order_rule([Event(**e) for e in events], parallelism=2)
+    compared = {e.name: 0 for e in ENTITIES}
+    bad = []
+    for e in events:
+        ev = Event(**e)
+        for k, ent in enumerate(ENTITIES):
+            if not deterministic(ev, k):
+                continue
+            compared[ent.name] += 1
+            diff = {f.name: (by_id[ev.event_id][f.name], want[ev.event_id][f.name]) for f in features_for(ent.name)
+                    if by_id[ev.event_id][f.name] != want[ev.event_id][f.name]}
+            if diff:
+                bad.append((ev.event_id, ent.name, diff))
+    print(f"[native] events compared per entity: {compared}", file=sys.stderr)
+    assert not bad, (len(bad), bad[:5])
+    assert compared["user"] == COUNT and min(compared.values()) > COUNT // 2, compared
