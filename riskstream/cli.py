@@ -1170,12 +1170,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "else the local cluster's]")
     fmt_default = None  # RISKSTREAM_SAVEPOINT_FORMAT is read (and checked) by submit.choose_format
     fmt_help = ("the savepoint's format [env RISKSTREAM_SAVEPOINT_FORMAT; default: native when the job runs on "
-                "rocksdb, canonical on hashmap]. native: the state backend's own files (RocksDB's copied as they "
-                "are): fast to take and to restore at millions of users (3M users restored in seconds, not the "
-                "minutes of a canonical one: docs/benchmarks.md), at any parallelism, but ONLY on the backend that "
-                "wrote it. canonical: Flink's backend-independent format, rewritten key by key: slow at that size, "
-                "but it restores on either backend (the way to switch backends) and the State Processor API reads "
-                "it. A restore onto the other backend is refused at start, saying what to do")
+                "rocksdb without the changelog, canonical otherwise]. native: the state backend's own files "
+                "(RocksDB's copied as they are): fast to take and to restore at millions of users (3M users "
+                "restored in seconds, not the minutes of a canonical one: docs/benchmarks.md), at any parallelism, "
+                "but ONLY on the backend that wrote it, and one of a job with the changelog only without the "
+                "changelog (Flink 2.2.1 would write checkpoints after it that it cannot restore, FLINK-39964). "
+                "canonical: Flink's backend-independent format, rewritten key by key: slow at that size, but it "
+                "restores anywhere (the way to switch backends) and the State Processor API reads it. A restore "
+                "that cannot work is refused at start, saying what to do")
     p = sub.add_parser("savepoint", help="take a savepoint of a running job (it keeps running); prints its path")
     p.add_argument("job", metavar="JOB", help=job_help)
     p.add_argument("--jobmanager", default=None, help=jm_ref_help)

@@ -3,9 +3,10 @@ backend are read back, and the start-up refusal of a snapshot the job's backend 
 
 The ``_metadata`` files are fabricated with the pieces riskstream reads, laid out as Flink 2.2 writes them:
 the header, a keyed state handle's local file name as ``writeUTF`` writes it (RocksDB's ``MANIFEST-000005``
-in an incremental handle), and at the end the Java-serialized ``CheckpointProperties`` whose
-``SavepointType`` carries the ``SavepointFormatType`` constant (a checkpoint's carries a ``CheckpointType``).
-tests/test_native_savepoint.py checks the reading against Flink's own statistics on real savepoints."""
+in an incremental handle, itself wrapped in the changelog's handle when a job with the changelog wrote it),
+and at the end the Java-serialized ``CheckpointProperties`` whose ``SavepointType`` carries the
+``SavepointFormatType`` constant (a checkpoint's carries a ``CheckpointType``). tests/test_native_savepoint.py
+checks the reading against Flink's own statistics and restores on real savepoints."""
 
 from __future__ import annotations
 
@@ -40,11 +41,20 @@ def properties(fmt: str | None) -> bytes:
     return out
 
 
-def write(folder, cid: int, fmt: str | None, rocksdb: bool) -> lineage.Snapshot:
+def incremental_handle(cid: int) -> bytes:
+    """INCREMENTAL_KEY_GROUPS_HANDLE_V2 (11): checkpoint id, backend UUID, key groups, size; then the
+    private state's (local path, stream handle) pairs, here from the MANIFEST on."""
+    head = b"\x0b" + struct.pack(">q", cid) + utf("0dcd0759-9c8a-4d50-bca8-fb7c204de42a") + struct.pack(">iiq", 0, 128, 99)
+    return head + struct.pack(">i", 3) + utf("MANIFEST-000005") + b"\x01" + utf("CURRENT") + b"\x01"
+
+
+def write(folder, cid: int, fmt: str | None, rocksdb: bool, changelog: bool = False) -> lineage.Snapshot:
     folder.mkdir(parents=True, exist_ok=True)
     body = b"\0" * 40
-    if rocksdb:  # an incremental handle's private state: (local path, stream handle) pairs
-        body += struct.pack(">i", 3) + utf("MANIFEST-000005") + b"\x01" + utf("CURRENT") + b"\x01"
+    if rocksdb and changelog:  # CHANGELOG_HANDLE_V2 (14): key groups, size, one materialized handle
+        body += b"\x0e" + struct.pack(">iiqi", 0, 128, 99, 1) + incremental_handle(cid)
+    elif rocksdb:
+        body += incremental_handle(cid)
     else:  # a user's bytes that merely contain the name are not a handle's local path
         body += b"\x00\x00\x00\x10MANIFEST-000005\n"
     (folder / "_metadata").write_bytes(struct.pack(">iiq", 0x4960672D, 6, cid) + body + b"\0" * 8 + properties(fmt))
@@ -60,10 +70,11 @@ def test_the_format_and_rocksdb_files_are_read_from_the_metadata(tmp_path):
     write(tmp_path / "c", 4, "canonical", rocksdb=False)
     write(tmp_path / "chk-5", 5, None, rocksdb=True)
     write(tmp_path / "h", 6, "native", rocksdb=False)
-    got = {d: (lineage.snapshot_format(tmp_path / d), lineage.names_rocksdb_files(tmp_path / d))
-           for d in ("n", "c", "chk-5", "h")}
-    assert got == {"n": ("native", True), "c": ("canonical", False), "chk-5": ("checkpoint", True),
-                   "h": ("native", False)}
+    write(tmp_path / "cl", 7, "native", rocksdb=True, changelog=True)
+    got = {d: (lineage.snapshot_format(tmp_path / d), lineage.names_rocksdb_files(tmp_path / d),
+               lineage.names_changelog_handles(tmp_path / d)) for d in ("n", "c", "chk-5", "h", "cl")}
+    assert got == {"n": ("native", True, False), "c": ("canonical", False, False),
+                   "chk-5": ("checkpoint", True, False), "h": ("native", False, False), "cl": ("native", True, True)}
     assert lineage.snapshot_format((tmp_path / "n").as_uri()) == "native"  # a file URI, as Flink reports it
     (tmp_path / "old").mkdir()  # no properties at the end (metadata before version 4): unknown
     (tmp_path / "old" / "_metadata").write_bytes(struct.pack(">iiq", 0x4960672D, 3, 1) + b"\0" * 64)
@@ -114,17 +125,52 @@ def test_a_snapshot_restores_only_on_the_backend_that_wrote_it(tmp_path, monkeyp
     submit.restore_backend_check("latest", JOB, "hashmap")
 
 
+def test_a_native_savepoint_the_changelog_would_claim_is_refused(tmp_path, monkeypatch):
+    """Flink 2.2.1 (FLINK-39964): checkpoints after a CLAIM restore of a native savepoint of a job with the
+    changelog name the savepoint's files relative to their own folder, so they cannot be restored. Refused
+    with the changelog (riskstream's only restore mode there is CLAIM) and with a forced CLAIM; a savepoint
+    written without the changelog passes with it (Flink converts its paths), and NO_CLAIM is safe."""
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path))
+    with_cl = write(sp(tmp_path, "l"), 3, "native", rocksdb=True, changelog=True)
+    without = write(sp(tmp_path, "n"), 4, "native", rocksdb=True)
+    canonical = write(sp(tmp_path, "c"), 5, "canonical", rocksdb=False)
+    assert restore.written_with_changelog(JOB, with_cl) and not restore.written_with_changelog(JOB, without)
+    with pytest.raises(restore.UnsafeClaim, match="FLINK-39964") as e:
+        restore.check_backend(JOB, with_cl, "rocksdb", changelog=True, claim=True)
+    assert "--no-changelog" in str(e.value) and "--format canonical" in str(e.value)
+    restore.check_backend(JOB, with_cl, "rocksdb", changelog=False, claim=False)  # NO_CLAIM: a full first checkpoint
+    restore.check_backend(JOB, without, "rocksdb", changelog=True, claim=True)
+    with pytest.raises(restore.UnsafeClaim, match="in CLAIM mode"):
+        restore.check_backend(JOB, without, "rocksdb", changelog=False, claim=True)
+    restore.check_backend(JOB, canonical, "rocksdb", changelog=True, claim=True)
+    with pytest.raises(restore.UnsafeClaim):  # `submit --from-savepoint` to a cluster with the changelog
+        submit.restore_backend_check(with_cl.uri, JOB, "rocksdb", changelog=True)
+    # a savepoint whose metadata does not show it, recorded as taken with the changelog
+    ck = (lineage.job_dir(JOB) / "checkpoints").as_uri()
+    lineage.record_run(JOB, A, ck, None, extra={"flink_settings": {"state.backend.type": "rocksdb",
+                                                                   "state.changelog.enabled": "true"}})
+    lineage.record_savepoint(JOB, A, without.uri, stopped=True)
+    rec = next(r for r in lineage.read(JOB) if r["kind"] == "savepoint")
+    assert (rec["backend"], rec["changelog"]) == ("rocksdb", True)
+    with pytest.raises(restore.UnsafeClaim):
+        restore.check_backend(JOB, without, "rocksdb", changelog=True, claim=True)
+
+
 def test_the_format_a_command_asks_for(monkeypatch):
     monkeypatch.delenv(submit.FORMAT_ENV, raising=False)
-    assert submit.choose_format(None, "rocksdb")[:2] == ("native", "the job runs on rocksdb")
+    assert submit.choose_format(None, "rocksdb", False)[:2] == ("native", "the job runs on rocksdb")
+    assert submit.choose_format(None, "rocksdb", True)[:2] == ("canonical", "the job runs on rocksdb with the changelog")
+    assert submit.choose_format(None, "rocksdb", None)[0] == "canonical"  # the changelog unknown: portable
     assert submit.choose_format(None, "hashmap")[:2] == ("canonical", "the job runs on hashmap")
     assert submit.choose_format(None, None)[0] == "canonical"  # unknown backend: the portable one
     assert submit.choose_format("canonical", "rocksdb") == ("canonical", "--format", "")
     fmt, _, note = submit.choose_format("native", "hashmap")  # taken, with what it implies
     assert fmt == "native" and "restores only on hashmap" in note
+    fmt, _, note = submit.choose_format("native", "rocksdb", True)
+    assert fmt == "native" and "--no-changelog" in note and "FLINK-39964" in note
     monkeypatch.setenv(submit.FORMAT_ENV, "Canonical")
-    assert submit.choose_format(None, "rocksdb")[:2] == ("canonical", submit.FORMAT_ENV)
-    assert submit.choose_format("native", "rocksdb")[0] == "native"  # the flag beats the variable
+    assert submit.choose_format(None, "rocksdb", False)[:2] == ("canonical", submit.FORMAT_ENV)
+    assert submit.choose_format("native", "rocksdb", False)[0] == "native"  # the flag beats the variable
     monkeypatch.setenv(submit.FORMAT_ENV, "fast")
     with pytest.raises(submit.SubmitError, match=f"{submit.FORMAT_ENV}='fast': set it to canonical or native"):
         submit.choose_format(None, "rocksdb")
@@ -146,7 +192,7 @@ def test_the_format_goes_to_flink_on_both_calls():
                           {"cancel-job": False}]
         with pytest.raises(flink_rest.FlinkError, match="savepoint format 'fast'"):
             flink_rest.trigger_savepoint(jm.url, FLINK_JOB, format_type="fast")
-        assert flink_rest.job_state_backend(jm.url, FLINK_JOB) == "rocksdb"
-        assert flink_rest.job_state_backend(jm.url, "f" * 32, retry_s=0) is None  # not known: 404
+        assert flink_rest.job_state_backend(jm.url, FLINK_JOB) == ("rocksdb", True)
+        assert flink_rest.job_state_backend(jm.url, "f" * 32, retry_s=0) == (None, None)  # not known: 404
     finally:
         jm.close()

@@ -300,16 +300,18 @@ def trigger_savepoint(rest_url: str, job_id: str, target_dir: str | None = None,
         raise FlinkError(f"{what} of job {job_id} refused: {e.short()}") from None
 
 
-def job_state_backend(rest_url: str, job_id: str, retry_s: float = RETRY_S) -> str | None:
-    """The keyed state backend a running job uses, ``rocksdb`` or ``hashmap``, from ``GET
-    /jobs/<id>/checkpoints/config`` (its ``state_backend`` class name; with the changelog, the backend under
-    it); None when it cannot be read or is another one."""
+def job_state_backend(rest_url: str, job_id: str, retry_s: float = RETRY_S) -> tuple[str | None, bool | None]:
+    """(the keyed state backend a running job uses, ``rocksdb`` or ``hashmap``; whether the changelog is on
+    over it), from ``GET /jobs/<id>/checkpoints/config`` (``state_backend``, the class name of the backend
+    under the changelog; ``state_changelog_enabled``); (None, None) when it cannot be read."""
     try:
         conf = get(rest_url, f"/jobs/{job_id}/checkpoints/config", retry_s=retry_s)
     except (OSError, ValueError):
-        return None
+        return None, None
     name = str(conf.get("state_backend") or "")
-    return "rocksdb" if "RocksDB" in name else "hashmap" if "HashMap" in name else None
+    backend = "rocksdb" if "RocksDB" in name else "hashmap" if "HashMap" in name else None
+    changelog = conf.get("state_changelog_enabled")
+    return backend, changelog if isinstance(changelog, bool) else None
 
 
 def savepoint_status(rest_url: str, job_id: str, request_id: str, what: str = "savepoint",

@@ -156,6 +156,11 @@ _FORMAT_CONSTANT = re.compile(rb"org\.apache\.flink\.core\.execution\.SavepointF
 # RocksDB's own files, named by their local path in an IncrementalRemoteKeyedStateHandle (writeUTF): every
 # RocksDB-native snapshot (an incremental checkpoint, a native savepoint) lists the instance's MANIFEST
 _ROCKSDB_MANIFEST = re.compile(rb"MANIFEST-\d{6,}")
+# A changelog handle (CHANGELOG_HANDLE_V2 = 14: key-group start and count, checkpointed size, the count of
+# materialized handles) whose first materialized handle is RocksDB's (INCREMENTAL_KEY_GROUPS_HANDLE_V2 = 11:
+# checkpoint id, then the backend's UUID as writeUTF): the keyed state of a job with the changelog
+_CHANGELOG_OVER_ROCKSDB = re.compile(rb"\x0e.{16}\x00\x00\x00[\x01-\x7f]\x0b.{8}\x00\x24"
+                                     rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.S)
 
 
 def snapshot_format(folder: Path | str) -> str | None:
@@ -194,6 +199,17 @@ def names_rocksdb_files(folder: Path | str) -> bool:
         return False
     return any(m.start() >= 2 and struct.unpack(">H", data[m.start() - 2:m.start()])[0] == m.end() - m.start()
                for m in _ROCKSDB_MANIFEST.finditer(data))
+
+
+def names_changelog_handles(folder: Path | str) -> bool:
+    """Whether the snapshot's keyed state is the changelog's over RocksDB (a job with the changelog wrote it:
+    its checkpoints, and its native savepoints, which wrap RocksDB's files in the changelog's handle)."""
+    p = local_path(str(folder)) if isinstance(folder, str) else folder
+    try:
+        data = (p / "_metadata").read_bytes() if p is not None else b""
+    except OSError:
+        return False
+    return _CHANGELOG_OVER_ROCKSDB.search(data) is not None
 
 
 def read_snapshot(folder: Path | str, savepoint: bool | None = None) -> Snapshot | None:
@@ -296,22 +312,30 @@ def run_backend(run: dict | None) -> str | None:
     return backend if backend in ("hashmap", "rocksdb") else None
 
 
+def run_changelog(run: dict | None) -> bool | None:
+    """Whether a run recorded the changelog on (``state.changelog.enabled`` of its ``flink_settings``)."""
+    settings = (run or {}).get("flink_settings")
+    if not settings:
+        return None
+    return str(settings.get("state.changelog.enabled", "")).lower() == "true"
+
+
 def record_savepoint(job_name: str, job_id: str, location: str, stopped: bool, home: Path | None = None,
-                     backend: str | None = None) -> dict | None:
+                     backend: str | None = None, changelog: bool | None = None) -> dict | None:
     """Record a completed savepoint of one of the job's runs (once per location); None if it is not one. The
-    record carries the savepoint's ``format`` (from its ``_metadata``) and the ``backend`` that wrote it
-    (``backend``, else the one the run recorded): a native savepoint restores only on that backend."""
+    record carries the savepoint's ``format`` (from its ``_metadata``), the ``backend`` that wrote it and
+    whether the ``changelog`` was on (given, else as the run recorded them): a native savepoint restores only
+    on that backend, and one of a job with the changelog not with the changelog (``restore.check_backend``)."""
     snap = read_snapshot(location, savepoint=True)
     if snap is None:
         return None
     records = read(job_name, home)
     if any(r["kind"] == "savepoint" and r.get("path") == snap.uri for r in records):
         return None
-    if backend is None:
-        backend = run_backend(next((r for r in records if r["kind"] == "run" and r.get("job_id") == job_id), None))
+    run = next((r for r in records if r["kind"] == "run" and r.get("job_id") == job_id), None)
     rec = {"kind": "savepoint", "job_id": job_id, "path": snap.uri, "checkpoint_id": snap.checkpoint_id,
            "taken_at": int(snap.written_at * 1000), "stopped": stopped, "format": snapshot_format(snap.path),
-           "backend": backend}
+           "backend": backend or run_backend(run), "changelog": changelog if changelog is not None else run_changelog(run)}
     append(job_name, rec, home)
     return rec
 

@@ -17,8 +17,9 @@ state by uid (``flink run -s``) and the Kafka source continues from the offsets 
 Savepoint format (:func:`choose_format`): ``native`` (the backend's own files: RocksDB's are copied as they
 are, so taking and restoring one is fast at millions of keys) or ``canonical`` (Flink's backend-independent
 format, rewritten key by key: slow at that size, but restorable on either backend). Default: native for a
-job on RocksDB, canonical otherwise (``RISKSTREAM_SAVEPOINT_FORMAT`` overrides). A native savepoint restores
-only on the backend that wrote it: ``restore.check_backend`` refuses the other at start.
+job on RocksDB without the changelog, canonical otherwise (``RISKSTREAM_SAVEPOINT_FORMAT`` overrides). A
+native savepoint restores only on the backend that wrote it, and one of a job with the changelog not with the
+changelog on Flink 2.2.1: ``restore.check_backend`` refuses both at start.
 """
 
 from __future__ import annotations
@@ -226,15 +227,17 @@ def submit(settings: dict[str, object] | None = None, jobmanager: str | None = N
     guard = runguard.claim(job_name, "riskstream submit") if job_name else None
     try:
         return _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state,
-                       job_name, settings.get("changelog"))
+                       job_name, settings.get("changelog"), state_backend)
     finally:
         if guard is not None:
             guard.release()
 
 
-def restore_backend_check(restore: str | None, job_name: str | None, state_backend: str | None) -> None:
+def restore_backend_check(restore: str | None, job_name: str | None, state_backend: str | None,
+                          changelog: bool = False) -> None:
     """Refuse early (before ``flink run``, a private copy, a cluster's slot) a snapshot the job's backend cannot
-    restore (:func:`riskstream.ops.restore.check_backend`). ``restore`` is a path or ``latest``; what cannot be
+    restore, or (``changelog``: restored with it, so in CLAIM mode) a native savepoint the changelog must not
+    claim (:func:`riskstream.ops.restore.check_backend`). ``restore`` is a path or ``latest``; what cannot be
     read here (a remote path, a ``latest`` the lineage cannot name) is left to the job's client, which checks
     every start."""
     from . import lineage, restore as restore_ops
@@ -250,7 +253,7 @@ def restore_backend_check(restore: str | None, job_name: str | None, state_backe
     else:
         local = local_path(restore)
         snap = lineage.read_snapshot(local) if local is not None else None
-    restore_ops.check_backend(job_name, snap, state_backend)
+    restore_ops.check_backend(job_name, snap, state_backend, changelog=changelog, claim=changelog)
 
 
 def changelog_on(rest_url: str, changelog: bool | None, unreadable: bool = False) -> bool:
@@ -271,7 +274,7 @@ def changelog_on(rest_url: str, changelog: bool | None, unreadable: bool = False
 
 
 def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state,
-            job_name=None, changelog=None):
+            job_name=None, changelog=None, state_backend=None):
     from . import runguard
 
     t = target(jobmanager, root)
@@ -280,8 +283,9 @@ def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s,
         extra_env[runguard.TOKEN_ENV] = guard.token
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
-        restore = restore_args(from_savepoint, job_name, changelog_on(
-            t.rest_url, changelog, unreadable=t.local and cluster.changelog_enabled(root)))
+        with_changelog = changelog_on(t.rest_url, changelog, unreadable=t.local and cluster.changelog_enabled(root))
+        restore_backend_check(from_savepoint, job_name, state_backend, changelog=with_changelog)  # before the copy
+        restore = restore_args(from_savepoint, job_name, with_changelog)
         run_args += restore
         # the job's client checks the start against the committed output and records it in the lineage
         extra_env["RISKSTREAM_FROM_SAVEPOINT"] = _savepoint_path(from_savepoint)
@@ -474,31 +478,37 @@ def _found_in(job_id: str, target_uri: str | None, since: float):
     return found
 
 
-def _record(name: str | None, job_id: str, location: str, stopped: bool, backend: str | None = None) -> None:
+def _record(name: str | None, job_id: str, location: str, stopped: bool, backend: str | None = None,
+            changelog: bool | None = None) -> None:
     if name is not None:
         from . import lineage
 
-        lineage.record_savepoint(name, job_id, location, stopped, backend=backend)
+        lineage.record_savepoint(name, job_id, location, stopped, backend=backend, changelog=changelog)
 
 
 FORMAT_ENV = "RISKSTREAM_SAVEPOINT_FORMAT"
 
 
-def job_backend(ref: JobRef) -> str | None:
-    """The running job's state backend: its JobManager's answer, else what its run recorded in the lineage."""
+def job_backend(ref: JobRef) -> tuple[str | None, bool | None]:
+    """(the running job's state backend, whether the changelog is on): its JobManager's answer, else what its
+    run recorded in the lineage."""
     from . import lineage
 
-    return flink_rest.job_state_backend(ref.rest_url, ref.job_id, retry_s=2.0) or lineage.run_backend(ref.run)
+    backend, changelog = flink_rest.job_state_backend(ref.rest_url, ref.job_id, retry_s=2.0)
+    return backend or lineage.run_backend(ref.run), changelog if changelog is not None else lineage.run_changelog(ref.run)
 
 
-def choose_format(requested: str | None, backend: str | None) -> tuple[str, str, str]:
-    """(the savepoint format, why, a note) for a job on ``backend`` (None: unknown).
+def choose_format(requested: str | None, backend: str | None, changelog: bool | None = False) -> tuple[str, str, str]:
+    """(the savepoint format, why, a note) for a job on ``backend`` (None: unknown), with the changelog on or
+    not (None: unknown).
 
     ``requested`` (the command's ``--format``), else ``RISKSTREAM_SAVEPOINT_FORMAT``, else native on RocksDB
-    (its files are copied as they are: at 3M users a restore took seconds instead of the canonical format's
-    minutes, docs/benchmarks.md) and canonical otherwise. Pitfall: a native savepoint restores only on the
-    backend that wrote it; hashmap's native format gains nothing over the canonical one and cannot move to
-    RocksDB, so a requested one is taken with a note."""
+    without the changelog (its files are copied as they are: at 3M users a restore took seconds instead of
+    the canonical format's minutes, docs/benchmarks.md) and canonical otherwise. Pitfalls: a native savepoint
+    restores only on the backend that wrote it; hashmap's native format gains nothing over the canonical one
+    and cannot move to RocksDB; a native savepoint of a job with the changelog cannot be restored with the
+    changelog on Flink 2.2.1 (FLINK-39964: ``restore.check_backend`` refuses it), so the changelog's default is
+    canonical. A requested native one is taken, with a note."""
     import os
 
     why = "--format"
@@ -506,20 +516,24 @@ def choose_format(requested: str | None, backend: str | None) -> tuple[str, str,
         requested, why = os.environ[FORMAT_ENV].strip(), FORMAT_ENV
         if requested.lower() not in flink_rest.SAVEPOINT_FORMATS:
             raise SubmitError(f"{FORMAT_ENV}={requested!r}: set it to canonical or native, or unset it (default: "
-                              "native for a job on RocksDB, canonical otherwise)")
+                              "native for a job on RocksDB without the changelog, canonical otherwise)")
     if requested is not None:
         fmt = requested.lower()
         if fmt not in flink_rest.SAVEPOINT_FORMATS:
             raise SubmitError(f"--format {requested!r}: canonical or native")
-    elif backend == "rocksdb":
+    elif backend == "rocksdb" and changelog is False:
         fmt, why = "native", "the job runs on rocksdb"
     else:
         fmt, why = "canonical", ("the job runs on hashmap" if backend == "hashmap" else
-                                 "the job's state backend is unknown")
+                                 "the job runs on rocksdb with the changelog" if backend == "rocksdb" and changelog
+                                 else "the job's state backend is unknown")
     note = ""
     if fmt == "native" and backend == "hashmap":
         note = ("the job runs on hashmap: its native savepoint restores only on hashmap (not on rocksdb) and no "
                 "faster than a canonical one; take a canonical one to move to rocksdb")
+    elif fmt == "native" and backend == "rocksdb" and changelog:
+        note = ("the job runs with the changelog: restore this native savepoint with --no-changelog (with the "
+                "changelog Flink 2.2.1 would write checkpoints it cannot restore, FLINK-39964: refused at start)")
     elif fmt == "native" and backend is None:
         note = "the job's state backend is unknown: a native savepoint restores only on the backend that wrote it"
     return fmt, why, note
@@ -538,13 +552,13 @@ def savepoint(job_id: str, jobmanager: str | None = None, target_dir: str | None
     t0, since = time.monotonic(), time.time()
     _over(ref, "savepoint")
     _running(ref.rest_url, ref.job_id, "savepoint")
-    backend = job_backend(ref)
-    fmt, why, note = choose_format(format, backend)
+    backend, changelog = job_backend(ref)
+    fmt, why, note = choose_format(format, backend, changelog)
     target, name = _savepoint_target(ref.job_id, target_dir)
     rid = flink_rest.trigger_savepoint(ref.rest_url, ref.job_id, target, format_type=fmt)
     loc = flink_rest.await_savepoint(ref.rest_url, ref.job_id, rid, "savepoint", deadline_s,
                                      _found_in(ref.job_id, target, since), gone=_gone(ref))
-    _record(name, ref.job_id, loc, stopped=False, backend=backend)
+    _record(name, ref.job_id, loc, stopped=False, backend=backend, changelog=changelog)
     return SavepointResult(loc, time.monotonic() - t0, job_name=name, format=fmt, backend=backend, why=why,
                            note=note)
 
@@ -567,13 +581,13 @@ def stop(job_id: str, jobmanager: str | None = None, target_dir: str | None = No
     t0, since = time.monotonic(), time.time()
     _over(ref, "stop-with-savepoint")
     _running(ref.rest_url, ref.job_id, "stop-with-savepoint")
-    backend = job_backend(ref)
-    fmt, why, note = choose_format(format, backend)
+    backend, changelog = job_backend(ref)
+    fmt, why, note = choose_format(format, backend, changelog)
     target, name = _savepoint_target(ref.job_id, target_dir)
     rid = flink_rest.trigger_savepoint(ref.rest_url, ref.job_id, target, stop=True, drain=drain, format_type=fmt)
     loc = flink_rest.await_savepoint(ref.rest_url, ref.job_id, rid, "stop-with-savepoint", deadline_s,
                                      _found_in(ref.job_id, target, since), gone=_gone(ref))
-    _record(name, ref.job_id, loc, stopped=True, backend=backend)
+    _record(name, ref.job_id, loc, stopped=True, backend=backend, changelog=changelog)
     left = max(10.0, deadline_s - (time.monotonic() - t0))
     state = _final_state(ref, left, "FINISHED")
     retention_after_stop(ref)
