@@ -1447,7 +1447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-rate", type=float, default=2000.0, help="with --keys: events/s of that phase [2000]")
     p.add_argument("--savepoint-format", choices=("canonical", "native"), default="canonical",
                    help="with --keys: the format of the load's savepoint: canonical (what riskstream cancel and "
-                        "savepoint take) or native (the state backend's own files) [canonical]")
+                        "savepoint take of a job with the changelog) or native (the state backend's own files; "
+                        "their --format native) [canonical]")
     p.add_argument("--split", action="store_true",
                    help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
                         "split on the same backlog, --split-rounds times each, alternating")

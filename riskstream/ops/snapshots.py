@@ -134,7 +134,8 @@ def render(d: dict) -> str:
         cid = s["checkpoint_id"] if s["checkpoint_id"] is not None else "?"
         kind = s["kind"] + (" (stop)" if s.get("stopped") else "")
         if s.get("format") or s.get("backend"):  # native / checkpoint: restorable on that backend only
-            mark = f"  {s.get('format') or ''}" + (f" ({s['backend']} only)" if s.get("backend") else "") + mark
+            mark = "  " + " ".join(x for x in (s.get("format"), f"({s['backend']} only)" if s.get("backend")
+                                               else "") if x) + mark
         out.append(f"  {kind:<16} {cid!s:>6}  {age:>12} ago  run {s['run'] or '?'}{offs}{mark}\n      {s['path']}")
     lt = d["latest"]
     if lt.get("refused"):
