@@ -4,20 +4,22 @@ MiniCluster processes on RocksDB:
 A (parallelism 1) decides the first third -> `riskstream savepoint --format native` (SP1; Flink's own
 checkpoint statistics say NATIVE) -> `riskstream cancel` without --format (SP2: native too, the default on
 RocksDB). Restoring either onto the hashmap backend is refused at start, before Flink, by `run` (a path and
-`latest`) and by `submit --from-savepoint` (no cluster needed for the refusal). B restores SP1 by path at
-parallelism 2 with the changelog, so from a private copy in CLAIM mode, decides the second third, takes a native
-savepoint on request (SP3: a job with the changelog, so refused later for a restore with the changelog: Flink
-2.2.1's FLINK-39964) and is killed (a lost process). Its retained checkpoint is refused on hashmap too; C
-restores it (`latest`) at parallelism 1 and decides the last third.
+`latest`) and by `submit --from-savepoint` (no cluster needed for the refusal). B restores SP1 by path with
+the changelog, so from a private copy in CLAIM mode, at the same parallelism (the case where Flink 2.2.1 reuses
+the savepoint's files in the checkpoints after it: FLINK-39964), decides the second third, takes a native
+savepoint on request (SP3: a job with the changelog, so refused later for a restore with the changelog) and is
+killed (a lost process). Its retained checkpoint names the copy's files by absolute path, is refused on
+hashmap too, and C restores it (`latest`) at parallelism 2 and decides the last third.
 
 Checked on features, as tests/test_rescale.py does: every event has exactly one committed decision, and its
 features equal the offline replay over the whole history (a user's everywhere; an ip's and a device's where
-every event of the key travels one path while B runs at 2). Most users of the later thirds had events before
-each restore, so their first event after it reads state carried by the native savepoint (and then by a
-checkpoint on top of its claimed copy).
+every event of the key travels one path). Most users of the later thirds had events before each restore, so
+their first event after it reads state carried by the native savepoint (and then by a checkpoint on top of its
+claimed copy).
 
-On a standalone cluster without the changelog, `submit --from-savepoint` restores the native savepoint that
-`cancel` took by default, as it is (NO_CLAIM), with the same check of the features."""
+On a standalone cluster without the changelog, `submit --from-savepoint --parallelism 2` restores the native
+savepoint that `cancel` took by default at parallelism 1, as it is (NO_CLAIM), with the same check of the
+features."""
 
 from __future__ import annotations
 
@@ -142,17 +144,16 @@ def test_a_native_savepoint_restores_every_keys_state_and_not_on_the_other_backe
     _refused(res, "no Flink cluster is running")  # to the next check (this test starts no cluster)
     assert [r["job_id"] for r in lineage.read(JOB, home) if r["kind"] == "run"] == runs_before  # nothing started
 
-    # -- B: SP1 by path, at parallelism 2, with the changelog (a private copy, claimed) -------------------
+    # -- B: SP1 by path, with the changelog (a private copy, claimed), at the same parallelism -------------
     produce_events(kafka_bootstrap, names[0], thirds[1])
     t0 = time.monotonic()
-    b = Job(env, tmp_path, flags, (*rocks, "--changelog", "--parallelism", "2", "--restore-from", sp1))
+    b = Job(env, tmp_path, flags, (*rocks, "--changelog", "--restore-from", sp1))
     try:
         b_id = b.running(checkpoint=True)
         times["B: start -> running from SP1, first checkpoint"] = time.monotonic() - t0
         assert "private copy of " + lineage.local_path(sp1).name in b.text(), b.text()
         restored = lineage.local_path(b.restored()["external_path"])
         assert restored.parent == lineage.claimed_dir(JOB, home).resolve(), restored
-        assert {v["parallelism"] for v in flink_rest.job_details(b.rest, b_id)["vertices"]} == {2}
         wait_decided(kafka_bootstrap, names[1], 600)
         # a native savepoint of a job with the changelog: taken on request, with a note (not by default)
         res = cli(env, "savepoint", JOB, "--format", "native")
@@ -171,17 +172,21 @@ def test_a_native_savepoint_restores_every_keys_state_and_not_on_the_other_backe
     res = cli(env, "run", *flags, *rocks, "--changelog", "--restore-from", sp3, timeout=180)
     _refused(res, "FLINK-39964", "--no-changelog")
 
-    # -- B's checkpoint: RocksDB's own format too -------------------------------------------------------------
+    # -- B's checkpoint: the copy's files by absolute path (the FLINK-39964 case would name them relative) --
+    b_chk = lineage.resolve_latest(JOB, home).snapshot
+    assert b_chk.path.parent.name == b_id and not b_chk.savepoint, b_chk
+    assert f"/claimed/{restored.name}/".encode() in (b_chk.path / "_metadata").read_bytes()
+    # ... and RocksDB's own format
     res = cli(env, "run", *flags, *heap, "--restore-from", "latest", timeout=180)
     _refused(res, "is a checkpoint of the rocksdb state backend", "this job runs on hashmap")
 
-    # -- C: latest (B's checkpoint, on top of the claimed copy's files), back at parallelism 1 ---------------
+    # -- C: latest (B's checkpoint, on top of the claimed copy's files), at parallelism 2 ---------------------
     produce_events(kafka_bootstrap, names[0], thirds[2])
-    c = Job(env, tmp_path, flags, (*rocks, "--changelog", "--restore-from", "latest"))
+    c = Job(env, tmp_path, flags, (*rocks, "--changelog", "--parallelism", "2", "--restore-from", "latest"))
     try:
-        c.running(checkpoint=True)
-        src = lineage.local_path(c.restored()["external_path"])
-        assert src.parent.name == b_id and src.name.startswith("chk-"), src
+        c_id = c.running(checkpoint=True)
+        assert same_path(c.restored()["external_path"], b_chk.uri), c.restored()
+        assert {v["parallelism"] for v in flink_rest.job_details(c.rest, c_id)["vertices"]} == {2}
         wait_decided(kafka_bootstrap, names[1], COUNT)
     finally:
         c.kill()
@@ -196,7 +201,8 @@ def test_a_native_savepoint_restores_every_keys_state_and_not_on_the_other_backe
 def test_submit_from_a_native_savepoint_on_a_cluster_without_the_changelog(kafka_bootstrap, tmp_path):
     """`riskstream submit --from-savepoint` on a standalone cluster on RocksDB without the changelog: `cancel`
     stops the job with a native savepoint (the default there), the upgraded job restores it as it is (NO_CLAIM:
-    no private copy, the savepoint stays) and the following events read every key's state."""
+    no private copy, the savepoint stays) at parallelism 2 instead of 1, and the following events read every
+    key's state."""
     from riskstream.generator import TrafficGenerator
     from riskstream.ops import cluster
 
@@ -229,13 +235,15 @@ def test_submit_from_a_native_savepoint_on_a_cluster_without_the_changelog(kafka
         files = {f: f.stat().st_size for f in lineage.local_path(sp).rglob("*")}
         produce_events(kafka_bootstrap, names[0], halves[1])
         t0 = time.monotonic()
-        res = cli(env, "submit", "--wait-running", "--deadline", "240", "--from-savepoint", sp, *flags, timeout=400)
+        res = cli(env, "submit", "--wait-running", "--deadline", "240", "--from-savepoint", sp, *flags,
+                  "--parallelism", "2", timeout=400)  # the last --parallelism wins: a rescale from 1
         assert res.returncode == 0 and "private copy" not in res.stderr, res.stderr
         print(f"[native] cluster: stop with a native savepoint {took:.1f}s, submit --from-savepoint -> running "
               f"{time.monotonic() - t0:.1f}s; users carried over: {carried}", file=sys.stderr)
         job2 = res.stdout.strip().splitlines()[-1]
         restored = flink_rest.checkpoints(rest, job2)["latest"]["restored"]
         assert restored["is_savepoint"] and same_path(restored["external_path"], sp), restored
+        assert {v["parallelism"] for v in flink_rest.job_details(rest, job2)["vertices"]} == {2}
         wait_decided(kafka_bootstrap, names[1], 600)
         assert cli(env, "cancel", "nc-job", "--no-savepoint").returncode == 0
     finally:

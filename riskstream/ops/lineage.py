@@ -22,9 +22,10 @@ checkpoint id (a long) -- ``Checkpoints.storeCheckpointMetadata`` writes these f
 such a ``_metadata`` (or whose id is not ``N``) is half-written and never a candidate.
 
 How a snapshot was written is read from its ``_metadata`` too (:func:`snapshot_format`,
-:func:`names_rocksdb_files`): a canonical savepoint restores on either state backend, a native savepoint or a
-checkpoint only on the backend that wrote it (``restore.check_backend`` refuses the other at start). Each
-savepoint record carries its ``format`` and the ``backend`` of the run that took it.
+:func:`names_rocksdb_files`, :func:`names_changelog_handles`): a canonical savepoint restores on either state
+backend, a native savepoint or a checkpoint only on the backend that wrote it, and a native savepoint of a job
+with the changelog not with the changelog on Flink 2.2.1 (``restore.check_backend`` refuses those at start).
+Each savepoint record carries its ``format`` and the ``backend`` and ``changelog`` of the job that took it.
 
 :func:`resolve_latest` is ``--restore-from latest``: the completed snapshot with the highest checkpoint id
 (a retained ``chk-N`` or a savepoint) of the newest run that completed one. A run that completed no

@@ -383,9 +383,10 @@ def check_backend(job_name: str, snap: Snapshot | None, backend: str | None, cha
       Flink 2.2.1 writes the checkpoints after it with the savepoint's files as paths relative to the
       checkpoint's own folder (FLINK-39964, fixed after 2.2.1), so such a checkpoint cannot be restored (a
       lost job, a JobManager failover): "FileNotFoundException .../chk-N/<file>". Seen here for a savepoint of
-      a job with the changelog restored with the changelog; one written without the changelog is converted to
-      absolute paths when the changelog restores it (FLINK-28843) and passes. Without the changelog riskstream
-      restores savepoints in NO_CLAIM mode (a full first checkpoint), which is safe."""
+      a job with the changelog restored with the changelog; one written without the changelog passes (seen
+      here: the changelog's restore makes its paths absolute, so the checkpoints name the private copy). A
+      forced CLAIM without the changelog is refused on the issue's description, not run here. Without the
+      changelog riskstream restores savepoints in NO_CLAIM mode (a full first checkpoint), which is safe."""
     if snap is None or snap.checkpoint_id < 0 or backend not in ("hashmap", "rocksdb"):
         return
     fmt, written = snapshot_backend(job_name, snap)

@@ -346,7 +346,7 @@ class SavepointResult:
     format: str = "canonical"  # canonical or native, as requested from Flink
     backend: str | None = None  # the job's state backend (None: unknown)
     why: str = ""  # why this format (the flag, the environment, the job's backend)
-    note: str = ""  # for the operator: a native savepoint of a hashmap job
+    note: str = ""  # for the operator: what a requested native savepoint implies (hashmap, the changelog)
 
 
 def _rest_url(jobmanager: str | None, root: Path | str | None) -> str:
