@@ -31,6 +31,7 @@ import pytest
 
 from riskstream import paths, topics
 from riskstream.ops import flink_rest, lineage
+from tests.test_rescale import every_event_once_with_the_replays_features
 from tests.test_restore_lineage import Job, cli, decisions, produce_events, same_path, wait_decided
 
 # three `riskstream run` starts and six refused ones: 1.5-4 min on the shared 2-core box; the cluster's: 2-4 min
@@ -44,39 +45,6 @@ def _refused(res, *needles) -> None:
     assert res.returncode != 0, res.stdout + res.stderr[-3000:]
     for n in needles:
         assert n in res.stderr, (n, res.stderr[-3000:])
-
-
-def _every_event_once_with_the_replays_features(bootstrap, names, events, tmp_path) -> None:
-    """Every event has exactly one committed decision, no dead letter, and the features it carries equal the
-    offline replay's over the whole history: a user's everywhere, an ip's, a device's and a card's where every
-    event of the key travels one path. Pitfall: with two events partitions that holds at parallelism 1 too
-    (one source subtask interleaves the partitions as it reads them), hence the rule of parallelism 2."""
-    from tests.test_job_flink import _arrival_order_rule
-    from tests.test_rescale import _reference
-    from udfs.events import Event
-    from udfs.features import ENTITIES, features_for
-
-    got = decisions(bootstrap, names[1])
-    assert sorted(d["event_id"] for d in got) == sorted(e["event_id"] for e in events), "not exactly once"
-    assert decisions(bootstrap, names[2]) == []
-    by_id = {d["event_id"]: d["features"] for d in got}
-    want = _reference(events, tmp_path)
-    deterministic = _arrival_order_rule([Event(**e) for e in events], parallelism=2)
-    compared = {e.name: 0 for e in ENTITIES}
-    bad = []
-    for e in events:
-        ev = Event(**e)
-        for k, ent in enumerate(ENTITIES):
-            if not deterministic(ev, k):
-                continue
-            compared[ent.name] += 1
-            diff = {f.name: (by_id[ev.event_id][f.name], want[ev.event_id][f.name]) for f in features_for(ent.name)
-                    if by_id[ev.event_id][f.name] != want[ev.event_id][f.name]}
-            if diff:
-                bad.append((ev.event_id, ent.name, diff))
-    print(f"[native] events compared per entity: {compared}", file=sys.stderr)
-    assert not bad, (len(bad), bad[:5])
-    assert compared["user"] == len(events) and min(compared.values()) > len(events) // 2, compared
 
 
 def test_a_native_savepoint_restores_every_keys_state_and_not_on_the_other_backend(kafka_bootstrap, tmp_path):
@@ -195,7 +163,7 @@ def test_a_native_savepoint_restores_every_keys_state_and_not_on_the_other_backe
     print(f"[native] users carried over each restore: {carried}", file=sys.stderr)
     assert min(carried) >= 100, carried
 
-    _every_event_once_with_the_replays_features(kafka_bootstrap, names, events, tmp_path)
+    every_event_once_with_the_replays_features(kafka_bootstrap, names, events, tmp_path)
 
 
 def test_submit_from_a_native_savepoint_on_a_cluster_without_the_changelog(kafka_bootstrap, tmp_path):
@@ -249,5 +217,5 @@ def test_submit_from_a_native_savepoint_on_a_cluster_without_the_changelog(kafka
     finally:
         cli(env, "cluster", "down")
     assert {f: f.stat().st_size for f in lineage.local_path(sp).rglob("*")} == files  # NO_CLAIM: untouched
-    _every_event_once_with_the_replays_features(kafka_bootstrap, names, events, tmp_path)
+    every_event_once_with_the_replays_features(kafka_bootstrap, names, events, tmp_path)
     assert carried >= 80, carried  # 92 of this seed's users of the second half had events in the first
