@@ -768,7 +768,8 @@ def cmd_submit(a) -> int:
     cfg = job_config(a)  # fail fast on invalid flags or RISKSTREAM_* values, before any Flink work
     try:
         res = submit.submit(submit.settings_from_args(a), jobmanager=a.jobmanager, from_savepoint=a.from_savepoint,
-                            allow_non_restored_state=a.allow_non_restored_state, job_name=cfg.job_name)
+                            allow_non_restored_state=a.allow_non_restored_state, job_name=cfg.job_name,
+                            state_backend=cfg.flink_settings(local=False).get("state.backend.type"))
         for line in res.output.splitlines():  # the job's client: its settings (state backend, changelog), restore
             if line.startswith(("[run] ", "[restore] ")):
                 print(line, file=sys.stderr)
@@ -788,14 +789,22 @@ def cmd_savepoint(a) -> int:
     from .ops import flink_rest, submit
 
     try:
-        res = submit.savepoint(a.job, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
+        res = submit.savepoint(a.job, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline,
+                               format=a.format)
     except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream savepoint: {e}")
-    print(f"[savepoint] job {a.job}: savepoint in {res.seconds:.1f}s; the job keeps running; "
+    print(f"[savepoint] job {a.job}: {_format_words(res)} in {res.seconds:.1f}s; the job keeps running; "
           + (f"recorded in job {res.job_name}'s lineage" if res.job_name else
              "not a job riskstream started here, so no lineage recorded it"), file=sys.stderr)
+    if res.note:
+        print(f"[savepoint] note: {res.note}", file=sys.stderr)
     print(res.location)
     return 0
+
+
+def _format_words(res) -> str:
+    """``native savepoint (the job runs on rocksdb)``: the format taken and why, for the command's line."""
+    return f"{res.format} savepoint ({res.why})"
 
 
 def _latest_note(name: str | None) -> str:
@@ -825,11 +834,13 @@ def cmd_cancel(a) -> int:
                   file=sys.stderr)
             print(state)
             return 0
-        res = submit.stop(a.job, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline)
+        res = submit.stop(a.job, jobmanager=a.jobmanager, target_dir=a.dir, deadline_s=a.deadline, format=a.format)
     except flink_rest.FlinkError as e:
         raise SystemExit(f"riskstream cancel: {e}")
     note = _latest_note(res.job_name)
-    print(f"[cancel] job {a.job} stopped with a savepoint in {res.seconds:.1f}s (job {res.final_state}); "
+    if res.note:
+        print(f"[cancel] note: {res.note}", file=sys.stderr)
+    print(f"[cancel] job {a.job} stopped with a {_format_words(res)} in {res.seconds:.1f}s (job {res.final_state}); "
           + (f"recorded in job {res.job_name}'s lineage; {note}; " if res.job_name else "")
           + f"resume with `riskstream submit --from-savepoint {res.location}` or "
             f"`riskstream run --restore-from {res.location}`", file=sys.stderr)
@@ -1157,10 +1168,21 @@ def build_parser() -> argparse.ArgumentParser:
               "here with a local checkpoint_dir; otherwise the cluster's execution.checkpointing.savepoint-dir]")
     jm_ref_help = ("JobManager REST address host:port [default: the one the job's run recorded in its lineage, "
                    "else the local cluster's]")
+    fmt_default = None  # RISKSTREAM_SAVEPOINT_FORMAT is read (and checked) by submit.choose_format
+    fmt_help = ("the savepoint's format [env RISKSTREAM_SAVEPOINT_FORMAT; default: native when the job runs on "
+                "rocksdb without the changelog, canonical otherwise]. native: the state backend's own files "
+                "(RocksDB's copied as they are): fast to take and to restore at millions of users (3M users "
+                "restored in seconds, not the minutes of a canonical one: docs/benchmarks.md), at any parallelism, "
+                "but ONLY on the backend that wrote it, and one of a job with the changelog only without the "
+                "changelog (Flink 2.2.1 would write checkpoints after it that it cannot restore, FLINK-39964). "
+                "canonical: Flink's backend-independent format, rewritten key by key: slow at that size, but it "
+                "restores anywhere (the way to switch backends) and the State Processor API reads it. A restore "
+                "that cannot work is refused at start, saying what to do")
     p = sub.add_parser("savepoint", help="take a savepoint of a running job (it keeps running); prints its path")
     p.add_argument("job", metavar="JOB", help=job_help)
     p.add_argument("--jobmanager", default=None, help=jm_ref_help)
     p.add_argument("--dir", default=None, help=sp_dir)
+    p.add_argument("--format", choices=("canonical", "native"), type=str.lower, default=fmt_default, help=fmt_help)
     p.add_argument("--deadline", type=float, default=300, metavar="SECONDS",
                    help="seconds to wait for the savepoint to complete [default 300]; a run that dies meanwhile "
                         "fails at once")
@@ -1173,6 +1195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help=sp_dir)
     p.add_argument("--no-savepoint", action="store_true",
                    help="cancel without a savepoint (the job keeps its newest retained checkpoint)")
+    p.add_argument("--format", choices=("canonical", "native"), type=str.lower, default=fmt_default, help=fmt_help)
     p.add_argument("--deadline", type=float, default=300, metavar="SECONDS",
                    help="seconds to wait for the savepoint and for the job to end [default 300]; a run that dies "
                         "meanwhile fails at once")
@@ -1424,7 +1447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-rate", type=float, default=2000.0, help="with --keys: events/s of that phase [2000]")
     p.add_argument("--savepoint-format", choices=("canonical", "native"), default="canonical",
                    help="with --keys: the format of the load's savepoint: canonical (what riskstream cancel and "
-                        "savepoint take) or native (the state backend's own files) [canonical]")
+                        "savepoint take of a job with the changelog) or native (the state backend's own files; "
+                        "their --format native) [canonical]")
     p.add_argument("--split", action="store_true",
                    help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
                         "split on the same backlog, --split-rounds times each, alternating")

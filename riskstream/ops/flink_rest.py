@@ -273,10 +273,14 @@ def cancel_job(rest_url: str, job_id: str, retry_s: float = RETRY_S) -> None:
 # -- savepoints ----------------------------------------------------------------------------------------
 
 
+SAVEPOINT_FORMATS = ("canonical", "native")
+
+
 def trigger_savepoint(rest_url: str, job_id: str, target_dir: str | None = None, stop: bool = False,
-                      drain: bool = False, retry_s: float = RETRY_S) -> str:
+                      drain: bool = False, retry_s: float = RETRY_S, format_type: str | None = None) -> str:
     """Start a savepoint (``stop``: stop-with-savepoint, ``drain`` fires event-time timers first); return
-    the request id for :func:`savepoint_status`."""
+    the request id for :func:`savepoint_status`. ``format_type`` (canonical or native) is sent as Flink's
+    ``formatType`` on either call; None leaves Flink's default (canonical)."""
     what = "stop-with-savepoint" if stop else "savepoint"
     if stop:
         path, body = f"/jobs/{job_id}/stop", {"drain": drain}
@@ -286,10 +290,28 @@ def trigger_savepoint(rest_url: str, job_id: str, target_dir: str | None = None,
         path, body = f"/jobs/{job_id}/savepoints", {"cancel-job": False}
         if target_dir:
             body["target-directory"] = target_dir
+    if format_type is not None:
+        if format_type.lower() not in SAVEPOINT_FORMATS:
+            raise FlinkError(f"savepoint format {format_type!r}: one of {', '.join(SAVEPOINT_FORMATS)}")
+        body["formatType"] = format_type.upper()
     try:
         return request(rest_url, "POST", path, body, retry_s=retry_s)["request-id"]
     except HttpError as e:
         raise FlinkError(f"{what} of job {job_id} refused: {e.short()}") from None
+
+
+def job_state_backend(rest_url: str, job_id: str, retry_s: float = RETRY_S) -> tuple[str | None, bool | None]:
+    """(the keyed state backend a running job uses, ``rocksdb`` or ``hashmap``; whether the changelog is on
+    over it), from ``GET /jobs/<id>/checkpoints/config`` (``state_backend``, the class name of the backend
+    under the changelog; ``state_changelog_enabled``); (None, None) when it cannot be read."""
+    try:
+        conf = get(rest_url, f"/jobs/{job_id}/checkpoints/config", retry_s=retry_s)
+    except (OSError, ValueError):
+        return None, None
+    name = str(conf.get("state_backend") or "")
+    backend = "rocksdb" if "RocksDB" in name else "hashmap" if "HashMap" in name else None
+    changelog = conf.get("state_changelog_enabled")
+    return backend, changelog if isinstance(changelog, bool) else None
 
 
 def savepoint_status(rest_url: str, job_id: str, request_id: str, what: str = "savepoint",

@@ -21,6 +21,12 @@ checkpoint id (a long) -- ``Checkpoints.storeCheckpointMetadata`` writes these f
 ``MetadataV2V3SerializerBase.serializeMetadata`` begins with the id, for versions 2 to 6. A ``chk-N`` without
 such a ``_metadata`` (or whose id is not ``N``) is half-written and never a candidate.
 
+How a snapshot was written is read from its ``_metadata`` too (:func:`snapshot_format`,
+:func:`names_rocksdb_files`, :func:`names_changelog_handles`): a canonical savepoint restores on either state
+backend, a native savepoint or a checkpoint only on the backend that wrote it, and a native savepoint of a job
+with the changelog not with the changelog on Flink 2.2.1 (``restore.check_backend`` refuses those at start).
+Each savepoint record carries its ``format`` and the ``backend`` and ``changelog`` of the job that took it.
+
 :func:`resolve_latest` is ``--restore-from latest``: the completed snapshot with the highest checkpoint id
 (a retained ``chk-N`` or a savepoint) of the newest run that completed one. A run that completed no
 checkpoint or savepoint (killed before its first checkpoint, refused by Flink, failed at start) committed
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -139,6 +146,73 @@ def _metadata_head(folder: Path) -> tuple[int, float] | None:
     return cid, mtime
 
 
+# The end of a ``_metadata`` (versions 4 to 6): the snapshot's ``CheckpointProperties``, Java-serialized. A
+# savepoint's ``checkpointType`` is a ``SavepointType`` whose ``formatType`` enum constant (CANONICAL or NATIVE)
+# follows its class description; a checkpoint's is a ``CheckpointType``.
+_PROPERTIES = b"\xac\xed\x00\x05sr\x00\x38org.apache.flink.runtime.checkpoint.CheckpointProperties"
+_SAVEPOINT_TYPE = b"org.apache.flink.runtime.checkpoint.SavepointType"
+_CHECKPOINT_TYPE = b"org.apache.flink.runtime.checkpoint.CheckpointType"
+_FORMAT_CONSTANT = re.compile(rb"org\.apache\.flink\.core\.execution\.SavepointFormatType.{0,160}?"
+                              rb"xpt\x00[\x06\x09](NATIVE|CANONICAL)", re.S)
+# RocksDB's own files, named by their local path in an IncrementalRemoteKeyedStateHandle (writeUTF): every
+# RocksDB-native snapshot (an incremental checkpoint, a native savepoint) lists the instance's MANIFEST
+_ROCKSDB_MANIFEST = re.compile(rb"MANIFEST-\d{6,}")
+# A changelog handle (CHANGELOG_HANDLE_V2 = 14: key-group start and count, checkpointed size, the count of
+# materialized handles) whose first materialized handle is RocksDB's (INCREMENTAL_KEY_GROUPS_HANDLE_V2 = 11:
+# checkpoint id, then the backend's UUID as writeUTF): the keyed state of a job with the changelog
+_CHANGELOG_OVER_ROCKSDB = re.compile(rb"\x0e.{16}\x00\x00\x00[\x01-\x7f]\x0b.{8}\x00\x24"
+                                     rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.S)
+
+
+def snapshot_format(folder: Path | str) -> str | None:
+    """How Flink wrote the snapshot in ``folder`` (a path or file URI), from its ``_metadata``: ``"canonical"``
+    or ``"native"`` for a savepoint, ``"checkpoint"`` for a checkpoint; None when it does not say (no file, a
+    remote one, or metadata older than version 4). Reads the file's last 8 KB only."""
+    p = local_path(str(folder)) if isinstance(folder, str) else folder
+    if p is None:
+        return None
+    try:
+        with open(p / "_metadata", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            tail = f.read()
+    except OSError:
+        return None
+    i = tail.rfind(_PROPERTIES)
+    if i < 0:
+        return None
+    props = tail[i:]
+    if _SAVEPOINT_TYPE in props:
+        m = _FORMAT_CONSTANT.search(props)
+        return m.group(1).decode().lower() if m else None
+    return "checkpoint" if _CHECKPOINT_TYPE in props else None
+
+
+def names_rocksdb_files(folder: Path | str) -> bool:
+    """Whether the snapshot's keyed state is in RocksDB's own format: its ``_metadata`` names a RocksDB
+    ``MANIFEST-NNNNNN`` as a state handle's local path (a length-prefixed string). True for RocksDB's
+    incremental checkpoints and native savepoints (also under the changelog); False for canonical savepoints,
+    the hashmap backend's snapshots and RocksDB's full (non-incremental) ones, which this cannot tell apart."""
+    p = local_path(str(folder)) if isinstance(folder, str) else folder
+    try:
+        data = (p / "_metadata").read_bytes() if p is not None else b""
+    except OSError:
+        return False
+    return any(m.start() >= 2 and struct.unpack(">H", data[m.start() - 2:m.start()])[0] == m.end() - m.start()
+               for m in _ROCKSDB_MANIFEST.finditer(data))
+
+
+def names_changelog_handles(folder: Path | str) -> bool:
+    """Whether the snapshot's keyed state is the changelog's over RocksDB (a job with the changelog wrote it:
+    its checkpoints, and its native savepoints, which wrap RocksDB's files in the changelog's handle)."""
+    p = local_path(str(folder)) if isinstance(folder, str) else folder
+    try:
+        data = (p / "_metadata").read_bytes() if p is not None else b""
+    except OSError:
+        return False
+    return _CHANGELOG_OVER_ROCKSDB.search(data) is not None
+
+
 def read_snapshot(folder: Path | str, savepoint: bool | None = None) -> Snapshot | None:
     """The completed snapshot in ``folder`` (a path or file URI), or None (missing, half-written, a ``chk-N``
     whose header names another id)."""
@@ -233,15 +307,36 @@ def record_run(job_name: str, job_id: str, checkpoint_dir: str, restored_from: S
     return rec
 
 
-def record_savepoint(job_name: str, job_id: str, location: str, stopped: bool, home: Path | None = None) -> dict | None:
-    """Record a completed savepoint of one of the job's runs (once per location); None if it is not one."""
+def run_backend(run: dict | None) -> str | None:
+    """The state backend a run recorded (``state.backend.type`` of its ``flink_settings``), or None."""
+    backend = ((run or {}).get("flink_settings") or {}).get("state.backend.type")
+    return backend if backend in ("hashmap", "rocksdb") else None
+
+
+def run_changelog(run: dict | None) -> bool | None:
+    """Whether a run recorded the changelog on (``state.changelog.enabled`` of its ``flink_settings``)."""
+    settings = (run or {}).get("flink_settings")
+    if not settings:
+        return None
+    return str(settings.get("state.changelog.enabled", "")).lower() == "true"
+
+
+def record_savepoint(job_name: str, job_id: str, location: str, stopped: bool, home: Path | None = None,
+                     backend: str | None = None, changelog: bool | None = None) -> dict | None:
+    """Record a completed savepoint of one of the job's runs (once per location); None if it is not one. The
+    record carries the savepoint's ``format`` (from its ``_metadata``), the ``backend`` that wrote it and
+    whether the ``changelog`` was on (given, else as the run recorded them): a native savepoint restores only
+    on that backend, and one of a job with the changelog not with the changelog (``restore.check_backend``)."""
     snap = read_snapshot(location, savepoint=True)
     if snap is None:
         return None
-    if any(r["kind"] == "savepoint" and r.get("path") == snap.uri for r in read(job_name, home)):
+    records = read(job_name, home)
+    if any(r["kind"] == "savepoint" and r.get("path") == snap.uri for r in records):
         return None
+    run = next((r for r in records if r["kind"] == "run" and r.get("job_id") == job_id), None)
     rec = {"kind": "savepoint", "job_id": job_id, "path": snap.uri, "checkpoint_id": snap.checkpoint_id,
-           "taken_at": int(snap.written_at * 1000), "stopped": stopped}
+           "taken_at": int(snap.written_at * 1000), "stopped": stopped, "format": snapshot_format(snap.path),
+           "backend": backend or run_backend(run), "changelog": changelog if changelog is not None else run_changelog(run)}
     append(job_name, rec, home)
     return rec
 

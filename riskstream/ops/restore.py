@@ -329,6 +329,94 @@ def check_runtime(cfg: JobConfig, snap: Snapshot | None) -> None:
             f"last 24 h with --allow-reprocess (same decision ids); see docs/operations.md")
 
 
+class BackendMismatch(StartupError):
+    """The snapshot is a native savepoint or a checkpoint of the other state backend."""
+
+
+class UnsafeClaim(StartupError):
+    """A native savepoint whose restore in CLAIM mode would leave checkpoints Flink 2.2.1 cannot restore."""
+
+
+def snapshot_backend(job_name: str, snap: Snapshot, home: Path | None = None) -> tuple[str | None, str | None]:
+    """(how the snapshot was written: ``canonical``, ``native`` or ``checkpoint``; the state backend whose own
+    format its keyed state is in, None when portable or unknown).
+
+    The format is the one its ``_metadata`` states, else its savepoint record's. A canonical savepoint is
+    portable. Otherwise RocksDB's files named in the metadata say ``rocksdb``; else the savepoint's record,
+    or the run that wrote it, says which backend (hashmap snapshots and RocksDB's full ones look alike)."""
+    records = lineage.read(job_name, home)
+    rec = _savepoint_record(records, snap)
+    fmt = lineage.snapshot_format(snap.path) or (rec or {}).get("format") or (None if snap.savepoint else "checkpoint")
+    if fmt == "canonical" or fmt is None:
+        return fmt, None
+    if lineage.names_rocksdb_files(snap.path):
+        return fmt, "rocksdb"
+    if rec is not None and rec.get("backend"):
+        return fmt, rec["backend"]
+    writer = (rec or {}).get("job_id") or (None if snap.savepoint else snap.path.parent.name)
+    run = next((r for r in records if r["kind"] == "run" and r.get("job_id") == writer), None) if writer else None
+    return fmt, lineage.run_backend(run)
+
+
+def _savepoint_record(records: list[dict], snap: Snapshot) -> dict | None:
+    return next((r for r in records if r["kind"] == "savepoint" and r.get("path") == snap.uri), None)
+
+
+def written_with_changelog(job_name: str, snap: Snapshot, home: Path | None = None) -> bool:
+    """Whether a job with the changelog wrote the snapshot: its metadata holds the changelog's handles over
+    RocksDB, else its savepoint record says so."""
+    if lineage.names_changelog_handles(snap.path):
+        return True
+    return bool((_savepoint_record(lineage.read(job_name, home), snap) or {}).get("changelog"))
+
+
+def check_backend(job_name: str, snap: Snapshot | None, backend: str | None, changelog: bool = False,
+                  claim: bool = False) -> None:
+    """Refuse at start a restore Flink would fail, or one whose checkpoints it could not restore later.
+
+    - A native savepoint or a checkpoint restores only on the state backend that wrote it (RocksDB's files on
+      hashmap: "Unexpected state handle type ... IncrementalRemoteKeyedStateHandle"; hashmap's on RocksDB fail
+      too), and Flink fails the job at restore, over and over until its restart attempts run out. ``backend``
+      is the job's (``state.backend.type`` as it takes effect). A canonical savepoint, or one whose writer is
+      unknown, passes (Flink decides).
+    - A native RocksDB savepoint restored in CLAIM mode (``claim``; always with the changelog, ``changelog``):
+      Flink 2.2.1 writes the checkpoints after it with the savepoint's files as paths relative to the
+      checkpoint's own folder (FLINK-39964, fixed after 2.2.1), so such a checkpoint cannot be restored (a
+      lost job, a JobManager failover): "FileNotFoundException .../chk-N/<file>". Seen here for a savepoint of
+      a job with the changelog restored with the changelog; one written without the changelog passes (seen
+      here: the changelog's restore makes its paths absolute, so the checkpoints name the private copy). A
+      forced CLAIM without the changelog is refused on the issue's description, not run here. Without the
+      changelog riskstream restores savepoints in NO_CLAIM mode (a full first checkpoint), which is safe."""
+    if snap is None or snap.checkpoint_id < 0 or backend not in ("hashmap", "rocksdb"):
+        return
+    fmt, written = snapshot_backend(job_name, snap)
+    if written is not None and written != backend:
+        what = "a native savepoint" if fmt == "native" else "a checkpoint"
+        raise BackendMismatch(
+            f"{snap.describe()} is {what} of the {written} state backend, in {written}'s own format: Flink restores "
+            f"it only on {written}, and this job runs on {backend} (Flink would fail the job at restore). Either "
+            f"restore it with --state-backend {written}, or move the state to {backend} through a canonical "
+            f"savepoint: restore it with --state-backend {written}, take one with `riskstream savepoint {job_name} "
+            f"--format canonical` (or stop with `riskstream cancel {job_name} --format canonical`), then restore "
+            "that one here")
+    if fmt != "native" or written != "rocksdb" or not claim:
+        return
+    if changelog and written_with_changelog(job_name, snap):
+        why = "it is a savepoint of a job with the changelog, and this job restores it with the changelog"
+    elif not changelog:
+        why = "this job restores it in CLAIM mode (execution.state-recovery.claim-mode=CLAIM)"
+    else:
+        return
+    raise UnsafeClaim(
+        f"{snap.describe()} is a native RocksDB savepoint and {why}: Flink 2.2.1 would restore it, but write the "
+        "checkpoints after it with the savepoint's files as paths relative to each checkpoint's own folder "
+        "(FLINK-39964), so a later restore of those checkpoints (a lost job, a JobManager failover) fails with "
+        "FileNotFoundException. Restore it without the changelog (--no-changelog; or drop the claim-mode "
+        "item): Flink then restores it in NO_CLAIM mode and the first checkpoint is a full one; a native "
+        "savepoint of that run restores with the changelog later. Or take a canonical savepoint of the job "
+        f"(`riskstream savepoint {job_name} --format canonical`) and restore that one")
+
+
 def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
     """Resolve the restore, check it against the committed output, and say what the start does."""
     snap, why = resolve_restore(cfg)
@@ -346,5 +434,5 @@ def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
     return StartPlan(snap, why, chk)
 
 
-__all__ = ["GoingBackInTime", "ManualRestoreRequired", "RuntimeMismatch", "StartPlan", "check_runtime", "check_start", "evaluate", "plan_start",
+__all__ = ["BackendMismatch", "GoingBackInTime", "UnsafeClaim", "ManualRestoreRequired", "RuntimeMismatch", "StartPlan", "check_backend", "check_runtime", "check_start", "evaluate", "plan_start",
            "resolve_restore", "resolve_restore_path", "snapshot_offsets", "split_offsets"]

@@ -2,7 +2,8 @@
 
 Every run (when it started, what it restored, how it ended or whether it is alive), every completed
 checkpoint and savepoint of the job (its age, the run that wrote it, the events topic's source offsets it
-would resume from, when the snapshot's files hold them), the half-written ones (marked: never restorable,
+would resume from, when the snapshot's files hold them; a savepoint's format, and the state backend a native
+savepoint or a checkpoint restores on), the half-written ones (marked: never restorable,
 removed by the next retention), and what ``--restore-from latest`` would pick and why (or why it refuses).
 Read-only: it takes no claim and writes nothing.
 """
@@ -70,7 +71,9 @@ def listing(job_name: str, home: Path | None = None, probe: bool = True) -> dict
     for s in sorted(done, key=lambda s: (s.checkpoint_id, s.written_at)):
         writer = _writer(s, runs, records)
         topic = topic_of.get(writer) or next((t for t in reversed(list(topic_of.values())) if t), None)
+        fmt, backend = restore.snapshot_backend(job_name, s, home)
         snaps.append({"kind": "savepoint" if s.savepoint else "checkpoint", "checkpoint_id": s.checkpoint_id,
+                      "format": fmt if s.savepoint else None, "backend": backend,
                       "path": s.uri, "complete": True, "written_at": int(s.written_at * 1000),
                       "age_s": round(now - s.written_at, 1), "run": writer,
                       "stopped": stopped.get(s.uri) if s.savepoint else None,
@@ -130,6 +133,9 @@ def render(d: dict) -> str:
         offs = (" offsets " + ", ".join(f"p{p}:{o}" for p, o in s["offsets"].items())) if s.get("offsets") else ""
         cid = s["checkpoint_id"] if s["checkpoint_id"] is not None else "?"
         kind = s["kind"] + (" (stop)" if s.get("stopped") else "")
+        if s.get("format") or s.get("backend"):  # native / checkpoint: restorable on that backend only
+            mark = "  " + " ".join(x for x in (s.get("format"), f"({s['backend']} only)" if s.get("backend")
+                                               else "") if x) + mark
         out.append(f"  {kind:<16} {cid!s:>6}  {age:>12} ago  run {s['run'] or '?'}{offs}{mark}\n      {s['path']}")
     lt = d["latest"]
     if lt.get("refused"):

@@ -13,6 +13,13 @@ operation completes.
 Upgrade path: ``stop`` (stop-with-savepoint, no drain: event-time timers are not fired) commits the sinks'
 last transactions and ends the job FINISHED; ``submit(from_savepoint=<location>)`` restores the operator
 state by uid (``flink run -s``) and the Kafka source continues from the offsets in the savepoint.
+
+Savepoint format (:func:`choose_format`): ``native`` (the backend's own files: RocksDB's are copied as they
+are, so taking and restoring one is fast at millions of keys) or ``canonical`` (Flink's backend-independent
+format, rewritten key by key: slow at that size, but restorable on either backend). Default: native for a
+job on RocksDB without the changelog, canonical otherwise (``RISKSTREAM_SAVEPOINT_FORMAT`` overrides). A
+native savepoint restores only on the backend that wrote it, and one of a job with the changelog not with the
+changelog on Flink 2.2.1: ``restore.check_backend`` refuses both at start.
 """
 
 from __future__ import annotations
@@ -200,26 +207,53 @@ class Submitted:
 
 def submit(settings: dict[str, object] | None = None, jobmanager: str | None = None,
            from_savepoint: str | None = None, root: Path | str | None = None, timeout_s: float = 300.0,
-           allow_non_restored_state: bool = False, job_name: str | None = None) -> Submitted:
+           allow_non_restored_state: bool = False, job_name: str | None = None,
+           state_backend: str | None = None) -> Submitted:
     """``flink run -d -py pipelines/decision_job.py`` with the job flags in ``settings``; return the job id.
 
     ``job_name`` (the job's name as its settings give it) is claimed first (:mod:`.runguard`): a job with a
     live run is refused here, before ``flink run`` starts; the claim is held while ``flink run`` runs and its
-    client (``decision_job.run``) proceeds under it (``RISKSTREAM_RUN_TOKEN``)."""
+    client (``decision_job.run``) proceeds under it (``RISKSTREAM_RUN_TOKEN``). ``state_backend`` (the job's,
+    as it takes effect): a snapshot of the other backend's own format is refused before anything starts
+    (:func:`restore_backend_check`; the job's client checks again)."""
     from . import runguard
 
     settings = dict(settings or {})
     if from_savepoint and settings.get("restore_from"):
         raise SubmitError("give either --from-savepoint or --restore-from, not both (on a cluster prefer "
                           "--from-savepoint)")
+    restore_backend_check(from_savepoint or settings.get("restore_from"), job_name, state_backend)
     argv, extra_env = job_flags(settings)
     guard = runguard.claim(job_name, "riskstream submit") if job_name else None
     try:
         return _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state,
-                       job_name, settings.get("changelog"))
+                       job_name, settings.get("changelog"), state_backend)
     finally:
         if guard is not None:
             guard.release()
+
+
+def restore_backend_check(restore: str | None, job_name: str | None, state_backend: str | None,
+                          changelog: bool = False) -> None:
+    """Refuse early (before ``flink run``, a private copy, a cluster's slot) a snapshot the job's backend cannot
+    restore, or (``changelog``: restored with it, so in CLAIM mode) a native savepoint the changelog must not
+    claim (:func:`riskstream.ops.restore.check_backend`). ``restore`` is a path or ``latest``; what cannot be
+    read here (a remote path, a ``latest`` the lineage cannot name) is left to the job's client, which checks
+    every start."""
+    from . import lineage, restore as restore_ops
+
+    if not restore or not job_name or state_backend is None:
+        return
+    if restore == "latest":
+        try:
+            res = lineage.resolve_latest(job_name)
+        except lineage.ManualRestoreRequired:
+            return
+        snap = res.snapshot if res is not None else None
+    else:
+        local = local_path(restore)
+        snap = lineage.read_snapshot(local) if local is not None else None
+    restore_ops.check_backend(job_name, snap, state_backend, changelog=changelog, claim=changelog)
 
 
 def changelog_on(rest_url: str, changelog: bool | None, unreadable: bool = False) -> bool:
@@ -240,7 +274,7 @@ def changelog_on(rest_url: str, changelog: bool | None, unreadable: bool = False
 
 
 def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s, allow_non_restored_state,
-            job_name=None, changelog=None):
+            job_name=None, changelog=None, state_backend=None):
     from . import runguard
 
     t = target(jobmanager, root)
@@ -249,8 +283,9 @@ def _submit(argv, extra_env, guard, jobmanager, from_savepoint, root, timeout_s,
         extra_env[runguard.TOKEN_ENV] = guard.token
     run_args = ["run", "-m", t.address, "-d"]
     if from_savepoint:
-        restore = restore_args(from_savepoint, job_name, changelog_on(
-            t.rest_url, changelog, unreadable=t.local and cluster.changelog_enabled(root)))
+        with_changelog = changelog_on(t.rest_url, changelog, unreadable=t.local and cluster.changelog_enabled(root))
+        restore_backend_check(from_savepoint, job_name, state_backend, changelog=with_changelog)  # before the copy
+        restore = restore_args(from_savepoint, job_name, with_changelog)
         run_args += restore
         # the job's client checks the start against the committed output and records it in the lineage
         extra_env["RISKSTREAM_FROM_SAVEPOINT"] = _savepoint_path(from_savepoint)
@@ -308,6 +343,10 @@ class SavepointResult:
     seconds: float
     final_state: str | None = None
     job_name: str | None = None  # the riskstream job whose lineage recorded it (None: not a known job)
+    format: str = "canonical"  # canonical or native, as requested from Flink
+    backend: str | None = None  # the job's state backend (None: unknown)
+    why: str = ""  # why this format (the flag, the environment, the job's backend)
+    note: str = ""  # for the operator: what a requested native savepoint implies (hashmap, the changelog)
 
 
 def _rest_url(jobmanager: str | None, root: Path | str | None) -> str:
@@ -439,35 +478,94 @@ def _found_in(job_id: str, target_uri: str | None, since: float):
     return found
 
 
-def _record(name: str | None, job_id: str, location: str, stopped: bool) -> None:
+def _record(name: str | None, job_id: str, location: str, stopped: bool, backend: str | None = None,
+            changelog: bool | None = None) -> None:
     if name is not None:
         from . import lineage
 
-        lineage.record_savepoint(name, job_id, location, stopped)
+        lineage.record_savepoint(name, job_id, location, stopped, backend=backend, changelog=changelog)
+
+
+FORMAT_ENV = "RISKSTREAM_SAVEPOINT_FORMAT"
+
+
+def job_backend(ref: JobRef) -> tuple[str | None, bool | None]:
+    """(the running job's state backend, whether the changelog is on): its JobManager's answer, else what its
+    run recorded in the lineage."""
+    from . import lineage
+
+    backend, changelog = flink_rest.job_state_backend(ref.rest_url, ref.job_id, retry_s=2.0)
+    return backend or lineage.run_backend(ref.run), changelog if changelog is not None else lineage.run_changelog(ref.run)
+
+
+def choose_format(requested: str | None, backend: str | None, changelog: bool | None = False) -> tuple[str, str, str]:
+    """(the savepoint format, why, a note) for a job on ``backend`` (None: unknown), with the changelog on or
+    not (None: unknown).
+
+    ``requested`` (the command's ``--format``), else ``RISKSTREAM_SAVEPOINT_FORMAT``, else native on RocksDB
+    without the changelog (its files are copied as they are: at 3M users a restore took seconds instead of
+    the canonical format's minutes, docs/benchmarks.md) and canonical otherwise. Pitfalls: a native savepoint
+    restores only on the backend that wrote it; hashmap's native format gains nothing over the canonical one
+    and cannot move to RocksDB; a native savepoint of a job with the changelog cannot be restored with the
+    changelog on Flink 2.2.1 (FLINK-39964: ``restore.check_backend`` refuses it), so the changelog's default is
+    canonical. A requested native one is taken, with a note."""
+    import os
+
+    why = "--format"
+    if requested is None and os.environ.get(FORMAT_ENV, "").strip():
+        requested, why = os.environ[FORMAT_ENV].strip(), FORMAT_ENV
+        if requested.lower() not in flink_rest.SAVEPOINT_FORMATS:
+            raise SubmitError(f"{FORMAT_ENV}={requested!r}: set it to canonical or native, or unset it (default: "
+                              "native for a job on RocksDB without the changelog, canonical otherwise)")
+    if requested is not None:
+        fmt = requested.lower()
+        if fmt not in flink_rest.SAVEPOINT_FORMATS:
+            raise SubmitError(f"--format {requested!r}: canonical or native")
+    elif backend == "rocksdb" and changelog is False:
+        fmt, why = "native", "the job runs on rocksdb"
+    else:
+        fmt, why = "canonical", ("the job runs on hashmap" if backend == "hashmap" else
+                                 "the job runs on rocksdb with the changelog" if backend == "rocksdb" and changelog
+                                 else "the job's state backend is unknown")
+    note = ""
+    if fmt == "native" and backend == "hashmap":
+        note = ("the job runs on hashmap: its native savepoint restores only on hashmap (not on rocksdb) and no "
+                "faster than a canonical one; take a canonical one to move to rocksdb")
+    elif fmt == "native" and backend == "rocksdb" and changelog:
+        note = ("the job runs with the changelog: restore this native savepoint with --no-changelog (with the "
+                "changelog Flink 2.2.1 would write checkpoints it cannot restore, FLINK-39964: refused at start)")
+    elif fmt == "native" and backend is None:
+        note = "the job's state backend is unknown: a native savepoint restores only on the backend that wrote it"
+    return fmt, why, note
 
 
 def savepoint(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
-              root: Path | str | None = None, deadline_s: float = 300.0) -> SavepointResult:
+              root: Path | str | None = None, deadline_s: float = 300.0,
+              format: str | None = None) -> SavepointResult:
     """Trigger a savepoint; the job keeps running. ``job_id`` is a Flink job id or a riskstream job name
     (:func:`resolve`). Without ``target_dir`` a job riskstream started saves into its own folder
     (``jobs/<name>/savepoints``, recorded in its lineage), another job into the cluster's
-    ``execution.checkpointing.savepoint-dir`` (the local cluster sets ``<root>/savepoints``). A run that dies
-    meanwhile fails the wait at once."""
+    ``execution.checkpointing.savepoint-dir`` (the local cluster sets ``<root>/savepoints``). ``format``:
+    canonical or native, None for :func:`choose_format`'s default. A run that dies meanwhile fails the wait at
+    once."""
     ref = resolve(job_id, jobmanager, root)
     t0, since = time.monotonic(), time.time()
     _over(ref, "savepoint")
     _running(ref.rest_url, ref.job_id, "savepoint")
+    backend, changelog = job_backend(ref)
+    fmt, why, note = choose_format(format, backend, changelog)
     target, name = _savepoint_target(ref.job_id, target_dir)
-    rid = flink_rest.trigger_savepoint(ref.rest_url, ref.job_id, target)
+    rid = flink_rest.trigger_savepoint(ref.rest_url, ref.job_id, target, format_type=fmt)
     loc = flink_rest.await_savepoint(ref.rest_url, ref.job_id, rid, "savepoint", deadline_s,
                                      _found_in(ref.job_id, target, since), gone=_gone(ref))
-    _record(name, ref.job_id, loc, stopped=False)
-    return SavepointResult(loc, time.monotonic() - t0, job_name=name)
+    _record(name, ref.job_id, loc, stopped=False, backend=backend, changelog=changelog)
+    return SavepointResult(loc, time.monotonic() - t0, job_name=name, format=fmt, backend=backend, why=why,
+                           note=note)
 
 
 def stop(job_id: str, jobmanager: str | None = None, target_dir: str | None = None,
          root: Path | str | None = None, deadline_s: float = 300.0, drain: bool = False,
-         rest_url: str | None = None) -> SavepointResult:
+         rest_url: str | None = None, format: str | None = None) -> SavepointResult:
     """Stop with a savepoint (the upgrade path): the sinks commit their last transactions, the job ends
     FINISHED; return the savepoint's location once the job has ended. ``job_id`` is a Flink job id or a
     riskstream job name (:func:`resolve`).
@@ -476,21 +574,25 @@ def stop(job_id: str, jobmanager: str | None = None, target_dir: str | None = No
     the savepoint's status could be read: the savepoint is then found in its target folder, and the job's
     final state is the one its process recorded in the lineage. A run whose process dies without a
     completed savepoint fails the wait at once. ``rest_url`` (``http://host:port``) names the JobManager
-    directly, e.g. a ``riskstream run`` MiniCluster's (``riskstream chaos``)."""
+    directly, e.g. a ``riskstream run`` MiniCluster's (``riskstream chaos``). ``format``: as for
+    :func:`savepoint`."""
     ref = resolve(job_id, jobmanager if rest_url is None else None, root) if rest_url is None else \
         _ref_at(job_id, rest_url)
     t0, since = time.monotonic(), time.time()
     _over(ref, "stop-with-savepoint")
     _running(ref.rest_url, ref.job_id, "stop-with-savepoint")
+    backend, changelog = job_backend(ref)
+    fmt, why, note = choose_format(format, backend, changelog)
     target, name = _savepoint_target(ref.job_id, target_dir)
-    rid = flink_rest.trigger_savepoint(ref.rest_url, ref.job_id, target, stop=True, drain=drain)
+    rid = flink_rest.trigger_savepoint(ref.rest_url, ref.job_id, target, stop=True, drain=drain, format_type=fmt)
     loc = flink_rest.await_savepoint(ref.rest_url, ref.job_id, rid, "stop-with-savepoint", deadline_s,
                                      _found_in(ref.job_id, target, since), gone=_gone(ref))
-    _record(name, ref.job_id, loc, stopped=True)
+    _record(name, ref.job_id, loc, stopped=True, backend=backend, changelog=changelog)
     left = max(10.0, deadline_s - (time.monotonic() - t0))
     state = _final_state(ref, left, "FINISHED")
     retention_after_stop(ref)
-    return SavepointResult(loc, time.monotonic() - t0, state, job_name=name)
+    return SavepointResult(loc, time.monotonic() - t0, state, job_name=name, format=fmt, backend=backend, why=why,
+                           note=note)
 
 
 def _ref_at(job_id: str, rest_url: str) -> JobRef:
