@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from . import dedup, hll
+from .aggregates import spec_aggregates
 from .decision import decision_record, encode, error_decision_record
 from .events import EVENT_TYPES, Event
 from .features import SIGNALS as SIGNAL_NAMES
@@ -387,10 +388,10 @@ def writer_layout() -> dict:
 def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tuple | None = None) -> dict:
     """Everything another runtime needs to rebuild the windows exactly (``riskstream features --json``):
     entities in chain order with their key field and retention, bucket widths, features in vector order,
-    the lateness, the empty value, the cleanup-timer grid, the distinct-count sketch settings, and the
-    record's fields in Row order (``ROW_FIELDS``) so a JVM stage finds every field by name. ``features``:
-    the feature spec (default ``features.FEATURES``; a label feature's ``offset_ms`` is in its entry when
-    not 0)."""
+    the window aggregates they name (the JVM class of each, ``udfs.aggregates``), the lateness, the empty
+    value, the cleanup-timer grid, the distinct-count sketch settings, and the record's fields in Row order
+    (``ROW_FIELDS``) so a JVM stage finds every field by name. ``features``: the feature spec (default
+    ``features.FEATURES``; a label feature's ``offset_ms`` is in its entry when not 0)."""
     features = FEATURES if features is None else features
     doc = {
         "record_fields": [name for name, _ in ROW_FIELDS],
@@ -401,6 +402,9 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tupl
         "bucket_ms": {str(h): g for h, g in sorted(BUCKET_MS.items())},
         "event_types": list(EVENT_TYPES),
         "distinct": {"exact_up_to": HLL_THRESHOLD, **hll.params()},
+        # the window aggregates the features name (and count: a fraud share's denominator), each with the
+        # class of its JVM twin, its accumulator family and its constants (udfs.aggregates)
+        "aggregates": spec_aggregates([f.agg for f in features] + ["count"]),
         "entities": [{**e.to_json(features), "order": i,
                       "retention_ms": retention_ms(e.name, allowed_lateness_ms, features),
                       "fresh_ms": fresh_ms(e.name, allowed_lateness_ms, features),

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import orjson
 
+from .aggregates import AGGREGATES, MISSING
 from .events import EVENT_TYPES
 
 SECOND = 1_000
@@ -94,7 +95,8 @@ ALL_ENTITIES: tuple[Entity, ...] = BASE_ENTITIES + (LINK_ENTITY,)
 ENTITY_BY_NAME = {e.name: e for e in ALL_ENTITIES}
 EVENT_ENTITY = "event"  # the pseudo-entity of the event's own fields (no key, no state)
 ENTITY_KEYS = {**{e.name: e.key_field for e in ALL_ENTITIES}, EVENT_ENTITY: None}
-WINDOW_AGGS = ("count", "sum", "mean", "max", "min", "distinct")
+# window aggregates: the classes of udfs.aggregates.AGGREGATES, by name (count, sum, mean, max, min, distinct,
+# and any plug-in registered there)
 KEY_AGGS = ("since_prev", "age")
 # label features, as known at decision time (docs/features.md#label-risk-features): the key's events labelled
 # fraud, counted from the label's arrival at the stage, whose event time falls in the window; and their share
@@ -142,10 +144,10 @@ class Feature:
                 raise ValueError(f"{self.name}: {self.agg} takes no input field and no event-type filter")
             if self.entity != EVENT_ENTITY and ENTITY_KEYS[self.entity] not in LABEL_KEYS:
                 raise ValueError(f"{self.name}: labels carry no {ENTITY_KEYS[self.entity]}")
-        elif self.agg in WINDOW_AGGS:
+        elif self.agg in AGGREGATES:
             if self.horizon_ms not in BUCKET_MS:
                 raise ValueError(f"{self.name}: horizon {self.horizon_ms} not one of {sorted(BUCKET_MS)}")
-            if self.agg != "count" and not self.field:
+            if AGGREGATES[self.agg].takes_field and not self.field:
                 raise ValueError(f"{self.name}: {self.agg} needs an input field")
         elif self.agg in GRAPH_AGGS:
             if self.horizon_ms != GRAPH["horizon_ms"] or self.field or self.event_types:
@@ -349,7 +351,8 @@ for _e in ENTITIES[1:]:
     if _e.dedup:
         raise ValueError(f"entity {_e.name}: only the first entity of the chain may dedup")
 SIGNALS: tuple[str, ...] = tuple(f"{e.name}_known_fraud_users_7d" for e in ENTITIES if e.label_signals)
-MISSING = -1.0  # since_prev of a key's first event; mean / max / min of an empty window (sum and count: 0)
+# MISSING (udfs.aggregates): since_prev of a key's first event; mean / max / min of an empty window (sum and
+# count: 0)
 
 
 def features_for(entity: str, features: tuple[Feature, ...] | None = None) -> tuple[Feature, ...]:
