@@ -730,3 +730,49 @@ def test_state_encoding_is_the_pinned_format(jvm):
         states = json.loads(J.LocalRunner.states(spec, run["entity"], golden["dedup_ms"], evs))
         assert (len(states), digest(states)) == (run["keys"], run["digest"]), (run["spec"], run["entity"])
         assert json.loads(J.LocalRunner.reencode(spec, run["entity"], json.dumps(run["states"]))) == run["states"]
+
+
+def _normal(state: dict) -> dict:
+    """A state dict with its bucket order kept (lists of items) and nothing empty or unset."""
+    out = {k: state[k] for k in ("first", "last") }
+    out["b"] = {g: list(bs.items()) for g, bs in state["b"].items() if bs}
+    if any(state.get("d", {}).values()):
+        out["d"] = {g: sorted(c.items()) for g, c in state["d"].items() if c}
+    for k in ("timer", "ids"):
+        if state.get(k):
+            out[k] = list(state[k].items()) if k == "ids" else state[k]
+    return out
+
+
+def test_python_and_jvm_stages_hold_the_same_state(jvm):
+    """Key by key, the JVM stage's state after a stream, decoded by the Python side (udfs.windows.decode_state:
+    each aggregate's decode), is the Python stage's state dict after the same stream, buckets in the same
+    order; and the Python side's bytes of that state (encode_state) are read by the JVM as the same state."""
+    from udfs.chain import EntityStep
+    from udfs.features import FEATURES_WITH_DELAYED
+    from udfs.windows import decode_state, encode_state
+    from tests.keystate_golden import DEDUP, jsonl, stream
+
+    _, J = jvm
+    evs = stream()
+    doc = json.dumps(spec_document(LATENESS, FEATURES_WITH_DELAYED))
+    kinds = set()
+    for e in ENTITIES:
+        step = EntityStep(e, LATENESS, DEDUP, FEATURES_WITH_DELAYED)
+        store: dict = {}
+        for ev in evs:
+            k = step.key(ev)
+            if k is None or step.duplicate(store.get(k), ev):
+                continue
+            store[k] = step.step(store.get(k), ev)[0]
+        jvm_states = json.loads(J.LocalRunner.states(doc, e.name, DEDUP, jsonl(evs)))
+        assert sorted(jvm_states) == sorted(store), e.name
+        for k, b64 in jvm_states.items():
+            got, labels = decode_state(step.windows, base64.b64decode(b64))
+            assert _normal(got) == _normal(store[k]), (e.name, k)
+            kinds |= {type(a).__name__ for bs in got["b"].values() for accs in bs.values() for a in accs}
+        ours = {k: base64.b64encode(encode_state(step.windows, st)).decode() for k, st in store.items()}
+        back = json.loads(J.LocalRunner.reencode(doc, e.name, json.dumps(ours)))
+        for k, b64 in back.items():
+            assert _normal(decode_state(step.windows, base64.b64decode(b64))[0]) == _normal(store[k]), (e.name, k)
+    assert kinds == {"int", "list", "set", "bytearray"}  # counts, numerics, exact sets and sketches
