@@ -776,3 +776,25 @@ def test_python_and_jvm_stages_hold_the_same_state(jvm):
         for k, b64 in back.items():
             assert _normal(decode_state(step.windows, base64.b64decode(b64))[0]) == _normal(store[k]), (e.name, k)
     assert kinds == {"int", "list", "set", "bytearray"}  # counts, numerics, exact sets and sketches
+
+
+def test_a_jvm_aggregate_that_differs_from_the_python_class_is_refused(jvm):
+    """The spec document names each aggregate's JVM class with the Python class's family and field use: a
+    class that is missing, or declares another family, fails when the stage's spec is parsed."""
+    from py4j.protocol import Py4JJavaError
+
+    _, J = jvm
+    doc = spec_document(LATENESS)
+    assert doc["aggregates"]["mean"] == {"class": "Mean", "accumulator": "numeric", "takes_field": True,
+                                         "params": {"missing": -1.0}}
+    assert J.EntitySpec.parse(orjson.dumps(doc).decode(), "user") is not None
+    for change, message in ((("class", "Median"), "no class io.riskstream.flink.aggregates.Median"),
+                            (("accumulator", "moments"), "accumulator numeric, takes_field true\\) differs"),
+                            (("takes_field", False), "differs from the Python class")):
+        bad = orjson.loads(orjson.dumps(doc))
+        bad["aggregates"]["mean"][change[0]] = change[1]
+        with pytest.raises(Py4JJavaError, match=message):
+            J.EntitySpec.parse(orjson.dumps(bad).decode(), "user")
+    del doc["aggregates"]["mean"]
+    with pytest.raises(Py4JJavaError, match="aggregate mean is not in the spec's aggregates"):
+        J.EntitySpec.parse(orjson.dumps(doc).decode(), "user")
