@@ -6,6 +6,14 @@ from __future__ import annotations
 import math
 
 from udfs.features import LABEL_AGGS, MISSING, features_for
+from udfs.labels import Label
+
+
+def label_of(event_id: str, user_id: str, device_id: str, event_ts: int, label: str, ip: str | None = None,
+             payment_ref: str | None = None) -> Label:
+    """The tests' label tuples (as the labels topic lists the keys) as a ``udfs.labels.Label``."""
+    return Label.of_fields(event_id, event_ts, label, user_id=user_id, device_id=device_id, ip=ip,
+                           payment_ref=payment_ref)
 
 
 def oracle_features(entity: str, arrived: list, lateness: int, features=None,

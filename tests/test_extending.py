@@ -73,6 +73,20 @@ bad = parse_event(base.replace(b"place_order", b"login") + b',"ship_to":"addr-1"
 assert isinstance(bad, Rejection) and bad.reason == "invalid_ship_to", bad
 assert "invalid_ship_to" in events.REASON_CODES
 
+# labels: a label may name the new entity's key (the wire format, the label record), decision records carry it
+from udfs.chain import label_record
+from udfs.decision import decision_record
+from udfs.labels import parse_label
+lab = parse_label(b'{"event_id":"e1","user_id":"u","device_id":"d","event_ts":1767225600000,"label":"fraud",'
+                  b'"ship_to":"addr-1"}')
+assert lab.key("ship_to") == "addr-1" and lab.wire()["ship_to"] == "addr-1", lab
+assert label_record(lab)[Event._fields.index("ship_to")] == "addr-1"
+assert parse_label(b'{"event_id":"e1","user_id":"u","device_id":"d","event_ts":1767225600000,"label":"fraud",'
+                   b'"ship_to":7}').reason == "invalid_label"
+rec = decision_record(parse_event(base + b',"ship_to":"addr-1"}'), "allow", 0.1, [], [0.0] * len(FEATURE_NAMES),
+                      "m1", "p1", 0, False)
+assert list(rec)[3:8] == ["user_id", "device_id", "ip", "payment_ref", "ship_to"] and rec["ship_to"] == "addr-1"
+
 # the chain (replay, baselines) computes the new entity's features as the brute-force oracle does
 r = random.Random(3)
 evs = []

@@ -13,6 +13,7 @@ import random
 import orjson
 import pytest
 
+from tests.oracle import label_of
 from udfs.chain import Chain, arrived_at, label_record, pack, unpack
 from udfs.events import Event, encode_event
 from udfs.features import BUCKET_MS, ENTITIES, ENTITY_BY_NAME, features_for
@@ -126,7 +127,7 @@ def _expected(records: list, label_signals: bool, entities=ENTITIES, features=No
     out, dups = {}, []
     for kind, x in records:
         if kind == "label":
-            ch.label(*x)
+            ch.label(label_of(*x))
             continue
         res = ch.process(x)
         if res is None:
@@ -159,7 +160,8 @@ def _run(jar, records: list, parallelism: int, tmp_path, entities=ENTITIES, labe
     env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()]),
                                             **(extra or {})})
     env.set_parallelism(1)  # source and event time in one subtask: each key's events keep their order
-    rows = [jvm.to_row(pack(x, arrived_at=_arrival(x)) if kind == "event" else label_record(*x)) for kind, x in records]
+    rows = [jvm.to_row(pack(x, arrived_at=_arrival(x)) if kind == "event" else label_record(label_of(*x)))
+            for kind, x in records]
     stream = (env.from_collection(rows, type_info=jvm.record_type_info())
               .assign_timestamps_and_watermarks(
                   WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
@@ -379,7 +381,7 @@ def _run_branches(jar, records: list, parallelism: int, tmp_path, extra=None, fe
     env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()]),
                                             **(extra or {})})
     env.set_parallelism(1)
-    rows = [jvm.to_row(pack(x) if kind == "event" else label_record(*x)) for kind, x in records]
+    rows = [jvm.to_row(pack(x) if kind == "event" else label_record(label_of(*x))) for kind, x in records]
     src = (env.from_collection(rows, type_info=jvm.record_type_info())
            .assign_timestamps_and_watermarks(WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
                                              .with_timestamp_assigner(EventTime())))
@@ -545,7 +547,7 @@ def test_an_out_of_order_event_after_its_labels_arrival_counts_it(jvm, tmp_path)
     assert [want["user"][f"o{i}"]["user_fraud_labels_30d"] for i in (2, 3, 4, 9)] == [0, 0, 1, 1]
 
     # the Python replay: labels by arrival_ts
-    replay = FeatureReplay(LATENESS, DEDUP, labels=labels)
+    replay = FeatureReplay(LATENESS, DEDUP, labels=[(a, label_of(*t)) for a, t in labels])
     for e in events:
         vec, late = replay.step(e)
         assert not late, e

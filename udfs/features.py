@@ -49,13 +49,16 @@ class Entity:
     also folds labels into a per-key set of known-fraud users (``udfs.labels``), read as the signal
     ``<name>_known_fraud_users_7d`` by the rules. An entity with label features (aggregates in
     ``LABEL_AGGS``) also reads labels (:attr:`reads_labels`): its stage folds them into a per-key store of
-    labelled-fraud events (``udfs.labels.apply_fraud_label``)."""
+    labelled-fraud events (``udfs.labels.apply_fraud_label``). A label (``udfs.labels.Label``) names the
+    labelled event's key of every entity: always for a ``label_required`` entity (the user: a label's
+    identity; the device: the ring signal), when it knows it for the others (:data:`LABEL_ENTITIES`)."""
 
     name: str
     key_field: str
     optional: bool = False
     dedup: bool = False
     label_signals: bool = False
+    label_required: bool = False
     # the entity's part in the graph features (docs/features.md#graph-features), used only when the spec has
     # graph features: "user" (the first stage: carries the user's known-fraud time), "members" (keeps its
     # members and attaches their sketch), "link" (the link stage after the others); None: no part
@@ -82,9 +85,9 @@ class Entity:
 # The stage chain, in order. The user stage comes first: it drops duplicate event ids before any window
 # counts them.
 BASE_ENTITIES: tuple[Entity, ...] = (
-    Entity("user", "user_id", dedup=True, graph="user"),
+    Entity("user", "user_id", dedup=True, label_required=True, graph="user"),
     Entity("ip", "ip", graph="members"),
-    Entity("device", "device_id", label_signals=True, graph="members"),
+    Entity("device", "device_id", label_signals=True, label_required=True, graph="members"),
     # the payment instrument (udfs.events.PAYMENT_REF_TYPES carry one): card testing, BIN attacks, shared cards
     Entity("payment", "payment_ref", optional=True, graph="members"),
 )
@@ -102,8 +105,12 @@ KEY_AGGS = ("since_prev", "age")
 # fraud, counted from the label's arrival at the stage, whose event time falls in the window; and their share
 # of the key's events in the same window
 LABEL_AGGS = ("fraud_labels", "fraud_share")
-# a label carries these keys (user_id, device_id always; ip and payment_ref when the label names them)
-LABEL_KEYS = ("user_id", "device_id", "ip", "payment_ref")
+# the entities whose keys a label names (udfs.labels.Label): the label_required ones, then the others, each in
+# chain order; LABEL_KEYS their key fields, as the labels topic spells them (user_id, device_id always; ip and
+# payment_ref when the label names them)
+LABEL_ENTITIES: tuple[Entity, ...] = (tuple(e for e in BASE_ENTITIES if e.label_required)
+                                      + tuple(e for e in BASE_ENTITIES if not e.label_required))
+LABEL_KEYS: tuple[str, ...] = tuple(e.key_field for e in LABEL_ENTITIES)
 EVENT_AGGS = ("value", "type_index")
 # graph features (docs/features.md#graph-features): users within two user-hops (and the known-fraud ones
 # among them) from an entity that keeps members (device, payment) or from the user (link stage); the group's
