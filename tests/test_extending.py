@@ -20,8 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "extending.md"
-TAG = re.compile(r"<!-- extending: (\S+) (?:after '([^\n]*)'|(new)) -->\s*\n([ \t]*)```(?:python|java)\n(.*?)\n[ \t]*```",
-                 re.S)
+TAG = re.compile(r"<!-- extending: (\S+) (?:after '([^\n]*)'|(new)) -->\s*\n([ \t]*)```(?:python|java)\n(.*?)"
+                 r"\n[ \t]*```", re.S)
 STD_JAVA = "udfs/jvm/src/main/java/io/riskstream/flink/aggregates/Std.java"
 PACKAGES = ("udfs", "riskstream", "pipelines", "benchmarks", "models", "tests")
 
@@ -156,7 +156,8 @@ def _run(dst: Path, code: str, *args: str, jars: Path | None = None) -> str:
 
     env = {**os.environ, "PYTHONPATH": str(dst), "RISKSTREAM_JARS_DIR": str(jars or flink_jars_dir()),
            "RISKSTREAM_HOME": str(dst / ".riskstream")}
-    p = subprocess.run([sys.executable, "-c", code, *args], cwd=dst, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-c", code, *args], cwd=dst, env=env, capture_output=True, text=True,
+                       timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     return p.stdout
 

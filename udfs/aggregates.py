@@ -53,7 +53,8 @@ class Aggregate:
         if "name" not in cls.__dict__:  # a family's base class
             return
         if cls.name in AGGREGATES:
-            raise ValueError(f"aggregate {cls.name!r} registered twice ({AGGREGATES[cls.name].__name__}, {cls.__name__})")
+            raise ValueError(f"aggregate {cls.name!r} registered twice "
+                             f"({AGGREGATES[cls.name].__name__}, {cls.__name__})")
         for other in AGGREGATES.values():
             if other.accumulator == cls.accumulator and any(
                     getattr(other, m) is not getattr(cls, m) for m in _SHARED):

@@ -31,7 +31,8 @@ from .decision import decision_record, encode, error_decision_record, event_keys
 from .events import EVENT_TYPES, Event
 from .features import SIGNALS as SIGNAL_NAMES
 from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, GRAPH, GRAPH_AGGS, LABEL_ENTITIES, LABEL_KEYS,
-                       MISSING, Entity, features_for, has_graph, label_keep_ms, spec_entities, spec_fingerprint, spec_json)
+                       MISSING, Entity, features_for, has_graph, label_keep_ms, spec_entities, spec_fingerprint,
+                       spec_json)
 from .graph import GraphParams, LinkPart, MemberPart, UserPart, fold_label as fold_graph_label, new_context
 from .labels import FRAUD, Label, apply_fraud_label, apply_label, known_fraud_users
 from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,

@@ -65,8 +65,8 @@ class EntityWindows:
     State layout (picklable, small): ``{"first": ts, "last": ts, "b": {width: {bucket_start: [acc, ...]}}}``
     where each acc is an accumulator of ``udfs.aggregates`` (a count, a ``[count, sum, max, min]`` list, a
     set or a sketch), one per distinct (accumulator family, field, event-type filter) slot of that bucket
-    width. A feature's value is its aggregate's ``result`` of the ``merge`` of its window's buckets. An entity with delayed fraud shares
-    (``Feature.offset_ms``) also keeps ``"d": {width: {bucket_start: events}}``: the key's stored events per
+    width. A feature's value is its aggregate's ``result`` of the ``merge`` of its window's buckets. An
+    entity with delayed fraud shares (``Feature.offset_ms``) also keeps ``"d": {width: {bucket_start: events}}``: the key's stored events per
     bucket, for as far back as its longest delayed share reaches, apart from the other slots so that they
     are not kept longer.
     """
@@ -105,8 +105,8 @@ class EntityWindows:
             fld = f.field if agg.takes_field else None
             types = frozenset(f.event_types) if f.event_types and f.agg != "fraud_share" else None
             slots = self.slots.setdefault(g, [])
-            i = next((j for j, (a, fl, ty) in enumerate(slots) if (a.accumulator, fl, ty) == (agg.accumulator, fld, types)),
-                     None)
+            slot_key = (agg.accumulator, fld, types)
+            i = next((j for j, (a, fl, ty) in enumerate(slots) if (a.accumulator, fl, ty) == slot_key), None)
             if i is None:
                 i = len(slots)
                 slots.append((agg, fld, types))
@@ -114,6 +114,7 @@ class EntityWindows:
             read = reads.setdefault((g, h), [])
             if i not in read:
                 read.append(i)
+            # (kind, ..., then the read slot as (width, horizon, slot): replaced by its window's position below)
             self._plan.append(("fraud_share", g, h, 0, g, h, i) if f.agg == "fraud_share"
                               else ("window", agg.result, g, h, i))
         self.max_horizon = dict(horizons)  # width -> longest horizon using it

@@ -1,5 +1,6 @@
 package io.riskstream.flink.aggregates;
 
+import java.io.Serializable;
 import java.util.Map;
 
 /**
@@ -21,7 +22,9 @@ import java.util.Map;
  * {@link #encode} writes are the stage's savepoint format (tests/keystate_golden.json pins them): change them
  * only with a new state version in KeyState.
  */
-public abstract class Aggregate {
+public abstract class Aggregate implements Serializable {
+    private static final long serialVersionUID = 1L;
+
     /** The family (Python: Aggregate.accumulator): aggregates of one family share a slot's accumulator. */
     public abstract String accumulator();
 
