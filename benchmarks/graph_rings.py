@@ -21,6 +21,7 @@ import orjson
 from riskstream.generator import RING_SCENARIO, TrafficGenerator
 from udfs.events import parse_event
 from udfs.features import FEATURES_WITH_GRAPH, GRAPH_FEATURE_LIST
+from udfs.labels import FRAUD, LEGIT, Label
 from udfs.replay import FeatureReplay
 
 ONE_HOP = ("ip_distinct_users_24h", "device_distinct_users_24h", "device_distinct_users_30d",
@@ -57,8 +58,9 @@ def replay_rings(events: int, days: float, seed: int) -> tuple[np.ndarray, np.nd
     r = FeatureReplay(features=FEATURES_WITH_GRAPH)
     for rec in recs:
         lab = rec.label
-        r.add_label(lab["arrival_ts"], (lab["event_id"], lab["user_id"], lab["device_id"], lab["ts"],
-                                        "fraud" if lab["fraud"] else "legit", lab["ip"], lab.get("payment_ref")))
+        r.add_label(lab["arrival_ts"], Label.of_fields(lab["event_id"], lab["ts"], FRAUD if lab["fraud"] else LEGIT,
+                                                       user_id=lab["user_id"], device_id=lab["device_id"],
+                                                       ip=lab["ip"], payment_ref=lab.get("payment_ref")))
     names = ["amount", "event_type"] + [f.name for f in FEATURES_WITH_GRAPH if f.entity != "event"]
     rows, scen = [], []
     t0 = time.perf_counter()

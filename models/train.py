@@ -40,7 +40,7 @@ from udfs.drift import reference as drift_reference
 from udfs.events import Event, Rejection
 from udfs.features import FEATURE_NAMES, spec_fingerprint, spec_json
 from udfs.ingest import DEFAULT_MAX_REJECT_SHARE, IngestError, Mapping, json_objects, load_input, training_label
-from udfs.labels import DEFAULT_LABEL_DELAY_MS, NO_LABELS, label_arrival
+from udfs.labels import DEFAULT_LABEL_DELAY_MS, FRAUD, NO_LABELS, Label, label_arrival
 from udfs.replay import FeatureCache, FeatureReplay, label_schedule, replay_input
 
 HERE = Path(__file__).resolve().parent
@@ -159,7 +159,7 @@ def schedule_label(r: FeatureReplay, ev: Event, lab: dict | None, label_delay, s
     """After ``ev`` was replayed: its fraud label (keys from the event itself) arrives at :func:`arrival_of`."""
     arr = arrival_of(ev, lab, label_delay)
     if arr is not None:
-        r.add_label(arr, (ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud", ev.ip, ev.payment_ref))
+        r.add_label(arr, Label.of_event(ev, FRAUD))
         stats["labels_fed"] = stats.get("labels_fed", 0) + 1
 
 
@@ -266,7 +266,7 @@ def file_dataset(events_path: Path, labels_path: Path | None = None, *, mapping:
                      None if lab is None else lab.get("scenario"))
         else:
             rows.add(item.event, vec, lt, item.fraud, item.scenario)
-    rows.stats["labels_fed"] = sum(1 for _, lab in schedule if lab[4] == "fraud")
+    rows.stats["labels_fed"] = sum(1 for _, lab in schedule if lab.label == FRAUD)
     if run.get("feature_cache") == "hit":
         log("features from the feature cache (the same file, labels, settings and spec were replayed before)")
     rej = inp.rejected()

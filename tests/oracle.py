@@ -6,9 +6,18 @@ from __future__ import annotations
 import math
 
 from udfs.features import LABEL_AGGS, MISSING, features_for
+from udfs.labels import Label
 
 
-def oracle_features(entity: str, arrived: list, lateness: int, features=None) -> list[tuple[list[float], bool]]:
+def label_of(event_id: str, user_id: str, device_id: str, event_ts: int, label: str, ip: str | None = None,
+             payment_ref: str | None = None) -> Label:
+    """The tests' label tuples (as the labels topic lists the keys) as a ``udfs.labels.Label``."""
+    return Label.of_fields(event_id, event_ts, label, user_id=user_id, device_id=device_id, ip=ip,
+                           payment_ref=payment_ref)
+
+
+def oracle_features(entity: str, arrived: list, lateness: int, features=None,
+                    brute: dict | None = None) -> list[tuple[list[float], bool]]:
     """``arrived``: events of ONE key in arrival order, and labels for the key as
     ``("label", (user_id, event_id), event_ts, "fraud"|"legit")`` where they arrive (ids are per user). Returns (values, late) per event.
     An event at or after the key's expiry (its newest stored event + longest reach + lateness) finds the
@@ -21,7 +30,8 @@ def oracle_features(entity: str, arrived: list, lateness: int, features=None) ->
     A delayed label feature (``offset_ms``) reads the ``H/g`` buckets that end ``offset`` before the event's
     bucket; its share's base is the key's stored events there, held back to the longest delayed share's
     horizon + offset (apart from the other windows' buckets), the key kept for its longest horizon + offset.
-    ``features``: the spec (default ``udfs.features.FEATURES``)."""
+    ``features``: the spec (default ``udfs.features.FEATURES``). ``brute``: for a plug-in aggregate
+    (``udfs.aggregates``), its value from the window's field values (None left out), by aggregate name."""
     feats = features_for(entity, features)
     max_h: dict[int, int] = {}
     reach_d: dict[int, int] = {}  # delayed shares' event counts: width -> longest horizon + offset
@@ -90,6 +100,8 @@ def oracle_features(entity: str, arrived: list, lateness: int, features=None) ->
                 vals.append(float(len(sel)))
             elif f.agg == "distinct":
                 vals.append(float(len({getattr(e, f.field) for e in sel} - {None})))
+            elif brute and f.agg in brute:
+                vals.append(brute[f.agg]([getattr(e, f.field) for e in sel if getattr(e, f.field) is not None]))
             elif f.agg == "sum":
                 vals.append(math.fsum(getattr(e, f.field) for e in sel))
             elif not sel:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from udfs.control import Control, ControlError, parse_control
 from udfs.events import Rejection
 from udfs.features import FEATURE_NAMES
-from udfs.labels import KNOWN_FRAUD_HORIZON_MS, apply_label, known_fraud_users, parse_label
+from udfs.labels import KNOWN_FRAUD_HORIZON_MS, Label, apply_label, known_fraud_users, parse_label
 from udfs.policy import Policy
 from udfs.scoring import Scorer
 
@@ -115,9 +115,11 @@ def test_known_fraud_signal_matches_brute_force(labels, probe_day):
 
 def test_labels_may_name_ip_and_payment_ref():
     base = {"event_id": "e", "user_id": "u", "device_id": "d", "event_ts": 1767225600000, "label": "fraud"}
-    assert parse_label(orjson.dumps(base)) == ("e", "u", "d", 1767225600000, "fraud", None, None)
-    assert parse_label(orjson.dumps({**base, "ip": "1.2.3.4", "payment_ref": "c1"}))[5:] == ("1.2.3.4", "c1")
-    assert parse_label(orjson.dumps({**base, "ip": None}))[5] is None
+    assert parse_label(orjson.dumps(base)) == Label("e", 1767225600000, "fraud", {"user": "u", "device": "d"})
+    both = parse_label(orjson.dumps({**base, "ip": "1.2.3.4", "payment_ref": "c1"}))
+    assert both.keys == {"user": "u", "device": "d", "ip": "1.2.3.4", "payment": "c1"}
+    assert both.wire() == {**base, "ip": "1.2.3.4", "payment_ref": "c1"}  # the wire format, read back
+    assert parse_label(orjson.dumps({**base, "ip": None})).key("ip") is None
     for bad in ({"ip": ""}, {"ip": 5}, {"payment_ref": " "}, {"payment_ref": "x" * 500}):
         res = parse_label(orjson.dumps({**base, **bad}))
         assert isinstance(res, Rejection) and res.reason == "invalid_label", bad

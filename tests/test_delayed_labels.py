@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.oracle import label_of
 from tests.test_windows import T0, check_labels_against_oracle, run_with_labels
 from udfs.events import EVENT_TYPES, PAYMENT_REF_TYPES, Event
 from udfs.features import (BASE_FEATURES, DAY, DELAYED_LABEL_FEATURES, FEATURES, FEATURES_WITH_DELAYED, HOUR,
@@ -141,7 +142,7 @@ def test_delayed_label_windows_by_hand():
     got = {}
     for r in timed(ev, labels):
         if type(r) is tuple:
-            ch.label(*r[1])
+            ch.label(label_of(*r[1]))
         else:
             got[r.event_id] = {n: v for n, v in zip(names, ch.process(r)[0]) if n.startswith("device_fraud")}
     assert all(got[f"e{i}"]["device_fraud_labels_7d"] == 0 for i in range(40))  # the motivation
@@ -210,7 +211,7 @@ def test_a_device_back_after_its_horizons_starts_over_but_its_delayed_counts_liv
     names = [f.name for e in ("user", "ip", "device", "payment") for f in features_for(e, DELAYED)]
     ch = Chain(features=DELAYED)
     ch.process(a)
-    ch.label("a", "u1", "dev", a.ts, "fraud")
+    ch.label(label_of("a", "u1", "dev", a.ts, "fraud"))
     v = dict(zip(names, ch.process(b)[0]))
     assert v["device_age_ms"] == 0 and v["device_events_30d"] == 1 and v["device_distinct_users_30d"] == 1
     assert v["device_fraud_labels_30d_delay7d"] == 1 and v["device_fraud_share_30d_delay7d"] == 1.0

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.graph_oracle import GraphOracle
+from tests.oracle import label_of
 from udfs.chain import Chain
 from udfs.events import Event
 from udfs.features import (FEATURES, FEATURES_WITH_GRAPH, GRAPH, GRAPH_FEATURE_LIST, GRAPH_FEATURES, HOUR, MINUTE,
@@ -176,7 +177,7 @@ def _run(steps, params: GraphParams):
     brute = BruteStream(params)
     for kind, item in steps:
         if kind == "l":
-            chain.label(*item)
+            chain.label(label_of(*item))
             brute.label(*item)
             continue
         res = chain.process(item)
@@ -288,7 +289,7 @@ def _run_oracle(steps, params):
     orc = GraphOracle(params.horizon_ms, params.label_horizon_ms)
     for kind, item in steps:
         if kind == "l":
-            chain.label(*item)
+            chain.label(label_of(*item))
             orc.label(item[0], item[1], item[3], item[4])
             continue
         res = chain.process(item)

@@ -13,6 +13,7 @@ import random
 import orjson
 import pytest
 
+from tests.oracle import label_of
 from udfs.chain import Chain, arrived_at, label_record, pack, unpack
 from udfs.events import Event, encode_event
 from udfs.features import BUCKET_MS, ENTITIES, ENTITY_BY_NAME, features_for
@@ -126,7 +127,7 @@ def _expected(records: list, label_signals: bool, entities=ENTITIES, features=No
     out, dups = {}, []
     for kind, x in records:
         if kind == "label":
-            ch.label(*x)
+            ch.label(label_of(*x))
             continue
         res = ch.process(x)
         if res is None:
@@ -159,7 +160,8 @@ def _run(jar, records: list, parallelism: int, tmp_path, entities=ENTITIES, labe
     env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()]),
                                             **(extra or {})})
     env.set_parallelism(1)  # source and event time in one subtask: each key's events keep their order
-    rows = [jvm.to_row(pack(x, arrived_at=_arrival(x)) if kind == "event" else label_record(*x)) for kind, x in records]
+    rows = [jvm.to_row(pack(x, arrived_at=_arrival(x)) if kind == "event" else label_record(label_of(*x)))
+            for kind, x in records]
     stream = (env.from_collection(rows, type_info=jvm.record_type_info())
               .assign_timestamps_and_watermarks(
                   WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
@@ -379,7 +381,7 @@ def _run_branches(jar, records: list, parallelism: int, tmp_path, extra=None, fe
     env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()]),
                                             **(extra or {})})
     env.set_parallelism(1)
-    rows = [jvm.to_row(pack(x) if kind == "event" else label_record(*x)) for kind, x in records]
+    rows = [jvm.to_row(pack(x) if kind == "event" else label_record(label_of(*x))) for kind, x in records]
     src = (env.from_collection(rows, type_info=jvm.record_type_info())
            .assign_timestamps_and_watermarks(WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
                                              .with_timestamp_assigner(EventTime())))
@@ -545,7 +547,7 @@ def test_an_out_of_order_event_after_its_labels_arrival_counts_it(jvm, tmp_path)
     assert [want["user"][f"o{i}"]["user_fraud_labels_30d"] for i in (2, 3, 4, 9)] == [0, 0, 1, 1]
 
     # the Python replay: labels by arrival_ts
-    replay = FeatureReplay(LATENESS, DEDUP, labels=labels)
+    replay = FeatureReplay(LATENESS, DEDUP, labels=[(a, label_of(*t)) for a, t in labels])
     for e in events:
         vec, late = replay.step(e)
         assert not late, e
@@ -714,3 +716,87 @@ def test_jvm_starts_a_quiet_key_over_as_python_does(jvm):
     assert got == want
     age = [f.name for f in features_for("device", FEATURES_WITH_DELAYED)].index("device_age_ms")
     assert [v[age] for v in want] == [0, HOUR, 0, 2 * HOUR, 0, 0, 5 * DAY, 35 * DAY + LATENESS - 1, 0]
+
+
+def test_state_encoding_is_the_pinned_format(jvm):
+    """Savepoints of earlier jobs restore: every key's state after a seeded stream is byte for byte what the
+    encoder wrote before aggregates became plug-ins (tests/keystate_golden.json), and states written then
+    decode and encode again to the same bytes."""
+    from tests.keystate_golden import GOLDEN, digest, jsonl, stream
+
+    _, J = jvm
+    golden = json.loads(GOLDEN.read_text())
+    evs = jsonl(stream())
+    for run in golden["runs"]:
+        spec = json.dumps(golden["specs"][run["spec"]])
+        states = json.loads(J.LocalRunner.states(spec, run["entity"], golden["dedup_ms"], evs))
+        assert (len(states), digest(states)) == (run["keys"], run["digest"]), (run["spec"], run["entity"])
+        assert json.loads(J.LocalRunner.reencode(spec, run["entity"], json.dumps(run["states"]))) == run["states"]
+
+
+def _normal(state: dict) -> dict:
+    """A state dict with its bucket order kept (lists of items) and nothing empty or unset."""
+    out = {k: state[k] for k in ("first", "last") }
+    out["b"] = {g: list(bs.items()) for g, bs in state["b"].items() if bs}
+    if any(state.get("d", {}).values()):
+        out["d"] = {g: sorted(c.items()) for g, c in state["d"].items() if c}
+    for k in ("timer", "ids"):
+        if state.get(k):
+            out[k] = list(state[k].items()) if k == "ids" else state[k]
+    return out
+
+
+def test_python_and_jvm_stages_hold_the_same_state(jvm):
+    """Key by key, the JVM stage's state after a stream, decoded by the Python side (udfs.windows.decode_state:
+    each aggregate's decode), is the Python stage's state dict after the same stream, buckets in the same
+    order; and the Python side's bytes of that state (encode_state) are read by the JVM as the same state."""
+    from udfs.chain import EntityStep
+    from udfs.features import FEATURES_WITH_DELAYED
+    from udfs.windows import decode_state, encode_state
+    from tests.keystate_golden import DEDUP, jsonl, stream
+
+    _, J = jvm
+    evs = stream()
+    doc = json.dumps(spec_document(LATENESS, FEATURES_WITH_DELAYED))
+    kinds = set()
+    for e in ENTITIES:
+        step = EntityStep(e, LATENESS, DEDUP, FEATURES_WITH_DELAYED)
+        store: dict = {}
+        for ev in evs:
+            k = step.key(ev)
+            if k is None or step.duplicate(store.get(k), ev):
+                continue
+            store[k] = step.step(store.get(k), ev)[0]
+        jvm_states = json.loads(J.LocalRunner.states(doc, e.name, DEDUP, jsonl(evs)))
+        assert sorted(jvm_states) == sorted(store), e.name
+        for k, b64 in jvm_states.items():
+            got, labels = decode_state(step.windows, base64.b64decode(b64))
+            assert _normal(got) == _normal(store[k]), (e.name, k)
+            kinds |= {type(a).__name__ for bs in got["b"].values() for accs in bs.values() for a in accs}
+        ours = {k: base64.b64encode(encode_state(step.windows, st)).decode() for k, st in store.items()}
+        back = json.loads(J.LocalRunner.reencode(doc, e.name, json.dumps(ours)))
+        for k, b64 in back.items():
+            assert _normal(decode_state(step.windows, base64.b64decode(b64))[0]) == _normal(store[k]), (e.name, k)
+    assert kinds == {"int", "list", "set", "bytearray"}  # counts, numerics, exact sets and sketches
+
+
+def test_a_jvm_aggregate_that_differs_from_the_python_class_is_refused(jvm):
+    """The spec document names each aggregate's JVM class with the Python class's family and field use: a
+    class that is missing, or declares another family, fails when the stage's spec is parsed."""
+    from py4j.protocol import Py4JJavaError
+
+    _, J = jvm
+    doc = spec_document(LATENESS)
+    assert doc["aggregates"]["mean"] == {"class": "Mean", "accumulator": "numeric", "takes_field": True,
+                                         "params": {"missing": -1.0}}
+    assert J.EntitySpec.parse(orjson.dumps(doc).decode(), "user") is not None
+    for change, message in ((("class", "Median"), "no class io.riskstream.flink.aggregates.Median"),
+                            (("accumulator", "moments"), "accumulator numeric, takes_field true\\) differs"),
+                            (("takes_field", False), "differs from the Python class")):
+        bad = orjson.loads(orjson.dumps(doc))
+        bad["aggregates"]["mean"][change[0]] = change[1]
+        with pytest.raises(Py4JJavaError, match=message):
+            J.EntitySpec.parse(orjson.dumps(bad).decode(), "user")
+    del doc["aggregates"]["mean"]
+    with pytest.raises(Py4JJavaError, match="aggregate mean is not in the spec's aggregates"):
+        J.EntitySpec.parse(orjson.dumps(doc).decode(), "user")

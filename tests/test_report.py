@@ -292,7 +292,7 @@ def test_records_from_the_job_s_own_record_builder():
     ev = Event("e1", "payment", "u1", "d1", "1.2.3.4", 3.0, "EUR", T0)
     good = decision_record(ev, "block", 0.97, ["score_block", "rule:card_testing_velocity"], [0.0] * 3,
                            "risk_gbdt_v1", "p1", T0 + 120, False)
-    err = error_decision_record("e2", "login", "u1", "d1", "boom", None, "p1", T0 + 130)
+    err = error_decision_record("e2", "login", {"user_id": "u1", "device_id": "d1"}, "boom", None, "p1", T0 + 130)
     # labels name the event's user: ids are per user, a label for another user's e1 is not this e1's
     fig = build_report([good, err], {"e1": {**lab("e1", "card_testing"), "user_id": "u1"},
                                      "e2": {**lab("e2", "normal"), "user_id": "u1"}})

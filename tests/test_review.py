@@ -148,8 +148,9 @@ def test_a_verdict_s_label_names_the_event_s_ip_and_payment_instrument(store):
     sent = [orjson.loads(r["body"]) for r in store.pending_labels()]
     assert sent == labels
     parsed = [parse_label(orjson.dumps(lb)) for lb in sent]
-    assert [p[5:] for p in parsed] == [("9.8.7.6", "c-1"), ("5.6.7.8", "c-9"), (None, None)]
-    assert [p[:5] for p in parsed] == [(f"e{i}", f"u{i}", "d1", 1767225600000 + i, "fraud") for i in (1, 2, 3)]
+    assert [(p.key("ip"), p.key("payment")) for p in parsed] == [("9.8.7.6", "c-1"), ("5.6.7.8", "c-9"), (None, None)]
+    assert [(p.event_id, p.user_id, p.key("device"), p.event_ts, p.label) for p in parsed] == [
+        (f"e{i}", f"u{i}", "d1", 1767225600000 + i, "fraud") for i in (1, 2, 3)]
 
 
 def test_records_that_do_not_fit_are_skipped_alone(store):

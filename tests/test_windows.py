@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import pytest
 
-from tests.oracle import oracle_features
+from tests.oracle import label_of, oracle_features
 from udfs.events import EVENT_TYPES, PAYMENT_REF_TYPES, Event
 from udfs.features import DAY, ENTITIES, HOUR, MINUTE
 from udfs.windows import EntityWindows
@@ -221,7 +221,7 @@ def run_with_labels(entity: str, records: list, lateness: int, features=None) ->
     out: dict[str, list] = {}
     for r in records:
         if type(r) is tuple:  # a label (an Event is a named tuple)
-            rec = label_record(*r[1])
+            rec = label_record(label_of(*r[1]))
             k = step.label_key(rec)
             if k is not None:
                 known[k] = step.fold_label(known.get(k), rec)
@@ -305,13 +305,13 @@ def test_label_features_by_hand():
     assert dev(ch.process(ev[0])[0]) == {"device_fraud_labels_7d": 0, "device_fraud_labels_30d": 0,
                                          "device_fraud_share_7d": 0, "device_fraud_share_30d": 0}
     ch.process(ev[1])
-    ch.label("e0", "u0", "dev", ev[0].ts, "fraud")  # arrives on day 1, after e1: e1 did not see it
+    ch.label(label_of("e0", "u0", "dev", ev[0].ts, "fraud"))  # arrives on day 1, after e1: e1 did not see it
     v = dev(ch.process(ev[2])[0])  # day 2: 3 events in both windows, one labelled fraud
     assert v == {"device_fraud_labels_7d": 1, "device_fraud_labels_30d": 1,
                  "device_fraud_share_7d": 1 / 3, "device_fraud_share_30d": 1 / 3}
-    ch.label("e0", "u0", "dev", ev[0].ts, "legit")  # the newest label of the event wins
+    ch.label(label_of("e0", "u0", "dev", ev[0].ts, "legit"))  # the newest label of the event wins
     assert dev(ch.process(ev[3])[0])["device_fraud_labels_30d"] == 0
-    ch.label("e2", "u2", "dev", ev[2].ts, "fraud")
+    ch.label(label_of("e2", "u2", "dev", ev[2].ts, "fraud"))
     for e in ev[4:10]:
         v = dev(ch.process(e)[0])
     # day 9: the 7-day window (six-hour buckets) starts at day 3 18:00, so e2's label (day 2) left it
@@ -320,7 +320,7 @@ def test_label_features_by_hand():
     # a label naming no payment_ref reaches no payment key; the user key reads it
     got = dict(zip(names, ch.process(ev[10])[0]))
     assert got["payment_fraud_labels_30d"] == 0 and got["user_fraud_labels_30d"] == 0
-    ch.label("e10", "u10", "dev", ev[10].ts, "fraud", "ip", "c10")
+    ch.label(label_of("e10", "u10", "dev", ev[10].ts, "fraud", "ip", "c10"))
     got = dict(zip(names, ch.process(ev[10]._replace(event_id="e10b", ts=ev[10].ts + 1))[0]))
     assert got["payment_fraud_labels_30d"] == 1 and got["user_fraud_labels_30d"] == 1
     assert got["ip_fraud_labels_7d"] == 1
@@ -371,11 +371,11 @@ def test_a_label_names_one_users_event_even_on_a_shared_device():
     col = FEATURE_NAMES.index("device_fraud_labels_7d") - len(event_values(mk("e0", "u", t0)))
     chain.process(mk("e1", "uA", t0))
     chain.process(mk("e1", "uB", t0 + 1000))
-    chain.label("e1", "uA", "d-shared", t0, "fraud")
+    chain.label(label_of("e1", "uA", "d-shared", t0, "fraud"))
     assert chain.process(mk("e2", "uA", t0 + 2000))[0][col] == 1.0
-    chain.label("e1", "uB", "d-shared", t0 + 1000, "legit")  # B's e1 is legit: A's e1 stays fraud
+    chain.label(label_of("e1", "uB", "d-shared", t0 + 1000, "legit"))  # B's e1 is legit: A's e1 stays fraud
     assert chain.process(mk("e3", "uB", t0 + 3000))[0][col] == 1.0
-    chain.label("e1", "uB", "d-shared", t0 + 1000, "fraud")
+    chain.label(label_of("e1", "uB", "d-shared", t0 + 1000, "fraud"))
     assert chain.process(mk("e4", "uB", t0 + 4000))[0][col] == 2.0
-    chain.label("e1", "uA", "d-shared", t0, "legit")  # the newest label of A's e1 wins
+    chain.label(label_of("e1", "uA", "d-shared", t0, "legit"))  # the newest label of A's e1 wins
     assert chain.process(mk("e5", "uB", t0 + 5000))[0][col] == 1.0

@@ -26,13 +26,15 @@ from typing import Any
 import orjson
 
 from . import dedup, hll
-from .decision import decision_record, encode, error_decision_record
+from .aggregates import spec_aggregates
+from .decision import decision_record, encode, error_decision_record, event_keys
 from .events import EVENT_TYPES, Event
 from .features import SIGNALS as SIGNAL_NAMES
-from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, GRAPH, GRAPH_AGGS, MISSING, Entity, features_for,
-                       has_graph, label_keep_ms, spec_entities, spec_fingerprint, spec_json)
+from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, GRAPH, GRAPH_AGGS, LABEL_ENTITIES, LABEL_KEYS,
+                       MISSING, Entity, features_for, has_graph, label_keep_ms, spec_entities, spec_fingerprint,
+                       spec_json)
 from .graph import GraphParams, LinkPart, MemberPart, UserPart, fold_label as fold_graph_label, new_context
-from .labels import FRAUD, apply_fraud_label, apply_label, known_fraud_users
+from .labels import FRAUD, Label, apply_fraud_label, apply_label, known_fraud_users
 from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,
                       fresh_ms, retention_ms)
 
@@ -99,15 +101,23 @@ def label_identity(user_id: str, event_id: str) -> str:
     return orjson.dumps([user_id, event_id]).decode()
 
 
-def label_record(event_id: str, user_id: str, device_id: str, event_ts: int, label: str, ip: str | None = None,
-                 payment_ref: str | None = None) -> Record:
-    """A label from the labels topic as a record, so it can be keyed like an event of its entity. A label
-    without ``ip`` carries ``""`` there (the ip stage skips it), without ``payment_ref`` None. Its
-    ``event_id`` field carries the labelled event's identity, :func:`label_identity` (user, event id): both
-    runtimes' label stores (``EntityStep.fold_label``, the JVM's ``KnownFraud``) key the labelled events by
-    that field, so they hold one entry per (user, event)."""
-    return pack(Event(label_identity(user_id, event_id), LABEL_MARK, user_id, device_id, ip or "", 0.0, "", event_ts,
-                      {"label": label}, payment_ref))
+# a label record's event fields: each label entity's key field gets the label's key of that entity; a required
+# event field the label does not name is "" (its stage skips it), an optional one None
+_LABEL_FIELD_ENTITY = {e.key_field: e.name for e in LABEL_ENTITIES}
+
+
+def label_record(label: Label) -> Record:
+    """A label (``udfs.labels.Label``) as a record, so it can be keyed like an event of its entity: each
+    entity's key field holds the key the label names for it (a label without ``ip`` carries ``""`` there, the
+    ip stage skips it; without ``payment_ref`` None). Its ``event_id`` field carries the labelled event's
+    identity, :func:`label_identity` (user, event id): both runtimes' label stores (``EntityStep.fold_label``,
+    the JVM's ``KnownFraud``) key the labelled events by that field, so they hold one entry per (user, event)."""
+    fields = {f: label.keys.get(_LABEL_FIELD_ENTITY[f]) for f in EVENT_FIELDS if f in _LABEL_FIELD_ENTITY}
+    for f, v in fields.items():
+        if v is None and f not in Event._field_defaults:
+            fields[f] = ""
+    return pack(Event(**{**fields, "event_id": label_identity(label.user_id, label.event_id), "event_type": LABEL_MARK,
+                         "amount": 0.0, "currency": "", "ts": label.event_ts, "extras": {"label": label.label}}))
 
 
 def is_label(rec: Record) -> bool:
@@ -243,9 +253,8 @@ class Decider:
                 arm=arm)), False
         except Exception as e:  # fail safe: a valid event is never silently allowed or dropped
             return "review", encode(error_decision_record(
-                ev.event_id, ev.event_type, ev.user_id, ev.device_id, f"{type(e).__name__}: {e}",
-                scorer.version, policy.version, now_ms, arrived_at=arrived_at, ip=ev.ip,
-                payment_ref=ev.payment_ref, arm=arm)), True
+                ev.event_id, ev.event_type, event_keys(ev), f"{type(e).__name__}: {e}",
+                scorer.version, policy.version, now_ms, arrived_at=arrived_at, arm=arm)), True
 
     def vector(self, ev: Event, values: list[float]) -> list[float]:
         return event_values(ev) + list(values)
@@ -299,11 +308,10 @@ class Chain:
                 store[key]["timer"] = timer
                 heapq.heappush(self._timers, (timer, i, key))
 
-    def label(self, event_id: str, user_id: str, device_id: str, event_ts: int, label: str, ip: str | None = None,
-              payment_ref: str | None = None) -> None:
-        """Fold a label into every entity that reads labels and whose key it names (in the job it arrives on
-        the labels topic); it counts for every event processed after it."""
-        rec = label_record(event_id, user_id, device_id, event_ts, label, ip, payment_ref)
+    def label(self, label: Label) -> None:
+        """Fold a label (``udfs.labels.Label``) into every entity that reads labels and whose key it names (in
+        the job it arrives on the labels topic); it counts for every event processed after it."""
+        rec = label_record(label)
         if self.graph:
             for i, step in enumerate(self.steps):
                 key = step.label_key(rec)
@@ -377,9 +385,11 @@ class Chain:
 
 def writer_layout() -> dict:
     """How the JVM writer (``io.riskstream.flink.DecisionWriter``) lays out a decision record from a record Row:
-    the Row's field names (``udfs.chain.ROW_FIELDS``), the feature names in vector order, the event
-    features (their Row field, None for the event-type index), the event types and the signal names."""
-    return {"record_fields": [name for name, _ in ROW_FIELDS], "feature_names": list(FEATURE_NAMES),
+    the Row's field names (``udfs.chain.ROW_FIELDS``), the key fields a decision record carries for labels
+    (``features.LABEL_KEYS``, in order), the feature names in vector order, the event features (their Row
+    field, None for the event-type index), the event types and the signal names."""
+    return {"record_fields": [name for name, _ in ROW_FIELDS], "label_keys": list(LABEL_KEYS),
+            "feature_names": list(FEATURE_NAMES),
             "event_features": [None if f.agg == "type_index" else f.field for f in features_for("event")],
             "event_types": list(EVENT_TYPES), "signals": list(SIGNAL_NAMES)}
 
@@ -387,10 +397,10 @@ def writer_layout() -> dict:
 def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tuple | None = None) -> dict:
     """Everything another runtime needs to rebuild the windows exactly (``riskstream features --json``):
     entities in chain order with their key field and retention, bucket widths, features in vector order,
-    the lateness, the empty value, the cleanup-timer grid, the distinct-count sketch settings, and the
-    record's fields in Row order (``ROW_FIELDS``) so a JVM stage finds every field by name. ``features``:
-    the feature spec (default ``features.FEATURES``; a label feature's ``offset_ms`` is in its entry when
-    not 0)."""
+    the window aggregates they name (the JVM class of each, ``udfs.aggregates``), the lateness, the empty
+    value, the cleanup-timer grid, the distinct-count sketch settings, and the record's fields in Row order
+    (``ROW_FIELDS``) so a JVM stage finds every field by name. ``features``: the feature spec (default
+    ``features.FEATURES``; a label feature's ``offset_ms`` is in its entry when not 0)."""
     features = FEATURES if features is None else features
     doc = {
         "record_fields": [name for name, _ in ROW_FIELDS],
@@ -401,6 +411,9 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tupl
         "bucket_ms": {str(h): g for h, g in sorted(BUCKET_MS.items())},
         "event_types": list(EVENT_TYPES),
         "distinct": {"exact_up_to": HLL_THRESHOLD, **hll.params()},
+        # the window aggregates the features name (and count: a fraud share's denominator), each with the
+        # class of its JVM twin, its accumulator family and its constants (udfs.aggregates)
+        "aggregates": spec_aggregates([f.agg for f in features] + ["count"]),
         "entities": [{**e.to_json(features), "order": i,
                       "retention_ms": retention_ms(e.name, allowed_lateness_ms, features),
                       "fresh_ms": fresh_ms(e.name, allowed_lateness_ms, features),

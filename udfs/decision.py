@@ -7,7 +7,7 @@ import hashlib
 import orjson
 
 from .events import Event
-from .features import FEATURE_NAMES
+from .features import FEATURE_NAMES, LABEL_KEYS
 
 
 def decision_id(event_id: str, model_version: str, policy_version: str) -> str:
@@ -19,9 +19,10 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
                     model_version: str, policy_version: str, decided_at_ms: int, late: bool,
                     rules_version: str | None = None, shadow: dict | None = None,
                     signals: dict | None = None, arrived_at: int | None = None, arm: str | None = None) -> dict:
-    """``shadow`` is the challenger's score and the decision it would have made (never acted on). ``ip`` and
-    ``payment_ref`` (null without one) are there for the consumers that turn a decision into a label (the
-    review queue): a label names them so the ip and payment stages count it. ``arrived_at``: the event's
+    """``shadow`` is the challenger's score and the decision it would have made (never acted on). The event's
+    key of every entity a label names (``features.LABEL_KEYS``: ``user_id``, ``device_id``, ``ip``,
+    ``payment_ref``, null without one) are there for the consumers that turn a decision into a label (the
+    review queue): a label names them so each entity's stage counts it. ``arrived_at``: the event's
     broker arrival time (epoch ms), written only when known, so latency is measured from arrival, not from
     the event's own (producer-set) time. ``arm``: the split's arm that decided (``udfs.split``), written only
     under a split. The JVM writer (``io.riskstream.flink.DecisionWriter``) writes the
@@ -31,10 +32,7 @@ def decision_record(ev: Event, decision: str, score: float, reasons: list[str], 
         "decision_id": decision_id(ev.event_id, model_version, policy_version),
         "event_id": ev.event_id,
         "event_type": ev.event_type,
-        "user_id": ev.user_id,
-        "device_id": ev.device_id,
-        "ip": ev.ip,
-        "payment_ref": ev.payment_ref,
+        **{k: getattr(ev, k) for k in LABEL_KEYS},
         **{k: v.pop(k) for k in ("decision", "score", "model_version", "policy_version", "reasons")},
         "features": dict(zip(FEATURE_NAMES, features)),
         "late": late,
@@ -68,19 +66,21 @@ def encode(record: dict) -> bytes:
     return orjson.dumps(record)
 
 
-def error_decision_record(event_id: str, event_type: str, user_id: str, device_id: str, detail: str,
+def event_keys(ev: Event) -> dict:
+    """The event's key of every entity a label names: ``{key field: key or None}`` (``features.LABEL_KEYS``)."""
+    return {k: getattr(ev, k) for k in LABEL_KEYS}
+
+
+def error_decision_record(event_id: str, event_type: str, keys: dict, detail: str,
                           model_version: str | None, policy_version: str, decided_at_ms: int,
-                          arrived_at: int | None = None, ip: str | None = None,
-                          payment_ref: str | None = None, arm: str | None = None) -> dict:
-    """A valid event the job failed to score: sent to review, never silently allowed."""
+                          arrived_at: int | None = None, arm: str | None = None) -> dict:
+    """A valid event the job failed to score: sent to review, never silently allowed. ``keys``: the event's
+    key fields (``features.LABEL_KEYS``, :func:`event_keys`); one it lacks is written null."""
     rec = {
         "decision_id": decision_id(event_id, model_version or "none", policy_version),
         "event_id": event_id,
         "event_type": event_type,
-        "user_id": user_id,
-        "device_id": device_id,
-        "ip": ip,
-        "payment_ref": payment_ref,
+        **{k: keys.get(k) for k in LABEL_KEYS},
         "decision": "review",
         "score": None,
         "model_version": model_version,

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import orjson
 
+from .aggregates import AGGREGATES, MISSING
 from .events import EVENT_TYPES
 
 SECOND = 1_000
@@ -48,13 +49,16 @@ class Entity:
     also folds labels into a per-key set of known-fraud users (``udfs.labels``), read as the signal
     ``<name>_known_fraud_users_7d`` by the rules. An entity with label features (aggregates in
     ``LABEL_AGGS``) also reads labels (:attr:`reads_labels`): its stage folds them into a per-key store of
-    labelled-fraud events (``udfs.labels.apply_fraud_label``)."""
+    labelled-fraud events (``udfs.labels.apply_fraud_label``). A label (``udfs.labels.Label``) names the
+    labelled event's key of every entity: always for a ``label_required`` entity (the user: a label's
+    identity; the device: the ring signal), when it knows it for the others (:data:`LABEL_ENTITIES`)."""
 
     name: str
     key_field: str
     optional: bool = False
     dedup: bool = False
     label_signals: bool = False
+    label_required: bool = False
     # the entity's part in the graph features (docs/features.md#graph-features), used only when the spec has
     # graph features: "user" (the first stage: carries the user's known-fraud time), "members" (keeps its
     # members and attaches their sketch), "link" (the link stage after the others); None: no part
@@ -81,9 +85,9 @@ class Entity:
 # The stage chain, in order. The user stage comes first: it drops duplicate event ids before any window
 # counts them.
 BASE_ENTITIES: tuple[Entity, ...] = (
-    Entity("user", "user_id", dedup=True, graph="user"),
+    Entity("user", "user_id", dedup=True, label_required=True, graph="user"),
     Entity("ip", "ip", graph="members"),
-    Entity("device", "device_id", label_signals=True, graph="members"),
+    Entity("device", "device_id", label_signals=True, label_required=True, graph="members"),
     # the payment instrument (udfs.events.PAYMENT_REF_TYPES carry one): card testing, BIN attacks, shared cards
     Entity("payment", "payment_ref", optional=True, graph="members"),
 )
@@ -94,14 +98,19 @@ ALL_ENTITIES: tuple[Entity, ...] = BASE_ENTITIES + (LINK_ENTITY,)
 ENTITY_BY_NAME = {e.name: e for e in ALL_ENTITIES}
 EVENT_ENTITY = "event"  # the pseudo-entity of the event's own fields (no key, no state)
 ENTITY_KEYS = {**{e.name: e.key_field for e in ALL_ENTITIES}, EVENT_ENTITY: None}
-WINDOW_AGGS = ("count", "sum", "mean", "max", "min", "distinct")
+# window aggregates: the classes of udfs.aggregates.AGGREGATES, by name (count, sum, mean, max, min, distinct,
+# and any plug-in registered there)
 KEY_AGGS = ("since_prev", "age")
 # label features, as known at decision time (docs/features.md#label-risk-features): the key's events labelled
 # fraud, counted from the label's arrival at the stage, whose event time falls in the window; and their share
 # of the key's events in the same window
 LABEL_AGGS = ("fraud_labels", "fraud_share")
-# a label carries these keys (user_id, device_id always; ip and payment_ref when the label names them)
-LABEL_KEYS = ("user_id", "device_id", "ip", "payment_ref")
+# the entities whose keys a label names (udfs.labels.Label): the label_required ones, then the others, each in
+# chain order; LABEL_KEYS their key fields, as the labels topic spells them (user_id, device_id always; ip and
+# payment_ref when the label names them)
+LABEL_ENTITIES: tuple[Entity, ...] = (tuple(e for e in BASE_ENTITIES if e.label_required)
+                                      + tuple(e for e in BASE_ENTITIES if not e.label_required))
+LABEL_KEYS: tuple[str, ...] = tuple(e.key_field for e in LABEL_ENTITIES)
 EVENT_AGGS = ("value", "type_index")
 # graph features (docs/features.md#graph-features): users within two user-hops (and the known-fraud ones
 # among them) from an entity that keeps members (device, payment) or from the user (link stage); the group's
@@ -142,10 +151,10 @@ class Feature:
                 raise ValueError(f"{self.name}: {self.agg} takes no input field and no event-type filter")
             if self.entity != EVENT_ENTITY and ENTITY_KEYS[self.entity] not in LABEL_KEYS:
                 raise ValueError(f"{self.name}: labels carry no {ENTITY_KEYS[self.entity]}")
-        elif self.agg in WINDOW_AGGS:
+        elif self.agg in AGGREGATES:
             if self.horizon_ms not in BUCKET_MS:
                 raise ValueError(f"{self.name}: horizon {self.horizon_ms} not one of {sorted(BUCKET_MS)}")
-            if self.agg != "count" and not self.field:
+            if AGGREGATES[self.agg].takes_field and not self.field:
                 raise ValueError(f"{self.name}: {self.agg} needs an input field")
         elif self.agg in GRAPH_AGGS:
             if self.horizon_ms != GRAPH["horizon_ms"] or self.field or self.event_types:
@@ -349,7 +358,8 @@ for _e in ENTITIES[1:]:
     if _e.dedup:
         raise ValueError(f"entity {_e.name}: only the first entity of the chain may dedup")
 SIGNALS: tuple[str, ...] = tuple(f"{e.name}_known_fraud_users_7d" for e in ENTITIES if e.label_signals)
-MISSING = -1.0  # since_prev of a key's first event; mean / max / min of an empty window (sum and count: 0)
+# MISSING (udfs.aggregates): since_prev of a key's first event; mean / max / min of an empty window (sum and
+# count: 0)
 
 
 def features_for(entity: str, features: tuple[Feature, ...] | None = None) -> tuple[Feature, ...]:

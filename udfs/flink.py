@@ -41,7 +41,7 @@ from .events import (
     null_value_record,
     parse_event,
 )
-from .features import ENTITIES, ENTITY_BY_NAME, Entity
+from .features import ENTITIES, ENTITY_BY_NAME, LABEL_KEYS, Entity
 from .policy import DECISIONS, Policy
 from .scoring import Scorer  # imports onnxruntime safely for thread mode (see udfs.scoring)
 from .windows import grid_timer
@@ -147,7 +147,7 @@ class ParseLabel(ProcessFunction):
         if isinstance(res, Rejection):
             yield DEAD_LETTER_TAG, dead_letter_record(raw, res, self.job_name, int(time.time() * 1000))
             return
-        rec = label_record(*res)  # (..., label, ip, payment_ref)
+        rec = label_record(res)
         if self.rows:
             from .jvm import to_row
 
@@ -351,7 +351,8 @@ class _DecideLogic:
 
             self.error_counter.inc()
             self.by_kind["review"].inc()
-            return encode(error_decision_record(value[0], value[1], value[2], value[3], f"{type(e).__name__}: {e}",
+            keys = {f: value[i] for i, f in enumerate(EVENT_FIELDS) if f in LABEL_KEYS and i < len(value)}
+            return encode(error_decision_record(value[0], value[1], keys, f"{type(e).__name__}: {e}",
                                                 c.champion.version, c.policy.version, int(time.time() * 1000)))
         decision, out, failed = self.decider.decide(ev, values, late, signals, int(time.time() * 1000),
                                                     arrived_at=arrived_at(value))

@@ -2,8 +2,11 @@
 
 A label on the labels topic is ``{"event_id", "user_id", "device_id", "event_ts", "label": "fraud"|"legit"}``
 (``event_ts``: the labelled event's time, epoch ms), optionally with the labelled event's ``ip`` and
-``payment_ref`` (the ip and payment stages read only labels that name their key). A labels *file* for the
-offline commands may also give each label's ``arrival_ts`` (``udfs.replay.read_labels``, :func:`label_arrival`).
+``payment_ref`` (the ip and payment stages read only labels that name their key): the key field of each
+entity of ``features.LABEL_ENTITIES``, required for the ``label_required`` ones. In the code a label is a
+:class:`Label`: its keys a mapping entity name -> key, so an entity added to the spec is a key labels may
+name, with no change here. A labels *file* for the offline commands may also give each label's
+``arrival_ts`` (``udfs.replay.read_labels``, :func:`label_arrival`).
 
 Label features (``features.LABEL_AGGS``): each stage that reads labels keeps per key the labelled-fraud events
 ``{event: event_ts}`` (:func:`apply_fraud_label`), an event named by ``udfs.chain.label_identity(user_id,
@@ -23,10 +26,12 @@ rules (a rule may name them like features) and into the decision record.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import orjson
 
-from .events import MAX_ID_LEN, MIN_TS_MS, MAX_TS_MS, Rejection
+from .events import MAX_ID_LEN, MIN_TS_MS, MAX_TS_MS, Event, Rejection
+from .features import LABEL_ENTITIES
 
 KNOWN_FRAUD_HORIZON_MS = 7 * 24 * 3600 * 1000
 DEFAULT_LABEL_DELAY_MS = 7 * 24 * 3600 * 1000  # offline: a label without arrival_ts arrives this long after its event
@@ -50,35 +55,90 @@ def label_arrival(event_ts: int, arrival_ts: int | None, label_delay: int | str 
     return arrival_ts if arrival_ts is not None else event_ts + DEFAULT_LABEL_DELAY_MS
 
 
-def parse_label(raw: bytes) -> tuple[str, str, str, int, str, str | None, str | None] | Rejection:
-    """(event_id, user_id, device_id, event_ts, label, ip, payment_ref) or a Rejection; ``ip`` and
-    ``payment_ref`` are None when the label does not name them. Never raises."""
+_USER = LABEL_ENTITIES[0].name  # the user: a label's identity is (user, event id), udfs.chain.label_identity
+if LABEL_ENTITIES[0].key_field != "user_id":
+    raise ValueError("the first label-required entity must be the user (key field user_id)")
+
+
+class Label(NamedTuple):
+    """A label as data: the labelled event's id and time, the verdict, and the keys it names, a mapping
+    entity name -> key (``{"user": ..., "device": ..., "ip": ...}``; every ``label_required`` entity, the
+    others when named). Pitfall: ``keys`` is a dict inside a tuple: build a new Label rather than change it."""
+
+    event_id: str
+    event_ts: int
+    label: str  # FRAUD or LEGIT
+    keys: dict
+
+    @property
+    def user_id(self) -> str:
+        return self.keys[_USER]
+
+    def key(self, entity: str) -> str | None:
+        """The key this label names for ``entity`` (an entity name), or None."""
+        return self.keys.get(entity)
+
+    def wire(self) -> dict:
+        """The label as the labels topic carries it (:func:`parse_label` reads it back): each named key under
+        its entity's key field, in ``LABEL_ENTITIES`` order, after ``event_id``."""
+        d = {"event_id": self.event_id}
+        for e in LABEL_ENTITIES:
+            if self.keys.get(e.name) is not None:
+                d[e.key_field] = self.keys[e.name]
+        d["event_ts"] = self.event_ts
+        d["label"] = self.label
+        return d
+
+    @classmethod
+    def of_event(cls, ev: Event, label: str) -> "Label":
+        """A label for ``ev`` naming every key the event has."""
+        return cls(ev.event_id, ev.ts, label,
+                   {e.name: getattr(ev, e.key_field) for e in LABEL_ENTITIES if getattr(ev, e.key_field, None)})
+
+    @classmethod
+    def of_fields(cls, event_id: str, event_ts: int, label: str, **key_fields) -> "Label":
+        """A label from key fields as the labels topic spells them (``user_id=..., device_id=..., ip=...``);
+        a field None or absent is not named. An unknown field raises ValueError."""
+        by_field = {e.key_field: e.name for e in LABEL_ENTITIES}
+        unknown = set(key_fields) - set(by_field)
+        if unknown:
+            raise ValueError(f"labels name no {sorted(unknown)} (key fields: {sorted(by_field)})")
+        return cls(event_id, event_ts, label,
+                   {by_field[f]: key_fields[f] for f in by_field if key_fields.get(f) is not None})
+
+
+def parse_label(raw: bytes) -> Label | Rejection:
+    """A :class:`Label` or a Rejection; the keys of the entities that are not ``label_required`` are absent
+    when the label does not name them. Never raises."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         return Rejection(INVALID_LABEL, f"not JSON: {e}"[:200])
     if not isinstance(obj, dict):
         return Rejection(INVALID_LABEL, "a label is a JSON object")
-    ids = []
-    for name in ("event_id", "user_id", "device_id"):
+    keys = {}
+    for name, entity in [("event_id", None)] + [(e.key_field, e.name) for e in LABEL_ENTITIES if e.label_required]:
         v = obj.get(name)
         if not isinstance(v, str) or not v.strip() or len(v) > MAX_ID_LEN:
             return Rejection(INVALID_LABEL, f"{name} must be a non-blank string of at most {MAX_ID_LEN} characters")
-        ids.append(v)
+        if entity is not None:
+            keys[entity] = v
     ts = obj.get("event_ts")
     if isinstance(ts, bool) or not isinstance(ts, int) or not MIN_TS_MS <= ts < MAX_TS_MS:
         return Rejection(INVALID_LABEL, "event_ts must be the labelled event's time in epoch ms")
     label = obj.get("label")
     if label not in (FRAUD, LEGIT):
         return Rejection(INVALID_LABEL, "label must be 'fraud' or 'legit'")
-    opt = []
-    for name in ("ip", "payment_ref"):
-        v = obj.get(name)
+    for e in LABEL_ENTITIES:
+        if e.label_required:
+            continue
+        v = obj.get(e.key_field)
         if v is not None and (not isinstance(v, str) or not v.strip() or len(v) > MAX_ID_LEN):
-            return Rejection(INVALID_LABEL, f"{name}, when given, must be a non-blank string of at most "
+            return Rejection(INVALID_LABEL, f"{e.key_field}, when given, must be a non-blank string of at most "
                                             f"{MAX_ID_LEN} characters")
-        opt.append(v)
-    return ids[0], ids[1], ids[2], ts, label, opt[0], opt[1]
+        if v is not None:
+            keys[e.name] = v
+    return Label(obj["event_id"], ts, label, keys)
 
 
 def apply_fraud_label(lab: dict | None, event_id: str, event_ts: int, label: str, keep_ms: int) -> dict:

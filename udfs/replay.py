@@ -18,14 +18,14 @@ from .drift import monitor_for
 from .events import DUPLICATE_EVENT_ID, OPTIONAL_FIELDS, Event
 from .features import FEATURE_NAMES
 from .ingest import DEFAULT_MAX_REJECT_SHARE, Input, Loaded, Mapping, load_input
-from .labels import FRAUD, NO_LABELS, label_arrival
+from .labels import FRAUD, LEGIT, NO_LABELS, Label, label_arrival
 from .windows import DEFAULT_LATENESS_MS, event_values
 
 
 class FeatureReplay:
     """The job's entity stages (``udfs.chain.Chain``) over in-memory stores, returning whole vectors.
 
-    Labels with arrival times (:meth:`add_label`, or ``labels``: ``(arrival_ts, label)`` pairs as
+    Labels with arrival times (:meth:`add_label`, or ``labels``: ``(arrival_ts, udfs.labels.Label)`` pairs as
     ``read_labels`` returns them) reach the stages as in the job: a label is folded before
     the first event whose ``ts`` is at or after its ``arrival_ts`` (ties in the order they were added), so
     no event's features see a label that had not yet arrived."""
@@ -43,14 +43,16 @@ class FeatureReplay:
         for arrival, label in labels or ():
             self.add_label(arrival, label)
 
-    def add_label(self, arrival_ts: int, label: tuple) -> None:
-        """Schedule a label (``udfs.labels.parse_label``'s tuple) to arrive at ``arrival_ts``."""
+    def add_label(self, arrival_ts: int, label: Label) -> None:
+        """Schedule a label (``udfs.labels.Label``, as ``parse_label`` returns it) to arrive at ``arrival_ts``."""
+        if not isinstance(label, Label):
+            raise TypeError(f"a label is a udfs.labels.Label, not {type(label).__name__}")
         self._seq += 1
-        heapq.heappush(self._labels, (int(arrival_ts), self._seq, tuple(label)))
+        heapq.heappush(self._labels, (int(arrival_ts), self._seq, label))
 
     def _arrive(self, ts: int) -> None:
         while self._labels and self._labels[0][0] <= ts:
-            self.chain.label(*heapq.heappop(self._labels)[2])
+            self.chain.label(heapq.heappop(self._labels)[2])
             self.labels_applied += 1
 
     def step(self, ev: Event) -> tuple[list[float], bool] | None:
@@ -138,7 +140,7 @@ class FeatureCache:
                 h.update(chunk)
         h.update(orjson.dumps([self.VERSION, repr(inp.mapping), inp.order, list(settings), spec_fingerprint(),
                                self._code_digest()]))
-        h.update(orjson.dumps(labels))
+        h.update(orjson.dumps([(a, lab.wire()) for a, lab in labels]))
         return h.hexdigest()[:32]
 
     def get(self, key: str, inp: Input):
@@ -327,17 +329,16 @@ def read_labels(path, inp: Input | None = None, label_delay_ms: int | str | None
                 except ValueError as e:
                     raise IngestError(f"labels file {path} line {n}: {e}") from None
                 user = obj.get("user_id")
-                labels = [(ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud" if fraud else "legit", ev.ip,
-                           ev.payment_ref) for ev in by_id.get(eid, ())
+                labels = [Label.of_event(ev, FRAUD if fraud else LEGIT) for ev in by_id.get(eid, ())
                           if user is None or str(user) == ev.user_id]
             else:
                 raise IngestError(f"labels file {path} line {n}: a label has `label` (fraud/legit, with the "
                                   "event's keys) or `fraud` (true/false, keys from the events file)")
             for lab in labels:
-                if arr is not None and arr < lab[3]:
+                if arr is not None and arr < lab.event_ts:
                     raise IngestError(f"labels file {path} line {n}: arrival_ts is before the labelled "
                                       "event's event_ts")
-                out.append((label_arrival(lab[3], arr, label_delay_ms), lab))
+                out.append((label_arrival(lab.event_ts, arr, label_delay_ms), lab))
     except OSError as e:
         raise IngestError(f"labels file {path}: {e}") from None
     except IngestError as e:
@@ -353,8 +354,7 @@ def label_schedule(inp: Input, labels_path=None, label_delay_ms: int | str | Non
     ``label_delay_ms`` says otherwise), else none."""
     if labels_path is not None or not inp.labelled or label_delay_ms == NO_LABELS:
         return read_labels(labels_path, inp, label_delay_ms)
-    out = [(label_arrival(ev.ts, None, label_delay_ms),
-            (ev.event_id, ev.user_id, ev.device_id, ev.ts, FRAUD, ev.ip, ev.payment_ref))
+    out = [(label_arrival(ev.ts, None, label_delay_ms), Label.of_event(ev, FRAUD))
            for ev in (item.event for item in inp.events if item.fraud)]
     out.sort(key=lambda x: x[0])
     return out

@@ -23,16 +23,13 @@ distinct count is exact while all its buckets are exact, else an estimate with ~
 
 from __future__ import annotations
 
-from typing import Any
-
-from . import hll
+from .aggregates import AGGREGATES, Count, Distinct, Reader, write_varint
 from .events import EVENT_TYPE_INDEX, EVENT_TYPES, Event
 from .features import ENTITY_BY_NAME, LABEL_AGGS, MISSING, Feature, features_for, max_horizon_ms
 
-CNT, NUM, SET = 0, 1, 2
 DEFAULT_LATENESS_MS = 60_000
 # a bucket's distinct set turns into a HyperLogLog sketch (2 KiB, ~2.3 % standard error) past this size
-HLL_THRESHOLD = 256
+HLL_THRESHOLD = Distinct.EXACT_UP_TO
 # the label stores' processing-time cleanup timers are rounded up to this grid, so the timers a key's labels
 # register collapse into one (Flink keeps one timer per key and timestamp)
 TIMER_GRID_MS = 60_000
@@ -62,67 +59,14 @@ def grid_timer(due: int) -> int:
     return -(-int(due) // TIMER_GRID_MS) * TIMER_GRID_MS
 
 
-def _new_acc(kind: int) -> Any:
-    if kind == CNT:
-        return 0
-    if kind == NUM:
-        return [0, 0.0, float("-inf"), float("inf")]
-    return set()
-
-
-def _fold(accs: list, feeds: list, ev: Event, sketch_past_threshold: bool) -> None:
-    """Add one event to the accumulators its type feeds (a bucket's, or a window's while scoring).
-    A bucket's set becomes a sketch past HLL_THRESHOLD; a window accumulator stays exact."""
-    for i, kind, fld in feeds:
-        if kind == CNT:
-            accs[i] += 1
-        elif kind == NUM:
-            v = getattr(ev, fld)
-            if v is None:  # an optional field the event lacks is no value
-                continue
-            a = accs[i]
-            a[0] += 1
-            a[1] += v
-            if v > a[2]:
-                a[2] = v
-            if v < a[3]:
-                a[3] = v
-        else:
-            acc = accs[i]
-            v = getattr(ev, fld)
-            if v is None:  # an optional field the event lacks is no value
-                continue
-            if type(acc) is set:
-                acc.add(v)
-                if sketch_past_threshold and len(acc) > HLL_THRESHOLD:
-                    accs[i] = hll.from_values(acc)
-            else:
-                hll.add(acc, v)
-
-
-def _union(acc, v):
-    """Union of a window accumulator (exact set or sketch) with a bucket's set or sketch; never mutates v.
-    The result stays exact while every bucket is exact."""
-    if type(acc) is set and type(v) is set:
-        acc |= v
-        return acc
-    if type(acc) is set:
-        acc = hll.from_values(acc)
-    if type(v) is set:
-        for x in v:
-            hll.add(acc, x)
-    else:
-        hll.merge_into(acc, v)
-    return acc
-
-
 class EntityWindows:
     """Window logic for one entity of the spec; the caller owns and stores the state dict.
 
     State layout (picklable, small): ``{"first": ts, "last": ts, "b": {width: {bucket_start: [acc, ...]}}}``
-    where each acc is a count, a ``[count, sum, max, min]`` list or a set, one per distinct
-    (kind, field, event-type filter) slot of that bucket width. An entity with delayed fraud shares
-    (``Feature.offset_ms``) also keeps ``"d": {width: {bucket_start: events}}``: the key's stored events per
+    where each acc is an accumulator of ``udfs.aggregates`` (a count, a ``[count, sum, max, min]`` list, a
+    set or a sketch), one per distinct (accumulator family, field, event-type filter) slot of that bucket
+    width. A feature's value is its aggregate's ``result`` of the ``merge`` of its window's buckets. An
+    entity with delayed fraud shares (``Feature.offset_ms``) also keeps ``"d": {width: {bucket_start: events}}``: the key's stored events per
     bucket, for as far back as its longest delayed share reaches, apart from the other slots so that they
     are not kept longer.
     """
@@ -136,12 +80,14 @@ class EntityWindows:
         self.features = features if features is not None else features_for(entity)
         self.names = tuple(f.name for f in self.features)
         self.lateness = int(allowed_lateness_ms)
-        # slots per bucket width
-        self.slots: dict[int, list[tuple[int, str | None, frozenset | None]]] = {}
+        # slots per bucket width: (aggregate class, input field or None, event-type filter or None); one per
+        # accumulator family, field and filter, in order of first use (the JVM stage's state layout)
+        self.slots: dict[int, list[tuple[type, str | None, frozenset | None]]] = {}
         self._plan: list[tuple] = []  # per feature: how to read its value
         # width -> the longest horizon + offset of a delayed fraud share: how far back "d" keeps its counts
         self.delayed_reach: dict[int, int] = {}
         horizons: dict[int, int] = {}
+        reads: dict[tuple[int, int], list[int]] = {}  # (width, horizon) -> the slots read over that window
         for f in self.features:
             if f.agg in ("since_prev", "age"):
                 self._plan.append((f.agg,))
@@ -155,13 +101,22 @@ class EntityWindows:
                 self._plan.append(("fraud_share_delayed", g, h, f.offset_ms))
                 continue
             # fraud_share's denominator: the key's events (every type) in the same window
-            kind = CNT if f.agg in ("count", "fraud_share") else SET if f.agg == "distinct" else NUM
-            slot = (kind, None if kind == CNT else f.field, frozenset(f.event_types) if f.event_types else None)
+            agg = Count if f.agg == "fraud_share" else AGGREGATES[f.agg]
+            fld = f.field if agg.takes_field else None
+            types = frozenset(f.event_types) if f.event_types and f.agg != "fraud_share" else None
             slots = self.slots.setdefault(g, [])
-            if slot not in slots:
-                slots.append(slot)
+            slot_key = (agg.accumulator, fld, types)
+            i = next((j for j, (a, fl, ty) in enumerate(slots) if (a.accumulator, fl, ty) == slot_key), None)
+            if i is None:
+                i = len(slots)
+                slots.append((agg, fld, types))
             horizons[g] = max(horizons.get(g, 0), h)
-            self._plan.append((f.agg, g, h, 0, slots.index(slot)))
+            read = reads.setdefault((g, h), [])
+            if i not in read:
+                read.append(i)
+            # (kind, ..., then the read slot as (width, horizon, slot): replaced by its window's position below)
+            self._plan.append(("fraud_share", g, h, 0, g, h, i) if f.agg == "fraud_share"
+                              else ("window", agg.result, g, h, i))
         self.max_horizon = dict(horizons)  # width -> longest horizon using it
         self.retention_ms = max((f.reach_ms for f in self.features), default=0) + self.lateness
         # after this long without an event the key starts over (first seen, previous event, windows), as
@@ -171,13 +126,18 @@ class EntityWindows:
         self.reads_labels = any(f.agg in LABEL_AGGS for f in self.features)
         self.label_keep_ms = max((f.reach_ms + f.bucket_ms for f in self.features if f.agg in LABEL_AGGS),
                                  default=0)
-        # per width and event type: the slots that event type feeds
-        self._feeds: dict[int, dict[str, list[tuple[int, int, str | None]]]] = {
-            g: {t: [(i, k, fld) for i, (k, fld, types) in enumerate(sl) if types is None or t in types]
+        # per width and event type: the slots that event type feeds, as (slot, add, input field)
+        self._feeds: dict[int, dict[str, list[tuple[int, object, str | None]]]] = {
+            g: {t: [(i, a.add, fld) for i, (a, fld, types) in enumerate(sl) if types is None or t in types]
                 for t in EVENT_TYPES}
             for g, sl in self.slots.items()
         }
-        self._ranges = sorted({(p[1], p[2]) for p in self._plan if len(p) == 5})  # windows read from buckets
+        self._inits = {g: [a.initialize for a, _, _ in sl] for g, sl in self.slots.items()}
+        # the windows read from buckets: (width, horizon, [(slot, aggregate, field, filter)]); each slot's
+        # window accumulator goes to a flat list, and a feature's plan entry ends with its position there
+        self._reads = [(g, h, [(i, *self.slots[g][i]) for i in sl]) for (g, h), sl in reads.items()]
+        pos = {(g, h, i): n for n, (g, h, i) in enumerate((g, h, i) for g, h, sl in self._reads for i, *_ in sl)}
+        self._plan = [p[:-3] + (pos[p[-3:]],) if p[0] in ("window", "fraud_share") else p for p in self._plan]
         self._empty = self._values({"first": None, "last": None, "b": {}}, None, None, fold_self=False)
 
     # -- state -------------------------------------------------------------------------------------
@@ -191,8 +151,14 @@ class EntityWindows:
             start = ts - ts % g
             accs = buckets.get(start)
             if accs is None:
-                accs = buckets[start] = [_new_acc(k) for k, _, _ in self.slots[g]]
-            _fold(accs, feeds, ev, sketch_past_threshold=True)
+                accs = buckets[start] = [init() for init in self._inits[g]]
+            for i, add, fld in feeds:
+                if fld is None:
+                    accs[i] = add(accs[i], None)
+                else:
+                    v = getattr(ev, fld)
+                    if v is not None:  # an optional field the event lacks is no value
+                        accs[i] = add(accs[i], v)
         if self.delayed_reach:  # every stored event, for the delayed shares' denominators
             delayed = state.setdefault("d", {})
             for g in self.delayed_reach:
@@ -242,34 +208,24 @@ class EntityWindows:
                 labels: dict | None = None) -> list[float]:
         """Feature values for ``ev``; ``ev`` None gives the values of no event over empty state."""
         ts = ev.ts if ev is not None else 0
-        agg: dict[tuple[int, int], list] = {}
-        for g, h in self._ranges:
+        wins: list = []  # each read slot's window accumulator, in self._reads order
+        for g, h, slots in self._reads:
             hi = ts - ts % g
             lo = hi + g - h
-            slots = self.slots[g]
-            accs = [_new_acc(k) for k, _, _ in slots]
-            for start, b in state["b"].get(g, {}).items():
-                if lo <= start <= hi:
-                    for i, (kind, _, _) in enumerate(slots):
-                        v = b[i]
-                        if kind == CNT:
-                            accs[i] += v
-                        elif kind == NUM:
-                            a = accs[i]
-                            a[0] += v[0]
-                            a[1] += v[1]
-                            if v[2] > a[2]:
-                                a[2] = v[2]
-                            if v[3] < a[3]:
-                                a[3] = v[3]
-                        else:
-                            accs[i] = _union(accs[i], v)
-            if fold_self:  # a late event counts itself without being stored
-                _fold(accs, self._feeds[g][ev.event_type], ev, sketch_past_threshold=False)
-            agg[(g, h)] = accs
+            in_range = [b for start, b in state["b"].get(g, {}).items() if lo <= start <= hi]
+            for i, agg, fld, types in slots:
+                accs = [b[i] for b in in_range]
+                if fold_self and (types is None or ev.event_type in types):  # a late event counts, unstored
+                    v = None if fld is None else getattr(ev, fld)
+                    if fld is None or v is not None:
+                        accs.append(agg.add(agg.initialize(), v))
+                wins.append(agg.merge(accs))
         out: list[float] = []
         for p in self._plan:
             kind = p[0]
+            if kind == "window":
+                out.append(p[1](wins[p[2]]))
+                continue
             if kind == "since_prev":
                 out.append(float(max(ts - prev_last, 0)) if prev_last is not None else MISSING)
                 continue
@@ -290,33 +246,124 @@ class EntityWindows:
                     continue
                 # share of the window's events; a label of an event not counted here widens the base
                 if kind == "fraud_share":
-                    events = agg[(g, h)][p[4]]
+                    events = wins[p[4]]
                 else:  # the stored events in the delayed window (never the event itself: its bucket is later)
                     counts = state.get("d", {}).get(g, {})
                     events = sum(c for s, c in counts.items() if lo <= s <= hi)
                 base = max(events, n)
                 out.append(n / base if base else 0.0)
                 continue
-            acc = agg[(p[1], p[2])][p[4]]
-            if kind == "count":
-                out.append(float(acc))
-            elif kind == "distinct":
-                out.append(float(len(acc)) if type(acc) is set else float(round(hll.estimate(acc))))
-            elif kind == "sum":
-                out.append(float(acc[1]))  # 0.0 over an empty window
-            elif acc[0] == 0:
-                out.append(MISSING)
-            elif kind == "mean":
-                out.append(acc[1] / acc[0])
-            elif kind == "max":
-                out.append(float(acc[2]))
-            else:
-                out.append(float(acc[3]))
         return out
 
     def expires_at(self, state: dict) -> int:
         """Event time from which the key is fresh again: no event at or after it can read this state."""
         return int(state["last"]) + self.retention_ms
+
+
+def _zz(v: int) -> int:
+    return (v << 1) ^ (v >> 63)
+
+
+def _unzz(v: int) -> int:
+    return (v >> 1) ^ -(v & 1)
+
+
+def encode_state(windows: EntityWindows, state: dict, labels: bool = True) -> bytes:
+    """A key's state dict in the JVM stage's state bytes (``KeyState.java``, version 2, or 3 with delayed
+    fraud shares): what a JVM stage of the same spec reads as the same state. ``labels``: the key may have
+    label state (the JVM's flag; the Python stage has none). Pitfall: a set's values are written in the
+    set's order, so the bytes of a state with sets differ from the JVM's own for the same state (the
+    decoded states are equal)."""
+    last = int(state["last"])
+    table: dict[str, int] = {}  # the key's strings, in the order the buckets' aggregates write them
+    out = bytearray()
+    for g, slots in windows.slots.items():
+        buckets = state["b"].get(g, {})
+        base = last - last % g
+        write_varint(out, len(buckets))
+        for start, accs in buckets.items():
+            write_varint(out, _zz((start - base) // g))
+            for (agg, _, _), acc in zip(slots, accs):
+                agg.encode(acc, out, table)
+    ids = state.get("ids") or {}
+    write_varint(out, len(ids))
+    for i, t in ids.items():
+        u = i.encode("utf-8", "surrogatepass")
+        write_varint(out, len(u))
+        out += u
+        write_varint(out, _zz(t - last))
+    for g in windows.delayed_reach:
+        counts = sorted(state.get("d", {}).get(g, {}).items())
+        prev = last - last % g
+        write_varint(out, len(counts))
+        for k, (start, c) in enumerate(counts):
+            rel = (start - prev) // g
+            write_varint(out, _zz(rel) if k == 0 else rel)
+            write_varint(out, c)
+            prev = start
+    head = bytearray((3 if windows.delayed_reach else 2, 1 if labels else 0))
+    _write_long(head, last)
+    _write_long(head, last - int(state["first"]))
+    timer = state.get("timer")
+    write_varint(head, 0 if timer is None else _zz(int(timer) - last) + 1)
+    write_varint(head, len(table))
+    for v in table:
+        u = v.encode("utf-8", "surrogatepass")
+        write_varint(head, len(u))
+        head += u
+    return bytes(head + out)
+
+
+def _write_long(out: bytearray, x: int) -> None:
+    """A Java long as the JVM writes it: its 64-bit two's complement as an unsigned varint."""
+    write_varint(out, x & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def _read_long(inp: Reader) -> int:
+    x = inp.varint()
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def decode_state(windows: EntityWindows, data: bytes) -> tuple[dict, bool]:
+    """The JVM stage's state bytes of a key (versions 1 to 3) as the Python stage's state dict, and the JVM's
+    "may have label state" flag. Widths and delayed counts without buckets are left out of the dict."""
+    inp = Reader(data)
+    version = inp.byte()
+    if version not in (1, 2, 3):
+        raise ValueError(f"unknown state version {version}")
+    labels = version == 1 or bool(inp.byte() & 1)
+    last = _read_long(inp)
+    state: dict = {"first": last - _read_long(inp), "last": last, "b": {}}
+    t = inp.varint()
+    if t:
+        state["timer"] = last + _unzz(t - 1)
+    strings = []
+    for _ in range(inp.varint()):
+        strings.append(inp.take(inp.varint()).decode("utf-8", "surrogatepass"))
+    for g, slots in windows.slots.items():
+        base = last - last % g
+        buckets = {}
+        for _ in range(inp.varint()):
+            start = base + _unzz(inp.varint()) * g
+            buckets[start] = [agg.decode(inp, strings) for agg, _, _ in slots]
+        if buckets:
+            state["b"][g] = buckets
+    ids = {}
+    for _ in range(inp.varint()):
+        i = inp.take(inp.varint()).decode("utf-8", "surrogatepass")
+        ids[i] = last + _unzz(inp.varint())
+    if ids:
+        state["ids"] = ids
+    if version == 3 and windows.delayed_reach:
+        for g in windows.delayed_reach:
+            start = last - last % g
+            counts = {}
+            for k in range(inp.varint()):
+                start += (_unzz(inp.varint()) if k == 0 else inp.varint()) * g
+                counts[start] = inp.varint()
+            if counts:
+                state.setdefault("d", {})[g] = counts
+    return state, labels
 
 
 def cleanup(windows: EntityWindows, state: dict | None, timestamp: int) -> tuple[str, int | None]:

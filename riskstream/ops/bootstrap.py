@@ -102,10 +102,11 @@ def write_history(input_path, out: Path, *, labels_path=None, mapping=None, orde
     return {**st, "rejected": inp.rejected() or 0}
 
 
-def _write_folded(events: Iterable[tuple[int, object]], labels: list[tuple[int, tuple]], out: Path) -> dict:
-    """``(arrival, udfs.events.Event)`` pairs in arrival order and ``(arrival, label)`` pairs as fold lines:
-    each label before the first event that arrived at or after it (ties keep the labels' order); labels
-    arriving after the last event are left out (``labels_later``). A file's event arrives at its ``ts``."""
+def _write_folded(events: Iterable[tuple[int, object]], labels: list[tuple[int, object]], out: Path) -> dict:
+    """``(arrival, udfs.events.Event)`` pairs in arrival order and ``(arrival, udfs.labels.Label)`` pairs as
+    fold lines: each label before the first event that arrived at or after it (ties keep the labels' order);
+    labels arriving after the last event are left out (``labels_later``). A file's event arrives at its
+    ``ts``."""
     from udfs.chain import label_identity
 
     pending = [(int(a), i, lab) for i, (a, lab) in enumerate(labels)]
@@ -115,11 +116,12 @@ def _write_folded(events: Iterable[tuple[int, object]], labels: list[tuple[int, 
     with open(out, "wb") as f:
         for arrival, ev in events:
             while pending and pending[0][0] <= arrival:
-                eid, uid, did, ets, lab, ip, pref = heapq.heappop(pending)[2]
-                # the label stores key labelled events by (user, event id), as the job's label records do
-                f.write(orjson.dumps({"label": {"event_id": label_identity(uid, eid), "user_id": uid,
-                                                "device_id": did, "ts": ets,
-                                                "label": lab, "ip": ip, "payment_ref": pref}}))
+                lab = heapq.heappop(pending)[2]
+                # the label stores key labelled events by (user, event id), as the job's label records do;
+                # each named key under its entity's key field (Bootstrap.ChainState reads the stage's)
+                keys = {k: v for k, v in lab.wire().items() if k not in ("event_id", "event_ts", "label")}
+                f.write(orjson.dumps({"label": {"event_id": label_identity(lab.user_id, lab.event_id), **keys,
+                                                "ts": lab.event_ts, "label": lab.label}}))
                 f.write(b"\n")
                 n_labels += 1
             f.write(orjson.dumps({"event": ev._asdict()}))
@@ -237,7 +239,7 @@ def read_topics(cfg: JobConfig, rng: TopicRange, out: Path) -> tuple[dict, Topic
         meta.close()
     for tp, a, b in ev_bounds + lab_bounds:
         read.ranges.setdefault(tp.topic, []).append([tp.partition, a, b])
-    labels: list[tuple[int, tuple]] = []
+    labels: list[tuple[int, object]] = []  # (arrival, udfs.labels.Label)
     for r in _merged(make_consumer, lab_bounds):
         read.records[cfg.labels_topic] = read.records.get(cfg.labels_topic, 0) + 1
         lab = parse_label(r.value) if r.value is not None else None

@@ -32,8 +32,13 @@ from pathlib import Path
 
 import orjson
 
+from udfs.features import LABEL_ENTITIES
+
 from . import workflow
 from .workflow import WorkflowError
+
+# the key fields a label names when it knows them (beyond the user's and device's): each entity's
+OPTIONAL_LABEL_KEYS = tuple(e.key_field for e in LABEL_ENTITIES if not e.label_required)
 
 # The tables, once for both databases: {id} is the auto-numbered key, {i64} a 64-bit integer (offsets and
 # millisecond times), {f64} a double. The audit trail's triggers are each backend's own (AUDIT_TRIGGERS).
@@ -1027,15 +1032,16 @@ class Store:
 
     @staticmethod
     def _label_keys(c, case) -> dict:
-        """The case's ``ip`` and ``payment_ref`` for its label (null when the event has none), so the ip and
-        payment stages count the verdict: from the decision record, else (a record of a job older than these
-        fields) from the event as consumed, else null."""
+        """The case's keys of the entities a label may name beyond the user and device (``ip``,
+        ``payment_ref``, ...: ``udfs.features.LABEL_KEYS``; null when the event has none), so each entity's
+        stage counts the verdict: from the decision record, else (a record of a job older than these fields)
+        from the event as consumed, else null."""
         rec = orjson.loads(case["record"])
-        if "ip" not in rec:
+        if any(k not in rec for k in OPTIONAL_LABEL_KEYS):
             ev = c.execute("SELECT body FROM events WHERE event_id = ? AND user_id = ?",
                            (case["event_id"], case["user_id"])).fetchone()
-            rec = orjson.loads(ev["body"]) if ev is not None else {}
-        return {k: rec.get(k) if isinstance(rec.get(k), str) else None for k in ("ip", "payment_ref")}
+            rec = {**(orjson.loads(ev["body"]) if ev is not None else {}), **rec}
+        return {k: rec.get(k) if isinstance(rec.get(k), str) else None for k in OPTIONAL_LABEL_KEYS}
 
     def pending_labels(self, limit: int | None = None) -> list[Row]:
         """Labels not yet on the topic, in the order they were given (a correction after its original)."""

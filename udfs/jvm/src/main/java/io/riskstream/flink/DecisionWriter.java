@@ -16,9 +16,9 @@ import org.apache.flink.types.Row;
  * Writes decision records (the fields and order of udfs.decision.decision_record and
  * error_decision_record) from a record Row of the JVM chain (udfs.chain.ROW_FIELDS) and the verdict.
  *
- * <p>Configured by the JSON of udfs.decision.writer_layout: the record's field names (each field is found
- * by name; an optional field the layout lacks is not written), the feature names in vector order, the
- * event features (a Row field name, or {@code null} for the event-type index), the event types and the
+ * <p>Configured by the JSON of udfs.chain.writer_layout: the record's field names (each field is found
+ * by name; an optional field the layout lacks is not written), the key fields a label names (after
+ * user_id: each entity's, udfs.features.LABEL_KEYS), the feature names in vector order, the event features (a Row field name, or {@code null} for the event-type index), the event types and the
  * signal names.
  *
  * <p>Pitfalls: numbers are written by {@link Double#toString} (e.g. {@code 1.0E-5}), which parses to the same
@@ -32,8 +32,12 @@ public final class DecisionWriter implements Serializable {
 
     final String[] featureNames;
     final String[] signalNames;
-    final int eventId, eventType, userId, deviceId, ts, values, late, signals;
-    private final int ip, paymentRef, arrivedAt; // -1 when the layout has no such field
+    final int eventId, eventType, userId, ts, values, late, signals;
+    private final int arrivedAt; // -1 when the layout has no such field
+    /** the key fields a decision record carries for labels (layout "label_keys", udfs.features.LABEL_KEYS),
+     * in order, after user_id, and their Row fields (-1: not a field of the record, left out). */
+    private final String[] keyNames;
+    private final int[] keyFields;
     private final int[] eventFeatures; // per event feature: its Row field, or -1 for the event-type index
     private final Map<String, Integer> typeIndex = new HashMap<>();
     private transient MessageDigest sha;
@@ -49,14 +53,21 @@ public final class DecisionWriter implements Serializable {
             eventId = field.get("event_id");
             eventType = field.get("event_type");
             userId = field.get("user_id");
-            deviceId = field.get("device_id");
             ts = field.get("ts");
             values = field.get("values");
             late = field.get("late");
             signals = field.get("signals");
-            ip = field.getOrDefault("ip", -1);
-            paymentRef = field.getOrDefault("payment_ref", -1);
             arrivedAt = field.getOrDefault("arrived_at", -1);
+            JsonNode lk = c.get("label_keys");
+            if (lk == null || !lk.isArray() || lk.size() == 0 || !lk.get(0).asText().equals("user_id")) {
+                throw new IllegalArgumentException("no label_keys starting with user_id (udfs.chain.writer_layout)");
+            }
+            keyNames = new String[lk.size() - 1];
+            keyFields = new int[keyNames.length];
+            for (int i = 0; i < keyNames.length; i++) {
+                keyNames[i] = lk.get(i + 1).asText();
+                keyFields[i] = field.getOrDefault(keyNames[i], -1);
+            }
             featureNames = strings(c.get("feature_names"));
             signalNames = strings(c.get("signals"));
             JsonNode ef = c.get("event_features");
@@ -225,15 +236,11 @@ public final class DecisionWriter implements Serializable {
         str(b, (String) row.getField(eventType));
         b.append(",\"user_id\":");
         str(b, (String) row.getField(userId));
-        b.append(",\"device_id\":");
-        str(b, (String) row.getField(deviceId));
-        if (ip >= 0) {
-            b.append(",\"ip\":");
-            str(b, (String) row.getField(ip));
-        }
-        if (paymentRef >= 0) {
-            b.append(",\"payment_ref\":");
-            str(b, (String) row.getField(paymentRef)); // null without one
+        for (int i = 0; i < keyNames.length; i++) { // device_id, ip, payment_ref, ...: null without one
+            if (keyFields[i] >= 0) {
+                b.append(",\"").append(keyNames[i]).append("\":");
+                str(b, (String) row.getField(keyFields[i]));
+            }
         }
     }
 

@@ -8,14 +8,18 @@ import java.util.List;
 import java.util.Map;
 import java.util.TreeSet;
 
+import io.riskstream.flink.aggregates.Aggregate;
+import io.riskstream.flink.aggregates.Aggregates;
+
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
 
 /**
- * One entity's window layout compiled from the spec document ({@code udfs.features.spec_document}), as
- * {@code udfs.windows.EntityWindows} builds it: bucket widths, slots per width (one per distinct kind,
- * field and event-type filter, in feature order), which slots each event type feeds, and per feature how
- * to read its value. Nothing here names a feature.
+ * One entity's window layout compiled from the spec document ({@code udfs.chain.spec_document}), as
+ * {@code udfs.windows.EntityWindows} builds it: bucket widths, slots per width (one per distinct accumulator
+ * family, field and event-type filter, in feature order, each with the {@link Aggregate} the spec names),
+ * which slots each event type feeds, the windows read (width, horizon, slot), and per feature how to read
+ * its value. Nothing here names a feature, nor a window aggregate but count (a fraud share's denominator).
  */
 public final class EntitySpec implements Serializable {
     private static final long serialVersionUID = 1L;
@@ -29,10 +33,8 @@ public final class EntitySpec implements Serializable {
     public final int eventIdIndex, eventTypeIndex, userIdIndex, tsIndex, extrasIndex, nEvent, valuesIndex,
         lateIndex, signalsIndex, arity;
 
-    public static final int CNT = 0, NUM = 1, SET = 2;
-    // plan kinds
-    public static final int P_SINCE_PREV = 0, P_AGE = 1, P_COUNT = 2, P_DISTINCT = 3, P_SUM = 4, P_MEAN = 5,
-        P_MAX = 6, P_MIN = 7, P_FRAUD_LABELS = 8, P_FRAUD_SHARE = 9;
+    // plan kinds: a key's age or time since its previous event, a window aggregate's result, a label feature
+    public static final int P_SINCE_PREV = 0, P_AGE = 1, P_WINDOW = 2, P_FRAUD_LABELS = 3, P_FRAUD_SHARE = 4;
 
     public final String entity;
     public final int keyIndex;
@@ -47,18 +49,25 @@ public final class EntitySpec implements Serializable {
      * offsets + lateness, after which a quiet key starts over but for its delayed counts (udfs.windows). */
     public final long lateness, retention, fresh;
     public final double missing;
-    public final int hllThreshold;
     public final String[] eventTypes;
     public final Map<String, Integer> typeIndex = new HashMap<>();
     public final String[] featureNames;
     /** widths in order of first use by a feature; per width its longest horizon. */
     public final long[] widths, maxHorizon;
-    /** per width: slot kinds and the record position of their input field (-1 for counts). */
-    public final int[][] slotKind, slotField;
+    /** per width: each slot's aggregate and the record position of its input field (-1 without one). */
+    public final Aggregate[][] slotAgg;
+    public final int[][] slotField;
     /** per width, per event type: the slots that type feeds. */
     public final int[][][] feeds;
-    /** per feature: kind, width index (-1 for a label count: no slot), horizon, bucket width, slot. */
-    public final int[] planKind, planWidth, planSlot;
+    /** the windows read from buckets, one per (width, horizon, slot) some feature reads. */
+    public final int[] readWidth, readSlot;
+    public final long[] readHorizon;
+    /**
+     * per feature: kind, its read (a window aggregate's or an undelayed fraud share's denominator, else -1),
+     * the aggregate whose result it is (P_WINDOW), horizon, bucket width.
+     */
+    public final int[] planKind, planRead;
+    public final Aggregate[] planAgg;
     public final long[] planHorizon, planBucket;
     /**
      * per feature: its offset (a delayed label window ends this far before the event's bucket; 0 for the
@@ -115,10 +124,14 @@ public final class EntitySpec implements Serializable {
         arity = recordFields.length;
         lateness = spec.get("allowed_lateness_ms").asLong();
         missing = spec.get("missing").asDouble();
-        hllThreshold = spec.get("distinct").get("exact_up_to").asInt();
         if (spec.get("distinct").get("hll_p").asInt() != Hll.P) {
             throw new IllegalArgumentException("spec HLL P differs from " + Hll.P);
         }
+        JsonNode aggDocs = spec.get("aggregates");
+        if (aggDocs == null || !aggDocs.isObject()) {
+            throw new IllegalArgumentException("spec JSON has no aggregates (udfs.chain.spec_document writes them)");
+        }
+        Map<String, Aggregate> aggs = new HashMap<>();
         JsonNode types = spec.get("event_types");
         eventTypes = new String[types.size()];
         for (int i = 0; i < eventTypes.length; i++) {
@@ -160,10 +173,13 @@ public final class EntitySpec implements Serializable {
         List<Long> ws = new ArrayList<>();
         List<Long> mh = new ArrayList<>();
         List<List<String>> slotKeys = new ArrayList<>();
-        List<List<int[]>> slots = new ArrayList<>(); // {kind, field}
+        List<List<Aggregate>> slotAggs = new ArrayList<>();
+        List<List<Integer>> slotFields = new ArrayList<>();
         List<List<Integer>> slotTypeMasks = new ArrayList<>();
+        List<long[]> reads = new ArrayList<>(); // {width, horizon, slot}
         List<String> names = new ArrayList<>();
-        List<int[]> plan = new ArrayList<>();
+        List<int[]> plan = new ArrayList<>(); // {kind, read}
+        List<Aggregate> planA = new ArrayList<>();
         List<Long> planH = new ArrayList<>();
         List<Long> planG = new ArrayList<>();
         List<Long> planO = new ArrayList<>();
@@ -178,7 +194,8 @@ public final class EntitySpec implements Serializable {
             names.add(f.get("name").asText());
             String agg = f.get("agg").asText();
             if (agg.equals("since_prev") || agg.equals("age")) {
-                plan.add(new int[] {agg.equals("age") ? P_AGE : P_SINCE_PREV, -1, -1});
+                plan.add(new int[] {agg.equals("age") ? P_AGE : P_SINCE_PREV, -1});
+                planA.add(null);
                 planH.add(0L);
                 planG.add(0L);
                 planO.add(0L);
@@ -203,7 +220,8 @@ public final class EntitySpec implements Serializable {
                 keep = Math.max(keep, h + off + g);
             }
             if (agg.equals("fraud_labels")) { // read from the label store only: no bucket slot
-                plan.add(new int[] {P_FRAUD_LABELS, -1, -1});
+                plan.add(new int[] {P_FRAUD_LABELS, -1});
+                planA.add(null);
                 planH.add(h);
                 planG.add(g);
                 planO.add(off);
@@ -218,16 +236,35 @@ public final class EntitySpec implements Serializable {
                     dreach.add(0L);
                 }
                 dreach.set(d, Math.max(dreach.get(d), h + off));
-                plan.add(new int[] {P_FRAUD_SHARE, -1, -1});
+                plan.add(new int[] {P_FRAUD_SHARE, -1});
+                planA.add(null);
                 planH.add(h);
                 planG.add(g);
                 planO.add(off);
                 planD.add(d);
                 continue;
             }
-            // fraud_share's denominator: the key's events (every type) in the same window
-            int kind = agg.equals("count") || agg.equals("fraud_share") ? CNT : agg.equals("distinct") ? SET : NUM;
-            int field = kind == CNT ? -1 : rowIndex(f.get("field").asText());
+            // fraud_share's denominator: the key's events (every type) in the same window, a count
+            String aggName = label ? "count" : agg;
+            Aggregate a = aggs.get(aggName);
+            if (a == null) {
+                JsonNode doc = aggDocs.get(aggName);
+                if (doc == null) {
+                    throw new IllegalArgumentException(f.get("name").asText() + ": aggregate " + aggName
+                        + " is not in the spec's aggregates (udfs.aggregates.AGGREGATES has no such class?)");
+                }
+                Map<String, Object> params = new HashMap<>();
+                JsonNode pn = doc.get("params");
+                if (pn != null) {
+                    pn.fields().forEachRemaining(e -> params.put(e.getKey(), e.getValue().isTextual()
+                        ? e.getValue().asText() : e.getValue().isIntegralNumber() ? (Object) e.getValue().asLong()
+                        : (Object) e.getValue().asDouble()));
+                }
+                a = Aggregates.load(aggName, doc.get("class").asText(), doc.get("accumulator").asText(),
+                    doc.get("takes_field").asBoolean(), params);
+                aggs.put(aggName, a);
+            }
+            int field = a.takesField() ? rowIndex(f.get("field").asText()) : -1;
             int mask = -1;
             String typesKey = "*";
             JsonNode et = label ? null : f.get("event_types");
@@ -250,30 +287,33 @@ public final class EntitySpec implements Serializable {
                 ws.add(g);
                 mh.add(0L);
                 slotKeys.add(new ArrayList<>());
-                slots.add(new ArrayList<>());
+                slotAggs.add(new ArrayList<>());
+                slotFields.add(new ArrayList<>());
                 slotTypeMasks.add(new ArrayList<>());
             }
             mh.set(w, Math.max(mh.get(w), h));
-            String key = kind + "|" + field + "|" + typesKey;
+            String key = a.accumulator() + "|" + field + "|" + typesKey;
             int s = slotKeys.get(w).indexOf(key);
             if (s < 0) {
                 s = slotKeys.get(w).size();
                 slotKeys.get(w).add(key);
-                slots.get(w).add(new int[] {kind, field});
+                slotAggs.get(w).add(a);
+                slotFields.get(w).add(field);
                 slotTypeMasks.get(w).add(mask);
             }
-            int pk;
-            switch (agg) {
-                case "count": pk = P_COUNT; break;
-                case "distinct": pk = P_DISTINCT; break;
-                case "sum": pk = P_SUM; break;
-                case "mean": pk = P_MEAN; break;
-                case "max": pk = P_MAX; break;
-                case "min": pk = P_MIN; break;
-                case "fraud_share": pk = P_FRAUD_SHARE; break;
-                default: throw new IllegalArgumentException("unknown aggregate " + agg);
+            int r = -1;
+            for (int i = 0; i < reads.size(); i++) {
+                long[] x = reads.get(i);
+                if (x[0] == w && x[1] == h && x[2] == s) {
+                    r = i;
+                }
             }
-            plan.add(new int[] {pk, w, s});
+            if (r < 0) {
+                r = reads.size();
+                reads.add(new long[] {w, h, s});
+            }
+            plan.add(new int[] {label ? P_FRAUD_SHARE : P_WINDOW, r});
+            planA.add(label ? null : a);
             planH.add(h);
             planG.add(g);
             planO.add(0L);
@@ -303,18 +343,17 @@ public final class EntitySpec implements Serializable {
         int nw = ws.size();
         widths = new long[nw];
         maxHorizon = new long[nw];
-        slotKind = new int[nw][];
+        slotAgg = new Aggregate[nw][];
         slotField = new int[nw][];
         feeds = new int[nw][eventTypes.length][];
         for (int w = 0; w < nw; w++) {
             widths[w] = ws.get(w);
             maxHorizon[w] = mh.get(w);
-            int ns = slots.get(w).size();
-            slotKind[w] = new int[ns];
+            int ns = slotAggs.get(w).size();
+            slotAgg[w] = slotAggs.get(w).toArray(new Aggregate[0]);
             slotField[w] = new int[ns];
             for (int s = 0; s < ns; s++) {
-                slotKind[w][s] = slots.get(w).get(s)[0];
-                slotField[w][s] = slots.get(w).get(s)[1];
+                slotField[w][s] = slotFields.get(w).get(s);
             }
             for (int t = 0; t < eventTypes.length; t++) {
                 int[] fed = new int[ns];
@@ -327,9 +366,17 @@ public final class EntitySpec implements Serializable {
                 feeds[w][t] = Arrays.copyOf(fed, k);
             }
         }
+        readWidth = new int[reads.size()];
+        readSlot = new int[reads.size()];
+        readHorizon = new long[reads.size()];
+        for (int r = 0; r < reads.size(); r++) {
+            readWidth[r] = (int) reads.get(r)[0];
+            readHorizon[r] = reads.get(r)[1];
+            readSlot[r] = (int) reads.get(r)[2];
+        }
         planKind = new int[plan.size()];
-        planWidth = new int[plan.size()];
-        planSlot = new int[plan.size()];
+        planRead = new int[plan.size()];
+        planAgg = planA.toArray(new Aggregate[0]);
         planHorizon = new long[plan.size()];
         planBucket = new long[plan.size()];
         planOffset = new long[plan.size()];
@@ -345,8 +392,7 @@ public final class EntitySpec implements Serializable {
             planDelayed[i] = planD.get(i);
             planBucket[i] = planG.get(i);
             planKind[i] = plan.get(i)[0];
-            planWidth[i] = plan.get(i)[1];
-            planSlot[i] = plan.get(i)[2];
+            planRead[i] = plan.get(i)[1];
             planHorizon[i] = planH.get(i);
         }
     }

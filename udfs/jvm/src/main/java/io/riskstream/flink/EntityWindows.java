@@ -1,16 +1,19 @@
 package io.riskstream.flink;
 
 import java.util.ArrayList;
-import java.util.HashSet;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.Map;
+
+import io.riskstream.flink.aggregates.Aggregate;
 
 import org.apache.flink.types.Row;
 
 /**
  * The window logic of one entity (udfs/windows.py EntityWindows, udfs/dedup.py, udfs.windows arm/cleanup)
- * over a {@link KeyState}, with the same arithmetic in the same order, so values are bit-identical.
+ * over a {@link KeyState}, with the same arithmetic in the same order, so values are bit-identical. A
+ * feature's value is its {@link Aggregate}'s result of the merge of its window's buckets.
+ * Pitfall: one instance per thread (it reuses its window accumulators from one event to the next).
  */
 public final class EntityWindows {
     public static final long TIMER_GRID_MS = 60_000L;
@@ -18,9 +21,14 @@ public final class EntityWindows {
 
     final EntitySpec spec;
     private final double[] empty;
+    /** per read (EntitySpec.readWidth...): its window accumulator, reused from one event to the next. */
+    private final Object[] windows;
+    /** the accumulators of a window's buckets, gathered for a merge. */
+    private Object[] gathered = new Object[64];
 
     public EntityWindows(EntitySpec spec) {
         this.spec = spec;
+        this.windows = new Object[spec.readWidth.length];
         this.empty = values(new KeyState(spec), null, 0L, -1, false, 0L, false, null);
     }
 
@@ -165,11 +173,6 @@ public final class EntityWindows {
         }
     }
 
-    private static Double num(Row ev, int field) {
-        Object v = ev.getField(field);
-        return v == null ? null : ((Number) v).doubleValue();
-    }
-
     private void add(KeyState st, Row ev, long ts, int type) {
         for (int d = 0; d < spec.dWidths.length; d++) { // every stored event, for the delayed shares' bases
             long g = spec.dWidths[d];
@@ -191,71 +194,20 @@ public final class EntityWindows {
                 }
             }
             if (b == null) {
-                b = new KeyState.Bucket(start, spec.slotKind[w]);
+                b = new KeyState.Bucket(start, spec.slotAgg[w]);
                 st.buckets[w].add(b);
             }
+            Aggregate[] aggs = spec.slotAgg[w];
+            int[] fields = spec.slotField[w];
             for (int s : fed) {
-                int kind = spec.slotKind[w][s];
-                if (kind == EntitySpec.CNT) {
-                    b.n[s]++;
-                } else if (kind == EntitySpec.NUM) {
-                    Double v = num(ev, spec.slotField[w][s]);
-                    if (v == null) {
+                Object v = null;
+                if (fields[s] >= 0) {
+                    v = ev.getField(fields[s]);
+                    if (v == null) { // an optional field the event lacks is no value
                         continue;
-                    }
-                    b.n[s]++;
-                    b.sum[s] += v;
-                    if (v > b.max[s]) {
-                        b.max[s] = v;
-                    }
-                    if (v < b.min[s]) {
-                        b.min[s] = v;
-                    }
-                } else {
-                    String v = (String) ev.getField(spec.slotField[w][s]);
-                    if (v == null) {
-                        continue;
-                    }
-                    Object acc = b.set[s];
-                    if (acc instanceof byte[]) {
-                        Hll.add((byte[]) acc, v);
-                        continue;
-                    }
-                    int size;
-                    if (acc instanceof String[]) { // small sets: an array, replaced (never changed) on growth
-                        String[] a = (String[]) acc;
-                        if (KeyState.contains(a, v)) {
-                            continue;
-                        }
-                        if (a.length < KeyState.SMALL_SET) {
-                            String[] grown = java.util.Arrays.copyOf(a, a.length + 1);
-                            grown[a.length] = v;
-                            acc = grown;
-                            size = grown.length;
-                        } else {
-                            HashSet<String> set = new HashSet<>(a.length * 2 + 2);
-                            java.util.Collections.addAll(set, a);
-                            set.add(v);
-                            acc = set;
-                            size = set.size();
-                        }
-                        b.set[s] = acc;
-                    } else {
-                        @SuppressWarnings("unchecked")
-                        HashSet<String> set = (HashSet<String>) acc;
-                        if (!set.add(v)) {
-                            continue;
-                        }
-                        size = set.size();
-                    }
-                    if (size > spec.hllThreshold) {
-                        byte[] reg = new byte[Hll.M];
-                        for (String x : KeyState.values(acc)) {
-                            Hll.add(reg, x);
-                        }
-                        b.set[s] = reg;
                     }
                 }
+                b.acc[s] = aggs[s].add(b.acc[s], v);
             }
         }
     }
@@ -286,10 +238,41 @@ public final class EntityWindows {
     /** Feature values; {@code ev} null gives the values of no event over empty state. */
     private double[] values(KeyState st, Row ev, long ts, int type, boolean hasPrev, long prevLast, boolean foldSelf,
                             Map<String, Long> lab) {
+        for (int r = 0; r < windows.length; r++) { // each window read from buckets, merged once
+            int w = spec.readWidth[r];
+            int s = spec.readSlot[r];
+            long g = spec.widths[w];
+            long hi = ts - Math.floorMod(ts, g);
+            long lo = hi + g - spec.readHorizon[r];
+            Aggregate agg = spec.slotAgg[w][s];
+            ArrayList<KeyState.Bucket> bs = st.buckets[w];
+            if (gathered.length < bs.size() + 1) {
+                gathered = new Object[2 * bs.size() + 1];
+            }
+            int n = 0;
+            for (KeyState.Bucket b : bs) {
+                if (lo <= b.start && b.start <= hi) {
+                    gathered[n++] = b.acc[s];
+                }
+            }
+            if (foldSelf && contains(spec.feeds[w][type], s)) { // a late event counts itself, unstored
+                int field = spec.slotField[w][s];
+                Object v = field < 0 ? null : ev.getField(field);
+                if (field < 0 || v != null) {
+                    gathered[n++] = agg.add(agg.initialize(), v);
+                }
+            }
+            windows[r] = agg.merge(windows[r], gathered, n);
+            java.util.Arrays.fill(gathered, 0, n, null);
+        }
         int nf = spec.nFeatures();
         double[] out = new double[nf];
         for (int p = 0; p < nf; p++) {
             int kind = spec.planKind[p];
+            if (kind == EntitySpec.P_WINDOW) {
+                out[p] = spec.planAgg[p].result(windows[spec.planRead[p]]);
+                continue;
+            }
             if (kind == EntitySpec.P_FRAUD_LABELS || kind == EntitySpec.P_FRAUD_SHARE) {
                 long g = spec.planBucket[p];
                 long hi = ts - Math.floorMod(ts, g) - spec.planOffset[p]; // offset before the event's bucket
@@ -317,17 +300,9 @@ public final class EntityWindows {
                     out[p] = base == 0 ? 0.0 : (double) n / (double) base;
                     continue;
                 }
-                int w = spec.planWidth[p];
-                int s = spec.planSlot[p];
-                long c = 0;
-                for (KeyState.Bucket b : st.buckets[w]) {
-                    if (lo <= b.start && b.start <= hi) {
-                        c += b.n[s];
-                    }
-                }
-                if (foldSelf && contains(spec.feeds[w][type], s)) {
-                    c++;
-                }
+                // the key's events in the same window: the count its read merged (the late event included)
+                long c = (long) spec.slotAgg[spec.readWidth[spec.planRead[p]]][spec.readSlot[spec.planRead[p]]]
+                    .result(windows[spec.planRead[p]]);
                 long base = Math.max(c, n);
                 out[p] = base == 0 ? 0.0 : (double) n / (double) base;
                 continue;
@@ -338,126 +313,6 @@ public final class EntityWindows {
             }
             if (kind == EntitySpec.P_AGE) {
                 out[p] = ev != null ? (double) (ts - Math.min(st.first, ts)) : spec.missing;
-                continue;
-            }
-            int w = spec.planWidth[p];
-            int s = spec.planSlot[p];
-            long g = spec.widths[w];
-            long hi = ts - Math.floorMod(ts, g);
-            long lo = hi + g - spec.planHorizon[p];
-            ArrayList<KeyState.Bucket> bs = st.buckets[w];
-            boolean self = foldSelf && contains(spec.feeds[w][type], s);
-            int field = spec.slotField[w][s];
-            switch (spec.slotKind[w][s]) {
-                case EntitySpec.CNT: {
-                    long c = 0;
-                    for (KeyState.Bucket b : bs) {
-                        if (lo <= b.start && b.start <= hi) {
-                            c += b.n[s];
-                        }
-                    }
-                    if (self) {
-                        c++;
-                    }
-                    out[p] = (double) c;
-                    break;
-                }
-                case EntitySpec.NUM: {
-                    long c = 0;
-                    double sum = 0.0, mx = Double.NEGATIVE_INFINITY, mn = Double.POSITIVE_INFINITY;
-                    for (KeyState.Bucket b : bs) {
-                        if (lo <= b.start && b.start <= hi) {
-                            c += b.n[s];
-                            sum += b.sum[s];
-                            if (b.max[s] > mx) {
-                                mx = b.max[s];
-                            }
-                            if (b.min[s] < mn) {
-                                mn = b.min[s];
-                            }
-                        }
-                    }
-                    if (self) {
-                        Double v = num(ev, field);
-                        if (v != null) {
-                            c++;
-                            sum += v;
-                            if (v > mx) {
-                                mx = v;
-                            }
-                            if (v < mn) {
-                                mn = v;
-                            }
-                        }
-                    }
-                    if (kind == EntitySpec.P_SUM) {
-                        out[p] = sum;
-                    } else if (c == 0) {
-                        out[p] = spec.missing;
-                    } else if (kind == EntitySpec.P_MEAN) {
-                        out[p] = sum / c;
-                    } else if (kind == EntitySpec.P_MAX) {
-                        out[p] = mx;
-                    } else if (kind == EntitySpec.P_MIN) {
-                        out[p] = mn;
-                    } else {
-                        out[p] = (double) c;
-                    }
-                    break;
-                }
-                default: {
-                    String v = self ? (String) ev.getField(field) : null;
-                    boolean exact = true;
-                    int inRange = 0;
-                    Object only = null;
-                    for (KeyState.Bucket b : bs) {
-                        if (lo <= b.start && b.start <= hi) {
-                            inRange++;
-                            only = b.set[s];
-                            if (only instanceof byte[]) {
-                                exact = false;
-                                break;
-                            }
-                        }
-                    }
-                    if (exact && inRange <= 1) { // one bucket: its size (plus the late event if new to it)
-                        int n = only == null ? 0 : KeyState.size(only);
-                        if (v != null && (only == null || !KeyState.contains(only, v))) {
-                            n++;
-                        }
-                        out[p] = (double) n;
-                    } else if (exact) {
-                        HashSet<String> u = new HashSet<>();
-                        for (KeyState.Bucket b : bs) {
-                            if (lo <= b.start && b.start <= hi) {
-                                for (String x : KeyState.values(b.set[s])) {
-                                    u.add(x);
-                                }
-                            }
-                        }
-                        if (v != null) {
-                            u.add(v);
-                        }
-                        out[p] = (double) u.size();
-                    } else {
-                        byte[] reg = new byte[Hll.M];
-                        for (KeyState.Bucket b : bs) {
-                            if (lo <= b.start && b.start <= hi) {
-                                if (!(b.set[s] instanceof byte[])) {
-                                    for (String x : KeyState.values(b.set[s])) {
-                                        Hll.add(reg, x);
-                                    }
-                                } else {
-                                    Hll.mergeInto(reg, (byte[]) b.set[s]);
-                                }
-                            }
-                        }
-                        if (v != null) {
-                            Hll.add(reg, v);
-                        }
-                        out[p] = Hll.roundHalfEven(Hll.estimate(reg));
-                    }
-                }
             }
         }
         return out;

@@ -3,6 +3,8 @@ package io.riskstream.flink;
 import java.util.LinkedHashMap;
 import java.util.Map;
 
+import io.riskstream.flink.aggregates.StateBytes;
+
 /**
  * A key's label state (udfs/chain.py EntityStep.fold_label): the known-fraud users of the signal
  * {user_id: newest fraud event ts}, the labelled-fraud events of the label features {event: event ts}
@@ -89,7 +91,7 @@ final class KnownFraud {
     }
 
     byte[] encode() {
-        KeyState.Out o = new KeyState.Out();
+        StateBytes.Out o = new StateBytes.Out();
         o.v(at);
         o.v(users.size());
         for (Map.Entry<String, Long> e : users.entrySet()) {
@@ -108,7 +110,7 @@ final class KnownFraud {
         if (data == null) {
             return null;
         }
-        KeyState.In in = new KeyState.In(data);
+        StateBytes.In in = new StateBytes.In(data);
         KnownFraud k = new KnownFraud();
         k.at = in.v();
         int n = (int) in.v();
@@ -116,7 +118,7 @@ final class KnownFraud {
             String u = in.str();
             k.users.put(u, KeyState.unzz(in.v()));
         }
-        if (in.p < data.length) {
+        if (!in.atEnd()) {
             int m = (int) in.v();
             for (int i = 0; i < m; i++) {
                 String e = in.str();

@@ -87,6 +87,48 @@ public final class LocalRunner {
         return JSON.writeValueAsString(res);
     }
 
+    /**
+     * The encoded state of every key after {@code eventsJsonl} (as {@link #run}, without timers), as JSON
+     * {key: base64 of the KeyState bytes}: for the byte-compatibility test of the state encoding.
+     */
+    public static String states(String specJson, String entity, long dedupHorizonMs, String eventsJsonl) throws Exception {
+        EntitySpec spec = EntitySpec.parse(specJson, entity);
+        EntityWindows w = new EntityWindows(spec);
+        long horizon = spec.dedup ? dedupHorizonMs : 0;
+        Map<String, byte[]> store = new java.util.TreeMap<>();
+        for (String line : eventsJsonl.split("\n")) {
+            if (line.isEmpty()) {
+                continue;
+            }
+            Row row = toRow(JSON.readTree(line), spec);
+            String key = (String) row.getField(spec.keyIndex);
+            if (key == null) {
+                continue;
+            }
+            KeyState st = KeyState.decode(store.get(key), spec);
+            long ts = (Long) row.getField(spec.tsIndex);
+            if (horizon != 0 && w.duplicate(st, (String) row.getField(spec.eventIdIndex), ts, horizon)) {
+                continue;
+            }
+            store.put(key, w.step(st, row, horizon).state.encode(spec));
+        }
+        ObjectNode res = JSON.createObjectNode();
+        java.util.Base64.Encoder b64 = java.util.Base64.getEncoder();
+        store.forEach((k, v) -> res.put(k, b64.encodeToString(v)));
+        return JSON.writeValueAsString(res);
+    }
+
+    /** Decode then encode again each state of {@code statesJson} ({key: base64}), as {key: base64}. */
+    public static String reencode(String specJson, String entity, String statesJson) throws Exception {
+        EntitySpec spec = EntitySpec.parse(specJson, entity);
+        ObjectNode res = JSON.createObjectNode();
+        java.util.Base64.Decoder d = java.util.Base64.getDecoder();
+        java.util.Base64.Encoder e = java.util.Base64.getEncoder();
+        JSON.readTree(statesJson).fields().forEachRemaining(kv -> res.put(kv.getKey(),
+            e.encodeToString(KeyState.decode(d.decode(kv.getValue().asText()), spec).encode(spec))));
+        return JSON.writeValueAsString(res);
+    }
+
     static Row toRow(JsonNode o, EntitySpec spec) {
         Row r = Row.withPositions(spec.arity);
         for (int i = 0; i < spec.nEvent; i++) {
