@@ -17,6 +17,7 @@ from riskstream.cli import main
 from riskstream.generator import TrafficGenerator
 from udfs.events import Event
 from udfs.features import FEATURE_NAMES
+from udfs.labels import Label
 from udfs.replay import replay
 
 SAMPLE = Path(__file__).resolve().parent.parent / "models" / "samples"
@@ -64,8 +65,8 @@ def test_replay_with_the_mapping_equals_the_generators_own_events(walk):
     events = [Event(**r.event) for r in recs]
     # the mapping's label column feeds the label features too: each fraud label 7 days after its event
     # (udfs.labels.label_arrival without --label-delay), as train feeds them
-    labels = sorted((ev.ts + 7 * DAY, (ev.event_id, ev.user_id, ev.device_id, ev.ts, "fraud", ev.ip, ev.payment_ref))
-                    for ev, r in zip(events, recs) if r.label.get("fraud"))
+    labels = sorted(((ev.ts + 7 * DAY, Label.of_event(ev, "fraud")) for ev, r in zip(events, recs)
+                     if r.label.get("fraud")), key=lambda x: x[0])
     want = [(ev.ts, vec) for ev, vec, _ in replay(events, labels=labels)]
     got = [orjson.loads(x) for x in (out / "f.jsonl").read_bytes().splitlines()]
     assert [(g["ts"], [g[n] for n in FEATURE_NAMES]) for g in got] == want
