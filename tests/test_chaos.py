@@ -39,11 +39,11 @@ def _check(res: dict, events: int, failures: int) -> None:
             assert f["metric"]["uncommitted_s"] > 0 and f["log_after_s"] is not None, f
 
 
-# the default run's share of the kinds (about 2 minutes here): a failure inside the cluster, a broker killed
-# in the commit phase, a crash during a stop-with-savepoint (a process kill and its restore from `latest`),
-# and the operator's mistakes; every kind once (savepoint-crash among them) is the long test below
-DEFAULT_RUN_KINDS = ("task-failure", "broker-kill-commit", "second-start", "poison-record", "kill-in-savepoint",
-                     "stale-restore")
+# the default run's share of the kinds (about 1 1/2 minutes here): a failure inside the cluster, a broker
+# killed in the commit phase, a crash during a stop-with-savepoint (a process kill and its restore from
+# `latest`) and a stale restore; every kind once is the long test below. A second start and poison records
+# are in the default run on their own (tests/test_one_run.py, tests/test_poison.py)
+DEFAULT_RUN_KINDS = ("task-failure", "broker-kill-commit", "kill-in-savepoint", "stale-restore")
 
 
 def _every_kind(tmp_path, monkeypatch, kinds: tuple[str, ...]) -> None:
