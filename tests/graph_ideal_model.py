@@ -18,7 +18,7 @@ from tests.graph_oracle import GraphOracle
 from riskstream.generator import TrafficGenerator, RING_SCENARIO
 from udfs.features import GRAPH
 from sklearn.ensemble import HistGradientBoostingClassifier
-KEYS = ["graph_device_users_7d","graph_device_fraud_users_7d","graph_payment_users_7d","graph_payment_fraud_users_7d","graph_user_users_7d","graph_user_fraud_users_7d","graph_group_users_7d","graph_group_fraud_share_7d"]
+KEYS = ["graph_device_users_7d","graph_device_fraud_users_7d","graph_payment_users_7d","graph_payment_fraud_users_7d","graph_user_users_7d","graph_user_fraud_users_7d","graph_group_users_7d","graph_group_fraud_share_7d","graph_ip_shared_entities_7d"]
 def data(s, N):
     x, scen, names, _, _ = replay_rings(N, 14, s)
     orc = GraphOracle(GRAPH["horizon_ms"], GRAPH["label_horizon_ms"])
@@ -40,9 +40,9 @@ def main(N: int, seed: int = 11) -> None:
         x, _, _, ideal = D
         if kind == "base": return x[:, base]
         if kind == "ref": return x[:, base + graph]
-        if kind == "ideal": return np.hstack([x[:, base], ideal[:, :8]])
+        if kind == "ideal": return np.hstack([x[:, base], ideal[:, :len(KEYS)]])
         if kind == "ideal+component": return np.hstack([x[:, base], ideal])
-        if kind == "base+component": return np.hstack([x[:, base], ideal[:, 8:]])
+        if kind == "base+component": return np.hstack([x[:, base], ideal[:, len(KEYS):]])
     for kind in ("base", "ref", "ideal", "base+component", "ideal+component"):
         m = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, random_state=0)
         m.fit(feats(A, kind), (A[1] != "normal").astype(int))

@@ -7,6 +7,8 @@ payment_ref and time) and the labels, in the order they reach the job. Feed it w
 
 - An edge (user, entity) is live for an event at ``t`` when the newest arrived event of that pair has a
   time ``>= t - horizon``.
+- ``graph_ip_shared_entities_7d``: the devices and cards that two or more users used *with the event's ip*
+  (on an event naming both), each such (ip, user, device or card) triple live by its newest arrived time.
 - A user is known fraud at ``t`` when, among the labels arrived so far (the newest label of a (user,
   event id) wins), one marks an event of that user with an event time ``>= t - label_horizon`` as fraud.
 """
@@ -25,6 +27,7 @@ class GraphOracle:
         self.edge: dict[tuple, int] = {}  # (user, kind, key) -> newest arrived event time
         self.user_ents: dict[str, set] = defaultdict(set)
         self.ent_users: dict[tuple, set] = defaultdict(set)
+        self.ip_pairs: dict[str, dict] = defaultdict(dict)  # ip -> {(kind, key, user): newest arrived time}
         self.labels: dict[str, dict] = defaultdict(dict)  # user -> {event_id: (label, event time)}
 
     def label(self, event_id: str, user_id: str, event_ts: int, label: str) -> None:
@@ -47,6 +50,19 @@ class GraphOracle:
             self.user_ents[u].add(e)
             self.ent_users[e].add(u)
         lo = t - self.h
+        if ev.ip:
+            ipp = self.ip_pairs[ev.ip]
+            for kind, fld in KINDS[1:]:
+                key = getattr(ev, fld)
+                if key:
+                    ipp[(kind, key, u)] = max(ipp.get((kind, key, u), t), t)
+            by_ent: dict = defaultdict(set)
+            for (kind, key, v), ts in ipp.items():
+                if ts >= lo:
+                    by_ent[(kind, key)].add(v)
+            ip_shared = sum(1 for vs in by_ent.values() if len(vs) >= 2)
+        else:
+            ip_shared = 0
 
         def is_live(user, e) -> bool:
             return self.edge.get((user, *e), lo - 1) >= lo
@@ -94,5 +110,6 @@ class GraphOracle:
             "graph_payment_users_7d": len(pay), "graph_payment_fraud_users_7d": fraud_in(pay),
             "graph_user_users_7d": len(n2), "graph_user_fraud_users_7d": fraud_in(n2),
             "graph_group_users_7d": len(group), "graph_group_fraud_share_7d": fraud_in(group) / len(group),
+            "graph_ip_shared_entities_7d": ip_shared,
             "component_users": len(seen_u), "component_fraud_users": fraud_in(seen_u),
         }

@@ -114,8 +114,13 @@ LABEL_KEYS: tuple[str, ...] = tuple(e.key_field for e in LABEL_ENTITIES)
 EVENT_AGGS = ("value", "type_index")
 # graph features (docs/features.md#graph-features): users within two user-hops (and the known-fraud ones
 # among them) from an entity that keeps members (device, payment) or from the user (link stage); the group's
-# size and fraud share (link stage)
-GRAPH_AGGS = ("graph_users", "graph_fraud_users", "graph_group_users", "graph_group_fraud_share")
+# size and fraud share (link stage); the devices and cards that two or more of a key's users used with it
+# (graph_shared_entities, a members stage: an ip behind which devices and cards are shared is a farm, not an
+# office)
+GRAPH_AGGS = ("graph_users", "graph_fraud_users", "graph_group_users", "graph_group_fraud_share",
+              "graph_shared_entities")
+# the entity kinds graph_shared_entities counts: those an honest account rarely shares (not ips)
+GRAPH_LINK_KINDS = ("device", "payment")
 
 PAYMENTS = ("payment", "add_payment_method")
 SPEND = ("place_order", "payment")
@@ -161,7 +166,8 @@ class Feature:
                 raise ValueError(f"{self.name}: {self.agg} takes the graph horizon ({GRAPH['horizon_ms']} ms), "
                                  "no input field and no event-type filter")
             role = ENTITY_BY_NAME[self.entity].graph if self.entity in ENTITY_BY_NAME else None
-            allowed = ("link",) if self.agg.startswith("graph_group") else ("link", "members")
+            allowed = (("link",) if self.agg.startswith("graph_group") else ("members",)
+                       if self.agg == "graph_shared_entities" else ("link", "members"))
             if role not in allowed:
                 raise ValueError(f"{self.name}: {self.agg} belongs to an entity whose graph part is one of {allowed}")
         elif self.agg in KEY_AGGS + EVENT_AGGS:
@@ -304,8 +310,10 @@ def spec_features(delayed_label_windows: bool) -> tuple[Feature, ...]:
 
 # Graph features (docs/features.md#graph-features): declared as data, in the vector only with GRAPH_FEATURES
 # on, each after its entity's other features (the link stage's after every entity). The graph's constants:
-# the edge horizon, how long a fraud label marks its user, members kept per entity, entities per user.
-GRAPH = {"horizon_ms": 7 * DAY, "label_horizon_ms": 30 * DAY, "members_cap": 16, "entities_cap": 16}
+# the edge horizon, how long a fraud label marks its user, members kept per entity, entities per user,
+# (user, device or card) pairs kept per key for graph_shared_entities.
+GRAPH = {"horizon_ms": 7 * DAY, "label_horizon_ms": 30 * DAY, "members_cap": 16, "entities_cap": 16,
+         "pairs_cap": 48}
 GRAPH_FEATURE_LIST: tuple[Feature, ...] = (
     _f("graph_device_users_7d", "device", "graph_users", horizon=7 * DAY),
     _f("graph_device_fraud_users_7d", "device", "graph_fraud_users", horizon=7 * DAY),
@@ -315,6 +323,7 @@ GRAPH_FEATURE_LIST: tuple[Feature, ...] = (
     _f("graph_user_fraud_users_7d", "link", "graph_fraud_users", horizon=7 * DAY),
     _f("graph_group_users_7d", "link", "graph_group_users", horizon=7 * DAY),
     _f("graph_group_fraud_share_7d", "link", "graph_group_fraud_share", horizon=7 * DAY),
+    _f("graph_ip_shared_entities_7d", "ip", "graph_shared_entities", horizon=7 * DAY),
 )
 # The switch. Off (shipped): the spec, its fingerprint, the shipped models and the job are as without graph
 # features. On: the replay and training compute them (udfs.graph); the job refuses to start (its stages do

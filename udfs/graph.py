@@ -11,6 +11,9 @@ stage owns one key's state, as the window stages do; nothing is global:
   its *sketch* ``{user: (newest edge time, fraud time)}`` of live members to ``ctx["sketch"][name]``; its
   graph features read its members and their stored sketches (``ctx["side"][name]`` keeps that set for the
   group);
+- a members stage with ``graph_shared_entities`` (the ip's) also keeps its key's *pairs* ``{(user, device or
+  card): newest time}`` from its own events (the ``pairs_cap`` most recent) and counts the devices and cards
+  that two or more users used with the key;
 - the *link* stage (:class:`LinkPart`), keyed by user after the others, keeps per user the
   ``entities_cap`` most recent entities it used, each with the sketch that entity attached to the user's
   last event there, and computes the user's and the group's features.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .features import GRAPH, GRAPH_AGGS, Entity, Feature
+from .features import ENTITY_BY_NAME, GRAPH, GRAPH_AGGS, GRAPH_LINK_KINDS, Entity, Feature
 
 NO_FRAUD = -(1 << 62)
 MAX_GRAPH_LABELS = 1000  # labelled-fraud events kept per key, as the label features' store
@@ -39,6 +42,7 @@ class GraphParams:
     label_horizon_ms: int = GRAPH["label_horizon_ms"]
     members_cap: int = GRAPH["members_cap"]
     entities_cap: int = GRAPH["entities_cap"]
+    pairs_cap: int = GRAPH["pairs_cap"]
     lateness_ms: int = 60_000
 
     @property
@@ -115,15 +119,44 @@ class MemberPart:
         self.p = params
         self.upstream = upstream
         self.aggs = tuple(f.agg for f in features if f.agg in GRAPH_AGGS)
+        # graph_shared_entities: the event fields naming the devices and cards it pairs with its user
+        self.pair_fields = (tuple((k, ENTITY_BY_NAME[k].key_field) for k in GRAPH_LINK_KINDS if k != self.name)
+                            if "graph_shared_entities" in self.aggs else ())
 
     def empty_values(self) -> list[float]:
         return [0.0] * len(self.aggs)
 
+    def _pairs(self, state: dict, ev) -> int:
+        """Stores the event's (user, device / card) pairs in ``state["p"]`` (evicted and capped as members
+        are) and returns how many devices and cards two or more users used with the key, each pair live
+        (newest time ``>= t - horizon``). Pitfall: a pair keeps the newest time of its events, so an
+        out-of-order event never moves it back."""
+        p, t, u = self.p, ev.ts, ev.user_id
+        pairs = state["p"] = dict(state.get("p", {}))
+        for kind, fld in self.pair_fields:
+            key = getattr(ev, fld)
+            if key:
+                pk = (u, f"{kind}\x00{key}")
+                pairs[pk] = max(pairs.get(pk, t), t)
+        floor = state["newest"] - p.horizon_ms - p.lateness_ms
+        for pk in [pk for pk, ts in pairs.items() if ts < floor]:
+            del pairs[pk]
+        if len(pairs) > p.pairs_cap:
+            keep = sorted(pairs, key=lambda k: (pairs[k], k))[-p.pairs_cap:]
+            state["p"] = pairs = {k: pairs[k] for k in keep}
+        lo = t - p.horizon_ms
+        users: dict = {}
+        for (v, ek), ts in pairs.items():
+            if ts >= lo:
+                users.setdefault(ek, set()).add(v)
+        return sum(1 for vs in users.values() if len(vs) >= 2)
+
     def step(self, state: dict | None, lab: dict | None, ev, ctx: dict) -> tuple[dict, list[float]]:
         """(the key's new member state, the entity's graph values); attaches the sketch to ``ctx``."""
         p, t, u = self.p, ev.ts, ev.user_id
-        state = {"m": dict(state["m"]), "newest": max(state["newest"], t)} if state else {"m": {}, "newest": t}
+        state = {**state, "m": dict(state["m"]), "newest": max(state["newest"], t)} if state else {"m": {}, "newest": t}
         m = state["m"]
+        shared = self._pairs(state, ev) if self.pair_fields else 0
         snap: dict = {}
         for name in self.upstream:
             merge_into(snap, ctx["sketch"].get(name, {}))
@@ -141,12 +174,14 @@ class MemberPart:
         ctx["sketch"][self.name] = sketch
         if not self.aggs:
             return state, []
-        side = dict(sketch)
-        for v in sketch:
-            merge_into(side, live(m[v][2], t, p))
-        ctx["side"][self.name] = side
-        return state, [float(len(side)) if a == "graph_users" else float(fraud_count(side, t, p))
-                       for a in self.aggs]
+        vals = {"graph_shared_entities": float(shared)}
+        if "graph_users" in self.aggs or "graph_fraud_users" in self.aggs:  # the side joins the link's group
+            side = dict(sketch)
+            for v in sketch:
+                merge_into(side, live(m[v][2], t, p))
+            ctx["side"][self.name] = side
+            vals["graph_users"], vals["graph_fraud_users"] = float(len(side)), float(fraud_count(side, t, p))
+        return state, [vals[a] for a in self.aggs]
 
 
 class LinkPart:
