@@ -170,3 +170,28 @@ def test_phases_follow_the_compromises_and_their_figures_equal_a_direct_count(sm
         best = np.where(m, 10.0, score)
         assert v["ap_gain_if_ranked_first"] == pytest.approx(
             average_precision_score(y, best) - average_precision_score(y, score), abs=1e-4)
+
+
+def test_the_ceiling_ranks_every_fraud_but_a_terminals_first_days_first(small):
+    """The ceiling: every fraud except those of a compromised terminal's first 7 days (no label of it has
+    arrived) ranked first, the rest at random; its figures equal the same draws scored by scikit-learn and
+    the plain-loop card precision, and its AP is at least the share of frauds ranked first."""
+    from sklearn.metrics import average_precision_score
+
+    df = small
+    ph = hb.phases(df, 7)
+    y = df["fraud"].to_numpy().astype(bool)
+    cust, ts = df["customer_id"].to_numpy(), df["ts"].to_numpy()
+    c = hb.ceiling(y, cust, ts, ph, top_k=10, draws=3, seed=4)
+    unseen = ph == "compromised_terminal_first_7d"
+    assert c["frauds"] == y.sum() and c["unseen_frauds"] == (y & unseen).sum() > 0
+    rng = np.random.default_rng(4)
+    aps, cards = [], []
+    for _ in range(3):
+        s = (y & ~unseen) + 0.5 * rng.random(len(y))
+        aps.append(average_precision_score(y, s))
+        cards.append(_card_precision(s, y, cust, ts, 10))
+    assert c["average_precision"] == pytest.approx(np.mean(aps), abs=1e-4)
+    assert c["card_precision_top10_per_day"] == pytest.approx(np.mean(cards), abs=1e-4)
+    assert c["card_precision_top10_per_day_range"] == pytest.approx([min(cards), max(cards)], abs=1e-4)
+    assert (y & ~unseen).sum() / y.sum() <= c["average_precision"] < 1
