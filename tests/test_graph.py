@@ -69,8 +69,9 @@ def _merge(dst: dict, src: dict) -> None:
 class BruteStream:
     """Recomputes every value from the list of events and labels in arrival order: members of an entity
     are the top-K users by newest edge time among those not older than the entity's newest time - H -
-    lateness; a member's carried fraud time and stored sketches come from its latest arrival there; the
-    link stage's sketch of an entity is the one attached to the user's latest arrival there."""
+    lateness; a member's carried fraud time and stored sketches come from its latest arrival there (the
+    earlier stages' sketches as one union, filtered for liveness after the union); the link stage's sketch
+    of an entity is the one attached to the user's latest arrival there (each filtered on its own)."""
 
     def __init__(self, p: GraphParams):
         self.p = p
@@ -111,10 +112,14 @@ class BruteStream:
                   for u in members if last[u] >= t - p.horizon_ms}
         side = dict(sketch)
         for u in sketch:
+            # the earlier stages' sketches u's latest event here carried, as one union (per user the newer
+            # edge time and the newer fraud time), then the live entries of the union: a fraud time from an
+            # entry no longer live counts for a user live through the other sketch
+            snap: dict = {}
             for up in UPSTREAM[kind]:
                 if getattr(self.evs[latest[u]], FIELD[up]) is not None:
-                    snap = self._sketch(up, latest[u])[0]
-                    _merge(side, {w: e for w, e in snap.items() if e[0] >= t - p.horizon_ms})
+                    _merge(snap, self._sketch(up, latest[u])[0])
+            _merge(side, {w: e for w, e in snap.items() if e[0] >= t - p.horizon_ms})
         self._sk[(kind, j)] = (sketch, side)
         return sketch, side
 
@@ -239,6 +244,33 @@ def _check_brute_force(steps):
 @given(streams())
 def test_reference_equals_its_semantics_by_brute_force(steps):
     _check_brute_force(steps)
+
+
+def test_a_fraud_time_from_a_stale_upstream_entry_counts_for_a_live_one():
+    """Regression (found by the long hypothesis test): u1's fraud label names device d3, not ip i0, and
+    arrives after u1's last visit to i0. At e3 (u0 on card c1) the card stores u0's ip sketch (u1 live, no
+    fraud) and device sketch (u1 at d3 only at T0, fraud T0) as one union. At e10, 70 min later (SMALL: H =
+    1 h), u1's d3 entry is no longer live but its i0 entry is, so u1 is in the card's set through u0 and
+    counts as known fraud by the union's fraud time: 1 fraud user, group {u2, u0, u1} with share 1/3, as
+    the ideal (u1 is live on i0, which u0 has live, and known fraud). Evaluating each stored sketch on its
+    own before the union, as the brute force once did, gives 0."""
+    def pay(eid, user, dev, card, ts):
+        return ("e", Event(eid, "payment", user, dev, "i0", 1.0, "EUR", ts, None, card))
+
+    t20 = T0 + 20 * MINUTE
+    steps = [pay("e0", "u1", "d3", "c0", T0), pay("e1", "u1", "d0", "c0", t20),
+             ("l", ("e0", "u1", "d3", T0, "fraud", None, None)),
+             pay("e2", "u0", "d0", "c0", t20), pay("e3", "u0", "d3", "c1", t20)]
+    steps += [pay(f"e{k}", "u0", "d0", "c0", t20) for k in range(4, 10)]
+    steps.append(pay("e10", "u2", "d0", "c1", T0 + 70 * MINUTE))
+    last = None
+    for ev, got, want in _run(steps, SMALL):
+        assert got == want, ev
+        last = got
+    assert last["graph_payment_users_7d"] == 3 and last["graph_payment_fraud_users_7d"] == 1  # u2, u0; u1
+    assert last["graph_group_users_7d"] == 3 and last["graph_group_fraud_share_7d"] == pytest.approx(1 / 3)
+    ideal = list(_run_oracle(steps, SMALL))[-1][1]
+    assert ideal["graph_payment_fraud_users_7d"] == 1 and ideal["graph_group_fraud_share_7d"] == pytest.approx(1 / 3)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

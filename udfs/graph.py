@@ -6,11 +6,12 @@ stage owns one key's state, as the window stages do; nothing is global:
 - the *user* stage (:class:`UserPart`) keeps the user's labelled-fraud events and puts the user's newest
   known-fraud time on the event's context (``ctx["fraud"]``);
 - each *members* stage (:class:`MemberPart`: ip, device, payment) keeps its key's members ``{user: [newest
-  edge time, fraud time carried by the user's last event here, the earlier stages' sketches that event
-  carried]}`` (the ``members_cap`` most recent), plus the labelled-fraud events naming the key, and attaches
-  its *sketch* ``{user: (newest edge time, fraud time)}`` of live members to ``ctx["sketch"][name]``; its
-  graph features read its members and their stored sketches (``ctx["side"][name]`` keeps that set for the
-  group);
+  edge time, fraud time carried by the user's last event here, the union of the earlier stages' sketches
+  that event carried]}`` (the ``members_cap`` most recent; pitfall: liveness is applied to the union, so a
+  fraud time from an entry no longer live counts for the same user live through another sketch), plus the
+  labelled-fraud events naming the key, and attaches its *sketch* ``{user: (newest edge time, fraud
+  time)}`` of live members to ``ctx["sketch"][name]``; its graph features read its members and their
+  stored sketches (``ctx["side"][name]`` keeps that set for the group);
 - a members stage with ``graph_shared_entities`` (the ip's) also keeps its key's *pairs* ``{(user, device or
   card): newest time}`` from its own events (the ``pairs_cap`` most recent) and counts the devices and cards
   that two or more users used with the key;
