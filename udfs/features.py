@@ -224,6 +224,10 @@ BASE_FEATURES: tuple[Feature, ...] = (
     _f("user_spend_sum_7d", "user", "sum", "amount", 7 * DAY, SPEND),
     _f("user_spend_mean_7d", "user", "mean", "amount", 7 * DAY, SPEND),
     _f("user_spend_mean_30d", "user", "mean", "amount", 30 * DAY, SPEND),
+    # the customer's largest amounts (the current one included): a stolen card's 5 x amounts stand out
+    # against them, which the mean alone hides from a learner that bins amounts (docs/benchmarks.md, handbook)
+    _f("user_spend_max_7d", "user", "max", "amount", 7 * DAY, SPEND),
+    _f("user_spend_max_30d", "user", "max", "amount", 30 * DAY, SPEND),
     _f("user_distinct_devices_30d", "user", "distinct", "device_id", 30 * DAY),
     # delayed labels as known at decision time (a label counts from its arrival at the stage)
     _f("user_fraud_labels_30d", "user", "fraud_labels", horizon=30 * DAY),
@@ -289,10 +293,10 @@ DELAYED_LABEL_FEATURES: tuple[Feature, ...] = (
     _f("device_fraud_share_30d_delay7d", "device", "fraud_share", horizon=30 * DAY, offset=7 * DAY),
 )
 
-# The switch. On (shipped): BASE_FEATURES plus DELAYED_LABEL_FEATURES (fingerprint c7092a75d4f28e27), the spec
+# The switch. On (shipped): BASE_FEATURES plus DELAYED_LABEL_FEATURES (fingerprint 65793a6f8be4787c), the spec
 # the shipped models in models/ are trained on; the ip and device keys are kept for their longest horizon
 # plus offset (14 and 37 days) but start over after their undelayed horizons (udfs.windows fresh_ms). Off:
-# BASE_FEATURES alone (fingerprint be9e8776355ab1b8): the job refuses the shipped models until you retrain
+# BASE_FEATURES alone (fingerprint bcfab3a222e33df9): the job refuses the shipped models until you retrain
 # (`riskstream train`, docs/models.md). The job, the replay and training all read FEATURES, so they switch
 # together.
 DELAYED_LABEL_WINDOWS = True
