@@ -36,13 +36,7 @@ def _dist(sizes: list[int]) -> dict:
 def python_state(events: list[Event], features=None) -> dict:
     out = {}
     for e in ENTITIES:
-        step = EntityStep(e, DEFAULT_LATENESS_MS, DEFAULT_DEDUP_HORIZON_MS, features)
-        store: dict = {}
-        for ev in events:
-            k = step.key(ev)
-            if k is None or step.duplicate(store.get(k), ev):
-                continue
-            store[k] = step.step(store.get(k), ev)[0]
+        store = EntityStep(e, DEFAULT_LATENESS_MS, DEFAULT_DEDUP_HORIZON_MS, features).fold(events)
         out[e.name] = _dist([len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in store.values()])
     return out
 

@@ -761,12 +761,7 @@ def test_python_and_jvm_stages_hold_the_same_state(jvm):
     kinds = set()
     for e in ENTITIES:
         step = EntityStep(e, LATENESS, DEDUP, FEATURES_WITH_DELAYED)
-        store: dict = {}
-        for ev in evs:
-            k = step.key(ev)
-            if k is None or step.duplicate(store.get(k), ev):
-                continue
-            store[k] = step.step(store.get(k), ev)[0]
+        store = step.fold(evs)
         jvm_states = json.loads(J.LocalRunner.states(doc, e.name, DEDUP, jsonl(evs)))
         assert sorted(jvm_states) == sorted(store), e.name
         for k, b64 in jvm_states.items():

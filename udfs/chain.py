@@ -184,6 +184,17 @@ class EntityStep:
         return state is not None and dedup.seen(state, ev.event_id, max(state["last"], ev.ts),
                                                 self.dedup_horizon_ms)
 
+    def fold(self, events) -> dict[str, dict]:
+        """Each key's state after ``events`` in order, as this stage stores it (no labels): keyless events and
+        duplicates are skipped as the stage skips them. For state figures and state comparisons."""
+        store: dict[str, dict] = {}
+        for ev in events:
+            k = self.key(ev)
+            if k is None or self.duplicate(store.get(k), ev):
+                continue
+            store[k] = self.step(store.get(k), ev)[0]
+        return store
+
     def step(self, state: dict | None, ev: Event, known: dict | None = None) -> tuple[dict, list[float], bool, int | None]:
         """(new state, window values, late, cleanup timer to register or None). ``known``: the key's label
         state (:meth:`fold_label`) as it stands when ``ev`` reaches the stage."""
