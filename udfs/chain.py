@@ -311,13 +311,29 @@ class Chain:
         wm = self.watermark()
         while self._timers and wm is not None and self._timers[0][0] <= wm:
             ts, i, key = heapq.heappop(self._timers)
+            step = self.steps[i]
+            if isinstance(step.graph, LinkPart):  # the link stage's graph state has its own expiry
+                self._fire_link_timer(i, key, ts)
+                continue
             store = self.stores[i]
-            what, timer = self.steps[i].on_timer(store.get(key), ts)
+            what, timer = step.on_timer(store.get(key), ts)
             if what == "clear":
                 del store[key]
+                self.gstores[i].pop(key, None)  # a members key's graph state goes with its windows
             elif what == "rearm":
                 store[key]["timer"] = timer
                 heapq.heappush(self._timers, (timer, i, key))
+
+    def _fire_link_timer(self, i: int, key: str, ts: int) -> None:
+        st = self.gstores[i].get(key)
+        if st is None:
+            return
+        expiry = self.steps[i].graph.expires_at(st)
+        if expiry <= ts:
+            del self.gstores[i][key]
+        elif st.get("timer") == ts:
+            st["timer"] = expiry
+            heapq.heappush(self._timers, (expiry, i, key))
 
     def label(self, label: Label) -> None:
         """Fold a label (``udfs.labels.Label``) into every entity that reads labels and whose key it names (in
@@ -364,7 +380,11 @@ class Chain:
                 values += step.empty_values()
                 continue
             if isinstance(step.graph, LinkPart):  # the link stage keeps graph state only
-                self.gstores[i][key], vals = step.graph.step(self.gstores[i].get(key), ev, ctx)
+                gst, vals = step.graph.step(self.gstores[i].get(key), ev, ctx)
+                self.gstores[i][key] = gst
+                if gst.get("timer") is None:  # one pending cleanup timer per key, re-armed when it fires early
+                    gst["timer"] = step.graph.expires_at(gst)
+                    heapq.heappush(self._timers, (gst["timer"], i, key))
                 values += vals
                 continue
             store = self.stores[i]

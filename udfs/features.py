@@ -15,6 +15,7 @@ benchmarks build one keyed stage per entity from this module (see docs/extending
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass
 
 import orjson
@@ -329,10 +330,25 @@ GRAPH_FEATURE_LIST: tuple[Feature, ...] = (
     _f("graph_group_fraud_share_7d", "link", "graph_group_fraud_share", horizon=7 * DAY),
     _f("graph_ip_shared_entities_7d", "ip", "graph_shared_entities", horizon=7 * DAY),
 )
-# The switch. Off (shipped): the spec, its fingerprint, the shipped models and the job are as without graph
-# features. On: the replay and training compute them (udfs.graph); the job refuses to start (its stages do
-# not carry them yet).
-GRAPH_FEATURES = False
+# The switch, read once at import from the environment (``RISKSTREAM_GRAPH_FEATURES``: 1/true/yes/on or
+# 0/false/no/off, default off). Off: the spec, its fingerprint, the shipped default models and the job are as
+# without graph features. On: the replay and training compute them (udfs.graph); the job refuses a spec its
+# stages do not compute (docs/features.md#graph-features). Pitfall: every process of a job must see the same
+# value (the client, the Python workers, a cluster's TaskManagers); a model of the other spec is refused at
+# start by its fingerprint.
+GRAPH_FEATURES_ENV = "RISKSTREAM_GRAPH_FEATURES"
+
+
+def _switch(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={os.environ[name]!r}: set it to 1 (graph features on) or 0 (off)")
+
+
+GRAPH_FEATURES = _switch(GRAPH_FEATURES_ENV)
 
 
 def with_graph(features: tuple[Feature, ...]) -> tuple[Feature, ...]:

@@ -19,6 +19,11 @@ stage owns one key's state, as the window stages do; nothing is global:
   ``entities_cap`` most recent entities it used, each with the sketch that entity attached to the user's
   last event there, and computes the user's and the group's features.
 
+Cleanup (bounded keys, as the windows'): a members stage drops a key's graph state together with its window
+state (the entity's retention is at least the graph horizon plus the lateness, so nothing readable goes); the
+link stage has no windows and drops a key on its own cleanup timer (:meth:`LinkPart.expires_at`). The label
+stores go as the window stages' label stores do (a processing-time TTL in the job, never in the replay).
+
 A sketch entry's times are evaluated at the scored event: a user is in a set when its edge time is
 ``>= t - horizon_ms``, and counts as known fraud when its fraud time is ``>= t - label_horizon_ms``.
 ``ctx`` is what the record carries between stages (in the replay a dict beside the record). Times are
@@ -194,9 +199,16 @@ class LinkPart:
         self.members = members
         self.aggs = tuple(f.agg for f in features if f.agg in GRAPH_AGGS)
 
+    def expires_at(self, state: dict) -> int:
+        """Event time from which no event can read the key's state: every entity in it is older than the
+        eviction floor of any event at or after it. A runner drops the key when its watermark reaches it (a
+        cleanup timer, as the window stages': ``udfs.windows.arm``/``cleanup`` with this expiry)."""
+        return int(state["newest"]) + self.p.horizon_ms + self.p.lateness_ms + 1
+
     def step(self, state: dict | None, ev, ctx: dict) -> tuple[dict, list[float]]:
         p, t, u = self.p, ev.ts, ev.user_id
-        state = {"e": dict(state["e"]), "newest": max(state["newest"], t)} if state else {"e": {}, "newest": t}
+        state = ({"e": dict(state["e"]), "newest": max(state["newest"], t), "timer": state.get("timer")} if state
+                 else {"e": {}, "newest": t})
         ents = state["e"]
         for name in self.members:
             if name in ctx["sketch"]:
