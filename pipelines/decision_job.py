@@ -252,13 +252,18 @@ def kafka_sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int |
     return b.build()
 
 
-def check_spec_runs_in_the_job(features: tuple = FEATURES) -> None:
-    """Refuse, at build time, a spec the job's stages cannot compute yet: graph features (GRAPH_FEATURES
-    in udfs/features.py) run in the replay and training only (docs/features.md#graph-features)."""
-    if has_graph(features):
-        raise ValueError("the spec has graph features (GRAPH_FEATURES on in udfs/features.py): the job's stages do "
-                         "not compute them yet, only the replay and training do; turn GRAPH_FEATURES off to run "
-                         "the job")
+# the stage runtimes whose stages compute the graph features (docs/features.md#graph-features)
+GRAPH_RUNTIMES: tuple[str, ...] = ()
+
+
+def check_spec_runs_in_the_job(runtime: str, features: tuple = FEATURES) -> None:
+    """Refuse, at build time, a spec the job's stages cannot compute: graph features
+    (``RISKSTREAM_GRAPH_FEATURES``) on a stage runtime without them."""
+    if has_graph(features) and runtime not in GRAPH_RUNTIMES:
+        raise ValueError(f"the spec has graph features (RISKSTREAM_GRAPH_FEATURES is on) but the {runtime} stages "
+                         "do not compute them: "
+                         + (f"run with stage_runtime={GRAPH_RUNTIMES[0]}" if GRAPH_RUNTIMES
+                            else "unset RISKSTREAM_GRAPH_FEATURES to run the job (the replay and training compute them)"))
 
 
 def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = None,
@@ -269,7 +274,7 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
     ``udfs.control``) is broadcast to the decide stage; without it the model and rules are fixed.
     ``labels`` (bytes of labels, ``udfs.labels``) join the input of every entity stage with label signals.
     ``cfg.stage_runtime`` picks the JVM stages (the fast path) or the Python reference stages."""
-    check_spec_runs_in_the_job()
+    check_spec_runs_in_the_job(cfg.stage_runtime)
     if cfg.stage_runtime == "jvm":
         return _build_core_jvm(raw, cfg, control, labels)
     parsed = (raw.process(ParseValidate(cfg.job_name), output_type=STAGE_VALUE)

@@ -44,12 +44,14 @@ def test_switch_is_off_and_the_shipped_spec_is_unchanged():
     assert [e["graph"] for e in on["entities"]] == ["user", "members", "members", "members", "link"]
 
 
-def test_the_job_refuses_graph_features():
-    from pipelines.decision_job import check_spec_runs_in_the_job
+@pytest.mark.parametrize("runtime", ["jvm", "python"])
+def test_the_job_refuses_graph_features_on_a_runtime_without_them(runtime, monkeypatch):
+    from pipelines import decision_job
 
-    check_spec_runs_in_the_job(FEATURES)
-    with pytest.raises(ValueError, match="GRAPH_FEATURES"):
-        check_spec_runs_in_the_job(FEATURES_WITH_GRAPH)
+    decision_job.check_spec_runs_in_the_job(runtime, FEATURES)
+    monkeypatch.setattr(decision_job, "GRAPH_RUNTIMES", tuple(r for r in decision_job.GRAPH_RUNTIMES if r != runtime))
+    with pytest.raises(ValueError, match=f"RISKSTREAM_GRAPH_FEATURES.*{runtime} stages"):
+        decision_job.check_spec_runs_in_the_job(runtime, FEATURES_WITH_GRAPH)
 
 
 # -- the reference's own semantics, by brute force over the history -----------------------------------
