@@ -10,9 +10,13 @@ The chain is one keyed *entity stage* per :data:`udfs.features.ENTITIES` entry, 
   score; anything that raises becomes a fail-safe ``review`` record.
 
 Between stages a :data:`Record` travels: the event's fields, the window values so far, the late flag, the
-signals so far and the event's broker arrival time (``arrived_at``: the Kafka record's timestamp, read by
-the parse stage; None for labels and for input without one). :func:`pack` / :func:`unpack` /
-:func:`arrived_at` are its only constructors and readers; :func:`extend` passes ``arrived_at`` through.
+signals so far, the event's broker arrival time (``arrived_at``: the Kafka record's timestamp, read by
+the parse stage; None for labels and for input without one) and the graph context (``udfs.graph.new_context``:
+the user's fraud time and the members stages' sketches on their way to the link stage; None without graph
+features). :func:`pack` / :func:`unpack` / :func:`arrived_at` / :func:`graph_context` are its only
+constructors and readers; :func:`extend` passes ``arrived_at`` and the context through. Pitfall: a record
+rebuilt from a JVM Row (``udfs.jvm.from_row``) may lack the trailing context slot: read it with
+:func:`graph_context`, never by index.
 
 :class:`Chain` runs the entity stages over plain dicts for the replay and the Python baselines, with the
 job's cleanup rule driven by the job's watermark rule (``udfs.windows.cleanup``).
@@ -44,8 +48,10 @@ DEFAULT_OUT_OF_ORDERNESS_MS = 5_000
 # -- the record between stages -------------------------------------------------------------------------
 EVENT_FIELDS: tuple[str, ...] = Event._fields
 N_EVENT = len(EVENT_FIELDS)
-VALUES, LATE, SIGNALS, ARRIVED = N_EVENT, N_EVENT + 1, N_EVENT + 2, N_EVENT + 3  # after the event's fields
-Record = tuple  # (*event fields, window values so far, late so far, signals so far or None, arrived_at or None)
+VALUES, LATE, SIGNALS, ARRIVED, GRAPH_CTX = N_EVENT, N_EVENT + 1, N_EVENT + 2, N_EVENT + 3, N_EVENT + 4
+# (*event fields, window values so far, late so far, signals so far or None, arrived_at or None, graph context
+# or None)
+Record = tuple
 LABEL_MARK = "\x00label"  # event_type of a label travelling as a record (never a valid event type)
 
 
@@ -68,8 +74,8 @@ ROW_FIELDS: tuple[tuple[str, str], ...] = (
 
 
 def pack(ev: Event, values: list[float] | None = None, late: bool = False, signals: dict | None = None,
-         arrived_at: int | None = None) -> Record:
-    return (*ev, values if values is not None else [], late, signals, arrived_at)
+         arrived_at: int | None = None, graph: dict | None = None) -> Record:
+    return (*ev, values if values is not None else [], late, signals, arrived_at, graph)
 
 
 def unpack(rec: Record) -> tuple[Event, list[float], bool, dict | None]:
@@ -81,12 +87,23 @@ def arrived_at(rec: Record) -> int | None:
     return rec[ARRIVED]
 
 
-def extend(rec: Record, values: list[float], late: bool, signals: dict | None) -> Record:
-    """The record after one more entity stage: its values appended, late and signals merged."""
+def graph_context(rec: Record) -> dict | None:
+    """The record's graph context (``udfs.graph.new_context``, filled by the stages so far), or None: without
+    graph features, and on a record without the slot (rebuilt from a JVM Row)."""
+    return rec[GRAPH_CTX] if len(rec) > GRAPH_CTX else None
+
+
+_KEEP = object()
+
+
+def extend(rec: Record, values: list[float], late: bool, signals: dict | None, graph=_KEEP) -> Record:
+    """The record after one more entity stage: its values appended, late and signals merged; ``graph``: the
+    graph context it carries on (default: the record's, passed through; None drops it)."""
     sig = rec[SIGNALS]
     if signals:
         sig = {**sig, **signals} if sig else signals
-    return (*rec[:N_EVENT], rec[VALUES] + values, rec[LATE] or late, sig, rec[ARRIVED])
+    return (*rec[:N_EVENT], rec[VALUES] + values, rec[LATE] or late, sig, rec[ARRIVED],
+            graph_context(rec) if graph is _KEEP else graph)
 
 
 def key_index(entity: Entity) -> int:
@@ -170,6 +187,64 @@ class EntityStep:
             return None
         ev = Event(*label_rec[:N_EVENT])
         return fold_graph_label(lab, ev.event_id, ev.user_id, ev.ts, ev.extras["label"], self.graph.p)
+
+    # graph features (udfs.graph): per key, the graph state (members and link stages) and the graph label store
+    # (user and members stages), each kept apart from the windows and the window label state
+    @property
+    def is_link(self) -> bool:
+        """The link stage: graph state only (no windows, no dedup, no labels), its own cleanup timer."""
+        return isinstance(self.graph, LinkPart)
+
+    @property
+    def keeps_graph_state(self) -> bool:
+        return isinstance(self.graph, (MemberPart, LinkPart))
+
+    @property
+    def keeps_graph_labels(self) -> bool:
+        return isinstance(self.graph, (UserPart, MemberPart))
+
+    def graph_step(self, gstate: dict | None, glab: dict | None, ev: Event, key: str,
+                   ctx: dict) -> tuple[dict | None, list[float], int | None]:
+        """The entity's graph part for one event (after :meth:`step` on the same key, for a stage with
+        windows), shared by :class:`Chain` and the Flink stage: (the key's new graph state, None where the
+        stage keeps none; the graph values, appended after the window values; an event-time timer to
+        register or None). ``glab``: the key's graph label store (:meth:`graph_label`); ``ctx``: the event's
+        graph context (``udfs.graph.new_context``), updated in place and carried on to the next stage.
+
+        Pitfalls: the user stage only writes ``ctx["fraud"]``; a members stage names its key in
+        ``ctx["keys"]`` (the link stage keys the sketch by it); the link stage's timer is its cleanup timer,
+        one pending per key (recorded in the state's ``"timer"``, see :meth:`on_graph_timer`)."""
+        g = self.graph
+        if g is None:
+            return gstate, [], None
+        if isinstance(g, UserPart):
+            g.step(glab, ev, ctx)
+            return None, [], None
+        if isinstance(g, MemberPart):
+            ctx["keys"][self.name] = key
+            gstate, vals = g.step(gstate, glab, ev, ctx)
+            return gstate, vals, None
+        gstate, vals = g.step(gstate, ev, ctx)
+        timer = None
+        if gstate.get("timer") is None:  # one pending cleanup timer per key, re-armed when it fires early
+            gstate["timer"] = timer = g.expires_at(gstate)
+        return gstate, vals, timer
+
+    def on_graph_timer(self, gstate: dict | None, timestamp: int) -> tuple[str, int | None]:
+        """The link stage's cleanup timer firing at ``timestamp`` (event time): ``("clear", None)``: the key
+        expired, drop its graph state; ``("rearm", expiry)``: the key's pending timer fired early (events came
+        since it was armed), register ``expiry``, which is now in ``gstate["timer"]`` (store the state);
+        ``("keep", None)``: nothing to do (no state, or a superseded timer). A members stage's graph state
+        has no timer of its own: it goes when :meth:`on_timer` clears the key's windows."""
+        if gstate is None or not self.is_link:
+            return "keep", None
+        expiry = self.graph.expires_at(gstate)
+        if expiry <= timestamp:
+            return "clear", None
+        if gstate.get("timer") == timestamp:
+            gstate["timer"] = expiry
+            return "rearm", expiry
+        return "keep", None
 
     def live(self, state: dict | None, ev: Event) -> dict | None:
         """The key's state as ``ev`` sees it: None once the key expired before ``ev.ts``."""
@@ -312,7 +387,7 @@ class Chain:
         while self._timers and wm is not None and self._timers[0][0] <= wm:
             ts, i, key = heapq.heappop(self._timers)
             step = self.steps[i]
-            if isinstance(step.graph, LinkPart):  # the link stage's graph state has its own expiry
+            if step.is_link:  # the link stage's graph state has its own expiry
                 self._fire_link_timer(i, key, ts)
                 continue
             store = self.stores[i]
@@ -325,15 +400,11 @@ class Chain:
                 heapq.heappush(self._timers, (timer, i, key))
 
     def _fire_link_timer(self, i: int, key: str, ts: int) -> None:
-        st = self.gstores[i].get(key)
-        if st is None:
-            return
-        expiry = self.steps[i].graph.expires_at(st)
-        if expiry <= ts:
+        what, timer = self.steps[i].on_graph_timer(self.gstores[i].get(key), ts)
+        if what == "clear":
             del self.gstores[i][key]
-        elif st.get("timer") == ts:
-            st["timer"] = expiry
-            heapq.heappush(self._timers, (expiry, i, key))
+        elif what == "rearm":
+            heapq.heappush(self._timers, (timer, i, key))
 
     def label(self, label: Label) -> None:
         """Fold a label (``udfs.labels.Label``) into every entity that reads labels and whose key it names (in
@@ -342,7 +413,7 @@ class Chain:
         if self.graph:
             for i, step in enumerate(self.steps):
                 key = step.label_key(rec)
-                if key is not None and isinstance(step.graph, (UserPart, MemberPart)):
+                if key is not None and step.keeps_graph_labels:
                     lab = step.graph_label(self.glabels[i].get(key), rec)
                     if lab:
                         self.glabels[i][key] = lab
@@ -379,12 +450,11 @@ class Chain:
             if key is None:
                 values += step.empty_values()
                 continue
-            if isinstance(step.graph, LinkPart):  # the link stage keeps graph state only
-                gst, vals = step.graph.step(self.gstores[i].get(key), ev, ctx)
+            if step.is_link:  # the link stage keeps graph state only
+                gst, vals, timer = step.graph_step(self.gstores[i].get(key), None, ev, key, ctx)
                 self.gstores[i][key] = gst
-                if gst.get("timer") is None:  # one pending cleanup timer per key, re-armed when it fires early
-                    gst["timer"] = step.graph.expires_at(gst)
-                    heapq.heappush(self._timers, (gst["timer"], i, key))
+                if timer is not None:
+                    heapq.heappush(self._timers, (timer, i, key))
                 values += vals
                 continue
             store = self.stores[i]
@@ -396,12 +466,10 @@ class Chain:
             if timer is not None:
                 heapq.heappush(self._timers, (timer, i, key))
             values += vals
-            if isinstance(step.graph, UserPart):
-                step.graph.step(self.glabels[i].get(key), ev, ctx)
-            elif step.graph is not None:
-                ctx["keys"][step.name] = key
-                self.gstores[i][key], gvals = step.graph.step(self.gstores[i].get(key), self.glabels[i].get(key),
-                                                              ev, ctx)
+            if step.graph is not None:
+                gst, gvals, _ = step.graph_step(self.gstores[i].get(key), self.glabels[i].get(key), ev, key, ctx)
+                if gst is not None:
+                    self.gstores[i][key] = gst
                 values += gvals
             late = late or lt
             sig = step.signals(self.known[i].get(key), ev) if self.label_signals else None
@@ -412,6 +480,10 @@ class Chain:
     def state_keys(self) -> dict[str, int]:
         """Keys held per entity (for memory checks)."""
         return {s.name: len(store) for s, store in zip(self.steps, self.stores)}
+
+    def graph_keys(self) -> dict[str, int]:
+        """Keys holding graph state per entity that keeps any (members and link stages)."""
+        return {s.name: len(store) for s, store in zip(self.steps, self.gstores) if s.keeps_graph_state}
 
 
 def writer_layout() -> dict:
@@ -458,5 +530,5 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tupl
     return doc
 
 
-__all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "arrived_at", "extend", "is_label",
-           "key_index", "label_identity", "label_record", "pack", "spec_document", "unpack"]
+__all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "arrived_at", "extend", "graph_context",
+           "is_label", "key_index", "label_identity", "label_record", "pack", "spec_document", "unpack"]
