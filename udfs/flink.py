@@ -26,8 +26,8 @@ from pyflink.datastream.functions import BroadcastProcessFunction, KeySelector
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.datastream.time_domain import TimeDomain
 
-from .chain import (EVENT_FIELDS, Decider, EntityStep, arrived_at, extend, is_label, key_index, label_record, pack,
-                    unpack)
+from .chain import (EVENT_FIELDS, Decider, EntityStep, arrived_at, extend, graph_context, is_label, key_index,
+                    label_record, pack, unpack)
 from .control import Control, ControlError, parse_control, state_key, state_text
 from .labels import FRAUD, LEGIT, parse_label
 from .events import (
@@ -41,7 +41,8 @@ from .events import (
     null_value_record,
     parse_event,
 )
-from .features import ENTITIES, ENTITY_BY_NAME, LABEL_KEYS, Entity
+from .features import DAY, ENTITY_BY_NAME, FEATURES, LABEL_KEYS, Entity, spec_entities
+from .graph import new_context
 from .policy import DECISIONS, Policy
 from .scoring import Scorer  # imports onnxruntime safely for thread mode (see udfs.scoring)
 from .windows import grid_timer
@@ -55,6 +56,14 @@ def label_ttl_ms(step) -> int:
     """Wall-clock time after a key's last label before its label state goes: 8 days, or the label features'
     longest horizon plus its bucket and a day (a label is readable that long after its event)."""
     return max(LABEL_TTL_MS, step.windows.label_keep_ms + 24 * 3600 * 1000)
+
+
+def graph_label_ttl_ms(step) -> int:
+    """Wall-clock time after a key's last label before its graph label store goes: as :func:`label_ttl_ms`,
+    and at least the graph's label horizon plus a day (a fraud label marks its user that long after its
+    event, which is before the label's arrival). Pitfall: a wall-clock TTL assumes events arrive near their
+    event time; a backfill of old traffic reads a store its labels' arrival may have dropped."""
+    return max(label_ttl_ms(step), step.graph.p.label_horizon_ms + DAY)
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # Between stages a udfs.chain record travels (pack/unpack there). The declared type is PICKLED_BYTE_ARRAY,
@@ -206,29 +215,50 @@ class EntityStage(KeyedProcessFunction):
     into the same record forever. Label records (``labels=True`` and an entity that reads labels)
     update a second ValueState, cleaned by a processing-time timer ``LABEL_TTL_MS`` after the key's last
     label: labels come with wall-clock arrival, so event-time timers would judge them by the wrong clock.
+
+    Graph features (``EntityStep.graph_step``, as ``udfs.chain.Chain`` runs it): the record's graph context
+    (``udfs.chain.graph_context``, started by the first stage) carries the user's fraud time and the members
+    stages' sketches to the link stage, which drops it. A members stage keeps its graph state in its own
+    ValueState, cleared with the windows by their cleanup timer, and its graph label store in another, cleaned
+    with the window labels by the processing-time timer (one pending per key for both:
+    :func:`graph_label_ttl_ms`). The link stage (no windows) keeps graph state only, with its own event-time
+    cleanup timer (``EntityStep.on_graph_timer``). Pitfall: the graph values follow the window values, as
+    in the feature vector.
     """
 
     def __init__(self, entity: str, allowed_lateness_ms: int, job_name: str = "riskstream",
-                 dedup_horizon_ms: int = 600_000, labels: bool = False):
+                 dedup_horizon_ms: int = 600_000, labels: bool = False, features: tuple | None = None):
+        """``features``: the spec (default ``features.FEATURES``, as the job's; tests drive the graph spec
+        through the stage in a process without the switch)."""
         self.entity = entity
         self.allowed_lateness_ms = allowed_lateness_ms
         self.job_name = job_name
         self.dedup_horizon_ms = dedup_horizon_ms
-        self.labels = labels and ENTITY_BY_NAME[entity].reads_labels
+        self.features = features
+        self.labels = labels and ENTITY_BY_NAME[entity].reads_labels_in(FEATURES if features is None else features)
 
     def open(self, runtime_context: RuntimeContext):
-        self.step = EntityStep(ENTITY_BY_NAME[self.entity], self.allowed_lateness_ms, self.dedup_horizon_ms)
-        self.state = runtime_context.get_state(
+        self.step = EntityStep(ENTITY_BY_NAME[self.entity], self.allowed_lateness_ms, self.dedup_horizon_ms,
+                               self.features)
+        self.link = self.step.is_link
+        self.state = None if self.link else runtime_context.get_state(
             ValueStateDescriptor(f"{self.entity}_windows", Types.PICKLED_BYTE_ARRAY()))
+        self.gstate = runtime_context.get_state(
+            ValueStateDescriptor(f"{self.entity}_graph", Types.PICKLED_BYTE_ARRAY())) if self.step.keeps_graph_state else None
         group = runtime_context.get_metrics_group()
         self.late_counter = group.counter("late_events")
         self.error_counter = group.counter("processing_errors")
         self.dup_counter = group.counter("duplicate_events") if self.step.dedup_horizon_ms else None
+        self.glabels = None
         if self.labels:
             self.known = runtime_context.get_state(
                 ValueStateDescriptor(f"{self.entity}_labels", Types.PICKLED_BYTE_ARRAY()))
+            if self.step.keeps_graph_labels:  # {"lab": udfs.graph.fold_label's store, "at": wall-clock ms}
+                self.glabels = runtime_context.get_state(
+                    ValueStateDescriptor(f"{self.entity}_graph_labels", Types.PICKLED_BYTE_ARRAY()))
             # counted once: by the first stage of the chain that reads labels (it reads every label)
-            first = next(e.name for e in ENTITIES if e.reads_labels)
+            spec = FEATURES if self.features is None else self.features
+            first = next(e.name for e in spec_entities(spec) if e.reads_labels_in(spec))
             self.label_counters = ({k: group.counter(f"labels_{k}") for k in (FRAUD, LEGIT)}
                                    if first == self.entity else None)
 
@@ -239,65 +269,126 @@ class EntityStage(KeyedProcessFunction):
             return
         try:
             ev = unpack(value)[0]
-            if self.step.key(ev) is None:
+            key = self.step.key(ev)
+            if key is None:
                 yield extend(value, self.step.empty_values(), False, None)
                 return
-            st = self.state.value()
-            if self.step.duplicate(st, ev):
-                self.dup_counter.inc()
-                yield _dead(value, DUPLICATE_EVENT_ID,
-                            f"event_id seen for this {self.entity} within {self.step.dedup_horizon_ms} ms",
-                            self.job_name)
-                return
-            st_l = self.known.value() if self.labels else None
-            st, vals, late, timer = self.step.step(st, ev, st_l)
-            if timer is not None:
-                ctx.timer_service().register_event_time_timer(timer)
-            self.state.update(st)
-            signals = self.step.signals(st_l, ev) if self.labels else None
+            late = False
+            if self.link:
+                out = self._link(value, ev, key, ctx)
+            else:
+                st = self.state.value()
+                if self.step.duplicate(st, ev):
+                    self.dup_counter.inc()
+                    yield _dead(value, DUPLICATE_EVENT_ID,
+                                f"event_id seen for this {self.entity} within {self.step.dedup_horizon_ms} ms",
+                                self.job_name)
+                    return
+                st_l = self.known.value() if self.labels else None
+                st, vals, late, timer = self.step.step(st, ev, st_l)
+                if timer is not None:
+                    ctx.timer_service().register_event_time_timer(timer)
+                self.state.update(st)
+                signals = self.step.signals(st_l, ev) if self.labels else None
+                graph = graph_context(value)
+                if self.step.graph is not None:
+                    graph = graph if graph is not None else new_context(ev)  # the first stage starts it
+                    gst, gvals, _ = self.step.graph_step(
+                        self.gstate.value() if self.gstate is not None else None,
+                        (self.glabels.value() or {}).get("lab") if self.glabels is not None else None,
+                        ev, key, graph)
+                    if gst is not None:
+                        self.gstate.update(gst)
+                    vals = vals + gvals
+                out = extend(value, vals, late, signals, graph)
         except Exception as e:
             self.error_counter.inc()
             yield _dead(value, PROCESSING_ERROR, f"{self.entity} stage: {type(e).__name__}: {e}", self.job_name)
             return
         if late:
             self.late_counter.inc()
-        yield extend(value, vals, late, signals)
+        yield out
+
+    def _link(self, value, ev, key: str, ctx):
+        """The link stage on one event: graph state only; the context ends here (the decide stage reads none)."""
+        gst, vals, timer = self.step.graph_step(self.gstate.value(), None, ev, key,
+                                                graph_context(value) or new_context(ev))
+        self.gstate.update(gst)
+        if timer is not None:
+            ctx.timer_service().register_event_time_timer(timer)
+        return extend(value, vals, False, None, None)
 
     def _label(self, value, ctx) -> None:
         """Fold a label into the key's label state (``udfs.chain.EntityStep.fold_label``, plus ``"at"``: the
-        wall-clock time of its last label). A label that does not name this entity's key is skipped."""
+        wall-clock time of its last label) and its graph label store (``EntityStep.graph_label``). A label
+        that does not name this entity's key is skipped. One pending processing-time timer per key: armed
+        when the key had no label state (on_timer re-arms it while labels keep coming)."""
         try:
             if self.step.label_key(value) is None:
                 return
             st = self.known.value() or {}
+            gst = self.glabels.value() if self.glabels is not None else None
+            pending = "at" in st or gst is not None
             known = self.step.fold_label({k: v for k, v in st.items() if k != "at"}, value)
             if self.label_counters is not None:
                 self.label_counters[unpack(value)[0].extras["label"]].inc()
-            if not known:
-                self.known.clear()
-                return
             now = int(time.time() * 1000)
-            self.known.update({**known, "at": now})
-            if "at" not in st:  # one pending label timer per key: on_timer re-arms it while labels keep coming
-                ctx.timer_service().register_processing_time_timer(grid_timer(now + label_ttl_ms(self.step)))
+            ttls = []
+            if known:
+                self.known.update({**known, "at": now})
+                ttls.append(label_ttl_ms(self.step))
+            else:
+                self.known.clear()
+            if self.glabels is not None:
+                lab = self.step.graph_label(gst["lab"] if gst else None, value)
+                if lab:
+                    self.glabels.update({"lab": lab, "at": now})
+                    ttls.append(graph_label_ttl_ms(self.step))
+                else:
+                    self.glabels.clear()
+            if ttls and not pending:
+                ctx.timer_service().register_processing_time_timer(grid_timer(now + min(ttls)))
         except Exception as e:  # a label must never fail the job
             self.error_counter.inc()
             say(f"[riskstream] {self.entity} stage: label for {value[0]} not applied: {type(e).__name__}: {e}")
 
+    def _label_stores(self):
+        """(ValueState, wall-clock TTL) of the key's label stores."""
+        if self.labels:
+            yield self.known, label_ttl_ms(self.step)
+        if self.glabels is not None:
+            yield self.glabels, graph_label_ttl_ms(self.step)
+
     def on_timer(self, timestamp: int, ctx):
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:  # only label cleanup uses processing time
-            st = self.known.value() if self.labels else None
-            if st is not None:
-                due = st["at"] + label_ttl_ms(self.step)
+            due_next = None
+            for store, ttl in self._label_stores():
+                st = store.value()
+                if st is None:
+                    continue
+                due = st["at"] + ttl
                 if due <= timestamp:
-                    self.known.clear()
-                else:  # labels came since the timer was armed; timers at one grid point collapse into one
-                    ctx.timer_service().register_processing_time_timer(grid_timer(due))
+                    store.clear()
+                else:  # labels came since the timer was armed
+                    due_next = due if due_next is None else min(due_next, due)
+            if due_next is not None:  # timers at one grid point collapse into one
+                ctx.timer_service().register_processing_time_timer(grid_timer(due_next))
+            return iter(())
+        if self.link:  # the link stage's graph state has its own expiry
+            gst = self.gstate.value()
+            what, timer = self.step.on_graph_timer(gst, timestamp)
+            if what == "clear":
+                self.gstate.clear()
+            elif what == "rearm":
+                ctx.timer_service().register_event_time_timer(timer)
+                self.gstate.update(gst)
             return iter(())
         st = self.state.value()
         what, timer = self.step.on_timer(st, timestamp)
         if what == "clear":
             self.state.clear()  # idle past the longest horizon + lateness: no event can read it again
+            if self.gstate is not None:  # a members key's graph state goes with its windows, as in Chain
+                self.gstate.clear()
         elif what == "rearm":
             ctx.timer_service().register_event_time_timer(timer)
             st["timer"] = timer
