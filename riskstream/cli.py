@@ -490,7 +490,7 @@ def cmd_score(a) -> int:
     cfg = job_config(a)
     rejects = _rejects_path(a, a.output)
     try:
-        stats = score_file(a.input, a.output, a.model, cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
+        stats = score_file(a.input, a.output, a.model or cfg.resolved_model_path(), cfg.allowed_lateness_ms, cfg.dedup_horizon_ms,
                            mapping=input_mapping(a), order=a.order, rejects_path=rejects,
                            max_reject_share=a.max_reject_share, labels_path=a.labels,
                            label_delay_ms=_label_delay(a), compare=a.compare, cache_dir=_feature_cache(a))
@@ -948,7 +948,7 @@ def cmd_train(a) -> int:
                      force=a.force, log=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True),
                      mapping=mapping, order=a.order, max_reject_share=a.max_reject_share,
                      rejects_path=Path(a.rejects) if a.rejects else None, periods=periods, top_k=a.top_k,
-                     days=a.days, label_delay=delay, cache_dir=_feature_cache(a), tune=a.tune)
+                     days=a.days, label_delay=delay, cache_dir=_feature_cache(a), tune=a.tune, rings=a.rings)
     except (tr.TrainError, IngestError) as e:
         raise SystemExit(f"riskstream train: {e}")
     print(tr.render(res.summary))
@@ -1259,6 +1259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=None,
                    help="with --generate: spread each seed's traffic over this many days, with the slow scenarios "
                         "(compromised devices, slow card testing) [default: the generator's 5 events/s]")
+    p.add_argument("--rings", action="store_true",
+                   help="with --generate: add the fraud rings that evade one-hop features, and the households, "
+                        "offices and public wifi of normal traffic (for a model with graph features: "
+                        "RISKSTREAM_GRAPH_FEATURES=1)")
     p.add_argument("--label-delay", default=None, metavar="DURATION|none", help=LABEL_DELAY_HELP)
     p.add_argument("--no-feature-cache", action="store_true", help=NO_CACHE_HELP)
     p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
@@ -1319,8 +1323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="JSON lines, or CSV if it ends in .csv: event_id, ts, user_id, "
                                                     "device_id, payment_ref, event_type, score, decision, reasons, "
                                                     "late, model_version (and label, scenario)")
-    p.add_argument("--model", default=str(paths.models_dir() / "risk_gbdt_v1.onnx"),
-                   help="model .onnx with its .json spec beside it [default the shipped risk_gbdt_v1]")
+    p.add_argument("--model", default=None,
+                   help="model .onnx with its .json spec beside it [default the shipped model of the spec: "
+                        "risk_gbdt_v1, or risk_gbdt_graph_v1 with RISKSTREAM_GRAPH_FEATURES=1]")
     p.add_argument("--compare", action="append", default=[], metavar="MODEL.onnx",
                    help="also score every event with this model in the same pass (repeatable): columns "
                         "score_<version>, decision_<version> per row")

@@ -53,6 +53,16 @@ CHANGELOG_SETTINGS: dict[str, str] = {
 }
 
 DEFAULT_MODEL = "models/risk_gbdt_v1.onnx"
+# the shipped model of the spec with graph features (RISKSTREAM_GRAPH_FEATURES=1), trained with the rings
+DEFAULT_GRAPH_MODEL = "models/risk_gbdt_graph_v1.onnx"
+
+
+def default_model() -> str:
+    """The shipped model of the spec in force: the graph model when the graph features are on (a model of
+    the other spec is refused at start by its fingerprint)."""
+    from udfs.features import GRAPH_FEATURES
+
+    return DEFAULT_GRAPH_MODEL if GRAPH_FEATURES else DEFAULT_MODEL
 
 # ``profile=low-latency``: the settings it changes (flags and RISKSTREAM_* variables still beat them), each
 # cutting a term of p99 (docs/benchmarks.md "Where p99 goes"): smaller Python bundles and Arrow batches
@@ -127,7 +137,9 @@ class JobConfig(BaseModel):
     dedup_horizon_ms: int = Field(
         600_000, ge=0, description="a record whose event_id its user sent within this much event time is "
                                    "dead-lettered as duplicate_event_id, not scored (0: off)")
-    model_path: Path = Field(Path(DEFAULT_MODEL), description="ONNX model (its .json spec sits beside it)")
+    model_path: Path = Field(default_factory=lambda: Path(default_model()),
+                             description="ONNX model (its .json spec sits beside it) [default the shipped model of "
+                                         "the spec: risk_gbdt_v1, or risk_gbdt_graph_v1 with graph features]")
     review_threshold: float = Field(0.5, ge=0, le=1, description="score at or above which to review")
     block_threshold: float = Field(0.9, ge=0, le=1, description="score at or above which to block")
     policy_version: str = Field("p1", min_length=1, max_length=32, description="policy version (in decision ids)")

@@ -554,3 +554,64 @@ def test_times_are_shown_and_read_in_the_analysts_time_zone(store, tmp_path, mon
     with pytest.raises(SystemExit, match="not a time zone"):
         main(["review", "user", "set-timezone", "kai", "--timezone", "UTC+1", "--db", db])
     assert [(u["username"], u["timezone"]) for u in Store(db).users()] == [("kai", "America/New_York")]
+
+
+def test_a_case_page_shows_the_group_against_a_brute_force(store):
+    """The case's group (two user-hops within the graph horizon before the event) equals a brute force over the
+    decisions fed: events outside the window or after the event do not link, a hot ip lists its busiest users,
+    a user with a case closed as fraud counts as fraud; the page shows it, escaped."""
+    import random
+
+    from udfs.features import GRAPH
+
+    rng = random.Random(5)
+    H = GRAPH["horizon_ms"]
+    t0 = 1767225600000 + 10 * H
+    devices, ips, cards = [f"d{k}" for k in range(12)], [f"10.0.0.{k}" for k in range(6)], [f"c{k}" for k in range(8)]
+    decs = []
+    for i in range(400):
+        u = f"u{rng.randrange(40)}"
+        ts = t0 - rng.randrange(-H // 7, 2 * H)  # some after the case's event, some before its window
+        decs.append(decision(100 + i, kind="allow", user_id=u, device_id=rng.choice(devices), ip=rng.choice(ips),
+                             payment_ref=rng.choice(cards + [None]), event_ts=ts, decided_at=ts + 5))
+    hot = [decision(1000 + i, kind="allow", user_id=f"office{i}", device_id=f"od{i}", ip="10.9.9.9", event_ts=t0 - 1000,
+                    decided_at=t0) for i in range(70)]
+    case_dec = decision(1, kind="review", user_id="u1<b>", device_id="d1", ip="10.9.9.9", payment_ref="c1",
+                        event_ts=t0, decided_at=t0 + 5)
+    own = [decision(2000 + i, kind="allow", user_id="u1<b>", device_id=f"d{3 + i}", ip="10.0.0.1", payment_ref=None,
+                    event_ts=t0 - 3600_000 * (i + 1), decided_at=t0) for i in range(3)]
+    fraudster = decision(3000, kind="block", user_id="u7", device_id="d4", ip="10.0.0.5", event_ts=t0 - H + 10,
+                         decided_at=t0 - H + 20, score=0.99)
+    feed(store, "d", decs + hot + own + [fraudster, case_dec])
+    case_id = store.one("SELECT case_id FROM cases WHERE user_id = 'u1<b>'")[0]
+    fraud_case = store.one("SELECT case_id FROM cases WHERE user_id = 'u7'")[0]
+    lea = signed_in(store, "lea")
+    assert post(lea, f"/cases/{fraud_case}/verdict", verdict="fraud").status_code == 303
+
+    # brute force over what was fed
+    rows = decs + hot + own + [fraudster, case_dec]
+    win = [d for d in rows if t0 - H <= d["event_ts"] <= t0]
+    cols = {"device": "device_id", "ip": "ip", "card": "payment_ref"}
+    mine = {(k, d[c]) for d in win if d["user_id"] == "u1<b>" for k, c in cols.items() if d[c] is not None}
+    assert len(mine) <= store.GROUP_ENTITIES
+    linked: dict[str, set] = {}
+    for k, v in mine:
+        others = {d["user_id"] for d in win if d[cols[k]] == v and d["user_id"] != "u1<b>"}
+        for o in others:
+            linked.setdefault(o, set()).add((k, v))
+    g = store.group(store.case(case_id))
+    assert {(e["kind"], e["value"]) for e in g["entities"]} == mine
+    ip_entry = next(e for e in g["entities"] if e["value"] == "10.9.9.9")
+    assert ip_entry["users"] == 70 and ip_entry["listed"] == store.GROUP_USERS and not g["complete"]
+    listed = {u["user_id"]: set(u["via"]) for u in g["users"]}
+    hot_listed = {u for u in listed if u.startswith("office")}
+    assert len(hot_listed) == store.GROUP_USERS  # the hot ip lists only its busiest users
+    assert {u: v for u, v in listed.items() if not u.startswith("office")} == {
+        u: v for u, v in linked.items() if not u.startswith("office")}
+    assert "u7" in listed
+    fraud = {"u7"} & set(listed)
+    assert {u["user_id"] for u in g["users"] if u["fraud"]} == fraud
+    assert g["size"] == 1 + len(listed) and g["fraud_users"] == len(fraud)
+    page = lea.get(f"/cases/{case_id}").get_data(as_text=True)
+    assert f'id="group-size">{g["size"]}<' in page and "u1<b>" not in page and "u1&lt;b&gt;" in page
+    assert page.count('href="/entity/user?id=') >= len(listed)

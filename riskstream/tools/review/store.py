@@ -32,7 +32,7 @@ from pathlib import Path
 
 import orjson
 
-from udfs.features import LABEL_ENTITIES
+from udfs.features import GRAPH, LABEL_ENTITIES
 
 from . import workflow
 from .workflow import WorkflowError
@@ -1029,6 +1029,62 @@ class Store:
             (value,))}
         return {"decisions": decisions, "cases": self.entity_cases(kind, value), "links": links,
                 "verdicts": verdicts}
+
+    GROUP_ENTITIES = 16  # the case user's entities looked at, newest first (the graph's entities_cap)
+    GROUP_USERS = 50  # users listed per entity (a hot ip's: the busiest), as the entity page's links
+
+    def group(self, case, horizon_ms: int = GRAPH["horizon_ms"]) -> dict:
+        """The case's group as this store saw it: the devices, ips and cards the case's user used in the
+        ``horizon_ms`` up to the event (newest first, at most ``GROUP_ENTITIES``, the event's own always), the
+        other users seen on each in the same time (at most ``GROUP_USERS`` per entity, the busiest), and which
+        of them have a case closed as fraud. Two user-hops, as the graph features' group
+        (docs/features.md#graph-features); from the decisions this service consumed, so it is the ring an
+        analyst can click through, not the job's state. Pitfall: "fraud" here is an analyst's verdict in this
+        store, not every label on the topic."""
+        t = case["event_ts"]
+        if t is None:  # a record without an event time: no window to look in
+            return {"horizon_ms": horizon_ms, "entities": [], "users": [], "size": 1, "fraud_users": 0,
+                    "fraud_share": 0.0, "complete": True}
+        lo = t - horizon_ms
+        uid = case["user_id"]
+        own = [(k, case[c]) for k, c in ENTITY_KINDS.items() if k != "user" and case[c] is not None]
+        seen = {e: None for e in own}  # ordered set: the event's own entities first
+        for kind, col in ENTITY_KINDS.items():
+            if kind == "user":
+                continue
+            for r in self.query(f"SELECT {col}, max(event_ts) FROM decisions WHERE user_id = ? AND event_ts >= ? "
+                                f"AND event_ts <= ? AND {col} IS NOT NULL GROUP BY {col} ORDER BY 2 DESC, 1 LIMIT ?",
+                                (uid, lo, t, self.GROUP_ENTITIES)):
+                seen.setdefault((kind, r[0]), r[1])
+        ents = sorted(seen, key=lambda e: (e not in own, -(seen[e] or t)))[:max(self.GROUP_ENTITIES, len(own))]
+        entities, users = [], {}
+        for kind, value in ents:
+            col = ENTITY_KINDS[kind]
+            n = self.one(f"SELECT count(DISTINCT user_id) FROM decisions WHERE {col} = ? AND event_ts >= ? "
+                         "AND event_ts <= ? AND user_id <> ?", (value, lo, t, uid))[0]
+            rows = self.query(f"SELECT user_id, count(*) FROM decisions WHERE {col} = ? AND event_ts >= ? AND "
+                              "event_ts <= ? AND user_id <> ? GROUP BY user_id ORDER BY 2 DESC, 1 LIMIT ?",
+                              (value, lo, t, uid, self.GROUP_USERS))
+            entities.append({"kind": kind, "value": value, "users": n, "listed": len(rows)})
+            for r in rows:
+                users.setdefault(r[0], {"user_id": r[0], "via": [], "events": 0})
+                users[r[0]]["via"].append((kind, value))
+                users[r[0]]["events"] += r[1]
+        fraud = set()
+        ids = sorted(users)
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            fraud |= {r[0] for r in self.query(
+                f"SELECT DISTINCT user_id FROM cases WHERE verdict = 'fraud' AND user_id IN ({', '.join('?' * len(part))})",
+                tuple(part))}
+        own_fraud = self.one("SELECT count(*) FROM cases WHERE verdict = 'fraud' AND user_id = ?", (uid,))[0] > 0
+        linked = sorted(users.values(), key=lambda u: (-len(u["via"]), -u["events"], u["user_id"]))
+        for u in linked:
+            u["fraud"] = u["user_id"] in fraud
+        size = 1 + len(linked)
+        return {"horizon_ms": horizon_ms, "entities": entities, "users": linked, "size": size,
+                "fraud_users": len(fraud) + own_fraud, "fraud_share": (len(fraud) + own_fraud) / size,
+                "complete": all(e["listed"] == e["users"] for e in entities)}
 
     @staticmethod
     def _label_keys(c, case) -> dict:

@@ -464,7 +464,7 @@ def create_app(store: Store, settings: WebSettings | None = None, on_verdict=Non
             "case.html", c=c, rec=rec, event=store.case_event(c), rules=rules, contrib=contrib, features=feats,
             by_user=store.recent("user_id", c["user_id"]), by_device=store.recent("device_id", c["device_id"]),
             label=store.case_labels(case_id), labels=store.case_label_history(case_id), notes=store.notes(case_id),
-            status=status, lead=workflow.is_lead(role), me=user, max_note=MAX_NOTE,
+            group=store.group(c), graph={k: v for k, v in feats.items() if k.startswith("graph_")}, status=status, lead=workflow.is_lead(role), me=user, max_note=MAX_NOTE,
             priority=workflow.priority(c["score"], c["amount"], c["decided_at"], c["due_at"], t),
             breached=status != "closed" and workflow.breached(c["due_at"], t),
             users=[u for u in store.users() if not u["disabled"]] if workflow.is_lead(role) else [],
