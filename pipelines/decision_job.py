@@ -252,8 +252,9 @@ def kafka_sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int |
     return b.build()
 
 
-# the stage runtimes whose stages compute the graph features (docs/features.md#graph-features)
-GRAPH_RUNTIMES: tuple[str, ...] = ()
+# the stage runtimes whose stages compute the graph features (docs/features.md#graph-features): the Python
+# stages (udfs.flink.EntityStage with the link stage, as udfs.chain.Chain computes them)
+GRAPH_RUNTIMES: tuple[str, ...] = ("python",)
 
 
 def check_spec_runs_in_the_job(runtime: str, features: tuple = FEATURES) -> None:
@@ -270,9 +271,11 @@ def build_core(raw: DataStream, cfg: JobConfig, control: DataStream | None = Non
                labels: DataStream | None = None) -> tuple[DataStream, DataStream]:
     """raw event bytes -> (decision record bytes, dead-letter record bytes). Source- and sink-agnostic,
     so tests feed it from a collection and collect its output. One keyed stage per entity of the spec, in
-    chain order (uid ``<entity>-windows``), then the decide stage. ``control`` (bytes of control messages,
-    ``udfs.control``) is broadcast to the decide stage; without it the model and rules are fixed.
-    ``labels`` (bytes of labels, ``udfs.labels``) join the input of every entity stage with label signals.
+    chain order (uid ``<entity>-windows``; with graph features the ``link`` stage, keyed by user, after the
+    others), then the decide stage. ``control`` (bytes of control messages, ``udfs.control``) is broadcast to
+    the decide stage; without it the model and rules are fixed. ``labels`` (bytes of labels, ``udfs.labels``)
+    join the input of every entity stage that reads labels (``Entity.reads_labels``: label signals, label
+    features, a graph part that folds labels).
     ``cfg.stage_runtime`` picks the JVM stages (the fast path) or the Python reference stages."""
     check_spec_runs_in_the_job(cfg.stage_runtime)
     if cfg.stage_runtime == "jvm":

@@ -249,3 +249,195 @@ def test_python_stages_equal_the_chain_and_drop_idle_graph_state():
     returning = {name: len({e[f] for e in again if e.get(f)}) for name, f in fields.items()}
     assert all(before[name] > 2 * returning[name] for name in fields), (before, returning)
     assert run.graph_keys() == chain.graph_keys() == returning, (run.graph_keys(), returning)
+
+
+# -- the job on a MiniCluster, against the replay (in a subprocess with the switch on) ------------------
+class _Pace:
+    """The test source's pacer (one subtask, it sees the whole sequence): before a label batch it waits until
+    every earlier event has been decided (the decisions are counted into ``count_file``, one byte each), and
+    before the event after a batch until every stage that reads labels has taken in everything sent so far
+    (its tasks' ``numRecordsIn`` on the REST API, refreshed about every second: daily batches keep these
+    waits few). ``each_event``: also before every event, until the one before it has been decided, so
+    every stage sees the events in input order whatever subtask they travel through (at parallelism 2 a
+    shared ip's events from two users otherwise interleave as the subtasks run). Polls tightly, with a
+    deadline; no fixed sleeps."""
+
+    def __init__(self, count_file: str, rest: str, stages: tuple[str, ...], each_event: bool):
+        self.count_file, self.rest, self.stages, self.each_event = count_file, rest, stages, each_event
+        self.prev, self.events, self.labels = "E", 0, 0
+
+    def _received(self) -> list[int]:
+        import json
+        import urllib.request
+
+        def get(path):
+            with urllib.request.urlopen(self.rest + path, timeout=5) as r:
+                return json.load(r)
+
+        job = next(j["id"] for j in get("/jobs")["jobs"] if j["status"] == "RUNNING")
+        out = []
+        for stage in self.stages:
+            vid = next(v["id"] for v in get(f"/jobs/{job}")["vertices"] if v["name"].startswith(stage))
+            m = get(f"/jobs/{job}/vertices/{vid}/subtasks/metrics?get=numRecordsIn&agg=sum")
+            out.append(int(m[0]["sum"]) if m else 0)
+        return out
+
+    def _decided(self) -> int:
+        try:
+            return os.path.getsize(self.count_file)
+        except FileNotFoundError:
+            return 0
+
+    def _until(self, ready, what: str, poll_s: float) -> None:
+        deadline = time.monotonic() + 120
+        while not ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pacer: {what} did not happen within 120 s")
+            time.sleep(poll_s)
+
+    def __call__(self, s: str) -> str:
+        if self.prev == "E" and (s[0] == "L" or self.each_event):
+            self._until(lambda: self._decided() >= self.events, "every earlier event decided", 0.0005)
+        elif s[0] == "E" and self.prev == "L":
+            sent = self.events + self.labels
+            self._until(lambda: all(n >= sent for n in self._received()), "the labels taken in by every stage", 0.05)
+        self.events += s[0] == "E"
+        self.labels += s[0] == "L"
+        self.prev = s[0]
+        return s
+
+
+class _Count:
+    def __init__(self, count_file: str):
+        self.count_file = count_file
+
+    def __call__(self, b):
+        with open(self.count_file, "ab") as f:
+            f.write(b"1")
+        return b
+
+
+def run_job(out: Path, runtime: str, parallelism: int, model: str, n: int) -> None:
+    """The subprocess's part (``RISKSTREAM_GRAPH_FEATURES=1``): the job over ring traffic with its labels,
+    the decisions and dead letters to ``out/job``, the replay's features to ``out/features.jsonl``, timings to
+    ``out/run.json``."""
+    from pyflink.common import Types
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import FileSink
+
+    from pipelines import decision_job
+    from riskstream.config import JobConfig
+    from riskstream.ops.procs import free_port
+    from udfs.features import ENTITIES, GRAPH_FEATURES
+    from udfs.flink import BYTES
+    from udfs.replay import replay_file
+
+    assert GRAPH_FEATURES and "link" in [e.name for e in ENTITIES]
+    events, labels = ring_traffic(n)
+    seq = [k + orjson.dumps(x).decode() for k, x in interleave(events, labels)]
+    t0 = time.monotonic()
+    # Python bundles of one element: each element's output leaves its operator before the next comes in
+    cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500, bundle_time_ms=10, bundle_size=1,
+                    arrow_batch_size=1, stage_runtime=runtime, rest_port=free_port(), model_path=Path(model))
+    env = decision_job.make_env(cfg)
+    count_file = str(out / "decided")
+    stages = tuple(f"{e.name}-windows" for e in ENTITIES if e.reads_labels)
+    src = env.from_collection(seq).map(_Pace(count_file, f"http://127.0.0.1:{cfg.rest_port}", stages, parallelism > 1),
+                                      output_type=Types.STRING()).set_parallelism(1)
+    # events partitioned by user, as the events topic is: one user's events keep their order
+    raw = (src.filter(lambda s: s[0] == "E").set_parallelism(1)
+           .key_by(lambda s: orjson.loads(s[1:])["user_id"], key_type=Types.STRING())
+           .map(lambda s: s[1:].encode(), output_type=BYTES))
+    lab = src.filter(lambda s: s[0] == "L").set_parallelism(1).map(lambda s: s[1:].encode(), output_type=BYTES)
+    decisions, dead = decision_job.build_core(raw, cfg, labels=lab)
+    decisions = decisions.map(_Count(count_file), output_type=BYTES)
+    (decisions.union(dead).map(lambda b: bytes(b).decode("utf-8"), output_type=Types.STRING())
+     .sink_to(FileSink.for_row_format(str(out / "job"), Encoder.simple_string_encoder()).build()))
+    env.execute("riskstream-graph-job-test")
+    t_job = time.monotonic() - t0
+    (out / "events.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    (out / "labels.jsonl").write_bytes(b"\n".join(orjson.dumps({**b, "arrival_ts": a}) for a, b in labels) + b"\n")
+    stats = replay_file(out / "events.jsonl", out / "features.jsonl", labels_path=out / "labels.jsonl")
+    (out / "run.json").write_bytes(orjson.dumps({"job_s": t_job, "labels": sum(1 for x in seq if x[0] == "L"),
+                                                 "events": len(events),
+                                                 "labels_applied": stats["labels_applied"]}))
+
+
+def _model(tmp_path_factory) -> str:
+    """The shipped graph model when it is there, else a throwaway one trained on generated ring traffic (the
+    decide stage refuses a model of another spec: only the graph features' values are compared here)."""
+    from riskstream.config import DEFAULT_GRAPH_MODEL
+
+    shipped = ROOT / DEFAULT_GRAPH_MODEL
+    if shipped.exists():
+        return str(shipped)
+    out = tmp_path_factory.mktemp("graph-model")
+    subprocess.run([sys.executable, "-c", "import sys; from riskstream.cli import main; sys.exit(main(sys.argv[1:]))",
+                    "train", "--generate", "2000", "--version", "graph_test",
+                    "--out-dir", str(out), "--no-tune"], check=True, cwd=ROOT, capture_output=True, timeout=600,
+                   env={**os.environ, "RISKSTREAM_GRAPH_FEATURES": "1", "PYTHONPATH": str(ROOT)})
+    return str(out / "graph_test.onnx")
+
+
+@pytest.fixture(scope="module")
+def graph_model(tmp_path_factory):
+    return _model(tmp_path_factory)
+
+
+JOB_EVENTS = 2500
+
+
+@pytest.mark.flink
+@pytest.mark.parametrize("parallelism", [1, 2])
+@pytest.mark.parametrize("runtime", ["python", "jvm"])
+def test_graph_features_in_the_job_equal_the_replay(runtime, parallelism, graph_model, tmp_path):
+    """Two weeks of ring traffic, fraud labels arriving 1-14 days late in daily batches (some corrected by a
+    legit label) on the job's labels input, against ``replay_file`` with the same labels at their arrival: a
+    decision per event, and every feature of every event equal to the replay's, the graph features among
+    them (the pacer fixes the arrival order at every stage, at parallelism 2 too)."""
+    from pipelines.decision_job import GRAPH_RUNTIMES
+
+    if runtime not in GRAPH_RUNTIMES:
+        pytest.skip(f"the {runtime} stages do not compute the graph features yet (GRAPH_RUNTIMES={GRAPH_RUNTIMES})")
+    env = {**os.environ, "RISKSTREAM_GRAPH_FEATURES": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "tests.test_graph_job", str(tmp_path), runtime, str(parallelism),
+                           graph_model, str(JOB_EVENTS)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = orjson.loads((tmp_path / "run.json").read_bytes())
+    assert run["labels_applied"] == run["labels"] > 50
+    got, dead = {}, []
+    for f in sorted((tmp_path / "job").rglob("*")):
+        if f.is_file() and not f.name.startswith("."):
+            for line in f.read_bytes().splitlines():
+                rec = orjson.loads(line)
+                if "decision_id" in rec:
+                    assert rec["event_id"] not in got, rec["event_id"]
+                    got[rec["event_id"]] = rec["features"]
+                else:
+                    dead.append(rec)
+    want = {}
+    for line in (tmp_path / "features.jsonl").read_bytes().splitlines():
+        row = orjson.loads(line)
+        want[row["event_id"]] = {n: row[n] for n in NAMES}
+    # every input accounted for: a decision per event id, nothing dead-lettered
+    assert not dead, dead[:3]
+    assert set(got) == set(want) and len(want) == run["events"]
+    check_equal(got, want)
+
+
+def check_equal(got: dict, want: dict) -> None:
+    """Every feature of every event equal (the graph features named first when they differ), and the graph
+    features exercised: fraud two hops away, groups, shared entities."""
+    for eid, w in want.items():
+        g = got[eid]
+        diff = {n: (g.get(n), w[n]) for n in GRAPH_NAMES if g.get(n) != w[n]}
+        assert not diff, (eid, diff)
+        assert g == w, (eid, {n: (g.get(n), w[n]) for n in w if g.get(n) != w[n]})
+    for name in GRAPH_NAMES:
+        assert sum(1 for w in want.values() if w[name] > 0) > 20, name
+
+
+if __name__ == "__main__":  # the job test's subprocess: out_dir runtime parallelism model events
+    a = sys.argv[1:]
+    run_job(Path(a[0]), a[1], int(a[2]), a[3], int(a[4]))
