@@ -441,3 +441,17 @@ def check_equal(got: dict, want: dict) -> None:
 if __name__ == "__main__":  # the job test's subprocess: out_dir runtime parallelism model events
     a = sys.argv[1:]
     run_job(Path(a[0]), a[1], int(a[2]), a[3], int(a[4]))
+
+
+@pytest.mark.flink
+def test_plan_with_graph_features_has_the_link_stage():
+    """The job's plan test (tests/test_job_flink.py) with the switch on, in a subprocess: one keyed stage per
+    entity of the graph spec, ``link-windows`` (uid ``link-windows``) after ``payment-windows``."""
+    env = {**os.environ, "RISKSTREAM_GRAPH_FEATURES": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_job_flink.py::test_plan_builds_without_broker_with_stable_uids[python]",
+                           "-m", "flink"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    probe = subprocess.run([sys.executable, "-c", "from udfs.features import ENTITIES; print([e.name for e in ENTITIES])"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "['user', 'ip', 'device', 'payment', 'link']"
