@@ -417,12 +417,18 @@ def graph_cost(events: int = 60_000, parallelism: int = 2, rounds: int = 2, seed
     return _write_result(res, f"graph-cost-{stamp}.json", t_start)
 
 
+def _round_line(x: dict, case: str, tail: str = "") -> str:
+    """One run of an alternating comparison: its round, case, events/s, ``tail``, and a flag when it was not
+    exactly once."""
+    return (f"  round {x['round']} {case} {x['eps'] or 0:>9,.0f} events/s{tail}"
+            f"{'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+
+
 def render_graph_cost(r: dict) -> str:
     lines = [f"graph cost: {r['events']:,} events with the rings, parallelism {r['parallelism']}, {r['rounds']} "
              f"round(s) (load average {r['load_average']['start']} at the start)"]
     for x in r["runs"]:
-        lines.append(f"  round {x['round']} graph {x['case']:<3} {x['eps'] or 0:>9,.0f} events/s"
-                     f"{'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+        lines.append(_round_line(x, f"graph {x['case']:<3}"))
     lines.append(f"medians: off {r.get('off_eps') or 0:,.0f}, on {r.get('on_eps') or 0:,.0f} events/s: on/off "
                  f"x{r.get('ratio')}")
     for c, v in (r.get("latency") or {}).items():
@@ -436,8 +442,7 @@ def render_state_cost(r: dict) -> str:
              f"users' state ({sum((r.get('bootstrap') or {}).get('keys', {}).values()):,} keys), parallelism "
              f"{r['parallelism']}, {r['rounds']} round(s) (load average {r['load_average']['start']} at the start)"]
     for x in r["runs"]:
-        lines.append(f"  round {x['round']} {x['case']:<17} {x['eps'] or 0:>9,.0f} events/s  ({x['seconds']} s from "
-                     f"start to the last decision){'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+        lines.append(_round_line(x, f"{x['case']:<17}", f"  ({x['seconds']} s from start to the last decision)"))
     lines.append("medians: " + ", ".join(f"{b} {r.get(f'{b}_eps') or 0:,.0f} events/s (x{r['ratio'].get(b)})"
                                          for b in r["backends"]))
     return "\n".join(lines)
@@ -447,8 +452,7 @@ def render_split_cost(r: dict) -> str:
     lines = [f"split cost: {r['events']:,} events, parallelism {r['parallelism']}, {r['rounds']} round(s) "
              f"(load average {r['load_average']['start']} at the start)"]
     for x in r["runs"]:
-        lines.append(f"  round {x['round']} {x['case']:<5} {x['eps'] or 0:>9,.0f} events/s  arms {x['arms']}"
-                     f"{'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+        lines.append(_round_line(x, f"{x['case']:<5}", f"  arms {x['arms']}"))
     cost = r.get("split_cost")
     lines.append(f"no split {r.get('none_eps') or 0:,.0f} events/s, 2-arm split {r.get('split_eps') or 0:,.0f} "
                  f"events/s (medians): cost {'n/a' if cost is None else f'{100 * cost:.1f} %'} (target <= 5 %)")
