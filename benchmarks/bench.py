@@ -66,8 +66,8 @@ def _log(msg: str, log) -> None:
     print(f"[bench] {msg}", file=log, flush=True)
 
 
-def _events(n: int, seed: int) -> list[bytes]:
-    return [orjson.dumps(r.event) for r in TrafficGenerator(seed=seed, bad_share=0.0).generate(n)]
+def _events(n: int, seed: int, rings: bool = False) -> list[bytes]:
+    return [orjson.dumps(r.event) for r in TrafficGenerator(seed=seed, bad_share=0.0, rings=rings).generate(n)]
 
 
 def _preload(bootstrap: str, topic: str, values: list[bytes], log) -> None:
@@ -116,18 +116,21 @@ def _job_topics(bootstrap: str, flags: dict[str, str], parallelism: int) -> None
                                          parallelism))
 
 
-def _job_env() -> dict[str, str]:
+def _job_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The job's environment: this process's, plus ``env`` (e.g. the graph switch, which only the environment
+    sets). The job flags beat any RISKSTREAM_* job setting in it."""
     import os
 
-    return dict(os.environ)  # the flags above beat any RISKSTREAM_* job setting in it
+    return {**os.environ, **(env or {})}
 
 
 def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Path, parallelism: int,
                      checkpoint_interval_ms: int | None, log, deadline_s: float, tag: str = "flink",
-                     control: dict | None = None, extra: dict[str, str] | None = None) -> dict:
+                     control: dict | None = None, extra: dict[str, str] | None = None,
+                     env: dict[str, str] | None = None) -> dict:
     """The job drains the preloaded backlog (``--bounded``) and exits; its committed output is timed. With
     ``control``, that message waits on the job's control topic before it starts (a split, for its cost);
-    ``extra``: more job flags (e.g. ``state_backend``, ``restore_from``)."""
+    ``extra``: more job flags (e.g. ``state_backend``, ``restore_from``); ``env``: more environment."""
     import subprocess
 
     flags = {**_job_flags(bootstrap, events_topic, tag, work, parallelism, checkpoint_interval_ms), **(extra or {})}
@@ -153,7 +156,7 @@ def flink_throughput(bootstrap: str, events_topic: str, expected: int, work: Pat
     flink_logs.mkdir(parents=True, exist_ok=True)
     with open(job_log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                env={**_job_env(), "FLINK_LOG_DIR": str(flink_logs)},
+                                env={**_job_env(env), "FLINK_LOG_DIR": str(flink_logs)},
                                 cwd=paths.PROJECT_ROOT, start_new_session=True)
     watcher = threading.Thread(target=lambda: _watch_count(bootstrap, flags["decisions_topic"], expected, proc,
                                                            log, "flink job"), daemon=True)
@@ -359,13 +362,87 @@ def state_cost(backends: tuple[str, ...] = STATE_BACKENDS, held_users: int = 100
     return _write_result(res, f"state-cost-{stamp}.json", t_start)
 
 
+GRAPH_CASES = ("off", "on")  # ``bench --graph``: the job without and with the graph features
+
+
+def graph_cost(events: int = 60_000, parallelism: int = 2, rounds: int = 2, seed: int = 11,
+               checkpoint_interval_ms: int | None = None, latency_seconds: float = 30.0, port: int | None = None,
+               keep: bool = False, log=sys.stderr, deadline_s: float = 1200) -> dict:
+    """``riskstream bench --graph``: the whole job (JVM stages, exactly once) with the graph features off and
+    on (``RISKSTREAM_GRAPH_FEATURES``, each spec with its shipped model: the switch adds the link stage and
+    the graph state), draining one backlog of generator traffic with the rings, ``rounds`` times alternating;
+    then each fed live at half the slower median for ``latency_seconds``: p50/p99 to the decision. The ratio
+    is on/off of the medians (issue 25: >= 0.8)."""
+    import os
+
+    from udfs.features import GRAPH_FEATURES_ENV
+
+    t_start = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = paths.home() / "bench" / f"graph-{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    envs = {"off": {GRAPH_FEATURES_ENV: "0"}, "on": {GRAPH_FEATURES_ENV: "1"}}
+    res: dict = {"kind": "graph_cost", "events": events, "parallelism": parallelism, "rounds": rounds,
+                 "started": stamp, "load_average": {"start": round(os.getloadavg()[0], 1)}, "runs": []}
+    lay = broker.up(port=port or free_port(), partitions=parallelism, root=work / "broker", out=log)
+    bs = lay.bootstrap
+    try:
+        _backlog(bs, events, seed, parallelism, log, rings=True)
+
+        def one(case: str, r: int) -> dict:
+            thr = flink_throughput(bs, "bench.events", events, work, parallelism, checkpoint_interval_ms, log,
+                                   deadline_s, tag=f"graph-{case}{r}", env=envs[case])
+            text = Path(thr["log"]).read_text(errors="replace")
+            return {**_span_json(thr["span"], events), "seconds": thr["seconds"], "restarts": thr["restarts"],
+                    "graph_stage": "link-windows" in text or None, "load_average": round(os.getloadavg()[0], 1)}
+
+        res["runs"] = _alternate(GRAPH_CASES, rounds, one, log)
+        for c in GRAPH_CASES:
+            res[f"{c}_eps"] = _median_eps(res["runs"], c)
+        res["ratio"] = _ratio(res.get("on_eps"), res.get("off_eps"))
+        res["exact"] = all(x["exact"] for x in res["runs"])
+        if latency_seconds > 0 and res.get("on_eps") and res.get("off_eps"):
+            rate = 0.5 * min(res["on_eps"], res["off_eps"])
+            res["latency"] = {}
+            for c in GRAPH_CASES:
+                _log(f"latency, graph {c}: {rate:,.0f} events/s for {latency_seconds:.0f}s", log)
+                live = flink_latency(bs, rate, latency_seconds, work, parallelism, checkpoint_interval_ms, seed + 1,
+                                     log, tag=f"live-graph-{c}", env=envs[c], rings=True)
+                lat = live["latency"]
+                res["latency"][c] = {"rate": live["rate"], "events": live["events"], "decided": live["decided"],
+                                     "p50_ms": percentile(lat, .5, 1), "p99_ms": percentile(lat, .99, 1)}
+        res["load_average"]["end"] = round(os.getloadavg()[0], 1)
+    finally:
+        _clean_up(lay, work, keep, log)
+    return _write_result(res, f"graph-cost-{stamp}.json", t_start)
+
+
+def _round_line(x: dict, case: str, tail: str = "") -> str:
+    """One run of an alternating comparison: its round, case, events/s, ``tail``, and a flag when it was not
+    exactly once."""
+    return (f"  round {x['round']} {case} {x['eps'] or 0:>9,.0f} events/s{tail}"
+            f"{'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+
+
+def render_graph_cost(r: dict) -> str:
+    lines = [f"graph cost: {r['events']:,} events with the rings, parallelism {r['parallelism']}, {r['rounds']} "
+             f"round(s) (load average {r['load_average']['start']} at the start)"]
+    for x in r["runs"]:
+        lines.append(_round_line(x, f"graph {x['case']:<3}"))
+    lines.append(f"medians: off {r.get('off_eps') or 0:,.0f}, on {r.get('on_eps') or 0:,.0f} events/s: on/off "
+                 f"x{r.get('ratio')}")
+    for c, v in (r.get("latency") or {}).items():
+        lines.append(f"latency, graph {c}: p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms at {v['rate']:,.0f} events/s "
+                     f"({v['decided']:,} of {v['events']:,} decided)")
+    return "\n".join(lines)
+
+
 def render_state_cost(r: dict) -> str:
     lines = [f"state cost: the whole job drains {r['events']:,} events while holding {r['held_users']:,} other "
              f"users' state ({sum((r.get('bootstrap') or {}).get('keys', {}).values()):,} keys), parallelism "
              f"{r['parallelism']}, {r['rounds']} round(s) (load average {r['load_average']['start']} at the start)"]
     for x in r["runs"]:
-        lines.append(f"  round {x['round']} {x['case']:<17} {x['eps'] or 0:>9,.0f} events/s  ({x['seconds']} s from "
-                     f"start to the last decision){'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+        lines.append(_round_line(x, f"{x['case']:<17}", f"  ({x['seconds']} s from start to the last decision)"))
     lines.append("medians: " + ", ".join(f"{b} {r.get(f'{b}_eps') or 0:,.0f} events/s (x{r['ratio'].get(b)})"
                                          for b in r["backends"]))
     return "\n".join(lines)
@@ -375,8 +452,7 @@ def render_split_cost(r: dict) -> str:
     lines = [f"split cost: {r['events']:,} events, parallelism {r['parallelism']}, {r['rounds']} round(s) "
              f"(load average {r['load_average']['start']} at the start)"]
     for x in r["runs"]:
-        lines.append(f"  round {x['round']} {x['case']:<5} {x['eps'] or 0:>9,.0f} events/s  arms {x['arms']}"
-                     f"{'' if x['exact'] else '  NOT EXACTLY ONCE'}")
+        lines.append(_round_line(x, f"{x['case']:<5}", f"  arms {x['arms']}"))
     cost = r.get("split_cost")
     lines.append(f"no split {r.get('none_eps') or 0:,.0f} events/s, 2-arm split {r.get('split_eps') or 0:,.0f} "
                  f"events/s (medians): cost {'n/a' if cost is None else f'{100 * cost:.1f} %'} (target <= 5 %)")
@@ -404,17 +480,20 @@ def _watch_count(bootstrap: str, topic: str, expected: int, proc, log, what: str
 
 def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, parallelism: int,
                   checkpoint_interval_ms: int | None, seed: int, log, profile: str = "default",
-                  warmup_s: float = WARMUP_S) -> dict:
+                  warmup_s: float = WARMUP_S, tag: str | None = None, env: dict[str, str] | None = None,
+                  rings: bool = False) -> dict:
     """The job fed live at ``rate``: per-event latency to ``decided_at`` and to read_committed visibility, and
     the checkpoints it took meanwhile (:func:`_checkpoint_stats`). The first ``warmup_s`` of the feed warm
     the job up (the JIT compiles the hot paths, the Python workers start their bundles) and are reported
-    apart (``warmup``): the figures are those of the ``seconds`` after it, the steady state."""
+    apart (``warmup``): the figures are those of the ``seconds`` after it, the steady state. ``tag``: the
+    run's topics and folder (several runs in one bench); ``env``: more job environment; ``rings``: the
+    generator's rings and shared devices in the traffic."""
     from kafka import KafkaConsumer, TopicPartition
 
     from riskstream.tools.chaos import Feeder, JobProcess
     from riskstream.generator import Labelled
 
-    tag = "live" if profile == "default" else f"live-{profile}"
+    tag = tag or ("live" if profile == "default" else f"live-{profile}")
     topic = f"bench.{tag}.events"
     make_topic(bootstrap, topic, parallelism)
     flags = _job_flags(bootstrap, topic, tag, work, parallelism,
@@ -423,11 +502,11 @@ def flink_latency(bootstrap: str, rate: float, seconds: float, work: Path, paral
     n_warm = int(rate * warmup_s)
     n = n_warm + max(1000, int(rate * seconds))
     records = [Labelled(key=r.key, event=r.event, raw=None, label=r.label)
-               for r in TrafficGenerator(seed=seed, bad_share=0.0).generate(n)]
+               for r in TrafficGenerator(seed=seed, bad_share=0.0, rings=rings).generate(n)]
     warm = {r.event["event_id"].encode() for r in records[:n_warm]}
     run_dir = work / tag
     run_dir.mkdir(parents=True, exist_ok=True)
-    job = JobProcess(flags, run_dir, _job_env(), log=log)
+    job = JobProcess(flags, run_dir, _job_env(env), log=log)
     seen: dict[bytes, tuple[float, int]] = {}
     stop = threading.Event()
     checkpoints: dict[int, dict] = {}
@@ -781,11 +860,11 @@ def run_bench(events: int = 200_000, parallelism: int = 2, latency_seconds: floa
     return _write_result(res, f"bench-{stamp}.json", t_start)
 
 
-def _backlog(bs: str, events: int, seed: int, parallelism: int, log) -> None:
-    """The topic ``bench.events`` holding ``events`` generated events (seed ``seed``), one partition per
-    subtask."""
-    _log(f"generating {events:,} events (seed {seed})", log)
-    values = _events(events, seed)
+def _backlog(bs: str, events: int, seed: int, parallelism: int, log, rings: bool = False) -> None:
+    """The topic ``bench.events`` holding ``events`` generated events (seed ``seed``, with the generator's
+    rings when ``rings``), one partition per subtask."""
+    _log(f"generating {events:,} events (seed {seed}{', rings' if rings else ''})", log)
+    values = _events(events, seed, rings)
     make_topic(bs, "bench.events", parallelism)
     _preload(bs, "bench.events", values, log)
 

@@ -33,6 +33,7 @@ from riskstream.ops.preflight import preflight
 from riskstream.ops.restore import resolve_restore_path
 from riskstream.paths import PROJECT_ROOT
 from riskstream.topics import DEAD_LETTER_MAX_BYTES
+from udfs.chain import state_layout
 from udfs.features import ENTITIES, FEATURES, has_graph
 from udfs.flink import (
     BYTES,
@@ -620,6 +621,7 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
             "transactional_id_prefix": cfg.transactional_id_prefix, "group_id": cfg.group_id,
             "events_topic": cfg.events_topic, "decisions_topic": cfg.decisions_topic,
             "stage_runtime": cfg.stage_runtime, "retain_snapshots": cfg.retain_snapshots,
+            "state_layout": state_layout(cfg.allowed_lateness_ms),
             "flink_settings": state, "max_parallelism": cfg.max_parallelism,
             "reprocess": plan.check.reprocess if plan.check is not None and plan.check.refused else 0,
             "kafka_cluster_id": plan.check.cluster_id if plan.check is not None else None,

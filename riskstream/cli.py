@@ -257,6 +257,14 @@ def cmd_bench(a) -> int:
         if a.json:
             print(orjson.dumps(res).decode())
         return 0 if res["exact"] and res["restored"] else 1
+    if a.graph:
+        res = bench.graph_cost(events=a.events, parallelism=a.parallelism, rounds=a.split_rounds, seed=a.seed,
+                               checkpoint_interval_ms=a.checkpoint_interval_ms, latency_seconds=a.latency_seconds,
+                               keep=a.keep)
+        print(bench.render_graph_cost(res))
+        if a.json:
+            print(orjson.dumps(res).decode())
+        return 0 if res["exact"] else 1
     if a.split:
         res = bench.split_cost(events=a.events, parallelism=a.parallelism, rounds=a.split_rounds, seed=a.seed,
                                checkpoint_interval_ms=a.checkpoint_interval_ms, keep=a.keep)
@@ -1457,8 +1465,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="store_true",
                    help="instead: the throughput cost of a 2-arm traffic split (50 %% risk_gbdt_v2) against no "
                         "split on the same backlog, --split-rounds times each, alternating")
+    p.add_argument("--graph", action="store_true",
+                   help="instead: the job with the graph features off and on (RISKSTREAM_GRAPH_FEATURES, each with "
+                        "its shipped model) draining one backlog with the rings, --split-rounds times each, "
+                        "alternating, then p50/p99 of each fed live at half the slower rate for --latency-seconds")
     p.add_argument("--split-rounds", type=int, default=2,
-                   help="with --split or --state: runs of each case [default 2]")
+                   help="with --split, --state or --graph: runs of each case [default 2]")
     p.add_argument("--state", default=None, metavar="BACKENDS",
                    help="instead: the whole job on each state backend (hashmap, rocksdb, rocksdb+changelog: the "
                         "production configuration) draining one backlog while it holds --held-users other users' "

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -412,3 +413,32 @@ def test_generator_rings_only_when_asked():
     assert max(map(len, rings.values())) >= 8  # a gateway serves a ring's accounts
     assert sum(1 for us in users["normal"]["device_id"].values() if len(us) >= 2) >= 20  # households
     assert sum(1 for us in users["normal"]["ip"].values() if len(us) >= 10) >= 3  # offices, wifi
+
+
+def _with_switch(value: str | None, code: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RISKSTREAM_GRAPH_FEATURES"}
+    if value is not None:
+        env["RISKSTREAM_GRAPH_FEATURES"] = value
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_the_switch_picks_the_spec_and_its_shipped_model():
+    code = ("from riskstream.config import JobConfig; from udfs.features import FEATURES, ENTITIES; "
+            "from udfs.scoring import Scorer; c = JobConfig(); s = Scorer(c.resolved_model_path()); "
+            "print(len(FEATURES), [e.name for e in ENTITIES][-1], c.model_path.name, s.version)")
+    on = _with_switch("1", code)
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.split() == [str(len(FEATURES_WITH_GRAPH)), "link", "risk_gbdt_graph_v1.onnx", "risk_gbdt_graph_v1"]
+    off = _with_switch("off", code)
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.split() == [str(len(FEATURES_WITH_GRAPH) - len(GRAPH_FEATURE_LIST)), "payment", "risk_gbdt_v1.onnx", "risk_gbdt_v1"]
+    # a model of the other spec is refused by name, a bad value of the switch says what to set
+    other = _with_switch("1", "from udfs.scoring import Scorer; Scorer('models/risk_gbdt_v1.onnx')")
+    assert other.returncode != 0 and "trained on other features" in other.stderr
+    bad = _with_switch("maybe", "import udfs.features")
+    assert bad.returncode != 0 and "RISKSTREAM_GRAPH_FEATURES='maybe': set it to 1" in bad.stderr

@@ -419,3 +419,40 @@ def test_retention_survives_flink_discarding_a_checkpoint_while_it_reads(tmp_pat
     monkeypatch.setattr(builtins, "open", real_open)
     done, half = lineage.all_snapshots(JOB, tmp_path)
     assert [s.checkpoint_id for s in done] == [2] and half == []
+
+
+def test_a_snapshot_of_another_state_layout_is_refused(tmp_path, monkeypatch):
+    """Window state written for a spec whose slots differ, or holding a stage this spec lacks (the graph's link
+    stage), is refused at start with what to do; equal slots, delayed counts on one side only, a stage only
+    this job has, and a run recorded before layouts were, pass."""
+    from udfs.chain import state_layout
+    from udfs.features import FEATURES_WITH_GRAPH, Feature, spec_features
+
+    monkeypatch.setenv("RISKSTREAM_HOME", str(tmp_path))
+    ck = (lineage.job_dir(JOB) / "checkpoints").as_uri()
+    cfg = JobConfig(job_name=JOB)
+    runs = iter(f"{k:032x}" for k in range(1, 100))
+
+    def snapshot_of(layout):
+        run = next(runs)
+        lineage.record_run(JOB, run, ck, None, extra={"state_layout": layout} if layout is not None else None)
+        write_snapshot(chk(None, run, 3), 3)
+        return lineage.read_snapshot(chk(None, run, 3).as_uri())
+
+    base = spec_features(True)
+    here = state_layout(features=base)
+    restore.check_layout(cfg, snapshot_of(here), here)
+    restore.check_layout(cfg, snapshot_of(None), here)  # an older run: unknown, passes
+    restore.check_layout(cfg, snapshot_of(state_layout(features=spec_features(False))), here)  # no delayed yet
+    restore.check_layout(cfg, snapshot_of(here), state_layout(features=FEATURES_WITH_GRAPH))  # graph switched on
+    # a feature over an existing slot keeps the layout; a new slot does not
+    same = base + (Feature("user_events_2_7d", "user", "count", horizon_ms=7 * 86_400_000),)
+    assert state_layout(features=same) == here
+    other = base + (Feature("user_logins_7d", "user", "count", horizon_ms=7 * 86_400_000, event_types=("login",)),)
+    with pytest.raises(restore.LayoutMismatch, match="window state of user written for another feature spec"):
+        restore.check_layout(cfg, snapshot_of(state_layout(features=other)), here)
+    with pytest.raises(restore.LayoutMismatch, match="stage.s. link .*RISKSTREAM_GRAPH_FEATURES=1"):
+        restore.check_layout(cfg, snapshot_of(state_layout(features=FEATURES_WITH_GRAPH)), here)
+    changed = {**here, "device": {**here["device"], "delayed": [3_600_000]}}
+    with pytest.raises(restore.LayoutMismatch, match="device"):
+        restore.check_layout(cfg, snapshot_of(changed), here)

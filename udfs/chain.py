@@ -530,5 +530,30 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tupl
     return doc
 
 
+def state_layout(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tuple | None = None) -> dict[str, dict]:
+    """Per stage of the spec's chain, what its window state holds, in the order both runtimes encode it:
+    ``slots``, a short fingerprint of its slots per bucket width (accumulator family, input field, event-type
+    filter) and dedup; ``delayed``, its delayed-count widths. A restore reads the state of a stage whose
+    ``slots`` are equal, and whose ``delayed`` widths are equal or one side's are empty (state written
+    without them has no counts yet; counts read without them are not needed). A spec that only adds
+    features over existing slots keeps the layout (its feature fingerprint changes). The graph parts keep
+    their state apart; the link stage has no window state. Recorded with each run, compared at a restore
+    (``riskstream.ops.restore.check_layout``). Pitfall: positions, not names, identify a slot in the state,
+    so another layout would read another window's accumulators, silently."""
+    import hashlib
+
+    features = FEATURES if features is None else features
+    out = {}
+    for e in spec_entities(features):
+        w = EntityWindows(e.name, allowed_lateness_ms, tuple(f for f in features_for(e.name, features)
+                                                             if f.agg not in GRAPH_AGGS))
+        desc = {"slots": {str(g): [[a.accumulator, fld, sorted(ty) if ty else None] for a, fld, ty in sl]
+                          for g, sl in sorted(w.slots.items())}, "dedup": bool(e.dedup)}
+        out[e.name] = {"slots": hashlib.blake2b(orjson.dumps(desc, option=orjson.OPT_SORT_KEYS),
+                                                digest_size=8).hexdigest(),
+                       "delayed": sorted(w.delayed_reach)}
+    return out
+
+
 __all__ = ["Chain", "Decider", "EntityStep", "FRAUD", "LABEL_MARK", "Record", "arrived_at", "extend", "graph_context",
-           "is_label", "key_index", "label_identity", "label_record", "pack", "spec_document", "unpack"]
+           "is_label", "key_index", "label_identity", "label_record", "pack", "spec_document", "state_layout", "unpack"]

@@ -297,9 +297,8 @@ class RuntimeMismatch(StartupError):
     """The snapshot's window state was written by the other stage runtime (udfs/flink.py vs udfs/jvm)."""
 
 
-def snapshot_runtime(job_name: str, snap: Snapshot) -> str | None:
-    """The ``stage_runtime`` of the run that wrote ``snap``, from the job's lineage (None: unknown). Runs
-    recorded before the JVM stages existed ran the Python stages."""
+def _writer_run(job_name: str, snap: Snapshot) -> dict | None:
+    """The lineage's run record of the run that wrote ``snap`` (None: unknown)."""
     uri = snap.uri
     job_id = None
     for rec in lineage.read(job_name):
@@ -307,10 +306,18 @@ def snapshot_runtime(job_name: str, snap: Snapshot) -> str | None:
             job_id = rec.get("job_id")
     if job_id is None and not snap.savepoint:
         job_id = snap.path.parent.name  # checkpoints/<flink job id>/chk-N
+    run = None
     for rec in lineage.read(job_name):
         if rec.get("kind") == "run" and rec.get("job_id") == job_id:
-            return rec.get("stage_runtime", "python")
-    return None
+            run = rec
+    return run
+
+
+def snapshot_runtime(job_name: str, snap: Snapshot) -> str | None:
+    """The ``stage_runtime`` of the run that wrote ``snap``, from the job's lineage (None: unknown). Runs
+    recorded before the JVM stages existed ran the Python stages."""
+    run = _writer_run(job_name, snap)
+    return None if run is None else run.get("stage_runtime", "python")
 
 
 def check_runtime(cfg: JobConfig, snap: Snapshot | None) -> None:
@@ -327,6 +334,40 @@ def check_runtime(cfg: JobConfig, snap: Snapshot | None) -> None:
             f"then start this one without state from the committed offsets (--starting-offsets committed; "
             f"windows refill over the longest horizon) or from the earliest offsets of a topic that holds the "
             f"last 24 h with --allow-reprocess (same decision ids); see docs/operations.md")
+
+
+class LayoutMismatch(StartupError):
+    """The snapshot's window state was written for a spec whose state layout differs from this job's."""
+
+
+def check_layout(cfg: JobConfig, snap: Snapshot | None, layout: dict[str, dict]) -> None:
+    """Refuse to restore state written for another state layout (``udfs.chain.state_layout`` of the spec, as
+    the writing run recorded it; runs recorded before layouts were, pass): a stage whose window slots differ
+    would read another window's accumulators as its own, silently; a stage the snapshot has and this job's
+    spec does not (the link stage of the graph features) has no operator to restore into, and Flink fails
+    the job at restore. A stage this job has and the snapshot does not starts empty (the graph features
+    switched on: their state fills over their 7-day horizon)."""
+    if snap is None or snap.checkpoint_id < 0:
+        return
+    written = (_writer_run(cfg.job_name, snap) or {}).get("state_layout")
+    if not written:
+        return
+    fix = ("Restore it with the spec that wrote it (the same riskstream version and RISKSTREAM_GRAPH_FEATURES), "
+           "or start this spec without state: from the committed offsets (--starting-offsets committed; the "
+           "windows refill over their longest horizon), or warm it from history with `riskstream bootstrap`")
+    gone = [name for name in written if name not in layout]
+    if gone:
+        hint = (" (the graph features were on when it was written: set RISKSTREAM_GRAPH_FEATURES=1)"
+                if "link" in gone else "")
+        raise LayoutMismatch(f"{snap.describe()} holds state of the stage(s) {', '.join(gone)} that this job's spec "
+                             f"does not have{hint}: Flink cannot map it and would fail the job at restore. {fix}")
+    changed = [name for name, lay in layout.items() if name in written and (
+        written[name].get("slots") != lay["slots"]
+        or (written[name].get("delayed") and lay["delayed"] and written[name]["delayed"] != lay["delayed"]))]
+    if changed:
+        raise LayoutMismatch(f"{snap.describe()} holds window state of {', '.join(changed)} written for another "
+                             "feature spec: its windows' slots differ from this job's, which would read them as "
+                             f"other windows' values. {fix}")
 
 
 class BackendMismatch(StartupError):
@@ -421,6 +462,9 @@ def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
     """Resolve the restore, check it against the committed output, and say what the start does."""
     snap, why = resolve_restore(cfg)
     check_runtime(cfg, snap)
+    from udfs.chain import state_layout
+
+    check_layout(cfg, snap, state_layout(cfg.allowed_lateness_ms))
     what = snap.describe() if snap is not None and snap.checkpoint_id >= 0 else (
         cfg.restore_from if snap is not None else f"{cfg.starting_offsets} offsets without state")
     chk = check_start(cfg, snap if snap is None or snap.checkpoint_id >= 0 else None, what) \
@@ -434,5 +478,5 @@ def plan_start(cfg: JobConfig, log=sys.stderr) -> StartPlan:
     return StartPlan(snap, why, chk)
 
 
-__all__ = ["BackendMismatch", "GoingBackInTime", "UnsafeClaim", "ManualRestoreRequired", "RuntimeMismatch", "StartPlan", "check_backend", "check_runtime", "check_start", "evaluate", "plan_start",
+__all__ = ["BackendMismatch", "GoingBackInTime", "LayoutMismatch", "check_layout", "UnsafeClaim", "ManualRestoreRequired", "RuntimeMismatch", "StartPlan", "check_backend", "check_runtime", "check_start", "evaluate", "plan_start",
            "resolve_restore", "resolve_restore_path", "snapshot_offsets", "split_offsets"]

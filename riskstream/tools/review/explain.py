@@ -198,20 +198,20 @@ def contributions(record: dict, models_dir: str = str(MODELS_DIR), top: int | No
             "reference_score": pb, "method": "baseline Shapley (training medians)", "reference": ref.get("source")}
 
 
-def build_reference(model_path: Path, events: int, seeds: list[int], days: float) -> dict:
+def build_reference(model_path: Path, events: int, seeds: list[int], days: float, rings: bool = False) -> dict:
     """The reference of a model trained on the generator: median and 5th/95th percentiles of every feature
-    over ``events`` generated events (the training seeds, the training event rate)."""
+    over ``events`` generated events (the training seeds, the training event rate, the rings if it had them)."""
     from models.train import generated_dataset
     from udfs.scoring import load_model_spec
 
     spec = load_model_spec(model_path)
-    d = generated_dataset(events, seeds, days=days)
+    d = generated_dataset(events, seeds, days=days, rings=rings)
     q = np.percentile(d.x.astype(np.float64), [5, 50, 95], axis=0)
     r6 = (lambda v: float(f"{v:.6g}"))
     return {"model_version": spec["model_version"], "feature_names": list(spec["feature_names"]),
             "feature_fingerprint": spec["feature_fingerprint"],
-            "source": f"{d.x.shape[0]} generated events, seeds {seeds}, {days} days (the training generator at "
-                      "its training event rate)",
+            "source": f"{d.x.shape[0]} generated events, seeds {seeds}, {days} days{', with the rings' if rings else ''} "
+                      "(the training generator at its training event rate)",
             "features": {n: {"p05": r6(q[0, i]), "median": r6(q[1, i]), "p95": r6(q[2, i])}
                          for i, n in enumerate(spec["feature_names"])}}
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if on.get("source") != "generator":
         raise SystemExit(f"{a.model} was not trained on the generator: make its reference from its training data")
     days = float(on.get("generator_days") or 42.0) * a.events / float(on["events"])
-    ref = build_reference(a.model, a.events, list(on["generator_seeds"]), days)
+    ref = build_reference(a.model, a.events, list(on["generator_seeds"]), days, rings=bool(on.get("generator_rings")))
     reference_path(a.model).write_bytes(orjson.dumps(ref, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"wrote {reference_path(a.model)}")
     return 0
