@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import heapq
 import os
 import pickle
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.test_job_flink import _Count
+from tests.test_job_flink import _Pace as _LabelPace
 from udfs.events import Event
 from udfs.features import FEATURES_WITH_GRAPH, GRAPH_AGGS, spec_entities
 
@@ -251,36 +252,49 @@ def test_python_stages_equal_the_chain_and_drop_idle_graph_state():
     assert run.graph_keys() == chain.graph_keys() == returning, (run.graph_keys(), returning)
 
 
+def test_graph_label_store_goes_by_its_wall_clock_ttl():
+    """A members stage's two label stores (the window labels, the graph labels) share one pending
+    processing-time timer per key: each store goes once its own TTL after the key's last label has passed
+    (the graph store's at least the graph's label horizon plus a day; the ip's window labels much sooner),
+    never before, and then no timer remains."""
+    from pyflink.datastream.time_domain import TimeDomain
+
+    from udfs.flink import graph_label_ttl_ms, label_ttl_ms
+
+    run = StageRunner()
+    ip = "1.2.3.4"
+    run.label(_label({"event_id": "e1", "user_id": "u1", "device_id": "d1", "ip": ip, "event_ts": 1_767_225_600_000,
+                      "label": "fraud"}))
+    k = [e.name for e in run.entities].index("ip")
+    st, rt = run.stages[k], run.rts[k]
+    rt.key = ip
+    at = st.known.value()["at"]
+    assert st.glabels.value()["at"] == at and st.glabels.value()["lab"]
+    ttl = {"ip_labels": label_ttl_ms(st.step), "ip_graph_labels": graph_label_ttl_ms(st.step)}
+    assert ttl["ip_labels"] < 31 * DAY <= ttl["ip_graph_labels"], ttl
+    fired = 0
+    while rt.ptimers:
+        assert len(rt.ptimers) == 1, rt.ptimers  # one pending timer for both stores
+        t, rt.key = rt.ptimers.pop()
+        rt.domain = TimeDomain.PROCESSING_TIME
+        list(st.on_timer(t, rt))
+        fired += 1
+        for name, d in ttl.items():
+            assert ((name, ip) in rt.data) == (at + d > t), (name, t - at, d)
+    assert not any(key == ip for _, key in rt.data) and fired == 2, (rt.data, fired)
+
+
 # -- the job on a MiniCluster, against the replay (in a subprocess with the switch on) ------------------
-class _Pace:
-    """The test source's pacer (one subtask, it sees the whole sequence): before a label batch it waits until
-    every earlier event has been decided (the decisions are counted into ``count_file``, one byte each), and
-    before the event after a batch until every stage that reads labels has taken in everything sent so far
-    (its tasks' ``numRecordsIn`` on the REST API, refreshed about every second: daily batches keep these
-    waits few). ``each_event``: also before every event, until the one before it has been decided, so
-    every stage sees the events in input order whatever subtask they travel through (at parallelism 2 a
-    shared ip's events from two users otherwise interleave as the subtasks run). Polls tightly, with a
-    deadline; no fixed sleeps."""
+class _Pace(_LabelPace):
+    """The label test's pacer (tests/test_job_flink.py: each label batch reaches the stages after every
+    earlier event was decided and before the next event), and with ``each_event`` also before every event
+    until the one before it has been decided, so every stage sees the events in input order whatever
+    subtasks they travel through (at parallelism 2 a shared ip's events from two users otherwise interleave
+    as the subtasks run). Polls the decision count tightly, with a deadline; no fixed sleeps."""
 
     def __init__(self, count_file: str, rest: str, stages: tuple[str, ...], each_event: bool):
-        self.count_file, self.rest, self.stages, self.each_event = count_file, rest, stages, each_event
-        self.prev, self.events, self.labels = "E", 0, 0
-
-    def _received(self) -> list[int]:
-        import json
-        import urllib.request
-
-        def get(path):
-            with urllib.request.urlopen(self.rest + path, timeout=5) as r:
-                return json.load(r)
-
-        job = next(j["id"] for j in get("/jobs")["jobs"] if j["status"] == "RUNNING")
-        out = []
-        for stage in self.stages:
-            vid = next(v["id"] for v in get(f"/jobs/{job}")["vertices"] if v["name"].startswith(stage))
-            m = get(f"/jobs/{job}/vertices/{vid}/subtasks/metrics?get=numRecordsIn&agg=sum")
-            out.append(int(m[0]["sum"]) if m else 0)
-        return out
+        super().__init__(count_file, rest, stages)
+        self.each_event = each_event
 
     def _decided(self) -> int:
         try:
@@ -288,33 +302,14 @@ class _Pace:
         except FileNotFoundError:
             return 0
 
-    def _until(self, ready, what: str, poll_s: float) -> None:
-        deadline = time.monotonic() + 120
-        while not ready():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pacer: {what} did not happen within 120 s")
-            time.sleep(poll_s)
-
     def __call__(self, s: str) -> str:
-        if self.prev == "E" and (s[0] == "L" or self.each_event):
-            self._until(lambda: self._decided() >= self.events, "every earlier event decided", 0.0005)
-        elif s[0] == "E" and self.prev == "L":
-            sent = self.events + self.labels
-            self._until(lambda: all(n >= sent for n in self._received()), "the labels taken in by every stage", 0.05)
-        self.events += s[0] == "E"
-        self.labels += s[0] == "L"
-        self.prev = s[0]
-        return s
-
-
-class _Count:
-    def __init__(self, count_file: str):
-        self.count_file = count_file
-
-    def __call__(self, b):
-        with open(self.count_file, "ab") as f:
-            f.write(b"1")
-        return b
+        if self.each_event and s[0] == "E" and self.prev == "E":
+            deadline = time.monotonic() + 120
+            while self._decided() < self.events:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("pacer: the previous event was not decided within 120 s")
+                time.sleep(0.0005)
+        return super().__call__(s)
 
 
 def run_job(out: Path, runtime: str, parallelism: int, model: str, n: int) -> None:
@@ -452,6 +447,7 @@ def test_plan_with_graph_features_has_the_link_stage():
                            "tests/test_job_flink.py::test_plan_builds_without_broker_with_stable_uids[python]",
                            "-m", "flink"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
-    probe = subprocess.run([sys.executable, "-c", "from udfs.features import ENTITIES; print([e.name for e in ENTITIES])"],
+    probe = subprocess.run([sys.executable, "-c",
+                            "from udfs.features import ENTITIES; print([e.name for e in ENTITIES])"],
                            cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "['user', 'ip', 'device', 'payment', 'link']"

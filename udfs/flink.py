@@ -243,8 +243,10 @@ class EntityStage(KeyedProcessFunction):
         self.link = self.step.is_link
         self.state = None if self.link else runtime_context.get_state(
             ValueStateDescriptor(f"{self.entity}_windows", Types.PICKLED_BYTE_ARRAY()))
-        self.gstate = runtime_context.get_state(
-            ValueStateDescriptor(f"{self.entity}_graph", Types.PICKLED_BYTE_ARRAY())) if self.step.keeps_graph_state else None
+        self.gstate = None  # the key's graph state (udfs.graph): members and link stages
+        if self.step.keeps_graph_state:
+            self.gstate = runtime_context.get_state(
+                ValueStateDescriptor(f"{self.entity}_graph", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
         self.late_counter = group.counter("late_events")
         self.error_counter = group.counter("processing_errors")
