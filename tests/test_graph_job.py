@@ -331,9 +331,11 @@ def run_job(out: Path, runtime: str, parallelism: int, model: str, n: int) -> No
     events, labels = ring_traffic(n)
     seq = [k + orjson.dumps(x).decode() for k, x in interleave(events, labels)]
     t0 = time.monotonic()
-    # Python bundles of one element: each element's output leaves its operator before the next comes in
+    # Python bundles of one element: each element's output leaves its operator before the next comes in; no
+    # network buffer timeout (a record is sent at once: the paced source waits for each decision)
     cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500, bundle_time_ms=10, bundle_size=1,
-                    arrow_batch_size=1, stage_runtime=runtime, rest_port=free_port(), model_path=Path(model))
+                    arrow_batch_size=1, buffer_timeout_ms=0, stage_runtime=runtime, rest_port=free_port(),
+                    model_path=Path(model))
     env = decision_job.make_env(cfg)
     count_file = str(out / "decided")
     stages = tuple(f"{e.name}-windows" for e in ENTITIES if e.reads_labels)
@@ -379,7 +381,7 @@ def graph_model(tmp_path_factory):
     return _model(tmp_path_factory)
 
 
-JOB_EVENTS = 2500
+JOB_EVENTS = 4000
 
 
 @pytest.mark.flink
