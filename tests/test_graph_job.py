@@ -315,16 +315,17 @@ class _Pace(_LabelPace):
         return super().__call__(s)
 
 
-def run_job(out: Path, runtime: str, parallelism: int, model: str, n: int) -> None:
+def run_job(out: Path, runtime: str, parallelism: int, n: int) -> None:
     """The subprocess's part (``RISKSTREAM_GRAPH_FEATURES=1``): the job over ring traffic with its labels,
     the decisions and dead letters to ``out/job``, the replay's features to ``out/features.jsonl``, timings to
-    ``out/run.json``."""
+    ``out/run.json``. The decide stage runs the default model, which follows the switch (the shipped graph
+    model: it refuses a model of the other spec)."""
     from pyflink.common import Types
     from pyflink.common.serialization import Encoder
     from pyflink.datastream.connectors.file_system import FileSink
 
     from pipelines import decision_job
-    from riskstream.config import JobConfig
+    from riskstream.config import DEFAULT_GRAPH_MODEL, JobConfig
     from riskstream.ops.procs import free_port
     from udfs.features import ENTITIES, GRAPH_FEATURES
     from udfs.flink import BYTES
@@ -337,8 +338,8 @@ def run_job(out: Path, runtime: str, parallelism: int, model: str, n: int) -> No
     # Python bundles of one element: each element's output leaves its operator before the next comes in; no
     # network buffer timeout (a record is sent at once: the paced source waits for each decision)
     cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500, bundle_time_ms=10, bundle_size=1,
-                    arrow_batch_size=1, buffer_timeout_ms=0, stage_runtime=runtime, rest_port=free_port(),
-                    model_path=Path(model))
+                    arrow_batch_size=1, buffer_timeout_ms=0, stage_runtime=runtime, rest_port=free_port())
+    assert cfg.model_path == Path(DEFAULT_GRAPH_MODEL)
     env = decision_job.make_env(cfg)
     count_file = str(out / "decided")
     stages = tuple(f"{e.name}-windows" for e in ENTITIES if e.reads_labels)
@@ -363,34 +364,13 @@ def run_job(out: Path, runtime: str, parallelism: int, model: str, n: int) -> No
                                                  "labels_applied": stats["labels_applied"]}))
 
 
-def _model(tmp_path_factory) -> str:
-    """The shipped graph model when it is there, else a throwaway one trained on generated ring traffic (the
-    decide stage refuses a model of another spec: only the graph features' values are compared here)."""
-    from riskstream.config import DEFAULT_GRAPH_MODEL
-
-    shipped = ROOT / DEFAULT_GRAPH_MODEL
-    if shipped.exists():
-        return str(shipped)
-    out = tmp_path_factory.mktemp("graph-model")
-    subprocess.run([sys.executable, "-c", "import sys; from riskstream.cli import main; sys.exit(main(sys.argv[1:]))",
-                    "train", "--generate", "2000", "--version", "graph_test",
-                    "--out-dir", str(out), "--no-tune"], check=True, cwd=ROOT, capture_output=True, timeout=600,
-                   env={**os.environ, "RISKSTREAM_GRAPH_FEATURES": "1", "PYTHONPATH": str(ROOT)})
-    return str(out / "graph_test.onnx")
-
-
-@pytest.fixture(scope="module")
-def graph_model(tmp_path_factory):
-    return _model(tmp_path_factory)
-
-
 JOB_EVENTS = 4000
 
 
 @pytest.mark.flink
 @pytest.mark.parametrize("parallelism", [1, 2])
 @pytest.mark.parametrize("runtime", ["python", "jvm"])
-def test_graph_features_in_the_job_equal_the_replay(runtime, parallelism, graph_model, tmp_path):
+def test_graph_features_in_the_job_equal_the_replay(runtime, parallelism, tmp_path):
     """Two weeks of ring traffic, fraud labels arriving 1-14 days late in daily batches (some corrected by a
     legit label) on the job's labels input, against ``replay_file`` with the same labels at their arrival: a
     decision per event, and every feature of every event equal to the replay's, the graph features among
@@ -401,7 +381,7 @@ def test_graph_features_in_the_job_equal_the_replay(runtime, parallelism, graph_
         pytest.skip(f"the {runtime} stages do not compute the graph features yet (GRAPH_RUNTIMES={GRAPH_RUNTIMES})")
     env = {**os.environ, "RISKSTREAM_GRAPH_FEATURES": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "tests.test_graph_job", str(tmp_path), runtime, str(parallelism),
-                           graph_model, str(JOB_EVENTS)], cwd=ROOT, env=env, capture_output=True, text=True,
+                           str(JOB_EVENTS)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = orjson.loads((tmp_path / "run.json").read_bytes())
@@ -438,9 +418,9 @@ def check_equal(got: dict, want: dict) -> None:
         assert sum(1 for w in want.values() if w[name] > 0) > 20, name
 
 
-if __name__ == "__main__":  # the job test's subprocess: out_dir runtime parallelism model events
+if __name__ == "__main__":  # the job test's subprocess: out_dir runtime parallelism events
     a = sys.argv[1:]
-    run_job(Path(a[0]), a[1], int(a[2]), a[3], int(a[4]))
+    run_job(Path(a[0]), a[1], int(a[2]), int(a[3]))
 
 
 @pytest.mark.flink
