@@ -65,6 +65,7 @@ def graph_label_ttl_ms(step) -> int:
     event time; a backfill of old traffic reads a store its labels' arrival may have dropped."""
     return max(label_ttl_ms(step), step.graph.p.label_horizon_ms + DAY)
 
+
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # Between stages a udfs.chain record travels (pack/unpack there). The declared type is PICKLED_BYTE_ARRAY,
 # not a typed Row: in thread mode a ROW_NAMED with a LIST(DOUBLE) field is converted field by field at
