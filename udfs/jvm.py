@@ -85,17 +85,21 @@ def _jvm_package(stream: DataStream):
 
 
 def entity_stage(stream: DataStream, entity: Entity, spec_json: str, dedup_horizon_ms: int, labels: bool,
-                 job_name: str) -> DataStream:
+                 job_name: str, forward_labels: bool = False) -> DataStream:
     """The entity's keyed stage in the JVM: ``stream`` (Rows of :func:`record_type_info`) keyed by the
     entity's key field (``""`` for keyless events), the Java ``EntityWindowsFunction`` appending the
     entity's values (with graph features in the spec, its graph values too); the graph link stage
-    (``entity.graph == "link"``) is the Java ``GraphLinkFunction``. Its dead letters come out of ``get_side_output(udfs.flink.DEAD_LETTER_TAG)``."""
+    (``entity.graph == "link"``) is the Java ``GraphLinkFunction``. Its dead letters come out of
+    ``get_side_output(udfs.flink.DEAD_LETTER_TAG)``. ``forward_labels`` (tests): the stage passes label
+    records on after folding them (``EntityWindowsFunction.withLabelsForwarded``)."""
     pkg = _jvm_package(stream)
     j_key = pkg.RecordKey(key_index(entity))
     if entity.graph == "link":  # the graph features' link stage (keyed by user): graph state only, no windows
         j_fn = pkg.GraphLinkFunction(spec_json, entity.name, job_name)
     else:
         j_fn = pkg.EntityWindowsFunction(spec_json, entity.name, int(dedup_horizon_ms), bool(labels), job_name)
+        if forward_labels:
+            j_fn = j_fn.withLabelsForwarded()
     j_out = (stream._j_data_stream
              .keyBy(j_key, Types.STRING().get_java_type_info())
              .process(j_fn, record_type_info().get_java_type_info()))

@@ -56,6 +56,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
     private final long dedupHorizonMs;
     private final boolean labels;
     private final String jobName;
+    private boolean forwardLabels;
 
     private transient EntitySpec spec;
     private transient EntityWindows windows;
@@ -82,6 +83,16 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         if (g != null && g.role.equals(GraphSpec.LINK)) {
             throw new IllegalArgumentException(entity + " is the graph link stage: GraphLinkFunction runs it");
         }
+    }
+
+    /**
+     * Tests only: pass label records on downstream after folding them, so a chain of stages sees each label
+     * at the same place among the events as the first stage (the job unions the labels into every stage
+     * instead, where their order against the events is the network's).
+     */
+    public EntityWindowsFunction withLabelsForwarded() {
+        forwardLabels = true;
+        return this;
     }
 
     @Override
@@ -126,6 +137,9 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         if (LABEL_MARK.equals(row.getField(spec.eventTypeIndex))) {
             if (labelsOn) {
                 label(row, ctx);
+            }
+            if (forwardLabels) {
+                out.collect(row);
             }
             return;
         }
