@@ -1039,3 +1039,128 @@ def test_jvm_graph_features_match_python_chain(jvm, tmp_path, parallelism, backe
     else:
         print("p=2 compared per stage", dict(zip((e.name for e in ents), compared)), "of", len(want))
         assert min(compared) > len(want) // 5, compared
+
+
+_ODD_USERS = ["", "a", "é", "\ue000", "\uffff", "😀", "𝄞x", "\U0010fffd", "日本語", "x" * 300]
+
+
+def test_graph_encodings_round_trip(jvm):
+    """The graph context (the record's graph field) and the graph states decode to what was encoded, with the
+    edge values: empty sketches (present but empty is not absent), user ids and keys with non-ASCII,
+    private-use and astral characters, NO_FRAUD, times far before and after the base, a link state with and
+    without its timer; a label store keeps its order. And Python's str order is what the caps' ties use."""
+    from udfs.chain import spec_document as doc_of
+    from udfs.features import FEATURES_WITH_GRAPH
+    from udfs.graph import NO_FRAUD
+
+    _, J = jvm
+    doc = json.dumps(doc_of(LATENESS, FEATURES_WITH_GRAPH))
+    ts = 1_767_225_600_123
+    far = [ts, ts - 1, ts + 86_400_000, ts - 10 * 365 * 86_400_000, 0, -5, (1 << 62), NO_FRAUD + 1]
+    sk = {u: [far[i % len(far)], NO_FRAUD if i % 3 == 0 else far[(i + 3) % len(far)]] for i, u in enumerate(_ODD_USERS)}
+    contexts = [
+        {"ts": ts, "fraud": NO_FRAUD, "sketch": {}, "side": {}},
+        {"ts": ts, "fraud": ts - 5, "sketch": {"0": {"key": "10.0.0.1", "users": {}}}, "side": {}},
+        {"ts": ts, "fraud": 1, "sketch": {"0": {"key": "😀ip", "users": sk}, "2": {"key": "", "users": {"a": [ts, ts]}}},
+         "side": {**sk, "z": [0, NO_FRAUD]}},
+    ]
+    for c in contexts:
+        back = json.loads(J.GraphLocalRunner.contextRoundTrip(doc, "device", json.dumps(c)))
+        assert back.pop("bytes") > 0 and back == c
+    members = [
+        {"newest": ts, "m": {}, "p": []},
+        {"newest": ts, "m": {u: [v[0], v[1], sk if i % 2 else {}] for i, (u, v) in enumerate(sk.items())},
+         "p": [[u, f"device\x00{u}d", far[i % len(far)]] for i, u in enumerate(_ODD_USERS)]},
+    ]
+    for m in members:
+        back = json.loads(J.GraphLocalRunner.memberStateRoundTrip(doc, "ip", json.dumps(m)))
+        assert back.pop("bytes") > 0 and back == m
+    links = [{"newest": ts, "timer": None, "e": {}},
+             {"newest": ts, "timer": ts + 7 * 86_400_000 + 60_001,
+              "e": {"ip\x00😀": [ts - 1, {}], "device\x00\uffff": [ts, sk], "payment\x00c1": [0, {"a": [ts, NO_FRAUD]}]}}]
+    for x in links:
+        back = json.loads(J.GraphLocalRunner.linkStateRoundTrip(doc, "link", json.dumps(x)))
+        assert back.pop("bytes") > 0 and back == x
+    lab = {"at": 1_767_000_000_000, "lab": [[json.dumps([u, f"e{i}"]), u, far[i % len(far)]]
+                                           for i, u in enumerate(reversed(_ODD_USERS))]}
+    back = json.loads(J.GraphLocalRunner.labelsRoundTrip(json.dumps(lab)))
+    assert back.pop("bytes") > 0 and back == lab
+    words = _ODD_USERS + ["s\uffff1", "s😀1", "s\ue0001", "s𝄞", "s", "sa", "s\U0010fffd"]
+    assert json.loads(J.GraphLocalRunner.sortCodePoints(json.dumps(words))) == sorted(words)
+    assert sorted(words) != sorted(words, key=lambda w: w.encode("utf-16-be"))  # the orders differ here
+
+
+def test_graph_state_bytes_per_key_at_the_caps(jvm):
+    """The graph state's encoded size per key with every cap full (generator-like ids, times over the week,
+    no fraud), printed for docs/features.md; bounded as documented."""
+    from udfs.chain import spec_document as doc_of
+    from udfs.features import FEATURES_WITH_GRAPH, GRAPH
+    from udfs.graph import NO_FRAUD
+
+    _, J = jvm
+    doc = json.dumps(doc_of(LATENESS, FEATURES_WITH_GRAPH))
+    k, ke, kp, h = GRAPH["members_cap"], GRAPH["entities_cap"], GRAPH["pairs_cap"], GRAPH["horizon_ms"]
+    ts = 1_767_225_600_000
+    rnd = random.Random(1)
+    uid = lambda: f"u11-{rnd.randrange(10**7):07d}"  # noqa: E731
+    sketch = lambda n: {uid(): [ts - rnd.randrange(h), NO_FRAUD] for _ in range(n)}  # noqa: E731
+    sizes = {}
+    sizes["ip (K members, KP pairs)"] = json.loads(J.GraphLocalRunner.memberStateRoundTrip(doc, "ip", json.dumps(
+        {"newest": ts, "m": {u: [t, f, {}] for u, (t, f) in sketch(k).items()},
+         "p": [[uid(), f"device\x00d11-{rnd.randrange(10**7):07d}", ts - rnd.randrange(h)] for _ in range(kp)]})))["bytes"]
+    for name, up in (("device", k), ("payment", 2 * k)):
+        sizes[f"{name} (K members, each {up} upstream)"] = json.loads(J.GraphLocalRunner.memberStateRoundTrip(
+            doc, name, json.dumps({"newest": ts, "m": {u: [t, f, sketch(up)] for u, (t, f) in sketch(k).items()},
+                                   "p": []})))["bytes"]
+    sizes["link (KE entities of K users)"] = json.loads(J.GraphLocalRunner.linkStateRoundTrip(doc, "link", json.dumps(
+        {"newest": ts, "timer": ts + h, "e": {f"device\x00d11-{i:07d}": [ts - rnd.randrange(h), sketch(k)]
+                                              for i in range(ke)}})))["bytes"]
+    sizes["context (3 sketches of K, side of 2K(1+K))"] = json.loads(J.GraphLocalRunner.contextRoundTrip(
+        doc, "link", json.dumps({"ts": ts, "fraud": NO_FRAUD, "side": sketch(2 * k * (1 + k)),
+                                 "sketch": {str(i): {"key": f"d11-{i:07d}", "users": sketch(k)} for i in range(3)}})))["bytes"]
+    print(sizes)
+    # every user id distinct (the worst case: ids are strings, each written once per state)
+    assert sizes["ip (K members, KP pairs)"] < 2_500 and sizes["device (K members, each 16 upstream)"] < 6_000
+    assert sizes["payment (K members, each 32 upstream)"] < 11_000 and sizes["link (KE entities of K users)"] < 6_000
+
+
+def test_a_bad_graph_spec_is_refused_when_the_job_is_built(jvm):
+    """The graph constants come from the spec document only: a spec whose graph section is missing or
+    wrong, a graph aggregate on an entity whose role cannot compute it, a graph horizon other than the
+    graph's, or a record without the graph field fails in the stage's constructor with a clear message."""
+    from py4j.protocol import Py4JJavaError
+
+    from udfs.chain import spec_document as doc_of
+    from udfs.features import FEATURES_WITH_GRAPH
+
+    _, J = jvm
+    good = doc_of(LATENESS, FEATURES_WITH_GRAPH)
+    J.EntityWindowsFunction(json.dumps(good), "ip", DEDUP, True, "t")
+    J.GraphLinkFunction(json.dumps(good), "link", "t")
+
+    def bad(change):
+        d = json.loads(json.dumps(good))
+        change(d)
+        return json.dumps(d)
+
+    def feature(d, name):
+        return next(f for f in d["features"] if f["name"] == name)
+
+    cases = [
+        (lambda d: d.pop("graph"), "device", 'no "graph" section'),
+        (lambda d: d["graph"].update(members_cap=0), "device", "graph.members_cap must be a positive integer"),
+        (lambda d: d["graph"].pop("max_labels"), "user", "graph.max_labels must be a positive integer"),
+        (lambda d: d["graph"].update(link_kinds=["card"]), "ip", "link_kinds: no entity card"),
+        (lambda d: feature(d, "graph_device_users_7d").update(agg="graph_group_users"), "device",
+         "graph_group_users cannot be computed by a graph members stage"),
+        (lambda d: feature(d, "graph_device_users_7d").update(horizon_ms=86_400_000), "device",
+         "graph feature's horizon must be graph.horizon_ms"),
+        (lambda d: d["record_fields"].remove("graph"), "payment", 'the record has no "graph" field'),
+    ]
+    for change, entity, message in cases:
+        with pytest.raises(Py4JJavaError, match=message):
+            J.EntityWindowsFunction(bad(change), entity, DEDUP, True, "t")
+    with pytest.raises(Py4JJavaError, match="link is the graph link stage"):
+        J.EntityWindowsFunction(json.dumps(good), "link", DEDUP, True, "t")
+    with pytest.raises(Py4JJavaError, match="not the spec's graph link stage"):
+        J.GraphLinkFunction(json.dumps(good), "device", "t")
