@@ -847,7 +847,20 @@ def _graph_records(seed: int = 5, n: int = 3000) -> list:
     stress = _graph_stress(out[mid][1].ts)
     labels = [("label", (e.event_id, e.user_id, e.device_id, e.ts, "fraud", e.ip, e.payment_ref)) for e in stress[::7]]
     out[mid:mid] = [("event", e) for e in stress[:100]] + labels[:10] + [("event", e) for e in stress[100:]] + labels[10:]
-    return out
+    return out + [("event", e) for e in _graph_floor(max(x.ts for k, x in out if k == "event") + HOUR)]
+
+
+def _graph_floor(t0: int) -> list[Event]:
+    """The eviction floors keep what is newer than the key's newest - horizon - lateness: a member, a pair
+    and a link entity just inside that floor but older than newest - horizon are read by an event 50 s out
+    of order (within the lateness) for which they are live. At the end of the stream (a week later)."""
+    from udfs.features import GRAPH
+
+    h = GRAPH["horizon_ms"]
+    ev = lambda i, t, u, d, ip: Event(f"fl-{i}", "login", u, d, ip, 0.0, "EUR", t)  # noqa: E731
+    return [ev(0, t0 - 1_000, "fl-a", "fl-dev", "10.66.0.1"), ev(1, t0, "fl-l", "fl-dl", "10.66.0.1"),
+            ev(2, t0 + h + 40_000, "fl-b", "fl-dev", "10.66.0.1"), ev(3, t0 + h + 40_000, "fl-l", "fl-dl", "10.66.0.2"),
+            ev(4, t0 + h - 10_000, "fl-c", "fl-dev", "10.66.0.1"), ev(5, t0 + h - 10_000, "fl-l", "fl-dl2", "10.66.0.3")]
 
 
 def _graph_expected(records: list) -> dict:
