@@ -1177,3 +1177,30 @@ def test_a_bad_graph_spec_is_refused_when_the_job_is_built(jvm):
         J.EntityWindowsFunction(json.dumps(good), "link", DEDUP, True, "t")
     with pytest.raises(Py4JJavaError, match="not the spec's graph link stage"):
         J.GraphLinkFunction(json.dumps(good), "device", "t")
+
+
+def test_the_job_plan_with_graph_features_on_the_jvm_runtime(tmp_path):
+    """With RISKSTREAM_GRAPH_FEATURES=1 (read at import: a fresh interpreter) the jvm runtime builds the job:
+    the link stage after payment (link-windows, uid link-windows-jvm) before the decide stage."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import json\n"
+        "from riskstream.config import JobConfig\n"
+        "from pipelines import decision_job\n"
+        "from tests.test_job_flink import _stage_chain, _stream_nodes\n"
+        "cfg = JobConfig(bootstrap_servers='127.0.0.1:1', stage_runtime='jvm')\n"
+        "env = decision_job.make_env(cfg)\n"
+        "decision_job.build(env, cfg)\n"
+        "print(json.dumps({'uids': dict(_stream_nodes(env)), 'chain': _stage_chain(env)}))\n")
+    env = {**os.environ, "RISKSTREAM_GRAPH_FEATURES": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads(out.stdout.strip().splitlines()[-1])
+    assert plan["chain"] == ["user-windows", "ip-windows", "device-windows", "payment-windows", "link-windows",
+                             "score-decide"]
+    assert plan["uids"]["link-windows"] == "link-windows-jvm"

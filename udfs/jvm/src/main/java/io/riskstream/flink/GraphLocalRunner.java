@@ -35,7 +35,8 @@ public final class GraphLocalRunner {
     /**
      * {@code recordsJsonl}: per line the record's event fields (udfs.chain.label_record's for a label: its
      * event_type is the label mark). Returns JSON {"values": [per event the values in chain order, or null
-     * for a duplicate], "graph_state_bytes": {stage: {key: bytes}}, "graph_label_bytes": {...}}.
+     * for a duplicate], "context_bytes": [the graph field's size at the link stage, per event, sorted],
+     * "graph_state_bytes": {stage: {key: bytes}}, "graph_label_bytes": {...}}.
      */
     public static String run(String specJson, long dedupHorizonMs, String recordsJsonl) throws Exception {
         JsonNode doc = JSON.readTree(specJson);
@@ -62,6 +63,7 @@ public final class GraphLocalRunner {
         EntitySpec s0 = specs[0];
         ObjectNode res = JSON.createObjectNode();
         ArrayNode values = res.putArray("values");
+        List<Integer> contextBytes = new ArrayList<>(); // the record's graph field as the link stage reads it
         for (String line : recordsJsonl.split("\n")) {
             if (line.isEmpty()) {
                 continue;
@@ -104,8 +106,9 @@ public final class GraphLocalRunner {
                 GraphSpec g = graphs[i];
                 String key = (String) row.getField(sp.keyIndex);
                 if (g != null && g.role.equals(GraphSpec.LINK)) {
-                    GraphContext c = GraphContext.decode(ctx == null ? null : ctx.encode(ts, g.noFraud),
-                        g.members.length, ts, g.noFraud);
+                    byte[] wire = ctx == null ? null : ctx.encode(ts, g.noFraud);
+                    contextBytes.add(wire == null ? 0 : wire.length);
+                    GraphContext c = GraphContext.decode(wire, g.members.length, ts, g.noFraud);
                     double[] gv = new double[g.aggs.length];
                     LinkPart lp = new LinkPart(g);
                     LinkPart.State st = lp.step(LinkPart.State.decode(gstates.get(i).get(key), g.noFraud), user, ts, c, gv);
@@ -159,6 +162,9 @@ public final class GraphLocalRunner {
                 out.forEach(a::add);
             }
         }
+        contextBytes.sort(null);
+        ArrayNode cb = res.putArray("context_bytes");
+        contextBytes.forEach(cb::add);
         ObjectNode sb = res.putObject("graph_state_bytes");
         ObjectNode lb = res.putObject("graph_label_bytes");
         for (int i = 0; i < n; i++) {
