@@ -26,6 +26,7 @@ import io.riskstream.flink.graph.GraphContext;
 import io.riskstream.flink.graph.GraphLabels;
 import io.riskstream.flink.graph.GraphSpec;
 import io.riskstream.flink.graph.MemberPart;
+import io.riskstream.flink.graph.UserPart;
 
 /**
  * One entity's keyed stage in the JVM, interpreting the spec as udfs/flink.py EntityStage does with the
@@ -174,7 +175,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
                 String user = (String) row.getField(spec.userIdIndex);
                 GraphContext gc;
                 if (members == null) { // the user stage: the context starts here
-                    gc = new GraphContext(graph.members.length, GraphLabels.fraudOf(gl, user, graph.noFraud));
+                    gc = new UserPart(graph).step(gl, user);
                 } else {
                     gc = GraphContext.decode((byte[]) context, graph.members.length, ts, graph.noFraud);
                     String[] pairKeys = new String[graph.pairFields.length];

@@ -18,6 +18,7 @@ import io.riskstream.flink.graph.GraphSpec;
 import io.riskstream.flink.graph.LinkPart;
 import io.riskstream.flink.graph.MemberPart;
 import io.riskstream.flink.graph.Sketch;
+import io.riskstream.flink.graph.UserPart;
 
 /**
  * The whole JVM chain with graph features over in-memory encoded states, without Flink (as
@@ -139,7 +140,7 @@ public final class GraphLocalRunner {
                 }
                 GraphLabels gl = GraphLabels.decode(glabels.get(i).get(key));
                 if (mp == null) {
-                    ctx = new GraphContext(g.members.length, GraphLabels.fraudOf(gl, user, g.noFraud));
+                    ctx = new UserPart(g).step(gl, user);
                 } else {
                     GraphContext c = GraphContext.decode(ctx == null ? null : ctx.encode(ts, g.noFraud),
                         g.members.length, ts, g.noFraud);
