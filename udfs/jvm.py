@@ -4,7 +4,8 @@ The Java ``EntityWindowsFunction`` interprets the spec document (``udfs.chain.sp
 Python semantics of ``udfs.chain.EntityStep`` (which stays the reference: replay and training run it).
 Between JVM stages the record is a typed Row (``udfs.chain.ROW_FIELDS``): extras as JSON text, values and
 signals as DOUBLE[] (signals in ``features.SIGNALS`` order, NaN for a signal no stage set, null when the
-job reads no labels). :func:`to_row` / :func:`from_row` convert a ``udfs.chain`` record to that Row and back.
+job reads no labels), the graph context as BYTES (null but between the user and the link stage of a spec
+with graph features: ``io.riskstream.flink.graph.GraphContext``). :func:`to_row` / :func:`from_row` convert a ``udfs.chain`` record to that Row and back.
 
 The jar must be on the job's ``pipeline.jars``; :func:`entity_stage` also loads it into the client's class
 loader from there when the classes are not visible yet.
