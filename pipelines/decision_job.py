@@ -253,9 +253,9 @@ def kafka_sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int |
     return b.build()
 
 
-# the stage runtimes whose stages compute the graph features (docs/features.md#graph-features): the Python
-# stages (udfs.flink.EntityStage with the link stage, as udfs.chain.Chain computes them)
-GRAPH_RUNTIMES: tuple[str, ...] = ("python",)
+# the stage runtimes whose stages compute the graph features (docs/features.md#graph-features): the JVM
+# stages (io.riskstream.flink.graph) and the Python stages (udfs.flink.EntityStage), both as udfs.chain.Chain
+GRAPH_RUNTIMES: tuple[str, ...] = ("jvm", "python")
 
 
 def check_spec_runs_in_the_job(runtime: str, features: tuple = FEATURES) -> None:
@@ -336,7 +336,9 @@ def _build_core_jvm(raw: DataStream, cfg: JobConfig, control: DataStream | None,
     """The fast path: parse and the entity stages in the JVM (udfs/jvm, interpreting the spec), decide in
     Python in batches. The same operator names as the Python path; the entity stages' uids end in ``-jvm``
     (their state is not the Python stages'), and ``validate-control`` / ``control-attach`` carry the live
-    control to the decide stage."""
+    control to the decide stage. With graph features (``RISKSTREAM_GRAPH_FEATURES``) ``ENTITIES`` ends in the
+    link stage (``link-windows``, uid ``link-windows-jvm``, keyed by user, no labels): the stages before it
+    carry the graph context in the record's ``graph`` field, which it sets back to null."""
     from udfs import jvm, jvm_decide, jvm_parse
     from udfs.chain import spec_document
 

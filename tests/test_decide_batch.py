@@ -45,6 +45,7 @@ def _columns(n: int, with_signals: bool) -> tuple[dict, list]:
         cols["late"].append(late)
         cols["signals"].append([sig[s] for s in SIGNALS] if sig else None)
         cols["arrived_at"].append(_arrival(k, ev))
+        cols["graph"].append(None)  # the graph context: null after the link stage
     return cols, rows
 
 

@@ -41,7 +41,11 @@ def test_switch_is_off_and_the_shipped_spec_is_unchanged():
 
     off, on = spec_document(), spec_document(features=FEATURES_WITH_GRAPH)
     assert "graph" not in off and all("graph" not in e for e in off["entities"])
-    assert on["graph"] == GRAPH and [e["name"] for e in on["entities"]] == ["user", "ip", "device", "payment", "link"]
+    from udfs.graph import MAX_GRAPH_LABELS, NO_FRAUD
+
+    assert on["graph"] == {**GRAPH, "max_labels": MAX_GRAPH_LABELS, "no_fraud": NO_FRAUD,
+                           "link_kinds": ["device", "payment"]}
+    assert [e["name"] for e in on["entities"]] == ["user", "ip", "device", "payment", "link"]
     assert [e["graph"] for e in on["entities"]] == ["user", "members", "members", "members", "link"]
 
 

@@ -35,8 +35,10 @@ def test_batched_decide_stage_equals_the_per_row_decider(tmp_path):
     def arrival(k: int, ev: Event) -> int | None:  # the broker arrival time, unknown for every fourth row
         return None if k % 4 == 3 else ev.ts + 500 + k
 
+    # graph: the graph context field, null after the link stage; bytes on some rows, which the decide
+    # stage ignores
     rows = [Row(*ev[:8], orjson.dumps(ev.extras).decode() if ev.extras else None, *ev[9:], vals, late, None,
-                arrival(k, ev)) for k, (ev, vals, late, _) in enumerate(staged)]
+                arrival(k, ev), b"\x01\x00\x00" if k % 5 == 1 else None) for k, (ev, vals, late, _) in enumerate(staged)]
     env = decision_job.make_env(JobConfig(parallelism=2, checkpoint_interval_ms=500))
     records = env.from_collection(rows, type_info=jvm_decide.row_type())
     out = jvm_decide.decide(records, "models/risk_gbdt_v1.onnx", Policy(), None, with_control=False)

@@ -795,3 +795,412 @@ def test_a_jvm_aggregate_that_differs_from_the_python_class_is_refused(jvm):
     del doc["aggregates"]["mean"]
     with pytest.raises(Py4JJavaError, match="aggregate mean is not in the spec's aggregates"):
         J.EntitySpec.parse(orjson.dumps(doc).decode(), "user")
+
+
+# -- graph features (docs/features.md#graph-features): the JVM graph parts against udfs.graph via Chain -----
+def _graph_stress(t0: int) -> list[Event]:
+    """The caps and their ties: 40 users (ids ending in non-ASCII, private-use U+E000 / U+FFFF and astral
+    characters, whose order differs between code points and UTF-16 units) on one ip, 30 of them on one
+    device, in groups of 10 at the same time (members and pairs beyond their caps, cut inside a tie); one of
+    them on 30 devices, ips and cards at one time (entities beyond the link's cap, cut inside a tie). Three
+    rounds an hour apart."""
+    tails = ["a", "é", "\ue000", "\uffff", "😀", "𝄞", "日本", "z", "\U0010fffd", "b"]
+    users = [f"s{tails[k % 10]}{k // 10}" for k in range(40)]
+    out = []
+    for rep in range(3):
+        for k, u in enumerate(users):
+            typ = "payment" if k % 2 else "login"
+            out.append(Event(f"st-{rep}-{k}", typ, u, "dev-hot" if k < 30 else f"sd{k % 20}", "10.7.7.7", 5.0, "EUR",
+                             t0 + rep * HOUR + (k // 10) * 1000, None,
+                             f"sc{tails[k % 10]}{k % 25}" if typ == "payment" else None))
+        for j in range(30):
+            out.append(Event(f"sm-{rep}-{j}", "payment", users[4], f"sd{tails[j % 10]}{j}", f"10.8.{j}.1", 1.0, "EUR",
+                             t0 + rep * HOUR + 50_000, None, f"scm{tails[j % 10]}{j}"))
+    return out
+
+
+def _graph_records(seed: int = 5, n: int = 3000) -> list:
+    """Ring traffic (14 days, ``rings=True``) with labels at their arrival: fraud for the ring's and the
+    other fraud events, and for a tenth of the normal ones a mistaken fraud label overturned by a legit one
+    up to two days later; plus, in the middle, :func:`_graph_stress` with fraud labels for a seventh of it."""
+    import heapq
+
+    from riskstream.generator import TrafficGenerator
+
+    rnd = random.Random(seed)
+    recs = [r for r in TrafficGenerator(seed=seed, days=14, rings=True).generate(n) if r.event is not None]
+    pending, out = [], []
+    for seq, r in enumerate(recs):
+        ev = Event(**r.event)
+        while pending and pending[0][0] <= ev.ts:
+            out.append(("label", heapq.heappop(pending)[2]))
+        out.append(("event", ev))
+        lab = r.label
+        args = (lab["event_id"], lab["user_id"], lab["device_id"], lab["ts"], "fraud", lab["ip"], lab.get("payment_ref"))
+        if lab["fraud"]:
+            heapq.heappush(pending, (lab["arrival_ts"], seq, args))
+        elif rnd.random() < 0.1:
+            heapq.heappush(pending, (lab["arrival_ts"], seq, args))
+            heapq.heappush(pending, (lab["arrival_ts"] + rnd.randrange(1, 2 * 24 * HOUR), seq,
+                                     args[:4] + ("legit",) + args[5:]))
+    mid = next(i for i, (k, x) in enumerate(out) if k == "event" and i >= len(out) // 2)
+    stress = _graph_stress(out[mid][1].ts)
+    labels = [("label", (e.event_id, e.user_id, e.device_id, e.ts, "fraud", e.ip, e.payment_ref)) for e in stress[::7]]
+    out[mid:mid] = [("event", e) for e in stress[:100]] + labels[:10] + [("event", e) for e in stress[100:]] + labels[10:]
+    return out + [("event", e) for e in _graph_floor(max(x.ts for k, x in out if k == "event") + HOUR)]
+
+
+def _graph_floor(t0: int) -> list[Event]:
+    """The eviction floors keep what is newer than the key's newest - horizon - lateness: a member, a pair
+    and a link entity just inside that floor but older than newest - horizon are read by an event 50 s out
+    of order (within the lateness) for which they are live. At the end of the stream (a week later)."""
+    from udfs.features import GRAPH
+
+    h = GRAPH["horizon_ms"]
+    ev = lambda i, t, u, d, ip: Event(f"fl-{i}", "login", u, d, ip, 0.0, "EUR", t)  # noqa: E731
+    return [ev(0, t0 - 1_000, "fl-a", "fl-dev", "10.66.0.1"), ev(1, t0, "fl-l", "fl-dl", "10.66.0.1"),
+            ev(2, t0 + h + 40_000, "fl-b", "fl-dev", "10.66.0.1"), ev(3, t0 + h + 40_000, "fl-l", "fl-dl", "10.66.0.2"),
+            ev(4, t0 + h - 10_000, "fl-c", "fl-dev", "10.66.0.1"), ev(5, t0 + h - 10_000, "fl-l", "fl-dl2", "10.66.0.3")]
+
+
+def _graph_expected(records: list) -> dict:
+    """{event_id: (values, late, signals)} of the Python reference (udfs.chain.Chain with the graph spec)."""
+    from udfs.features import FEATURES_WITH_GRAPH
+
+    ch = Chain(LATENESS, DEDUP, label_signals=True, features=FEATURES_WITH_GRAPH)
+    out = {}
+    for kind, x in records:
+        if kind == "label":
+            ch.label(label_of(*x))
+        else:
+            res = ch.process(x)
+            assert res is not None and x.event_id not in out, x
+            out[x.event_id] = res
+    return out
+
+
+def _graph_lines(records: list) -> str:
+    """The records as GraphLocalRunner reads them: per line an event's fields, or a label record's."""
+    from udfs.chain import EVENT_FIELDS, N_EVENT
+
+    return "\n".join(orjson.dumps(x._asdict() if kind == "event" else
+                                  dict(zip(EVENT_FIELDS, label_record(label_of(*x))[:N_EVENT]))).decode()
+                     for kind, x in records)
+
+
+def test_jvm_graph_parts_match_python_without_flink(jvm):
+    """The JVM graph parts (io.riskstream.flink.graph) through the whole chain in one JVM call
+    (GraphLocalRunner: the windows, the label stores, the context encoded between stages), value for value
+    equal to Chain's on ring traffic with labels and the caps' stress; and the graph state's bytes per key."""
+    from udfs.chain import spec_document as doc_of
+    from udfs.features import FEATURES_WITH_GRAPH
+
+    _, J = jvm
+    records = _graph_records(5, 4000)
+    want = _graph_expected(records)
+    res = json.loads(J.GraphLocalRunner.run(json.dumps(doc_of(LATENESS, FEATURES_WITH_GRAPH)), DEDUP,
+                                            _graph_lines(records)))
+    events = [x for kind, x in records if kind == "event"]
+    assert [want[e.event_id][0] for e in events] == res["values"]
+    names = [f.name for f in FEATURES_WITH_GRAPH if f.entity != "event"]
+    for i, name in enumerate(names):
+        if name.startswith("graph_"):  # every graph feature is exercised
+            assert sum(want[e.event_id][0][i] > 0 for e in events) > 50, name
+    sizes = {stage: sorted(d.values()) for stage, d in res["graph_state_bytes"].items() if d}
+    assert set(sizes) == {"ip", "device", "payment", "link"}
+    print({s: (len(v), v[len(v) // 2], v[int(len(v) * 0.99)], v[-1]) for s, v in sizes.items()})
+
+
+def _run_graph(jar, records: list, parallelism: int, tmp_path, extra=None) -> dict:
+    """Every stage of the graph spec chained in the JVM on a MiniCluster (user, ip, device, payment, link),
+    labels on, each label record passed on by every stage after folding it (``forward_labels``: each stage
+    sees it at its place among the events, as Chain.label): {event_id: (values, late, signals)}. Every
+    output record's graph field must be null (the link stage drops the context)."""
+    from pyflink.common import Duration, Types, WatermarkStrategy
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import FileSink
+
+    from pipelines import decision_job
+    from riskstream.config import JobConfig
+    from riskstream.ops.jars import flink_jar_urls
+    from udfs import jvm
+    from udfs.chain import ROW_FIELDS
+    from udfs.chain import spec_document as doc_of
+    from udfs.features import FEATURES_WITH_GRAPH, spec_entities
+    from udfs.flink import DEAD_LETTER_TAG, EventTime
+
+    cfg = JobConfig(parallelism=parallelism, checkpoint_interval_ms=500, checkpoint_dir=(tmp_path / "chk").as_uri())
+    env = decision_job.make_env(cfg, extra={"pipeline.jars": ";".join(flink_jar_urls(cfg.jars_dir) + [jar.as_uri()]),
+                                            **(extra or {})})
+    env.set_parallelism(1)
+    rows = [jvm.to_row(pack(x) if kind == "event" else label_record(label_of(*x))) for kind, x in records]
+    stream = (env.from_collection(rows, type_info=jvm.record_type_info())
+              .assign_timestamps_and_watermarks(WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(5000))
+                                                .with_timestamp_assigner(EventTime())))
+    env.set_parallelism(parallelism)
+    spec = orjson.dumps(doc_of(LATENESS, FEATURES_WITH_GRAPH)).decode()
+    dead = None
+    for e in spec_entities(FEATURES_WITH_GRAPH):
+        stream = jvm.entity_stage(stream, e, spec, DEDUP, True, "jvm-test", forward_labels=True)
+        d = stream.get_side_output(DEAD_LETTER_TAG)
+        dead = d if dead is None else dead.union(d)
+    graph = [n for n, _ in ROW_FIELDS].index("graph")
+
+    def show(row):
+        rec = jvm.from_row(row)
+        _, values, late, signals = unpack(rec)
+        return orjson.dumps({"event_id": rec[0], "values": values, "late": late, "signals": signals,
+                             "graph": row[graph] is not None}).decode()
+
+    (stream.map(show, output_type=Types.STRING())
+     .union(dead.map(lambda b: "D" + bytes(b).decode("utf-8"), output_type=Types.STRING()))
+     .sink_to(FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build()))
+    env.execute("jvm-graph-test")
+    got = {}
+    for f in sorted((tmp_path / "out").rglob("*")):
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                assert not line.startswith("D"), line  # no duplicate, no processing error
+                o = orjson.loads(line)
+                assert o["event_id"] not in got and not o["graph"], o
+                got[o["event_id"]] = (o["values"], o["late"], o["signals"])
+    return got
+
+
+def _graph_deterministic(records: list, subtask) -> dict[str, list[bool]]:
+    """Per event, per stage of the graph chain: whether its values there are fixed by the input order at
+    p > 1. A stage's key sees its records in input order when they all came one path: through the same
+    subtask of every earlier stage (``subtask(key)``: Flink's key-group assignment), each channel between
+    two subtasks being FIFO (labels included: they are passed on). A stage's graph values also read what
+    the earlier stages attached to the record, and its state holds what earlier events of the key carried,
+    so a value is deterministic when the event's earlier stages were, the key is one-path, and every earlier
+    event of the key was deterministic up to this stage (else the key is tainted from then on)."""
+    from udfs.chain import key_index
+    from udfs.features import FEATURES_WITH_GRAPH, spec_entities
+
+    ents = spec_entities(FEATURES_WITH_GRAPH)
+    recs = [pack(x) if kind == "event" else label_record(label_of(*x)) for kind, x in records]
+    keys = [[r[key_index(e)] or "" for e in ents] for r in recs]
+    sub: dict[str, int] = {}
+    paths: dict[tuple, set] = {}
+    for (kind, _), ks in zip(records, keys):
+        for k in ks:
+            if k not in sub:
+                sub[k] = subtask(k)
+        for i, e in enumerate(ents):
+            if kind == "label" and not e.reads_labels_in(FEATURES_WITH_GRAPH):
+                continue
+            paths.setdefault((i, ks[i]), set()).add(tuple(sub[k] for k in ks[:i]))
+    tainted: set = set()
+    out = {}
+    for (kind, x), ks in zip(records, keys):
+        if kind != "event":
+            continue
+        det, flags = True, []
+        for i, e in enumerate(ents):
+            if e.optional and getattr(x, e.key_field) is None:
+                flags.append(det)  # empty values, no state: as deterministic as the context passed on
+                continue
+            here = det and len(paths[(i, ks[i])]) == 1 and (i, ks[i]) not in tainted
+            if not det:
+                tainted.add((i, ks[i]))
+            det = here
+            flags.append(det)
+        out[x.event_id] = flags
+    return out
+
+
+@pytest.mark.parametrize("parallelism,backend", [(1, "hashmap"), (2, "rocksdb")])
+def test_jvm_graph_features_match_python_chain(jvm, tmp_path, parallelism, backend):
+    """The graph spec's five JVM stages chained on a MiniCluster against Chain(features=FEATURES_WITH_GRAPH):
+    ring traffic with labels (fraud, mistaken fraud overturned by legit) and the caps' stress (ties cut
+    by code-point order). p=1: every value of every event (windows and graph), late flag and signals
+    exactly equal. p=2 (RocksDB): each stage's values of the events whose arrival order there is fixed by the
+    input (:func:`_graph_deterministic`), exactly equal; the late flag and signals where every stage is."""
+    from udfs.features import FEATURES_WITH_GRAPH, features_for, spec_entities
+
+    jar, _ = jvm
+    records = _graph_records(5, 2500)
+    want = _graph_expected(records)
+    got = _run_graph(jar, records, parallelism, tmp_path, extra={"state.backend.type": backend})
+    assert set(got) == set(want)
+    ents = spec_entities(FEATURES_WITH_GRAPH)
+    offs, o = [], 0
+    for e in ents:
+        n = len(features_for(e.name, FEATURES_WITH_GRAPH))
+        offs.append((o, o + n))
+        o += n
+    from pyflink.java_gateway import get_gateway
+
+    from riskstream.config import JobConfig
+
+    kgra = get_gateway().jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
+    max_p = JobConfig().max_parallelism  # the job's key groups (pipeline.max-parallelism)
+    det = _graph_deterministic(records, lambda k: kgra.assignKeyToParallelOperator(k, max_p, parallelism))
+    compared = [0] * len(ents)
+    for eid, (values, late, signals) in got.items():
+        w_values, w_late, w_signals = want[eid]
+        flags = det[eid] if parallelism > 1 else [True] * len(ents)
+        for i, (a, b) in enumerate(offs):
+            if flags[i]:
+                assert values[a:b] == w_values[a:b], (ents[i].name, eid)  # exactly equal
+                compared[i] += 1
+        if all(flags):
+            assert (late, signals) == (w_late, w_signals), eid
+    if parallelism == 1:
+        assert compared == [len(want)] * len(ents)
+    else:
+        print("p=2 compared per stage", dict(zip((e.name for e in ents), compared)), "of", len(want))
+        assert min(compared) > len(want) // 5, compared
+
+
+_ODD_USERS = ["", "a", "é", "\ue000", "\uffff", "😀", "𝄞x", "\U0010fffd", "日本語", "x" * 300]
+
+
+def test_graph_encodings_round_trip(jvm):
+    """The graph context (the record's graph field) and the graph states decode to what was encoded, with the
+    edge values: empty sketches (present but empty is not absent), user ids and keys with non-ASCII,
+    private-use and astral characters, NO_FRAUD, times far before and after the base, a link state with and
+    without its timer; a label store keeps its order. And Python's str order is what the caps' ties use."""
+    from udfs.chain import spec_document as doc_of
+    from udfs.features import FEATURES_WITH_GRAPH
+    from udfs.graph import NO_FRAUD
+
+    _, J = jvm
+    doc = json.dumps(doc_of(LATENESS, FEATURES_WITH_GRAPH))
+    ts = 1_767_225_600_123
+    far = [ts, ts - 1, ts + 86_400_000, ts - 10 * 365 * 86_400_000, 0, -5, (1 << 62), NO_FRAUD + 1]
+    sk = {u: [far[i % len(far)], NO_FRAUD if i % 3 == 0 else far[(i + 3) % len(far)]] for i, u in enumerate(_ODD_USERS)}
+    contexts = [
+        {"ts": ts, "fraud": NO_FRAUD, "sketch": {}, "side": {}},
+        {"ts": ts, "fraud": ts - 5, "sketch": {"0": {"key": "10.0.0.1", "users": {}}}, "side": {}},
+        {"ts": ts, "fraud": 1, "sketch": {"0": {"key": "😀ip", "users": sk}, "2": {"key": "", "users": {"a": [ts, ts]}}},
+         "side": {**sk, "z": [0, NO_FRAUD]}},
+    ]
+    for c in contexts:
+        back = json.loads(J.GraphLocalRunner.contextRoundTrip(doc, "device", json.dumps(c)))
+        assert back.pop("bytes") > 0 and back == c
+    members = [
+        {"newest": ts, "m": {}, "p": []},
+        {"newest": ts, "m": {u: [v[0], v[1], sk if i % 2 else {}] for i, (u, v) in enumerate(sk.items())},
+         "p": [[u, f"device\x00{u}d", far[i % len(far)]] for i, u in enumerate(_ODD_USERS)]},
+    ]
+    for m in members:
+        back = json.loads(J.GraphLocalRunner.memberStateRoundTrip(doc, "ip", json.dumps(m)))
+        assert back.pop("bytes") > 0 and back == m
+    links = [{"newest": ts, "timer": None, "e": {}},
+             {"newest": ts, "timer": ts + 7 * 86_400_000 + 60_001,
+              "e": {"ip\x00😀": [ts - 1, {}], "device\x00\uffff": [ts, sk], "payment\x00c1": [0, {"a": [ts, NO_FRAUD]}]}}]
+    for x in links:
+        back = json.loads(J.GraphLocalRunner.linkStateRoundTrip(doc, "link", json.dumps(x)))
+        assert back.pop("bytes") > 0 and back == x
+    lab = {"at": 1_767_000_000_000, "lab": [[json.dumps([u, f"e{i}"]), u, far[i % len(far)]]
+                                           for i, u in enumerate(reversed(_ODD_USERS))]}
+    back = json.loads(J.GraphLocalRunner.labelsRoundTrip(json.dumps(lab)))
+    assert back.pop("bytes") > 0 and back == lab
+    words = _ODD_USERS + ["s\uffff1", "s😀1", "s\ue0001", "s𝄞", "s", "sa", "s\U0010fffd"]
+    assert json.loads(J.GraphLocalRunner.sortCodePoints(json.dumps(words))) == sorted(words)
+    assert sorted(words) != sorted(words, key=lambda w: w.encode("utf-16-be"))  # the orders differ here
+
+
+def test_graph_state_bytes_per_key_at_the_caps(jvm):
+    """The graph state's encoded size per key with every cap full (generator-like ids, times over the week,
+    no fraud), printed for docs/features.md; bounded as documented."""
+    from udfs.chain import spec_document as doc_of
+    from udfs.features import FEATURES_WITH_GRAPH, GRAPH
+    from udfs.graph import NO_FRAUD
+
+    _, J = jvm
+    doc = json.dumps(doc_of(LATENESS, FEATURES_WITH_GRAPH))
+    k, ke, kp, h = GRAPH["members_cap"], GRAPH["entities_cap"], GRAPH["pairs_cap"], GRAPH["horizon_ms"]
+    ts = 1_767_225_600_000
+    rnd = random.Random(1)
+    uid = lambda: f"u11-{rnd.randrange(10**7):07d}"  # noqa: E731
+    sketch = lambda n: {uid(): [ts - rnd.randrange(h), NO_FRAUD] for _ in range(n)}  # noqa: E731
+    sizes = {}
+    sizes["ip (K members, KP pairs)"] = json.loads(J.GraphLocalRunner.memberStateRoundTrip(doc, "ip", json.dumps(
+        {"newest": ts, "m": {u: [t, f, {}] for u, (t, f) in sketch(k).items()},
+         "p": [[uid(), f"device\x00d11-{rnd.randrange(10**7):07d}", ts - rnd.randrange(h)] for _ in range(kp)]})))["bytes"]
+    for name, up in (("device", k), ("payment", 2 * k)):
+        sizes[f"{name} (K members, each {up} upstream)"] = json.loads(J.GraphLocalRunner.memberStateRoundTrip(
+            doc, name, json.dumps({"newest": ts, "m": {u: [t, f, sketch(up)] for u, (t, f) in sketch(k).items()},
+                                   "p": []})))["bytes"]
+    sizes["link (KE entities of K users)"] = json.loads(J.GraphLocalRunner.linkStateRoundTrip(doc, "link", json.dumps(
+        {"newest": ts, "timer": ts + h, "e": {f"device\x00d11-{i:07d}": [ts - rnd.randrange(h), sketch(k)]
+                                              for i in range(ke)}})))["bytes"]
+    sizes["context (3 sketches of K, side of 2K(1+K))"] = json.loads(J.GraphLocalRunner.contextRoundTrip(
+        doc, "link", json.dumps({"ts": ts, "fraud": NO_FRAUD, "side": sketch(2 * k * (1 + k)),
+                                 "sketch": {str(i): {"key": f"d11-{i:07d}", "users": sketch(k)} for i in range(3)}})))["bytes"]
+    print(sizes)
+    # every user id distinct (the worst case: ids are strings, each written once per state)
+    assert sizes["ip (K members, KP pairs)"] < 2_500 and sizes["device (K members, each 16 upstream)"] < 6_000
+    assert sizes["payment (K members, each 32 upstream)"] < 11_000 and sizes["link (KE entities of K users)"] < 6_000
+
+
+def test_a_bad_graph_spec_is_refused_when_the_job_is_built(jvm):
+    """The graph constants come from the spec document only: a spec whose graph section is missing or
+    wrong, a graph aggregate on an entity whose role cannot compute it, a graph horizon other than the
+    graph's, or a record without the graph field fails in the stage's constructor with a clear message."""
+    from py4j.protocol import Py4JJavaError
+
+    from udfs.chain import spec_document as doc_of
+    from udfs.features import FEATURES_WITH_GRAPH
+
+    _, J = jvm
+    good = doc_of(LATENESS, FEATURES_WITH_GRAPH)
+    J.EntityWindowsFunction(json.dumps(good), "ip", DEDUP, True, "t")
+    J.GraphLinkFunction(json.dumps(good), "link", "t")
+
+    def bad(change):
+        d = json.loads(json.dumps(good))
+        change(d)
+        return json.dumps(d)
+
+    def feature(d, name):
+        return next(f for f in d["features"] if f["name"] == name)
+
+    cases = [
+        (lambda d: d.pop("graph"), "device", 'no "graph" section'),
+        (lambda d: d["graph"].update(members_cap=0), "device", "graph.members_cap must be a positive integer"),
+        (lambda d: d["graph"].pop("max_labels"), "user", "graph.max_labels must be a positive integer"),
+        (lambda d: d["graph"].update(link_kinds=["card"]), "ip", "link_kinds: no entity card"),
+        (lambda d: feature(d, "graph_device_users_7d").update(agg="graph_group_users"), "device",
+         "graph_group_users cannot be computed by a graph members stage"),
+        (lambda d: feature(d, "graph_device_users_7d").update(horizon_ms=86_400_000), "device",
+         "graph feature's horizon must be graph.horizon_ms"),
+        (lambda d: d["record_fields"].remove("graph"), "payment", 'the record has no "graph" field'),
+    ]
+    for change, entity, message in cases:
+        with pytest.raises(Py4JJavaError, match=message):
+            J.EntityWindowsFunction(bad(change), entity, DEDUP, True, "t")
+    with pytest.raises(Py4JJavaError, match="link is the graph link stage"):
+        J.EntityWindowsFunction(json.dumps(good), "link", DEDUP, True, "t")
+    with pytest.raises(Py4JJavaError, match="not the spec's graph link stage"):
+        J.GraphLinkFunction(json.dumps(good), "device", "t")
+
+
+def test_the_job_plan_with_graph_features_on_the_jvm_runtime(tmp_path):
+    """With RISKSTREAM_GRAPH_FEATURES=1 (read at import: a fresh interpreter) the jvm runtime builds the job:
+    the link stage after payment (link-windows, uid link-windows-jvm) before the decide stage."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import json\n"
+        "from riskstream.config import JobConfig\n"
+        "from pipelines import decision_job\n"
+        "from tests.test_job_flink import _stage_chain, _stream_nodes\n"
+        "cfg = JobConfig(bootstrap_servers='127.0.0.1:1', stage_runtime='jvm')\n"
+        "env = decision_job.make_env(cfg)\n"
+        "decision_job.build(env, cfg)\n"
+        "print(json.dumps({'uids': dict(_stream_nodes(env)), 'chain': _stage_chain(env)}))\n")
+    env = {**os.environ, "RISKSTREAM_GRAPH_FEATURES": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads(out.stdout.strip().splitlines()[-1])
+    assert plan["chain"] == ["user-windows", "ip-windows", "device-windows", "payment-windows", "link-windows",
+                             "score-decide"]
+    assert plan["uids"]["link-windows"] == "link-windows-jvm"

@@ -37,7 +37,9 @@ from .features import SIGNALS as SIGNAL_NAMES
 from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, GRAPH, GRAPH_AGGS, LABEL_ENTITIES, LABEL_KEYS,
                        MISSING, Entity, features_for, has_graph, label_keep_ms, spec_entities, spec_fingerprint,
                        spec_json)
-from .graph import GraphParams, LinkPart, MemberPart, UserPart, fold_label as fold_graph_label, new_context
+from .features import GRAPH_LINK_KINDS
+from .graph import MAX_GRAPH_LABELS, NO_FRAUD, GraphParams, LinkPart, MemberPart, UserPart, new_context
+from .graph import fold_label as fold_graph_label
 from .labels import FRAUD, Label, apply_fraud_label, apply_label, known_fraud_users
 from .windows import (DEFAULT_LATENESS_MS, HLL_THRESHOLD, TIMER_GRID_MS, EntityWindows, arm, cleanup, event_values,
                       fresh_ms, retention_ms)
@@ -58,7 +60,10 @@ LABEL_MARK = "\x00label"  # event_type of a label travelling as a record (never 
 # The same record as a typed Row, for stages that run in the JVM (udfs/jvm): (name, type) in order. Event
 # fields keep their names (extras as JSON text, optional keys nullable), then "values" (DOUBLE[]), "late"
 # (BOOLEAN), "signals" (DOUBLE[] in features.SIGNALS order, null when the job reads no labels) and
-# "arrived_at" (BIGINT, nullable: epoch ms of the Kafka record's timestamp, the events topic's append time).
+# "arrived_at" (BIGINT, nullable: epoch ms of the Kafka record's timestamp, the events topic's append time),
+# "graph" (BYTES, nullable, always present so the Row type does not depend on the graph switch: the graph
+# context of udfs.graph.new_context in the JVM stages' binary encoding, io.riskstream.flink.graph.GraphContext;
+# null without graph features, before the user stage and after the link stage).
 _ROW_TYPES = {"str": "STRING", "float": "DOUBLE", "int": "BIGINT", "dict": "JSON"}
 
 
@@ -70,6 +75,7 @@ def _row_type(name: str) -> str:
 ROW_FIELDS: tuple[tuple[str, str], ...] = (
     *((name, _row_type(name)) for name in EVENT_FIELDS),
     ("values", "DOUBLE[]"), ("late", "BOOLEAN"), ("signals", "DOUBLE[]"), ("arrived_at", "BIGINT"),
+    ("graph", "BYTES"),
 )
 
 
@@ -526,7 +532,10 @@ def spec_document(allowed_lateness_ms: int = DEFAULT_LATENESS_MS, features: tupl
         "features": spec_json(features),
     }
     if has_graph(features):  # the graph's constants (docs/features.md#graph-features); absent without them
-        doc["graph"] = dict(GRAPH)
+        # plus the reference's own (udfs.graph): the label store's cap, the no-fraud time, the kinds
+        # graph_shared_entities pairs with its users; a JVM stage reads every one from here
+        doc["graph"] = {**GRAPH, "max_labels": MAX_GRAPH_LABELS, "no_fraud": NO_FRAUD,
+                        "link_kinds": list(GRAPH_LINK_KINDS)}
     return doc
 
 

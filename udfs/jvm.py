@@ -4,7 +4,8 @@ The Java ``EntityWindowsFunction`` interprets the spec document (``udfs.chain.sp
 Python semantics of ``udfs.chain.EntityStep`` (which stays the reference: replay and training run it).
 Between JVM stages the record is a typed Row (``udfs.chain.ROW_FIELDS``): extras as JSON text, values and
 signals as DOUBLE[] (signals in ``features.SIGNALS`` order, NaN for a signal no stage set, null when the
-job reads no labels). :func:`to_row` / :func:`from_row` convert a ``udfs.chain`` record to that Row and back.
+job reads no labels), the graph context as BYTES (null but between the user and the link stage of a spec
+with graph features: ``io.riskstream.flink.graph.GraphContext``). :func:`to_row` / :func:`from_row` convert a ``udfs.chain`` record to that Row and back.
 
 The jar must be on the job's ``pipeline.jars``; :func:`entity_stage` also loads it into the client's class
 loader from there when the classes are not visible yet.
@@ -26,6 +27,7 @@ _EXTRAS = EVENT_FIELDS.index("extras")
 _TYPES = {
     "STRING": Types.STRING, "JSON": Types.STRING, "DOUBLE": Types.DOUBLE, "BIGINT": Types.LONG,
     "BOOLEAN": Types.BOOLEAN, "DOUBLE[]": lambda: Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
+    "BYTES": lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()),
 }
 
 
@@ -50,7 +52,8 @@ def to_row(rec: Record) -> Row:
     # JVM as Object[] (a ClassCastException in the Row serializer), so a Row a Python operator emits must not
     # carry one. The JVM stages read null as "none yet".
     values = [float(v) for v in rec[VALUES]] or None
-    return Row(*fields, values, bool(rec[LATE]), signals, rec[ARRIVED])
+    # graph: a record entering the chain carries no graph context (the user stage starts it)
+    return Row(*fields, values, bool(rec[LATE]), signals, rec[ARRIVED], None)
 
 
 def from_row(row) -> Record:
@@ -83,13 +86,21 @@ def _jvm_package(stream: DataStream):
 
 
 def entity_stage(stream: DataStream, entity: Entity, spec_json: str, dedup_horizon_ms: int, labels: bool,
-                 job_name: str) -> DataStream:
+                 job_name: str, forward_labels: bool = False) -> DataStream:
     """The entity's keyed stage in the JVM: ``stream`` (Rows of :func:`record_type_info`) keyed by the
     entity's key field (``""`` for keyless events), the Java ``EntityWindowsFunction`` appending the
-    entity's values. Its dead letters come out of ``get_side_output(udfs.flink.DEAD_LETTER_TAG)``."""
+    entity's values (with graph features in the spec, its graph values too); the graph link stage
+    (``entity.graph == "link"``) is the Java ``GraphLinkFunction``. Its dead letters come out of
+    ``get_side_output(udfs.flink.DEAD_LETTER_TAG)``. ``forward_labels`` (tests): the stage passes label
+    records on after folding them (``EntityWindowsFunction.withLabelsForwarded``)."""
     pkg = _jvm_package(stream)
     j_key = pkg.RecordKey(key_index(entity))
-    j_fn = pkg.EntityWindowsFunction(spec_json, entity.name, int(dedup_horizon_ms), bool(labels), job_name)
+    if entity.graph == "link":  # the graph features' link stage (keyed by user): graph state only, no windows
+        j_fn = pkg.GraphLinkFunction(spec_json, entity.name, job_name)
+    else:
+        j_fn = pkg.EntityWindowsFunction(spec_json, entity.name, int(dedup_horizon_ms), bool(labels), job_name)
+        if forward_labels:
+            j_fn = j_fn.withLabelsForwarded()
     j_out = (stream._j_data_stream
              .keyBy(j_key, Types.STRING().get_java_type_info())
              .process(j_fn, record_type_info().get_java_type_info()))

@@ -87,6 +87,10 @@ public final class Bootstrap {
         public long events, duplicates, labels;
 
         public ChainState(String specJson, long dedupHorizonMs, long outOfOrdernessMs) throws IOException {
+            if (JSON.readTree(specJson).get("graph") != null) { // a warm windows state with a cold graph: refuse
+                throw new IllegalArgumentException("bootstrap does not write the graph features' state yet: unset "
+                    + "RISKSTREAM_GRAPH_FEATURES to bootstrap");
+            }
             for (JsonNode e : JSON.readTree(specJson).get("entities")) {
                 EntitySpec s = EntitySpec.parse(specJson, e.get("name").asText());
                 specs.add(s);

@@ -32,6 +32,8 @@ public final class EntitySpec implements Serializable {
     public final String[] recordFields;
     public final int eventIdIndex, eventTypeIndex, userIdIndex, tsIndex, extrasIndex, nEvent, valuesIndex,
         lateIndex, signalsIndex, arity;
+    /** the record's graph context field ("graph", BYTES), -1 in a layout without it (an older spec). */
+    public final int graphIndex;
 
     // plan kinds: a key's age or time since its previous event, a window aggregate's result, a label feature
     public static final int P_SINCE_PREV = 0, P_AGE = 1, P_WINDOW = 2, P_FRAUD_LABELS = 3, P_FRAUD_SHARE = 4;
@@ -122,6 +124,7 @@ public final class EntitySpec implements Serializable {
         lateIndex = rowIndex("late");
         signalsIndex = rowIndex("signals");
         arity = recordFields.length;
+        graphIndex = java.util.Arrays.asList(recordFields).indexOf("graph");
         lateness = spec.get("allowed_lateness_ms").asLong();
         missing = spec.get("missing").asDouble();
         if (spec.get("distinct").get("hll_p").asInt() != Hll.P) {
@@ -186,9 +189,15 @@ public final class EntitySpec implements Serializable {
         List<Integer> planD = new ArrayList<>();
         List<Long> dws = new ArrayList<>();
         List<Long> dreach = new ArrayList<>();
-        long longest = 0, longestUndelayed = 0, keep = 0;
+        long longest = 0, longestUndelayed = 0, keep = 0, graphReach = 0;
         for (JsonNode f : spec.get("features")) {
             if (!f.get("entity").asText().equals(entity)) {
+                continue;
+            }
+            if (io.riskstream.flink.graph.GraphSpec.isGraphAgg(f.get("agg").asText())) {
+                // computed by the stage's graph part (io.riskstream.flink.graph), not by the windows: as
+                // udfs.chain.EntityStep, the windows leave it out (but the spec's retention counts it)
+                graphReach = Math.max(graphReach, f.get("horizon_ms").asLong());
                 continue;
             }
             names.add(f.get("name").asText());
@@ -322,7 +331,11 @@ public final class EntitySpec implements Serializable {
         retention = longest + lateness;
         fresh = longestUndelayed + lateness;
         labelKeepMs = keep;
-        readsLabels = labelSignals || keep > 0;
+        // udfs.features.Entity.reads_labels_in: a graph user or members stage folds labels too
+        JsonNode role = ent.get("graph");
+        boolean graphLabels = spec.get("graph") != null && role != null
+            && (role.asText().equals("user") || role.asText().equals("members"));
+        readsLabels = labelSignals || keep > 0 || graphLabels;
         JsonNode specReads = ent.get("reads_labels");
         if (specReads != null && specReads.asBoolean() != readsLabels) {
             throw new IllegalArgumentException("spec reads_labels " + specReads + " != " + readsLabels);
@@ -332,11 +345,13 @@ public final class EntitySpec implements Serializable {
             throw new IllegalArgumentException("spec label_keep_ms " + specKeep + " != " + labelKeepMs);
         }
         JsonNode specFresh = ent.get("fresh_ms");
-        if (specFresh != null && specFresh.asLong() != fresh) {
+        // the spec's retention and fresh time count the entity's graph features (udfs.windows.retention_ms);
+        // the windows' own do not (udfs.chain.EntityStep builds its windows without them)
+        if (specFresh != null && specFresh.asLong() != Math.max(fresh, graphReach + lateness)) {
             throw new IllegalArgumentException("spec fresh_ms " + specFresh + " != " + fresh);
         }
         JsonNode specRetention = ent.get("retention_ms");
-        if (specRetention != null && specRetention.asLong() != retention) {
+        if (specRetention != null && specRetention.asLong() != Math.max(retention, graphReach + lateness)) {
             throw new IllegalArgumentException("spec retention " + specRetention + " != " + retention);
         }
         featureNames = names.toArray(new String[0]);

@@ -22,12 +22,25 @@ import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
 import org.apache.flink.util.OutputTag;
 
+import io.riskstream.flink.graph.GraphContext;
+import io.riskstream.flink.graph.GraphLabels;
+import io.riskstream.flink.graph.GraphSpec;
+import io.riskstream.flink.graph.MemberPart;
+import io.riskstream.flink.graph.UserPart;
+
 /**
  * One entity's keyed stage in the JVM, interpreting the spec as udfs/flink.py EntityStage does with the
  * Python reference (udfs/chain.py EntityStep): dedup (entity.dedup) -> window update -> remember, the
  * entity's values appended to the record; an optional entity's keyless events get the empty values.
  * Duplicates and processing errors go to the side output "dead-letter" (byte[]), as udfs/flink.py's.
  * State: one ValueState&lt;byte[]&gt; per key ({@link KeyState}); labels a second one ({@link KnownFraud}).
+ * <p>With graph features in the spec ({@link GraphSpec}), the user stage starts the record's graph context
+ * (the user's known-fraud time from its graph label store) and a members stage (ip, device, payment) runs
+ * its {@link MemberPart} after the windows: its graph values after its window values, its sketch into the
+ * context. Its graph state is a third ValueState, cleared with the window state; the graph label store a
+ * fourth, folded from the label records and dropped by the label stores' processing-time TTL rule. The
+ * link stage is {@link GraphLinkFunction}. Pitfall: a keyless event (an optional entity) reads the window
+ * empty values plus graph zeros and attaches no sketch.
  */
 public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row> {
     private static final long serialVersionUID = 1L;
@@ -44,6 +57,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
     private final long dedupHorizonMs;
     private final boolean labels;
     private final String jobName;
+    private boolean forwardLabels;
 
     private transient EntitySpec spec;
     private transient EntityWindows windows;
@@ -53,6 +67,11 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
     private transient ValueState<byte[]> state;
     private transient ValueState<byte[]> known;
     private transient Counter lateCounter, errorCounter, dupCounter, fraudCounter, legitCounter;
+    private transient GraphSpec graph; // null: no graph part
+    private transient MemberPart members; // the members role's part, else null
+    private transient boolean graphLabelsOn;
+    private transient long graphLabelTtl;
+    private transient ValueState<byte[]> graphState, graphLabels;
 
     public EntityWindowsFunction(String specJson, String entity, long dedupHorizonMs, boolean labels, String jobName) {
         this.specJson = specJson;
@@ -61,6 +80,20 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         this.labels = labels;
         this.jobName = jobName;
         EntitySpec.parse(specJson, entity); // refuse a bad spec when the job is built, not when it runs
+        GraphSpec g = GraphSpec.parse(specJson, entity);
+        if (g != null && g.role.equals(GraphSpec.LINK)) {
+            throw new IllegalArgumentException(entity + " is the graph link stage: GraphLinkFunction runs it");
+        }
+    }
+
+    /**
+     * Tests only: pass label records on downstream after folding them, so a chain of stages sees each label
+     * at the same place among the events as the first stage (the job unions the labels into every stage
+     * instead, where their order against the events is the network's).
+     */
+    public EntityWindowsFunction withLabelsForwarded() {
+        forwardLabels = true;
+        return this;
     }
 
     @Override
@@ -72,6 +105,20 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         labelTtl = Math.max(LABEL_TTL_MS, spec.labelKeepMs + 24L * 3600 * 1000);
         state = getRuntimeContext().getState(
             new ValueStateDescriptor<>(entity + "_windows", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
+        graph = GraphSpec.parse(specJson, entity);
+        if (graph != null) {
+            members = graph.role.equals(GraphSpec.MEMBERS) ? new MemberPart(graph) : null;
+            graphLabelsOn = labels;
+            graphLabelTtl = Math.max(LABEL_TTL_MS, graph.labelKeepMs() + 24L * 3600 * 1000);
+            if (members != null) {
+                graphState = getRuntimeContext().getState(new ValueStateDescriptor<>(
+                    entity + "_graph", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
+            }
+            if (graphLabelsOn) {
+                graphLabels = getRuntimeContext().getState(new ValueStateDescriptor<>(
+                    entity + "_graph_labels", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
+            }
+        }
         MetricGroup g = getRuntimeContext().getMetricGroup();
         lateCounter = g.counter("late_events");
         errorCounter = g.counter("processing_errors");
@@ -92,13 +139,20 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             if (labelsOn) {
                 label(row, ctx);
             }
+            if (forwardLabels) {
+                out.collect(row);
+            }
             return;
         }
         Row result;
         boolean late;
         try {
-            if (row.getField(spec.keyIndex) == null) {
-                out.collect(extend(row, windows.emptyValues(), false, Double.NaN));
+            if (row.getField(spec.keyIndex) == null) { // no sketch for this stage: the context passes on
+                double[] empty = windows.emptyValues();
+                if (members != null) {
+                    empty = concat(empty, members.emptyValues());
+                }
+                out.collect(extend(row, empty, false, Double.NaN, graphField(row)));
                 return;
             }
             KeyState st = KeyState.decode(state.value(), spec);
@@ -112,8 +166,30 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             // the label store is read only when it may hold something (KeyState.labels): a second state
             // access per event on every key would double the RocksDB reads
             KnownFraud kf = labelsOn && (st == null || st.labels) ? KnownFraud.decode(known.value()) : null;
+            GraphLabels gl = graphLabelsOn && (st == null || st.labels) ? GraphLabels.decode(graphLabels.value()) : null;
             EntityWindows.Step r = windows.step(st, row, horizon, kf == null ? null : kf.lab);
-            r.state.labels = kf != null;
+            r.state.labels = kf != null || gl != null;
+            double[] values = r.values;
+            Object context = graphField(row);
+            if (graph != null) {
+                String user = (String) row.getField(spec.userIdIndex);
+                GraphContext gc;
+                if (members == null) { // the user stage: the context starts here
+                    gc = new UserPart(graph).step(gl, user);
+                } else {
+                    gc = GraphContext.decode((byte[]) context, graph.members.length, ts, graph.noFraud);
+                    String[] pairKeys = new String[graph.pairFields.length];
+                    for (int i = 0; i < pairKeys.length; i++) {
+                        pairKeys[i] = (String) row.getField(graph.pairFields[i]);
+                    }
+                    double[] gv = new double[graph.aggs.length];
+                    MemberPart.State gs = members.step(MemberPart.State.decode(graphState.value(), graph.noFraud), gl,
+                        (String) row.getField(spec.keyIndex), user, ts, pairKeys, gc, gv);
+                    graphState.update(gs.encode(graph.noFraud));
+                    values = concat(values, gv);
+                }
+                context = gc.encode(ts, graph.noFraud);
+            }
             if (r.hasTimer) {
                 ctx.timerService().registerEventTimeTimer(r.timer);
             }
@@ -123,7 +199,7 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
                 signal = KnownFraud.count(kf, ts);
             }
             late = r.late;
-            result = extend(row, r.values, late, signal);
+            result = extend(row, values, late, signal, context);
         } catch (Exception e) {
             errorCounter.inc();
             ctx.output(DEAD_LETTER, deadLetter(row, "processing_error",
@@ -138,10 +214,13 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
 
     /** The record after this stage: values appended, late merged, this entity's signal set (NaN: none);
      * every other field (the event's, arrived_at) passed through as it came. */
-    private Row extend(Row row, double[] values, boolean late, double signal) {
+    private Row extend(Row row, double[] values, boolean late, double signal, Object context) {
         Row r = Row.withPositions(spec.arity);
         for (int i = 0; i < spec.arity; i++) {
             r.setField(i, row.getField(i));
+        }
+        if (spec.graphIndex >= 0) {
+            r.setField(spec.graphIndex, context);
         }
         double[] prev = (double[]) row.getField(spec.valuesIndex);
         if (prev == null || prev.length == 0) {
@@ -165,6 +244,19 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         }
         r.setField(spec.signalsIndex, sig);
         return r;
+    }
+
+    private Object graphField(Row row) {
+        return spec.graphIndex >= 0 && spec.graphIndex < row.getArity() ? row.getField(spec.graphIndex) : null;
+    }
+
+    static double[] concat(double[] a, double[] b) {
+        if (b.length == 0) {
+            return a;
+        }
+        double[] all = Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, all, a.length, b.length);
+        return all;
     }
 
     private void label(Row row, Context ctx) {
@@ -193,13 +285,19 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
             if (spec.countsLabels) {
                 (label.equals("fraud") ? fraudCounter : legitCounter).inc();
             }
+            long now = System.currentTimeMillis();
+            boolean held = graphLabelsOn && graphLabel(row, ets, label.equals("fraud"), now, ctx);
             if (k.isEmpty()) {
                 known.clear();
+                armed = true; // nothing to clean up
+            } else {
+                k.at = now;
+                known.update(k.encode());
+                held = true;
+            }
+            if (!held) {
                 return;
             }
-            long now = System.currentTimeMillis();
-            k.at = now;
-            known.update(k.encode());
             byte[] w = state.value();
             if (w != null) { // tell the key's window state that its label store holds something now
                 KeyState st = KeyState.decode(w, spec);
@@ -218,9 +316,41 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         }
     }
 
+    /** The key's graph label store after one label (udfs.graph.fold_label); whether it holds something. A
+     * store that was empty arms its processing-time cleanup timer (one pending, as the window label store's). */
+    private boolean graphLabel(Row row, long ets, boolean fraud, long now, Context ctx) throws Exception {
+        GraphLabels gl = GraphLabels.decode(graphLabels.value());
+        boolean armed = gl != null;
+        if (gl == null) {
+            gl = new GraphLabels();
+        }
+        gl.fold((String) row.getField(spec.eventIdIndex), (String) row.getField(spec.userIdIndex), ets, fraud,
+            graph.labelKeepMs(), graph.maxLabels);
+        if (gl.isEmpty()) {
+            graphLabels.clear();
+            return false;
+        }
+        gl.at = now;
+        graphLabels.update(gl.encode());
+        if (!armed) {
+            ctx.timerService().registerProcessingTimeTimer(EntityWindows.gridTimer(now + graphLabelTtl));
+        }
+        return true;
+    }
+
     @Override
     public void onTimer(long timestamp, OnTimerContext ctx, Collector<Row> out) throws Exception {
         if (ctx.timeDomain() == TimeDomain.PROCESSING_TIME) { // only label cleanup uses processing time
+            if (graphLabelsOn) {
+                GraphLabels gl = GraphLabels.decode(graphLabels.value());
+                if (gl != null) {
+                    if (gl.at + graphLabelTtl <= timestamp) {
+                        graphLabels.clear();
+                    } else {
+                        ctx.timerService().registerProcessingTimeTimer(EntityWindows.gridTimer(gl.at + graphLabelTtl));
+                    }
+                }
+            }
             if (labelsOn) {
                 KnownFraud k = KnownFraud.decode(known.value());
                 if (k != null) {
@@ -236,13 +366,13 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         KeyState st = KeyState.decode(state.value(), spec);
         int what = windows.cleanup(st, timestamp);
         if (what == 1) {
-            state.clear(); // idle past the longest horizon + lateness: no event can read it again
+            clearKey(); // idle past the longest horizon + lateness: no event can read it again
         } else if (what == 2) {
             if (st.timer <= ctx.timerService().currentWatermark()) {
                 // the re-armed timer would fire in this same watermark advance and clear the key (a late
                 // watermark jump, or the end of a bounded input): clear it now, without the timer's write,
                 // delete and second read
-                state.clear();
+                clearKey();
             } else {
                 ctx.timerService().registerEventTimeTimer(st.timer);
                 state.update(st.encode(spec));
@@ -250,8 +380,20 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         }
     }
 
+    /** The key's window state, and its graph state with it (udfs.chain.Chain._fire_timers). */
+    private void clearKey() {
+        state.clear();
+        if (members != null) {
+            graphState.clear();
+        }
+    }
+
     // -- dead letters (udfs.events.dead_letter_record(encode_event(ev), ..., reencoded=True)) ----------
     byte[] deadLetter(Row row, String reason, String detail, String job) {
+        return deadLetter(row, spec, reason, detail, job);
+    }
+
+    static byte[] deadLetter(Row row, EntitySpec spec, String reason, String detail, String job) {
         byte[] raw;
         try {
             raw = encodeEvent(row, spec);

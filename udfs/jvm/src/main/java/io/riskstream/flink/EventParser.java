@@ -218,6 +218,8 @@ public final class EventParser implements Serializable {
                 return Types.BOOLEAN;
             case "DOUBLE[]":
                 return Types.PRIMITIVE_ARRAY(Types.DOUBLE);
+            case "BYTES": // the graph context (null from the parser: the user stage starts it)
+                return Types.PRIMITIVE_ARRAY(Types.BYTE);
             default:
                 throw new IllegalArgumentException("unknown Row field type " + t);
         }
