@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.test_job_flink import _Count
+from tests.test_job_flink import _Count, _labelled_days
 from tests.test_job_flink import _Pace as _LabelPace
 from udfs.events import Event
 from udfs.features import FEATURES_WITH_GRAPH, GRAPH_AGGS, spec_entities
@@ -37,34 +37,9 @@ NAMES = [f.name for f in FEATURES_WITH_GRAPH]
 
 
 def ring_traffic(n: int, seed: int = 11, days: float = 14) -> tuple[list[dict], list[tuple[int, dict]]]:
-    """Generator ring traffic (valid events only) and its fraud labels as on the labels topic, each arriving
-    with the next daily batch after its generator arrival time (chargeback files come daily: few batches, so
-    the job test's pacer waits little); some normal events labelled fraud by mistake and corrected by a legit
-    label a day later; most labels name the event's ip and payment instrument."""
-    import random
-
-    from riskstream.generator import TrafficGenerator
-
-    recs = [r for r in TrafficGenerator(seed=seed, days=days, rings=True).generate(n) if r.event is not None]
-    rnd = random.Random(3)
-    labels = []
-    for r in recs:
-        e, lab = r.event, r.label
-        wrong = not lab["fraud"] and rnd.random() < 0.03
-        if not (lab["fraud"] or wrong):
-            continue
-        body = {"event_id": e["event_id"], "user_id": e["user_id"], "device_id": e["device_id"], "event_ts": e["ts"],
-                "label": "fraud"}
-        if rnd.random() < 0.8:
-            body["ip"] = e["ip"]
-            if e.get("payment_ref"):
-                body["payment_ref"] = e["payment_ref"]
-        arrival = lab["arrival_ts"] - lab["arrival_ts"] % DAY + DAY
-        labels.append((arrival, body))
-        if wrong:
-            labels.append((arrival + DAY, {**body, "label": "legit"}))
-    labels.sort(key=lambda x: x[0])
-    return [r.event for r in recs], labels
+    """Generator ring traffic (valid events only) and its labels as on the labels topic, in daily batches
+    (few batches, so the job test's pacer waits little), 3 % of normal events mislabelled then corrected."""
+    return _labelled_days(days, n, seed=seed, rings=True, mistaken=0.03, label_seed=3)
 
 
 def interleave(events: list[dict], labels: list[tuple[int, dict]]) -> list[tuple[str, dict]]:

@@ -238,22 +238,24 @@ def test_core_matches_offline_replay(labelled_stream, parallelism, runtime, tmp_
     assert len(again) == 400 and min(a["user_age_ms"] for a in again) == 0.0
 
 
-def _labelled_days(days: float = 20, n: int = 2500) -> tuple[list[dict], list[tuple[int, dict]]]:
-    """Generator traffic over ``days`` days (compromised devices, slow card testing) and its labels as on
-    the labels topic, each arriving with the next daily batch after its generator arrival time (chargeback
-    files come daily); a share of normal events labelled fraud by mistake and corrected by a later legit
-    label; most labels name the event's ip and payment instrument."""
+def _labelled_days(days: float = 20, n: int = 2500, seed: int = 31, rings: bool = False, mistaken: float = 0.04,
+                   label_seed: int = 2) -> tuple[list[dict], list[tuple[int, dict]]]:
+    """Generator traffic over ``days`` days (compromised devices, slow card testing; the rings, households,
+    offices and public wifi with ``rings``) and its labels as on the labels topic, each arriving with the next
+    daily batch after its generator arrival time (chargeback files come daily); a share ``mistaken`` of normal
+    events labelled fraud by mistake and corrected by a legit label a day later; most labels name the event's
+    ip and payment instrument."""
     import random
 
     from riskstream.generator import TrafficGenerator
 
     day = 24 * 3600 * 1000
-    recs = [r for r in TrafficGenerator(seed=31, days=days).generate(n) if r.event is not None]
-    rnd = random.Random(2)
+    recs = [r for r in TrafficGenerator(seed=seed, days=days, rings=rings).generate(n) if r.event is not None]
+    rnd = random.Random(label_seed)
     labels = []
     for r in recs:
         e, lab = r.event, r.label
-        wrong = not lab["fraud"] and rnd.random() < 0.04
+        wrong = not lab["fraud"] and rnd.random() < mistaken
         if not (lab["fraud"] or wrong):
             continue
         body = {"event_id": e["event_id"], "user_id": e["user_id"], "device_id": e["device_id"], "event_ts": e["ts"],
