@@ -393,14 +393,18 @@ def graph_cost(events: int = 60_000, parallelism: int = 2, rounds: int = 2, seed
             thr = flink_throughput(bs, "bench.events", events, work, parallelism, checkpoint_interval_ms, log,
                                    deadline_s, tag=f"graph-{case}{r}", env=envs[case])
             text = Path(thr["log"]).read_text(errors="replace")
+            # the job's own line on its spec (pipelines.decision_job.describe_spec): what really ran
+            said = next((ln.split(": ", 1)[-1] for ln in text.splitlines() if ": feature spec " in ln), None)
             return {**_span_json(thr["span"], events), "seconds": thr["seconds"], "restarts": thr["restarts"],
-                    "graph_stage": "link-windows" in text or None, "load_average": round(os.getloadavg()[0], 1)}
+                    "spec": said, "graph": None if said is None else "graph features on" in said,
+                    "load_average": round(os.getloadavg()[0], 1)}
 
         res["runs"] = _alternate(GRAPH_CASES, rounds, one, log)
         for c in GRAPH_CASES:
             res[f"{c}_eps"] = _median_eps(res["runs"], c)
         res["ratio"] = _ratio(res.get("on_eps"), res.get("off_eps"))
         res["exact"] = all(x["exact"] for x in res["runs"])
+        res["as_asked"] = all(x["graph"] == (x["case"] == "on") for x in res["runs"])  # the switch took effect
         if latency_seconds > 0 and res.get("on_eps") and res.get("off_eps"):
             rate = 0.5 * min(res["on_eps"], res["off_eps"])
             res["latency"] = {}
@@ -414,7 +418,23 @@ def graph_cost(events: int = 60_000, parallelism: int = 2, rounds: int = 2, seed
         res["load_average"]["end"] = round(os.getloadavg()[0], 1)
     finally:
         _clean_up(lay, work, keep, log)
+    _log("graph state bytes per key (the JVM encoding, GraphLocalRunner over 40,000 ring events)", log)
+    res["graph_bytes_per_key"] = graph_state_bytes(seed, 40_000)
     return _write_result(res, f"graph-cost-{stamp}.json", t_start)
+
+
+def graph_state_bytes(seed: int, n: int, days: float = 14) -> dict:
+    """The JVM stages' graph state per key as stored (``benchmarks.graph_rings --jvm-bytes``: per stage keys,
+    median, p99, max bytes; the label stores; the record's graph field), in a process of its own (it starts
+    a JVM)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.graph_rings", "--jvm-bytes", "--events", str(n),
+                          "--days", str(days), "--seed", str(seed)], capture_output=True, text=True,
+                         cwd=paths.PROJECT_ROOT, timeout=900)
+    if out.returncode != 0:
+        return {"error": out.stderr[-1000:]}
+    return orjson.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _round_line(x: dict, case: str, tail: str = "") -> str:
@@ -430,10 +450,24 @@ def render_graph_cost(r: dict) -> str:
     for x in r["runs"]:
         lines.append(_round_line(x, f"graph {x['case']:<3}"))
     lines.append(f"medians: off {r.get('off_eps') or 0:,.0f}, on {r.get('on_eps') or 0:,.0f} events/s: on/off "
-                 f"x{r.get('ratio')}")
+                 f"x{r.get('ratio')} (target >= 0.8)")
+    if not r.get("as_asked", True):
+        lines.append("WARNING: a run's job did not say the spec it was asked for (its 'feature spec' line): the "
+                     "comparison is void")
     for c, v in (r.get("latency") or {}).items():
         lines.append(f"latency, graph {c}: p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms at {v['rate']:,.0f} events/s "
                      f"({v['decided']:,} of {v['events']:,} decided)")
+    b = r.get("graph_bytes_per_key") or {}
+    if b.get("error"):
+        lines.append(f"graph state bytes per key: not measured ({b['error'][-200:]})")
+    for kind in ("state", "labels"):
+        for stage, d in (b.get(kind) or {}).items():
+            lines.append(f"graph {'label store' if kind == 'labels' else 'state'} {stage:<8} {d['keys']:>7,} keys: median "
+                         f"{d['median']:,} B, p99 {d['p99']:,} B, max {d['max']:,} B")
+    if b.get("context"):
+        c = b["context"]
+        lines.append(f"the record's graph field at the link stage: median {c['median']:,} B, p99 {c['p99']:,} B, "
+                     f"max {c['max']:,} B")
     return "\n".join(lines)
 
 

@@ -123,6 +123,39 @@ def shipped_catch(models: list[str], events: int, days: float, seed: int, fpr: f
     return out
 
 
+def jvm_bytes(events: int, days: float, seed: int) -> dict:
+    """The JVM stages' graph state per key, as stored (``GraphLocalRunner``, the jobs' jar in ``jars_dir``:
+    the whole chain with its label stores over this seed's ring traffic and its labels at their arrival):
+    per stage, keys and median / p99 / max bytes; and the record's graph field as the link stage reads it."""
+    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import add_jars_to_context_class_loader
+
+    from riskstream.config import JobConfig
+    from riskstream.ops.jars import JVM_MODULE_JAR
+    from udfs.chain import EVENT_FIELDS, N_EVENT, label_record, spec_document
+
+    add_jars_to_context_class_loader([(JobConfig().jars_dir / JVM_MODULE_JAR).as_uri()])
+    recs = list(TrafficGenerator(seed=seed, days=days, rings=True).generate(events))
+    items = [(rec.event["ts"], 1, orjson.dumps(rec.event).decode()) for rec in recs if rec.event is not None]
+    for rec in recs:  # each label where it arrives, before the events at or after its arrival time
+        lab = rec.label
+        row = label_record(Label.of_fields(lab["event_id"], lab["ts"], FRAUD if lab["fraud"] else LEGIT,
+                                           user_id=lab["user_id"], device_id=lab["device_id"], ip=lab["ip"],
+                                           payment_ref=lab.get("payment_ref")))
+        items.append((lab["arrival_ts"], 0, orjson.dumps(dict(zip(EVENT_FIELDS, row[:N_EVENT]))).decode()))
+    items.sort(key=lambda x: (x[0], x[1]))
+    res = json.loads(get_gateway().jvm.io.riskstream.flink.GraphLocalRunner.run(
+        json.dumps(spec_document(60_000, FEATURES_WITH_GRAPH)), 600_000, "\n".join(line for *_, line in items)))
+
+    def dist(v: list[int]) -> dict:
+        v = sorted(v)
+        return {"keys": len(v), "median": v[len(v) // 2], "p99": v[int(len(v) * 0.99)], "max": v[-1]} if v else {}
+
+    return {"state": {s: dist(list(d.values())) for s, d in res["graph_state_bytes"].items() if d},
+            "labels": {s: dist(list(d.values())) for s, d in res["graph_label_bytes"].items() if d},
+            "context": dist(res["context_bytes"])}
+
+
 def run(events: int, days: float, seed: int, model: bool = False) -> dict:
     x, scen, names, r, secs = replay_rings(events, days, seed)
     ring, normal = scen == RING_SCENARIO, scen == "normal"
@@ -159,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shipped", default=None, metavar="MODEL.onnx,...",
                     help="instead: these trained models' catch on this seed's traffic (e.g. the shipped graph model "
                          "and the same training without graph features)")
+    ap.add_argument("--jvm-bytes", action="store_true",
+                    help="instead: the JVM stages' graph state bytes per key on this traffic (JSON)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.jvm_bytes:
+        print(json.dumps(jvm_bytes(a.events, a.days, a.seed)))
+        return 0
     if a.shipped:
         res = shipped_catch([m for m in a.shipped.split(",") if m], a.events, a.days, a.seed)
         print(json.dumps(res, indent=1) if a.json else "\n".join(

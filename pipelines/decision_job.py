@@ -253,6 +253,14 @@ def kafka_sink(cfg: JobConfig, topic: str, suffix: str, max_request_bytes: int |
     return b.build()
 
 
+def describe_spec(features: tuple = FEATURES) -> str:
+    """The spec the job computes, for its start line: fingerprint, features, graph features on or off, stages."""
+    from udfs.features import spec_entities, spec_fingerprint
+
+    return (f"feature spec {spec_fingerprint(features)} ({len(features)} features, graph features "
+            f"{'on' if has_graph(features) else 'off'}; stages {', '.join(e.name for e in spec_entities(features))})")
+
+
 # the stage runtimes whose stages compute the graph features (docs/features.md#graph-features): the JVM
 # stages (io.riskstream.flink.graph) and the Python stages (udfs.flink.EntityStage), both as udfs.chain.Chain
 GRAPH_RUNTIMES: tuple[str, ...] = ("jvm", "python")
@@ -615,6 +623,8 @@ def run(cfg: JobConfig, wait: bool = True, extra_conf: dict[str, str] | None = N
                     print(f"[restore] {cfg.job_name}: {note}", file=sys.stderr, flush=True)
         print(f"[run] {cfg.job_name}: {describe_state(state)}"
               + (f"; flink_conf {', '.join(cfg.flink_conf)}" if cfg.flink_conf else ""), file=sys.stderr, flush=True)
+        print(f"[run] {cfg.job_name}: {describe_spec()}, model {cfg.resolved_model_path().name}", file=sys.stderr,
+              flush=True)
         env = make_env(cfg, conf, restore=restore or "", job_id=job_id, local=local, claim_mode=claim_mode)
         lap("environment")
         build(env, cfg)
