@@ -443,6 +443,9 @@ def test_the_switch_picks_the_spec_and_its_shipped_model():
     assert off.stdout.split() == [str(len(FEATURES_WITH_GRAPH) - len(GRAPH_FEATURE_LIST)), "payment", "risk_gbdt_v1.onnx", "risk_gbdt_v1"]
     # a model of the other spec is refused by name, a bad value of the switch says what to set
     other = _with_switch("1", "from udfs.scoring import Scorer; Scorer('models/risk_gbdt_v1.onnx')")
-    assert other.returncode != 0 and "trained on other features" in other.stderr
+    assert other.returncode != 0 and "trained without the graph features" in other.stderr
+    assert "set RISKSTREAM_GRAPH_FEATURES=0 in every process" in other.stderr
+    other = _with_switch(None, "from udfs.scoring import Scorer; Scorer('models/risk_gbdt_graph_v1.onnx')")
+    assert other.returncode != 0 and "set RISKSTREAM_GRAPH_FEATURES=1 in every process" in other.stderr
     bad = _with_switch("maybe", "import udfs.features")
     assert bad.returncode != 0 and "RISKSTREAM_GRAPH_FEATURES='maybe': set it to 1" in bad.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from .features import FEATURE_NAMES, spec_fingerprint
+from .features import FEATURE_NAMES, GRAPH_FEATURE_LIST, GRAPH_FEATURES_ENV, spec_fingerprint
 
 
 def _import_onnxruntime():
@@ -79,6 +79,14 @@ def check_spec(spec: dict, model_path: Path) -> None:
         missing = [n for n in FEATURE_NAMES if n not in names]
         extra = [n for n in names if n not in FEATURE_NAMES]
         hint = f"missing {missing}, unknown {extra}" if missing or extra else "same names in another order"
+        graph = {f.name for f in GRAPH_FEATURE_LIST}
+        if extra and set(extra) <= graph or missing and set(missing) <= graph:  # the switch differs, not the model
+            on = bool(extra)
+            raise ModelError(
+                f"model {model_path} was trained {'with' if on else 'without'} the graph features and this process "
+                f"computes the spec {'without' if on else 'with'} them ({hint}): set {GRAPH_FEATURES_ENV}="
+                f"{1 if on else 0} in every process of the job (the command that starts it; on a cluster, the "
+                "TaskManagers' environment, which their Python workers inherit), or use a model of this spec")
         raise ModelError(
             f"model {model_path} was trained on other features than this job computes ({hint}); "
             "retrain it with `python -m models.train` or run the riskstream version it was built for")
