@@ -80,7 +80,7 @@ def check_spec(spec: dict, model_path: Path) -> None:
         extra = [n for n in names if n not in FEATURE_NAMES]
         hint = f"missing {missing}, unknown {extra}" if missing or extra else "same names in another order"
         graph = {f.name for f in GRAPH_FEATURE_LIST}
-        if extra and set(extra) <= graph or missing and set(missing) <= graph:  # the switch differs, not the model
+        if bool(extra) != bool(missing) and set(extra + missing) <= graph:  # the switch differs, not the model
             on = bool(extra)
             raise ModelError(
                 f"model {model_path} was trained {'with' if on else 'without'} the graph features and this process "
