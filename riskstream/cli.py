@@ -691,21 +691,27 @@ def cmd_rollout(a) -> int:
 
 def cmd_features(a) -> int:
     from udfs.chain import spec_document
-    from udfs.features import FEATURES, LABEL_AGGS, spec_fingerprint
+    from udfs.features import FEATURES, GRAPH_AGGS, GRAPH_FEATURES, GRAPH_FEATURES_ENV, LABEL_AGGS, spec_fingerprint
 
     from .jobflags import job_config
 
     if a.json:
         print(orjson.dumps(spec_document(job_config(a).allowed_lateness_ms)).decode())
         return 0
-    print(f"feature spec {spec_fingerprint()} ({len(FEATURES)} features, model input order)")
+    print(f"feature spec {spec_fingerprint()} ({len(FEATURES)} features, model input order; graph features "
+          f"{'on' if GRAPH_FEATURES else f'off: {GRAPH_FEATURES_ENV}=1 adds them'})")
+    wide = max(len(f.agg) for f in FEATURES)
     for f in FEATURES:
-        h = f"{f.horizon_ms // 1000}s/{f.bucket_ms // 1000}s" if f.horizon_ms else "-"
+        graph = f.agg in GRAPH_AGGS
+        h = (f"{f.horizon_ms // 1000}s exact" if graph  # edge times kept in ms, no buckets
+             else f"{f.horizon_ms // 1000}s/{f.bucket_ms // 1000}s" if f.horizon_ms else "-")
         if f.offset_ms:  # a delayed label window: it ends this far before the event
             h += f" -{f.offset_ms // 1000}s"
         what = ("fraud labels, from their arrival" if f.agg in LABEL_AGGS
+                else "devices and cards two or more users used with the key" if f.agg == "graph_shared_entities"
+                else "users within two hops, fraud labels from their arrival" if graph
                 else ",".join(f.event_types) if f.event_types else "all")
-        print(f"  {f.name:<28} {f.entity:<7} {f.agg:<12} {f.field or '-':<10} {h:<15} {what}")
+        print(f"  {f.name:<28} {f.entity:<7} {f.agg:<{wide}} {f.field or '-':<10} {h:<15} {what}")
     return 0
 
 
