@@ -115,13 +115,20 @@ def cmd_demo(a) -> int:
 
     from .ops import broker
 
+    from udfs.features import GRAPH_FEATURES
+
     cfg = job_config(a, starting_offsets="earliest")
     report_path = a.report or None
     broker_was_running = broker.status()["running"]
+    challenger = (a.challenger or None) if not a.ab or a.challenger != DEMO_CHALLENGER else None
+    if GRAPH_FEATURES and challenger == DEMO_CHALLENGER:  # the shipped challenger has the spec without them
+        print("[demo] graph features on: no shadow challenger (the shipped one, risk_gbdt_v2, has the spec without "
+              "them; --challenger names another)", file=sys.stderr, flush=True)
+        challenger = None
     summary = demo.run_demo(cfg, events=a.events, rate=a.rate, seed=a.seed, bad_share=a.bad_share,
                             port=a.port, keep_broker=a.keep_broker or a.review, deadline_s=a.deadline,
-                            challenger=(a.challenger or None) if not a.ab or a.challenger != DEMO_CHALLENGER else None,
-                            report_path=report_path, ab=a.ab_model if a.ab else None)
+                            challenger=challenger, report_path=report_path, ab=a.ab_model if a.ab else None,
+                            rings=a.rings)
     print(demo.render(summary))
     if a.json:
         print(orjson.dumps(summary).decode())
@@ -1071,6 +1078,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a 50/50 traffic split: half the users decided by --ab-model, the champion the rest; "
                         "the summary ends with the report's per-arm lines")
     p.add_argument("--ab-model", default="models/risk_gbdt_v2.onnx", help="with --ab: the other arm's model")
+    p.add_argument("--rings", action="store_true",
+                   help="add the generator's fraud rings and the households, offices and public wifi of normal "
+                        "traffic (with RISKSTREAM_GRAPH_FEATURES=1 the graph features and model see them)")
     p.add_argument("--report", default=str(paths.home() / "reports" / "demo.html"),
                    help="write the effectiveness report here ('' for none)")
     add_job_flags(p, skip=("bootstrap_servers", "starting_offsets", "bounded"))

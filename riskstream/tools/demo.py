@@ -18,7 +18,7 @@ import orjson
 
 from .. import topics
 from ..config import JobConfig
-from ..generator import MALFORMED, NORMAL, SCENARIOS, TrafficGenerator
+from ..generator import LONG_SCENARIOS, MALFORMED, NORMAL, RING_SCENARIO, SCENARIOS, TrafficGenerator
 from ..kafka_io import produce, progress_printer
 from ..metrics import percentile
 from ..ops import broker, flink_rest
@@ -57,7 +57,8 @@ def summarize(labels: dict[str, dict], decisions: dict[str, dict], dead: list[di
               append_ts: dict[str, int], seen_at: dict[str, float], dup: int) -> dict:
     by_kind = Counter(d["decision"] for d in decisions.values())
     scen: dict[str, dict] = {}
-    for name in (*SCENARIOS, NORMAL):
+    present = {lab["scenario"] for lab in labels.values()}
+    for name in (*SCENARIOS, *(x for x in (*LONG_SCENARIOS, RING_SCENARIO) if x in present), NORMAL):
         ids = [e for e, lab in labels.items() if lab["scenario"] == name]
         dec = [decisions[e]["decision"] for e in ids if e in decisions]
         entry = {"events": len(ids), "caught": sum(1 for d in dec if d != "allow")}
@@ -86,8 +87,11 @@ def summarize(labels: dict[str, dict], decisions: dict[str, dict], dead: list[di
 
 def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: float, port: int,
              partitions: int = 2, deadline_s: float = 600, keep_broker: bool = False, log=sys.stderr,
-             challenger: str | None = None, report_path: str | None = None, ab: str | None = None) -> dict:
-    """With ``challenger`` (an .onnx path), a shadow model scores alongside (sent on the control topic);
+             challenger: str | None = None, report_path: str | None = None, ab: str | None = None,
+             rings: bool = False) -> dict:
+    """With ``rings``, the generator's fraud rings, households, offices and public wifi are in the traffic
+    (what the graph features are for, ``RISKSTREAM_GRAPH_FEATURES=1``).
+    With ``challenger`` (an .onnx path), a shadow model scores alongside (sent on the control topic);
     with ``ab`` (an .onnx path), a 50/50 traffic split (``AB_SPLIT``) of the champion and that model decides,
     applied before any event is sent; with ``report_path``, the effectiveness report is written there from
     the decisions and labels (per arm with ``ab``)."""
@@ -138,7 +142,7 @@ def run_demo(cfg: JobConfig, events: int, rate: float, seed: int, bad_share: flo
                 time.sleep(0.3)  # polling interval
             print(f"[demo] split {split['version']} applied: 50 % of the users decided by {ab}, the champion the "
                   "rest", file=log, flush=True)
-        records = list(TrafficGenerator(seed=seed, bad_share=bad_share).generate(events))
+        records = list(TrafficGenerator(seed=seed, bad_share=bad_share, rings=rings).generate(events))
         labels = {r.label["event_id"]: r.label for r in records}
         expected_dead = sum(1 for r in records if r.raw is not None)
         consumer = KafkaConsumer(cfg.events_topic, cfg.decisions_topic, cfg.dead_letter_topic,
