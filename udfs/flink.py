@@ -60,10 +60,10 @@ def label_ttl_ms(step) -> int:
 
 def graph_label_ttl_ms(step) -> int:
     """Wall-clock time after a key's last label before its graph label store goes: as :func:`label_ttl_ms`,
-    and at least the graph's label horizon plus a day (a fraud label marks its user that long after its
-    event, which is before the label's arrival). Pitfall: a wall-clock TTL assumes events arrive near their
+    and at least the store's own keep (``GraphParams.label_keep_ms``: the label horizon plus the edge
+    horizon) plus a day, as the JVM stage's. Pitfall: a wall-clock TTL assumes events arrive near their
     event time; a backfill of old traffic reads a store its labels' arrival may have dropped."""
-    return max(label_ttl_ms(step), step.graph.p.label_horizon_ms + DAY)
+    return max(label_ttl_ms(step), step.graph.p.label_keep_ms + DAY)
 
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())

@@ -109,7 +109,8 @@ public class EntityWindowsFunction extends KeyedProcessFunction<String, Row, Row
         if (graph != null) {
             members = graph.role.equals(GraphSpec.MEMBERS) ? new MemberPart(graph) : null;
             graphLabelsOn = labels;
-            graphLabelTtl = Math.max(LABEL_TTL_MS, graph.labelKeepMs() + 24L * 3600 * 1000);
+            // as udfs/flink.py graph_label_ttl_ms: the window labels' TTL, at least the store's keep plus a day
+            graphLabelTtl = Math.max(labelTtl, graph.labelKeepMs() + 24L * 3600 * 1000);
             if (members != null) {
                 graphState = getRuntimeContext().getState(new ValueStateDescriptor<>(
                     entity + "_graph", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
