@@ -103,13 +103,14 @@ def feed(bootstrap: str, names: tuple[str, ...], job: Job, seq: list[tuple[str, 
         p.close()
 
 
-def _replay(tmp_path: Path, events: list[dict], labels: list[tuple[int, dict]], applied: int) -> dict[str, dict]:
+def _replay(tmp_path: Path, events: list[dict], labels: list[tuple[int, dict]] = (), applied: int = 0
+            ) -> dict[str, dict]:
     """``udfs.replay.replay_file`` over the whole stream, the labels at their arrival, with the switch on (a
     subprocess: the spec is fixed at import): event_id -> the 78 features. ``applied``: the labels that arrive
     before the last event (the ones the jobs were fed)."""
     ev, lab, out = tmp_path / "events.jsonl", tmp_path / "labels.jsonl", tmp_path / "features.jsonl"
     ev.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
-    lab.write_bytes(b"\n".join(orjson.dumps({**b, "arrival_ts": a}) for a, b in labels) + b"\n")
+    lab.write_bytes(b"".join(orjson.dumps({**b, "arrival_ts": a}) + b"\n" for a, b in labels))
     code = ("import sys; from udfs.replay import replay_file; from udfs.features import GRAPH_FEATURES; "
             "assert GRAPH_FEATURES; s = replay_file(sys.argv[1], sys.argv[2], labels_path=sys.argv[3]); "
             "assert s['labels_applied'] == int(sys.argv[4]), s")
@@ -228,14 +229,16 @@ def test_graph_state_survives_a_stop_with_savepoint_and_a_restore(runtime, kafka
     assert len(differ) > len(rest_ids) // 5, (len(differ), per_name)  # 263 of 1,080 (jvm)
 
 
-def test_a_savepoint_without_the_graph_features_restores_with_them(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("runtime", ["jvm", "python"])
+def test_a_savepoint_without_the_graph_features_restores_with_them(runtime, kafka_bootstrap, tmp_path):
     """The switch off -> on: the savepoint has no graph state and no link stage; the job restores it (the graph
-    state starts empty), decides the rest with the 78 features, and every event has one decision."""
+    state starts empty), decides the rest with the 78 features, every event has one decision, and the window
+    features after the restore are the replay's over the whole stream (the window state came through)."""
     from riskstream.generator import TrafficGenerator
 
     home = tmp_path / "home"
-    prefix = "gr-on"
-    names, flags = _stack(kafka_bootstrap, prefix, "jvm", labels=False)
+    prefix = f"gr-on-{runtime}"
+    names, flags = _stack(kafka_bootstrap, prefix, runtime, labels=False)
     events = [r.event for r in TrafficGenerator(seed=29, bad_share=0.0).generate(400)]
     produce_events(kafka_bootstrap, names[0], events[:200])
     a = Job(_env(home, graph=False), tmp_path, flags)
@@ -252,6 +255,8 @@ def test_a_savepoint_without_the_graph_features_restores_with_them(kafka_bootstr
     b = Job(_env(home, graph=True), tmp_path, flags, ("--restore-from", sp))
     try:
         b.running(checkpoint=True)
+        assert Path(b.restored().get("external_path", "").removeprefix("file:")).resolve() == \
+            Path(sp.removeprefix("file:")).resolve(), b.restored()
         got = wait_decided(kafka_bootstrap, names[1], 400)
     finally:
         cli(_env(home, graph=True), "cancel", prefix, "--no-savepoint")
@@ -261,3 +266,9 @@ def test_a_savepoint_without_the_graph_features_restores_with_them(kafka_bootstr
     assert all(len(by_id[e["event_id"]]) == len(NAMES) - len(GRAPH_NAMES) for e in events[:200])
     assert all(set(by_id[e["event_id"]]) == set(NAMES) for e in events[200:])
     assert decisions(kafka_bootstrap, names[2]) == []
+    want = _replay(tmp_path, events)
+    window = [n for n in NAMES if n not in GRAPH_NAMES]
+    for e in events:
+        g, w = by_id[e["event_id"]], want[e["event_id"]]
+        assert {n: g[n] for n in window} == {n: w[n] for n in window}, (e["event_id"], {
+            n: (g[n], w[n]) for n in window if g[n] != w[n]})
