@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.test_job_flink import _Count, _labelled_days
+from tests.test_job_flink import _labelled_days, run_paced
 from tests.test_job_flink import _Pace as _LabelPace
 from udfs.events import Event
 from udfs.features import FEATURES_WITH_GRAPH, GRAPH_AGGS, spec_entities
@@ -295,15 +295,10 @@ def run_job(out: Path, runtime: str, parallelism: int, n: int) -> None:
     the decisions and dead letters to ``out/job``, the replay's features to ``out/features.jsonl``, timings to
     ``out/run.json``. The decide stage runs the default model, which follows the switch (the shipped graph
     model: it refuses a model of the other spec)."""
-    from pyflink.common import Types
-    from pyflink.common.serialization import Encoder
-    from pyflink.datastream.connectors.file_system import FileSink
-
     from pipelines import decision_job
     from riskstream.config import DEFAULT_GRAPH_MODEL, JobConfig
     from riskstream.ops.procs import free_port
     from udfs.features import ENTITIES, GRAPH_FEATURES
-    from udfs.flink import BYTES
     from udfs.replay import replay_file
 
     assert GRAPH_FEATURES and "link" in [e.name for e in ENTITIES]
@@ -318,18 +313,8 @@ def run_job(out: Path, runtime: str, parallelism: int, n: int) -> None:
     env = decision_job.make_env(cfg)
     count_file = str(out / "decided")
     stages = tuple(f"{e.name}-windows" for e in ENTITIES if e.reads_labels)
-    src = env.from_collection(seq).map(_Pace(count_file, f"http://127.0.0.1:{cfg.rest_port}", stages, parallelism > 1),
-                                      output_type=Types.STRING()).set_parallelism(1)
-    # events partitioned by user, as the events topic is: one user's events keep their order
-    raw = (src.filter(lambda s: s[0] == "E").set_parallelism(1)
-           .key_by(lambda s: orjson.loads(s[1:])["user_id"], key_type=Types.STRING())
-           .map(lambda s: s[1:].encode(), output_type=BYTES))
-    lab = src.filter(lambda s: s[0] == "L").set_parallelism(1).map(lambda s: s[1:].encode(), output_type=BYTES)
-    decisions, dead = decision_job.build_core(raw, cfg, labels=lab)
-    decisions = decisions.map(_Count(count_file), output_type=BYTES)
-    (decisions.union(dead).map(lambda b: bytes(b).decode("utf-8"), output_type=Types.STRING())
-     .sink_to(FileSink.for_row_format(str(out / "job"), Encoder.simple_string_encoder()).build()))
-    env.execute("riskstream-graph-job-test")
+    run_paced(env, cfg, seq, _Pace(count_file, f"http://127.0.0.1:{cfg.rest_port}", stages, parallelism > 1),
+              out / "job", "riskstream-graph-job-test")
     t_job = time.monotonic() - t0
     (out / "events.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
     (out / "labels.jsonl").write_bytes(b"\n".join(orjson.dumps({**b, "arrival_ts": a}) for a, b in labels) + b"\n")

@@ -337,6 +337,29 @@ class _Count:
         return b
 
 
+def run_paced(env, cfg, seq: list[str], pace, out, name: str) -> None:
+    """The job core over ``seq`` ("E" + event JSON or "L" + label JSON, in order) through ``pace`` (a pacer of
+    one subtask, that sees the whole sequence and counts into its ``count_file`` the decisions taken); events
+    are then partitioned by user, as the events topic is, so one user's events keep their order into the
+    parallel parse stage; labels go to the labels input. Decisions and dead letters are written under ``out``."""
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import FileSink
+
+    from pipelines import decision_job
+    from udfs.flink import BYTES
+
+    src = env.from_collection(seq).map(pace, output_type=Types.STRING()).set_parallelism(1)
+    raw = (src.filter(lambda s: s[0] == "E").set_parallelism(1)
+           .key_by(lambda s: orjson.loads(s[1:])["user_id"], key_type=Types.STRING())
+           .map(lambda s: s[1:].encode(), output_type=BYTES))
+    lab = src.filter(lambda s: s[0] == "L").set_parallelism(1).map(lambda s: s[1:].encode(), output_type=BYTES)
+    decisions, dead = decision_job.build_core(raw, cfg, labels=lab)
+    decisions = decisions.map(_Count(pace.count_file), output_type=BYTES)
+    (decisions.union(dead).map(lambda b: bytes(b).decode("utf-8"), output_type=Types.STRING())
+     .sink_to(FileSink.for_row_format(str(out), Encoder.simple_string_encoder()).build()))
+    env.execute(name)
+
+
 # parallelism 1 is long for both runtimes (the default run keeps them at 2, where the arrival order across
 # subtasks makes it the harder case; the JVM stages at 1 are held to the Python chain in test_jvm_windows)
 @pytest.mark.parametrize("runtime,parallelism", [pytest.param("jvm", 1, marks=pytest.mark.long), ("jvm", 2),
@@ -353,11 +376,7 @@ def test_label_features_match_replay_with_late_labels(tmp_path, runtime, paralle
     are compared where the arrival order is the input's (``_arrival_order_rule``, as the core test), and
     its labelled-fraud counts everywhere: they read only the labels folded before the event and the
     event's own time, never the other events' order."""
-    from pyflink.common.serialization import Encoder
-    from pyflink.datastream.connectors.file_system import FileSink
-
     from pipelines import decision_job
-    from udfs.flink import BYTES
     from udfs.replay import replay_file
 
     events, labels = _labelled_days()
@@ -380,19 +399,8 @@ def test_label_features_match_replay_with_late_labels(tmp_path, runtime, paralle
     count_file = str(tmp_path / "decided")
     stages = tuple(f"{e.name}-windows" for e in ENTITIES if e.reads_labels)
     assert len(stages) >= 3
-    # the pacer sees the whole sequence (one subtask); events are then partitioned by user, as the events
-    # topic is, so one user's events keep their order into the parallel parse stage
-    src = env.from_collection(seq).map(_Pace(count_file, f"http://127.0.0.1:{cfg.rest_port}", stages),
-                                      output_type=Types.STRING()).set_parallelism(1)
-    raw = (src.filter(lambda s: s[0] == "E").set_parallelism(1)
-           .key_by(lambda s: orjson.loads(s[1:])["user_id"], key_type=Types.STRING())
-           .map(lambda s: s[1:].encode(), output_type=BYTES))
-    lab = src.filter(lambda s: s[0] == "L").set_parallelism(1).map(lambda s: s[1:].encode(), output_type=BYTES)
-    decisions, dead = decision_job.build_core(raw, cfg, labels=lab)
-    decisions = decisions.map(_Count(count_file), output_type=BYTES)
-    (decisions.union(dead).map(lambda b: bytes(b).decode("utf-8"), output_type=Types.STRING())
-     .sink_to(FileSink.for_row_format(str(tmp_path / "out"), Encoder.simple_string_encoder()).build()))
-    env.execute("riskstream-label-features-test")
+    run_paced(env, cfg, seq, _Pace(count_file, f"http://127.0.0.1:{cfg.rest_port}", stages), tmp_path / "out",
+              "riskstream-label-features-test")
     got = {}
     for f in sorted((tmp_path / "out").rglob("*")):
         if f.is_file() and not f.name.startswith("."):

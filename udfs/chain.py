@@ -34,7 +34,7 @@ from .aggregates import spec_aggregates
 from .decision import decision_record, encode, error_decision_record, event_keys
 from .events import EVENT_TYPES, Event
 from .features import SIGNALS as SIGNAL_NAMES
-from .features import (BUCKET_MS, ENTITIES, FEATURE_NAMES, FEATURES, GRAPH, GRAPH_AGGS, LABEL_ENTITIES, LABEL_KEYS,
+from .features import (BUCKET_MS, FEATURE_NAMES, FEATURES, GRAPH, GRAPH_AGGS, LABEL_ENTITIES, LABEL_KEYS,
                        MISSING, Entity, features_for, has_graph, label_keep_ms, spec_entities, spec_fingerprint,
                        spec_json)
 from .features import GRAPH_LINK_KINDS
