@@ -332,10 +332,10 @@ GRAPH_FEATURE_LIST: tuple[Feature, ...] = (
 )
 # The switch, read once at import from the environment (``RISKSTREAM_GRAPH_FEATURES``: 1/true/yes/on or
 # 0/false/no/off, default off). Off: the spec, its fingerprint, the shipped default models and the job are as
-# without graph features. On: the replay and training compute them (udfs.graph); the job refuses a spec its
-# stages do not compute (docs/features.md#graph-features). Pitfall: every process of a job must see the same
-# value (the client, the Python workers, a cluster's TaskManagers); a model of the other spec is refused at
-# start by its fingerprint.
+# without graph features. On: the replay, training and both stage runtimes of the job compute them (udfs.graph,
+# io.riskstream.flink.graph), the chain gains the link stage and the default model is the graph model
+# (docs/features.md#graph-features). Pitfall: every process of a job must see the same value (the client, the
+# Python workers, a cluster's TaskManagers); a model of the other spec is refused at start by its names.
 GRAPH_FEATURES_ENV = "RISKSTREAM_GRAPH_FEATURES"
 
 
