@@ -446,5 +446,9 @@ def test_the_switch_picks_the_spec_and_its_shipped_model():
     assert "set RISKSTREAM_GRAPH_FEATURES=0 in every process" in other.stderr
     other = _with_switch(None, "from udfs.scoring import Scorer; Scorer('models/risk_gbdt_graph_v1.onnx')")
     assert other.returncode != 0 and "set RISKSTREAM_GRAPH_FEATURES=1 in every process" in other.stderr
+    # bootstrap writes no graph state: refused before anything starts, saying how to warm a graph job
+    boot = _with_switch("1", "from riskstream.config import JobConfig; from riskstream.ops.bootstrap import bootstrap; "
+                             "bootstrap(JobConfig(), 'no-such-file.jsonl')")
+    assert boot.returncode != 0 and "bootstrap with RISKSTREAM_GRAPH_FEATURES unset, then restore" in boot.stderr
     bad = _with_switch("maybe", "import udfs.features")
     assert bad.returncode != 0 and "RISKSTREAM_GRAPH_FEATURES='maybe': set it to 1" in bad.stderr

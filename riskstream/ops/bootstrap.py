@@ -289,6 +289,12 @@ def bootstrap(cfg: JobConfig, input_path=None, *, labels_path=None, mapping=None
     if cfg.stage_runtime != "jvm":
         raise ValueError("bootstrap writes the JVM entity stages' state; the Python stages (--stage-runtime "
                          "python) cannot restore it")
+    from udfs.features import GRAPH_FEATURES, GRAPH_FEATURES_ENV
+
+    if GRAPH_FEATURES:
+        raise ValueError(f"bootstrap writes no graph features' state yet ({GRAPH_FEATURES_ENV} is on): bootstrap "
+                         f"with {GRAPH_FEATURES_ENV} unset, then restore that savepoint into the job with it on: the "
+                         "window state is the same, and the graph state starts empty and fills over 7 days")
     if (input_path is None) == (topics is None):
         raise ValueError("give the history as a file (--input) or as the topics (--from-topic), one of them")
     if topics is not None and (labels_path is not None or label_delay_ms is not None):
