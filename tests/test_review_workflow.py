@@ -609,6 +609,8 @@ def test_a_case_page_shows_the_group_against_a_brute_force(store):
     assert {u: v for u, v in listed.items() if not u.startswith("office")} == {
         u: v for u, v in linked.items() if not u.startswith("office")}
     assert "u7" in listed
+    for u in g["users"]:  # each linked user's decisions in the window, once however many entities it shares
+        assert u["events"] == sum(1 for d in win if d["user_id"] == u["user_id"]), u
     fraud = {"u7"} & set(listed)
     assert {u["user_id"] for u in g["users"] if u["fraud"]} == fraud
     assert g["size"] == 1 + len(listed) and g["fraud_users"] == len(fraud)

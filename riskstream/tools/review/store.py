@@ -1067,16 +1067,17 @@ class Store:
                               (value, lo, t, uid, self.GROUP_USERS))
             entities.append({"kind": kind, "value": value, "users": n, "listed": len(rows)})
             for r in rows:
-                users.setdefault(r[0], {"user_id": r[0], "via": [], "events": 0})
-                users[r[0]]["via"].append((kind, value))
-                users[r[0]]["events"] += r[1]
+                users.setdefault(r[0], {"user_id": r[0], "via": [], "events": 0})["via"].append((kind, value))
         fraud = set()
         ids = sorted(users)
-        for i in range(0, len(ids), 500):
+        for i in range(0, len(ids), 500):  # per linked user: a fraud verdict; its decisions in the window
             part = ids[i:i + 500]
+            marks = ", ".join("?" * len(part))
             fraud |= {r[0] for r in self.query(
-                f"SELECT DISTINCT user_id FROM cases WHERE verdict = 'fraud' AND user_id IN ({', '.join('?' * len(part))})",
-                tuple(part))}
+                f"SELECT DISTINCT user_id FROM cases WHERE verdict = 'fraud' AND user_id IN ({marks})", tuple(part))}
+            for r in self.query(f"SELECT user_id, count(*) FROM decisions WHERE user_id IN ({marks}) AND event_ts >= ? "
+                                "AND event_ts <= ? GROUP BY user_id", (*part, lo, t)):
+                users[r[0]]["events"] = r[1]
         own_fraud = self.one("SELECT count(*) FROM cases WHERE verdict = 'fraud' AND user_id = ?", (uid,))[0] > 0
         linked = sorted(users.values(), key=lambda u: (-len(u["via"]), -u["events"], u["user_id"]))
         for u in linked:
